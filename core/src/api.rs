@@ -1,0 +1,476 @@
+//! Bodies of the `/v1` HTTP API and the one error body every role answers with.
+//!
+//! Validation of a request body happens here, once, and reports the field at fault.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::filter::{Filter, FilterSpec};
+use crate::transform::{Transform, TransformSpec};
+
+/// `{ "error": { "code": "...", "message": "...", "field": "..." } }`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// Fixed machine-readable code (never reused for another meaning).
+    pub code: String,
+    /// What is wrong and what to do.
+    pub message: String,
+    /// The field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub field: Option<String>,
+}
+
+impl ErrorBody {
+    /// Builds an error body.
+    pub fn new(code: impl Into<String>, message: impl Into<String>, field: Option<String>) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+                field,
+            },
+        }
+    }
+}
+
+/// A request body that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidField {
+    /// Path of the field, e.g. `delivery.max_attempts`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> InvalidField {
+    InvalidField {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Most partitions a topic may have.
+pub const MAX_PARTITIONS: u32 = 256;
+
+/// Checks a topic or subscription name: 1..=200 of `[A-Za-z0-9._-]`, not starting with `.`.
+pub fn check_name(kind: &str, name: &str) -> Result<(), InvalidField> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            kind,
+            format!("{kind} name {name:?} is invalid: use 1 to 200 of A-Z a-z 0-9 . _ - (not starting with .)"),
+        ))
+    }
+}
+
+/// Body of `PUT /v1/topics/{topic}` (all optional) and what `GET /v1/topics` shows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Number of partitions; events with the same partition key share one.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// How long and how much to keep.
+    #[serde(default)]
+    pub retention: Retention,
+    /// Which clusters may receive the topic (federation); empty means wherever there is
+    /// interest. Stored and shown; enforced by the federation bridge.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicate_to: Vec<String>,
+}
+
+fn default_partitions() -> u32 {
+    1
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        TopicConfig {
+            partitions: 1,
+            retention: Retention::default(),
+            replicate_to: Vec::new(),
+        }
+    }
+}
+
+impl TopicConfig {
+    /// Checks the ranges.
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
+            return Err(invalid(
+                "partitions",
+                format!("partitions must be from 1 to {MAX_PARTITIONS}"),
+            ));
+        }
+        if self.retention.max_age_secs == Some(0) {
+            return Err(invalid(
+                "retention.max_age_secs",
+                "must be at least 1 when set",
+            ));
+        }
+        if self.retention.max_bytes == Some(0) {
+            return Err(invalid(
+                "retention.max_bytes",
+                "must be at least 1 when set",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Retention of a topic: records older than `max_age_secs`, and the oldest records past
+/// `max_bytes` per partition, are removed. `None` keeps forever / without bound.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Keep records at most this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_secs: Option<u64>,
+    /// Keep at most this many bytes of records per partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+}
+
+/// How a consumer group shares the events of a subscription among its members.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum GroupMode {
+    /// Each event goes to one member (events of one partition key to the same member).
+    #[default]
+    Clustering,
+    /// Each event goes to every member.
+    Broadcasting,
+}
+
+/// Where a new subscription starts reading.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StartPosition {
+    /// Only events published after the subscription was created.
+    #[default]
+    Latest,
+    /// Everything the topic still retains.
+    Earliest,
+}
+
+/// Where matching events go.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Sink {
+    /// Push: CloudEvents binary-mode HTTP POSTs.
+    Webhook(WebhookSink),
+    /// Pull: the subscriber fetches with `GET .../events` and acknowledges.
+    Pull(PullSink),
+}
+
+/// A webhook sink. With several `urls`, each URL is one member of the consumer group.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSink {
+    /// The endpoint (http or https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// More endpoints: members of the group (CLUSTERING spreads, BROADCASTING copies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+    /// Per-attempt timeout.
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl WebhookSink {
+    /// All member URLs, `url` first.
+    pub fn members(&self) -> Vec<String> {
+        self.url.iter().chain(self.urls.iter()).cloned().collect()
+    }
+}
+
+fn default_webhook_timeout_ms() -> u64 {
+    5_000
+}
+
+/// A pull sink.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PullSink {
+    /// An event handed out and not acknowledged within this time is handed out again.
+    #[serde(default = "default_ack_deadline_ms")]
+    pub ack_deadline_ms: u64,
+}
+
+fn default_ack_deadline_ms() -> u64 {
+    30_000
+}
+
+/// Retries and dead-lettering.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryPolicy {
+    /// Attempts per event (the first one included) before it is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Give up on an event this long after its first attempt, whatever the count.
+    #[serde(default = "default_max_age_secs")]
+    pub max_age_secs: u64,
+    /// First retry delay; doubles per attempt, with full jitter.
+    #[serde(default = "default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    /// Upper bound of the retry delay.
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// Events in flight at once for this subscription (push) — the concurrency bound.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+    /// Where events that ran out of attempts go; without one they are dropped (and
+    /// counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
+}
+
+fn default_max_attempts() -> u32 {
+    10
+}
+fn default_max_age_secs() -> u64 {
+    3600
+}
+fn default_initial_backoff_ms() -> u64 {
+    200
+}
+fn default_max_backoff_ms() -> u64 {
+    30_000
+}
+fn default_max_in_flight() -> u32 {
+    16
+}
+
+impl Default for DeliveryPolicy {
+    fn default() -> Self {
+        DeliveryPolicy {
+            max_attempts: default_max_attempts(),
+            max_age_secs: default_max_age_secs(),
+            initial_backoff_ms: default_initial_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+            max_in_flight: default_max_in_flight(),
+            dead_letter_topic: None,
+        }
+    }
+}
+
+/// Body of `POST /v1/subscriptions`, and what `GET` returns.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionSpec {
+    /// Unique name in the cluster.
+    pub name: String,
+    /// The topic read.
+    pub topic: String,
+    /// The consumer group (defaults to the name).
+    #[serde(default)]
+    pub group: String,
+    /// CLUSTERING or BROADCASTING.
+    #[serde(default)]
+    pub mode: GroupMode,
+    /// Which events (absent: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterSpec>,
+    /// What the sink receives (absent: the original event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<TransformSpec>,
+    /// Where events go.
+    pub sink: Sink,
+    /// Retries and dead-lettering.
+    #[serde(default)]
+    pub delivery: DeliveryPolicy,
+    /// Where a new subscription starts.
+    #[serde(default)]
+    pub start: StartPosition,
+}
+
+/// A subscription whose filter and transform compiled.
+#[derive(Debug)]
+pub struct CompiledSubscription {
+    /// The spec, with defaults filled in.
+    pub spec: SubscriptionSpec,
+    /// The compiled filter (None: all events).
+    pub filter: Option<Filter>,
+    /// The compiled transform (None: the original event).
+    pub transform: Option<Transform>,
+}
+
+impl SubscriptionSpec {
+    /// Validates every field and compiles filter and transform once.
+    pub fn compile(mut self) -> Result<CompiledSubscription, InvalidField> {
+        check_name("name", &self.name)?;
+        check_name("topic", &self.topic)?;
+        if self.group.is_empty() {
+            self.group = self.name.clone();
+        }
+        check_name("group", &self.group)?;
+        let d = &self.delivery;
+        if d.max_attempts == 0 || d.max_attempts > 1000 {
+            return Err(invalid("delivery.max_attempts", "must be from 1 to 1000"));
+        }
+        if d.max_in_flight == 0 || d.max_in_flight > 1024 {
+            return Err(invalid("delivery.max_in_flight", "must be from 1 to 1024"));
+        }
+        if d.initial_backoff_ms == 0 || d.initial_backoff_ms > d.max_backoff_ms {
+            return Err(invalid(
+                "delivery.initial_backoff_ms",
+                "must be at least 1 and at most delivery.max_backoff_ms",
+            ));
+        }
+        if d.max_age_secs == 0 {
+            return Err(invalid("delivery.max_age_secs", "must be at least 1"));
+        }
+        if let Some(dlt) = &d.dead_letter_topic {
+            check_name("delivery.dead_letter_topic", dlt)?;
+            if dlt == &self.topic {
+                return Err(invalid(
+                    "delivery.dead_letter_topic",
+                    "the dead-letter topic must differ from the subscribed topic",
+                ));
+            }
+        }
+        match &self.sink {
+            Sink::Webhook(w) => {
+                let members = w.members();
+                if members.is_empty() {
+                    return Err(invalid("sink.webhook.url", "a webhook sink needs a url"));
+                }
+                for u in &members {
+                    let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                        && u.len() > "https://".len()
+                        && !u.contains(char::is_whitespace);
+                    if !ok {
+                        return Err(invalid(
+                            "sink.webhook.url",
+                            format!("{u:?} is not an http:// or https:// URL"),
+                        ));
+                    }
+                }
+                if w.timeout_ms == 0 || w.timeout_ms > 300_000 {
+                    return Err(invalid(
+                        "sink.webhook.timeout_ms",
+                        "must be from 1 to 300000",
+                    ));
+                }
+            }
+            Sink::Pull(p) => {
+                if p.ack_deadline_ms < 100 || p.ack_deadline_ms > 3_600_000 {
+                    return Err(invalid(
+                        "sink.pull.ack_deadline_ms",
+                        "must be from 100 to 3600000",
+                    ));
+                }
+            }
+        }
+        let filter = self
+            .filter
+            .as_ref()
+            .map(Filter::compile)
+            .transpose()
+            .map_err(|e| invalid(format!("filter{}", e.path_suffix()), e.to_string()))?;
+        let transform = self
+            .transform
+            .as_ref()
+            .map(Transform::compile)
+            .transpose()
+            .map_err(|e| invalid("transform", e.to_string()))?;
+        Ok(CompiledSubscription {
+            spec: self,
+            filter,
+            transform,
+        })
+    }
+}
+
+/// One stored event's position.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Position {
+    /// Partition.
+    pub partition: u32,
+    /// Offset in the partition.
+    pub offset: u64,
+}
+
+/// Answer to a publish.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PublishResponse {
+    /// Where each event of the request was stored, in request order.
+    pub positions: Vec<Position>,
+}
+
+/// One event handed out by a pull.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PulledEvent {
+    /// Give this back to `POST .../ack`.
+    pub ack_id: String,
+    /// How many times this event has been handed out (1 the first time).
+    pub delivery_attempt: u32,
+    /// The event (structured JSON), or the transformed body.
+    pub event: serde_json::Value,
+}
+
+/// Answer to `GET /v1/subscriptions/{name}/events`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PullResponse {
+    /// Events handed out.
+    pub events: Vec<PulledEvent>,
+}
+
+/// Body of `POST /v1/subscriptions/{name}/ack`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    /// The ack ids of handed-out events.
+    pub ack_ids: Vec<String>,
+    /// The member acknowledging (BROADCASTING needs it; CLUSTERING ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+}
+
+/// Answer to an ack.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AckResponse {
+    /// How many ack ids matched an event in flight.
+    pub acknowledged: usize,
+    /// Ack ids that did not (expired and handed to someone else, or unknown).
+    pub unknown: Vec<String>,
+}
+
+/// A topic as `GET /v1/topics` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Name.
+    pub name: String,
+    /// Configuration.
+    pub config: TopicConfig,
+    /// Per partition: first retained and next offset.
+    #[serde(default)]
+    pub partitions: BTreeMap<u32, PartitionOffsets>,
+}
+
+/// Offsets of one partition.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct PartitionOffsets {
+    /// The first offset still retained.
+    pub start: u64,
+    /// The offset the next event will get.
+    pub end: u64,
+}

@@ -1,0 +1,21 @@
+//! meshd-node: the runtime node of a cluster.
+//!
+//! Owns: the publish path (HTTP ingest, validation, durable append), the [`store::EventStore`]
+//! seam with its embedded durable log, subscriptions (persisted in the store's metadata),
+//! and delivery to sinks (webhook push with retries and dead-lettering, pull with ack
+//! deadlines), plus the node's HTTP API, metrics and health endpoints.
+//!
+//! Must not touch: placement (scheduler/ decides it), auth and rate limits (proxy/), and
+//! links to other clusters (federation/).
+//!
+//! # Layout
+//! - [`store`]: the `EventStore` trait and [`store::embedded`], the default log.
+//! - [`ingest`]: partition choice and encoding of published events.
+//! - [`delivery`]: push and pull delivery engines.
+//! - [`metrics`]: the node's Prometheus metrics.
+#![forbid(unsafe_code)]
+
+pub mod delivery;
+pub mod ingest;
+pub mod metrics;
+pub mod store;

@@ -1,0 +1,213 @@
+//! The event store seam: where events live once a publish is acknowledged.
+//!
+//! [`EventStore`] is implemented by the embedded durable log ([`embedded`], the default)
+//! and, later, by the Pulsar backend. Offsets are per (topic, partition), start at 0 and
+//! grow by one per record; a consumer group's committed offset is the *next* offset it
+//! will read (Kafka convention), so "nothing consumed yet" is the partition's start.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use meshd_core::api::TopicConfig;
+use tokio::sync::watch;
+
+pub mod embedded;
+
+/// A record to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendRecord {
+    /// The partition it goes to (the caller picks it from the partition key).
+    pub partition: u32,
+    /// Publish time, milliseconds since the Unix epoch (retention by age uses it).
+    pub timestamp_ms: u64,
+    /// The encoded event ([`meshd_core::codec`]).
+    pub payload: Bytes,
+}
+
+/// A record read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Partition.
+    pub partition: u32,
+    /// Offset within the partition.
+    pub offset: u64,
+    /// Publish time, ms since the epoch.
+    pub timestamp_ms: u64,
+    /// The encoded event.
+    pub payload: Bytes,
+}
+
+/// Where an appended record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: u64,
+}
+
+/// First retained and next offsets of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PartitionBounds {
+    /// The first offset still stored (moves forward with retention).
+    pub start: u64,
+    /// The offset the next appended record will get.
+    pub end: u64,
+}
+
+/// When an append is acknowledged relative to fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// fsync (group-committed) before every acknowledgement. Survives machine crashes.
+    #[default]
+    Always,
+    /// fsync at most every `interval`; acknowledged writes of the last interval can be lost
+    /// on a machine crash (not on a process crash).
+    Interval,
+    /// Never fsync explicitly; the OS writes back when it likes.
+    Never,
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "interval" => Ok(FsyncPolicy::Interval),
+            "never" => Ok(FsyncPolicy::Never),
+            other => Err(format!(
+                "fsync must be always, interval or never, not {other:?}"
+            )),
+        }
+    }
+}
+
+/// What retention removed in one pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionReport {
+    /// Records removed.
+    pub records: u64,
+    /// Payload bytes removed.
+    pub bytes: u64,
+}
+
+/// Failures of a store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No such topic.
+    #[error("topic {topic:?} does not exist")]
+    TopicNotFound {
+        /// The topic.
+        topic: String,
+    },
+    /// Creating a topic that exists with another configuration.
+    #[error("topic {topic:?} already exists with another configuration")]
+    TopicConflict {
+        /// The topic.
+        topic: String,
+    },
+    /// Partition out of range.
+    #[error("topic {topic:?} has no partition {partition}")]
+    PartitionNotFound {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+    },
+    /// A stored record failed its checksum or could not be decoded.
+    #[error("corrupt record in {topic:?}/{partition} at offset {offset}: {reason}")]
+    Corrupt {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The offset.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The backend is not reachable (Pulsar down, store closed).
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    /// Any other I/O or backend failure.
+    #[error("event store I/O error: {0}")]
+    Io(String),
+}
+
+/// A durable, ordered, partitioned log of events plus consumer offsets and a small
+/// metadata namespace (subscriptions).
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Creates a topic. Returns `true` when created, `false` when it already existed with
+    /// the same configuration; [`StoreError::TopicConflict`] when it exists differently.
+    async fn create_topic(&self, topic: &str, config: &TopicConfig) -> Result<bool, StoreError>;
+
+    /// Deletes a topic, its records and the offsets committed on it.
+    async fn delete_topic(&self, topic: &str) -> Result<(), StoreError>;
+
+    /// All topics with their configuration, sorted by name.
+    async fn list_topics(&self) -> Result<Vec<(String, TopicConfig)>, StoreError>;
+
+    /// One topic's configuration.
+    async fn topic(&self, topic: &str) -> Result<Option<TopicConfig>, StoreError>;
+
+    /// Appends records atomically (all or none), in the given order within each partition.
+    /// Returns when they are durable under the store's fsync policy; concurrent appends
+    /// are group-committed (one fsync for many).
+    async fn append(
+        &self,
+        topic: &str,
+        records: Vec<AppendRecord>,
+    ) -> Result<Vec<Appended>, StoreError>;
+
+    /// Reads up to `max` records of a partition starting at `from` (or at the partition
+    /// start if `from` is below it). Returns fewer (maybe none) at the end of the log.
+    async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError>;
+
+    /// First retained and next offsets of a partition.
+    async fn bounds(&self, topic: &str, partition: u32) -> Result<PartitionBounds, StoreError>;
+
+    /// A watch of the partition's end offset: it changes after every durable append, so
+    /// readers can wait for new records without polling.
+    fn watch_end(&self, topic: &str, partition: u32) -> Result<watch::Receiver<u64>, StoreError>;
+
+    /// Stores a consumer group's committed offset (the next offset to read).
+    async fn commit_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<(), StoreError>;
+
+    /// A consumer group's committed offset, if it ever committed one.
+    async fn committed_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// Removes records past each topic's retention (age relative to `now_ms`, size per
+    /// partition). Never removes the last record's offset position: `end` is unchanged.
+    async fn enforce_retention(&self, now_ms: u64) -> Result<RetentionReport, StoreError>;
+
+    /// Puts a metadata value (durably).
+    async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    /// Deletes a metadata value; `false` when it was absent.
+    async fn delete_meta(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// All metadata entries whose key starts with `prefix`, sorted by key.
+    async fn list_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Flushes and stops background work; later calls may fail with `Unavailable`.
+    async fn close(&self) -> Result<(), StoreError>;
+}
