@@ -1,1 +1,157 @@
-fn main() {}
+//! The `meshd` binary: CLI wiring only. One binary, one subcommand per role, plus small
+//! client commands. Everything with logic lives in the crates.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use meshd_node::server::{Node, NodeConfig};
+use meshd_node::store::FsyncPolicy;
+
+mod client;
+mod dev;
+
+#[derive(Parser)]
+#[command(
+    name = "meshd",
+    version,
+    about = "A geo-replicated, multi-cluster CloudEvents mesh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a complete local cluster in one process on loopback, on embedded defaults.
+    Dev(dev::DevArgs),
+    /// Run one runtime node (HTTP API + embedded store + delivery).
+    Node(NodeArgs),
+    /// Publish events (a small client).
+    Pub(client::PubArgs),
+    /// Pull events from a pull subscription and acknowledge them (a small client).
+    Sub(client::SubArgs),
+    /// Manage topics (a small client).
+    Topic(client::TopicArgs),
+}
+
+/// Options of a runtime node.
+#[derive(clap::Args, Clone)]
+pub struct NodeArgs {
+    /// Address to serve HTTP on (port 0: any free port; the URL is printed).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// Where the embedded store keeps its files.
+    #[arg(long, default_value = "./meshd-data")]
+    data_dir: PathBuf,
+    /// Cluster name.
+    #[arg(long, default_value = "local")]
+    cluster: String,
+    /// Node id within the cluster.
+    #[arg(long, default_value = "node-1")]
+    node_id: String,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Options of the embedded store and the publish path.
+#[derive(clap::Args, Clone)]
+pub struct StoreArgs {
+    /// When publishes are fsynced: always (before every ack, group-committed), interval, never.
+    #[arg(long, default_value = "always")]
+    fsync: FsyncPolicy,
+    /// fsync period under --fsync interval, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    fsync_interval_ms: u64,
+    /// Largest publish request body, in bytes (413 past it).
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Create topics on first publish instead of answering 404.
+    #[arg(long)]
+    auto_create_topics: bool,
+    /// How often retention runs, in seconds.
+    #[arg(long, default_value_t = 30)]
+    retention_interval_secs: u64,
+}
+
+impl StoreArgs {
+    fn node_config(&self, data_dir: PathBuf, cluster: &str, node_id: &str) -> NodeConfig {
+        let mut c = NodeConfig::new(data_dir);
+        c.cluster = cluster.to_string();
+        c.node_id = node_id.to_string();
+        c.fsync = self.fsync;
+        c.fsync_interval = Duration::from_millis(self.fsync_interval_ms.max(1));
+        c.max_body_bytes = self.max_body_bytes;
+        c.auto_create_topics = self.auto_create_topics;
+        c.retention_interval = Duration::from_secs(self.retention_interval_secs.max(1));
+        c
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    // reqwest is built without a default crypto provider: install ring once, first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MESHD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => dev::run(args).await,
+            Command::Node(args) => run_node(args).await,
+            Command::Pub(args) => client::publish(args).await,
+            Command::Sub(args) => client::subscribe(args).await,
+            Command::Topic(args) => client::topic(args).await,
+        }
+    })
+}
+
+async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let config = args
+        .store
+        .node_config(args.data_dir.clone(), &args.cluster, &args.node_id);
+    let node = Node::open(config)
+        .await
+        .with_context(|| format!("opening the node's store in {}", args.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "cluster {} node {} http://{addr}",
+        args.cluster, args.node_id
+    );
+    node.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -13,9 +13,13 @@
 //! - [`ingest`]: partition choice and encoding of published events.
 //! - [`delivery`]: push and pull delivery engines.
 //! - [`metrics`]: the node's Prometheus metrics.
+//! - [`http`]: the `/v1` HTTP API, `/metrics`, `/healthz`, `/readyz`.
+//! - [`server`]: a node assembled, with start-up recovery and clean shutdown.
 #![forbid(unsafe_code)]
 
 pub mod delivery;
+pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod server;
 pub mod store;

@@ -38,3 +38,90 @@ impl EmbeddedStore {
         ))
     }
 }
+
+#[async_trait::async_trait]
+impl super::EventStore for EmbeddedStore {
+    async fn create_topic(
+        &self,
+        _: &str,
+        _: &meshd_core::api::TopicConfig,
+    ) -> Result<bool, super::StoreError> {
+        Err(unavailable())
+    }
+    async fn delete_topic(&self, _: &str) -> Result<(), super::StoreError> {
+        Err(unavailable())
+    }
+    async fn list_topics(
+        &self,
+    ) -> Result<Vec<(String, meshd_core::api::TopicConfig)>, super::StoreError> {
+        Err(unavailable())
+    }
+    async fn topic(
+        &self,
+        _: &str,
+    ) -> Result<Option<meshd_core::api::TopicConfig>, super::StoreError> {
+        Err(unavailable())
+    }
+    async fn append(
+        &self,
+        _: &str,
+        _: Vec<super::AppendRecord>,
+    ) -> Result<Vec<super::Appended>, super::StoreError> {
+        Err(unavailable())
+    }
+    async fn read(
+        &self,
+        _: &str,
+        _: u32,
+        _: u64,
+        _: usize,
+    ) -> Result<Vec<super::StoredRecord>, super::StoreError> {
+        Err(unavailable())
+    }
+    async fn bounds(&self, _: &str, _: u32) -> Result<super::PartitionBounds, super::StoreError> {
+        Err(unavailable())
+    }
+    fn watch_end(
+        &self,
+        _: &str,
+        _: u32,
+    ) -> Result<tokio::sync::watch::Receiver<u64>, super::StoreError> {
+        Err(unavailable())
+    }
+    async fn commit_offset(
+        &self,
+        _: &str,
+        _: &str,
+        _: u32,
+        _: u64,
+    ) -> Result<(), super::StoreError> {
+        Err(unavailable())
+    }
+    async fn committed_offset(
+        &self,
+        _: &str,
+        _: &str,
+        _: u32,
+    ) -> Result<Option<u64>, super::StoreError> {
+        Err(unavailable())
+    }
+    async fn enforce_retention(&self, _: u64) -> Result<super::RetentionReport, super::StoreError> {
+        Err(unavailable())
+    }
+    async fn put_meta(&self, _: &str, _: &[u8]) -> Result<(), super::StoreError> {
+        Err(unavailable())
+    }
+    async fn delete_meta(&self, _: &str) -> Result<bool, super::StoreError> {
+        Err(unavailable())
+    }
+    async fn list_meta(&self, _: &str) -> Result<Vec<(String, Vec<u8>)>, super::StoreError> {
+        Err(unavailable())
+    }
+    async fn close(&self) -> Result<(), super::StoreError> {
+        Ok(())
+    }
+}
+
+fn unavailable() -> super::StoreError {
+    super::StoreError::Unavailable("embedded store not written yet".into())
+}

@@ -1,0 +1,503 @@
+//! The node's HTTP API (`/v1`), health and metrics endpoints.
+//!
+//! Handlers are thin: they read and bound the request, call [`crate::server::Node`], and
+//! map every failure to the one JSON error body with the right status, in one place
+//! ([`ApiError`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use meshd_core::api::{
+    AckRequest, ErrorBody, InvalidField, PublishResponse, PullResponse, SubscriptionSpec,
+    TopicConfig,
+};
+use meshd_core::event::{self, EventError, Mode};
+use serde::Deserialize;
+
+use crate::delivery::DeliveryError;
+use crate::ingest;
+use crate::server::{Node, NodeError};
+use crate::store::StoreError;
+
+/// An error answer: status plus the JSON error body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// Builds an error answer.
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: ErrorBody::new(code, message, None),
+            retry_after: None,
+        }
+    }
+
+    fn field(mut self, field: impl Into<String>) -> ApiError {
+        self.body.error.field = Some(field.into());
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+impl From<EventError> for ApiError {
+    fn from(e: EventError) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            body: ErrorBody::new(e.code, e.message, e.field),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<InvalidField> for ApiError {
+    fn from(e: InvalidField) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", e.message).field(e.field)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match &e {
+            StoreError::TopicNotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "topic_not_found", e.to_string())
+            }
+            StoreError::TopicConflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "topic_conflict", e.to_string())
+            }
+            StoreError::Unavailable(_) => {
+                let mut a = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    e.to_string(),
+                );
+                a.retry_after = Some(1);
+                a
+            }
+            _ => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_error",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<DeliveryError> for ApiError {
+    fn from(e: DeliveryError) -> Self {
+        match e {
+            DeliveryError::NotFound { .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "subscription_not_found",
+                e.to_string(),
+            ),
+            DeliveryError::NotPull { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "not_a_pull_subscription",
+                e.to_string(),
+            ),
+            DeliveryError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::Store(s) => s.into(),
+            NodeError::Delivery(d) => d.into(),
+            NodeError::Invalid(f) => f.into(),
+            NodeError::SubscriptionNotFound { .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "subscription_not_found",
+                e.to_string(),
+            ),
+            NodeError::SubscriptionConflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "subscription_conflict", e.to_string())
+            }
+            NodeError::TopicInUse { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "topic_in_use", e.to_string())
+            }
+            NodeError::TopicNotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "topic_not_found", e.to_string())
+                    .field("topic")
+            }
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Builds the router of a node.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/topics", get(list_topics))
+        .route(
+            "/v1/topics/{topic}",
+            get(get_topic).put(put_topic).delete(delete_topic),
+        )
+        .route("/v1/topics/{topic}/events", post(publish))
+        .route(
+            "/v1/subscriptions",
+            get(list_subscriptions).post(create_subscription),
+        )
+        .route(
+            "/v1/subscriptions/{name}",
+            get(get_subscription).delete(delete_subscription),
+        )
+        .route("/v1/subscriptions/{name}/events", get(pull))
+        .route("/v1/subscriptions/{name}/ack", post(ack))
+        .route("/v1/cluster", get(cluster_status))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(node)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see docs/api.md",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method; see docs/api.md",
+    )
+}
+
+/// Reads a body up to `limit` bytes; over it answers 413 without reading the rest.
+async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_big = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_big {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the request body is larger than the limit of {limit} bytes"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "body_unreadable",
+                format!("could not read the body: {e}"),
+            )
+        }
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let err = ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", inner.to_string());
+        if path == "." || path.is_empty() {
+            err
+        } else {
+            err.field(path)
+        }
+    })
+}
+
+fn require_json(headers: &HeaderMap) -> ApiResult<()> {
+    match headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => Ok(()),
+        Some(ct) if event::media_type(ct) == "application/json" => Ok(()),
+        Some(ct) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("this endpoint takes application/json, not {ct:?}"),
+        )),
+    }
+}
+
+async fn publish(
+    State(node): State<Arc<Node>>,
+    Path(topic): Path<String>,
+    req: Request,
+) -> Response {
+    let started = Instant::now();
+    match publish_inner(&node, &topic, req).await {
+        Ok(resp) => {
+            let n = resp.positions.len() as u64;
+            node.metrics
+                .published
+                .with_label_values(&[&topic])
+                .inc_by(n);
+            node.metrics.stored.with_label_values(&[&topic]).inc_by(n);
+            node.metrics
+                .publish_latency
+                .with_label_values(&[&topic])
+                .observe(started.elapsed().as_secs_f64());
+            (StatusCode::OK, Json(resp)).into_response()
+        }
+        Err(e) => {
+            node.metrics
+                .publish_rejected
+                .with_label_values(&[&e.body.error.code])
+                .inc();
+            tracing::debug!(topic = %topic, code = %e.body.error.code, "publish refused: {}", e.body.error.message);
+            e.into_response()
+        }
+    }
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(topic = %topic))]
+async fn publish_inner(node: &Arc<Node>, topic: &str, req: Request) -> ApiResult<PublishResponse> {
+    let (parts, body) = req.into_parts();
+    let mode = mode_of(&parts.headers)?;
+    let partitions = node.partitions_for_publish(topic).await?;
+    let bytes = read_body(body, node.config.max_body_bytes).await?;
+    let events = match mode {
+        Mode::Binary => {
+            let ct = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let headers = parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_bytes()));
+            vec![event::parse_binary(headers, ct, &bytes)?]
+        }
+        Mode::Structured => vec![event::parse_structured(&bytes)?],
+        Mode::Batch => event::parse_batch(&bytes)?,
+    };
+    let positions = ingest::append_events(&*node.store, topic, partitions, &events).await?;
+    for (e, p) in events.iter().zip(&positions) {
+        tracing::trace!(event_id = %meshd_core::event::attribute_string(e, "id").unwrap_or_default(), partition = p.partition, offset = p.offset, "stored");
+    }
+    Ok(PublishResponse { positions })
+}
+
+async fn put_topic(
+    State(node): State<Arc<Node>>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    require_json(&headers)?;
+    let bytes = read_body(body, 64 * 1024).await?;
+    let config: TopicConfig = if bytes.iter().all(u8::is_ascii_whitespace) {
+        TopicConfig::default()
+    } else {
+        parse_json(&bytes)?
+    };
+    let created = node.create_topic(&topic, config).await?;
+    let info = node.topic_info(&topic).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(info)).into_response())
+}
+
+async fn get_topic(
+    State(node): State<Arc<Node>>,
+    Path(topic): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(node.topic_info(&topic).await?).into_response())
+}
+
+async fn list_topics(State(node): State<Arc<Node>>) -> ApiResult<Response> {
+    Ok(Json(serde_json::json!({ "topics": node.list_topics().await? })).into_response())
+}
+
+async fn delete_topic(
+    State(node): State<Arc<Node>>,
+    Path(topic): Path<String>,
+) -> ApiResult<StatusCode> {
+    node.delete_topic(&topic).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_subscription(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    require_json(&headers)?;
+    let bytes = read_body(body, 256 * 1024).await?;
+    let spec: SubscriptionSpec = parse_json(&bytes)?;
+    let (created, spec) = node.create_subscription(spec).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(spec)).into_response())
+}
+
+async fn list_subscriptions(State(node): State<Arc<Node>>) -> ApiResult<Response> {
+    Ok(Json(serde_json::json!({ "subscriptions": node.list_subscriptions() })).into_response())
+}
+
+async fn get_subscription(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(node.subscription(&name)?).into_response())
+}
+
+async fn delete_subscription(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    node.delete_subscription(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Query of a pull.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PullQuery {
+    /// Most events to return (1..=1000, default 100).
+    max: Option<usize>,
+    /// Longest wait in milliseconds when no event is ready (0..=60000, default 0); also
+    /// takes a unit: `5s`, `500ms`.
+    wait: Option<String>,
+    /// The member pulling (default "default").
+    consumer: Option<String>,
+}
+
+fn parse_wait(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms.parse().ok().map(Duration::from_millis);
+    }
+    if let Some(secs) = s.strip_suffix('s') {
+        return secs
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .map(Duration::from_secs_f64);
+    }
+    s.parse().ok().map(Duration::from_millis)
+}
+
+async fn pull(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    query: Result<Query<PullQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let max = q.max.unwrap_or(100);
+    if max == 0 || max > 1000 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "max must be from 1 to 1000",
+        )
+        .field("max"));
+    }
+    let wait = match q.wait.as_deref() {
+        None => Duration::ZERO,
+        Some(w) => parse_wait(w)
+            .filter(|d| *d <= Duration::from_secs(60))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    "wait must be a duration of at most 60s: milliseconds, or with a unit (500ms, 5s)",
+                )
+                .field("wait")
+            })?,
+    };
+    let consumer = q.consumer.unwrap_or_else(|| "default".to_string());
+    meshd_core::api::check_name("consumer", &consumer)?;
+    let events = node.delivery.pull(&name, &consumer, max, wait).await?;
+    Ok(Json(PullResponse { events }).into_response())
+}
+
+async fn ack(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    require_json(&headers)?;
+    let bytes = read_body(body, 1024 * 1024).await?;
+    let req: AckRequest = parse_json(&bytes)?;
+    let consumer = req.consumer.unwrap_or_else(|| "default".to_string());
+    let resp = node.delivery.ack(&name, &consumer, req.ack_ids).await?;
+    Ok(Json(resp).into_response())
+}
+
+async fn cluster_status(State(node): State<Arc<Node>>) -> ApiResult<Response> {
+    Ok(Json(node.status().await?).into_response())
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    if node.is_ready() {
+        Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(ErrorBody::new(
+                "not_ready",
+                "the node is starting or stopping",
+                None,
+            )),
+        )
+            .into_response()
+    }
+}
+
+fn mode_of(headers: &HeaderMap) -> Result<Mode, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    event::detect_mode(ct, headers.contains_key("ce-specversion")).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            e.to_string(),
+        )
+    })
+}

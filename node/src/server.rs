@@ -1,0 +1,450 @@
+//! A runtime node assembled: store + delivery + subscriptions + HTTP, with a designed
+//! start-up (recover topics and subscriptions from the store) and shutdown (stop taking
+//! requests, commit delivery progress, close the store).
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use meshd_core::api::{
+    check_name, CompiledSubscription, InvalidField, PartitionOffsets, SubscriptionSpec,
+    TopicConfig, TopicInfo,
+};
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+
+use crate::delivery::{Delivery, DeliveryError};
+use crate::ingest::now_ms;
+use crate::metrics::Metrics;
+use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
+use crate::store::{EventStore, FsyncPolicy, StoreError};
+
+const SUBSCRIPTION_PREFIX: &str = "subscriptions/";
+
+/// Configuration of one node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The cluster this node belongs to.
+    pub cluster: String,
+    /// This node's id within the cluster.
+    pub node_id: String,
+    /// Where the embedded store keeps its files.
+    pub data_dir: PathBuf,
+    /// When appends are fsynced.
+    pub fsync: FsyncPolicy,
+    /// Period of fsync under `FsyncPolicy::Interval`.
+    pub fsync_interval: Duration,
+    /// Largest publish request body accepted (413 past it).
+    pub max_body_bytes: usize,
+    /// Create a topic on first publish instead of answering 404.
+    pub auto_create_topics: bool,
+    /// How often retention runs.
+    pub retention_interval: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults for a node keeping its data in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> NodeConfig {
+        NodeConfig {
+            cluster: "local".into(),
+            node_id: "node-1".into(),
+            data_dir: data_dir.into(),
+            fsync: FsyncPolicy::Always,
+            fsync_interval: Duration::from_millis(100),
+            max_body_bytes: 4 * 1024 * 1024,
+            auto_create_topics: false,
+            retention_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Failures of node operations (mapped to HTTP answers in `http.rs`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Delivery failed.
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
+    /// A request field is invalid.
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
+    /// No such subscription.
+    #[error("subscription {name:?} does not exist")]
+    SubscriptionNotFound {
+        /// Name.
+        name: String,
+    },
+    /// A subscription with this name exists with another spec.
+    #[error("subscription {name:?} already exists with another spec; delete it first")]
+    SubscriptionConflict {
+        /// Name.
+        name: String,
+    },
+    /// A topic still has subscriptions.
+    #[error("topic {topic:?} still has subscriptions {subscriptions:?}; delete them first")]
+    TopicInUse {
+        /// Topic.
+        topic: String,
+        /// Its subscriptions.
+        subscriptions: Vec<String>,
+    },
+    /// A subscription names a topic that does not exist.
+    #[error("topic {topic:?} does not exist; create it with PUT /v1/topics/{topic}")]
+    TopicNotFound {
+        /// Topic.
+        topic: String,
+    },
+}
+
+/// A running node.
+pub struct Node {
+    /// Its configuration.
+    pub config: NodeConfig,
+    /// Its event store.
+    pub store: Arc<dyn EventStore>,
+    /// Its delivery engine.
+    pub delivery: Delivery,
+    /// Its metrics.
+    pub metrics: Metrics,
+    topics: RwLock<HashMap<String, TopicConfig>>,
+    subscriptions: RwLock<BTreeMap<String, Arc<CompiledSubscription>>>,
+    admin: Mutex<()>,
+    ready: AtomicBool,
+}
+
+impl Node {
+    /// Opens a node on the embedded store in `config.data_dir`.
+    pub async fn open(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
+        let dir = config.data_dir.join("store");
+        let options = EmbeddedOptions {
+            fsync: config.fsync,
+            fsync_interval: config.fsync_interval,
+            ..EmbeddedOptions::default()
+        };
+        let store = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
+            EmbeddedStore::open(&dir, options)
+        })
+        .await
+        .map_err(|e| StoreError::Io(format!("store open task failed: {e}")))??;
+        Node::with_store(config, store).await
+    }
+
+    /// Assembles a node over any store; recovers topics and subscriptions.
+    pub async fn with_store(
+        config: NodeConfig,
+        store: Arc<dyn EventStore>,
+    ) -> Result<Arc<Node>, NodeError> {
+        let metrics = Metrics::new();
+        let delivery = Delivery::new(store.clone(), metrics.clone());
+        let topics = store.list_topics().await?.into_iter().collect();
+        let node = Arc::new(Node {
+            config,
+            store,
+            delivery,
+            metrics,
+            topics: RwLock::new(topics),
+            subscriptions: RwLock::new(BTreeMap::new()),
+            admin: Mutex::new(()),
+            ready: AtomicBool::new(false),
+        });
+        for (key, value) in node.store.list_meta(SUBSCRIPTION_PREFIX).await? {
+            let spec: SubscriptionSpec = match serde_json::from_slice(&value) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(key, "stored subscription is unreadable, skipped: {e}");
+                    continue;
+                }
+            };
+            match spec.compile() {
+                Ok(sub) => {
+                    let sub = Arc::new(sub);
+                    node.delivery.start(sub.clone()).await?;
+                    node.write_subs().insert(sub.spec.name.clone(), sub);
+                }
+                Err(e) => {
+                    tracing::error!(key, "stored subscription no longer compiles, skipped: {e}")
+                }
+            }
+        }
+        node.ready.store(true, Ordering::SeqCst);
+        tracing::info!(
+            cluster = %node.config.cluster,
+            node = %node.config.node_id,
+            topics = node.read_topics().len(),
+            subscriptions = node.read_subs().len(),
+            "node recovered"
+        );
+        Ok(node)
+    }
+
+    fn read_topics(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, TopicConfig>> {
+        self.topics.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_topics(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, TopicConfig>> {
+        self.topics.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read_subs(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<CompiledSubscription>>> {
+        self.subscriptions.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_subs(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<CompiledSubscription>>> {
+        self.subscriptions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the node takes traffic.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The partition count of a topic for a publish; creates it when auto-create is on.
+    pub async fn partitions_for_publish(&self, topic: &str) -> Result<u32, NodeError> {
+        if let Some(cfg) = self.read_topics().get(topic) {
+            return Ok(cfg.partitions);
+        }
+        if self.config.auto_create_topics {
+            self.create_topic(topic, TopicConfig::default()).await?;
+            return Ok(1);
+        }
+        Err(NodeError::TopicNotFound {
+            topic: topic.to_string(),
+        })
+    }
+
+    /// Creates a topic; `true` when new, `false` when it existed identically.
+    pub async fn create_topic(&self, topic: &str, config: TopicConfig) -> Result<bool, NodeError> {
+        check_name("topic", topic)?;
+        config.validate()?;
+        let _guard = self.admin.lock().await;
+        let created = self.store.create_topic(topic, &config).await?;
+        self.write_topics().insert(topic.to_string(), config);
+        if created {
+            tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, topic, "topic created");
+        }
+        Ok(created)
+    }
+
+    /// A topic with its partition offsets.
+    pub async fn topic_info(&self, topic: &str) -> Result<TopicInfo, NodeError> {
+        let config =
+            self.read_topics()
+                .get(topic)
+                .cloned()
+                .ok_or_else(|| NodeError::TopicNotFound {
+                    topic: topic.to_string(),
+                })?;
+        let mut partitions = BTreeMap::new();
+        for p in 0..config.partitions {
+            let b = self.store.bounds(topic, p).await?;
+            partitions.insert(
+                p,
+                PartitionOffsets {
+                    start: b.start,
+                    end: b.end,
+                },
+            );
+        }
+        Ok(TopicInfo {
+            name: topic.to_string(),
+            config,
+            partitions,
+        })
+    }
+
+    /// All topics.
+    pub async fn list_topics(&self) -> Result<Vec<TopicInfo>, NodeError> {
+        let mut names: Vec<String> = self.read_topics().keys().cloned().collect();
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for n in names {
+            out.push(self.topic_info(&n).await?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes a topic that no subscription reads.
+    pub async fn delete_topic(&self, topic: &str) -> Result<(), NodeError> {
+        let _guard = self.admin.lock().await;
+        if !self.read_topics().contains_key(topic) {
+            return Err(NodeError::TopicNotFound {
+                topic: topic.to_string(),
+            });
+        }
+        let users: Vec<String> = self
+            .read_subs()
+            .values()
+            .filter(|s| {
+                s.spec.topic == topic || s.spec.delivery.dead_letter_topic.as_deref() == Some(topic)
+            })
+            .map(|s| s.spec.name.clone())
+            .collect();
+        if !users.is_empty() {
+            return Err(NodeError::TopicInUse {
+                topic: topic.to_string(),
+                subscriptions: users,
+            });
+        }
+        self.store.delete_topic(topic).await?;
+        self.write_topics().remove(topic);
+        tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, topic, "topic deleted");
+        Ok(())
+    }
+
+    /// Creates a subscription (idempotent for an identical spec). Returns whether it was
+    /// new and the stored spec with defaults filled in.
+    pub async fn create_subscription(
+        &self,
+        spec: SubscriptionSpec,
+    ) -> Result<(bool, SubscriptionSpec), NodeError> {
+        let sub = spec.compile()?;
+        let name = sub.spec.name.clone();
+        let _guard = self.admin.lock().await;
+        if let Some(existing) = self.read_subs().get(&name) {
+            return if existing.spec == sub.spec {
+                Ok((false, existing.spec.clone()))
+            } else {
+                Err(NodeError::SubscriptionConflict { name })
+            };
+        }
+        if !self.read_topics().contains_key(&sub.spec.topic) {
+            return Err(NodeError::TopicNotFound {
+                topic: sub.spec.topic.clone(),
+            });
+        }
+        if let Some(dlt) = &sub.spec.delivery.dead_letter_topic {
+            if !self.read_topics().contains_key(dlt) {
+                let cfg = TopicConfig::default();
+                self.store.create_topic(dlt, &cfg).await?;
+                self.write_topics().insert(dlt.clone(), cfg);
+            }
+        }
+        let bytes = serde_json::to_vec(&sub.spec).expect("a spec serializes");
+        self.store
+            .put_meta(&format!("{SUBSCRIPTION_PREFIX}{name}"), &bytes)
+            .await?;
+        let sub = Arc::new(sub);
+        if let Err(e) = self.delivery.start(sub.clone()).await {
+            let _ = self
+                .store
+                .delete_meta(&format!("{SUBSCRIPTION_PREFIX}{name}"))
+                .await;
+            return Err(e.into());
+        }
+        self.write_subs().insert(name.clone(), sub.clone());
+        tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, subscription = %name, topic = %sub.spec.topic, "subscription created");
+        Ok((true, sub.spec.clone()))
+    }
+
+    /// All subscriptions' specs.
+    pub fn list_subscriptions(&self) -> Vec<SubscriptionSpec> {
+        self.read_subs().values().map(|s| s.spec.clone()).collect()
+    }
+
+    /// One subscription's spec.
+    pub fn subscription(&self, name: &str) -> Result<SubscriptionSpec, NodeError> {
+        self.read_subs()
+            .get(name)
+            .map(|s| s.spec.clone())
+            .ok_or_else(|| NodeError::SubscriptionNotFound {
+                name: name.to_string(),
+            })
+    }
+
+    /// Deletes a subscription and stops its delivery.
+    pub async fn delete_subscription(&self, name: &str) -> Result<(), NodeError> {
+        let _guard = self.admin.lock().await;
+        if !self.read_subs().contains_key(name) {
+            return Err(NodeError::SubscriptionNotFound {
+                name: name.to_string(),
+            });
+        }
+        self.delivery.stop(name).await;
+        self.store
+            .delete_meta(&format!("{SUBSCRIPTION_PREFIX}{name}"))
+            .await?;
+        self.write_subs().remove(name);
+        tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, subscription = %name, "subscription deleted");
+        Ok(())
+    }
+
+    /// The node's status as `GET /v1/cluster` shows it.
+    pub async fn status(&self) -> Result<serde_json::Value, NodeError> {
+        Ok(serde_json::json!({
+            "cluster": self.config.cluster,
+            "node": self.config.node_id,
+            "ready": self.is_ready(),
+            "topics": self.read_topics().len(),
+            "subscriptions": self.read_subs().len(),
+            "fsync": self.config.fsync,
+        }))
+    }
+
+    /// Runs retention now.
+    pub async fn run_retention(&self) -> Result<(), NodeError> {
+        let report = self.store.enforce_retention(now_ms()).await?;
+        if report.records > 0 {
+            tracing::info!(
+                records = report.records,
+                bytes = report.bytes,
+                "retention removed records"
+            );
+        }
+        Ok(())
+    }
+
+    /// Serves HTTP on `listener` until `shutdown` resolves, then stops cleanly: stop
+    /// accepting, finish in-flight requests, commit delivery progress, close the store.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let retention = {
+            let node = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(node.config.retention_interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = node.run_retention().await {
+                        tracing::warn!("retention failed: {e}");
+                    }
+                }
+            })
+        };
+        let app = crate::http::router(self.clone());
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        retention.abort();
+        self.shutdown().await;
+        result
+    }
+
+    /// Stops delivery and closes the store.
+    pub async fn shutdown(&self) {
+        if !self.ready.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        self.delivery.shutdown().await;
+        if let Err(e) = self.store.close().await {
+            tracing::warn!("closing the store: {e}");
+        }
+        tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, "node stopped");
+    }
+}
