@@ -1,0 +1,310 @@
+//! Harness for integration tests: real `meshd` processes on free loopback ports, killed
+//! when their guard drops (also on panic), a recording webhook sink, and `eventually`.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+/// Installs the rustls provider reqwest needs (once per process).
+pub fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// An HTTP client for tests.
+pub fn client() -> reqwest::Client {
+    init();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// A running `meshd node`, killed on drop.
+pub struct Meshd {
+    child: Child,
+    /// Its base URL.
+    pub url: String,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    /// Lines it printed on stdout after the URL line.
+    pub stdout: Arc<Mutex<Vec<String>>>,
+}
+
+impl Meshd {
+    /// Starts `meshd node` on a free port with its store in `data_dir`.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Meshd {
+        let mut args = vec![
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir.to_str().expect("utf-8 path"),
+        ];
+        args.extend_from_slice(extra);
+        Meshd::spawn(&args, data_dir)
+    }
+
+    /// Spawns `meshd` with any arguments and waits for the node URL line.
+    pub fn spawn(args: &[&str], data_dir: &Path) -> Meshd {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
+            .args(args)
+            .env("MESHD_LOG", std::env::var("MESHD_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn meshd");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if !sent && line.contains(" node http://") {
+                    let url = line.rsplit(' ').next().unwrap_or_default().to_string();
+                    let _ = tx.send(url);
+                    sent = true;
+                } else {
+                    sink.lock().unwrap().push(line);
+                }
+            }
+        });
+        let mut guard = Meshd {
+            child,
+            url: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            stdout: lines,
+        };
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => guard.url = url,
+            Err(_) => panic!("meshd did not print its URL within 60s (args {args:?})"),
+        }
+        guard
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and wait for a clean exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `url` + path.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+}
+
+impl Drop for Meshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it yields `Some`, or panics after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// One request the sink received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Lower-case header name → value.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+impl Received {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A webhook sink on a free port that records every request and answers with the status
+/// the `behaviour` function picks (given the 1-based count of requests for that ce-id).
+pub struct Sink {
+    /// Its URL.
+    pub url: String,
+    /// What it received, in order.
+    pub received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sink {
+    /// Starts a sink.
+    pub async fn start(behaviour: impl Fn(&str, usize) -> u16 + Send + Sync + 'static) -> Sink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let rec = received.clone();
+        let behaviour = Arc::new(behaviour);
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let rec = rec.clone();
+                let behaviour = behaviour.clone();
+                async move {
+                    let headers: Vec<(String, String)> = headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+                        .collect();
+                    let id = headers
+                        .iter()
+                        .find(|(k, _)| k == "ce-id")
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default();
+                    let n = {
+                        let mut r = rec.lock().unwrap();
+                        r.push(Received {
+                            headers,
+                            body: body.to_vec(),
+                            at: Instant::now(),
+                        });
+                        r.iter().filter(|x| x.header("ce-id") == Some(id.as_str())).count()
+                    };
+                    StatusCode::from_u16(behaviour(&id, n)).unwrap()
+                }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Sink {
+            url,
+            received,
+            task,
+        }
+    }
+
+    /// Snapshot of what was received.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// ce-ids of requests answered (any status), in arrival order.
+    pub fn ids(&self) -> Vec<String> {
+        self.received()
+            .iter()
+            .filter_map(|r| r.header("ce-id").map(str::to_string))
+            .collect()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A structured event with the given id, type and key.
+pub fn event(id: &str, ty: &str, key: Option<&str>, data: Value) -> Value {
+    let mut e = serde_json::json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": "/test",
+        "type": ty,
+        "datacontenttype": "application/json",
+        "data": data,
+    });
+    if let Some(k) = key {
+        e["partitionkey"] = Value::String(k.to_string());
+    }
+    e
+}
+
+/// Creates a topic.
+pub async fn create_topic(c: &reqwest::Client, base: &str, topic: &str, body: Value) {
+    let r = c
+        .put(format!("{base}/v1/topics/{topic}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "create topic: {}", r.text().await.unwrap());
+}
+
+/// Publishes structured events one per request; returns the positions.
+pub async fn publish(c: &reqwest::Client, base: &str, topic: &str, events: &[Value]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for e in events {
+        let r = c
+            .post(format!("{base}/v1/topics/{topic}/events"))
+            .header("content-type", "application/cloudevents+json")
+            .body(e.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 200, "publish answered {body}");
+        out.extend(body["positions"].as_array().unwrap().iter().cloned());
+    }
+    out
+}
+
+/// The end offsets of every partition of a topic, summed.
+pub async fn stored_count(c: &reqwest::Client, base: &str, topic: &str) -> u64 {
+    let info: Value = c
+        .get(format!("{base}/v1/topics/{topic}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    info["partitions"]
+        .as_object()
+        .map(|m| m.values().map(|p| p["end"].as_u64().unwrap()).sum())
+        .unwrap_or(0)
+}
