@@ -21,8 +21,10 @@ async fn kill9_during_publish_storm_loses_nothing_acknowledged() {
     create_topic(&c, &m.url, "storm", json!({"partitions": 4})).await;
     let r = c
         .post(m.at("/v1/subscriptions"))
-        .json(&json!({"name": "hook", "topic": "storm", "sink": {"webhook": {"url": sink.url}},
-                      "delivery": {"max_in_flight": 32}}))
+        .json(
+            &json!({"name": "hook", "topic": "storm", "sink": {"webhook": {"url": sink.url}},
+                      "delivery": {"max_in_flight": 32}}),
+        )
         .send()
         .await
         .unwrap();
@@ -32,21 +34,42 @@ async fn kill9_during_publish_storm_loses_nothing_acknowledged() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut publishers = Vec::new();
     for p in 0..8 {
-        let (c, url, acked, stop) = (c.clone(), m.at("/v1/topics/storm/events"), acked.clone(), stop.clone());
+        let (c, url, acked, stop) = (
+            c.clone(),
+            m.at("/v1/topics/storm/events"),
+            acked.clone(),
+            stop.clone(),
+        );
         publishers.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 // Mix single events and small batches.
                 let n = if i % 5 == 0 { 10 } else { 1 };
                 let events: Vec<Value> = (0..n)
-                    .map(|j| event(&format!("p{p}-{i}-{j}"), "storm", Some(&format!("k{p}")), json!({"p": p, "i": i})))
+                    .map(|j| {
+                        event(
+                            &format!("p{p}-{i}-{j}"),
+                            "storm",
+                            Some(&format!("k{p}")),
+                            json!({"p": p, "i": i}),
+                        )
+                    })
                     .collect();
                 let (ct, body) = if n == 1 {
                     ("application/cloudevents+json", events[0].to_string())
                 } else {
-                    ("application/cloudevents-batch+json", json!(events).to_string())
+                    (
+                        "application/cloudevents-batch+json",
+                        json!(events).to_string(),
+                    )
                 };
-                match c.post(&url).header("content-type", ct).body(body).send().await {
+                match c
+                    .post(&url)
+                    .header("content-type", ct)
+                    .body(body)
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status() == 200 => {
                         let mut a = acked.lock().unwrap();
                         a.extend(events.iter().map(|e| e["id"].as_str().unwrap().to_string()));
@@ -58,9 +81,11 @@ async fn kill9_during_publish_storm_loses_nothing_acknowledged() {
             }
         }));
     }
-    eventually("2000 events acknowledged", Duration::from_secs(60), || async {
-        (acked.lock().unwrap().len() >= 2000).then_some(())
-    })
+    eventually(
+        "2000 events acknowledged",
+        Duration::from_secs(60),
+        || async { (acked.lock().unwrap().len() >= 2000).then_some(()) },
+    )
     .await;
     m.kill9();
     stop.store(true, Ordering::Relaxed);
@@ -74,7 +99,9 @@ async fn kill9_during_publish_storm_loses_nothing_acknowledged() {
     // Read the whole log back through a pull subscription from the earliest offset.
     let r = c
         .post(m2.at("/v1/subscriptions"))
-        .json(&json!({"name": "audit", "topic": "storm", "sink": {"pull": {}}, "start": "earliest"}))
+        .json(
+            &json!({"name": "audit", "topic": "storm", "sink": {"pull": {}}, "start": "earliest"}),
+        )
         .send()
         .await
         .unwrap();
@@ -92,30 +119,57 @@ async fn kill9_during_publish_storm_loses_nothing_acknowledged() {
             .await
             .unwrap();
         let evs = resp["events"].as_array().unwrap();
-        assert!(!evs.is_empty(), "the log ended early: read {read} of {stored_total}");
+        assert!(
+            !evs.is_empty(),
+            "the log ended early: read {read} of {stored_total}"
+        );
         for e in evs {
-            *in_log.entry(e["event"]["id"].as_str().unwrap().to_string()).or_default() += 1;
+            *in_log
+                .entry(e["event"]["id"].as_str().unwrap().to_string())
+                .or_default() += 1;
         }
         read += evs.len() as u64;
         let ids: Vec<&Value> = evs.iter().map(|e| &e["ack_id"]).collect();
-        c.post(m2.at("/v1/subscriptions/audit/ack")).json(&json!({"ack_ids": ids})).send().await.unwrap();
+        c.post(m2.at("/v1/subscriptions/audit/ack"))
+            .json(&json!({"ack_ids": ids}))
+            .send()
+            .await
+            .unwrap();
     }
     for id in &acked {
-        assert_eq!(in_log.get(id), Some(&1), "acknowledged event {id} must be in the log exactly once");
+        assert_eq!(
+            in_log.get(id),
+            Some(&1),
+            "acknowledged event {id} must be in the log exactly once"
+        );
     }
     assert!(in_log.values().all(|n| *n == 1), "no event stored twice");
-    eprintln!("stored: {stored_total} (acknowledged {}, stored but unacknowledged {})", acked.len(), stored_total as usize - acked.len());
+    eprintln!(
+        "stored: {stored_total} (acknowledged {}, stored but unacknowledged {})",
+        acked.len(),
+        stored_total as usize - acked.len()
+    );
 
     // The webhook subscription resumes from its committed offset and delivers every
     // acknowledged event at least once.
-    let delivered = eventually("every acknowledged event delivered", Duration::from_secs(120), || async {
-        let mut counts: HashMap<String, u32> = HashMap::new();
-        for id in sink.ids() {
-            *counts.entry(id).or_default() += 1;
-        }
-        acked.iter().all(|id| counts.contains_key(id)).then_some(counts)
-    })
+    let delivered = eventually(
+        "every acknowledged event delivered",
+        Duration::from_secs(120),
+        || async {
+            let mut counts: HashMap<String, u32> = HashMap::new();
+            for id in sink.ids() {
+                *counts.entry(id).or_default() += 1;
+            }
+            acked
+                .iter()
+                .all(|id| counts.contains_key(id))
+                .then_some(counts)
+        },
+    )
     .await;
     let dups: u32 = delivered.values().map(|n| n - 1).sum();
-    eprintln!("delivered {} distinct events, {dups} duplicates after the crash", delivered.len());
+    eprintln!(
+        "delivered {} distinct events, {dups} duplicates after the crash",
+        delivered.len()
+    );
 }

@@ -22,7 +22,14 @@ async fn subscribe(c: &reqwest::Client, base: &str, spec: Value) -> (u16, Value)
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
-async fn pull(c: &reqwest::Client, base: &str, sub: &str, consumer: &str, max: usize, wait_ms: u64) -> Vec<Value> {
+async fn pull(
+    c: &reqwest::Client,
+    base: &str,
+    sub: &str,
+    consumer: &str,
+    max: usize,
+    wait_ms: u64,
+) -> Vec<Value> {
     let r: Value = c
         .get(format!(
             "{base}/v1/subscriptions/{sub}/events?max={max}&wait={wait_ms}&consumer={consumer}"
@@ -33,10 +40,19 @@ async fn pull(c: &reqwest::Client, base: &str, sub: &str, consumer: &str, max: u
         .json()
         .await
         .unwrap();
-    r["events"].as_array().cloned().unwrap_or_else(|| panic!("pull answer: {r}"))
+    r["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("pull answer: {r}"))
 }
 
-async fn ack(c: &reqwest::Client, base: &str, sub: &str, consumer: &str, events: &[Value]) -> Value {
+async fn ack(
+    c: &reqwest::Client,
+    base: &str,
+    sub: &str,
+    consumer: &str,
+    events: &[Value],
+) -> Value {
     let ids: Vec<&Value> = events.iter().map(|e| &e["ack_id"]).collect();
     c.post(format!("{base}/v1/subscriptions/{sub}/ack"))
         .json(&json!({"ack_ids": ids, "consumer": consumer}))
@@ -63,7 +79,10 @@ async fn drain(c: &reqwest::Client, base: &str, sub: &str, consumer: &str, n: us
 }
 
 fn id_of(pulled: &Value) -> String {
-    pulled["event"]["id"].as_str().unwrap_or_default().to_string()
+    pulled["event"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[tokio::test]
@@ -114,11 +133,17 @@ async fn webhook_retries_then_dead_letters() {
     .await;
     // Binary mode with the original attributes.
     let got = sink.received();
-    let fine = got.iter().find(|r| r.header("ce-id") == Some("fine")).unwrap();
+    let fine = got
+        .iter()
+        .find(|r| r.header("ce-id") == Some("fine"))
+        .unwrap();
     assert_eq!(fine.header("ce-type"), Some("order.created"));
     assert_eq!(fine.header("ce-specversion"), Some("1.0"));
     assert_eq!(fine.header("ce-partitionkey"), Some("c"));
-    assert_eq!(serde_json::from_slice::<Value>(&fine.body).unwrap(), json!({"n": 3}));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&fine.body).unwrap(),
+        json!({"n": 3})
+    );
 
     // The doomed one is in the dead-letter topic with the reason.
     let (status, body) = subscribe(
@@ -135,14 +160,32 @@ async fn webhook_retries_then_dead_letters() {
     assert_eq!(ev["deadlettersubscription"], "hook");
     assert_eq!(ev["deadletterattempts"], 3);
     assert_eq!(ev["deadletterstatus"], 500);
-    assert!(ev["deadletterreason"].as_str().unwrap().contains("500"), "{ev}");
+    assert!(
+        ev["deadletterreason"].as_str().unwrap().contains("500"),
+        "{ev}"
+    );
     // Nothing more is attempted after dead-lettering.
     let before = sink.ids().len();
     tokio::time::sleep(Duration::from_millis(300)).await; // a quiet period, not synchronization
     assert_eq!(sink.ids().len(), before);
-    let metrics = c.get(m.at("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("meshd_node_events_dead_lettered_total{subscription=\"hook\",topic=\"orders\"} 1"), "{metrics}");
-    assert!(metrics.contains("meshd_node_delivery_retries_total"), "{metrics}");
+    let metrics = c
+        .get(m.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "meshd_node_events_dead_lettered_total{subscription=\"hook\",topic=\"orders\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("meshd_node_delivery_retries_total"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -167,8 +210,17 @@ async fn webhook_filter_and_per_key_order() {
     assert_eq!(status, 201, "{body}");
     let mut events = Vec::new();
     for i in 0..60 {
-        let ty = if i % 3 == 0 { "order.deleted" } else { "order.created" };
-        events.push(event(&format!("e{i}"), ty, Some(&format!("k{}", i % 4)), json!({"seq": i})));
+        let ty = if i % 3 == 0 {
+            "order.deleted"
+        } else {
+            "order.created"
+        };
+        events.push(event(
+            &format!("e{i}"),
+            ty,
+            Some(&format!("k{}", i % 4)),
+            json!({"seq": i}),
+        ));
     }
     let batch = json!(events);
     let r = c
@@ -185,12 +237,16 @@ async fn webhook_filter_and_per_key_order() {
     })
     .await;
     assert_eq!(got.len(), 40, "only matching events, each once");
-    assert!(got.iter().all(|r| r.header("ce-type") == Some("order.created")));
+    assert!(got
+        .iter()
+        .all(|r| r.header("ce-type") == Some("order.created")));
     // Per key, sequence numbers arrive in publish order.
     let mut last: HashMap<String, i64> = HashMap::new();
     for r in &got {
         let key = r.header("ce-partitionkey").unwrap().to_string();
-        let seq = serde_json::from_slice::<Value>(&r.body).unwrap()["seq"].as_i64().unwrap();
+        let seq = serde_json::from_slice::<Value>(&r.body).unwrap()["seq"]
+            .as_i64()
+            .unwrap();
         if let Some(prev) = last.insert(key.clone(), seq) {
             assert!(seq > prev, "key {key}: {seq} after {prev}");
         }
@@ -273,21 +329,33 @@ async fn clustering_spreads_and_broadcasting_copies() {
         assert!(pull(&c, &m.url, "fanout", member, 1, 0).await.is_empty());
     }
     let events: Vec<Value> = (0..40)
-        .map(|i| event(&format!("n{i}"), "news", Some(&format!("k{}", i % 5)), json!(i)))
+        .map(|i| {
+            event(
+                &format!("n{i}"),
+                "news",
+                Some(&format!("k{}", i % 5)),
+                json!(i),
+            )
+        })
         .collect();
     publish(&c, &m.url, "news", &events).await;
 
     // CLUSTERING: two members pulling in turn split the events; together they get all once.
     let mut seen: HashMap<String, HashSet<String>> = HashMap::new();
     let deadline = std::time::Instant::now() + T;
-    while seen.values().map(HashSet::len).sum::<usize>() < 40 && std::time::Instant::now() < deadline {
+    while seen.values().map(HashSet::len).sum::<usize>() < 40
+        && std::time::Instant::now() < deadline
+    {
         for member in ["a", "b"] {
             let evs = pull(&c, &m.url, "shared", member, 7, 100).await;
             if !evs.is_empty() {
                 ack(&c, &m.url, "shared", member, &evs).await;
             }
             for e in evs {
-                assert!(seen.entry(member.to_string()).or_default().insert(id_of(&e)));
+                assert!(seen
+                    .entry(member.to_string())
+                    .or_default()
+                    .insert(id_of(&e)));
             }
         }
     }
@@ -299,7 +367,11 @@ async fn clustering_spreads_and_broadcasting_copies() {
 
     // BROADCASTING: every member gets every event.
     for member in ["a", "b"] {
-        let got: HashSet<String> = drain(&c, &m.url, "fanout", member, 40).await.iter().map(id_of).collect();
+        let got: HashSet<String> = drain(&c, &m.url, "fanout", member, 40)
+            .await
+            .iter()
+            .map(id_of)
+            .collect();
         assert_eq!(got.len(), 40, "member {member}");
     }
 }
@@ -311,13 +383,41 @@ async fn subscription_validation_and_restart() {
     let c = client();
     create_topic(&c, &m.url, "orders", json!({})).await;
     let bad = [
-        (json!({"name": "x", "topic": "nope", "sink": {"pull": {}}}), 404, None),
-        (json!({"name": "x", "topic": "orders", "sink": {"webhook": {"url": "ftp://x"}}}), 400, Some("sink.webhook.url")),
-        (json!({"name": "x", "topic": "orders", "sink": {"pull": {}}, "filter": {"exact": {}}}), 400, Some("filter.exact")),
-        (json!({"name": "x", "topic": "orders", "sink": {"pull": {}}, "filter": {"regex": "a"}}), 400, Some("filter")),
-        (json!({"name": "x", "topic": "orders", "sink": {"pull": {}}, "mode": "SOMETIMES"}), 400, Some("mode")),
-        (json!({"name": "x", "topic": "orders", "sink": {"pull": {}}, "delivery": {"max_attempts": 0}}), 400, Some("delivery.max_attempts")),
-        (json!({"name": "bad name", "topic": "orders", "sink": {"pull": {}}}), 400, Some("name")),
+        (
+            json!({"name": "x", "topic": "nope", "sink": {"pull": {}}}),
+            404,
+            None,
+        ),
+        (
+            json!({"name": "x", "topic": "orders", "sink": {"webhook": {"url": "ftp://x"}}}),
+            400,
+            Some("sink.webhook.url"),
+        ),
+        (
+            json!({"name": "x", "topic": "orders", "sink": {"pull": {}}, "filter": {"exact": {}}}),
+            400,
+            Some("filter.exact"),
+        ),
+        (
+            json!({"name": "x", "topic": "orders", "sink": {"pull": {}}, "filter": {"regex": "a"}}),
+            400,
+            Some("filter"),
+        ),
+        (
+            json!({"name": "x", "topic": "orders", "sink": {"pull": {}}, "mode": "SOMETIMES"}),
+            400,
+            Some("mode"),
+        ),
+        (
+            json!({"name": "x", "topic": "orders", "sink": {"pull": {}}, "delivery": {"max_attempts": 0}}),
+            400,
+            Some("delivery.max_attempts"),
+        ),
+        (
+            json!({"name": "bad name", "topic": "orders", "sink": {"pull": {}}}),
+            400,
+            Some("name"),
+        ),
         (json!({"topic": "orders", "sink": {"pull": {}}}), 400, None),
     ];
     for (spec, status, field) in bad {
@@ -327,26 +427,90 @@ async fn subscription_validation_and_restart() {
             assert_eq!(body["error"]["field"], f, "{spec}: {body}");
         }
     }
-    let list: Value = c.get(m.at("/v1/subscriptions")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(list["subscriptions"].as_array().unwrap().len(), 0, "bad specs changed nothing");
+    let list: Value = c
+        .get(m.at("/v1/subscriptions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["subscriptions"].as_array().unwrap().len(),
+        0,
+        "bad specs changed nothing"
+    );
 
     let spec = json!({"name": "keeper", "topic": "orders", "sink": {"pull": {}}});
     assert_eq!(subscribe(&c, &m.url, spec.clone()).await.0, 201);
-    assert_eq!(subscribe(&c, &m.url, spec).await.0, 200, "identical create is idempotent");
-    let other = json!({"name": "keeper", "topic": "orders", "sink": {"pull": {"ack_deadline_ms": 1000}}});
+    assert_eq!(
+        subscribe(&c, &m.url, spec).await.0,
+        200,
+        "identical create is idempotent"
+    );
+    let other =
+        json!({"name": "keeper", "topic": "orders", "sink": {"pull": {"ack_deadline_ms": 1000}}});
     assert_eq!(subscribe(&c, &m.url, other).await.0, 409);
     // A topic with subscriptions cannot be deleted.
-    assert_eq!(c.delete(m.at("/v1/topics/orders")).send().await.unwrap().status(), 409);
+    assert_eq!(
+        c.delete(m.at("/v1/topics/orders"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
 
-    publish(&c, &m.url, "orders", &[event("before", "t", None, json!(1))]).await;
+    publish(
+        &c,
+        &m.url,
+        "orders",
+        &[event("before", "t", None, json!(1))],
+    )
+    .await;
     assert!(m.terminate(), "clean shutdown on SIGTERM");
     let m2 = Meshd::start(dir.path(), &[]);
-    let got = c.get(m2.at("/v1/subscriptions/keeper")).send().await.unwrap();
+    let got = c
+        .get(m2.at("/v1/subscriptions/keeper"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(got.status(), 200, "the subscription survived the restart");
-    publish(&c, &m2.url, "orders", &[event("after", "t", None, json!(2))]).await;
-    let ids: Vec<String> = drain(&c, &m2.url, "keeper", "default", 2).await.iter().map(id_of).collect();
+    publish(
+        &c,
+        &m2.url,
+        "orders",
+        &[event("after", "t", None, json!(2))],
+    )
+    .await;
+    let ids: Vec<String> = drain(&c, &m2.url, "keeper", "default", 2)
+        .await
+        .iter()
+        .map(id_of)
+        .collect();
     assert_eq!(ids, vec!["before", "after"]);
-    assert_eq!(c.delete(m2.at("/v1/subscriptions/keeper")).send().await.unwrap().status(), 204);
-    assert_eq!(c.get(m2.at("/v1/subscriptions/keeper")).send().await.unwrap().status(), 404);
-    assert_eq!(c.get(m2.at("/v1/subscriptions/keeper/events")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        c.delete(m2.at("/v1/subscriptions/keeper"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        c.get(m2.at("/v1/subscriptions/keeper"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        c.get(m2.at("/v1/subscriptions/keeper/events"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 }

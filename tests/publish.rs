@@ -9,8 +9,14 @@ use serde_json::{json, Value};
 async fn error_of(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let body: Value = resp.json().await.expect("error body is JSON");
-    assert!(body["error"]["code"].is_string(), "error body shape: {body}");
-    assert!(body["error"]["message"].is_string(), "error body shape: {body}");
+    assert!(
+        body["error"]["code"].is_string(),
+        "error body shape: {body}"
+    );
+    assert!(
+        body["error"]["message"].is_string(),
+        "error body shape: {body}"
+    );
     (status, body)
 }
 
@@ -25,7 +31,10 @@ async fn publish_modes_and_bad_input() {
     // Structured.
     let r = c
         .post(&url)
-        .header("content-type", "application/cloudevents+json; charset=utf-8")
+        .header(
+            "content-type",
+            "application/cloudevents+json; charset=utf-8",
+        )
         .body(event("s1", "order.created", Some("k1"), json!({"n": 1})).to_string())
         .send()
         .await
@@ -72,7 +81,15 @@ async fn publish_modes_and_bad_input() {
     assert_eq!(stored_count(&c, &m.url, "orders").await, 5);
 
     // Every bad input: status, error body, and nothing stored.
-    let cases: Vec<(&str, Vec<(&str, &str)>, String, u16, Option<&str>)> = vec![
+    // (what, headers, body, expected status, expected error field)
+    type Case<'a> = (
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        String,
+        u16,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
         (
             "missing source",
             vec![("content-type", "application/cloudevents+json")],
@@ -174,7 +191,11 @@ async fn publish_modes_and_bad_input() {
         if let Some(f) = field {
             assert_eq!(err["error"]["field"], f, "{what}: {err}");
         }
-        assert_eq!(stored_count(&c, &m.url, "orders").await, 5, "{what} stored something");
+        assert_eq!(
+            stored_count(&c, &m.url, "orders").await,
+            5,
+            "{what} stored something"
+        );
     }
 
     // Unknown topic: 404, and the topic is not created.
@@ -189,13 +210,36 @@ async fn publish_modes_and_bad_input() {
     .await;
     assert_eq!(status, 404, "{err}");
     assert_eq!(err["error"]["code"], "topic_not_found");
-    assert_eq!(c.get(m.at("/v1/topics/nope")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        c.get(m.at("/v1/topics/nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 
     // Metrics count what happened.
-    let metrics = c.get(m.at("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("meshd_node_events_published_total{topic=\"orders\"} 5"), "{metrics}");
-    assert!(metrics.contains("meshd_node_publish_rejected_total"), "{metrics}");
-    assert!(metrics.contains("meshd_node_publish_latency_seconds_bucket"), "{metrics}");
+    let metrics = c
+        .get(m.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("meshd_node_events_published_total{topic=\"orders\"} 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("meshd_node_publish_rejected_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("meshd_node_publish_latency_seconds_bucket"),
+        "{metrics}"
+    );
     assert_eq!(c.get(m.at("/healthz")).send().await.unwrap().status(), 200);
     assert_eq!(c.get(m.at("/readyz")).send().await.unwrap().status(), 200);
 }
@@ -219,10 +263,20 @@ async fn topics_api() {
     for (body, field) in [
         (json!({"partitions": 0}), "partitions"),
         (json!({"partitions": 100000}), "partitions"),
-        (json!({"retention": {"max_age_secs": 0}}), "retention.max_age_secs"),
+        (
+            json!({"retention": {"max_age_secs": 0}}),
+            "retention.max_age_secs",
+        ),
         (json!({"bogus": 1}), ""),
     ] {
-        let (status, err) = error_of(c.put(m.at("/v1/topics/t2")).json(&body).send().await.unwrap()).await;
+        let (status, err) = error_of(
+            c.put(m.at("/v1/topics/t2"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(status, 400, "{body}: {err}");
         if !field.is_empty() {
             assert_eq!(err["error"]["field"], field, "{err}");
@@ -230,12 +284,41 @@ async fn topics_api() {
     }
     let (status, _) = error_of(c.put(m.at("/v1/topics/bad%20name")).send().await.unwrap()).await;
     assert_eq!(status, 400);
-    let list: Value = c.get(m.at("/v1/topics")).send().await.unwrap().json().await.unwrap();
-    let names: Vec<&str> = list["topics"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let list: Value = c
+        .get(m.at("/v1/topics"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = list["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["t1"]);
-    assert_eq!(c.delete(m.at("/v1/topics/t1")).send().await.unwrap().status(), 204);
-    assert_eq!(c.delete(m.at("/v1/topics/t1")).send().await.unwrap().status(), 404);
-    assert_eq!(c.get(m.at("/v1/nothing")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        c.delete(m.at("/v1/topics/t1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        c.delete(m.at("/v1/topics/t1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        c.get(m.at("/v1/nothing")).send().await.unwrap().status(),
+        404
+    );
 }
 
 #[tokio::test]

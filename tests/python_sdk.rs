@@ -33,8 +33,15 @@ async fn python_sdk_publishes_in_all_three_modes() {
     assert_eq!(r.status(), 201);
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/publish_with_sdk.py");
-    let out = Command::new("python3").args([script, &m.url, "sdk"]).output().unwrap();
-    assert!(out.status.success(), "script failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("python3")
+        .args([script, &m.url, "sdk"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let results: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -57,11 +64,26 @@ async fn python_sdk_publishes_in_all_three_modes() {
             .json()
             .await
             .unwrap();
-        got.extend(resp["events"].as_array().unwrap().iter().map(|e| e["event"].clone()));
+        got.extend(
+            resp["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["event"].clone()),
+        );
     }
     let mut ids: Vec<&str> = got.iter().map(|e| e["id"].as_str().unwrap()).collect();
     ids.sort();
-    assert_eq!(ids, vec!["sdk-batch-0", "sdk-batch-1", "sdk-batch-2", "sdk-binary-0", "sdk-structured-0"]);
+    assert_eq!(
+        ids,
+        vec![
+            "sdk-batch-0",
+            "sdk-batch-1",
+            "sdk-batch-2",
+            "sdk-binary-0",
+            "sdk-structured-0"
+        ]
+    );
     for e in &got {
         assert_eq!(e["type"], "com.example.sdk");
         assert_eq!(e["source"], "/python-sdk");

@@ -108,7 +108,7 @@ fn match_obj(pattern: &Map<String, Value>, event: &Map<String, Value>) -> bool {
             .iter()
             .any(|i| allowed.iter().any(|a| scalar_eq(a, i))),
         (Value::Array(allowed), Some(v)) => allowed.iter().any(|a| scalar_eq(a, v)),
-        (Value::Array(allowed), None) => allowed.iter().any(Value::is_null) && false,
+        (Value::Array(_), None) => false,
         _ => false,
     })
 }

@@ -21,6 +21,7 @@ pub struct TransformError {
 
 /// What the sink receives.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum TransformOutput {
     /// A CloudEvent (possibly with transformed data), sent in binary mode.
     Event(Event),

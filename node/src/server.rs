@@ -122,6 +122,7 @@ impl Node {
     /// Opens a node on the embedded store in `config.data_dir`.
     pub async fn open(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
         let dir = config.data_dir.join("store");
+        #[allow(clippy::needless_update)] // more options may exist than the node sets
         let options = EmbeddedOptions {
             fsync: config.fsync,
             fsync_interval: config.fsync_interval,

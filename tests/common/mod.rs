@@ -55,7 +55,10 @@ impl Meshd {
     pub fn spawn(args: &[&str], data_dir: &Path) -> Meshd {
         let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
             .args(args)
-            .env("MESHD_LOG", std::env::var("MESHD_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "MESHD_LOG",
+                std::env::var("MESHD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -197,7 +200,9 @@ impl Sink {
                 async move {
                     let headers: Vec<(String, String)> = headers
                         .iter()
-                        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+                        .map(|(k, v)| {
+                            (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())
+                        })
                         .collect();
                     let id = headers
                         .iter()
@@ -211,7 +216,9 @@ impl Sink {
                             body: body.to_vec(),
                             at: Instant::now(),
                         });
-                        r.iter().filter(|x| x.header("ce-id") == Some(id.as_str())).count()
+                        r.iter()
+                            .filter(|x| x.header("ce-id") == Some(id.as_str()))
+                            .count()
                     };
                     StatusCode::from_u16(behaviour(&id, n)).unwrap()
                 }
@@ -271,7 +278,11 @@ pub async fn create_topic(c: &reqwest::Client, base: &str, topic: &str, body: Va
         .send()
         .await
         .unwrap();
-    assert!(r.status().is_success(), "create topic: {}", r.text().await.unwrap());
+    assert!(
+        r.status().is_success(),
+        "create topic: {}",
+        r.text().await.unwrap()
+    );
 }
 
 /// Publishes structured events one per request; returns the positions.
