@@ -531,3 +531,92 @@ fn hostile_templates_do_not_panic() {
         "the generator should produce many valid templates"
     );
 }
+
+/// Rough cost per apply; run with
+/// `cargo test --release -p meshd-core --lib transform::tests::perf -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn perf() {
+    let e = ev();
+    let cases = [
+        ("original", r#"{"original":{}}"#),
+        ("data", r#"{"data":{}}"#),
+        (
+            "partial",
+            r#"{"partial":{"path":"$.data.order","as":"raw"}}"#,
+        ),
+        (
+            "partial-filter-regex",
+            r#"{"partial":{"path":"$.data.order.items[?match(@.sku, '[a-z]+')]","as":"raw"}}"#,
+        ),
+        (
+            "template-json",
+            r#"{"template":{"paths":{"n":"$.data.name","o":"$.data.order","t":"$.type"},
+               "template":"{\"name\": <n>, \"msg\": \"<t> for <n>\", \"order\": <o>}"}}"#,
+        ),
+        (
+            "template-text",
+            r#"{"template":{"paths":{"n":"$.data.name","t":"$.type"},"template":"<t> for <n>"}}"#,
+        ),
+    ];
+    for (name, spec) in cases {
+        let t = compile(spec).unwrap();
+        let n = 100_000;
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(t.apply(std::hint::black_box(&e)).unwrap());
+        }
+        let per = start.elapsed() / n;
+        println!("{name}: {per:?} per apply");
+    }
+}
+
+/// The examples of docs/transforms.md give the results the doc shows.
+#[test]
+fn docs_examples() {
+    let e = crate::event::parse_structured(
+        br#"{"specversion": "1.0", "id": "42", "source": "/orders/eu", "type": "order.created",
+            "time": "2024-05-01T12:00:00Z", "datacontenttype": "application/json",
+            "region": "eu",
+            "data": {"order": {"id": "o-1", "total": 12.5, "items": [{"sku": "a"}, {"sku": "b"}]},
+                     "customer": {"name": "Ann"}}}"#,
+    )
+    .unwrap();
+    let t = r#"{"template": {
+      "paths": {"order": "$.data.order.id", "total": "$.data.order.total",
+                "who": "$.data.customer.name", "items": "$.data.order.items"},
+      "template": "{\"order\": <order>, \"total\": <total>, \"items\": <items>, \"msg\": \"<who> paid <total> for \\\"<order>\\\"\"}"
+    }}"#;
+    let out = out_event(t, &e);
+    assert_eq!(
+        out.data(),
+        Some(&Data::Json(json!({"order": "o-1", "total": 12.5,
+            "items": [{"sku":"a"},{"sku":"b"}], "msg": "Ann paid 12.5 for \"o-1\""})))
+    );
+    assert_eq!(
+        raw_text(
+            r#"{"template": {"paths": {"id": "$.data.order.id", "who": "$.data.customer.name"},
+                "template": "Order <id> paid by <who>", "as": "raw"}}"#,
+            &e
+        ),
+        "Order o-1 paid by Ann"
+    );
+    let v = raw_json(
+        r#"{"template": {"template": "{\"received\": <meshd.event>, \"note\": \"from meshd\"}", "as":"raw"}}"#,
+        &e,
+    );
+    assert_eq!(v["received"]["region"], "eu");
+    assert_eq!(v["received"]["time"], "2024-05-01T12:00:00Z");
+    assert_eq!(v["note"], "from meshd");
+    assert_eq!(
+        raw_json(
+            r#"{"partial":{"path":"$.data.order.items[?match(@.sku, '[a-z]+')]","as":"raw"}}"#,
+            &e
+        ),
+        json!([{"sku":"a"},{"sku":"b"}])
+    );
+    let (field, msg) =
+        err_field(r#"{"template":{"paths":{"name":"data.name"},"template":"<name>"}}"#);
+    assert_eq!(field, "transform.template.paths.name");
+    assert!(msg.contains("is not an RFC 9535 JSONPath"), "{msg}");
+}
