@@ -9,7 +9,7 @@
 //! - `data`: the event's data as a raw body with its `datacontenttype`;
 //! - `partial`: a JSONPath (RFC 9535) selecting part of the event's JSON view;
 //! - `constant`: a fixed JSON value or text;
-//! - `template`: EventBridge InputTransformer semantics ([`template`]).
+//! - `template`: EventBridge InputTransformer semantics (see `template.rs`).
 //!
 //! Paths select from [`view::event_json`], the structured JSON form of the event
 //! (`$.type`, `$.source`, `$.data.x`). Limits (template size, number of paths, path

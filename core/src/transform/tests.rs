@@ -620,3 +620,34 @@ fn docs_examples() {
     assert_eq!(field, "transform.template.paths.name");
     assert!(msg.contains("is not an RFC 9535 JSONPath"), "{msg}");
 }
+
+/// The deepest path the limit allows parses and runs on an ordinary (2 MiB) thread stack.
+#[test]
+fn deepest_allowed_path_is_fine() {
+    let d = MAX_PATH_NESTING - 1;
+    let path = format!(
+        "$.data.order.items[?{}@.sku=='a'{}]",
+        "(".repeat(d),
+        ")".repeat(d)
+    );
+    assert_eq!(nesting(&path), MAX_PATH_NESTING);
+    let t = Transform::compile(&TransformSpec::Partial(PartialSpec {
+        path,
+        output: Some(OutputMode::Raw),
+    }))
+    .unwrap();
+    let out = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || t.apply(&ev()))
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        out,
+        TransformOutput::Raw {
+            content_type: JSON_CONTENT_TYPE.into(),
+            body: br#"{"sku":"a"}"#.to_vec()
+        }
+    );
+}
