@@ -26,5 +26,6 @@ pub mod event;
 pub mod filter;
 pub mod pattern;
 pub mod transform;
+pub mod tryout;
 
 pub use cloudevents::Event;
