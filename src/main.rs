@@ -12,6 +12,7 @@ use meshd_node::store::FsyncPolicy;
 
 mod client;
 mod dev;
+mod filter_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +37,8 @@ enum Command {
     Sub(client::SubArgs),
     /// Manage topics (a small client).
     Topic(client::TopicArgs),
+    /// Try filters and transforms offline.
+    Filter(filter_cmd::FilterArgs),
 }
 
 /// Options of a runtime node.
@@ -102,6 +105,10 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Command::Filter(args) = cli.command {
+        let matched = filter_cmd::run(args)?;
+        std::process::exit(if matched { 0 } else { 1 });
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {
         match cli.command {
@@ -110,6 +117,7 @@ fn main() -> anyhow::Result<()> {
             Command::Pub(args) => client::publish(args).await,
             Command::Sub(args) => client::subscribe(args).await,
             Command::Topic(args) => client::topic(args).await,
+            Command::Filter(_) => unreachable!("handled before the runtime starts"),
         }
     })
 }

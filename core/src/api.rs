@@ -391,7 +391,7 @@ impl SubscriptionSpec {
             .as_ref()
             .map(Transform::compile)
             .transpose()
-            .map_err(|e| invalid("transform", e.to_string()))?;
+            .map_err(|e| invalid(e.field().unwrap_or("transform"), e.to_string()))?;
         Ok(CompiledSubscription {
             spec: self,
             filter,
@@ -473,4 +473,37 @@ pub struct PartitionOffsets {
     pub start: u64,
     /// The offset the next event will get.
     pub end: u64,
+}
+
+/// Body of `POST /v1/filters/test`: a filter (or a bare `pattern`), an event in structured
+/// JSON form, and optionally a transform.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FilterTestRequest {
+    /// A filter in any dialect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterSpec>,
+    /// Shorthand for `{"filter": {"pattern": ...}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<serde_json::Value>,
+    /// A transform (absent: the original event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<TransformSpec>,
+    /// The event, in CloudEvents structured JSON form.
+    pub event: serde_json::Value,
+}
+
+impl FilterTestRequest {
+    /// The filter to test: `filter`, or `pattern` wrapped; both is an error.
+    pub fn filter_spec(&self) -> Result<Option<FilterSpec>, InvalidField> {
+        match (&self.filter, &self.pattern) {
+            (Some(_), Some(_)) => Err(invalid(
+                "pattern",
+                "give either filter or pattern, not both",
+            )),
+            (Some(f), None) => Ok(Some(f.clone())),
+            (None, Some(p)) => Ok(Some(FilterSpec::Pattern(p.clone()))),
+            (None, None) => Ok(None),
+        }
+    }
 }

@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use meshd_core::api::{
-    AckRequest, ErrorBody, InvalidField, PublishResponse, PullResponse, SubscriptionSpec,
-    TopicConfig,
+    AckRequest, ErrorBody, FilterTestRequest, InvalidField, PublishResponse, PullResponse,
+    SubscriptionSpec, TopicConfig,
 };
 use meshd_core::event::{self, EventError, Mode};
 use serde::Deserialize;
@@ -167,6 +167,7 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/v1/subscriptions/{name}/events", get(pull))
         .route("/v1/subscriptions/{name}/ack", post(ack))
+        .route("/v1/filters/test", post(filter_test))
         .route("/v1/cluster", get(cluster_status))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -455,6 +456,30 @@ async fn ack(
     let consumer = req.consumer.unwrap_or_else(|| "default".to_string());
     let resp = node.delivery.ack(&name, &consumer, req.ack_ids).await?;
     Ok(Json(resp).into_response())
+}
+
+async fn filter_test(headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    require_json(&headers)?;
+    let bytes = read_body(body, 1024 * 1024).await?;
+    let req: FilterTestRequest = parse_json(&bytes)?;
+    let filter = req.filter_spec()?;
+    let raw = serde_json::to_vec(&req.event).expect("a JSON value serializes");
+    let event = event::parse_structured(&raw).map_err(|e| {
+        let field = match &e.field {
+            Some(f) => format!("event.{f}"),
+            None => "event".to_string(),
+        };
+        ApiError::from(e).field(field)
+    })?;
+    let result = meshd_core::tryout::test_filter(filter.as_ref(), req.transform.as_ref(), &event)
+        .map_err(|e| {
+        let err = ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string());
+        match e.field() {
+            Some(f) => err.field(f),
+            None => err,
+        }
+    })?;
+    Ok(Json(result).into_response())
 }
 
 async fn cluster_status(State(node): State<Arc<Node>>) -> ApiResult<Response> {
