@@ -140,6 +140,12 @@ impl LeaseTable {
         self.leased.len()
     }
 
+    /// Events handed out at least once and not finished (leased, or expired and waiting
+    /// to be handed out again).
+    pub fn outstanding(&self) -> usize {
+        self.leased.len() + self.ready.values().filter(|i| i.handouts > 0).count()
+    }
+
     /// The earliest lease deadline, if any lease is out.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.leased.values().map(|l| l.deadline).min()

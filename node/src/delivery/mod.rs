@@ -265,6 +265,7 @@ async fn stop_running(r: Running) {
     if let Kind::Pull(p) = &r.kind {
         tasks.extend(p.take_tasks());
         progress.extend(p.progress().await);
+        p.release_in_flight().await;
     }
     for mut t in tasks {
         if tokio::time::timeout(STOP_GRACE, &mut t).await.is_err() {

@@ -16,7 +16,7 @@ use meshd_core::transform::TransformOutput;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{info_span, Instrument};
+use tracing::{debug, info_span, Instrument};
 
 use super::common::{
     commit_loop, dead_letter, observe_latency, read_partition, starting_cursors, wait_stop,
@@ -199,7 +199,10 @@ impl PullSub {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let deadline = Instant::now() + wait;
+        let start = Instant::now();
+        let deadline = start
+            .checked_add(wait)
+            .unwrap_or_else(|| start + Duration::from_secs(86_400));
         let mut stop = self.ctx.stop.clone();
         loop {
             let notified = group.ready.notified();
@@ -209,6 +212,9 @@ impl PullSub {
             let (taken, next_lease) =
                 group.with(|t| (t.take(consumer, max, now), t.next_deadline()));
             self.account_taken(&group, &taken);
+            if !taken.events.is_empty() {
+                debug!(subscription = %self.ctx.name(), topic = %self.ctx.topic(), consumer, events = taken.events.len(), redelivered = taken.redelivered, "handed out");
+            }
             if !taken.events.is_empty() || now >= deadline || *stop.borrow_and_update() {
                 return Ok(taken.events);
             }
@@ -284,6 +290,23 @@ impl PullSub {
     /// Takes the tasks (to await them on stop).
     pub fn take_tasks(&self) -> Vec<JoinHandle<()>> {
         std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Takes the handed-out-but-unfinished events off the in-flight gauge (on stop: they
+    /// are redelivered after a restart).
+    pub async fn release_in_flight(&self) {
+        let outstanding: usize = self
+            .groups
+            .lock()
+            .await
+            .values()
+            .map(|g| g.with(|t| t.outstanding()))
+            .sum();
+        self.ctx
+            .metrics
+            .in_flight
+            .with_label_values(&[self.ctx.name()])
+            .sub(outstanding as i64);
     }
 
     /// Every group's progress (for the final commit).
@@ -393,5 +416,29 @@ async fn dead_letter_loop(
         group.progress.complete(item.partition, item.offset);
         ctx.metrics.in_flight.with_label_values(&[ctx.name()]).dec();
         group.space.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_payloads_keep_json_and_fall_back_to_text() {
+        let json = pulled_payload(&TransformOutput::Raw {
+            content_type: "application/json".into(),
+            body: br#"{"a":1}"#.to_vec(),
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"contenttype": "application/json", "body": {"a": 1}})
+        );
+        let text = pulled_payload(&TransformOutput::Raw {
+            content_type: "text/plain".into(),
+            body: b"hello \xff".to_vec(),
+        })
+        .unwrap();
+        assert_eq!(text["body"], "hello \u{fffd}");
     }
 }

@@ -4,7 +4,7 @@
 //! one reader task per partition feeds `max_in_flight` lanes; an event's lane is chosen by
 //! the hash of its partition key (or id), and each lane delivers one event at a time, in
 //! order, so per-key order holds and a retrying event holds up only its own lane (and,
-//! once that lane's small queue is full, the readers feeding it). Each subscription has
+//! once that lane's queue of `LANE_QUEUE` events is full, the readers feeding it). Each subscription has
 //! its own tasks, so a slow webhook slows only its own subscription.
 
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use crate::ingest::now_ms;
 use crate::store::StoreError;
 
 /// Events queued per lane before the readers feeding it wait.
-const LANE_QUEUE: usize = 16;
+const LANE_QUEUE: usize = 128;
 
 /// A started push subscription: its tasks and the progress of each offset group.
 pub struct PushRunning {
