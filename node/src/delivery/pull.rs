@@ -41,6 +41,8 @@ pub struct PullGroup {
     ready: Notify,
     /// Woken when the table has room again.
     space: Notify,
+    /// Woken when leases are handed out (the sweeper recomputes its next deadline).
+    leased: Notify,
     dead_tx: mpsc::UnboundedSender<PullItem>,
 }
 
@@ -152,6 +154,7 @@ impl PullSub {
             progress: progress.clone(),
             ready: Notify::new(),
             space: Notify::new(),
+            leased: Notify::new(),
             dead_tx,
         });
         let span =
@@ -177,7 +180,10 @@ impl PullSub {
             commit_loop(self.ctx.clone(), progress).instrument(span.clone()),
         ));
         tasks.push(tokio::spawn(
-            dead_letter_loop(self.ctx.clone(), group.clone(), dead_rx).instrument(span),
+            dead_letter_loop(self.ctx.clone(), group.clone(), dead_rx).instrument(span.clone()),
+        ));
+        tasks.push(tokio::spawn(
+            sweep_loop(self.ctx.clone(), group.clone()).instrument(span),
         ));
         self.tasks
             .lock()
@@ -213,6 +219,7 @@ impl PullSub {
                 group.with(|t| (t.take(consumer, max, now), t.next_deadline()));
             self.account_taken(&group, &taken);
             if !taken.events.is_empty() {
+                group.leased.notify_one();
                 debug!(subscription = %self.ctx.name(), topic = %self.ctx.topic(), consumer, events = taken.events.len(), redelivered = taken.redelivered, "handed out");
             }
             if !taken.events.is_empty() || now >= deadline || *stop.borrow_and_update() {
@@ -388,6 +395,37 @@ impl Dispatch for TableDispatch {
                 _ = space => {}
                 _ = wait_stop(&mut stop) => return false,
             }
+        }
+    }
+}
+
+/// Expires leases at their deadline even when nobody pulls or acks: expired events go back
+/// to ready (waking long polls) or, past their last handout, to dead-lettering.
+async fn sweep_loop(ctx: SubCtx, group: Arc<PullGroup>) {
+    let mut stop = ctx.stop.clone();
+    loop {
+        let next = group.with(|t| t.next_deadline());
+        let due = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = due => {}
+            _ = group.leased.notified() => continue,
+            _ = wait_stop(&mut stop) => return,
+        }
+        let (dead, requeued) = group.with(|t| {
+            let before = t.ready_len();
+            let dead = t.expire(Instant::now());
+            (dead, t.ready_len() > before)
+        });
+        for item in dead {
+            let _ = group.dead_tx.send(item);
+        }
+        if requeued {
+            group.ready.notify_waiters();
         }
     }
 }

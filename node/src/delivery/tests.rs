@@ -1020,6 +1020,44 @@ async fn pull_dead_letters_after_max_handouts() {
 }
 
 #[tokio::test]
+async fn expired_last_handout_is_dead_lettered_without_further_pulls() {
+    let env = env("orders", 1).await;
+    env.delivery
+        .start(pull_sub(
+            "p",
+            serde_json::json!({"delivery": {"max_attempts": 1, "dead_letter_topic": "dlt"}}),
+        ))
+        .await
+        .unwrap();
+    publish(
+        &env,
+        "orders",
+        &[event("1", None, "t"), event("2", None, "t")],
+    )
+    .await;
+    let got = env
+        .delivery
+        .pull("p", "c", 1, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    // Nobody pulls or acks again: the sweeper expires the lease and dead-letters it, but
+    // the commit stops at offset 1 (event 2 was never handed out).
+    eventually(Duration::from_secs(5), "dead-lettered", || {
+        counter(&env.metrics.dead_lettered, "orders", "p") == 1
+    })
+    .await;
+    eventually_committed(&env.store, "p", "orders", 0, 1).await;
+    let dl = dead_letters(&env.store, "dlt").await;
+    assert_eq!(dl.len(), 1);
+    assert_eq!(
+        ext_str(&dl[0], "deadletterreason").as_deref(),
+        Some("not acknowledged after 1 deliveries")
+    );
+    env.delivery.shutdown().await;
+}
+
+#[tokio::test]
 async fn unknown_ack_ids_and_wrong_subscriptions() {
     let env = env("orders", 1).await;
     let sink = Sink::start(|_, _| ok()).await;
