@@ -319,6 +319,16 @@ impl Sink {
         self.state.log.lock().unwrap().clone()
     }
 
+    fn accepted_count(&self) -> usize {
+        self.state
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .count()
+    }
+
     fn accepted(&self) -> Vec<Received> {
         self.log()
             .into_iter()
@@ -1261,4 +1271,59 @@ async fn restart_with_start_replaces_a_running_subscription() {
     assert_eq!(got.len(), 1);
     env.delivery.shutdown().await;
     assert!(env.delivery.running().await.is_empty());
+}
+
+// ---------------------------------------------------------------- measurements
+
+/// Throughput of push and pull over loopback (run by hand:
+/// `cargo test -p meshd-node --release --lib delivery::tests::throughput -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, not a check"]
+async fn throughput() {
+    const N: usize = 5_000;
+    let env = env("orders", 4).await;
+    let sink = Sink::start(|_, _| ok()).await;
+    env.delivery
+        .start(sub(serde_json::json!({
+            "name": "push", "topic": "orders", "start": "earliest",
+            "sink": {"webhook": {"url": sink.url("a")}},
+            "delivery": {"max_in_flight": 32},
+        })))
+        .await
+        .unwrap();
+    let events: Vec<Event> = (0..N)
+        .map(|i| event(&format!("e{i}"), Some(&format!("k{}", i % 64)), "t"))
+        .collect();
+    let t0 = Instant::now();
+    publish(&env, "orders", &events).await;
+    eventually(Duration::from_secs(120), "all pushed", || {
+        sink.accepted_count() >= N
+    })
+    .await;
+    let push = t0.elapsed();
+    env.delivery
+        .start(pull_sub("pull", serde_json::json!({})))
+        .await
+        .unwrap();
+    let t1 = Instant::now();
+    let mut pulled = 0;
+    while pulled < N {
+        let got = env
+            .delivery
+            .pull("pull", "c", 500, Duration::from_secs(1))
+            .await
+            .unwrap();
+        pulled += got.len();
+        env.delivery
+            .ack("pull", "c", got.into_iter().map(|e| e.ack_id).collect())
+            .await
+            .unwrap();
+    }
+    let pull = t1.elapsed();
+    println!(
+        "push: {N} events in {push:?} ({:.0}/s); pull+ack: {N} in {pull:?} ({:.0}/s)",
+        N as f64 / push.as_secs_f64(),
+        N as f64 / pull.as_secs_f64()
+    );
+    env.delivery.shutdown().await;
 }
