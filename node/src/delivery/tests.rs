@@ -1327,3 +1327,18 @@ async fn throughput() {
     );
     env.delivery.shutdown().await;
 }
+
+/// The API layer shares one engine between handlers and awaits these futures in them.
+#[test]
+fn engine_and_its_futures_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: T) {}
+    let store: Arc<dyn EventStore> = Arc::new(FakeStore::default());
+    let d = Delivery::new(store, Metrics::new());
+    send_sync(&d);
+    send(d.pull("a", "c", 1, Duration::ZERO));
+    send(d.ack("a", "c", vec![]));
+    send(d.start(sub(serde_json::json!({"name": "a", "topic": "t", "sink": {"pull": {}}}))));
+    send(d.stop("a"));
+    send(d.shutdown());
+}
