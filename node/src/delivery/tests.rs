@@ -1338,7 +1338,9 @@ fn engine_and_its_futures_are_send_and_sync() {
     send_sync(&d);
     send(d.pull("a", "c", 1, Duration::ZERO));
     send(d.ack("a", "c", vec![]));
-    send(d.start(sub(serde_json::json!({"name": "a", "topic": "t", "sink": {"pull": {}}}))));
+    send(d.start(sub(
+        serde_json::json!({"name": "a", "topic": "t", "sink": {"pull": {}}}),
+    )));
     send(d.stop("a"));
     send(d.shutdown());
 }
