@@ -884,6 +884,80 @@ async fn latest_start_skips_history_and_push_restart_loses_nothing() {
     again.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_slow_webhook_slows_only_its_own_subscription() {
+    let env = env("orders", 1).await;
+    let slow = Sink::start(|_, _| Answer {
+        delay: Duration::from_secs(5),
+        ..ok()
+    })
+    .await;
+    let fast = Sink::start(|_, _| ok()).await;
+    for (name, sink) in [("slow", &slow), ("fast", &fast)] {
+        env.delivery
+            .start(sub(serde_json::json!({
+                "name": name, "topic": "orders",
+                "sink": {"webhook": {"url": sink.url("a"), "timeout_ms": 10000}},
+                "delivery": {"max_in_flight": 1},
+            })))
+            .await
+            .unwrap();
+    }
+    let events: Vec<Event> = (0..20).map(|i| event(&i.to_string(), None, "t")).collect();
+    publish(&env, "orders", &events).await;
+    eventually(Duration::from_secs(3), "fast subscription done", || {
+        fast.accepted_count() == 20
+    })
+    .await;
+    assert_eq!(
+        slow.accepted_count(),
+        0,
+        "the slow sink is still on its first event"
+    );
+    eventually_committed(&env.store, "fast", "orders", 0, 20).await;
+    assert_eq!(
+        env.store
+            .committed_offset("slow", "orders", 0)
+            .await
+            .unwrap(),
+        Some(0)
+    );
+    // Stop does not wait for the hanging request.
+    let t0 = Instant::now();
+    env.delivery.shutdown().await;
+    assert!(t0.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn undecodable_records_are_skipped_not_blocking() {
+    let env = env("orders", 1).await;
+    let sink = Sink::start(|_, _| ok()).await;
+    env.delivery
+        .start(sub(serde_json::json!({
+            "name": "billing", "topic": "orders",
+            "sink": {"webhook": {"url": sink.url("a")}},
+        })))
+        .await
+        .unwrap();
+    env.store
+        .append(
+            "orders",
+            vec![AppendRecord {
+                partition: 0,
+                timestamp_ms: 0,
+                payload: Bytes::from_static(b"\x00not json"),
+            }],
+        )
+        .await
+        .unwrap();
+    publish(&env, "orders", &[event("ok", None, "t")]).await;
+    eventually_committed(&env.store, "billing", "orders", 0, 2).await;
+    let ids: Vec<String> = sink.accepted().iter().map(Received::id).collect();
+    assert_eq!(ids, vec!["ok"]);
+    assert_eq!(counter(&env.metrics.dead_lettered, "orders", "billing"), 1);
+    env.delivery.shutdown().await;
+}
+
 // ---------------------------------------------------------------- pull tests
 
 fn pull_sub(name: &str, extra: serde_json::Value) -> Arc<CompiledSubscription> {
