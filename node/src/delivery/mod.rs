@@ -1,12 +1,53 @@
-//! Delivery of stored events to subscriptions: webhook push and pull. STUB: being written.
+//! Delivery of stored events to subscriptions: webhook push and pull, at least once.
+//!
+//! Owns: reading each subscribed partition from its committed offset, filtering and
+//! transforming, pushing to webhooks (retries with backoff, lanes for per-key order,
+//! CLUSTERING/BROADCASTING members) or handing events out to pull consumers under ack
+//! deadlines, dead-lettering, and committing the contiguous completed prefix of offsets.
+//! Persisting subscriptions is the API layer's job: it calls [`Delivery::start`] at boot
+//! and on create and [`Delivery::stop`] on delete.
+//!
+//! # Layout
+//! - [`backoff`]: retry timing (pure).
+//! - [`tracker`]: completed offsets → commit point (pure).
+//! - [`lease`]: the pull lease table (pure, injected time).
+//! - [`common`]: context, start cursors, the partition reader, commits, dead-lettering.
+//! - [`push`]: webhook lanes.
+//! - [`pull`]: pull groups, long polls and acks.
+//!
+//! # Offsets
+//! An offset group commits "the next offset to read" per (group key, topic, partition).
+//! The key is the subscription name for CLUSTERING and `"{name}/{member}"` for each
+//! BROADCASTING member (webhook URL index, or pull consumer id), whose first cursor is the
+//! subscription's base cursor committed under the name. A committed offset never passes an
+//! incomplete one, so a restart may deliver duplicates but never skips an event.
 
+pub mod backoff;
+pub mod common;
+pub mod lease;
+pub mod pull;
+pub mod push;
+pub mod tracker;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshd_core::api::{AckResponse, CompiledSubscription, PulledEvent};
+use meshd_core::api::{AckResponse, CompiledSubscription, PulledEvent, Sink};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::store::{EventStore, StoreError};
+use common::{topic_partitions, Progress, SubCtx};
+use pull::PullSub;
+
+/// How long `stop` waits for a subscription's tasks before aborting them.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Failures of delivery calls made by the API.
 #[derive(Debug, thiserror::Error)]
@@ -24,57 +65,214 @@ pub enum DeliveryError {
         /// Name.
         name: String,
     },
+    /// A BROADCASTING pull subscription has as many consumers as it may track.
+    #[error("subscription {name:?} already has {max} consumers; reuse a consumer id")]
+    TooManyConsumers {
+        /// Name.
+        name: String,
+        /// The bound.
+        max: usize,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+/// Tunables of the engine (defaults are what production uses).
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryOptions {
+    /// Full jitter on retry delays (`false`: sleep the whole backoff ceiling; tests use it
+    /// to observe the exponential growth).
+    pub full_jitter: bool,
+}
+
+impl Default for DeliveryOptions {
+    fn default() -> Self {
+        DeliveryOptions { full_jitter: true }
+    }
+}
+
+enum Kind {
+    Push,
+    Pull(Arc<PullSub>),
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    progress: Vec<Arc<Progress>>,
+    kind: Kind,
+}
+
 /// Runs every subscription of a node.
 pub struct Delivery {
-    _store: Arc<dyn EventStore>,
-    _metrics: Metrics,
+    store: Arc<dyn EventStore>,
+    metrics: Metrics,
+    client: Option<reqwest::Client>,
+    options: DeliveryOptions,
+    subs: tokio::sync::Mutex<HashMap<String, Running>>,
 }
 
 impl Delivery {
     /// Creates the delivery engine.
     pub fn new(store: Arc<dyn EventStore>, metrics: Metrics) -> Delivery {
+        Delivery::with_options(store, metrics, DeliveryOptions::default())
+    }
+
+    /// Creates the delivery engine with explicit tunables.
+    pub fn with_options(
+        store: Arc<dyn EventStore>,
+        metrics: Metrics,
+        options: DeliveryOptions,
+    ) -> Delivery {
+        // reqwest is built without a default TLS provider; install ring unless the binary
+        // already installed one (then this is a no-op).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = match reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!(error = %e, "HTTP client unavailable; webhook deliveries will fail and retry");
+                None
+            }
+        };
         Delivery {
-            _store: store,
-            _metrics: metrics,
+            store,
+            metrics,
+            client,
+            options,
+            subs: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
     /// Starts (or restarts with a new spec) a subscription.
-    pub async fn start(&self, _sub: Arc<CompiledSubscription>) -> Result<(), DeliveryError> {
+    pub async fn start(&self, sub: Arc<CompiledSubscription>) -> Result<(), DeliveryError> {
+        let name = sub.spec.name.clone();
+        let mut subs = self.subs.lock().await;
+        if let Some(old) = subs.remove(&name) {
+            stop_running(old).await;
+        }
+        let partitions = topic_partitions(self.store.as_ref(), &sub.spec.topic).await?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ctx = SubCtx {
+            sub: sub.clone(),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            stop: stop_rx,
+        };
+        let running = match &sub.spec.sink {
+            Sink::Webhook(w) => {
+                match push::start(ctx, w, partitions, self.client.clone(), self.options).await {
+                    Ok(r) => Running {
+                        stop: stop_tx,
+                        tasks: r.tasks,
+                        progress: r.progress,
+                        kind: Kind::Push,
+                    },
+                    Err(e) => {
+                        let _ = stop_tx.send(true);
+                        return Err(e.into());
+                    }
+                }
+            }
+            Sink::Pull(_) => match PullSub::start(ctx, partitions).await {
+                Ok(p) => Running {
+                    stop: stop_tx,
+                    tasks: Vec::new(),
+                    progress: Vec::new(),
+                    kind: Kind::Pull(p),
+                },
+                Err(e) => {
+                    let _ = stop_tx.send(true);
+                    return Err(e.into());
+                }
+            },
+        };
+        info!(subscription = %name, topic = %sub.spec.topic, partitions, "subscription started");
+        subs.insert(name, running);
         Ok(())
     }
 
     /// Stops a subscription; `false` when it was not running.
-    pub async fn stop(&self, _name: &str) -> bool {
-        false
+    pub async fn stop(&self, name: &str) -> bool {
+        let running = self.subs.lock().await.remove(name);
+        match running {
+            Some(r) => {
+                stop_running(r).await;
+                info!(subscription = %name, "subscription stopped");
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn pull_sub(&self, name: &str) -> Result<Arc<PullSub>, DeliveryError> {
+        let subs = self.subs.lock().await;
+        match subs.get(name) {
+            None => Err(DeliveryError::NotFound { name: name.into() }),
+            Some(Running {
+                kind: Kind::Pull(p),
+                ..
+            }) => Ok(p.clone()),
+            Some(_) => Err(DeliveryError::NotPull { name: name.into() }),
+        }
     }
 
     /// Long-polls a pull subscription for up to `max` events, waiting up to `wait`.
     pub async fn pull(
         &self,
         name: &str,
-        _consumer: &str,
-        _max: usize,
-        _wait: Duration,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
     ) -> Result<Vec<PulledEvent>, DeliveryError> {
-        Err(DeliveryError::NotFound { name: name.into() })
+        self.pull_sub(name).await?.pull(consumer, max, wait).await
     }
 
     /// Acknowledges pulled events.
     pub async fn ack(
         &self,
         name: &str,
-        _consumer: &str,
-        _ack_ids: Vec<String>,
+        consumer: &str,
+        ack_ids: Vec<String>,
     ) -> Result<AckResponse, DeliveryError> {
-        Err(DeliveryError::NotFound { name: name.into() })
+        Ok(self.pull_sub(name).await?.ack(consumer, ack_ids).await)
+    }
+
+    /// Names of the running subscriptions, sorted.
+    pub async fn running(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.subs.lock().await.keys().cloned().collect();
+        v.sort();
+        v
     }
 
     /// Stops every subscription, committing what was acknowledged.
-    pub async fn shutdown(&self) {}
+    pub async fn shutdown(&self) {
+        let all: Vec<Running> = self.subs.lock().await.drain().map(|(_, r)| r).collect();
+        for r in all {
+            stop_running(r).await;
+        }
+    }
+}
+
+/// Signals stop, waits for the tasks (aborting stragglers) and commits the final progress.
+async fn stop_running(r: Running) {
+    let _ = r.stop.send(true);
+    let mut tasks = r.tasks;
+    let mut progress = r.progress;
+    if let Kind::Pull(p) = &r.kind {
+        tasks.extend(p.take_tasks());
+        progress.extend(p.progress().await);
+        p.release_in_flight().await;
+    }
+    for mut t in tasks {
+        if tokio::time::timeout(STOP_GRACE, &mut t).await.is_err() {
+            t.abort();
+        }
+    }
+    for p in progress {
+        p.flush().await;
+    }
 }

@@ -1,0 +1,482 @@
+//! Pull delivery: the async shell around [`LeaseTable`].
+//!
+//! Per offset group (the subscription for CLUSTERING, each consumer id for BROADCASTING)
+//! one reader task per partition fills the table with ready events (at most
+//! [`MAX_BUFFERED`] held at once), a commit task commits the acknowledged prefix, and a
+//! dead-letter task handles events that ran out of handouts. `pull` long-polls on a
+//! `Notify` woken by new ready events and by lease deadlines; it never sleeps in a loop.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use meshd_core::api::{AckResponse, GroupMode, PulledEvent};
+use meshd_core::transform::TransformOutput;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info_span, Instrument};
+
+use super::common::{
+    commit_loop, dead_letter, observe_latency, read_partition, starting_cursors, wait_stop,
+    DeadLetter, Dispatch, Prepared, Progress, SubCtx,
+};
+use super::lease::{Acked, LeaseTable, PullItem, Taken};
+use super::DeliveryError;
+use crate::store::StoreError;
+
+/// Most events held (ready plus leased) per offset group.
+pub const MAX_BUFFERED: usize = 10_000;
+/// Most BROADCASTING consumers per subscription (each has its own tasks).
+pub const MAX_CONSUMERS: usize = 1_000;
+/// Most events one pull hands out.
+pub const MAX_PULL: usize = 10_000;
+
+/// One offset group of a pull subscription.
+pub struct PullGroup {
+    table: Mutex<LeaseTable>,
+    progress: Arc<Progress>,
+    /// Woken when events become ready.
+    ready: Notify,
+    /// Woken when the table has room again.
+    space: Notify,
+    /// Woken when leases are handed out (the sweeper recomputes its next deadline).
+    leased: Notify,
+    dead_tx: mpsc::UnboundedSender<PullItem>,
+}
+
+impl PullGroup {
+    fn with<R>(&self, f: impl FnOnce(&mut LeaseTable) -> R) -> R {
+        let mut g = self
+            .table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut g)
+    }
+
+    /// The group's progress (commit points).
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.progress
+    }
+}
+
+/// A running pull subscription.
+pub struct PullSub {
+    ctx: SubCtx,
+    partitions: u32,
+    /// The subscription's base cursor (BROADCASTING members start there).
+    base: HashMap<u32, u64>,
+    /// Key "" for CLUSTERING, the consumer id for BROADCASTING.
+    groups: tokio::sync::Mutex<HashMap<String, Arc<PullGroup>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl PullSub {
+    /// Starts a pull subscription (the CLUSTERING group at once; BROADCASTING members on
+    /// their first pull).
+    pub async fn start(ctx: SubCtx, partitions: u32) -> Result<Arc<PullSub>, StoreError> {
+        let spec = &ctx.sub.spec;
+        let base = starting_cursors(
+            ctx.store.as_ref(),
+            &spec.name,
+            &spec.topic,
+            partitions,
+            spec.start,
+            None,
+        )
+        .await?;
+        let sub = Arc::new(PullSub {
+            ctx: ctx.clone(),
+            partitions,
+            base,
+            groups: tokio::sync::Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Vec::new()),
+        });
+        if spec.mode == GroupMode::Clustering {
+            sub.group("").await.map_err(|e| match e {
+                DeliveryError::Store(s) => s,
+                other => StoreError::Io(other.to_string()),
+            })?;
+        }
+        Ok(sub)
+    }
+
+    fn clustering(&self) -> bool {
+        self.ctx.sub.spec.mode == GroupMode::Clustering
+    }
+
+    /// The group serving `consumer`, created on first use for BROADCASTING.
+    async fn group(&self, consumer: &str) -> Result<Arc<PullGroup>, DeliveryError> {
+        let key = if self.clustering() { "" } else { consumer };
+        let mut groups = self.groups.lock().await;
+        if let Some(g) = groups.get(key) {
+            return Ok(g.clone());
+        }
+        if groups.len() >= MAX_CONSUMERS {
+            return Err(DeliveryError::TooManyConsumers {
+                name: self.ctx.name().to_string(),
+                max: MAX_CONSUMERS,
+            });
+        }
+        let spec = &self.ctx.sub.spec;
+        let (group_key, base) = if self.clustering() {
+            (spec.name.clone(), None)
+        } else {
+            (format!("{}/{consumer}", spec.name), Some(&self.base))
+        };
+        let cursors = starting_cursors(
+            self.ctx.store.as_ref(),
+            &group_key,
+            &spec.topic,
+            self.partitions,
+            spec.start,
+            base,
+        )
+        .await?;
+        let progress = Progress::new(
+            group_key.clone(),
+            spec.topic.clone(),
+            self.ctx.store.clone(),
+            &cursors,
+        );
+        let ack_deadline = match &spec.sink {
+            meshd_core::api::Sink::Pull(p) => Duration::from_millis(p.ack_deadline_ms),
+            meshd_core::api::Sink::Webhook(_) => Duration::from_secs(30),
+        };
+        let (dead_tx, dead_rx) = mpsc::unbounded_channel();
+        let group = Arc::new(PullGroup {
+            table: Mutex::new(LeaseTable::new(
+                ack_deadline,
+                spec.delivery.max_attempts,
+                self.clustering(),
+            )),
+            progress: progress.clone(),
+            ready: Notify::new(),
+            space: Notify::new(),
+            leased: Notify::new(),
+            dead_tx,
+        });
+        let span =
+            info_span!("pull", subscription = %spec.name, topic = %spec.topic, group = %group_key);
+        let mut tasks = Vec::new();
+        let dispatch: Arc<dyn Dispatch> = Arc::new(TableDispatch {
+            ctx: self.ctx.clone(),
+            group: group.clone(),
+        });
+        for (p, cursor) in &cursors {
+            tasks.push(tokio::spawn(
+                read_partition(
+                    self.ctx.clone(),
+                    progress.clone(),
+                    *p,
+                    *cursor,
+                    dispatch.clone(),
+                )
+                .instrument(span.clone()),
+            ));
+        }
+        tasks.push(tokio::spawn(
+            commit_loop(self.ctx.clone(), progress).instrument(span.clone()),
+        ));
+        tasks.push(tokio::spawn(
+            dead_letter_loop(self.ctx.clone(), group.clone(), dead_rx).instrument(span.clone()),
+        ));
+        tasks.push(tokio::spawn(
+            sweep_loop(self.ctx.clone(), group.clone()).instrument(span),
+        ));
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(tasks);
+        groups.insert(key.to_string(), group.clone());
+        Ok(group)
+    }
+
+    /// Hands out up to `max` events to `consumer`, waiting up to `wait` for some.
+    pub async fn pull(
+        &self,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<PulledEvent>, DeliveryError> {
+        let group = self.group(consumer).await?;
+        let max = max.min(MAX_PULL);
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let start = Instant::now();
+        let deadline = start
+            .checked_add(wait)
+            .unwrap_or_else(|| start + Duration::from_secs(86_400));
+        let mut stop = self.ctx.stop.clone();
+        loop {
+            let notified = group.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = Instant::now();
+            let (taken, next_lease) =
+                group.with(|t| (t.take(consumer, max, now), t.next_deadline()));
+            self.account_taken(&group, &taken);
+            if !taken.events.is_empty() {
+                group.leased.notify_one();
+                debug!(subscription = %self.ctx.name(), topic = %self.ctx.topic(), consumer, events = taken.events.len(), redelivered = taken.redelivered, "handed out");
+            }
+            if !taken.events.is_empty() || now >= deadline || *stop.borrow_and_update() {
+                return Ok(taken.events);
+            }
+            let wake = next_lease.map_or(deadline, |d| d.min(deadline));
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = wait_stop(&mut stop) => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    fn account_taken(&self, group: &PullGroup, taken: &Taken) {
+        let labels = [self.ctx.topic(), self.ctx.name()];
+        let fresh = taken.events.len().saturating_sub(taken.redelivered);
+        if taken.redelivered > 0 {
+            self.ctx
+                .metrics
+                .redelivered
+                .with_label_values(&labels)
+                .inc_by(taken.redelivered as u64);
+        }
+        if fresh > 0 {
+            self.ctx
+                .metrics
+                .in_flight
+                .with_label_values(&[self.ctx.name()])
+                .add(fresh as i64);
+        }
+        for item in &taken.dead {
+            let _ = group.dead_tx.send(item.clone());
+        }
+    }
+
+    /// Acknowledges handed-out events.
+    pub async fn ack(&self, consumer: &str, ack_ids: Vec<String>) -> AckResponse {
+        let group = if self.clustering() {
+            self.groups.lock().await.get("").cloned()
+        } else {
+            self.groups.lock().await.get(consumer).cloned()
+        };
+        let Some(group) = group else {
+            return AckResponse {
+                acknowledged: 0,
+                unknown: ack_ids,
+            };
+        };
+        let now = Instant::now();
+        let acked: Acked = group.with(|t| t.ack(ack_ids, now));
+        let labels = [self.ctx.topic(), self.ctx.name()];
+        for item in &acked.done {
+            group.progress.complete(item.partition, item.offset);
+            self.ctx.metrics.delivered.with_label_values(&labels).inc();
+            observe_latency(&self.ctx, item.timestamp_ms);
+        }
+        if !acked.done.is_empty() {
+            self.ctx
+                .metrics
+                .in_flight
+                .with_label_values(&[self.ctx.name()])
+                .sub(acked.done.len() as i64);
+        }
+        for item in acked.dead {
+            let _ = group.dead_tx.send(item);
+        }
+        group.space.notify_waiters();
+        AckResponse {
+            acknowledged: acked.acknowledged,
+            unknown: acked.unknown,
+        }
+    }
+
+    /// Takes the tasks (to await them on stop).
+    pub fn take_tasks(&self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Takes the handed-out-but-unfinished events off the in-flight gauge (on stop: they
+    /// are redelivered after a restart).
+    pub async fn release_in_flight(&self) {
+        let outstanding: usize = self
+            .groups
+            .lock()
+            .await
+            .values()
+            .map(|g| g.with(|t| t.outstanding()))
+            .sum();
+        self.ctx
+            .metrics
+            .in_flight
+            .with_label_values(&[self.ctx.name()])
+            .sub(outstanding as i64);
+    }
+
+    /// Every group's progress (for the final commit).
+    pub async fn progress(&self) -> Vec<Arc<Progress>> {
+        self.groups
+            .lock()
+            .await
+            .values()
+            .map(|g| g.progress.clone())
+            .collect()
+    }
+}
+
+/// The JSON a pull consumer receives for a transform output.
+pub fn pulled_payload(output: &TransformOutput) -> Result<serde_json::Value, String> {
+    match output {
+        TransformOutput::Event(e) => serde_json::to_value(e).map_err(|e| e.to_string()),
+        TransformOutput::Raw { content_type, body } => {
+            let body = serde_json::from_slice::<serde_json::Value>(body).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(body).into_owned())
+            });
+            Ok(serde_json::json!({ "contenttype": content_type, "body": body }))
+        }
+    }
+}
+
+/// Puts prepared records into a group's table, waiting for room.
+struct TableDispatch {
+    ctx: SubCtx,
+    group: Arc<PullGroup>,
+}
+
+#[async_trait]
+impl Dispatch for TableDispatch {
+    async fn dispatch(&self, item: Prepared) -> bool {
+        let payload = match pulled_payload(&item.output) {
+            Ok(p) => p,
+            Err(e) => {
+                let dl = DeadLetter {
+                    reason: format!("encode: {e}"),
+                    attempts: 0,
+                    status: 0,
+                };
+                if dead_letter(&self.ctx, &item.event, &dl).await {
+                    self.group.progress.complete(item.partition, item.offset);
+                }
+                return !self.ctx.stopping();
+            }
+        };
+        let mut pending = Some(PullItem {
+            partition: item.partition,
+            offset: item.offset,
+            timestamp_ms: item.timestamp_ms,
+            key: meshd_core::event::partition_key(&item.event).map(str::to_string),
+            payload,
+            original: item.event,
+            handouts: 0,
+        });
+        let mut stop = self.ctx.stop.clone();
+        loop {
+            let space = self.group.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            let inserted = self.group.with(|t| {
+                if t.len() < MAX_BUFFERED {
+                    if let Some(i) = pending.take() {
+                        t.insert(i);
+                    }
+                    true
+                } else {
+                    false
+                }
+            });
+            if inserted {
+                self.group.ready.notify_waiters();
+                return true;
+            }
+            tokio::select! {
+                _ = space => {}
+                _ = wait_stop(&mut stop) => return false,
+            }
+        }
+    }
+}
+
+/// Expires leases at their deadline even when nobody pulls or acks: expired events go back
+/// to ready (waking long polls) or, past their last handout, to dead-lettering.
+async fn sweep_loop(ctx: SubCtx, group: Arc<PullGroup>) {
+    let mut stop = ctx.stop.clone();
+    loop {
+        let next = group.with(|t| t.next_deadline());
+        let due = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = due => {}
+            _ = group.leased.notified() => continue,
+            _ = wait_stop(&mut stop) => return,
+        }
+        let (dead, requeued) = group.with(|t| {
+            let before = t.ready_len();
+            let dead = t.expire(Instant::now());
+            (dead, t.ready_len() > before)
+        });
+        for item in dead {
+            let _ = group.dead_tx.send(item);
+        }
+        if requeued {
+            group.ready.notify_waiters();
+        }
+    }
+}
+
+/// Dead-letters events that ran out of handouts, then marks them done.
+async fn dead_letter_loop(
+    ctx: SubCtx,
+    group: Arc<PullGroup>,
+    mut rx: mpsc::UnboundedReceiver<PullItem>,
+) {
+    let mut stop = ctx.stop.clone();
+    loop {
+        let item = tokio::select! {
+            i = rx.recv() => i,
+            _ = wait_stop(&mut stop) => None,
+        };
+        let Some(item) = item else { return };
+        let dl = DeadLetter {
+            reason: format!("not acknowledged after {} deliveries", item.handouts),
+            attempts: item.handouts,
+            status: 0,
+        };
+        if !dead_letter(&ctx, &item.original, &dl).await {
+            return;
+        }
+        group.progress.complete(item.partition, item.offset);
+        ctx.metrics.in_flight.with_label_values(&[ctx.name()]).dec();
+        group.space.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_payloads_keep_json_and_fall_back_to_text() {
+        let json = pulled_payload(&TransformOutput::Raw {
+            content_type: "application/json".into(),
+            body: br#"{"a":1}"#.to_vec(),
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"contenttype": "application/json", "body": {"a": 1}})
+        );
+        let text = pulled_payload(&TransformOutput::Raw {
+            content_type: "text/plain".into(),
+            body: b"hello \xff".to_vec(),
+        })
+        .unwrap();
+        assert_eq!(text["body"], "hello \u{fffd}");
+    }
+}

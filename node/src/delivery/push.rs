@@ -1,0 +1,322 @@
+//! Webhook push: CloudEvents binary-mode POSTs with retries, lanes and members.
+//!
+//! Per offset group (the subscription for CLUSTERING, each member URL for BROADCASTING):
+//! one reader task per partition feeds `max_in_flight` lanes; an event's lane is chosen by
+//! the hash of its partition key (or id), and each lane delivers one event at a time, in
+//! order, so per-key order holds and a retrying event holds up only its own lane (and,
+//! once that lane's queue of `LANE_QUEUE` events is full, the readers feeding it). Each subscription has
+//! its own tasks, so a slow webhook slows only its own subscription.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cloudevents::AttributesReader;
+use meshd_core::api::{GroupMode, WebhookSink};
+use meshd_core::event::to_binary_http;
+use meshd_core::transform::TransformOutput;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info_span, Instrument};
+
+use super::backoff::{parse_retry_after, retry_delay, should_give_up};
+use super::common::{
+    commit_loop, dead_letter, observe_latency, read_partition, starting_cursors, wait_stop,
+    DeadLetter, Dispatch, Prepared, Progress, SubCtx,
+};
+use super::DeliveryOptions;
+use crate::ingest::now_ms;
+use crate::store::StoreError;
+
+/// Events queued per lane before the readers feeding it wait.
+const LANE_QUEUE: usize = 128;
+
+/// A started push subscription: its tasks and the progress of each offset group.
+pub struct PushRunning {
+    /// Reader, lane and commit tasks.
+    pub tasks: Vec<JoinHandle<()>>,
+    /// One per offset group.
+    pub progress: Vec<Arc<Progress>>,
+}
+
+/// Starts every task of a webhook subscription.
+pub async fn start(
+    ctx: SubCtx,
+    sink: &WebhookSink,
+    partitions: u32,
+    client: Option<reqwest::Client>,
+    options: DeliveryOptions,
+) -> Result<PushRunning, StoreError> {
+    let spec = &ctx.sub.spec;
+    let members = sink.members();
+    let groups: Vec<(String, Vec<String>)> = match spec.mode {
+        GroupMode::Clustering => vec![(spec.name.clone(), members)],
+        GroupMode::Broadcasting => members
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| (format!("{}/{i}", spec.name), vec![u]))
+            .collect(),
+    };
+    let base = match spec.mode {
+        GroupMode::Clustering => None,
+        GroupMode::Broadcasting => Some(
+            starting_cursors(
+                ctx.store.as_ref(),
+                &spec.name,
+                &spec.topic,
+                partitions,
+                spec.start,
+                None,
+            )
+            .await?,
+        ),
+    };
+    let mut running = PushRunning {
+        tasks: Vec::new(),
+        progress: Vec::new(),
+    };
+    let timeout = Duration::from_millis(sink.timeout_ms);
+    for (group, urls) in groups {
+        let cursors = starting_cursors(
+            ctx.store.as_ref(),
+            &group,
+            &spec.topic,
+            partitions,
+            spec.start,
+            base.as_ref(),
+        )
+        .await?;
+        let progress = Progress::new(
+            group.clone(),
+            spec.topic.clone(),
+            ctx.store.clone(),
+            &cursors,
+        );
+        let span =
+            info_span!("push", subscription = %spec.name, topic = %spec.topic, group = %group);
+        let urls = Arc::new(urls);
+        let lanes = spec.delivery.max_in_flight.max(1) as usize;
+        let mut senders = Vec::with_capacity(lanes);
+        for _ in 0..lanes {
+            let (tx, rx) = mpsc::channel(LANE_QUEUE);
+            senders.push(tx);
+            let lane = Lane {
+                ctx: ctx.clone(),
+                progress: progress.clone(),
+                client: client.clone(),
+                urls: urls.clone(),
+                timeout,
+                options,
+            };
+            running
+                .tasks
+                .push(tokio::spawn(lane.run(rx).instrument(span.clone())));
+        }
+        let dispatch: Arc<dyn Dispatch> = Arc::new(LaneDispatch {
+            ctx: ctx.clone(),
+            lanes: senders,
+        });
+        for (p, cursor) in &cursors {
+            running.tasks.push(tokio::spawn(
+                read_partition(ctx.clone(), progress.clone(), *p, *cursor, dispatch.clone())
+                    .instrument(span.clone()),
+            ));
+        }
+        running.tasks.push(tokio::spawn(
+            commit_loop(ctx.clone(), progress.clone()).instrument(span),
+        ));
+        running.progress.push(progress);
+    }
+    Ok(running)
+}
+
+/// Routes records to lanes by key hash.
+struct LaneDispatch {
+    ctx: SubCtx,
+    lanes: Vec<mpsc::Sender<Prepared>>,
+}
+
+#[async_trait]
+impl Dispatch for LaneDispatch {
+    async fn dispatch(&self, item: Prepared) -> bool {
+        let n = self.lanes.len() as u64;
+        let Some(lane) = self.lanes.get((item.route_hash() % n.max(1)) as usize) else {
+            return false;
+        };
+        let gauge = self
+            .ctx
+            .metrics
+            .in_flight
+            .with_label_values(&[self.ctx.name()]);
+        gauge.inc();
+        let mut stop = self.ctx.stop.clone();
+        let sent = tokio::select! {
+            r = lane.send(item) => r.is_ok(),
+            _ = wait_stop(&mut stop) => false,
+        };
+        if !sent {
+            gauge.dec();
+        }
+        sent
+    }
+}
+
+/// How one delivery ended.
+#[derive(Debug)]
+enum Outcome {
+    Delivered,
+    Failed(DeadLetter),
+    Stopped,
+}
+
+/// One attempt's result.
+enum Attempt {
+    Status(u16, Option<Duration>),
+    Timeout,
+    Error(String),
+}
+
+struct Lane {
+    ctx: SubCtx,
+    progress: Arc<Progress>,
+    client: Option<reqwest::Client>,
+    urls: Arc<Vec<String>>,
+    timeout: Duration,
+    options: DeliveryOptions,
+}
+
+impl Lane {
+    async fn run(self, mut rx: mpsc::Receiver<Prepared>) {
+        let labels = [self.ctx.topic(), self.ctx.name()];
+        let gauge = self
+            .ctx
+            .metrics
+            .in_flight
+            .with_label_values(&[self.ctx.name()]);
+        let mut stop = self.ctx.stop.clone();
+        loop {
+            let item = tokio::select! {
+                i = rx.recv() => i,
+                _ = wait_stop(&mut stop) => None,
+            };
+            let Some(item) = item else { break };
+            let n = self.urls.len() as u64;
+            let Some(url) = self.urls.get((item.route_hash() % n.max(1)) as usize) else {
+                break;
+            };
+            let span = info_span!("deliver", event_id = %item.event.id(), partition = item.partition, offset = item.offset, url = %url);
+            let outcome = self.deliver(url, &item).instrument(span).await;
+            let done = match outcome {
+                Outcome::Delivered => {
+                    self.ctx.metrics.delivered.with_label_values(&labels).inc();
+                    observe_latency(&self.ctx, item.timestamp_ms);
+                    true
+                }
+                Outcome::Failed(dl) => dead_letter(&self.ctx, &item.event, &dl).await,
+                Outcome::Stopped => false,
+            };
+            gauge.dec();
+            if done {
+                self.progress.complete(item.partition, item.offset);
+            } else {
+                break;
+            }
+        }
+        // Stopping: whatever is queued stays uncommitted and is delivered after a restart.
+        rx.close();
+        while rx.try_recv().is_ok() {
+            gauge.dec();
+        }
+    }
+
+    async fn deliver(&self, url: &str, item: &Prepared) -> Outcome {
+        let policy = &self.ctx.sub.spec.delivery;
+        let first = Instant::now();
+        let mut attempts: u32 = 0;
+        let mut stop = self.ctx.stop.clone();
+        loop {
+            attempts = attempts.saturating_add(1);
+            let attempt = tokio::select! {
+                a = self.attempt(url, &item.output) => a,
+                _ = wait_stop(&mut stop) => return Outcome::Stopped,
+            };
+            let (what, status, retry_after) = match attempt {
+                Attempt::Status(s, _) if (200..300).contains(&s) => return Outcome::Delivered,
+                Attempt::Status(s, ra) => (format!("http {s}"), s, ra),
+                Attempt::Timeout => ("timeout".to_string(), 0, None),
+                Attempt::Error(e) => (format!("connection error: {e}"), 0, None),
+            };
+            let jitter = if self.options.full_jitter {
+                rand::random::<f64>()
+            } else {
+                1.0
+            };
+            let delay = retry_delay(policy, attempts, retry_after, jitter);
+            if should_give_up(policy, attempts, first.elapsed(), delay) {
+                return Outcome::Failed(DeadLetter {
+                    reason: format!("{what} after {attempts} attempts"),
+                    attempts,
+                    status,
+                });
+            }
+            self.ctx
+                .metrics
+                .retried
+                .with_label_values(&[self.ctx.topic(), self.ctx.name()])
+                .inc();
+            debug!(attempt = attempts, failure = %what, delay_ms = delay.as_millis() as u64, "delivery failed; retrying");
+            if !self.ctx.sleep(delay).await {
+                return Outcome::Stopped;
+            }
+        }
+    }
+
+    async fn attempt(&self, url: &str, output: &TransformOutput) -> Attempt {
+        let Some(client) = &self.client else {
+            return Attempt::Error("no HTTP client (TLS provider missing)".into());
+        };
+        let mut req = client.post(url).timeout(self.timeout);
+        match output {
+            TransformOutput::Event(e) => {
+                let (headers, body) = to_binary_http(e);
+                for (k, v) in headers {
+                    req = req.header(k, v);
+                }
+                req = req.body(body);
+            }
+            TransformOutput::Raw { content_type, body } => {
+                req = req
+                    .header(http::header::CONTENT_TYPE, content_type.as_str())
+                    .body(body.clone());
+            }
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = if status == 429 || status == 503 {
+                    resp.headers()
+                        .get(http::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| parse_retry_after(v, now_ms()))
+                } else {
+                    None
+                };
+                Attempt::Status(status, retry_after)
+            }
+            Err(e) if e.is_timeout() => Attempt::Timeout,
+            Err(e) => Attempt::Error(error_chain(&e)),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}

@@ -1,0 +1,149 @@
+//! Which offsets of one partition are done, and how far the committed offset may move.
+//!
+//! Events complete out of order (lanes, leases), but the committed offset is "the next
+//! offset to read": it may only pass offsets that are all done (delivered, filtered out
+//! or dead-lettered). [`OffsetTracker`] holds the contiguous done prefix plus the done
+//! offsets beyond it; it is pure and does no I/O.
+
+use std::collections::BTreeSet;
+
+/// Completion state of one partition for one offset group.
+#[derive(Debug, Clone)]
+pub struct OffsetTracker {
+    /// Every offset below this one is done: the offset that may be committed.
+    next: u64,
+    /// Done offsets above `next` (waiting for the gap to close).
+    done: BTreeSet<u64>,
+    /// What was last committed (or the starting point).
+    committed: u64,
+}
+
+impl OffsetTracker {
+    /// A tracker whose committed offset is `start`.
+    pub fn new(start: u64) -> OffsetTracker {
+        OffsetTracker {
+            next: start,
+            done: BTreeSet::new(),
+            committed: start,
+        }
+    }
+
+    /// Marks one offset done. Offsets below the commit point are ignored (duplicates).
+    pub fn complete(&mut self, offset: u64) {
+        if offset < self.next {
+            return;
+        }
+        if offset == self.next {
+            self.next += 1;
+            while self.done.remove(&self.next) {
+                self.next += 1;
+            }
+        } else {
+            self.done.insert(offset);
+        }
+    }
+
+    /// Marks `[from, to)` done (records that no longer exist, e.g. removed by retention).
+    pub fn complete_range(&mut self, from: u64, to: u64) {
+        if from <= self.next && to > self.next {
+            self.next = to;
+            let stale: Vec<u64> = self.done.range(..to).copied().collect();
+            for o in stale {
+                self.done.remove(&o);
+            }
+            while self.done.remove(&self.next) {
+                self.next += 1;
+            }
+        } else {
+            for o in from.max(self.next)..to {
+                self.complete(o);
+            }
+        }
+    }
+
+    /// The offset that may be committed now.
+    pub fn commit_point(&self) -> u64 {
+        self.next
+    }
+
+    /// Done offsets waiting behind a gap.
+    pub fn pending_done(&self) -> usize {
+        self.done.len()
+    }
+
+    /// The commit point if it moved since the last call (and records it as committed).
+    pub fn take_commit(&mut self) -> Option<u64> {
+        if self.next != self.committed {
+            self.committed = self.next;
+            Some(self.next)
+        } else {
+            None
+        }
+    }
+
+    /// Puts back a commit point that failed to be stored, so the next call retries it.
+    pub fn commit_failed(&mut self, previous: u64) {
+        self.committed = previous;
+    }
+
+    /// The last committed offset.
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_only_the_contiguous_prefix() {
+        let mut t = OffsetTracker::new(10);
+        assert_eq!(t.take_commit(), None);
+        t.complete(12);
+        t.complete(11);
+        assert_eq!(t.commit_point(), 10, "10 is still in flight");
+        assert_eq!(t.take_commit(), None);
+        t.complete(10);
+        assert_eq!(t.commit_point(), 13);
+        assert_eq!(t.take_commit(), Some(13));
+        assert_eq!(t.take_commit(), None);
+        assert_eq!(t.pending_done(), 0);
+    }
+
+    #[test]
+    fn duplicates_and_old_offsets_are_ignored() {
+        let mut t = OffsetTracker::new(5);
+        t.complete(3);
+        t.complete(5);
+        t.complete(5);
+        t.complete(7);
+        t.complete(7);
+        assert_eq!(t.commit_point(), 6);
+        assert_eq!(t.pending_done(), 1);
+    }
+
+    #[test]
+    fn ranges_close_gaps() {
+        let mut t = OffsetTracker::new(0);
+        t.complete(9);
+        t.complete_range(0, 5);
+        assert_eq!(t.commit_point(), 5);
+        t.complete_range(6, 9);
+        assert_eq!(t.commit_point(), 5);
+        t.complete(5);
+        assert_eq!(t.commit_point(), 10);
+        t.complete_range(20, 20);
+        assert_eq!(t.commit_point(), 10);
+    }
+
+    #[test]
+    fn failed_commit_is_retried() {
+        let mut t = OffsetTracker::new(0);
+        t.complete(0);
+        assert_eq!(t.take_commit(), Some(1));
+        t.commit_failed(0);
+        assert_eq!(t.take_commit(), Some(1));
+        assert_eq!(t.committed(), 1);
+    }
+}
