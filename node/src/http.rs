@@ -116,6 +116,9 @@ impl From<DeliveryError> for ApiError {
                 "not_a_pull_subscription",
                 e.to_string(),
             ),
+            DeliveryError::TooManyConsumers { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "too_many_consumers", e.to_string())
+            }
             DeliveryError::Store(s) => s.into(),
         }
     }
