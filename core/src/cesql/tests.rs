@@ -370,3 +370,73 @@ fn random_input_never_panics() {
         "only {parsed} generated expressions parsed"
     );
 }
+
+/// The deepest expressions the parser accepts can be parsed, cloned, printed, evaluated
+/// and dropped within 2 MiB of stack, tokio's default for worker threads. (Measured: about
+/// 1 MiB is needed in debug builds, 128 KiB in release builds.)
+#[test]
+fn deepest_accepted_expressions_fit_a_worker_stack() {
+    let d = MAX_DEPTH - 1;
+    let shapes = vec![
+        format!("{}1{}", "(".repeat(d), ")".repeat(d)),
+        format!("{}1{}", "ABS(".repeat(d), ")".repeat(d)),
+        format!("{}TRUE", "NOT ".repeat(d)),
+        format!("{}1{}", "-(".repeat(d / 2), ")".repeat(d / 2)),
+        format!("{}1{}", "(1 + (2 * ".repeat(d / 4), "))".repeat(d / 4)),
+        format!(
+            "{}TRUE{}",
+            "(TRUE AND (1 = ".repeat(d / 4),
+            "))".repeat(d / 4)
+        ),
+        format!("1{}", " IN (1)".repeat(d)),
+        format!("sequence{}", " LIKE '%'".repeat(d)),
+    ];
+    let count = shapes.len();
+    let handle = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || {
+            let ev = event();
+            let mut n = 0;
+            for text in &shapes {
+                let e = Expression::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+                let copy = e.clone();
+                assert!(!format!("{copy:?}").is_empty());
+                let _ = e.evaluate(&ev);
+                let _ = e.matches(&ev);
+                n += 1;
+            }
+            n
+        })
+        .expect("spawn");
+    assert_eq!(handle.join().expect("no stack overflow"), count);
+}
+
+/// Rough throughput of `matches` for a typical filter. Run with
+/// `cargo test -p meshd-core --release --lib cesql::tests::bench -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_matches() {
+    let ev = event();
+    let e = Expression::parse(
+        "type LIKE 'com.example.%' AND (subject LIKE 'orders/%' OR source = 'x') \
+         AND sequence > 3 AND count IN (1, 7, 9) AND NOT EXISTS missing",
+    )
+    .expect("parses");
+    let n = 1_000_000u32;
+    let started = std::time::Instant::now();
+    let mut hits = 0u32;
+    for _ in 0..n {
+        hits += u32::from(e.matches(std::hint::black_box(&ev)));
+    }
+    let el = started.elapsed();
+    assert_eq!(hits, n);
+    println!(
+        "matches: {n} evaluations in {el:?}, {:.0} ns each",
+        el.as_nanos() as f64 / f64::from(n)
+    );
+    let started = std::time::Instant::now();
+    for _ in 0..10_000 {
+        let _ = std::hint::black_box(Expression::parse(e.as_str()));
+    }
+    println!("parse: {:?} each", started.elapsed() / 10_000);
+}
