@@ -73,7 +73,7 @@ impl Tok {
             Tok::Int(_) => "an integer",
             Tok::Str(_) => "a string literal",
             Tok::Word(w) => return format!("'{}'", truncate(w)),
-            Tok::Eof => "the end of the expression",
+            Tok::Eof => "end of input",
         };
         s.to_string()
     }

@@ -7,7 +7,7 @@
 //! rule: the event passes only if the value is Boolean `true` and no error occurred; it
 //! uses "fail fast mode" and allocates nothing for errors).
 //!
-//! Layout: [`lexer`](self) tokens, `parser` grammar and precedence, `ast` tree shapes,
+//! Layout: `lexer` tokens, `parser` grammar and precedence, `ast` tree shapes,
 //! `eval` semantics. `docs/cesql.md` is the user-facing reference.
 //!
 //! Choices where the spec leaves room, or where the TCK and the spec's text differ:

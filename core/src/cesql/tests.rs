@@ -440,3 +440,32 @@ fn bench_matches() {
     }
     println!("parse: {:?} each", started.elapsed() / 10_000);
 }
+
+#[test]
+fn parse_error_messages_read_well() {
+    let msg = |t: &str| Expression::parse(t).expect_err(t).message;
+    assert_eq!(
+        msg(""),
+        "unexpected end of input, expected an expression (at column 1)"
+    );
+    assert_eq!(
+        msg("ABC("),
+        "unexpected end of input, expected an expression (at column 5)"
+    );
+    assert_eq!(
+        msg("x LIKE 123"),
+        "the pattern of LIKE must be a string literal, found an integer (at column 8)"
+    );
+    assert_eq!(
+        msg("a = 1 b"),
+        "unexpected 'b', expected an operator or the end (at column 7)"
+    );
+    assert_eq!(
+        msg("2147483648"),
+        "integer literal out of range (-2147483648 to 2147483647) (at column 1)"
+    );
+    assert_eq!(
+        msg("LENGTH('a' 'b')"),
+        "unexpected a string literal in the arguments of LENGTH, expected ',' or ')' (at column 12)"
+    );
+}
