@@ -33,8 +33,9 @@ use cloudevents::Event;
 
 /// Longest expression accepted, in bytes.
 pub const MAX_EXPRESSION_LEN: usize = 16 * 1024;
-/// Deepest nesting accepted (parentheses, unary operators, function arguments, operators
-/// of different precedence). Runs of one operator (`a OR b OR c ...`) do not nest.
+/// Deepest nesting accepted: each parenthesis, unary operator, function call, `IN` set,
+/// `LIKE` and right-hand operand counts one level. A flat run of one precedence level
+/// (`a OR b OR c ...`) counts once.
 pub const MAX_DEPTH: usize = 64;
 /// Longest attribute name accepted (as [`crate::event::MAX_ATTRIBUTE_NAME_LEN`]).
 pub const MAX_IDENTIFIER_LEN: usize = crate::event::MAX_ATTRIBUTE_NAME_LEN;
