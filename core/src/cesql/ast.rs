@@ -1,9 +1,11 @@
 //! The CESQL syntax tree the parser builds and the evaluator walks.
 //!
 //! Owns the node shapes, attribute names resolved once, function dispatch resolved once
-//! (name + arity), and compiled LIKE patterns. Runs of left-associative binary operators
+//! (name + arity), and compiled LIKE patterns ([`LikePattern`]). Runs of left-associative binary operators
 //! of one precedence level are kept flat ([`Node::Chain`]) so that long `OR` lists or
 //! sums do not make the tree deep.
+
+use super::like::LikePattern;
 
 /// A literal value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,44 +138,6 @@ impl Func {
     }
 }
 
-/// One element of a compiled LIKE pattern.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LikeTok {
-    /// Exactly this character.
-    Char(char),
-    /// `_`: any one character.
-    One,
-    /// `%`: any run of characters, possibly empty.
-    Many,
-}
-
-/// Compiles a LIKE pattern: `%` and `_` are wildcards; `\%`, `\_` and `\\` match the
-/// character after the backslash; any other backslash matches a backslash.
-pub(crate) fn compile_like(pattern: &str) -> Vec<LikeTok> {
-    let mut out = Vec::with_capacity(pattern.len());
-    let mut chars = pattern.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '%' => {
-                // Runs of `%` are the same as one.
-                if out.last() != Some(&LikeTok::Many) {
-                    out.push(LikeTok::Many);
-                }
-            }
-            '_' => out.push(LikeTok::One),
-            '\\' => match chars.peek() {
-                Some(&n @ ('%' | '_' | '\\')) => {
-                    chars.next();
-                    out.push(LikeTok::Char(n));
-                }
-                _ => out.push(LikeTok::Char('\\')),
-            },
-            c => out.push(LikeTok::Char(c)),
-        }
-    }
-    out
-}
-
 /// A node of the syntax tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Node {
@@ -189,7 +153,7 @@ pub(crate) enum Node {
     },
     Like {
         value: Box<Node>,
-        pattern: Vec<LikeTok>,
+        pattern: LikePattern,
         negated: bool,
     },
     In {
@@ -206,24 +170,6 @@ pub(crate) enum Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn like_compiles_escapes() {
-        use LikeTok::*;
-        assert_eq!(
-            compile_like(r"a%%_\%\_\\\c"),
-            vec![
-                Char('a'),
-                Many,
-                One,
-                Char('%'),
-                Char('_'),
-                Char('\\'),
-                Char('\\'),
-                Char('c')
-            ]
-        );
-    }
 
     #[test]
     fn functions_resolve_by_name_and_arity() {

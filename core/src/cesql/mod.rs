@@ -8,7 +8,7 @@
 //! uses "fail fast mode" and allocates nothing for errors).
 //!
 //! Layout: `lexer` tokens, `parser` grammar and precedence, `ast` tree shapes,
-//! `eval` semantics. `docs/cesql.md` is the user-facing reference.
+//! `like` LIKE patterns, `eval` semantics. `docs/cesql.md` is the user-facing reference.
 //!
 //! Choices where the spec leaves room, or where the TCK and the spec's text differ:
 //! - `AND`, `OR`, `XOR` share one precedence level and associate left to right, as the
@@ -25,6 +25,7 @@
 mod ast;
 mod eval;
 mod lexer;
+mod like;
 mod parser;
 
 use std::fmt;

@@ -10,8 +10,9 @@
 //! Limits: the parser recursion and the height of the tree are both capped at
 //! [`MAX_DEPTH`](super::MAX_DEPTH); deeper input is a parse error, never a stack overflow.
 
-use super::ast::{compile_like, Attr, BinOp, Func, Literal, Node};
+use super::ast::{Attr, BinOp, Func, Literal, Node};
 use super::lexer::{error_at, lex, Tok, Token};
+use super::like::LikePattern;
 use super::{CesqlError, MAX_DEPTH, MAX_IDENTIFIER_LEN};
 
 /// Binding power of postfix `IN`.
@@ -187,7 +188,7 @@ impl Parser {
         checked(
             Node::Like {
                 value: Box::new(lhs),
-                pattern: compile_like(&pattern),
+                pattern: LikePattern::compile(&pattern),
                 negated,
             },
             height + 1,
