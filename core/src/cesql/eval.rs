@@ -338,10 +338,10 @@ impl<'a> Eval<'a> {
             return Val::Bool(false);
         };
         let mut found = false;
-        let mut missing = false;
+        let mut errored = false;
         for e in set {
             match self.operand(e) {
-                None => missing = true,
+                None => errored = true,
                 Some(y) if !found => {
                     // The left operand's type is the target type (§3.7).
                     found = match &x {
@@ -353,7 +353,7 @@ impl<'a> Eval<'a> {
                 Some(_) => {}
             }
         }
-        if missing {
+        if errored {
             return Val::Bool(false);
         }
         Val::Bool(found != negated)
@@ -370,14 +370,14 @@ impl<'a> Eval<'a> {
             return Val::Bool(false);
         }
         let mut vals = Vec::with_capacity(args.len());
-        let mut missing = false;
+        let mut errored = false;
         for a in args {
             match self.operand(a) {
                 Some(v) => vals.push(v),
-                None => missing = true,
+                None => errored = true,
             }
         }
-        if missing {
+        if errored {
             return zero_of(func);
         }
         let mut it = vals.into_iter();
