@@ -160,7 +160,7 @@ fn compile_at(spec: &FilterSpec, path: String, depth: usize) -> Result<Filter, F
     };
     Ok(match spec {
         FilterSpec::Pattern(v) => Filter::Pattern(pattern::Pattern::compile(v)?),
-        FilterSpec::Cesql(s) => Filter::Cesql(cesql::Expression::parse(s)?),
+        FilterSpec::Cesql(s) => Filter::Cesql(cesql::Expression::parse_strict(s)?),
         FilterSpec::Exact(m) => Filter::Exact(pairs(m, "exact")?),
         FilterSpec::Prefix(m) => Filter::Prefix(pairs(m, "prefix")?),
         FilterSpec::Suffix(m) => Filter::Suffix(pairs(m, "suffix")?),
