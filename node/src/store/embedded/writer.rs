@@ -182,9 +182,11 @@ pub(crate) fn init_and_load(db: &Database) -> Result<State, StoreError> {
                 info.insert(INFO_NEXT_TOPIC_ID, 1).map_err(db_err)?;
             }
             Some(FORMAT_VERSION) => {}
-            Some(other) => return Err(StoreError::Io(format!(
+            Some(other) => {
+                return Err(StoreError::Io(format!(
                 "store format version {other} is not supported (this build reads {FORMAT_VERSION})"
-            ))),
+            )))
+            }
         }
         txn.open_table(TOPICS).map_err(db_err)?;
         txn.open_table(BOUNDS).map_err(db_err)?;
