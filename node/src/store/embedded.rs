@@ -205,6 +205,16 @@ impl EmbeddedStore {
                 )),
                 other => StoreError::Io(format!("cannot open {}: {other}", path.display())),
             })?;
+        Self::start(dir, db, options, tuning)
+    }
+
+    /// Starts the store on an opened database (tests pass one with a faulty backend).
+    fn start(
+        dir: &Path,
+        db: Database,
+        options: EmbeddedOptions,
+        tuning: EmbeddedTuning,
+    ) -> Result<Arc<EmbeddedStore>, StoreError> {
         let state = writer::init_and_load(&db)?;
         let shared = Arc::new(Shared::from_state(&state));
         let counters = Arc::new(Counters::default());

@@ -327,3 +327,118 @@ async fn invalid_topic_config_is_refused() {
     assert_eq!(s.topic("t").await.unwrap(), None);
     s.close().await.unwrap();
 }
+
+/// An in-memory redb backend whose writes and syncs fail while `fail` is set.
+#[derive(Debug)]
+struct FaultyBackend {
+    inner: redb::backends::InMemoryBackend,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FaultyBackend {
+    fn check(&self) -> Result<(), std::io::Error> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(std::io::Error::other("injected disk failure"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl redb::StorageBackend for FaultyBackend {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.write(offset, data)
+    }
+}
+
+#[tokio::test]
+async fn storage_failure_fails_the_whole_batch_and_changes_nothing() {
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let backend = FaultyBackend {
+        inner: redb::backends::InMemoryBackend::new(),
+        fail: fail.clone(),
+    };
+    let db = redb::Builder::new().create_with_backend(backend).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::start(
+        root.path(),
+        db,
+        EmbeddedOptions::default(),
+        EmbeddedTuning::default(),
+    )
+    .unwrap();
+    s.create_topic(
+        "t",
+        &TopicConfig {
+            partitions: 2,
+            ..TopicConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    s.append("t", vec![rec(0, "before")]).await.unwrap();
+    s.put_meta("k", b"old").await.unwrap();
+    let mut w = s.watch_end("t", 0).unwrap();
+    w.borrow_and_update();
+
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = s
+        .append("t", vec![rec(0, "lost"), rec(1, "lost")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Io(_)), "{err:?}");
+    let err = s.put_meta("k", b"new").await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Io(_) | StoreError::Unavailable(_)),
+        "{err:?}"
+    );
+    assert!(s.stats().batches_failed >= 1);
+    // Nothing of the failed calls is visible, and the watch did not move.
+    assert_eq!(
+        s.bounds("t", 0).await.unwrap(),
+        PartitionBounds { start: 0, end: 1 }
+    );
+    assert_eq!(
+        s.bounds("t", 1).await.unwrap(),
+        PartitionBounds { start: 0, end: 0 }
+    );
+    assert!(!w.has_changed().unwrap());
+    let r = s.read("t", 0, 0, 10).await.unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].payload.as_ref(), b"before");
+    assert_eq!(
+        s.list_meta("k").await.unwrap(),
+        vec![("k".to_string(), b"old".to_vec())]
+    );
+
+    // Once the disk works again, the store either goes on at the right offsets or keeps
+    // refusing; it never writes past a hole.
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    match s.append("t", vec![rec(0, "after")]).await {
+        Ok(a) => {
+            assert_eq!(a[0].offset, 1, "no hole left by the failed append");
+            let r = s.read("t", 0, 0, 10).await.unwrap();
+            assert_eq!(r.len(), 2);
+        }
+        Err(e) => assert!(
+            matches!(e, StoreError::Io(_) | StoreError::Unavailable(_)),
+            "{e:?}"
+        ),
+    }
+    let _ = s.close().await;
+}
