@@ -442,3 +442,31 @@ async fn storage_failure_fails_the_whole_batch_and_changes_nothing() {
     }
     let _ = s.close().await;
 }
+
+#[tokio::test]
+async fn operations_that_change_nothing_do_not_commit() {
+    let root = tempfile::tempdir().unwrap();
+    let s = open_at(root.path().join("s"), EmbeddedOptions::default()).await;
+    s.create_topic("t", &one_partition()).await.unwrap();
+    s.append("t", vec![rec(0, "x")]).await.unwrap();
+    let before = s.stats();
+    assert_eq!(
+        s.enforce_retention(u64::MAX).await.unwrap(),
+        RetentionReport::default()
+    );
+    assert!(!s.create_topic("t", &one_partition()).await.unwrap());
+    assert!(s
+        .create_topic(
+            "t",
+            &TopicConfig {
+                partitions: 2,
+                ..TopicConfig::default()
+            }
+        )
+        .await
+        .is_err());
+    assert_eq!(s.stats().commits, before.commits, "no commit, no fsync");
+    s.put_meta("k", b"v").await.unwrap();
+    assert_eq!(s.stats().commits, before.commits + 1);
+    s.close().await.unwrap();
+}

@@ -373,6 +373,8 @@ struct BatchEffects {
     dirty: HashMap<(u64, u32), PartState>,
     /// Topics whose reader view must be refreshed after the commit.
     changed: HashSet<String>,
+    /// Whether an offset or metadata write happened (topic changes are in `changed`).
+    wrote: bool,
     records: u64,
     bytes: u64,
     appends: u64,
@@ -531,7 +533,12 @@ impl Writer {
         let mut fx = BatchEffects::default();
         let result = self.write_batch(ops, durable, &mut outcomes, &mut fx);
         match result {
-            Ok(()) => {
+            Ok(false) => {
+                for o in outcomes {
+                    o.send();
+                }
+            }
+            Ok(true) => {
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .records_appended
@@ -585,7 +592,7 @@ impl Writer {
         durable: bool,
         outcomes: &mut Vec<Outcome>,
         fx: &mut BatchEffects,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let mut txn = match self.db.begin_write() {
             Ok(t) => t,
             Err(e) => {
@@ -650,7 +657,14 @@ impl Writer {
             }
             return Err(e);
         }
-        txn.commit().map_err(|e| e.to_string())
+        if !fx.wrote && fx.changed.is_empty() {
+            // Only rejections (or retention with nothing to remove): no commit, no fsync.
+            if let Err(e) = txn.abort() {
+                tracing::warn!(error = %e, "aborting an empty write transaction failed");
+            }
+            return Ok(false);
+        }
+        txn.commit().map(|()| true).map_err(|e| e.to_string())
     }
 
     /// Applies one op; returns its outcome and, if the storage failed, why.
@@ -696,6 +710,7 @@ impl Writer {
                 reply,
             } => {
                 let (r, e) = split(self.commit_offset(t, &group, &topic, partition, offset));
+                fx.wrote |= r.is_ok();
                 (Outcome::Unit(reply, r), e)
             }
             Op::Retention { now_ms, reply } => {
@@ -709,6 +724,7 @@ impl Writer {
                     .map(|_| ())
                     .map_err(ApplyError::from);
                 let (r, e) = split(r);
+                fx.wrote |= r.is_ok();
                 (Outcome::Unit(reply, r), e)
             }
             Op::DeleteMeta { key, reply } => {
@@ -718,6 +734,7 @@ impl Writer {
                     .map(|old| old.is_some())
                     .map_err(ApplyError::from);
                 let (r, e) = split(r);
+                fx.wrote |= r.is_ok();
                 (Outcome::Bool(reply, r), e)
             }
             Op::Close { reply } => {
