@@ -16,6 +16,9 @@
 //!   failure aborts the whole transaction.
 //! - **Reads** go to `spawn_blocking` and run in a redb read snapshot; `bounds`,
 //!   `topic`, `list_topics` and `watch_end` answer from memory without blocking.
+//! - **Watches** (`watch_end`) move after the commit of each append, before its caller is
+//!   acknowledged. A watch ends (`changed()` fails) when its topic is deleted or the
+//!   store closes; a recreated topic has new watches.
 //! - **Records** carry our own CRC32 over (offset, timestamp, payload); a read that meets
 //!   a bad checksum, or a hole between `start` and `end`, fails with
 //!   [`StoreError::Corrupt`] rather than returning a torn record.
@@ -180,6 +183,16 @@ impl EmbeddedStore {
     /// crash): call it from `spawn_blocking` or before the runtime is busy.
     pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Arc<EmbeddedStore>, StoreError> {
         Self::open_tuned(dir, options, EmbeddedTuning::default())
+    }
+
+    /// [`EmbeddedStore::open`] on the blocking pool, for callers inside the runtime.
+    pub async fn open_async(
+        dir: PathBuf,
+        options: EmbeddedOptions,
+    ) -> Result<Arc<EmbeddedStore>, StoreError> {
+        tokio::task::spawn_blocking(move || Self::open(&dir, options))
+            .await
+            .map_err(|e| StoreError::Io(format!("opening the store failed: {e}")))?
     }
 
     /// [`EmbeddedStore::open`] with explicit tuning.

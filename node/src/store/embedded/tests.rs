@@ -27,10 +27,7 @@ impl Harness {
 }
 
 async fn open_at(dir: PathBuf, options: EmbeddedOptions) -> Arc<EmbeddedStore> {
-    tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, options))
-        .await
-        .unwrap()
-        .unwrap()
+    EmbeddedStore::open_async(dir, options).await.unwrap()
 }
 
 #[async_trait]
