@@ -4,7 +4,7 @@
 //! Owns: records, partition bounds and byte totals, topic configurations, consumer
 //! offsets and the metadata namespace — all in the same database, so one commit moves
 //! them together and a crash can never leave them out of step. The table layout and the
-//! record codec are in [`layout`]; the group-commit writer in [`writer`].
+//! record codec are in `layout.rs`; the group-commit writer in `writer.rs`.
 //!
 //! # How it works
 //! - **Writes** (appends, topic changes, offsets, metadata, retention) are queued to ONE
