@@ -10,6 +10,7 @@ use bytes::Bytes;
 use meshd_core::api::TopicConfig;
 use tokio::sync::watch;
 
+pub mod conformance;
 pub mod embedded;
 
 /// A record to append.
@@ -61,10 +62,12 @@ pub enum FsyncPolicy {
     /// fsync (group-committed) before every acknowledgement. Survives machine crashes.
     #[default]
     Always,
-    /// fsync at most every `interval`; acknowledged writes of the last interval can be lost
-    /// on a machine crash (not on a process crash).
+    /// fsync at least every `interval`; acknowledged writes of the last interval can be
+    /// lost on a machine crash and, with the embedded store (redb keeps non-durable
+    /// commits in process memory), on a process crash too. See [`embedded`].
     Interval,
-    /// Never fsync explicitly; the OS writes back when it likes.
+    /// Never fsync explicitly (the embedded store still makes a durable commit on close and
+    /// every few MiB); a crash loses what was acknowledged since. See [`embedded`].
     Never,
 }
 
