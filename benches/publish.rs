@@ -94,7 +94,7 @@ fn start_meshd(dir: &std::path::Path, fsync: &str) -> (Killed, String) {
     let mut lines = std::io::BufReader::new(out).lines();
     let url = loop {
         let l = lines.next().expect("meshd exited").unwrap();
-        if l.contains(" node http://") {
+        if l.starts_with("cluster ") && l.contains(" node ") && l.contains("http://") {
             break l.rsplit(' ').next().unwrap().to_string();
         }
     };

@@ -71,7 +71,11 @@ impl Meshd {
             let mut sent = false;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if !sent && line.contains(" node http://") {
+                if !sent
+                    && line.starts_with("cluster ")
+                    && line.contains(" node ")
+                    && line.contains("http://")
+                {
                     let url = line.rsplit(' ').next().unwrap_or_default().to_string();
                     let _ = tx.send(url);
                     sent = true;
