@@ -179,7 +179,7 @@ impl TopicPattern {
             if prefix.ends_with('.') {
                 return Err("the prefix must not end with a dot before `.*`".into());
             }
-            meshd_core::api::check_name("topic", prefix).map_err(|e| e.to_string())?;
+            meshd_core::api::check_name("topic", prefix).map_err(|e| e.message)?;
             return Ok(TopicPattern::Prefix(format!("{prefix}.")));
         }
         if s.contains('*') {
@@ -188,7 +188,7 @@ impl TopicPattern {
                     .into(),
             );
         }
-        meshd_core::api::check_name("topic", s).map_err(|e| e.to_string())?;
+        meshd_core::api::check_name("topic", s).map_err(|e| e.message)?;
         Ok(TopicPattern::Exact(s.to_string()))
     }
 

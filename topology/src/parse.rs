@@ -751,11 +751,12 @@ fn get<'a, 'i>(t: &'a DeTable<'i>, key: &str) -> Option<&'a Spanned<DeValue<'i>>
         .map(|(_, v)| v)
 }
 
-/// ` (did you mean "x"?)` when a known name is within edit distance 2, else empty.
+/// ` (did you mean "x"?)` when a known name is within edit distance 2 and differs in at
+/// most a third of its characters, else empty.
 fn suggest<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> String {
     let best = known
         .map(|k| (edit_distance(name, k), k))
-        .filter(|(d, _)| *d <= 2)
+        .filter(|(d, k)| *d <= 2 && d * 3 <= name.chars().count().max(k.chars().count()))
         .min();
     match best {
         Some((_, k)) => format!(" (did you mean {k:?}?)"),
