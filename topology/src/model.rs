@@ -59,7 +59,7 @@ pub(crate) fn check_label(name: &str) -> Result<(), String> {
 
 impl fmt::Display for ClusterName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
