@@ -58,7 +58,11 @@ fn explain(t: &Topology) -> String {
         t.digest()
     );
     let none = HashSet::new();
-    let w = t.clusters().map(|c| c.name.as_str().len()).max().unwrap_or(0);
+    let w = t
+        .clusters()
+        .map(|c| c.name.as_str().len())
+        .max()
+        .unwrap_or(0);
     for c in t.clusters() {
         let table = RoutingTable::build(t, &c.name, &none);
         out.push_str(&format!("\nroutes from {}:\n", c.name));

@@ -68,7 +68,10 @@ fn check_accepts_a_good_file_and_prints_routes() {
         .expect("route to ap-south");
     assert!(ap.contains("next hop eu-west"), "{ap}");
     assert!(ap.contains("cost    207"), "{ap}");
-    assert!(ap.contains("us-east > eu-west > eu-central > ap-south"), "{ap}");
+    assert!(
+        ap.contains("us-east > eu-west > eu-central > ap-south"),
+        "{ap}"
+    );
 }
 
 #[test]

@@ -52,7 +52,9 @@ pub enum TopologyErrorKind {
         reason: String,
     },
     /// Two clusters declare the same bridge address.
-    #[error("cluster {cluster:?}: bridge address {address:?} is already used by cluster {other:?}")]
+    #[error(
+        "cluster {cluster:?}: bridge address {address:?} is already used by cluster {other:?}"
+    )]
     DuplicateBridgeAddress {
         cluster: String,
         address: String,
@@ -91,7 +93,9 @@ pub enum TopologyErrorKind {
     #[error("bad topic pattern {pattern:?}: {reason}")]
     BadTopicPattern { pattern: String, reason: String },
     /// Two policies with the same pattern.
-    #[error("duplicate policy for topic pattern {pattern:?} (first declared on line {first_line})")]
+    #[error(
+        "duplicate policy for topic pattern {pattern:?} (first declared on line {first_line})"
+    )]
     DuplicatePolicy { pattern: String, first_line: usize },
     /// A policy names a cluster that no `[[cluster]]` defines.
     #[error("policy for {pattern:?} names unknown cluster {name:?}{hint}")]

@@ -388,9 +388,20 @@ mod tests {
             Ok(TopicPattern::Exact("orders.eu".into()))
         );
         for bad in [
-            "", "or*ders", "*.orders", "orders.*.x", ".*", "a..*", ".orders", "a b", "orders*",
+            "",
+            "or*ders",
+            "*.orders",
+            "orders.*.x",
+            ".*",
+            "a..*",
+            ".orders",
+            "a b",
+            "orders*",
         ] {
-            assert!(TopicPattern::parse(bad).is_err(), "{bad:?} should be refused");
+            assert!(
+                TopicPattern::parse(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 

@@ -206,13 +206,7 @@ impl Cx<'_> {
         let mut policies: BTreeMap<TopicPattern, Policy> = BTreeMap::new();
         let mut seen_patterns: HashMap<TopicPattern, Span> = HashMap::new();
         for (t, span) in &policy_tables {
-            self.policy(
-                t,
-                span.clone(),
-                &names,
-                &mut seen_patterns,
-                &mut policies,
-            );
+            self.policy(t, span.clone(), &names, &mut seen_patterns, &mut policies);
         }
 
         let mesh = mesh?;
@@ -254,7 +248,10 @@ impl Cx<'_> {
                             item.span(),
                             K::InvalidValue {
                                 section: key.into(),
-                                message: format!("{shape}, found an array holding a {}", other.type_str()),
+                                message: format!(
+                                    "{shape}, found an array holding a {}",
+                                    other.type_str()
+                                ),
                             },
                         ),
                     }
@@ -432,7 +429,8 @@ impl Cx<'_> {
             return;
         }
         edges.push(pair.clone());
-        if let (Ok(a), Ok(b), Some(cost)) = (ClusterName::new(&pair.0), ClusterName::new(&pair.1), cost)
+        if let (Ok(a), Ok(b), Some(cost)) =
+            (ClusterName::new(&pair.0), ClusterName::new(&pair.1), cost)
         {
             let key = link_key(&a, &b);
             links.insert(
@@ -837,7 +835,9 @@ fn check_host(host: &str) -> Result<(), String> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !ok {
             return Err(format!(
                 "{host:?} is not a valid hostname (labels of 1 to 63 of A-Z a-z 0-9 -, not starting or ending with -)"
@@ -849,7 +849,8 @@ fn check_host(host: &str) -> Result<(), String> {
 
 /// An absolute `http`/`https` URL with a host, without credentials, query or fragment.
 pub(crate) fn parse_proxy(s: &str) -> Result<url::Url, String> {
-    let u = url::Url::parse(s).map_err(|e| format!("{e} (write e.g. https://events.eu.example.com)"))?;
+    let u = url::Url::parse(s)
+        .map_err(|e| format!("{e} (write e.g. https://events.eu.example.com)"))?;
     if u.scheme() != "http" && u.scheme() != "https" {
         return Err(format!("scheme {:?} is not http or https", u.scheme()));
     }
@@ -919,7 +920,10 @@ mod tests {
         assert_eq!(edit_distance("eu-west", "eu-wset"), 2);
         assert_eq!(edit_distance("abc", "abc"), 0);
         let known = ["eu-west".to_string(), "us-east".to_string()];
-        assert_eq!(suggest("eu-wes", known.iter()), " (did you mean \"eu-west\"?)");
+        assert_eq!(
+            suggest("eu-wes", known.iter()),
+            " (did you mean \"eu-west\"?)"
+        );
         assert_eq!(suggest("ap-south", known.iter()), "");
     }
 }

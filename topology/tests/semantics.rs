@@ -48,7 +48,9 @@ fn digest_is_hex_sha256_and_stable_under_reordering_and_formatting() {
     let t = Topology::parse(EXAMPLE).expect("valid");
     let d = t.digest();
     assert_eq!(d.len(), 64);
-    assert!(d.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert!(d
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
 
     // Same content: clusters, links, policies and keys in another order; link ends
     // swapped; comments and spacing changed; inline tables.
@@ -119,7 +121,10 @@ fn digest_changes_with_any_content_change() {
         ("region = \"us-east-1\"", "region = \"us-east-2\""),
         ("cloud = \"gcp\"", "cloud = \"azure\""),
         ("10.40.0.7:7443", "10.40.0.7:7444"),
-        ("https://events.us-east.acme.example", "https://events2.us-east.acme.example"),
+        (
+            "https://events.us-east.acme.example",
+            "https://events2.us-east.acme.example",
+        ),
         ("cost = 12", "cost = 13"),
         ("topics = \"audit\"", "topics = \"audit.*\""),
         ("clusters = []", "clusters = [\"us-east\"]"),
@@ -136,7 +141,10 @@ fn digest_changes_with_any_content_change() {
         let d = Topology::parse(&text)
             .unwrap_or_else(|e| panic!("{from} -> {to}: {e}"))
             .digest();
-        assert!(seen.insert(d), "digest unchanged or repeated after {from} -> {to}");
+        assert!(
+            seen.insert(d),
+            "digest unchanged or repeated after {from} -> {to}"
+        );
     }
 }
 
@@ -202,8 +210,8 @@ fn diff_sees_policy_and_mesh_name_changes_and_nothing_else() {
     assert!(d.changed_clusters.is_empty());
     assert!(d.added_links.is_empty() && d.removed_links.is_empty() && d.changed_links.is_empty());
 
-    let renamed = Topology::parse(&EXAMPLE.replace("name = \"acme\"", "name = \"acme-2\""))
-        .expect("valid");
+    let renamed =
+        Topology::parse(&EXAMPLE.replace("name = \"acme\"", "name = \"acme-2\"")).expect("valid");
     let d = Topology::diff(&old, &renamed);
     assert_eq!(d.mesh_renamed, Some(("acme".into(), "acme-2".into())));
     assert!(!d.policy_changed);
@@ -240,7 +248,7 @@ fn may_receive_follows_the_most_specific_policy() {
     assert!(t.may_receive("payments.cards", "eu-central"));
     assert!(!t.may_receive("payments.cards", "us-east"));
     assert!(!t.may_receive("payments", "eu-central")); // falls to `*`
-    // Longer prefix beats shorter.
+                                                       // Longer prefix beats shorter.
     assert!(t.may_receive("payments.refunds.x", "eu-west"));
     assert!(!t.may_receive("payments.refunds.x", "eu-central"));
     // Exact beats prefix.
@@ -271,7 +279,10 @@ fn line_a_b_c_reaches_c_through_b() {
     let t = topo(&["a", "b", "c"], &[("a", "b", 10), ("b", "c", 20)]);
     let from_c = RoutingTable::build(&t, &name("c"), &HashSet::new());
     assert_eq!(from_c.next_hop(&name("a")), Some(name("b")));
-    assert_eq!(path(&from_c, "a"), Some(vec!["c".into(), "b".into(), "a".into()]));
+    assert_eq!(
+        path(&from_c, "a"),
+        Some(vec!["c".into(), "b".into(), "a".into()])
+    );
     assert_eq!(from_c.cost(&name("a")), Some(30));
     assert_eq!(from_c.cost(&name("b")), Some(20));
     assert_eq!(from_c.next_hop(&name("b")), Some(name("b")));
@@ -281,7 +292,10 @@ fn line_a_b_c_reaches_c_through_b() {
     assert_eq!(from_c.next_hop(&name("c")), None);
     assert_eq!(from_c.routes().count(), 2);
     let from_a = RoutingTable::build(&t, &name("a"), &HashSet::new());
-    assert_eq!(path(&from_a, "c"), Some(vec!["a".into(), "b".into(), "c".into()]));
+    assert_eq!(
+        path(&from_a, "c"),
+        Some(vec!["a".into(), "b".into(), "c".into()])
+    );
 }
 
 #[test]
@@ -301,14 +315,25 @@ fn ring_with_a_failed_link_reroutes() {
     // Ring a-b-c-d-a.
     let t = topo(
         &["a", "b", "c", "d"],
-        &[("a", "b", 10), ("b", "c", 10), ("c", "d", 10), ("d", "a", 50)],
+        &[
+            ("a", "b", 10),
+            ("b", "c", 10),
+            ("c", "d", 10),
+            ("d", "a", 50),
+        ],
     );
     let up = RoutingTable::build(&t, &name("a"), &HashSet::new());
-    assert_eq!(path(&up, "c"), Some(vec!["a".into(), "b".into(), "c".into()]));
+    assert_eq!(
+        path(&up, "c"),
+        Some(vec!["a".into(), "b".into(), "c".into()])
+    );
     assert_eq!(up.cost(&name("d")), Some(30)); // a-b-c-d beats a-d (50)
-    // a-b fails (given in either order): everything goes round the other way.
+                                               // a-b fails (given in either order): everything goes round the other way.
     let r = RoutingTable::build(&t, &name("a"), &down(&[("b", "a")]));
-    assert_eq!(path(&r, "c"), Some(vec!["a".into(), "d".into(), "c".into()]));
+    assert_eq!(
+        path(&r, "c"),
+        Some(vec!["a".into(), "d".into(), "c".into()])
+    );
     assert_eq!(r.cost(&name("c")), Some(60));
     assert_eq!(r.next_hop(&name("b")), Some(name("d")));
     assert_eq!(r.cost(&name("b")), Some(70));
@@ -341,17 +366,31 @@ fn equal_cost_ties_break_on_hops_then_names() {
     // Square a-b-d and a-c-d, every link 10: equal cost and hops; b < c wins.
     let t = topo(
         &["d", "c", "b", "a"],
-        &[("c", "d", 10), ("a", "c", 10), ("b", "d", 10), ("a", "b", 10)],
+        &[
+            ("c", "d", 10),
+            ("a", "c", 10),
+            ("b", "d", 10),
+            ("a", "b", 10),
+        ],
     );
     let r = RoutingTable::build(&t, &name("a"), &HashSet::new());
-    assert_eq!(path(&r, "d"), Some(vec!["a".into(), "b".into(), "d".into()]));
+    assert_eq!(
+        path(&r, "d"),
+        Some(vec!["a".into(), "b".into(), "d".into()])
+    );
     // From d the same rule picks b as well (lexicographic on the whole path).
     let r = RoutingTable::build(&t, &name("d"), &HashSet::new());
-    assert_eq!(path(&r, "a"), Some(vec!["d".into(), "b".into(), "a".into()]));
+    assert_eq!(
+        path(&r, "a"),
+        Some(vec!["d".into(), "b".into(), "a".into()])
+    );
 
     // Equal cost, different hop counts: fewer hops wins even against a smaller name.
     // a-z direct 20; a-b-z 10+10.
-    let t = topo(&["a", "b", "z"], &[("a", "b", 10), ("b", "z", 10), ("a", "z", 20)]);
+    let t = topo(
+        &["a", "b", "z"],
+        &[("a", "b", 10), ("b", "z", 10), ("a", "z", 20)],
+    );
     let r = RoutingTable::build(&t, &name("a"), &HashSet::new());
     assert_eq!(path(&r, "z"), Some(vec!["a".into(), "z".into()]));
 }

@@ -57,7 +57,9 @@ fn the_example_file_is_valid() {
 #[test]
 fn the_example_in_the_docs_is_valid_and_is_the_test_file() {
     let doc = include_str!("../../docs/topology.md");
-    let start = doc.find("```toml\n# The acme mesh").expect("full example in docs");
+    let start = doc
+        .find("```toml\n# The acme mesh")
+        .expect("full example in docs");
     let body = &doc[start + "```toml\n".len()..];
     let end = body.find("```").expect("closing fence");
     let example = &body[..end];
@@ -87,7 +89,9 @@ fn unterminated_string_is_a_syntax_error_on_its_line() {
 
 #[test]
 fn unknown_fields_are_all_reported() {
-    let text = format!("[mesh]\nname = \"m\"\ncolour = \"red\"\n{CLUSTER_A}zone = 3\nextra = 1\n[other]\nx = 1\n");
+    let text = format!(
+        "[mesh]\nname = \"m\"\ncolour = \"red\"\n{CLUSTER_A}zone = 3\nextra = 1\n[other]\nx = 1\n"
+    );
     let es = errors(&text);
     assert_eq!(
         es,
@@ -120,7 +124,10 @@ fn missing_mesh_and_missing_name() {
 #[test]
 fn no_clusters() {
     let (_, _, msg) = one_error("[mesh]\nname = \"m\"\n");
-    assert_eq!(msg, "the mesh has no clusters: add at least one [[cluster]]");
+    assert_eq!(
+        msg,
+        "the mesh has no clusters: add at least one [[cluster]]"
+    );
 }
 
 #[test]
@@ -144,7 +151,11 @@ fn missing_and_mistyped_cluster_fields() {
         vec![
             (4, 1, "missing field `cloud` in cluster \"a\"".into()),
             (4, 1, "missing field `proxy` in cluster \"a\"".into()),
-            (6, 10, "cluster \"a\": `region` must be a string, found integer".into()),
+            (
+                6,
+                10,
+                "cluster \"a\": `region` must be a string, found integer".into()
+            ),
         ]
     );
 }
@@ -176,7 +187,10 @@ fn duplicate_cluster_names() {
     let text = with_mesh(&format!("{}{}", cluster("a", "a:1"), cluster("a", "b:1")));
     let (line, col, msg) = one_error(&text);
     assert_eq!((line, col), (12, 8));
-    assert_eq!(msg, "duplicate cluster name \"a\" (first defined on line 5)");
+    assert_eq!(
+        msg,
+        "duplicate cluster name \"a\" (first defined on line 5)"
+    );
 }
 
 #[test]
@@ -184,10 +198,19 @@ fn bad_bridge_addresses() {
     let cases = [
         ("a.example", "missing :port (write host:port)"),
         ("a.example:0", "port \"0\" is not a number from 1 to 65535"),
-        ("a.example:70000", "port \"70000\" is not a number from 1 to 65535"),
-        ("::1:7443", "an IPv6 address needs brackets, as in [2001:db8::1]:7443"),
+        (
+            "a.example:70000",
+            "port \"70000\" is not a number from 1 to 65535",
+        ),
+        (
+            "::1:7443",
+            "an IPv6 address needs brackets, as in [2001:db8::1]:7443",
+        ),
         ("999.1.1.1:7443", "\"999.1.1.1\" is not an IPv4 address"),
-        ("quic://a:1", "write host:port without a scheme (the bridge speaks QUIC over UDP)"),
+        (
+            "quic://a:1",
+            "write host:port without a scheme (the bridge speaks QUIC over UDP)",
+        ),
     ];
     for (addr, reason) in cases {
         let (line, col, msg) = one_error(&with_mesh(&cluster("a", addr)));
@@ -198,7 +221,12 @@ fn bad_bridge_addresses() {
         );
     }
     // Accepted forms.
-    for addr in ["[::1]:7443", "127.0.0.1:1", "bridge.eu-1.example.com:65535", "localhost:9"] {
+    for addr in [
+        "[::1]:7443",
+        "127.0.0.1:1",
+        "bridge.eu-1.example.com:65535",
+        "localhost:9",
+    ] {
         Topology::parse(&with_mesh(&cluster("a", addr))).unwrap_or_else(|e| panic!("{addr}: {e}"));
     }
 }
@@ -222,9 +250,18 @@ fn duplicate_bridge_address() {
 fn bad_proxy_urls() {
     let cases = [
         ("events.example.com", "relative URL without a base"),
-        ("ftp://events.example.com", "scheme \"ftp\" is not http or https"),
-        ("https://user:pw@events.example.com", "credentials do not belong in the topology file"),
-        ("https://events.example.com/?x=1", "a proxy address takes no query or fragment"),
+        (
+            "ftp://events.example.com",
+            "scheme \"ftp\" is not http or https",
+        ),
+        (
+            "https://user:pw@events.example.com",
+            "credentials do not belong in the topology file",
+        ),
+        (
+            "https://events.example.com/?x=1",
+            "a proxy address takes no query or fragment",
+        ),
     ];
     for (url, reason) in cases {
         let text = with_mesh(&format!(
@@ -233,7 +270,8 @@ fn bad_proxy_urls() {
         let (line, col, msg) = one_error(&text);
         assert_eq!((line, col), (9, 9), "{url}");
         assert!(
-            msg.starts_with(&format!("cluster \"a\": bad proxy URL {url:?}: ")) && msg.contains(reason),
+            msg.starts_with(&format!("cluster \"a\": bad proxy URL {url:?}: "))
+                && msg.contains(reason),
             "{msg}"
         );
     }
@@ -241,7 +279,11 @@ fn bad_proxy_urls() {
 
 fn two_clusters_and(links: &str) -> String {
     // Clusters a (lines 4-9) and b (lines 11-16); links from line 17.
-    with_mesh(&format!("{}{}{links}", cluster("a", "a:1"), cluster("b", "b:1")))
+    with_mesh(&format!(
+        "{}{}{links}",
+        cluster("a", "a:1"),
+        cluster("b", "b:1")
+    ))
 }
 
 #[test]
@@ -284,7 +326,10 @@ fn duplicate_link_in_either_order() {
         "[[link]]\nbetween = [\"a\", \"b\"]\ncost = 5\n[[link]]\nbetween = [\"b\", \"a\"]\ncost = 7\n",
     ));
     assert_eq!(line, 21);
-    assert_eq!(msg, "duplicate link between \"a\" and \"b\" (first declared on line 18)");
+    assert_eq!(
+        msg,
+        "duplicate link between \"a\" and \"b\" (first declared on line 18)"
+    );
 }
 
 #[test]
@@ -293,7 +338,10 @@ fn link_arity() {
         "[[link]]\nbetween = [\"a\", \"b\", \"a\"]\ncost = 5\n[[link]]\nbetween = [\"a\", \"b\"]\ncost = 5\n",
     ));
     assert_eq!(line, 18);
-    assert_eq!(msg, "link `between` must name exactly two clusters, found 3");
+    assert_eq!(
+        msg,
+        "link `between` must name exactly two clusters, found 3"
+    );
 }
 
 #[test]
@@ -315,11 +363,17 @@ fn bad_costs() {
 
 #[test]
 fn missing_link_fields() {
-    let es = errors(&two_clusters_and("[[link]]\ncost = 5\n[[link]]\nbetween = [\"a\", \"b\"]\n"));
+    let es = errors(&two_clusters_and(
+        "[[link]]\ncost = 5\n[[link]]\nbetween = [\"a\", \"b\"]\n",
+    ));
     assert_eq!(
         es,
         vec![
-            (17, 1, "missing field `between` in [[link]] on line 17".into()),
+            (
+                17,
+                1,
+                "missing field `between` in [[link]] on line 17".into()
+            ),
             (19, 1, "missing field `cost` in [[link]] on line 19".into()),
         ]
     );
@@ -376,10 +430,22 @@ fn policy_listing_a_cluster_twice() {
 #[test]
 fn bad_topic_patterns() {
     for (pattern, reason) in [
-        ("or*ders", "`*` may only be the whole pattern or the last segment after a dot, as in `orders.*`"),
-        ("*.orders", "`*` may only be the whole pattern or the last segment after a dot, as in `orders.*`"),
-        ("orders*", "`*` may only be the whole pattern or the last segment after a dot, as in `orders.*`"),
-        (".*", "the prefix before `.*` is empty (use `*` for every topic)"),
+        (
+            "or*ders",
+            "`*` may only be the whole pattern or the last segment after a dot, as in `orders.*`",
+        ),
+        (
+            "*.orders",
+            "`*` may only be the whole pattern or the last segment after a dot, as in `orders.*`",
+        ),
+        (
+            "orders*",
+            "`*` may only be the whole pattern or the last segment after a dot, as in `orders.*`",
+        ),
+        (
+            ".*",
+            "the prefix before `.*` is empty (use `*` for every topic)",
+        ),
         ("", "topic name \"\" is invalid"),
         ("has space", "topic name \"has space\" is invalid"),
     ] {
@@ -486,4 +552,49 @@ fn load_reports_io_and_validation_errors() {
     std::fs::write(&good, include_str!("data/example.toml")).expect("write");
     assert_eq!(Topology::load(&good).expect("valid").mesh(), "acme");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn no_panic_and_positions_inside_the_text_for_mangled_files() {
+    let example = include_str!("data/example.toml");
+    let mut texts: Vec<String> = Vec::new();
+    // Every prefix (cut at every character boundary).
+    for (i, _) in example.char_indices() {
+        texts.push(example[..i].to_string());
+    }
+    // Every line deleted, and every line duplicated.
+    let lines: Vec<&str> = example.lines().collect();
+    for i in 0..lines.len() {
+        let mut del = lines.clone();
+        del.remove(i);
+        texts.push(del.join("\n"));
+        let mut dup = lines.clone();
+        dup.insert(i, lines[i]);
+        texts.push(dup.join("\n"));
+    }
+    // Some bytes replaced by characters that break things.
+    for (i, _) in example.char_indices().step_by(7) {
+        for c in ["\"", "[", "=", "é", "\n", "*", "0"] {
+            let mut t = example.to_string();
+            let end = example[i..]
+                .chars()
+                .next()
+                .map_or(i, |ch| i + ch.len_utf8());
+            t.replace_range(i..end, c);
+            texts.push(t);
+        }
+    }
+    let line_count = example.lines().count() + 2;
+    let mut rejected = 0;
+    for t in &texts {
+        if let Err(e) = Topology::parse(t) {
+            rejected += 1;
+            assert!(!e.is_empty());
+            for err in e.errors() {
+                assert!(err.line <= line_count, "{err} in\n{t}");
+                assert!(!err.message().is_empty());
+            }
+        }
+    }
+    assert!(rejected > texts.len() / 2, "{rejected} of {}", texts.len());
 }
