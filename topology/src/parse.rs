@@ -116,8 +116,10 @@ impl Cx<'_> {
         };
 
         // [[cluster]]
+        let before = self.errors.len();
         let cluster_tables = self.array_of_tables(doc, "cluster");
-        if cluster_tables.is_empty() && get(doc, "cluster").is_none() {
+        // No clusters at all (absent or `cluster = []`), unless the shape was wrong.
+        if cluster_tables.is_empty() && self.errors.len() == before {
             self.err(doc_span.start..doc_span.start, K::NoClusters);
         }
         let mut raw_clusters: Vec<RawCluster> = Vec::new();

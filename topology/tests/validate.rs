@@ -128,6 +128,11 @@ fn no_clusters() {
         msg,
         "the mesh has no clusters: add at least one [[cluster]]"
     );
+    let (_, _, msg) = one_error("cluster = []\n[mesh]\nname = \"m\"\n");
+    assert_eq!(
+        msg,
+        "the mesh has no clusters: add at least one [[cluster]]"
+    );
 }
 
 #[test]
