@@ -16,7 +16,7 @@ use std::ops::Range;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::error::{line_col, TopologyError, TopologyErrorKind as K, TopologyErrors};
+use crate::error::{TopologyError, TopologyErrorKind as K, TopologyErrors};
 use crate::model::{
     check_label, link_key, BridgeAddr, Cluster, ClusterName, Link, Policy, TopicPattern, Topology,
     MAX_COST,
@@ -36,6 +36,7 @@ impl Topology {
     pub fn parse(text: &str) -> Result<Topology, TopologyErrors> {
         let mut cx = Cx {
             text,
+            newlines: text.match_indices('\n').map(|(i, _)| i).collect(),
             errors: Vec::new(),
         };
         let (doc, syntax) = DeTable::parse_recoverable(text);
@@ -70,6 +71,8 @@ struct RawCluster {
 /// Validation context: the text (for positions) and the problems found so far.
 struct Cx<'t> {
     text: &'t str,
+    /// Byte offsets of every `\n`, to turn offsets into lines without rescanning.
+    newlines: Vec<usize>,
     errors: Vec<TopologyError>,
 }
 
@@ -79,8 +82,9 @@ impl Cx<'_> {
             .push(TopologyError::at(self.text, Some(span), kind));
     }
 
+    /// 1-based line of the span's start.
     fn line(&self, span: &Span) -> usize {
-        line_col(self.text, span.start).0
+        self.newlines.partition_point(|&nl| nl < span.start) + 1
     }
 
     /// The whole document. `None` when something is missing; problems go to `self.errors`.

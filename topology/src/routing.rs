@@ -5,7 +5,8 @@
 //! lexicographically smaller sequence of cluster names. The order is kept by extension (a
 //! better path to `u` stays better when both are extended to `v`), so Dijkstra's
 //! settle-once argument holds and the result does not depend on the order of links in the
-//! file or in memory. Graphs are tens of clusters: every heap entry carries its full path.
+//! file or in memory. Graphs are tens of clusters: every heap entry carries its full path
+//! (as cluster indices in name order, so index order is name order).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
@@ -39,42 +40,48 @@ impl RoutingTable {
         let down: HashSet<(ClusterName, ClusterName)> =
             down_links.iter().map(|(x, y)| link_key(x, y)).collect();
         let mut routes: BTreeMap<ClusterName, Route> = BTreeMap::new();
-        if topology.cluster(from.as_str()).is_none() {
-            return RoutingTable {
-                from: from.clone(),
-                routes,
-            };
-        }
-        // Adjacency over the links that are up.
-        let mut adj: BTreeMap<&ClusterName, Vec<(&ClusterName, u32)>> = BTreeMap::new();
+        // Clusters as indices in name order, so comparing index paths compares name paths.
+        let names: Vec<&ClusterName> = topology.clusters().map(|c| &c.name).collect();
+        let index_of = |n: &ClusterName| names.binary_search(&n).ok();
+        let mut adj: Vec<Vec<(usize, u32)>> = vec![Vec::new(); names.len()];
         for l in topology.links() {
             if down.contains(&l.key()) {
                 continue;
             }
-            adj.entry(&l.a).or_default().push((&l.b, l.cost));
-            adj.entry(&l.b).or_default().push((&l.a, l.cost));
+            if let (Some(a), Some(b)) = (index_of(&l.a), index_of(&l.b)) {
+                adj[a].push((b, l.cost));
+                adj[b].push((a, l.cost));
+            }
         }
-        type Label = (u64, usize, Vec<ClusterName>);
+        let Some(start) = index_of(from) else {
+            return RoutingTable {
+                from: from.clone(),
+                routes,
+            };
+        };
+        type Label = (u64, usize, Vec<usize>);
+        let mut settled = vec![false; names.len()];
         let mut heap: BinaryHeap<Reverse<Label>> = BinaryHeap::new();
-        heap.push(Reverse((0, 0, vec![from.clone()])));
+        heap.push(Reverse((0, 0, vec![start])));
         while let Some(Reverse((cost, hops, path))) = heap.pop() {
-            let Some(here) = path.last().cloned() else {
+            let Some(&here) = path.last() else {
                 continue;
             };
-            if routes.contains_key(&here) {
+            if settled[here] {
                 continue; // settled with a better label
             }
-            if let Some(next) = adj.get(&here) {
-                for (n, c) in next {
-                    if routes.contains_key(*n) || path.contains(n) {
-                        continue;
-                    }
-                    let mut p = path.clone();
-                    p.push((*n).clone());
-                    heap.push(Reverse((cost + u64::from(*c), hops + 1, p)));
+            settled[here] = true;
+            for &(n, c) in &adj[here] {
+                if settled[n] {
+                    continue;
                 }
+                let mut p = Vec::with_capacity(path.len() + 1);
+                p.extend_from_slice(&path);
+                p.push(n);
+                heap.push(Reverse((cost + u64::from(c), hops + 1, p)));
             }
-            routes.insert(here, Route { cost, path });
+            let path = path.iter().map(|&i| names[i].clone()).collect();
+            routes.insert(names[here].clone(), Route { cost, path });
         }
         RoutingTable {
             from: from.clone(),
