@@ -13,6 +13,7 @@ use meshd_node::store::FsyncPolicy;
 mod client;
 mod dev;
 mod filter_cmd;
+mod topology_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +40,8 @@ enum Command {
     Topic(client::TopicArgs),
     /// Try filters and transforms offline.
     Filter(filter_cmd::FilterArgs),
+    /// Check a mesh topology file.
+    Topology(topology_cmd::TopologyArgs),
 }
 
 /// Options of a runtime node.
@@ -109,6 +112,10 @@ fn main() -> anyhow::Result<()> {
         let matched = filter_cmd::run(args)?;
         std::process::exit(if matched { 0 } else { 1 });
     }
+    if let Command::Topology(args) = cli.command {
+        let valid = topology_cmd::run(args)?;
+        std::process::exit(if valid { 0 } else { 1 });
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {
         match cli.command {
@@ -117,7 +124,9 @@ fn main() -> anyhow::Result<()> {
             Command::Pub(args) => client::publish(args).await,
             Command::Sub(args) => client::subscribe(args).await,
             Command::Topic(args) => client::topic(args).await,
-            Command::Filter(_) => unreachable!("handled before the runtime starts"),
+            Command::Filter(_) | Command::Topology(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     })
 }
