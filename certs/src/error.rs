@@ -177,7 +177,25 @@ impl CertError {
     /// the text (seen in the peer's and our own handshake error) is this error's message.
     pub(crate) fn into_rustls(self) -> rustls::Error {
         rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
-            std::sync::Arc::new(self),
+            std::sync::Arc::new(Refusal(self)),
         )))
     }
 }
+
+/// A `CertError` inside a rustls error. rustls and quinn render the inner error with
+/// `Debug`, so `Debug` shows the readable message here.
+struct Refusal(CertError);
+
+impl std::fmt::Debug for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Refusal {}
