@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use meshd_node::server::{Node, NodeConfig};
 use meshd_node::store::FsyncPolicy;
 
+mod certs_cmd;
 mod client;
 mod dev;
 mod filter_cmd;
@@ -39,6 +40,8 @@ enum Command {
     Topic(client::TopicArgs),
     /// Try filters and transforms offline.
     Filter(filter_cmd::FilterArgs),
+    /// Mesh CA and cluster certificates for federation links.
+    Certs(certs_cmd::CertsArgs),
 }
 
 /// Options of a runtime node.
@@ -109,6 +112,9 @@ fn main() -> anyhow::Result<()> {
         let matched = filter_cmd::run(args)?;
         std::process::exit(if matched { 0 } else { 1 });
     }
+    if let Command::Certs(args) = cli.command {
+        return certs_cmd::run(args);
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {
         match cli.command {
@@ -117,7 +123,9 @@ fn main() -> anyhow::Result<()> {
             Command::Pub(args) => client::publish(args).await,
             Command::Sub(args) => client::subscribe(args).await,
             Command::Topic(args) => client::topic(args).await,
-            Command::Filter(_) => unreachable!("handled before the runtime starts"),
+            Command::Filter(_) | Command::Certs(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     })
 }
