@@ -77,8 +77,9 @@ pub enum CertError {
     /// Building a rustls configuration failed.
     #[error("building the TLS configuration: {0}")]
     Tls(String),
-    /// The peer's certificate does not chain to the mesh CA.
-    #[error("certificate is not issued by the mesh CA (unknown issuer)")]
+    /// The peer's certificate does not chain to the mesh CA (unknown issuer, or an issuer
+    /// with a mesh CA's name whose signature does not verify: another CA of the same name).
+    #[error("certificate is not issued by the mesh CA (unknown issuer or bad signature)")]
     UnknownCa,
     /// The peer's certificate is past its notAfter.
     #[error("certificate expired at {not_after}")]
@@ -129,9 +130,6 @@ pub enum CertError {
     /// The certificate may not be used for this purpose (missing serverAuth/clientAuth EKU).
     #[error("certificate is not valid for this use (extended key usage)")]
     InvalidPurpose,
-    /// The certificate or handshake signature does not verify.
-    #[error("bad signature on the certificate")]
-    BadSignature,
     /// Any other rejection by the TLS stack.
     #[error("certificate rejected: {0}")]
     Rejected(String),
@@ -166,7 +164,8 @@ impl CertError {
                     not_before: crate::names::unix_to_rfc3339(not_before.as_secs()),
                 },
                 C::InvalidPurpose | C::InvalidPurposeContext { .. } => CertError::InvalidPurpose,
-                C::BadSignature => CertError::BadSignature,
+                // In a chain: a CA with the right name but another key.
+                C::BadSignature => CertError::UnknownCa,
                 other => CertError::Rejected(format!("{other:?}")),
             },
             other => CertError::Rejected(other.to_string()),

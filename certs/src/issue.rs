@@ -25,6 +25,8 @@ pub const CA_KEY_FILE: &str = "ca.key";
 pub const DEFAULT_CA_DAYS: u32 = 3650;
 /// Default validity of a cluster certificate.
 pub const DEFAULT_CLUSTER_DAYS: u32 = 365;
+/// Longest validity accepted, in days (100 years).
+pub const MAX_DAYS: u32 = 36_500;
 /// How far before "now" a new certificate's validity starts, for clock skew between clusters.
 pub const BACKDATE: Duration = Duration::from_secs(300);
 
@@ -40,9 +42,9 @@ pub struct Validity {
 impl Validity {
     /// From [`BACKDATE`] ago until `days` days from now.
     pub fn days_from_now(days: u32) -> Result<Validity, CertError> {
-        if days == 0 {
+        if days == 0 || days > MAX_DAYS {
             return Err(CertError::InvalidValidity {
-                reason: "--days must be at least 1".into(),
+                reason: format!("days must be between 1 and {MAX_DAYS}, not {days}"),
             });
         }
         let now = SystemTime::now();
@@ -58,10 +60,23 @@ impl Validity {
                 reason: "not_after is not after not_before".into(),
             });
         }
-        params.not_before = self.not_before.into();
-        params.not_after = self.not_after.into();
+        params.not_before = to_offset(self.not_before)?;
+        params.not_after = to_offset(self.not_after)?;
         Ok(())
     }
+}
+
+/// `SystemTime` to `OffsetDateTime` without the panic of `From` on out-of-range values.
+fn to_offset(t: SystemTime) -> Result<time::OffsetDateTime, CertError> {
+    let secs = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).ok(),
+        Err(e) => i64::try_from(e.duration().as_secs()).ok().map(|s| -s),
+    };
+    secs.and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .filter(|t| (1950..=9999).contains(&t.year()))
+        .ok_or_else(|| CertError::InvalidValidity {
+            reason: "date out of range (years 1950 to 9999)".into(),
+        })
 }
 
 /// A certificate (chain) and its private key, both PEM.
@@ -81,6 +96,11 @@ pub fn create_ca(mesh: &str, validity: Validity) -> Result<PemPair, CertError> {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, format!("meshd mesh CA {mesh}"));
     dn.push(DnType::OrganizationName, "meshd");
+    // Two CAs of one mesh (before and after a CA rotation) get distinct names.
+    dn.push(
+        DnType::OrganizationalUnitName,
+        format!("created {}", crate::names::rfc3339(SystemTime::now())),
+    );
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
@@ -409,8 +429,18 @@ mod tests {
             issue_cluster_cert("garbage", &ca.key_pem, &req),
             Err(CertError::BadPem { .. })
         ));
+        for days in [0, MAX_DAYS + 1, u32::MAX] {
+            assert!(matches!(
+                Validity::days_from_now(days),
+                Err(CertError::InvalidValidity { .. })
+            ));
+        }
+        req.validity = Validity {
+            not_before: SystemTime::UNIX_EPOCH,
+            not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) * 86_400),
+        };
         assert!(matches!(
-            Validity::days_from_now(0),
+            issue_cluster_cert(&ca.cert_pem, &ca.key_pem, &req),
             Err(CertError::InvalidValidity { .. })
         ));
     }

@@ -309,3 +309,166 @@ pub fn client_config(
 pub fn server_name(cluster: &str) -> String {
     crate::names::cluster_dns_name(cluster).unwrap_or_else(|| "cluster.meshd".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
+
+    use super::*;
+    use crate::issue::{create_ca, issue_cluster_cert, parse_certs_pem, write_file};
+    use crate::{CertPaths, ClusterCertRequest, PemPair, Validity};
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn leaf(ca: &PemPair, cluster: &str, validity: Validity) -> CertificateDer<'static> {
+        let req = ClusterCertRequest {
+            cluster: cluster.into(),
+            extra_sans: vec![],
+            validity,
+        };
+        let pair = issue_cluster_cert(&ca.cert_pem, &ca.key_pem, &req).unwrap();
+        parse_certs_pem(&pair.cert_pem, "leaf").unwrap().remove(0)
+    }
+
+    fn certs_for(dir: &std::path::Path, ca: &PemPair, cluster: &str) -> Arc<ReloadingCerts> {
+        let req = ClusterCertRequest {
+            cluster: cluster.into(),
+            extra_sans: vec![],
+            validity: Validity::days_from_now(1).unwrap(),
+        };
+        let pair = issue_cluster_cert(&ca.cert_pem, &ca.key_pem, &req).unwrap();
+        let paths = CertPaths::in_dir(dir, cluster);
+        write_file(&paths.ca, ca.cert_pem.as_bytes(), false).unwrap();
+        write_file(&paths.cert, pair.cert_pem.as_bytes(), false).unwrap();
+        write_file(&paths.key, pair.key_pem.as_bytes(), true).unwrap();
+        ReloadingCerts::open(paths).unwrap()
+    }
+
+    fn now() -> UnixTime {
+        UnixTime::now()
+    }
+
+    #[test]
+    fn every_refusal_has_its_own_variant() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = create_ca("m", Validity::days_from_now(10).unwrap()).unwrap();
+        let other = create_ca("m", Validity::days_from_now(10).unwrap()).unwrap();
+        let certs = certs_for(tmp.path(), &ca, "alpha");
+        let server_side =
+            MeshClientVerifier::new(certs.clone(), AllowedClusters::new(["alpha", "beta"]));
+        let client_side = MeshServerVerifier::new(certs, "beta");
+        let good = Validity::days_from_now(1).unwrap();
+        let t = SystemTime::now();
+
+        let beta = leaf(&ca, "beta", good);
+        assert_eq!(server_side.check(&beta, &[], now()).unwrap(), "beta");
+        assert_eq!(client_side.check(&beta, &[], now()).unwrap(), "beta");
+
+        let foreign = leaf(&other, "beta", good);
+        assert!(matches!(
+            server_side.check(&foreign, &[], now()),
+            Err(CertError::UnknownCa)
+        ));
+        assert!(matches!(
+            client_side.check(&foreign, &[], now()),
+            Err(CertError::UnknownCa)
+        ));
+
+        let old = leaf(
+            &ca,
+            "beta",
+            Validity {
+                not_before: t - 3 * DAY,
+                not_after: t - DAY,
+            },
+        );
+        assert!(matches!(
+            server_side.check(&old, &[], now()),
+            Err(CertError::Expired { .. })
+        ));
+        assert!(matches!(
+            client_side.check(&old, &[], now()),
+            Err(CertError::Expired { .. })
+        ));
+
+        let early = leaf(
+            &ca,
+            "beta",
+            Validity {
+                not_before: t + DAY,
+                not_after: t + 3 * DAY,
+            },
+        );
+        assert!(matches!(
+            server_side.check(&early, &[], now()),
+            Err(CertError::NotYetValid { .. })
+        ));
+
+        let gamma = leaf(&ca, "gamma", good);
+        assert!(matches!(
+            server_side.check(&gamma, &[], now()),
+            Err(CertError::UnknownCluster { name }) if name == "gamma"
+        ));
+        assert!(matches!(
+            client_side.check(&gamma, &[], now()),
+            Err(CertError::WrongPeer { expected, got }) if expected == "beta" && got == "gamma"
+        ));
+
+        // Signed by the mesh CA but with no cluster URI SAN.
+        let ca_key = KeyPair::from_pem(&ca.key_pem).unwrap();
+        let ca_der = parse_certs_pem(&ca.cert_pem, "ca").unwrap().remove(0);
+        let issuer = Issuer::from_ca_cert_der(&ca_der, ca_key).unwrap();
+        let mut params = CertificateParams::new(vec!["beta.example".to_string()]).unwrap();
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.not_before = (t - DAY).into();
+        params.not_after = (t + DAY).into();
+        let key = KeyPair::generate().unwrap();
+        let nameless: CertificateDer<'static> = params.signed_by(&key, &issuer).unwrap().into();
+        assert!(matches!(
+            server_side.check(&nameless, &[], now()),
+            Err(CertError::NoClusterName)
+        ));
+        // Two cluster names.
+        params.subject_alt_names = vec![
+            SanType::URI("meshd://cluster/beta".try_into().unwrap()),
+            SanType::URI("meshd://cluster/alpha".try_into().unwrap()),
+        ];
+        let two: CertificateDer<'static> = params.signed_by(&key, &issuer).unwrap().into();
+        assert!(matches!(
+            server_side.check(&two, &[], now()),
+            Err(CertError::SeveralClusterNames { .. })
+        ));
+        // Only serverAuth: not acceptable as a client certificate.
+        params.subject_alt_names = vec![SanType::URI("meshd://cluster/beta".try_into().unwrap())];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_only: CertificateDer<'static> = params.signed_by(&key, &issuer).unwrap().into();
+        assert!(matches!(
+            server_side.check(&server_only, &[], now()),
+            Err(CertError::InvalidPurpose)
+        ));
+        assert_eq!(client_side.check(&server_only, &[], now()).unwrap(), "beta");
+        // Garbage.
+        assert!(server_side
+            .check(&CertificateDer::from(vec![0x30, 0x03, 1, 2, 3]), &[], now())
+            .is_err());
+    }
+
+    #[test]
+    fn configs_are_tls13_with_alpn() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = create_ca("m", Validity::days_from_now(10).unwrap()).unwrap();
+        let certs = certs_for(tmp.path(), &ca, "alpha");
+        let s = server_config(certs.clone(), AllowedClusters::new(["beta"])).unwrap();
+        assert_eq!(s.alpn_protocols, vec![ALPN.to_vec()]);
+        let c = client_config(certs, "beta").unwrap();
+        assert_eq!(c.alpn_protocols, vec![ALPN.to_vec()]);
+        assert!(c.client_auth_cert_resolver.has_certs());
+        assert_eq!(server_name("beta"), "beta.cluster.meshd");
+        assert_eq!(server_name("Beta_1"), "cluster.meshd");
+    }
+}

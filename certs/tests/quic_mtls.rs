@@ -581,3 +581,58 @@ async fn watcher_picks_up_replaced_files() {
     assert_eq!(peer_serial(&conn), new_serial);
     srv.next().await.unwrap();
 }
+
+#[tokio::test]
+async fn ca_rotation_through_a_bundle_without_downtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca1, ca2) = (tmp.path().join("ca1"), tmp.path().join("ca2"));
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    init_ca(&ca1, "test");
+    init_ca(&ca2, "test");
+    bundle(&a, &[&ca1]);
+    bundle(&b, &[&ca1]);
+    issue(&ca1, "alpha", days(5), &a);
+    issue(&ca1, "beta", days(5), &b);
+    let alpha = open(&a, "alpha");
+    let beta = open(&b, "beta");
+    let mut srv = server(alpha.clone(), alpha_beta());
+    let ep = client_endpoint();
+    let link = |beta: Arc<ReloadingCerts>| quic_client(client_config(beta, "alpha").unwrap());
+
+    // 1. Every bridge trusts old + new CA.
+    bundle(&a, &[&ca1, &ca2]);
+    bundle(&b, &[&ca1, &ca2]);
+    alpha.reload().unwrap();
+    beta.reload().unwrap();
+    // 2. alpha moves to the new CA; beta still has an old-CA certificate: both accepted.
+    issue(&ca2, "alpha", days(5), &a);
+    alpha.reload().unwrap();
+    let conn = dial(&ep, link(beta.clone()), srv.addr, "alpha")
+        .await
+        .unwrap();
+    assert!(cert_info(&peer_chain(&conn)[0])
+        .unwrap()
+        .issuer
+        .contains("meshd mesh CA test"));
+    assert_eq!(srv.next().await.unwrap().0, "beta");
+    // 3. beta moves too, then the old CA is dropped everywhere.
+    issue(&ca2, "beta", days(5), &b);
+    beta.reload().unwrap();
+    bundle(&a, &[&ca2]);
+    bundle(&b, &[&ca2]);
+    alpha.reload().unwrap();
+    beta.reload().unwrap();
+    dial(&ep, link(beta.clone()), srv.addr, "alpha")
+        .await
+        .unwrap();
+    assert_eq!(srv.next().await.unwrap().0, "beta");
+    // A certificate from the retired CA is now refused.
+    let stale = tmp.path().join("stale");
+    bundle(&stale, &[&ca1, &ca2]);
+    issue(&ca1, "beta", days(5), &stale);
+    let err = dial(&ep, link(open(&stale, "beta")), srv.addr, "alpha")
+        .await
+        .unwrap_err();
+    assert_contains(&err, "not issued by the mesh CA");
+    assert_contains(&srv.next().await.unwrap_err(), "not issued by the mesh CA");
+}
