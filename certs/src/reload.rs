@@ -10,8 +10,7 @@
 //! the files' mtimes and sizes every N seconds and reloads on change (no inotify).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, RwLock, Weak};
+use std::sync::{mpsc, Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use rustls::crypto::CryptoProvider;
@@ -144,20 +143,26 @@ impl Loaded {
                 key: key_name.to_string(),
             });
         }
-        let info = cert_info(&chain[0])?;
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err(CertError::BadPem {
+                what: cert_name.to_string(),
+                reason: "no CERTIFICATE block".into(),
+            });
+        };
+        let info = cert_info(leaf)?;
         let cluster = peer_cluster(&chain)?;
         let now = if policy.require_current {
             let now = SystemTime::now();
-            check_validity(&chain[0], now)?;
+            check_validity(leaf, now)?;
             now
         } else {
             // Still check the chain, at a time the certificate is valid.
-            info.not_before
-                + (info
-                    .not_after
-                    .duration_since(info.not_before)
-                    .unwrap_or_default()
-                    / 2)
+            let half = info
+                .not_after
+                .duration_since(info.not_before)
+                .unwrap_or_default()
+                / 2;
+            info.not_before.checked_add(half).unwrap_or(info.not_before)
         };
         let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             roots.clone(),
@@ -171,14 +176,14 @@ impl Loaded {
         );
         // Our own certificate must pass the checks peers will run on it.
         client_verifier
-            .verify_client_cert(&chain[0], &chain[1..], unix_now)
+            .verify_client_cert(leaf, intermediates, unix_now)
             .map_err(|e| CertError::from_rustls(&e))?;
-        let parsed = rustls::server::ParsedCertificate::try_from(&chain[0])
+        let parsed = rustls::server::ParsedCertificate::try_from(leaf)
             .map_err(|e| CertError::from_rustls(&e))?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &parsed,
             &roots,
-            &chain[1..],
+            intermediates,
             unix_now,
             provider.signature_verification_algorithms.all,
         )
@@ -199,7 +204,8 @@ pub struct ReloadingCerts {
     paths: CertPaths,
     policy: LoadPolicy,
     current: RwLock<Arc<Loaded>>,
-    generation: AtomicU64,
+    generation: Mutex<u64>,
+    reloaded: Condvar,
 }
 
 impl ReloadingCerts {
@@ -218,7 +224,8 @@ impl ReloadingCerts {
             paths,
             policy,
             current: RwLock::new(Arc::new(loaded)),
-            generation: AtomicU64::new(0),
+            generation: Mutex::new(0),
+            reloaded: Condvar::new(),
         }))
     }
 
@@ -242,7 +249,27 @@ impl ReloadingCerts {
 
     /// How many successful reloads happened.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
+        match self.generation.lock() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        }
+    }
+
+    /// Blocks until [`generation`](Self::generation) is at least `at_least` or `timeout`
+    /// passed; returns whether it got there. (Blocking: from async code, call it in
+    /// `spawn_blocking`.)
+    pub fn wait_for_generation(&self, at_least: u64, timeout: Duration) -> bool {
+        let guard = match self.generation.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let result = self
+            .reloaded
+            .wait_timeout_while(guard, timeout, |g| *g < at_least);
+        match result {
+            Ok((g, _)) => *g >= at_least,
+            Err(p) => *p.into_inner().0 >= at_least,
+        }
     }
 
     /// Re-reads the files. On success the new set serves every later handshake; on any
@@ -261,7 +288,11 @@ impl ReloadingCerts {
             Ok(mut g) => *g = new.clone(),
             Err(poisoned) => *poisoned.into_inner() = new.clone(),
         }
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        match self.generation.lock() {
+            Ok(mut g) => *g += 1,
+            Err(p) => *p.into_inner() += 1,
+        }
+        self.reloaded.notify_all();
         tracing::info!(
             cluster = %new.cluster,
             serial = %new.info.serial,
@@ -272,16 +303,18 @@ impl ReloadingCerts {
     }
 
     /// Starts a thread that polls the three files every `every` and reloads when one of
-    /// them changed (mtime or size). Failed reloads are logged and retried at the next
-    /// change. The thread stops when the [`Watcher`] is dropped or this set is dropped.
+    /// them changed (mtime or size) since the previous poll (the first reference is taken
+    /// when `watch` is called). Failed reloads are logged and retried at the next change.
+    /// The thread stops when the [`Watcher`] is dropped or this set is dropped.
     pub fn watch(self: &Arc<Self>, every: Duration) -> Watcher {
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let weak: Weak<ReloadingCerts> = Arc::downgrade(self);
         let paths = self.paths.clone();
+        // Taken before this returns: any change after `watch` returns is seen.
+        let mut last = fingerprint(&paths);
         let handle = std::thread::Builder::new()
             .name("meshd-certs-watch".into())
             .spawn(move || {
-                let mut last = fingerprint(&paths);
                 loop {
                     match stop_rx.recv_timeout(every) {
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
