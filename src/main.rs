@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use meshd_node::server::{Node, NodeConfig};
 use meshd_node::store::FsyncPolicy;
 
+mod certs_cmd;
 mod client;
 mod dev;
 mod filter_cmd;
@@ -42,6 +43,8 @@ enum Command {
     Filter(filter_cmd::FilterArgs),
     /// Check a mesh topology file.
     Topology(topology_cmd::TopologyArgs),
+    /// Mesh CA and cluster certificates for federation links.
+    Certs(certs_cmd::CertsArgs),
 }
 
 /// Options of a runtime node.
@@ -116,6 +119,9 @@ fn main() -> anyhow::Result<()> {
         let valid = topology_cmd::run(args)?;
         std::process::exit(if valid { 0 } else { 1 });
     }
+    if let Command::Certs(args) = cli.command {
+        return certs_cmd::run(args);
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {
         match cli.command {
@@ -124,7 +130,7 @@ fn main() -> anyhow::Result<()> {
             Command::Pub(args) => client::publish(args).await,
             Command::Sub(args) => client::subscribe(args).await,
             Command::Topic(args) => client::topic(args).await,
-            Command::Filter(_) | Command::Topology(_) => {
+            Command::Filter(_) | Command::Topology(_) | Command::Certs(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }
