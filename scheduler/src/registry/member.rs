@@ -317,8 +317,12 @@ impl<B: LeaseBackend> Runner<B> {
             self.stale = Some(l);
         }
         self.written = None;
-        self.status.send_modify(|s| s.lease_losses += 1);
-        self.set_state(MemberState::Lost);
+        // One update, so observers never see a half-changed status.
+        self.status.send_modify(|s| {
+            s.lease_losses += 1;
+            s.state = MemberState::Lost;
+            s.lease_id = None;
+        });
     }
 
     /// One keep-alive or re-registration attempt; returns when to run the next one.
@@ -355,8 +359,12 @@ impl<B: LeaseBackend> Runner<B> {
                 Ok(()) => {
                     self.last_ok = sent;
                     self.backoff.reset();
-                    self.status.send_modify(|s| s.registrations += 1);
-                    self.set_state(MemberState::Registered);
+                    let lease = self.lease;
+                    self.status.send_modify(|s| {
+                        s.registrations += 1;
+                        s.state = MemberState::Registered;
+                        s.lease_id = lease;
+                    });
                     tracing::info!(member = %self.info.member_id(), lease = ?self.lease, "re-registered");
                     if let Some(old) = self.stale.take() {
                         let _ = self.backend.revoke(old).await;
