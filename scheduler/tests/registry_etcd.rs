@@ -329,3 +329,43 @@ async fn idle_watch_is_not_dropped() {
     }
     assert_eq!(synced, 1, "the watch re-listed: its stream was dropped");
 }
+
+/// With etcd down, calls fail within their timeout with a retryable error; the same
+/// client works again once etcd is back (it reconnects by itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_fail_fast_while_etcd_is_down_and_recover() {
+    let mut server = EtcdServer::start().await.expect("etcd");
+    let reg = EtcdRegistry::connect(config(&server, "down"))
+        .await
+        .expect("connect");
+    reg.list_members().await.expect("list while up");
+    server.kill();
+    let info = MemberInfo::new(Role::Node, "n1", "http://127.0.0.1:8080");
+    let lease = LeaseConfig::with_ttl(Duration::from_secs(1));
+    let t = Instant::now();
+    let err = reg
+        .register(info.clone(), lease)
+        .await
+        .expect_err("etcd is down");
+    assert!(
+        matches!(
+            err,
+            RegistryError::Unavailable(_) | RegistryError::Timeout { .. }
+        ),
+        "{err:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(reg.get_placement().await.is_err());
+    server.restart().await.expect("restart");
+    let mut handle = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while handle.is_none() && Instant::now() < deadline {
+        handle = reg.register(info.clone(), lease).await.ok();
+        if handle.is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let handle = handle.expect("register after etcd came back");
+    assert_eq!(reg.list_members().await.expect("list"), vec![info]);
+    handle.deregister().await.expect("deregister");
+}

@@ -364,4 +364,61 @@ mod tests {
             [MemberId::node("n1")].into()
         );
     }
+
+    /// A watcher that falls more than the broadcast buffer behind re-synchronises from a
+    /// snapshot and still ends at the true membership.
+    #[tokio::test]
+    async fn lagging_watcher_resyncs() {
+        let reg = InProcessRegistry::new("c");
+        let mut w = reg.watch_members().await.expect("watch");
+        assert_eq!(w.recv().await, Some(MemberEvent::Synced));
+        let lease = LeaseConfig::with_ttl(Duration::from_secs(30));
+        let mut keep = Vec::new();
+        // Far more changes than EVENT_BUFFER + WATCH_CHANNEL, without reading.
+        for i in 0..(EVENT_BUFFER + WATCH_CHANNEL + 200) {
+            let h = reg
+                .register(
+                    MemberInfo::new(Role::Node, format!("n{i}"), "http://x"),
+                    lease,
+                )
+                .await
+                .expect("register");
+            if i % 3 == 0 {
+                keep.push(h);
+            } else {
+                h.deregister().await.expect("deregister");
+            }
+        }
+        let truth: std::collections::BTreeSet<MemberId> = reg
+            .list_members()
+            .await
+            .expect("list")
+            .iter()
+            .map(MemberInfo::member_id)
+            .collect();
+        assert_eq!(truth.len(), keep.len());
+        let mut view = std::collections::BTreeSet::new();
+        let mut resyncs = 0;
+        while view != truth || resyncs < 1 {
+            match tokio::time::timeout(Duration::from_secs(5), w.recv()).await {
+                Ok(Some(MemberEvent::Put(i))) => {
+                    view.insert(i.member_id());
+                }
+                Ok(Some(MemberEvent::Delete(id))) => {
+                    view.remove(&id);
+                }
+                Ok(Some(MemberEvent::Synced)) => resyncs += 1,
+                other => panic!(
+                    "watch stalled: {other:?}; view {} of {}",
+                    view.len(),
+                    truth.len()
+                ),
+            }
+        }
+        assert_eq!(view, truth);
+        assert!(
+            resyncs >= 1,
+            "the watcher lagged, so it must have re-synchronised"
+        );
+    }
 }
