@@ -4,10 +4,10 @@
 //! Every call carries a timeout ([`EtcdConfig::op_timeout`]); the HTTP/2 keep-alive of
 //! the gRPC channel detects a silent etcd (a stopped process, a dead link) so broken
 //! watches are noticed. Watches that break, or whose start revision was compacted away,
-//! re-list and continue (see [`super::watch::Tracker`]); reconnects back off
+//! re-list and continue (see `watch.rs`); reconnects back off
 //! exponentially between [`EtcdConfig::backoff_min`] and [`EtcdConfig::backoff_max`].
 //! The lease logic (keep-alive, loss, re-registration) is shared with the in-process
-//! registry in [`super::member`].
+//! registry in `member.rs`.
 
 use std::future::Future;
 use std::sync::Arc;
