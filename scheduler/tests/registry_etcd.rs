@@ -369,3 +369,40 @@ async fn calls_fail_fast_while_etcd_is_down_and_recover() {
     assert_eq!(reg.list_members().await.expect("list"), vec![info]);
     handle.deregister().await.expect("deregister");
 }
+
+/// A lease revoked behind the member's back (an operator's `etcdctl lease revoke`, or
+/// etcd expiring it) is noticed from etcd's answer at the next keep-alive, not after a
+/// TTL of silence: the member re-registers under a new lease and observers see it return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_reregisters_after_server_side_revoke() {
+    let server = EtcdServer::start().await.expect("etcd");
+    let mut o = setup(&server, "revoked").await;
+    let first = o.member.status().borrow().lease_id.expect("lease");
+    let mut raw = Client::connect([server.endpoint()], None)
+        .await
+        .expect("raw");
+    let t = Instant::now();
+    raw.lease_revoke(first).await.expect("revoke");
+    let st = wait_status(&o.member, Duration::from_secs(5), "re-registered", |s| {
+        s.registrations >= 2 && s.state == MemberState::Registered
+    })
+    .await;
+    let took = t.elapsed();
+    eprintln!("re-registered {took:?} after a server-side revoke (interval 333 ms)");
+    assert_eq!(st.lease_losses, 1);
+    assert_eq!(st.keep_alive_failures, 0, "etcd answered; nothing failed");
+    assert!(st.lease_id.is_some_and(|l| l != first), "{st:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let d = Duration::from_secs(5);
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        match timeout(d, o.watch.recv()).await {
+            Ok(Some(MemberEvent::Synced)) => {}
+            Ok(Some(e)) => events.push(e),
+            other => panic!("watch: {other:?}"),
+        }
+    }
+    assert_eq!(events[0], MemberEvent::Delete(MemberId::node("n1")));
+    assert!(matches!(&events[1], MemberEvent::Put(i) if i.id == "n1"));
+    o.member.deregister().await.expect("deregister");
+}

@@ -328,13 +328,21 @@ impl LeaseBackend for EtcdLease {
 
     async fn keep_alive(&mut self, lease: i64) -> Result<bool, RegistryError> {
         if self.keeper.as_ref().map(|(l, _, _)| *l) != Some(lease) {
-            let (keeper, stream) = call(
-                "lease_keep_alive",
-                self.op_timeout,
-                self.client.lease_keep_alive(lease),
-            )
-            .await?;
-            self.keeper = Some((lease, keeper, stream));
+            // Opening the stream is itself one renewal round (etcd-client sends the first
+            // request and checks its answer).
+            let opened = timeout(self.op_timeout, self.client.lease_keep_alive(lease)).await;
+            return match opened {
+                Ok(Ok((keeper, stream))) => {
+                    self.keeper = Some((lease, keeper, stream));
+                    Ok(true)
+                }
+                Ok(Err(e)) if is_lease_not_found(&e) => Ok(false),
+                Ok(Err(e)) => Err(map_err(e)),
+                Err(_) => Err(RegistryError::Timeout {
+                    op: "lease_keep_alive",
+                    timeout: self.op_timeout,
+                }),
+            };
         }
         let Some((_, keeper, stream)) = self.keeper.as_mut() else {
             return Err(RegistryError::Unavailable("no keep-alive stream".into()));
