@@ -383,6 +383,15 @@ impl LeaseBackend for EtcdLease {
     }
 }
 
+/// How following a watch ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Follow {
+    /// The watch broke: re-list and watch again.
+    Broken,
+    /// The consumer dropped its end: stop.
+    ConsumerGone,
+}
+
 /// Sleeps for the backoff delay; `false` if the consumer went away meanwhile.
 async fn pause<T>(tx: &mpsc::Sender<T>, backoff: &mut Backoff) -> bool {
     tokio::select! {
@@ -397,75 +406,89 @@ impl EtcdRegistry {
         let mut tracker = Tracker::default();
         let mut backoff = self.backoff();
         loop {
-            let (snapshot, rev) = match self.list_at().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::debug!(error = %e, "member watch: listing failed");
-                    if !pause(&tx, &mut backoff).await {
+            match self.list_at().await {
+                Ok((snapshot, rev)) => {
+                    if !forward(&tx, tracker.resync(snapshot)).await {
                         return;
                     }
-                    continue;
-                }
-            };
-            if !forward(&tx, tracker.resync(snapshot)).await {
-                return;
-            }
-            let opts = WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(rev + 1);
-            let mut client = self.client.clone();
-            let mut stream = match call(
-                "watch",
-                self.cfg.op_timeout,
-                client.watch(self.keys.root(), Some(opts)),
-            )
-            .await
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(error = %e, "member watch: watch failed");
-                    if !pause(&tx, &mut backoff).await {
+                    if self
+                        .follow_members(rev, &mut tracker, &tx, &mut backoff)
+                        .await
+                        == Follow::ConsumerGone
+                    {
                         return;
                     }
-                    continue;
                 }
-            };
-            backoff.reset();
-            loop {
-                let msg = tokio::select! {
-                    _ = tx.closed() => return,
-                    m = stream.message() => m,
-                };
-                let resp = match msg {
-                    Ok(Some(resp)) => resp,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "member watch: stream broke");
-                        break;
-                    }
-                };
-                if resp.canceled() || resp.compact_revision() > 0 {
-                    tracing::debug!(reason = resp.cancel_reason(), "member watch cancelled");
-                    break;
-                }
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    let Some(id) = kv.key_str().ok().and_then(|k| self.keys.parse_member(k)) else {
-                        continue;
-                    };
-                    let out = match ev.event_type() {
-                        EventType::Put => decode_member(&self.keys, kv).map(|i| tracker.put(i)),
-                        EventType::Delete => tracker.delete(id),
-                    };
-                    if let Some(e) = out {
-                        if tx.send(e).await.is_err() {
-                            return;
-                        }
-                    }
-                }
+                Err(e) => tracing::debug!(error = %e, "member watch: listing failed"),
             }
             if !pause(&tx, &mut backoff).await {
                 return;
+            }
+        }
+    }
+
+    /// Forwards member events from revision `rev + 1` until the watch breaks (stream
+    /// error or end, cancellation, compacted start revision).
+    async fn follow_members(
+        &self,
+        rev: i64,
+        tracker: &mut Tracker,
+        tx: &mpsc::Sender<super::MemberEvent>,
+        backoff: &mut Backoff,
+    ) -> Follow {
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(rev + 1);
+        let mut client = self.client.clone();
+        let mut stream = match call(
+            "watch",
+            self.cfg.op_timeout,
+            client.watch(self.keys.root(), Some(opts)),
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "member watch: watch failed");
+                return Follow::Broken;
+            }
+        };
+        backoff.reset();
+        loop {
+            let msg = tokio::select! {
+                _ = tx.closed() => return Follow::ConsumerGone,
+                m = stream.message() => m,
+            };
+            let resp = match msg {
+                Ok(Some(resp)) => resp,
+                Ok(None) => return Follow::Broken,
+                Err(e) => {
+                    tracing::debug!(error = %e, "member watch: stream broke");
+                    return Follow::Broken;
+                }
+            };
+            if resp.canceled() || resp.compact_revision() > 0 {
+                tracing::debug!(
+                    reason = resp.cancel_reason(),
+                    compacted = resp.compact_revision(),
+                    "member watch cancelled"
+                );
+                return Follow::Broken;
+            }
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let Some(id) = kv.key_str().ok().and_then(|k| self.keys.parse_member(k)) else {
+                    continue;
+                };
+                let out = match ev.event_type() {
+                    EventType::Put => decode_member(&self.keys, kv).map(|i| tracker.put(i)),
+                    EventType::Delete => tracker.delete(id),
+                };
+                if let Some(e) = out {
+                    if tx.send(e).await.is_err() {
+                        return Follow::ConsumerGone;
+                    }
+                }
             }
         }
     }
@@ -649,6 +672,8 @@ impl Registry for EtcdRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "testing")]
+    use crate::registry::Role;
 
     #[test]
     fn config_reports_every_problem() {
@@ -659,5 +684,49 @@ mod tests {
         assert!(msg.contains("no etcd endpoints"), "{msg}");
         assert!(msg.contains("empty cluster"), "{msg}");
         assert!(msg.contains("op_timeout"), "{msg}");
+    }
+
+    /// A watch whose start revision was compacted away ends (so the caller re-lists)
+    /// instead of hanging or skipping the lost history.
+    #[cfg(feature = "testing")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compacted_start_revision_breaks_the_watch() {
+        use crate::registry::testing::EtcdServer;
+        let server = EtcdServer::start().await.expect("etcd");
+        let reg = EtcdRegistry::connect(EtcdConfig::new(vec![server.endpoint()], "c"))
+            .await
+            .expect("connect");
+        let (_, old_rev) = reg.list_at().await.expect("list");
+        let h = reg
+            .register(
+                MemberInfo::new(Role::Node, "n1", "http://n1"),
+                LeaseConfig::with_ttl(Duration::from_secs(2)),
+            )
+            .await
+            .expect("register");
+        for connections in 1..=3 {
+            h.set_load(crate::registry::MemberLoad {
+                connections,
+                ..Default::default()
+            })
+            .await
+            .expect("update");
+        }
+        let (_, now) = reg.list_at().await.expect("list");
+        assert!(now > old_rev + 2);
+        // Compaction keeps `now` and drops everything before it, old_rev + 1 included.
+        let mut raw = reg.client.clone();
+        raw.compact(now, None).await.expect("compact");
+        let (tx, _rx) = mpsc::channel(16);
+        let mut tracker = Tracker::default();
+        let mut backoff = reg.backoff();
+        let ended = timeout(
+            Duration::from_secs(5),
+            reg.follow_members(old_rev, &mut tracker, &tx, &mut backoff),
+        )
+        .await
+        .expect("the watch must end, not hang");
+        assert_eq!(ended, Follow::Broken);
+        h.deregister().await.expect("deregister");
     }
 }
