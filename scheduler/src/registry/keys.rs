@@ -1,0 +1,191 @@
+//! The registry's key layout: the one place that spells etcd keys.
+//!
+//! Every key of a cluster lives under `/meshd/{cluster}/`:
+//!
+//! | key | value | lease |
+//! |---|---|---|
+//! | `/meshd/{cluster}/nodes/{id}` | [`MemberInfo`](super::MemberInfo) JSON, role `node` | the member's |
+//! | `/meshd/{cluster}/proxies/{id}` | [`MemberInfo`](super::MemberInfo) JSON, role `proxy` | the member's |
+//! | `/meshd/{cluster}/groups/producer/{group}/{member}` | `{"role":…,"id":…}` of the reporter | the member's |
+//! | `/meshd/{cluster}/groups/consumer/{group}/{member}` | `{"role":…,"id":…}` of the reporter | the member's |
+//! | `/meshd/{cluster}/placement/current` | [`Placement`](super::Placement) JSON with its epoch | none |
+//!
+//! `{member}` in a group key is `node:{id}` or `proxy:{id}`. Every variable segment
+//! (cluster, id, group) is escaped so that it never contains `/`: `%` becomes `%25` and
+//! `/` becomes `%2F`; everything else is kept as is, so keys stay readable in `etcdctl`.
+
+use super::{GroupKind, MemberId, Role};
+
+/// Escapes one key segment: `%` → `%25`, `/` → `%2F`.
+pub fn escape(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for c in segment.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '/' => out.push_str("%2F"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Reverses [`escape`]; `None` for a malformed escape.
+pub fn unescape(segment: &str) -> Option<String> {
+    let mut out = String::with_capacity(segment.len());
+    let mut rest = segment;
+    while let Some(pos) = rest.find('%') {
+        out.push_str(&rest[..pos]);
+        let code = rest.get(pos + 1..pos + 3)?;
+        match code {
+            "25" => out.push('%'),
+            "2F" | "2f" => out.push('/'),
+            _ => return None,
+        }
+        rest = &rest[pos + 3..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// Key builder for one cluster.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    root: String,
+}
+
+impl Keys {
+    /// Keys of `cluster`.
+    pub fn new(cluster: &str) -> Self {
+        Self {
+            root: format!("/meshd/{}/", escape(cluster)),
+        }
+    }
+
+    /// `/meshd/{cluster}/`: every key of the cluster.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    fn role_dir(role: Role) -> &'static str {
+        match role {
+            Role::Node => "nodes/",
+            Role::Proxy => "proxies/",
+        }
+    }
+
+    /// `/meshd/{cluster}/nodes/` or `/meshd/{cluster}/proxies/`.
+    pub fn members_prefix(&self, role: Role) -> String {
+        format!("{}{}", self.root, Self::role_dir(role))
+    }
+
+    /// `/meshd/{cluster}/nodes/{id}` or `/meshd/{cluster}/proxies/{id}`.
+    pub fn member(&self, id: &MemberId) -> String {
+        format!("{}{}", self.members_prefix(id.role), escape(&id.id))
+    }
+
+    /// Parses a member key of this cluster; `None` for any other key.
+    pub fn parse_member(&self, key: &str) -> Option<MemberId> {
+        let rest = key.strip_prefix(&self.root)?;
+        for role in [Role::Node, Role::Proxy] {
+            if let Some(id) = rest.strip_prefix(Self::role_dir(role)) {
+                if id.is_empty() || id.contains('/') {
+                    return None;
+                }
+                return Some(MemberId {
+                    role,
+                    id: unescape(id)?,
+                });
+            }
+        }
+        None
+    }
+
+    /// `/meshd/{cluster}/groups/producer/` or `/meshd/{cluster}/groups/consumer/`.
+    pub fn groups_prefix(&self, kind: GroupKind) -> String {
+        let k = match kind {
+            GroupKind::Producer => "producer",
+            GroupKind::Consumer => "consumer",
+        };
+        format!("{}groups/{}/", self.root, k)
+    }
+
+    /// `/meshd/{cluster}/groups/{kind}/{group}/{role}:{id}`.
+    pub fn group_member(&self, kind: GroupKind, group: &str, member: &MemberId) -> String {
+        format!(
+            "{}{}/{}:{}",
+            self.groups_prefix(kind),
+            escape(group),
+            member.role.as_str(),
+            escape(&member.id)
+        )
+    }
+
+    /// Parses a group key of this cluster into (kind, group, member).
+    pub fn parse_group_member(&self, key: &str) -> Option<(GroupKind, String, MemberId)> {
+        for kind in [GroupKind::Producer, GroupKind::Consumer] {
+            if let Some(rest) = key.strip_prefix(&self.groups_prefix(kind)) {
+                let (group, member) = rest.split_once('/')?;
+                let (role, id) = member.split_once(':')?;
+                let role = Role::parse(role)?;
+                return Some((
+                    kind,
+                    unescape(group)?,
+                    MemberId {
+                        role,
+                        id: unescape(id)?,
+                    },
+                ));
+            }
+        }
+        None
+    }
+
+    /// `/meshd/{cluster}/placement/current`.
+    pub fn placement(&self) -> String {
+        format!("{}placement/current", self.root)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_round_trips() {
+        for s in ["", "a", "a/b", "%", "%2F", "x%y/z//", "ünï/çødé"] {
+            let e = escape(s);
+            assert!(!e.contains('/'), "{e}");
+            assert_eq!(unescape(&e).as_deref(), Some(s));
+        }
+        assert_eq!(unescape("%"), None);
+        assert_eq!(unescape("%zz"), None);
+        assert_eq!(unescape("%2"), None);
+    }
+
+    #[test]
+    fn layout_is_as_documented() {
+        let k = Keys::new("eu-1");
+        let n = MemberId::node("n1");
+        let p = MemberId::proxy("p/1");
+        assert_eq!(k.member(&n), "/meshd/eu-1/nodes/n1");
+        assert_eq!(k.member(&p), "/meshd/eu-1/proxies/p%2F1");
+        assert_eq!(
+            k.group_member(GroupKind::Producer, "orders/app", &n),
+            "/meshd/eu-1/groups/producer/orders%2Fapp/node:n1"
+        );
+        assert_eq!(
+            k.group_member(GroupKind::Consumer, "g", &p),
+            "/meshd/eu-1/groups/consumer/g/proxy:p%2F1"
+        );
+        assert_eq!(k.placement(), "/meshd/eu-1/placement/current");
+        assert_eq!(k.parse_member(&k.member(&p)), Some(p.clone()));
+        assert_eq!(k.parse_member("/meshd/eu-1/nodes/"), None);
+        assert_eq!(k.parse_member("/meshd/eu-2/nodes/n1"), None);
+        assert_eq!(k.parse_member(&k.placement()), None);
+        assert_eq!(
+            k.parse_group_member(&k.group_member(GroupKind::Consumer, "a/b", &p)),
+            Some((GroupKind::Consumer, "a/b".to_string(), p))
+        );
+        assert_eq!(k.parse_group_member("/meshd/eu-1/groups/producer/g"), None);
+    }
+}
