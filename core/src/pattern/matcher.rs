@@ -1,0 +1,834 @@
+//! The multi-pattern [`Matcher`]: every added pattern is split into conjunctions (one per
+//! `$or` alternative) of leaf conditions, and every leaf predicate is registered in one
+//! shared index per field path: hash maps for exact values and `equals-ignore-case`, byte
+//! tries for prefixes and suffixes (case-sensitive and folded; wildcards are filed under
+//! their literal prefix or suffix and re-checked), ordered maps for numeric bounds, a map
+//! per CIDR prefix length. Matching walks only the event fields some pattern names, looks
+//! each value up in its field's index, and sets one bit per satisfied leaf in a per-event
+//! scratch table; a conjunction whose required bits are all set matches. When the walk
+//! crossed an array, candidates are confirmed with the pattern's own evaluator so that
+//! fields from different array elements never combine (array consistency).
+//!
+//! Cost of a match: proportional to the named fields in the event and the predicates hit,
+//! not to the number of patterns (except `anything-but`, `exists: true` and wildcards with
+//! no literal prefix or suffix, which are checked per predicate on their field, and
+//! patterns made only of `exists: false`, which are candidates for every event).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+
+use cloudevents::Event;
+use serde_json::{Map, Value};
+
+use super::ops::{fold_into, ip_bits, mask, Pred, Range, Scalar};
+use super::{EventRoot, Leaf, Pattern, Root, MAX_EVENT_ARRAY_DEPTH};
+
+const NONE: u32 = u32::MAX;
+
+/// A byte trie; nodes hold predicate ids whose key ends there.
+#[derive(Debug, Clone, Default)]
+struct Trie {
+    nodes: Vec<TrieNode>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct TrieNode {
+    children: Vec<(u8, u32)>,
+    ids: Vec<u32>,
+}
+
+impl Trie {
+    fn node_for(&mut self, key: impl Iterator<Item = u8>) -> usize {
+        if self.nodes.is_empty() {
+            self.nodes.push(TrieNode::default());
+        }
+        let mut n = 0usize;
+        for b in key {
+            let pos = self.nodes[n].children.binary_search_by_key(&b, |c| c.0);
+            n = match pos {
+                Ok(i) => self.nodes[n].children[i].1 as usize,
+                Err(i) => {
+                    let id = self.nodes.len();
+                    self.nodes.push(TrieNode::default());
+                    self.nodes[n].children.insert(i, (b, id as u32));
+                    id
+                }
+            };
+        }
+        n
+    }
+
+    fn insert(&mut self, key: impl Iterator<Item = u8>, id: u32) {
+        let n = self.node_for(key);
+        self.nodes[n].ids.push(id);
+    }
+
+    fn remove(&mut self, key: impl Iterator<Item = u8>, id: u32) {
+        if self.nodes.is_empty() {
+            return;
+        }
+        let mut n = 0usize;
+        for b in key {
+            match self.nodes[n].children.binary_search_by_key(&b, |c| c.0) {
+                Ok(i) => n = self.nodes[n].children[i].1 as usize,
+                Err(_) => return,
+            }
+        }
+        self.nodes[n].ids.retain(|x| *x != id);
+    }
+
+    /// Calls `f` with the ids of every key that is a prefix of `s`.
+    fn walk(&self, s: impl Iterator<Item = u8>, mut f: impl FnMut(u32)) {
+        let Some(root) = self.nodes.first() else {
+            return;
+        };
+        root.ids.iter().for_each(|&i| f(i));
+        let mut n = root;
+        for b in s {
+            match n.children.binary_search_by_key(&b, |c| c.0) {
+                Ok(i) => {
+                    n = &self.nodes[n.children[i].1 as usize];
+                    n.ids.iter().for_each(|&i| f(i));
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.nodes.capacity() * std::mem::size_of::<TrieNode>()
+            + self
+                .nodes
+                .iter()
+                .map(|n| n.children.capacity() * 8 + n.ids.capacity() * 4)
+                .sum::<usize>()
+    }
+}
+
+/// Order-preserving map of an f64 onto u64.
+fn ord(x: f64) -> u64 {
+    let b = x.to_bits();
+    if b >> 63 == 1 {
+        !b
+    } else {
+        b | (1 << 63)
+    }
+}
+
+fn span_class(r: &Range) -> i32 {
+    let span = r.hi - r.lo;
+    if !span.is_finite() {
+        return i32::MAX;
+    }
+    (span.log2().floor() as i32).clamp(-1100, 1100)
+}
+
+/// The index of one field path.
+#[derive(Debug, Clone, Default)]
+struct FieldIndex {
+    exact_str: HashMap<String, Vec<u32>>,
+    exact_num: HashMap<u64, Vec<u32>>,
+    exact_other: Vec<(Scalar, u32)>,
+    prefix: Trie,
+    suffix: Trie,
+    prefix_ic: Trie,
+    suffix_ic: Trie,
+    eq_ic: HashMap<String, Vec<u32>>,
+    ic_count: usize,
+    /// Predicates checked one by one: anything-but, exists, bare wildcards.
+    scan: Vec<u32>,
+    /// `>`/`>=` only: key is the lower bound.
+    num_lo: BTreeMap<(u64, u32), ()>,
+    /// `<`/`<=` only: key is the upper bound.
+    num_hi: BTreeMap<(u64, u32), ()>,
+    /// Two-sided ranges by log2 of their width, keyed by lower bound.
+    num_two: BTreeMap<i32, BTreeMap<(u64, u32), ()>>,
+    cidr: HashMap<(bool, u8, u128), Vec<u32>>,
+    cidr_lens: BTreeMap<(bool, u8), usize>,
+}
+
+fn remove_from(v: &mut Vec<u32>, id: u32) {
+    if let Some(i) = v.iter().position(|x| *x == id) {
+        v.swap_remove(i);
+    }
+}
+
+impl FieldIndex {
+    fn add(&mut self, id: u32, pred: &Pred) {
+        match pred {
+            Pred::Exact(Scalar::Str(s)) => self.exact_str.entry(s.clone()).or_default().push(id),
+            Pred::Exact(Scalar::Num(x)) => self.exact_num.entry(ord(*x)).or_default().push(id),
+            Pred::Exact(s) => self.exact_other.push((s.clone(), id)),
+            Pred::Prefix(p) => self.prefix.insert(p.bytes(), id),
+            Pred::Suffix(p) => self.suffix.insert(p.bytes().rev(), id),
+            Pred::PrefixIc(p) => {
+                self.ic_count += 1;
+                self.prefix_ic.insert(p.bytes(), id)
+            }
+            Pred::SuffixIc(p) => {
+                self.ic_count += 1;
+                self.suffix_ic.insert(p.bytes().rev(), id)
+            }
+            Pred::EqIc(p) => {
+                self.ic_count += 1;
+                self.eq_ic.entry(p.clone()).or_default().push(id)
+            }
+            Pred::Wildcard(w) => {
+                if !w.literal_prefix().is_empty() {
+                    self.prefix.insert(w.literal_prefix().bytes(), id)
+                } else if !w.literal_suffix().is_empty() {
+                    self.suffix.insert(w.literal_suffix().bytes().rev(), id)
+                } else {
+                    self.scan.push(id)
+                }
+            }
+            Pred::AnythingBut(_) | Pred::Exists => self.scan.push(id),
+            Pred::Numeric(r) => {
+                if r.lo == r.hi {
+                    self.exact_num.entry(ord(r.lo)).or_default().push(id);
+                } else if r.hi == f64::INFINITY {
+                    self.num_lo.insert((ord(r.lo), id), ());
+                } else if r.lo == f64::NEG_INFINITY {
+                    self.num_hi.insert((ord(r.hi), id), ());
+                } else {
+                    self.num_two
+                        .entry(span_class(r))
+                        .or_default()
+                        .insert((ord(r.lo), id), ());
+                }
+            }
+            Pred::Cidr(c) => {
+                self.cidr.entry((c.v6, c.len, c.net)).or_default().push(id);
+                *self.cidr_lens.entry((c.v6, c.len)).or_default() += 1;
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u32, pred: &Pred) {
+        fn bucket<K: std::hash::Hash + Eq>(m: &mut HashMap<K, Vec<u32>>, k: &K, id: u32) {
+            if let Some(v) = m.get_mut(k) {
+                remove_from(v, id);
+                if v.is_empty() {
+                    m.remove(k);
+                }
+            }
+        }
+        match pred {
+            Pred::Exact(Scalar::Str(s)) => bucket(&mut self.exact_str, s, id),
+            Pred::Exact(Scalar::Num(x)) => bucket(&mut self.exact_num, &ord(*x), id),
+            Pred::Exact(_) => self.exact_other.retain(|(_, i)| *i != id),
+            Pred::Prefix(p) => self.prefix.remove(p.bytes(), id),
+            Pred::Suffix(p) => self.suffix.remove(p.bytes().rev(), id),
+            Pred::PrefixIc(p) => {
+                self.ic_count -= 1;
+                self.prefix_ic.remove(p.bytes(), id)
+            }
+            Pred::SuffixIc(p) => {
+                self.ic_count -= 1;
+                self.suffix_ic.remove(p.bytes().rev(), id)
+            }
+            Pred::EqIc(p) => {
+                self.ic_count -= 1;
+                bucket(&mut self.eq_ic, p, id)
+            }
+            Pred::Wildcard(w) => {
+                if !w.literal_prefix().is_empty() {
+                    self.prefix.remove(w.literal_prefix().bytes(), id)
+                } else if !w.literal_suffix().is_empty() {
+                    self.suffix.remove(w.literal_suffix().bytes().rev(), id)
+                } else {
+                    remove_from(&mut self.scan, id)
+                }
+            }
+            Pred::AnythingBut(_) | Pred::Exists => remove_from(&mut self.scan, id),
+            Pred::Numeric(r) => {
+                if r.lo == r.hi {
+                    bucket(&mut self.exact_num, &ord(r.lo), id)
+                } else if r.hi == f64::INFINITY {
+                    self.num_lo.remove(&(ord(r.lo), id));
+                } else if r.lo == f64::NEG_INFINITY {
+                    self.num_hi.remove(&(ord(r.hi), id));
+                } else {
+                    let c = span_class(r);
+                    if let Some(m) = self.num_two.get_mut(&c) {
+                        m.remove(&(ord(r.lo), id));
+                        if m.is_empty() {
+                            self.num_two.remove(&c);
+                        }
+                    }
+                }
+            }
+            Pred::Cidr(c) => {
+                bucket(&mut self.cidr, &(c.v6, c.len, c.net), id);
+                if let Some(n) = self.cidr_lens.get_mut(&(c.v6, c.len)) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.cidr_lens.remove(&(c.v6, c.len));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Calls `f(id, verify)` for candidate predicates hit by the scalar `v`; `verify` says
+    /// the candidate must still be checked with `Pred::matches`.
+    fn lookup(&self, v: &Value, folded: &mut String, f: &mut dyn FnMut(u32, bool)) {
+        match v {
+            Value::String(s) => {
+                if let Some(ids) = self.exact_str.get(s.as_str()) {
+                    ids.iter().for_each(|&i| f(i, false));
+                }
+                // Wildcards share these tries and need a recheck; plain prefixes do not,
+                // but telling them apart costs the same as the recheck.
+                self.prefix.walk(s.bytes(), |i| f(i, true));
+                self.suffix.walk(s.bytes().rev(), |i| f(i, true));
+                if self.ic_count > 0 {
+                    fold_into(s, folded);
+                    if let Some(ids) = self.eq_ic.get(folded.as_str()) {
+                        ids.iter().for_each(|&i| f(i, false));
+                    }
+                    self.prefix_ic.walk(folded.bytes(), |i| f(i, false));
+                    self.suffix_ic.walk(folded.bytes().rev(), |i| f(i, false));
+                }
+                if !self.cidr_lens.is_empty() {
+                    if let Some((v6, bits)) = ip_bits(s) {
+                        for &(cv6, len) in self.cidr_lens.keys() {
+                            if cv6 == v6 {
+                                if let Some(ids) = self.cidr.get(&(v6, len, mask(v6, bits, len))) {
+                                    ids.iter().for_each(|&i| f(i, false));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Value::Number(n) => {
+                if let Some(x) = n.as_f64() {
+                    let x = if x == 0.0 { 0.0 } else { x };
+                    let k = ord(x);
+                    if let Some(ids) = self.exact_num.get(&k) {
+                        ids.iter().for_each(|&i| f(i, false));
+                    }
+                    for &(_, i) in self.num_lo.range(..=(k, u32::MAX)).map(|e| e.0) {
+                        f(i, true);
+                    }
+                    for &(_, i) in self.num_hi.range((k, 0)..).map(|e| e.0) {
+                        f(i, true);
+                    }
+                    for (&class, m) in &self.num_two {
+                        let start = if class == i32::MAX {
+                            0
+                        } else {
+                            ord(x - 2f64.powi(class.saturating_add(1)))
+                        };
+                        for &(_, i) in m.range((start, 0)..=(k, u32::MAX)).map(|e| e.0) {
+                            f(i, true);
+                        }
+                    }
+                }
+            }
+            _ => {
+                for (s, i) in &self.exact_other {
+                    if s.matches_value(v) {
+                        f(*i, false);
+                    }
+                }
+            }
+        }
+        self.scan.iter().for_each(|&i| f(i, true));
+    }
+
+    fn bytes(&self) -> usize {
+        let map = |n: usize| n * 48;
+        map(self.exact_str.len())
+            + self
+                .exact_str
+                .iter()
+                .map(|(k, v)| k.capacity() + v.capacity() * 4)
+                .sum::<usize>()
+            + map(self.exact_num.len())
+            + self
+                .exact_num
+                .values()
+                .map(|v| v.capacity() * 4)
+                .sum::<usize>()
+            + self.prefix.bytes()
+            + self.suffix.bytes()
+            + self.prefix_ic.bytes()
+            + self.suffix_ic.bytes()
+            + map(self.eq_ic.len())
+            + self
+                .eq_ic
+                .iter()
+                .map(|(k, v)| k.capacity() + v.capacity() * 4)
+                .sum::<usize>()
+            + self.scan.capacity() * 4
+            + (self.num_lo.len() + self.num_hi.len()) * 24
+            + self.num_two.values().map(|m| m.len() * 24).sum::<usize>()
+            + map(self.cidr.len())
+    }
+}
+
+impl Scalar {
+    fn matches_value(&self, v: &Value) -> bool {
+        matches!(
+            (self, v),
+            (Scalar::Bool(true), Value::Bool(true))
+                | (Scalar::Bool(false), Value::Bool(false))
+                | (Scalar::Null, Value::Null)
+        )
+    }
+}
+
+/// Interested field paths, one trie node per key.
+#[derive(Debug, Clone, Default)]
+struct PathNode {
+    children: HashMap<String, u32>,
+    field: u32,
+    /// Number of leaves (in all conjunctions) at or below this node.
+    refs: usize,
+}
+
+#[derive(Debug, Clone)]
+struct PredEntry {
+    conj: u32,
+    bit: u8,
+    field: u32,
+    pred: Pred,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ConjEntry {
+    slot: u32,
+    required: u64,
+    /// (field, bit) of leaves that may also be satisfied by absence.
+    optional: Vec<(u32, u8)>,
+    preds: Vec<u32>,
+    fields: Vec<Vec<String>>,
+    live: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    id: u64,
+    pattern: Pattern,
+    conjs: Vec<u32>,
+}
+
+/// Sizes of a [`Matcher`]'s structures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatcherStats {
+    /// Patterns added and not removed.
+    pub patterns: usize,
+    /// Conjunctions (one per `$or` alternative) indexed.
+    pub conjunctions: usize,
+    /// Leaf predicates indexed.
+    pub predicates: usize,
+    /// Approximate bytes held by the index (excluding the kept pattern copies).
+    pub index_bytes: usize,
+}
+
+/// Many patterns compiled into one shared index; see the module docs.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    paths: Vec<PathNode>,
+    fields: Vec<FieldIndex>,
+    preds: Vec<Option<PredEntry>>,
+    free_preds: Vec<u32>,
+    conjs: Vec<ConjEntry>,
+    free_conjs: Vec<u32>,
+    /// Conjunctions with no required leaf (only `exists: false`): candidates for every event.
+    always: Vec<u32>,
+    slots: Vec<Option<Slot>>,
+    free_slots: Vec<u32>,
+    by_id: HashMap<u64, u32>,
+}
+
+impl Default for Matcher {
+    fn default() -> Self {
+        Matcher::new()
+    }
+}
+
+#[derive(Default)]
+struct Scratch {
+    gen: u32,
+    conj_gen: Vec<u32>,
+    conj_mask: Vec<u64>,
+    touched: Vec<u32>,
+    field_gen: Vec<u32>,
+    slot_gen: Vec<u32>,
+    folded: String,
+    crossed_array: bool,
+}
+
+impl Scratch {
+    fn begin(&mut self, conjs: usize, fields: usize, slots: usize) {
+        self.gen = self.gen.wrapping_add(1);
+        if self.gen == 0 {
+            self.conj_gen.iter_mut().for_each(|g| *g = 0);
+            self.field_gen.iter_mut().for_each(|g| *g = 0);
+            self.slot_gen.iter_mut().for_each(|g| *g = 0);
+            self.gen = 1;
+        }
+        if self.conj_gen.len() < conjs {
+            self.conj_gen.resize(conjs, 0);
+            self.conj_mask.resize(conjs, 0);
+        }
+        if self.field_gen.len() < fields {
+            self.field_gen.resize(fields, 0);
+        }
+        if self.slot_gen.len() < slots * 2 {
+            self.slot_gen.resize(slots * 2, 0);
+        }
+        self.touched.clear();
+        self.crossed_array = false;
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+impl Matcher {
+    /// An empty matcher.
+    pub fn new() -> Self {
+        Matcher {
+            paths: vec![PathNode {
+                field: NONE,
+                ..PathNode::default()
+            }],
+            fields: Vec::new(),
+            preds: Vec::new(),
+            free_preds: Vec::new(),
+            conjs: Vec::new(),
+            free_conjs: Vec::new(),
+            always: Vec::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            by_id: HashMap::new(),
+        }
+    }
+
+    /// Number of patterns held.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether no pattern is held.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Sizes of the structures.
+    pub fn stats(&self) -> MatcherStats {
+        let index_bytes = self.fields.iter().map(FieldIndex::bytes).sum::<usize>()
+            + self.preds.capacity() * std::mem::size_of::<Option<PredEntry>>()
+            + self.conjs.capacity() * std::mem::size_of::<ConjEntry>()
+            + self
+                .conjs
+                .iter()
+                .map(|c| c.preds.capacity() * 4 + c.optional.capacity() * 8)
+                .sum::<usize>()
+            + self.paths.len() * (std::mem::size_of::<PathNode>() + 48)
+            + self.slots.capacity() * std::mem::size_of::<Option<Slot>>();
+        MatcherStats {
+            patterns: self.by_id.len(),
+            conjunctions: self.conjs.iter().filter(|c| c.live).count(),
+            predicates: self.preds.iter().filter(|p| p.is_some()).count(),
+            index_bytes,
+        }
+    }
+
+    fn field_for(&mut self, path: &[String]) -> u32 {
+        let mut n = 0usize;
+        for k in path {
+            self.paths[n].refs += 1;
+            n = match self.paths[n].children.get(k) {
+                Some(&c) => c as usize,
+                None => {
+                    let id = self.paths.len();
+                    self.paths.push(PathNode {
+                        field: NONE,
+                        ..PathNode::default()
+                    });
+                    self.paths[n].children.insert(k.clone(), id as u32);
+                    id
+                }
+            };
+        }
+        self.paths[n].refs += 1;
+        if self.paths[n].field == NONE {
+            self.paths[n].field = self.fields.len() as u32;
+            self.fields.push(FieldIndex::default());
+        }
+        self.paths[n].field
+    }
+
+    fn release_path(&mut self, path: &[String]) {
+        let mut n = 0usize;
+        self.paths[0].refs = self.paths[0].refs.saturating_sub(1);
+        for k in path {
+            let Some(&c) = self.paths[n].children.get(k) else {
+                return;
+            };
+            let c = c as usize;
+            self.paths[c].refs = self.paths[c].refs.saturating_sub(1);
+            if self.paths[c].refs == 0 {
+                // Nothing below is referenced any more: stop walking into it.
+                self.paths[n].children.remove(k);
+                return;
+            }
+            n = c;
+        }
+    }
+
+    /// Adds (or replaces) the pattern with this id. Cost: proportional to the pattern's
+    /// size (plus, for `anything-but`/`exists`, nothing else).
+    pub fn add(&mut self, id: u64, pattern: &Pattern) {
+        self.remove(id);
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let mut conj_ids = Vec::with_capacity(pattern.conjs().len());
+        for conj in pattern.conjs() {
+            let cid = match self.free_conjs.pop() {
+                Some(c) => c,
+                None => {
+                    self.conjs.push(ConjEntry::default());
+                    (self.conjs.len() - 1) as u32
+                }
+            };
+            let mut entry = ConjEntry {
+                slot,
+                live: true,
+                ..ConjEntry::default()
+            };
+            for (bit, (path, leaf)) in conj.leaves.iter().enumerate() {
+                let bit = bit as u8;
+                let field = self.field_for(path);
+                entry.fields.push(path.clone());
+                let Leaf { preds, absent_ok } = leaf;
+                if *absent_ok {
+                    entry.optional.push((field, bit));
+                } else {
+                    entry.required |= 1u64 << bit;
+                }
+                for pred in preds {
+                    let pid = match self.free_preds.pop() {
+                        Some(p) => p,
+                        None => {
+                            self.preds.push(None);
+                            (self.preds.len() - 1) as u32
+                        }
+                    };
+                    self.fields[field as usize].add(pid, pred);
+                    self.preds[pid as usize] = Some(PredEntry {
+                        conj: cid,
+                        bit,
+                        field,
+                        pred: pred.clone(),
+                    });
+                    entry.preds.push(pid);
+                }
+            }
+            if entry.required == 0 {
+                self.always.push(cid);
+            }
+            self.conjs[cid as usize] = entry;
+            conj_ids.push(cid);
+        }
+        self.slots[slot as usize] = Some(Slot {
+            id,
+            pattern: pattern.clone(),
+            conjs: conj_ids,
+        });
+        self.by_id.insert(id, slot);
+    }
+
+    /// Removes the pattern with this id; returns whether it was there. Cost: proportional
+    /// to the pattern's size, plus a scan of its field's `anything-but`/`exists` list.
+    pub fn remove(&mut self, id: u64) -> bool {
+        let Some(slot) = self.by_id.remove(&id) else {
+            return false;
+        };
+        let Some(s) = self.slots[slot as usize].take() else {
+            return false;
+        };
+        for cid in s.conjs {
+            let entry = std::mem::take(&mut self.conjs[cid as usize]);
+            for pid in &entry.preds {
+                if let Some(p) = self.preds[*pid as usize].take() {
+                    self.fields[p.field as usize].remove(*pid, &p.pred);
+                    self.free_preds.push(*pid);
+                }
+            }
+            for path in &entry.fields {
+                self.release_path(path);
+            }
+            if entry.required == 0 {
+                remove_from(&mut self.always, cid);
+            }
+            self.free_conjs.push(cid);
+        }
+        self.free_slots.push(slot);
+        true
+    }
+
+    /// Ids of the patterns the event matches (each once, in no particular order).
+    pub fn matches(&self, event: &Event) -> Vec<u64> {
+        let mut out = Vec::new();
+        self.matches_into(&EventRoot::new(event), &mut out);
+        out
+    }
+
+    /// Ids of the patterns the event, given as its `event_view` JSON object, matches.
+    pub fn matches_value(&self, event: &Value) -> Vec<u64> {
+        let mut out = Vec::new();
+        let empty = Map::new();
+        let root = match event {
+            Value::Object(m) => m,
+            _ => &empty,
+        };
+        self.matches_into(root, &mut out);
+        out
+    }
+
+    /// Whether any pattern matches the event (for interest checks).
+    pub fn any_match(&self, event: &Event) -> bool {
+        !self.matches(event).is_empty()
+    }
+
+    fn matches_into(&self, root: &dyn Root, out: &mut Vec<u64>) {
+        if self.by_id.is_empty() {
+            return;
+        }
+        SCRATCH.with(|cell| {
+            let Ok(mut sc) = cell.try_borrow_mut() else {
+                // Re-entered from inside a match on this thread: use a fresh table.
+                let mut sc = Scratch::default();
+                self.run(root, &mut sc, out);
+                return;
+            };
+            self.run(root, &mut sc, out);
+        });
+    }
+
+    fn run(&self, root: &dyn Root, sc: &mut Scratch, out: &mut Vec<u64>) {
+        sc.begin(self.conjs.len(), self.fields.len(), self.slots.len());
+        let top = &self.paths[0];
+        for (k, &child) in &top.children {
+            if let Some(v) = root.get(k) {
+                self.walk(child as usize, &v, 0, sc);
+            }
+        }
+        let gen = sc.gen;
+        let touched = std::mem::take(&mut sc.touched);
+        for &cid in touched.iter().chain(self.always.iter()) {
+            let c = &self.conjs[cid as usize];
+            let mask = if sc.conj_gen[cid as usize] == gen {
+                sc.conj_mask[cid as usize]
+            } else {
+                0
+            };
+            if mask & c.required != c.required {
+                continue;
+            }
+            let slot = c.slot as usize;
+            // slot_gen[2s] = reported, slot_gen[2s+1] = confirmed not matching.
+            if sc.slot_gen[2 * slot] == gen || sc.slot_gen[2 * slot + 1] == gen {
+                continue;
+            }
+            let Some(s) = &self.slots[slot] else {
+                continue;
+            };
+            if sc.crossed_array {
+                if !s.pattern.eval_root(root) {
+                    sc.slot_gen[2 * slot + 1] = gen;
+                    continue;
+                }
+            } else {
+                let ok = c
+                    .optional
+                    .iter()
+                    .all(|&(f, bit)| mask & (1u64 << bit) != 0 || sc.field_gen[f as usize] != gen);
+                if !ok {
+                    continue;
+                }
+            }
+            sc.slot_gen[2 * slot] = gen;
+            out.push(s.id);
+        }
+        sc.touched = touched;
+    }
+
+    fn walk(&self, node: usize, v: &Value, arrays: usize, sc: &mut Scratch) {
+        let n = &self.paths[node];
+        match v {
+            Value::Object(m) => {
+                if n.children.len() <= m.len() {
+                    for (k, &c) in &n.children {
+                        if let Some(cv) = m.get(k) {
+                            self.walk(c as usize, cv, arrays, sc);
+                        }
+                    }
+                } else {
+                    for (k, cv) in m {
+                        if let Some(&c) = n.children.get(k) {
+                            self.walk(c as usize, cv, arrays, sc);
+                        }
+                    }
+                }
+            }
+            Value::Array(items) => {
+                if arrays >= MAX_EVENT_ARRAY_DEPTH {
+                    return;
+                }
+                sc.crossed_array = true;
+                for it in items {
+                    self.walk(node, it, arrays + 1, sc);
+                }
+            }
+            scalar => {
+                if n.field != NONE {
+                    self.hit(n.field as usize, scalar, sc);
+                }
+            }
+        }
+    }
+
+    fn hit(&self, field: usize, v: &Value, sc: &mut Scratch) {
+        let gen = sc.gen;
+        sc.field_gen[field] = gen;
+        let mut folded = std::mem::take(&mut sc.folded);
+        let preds = &self.preds;
+        self.fields[field].lookup(v, &mut folded, &mut |pid, verify| {
+            let Some(Some(p)) = preds.get(pid as usize) else {
+                return;
+            };
+            if verify && !p.pred.matches(v) {
+                return;
+            }
+            let c = p.conj as usize;
+            if sc.conj_gen[c] != gen {
+                sc.conj_gen[c] = gen;
+                sc.conj_mask[c] = 0;
+                sc.touched.push(p.conj);
+            }
+            sc.conj_mask[c] |= 1u64 << p.bit;
+        });
+        sc.folded = folded;
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn matcher_and_pattern_are_send_sync() {
+    fn f<T: Send + Sync>() {}
+    f::<Matcher>();
+    f::<Pattern>();
+}
