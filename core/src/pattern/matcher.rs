@@ -15,7 +15,9 @@
 //! patterns made only of `exists: false`, which are candidates for every event).
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 
 use cloudevents::Event;
 use serde_json::{Map, Value};
@@ -25,25 +27,51 @@ use super::{EventRoot, Leaf, Pattern, Root, MAX_EVENT_ARRAY_DEPTH};
 
 const NONE: u32 = u32::MAX;
 
-/// A byte trie; nodes hold predicate ids whose key ends there.
-#[derive(Debug, Clone, Default)]
-struct Trie {
-    nodes: Vec<TrieNode>,
+/// One indexed predicate as stored in the index: where a hit goes, and whether the value
+/// must still be checked against the predicate (wildcards, numeric ranges, anything-but).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hit {
+    pid: u32,
+    conj: u32,
+    bit: u8,
+    verify: bool,
 }
+
+type Hits = Vec<Hit>;
+
+fn remove_hit(v: &mut Hits, pid: u32) {
+    if let Some(i) = v.iter().position(|h| h.pid == pid) {
+        v.swap_remove(i);
+    }
+}
+
+/// Prefixes (or reversed suffixes) of one field: a byte trie, plus, while there are few
+/// distinct key lengths, one hash map per length so that a lookup is one probe per length
+/// instead of one pointer chase per byte.
+#[derive(Debug, Clone, Default)]
+struct Affixes {
+    nodes: Vec<TrieNode>,
+    by_len: HashMap<Vec<u8>, Hits>,
+    /// Key length -> number of predicates with that length.
+    lens: BTreeMap<usize, usize>,
+}
+
+/// Above this many distinct lengths the trie is walked instead of the per-length probes.
+const MAX_PROBE_LENGTHS: usize = 12;
 
 #[derive(Debug, Clone, Default)]
 struct TrieNode {
     children: Vec<(u8, u32)>,
-    ids: Vec<u32>,
+    hits: Hits,
 }
 
-impl Trie {
-    fn node_for(&mut self, key: impl Iterator<Item = u8>) -> usize {
+impl Affixes {
+    fn node_for(&mut self, key: &[u8]) -> usize {
         if self.nodes.is_empty() {
             self.nodes.push(TrieNode::default());
         }
         let mut n = 0usize;
-        for b in key {
+        for &b in key {
             let pos = self.nodes[n].children.binary_search_by_key(&b, |c| c.0);
             n = match pos {
                 Ok(i) => self.nodes[n].children[i].1 as usize,
@@ -58,12 +86,26 @@ impl Trie {
         n
     }
 
-    fn insert(&mut self, key: impl Iterator<Item = u8>, id: u32) {
-        let n = self.node_for(key);
-        self.nodes[n].ids.push(id);
+    fn insert(&mut self, key: Vec<u8>, hit: Hit) {
+        let n = self.node_for(&key);
+        self.nodes[n].hits.push(hit);
+        *self.lens.entry(key.len()).or_default() += 1;
+        self.by_len.entry(key).or_default().push(hit);
     }
 
-    fn remove(&mut self, key: impl Iterator<Item = u8>, id: u32) {
+    fn remove(&mut self, key: Vec<u8>, pid: u32) {
+        if let Some(v) = self.by_len.get_mut(&key) {
+            remove_hit(v, pid);
+            if v.is_empty() {
+                self.by_len.remove(&key);
+            }
+        }
+        if let Some(c) = self.lens.get_mut(&key.len()) {
+            *c -= 1;
+            if *c == 0 {
+                self.lens.remove(&key.len());
+            }
+        }
         if self.nodes.is_empty() {
             return;
         }
@@ -74,21 +116,36 @@ impl Trie {
                 Err(_) => return,
             }
         }
-        self.nodes[n].ids.retain(|x| *x != id);
+        remove_hit(&mut self.nodes[n].hits, pid);
     }
 
-    /// Calls `f` with the ids of every key that is a prefix of `s`.
-    fn walk(&self, s: impl Iterator<Item = u8>, mut f: impl FnMut(u32)) {
+    /// Calls `f` with every hit whose key is a prefix of `s` (`s` already reversed for
+    /// suffixes).
+    fn walk(&self, s: &[u8], f: &mut dyn FnMut(Hit)) {
+        if self.lens.is_empty() {
+            return;
+        }
+        if self.lens.len() <= MAX_PROBE_LENGTHS {
+            for &len in self.lens.keys() {
+                if len > s.len() {
+                    break;
+                }
+                if let Some(hits) = self.by_len.get(&s[..len]) {
+                    hits.iter().for_each(|&h| f(h));
+                }
+            }
+            return;
+        }
         let Some(root) = self.nodes.first() else {
             return;
         };
-        root.ids.iter().for_each(|&i| f(i));
+        root.hits.iter().for_each(|&h| f(h));
         let mut n = root;
-        for b in s {
+        for &b in s {
             match n.children.binary_search_by_key(&b, |c| c.0) {
                 Ok(i) => {
                     n = &self.nodes[n.children[i].1 as usize];
-                    n.ids.iter().for_each(|&i| f(i));
+                    n.hits.iter().for_each(|&h| f(h));
                 }
                 Err(_) => return,
             }
@@ -100,9 +157,24 @@ impl Trie {
             + self
                 .nodes
                 .iter()
-                .map(|n| n.children.capacity() * 8 + n.ids.capacity() * 4)
+                .map(|n| n.children.capacity() * 8 + n.hits.capacity() * 12)
+                .sum::<usize>()
+            + self
+                .by_len
+                .iter()
+                .map(|(k, v)| 56 + k.capacity() + v.capacity() * 12)
                 .sum::<usize>()
     }
+}
+
+fn remove_from(v: &mut Vec<u32>, id: u32) {
+    if let Some(i) = v.iter().position(|x| *x == id) {
+        v.swap_remove(i);
+    }
+}
+
+fn rev(s: &str) -> Vec<u8> {
+    s.bytes().rev().collect()
 }
 
 /// Order-preserving map of an f64 onto u64.
@@ -126,132 +198,135 @@ fn span_class(r: &Range) -> i32 {
 /// The index of one field path.
 #[derive(Debug, Clone, Default)]
 struct FieldIndex {
-    exact_str: HashMap<String, Vec<u32>>,
-    exact_num: HashMap<u64, Vec<u32>>,
-    exact_other: Vec<(Scalar, u32)>,
-    prefix: Trie,
-    suffix: Trie,
-    prefix_ic: Trie,
-    suffix_ic: Trie,
-    eq_ic: HashMap<String, Vec<u32>>,
+    exact_str: HashMap<String, Hits>,
+    exact_num: HashMap<u64, Hits>,
+    exact_other: Vec<(Scalar, Hit)>,
+    prefix: Affixes,
+    suffix: Affixes,
+    prefix_ic: Affixes,
+    suffix_ic: Affixes,
+    eq_ic: HashMap<String, Hits>,
     ic_count: usize,
     /// Predicates checked one by one: anything-but, exists, bare wildcards.
-    scan: Vec<u32>,
+    scan: Hits,
     /// `>`/`>=` only: key is the lower bound.
-    num_lo: BTreeMap<(u64, u32), ()>,
+    num_lo: BTreeMap<(u64, u32), Hit>,
     /// `<`/`<=` only: key is the upper bound.
-    num_hi: BTreeMap<(u64, u32), ()>,
+    num_hi: BTreeMap<(u64, u32), Hit>,
     /// Two-sided ranges by log2 of their width, keyed by lower bound.
-    num_two: BTreeMap<i32, BTreeMap<(u64, u32), ()>>,
-    cidr: HashMap<(bool, u8, u128), Vec<u32>>,
+    num_two: BTreeMap<i32, BTreeMap<(u64, u32), Hit>>,
+    cidr: HashMap<(bool, u8, u128), Hits>,
     cidr_lens: BTreeMap<(bool, u8), usize>,
 }
 
-fn remove_from(v: &mut Vec<u32>, id: u32) {
-    if let Some(i) = v.iter().position(|x| *x == id) {
-        v.swap_remove(i);
+fn bucket_remove<K: std::hash::Hash + Eq>(m: &mut HashMap<K, Hits>, k: &K, pid: u32) {
+    if let Some(v) = m.get_mut(k) {
+        remove_hit(v, pid);
+        if v.is_empty() {
+            m.remove(k);
+        }
     }
 }
 
 impl FieldIndex {
-    fn add(&mut self, id: u32, pred: &Pred) {
+    fn add(&mut self, h: Hit, pred: &Pred) {
+        let exact = Hit { verify: false, ..h };
+        let check = Hit { verify: true, ..h };
         match pred {
-            Pred::Exact(Scalar::Str(s)) => self.exact_str.entry(s.clone()).or_default().push(id),
-            Pred::Exact(Scalar::Num(x)) => self.exact_num.entry(ord(*x)).or_default().push(id),
-            Pred::Exact(s) => self.exact_other.push((s.clone(), id)),
-            Pred::Prefix(p) => self.prefix.insert(p.bytes(), id),
-            Pred::Suffix(p) => self.suffix.insert(p.bytes().rev(), id),
+            Pred::Exact(Scalar::Str(s)) => self.exact_str.entry(s.clone()).or_default().push(exact),
+            Pred::Exact(Scalar::Num(x)) => self.exact_num.entry(ord(*x)).or_default().push(exact),
+            Pred::Exact(s) => self.exact_other.push((s.clone(), exact)),
+            Pred::Prefix(p) => self.prefix.insert(p.as_bytes().to_vec(), exact),
+            Pred::Suffix(p) => self.suffix.insert(rev(p), exact),
             Pred::PrefixIc(p) => {
                 self.ic_count += 1;
-                self.prefix_ic.insert(p.bytes(), id)
+                self.prefix_ic.insert(p.as_bytes().to_vec(), exact)
             }
             Pred::SuffixIc(p) => {
                 self.ic_count += 1;
-                self.suffix_ic.insert(p.bytes().rev(), id)
+                self.suffix_ic.insert(rev(p), exact)
             }
             Pred::EqIc(p) => {
                 self.ic_count += 1;
-                self.eq_ic.entry(p.clone()).or_default().push(id)
+                self.eq_ic.entry(p.clone()).or_default().push(exact)
             }
             Pred::Wildcard(w) => {
                 if !w.literal_prefix().is_empty() {
-                    self.prefix.insert(w.literal_prefix().bytes(), id)
+                    self.prefix
+                        .insert(w.literal_prefix().as_bytes().to_vec(), check)
                 } else if !w.literal_suffix().is_empty() {
-                    self.suffix.insert(w.literal_suffix().bytes().rev(), id)
+                    self.suffix.insert(rev(w.literal_suffix()), check)
                 } else {
-                    self.scan.push(id)
+                    self.scan.push(check)
                 }
             }
-            Pred::AnythingBut(_) | Pred::Exists => self.scan.push(id),
+            Pred::Exists => self.scan.push(exact),
+            Pred::AnythingBut(_) => self.scan.push(check),
             Pred::Numeric(r) => {
                 if r.lo == r.hi {
-                    self.exact_num.entry(ord(r.lo)).or_default().push(id);
+                    self.exact_num.entry(ord(r.lo)).or_default().push(exact);
                 } else if r.hi == f64::INFINITY {
-                    self.num_lo.insert((ord(r.lo), id), ());
+                    self.num_lo.insert((ord(r.lo), h.pid), check);
                 } else if r.lo == f64::NEG_INFINITY {
-                    self.num_hi.insert((ord(r.hi), id), ());
+                    self.num_hi.insert((ord(r.hi), h.pid), check);
                 } else {
                     self.num_two
                         .entry(span_class(r))
                         .or_default()
-                        .insert((ord(r.lo), id), ());
+                        .insert((ord(r.lo), h.pid), check);
                 }
             }
             Pred::Cidr(c) => {
-                self.cidr.entry((c.v6, c.len, c.net)).or_default().push(id);
+                self.cidr
+                    .entry((c.v6, c.len, c.net))
+                    .or_default()
+                    .push(exact);
                 *self.cidr_lens.entry((c.v6, c.len)).or_default() += 1;
             }
         }
     }
 
-    fn remove(&mut self, id: u32, pred: &Pred) {
-        fn bucket<K: std::hash::Hash + Eq>(m: &mut HashMap<K, Vec<u32>>, k: &K, id: u32) {
-            if let Some(v) = m.get_mut(k) {
-                remove_from(v, id);
-                if v.is_empty() {
-                    m.remove(k);
-                }
-            }
-        }
+    fn remove(&mut self, pid: u32, pred: &Pred) {
         match pred {
-            Pred::Exact(Scalar::Str(s)) => bucket(&mut self.exact_str, s, id),
-            Pred::Exact(Scalar::Num(x)) => bucket(&mut self.exact_num, &ord(*x), id),
-            Pred::Exact(_) => self.exact_other.retain(|(_, i)| *i != id),
-            Pred::Prefix(p) => self.prefix.remove(p.bytes(), id),
-            Pred::Suffix(p) => self.suffix.remove(p.bytes().rev(), id),
+            Pred::Exact(Scalar::Str(s)) => bucket_remove(&mut self.exact_str, s, pid),
+            Pred::Exact(Scalar::Num(x)) => bucket_remove(&mut self.exact_num, &ord(*x), pid),
+            Pred::Exact(_) => self.exact_other.retain(|(_, h)| h.pid != pid),
+            Pred::Prefix(p) => self.prefix.remove(p.as_bytes().to_vec(), pid),
+            Pred::Suffix(p) => self.suffix.remove(rev(p), pid),
             Pred::PrefixIc(p) => {
                 self.ic_count -= 1;
-                self.prefix_ic.remove(p.bytes(), id)
+                self.prefix_ic.remove(p.as_bytes().to_vec(), pid)
             }
             Pred::SuffixIc(p) => {
                 self.ic_count -= 1;
-                self.suffix_ic.remove(p.bytes().rev(), id)
+                self.suffix_ic.remove(rev(p), pid)
             }
             Pred::EqIc(p) => {
                 self.ic_count -= 1;
-                bucket(&mut self.eq_ic, p, id)
+                bucket_remove(&mut self.eq_ic, p, pid)
             }
             Pred::Wildcard(w) => {
                 if !w.literal_prefix().is_empty() {
-                    self.prefix.remove(w.literal_prefix().bytes(), id)
+                    self.prefix
+                        .remove(w.literal_prefix().as_bytes().to_vec(), pid)
                 } else if !w.literal_suffix().is_empty() {
-                    self.suffix.remove(w.literal_suffix().bytes().rev(), id)
+                    self.suffix.remove(rev(w.literal_suffix()), pid)
                 } else {
-                    remove_from(&mut self.scan, id)
+                    remove_hit(&mut self.scan, pid)
                 }
             }
-            Pred::AnythingBut(_) | Pred::Exists => remove_from(&mut self.scan, id),
+            Pred::AnythingBut(_) | Pred::Exists => remove_hit(&mut self.scan, pid),
             Pred::Numeric(r) => {
                 if r.lo == r.hi {
-                    bucket(&mut self.exact_num, &ord(r.lo), id)
+                    bucket_remove(&mut self.exact_num, &ord(r.lo), pid)
                 } else if r.hi == f64::INFINITY {
-                    self.num_lo.remove(&(ord(r.lo), id));
+                    self.num_lo.remove(&(ord(r.lo), pid));
                 } else if r.lo == f64::NEG_INFINITY {
-                    self.num_hi.remove(&(ord(r.hi), id));
+                    self.num_hi.remove(&(ord(r.hi), pid));
                 } else {
                     let c = span_class(r);
                     if let Some(m) = self.num_two.get_mut(&c) {
-                        m.remove(&(ord(r.lo), id));
+                        m.remove(&(ord(r.lo), pid));
                         if m.is_empty() {
                             self.num_two.remove(&c);
                         }
@@ -259,7 +334,7 @@ impl FieldIndex {
                 }
             }
             Pred::Cidr(c) => {
-                bucket(&mut self.cidr, &(c.v6, c.len, c.net), id);
+                bucket_remove(&mut self.cidr, &(c.v6, c.len, c.net), pid);
                 if let Some(n) = self.cidr_lens.get_mut(&(c.v6, c.len)) {
                     *n -= 1;
                     if *n == 0 {
@@ -270,32 +345,38 @@ impl FieldIndex {
         }
     }
 
-    /// Calls `f(id, verify)` for candidate predicates hit by the scalar `v`; `verify` says
-    /// the candidate must still be checked with `Pred::matches`.
-    fn lookup(&self, v: &Value, folded: &mut String, f: &mut dyn FnMut(u32, bool)) {
+    /// Calls `f` for candidate hits of the scalar `v`; hits with `verify` must still be
+    /// checked with `Pred::matches`.
+    fn lookup(&self, v: &Value, folded: &mut String, rbuf: &mut Vec<u8>, f: &mut dyn FnMut(Hit)) {
         match v {
             Value::String(s) => {
-                if let Some(ids) = self.exact_str.get(s.as_str()) {
-                    ids.iter().for_each(|&i| f(i, false));
+                if let Some(hits) = self.exact_str.get(s.as_str()) {
+                    hits.iter().for_each(|&h| f(h));
                 }
-                // Wildcards share these tries and need a recheck; plain prefixes do not,
-                // but telling them apart costs the same as the recheck.
-                self.prefix.walk(s.bytes(), |i| f(i, true));
-                self.suffix.walk(s.bytes().rev(), |i| f(i, true));
+                self.prefix.walk(s.as_bytes(), f);
+                if !self.suffix.lens.is_empty() {
+                    rbuf.clear();
+                    rbuf.extend(s.bytes().rev());
+                    self.suffix.walk(rbuf, f);
+                }
                 if self.ic_count > 0 {
                     fold_into(s, folded);
-                    if let Some(ids) = self.eq_ic.get(folded.as_str()) {
-                        ids.iter().for_each(|&i| f(i, false));
+                    if let Some(hits) = self.eq_ic.get(folded.as_str()) {
+                        hits.iter().for_each(|&h| f(h));
                     }
-                    self.prefix_ic.walk(folded.bytes(), |i| f(i, false));
-                    self.suffix_ic.walk(folded.bytes().rev(), |i| f(i, false));
+                    self.prefix_ic.walk(folded.as_bytes(), f);
+                    if !self.suffix_ic.lens.is_empty() {
+                        rbuf.clear();
+                        rbuf.extend(folded.bytes().rev());
+                        self.suffix_ic.walk(rbuf, f);
+                    }
                 }
                 if !self.cidr_lens.is_empty() {
                     if let Some((v6, bits)) = ip_bits(s) {
                         for &(cv6, len) in self.cidr_lens.keys() {
                             if cv6 == v6 {
-                                if let Some(ids) = self.cidr.get(&(v6, len, mask(v6, bits, len))) {
-                                    ids.iter().for_each(|&i| f(i, false));
+                                if let Some(hits) = self.cidr.get(&(v6, len, mask(v6, bits, len))) {
+                                    hits.iter().for_each(|&h| f(h));
                                 }
                             }
                         }
@@ -306,14 +387,14 @@ impl FieldIndex {
                 if let Some(x) = n.as_f64() {
                     let x = if x == 0.0 { 0.0 } else { x };
                     let k = ord(x);
-                    if let Some(ids) = self.exact_num.get(&k) {
-                        ids.iter().for_each(|&i| f(i, false));
+                    if let Some(hits) = self.exact_num.get(&k) {
+                        hits.iter().for_each(|&h| f(h));
                     }
-                    for &(_, i) in self.num_lo.range(..=(k, u32::MAX)).map(|e| e.0) {
-                        f(i, true);
+                    for h in self.num_lo.range(..=(k, u32::MAX)).map(|e| e.1) {
+                        f(*h);
                     }
-                    for &(_, i) in self.num_hi.range((k, 0)..).map(|e| e.0) {
-                        f(i, true);
+                    for h in self.num_hi.range((k, 0)..).map(|e| e.1) {
+                        f(*h);
                     }
                     for (&class, m) in &self.num_two {
                         let start = if class == i32::MAX {
@@ -321,50 +402,46 @@ impl FieldIndex {
                         } else {
                             ord(x - 2f64.powi(class.saturating_add(1)))
                         };
-                        for &(_, i) in m.range((start, 0)..=(k, u32::MAX)).map(|e| e.0) {
-                            f(i, true);
+                        for h in m.range((start, 0)..=(k, u32::MAX)).map(|e| e.1) {
+                            f(*h);
                         }
                     }
                 }
             }
             _ => {
-                for (s, i) in &self.exact_other {
+                for (s, h) in &self.exact_other {
                     if s.matches_value(v) {
-                        f(*i, false);
+                        f(*h);
                     }
                 }
             }
         }
-        self.scan.iter().for_each(|&i| f(i, true));
+        self.scan.iter().for_each(|&h| f(h));
     }
 
     fn bytes(&self) -> usize {
-        let map = |n: usize| n * 48;
-        map(self.exact_str.len())
-            + self
-                .exact_str
-                .iter()
-                .map(|(k, v)| k.capacity() + v.capacity() * 4)
-                .sum::<usize>()
-            + map(self.exact_num.len())
+        let map = |n: usize| n * 56;
+        self.exact_str
+            .iter()
+            .map(|(k, v)| map(1) + k.capacity() + v.capacity() * 12)
+            .sum::<usize>()
             + self
                 .exact_num
                 .values()
-                .map(|v| v.capacity() * 4)
+                .map(|v| map(1) + v.capacity() * 12)
                 .sum::<usize>()
             + self.prefix.bytes()
             + self.suffix.bytes()
             + self.prefix_ic.bytes()
             + self.suffix_ic.bytes()
-            + map(self.eq_ic.len())
             + self
                 .eq_ic
                 .iter()
-                .map(|(k, v)| k.capacity() + v.capacity() * 4)
+                .map(|(k, v)| map(1) + k.capacity() + v.capacity() * 12)
                 .sum::<usize>()
-            + self.scan.capacity() * 4
-            + (self.num_lo.len() + self.num_hi.len()) * 24
-            + self.num_two.values().map(|m| m.len() * 24).sum::<usize>()
+            + self.scan.capacity() * 12
+            + (self.num_lo.len() + self.num_hi.len()) * 40
+            + self.num_two.values().map(|m| m.len() * 40).sum::<usize>()
             + map(self.cidr.len())
     }
 }
@@ -391,8 +468,6 @@ struct PathNode {
 
 #[derive(Debug, Clone)]
 struct PredEntry {
-    conj: u32,
-    bit: u8,
     field: u32,
     pred: Pred,
 }
@@ -459,6 +534,7 @@ struct Scratch {
     field_gen: Vec<u32>,
     slot_gen: Vec<u32>,
     folded: String,
+    rbuf: Vec<u8>,
     crossed_array: bool,
 }
 
@@ -506,7 +582,7 @@ impl Matcher {
             always: Vec::new(),
             slots: Vec::new(),
             free_slots: Vec::new(),
-            by_id: HashMap::new(),
+            by_id: HashMap::default(),
         }
     }
 
@@ -626,10 +702,14 @@ impl Matcher {
                             (self.preds.len() - 1) as u32
                         }
                     };
-                    self.fields[field as usize].add(pid, pred);
-                    self.preds[pid as usize] = Some(PredEntry {
+                    let hit = Hit {
+                        pid,
                         conj: cid,
                         bit,
+                        verify: false,
+                    };
+                    self.fields[field as usize].add(hit, pred);
+                    self.preds[pid as usize] = Some(PredEntry {
                         field,
                         pred: pred.clone(),
                     });
@@ -805,23 +885,25 @@ impl Matcher {
         let gen = sc.gen;
         sc.field_gen[field] = gen;
         let mut folded = std::mem::take(&mut sc.folded);
+        let mut rbuf = std::mem::take(&mut sc.rbuf);
         let preds = &self.preds;
-        self.fields[field].lookup(v, &mut folded, &mut |pid, verify| {
-            let Some(Some(p)) = preds.get(pid as usize) else {
-                return;
-            };
-            if verify && !p.pred.matches(v) {
-                return;
+        self.fields[field].lookup(v, &mut folded, &mut rbuf, &mut |h| {
+            if h.verify {
+                match preds.get(h.pid as usize) {
+                    Some(Some(p)) if p.pred.matches(v) => {}
+                    _ => return,
+                }
             }
-            let c = p.conj as usize;
+            let c = h.conj as usize;
             if sc.conj_gen[c] != gen {
                 sc.conj_gen[c] = gen;
                 sc.conj_mask[c] = 0;
-                sc.touched.push(p.conj);
+                sc.touched.push(h.conj);
             }
-            sc.conj_mask[c] |= 1u64 << p.bit;
+            sc.conj_mask[c] |= 1u64 << h.bit;
         });
         sc.folded = folded;
+        sc.rbuf = rbuf;
     }
 }
 

@@ -638,3 +638,40 @@ fn hostile_inputs_do_not_panic() {
     // Non-object events match nothing that needs a field.
     assert!(!p.matches_value(&json!([1, 2])));
 }
+
+#[test]
+fn many_prefix_lengths_use_the_trie_and_agree() {
+    // More distinct prefix/suffix lengths than the per-length probe handles.
+    let word = "abcdefghijklmnopqrstuvwxyz";
+    let mut mm = Matcher::new();
+    let mut pats = Vec::new();
+    for len in 1..=20usize {
+        for (k, op) in ["prefix", "suffix"].iter().enumerate() {
+            let lit = if *op == "prefix" {
+                &word[..len]
+            } else {
+                &word[word.len() - len..]
+            };
+            let p = Pattern::compile(&json!({"s": [{ *op: lit }]})).expect("compiles");
+            let id = (len * 2 + k) as u64;
+            mm.add(id, &p);
+            pats.push((id, p));
+        }
+    }
+    for s in [word, "abc", "xyz", "abcx", "qrstuvwxyz", ""] {
+        let e = json!({ "s": s });
+        let mut got = mm.matches_value(&e);
+        got.sort();
+        let want: Vec<u64> = pats
+            .iter()
+            .filter(|(_, p)| p.matches_value(&e))
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(got, want, "value {s}");
+    }
+    assert_eq!(mm.matches_value(&json!({ "s": word })).len(), 40);
+    for (id, _) in &pats {
+        assert!(mm.remove(*id));
+    }
+    assert!(mm.matches_value(&json!({ "s": word })).is_empty());
+}
