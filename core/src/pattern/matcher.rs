@@ -462,6 +462,8 @@ impl Scalar {
 struct PathNode {
     children: HashMap<String, u32>,
     field: u32,
+    parent: u32,
+    key: String,
     /// Number of leaves (in all conjunctions) at or below this node.
     refs: usize,
 }
@@ -475,17 +477,21 @@ struct PredEntry {
 #[derive(Debug, Clone, Default)]
 struct ConjEntry {
     slot: u32,
+    /// The pattern's id, and whether the pattern has only this conjunction (so it cannot
+    /// be reported twice).
+    id: u64,
+    single: bool,
     required: u64,
     /// (field, bit) of leaves that may also be satisfied by absence.
     optional: Vec<(u32, u8)>,
     preds: Vec<u32>,
-    fields: Vec<Vec<String>>,
+    /// Path nodes of the leaves, to release on removal.
+    nodes: Vec<u32>,
     live: bool,
 }
 
 #[derive(Debug, Clone)]
 struct Slot {
-    id: u64,
     pattern: Pattern,
     conjs: Vec<u32>,
 }
@@ -528,8 +534,8 @@ impl Default for Matcher {
 #[derive(Default)]
 struct Scratch {
     gen: u32,
-    conj_gen: Vec<u32>,
-    conj_mask: Vec<u64>,
+    /// Per conjunction: (generation, bits of satisfied leaves).
+    conj: Vec<(u32, u64)>,
     touched: Vec<u32>,
     field_gen: Vec<u32>,
     slot_gen: Vec<u32>,
@@ -542,14 +548,13 @@ impl Scratch {
     fn begin(&mut self, conjs: usize, fields: usize, slots: usize) {
         self.gen = self.gen.wrapping_add(1);
         if self.gen == 0 {
-            self.conj_gen.iter_mut().for_each(|g| *g = 0);
+            self.conj.iter_mut().for_each(|g| *g = (0, 0));
             self.field_gen.iter_mut().for_each(|g| *g = 0);
             self.slot_gen.iter_mut().for_each(|g| *g = 0);
             self.gen = 1;
         }
-        if self.conj_gen.len() < conjs {
-            self.conj_gen.resize(conjs, 0);
-            self.conj_mask.resize(conjs, 0);
+        if self.conj.len() < conjs {
+            self.conj.resize(conjs, (0, 0));
         }
         if self.field_gen.len() < fields {
             self.field_gen.resize(fields, 0);
@@ -616,7 +621,7 @@ impl Matcher {
         }
     }
 
-    fn field_for(&mut self, path: &[String]) -> u32 {
+    fn field_for(&mut self, path: &[String]) -> (u32, u32) {
         let mut n = 0usize;
         for k in path {
             self.paths[n].refs += 1;
@@ -626,6 +631,8 @@ impl Matcher {
                     let id = self.paths.len();
                     self.paths.push(PathNode {
                         field: NONE,
+                        parent: n as u32,
+                        key: k.clone(),
                         ..PathNode::default()
                     });
                     self.paths[n].children.insert(k.clone(), id as u32);
@@ -638,24 +645,24 @@ impl Matcher {
             self.paths[n].field = self.fields.len() as u32;
             self.fields.push(FieldIndex::default());
         }
-        self.paths[n].field
+        (self.paths[n].field, n as u32)
     }
 
-    fn release_path(&mut self, path: &[String]) {
-        let mut n = 0usize;
-        self.paths[0].refs = self.paths[0].refs.saturating_sub(1);
-        for k in path {
-            let Some(&c) = self.paths[n].children.get(k) else {
-                return;
-            };
-            let c = c as usize;
-            self.paths[c].refs = self.paths[c].refs.saturating_sub(1);
-            if self.paths[c].refs == 0 {
-                // Nothing below is referenced any more: stop walking into it.
-                self.paths[n].children.remove(k);
+    /// Drops one leaf reference from the node and its ancestors; a node nothing refers to
+    /// any more is unlinked from its parent so the walk no longer enters it.
+    fn release_node(&mut self, node: u32) {
+        let mut n = node as usize;
+        loop {
+            self.paths[n].refs = self.paths[n].refs.saturating_sub(1);
+            if n == 0 {
                 return;
             }
-            n = c;
+            let parent = self.paths[n].parent as usize;
+            if self.paths[n].refs == 0 {
+                let key = std::mem::take(&mut self.paths[n].key);
+                self.paths[parent].children.remove(&key);
+            }
+            n = parent;
         }
     }
 
@@ -681,13 +688,15 @@ impl Matcher {
             };
             let mut entry = ConjEntry {
                 slot,
+                id,
+                single: pattern.conjs().len() == 1,
                 live: true,
                 ..ConjEntry::default()
             };
             for (bit, (path, leaf)) in conj.leaves.iter().enumerate() {
                 let bit = bit as u8;
-                let field = self.field_for(path);
-                entry.fields.push(path.clone());
+                let (field, node) = self.field_for(path);
+                entry.nodes.push(node);
                 let Leaf { preds, absent_ok } = leaf;
                 if *absent_ok {
                     entry.optional.push((field, bit));
@@ -723,7 +732,6 @@ impl Matcher {
             conj_ids.push(cid);
         }
         self.slots[slot as usize] = Some(Slot {
-            id,
             pattern: pattern.clone(),
             conjs: conj_ids,
         });
@@ -747,8 +755,8 @@ impl Matcher {
                     self.free_preds.push(*pid);
                 }
             }
-            for path in &entry.fields {
-                self.release_path(path);
+            for node in &entry.nodes {
+                self.release_node(*node);
             }
             if entry.required == 0 {
                 remove_from(&mut self.always, cid);
@@ -808,30 +816,23 @@ impl Matcher {
         }
         let gen = sc.gen;
         let touched = std::mem::take(&mut sc.touched);
-        for &cid in touched.iter().chain(self.always.iter()) {
+        let always = self
+            .always
+            .iter()
+            .filter(|&&c| sc.conj[c as usize].0 != gen);
+        let candidates: Vec<u32> = if self.always.is_empty() {
+            Vec::new()
+        } else {
+            always.copied().collect()
+        };
+        for &cid in touched.iter().chain(candidates.iter()) {
             let c = &self.conjs[cid as usize];
-            let mask = if sc.conj_gen[cid as usize] == gen {
-                sc.conj_mask[cid as usize]
-            } else {
-                0
-            };
+            let (g, m) = sc.conj[cid as usize];
+            let mask = if g == gen { m } else { 0 };
             if mask & c.required != c.required {
                 continue;
             }
-            let slot = c.slot as usize;
-            // slot_gen[2s] = reported, slot_gen[2s+1] = confirmed not matching.
-            if sc.slot_gen[2 * slot] == gen || sc.slot_gen[2 * slot + 1] == gen {
-                continue;
-            }
-            let Some(s) = &self.slots[slot] else {
-                continue;
-            };
-            if sc.crossed_array {
-                if !s.pattern.eval_root(root) {
-                    sc.slot_gen[2 * slot + 1] = gen;
-                    continue;
-                }
-            } else {
+            if !sc.crossed_array {
                 let ok = c
                     .optional
                     .iter()
@@ -839,9 +840,27 @@ impl Matcher {
                 if !ok {
                     continue;
                 }
+                if c.single {
+                    out.push(c.id);
+                    continue;
+                }
+            }
+            let slot = c.slot as usize;
+            // slot_gen[2s] = reported, slot_gen[2s+1] = confirmed not matching.
+            if sc.slot_gen[2 * slot] == gen || sc.slot_gen[2 * slot + 1] == gen {
+                continue;
+            }
+            if sc.crossed_array {
+                let Some(s) = &self.slots[slot] else {
+                    continue;
+                };
+                if !s.pattern.eval_root(root) {
+                    sc.slot_gen[2 * slot + 1] = gen;
+                    continue;
+                }
             }
             sc.slot_gen[2 * slot] = gen;
-            out.push(s.id);
+            out.push(c.id);
         }
         sc.touched = touched;
     }
@@ -894,13 +913,12 @@ impl Matcher {
                     _ => return,
                 }
             }
-            let c = h.conj as usize;
-            if sc.conj_gen[c] != gen {
-                sc.conj_gen[c] = gen;
-                sc.conj_mask[c] = 0;
+            let st = &mut sc.conj[h.conj as usize];
+            if st.0 != gen {
+                *st = (gen, 0);
                 sc.touched.push(h.conj);
             }
-            sc.conj_mask[c] |= 1u64 << h.bit;
+            st.1 |= 1u64 << h.bit;
         });
         sc.folded = folded;
         sc.rbuf = rbuf;

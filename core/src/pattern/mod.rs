@@ -17,6 +17,7 @@ mod matcher;
 mod ops;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use cloudevents::event::{Data, ExtensionValue};
 use cloudevents::{AttributesReader, Event};
@@ -93,6 +94,11 @@ pub(crate) struct Conj {
 /// A compiled pattern.
 #[derive(Debug, Clone)]
 pub struct Pattern {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     root: ObjPat,
     conjs: Vec<Conj>,
 }
@@ -116,28 +122,30 @@ impl Pattern {
                 ));
             }
         }
-        Ok(Pattern { root, conjs })
+        Ok(Pattern {
+            inner: Arc::new(Inner { root, conjs }),
+        })
     }
 
     /// Whether the event matches.
     pub fn matches(&self, event: &Event) -> bool {
-        self.root.eval_root(&EventRoot::new(event))
+        self.inner.root.eval_root(&EventRoot::new(event))
     }
 
     /// Whether the event, given as its [`event_view`] JSON object, matches.
     pub fn matches_value(&self, event: &Value) -> bool {
         match event {
-            Value::Object(m) => self.root.eval_root(m),
-            _ => self.root.eval_root(&Map::new()),
+            Value::Object(m) => self.inner.root.eval_root(m),
+            _ => self.inner.root.eval_root(&Map::new()),
         }
     }
 
     pub(crate) fn conjs(&self) -> &[Conj] {
-        &self.conjs
+        &self.inner.conjs
     }
 
     pub(crate) fn eval_root(&self, root: &dyn Root) -> bool {
-        self.root.eval_root(root)
+        self.inner.root.eval_root(root)
     }
 }
 
