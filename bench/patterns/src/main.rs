@@ -263,6 +263,12 @@ fn main() {
     println!("|---|---:|---:|---:|---:|---:|---:|---|---|");
     for fam in &families {
         for &count in &counts {
+            if fam == "anything-but" && count > 10_000 {
+                // Every event matches nearly every pattern: the run measures only output
+                // size, and quamina already fails at 10k (see the table).
+                println!("| {fam} | {count} | skipped | | | | | | |");
+                continue;
+            }
             let ps = patterns(fam, count);
             let t = Instant::now();
             let m = build_meshd(&ps);

@@ -471,7 +471,9 @@ struct PathNode {
 #[derive(Debug, Clone)]
 struct PredEntry {
     field: u32,
-    pred: Pred,
+    /// Kept only for predicates whose hits are re-checked (wildcards, numeric ranges,
+    /// anything-but); the others are found again from the pattern on removal.
+    check: Option<Pred>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -677,8 +679,9 @@ impl Matcher {
                 (self.slots.len() - 1) as u32
             }
         };
-        let mut conj_ids = Vec::with_capacity(pattern.conjs().len());
-        for conj in pattern.conjs() {
+        let conjs = pattern.conjs();
+        let mut conj_ids = Vec::with_capacity(conjs.len());
+        for conj in &conjs {
             let cid = match self.free_conjs.pop() {
                 Some(c) => c,
                 None => {
@@ -689,7 +692,7 @@ impl Matcher {
             let mut entry = ConjEntry {
                 slot,
                 id,
-                single: pattern.conjs().len() == 1,
+                single: pattern.conj_count() == 1,
                 live: true,
                 ..ConjEntry::default()
             };
@@ -718,10 +721,12 @@ impl Matcher {
                         verify: false,
                     };
                     self.fields[field as usize].add(hit, pred);
-                    self.preds[pid as usize] = Some(PredEntry {
-                        field,
-                        pred: pred.clone(),
-                    });
+                    let check = match pred {
+                        Pred::Wildcard(_) | Pred::AnythingBut(_) => Some(pred.clone()),
+                        Pred::Numeric(r) if r.lo != r.hi => Some(pred.clone()),
+                        _ => None,
+                    };
+                    self.preds[pid as usize] = Some(PredEntry { field, check });
                     entry.preds.push(pid);
                 }
             }
@@ -747,11 +752,14 @@ impl Matcher {
         let Some(s) = self.slots[slot as usize].take() else {
             return false;
         };
-        for cid in s.conjs {
+        let conjs = s.pattern.conjs();
+        for (cid, conj) in s.conjs.into_iter().zip(conjs.iter()) {
             let entry = std::mem::take(&mut self.conjs[cid as usize]);
-            for pid in &entry.preds {
+            // Predicate ids were handed out in the order of the expansion's leaves.
+            let preds = conj.leaves.iter().flat_map(|(_, l)| l.preds.iter());
+            for (pid, pred) in entry.preds.iter().zip(preds) {
                 if let Some(p) = self.preds[*pid as usize].take() {
-                    self.fields[p.field as usize].remove(*pid, &p.pred);
+                    self.fields[p.field as usize].remove(*pid, pred);
                     self.free_preds.push(*pid);
                 }
             }
@@ -909,7 +917,9 @@ impl Matcher {
         self.fields[field].lookup(v, &mut folded, &mut rbuf, &mut |h| {
             if h.verify {
                 match preds.get(h.pid as usize) {
-                    Some(Some(p)) if p.pred.matches(v) => {}
+                    Some(Some(PredEntry {
+                        check: Some(pred), ..
+                    })) if pred.matches(v) => {}
                     _ => return,
                 }
             }

@@ -100,7 +100,8 @@ pub struct Pattern {
 #[derive(Debug)]
 struct Inner {
     root: ObjPat,
-    conjs: Vec<Conj>,
+    /// Number of conjunctions `$or` expands to (checked at compile).
+    n_conjs: usize,
 }
 
 impl Pattern {
@@ -123,7 +124,10 @@ impl Pattern {
             }
         }
         Ok(Pattern {
-            inner: Arc::new(Inner { root, conjs }),
+            inner: Arc::new(Inner {
+                n_conjs: conjs.len(),
+                root,
+            }),
         })
     }
 
@@ -140,8 +144,14 @@ impl Pattern {
         }
     }
 
-    pub(crate) fn conjs(&self) -> &[Conj] {
-        &self.inner.conjs
+    /// The pattern's `$or` expansion (computed on demand; it was bounded at compile).
+    pub(crate) fn conjs(&self) -> Vec<Conj> {
+        expand(&self.inner.root, &[]).unwrap_or_default()
+    }
+
+    /// How many conjunctions [`Pattern::conjs`] yields.
+    pub(crate) fn conj_count(&self) -> usize {
+        self.inner.n_conjs
     }
 
     pub(crate) fn eval_root(&self, root: &dyn Root) -> bool {
