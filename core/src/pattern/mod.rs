@@ -187,32 +187,17 @@ fn compile_obj(obj: &Map<String, Value>, path: &str, depth: usize) -> Result<Obj
         }
         let p = join(path, k);
         if k == "$or" {
-            let Value::Array(branches) = v else {
-                return Err(PatternError::new(
-                    &p,
-                    "$or must be an array of pattern objects",
-                ));
-            };
-            if branches.len() < 2 {
-                return Err(PatternError::new(
-                    &p,
-                    "$or needs at least two pattern objects",
-                ));
+            if let Some(branches) = or_branches(v) {
+                if branches.len() > MAX_BRANCHES {
+                    return Err(PatternError::new(&p, "too many $or branches"));
+                }
+                for (i, bo) in branches.into_iter().enumerate() {
+                    out.or
+                        .push(compile_obj(bo, &format!("{p}[{i}]"), depth + 1)?);
+                }
+                continue;
             }
-            if branches.len() > MAX_BRANCHES {
-                return Err(PatternError::new(&p, "too many $or branches"));
-            }
-            for (i, b) in branches.iter().enumerate() {
-                let bp = format!("{p}[{i}]");
-                let Value::Object(bo) = b else {
-                    return Err(PatternError::new(
-                        &bp,
-                        "each $or branch must be a pattern object",
-                    ));
-                };
-                out.or.push(compile_obj(bo, &bp, depth + 1)?);
-            }
-            continue;
+            // Not an `$or` by event-ruler's rules: an ordinary field named "$or".
         }
         match v {
             Value::Object(m) => out
@@ -230,6 +215,36 @@ fn compile_obj(obj: &Map<String, Value>, path: &str, depth: usize) -> Result<Obj
         }
     }
     Ok(out)
+}
+
+/// Operator names; an object using one as a key is an operator, not a sub-pattern.
+const OPERATORS: [&str; 8] = [
+    "prefix",
+    "suffix",
+    "equals-ignore-case",
+    "wildcard",
+    "anything-but",
+    "numeric",
+    "exists",
+    "cidr",
+];
+
+/// Event-ruler reads `"$or"` as OR only when its value is an array of at least two objects
+/// none of which uses an operator name as a key; otherwise `$or` is a plain field name.
+fn or_branches(v: &Value) -> Option<Vec<&Map<String, Value>>> {
+    let Value::Array(items) = v else {
+        return None;
+    };
+    if items.len() < 2 {
+        return None;
+    }
+    items
+        .iter()
+        .map(|it| match it {
+            Value::Object(m) if !m.keys().any(|k| OPERATORS.contains(&k.as_str())) => Some(m),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Expands `$or` into a list of conjunctions with absolute paths.

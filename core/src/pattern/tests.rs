@@ -368,10 +368,25 @@ fn or_nested_with_and() {
     assert!(m(p.clone(), json!({"source": "s", "c": {"e": "yes"}})));
     assert!(m(p.clone(), json!({"source": "s", "c": {"d": "x"}})));
     assert!(!m(p, json!({"source": "s", "c": {"d": "y"}})));
-    assert!(bad(json!({"$or": [{"a": ["1"]}]}))
-        .message
-        .contains("at least two"));
-    assert!(bad(json!({"$or": [{"a": ["1"]}, 3]})).path == "$or[1]");
+    // Not an OR by event-ruler's rules: "$or" is then an ordinary field name.
+    assert!(m(
+        json!({"$or": [{"numeric": [">", 0]}, {"prefix": "a"}]}),
+        json!({"$or": 5})
+    ));
+    assert!(m(
+        json!({"$or": [{"numeric": [">", 0]}, {"prefix": "a"}]}),
+        json!({"$or": "ab"})
+    ));
+    assert!(!m(
+        json!({"$or": [{"numeric": [">", 0]}, {"prefix": "a"}]}),
+        json!({"a": "ab"})
+    ));
+    assert!(m(json!({"$or": {"x": ["1"]}}), json!({"$or": {"x": "1"}})));
+    assert_eq!(bad(json!({"$or": [{"a": ["1"]}]})).path, "$or[0].a");
+    assert_eq!(
+        bad(json!({"$or": [{"a": ["1"]}, {"b": "x"}]})).path,
+        "$or[1].b"
+    );
 }
 
 #[test]
