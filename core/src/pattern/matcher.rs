@@ -22,7 +22,7 @@ use foldhash::HashMap;
 use cloudevents::Event;
 use serde_json::{Map, Value};
 
-use super::ops::{fold_into, ip_bits, mask, Pred, Range, Scalar};
+use super::ops::{fold_into, ip_bits, mask, Excl, Pred, Range, Scalar};
 use super::{EventRoot, Leaf, Pattern, Root, MAX_EVENT_ARRAY_DEPTH};
 
 const NONE: u32 = u32::MAX;
@@ -207,8 +207,14 @@ struct FieldIndex {
     suffix_ic: Affixes,
     eq_ic: HashMap<String, Hits>,
     ic_count: usize,
-    /// Predicates checked one by one: anything-but, exists, bare wildcards.
+    /// Predicates checked one by one: anything-but (other than value lists), exists, bare
+    /// wildcards.
     scan: Hits,
+    /// `anything-but` value lists: every value matches all of these except the predicates
+    /// listed for it in `ab_str` / `ab_num`.
+    ab_vals: Hits,
+    ab_str: HashMap<String, Vec<u32>>,
+    ab_num: HashMap<u64, Vec<u32>>,
     /// `>`/`>=` only: key is the lower bound.
     num_lo: BTreeMap<(u64, u32), Hit>,
     /// `<`/`<=` only: key is the upper bound.
@@ -217,6 +223,15 @@ struct FieldIndex {
     num_two: BTreeMap<i32, BTreeMap<(u64, u32), Hit>>,
     cidr: HashMap<(bool, u8, u128), Hits>,
     cidr_lens: BTreeMap<(bool, u8), usize>,
+}
+
+fn pid_remove<K: std::hash::Hash + Eq>(m: &mut HashMap<K, Vec<u32>>, k: &K, pid: u32) {
+    if let Some(v) = m.get_mut(k) {
+        remove_from(v, pid);
+        if v.is_empty() {
+            m.remove(k);
+        }
+    }
 }
 
 fn bucket_remove<K: std::hash::Hash + Eq>(m: &mut HashMap<K, Hits>, k: &K, pid: u32) {
@@ -261,6 +276,16 @@ impl FieldIndex {
                 }
             }
             Pred::Exists => self.scan.push(exact),
+            Pred::AnythingBut(Excl::Values(vals)) => {
+                self.ab_vals.push(exact);
+                for v in vals {
+                    match v {
+                        Scalar::Str(s) => self.ab_str.entry(s.clone()).or_default().push(h.pid),
+                        Scalar::Num(x) => self.ab_num.entry(ord(*x)).or_default().push(h.pid),
+                        Scalar::Bool(_) | Scalar::Null => {}
+                    }
+                }
+            }
             Pred::AnythingBut(_) => self.scan.push(check),
             Pred::Numeric(r) => {
                 if r.lo == r.hi {
@@ -313,6 +338,16 @@ impl FieldIndex {
                     self.suffix.remove(rev(w.literal_suffix()), pid)
                 } else {
                     remove_hit(&mut self.scan, pid)
+                }
+            }
+            Pred::AnythingBut(Excl::Values(vals)) => {
+                remove_hit(&mut self.ab_vals, pid);
+                for v in vals {
+                    match v {
+                        Scalar::Str(s) => pid_remove(&mut self.ab_str, s, pid),
+                        Scalar::Num(x) => pid_remove(&mut self.ab_num, &ord(*x), pid),
+                        Scalar::Bool(_) | Scalar::Null => {}
+                    }
                 }
             }
             Pred::AnythingBut(_) | Pred::Exists => remove_hit(&mut self.scan, pid),
@@ -417,6 +452,36 @@ impl FieldIndex {
             }
         }
         self.scan.iter().for_each(|&h| f(h));
+        if !self.ab_vals.is_empty() {
+            let excluded: &[u32] = match v {
+                Value::String(s) => self
+                    .ab_str
+                    .get(s.as_str())
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]),
+                Value::Number(n) => n
+                    .as_f64()
+                    .map(|x| if x == 0.0 { 0.0 } else { x })
+                    .and_then(|x| self.ab_num.get(&ord(x)))
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]),
+                _ => &[],
+            };
+            if excluded.is_empty() {
+                self.ab_vals.iter().for_each(|&h| f(h));
+            } else if excluded.len() <= 16 {
+                self.ab_vals
+                    .iter()
+                    .filter(|h| !excluded.contains(&h.pid))
+                    .for_each(|&h| f(h));
+            } else {
+                let set: foldhash::HashSet<u32> = excluded.iter().copied().collect();
+                self.ab_vals
+                    .iter()
+                    .filter(|h| !set.contains(&h.pid))
+                    .for_each(|&h| f(h));
+            }
+        }
     }
 
     fn bytes(&self) -> usize {
@@ -440,6 +505,17 @@ impl FieldIndex {
                 .map(|(k, v)| map(1) + k.capacity() + v.capacity() * 12)
                 .sum::<usize>()
             + self.scan.capacity() * 12
+            + self.ab_vals.capacity() * 12
+            + self
+                .ab_str
+                .iter()
+                .map(|(k, v)| map(1) + k.capacity() + v.capacity() * 4)
+                .sum::<usize>()
+            + self
+                .ab_num
+                .values()
+                .map(|v| map(1) + v.capacity() * 4)
+                .sum::<usize>()
             + (self.num_lo.len() + self.num_hi.len()) * 40
             + self.num_two.values().map(|m| m.len() * 40).sum::<usize>()
             + map(self.cidr.len())
@@ -722,6 +798,7 @@ impl Matcher {
                     };
                     self.fields[field as usize].add(hit, pred);
                     let check = match pred {
+                        Pred::AnythingBut(Excl::Values(_)) => None,
                         Pred::Wildcard(_) | Pred::AnythingBut(_) => Some(pred.clone()),
                         Pred::Numeric(r) if r.lo != r.hi => Some(pred.clone()),
                         _ => None,

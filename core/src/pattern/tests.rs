@@ -516,7 +516,11 @@ fn random_leaf(r: &mut Rng) -> Value {
         2 => json!([{"suffix": w}]),
         3 => json!([{"equals-ignore-case": w}]),
         4 => json!([{"wildcard": format!("{w}*")}]),
-        5 => json!([{"anything-but": w}]),
+        5 => match r.next() % 3 {
+            0 => json!([{"anything-but": w}]),
+            1 => json!([{"anything-but": [w, *r.pick(&words)]}]),
+            _ => json!([{"anything-but": [(r.next() % 10) as i64, 3]}]),
+        },
         6 => json!([{"numeric": [">", (r.next() % 5) as i64, "<=", 5 + (r.next() % 5) as i64]}]),
         7 => json!([{"exists": r.next() % 2 == 0}]),
         8 => json!([(r.next() % 10) as i64]),
@@ -689,4 +693,26 @@ fn many_prefix_lengths_use_the_trie_and_agree() {
         assert!(mm.remove(*id));
     }
     assert!(mm.matches_value(&json!({ "s": word })).is_empty());
+}
+
+#[test]
+fn anything_but_index_with_many_exclusions() {
+    let mut mm = Matcher::new();
+    for id in 0..40u64 {
+        let v = if id < 30 { "x" } else { "y" };
+        mm.add(
+            id,
+            &Pattern::compile(&json!({"s": [{"anything-but": [v, "z"]}]})).expect("compiles"),
+        );
+    }
+    let mut got = mm.matches_value(&json!({"s": "x"}));
+    got.sort();
+    assert_eq!(got, (30..40).collect::<Vec<u64>>());
+    assert!(mm.matches_value(&json!({"s": "z"})).is_empty());
+    assert_eq!(mm.matches_value(&json!({"s": "w"})).len(), 40);
+    assert_eq!(mm.matches_value(&json!({"s": 1})).len(), 40);
+    for id in 0..40u64 {
+        mm.remove(id);
+    }
+    assert!(mm.matches_value(&json!({"s": "w"})).is_empty());
 }
