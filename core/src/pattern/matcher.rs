@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use foldhash::HashMap;
 
 use cloudevents::Event;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::ops::{fold_into, ip_bits, mask, Excl, Pred, Range, Scalar};
@@ -649,6 +650,126 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut sc) => f(&mut sc),
+        // Re-entered from inside a match on this thread: use a fresh table.
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+/// Streams one JSON value at a path node: descends into named keys, skips the rest.
+struct NodeSeed<'a> {
+    m: &'a Matcher,
+    node: usize,
+    arrays: usize,
+    sc: &'a mut Scratch,
+}
+
+impl NodeSeed<'_> {
+    fn scalar<E>(self, v: Value) -> Result<(), E> {
+        let field = self.m.paths[self.node].field;
+        if field != NONE {
+            self.m.hit(field as usize, &v, self.sc);
+        }
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// Looks a map key up among a path node's children without allocating.
+struct KeySeed<'a>(&'a PathNode);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<u32>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<u32>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<u32>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E: de::Error>(self, k: &str) -> Result<Option<u32>, E> {
+        Ok(self.0.children.get(k).copied())
+    }
+}
+
+impl<'de> Visitor<'de> for NodeSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let node = &self.m.paths[self.node];
+        while let Some(child) = map.next_key_seed(KeySeed(node))? {
+            match child {
+                Some(c) => map.next_value_seed(NodeSeed {
+                    m: self.m,
+                    node: c as usize,
+                    arrays: self.arrays,
+                    sc: &mut *self.sc,
+                })?,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        // The event itself must be an object (as in `matches_value`); too deep arrays are
+        // not looked into.
+        if self.node == 0 || self.arrays >= MAX_EVENT_ARRAY_DEPTH {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            return Ok(());
+        }
+        self.sc.crossed_array = true;
+        while seq
+            .next_element_seed(NodeSeed {
+                m: self.m,
+                node: self.node,
+                arrays: self.arrays + 1,
+                sc: &mut *self.sc,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        if self.m.paths[self.node].field == NONE {
+            return Ok(());
+        }
+        self.scalar(Value::String(v.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
+        self.scalar(Value::String(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.scalar(Value::from(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.scalar(Value::from(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.scalar(Value::from(v))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.scalar(Value::Bool(v))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.scalar(Value::Null)
+    }
+}
+
 impl Matcher {
     /// An empty matcher.
     pub fn new() -> Self {
@@ -880,25 +1001,54 @@ impl Matcher {
         if self.by_id.is_empty() {
             return;
         }
-        SCRATCH.with(|cell| {
-            let Ok(mut sc) = cell.try_borrow_mut() else {
-                // Re-entered from inside a match on this thread: use a fresh table.
-                let mut sc = Scratch::default();
-                self.run(root, &mut sc, out);
-                return;
-            };
-            self.run(root, &mut sc, out);
-        });
+        let run = |sc: &mut Scratch, out: &mut Vec<u64>| {
+            sc.begin(self.conjs.len(), self.fields.len(), self.slots.len());
+            let top = &self.paths[0];
+            for (k, &child) in &top.children {
+                if let Some(v) = root.get(k) {
+                    self.walk(child as usize, &v, 0, sc);
+                }
+            }
+            self.finish(sc, out, &mut |p: &Pattern| p.eval_root(root));
+        };
+        with_scratch(|sc| run(sc, out));
     }
 
-    fn run(&self, root: &dyn Root, sc: &mut Scratch, out: &mut Vec<u64>) {
-        sc.begin(self.conjs.len(), self.fields.len(), self.slots.len());
-        let top = &self.paths[0];
-        for (k, &child) in &top.children {
-            if let Some(v) = root.get(k) {
-                self.walk(child as usize, &v, 0, sc);
-            }
+    /// Ids of the patterns the event, given as the JSON text of its `event_view`, matches.
+    /// Parses only the fields some pattern names (the rest is skipped without building
+    /// values); the whole event is parsed only to confirm candidates when a named field
+    /// crossed an array.
+    pub fn matches_json(&self, event: &[u8]) -> Result<Vec<u64>, serde_json::Error> {
+        let mut out = Vec::new();
+        if self.by_id.is_empty() {
+            return Ok(out);
         }
+        with_scratch(|sc| {
+            sc.begin(self.conjs.len(), self.fields.len(), self.slots.len());
+            let mut de = serde_json::Deserializer::from_slice(event);
+            NodeSeed {
+                m: self,
+                node: 0,
+                arrays: 0,
+                sc: &mut *sc,
+            }
+            .deserialize(&mut de)?;
+            de.end()?;
+            let mut parsed: Option<Option<Value>> = None;
+            self.finish(sc, &mut out, &mut |p: &Pattern| {
+                let v = parsed.get_or_insert_with(|| serde_json::from_slice::<Value>(event).ok());
+                v.as_ref().is_some_and(|v| p.matches_value(v))
+            });
+            Ok(out)
+        })
+    }
+
+    fn finish(
+        &self,
+        sc: &mut Scratch,
+        out: &mut Vec<u64>,
+        verify: &mut dyn FnMut(&Pattern) -> bool,
+    ) {
         let gen = sc.gen;
         let touched = std::mem::take(&mut sc.touched);
         let always = self
@@ -939,7 +1089,7 @@ impl Matcher {
                 let Some(s) = &self.slots[slot] else {
                     continue;
                 };
-                if !s.pattern.eval_root(root) {
+                if !verify(&s.pattern) {
                     sc.slot_gen[2 * slot + 1] = gen;
                     continue;
                 }

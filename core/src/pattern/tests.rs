@@ -11,6 +11,14 @@ fn m(p: Value, e: Value) -> bool {
     mm.add(7, &pat);
     let multi = mm.matches_value(&e) == vec![7];
     assert_eq!(single, multi, "Pattern and Matcher disagree on {p} / {e}");
+    let streamed = mm
+        .matches_json(e.to_string().as_bytes())
+        .expect("valid JSON")
+        == vec![7];
+    assert_eq!(
+        single, streamed,
+        "Pattern and Matcher::matches_json disagree on {p} / {e}"
+    );
     single
 }
 
@@ -594,6 +602,7 @@ fn matcher_agrees_with_pattern_on_random_data() {
         live.push((id, p));
     }
     let mut checks = 0;
+    let mut total = 0;
     for round in 0..4 {
         for _ in 0..500 {
             let e = random_event(&mut r, 0);
@@ -605,7 +614,11 @@ fn matcher_agrees_with_pattern_on_random_data() {
                 .map(|(i, _)| *i)
                 .collect();
             assert_eq!(got, want, "round {round}, event {e}");
+            let mut streamed = mm.matches_json(e.to_string().as_bytes()).expect("valid JSON");
+            streamed.sort();
+            assert_eq!(streamed, want, "matches_json, round {round}, event {e}");
             checks += 1;
+            total += want.len();
         }
         // Remove a third, add new ones.
         let mut keep = Vec::new();
@@ -626,6 +639,9 @@ fn matcher_agrees_with_pattern_on_random_data() {
         }
     }
     assert_eq!(checks, 2000);
+    eprintln!("random: {total} matches over {checks} events");
+    // The data must exercise matching, not just agree on "nothing matches".
+    assert!(total > 2000, "only {total} matches");
     assert_eq!(mm.len(), live.len());
 }
 
@@ -715,4 +731,29 @@ fn anything_but_index_with_many_exclusions() {
         mm.remove(id);
     }
     assert!(mm.matches_value(&json!({"s": "w"})).is_empty());
+}
+
+#[test]
+fn matches_json_streams_and_rejects_bad_json() {
+    let mut mm = Matcher::new();
+    mm.add(
+        1,
+        &Pattern::compile(&json!({"a": {"b": ["x"]}})).expect("compiles"),
+    );
+    assert_eq!(
+        mm.matches_json(br#"{"z": [1, {"q": 2}], "a": {"b": "x"}}"#)
+            .expect("valid"),
+        vec![1]
+    );
+    assert_eq!(
+        mm.matches_json(br#"{"a": {"b": "\u0078"}}"#)
+            .expect("valid"),
+        vec![1]
+    );
+    assert!(mm
+        .matches_json(br#"[{"a": {"b": "x"}}]"#)
+        .expect("valid")
+        .is_empty());
+    assert!(mm.matches_json(br#"{"a": {"b": "x"}"#).is_err());
+    assert!(mm.matches_json(br#"{"a": {"b": "x"}} trailing"#).is_err());
 }
