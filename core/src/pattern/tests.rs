@@ -614,7 +614,9 @@ fn matcher_agrees_with_pattern_on_random_data() {
                 .map(|(i, _)| *i)
                 .collect();
             assert_eq!(got, want, "round {round}, event {e}");
-            let mut streamed = mm.matches_json(e.to_string().as_bytes()).expect("valid JSON");
+            let mut streamed = mm
+                .matches_json(e.to_string().as_bytes())
+                .expect("valid JSON");
             streamed.sort();
             assert_eq!(streamed, want, "matches_json, round {round}, event {e}");
             checks += 1;
