@@ -20,10 +20,10 @@ use std::collections::BTreeMap;
 use foldhash::HashMap;
 
 use cloudevents::Event;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::ops::{fold_into, ip_bits, mask, Excl, Pred, Range, Scalar};
+use super::scan::{Scanner, Sink};
 use super::{EventRoot, Leaf, Pattern, Root, MAX_EVENT_ARRAY_DEPTH};
 
 const NONE: u32 = u32::MAX;
@@ -658,115 +658,30 @@ fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     })
 }
 
-/// Streams one JSON value at a path node: descends into named keys, skips the rest.
-struct NodeSeed<'a> {
+/// Feeds the scanner's findings into the scratch table.
+struct ScanSink<'a> {
     m: &'a Matcher,
-    node: usize,
-    arrays: usize,
     sc: &'a mut Scratch,
 }
 
-impl NodeSeed<'_> {
-    fn scalar<E>(self, v: Value) -> Result<(), E> {
-        let field = self.m.paths[self.node].field;
+impl Sink for ScanSink<'_> {
+    fn child(&self, node: usize, key: &str) -> Option<usize> {
+        self.m.paths[node].children.get(key).map(|&c| c as usize)
+    }
+    fn is_field(&self, node: usize) -> bool {
+        self.m.paths[node].field != NONE
+    }
+    fn has_children(&self, node: usize) -> bool {
+        !self.m.paths[node].children.is_empty()
+    }
+    fn scalar(&mut self, node: usize, v: &Value) {
+        let field = self.m.paths[node].field;
         if field != NONE {
-            self.m.hit(field as usize, &v, self.sc);
+            self.m.hit(field as usize, v, self.sc);
         }
-        Ok(())
     }
-}
-
-impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-/// Looks a map key up among a path node's children without allocating.
-struct KeySeed<'a>(&'a PathNode);
-
-impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
-    type Value = Option<u32>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<u32>, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeySeed<'_> {
-    type Value = Option<u32>;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an object key")
-    }
-    fn visit_str<E: de::Error>(self, k: &str) -> Result<Option<u32>, E> {
-        Ok(self.0.children.get(k).copied())
-    }
-}
-
-impl<'de> Visitor<'de> for NodeSeed<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let node = &self.m.paths[self.node];
-        while let Some(child) = map.next_key_seed(KeySeed(node))? {
-            match child {
-                Some(c) => map.next_value_seed(NodeSeed {
-                    m: self.m,
-                    node: c as usize,
-                    arrays: self.arrays,
-                    sc: &mut *self.sc,
-                })?,
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        // The event itself must be an object (as in `matches_value`); too deep arrays are
-        // not looked into.
-        if self.node == 0 || self.arrays >= MAX_EVENT_ARRAY_DEPTH {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            return Ok(());
-        }
+    fn crossed_array(&mut self) {
         self.sc.crossed_array = true;
-        while seq
-            .next_element_seed(NodeSeed {
-                m: self.m,
-                node: self.node,
-                arrays: self.arrays + 1,
-                sc: &mut *self.sc,
-            })?
-            .is_some()
-        {}
-        Ok(())
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        if self.m.paths[self.node].field == NONE {
-            return Ok(());
-        }
-        self.scalar(Value::String(v.to_string()))
-    }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
-        self.scalar(Value::String(v))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.scalar(Value::from(v))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.scalar(Value::from(v))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.scalar(Value::from(v))
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.scalar(Value::Bool(v))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        self.scalar(Value::Null)
     }
 }
 
@@ -1015,9 +930,9 @@ impl Matcher {
     }
 
     /// Ids of the patterns the event, given as the JSON text of its `event_view`, matches.
-    /// Parses only the fields some pattern names (the rest is skipped without building
-    /// values); the whole event is parsed only to confirm candidates when a named field
-    /// crossed an array.
+    /// Decodes only the fields some pattern names and skips the rest by bracket counting
+    /// (skipped parts are not fully validated); the whole event is parsed only to confirm
+    /// candidates when a named field crossed an array.
     pub fn matches_json(&self, event: &[u8]) -> Result<Vec<u64>, serde_json::Error> {
         let mut out = Vec::new();
         if self.by_id.is_empty() {
@@ -1025,15 +940,13 @@ impl Matcher {
         }
         with_scratch(|sc| {
             sc.begin(self.conjs.len(), self.fields.len(), self.slots.len());
-            let mut de = serde_json::Deserializer::from_slice(event);
-            NodeSeed {
-                m: self,
-                node: 0,
-                arrays: 0,
-                sc: &mut *sc,
-            }
-            .deserialize(&mut de)?;
-            de.end()?;
+            Scanner::new(event, MAX_EVENT_ARRAY_DEPTH).event(
+                &mut ScanSink {
+                    m: self,
+                    sc: &mut *sc,
+                },
+                0,
+            )?;
             let mut parsed: Option<Option<Value>> = None;
             self.finish(sc, &mut out, &mut |p: &Pattern| {
                 let v = parsed.get_or_insert_with(|| serde_json::from_slice::<Value>(event).ok());

@@ -15,6 +15,7 @@
 
 mod matcher;
 mod ops;
+mod scan;
 
 use std::borrow::Cow;
 use std::sync::Arc;
