@@ -770,15 +770,37 @@ fn matches_json_streams_and_rejects_bad_json() {
         b"",
         b"   ",
     ] {
-        assert!(mm.matches_json(bad_json).is_err(), "{}", String::from_utf8_lossy(bad_json));
+        assert!(
+            mm.matches_json(bad_json).is_err(),
+            "{}",
+            String::from_utf8_lossy(bad_json)
+        );
     }
     // Deep nesting in a skipped part is refused, not recursed into.
-    let deep = format!(r#"{{"z": {}{}, "a": {{"b": "x"}}}}"#, "[".repeat(5000), "]".repeat(5000));
+    let deep = format!(
+        r#"{{"z": {}{}, "a": {{"b": "x"}}}}"#,
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
     assert!(mm.matches_json(deep.as_bytes()).is_err());
-    let ok = format!(r#"{{"z": {}{}, "a": {{"b": "x"}}}}"#, "[".repeat(100), "]".repeat(100));
+    let ok = format!(
+        r#"{{"z": {}{}, "a": {{"b": "x"}}}}"#,
+        "[".repeat(100),
+        "]".repeat(100)
+    );
     assert_eq!(mm.matches_json(ok.as_bytes()).expect("valid"), vec![1]);
     // Numbers and literals at a named field.
-    mm.add(2, &Pattern::compile(&json!({"n": [3e2], "t": [true], "z": [null]})).expect("compiles"));
-    assert_eq!(mm.matches_json(br#"{"n": 300.0, "t": true, "z": null}"#).expect("valid"), vec![2]);
-    assert!(mm.matches_json(br#"{"n": 301, "t": true, "z": null}"#).expect("valid").is_empty());
+    mm.add(
+        2,
+        &Pattern::compile(&json!({"n": [3e2], "t": [true], "z": [null]})).expect("compiles"),
+    );
+    assert_eq!(
+        mm.matches_json(br#"{"n": 300.0, "t": true, "z": null}"#)
+            .expect("valid"),
+        vec![2]
+    );
+    assert!(mm
+        .matches_json(br#"{"n": 301, "t": true, "z": null}"#)
+        .expect("valid")
+        .is_empty());
 }
