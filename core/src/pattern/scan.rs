@@ -90,6 +90,15 @@ impl<'a> Scanner<'a> {
         self.i += 1;
         let mut escaped = false;
         loop {
+            // Jump to the next byte that needs a look.
+            let rest = self.b.get(self.i..).unwrap_or(&[]);
+            match rest
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+            {
+                Some(n) => self.i += n,
+                None => return Err(err(start, "unterminated string")),
+            }
             match self.b.get(self.i) {
                 None => return Err(err(start, "unterminated string")),
                 Some(b'"') => {
@@ -243,22 +252,47 @@ impl<'a> Scanner<'a> {
     }
 
     /// Skips one value: strings by their quotes, containers by bracket counting (up to 128
-    /// levels, like serde_json's own limit).
+    /// levels, like serde_json's own limit). Inside a skipped container only brackets and
+    /// strings are checked.
     fn skip(&mut self) -> Result<(), ScanError> {
         self.ws();
+        let start = self.i;
+        match self.peek() {
+            Some(b'"') => self.string_end().map(|_| ()),
+            Some(b'{' | b'[') => self.skip_container(),
+            Some(c) if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'+' | b'.') => {
+                while let Some(c) = self.peek() {
+                    if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'+' | b'.') {
+                        self.i += 1;
+                    } else {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            None => Err(err(start, "unexpected end of input")),
+            Some(_) => Err(err(start, "expected a value")),
+        }
+    }
+
+    fn skip_container(&mut self) -> Result<(), ScanError> {
         let start = self.i;
         // Bit d of `braces` says whether open level d is an object.
         let mut braces: u128 = 0;
         let mut depth = 0usize;
-        loop {
-            match self.peek() {
-                None => return Err(err(start, "unexpected end of input")),
-                Some(b'"') => {
+        let b = self.b;
+        let mut i = self.i;
+        while i < b.len() {
+            match b[i] {
+                b'"' => {
+                    self.i = i;
                     self.string_end()?;
+                    i = self.i;
+                    continue;
                 }
-                Some(c @ (b'{' | b'[')) => {
+                c @ (b'{' | b'[') => {
                     if depth >= 128 {
-                        return Err(err(self.i, "nesting too deep"));
+                        return Err(err(i, "nesting too deep"));
                     }
                     if c == b'{' {
                         braces |= 1u128 << depth;
@@ -266,35 +300,24 @@ impl<'a> Scanner<'a> {
                         braces &= !(1u128 << depth);
                     }
                     depth += 1;
-                    self.i += 1;
                 }
-                Some(c @ (b'}' | b']')) => {
+                c @ (b'}' | b']') => {
                     if depth == 0 {
-                        return Err(err(self.i, "unbalanced brackets"));
+                        return Err(err(i, "unbalanced brackets"));
                     }
                     depth -= 1;
-                    let is_brace = braces & (1u128 << depth) != 0;
-                    if is_brace != (c == b'}') {
-                        return Err(err(self.i, "mismatched brackets"));
+                    if (braces & (1u128 << depth) != 0) != (c == b'}') {
+                        return Err(err(i, "mismatched brackets"));
                     }
-                    self.i += 1;
-                }
-                Some(b',' | b':' | b' ' | b'\n' | b'\r' | b'\t') if depth > 0 => self.i += 1,
-                Some(c) if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'+' | b'.') => {
-                    self.i += 1;
-                    while let Some(c) = self.peek() {
-                        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'+' | b'.') {
-                            self.i += 1;
-                        } else {
-                            break;
-                        }
+                    if depth == 0 {
+                        self.i = i + 1;
+                        return Ok(());
                     }
                 }
-                Some(_) => return Err(err(self.i, "unexpected character")),
+                _ => {}
             }
-            if depth == 0 {
-                return Ok(());
-            }
+            i += 1;
         }
+        Err(err(start, "unexpected end of input"))
     }
 }
