@@ -1,10 +1,11 @@
 //! EventBridge / event-ruler compatible JSON event patterns.
 //!
-//! Owns: parsing and validating a JSON pattern into a compiled [`Pattern`] (module
-//! [`compile`](self) below and `ops`), evaluating one pattern against one event
-//! ([`Pattern::matches`]), the event-to-JSON mapping users address fields through
-//! ([`event_view`]), and the multi-pattern [`Matcher`] (module `matcher`) that shares one
-//! index across many patterns for fan-out and federation interest.
+//! Owns: parsing and validating a JSON pattern into a compiled [`Pattern`] (this file for
+//! the object structure and `$or`, `ops` for the leaf operators), evaluating one pattern
+//! against one event ([`Pattern::matches`]), the event-to-JSON mapping users address fields
+//! through ([`event_view`]), and the multi-pattern [`Matcher`] (`matcher`, with the JSON
+//! byte scanner in `scan`) that shares one index across many patterns for fan-out and
+//! federation interest.
 //!
 //! Semantics and limits are documented in `docs/patterns.md`. In short: a pattern is a JSON
 //! object whose leaves are arrays of allowed values or operator objects (`prefix`,
