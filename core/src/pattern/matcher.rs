@@ -201,7 +201,8 @@ fn span_class(r: &Range) -> i32 {
 struct FieldIndex {
     exact_str: HashMap<String, Hits>,
     exact_num: HashMap<u64, Hits>,
-    exact_other: Vec<(Scalar, Hit)>,
+    /// `true`, `false`, `null` exact values, in that order.
+    exact_other: [Hits; 3],
     prefix: Affixes,
     suffix: Affixes,
     prefix_ic: Affixes,
@@ -235,6 +236,15 @@ fn pid_remove<K: std::hash::Hash + Eq>(m: &mut HashMap<K, Vec<u32>>, k: &K, pid:
     }
 }
 
+fn other_slot(s: &Scalar) -> Option<usize> {
+    match s {
+        Scalar::Bool(true) => Some(0),
+        Scalar::Bool(false) => Some(1),
+        Scalar::Null => Some(2),
+        Scalar::Str(_) | Scalar::Num(_) => None,
+    }
+}
+
 fn bucket_remove<K: std::hash::Hash + Eq>(m: &mut HashMap<K, Hits>, k: &K, pid: u32) {
     if let Some(v) = m.get_mut(k) {
         remove_hit(v, pid);
@@ -251,7 +261,11 @@ impl FieldIndex {
         match pred {
             Pred::Exact(Scalar::Str(s)) => self.exact_str.entry(s.clone()).or_default().push(exact),
             Pred::Exact(Scalar::Num(x)) => self.exact_num.entry(ord(*x)).or_default().push(exact),
-            Pred::Exact(s) => self.exact_other.push((s.clone(), exact)),
+            Pred::Exact(s) => {
+                if let Some(i) = other_slot(s) {
+                    self.exact_other[i].push(exact)
+                }
+            }
             Pred::Prefix(p) => self.prefix.insert(p.as_bytes().to_vec(), exact),
             Pred::Suffix(p) => self.suffix.insert(rev(p), exact),
             Pred::PrefixIc(p) => {
@@ -316,7 +330,11 @@ impl FieldIndex {
         match pred {
             Pred::Exact(Scalar::Str(s)) => bucket_remove(&mut self.exact_str, s, pid),
             Pred::Exact(Scalar::Num(x)) => bucket_remove(&mut self.exact_num, &ord(*x), pid),
-            Pred::Exact(_) => self.exact_other.retain(|(_, h)| h.pid != pid),
+            Pred::Exact(s) => {
+                if let Some(i) = other_slot(s) {
+                    remove_hit(&mut self.exact_other[i], pid)
+                }
+            }
             Pred::Prefix(p) => self.prefix.remove(p.as_bytes().to_vec(), pid),
             Pred::Suffix(p) => self.suffix.remove(rev(p), pid),
             Pred::PrefixIc(p) => {
@@ -445,10 +463,14 @@ impl FieldIndex {
                 }
             }
             _ => {
-                for (s, h) in &self.exact_other {
-                    if s.matches_value(v) {
-                        f(*h);
-                    }
+                let slot = match v {
+                    Value::Bool(true) => Some(0),
+                    Value::Bool(false) => Some(1),
+                    Value::Null => Some(2),
+                    _ => None,
+                };
+                if let Some(i) = slot {
+                    self.exact_other[i].iter().for_each(|&h| f(h));
                 }
             }
         }
@@ -520,17 +542,6 @@ impl FieldIndex {
             + (self.num_lo.len() + self.num_hi.len()) * 40
             + self.num_two.values().map(|m| m.len() * 40).sum::<usize>()
             + map(self.cidr.len())
-    }
-}
-
-impl Scalar {
-    fn matches_value(&self, v: &Value) -> bool {
-        matches!(
-            (self, v),
-            (Scalar::Bool(true), Value::Bool(true))
-                | (Scalar::Bool(false), Value::Bool(false))
-                | (Scalar::Null, Value::Null)
-        )
     }
 }
 

@@ -531,7 +531,7 @@ fn random_leaf(r: &mut Rng) -> Value {
         },
         6 => json!([{"numeric": [">", (r.next() % 5) as i64, "<=", 5 + (r.next() % 5) as i64]}]),
         7 => json!([{"exists": r.next() % 2 == 0}]),
-        8 => json!([(r.next() % 10) as i64]),
+        8 => json!([(r.next() % 10) as i64, r.next() % 2 == 0]),
         9 => json!([{"prefix": {"equals-ignore-case": w}}]),
         10 => json!([null, w]),
         _ => json!([{"numeric": ["<", (r.next() % 10) as i64]}]),
