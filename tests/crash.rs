@@ -110,31 +110,16 @@ async fn kill9_during_publish_storm_loses_nothing_acknowledged() {
     let mut in_log: HashMap<String, u32> = HashMap::new();
     let mut read = 0u64;
     while read < stored_total {
-        let resp: Value = c
-            .get(m2.at("/v1/subscriptions/audit/events?max=1000&wait=1000"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let evs = resp["events"].as_array().unwrap();
+        let evs = pull(&c, &m2.url, "audit", "default", 1000, 1000).await;
         assert!(
             !evs.is_empty(),
             "the log ended early: read {read} of {stored_total}"
         );
-        for e in evs {
-            *in_log
-                .entry(e["event"]["id"].as_str().unwrap().to_string())
-                .or_default() += 1;
+        for e in &evs {
+            *in_log.entry(id_of(e)).or_default() += 1;
         }
         read += evs.len() as u64;
-        let ids: Vec<&Value> = evs.iter().map(|e| &e["ack_id"]).collect();
-        c.post(m2.at("/v1/subscriptions/audit/ack"))
-            .json(&json!({"ack_ids": ids}))
-            .send()
-            .await
-            .unwrap();
+        ack(&c, &m2.url, "audit", "default", &evs).await;
     }
     for id in &acked {
         assert_eq!(

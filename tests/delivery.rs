@@ -12,79 +12,6 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(30);
 
-async fn subscribe(c: &reqwest::Client, base: &str, spec: Value) -> (u16, Value) {
-    let r = c
-        .post(format!("{base}/v1/subscriptions"))
-        .json(&spec)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
-async fn pull(
-    c: &reqwest::Client,
-    base: &str,
-    sub: &str,
-    consumer: &str,
-    max: usize,
-    wait_ms: u64,
-) -> Vec<Value> {
-    let r: Value = c
-        .get(format!(
-            "{base}/v1/subscriptions/{sub}/events?max={max}&wait={wait_ms}&consumer={consumer}"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    r["events"]
-        .as_array()
-        .cloned()
-        .unwrap_or_else(|| panic!("pull answer: {r}"))
-}
-
-async fn ack(
-    c: &reqwest::Client,
-    base: &str,
-    sub: &str,
-    consumer: &str,
-    events: &[Value],
-) -> Value {
-    let ids: Vec<&Value> = events.iter().map(|e| &e["ack_id"]).collect();
-    c.post(format!("{base}/v1/subscriptions/{sub}/ack"))
-        .json(&json!({"ack_ids": ids, "consumer": consumer}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-/// Pulls and acks until `n` events were received or the timeout passes.
-async fn drain(c: &reqwest::Client, base: &str, sub: &str, consumer: &str, n: usize) -> Vec<Value> {
-    let mut all = Vec::new();
-    let deadline = std::time::Instant::now() + T;
-    while all.len() < n && std::time::Instant::now() < deadline {
-        let evs = pull(c, base, sub, consumer, 100, 500).await;
-        if !evs.is_empty() {
-            ack(c, base, sub, consumer, &evs).await;
-        }
-        all.extend(evs);
-    }
-    all
-}
-
-fn id_of(pulled: &Value) -> String {
-    pulled["event"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[tokio::test]
 async fn webhook_retries_then_dead_letters() {
     let dir = tempfile::tempdir().unwrap();
@@ -452,14 +379,7 @@ async fn subscription_validation_and_restart() {
         json!({"name": "keeper", "topic": "orders", "sink": {"pull": {"ack_deadline_ms": 1000}}});
     assert_eq!(subscribe(&c, &m.url, other).await.0, 409);
     // A topic with subscriptions cannot be deleted.
-    assert_eq!(
-        c.delete(m.at("/v1/topics/orders"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        409
-    );
+    assert_eq!(status_of(c.delete(m.at("/v1/topics/orders"))).await, 409);
 
     publish(
         &c,
@@ -490,27 +410,15 @@ async fn subscription_validation_and_restart() {
         .collect();
     assert_eq!(ids, vec!["before", "after"]);
     assert_eq!(
-        c.delete(m2.at("/v1/subscriptions/keeper"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(c.delete(m2.at("/v1/subscriptions/keeper"))).await,
         204
     );
     assert_eq!(
-        c.get(m2.at("/v1/subscriptions/keeper"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(c.get(m2.at("/v1/subscriptions/keeper"))).await,
         404
     );
     assert_eq!(
-        c.get(m2.at("/v1/subscriptions/keeper/events"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(c.get(m2.at("/v1/subscriptions/keeper/events"))).await,
         404
     );
 }

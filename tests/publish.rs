@@ -210,14 +210,7 @@ async fn publish_modes_and_bad_input() {
     .await;
     assert_eq!(status, 404, "{err}");
     assert_eq!(err["error"]["code"], "topic_not_found");
-    assert_eq!(
-        c.get(m.at("/v1/topics/nope"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(status_of(c.get(m.at("/v1/topics/nope"))).await, 404);
 
     // Metrics count what happened.
     let metrics = c
@@ -240,8 +233,8 @@ async fn publish_modes_and_bad_input() {
         metrics.contains("meshd_node_publish_latency_seconds_bucket"),
         "{metrics}"
     );
-    assert_eq!(c.get(m.at("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(c.get(m.at("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(status_of(c.get(m.at("/healthz"))).await, 200);
+    assert_eq!(status_of(c.get(m.at("/readyz"))).await, 200);
 }
 
 #[tokio::test]
@@ -299,26 +292,9 @@ async fn topics_api() {
         .map(|t| t["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, vec!["t1"]);
-    assert_eq!(
-        c.delete(m.at("/v1/topics/t1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
-    assert_eq!(
-        c.delete(m.at("/v1/topics/t1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    assert_eq!(
-        c.get(m.at("/v1/nothing")).send().await.unwrap().status(),
-        404
-    );
+    assert_eq!(status_of(c.delete(m.at("/v1/topics/t1"))).await, 204);
+    assert_eq!(status_of(c.delete(m.at("/v1/topics/t1"))).await, 404);
+    assert_eq!(status_of(c.get(m.at("/v1/nothing"))).await, 404);
 }
 
 #[tokio::test]

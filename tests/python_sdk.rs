@@ -5,7 +5,6 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -53,25 +52,11 @@ async fn python_sdk_publishes_in_all_three_modes() {
     assert_eq!(results[3]["status"], 400);
     assert_eq!(results[3]["body"]["error"]["field"], "source");
 
-    let mut got: Vec<Value> = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while got.len() < 5 && std::time::Instant::now() < deadline {
-        let resp: Value = c
-            .get(m.at("/v1/subscriptions/reader/events?max=10&wait=500"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        got.extend(
-            resp["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["event"].clone()),
-        );
-    }
+    let got: Vec<Value> = drain(&c, &m.url, "reader", "default", 5)
+        .await
+        .into_iter()
+        .map(|e| e["event"].clone())
+        .collect();
     let mut ids: Vec<&str> = got.iter().map(|e| e["id"].as_str().unwrap()).collect();
     ids.sort();
     assert_eq!(

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// Installs the rustls provider reqwest needs (once per process).
 pub fn init() {
@@ -322,4 +322,89 @@ pub async fn stored_count(c: &reqwest::Client, base: &str, topic: &str) -> u64 {
         .as_object()
         .map(|m| m.values().map(|p| p["end"].as_u64().unwrap()).sum())
         .unwrap_or(0)
+}
+
+/// Creates a subscription; returns the status and the body.
+pub async fn subscribe(c: &reqwest::Client, base: &str, spec: Value) -> (u16, Value) {
+    let r = c
+        .post(format!("{base}/v1/subscriptions"))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+pub async fn pull(
+    c: &reqwest::Client,
+    base: &str,
+    sub: &str,
+    consumer: &str,
+    max: usize,
+    wait_ms: u64,
+) -> Vec<Value> {
+    let r: Value = c
+        .get(format!(
+            "{base}/v1/subscriptions/{sub}/events?max={max}&wait={wait_ms}&consumer={consumer}"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("pull answer: {r}"))
+}
+
+pub async fn ack(
+    c: &reqwest::Client,
+    base: &str,
+    sub: &str,
+    consumer: &str,
+    events: &[Value],
+) -> Value {
+    let ids: Vec<&Value> = events.iter().map(|e| &e["ack_id"]).collect();
+    c.post(format!("{base}/v1/subscriptions/{sub}/ack"))
+        .json(&json!({"ack_ids": ids, "consumer": consumer}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Pulls and acks until `n` events were received or the timeout passes.
+pub async fn drain(
+    c: &reqwest::Client,
+    base: &str,
+    sub: &str,
+    consumer: &str,
+    n: usize,
+) -> Vec<Value> {
+    let mut all = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while all.len() < n && std::time::Instant::now() < deadline {
+        let evs = pull(c, base, sub, consumer, 100, 500).await;
+        if !evs.is_empty() {
+            ack(c, base, sub, consumer, &evs).await;
+        }
+        all.extend(evs);
+    }
+    all
+}
+
+pub fn id_of(pulled: &Value) -> String {
+    pulled["event"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The status of a request's answer.
+pub async fn status_of(req: reqwest::RequestBuilder) -> u16 {
+    req.send().await.unwrap().status().as_u16()
 }
