@@ -140,7 +140,7 @@ fn event_body(id: u64, key: u64) -> serde_json::Value {
     })
 }
 
-async fn meshd_publish(url: &str, batch: u64, conns: u64, secs: u64) -> (f64, Hist) {
+async fn meshd_publish(url: &str, batch: u64, conns: u64, secs: u64) -> (f64, Arc<Hist>) {
     let addr = url.trim_start_matches("http://").to_string();
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
@@ -189,10 +189,10 @@ async fn meshd_publish(url: &str, batch: u64, conns: u64, secs: u64) -> (f64, Hi
         t.await.unwrap();
     }
     let rate = count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-    (rate, Arc::try_unwrap(hist).ok().unwrap())
+    (rate, hist)
 }
 
-async fn meshd_push_latency(url: &str, rate: u64, secs: u64) -> Hist {
+async fn meshd_push_latency(url: &str, rate: u64, secs: u64) -> Arc<Hist> {
     let hist = Arc::new(Hist::default());
     let h = hist.clone();
     let app = axum::Router::new().route(
@@ -260,7 +260,7 @@ async fn meshd_push_latency(url: &str, rate: u64, secs: u64) -> Hist {
     }
     tokio::time::sleep(Duration::from_millis(500)).await; // let the tail arrive
     server.abort();
-    Arc::try_unwrap(hist).ok().unwrap()
+    hist
 }
 
 fn start_nats(dir: &std::path::Path) -> Option<(Killed, String)> {
@@ -283,7 +283,13 @@ fn start_nats(dir: &std::path::Path) -> Option<(Killed, String)> {
     Some((guard, format!("nats://127.0.0.1:{port}")))
 }
 
-async fn nats_publish(url: &str, window: u64, conns: u64, secs: u64, stream: &str) -> (f64, Hist) {
+async fn nats_publish(
+    url: &str,
+    window: u64,
+    conns: u64,
+    secs: u64,
+    stream: &str,
+) -> (f64, Arc<Hist>) {
     let client = async_nats::connect(url).await.unwrap();
     let js = async_nats::jetstream::new(client);
     js.get_or_create_stream(async_nats::jetstream::stream::Config {
@@ -335,10 +341,10 @@ async fn nats_publish(url: &str, window: u64, conns: u64, secs: u64, stream: &st
         t.await.unwrap();
     }
     let rate = count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-    (rate, Arc::try_unwrap(hist).ok().unwrap())
+    (rate, hist)
 }
 
-async fn nats_push_latency(url: &str, rate: u64, secs: u64) -> Hist {
+async fn nats_push_latency(url: &str, rate: u64, secs: u64) -> Arc<Hist> {
     use futures::StreamExt;
     let client = async_nats::connect(url).await.unwrap();
     let js = async_nats::jetstream::new(client);
@@ -387,7 +393,7 @@ async fn nats_push_latency(url: &str, rate: u64, secs: u64) -> Hist {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     reader.abort();
-    Arc::try_unwrap(hist).ok().unwrap()
+    hist
 }
 
 fn main() {
