@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 pub mod conformance;
 pub mod embedded;
+pub mod pulsar;
 
 /// A record to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
