@@ -485,3 +485,26 @@ impl Node {
         tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, "node stopped");
     }
 }
+
+#[cfg(test)]
+mod store_kind_tests {
+    use super::StoreKind;
+
+    #[test]
+    fn parses_embedded_and_pulsar_urls() {
+        assert_eq!("embedded".parse::<StoreKind>(), Ok(StoreKind::Embedded));
+        match "pulsar://127.0.0.1:6650".parse::<StoreKind>() {
+            Ok(StoreKind::Pulsar(c)) => {
+                assert_eq!(c.url, "pulsar://127.0.0.1:6650");
+                assert_eq!(
+                    (c.tenant.as_str(), c.namespace.as_str()),
+                    ("public", "default")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in ["", "pulsar://", "kafka://x:1", "pulsar://h:1/x", "Embedded"] {
+            assert!(bad.parse::<StoreKind>().is_err(), "{bad:?}");
+        }
+    }
+}

@@ -156,6 +156,13 @@ impl PulsarStore {
     /// Connects to the broker and rebuilds the state from the metadata topic and every
     /// partition topic. Fails with `Unavailable` when the broker cannot be reached.
     pub async fn open(cfg: PulsarConfig) -> Result<Self, StoreError> {
+        for (what, v) in [("tenant", &cfg.tenant), ("namespace", &cfg.namespace)] {
+            if v.is_empty() || v.contains('/') {
+                return Err(StoreError::Io(format!(
+                    "Pulsar {what} {v:?} must be non-empty and without '/'"
+                )));
+            }
+        }
         let t = cfg.op_timeout;
         let client = tokio::time::timeout(
             t,
@@ -305,6 +312,22 @@ impl PulsarStore {
             ) else {
                 continue;
             };
+            let unsupported = if m.metadata.compression.unwrap_or(0) != 0 {
+                Some("compressed")
+            } else if m.metadata.num_messages_in_batch.unwrap_or(1) != 1 {
+                Some("batched")
+            } else {
+                None
+            };
+            if let Some(what) = unsupported {
+                // meshd's producers neither batch nor compress; someone else wrote this.
+                return Err(StoreError::Corrupt {
+                    topic: topic.to_string(),
+                    partition,
+                    offset,
+                    reason: format!("{what} message in a meshd partition topic"),
+                });
+            }
             let len = records.len() as u64;
             if offset > len {
                 tracing::warn!(
@@ -357,7 +380,7 @@ impl PulsarStore {
             })
     }
 
-    fn part<'a>(t: &'a TopicState, partition: u32) -> Result<&'a Part, StoreError> {
+    fn part(t: &TopicState, partition: u32) -> Result<&Part, StoreError> {
         t.parts
             .get(partition as usize)
             .ok_or_else(|| StoreError::PartitionNotFound {
