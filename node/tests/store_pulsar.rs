@@ -201,8 +201,9 @@ async fn python_pulsar_client_reads_cloudevents() {
     assert!(
         out.status.success(),
         "the Python pulsar-client could not read the topic (is `pip install pulsar-client` \
-         done?): {}",
-        String::from_utf8_lossy(&out.stderr)
+         done?): {}\nstdout: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
     );
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()

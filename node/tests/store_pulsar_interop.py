@@ -6,6 +6,7 @@ usage: store_pulsar_interop.py SERVICE_URL TOPIC COUNT
 """
 import json
 import logging
+import os
 import sys
 
 import pulsar
@@ -40,4 +41,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: the client's C++ threads sometimes abort there
+    # ("terminate called without an active exception") after all work is done.
+    os._exit(code)

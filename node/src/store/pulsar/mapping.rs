@@ -12,7 +12,8 @@
 //!
 //! Bookkeeping properties on every message: `meshd-offset` (dense offset in the
 //! partition), `meshd-ts` (publish time, ms), `meshd-incarnation` (which creation of the
-//! topic it belongs to) and `meshd-format` (`ce` or `raw`).
+//! topic it belongs to), `meshd-append` (which append call, and how many records it had)
+//! and `meshd-format` (`ce` or `raw`).
 
 use std::collections::HashMap;
 
@@ -26,6 +27,8 @@ pub const P_OFFSET: &str = "meshd-offset";
 pub const P_TS: &str = "meshd-ts";
 /// Property: the topic incarnation.
 pub const P_INCARNATION: &str = "meshd-incarnation";
+/// Property: `{append id}:{records in the append}`, to drop half-written appends.
+pub const P_APPEND: &str = "meshd-append";
 /// Property: `ce` (payload is the event data) or `raw` (payload is the record).
 pub const P_FORMAT: &str = "meshd-format";
 

@@ -123,7 +123,6 @@ struct State {
 pub struct PulsarStore {
     cfg: PulsarConfig,
     client: Pulsar<TokioExecutor>,
-    broker_addr: String,
     state: Mutex<State>,
     /// Serialises metadata writes (and topic creation/deletion) through one producer.
     meta: tokio::sync::Mutex<Option<Producer<TokioExecutor>>>,
@@ -185,21 +184,9 @@ impl PulsarStore {
         .await
         .map_err(|_| unavailable(format!("connecting to {} timed out", cfg.url)))?
         .map_err(unavailable)?;
-        let meta_topic = cfg.meta_topic();
-        let addr = tokio::time::timeout(t, client.lookup_topic(meta_topic.clone()))
-            .await
-            .map_err(|_| unavailable("topic lookup timed out"))?
-            .map_err(unavailable)?;
-        let broker_addr = addr
-            .url
-            .socket_addrs(|| Some(6650))
-            .ok()
-            .and_then(|a| a.first().map(|s| s.to_string()))
-            .ok_or_else(|| unavailable(format!("bad broker address {}", addr.url)))?;
         let store = PulsarStore {
             cfg,
             client,
-            broker_addr,
             state: Mutex::new(State::default()),
             meta: tokio::sync::Mutex::new(None),
         };
@@ -208,7 +195,18 @@ impl PulsarStore {
     }
 
     async fn read_topic(&self, topic: &str) -> Result<Vec<reader::RawMessage>, StoreError> {
-        reader::read_all(&self.broker_addr, topic, self.cfg.op_timeout * 6)
+        // Each topic is looked up: in a cluster, topics live on different brokers.
+        let addr = tokio::time::timeout(self.cfg.op_timeout, self.client.lookup_topic(topic))
+            .await
+            .map_err(|_| unavailable(format!("looking up {topic} timed out")))?
+            .map_err(|e| unavailable(format!("looking up {topic}: {e}")))?;
+        let host = addr
+            .url
+            .host_str()
+            .ok_or_else(|| unavailable(format!("broker address {} has no host", addr.url)))?;
+        let target = format!("{host}:{}", addr.url.port().unwrap_or(6650));
+        let proxy_to = addr.proxy.then(|| addr.broker_url.clone());
+        reader::read_all(&target, proxy_to, topic, self.cfg.op_timeout * 6)
             .await
             .map_err(|e| unavailable(format!("reading {topic}: {e}")))
     }
@@ -261,15 +259,18 @@ impl PulsarStore {
             .collect();
         state.offsets.retain(|(inc, _, _), _| live.contains(inc));
         for (name, rec) in topic_records {
-            let mut parts = Vec::new();
+            let mut raw = Vec::new();
             for p in 0..rec.config.partitions {
+                raw.push(self.rebuild_partition(&name, &rec.incarnation, p).await?);
+            }
+            drop_incomplete_appends(&mut raw);
+            let mut parts = Vec::new();
+            for (p, records) in raw.into_iter().enumerate() {
                 let start = starts
-                    .get(&(rec.incarnation.clone(), p))
+                    .get(&(rec.incarnation.clone(), p as u32))
                     .copied()
                     .unwrap_or(0);
-                let log = self
-                    .rebuild_partition(&name, &rec.incarnation, p, start)
-                    .await?;
+                let log = part_log(records.into_iter().map(|(r, _)| r).collect(), start);
                 let (end_tx, _) = watch::channel(log.end());
                 parts.push(Part {
                     log: Mutex::new(log),
@@ -297,10 +298,9 @@ impl PulsarStore {
         topic: &str,
         incarnation: &str,
         partition: u32,
-        start: u64,
-    ) -> Result<PartLog, StoreError> {
+    ) -> Result<Vec<(StoredRecord, Option<AppendTag>)>, StoreError> {
         let name = self.cfg.partition_topic(topic, partition);
-        let mut records: Vec<StoredRecord> = Vec::new();
+        let mut records: Vec<(StoredRecord, Option<AppendTag>)> = Vec::new();
         for m in self.read_topic(&name).await? {
             let p = props(&m.metadata);
             if p.get(mapping::P_INCARNATION).map(String::as_str) != Some(incarnation) {
@@ -349,22 +349,21 @@ impl PulsarStore {
                     offset,
                     reason,
                 })?;
-            records.push(StoredRecord {
-                partition,
-                offset,
-                timestamp_ms: ts,
-                payload,
+            let tag = p.get(mapping::P_APPEND).and_then(|t| {
+                let (id, count) = t.split_once(':')?;
+                Some((id.to_string(), count.parse().ok()?))
             });
+            records.push((
+                StoredRecord {
+                    partition,
+                    offset,
+                    timestamp_ms: ts,
+                    payload,
+                },
+                tag,
+            ));
         }
-        let end = (records.len() as u64).max(start);
-        let kept: VecDeque<StoredRecord> =
-            records.into_iter().filter(|r| r.offset >= start).collect();
-        let bytes = kept.iter().map(|r| r.payload.len() as u64).sum();
-        Ok(PartLog {
-            start: end - kept.len() as u64,
-            records: kept,
-            bytes,
-        })
+        Ok(records)
     }
 
     fn topic_state(&self, topic: &str) -> Result<Arc<TopicState>, StoreError> {
@@ -441,6 +440,49 @@ impl PulsarStore {
             return Err(unavailable("store closed"));
         }
         Ok(())
+    }
+}
+
+/// (append id, number of records in that append call).
+type AppendTag = (String, u64);
+
+/// Removes the records of appends that did not reach the broker whole (the call failed
+/// half-way and was answered with an error). Such records are always at the end of their
+/// partition: the next append to a partition reuses the offsets of a failed one and
+/// replaces its records when the log is rebuilt.
+fn drop_incomplete_appends(parts: &mut [Vec<(StoredRecord, Option<AppendTag>)>]) {
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    for part in parts.iter() {
+        for (_, tag) in part {
+            if let Some((id, _)) = tag {
+                *seen.entry(id.clone()).or_default() += 1;
+            }
+        }
+    }
+    for part in parts.iter_mut() {
+        while let Some((r, Some((id, count)))) = part.last() {
+            if seen.get(id).copied().unwrap_or(0) >= *count {
+                break;
+            }
+            tracing::warn!(
+                partition = r.partition,
+                offset = r.offset,
+                "dropping a record of an append that failed half-way"
+            );
+            part.pop();
+        }
+    }
+}
+
+/// The in-memory log of a partition from its rebuilt records and retention start.
+fn part_log(records: Vec<StoredRecord>, start: u64) -> PartLog {
+    let end = (records.len() as u64).max(start);
+    let kept: VecDeque<StoredRecord> = records.into_iter().filter(|r| r.offset >= start).collect();
+    let bytes = kept.iter().map(|r| r.payload.len() as u64).sum();
+    PartLog {
+        start: end - kept.len() as u64,
+        records: kept,
+        bytes,
     }
 }
 
@@ -569,6 +611,7 @@ impl EventStore for PulsarStore {
                 offset: n,
             });
         }
+        let tag = format!("{:016x}:{}", rand::random::<u64>(), records.len());
         let work = async {
             let mut receipts = Vec::with_capacity(records.len());
             for ((r, a), m) in records.iter().zip(&appended).zip(parts) {
@@ -588,6 +631,7 @@ impl EventStore for PulsarStore {
                 properties.insert(mapping::P_OFFSET.into(), a.offset.to_string());
                 properties.insert(mapping::P_TS.into(), r.timestamp_ms.to_string());
                 properties.insert(mapping::P_INCARNATION.into(), t.incarnation.clone());
+                properties.insert(mapping::P_APPEND.into(), tag.clone());
                 let msg = Message {
                     payload: m.payload,
                     properties,
@@ -812,5 +856,57 @@ impl EventStore for PulsarStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(
+        partition: u32,
+        offset: u64,
+        tag: Option<(&str, u64)>,
+    ) -> (StoredRecord, Option<AppendTag>) {
+        (
+            StoredRecord {
+                partition,
+                offset,
+                timestamp_ms: 0,
+                payload: bytes::Bytes::from(format!("{partition}/{offset}")),
+            },
+            tag.map(|(id, n)| (id.to_string(), n)),
+        )
+    }
+
+    #[test]
+    fn half_written_appends_are_dropped_from_the_tails() {
+        // "a" (2 records over p0 and p1) made it whole; "b" reached p1 only; "c" wrote one
+        // of its two records to p0; untagged records are kept.
+        let mut parts = vec![
+            vec![
+                r(0, 0, Some(("a", 2))),
+                r(0, 1, None),
+                r(0, 2, Some(("c", 2))),
+            ],
+            vec![r(1, 0, Some(("a", 2))), r(1, 1, Some(("b", 2)))],
+            vec![],
+        ];
+        drop_incomplete_appends(&mut parts);
+        let offsets: Vec<Vec<u64>> = parts
+            .iter()
+            .map(|p| p.iter().map(|(r, _)| r.offset).collect())
+            .collect();
+        assert_eq!(offsets, vec![vec![0, 1], vec![0], vec![]]);
+    }
+
+    #[test]
+    fn part_log_applies_the_retention_start() {
+        let records: Vec<StoredRecord> = (0..4).map(|o| r(0, o, None).0).collect();
+        let log = part_log(records.clone(), 2);
+        assert_eq!((log.start, log.end(), log.bytes), (2, 4, 6));
+        // A start past what was rebuilt keeps the end where it was.
+        let log = part_log(records, 9);
+        assert_eq!((log.start, log.end(), log.records.len()), (9, 9, 0));
     }
 }

@@ -109,18 +109,24 @@ impl Conn {
     }
 }
 
-/// Reads every message of `topic` present when the read starts. `addr` is `host:port`.
+/// Reads every message of `topic` present when the read starts. `addr` is `host:port`;
+/// `proxy_to` the broker to ask a Pulsar proxy at `addr` to forward to.
 pub async fn read_all(
     addr: &str,
+    proxy_to: Option<String>,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<RawMessage>, ReadError> {
-    tokio::time::timeout(timeout, read_all_inner(addr, topic))
+    tokio::time::timeout(timeout, read_all_inner(addr, proxy_to, topic))
         .await
         .map_err(|_| ReadError::Timeout)?
 }
 
-async fn read_all_inner(addr: &str, topic: &str) -> Result<Vec<RawMessage>, ReadError> {
+async fn read_all_inner(
+    addr: &str,
+    proxy_to: Option<String>,
+    topic: &str,
+) -> Result<Vec<RawMessage>, ReadError> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let mut c = Conn {
@@ -132,6 +138,7 @@ async fn read_all_inner(addr: &str, topic: &str) -> Result<Vec<RawMessage>, Read
         connect: Some(CommandConnect {
             client_version: concat!("meshd-", env!("CARGO_PKG_VERSION")).into(),
             protocol_version: Some(21),
+            proxy_to_broker_url: proxy_to,
             ..Default::default()
         }),
         ..Default::default()
