@@ -32,7 +32,10 @@ fn start_broker(dir: &std::path::Path) -> (Broker, String) {
             ])
             .output()
             .expect("python3");
-        assert!(out.status.success(), "pulsar-lite is missing: pip install pulsar-lite");
+        assert!(
+            out.status.success(),
+            "pulsar-lite is missing: pip install pulsar-lite"
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     });
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -40,7 +43,12 @@ fn start_broker(dir: &std::path::Path) -> (Broker, String) {
         .expect("free port")
         .port();
     let child = Command::new(bin)
-        .args(["--addr", &format!("127.0.0.1:{port}"), "--log-level", "error"])
+        .args([
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--log-level",
+            "error",
+        ])
         .arg("--db-path")
         .arg(dir)
         .current_dir(dir)
@@ -74,7 +82,13 @@ async fn run_case(
     batch: usize,
 ) -> (f64, Duration) {
     store
-        .create_topic(topic, &TopicConfig { partitions: 4, ..TopicConfig::default() })
+        .create_topic(
+            topic,
+            &TopicConfig {
+                partitions: 4,
+                ..TopicConfig::default()
+            },
+        )
         .await
         .expect("create topic");
     let per_task = n / tasks;
@@ -132,7 +146,10 @@ async fn main() {
             .await
             .expect("open the embedded store");
     println!("{n} records of ~330 bytes per case, 4 partitions");
-    println!("{:<10} {:<28} {:>12} {:>14}", "store", "case", "records/s", "p50 per call");
+    println!(
+        "{:<10} {:<28} {:>12} {:>14}",
+        "store", "case", "records/s", "p50 per call"
+    );
     let cases = [
         ("1 task, 1 record/call", 1, 1),
         ("16 tasks, 1 record/call", 16, 1),
@@ -142,7 +159,10 @@ async fn main() {
         for (label, store) in [("embedded", &embedded), ("pulsar", &pulsar)] {
             let (rate, p50) =
                 run_case(store.clone(), &format!("bench{ci}"), n, *tasks, *batch).await;
-            println!("{label:<10} {name:<28} {rate:>12.0} {:>11.2} ms", p50.as_secs_f64() * 1e3);
+            println!(
+                "{label:<10} {name:<28} {rate:>12.0} {:>11.2} ms",
+                p50.as_secs_f64() * 1e3
+            );
         }
     }
     pulsar.close().await.expect("close");
