@@ -45,8 +45,8 @@ pub struct PulsarConfig {
     pub tenant: String,
     /// Pulsar namespace.
     pub namespace: String,
-    /// Upper bound for one broker operation (an append, a metadata write, one topic read
-    /// at open). Appends fail with `Unavailable` after it.
+    /// Upper bound for one broker operation (an append, a metadata write, one answer
+    /// while reading a topic at open). Appends fail with `Unavailable` after it.
     pub op_timeout: Duration,
 }
 
@@ -206,7 +206,7 @@ impl PulsarStore {
             .ok_or_else(|| unavailable(format!("broker address {} has no host", addr.url)))?;
         let target = format!("{host}:{}", addr.url.port().unwrap_or(6650));
         let proxy_to = addr.proxy.then(|| addr.broker_url.clone());
-        reader::read_all(&target, proxy_to, topic, self.cfg.op_timeout * 6)
+        reader::read_all(&target, proxy_to, topic, self.cfg.op_timeout)
             .await
             .map_err(|e| unavailable(format!("reading {topic}: {e}")))
     }

@@ -54,6 +54,8 @@ const PERMITS: u32 = 1000;
 struct Conn {
     stream: TcpStream,
     buf: BytesMut,
+    /// Longest wait for the broker's next bytes.
+    idle: Duration,
 }
 
 impl Conn {
@@ -77,7 +79,9 @@ impl Conn {
                 }
                 return Ok(frame);
             }
-            let n = self.stream.read_buf(&mut self.buf).await?;
+            let n = tokio::time::timeout(self.idle, self.stream.read_buf(&mut self.buf))
+                .await
+                .map_err(|_| ReadError::Timeout)??;
             if n == 0 {
                 return Err(ReadError::Broker(if self.buf.is_empty() {
                     "connection closed".into()
@@ -110,28 +114,23 @@ impl Conn {
 }
 
 /// Reads every message of `topic` present when the read starts. `addr` is `host:port`;
-/// `proxy_to` the broker to ask a Pulsar proxy at `addr` to forward to.
+/// `proxy_to` the broker to ask a Pulsar proxy at `addr` to forward to. Fails with
+/// [`ReadError::Timeout`] when connecting, or waiting for any answer, takes longer than
+/// `idle` (a long topic may take longer in total).
 pub async fn read_all(
     addr: &str,
     proxy_to: Option<String>,
     topic: &str,
-    timeout: Duration,
+    idle: Duration,
 ) -> Result<Vec<RawMessage>, ReadError> {
-    tokio::time::timeout(timeout, read_all_inner(addr, proxy_to, topic))
+    let stream = tokio::time::timeout(idle, TcpStream::connect(addr))
         .await
-        .map_err(|_| ReadError::Timeout)?
-}
-
-async fn read_all_inner(
-    addr: &str,
-    proxy_to: Option<String>,
-    topic: &str,
-) -> Result<Vec<RawMessage>, ReadError> {
-    let stream = TcpStream::connect(addr).await?;
+        .map_err(|_| ReadError::Timeout)??;
     stream.set_nodelay(true)?;
     let mut c = Conn {
         stream,
         buf: BytesMut::with_capacity(64 * 1024),
+        idle,
     };
     c.send(&BaseCommand {
         r#type: Type::Connect as i32,
