@@ -24,6 +24,11 @@ if ! python3 -c "import cloudevents.core.bindings.http" >/dev/null 2>&1; then
   echo "installing the Python cloudevents SDK"
   python3 -m pip install -q --disable-pip-version-check 'cloudevents>=2.2,<3'
 fi
+# PyPI: the pulsar-lite broker (Pulsar store tests) and the official Pulsar client (interop).
+if ! python3 -c "import pulsar_lite, pulsar" >/dev/null 2>&1; then
+  echo "installing pulsar-lite and pulsar-client"
+  python3 -m pip install -q --disable-pip-version-check pulsar-lite pulsar-client
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use meshd_node::server::{Node, NodeConfig};
+use meshd_node::server::{Node, NodeConfig, StoreKind};
 use meshd_node::store::FsyncPolicy;
 
 mod certs_cmd;
@@ -84,6 +84,16 @@ pub struct StoreArgs {
     /// How often retention runs, in seconds.
     #[arg(long, default_value_t = 30)]
     retention_interval_secs: u64,
+    /// The event store: `embedded` (a durable log in the data directory) or
+    /// `pulsar://host:port` (a Pulsar-protocol broker).
+    #[arg(long, default_value = "embedded")]
+    store: StoreKind,
+    /// Pulsar tenant (with --store pulsar://...).
+    #[arg(long, default_value = "public")]
+    pulsar_tenant: String,
+    /// Pulsar namespace (with --store pulsar://...).
+    #[arg(long, default_value = "default")]
+    pulsar_namespace: String,
 }
 
 impl StoreArgs {
@@ -96,6 +106,15 @@ impl StoreArgs {
         c.max_body_bytes = self.max_body_bytes;
         c.auto_create_topics = self.auto_create_topics;
         c.retention_interval = Duration::from_secs(self.retention_interval_secs.max(1));
+        c.store = match &self.store {
+            StoreKind::Pulsar(p) => {
+                let mut p = p.clone();
+                p.tenant = self.pulsar_tenant.clone();
+                p.namespace = self.pulsar_namespace.clone();
+                StoreKind::Pulsar(p)
+            }
+            other => other.clone(),
+        };
         c
     }
 }

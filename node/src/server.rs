@@ -20,6 +20,7 @@ use crate::delivery::{Delivery, DeliveryError};
 use crate::ingest::now_ms;
 use crate::metrics::Metrics;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
+use crate::store::pulsar::{PulsarConfig, PulsarStore};
 use crate::store::{EventStore, FsyncPolicy, StoreError};
 
 const SUBSCRIPTION_PREFIX: &str = "subscriptions/";
@@ -43,6 +44,35 @@ pub struct NodeConfig {
     pub auto_create_topics: bool,
     /// How often retention runs.
     pub retention_interval: Duration,
+    /// Which event store the node uses.
+    pub store: StoreKind,
+}
+
+/// Which event store a node uses (`store = "embedded" | "pulsar://host:port"`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreKind {
+    /// The embedded durable log in `data_dir` (default).
+    #[default]
+    Embedded,
+    /// A Pulsar-protocol broker ([`crate::store::pulsar`]).
+    Pulsar(PulsarConfig),
+}
+
+impl std::str::FromStr for StoreKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "embedded" {
+            return Ok(StoreKind::Embedded);
+        }
+        match s.strip_prefix("pulsar://") {
+            Some(rest) if !rest.is_empty() && !rest.contains('/') => {
+                Ok(StoreKind::Pulsar(PulsarConfig::new(s)))
+            }
+            _ => Err(format!(
+                "store must be embedded or pulsar://host:port, not {s:?}"
+            )),
+        }
+    }
 }
 
 impl NodeConfig {
@@ -57,6 +87,7 @@ impl NodeConfig {
             max_body_bytes: 4 * 1024 * 1024,
             auto_create_topics: false,
             retention_interval: Duration::from_secs(30),
+            store: StoreKind::Embedded,
         }
     }
 }
@@ -119,8 +150,13 @@ pub struct Node {
 }
 
 impl Node {
-    /// Opens a node on the embedded store in `config.data_dir`.
+    /// Opens a node on the store `config.store` names: the embedded store in
+    /// `config.data_dir` (default) or Pulsar.
     pub async fn open(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
+        if let StoreKind::Pulsar(pulsar) = &config.store {
+            let store = Arc::new(PulsarStore::open(pulsar.clone()).await?);
+            return Node::with_store(config, store).await;
+        }
         let dir = config.data_dir.join("store");
         #[allow(clippy::needless_update)] // more options may exist than the node sets
         let options = EmbeddedOptions {
@@ -447,5 +483,28 @@ impl Node {
             tracing::warn!("closing the store: {e}");
         }
         tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, "node stopped");
+    }
+}
+
+#[cfg(test)]
+mod store_kind_tests {
+    use super::StoreKind;
+
+    #[test]
+    fn parses_embedded_and_pulsar_urls() {
+        assert_eq!("embedded".parse::<StoreKind>(), Ok(StoreKind::Embedded));
+        match "pulsar://127.0.0.1:6650".parse::<StoreKind>() {
+            Ok(StoreKind::Pulsar(c)) => {
+                assert_eq!(c.url, "pulsar://127.0.0.1:6650");
+                assert_eq!(
+                    (c.tenant.as_str(), c.namespace.as_str()),
+                    ("public", "default")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in ["", "pulsar://", "kafka://x:1", "pulsar://h:1/x", "Embedded"] {
+            assert!(bad.parse::<StoreKind>().is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The event store seam: where events live once a publish is acknowledged.
 //!
 //! [`EventStore`] is implemented by the embedded durable log ([`embedded`], the default)
-//! and, later, by the Pulsar backend. Offsets are per (topic, partition), start at 0 and
+//! and by the Pulsar backend ([`pulsar`], docs/pulsar.md). Offsets are per (topic, partition), start at 0 and
 //! grow by one per record; a consumer group's committed offset is the *next* offset it
 //! will read (Kafka convention), so "nothing consumed yet" is the partition's start.
 
@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 pub mod conformance;
 pub mod embedded;
+pub mod pulsar;
 
 /// A record to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
