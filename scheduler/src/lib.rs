@@ -11,4 +11,5 @@
 //! Must not touch: events, the event store, HTTP publishing, or federation links.
 #![forbid(unsafe_code)]
 
+pub mod placement;
 pub mod registry;
