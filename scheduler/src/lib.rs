@@ -12,4 +12,5 @@
 #![forbid(unsafe_code)]
 
 pub mod placement;
+pub mod raft;
 pub mod registry;
