@@ -14,3 +14,4 @@
 pub mod placement;
 pub mod raft;
 pub mod registry;
+pub mod service;

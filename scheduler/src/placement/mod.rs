@@ -17,8 +17,9 @@
 //! `cap = ceil((1 + ε) · G / N)`. The reducer then:
 //!
 //! 1. **Keeps** every group whose current node is alive.
-//! 2. **Pulls** for joining nodes: a node holding fewer than half the mean takes the
-//!    groups whose first preference it is, up to `floor(G / N)`, from the most loaded
+//! 2. **Pulls** for joining nodes: a node holding no group, or (when no node of the
+//!    current placement is dead) fewer than half the mean, takes the groups whose first
+//!    preference it is, up to `floor(G / N)`, from the most loaded
 //!    owners first. This moves onto a joining node the groups consistent hashing gives
 //!    it, and only those.
 //! 3. **Sheds**: a node still above `cap` (the mean fell because a node joined or groups
@@ -273,10 +274,14 @@ fn place_kind(
 
     // 2. Joining nodes (below half the mean) take back the groups that hash to them,
     //    from the most loaded owners first.
+    //    While a node is gone, only empty nodes pull: the dead node's groups are what
+    //    moves, and the survivors keep theirs.
     let floor_mean = groups.len() / nodes.len();
+    let none_dead = current.values().all(|n| nodes.contains(n));
     for n in nodes {
         let have = load.get(n.as_str()).copied().unwrap_or(0);
-        if have.saturating_mul(2) >= floor_mean {
+        let joining = have == 0 || (none_dead && have.saturating_mul(2) < floor_mean);
+        if !joining || have >= floor_mean {
             continue;
         }
         let mut wanted: Vec<(usize, String)> = out

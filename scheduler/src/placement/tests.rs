@@ -269,3 +269,34 @@ fn join_then_leave_returns_to_a_balanced_placement() {
         .chain(moves.consumer.iter())
         .all(|(_, from, _)| from.as_deref() == Some("n9")));
 }
+
+#[test]
+fn property_nodes_joining_one_by_one_then_one_leaving_moves_only_its_groups() {
+    let cfg = PlacementConfig::default();
+    let mut rng = Rng(99);
+    for _ in 0..30 {
+        let total = rng.range(2, 7);
+        let groups = rng.range(5, 120);
+        let mut s = spec(1, groups, groups);
+        let (mut p, _) = publish(reduce(&cfg, &s, None));
+        for i in 1..total {
+            s.nodes.insert(format!("n{i}"));
+            if let Decision::Publish { placement, .. } = reduce(&cfg, &s, Some(&p)) {
+                p = placement;
+            }
+            check_bound(&cfg, &s, &p);
+        }
+        let dead = format!("n{}", rng.range(0, total - 1));
+        let mut s2 = s.clone();
+        s2.nodes.remove(&dead);
+        let (p2, moves) = publish(reduce(&cfg, &s2, Some(&p)));
+        check_bound(&cfg, &s2, &p2);
+        for (g, from, _) in moves.producer.iter().chain(moves.consumer.iter()) {
+            assert_eq!(
+                from.as_deref(),
+                Some(dead.as_str()),
+                "{g} moved off a live node"
+            );
+        }
+    }
+}
