@@ -182,6 +182,47 @@ async fn three_members_elect_commit_fail_over_and_restart() {
     assert_eq!(back.member.sm.current().decisions, 7);
     running.insert(leader, back);
 
+    // Membership change through the admin endpoints: a fourth member joins as a learner,
+    // becomes a voter, and receives every decision.
+    let cur: Vec<&RaftMember> = running.values().map(|r| &r.member).collect();
+    let leader_now = wait_leader(&cur, Duration::from_secs(10)).await;
+    let l4 = TcpListener::bind("127.0.0.1:0").await.expect("bind 4");
+    let addr4 = l4.local_addr().expect("addr").to_string();
+    let fourth = Running::start(4, l4, tmp.path().join("m4")).await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", addrs[&leader_now]);
+    let r = http
+        .post(format!("{base}/admin/add-learner"))
+        .json(&serde_json::json!({ "id": 4, "addr": addr4 }))
+        .send()
+        .await
+        .expect("add-learner");
+    assert!(r.status().is_success(), "add-learner: {:?}", r.text().await);
+    let r = http
+        .post(format!("{base}/admin/change-membership"))
+        .json(&serde_json::json!({ "voters": [1, 2, 3, 4] }))
+        .send()
+        .await
+        .expect("change-membership");
+    assert!(
+        r.status().is_success(),
+        "change-membership: {:?}",
+        r.text().await
+    );
+    wait_epoch(&fourth.member, 7, Duration::from_secs(10)).await;
+    let voters: Vec<NodeId> = fourth
+        .member
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    assert_eq!(voters, vec![1, 2, 3, 4]);
+    running.insert(4, fourth);
+
     for (_, r) in running {
         r.stop().await;
     }

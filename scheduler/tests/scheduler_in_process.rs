@@ -202,3 +202,77 @@ async fn places_groups_moves_only_a_dead_nodes_groups_and_survives_leader_loss()
         s.shutdown().await;
     }
 }
+
+/// A decision committed through Raft but never published (its leader died between commit
+/// and publish) is published by the next leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_publishes_a_committed_but_unpublished_decision() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let shared: Arc<dyn Registry> = Arc::new(InProcessRegistry::new("t2"));
+    let mut listeners = BTreeMap::new();
+    let mut peers = BTreeMap::new();
+    for id in 1..=3u64 {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        peers.insert(id, l.local_addr().expect("addr").to_string());
+        listeners.insert(id, l);
+    }
+    let mut schedulers = BTreeMap::new();
+    for (id, l) in listeners {
+        let cfg = SchedulerConfig {
+            id,
+            peers: peers.clone(),
+            data_dir: tmp.path().join(format!("s{id}")),
+            placement: PlacementConfig::default(),
+            timing: RaftTiming::default(),
+        };
+        schedulers.insert(
+            id,
+            Scheduler::start(cfg, Arc::clone(&shared), l)
+                .await
+                .expect("start"),
+        );
+    }
+    // With no members the first leader publishes an empty placement.
+    let mut rx = shared.watch_placement().await.expect("watch");
+    let first = wait_placement(&mut rx, "first placement", |_| true).await;
+    let leader = schedulers[&1]
+        .member()
+        .raft
+        .metrics()
+        .borrow()
+        .current_leader
+        .expect("leader");
+
+    // Commit a decision behind the leader loop's back: committed, not published.
+    let orphan = Placement {
+        epoch: first.epoch + 10,
+        producer_groups: BTreeMap::from([("pg".to_string(), "n7".to_string())]),
+        consumer_groups: BTreeMap::new(),
+    };
+    let resp = schedulers[&leader]
+        .member()
+        .raft
+        .client_write(meshd_scheduler::raft::Request::Place {
+            placement: orphan.clone(),
+        })
+        .await
+        .expect("commit");
+    assert!(resp.data.accepted);
+    assert_eq!(
+        shared.get_placement().await.expect("get").map(|p| p.epoch),
+        Some(first.epoch),
+        "not published yet"
+    );
+
+    schedulers.remove(&leader).expect("leader").shutdown().await;
+    let published = wait_placement(&mut rx, "the committed decision", |p| {
+        p.epoch >= orphan.epoch
+    })
+    .await;
+    // The new leader republished the committed decision, then re-placed from it (no
+    // nodes alive, so the group is unplaced at a higher epoch).
+    assert!(published.epoch >= orphan.epoch);
+    for (_, s) in schedulers {
+        s.shutdown().await;
+    }
+}
