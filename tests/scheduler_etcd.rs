@@ -148,6 +148,7 @@ async fn killing_the_leader_during_a_rebalance_lets_a_new_leader_finish_it() {
         .deregister()
         .await
         .expect("deregister");
+    let killed_at = tokio::time::Instant::now();
     procs.get_mut(&leader).expect("leader proc").kill();
 
     // A new leader finishes the rebalance: etcd's placement reflects the live nodes.
@@ -157,6 +158,10 @@ async fn killing_the_leader_during_a_rebalance_lets_a_new_leader_finish_it() {
             && p.consumer_groups.values().all(|n| n != "n4")
     })
     .await;
+    println!(
+        "leader {leader} killed; rebalance finished by its successor in {:?}",
+        killed_at.elapsed()
+    );
     for (g, n) in &full.consumer_groups {
         if n != "n4" {
             assert_eq!(

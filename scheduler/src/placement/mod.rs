@@ -331,6 +331,16 @@ fn place_kind(
 
     // 4. Place the rest on the first node of the walk with room (bounded load).
     for g in orphans {
+        // The first choice usually has room: skip the full walk then.
+        if let Some(first) = first_choice(ring, kind, &g) {
+            if let Some(l) = load.get_mut(first) {
+                if *l < cap {
+                    *l += 1;
+                    out.insert(g, first.to_string());
+                    continue;
+                }
+            }
+        }
         for n in preference(ring, kind, &g) {
             if let Some(l) = load.get_mut(n.as_str()) {
                 if *l < cap {
