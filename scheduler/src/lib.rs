@@ -4,11 +4,20 @@
 //! - [`registry`]: the `Registry` trait (membership under leases, published placement)
 //!   with its etcd and in-process implementations; `registry::testing` (feature
 //!   `testing`) holds the etcd test harness and the registry conformance suite.
+//! - [`placement`]: the pure placement reducer (sticky bounded-load consistent hashing on
+//!   `hashring` with virtual nodes).
+//! - [`raft`]: the openraft group: redb log store and state machine (committed placement
+//!   decisions), HTTP transport between members, membership admin routes.
+//! - [`service`]: one scheduler member: Raft + HTTP server (`/healthz`, `/readyz`,
+//!   `/metrics`, `/v1/placement`, `/v1/scheduler`) + the leader loop that watches the
+//!   registry, commits decisions through Raft and publishes them to the registry.
 //!
-//! Will also own: the openraft group (log store, state machine) and the bounded-load
-//! consistent-hashing placement algorithm. It is the only writer of placement.
+//! The scheduler leader is the only writer of placement. See docs/scheduler.md.
 //!
 //! Must not touch: events, the event store, HTTP publishing, or federation links.
 #![forbid(unsafe_code)]
 
+pub mod placement;
+pub mod raft;
 pub mod registry;
+pub mod service;
