@@ -1,0 +1,2 @@
+//! Proxy overhead benchmark (placeholder until written).
+fn main() {}
