@@ -14,6 +14,7 @@ mod certs_cmd;
 mod client;
 mod dev;
 mod filter_cmd;
+mod proxy_cmd;
 mod topology_cmd;
 
 #[derive(Parser)]
@@ -33,6 +34,8 @@ enum Command {
     Dev(dev::DevArgs),
     /// Run one runtime node (HTTP API + embedded store + delivery).
     Node(NodeArgs),
+    /// Run the stateless HTTP proxy in front of the nodes, or manage its tokens.
+    Proxy(proxy_cmd::ProxyArgs),
     /// Publish events (a small client).
     Pub(client::PubArgs),
     /// Pull events from a pull subscription and acknowledge them (a small client).
@@ -127,6 +130,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::Node(args) => run_node(args).await,
+            Command::Proxy(args) => proxy_cmd::run(args).await,
             Command::Pub(args) => client::publish(args).await,
             Command::Sub(args) => client::subscribe(args).await,
             Command::Topic(args) => client::topic(args).await,
