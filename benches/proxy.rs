@@ -67,8 +67,13 @@ async fn run(name: &'static str, url: &str, token: Option<&str>, secs: u64, conn
     let target = format!("{url}/v1/topics/bench/events");
     // Warm up the connections.
     for c in 0..conns {
-        let (client, target, stop, count, lat) =
-            (client.clone(), target.clone(), stop.clone(), count.clone(), lat.clone());
+        let (client, target, stop, count, lat) = (
+            client.clone(),
+            target.clone(),
+            stop.clone(),
+            count.clone(),
+            lat.clone(),
+        );
         let token = token.map(str::to_string);
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
@@ -141,12 +146,25 @@ fn main() {
     let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let data = dir.path().join("node");
     let (_node, node_url) = spawn(
-        &["node", "--listen", "127.0.0.1:0", "--fsync", &fsync, "--data-dir", data.to_str().unwrap()],
+        &[
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--fsync",
+            &fsync,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
         "node",
     );
     let (_proxy, proxy_url) = spawn(
         &[
-            "proxy", "--listen", "127.0.0.1:0", "--nodes", &node_url, "--tokens",
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--nodes",
+            &node_url,
+            "--tokens",
             tokens.to_str().unwrap(),
         ],
         "proxy",

@@ -38,7 +38,12 @@ fn create_token(file: &Path, scopes: &str) -> String {
     out
 }
 
-async fn publish_status(c: &reqwest::Client, base: &str, topic: &str, token: Option<&str>) -> (u16, Value) {
+async fn publish_status(
+    c: &reqwest::Client,
+    base: &str,
+    topic: &str,
+    token: Option<&str>,
+) -> (u16, Value) {
     let mut r = c
         .post(format!("{base}/v1/topics/{topic}/events"))
         .header("content-type", "application/cloudevents+json")
@@ -73,12 +78,28 @@ async fn auth_matrix_and_token_management() {
     assert!(ok);
     assert_eq!(listed.lines().count(), 3, "{listed}");
     assert!(listed.contains("publish:orders.*"));
-    let (ok, _, err) = cli(&["proxy", "token", "create", "--scopes", "write:x", "--file", file.to_str().unwrap()]);
+    let (ok, _, err) = cli(&[
+        "proxy",
+        "token",
+        "create",
+        "--scopes",
+        "write:x",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
     assert!(!ok && err.contains("invalid scope"), "{err}");
 
     let n = Meshd::start(&d.path().join("n1"), &[]);
     let p = Meshd::spawn(
-        &["proxy", "--listen", "127.0.0.1:0", "--nodes", &n.url, "--tokens", file.to_str().unwrap()],
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--nodes",
+            &n.url,
+            "--tokens",
+            file.to_str().unwrap(),
+        ],
         d.path(),
     );
     let c = client();
@@ -114,33 +135,86 @@ async fn auth_matrix_and_token_management() {
     wrong.pop();
     wrong.push(if publisher.ends_with('0') { '1' } else { '0' });
     assert_eq!(publish_status(&c, &p.url, "orders.eu", None).await.0, 401);
-    assert_eq!(publish_status(&c, &p.url, "orders.eu", Some(&wrong)).await.0, 401);
+    assert_eq!(
+        publish_status(&c, &p.url, "orders.eu", Some(&wrong))
+            .await
+            .0,
+        401
+    );
     let (s, v) = publish_status(&c, &p.url, "billing", Some(&publisher)).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (403, Some("forbidden")), "{v}");
-    assert_eq!(publish_status(&c, &p.url, "orders.eu", Some(&subscriber)).await.0, 403);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    assert_eq!(
+        publish_status(&c, &p.url, "orders.eu", Some(&subscriber))
+            .await
+            .0,
+        403
+    );
     let (s, v) = publish_status(&c, &p.url, "orders.eu", Some(&publisher)).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(publish_status(&c, &p.url, "billing", Some(&admin)).await.0, 200);
+    assert_eq!(
+        publish_status(&c, &p.url, "billing", Some(&admin)).await.0,
+        200
+    );
 
     // Subscriptions: subscribe scope on the topic.
-    let spec = json!({"name": "eu", "topic": "orders.eu", "sink": {"pull": {}}, "start": "earliest"});
-    let r = c.post(p.at("/v1/subscriptions")).bearer_auth(&publisher).json(&spec).send().await.unwrap();
+    let spec =
+        json!({"name": "eu", "topic": "orders.eu", "sink": {"pull": {}}, "start": "earliest"});
+    let r = c
+        .post(p.at("/v1/subscriptions"))
+        .bearer_auth(&publisher)
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
-    let r = c.post(p.at("/v1/subscriptions")).bearer_auth(&subscriber).json(&spec).send().await.unwrap();
+    let r = c
+        .post(p.at("/v1/subscriptions"))
+        .bearer_auth(&subscriber)
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
-    let r = c.get(p.at("/v1/subscriptions/eu/events?max=10&wait=1s")).bearer_auth(&publisher).send().await.unwrap();
+    let r = c
+        .get(p.at("/v1/subscriptions/eu/events?max=10&wait=1s"))
+        .bearer_auth(&publisher)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
-    let r = c.get(p.at("/v1/subscriptions/eu/events?max=10&wait=1s")).bearer_auth(&subscriber).send().await.unwrap();
+    let r = c
+        .get(p.at("/v1/subscriptions/eu/events?max=10&wait=1s"))
+        .bearer_auth(&subscriber)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["events"].as_array().map(Vec::len), Some(1), "{v}");
 
     // Token admin API: admin:* only.
-    let r = c.get(p.at("/v1/tokens")).bearer_auth(&publisher).send().await.unwrap();
+    let r = c
+        .get(p.at("/v1/tokens"))
+        .bearer_auth(&publisher)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     let r = c.get(p.at("/v1/tokens")).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let v: Value = c.get(p.at("/v1/tokens")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    let v: Value = c
+        .get(p.at("/v1/tokens"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["tokens"].as_array().map(Vec::len), Some(3), "{v}");
     assert!(!v.to_string().contains("hash"), "{v}");
     let r = c
@@ -154,7 +228,12 @@ async fn auth_matrix_and_token_management() {
     let created: Value = r.json().await.unwrap();
     let api_token = created["token"].as_str().unwrap().to_string();
     let api_id = created["id"].as_str().unwrap().to_string();
-    assert_eq!(publish_status(&c, &p.url, "billing", Some(&api_token)).await.0, 200);
+    assert_eq!(
+        publish_status(&c, &p.url, "billing", Some(&api_token))
+            .await
+            .0,
+        200
+    );
     let r = c
         .post(p.at("/v1/tokens"))
         .bearer_auth(&admin)
@@ -163,15 +242,37 @@ async fn auth_matrix_and_token_management() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    let r = c.delete(p.at(&format!("/v1/tokens/{api_id}"))).bearer_auth(&admin).send().await.unwrap();
+    let r = c
+        .delete(p.at(&format!("/v1/tokens/{api_id}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
-    assert_eq!(publish_status(&c, &p.url, "billing", Some(&api_token)).await.0, 401);
-    let r = c.delete(p.at(&format!("/v1/tokens/{api_id}"))).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(
+        publish_status(&c, &p.url, "billing", Some(&api_token))
+            .await
+            .0,
+        401
+    );
+    let r = c
+        .delete(p.at(&format!("/v1/tokens/{api_id}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     // Revocation through the CLI on the file: the proxy reloads it.
     let pub_id = publisher.split('_').nth(1).unwrap().to_string();
-    let (ok, _, err) = cli(&["proxy", "token", "revoke", &pub_id, "--file", file.to_str().unwrap()]);
+    let (ok, _, err) = cli(&[
+        "proxy",
+        "token",
+        "revoke",
+        &pub_id,
+        "--file",
+        file.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     eventually("the proxy sees the revocation", Duration::from_secs(10), || {
         let (c, url, t) = (c.clone(), p.url.clone(), publisher.clone());
@@ -179,10 +280,19 @@ async fn auth_matrix_and_token_management() {
     })
     .await;
 
-    let metrics = c.get(p.at("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = c
+        .get(p.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for reason in ["missing", "invalid", "forbidden"] {
         assert!(
-            metrics.contains(&format!("meshd_proxy_auth_failures_total{{reason=\"{reason}\"}}")),
+            metrics.contains(&format!(
+                "meshd_proxy_auth_failures_total{{reason=\"{reason}\"}}"
+            )),
             "{reason}: {metrics}"
         );
     }
@@ -190,7 +300,13 @@ async fn auth_matrix_and_token_management() {
 
 #[test]
 fn proxy_refuses_to_start_without_tokens_or_no_auth() {
-    let (ok, _, err) = cli(&["proxy", "--listen", "127.0.0.1:0", "--nodes", "http://127.0.0.1:1"]);
+    let (ok, _, err) = cli(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--nodes",
+        "http://127.0.0.1:1",
+    ]);
     assert!(!ok);
     assert!(err.contains("--tokens"), "{err}");
 }

@@ -16,7 +16,15 @@ use serde_json::{json, Value};
 
 fn create_token(file: &Path, scopes: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_meshd"))
-        .args(["proxy", "token", "create", "--scopes", scopes, "--file", file.to_str().unwrap()])
+        .args([
+            "proxy",
+            "token",
+            "create",
+            "--scopes",
+            scopes,
+            "--file",
+            file.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -53,7 +61,8 @@ fn raw(url: &str, bytes: &[u8], wait: Duration) -> (String, Duration) {
                 out.extend_from_slice(&buf[..n]);
                 if out.windows(4).any(|w| w == b"\r\n\r\n") && !out.starts_with(b"HTTP/1.1 1") {
                     // Give the body a moment, then stop: we only look at the head.
-                    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(200)))
+                        .unwrap();
                 }
             }
         }
@@ -70,8 +79,17 @@ async fn token_and_ip_rate_limits() {
     let n = Meshd::start(&d.path().join("n1"), &[]);
     let p = Meshd::spawn(
         &[
-            "proxy", "--listen", "127.0.0.1:0", "--nodes", &n.url, "--tokens",
-            file.to_str().unwrap(), "--token-rate", "1", "--token-burst", "5",
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--nodes",
+            &n.url,
+            "--tokens",
+            file.to_str().unwrap(),
+            "--token-rate",
+            "1",
+            "--token-burst",
+            "5",
         ],
         d.path(),
     );
@@ -83,14 +101,20 @@ async fn token_and_ip_rate_limits() {
     }
     let r = publish_one(&c, &p.url, Some(&small)).await;
     assert_eq!(r.status(), 429);
-    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=2).contains(&retry), "Retry-After {retry}");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "rate_limited");
     // Another token has its own bucket.
     assert_eq!(publish_one(&c, &p.url, Some(&admin)).await.status(), 200);
     // A batch counts its events: 10 events never fit a burst of 5.
-    let batch: Vec<Value> = (0..10).map(|i| event(&format!("b{i}"), "t", None, json!(i))).collect();
+    let batch: Vec<Value> = (0..10)
+        .map(|i| event(&format!("b{i}"), "t", None, json!(i)))
+        .collect();
     let r = c
         .post(p.at("/v1/topics/orders/events"))
         .bearer_auth(&small)
@@ -110,19 +134,41 @@ async fn token_and_ip_rate_limits() {
     // Per client IP, counted per request, before auth.
     let p2 = Meshd::spawn(
         &[
-            "proxy", "--listen", "127.0.0.1:0", "--nodes", &n.url, "--no-auth", "--ip-rate", "1",
-            "--ip-burst", "3",
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--nodes",
+            &n.url,
+            "--no-auth",
+            "--ip-rate",
+            "1",
+            "--ip-burst",
+            "3",
         ],
         d.path(),
     );
     for i in 0..3 {
-        assert_eq!(publish_one(&c, &p2.url, None).await.status(), 200, "request {i}");
+        assert_eq!(
+            publish_one(&c, &p2.url, None).await.status(),
+            200,
+            "request {i}"
+        );
     }
     let r = publish_one(&c, &p2.url, None).await;
     assert_eq!(r.status(), 429);
     assert!(r.headers().get("retry-after").is_some());
-    let metrics = c.get(p2.at("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("meshd_proxy_rate_limited_total{kind=\"ip\"} 1"), "{metrics}");
+    let metrics = c
+        .get(p2.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("meshd_proxy_rate_limited_total{kind=\"ip\"} 1"),
+        "{metrics}"
+    );
 }
 
 async fn create_topic_with(c: &reqwest::Client, base: &str, token: &str) {
@@ -142,9 +188,20 @@ async fn body_header_and_slow_client_protection() {
     let n = Meshd::start(&d.path().join("n1"), &[]);
     let p = Meshd::spawn(
         &[
-            "proxy", "--listen", "127.0.0.1:0", "--nodes", &n.url, "--no-auth",
-            "--max-body-bytes", "1024", "--max-headers", "32", "--body-timeout-ms", "500",
-            "--header-timeout-ms", "1000",
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--nodes",
+            &n.url,
+            "--no-auth",
+            "--max-body-bytes",
+            "1024",
+            "--max-headers",
+            "32",
+            "--body-timeout-ms",
+            "500",
+            "--header-timeout-ms",
+            "1000",
         ],
         d.path(),
     );
@@ -167,9 +224,7 @@ async fn body_header_and_slow_client_protection() {
         big.into_bytes()
             .chunks(100)
             .map(|c| {
-                Ok::<_, std::io::Error>(hyper::body::Frame::data(
-                    bytes::Bytes::copy_from_slice(c),
-                ))
+                Ok::<_, std::io::Error>(hyper::body::Frame::data(bytes::Bytes::copy_from_slice(c)))
             })
             .collect::<Vec<_>>(),
     );
@@ -210,16 +265,34 @@ async fn body_header_and_slow_client_protection() {
         let head = "POST /v1/topics/orders/events HTTP/1.1\r\nhost: x\r\n\
                     content-type: application/cloudevents+json\r\ncontent-length: 100\r\n\r\n{";
         let (out, took) = raw(&url, head.as_bytes(), Duration::from_secs(5));
-        assert!(out.starts_with("HTTP/1.1 408"), "slow body answered {out:?}");
-        assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(4), "{took:?}");
+        assert!(
+            out.starts_with("HTTP/1.1 408"),
+            "slow body answered {out:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_secs(4),
+            "{took:?}"
+        );
         // A head that never completes: the connection is closed after the header timeout.
-        let (out, took) = raw(&url, b"GET /healthz HTTP/1.1\r\nhost: x\r\n", Duration::from_secs(10));
+        let (out, took) = raw(
+            &url,
+            b"GET /healthz HTTP/1.1\r\nhost: x\r\n",
+            Duration::from_secs(10),
+        );
         assert!(!out.starts_with("HTTP/1.1 200"), "{out:?}");
-        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
     })
     .await
     .unwrap();
 
     // The proxy still serves.
-    assert_eq!(publish(&c, &p.url, "orders", &[event("ok", "t", None, json!(1))]).await.len(), 1);
+    assert_eq!(
+        publish(&c, &p.url, "orders", &[event("ok", "t", None, json!(1))])
+            .await
+            .len(),
+        1
+    );
 }

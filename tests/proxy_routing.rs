@@ -69,7 +69,10 @@ async fn publish_acked(
         assert!(retry_after, "503 without Retry-After: {body}");
         let v: Value = serde_json::from_str(&body).unwrap();
         assert!(v["error"]["code"].is_string(), "{body}");
-        assert!(Instant::now() < deadline, "publish {id} still failing: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "publish {id} still failing: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -79,8 +82,10 @@ async fn publish_acked(
 async fn stored_ids(c: &reqwest::Client, base: &str, topic: &str) -> Vec<String> {
     let r = c
         .post(format!("{base}/v1/subscriptions"))
-        .json(&json!({"name": "audit", "topic": topic, "start": "earliest",
-                      "sink": {"pull": {"ack_deadline_ms": 60000}}}))
+        .json(
+            &json!({"name": "audit", "topic": topic, "start": "earliest",
+                      "sink": {"pull": {"ack_deadline_ms": 60000}}}),
+        )
         .send()
         .await
         .unwrap();
@@ -108,7 +113,11 @@ async fn publish_admin_and_pull_through_the_proxy() {
     assert_eq!(c.get(p.at("/healthz")).send().await.unwrap().status(), 200);
     assert_eq!(c.get(p.at("/readyz")).send().await.unwrap().status(), 200);
     create_topic(&c, &p.url, "orders", json!({"partitions": 2})).await;
-    assert_eq!(stored_count(&c, &n1.url, "orders").await, 0, "topic on the node");
+    assert_eq!(
+        stored_count(&c, &n1.url, "orders").await,
+        0,
+        "topic on the node"
+    );
     let r = c
         .post(p.at("/v1/subscriptions"))
         .json(&json!({"name": "w", "topic": "orders", "sink": {"pull": {}}}))
@@ -117,7 +126,13 @@ async fn publish_admin_and_pull_through_the_proxy() {
         .unwrap();
     assert_eq!(r.status(), 201);
     // Structured, binary and batch publishes.
-    let pos = publish(&c, &p.url, "orders", &[event("e1", "t", Some("k"), json!(1))]).await;
+    let pos = publish(
+        &c,
+        &p.url,
+        "orders",
+        &[event("e1", "t", Some("k"), json!(1))],
+    )
+    .await;
     assert_eq!(pos.len(), 1);
     let r = c
         .post(p.at("/v1/topics/orders/events"))
@@ -131,7 +146,10 @@ async fn publish_admin_and_pull_through_the_proxy() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let batch = json!([event("e3", "t", None, json!(3)), event("e4", "t", None, json!(4))]);
+    let batch = json!([
+        event("e3", "t", None, json!(3)),
+        event("e4", "t", None, json!(4))
+    ]);
     let r = c
         .post(p.at("/v1/topics/orders/events"))
         .header("content-type", "application/cloudevents-batch+json")
@@ -175,9 +193,26 @@ async fn publish_admin_and_pull_through_the_proxy() {
     assert_eq!(v["acknowledged"], 4, "{v}");
     // Unknown endpoints and methods.
     assert_eq!(c.get(p.at("/v2/x")).send().await.unwrap().status(), 404);
-    assert_eq!(c.patch(p.at("/v1/topics/orders")).send().await.unwrap().status(), 405);
-    let metrics = c.get(p.at("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("meshd_proxy_requests_total{status=\"200\"}"), "{metrics}");
+    assert_eq!(
+        c.patch(p.at("/v1/topics/orders"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+    let metrics = c
+        .get(p.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("meshd_proxy_requests_total{status=\"200\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("meshd_proxy_upstream_latency_seconds_bucket"));
 }
 
@@ -187,7 +222,11 @@ async fn kill9_a_node_fails_its_groups_over_without_losing_acknowledged_events()
     let (dir1, dir2) = (d.path().join("n1"), d.path().join("n2"));
     let mut n1 = node(&dir1, "n1");
     let n2 = node(&dir2, "n2");
-    let p = proxy(d.path(), &[&n1, &n2], &["--no-auth", "--deadline-ms", "4000"]);
+    let p = proxy(
+        d.path(),
+        &[&n1, &n2],
+        &["--no-auth", "--deadline-ms", "4000"],
+    );
     let c = client();
     // Topic admin goes to every node.
     create_topic(&c, &p.url, "orders", json!({"partitions": 2})).await;
@@ -209,9 +248,16 @@ async fn kill9_a_node_fails_its_groups_over_without_losing_acknowledged_events()
             acked.insert(id);
         }
     }
-    let on_n1: Vec<&String> = owner.iter().filter(|(_, n)| **n == n1.url).map(|(g, _)| g).collect();
+    let on_n1: Vec<&String> = owner
+        .iter()
+        .filter(|(_, n)| **n == n1.url)
+        .map(|(g, _)| g)
+        .collect();
     let on_n2 = owner.values().filter(|n| **n == n2.url).count();
-    assert!(!on_n1.is_empty() && on_n2 > 0, "groups not spread: {owner:?}");
+    assert!(
+        !on_n1.is_empty() && on_n2 > 0,
+        "groups not spread: {owner:?}"
+    );
 
     n1.kill9();
     let killed_at = Instant::now();
@@ -219,14 +265,29 @@ async fn kill9_a_node_fails_its_groups_over_without_losing_acknowledged_events()
         for g in &groups {
             let id = format!("{g}-b{round}");
             let t0 = Instant::now();
-            let node = publish_acked(&c, &p.url, "orders", g, &id, t0 + Duration::from_secs(10)).await;
+            let node =
+                publish_acked(&c, &p.url, "orders", g, &id, t0 + Duration::from_secs(10)).await;
             assert_eq!(node, n2.url, "{g} after the kill");
-            assert!(t0.elapsed() < Duration::from_secs(5), "{id} took {:?}", t0.elapsed());
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "{id} took {:?}",
+                t0.elapsed()
+            );
             acked.insert(id);
         }
     }
-    eprintln!("failover: 48 publishes after the kill took {:?}", killed_at.elapsed());
-    let metrics = c.get(p.at("/metrics")).send().await.unwrap().text().await.unwrap();
+    eprintln!(
+        "failover: 48 publishes after the kill took {:?}",
+        killed_at.elapsed()
+    );
+    let metrics = c
+        .get(p.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let retries: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("meshd_proxy_upstream_retries_total "))

@@ -73,7 +73,10 @@ impl Scope {
         })?;
         let pattern = p.trim().to_string();
         let stem = pattern.strip_suffix('*').unwrap_or(&pattern);
-        if pattern.is_empty() || stem.contains('*') || (pattern.ends_with('*') && !(stem.is_empty() || stem.ends_with('.'))) {
+        if pattern.is_empty()
+            || stem.contains('*')
+            || (pattern.ends_with('*') && !(stem.is_empty() || stem.ends_with('.')))
+        {
             return Err(AuthError::InvalidScope {
                 scope: s.to_string(),
                 reason: "the pattern must be `*`, `prefix.*` or an exact topic name".into(),
@@ -209,7 +212,10 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Makes a new token; returns the token string (shown once) and its record.
-pub fn new_token(scopes: Vec<Scope>, description: &str) -> Result<(String, TokenRecord), AuthError> {
+pub fn new_token(
+    scopes: Vec<Scope>,
+    description: &str,
+) -> Result<(String, TokenRecord), AuthError> {
     if scopes.is_empty() {
         return Err(AuthError::NoScopes);
     }
@@ -347,9 +353,7 @@ impl TokenStore {
         };
         let presented = hash_token(token);
         match record {
-            Some(r) if bool::from(presented.as_bytes().ct_eq(r.hash.as_bytes())) => {
-                Authn::Valid(r)
-            }
+            Some(r) if bool::from(presented.as_bytes().ct_eq(r.hash.as_bytes())) => Authn::Valid(r),
             _ => Authn::Invalid,
         }
     }
@@ -445,7 +449,10 @@ mod tests {
             .unwrap();
         assert!(token.starts_with(&format!("mshd_{}_", rec.id)));
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains(token.rsplit('_').next().unwrap()), "secret stored");
+        assert!(
+            !text.contains(token.rsplit('_').next().unwrap()),
+            "secret stored"
+        );
         let Authn::Valid(r) = store.authenticate(Some(&token)) else {
             panic!("token not valid")
         };

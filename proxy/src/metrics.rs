@@ -38,11 +38,17 @@ impl Metrics {
             "Requests sent again to another node after a failure",
         )?;
         let rate_limited = IntCounterVec::new(
-            Opts::new("meshd_proxy_rate_limited_total", "Requests refused by a rate limit"),
+            Opts::new(
+                "meshd_proxy_rate_limited_total",
+                "Requests refused by a rate limit",
+            ),
             &["kind"],
         )?;
         let auth_failures = IntCounterVec::new(
-            Opts::new("meshd_proxy_auth_failures_total", "Authentication and authorization failures"),
+            Opts::new(
+                "meshd_proxy_auth_failures_total",
+                "Authentication and authorization failures",
+            ),
             &["reason"],
         )?;
         let upstream_latency = Histogram::with_opts(

@@ -70,7 +70,12 @@ impl Nodes {
     fn ring_order(&self, key: &str) -> Vec<String> {
         let h = hash_of(key);
         let mut out: Vec<String> = Vec::with_capacity(self.by_id.len());
-        for id in self.ring.range(h..).chain(self.ring.range(..h)).map(|(_, id)| id) {
+        for id in self
+            .ring
+            .range(h..)
+            .chain(self.ring.range(..h))
+            .map(|(_, id)| id)
+        {
             if !out.contains(id) {
                 out.push(id.clone());
                 if out.len() == self.by_id.len() {

@@ -129,8 +129,12 @@ impl Reject {
 }
 
 fn unavailable(message: impl Into<String>) -> Reject {
-    Reject::new(StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable", message)
-        .retry_after(Duration::from_secs(1))
+    Reject::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upstream_unavailable",
+        message,
+    )
+    .retry_after(Duration::from_secs(1))
 }
 
 fn classify(method: &Method, path: &str) -> Result<Op, Reject> {
@@ -211,11 +215,7 @@ struct CreateToken {
 }
 
 /// The producer group of a publish and its number of events.
-fn producer_group(
-    headers: &HeaderMap,
-    body: &Bytes,
-    topic: &str,
-) -> Result<(String, u32), Reject> {
+fn producer_group(headers: &HeaderMap, body: &Bytes, topic: &str) -> Result<(String, u32), Reject> {
     let header_group = headers
         .get(PRODUCER_GROUP_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -240,7 +240,10 @@ fn producer_group(
     let (source, count) = if ct.starts_with("application/cloudevents-batch+json") {
         let events: Vec<SourceOnly> = serde_json::from_slice(body).map_err(malformed)?;
         let n = u32::try_from(events.len()).unwrap_or(u32::MAX);
-        (events.into_iter().next().and_then(|e| source_str(e.source)), n)
+        (
+            events.into_iter().next().and_then(|e| source_str(e.source)),
+            n,
+        )
     } else if ct.starts_with("application/cloudevents+json") {
         let e: SourceOnly = serde_json::from_slice(body).map_err(malformed)?;
         (source_str(e.source), 1)
@@ -444,12 +447,10 @@ impl Proxy {
                 }
             }
             let m = &self.inner.metrics;
-            m.producer_groups.set(
-                i64::try_from(self.inner.routing.producer_groups()).unwrap_or(i64::MAX),
-            );
-            m.live_nodes.set(
-                i64::try_from(self.inner.routing.live_nodes().len()).unwrap_or(i64::MAX),
-            );
+            m.producer_groups
+                .set(i64::try_from(self.inner.routing.producer_groups()).unwrap_or(i64::MAX));
+            m.live_nodes
+                .set(i64::try_from(self.inner.routing.live_nodes().len()).unwrap_or(i64::MAX));
         }
     }
 
@@ -592,7 +593,14 @@ impl Proxy {
                     }
                 }
                 return self
-                    .fan_out(&parts.method, &path_q, &parts.headers, body, peer, started + deadline_len)
+                    .fan_out(
+                        &parts.method,
+                        &path_q,
+                        &parts.headers,
+                        body,
+                        peer,
+                        started + deadline_len,
+                    )
                     .await;
             }
             Op::TopicRead(t) => (inner.routing.for_key(&format!("topic:{t}")), None, 1),
@@ -608,7 +616,16 @@ impl Proxy {
         }
         let deadline = started + deadline_len;
         match self
-            .forward(&parts.method, &path_q, &parts.headers, body, peer, &candidates, retry_uncertain, deadline)
+            .forward(
+                &parts.method,
+                &path_q,
+                &parts.headers,
+                body,
+                peer,
+                &candidates,
+                retry_uncertain,
+                deadline,
+            )
             .await
         {
             Ok(answer) => {
@@ -623,7 +640,9 @@ impl Proxy {
             Err(Failure::Uncertain(m)) => Err(Reject::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream_outcome_unknown",
-                format!("{m}; the request may or may not have been applied, retrying may duplicate it"),
+                format!(
+                    "{m}; the request may or may not have been applied, retrying may duplicate it"
+                ),
             )
             .retry_after(Duration::from_secs(1))),
         }
@@ -787,7 +806,10 @@ impl Proxy {
                 "the request body did not arrive in time",
             )),
             Ok(Ok(c)) => Ok(c.to_bytes()),
-            Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Ok(Err(e))
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
                 Err(too_large())
             }
             Ok(Err(e)) => Err(Reject::new(
@@ -992,12 +1014,14 @@ impl Proxy {
             .map(|s| Scope::parse(s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Reject::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()))?;
-        let (token, rec) = store.create(scopes, &req.description).map_err(|e| match e {
-            auth::AuthError::NoScopes => {
-                Reject::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string())
-            }
-            other => unavailable(other.to_string()),
-        })?;
+        let (token, rec) = store
+            .create(scopes, &req.description)
+            .map_err(|e| match e {
+                auth::AuthError::NoScopes => {
+                    Reject::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string())
+                }
+                other => unavailable(other.to_string()),
+            })?;
         Ok(json_response(
             StatusCode::CREATED,
             &json!({"id": rec.id, "token": token, "scopes": rec.scopes, "description": rec.description}),
@@ -1025,16 +1049,20 @@ impl Proxy {
 fn text(status: StatusCode, s: &str) -> Response<Body> {
     let mut r = Response::new(Body::from(s.to_string()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
     let mut r = Response::new(Body::from(v.to_string()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -1047,7 +1075,8 @@ fn answer_response(a: Answer) -> Response<Body> {
         }
     }
     if let Ok(v) = HeaderValue::from_str(&a.node.id) {
-        r.headers_mut().insert(HeaderName::from_static(NODE_HEADER), v);
+        r.headers_mut()
+            .insert(HeaderName::from_static(NODE_HEADER), v);
     }
     r
 }
@@ -1075,7 +1104,9 @@ mod tests {
             Some(StatusCode::NOT_FOUND)
         );
         assert_eq!(
-            classify(&Method::PATCH, "/v1/topics/x").err().map(|r| r.status),
+            classify(&Method::PATCH, "/v1/topics/x")
+                .err()
+                .map(|r| r.status),
             Some(StatusCode::METHOD_NOT_ALLOWED)
         );
     }
@@ -1083,9 +1114,15 @@ mod tests {
     #[test]
     fn producer_groups() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/cloudevents+json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/cloudevents+json"),
+        );
         let body = Bytes::from_static(br#"{"source":"/shop","id":"1"}"#);
-        assert_eq!(producer_group(&h, &body, "t").ok(), Some(("/shop".into(), 1)));
+        assert_eq!(
+            producer_group(&h, &body, "t").ok(),
+            Some(("/shop".into(), 1))
+        );
         h.insert(PRODUCER_GROUP_HEADER, HeaderValue::from_static("g1"));
         assert_eq!(producer_group(&h, &body, "t").ok(), Some(("g1".into(), 1)));
         h.remove(PRODUCER_GROUP_HEADER);
