@@ -108,7 +108,7 @@ async fn stored_ids(c: &reqwest::Client, base: &str, topic: &str) -> Vec<String>
 async fn publish_admin_and_pull_through_the_proxy() {
     let d = tempfile::tempdir().unwrap();
     let n1 = node(&d.path().join("n1"), "n1");
-    let p = proxy(d.path(), &[&n1], &["--no-auth"]);
+    let mut p = proxy(d.path(), &[&n1], &["--no-auth"]);
     let c = client();
     assert_eq!(c.get(p.at("/healthz")).send().await.unwrap().status(), 200);
     assert_eq!(c.get(p.at("/readyz")).send().await.unwrap().status(), 200);
@@ -214,6 +214,8 @@ async fn publish_admin_and_pull_through_the_proxy() {
         "{metrics}"
     );
     assert!(metrics.contains("meshd_proxy_upstream_latency_seconds_bucket"));
+    // SIGTERM: a clean exit.
+    assert!(p.terminate(), "the proxy did not exit cleanly on SIGTERM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -363,16 +363,21 @@ impl Proxy {
         &self.inner.metrics
     }
 
-    /// Serves HTTP/1.1 on `listener` until `shutdown` resolves. Runs the background work
-    /// (probing nodes marked down, reloading the token file, reclaiming idle state).
+    /// Serves HTTP/1.1 on `listener` until `shutdown` resolves, then stops accepting and
+    /// lets requests in flight finish (up to the request deadline + 1 s). Runs the
+    /// background work (probing nodes marked down, reloading the token file, reclaiming
+    /// idle state).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ProxyError> {
         let background = tokio::spawn(self.clone().background());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut conns = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
+            while conns.try_join_next().is_some() {}
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
@@ -394,15 +399,33 @@ impl Proxy {
                 .max_headers(cfg.max_headers)
                 .max_buf_size(cfg.max_header_bytes)
                 .keep_alive(true);
-            tokio::spawn(async move {
+            let mut stop = stop_rx.clone();
+            conns.spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let proxy = proxy.clone();
                     async move { Ok::<_, std::convert::Infallible>(proxy.handle(peer, req).await) }
                 });
-                if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = stop.changed() => {
+                        // Finish the request in flight, then close.
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
                     tracing::debug!(error = %e, %peer, "connection ended with an error");
                 }
             });
+        }
+        drop(listener);
+        let _ = stop_tx.send(true);
+        let drain = async { while conns.join_next().await.is_some() {} };
+        let grace = self.inner.config.request_deadline + Duration::from_secs(1);
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!("connections still open after the grace period; closing them");
         }
         background.abort();
         Ok(())
