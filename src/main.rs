@@ -15,6 +15,7 @@ mod client;
 mod dev;
 mod filter_cmd;
 mod scheduler_cmd;
+mod proxy_cmd;
 mod topology_cmd;
 
 #[derive(Parser)]
@@ -36,6 +37,8 @@ enum Command {
     Node(NodeArgs),
     /// Run one member of the scheduler's Raft group (placement of groups on nodes).
     Scheduler(scheduler_cmd::SchedulerArgs),
+    /// Run the stateless HTTP proxy in front of the nodes, or manage its tokens.
+    Proxy(proxy_cmd::ProxyArgs),
     /// Publish events (a small client).
     Pub(client::PubArgs),
     /// Pull events from a pull subscription and acknowledge them (a small client).
@@ -150,6 +153,7 @@ fn main() -> anyhow::Result<()> {
             Command::Dev(args) => dev::run(args).await,
             Command::Node(args) => run_node(args).await,
             Command::Scheduler(args) => scheduler_cmd::run(args).await,
+            Command::Proxy(args) => proxy_cmd::run(args).await,
             Command::Pub(args) => client::publish(args).await,
             Command::Sub(args) => client::subscribe(args).await,
             Command::Topic(args) => client::topic(args).await,

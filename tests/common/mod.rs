@@ -51,7 +51,8 @@ impl Meshd {
         Meshd::spawn(&args, data_dir)
     }
 
-    /// Spawns `meshd` with any arguments and waits for the node URL line.
+    /// Spawns `meshd` with any arguments and waits for the URL line (`cluster C node|proxy ID
+    /// http://...`).
     pub fn spawn(args: &[&str], data_dir: &Path) -> Meshd {
         let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
             .args(args)
@@ -73,7 +74,7 @@ impl Meshd {
                 let Ok(line) = line else { break };
                 if !sent
                     && line.starts_with("cluster ")
-                    && line.contains(" node ")
+                    && (line.contains(" node ") || line.contains(" proxy "))
                     && line.contains("http://")
                 {
                     let url = line.rsplit(' ').next().unwrap_or_default().to_string();

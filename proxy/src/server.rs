@@ -1,0 +1,1163 @@
+//! The proxy's HTTP server: accept loop with connection-level limits, request
+//! classification, auth and rate-limit checks, body reading under a deadline, and
+//! forwarding with failover.
+//!
+//! Failover rule: a request moves to the next candidate node only when it certainly did not
+//! reach the node (connect error) or the node answered 503. Other failures after the
+//! request was sent (reset, timeout mid-request) are retried only for GET/PUT/DELETE; a
+//! POST (publish, ack, subscription create) answers 503 `upstream_outcome_unknown`, since
+//! the node may have stored it. A client retrying then may create a duplicate, which
+//! at-least-once allows; an acknowledged event is never lost.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{self, Action, Authn, Scope, TokenRecord, TokenStore};
+use crate::limits::{Limited, Limits};
+use crate::metrics::Metrics;
+use crate::routing::{Routing, Upstream};
+use crate::{ProxyConfig, ProxyError};
+
+/// Header naming the producer group of a publish (else the CloudEvents `source`).
+pub const PRODUCER_GROUP_HEADER: &str = "meshd-producer-group";
+/// Header lowering the request's deadline, in milliseconds.
+pub const TIMEOUT_HEADER: &str = "meshd-timeout-ms";
+/// Response header naming the node that answered.
+pub const NODE_HEADER: &str = "meshd-node";
+
+/// A running proxy's shared state; cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ProxyConfig,
+    routing: Arc<Routing>,
+    tokens: Option<TokenStore>,
+    limits: Limits,
+    metrics: Metrics,
+    client: reqwest::Client,
+    /// Subscription name → (topic, when learned).
+    sub_topics: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("cluster", &self.inner.config.cluster)
+            .field("proxy_id", &self.inner.config.proxy_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    Health,
+    Ready,
+    Metrics,
+    TokensList,
+    TokensCreate,
+    TokensRevoke(String),
+    Publish(String),
+    TopicList,
+    TopicWrite(String),
+    TopicRead(String),
+    SubCreate,
+    SubList,
+    SubOne(String),
+    SubPull(String),
+    Cluster,
+}
+
+/// An answer that is not forwarded: an error.
+struct Reject {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+impl Reject {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Reject {
+        Reject {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn retry_after(mut self, d: Duration) -> Reject {
+        self.retry_after = Some(d);
+        self
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut r = Response::new(Body::from(body.to_string()));
+        *r.status_mut() = self.status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(d) = self.retry_after {
+            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+fn unavailable(message: impl Into<String>) -> Reject {
+    Reject::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upstream_unavailable",
+        message,
+    )
+    .retry_after(Duration::from_secs(1))
+}
+
+fn classify(method: &Method, path: &str) -> Result<Op, Reject> {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let m = method.clone();
+    let not_allowed = || {
+        Reject::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{m} is not allowed on {path}"),
+        )
+    };
+    let op = match segs.as_slice() {
+        ["healthz"] => (method == Method::GET).then_some(Op::Health),
+        ["readyz"] => (method == Method::GET).then_some(Op::Ready),
+        ["metrics"] => (method == Method::GET).then_some(Op::Metrics),
+        ["v1", "cluster"] => (method == Method::GET).then_some(Op::Cluster),
+        ["v1", "tokens"] => match *method {
+            Method::GET => Some(Op::TokensList),
+            Method::POST => Some(Op::TokensCreate),
+            _ => None,
+        },
+        ["v1", "tokens", id] if !id.is_empty() => {
+            (method == Method::DELETE).then(|| Op::TokensRevoke((*id).to_string()))
+        }
+        ["v1", "topics"] => (method == Method::GET).then_some(Op::TopicList),
+        ["v1", "topics", t] if !t.is_empty() => match *method {
+            Method::GET => Some(Op::TopicRead((*t).to_string())),
+            Method::PUT | Method::DELETE => Some(Op::TopicWrite((*t).to_string())),
+            _ => None,
+        },
+        ["v1", "topics", t, "events"] if !t.is_empty() => {
+            (method == Method::POST).then(|| Op::Publish((*t).to_string()))
+        }
+        ["v1", "subscriptions"] => match *method {
+            Method::GET => Some(Op::SubList),
+            Method::POST => Some(Op::SubCreate),
+            _ => None,
+        },
+        ["v1", "subscriptions", n] if !n.is_empty() => match *method {
+            Method::GET | Method::DELETE => Some(Op::SubOne((*n).to_string())),
+            _ => None,
+        },
+        ["v1", "subscriptions", n, "events"] if !n.is_empty() => {
+            (method == Method::GET).then(|| Op::SubPull((*n).to_string()))
+        }
+        ["v1", "subscriptions", n, "ack"] if !n.is_empty() => {
+            (method == Method::POST).then(|| Op::SubPull((*n).to_string()))
+        }
+        _ => {
+            return Err(Reject::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no endpoint {path}"),
+            ))
+        }
+    };
+    op.ok_or_else(not_allowed)
+}
+
+#[derive(Deserialize)]
+struct SourceOnly {
+    #[serde(default)]
+    source: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct SubSpecHead {
+    name: Option<String>,
+    topic: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CreateToken {
+    scopes: Vec<String>,
+    #[serde(default)]
+    description: String,
+}
+
+/// The producer group of a publish and its number of events.
+fn producer_group(headers: &HeaderMap, body: &Bytes, topic: &str) -> Result<(String, u32), Reject> {
+    let header_group = headers
+        .get(PRODUCER_GROUP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let malformed = |e: serde_json::Error| {
+        Reject::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_body",
+            format!("the body is not valid JSON: {e}"),
+        )
+    };
+    let source_str = |v: Option<serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
+        _ => None,
+    };
+    let (source, count) = if ct.starts_with("application/cloudevents-batch+json") {
+        let events: Vec<SourceOnly> = serde_json::from_slice(body).map_err(malformed)?;
+        let n = u32::try_from(events.len()).unwrap_or(u32::MAX);
+        (
+            events.into_iter().next().and_then(|e| source_str(e.source)),
+            n,
+        )
+    } else if ct.starts_with("application/cloudevents+json") {
+        let e: SourceOnly = serde_json::from_slice(body).map_err(malformed)?;
+        (source_str(e.source), 1)
+    } else {
+        (
+            headers
+                .get("ce-source")
+                .and_then(|v| v.to_str().ok())
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            1,
+        )
+    };
+    let group = header_group
+        .or(source)
+        .unwrap_or_else(|| format!("topic:{topic}"));
+    Ok((group, count))
+}
+
+/// `wait` of a pull: milliseconds, `500ms` or `5s`, at most 60 s.
+fn pull_wait(query: Option<&str>) -> Duration {
+    let Some(q) = query else {
+        return Duration::ZERO;
+    };
+    let v = q
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "wait")
+        .map(|(_, v)| v)
+        .unwrap_or("0");
+    let ms = if let Some(n) = v.strip_suffix("ms") {
+        n.parse::<u64>().ok()
+    } else if let Some(n) = v.strip_suffix('s') {
+        n.parse::<u64>().ok().map(|s| s.saturating_mul(1000))
+    } else {
+        v.parse::<u64>().ok()
+    };
+    Duration::from_millis(ms.unwrap_or(0).min(60_000))
+}
+
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+fn is_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
+}
+
+/// An upstream answer, fully read.
+struct Answer {
+    node: Upstream,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+enum Failure {
+    /// Nothing reached a node, or every node refused; safe to report 503.
+    Unavailable(String),
+    /// A node may have acted on the request; its outcome is unknown.
+    Uncertain(String),
+}
+
+impl Proxy {
+    /// A proxy over `nodes` (may be empty when a registry fills the table).
+    pub fn new(config: ProxyConfig, nodes: Vec<Upstream>) -> Result<Proxy, ProxyError> {
+        config.validate()?;
+        let tokens = match &config.tokens {
+            Some(p) => Some(TokenStore::open(p)?),
+            None => None,
+        };
+        let routing = Arc::new(Routing::new());
+        routing.set_nodes(nodes);
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .http1_only()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ProxyError::Client(e.to_string()))?;
+        Ok(Proxy {
+            inner: Arc::new(Inner {
+                limits: Limits::new(config.ip_rate, config.token_rate),
+                metrics: Metrics::new()?,
+                config,
+                routing,
+                tokens,
+                client,
+                sub_topics: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ProxyConfig {
+        &self.inner.config
+    }
+
+    /// The routing table (to feed it from a registry).
+    pub fn routing(&self) -> Arc<Routing> {
+        self.inner.routing.clone()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Serves HTTP/1.1 on `listener` until `shutdown` resolves, then stops accepting and
+    /// lets requests in flight finish (up to the request deadline + 1 s). Runs the
+    /// background work (probing nodes marked down, reloading the token file, reclaiming
+    /// idle state).
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ProxyError> {
+        let background = tokio::spawn(self.clone().background());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut conns = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            while conns.try_join_next().is_some() {}
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = self.clone();
+            let cfg = &self.inner.config;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(cfg.header_read_timeout)
+                .max_headers(cfg.max_headers)
+                .max_buf_size(cfg.max_header_bytes)
+                .keep_alive(true);
+            let mut stop = stop_rx.clone();
+            conns.spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(peer, req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = stop.changed() => {
+                        // Finish the request in flight, then close.
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        let _ = stop_tx.send(true);
+        let drain = async { while conns.join_next().await.is_some() {} };
+        let grace = self.inner.config.request_deadline + Duration::from_secs(1);
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!("connections still open after the grace period; closing them");
+        }
+        background.abort();
+        Ok(())
+    }
+
+    async fn background(self) {
+        let cfg = &self.inner.config;
+        let mut tick = tokio::time::interval(cfg.probe_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u64 = 0;
+        loop {
+            tick.tick().await;
+            n = n.wrapping_add(1);
+            for node in self.inner.routing.down_nodes() {
+                let ok = self
+                    .inner
+                    .client
+                    .get(format!("{}/healthz", node.url))
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false);
+                if ok {
+                    tracing::info!(node = %node.id, "node answers again");
+                    self.inner.routing.mark_up(&node.id);
+                }
+            }
+            if let Some(t) = &self.inner.tokens {
+                if let Err(e) = t.reload_if_changed() {
+                    tracing::warn!(error = %e, "token file not reloaded; keeping the previous tokens");
+                }
+            }
+            let reclaimed = self.inner.routing.reclaim_idle(cfg.group_idle_timeout);
+            if reclaimed > 0 {
+                tracing::debug!(reclaimed, "idle producer groups reclaimed");
+            }
+            if n % 20 == 0 {
+                self.inner.limits.reclaim();
+                if let Ok(mut s) = self.inner.sub_topics.lock() {
+                    s.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(60));
+                }
+            }
+            let m = &self.inner.metrics;
+            m.producer_groups
+                .set(i64::try_from(self.inner.routing.producer_groups()).unwrap_or(i64::MAX));
+            m.live_nodes
+                .set(i64::try_from(self.inner.routing.live_nodes().len()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Answers one request (any body type; the server passes hyper's).
+    pub async fn handle<B>(&self, peer: SocketAddr, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut resp = match self.handle_inner(peer, req).await {
+            Ok(r) => r,
+            Err(rej) => rej.into_response(),
+        };
+        self.inner
+            .metrics
+            .requests
+            .with_label_values(&[resp.status().as_str()])
+            .inc();
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+        resp
+    }
+
+    async fn handle_inner<B>(
+        &self,
+        peer: SocketAddr,
+        req: Request<B>,
+    ) -> Result<Response<Body>, Reject>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = Instant::now();
+        let inner = &self.inner;
+        let cfg = &inner.config;
+        let op = classify(req.method(), req.uri().path())?;
+        match op {
+            Op::Health => return Ok(text(StatusCode::OK, "ok")),
+            Op::Ready => {
+                return Ok(if inner.routing.live_nodes().is_empty() {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "no live node")
+                } else {
+                    text(StatusCode::OK, "ready")
+                })
+            }
+            Op::Metrics => return Ok(text(StatusCode::OK, &inner.metrics.render())),
+            _ => {}
+        }
+        if req.headers().len() > cfg.max_headers {
+            return Err(Reject::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                format!("at most {} headers are taken", cfg.max_headers),
+            ));
+        }
+        if let Err(l) = inner.limits.check_ip(peer.ip()) {
+            return Err(self.limited(l));
+        }
+        let token = self.authenticate(req.headers())?;
+        // Scope checks that need no body.
+        let mut sub_topic = None;
+        match &op {
+            Op::Publish(t) => self.require(&token, Action::Publish, Some(t))?,
+            Op::TopicWrite(t) => self.require(&token, Action::Admin, Some(t))?,
+            Op::TopicRead(t) => self.require_any(&token, t)?,
+            Op::TopicList | Op::SubList => self.require(&token, Action::Admin, None)?,
+            Op::TokensList | Op::TokensCreate | Op::TokensRevoke(_) => {
+                if let Some(t) = &token {
+                    if !auth::is_superuser(t) {
+                        return Err(self.forbidden("token management needs the admin:* scope"));
+                    }
+                }
+            }
+            Op::SubOne(name) | Op::SubPull(name) => {
+                if token.is_some() {
+                    let topic = self.subscription_topic(name).await?;
+                    self.require(&token, Action::Subscribe, Some(&topic))?;
+                    sub_topic = Some(topic);
+                }
+            }
+            Op::Cluster | Op::SubCreate => {}
+            Op::Health | Op::Ready | Op::Metrics => {}
+        }
+        let (parts, body) = req.into_parts();
+        let body = self.read_body(&parts.headers, body).await?;
+        match op {
+            Op::TokensList => return Ok(self.tokens_list()),
+            Op::TokensCreate => return self.tokens_create(&body),
+            Op::TokensRevoke(id) => return self.tokens_revoke(&id),
+            _ => {}
+        }
+        let mut deadline_len = cfg.request_deadline;
+        if let Some(ms) = parts
+            .headers
+            .get(TIMEOUT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            deadline_len = deadline_len.min(Duration::from_millis(ms.max(1)));
+        }
+        let path_q = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| parts.uri.path().to_string());
+        let retry_uncertain = parts.method != Method::POST;
+        let (candidates, group, cost) = match &op {
+            Op::Publish(topic) => {
+                let (group, count) = producer_group(&parts.headers, &body, topic)?;
+                (inner.routing.for_producer(&group), Some(group), count)
+            }
+            Op::SubCreate => {
+                let head: SubSpecHead = serde_json::from_slice(&body).map_err(|e| {
+                    Reject::new(
+                        StatusCode::BAD_REQUEST,
+                        "malformed_body",
+                        format!("the body is not a subscription: {e}"),
+                    )
+                })?;
+                let (Some(name), Some(topic)) = (head.name, head.topic) else {
+                    return Err(Reject::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_body",
+                        "a subscription needs a name and a topic",
+                    ));
+                };
+                self.require(&token, Action::Subscribe, Some(&topic))?;
+                (inner.routing.for_subscription(&name), None, 1)
+            }
+            Op::SubOne(name) | Op::SubPull(name) => {
+                if let Op::SubPull(_) = op {
+                    deadline_len += pull_wait(parts.uri.query());
+                }
+                let _ = sub_topic;
+                (inner.routing.for_subscription(name), None, 1)
+            }
+            Op::TopicWrite(_) => {
+                if let Some(t) = &token {
+                    if let Err(l) = inner.limits.check_token(&t.id, 1) {
+                        return Err(self.limited(l));
+                    }
+                }
+                return self
+                    .fan_out(
+                        &parts.method,
+                        &path_q,
+                        &parts.headers,
+                        body,
+                        peer,
+                        started + deadline_len,
+                    )
+                    .await;
+            }
+            Op::TopicRead(t) => (inner.routing.for_key(&format!("topic:{t}")), None, 1),
+            _ => (inner.routing.for_key("admin"), None, 1),
+        };
+        if let Some(t) = &token {
+            if let Err(l) = inner.limits.check_token(&t.id, cost) {
+                return Err(self.limited(l));
+            }
+        }
+        if candidates.is_empty() {
+            return Err(unavailable("no runtime node is known"));
+        }
+        let deadline = started + deadline_len;
+        match self
+            .forward(
+                &parts.method,
+                &path_q,
+                &parts.headers,
+                body,
+                peer,
+                &candidates,
+                retry_uncertain,
+                deadline,
+            )
+            .await
+        {
+            Ok(answer) => {
+                if let Some(g) = group {
+                    if answer.status.is_success() {
+                        inner.routing.stick(&g, &answer.node.id);
+                    }
+                }
+                Ok(answer_response(answer))
+            }
+            Err(Failure::Unavailable(m)) => Err(unavailable(m)),
+            Err(Failure::Uncertain(m)) => Err(Reject::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_outcome_unknown",
+                format!(
+                    "{m}; the request may or may not have been applied, retrying may duplicate it"
+                ),
+            )
+            .retry_after(Duration::from_secs(1))),
+        }
+    }
+
+    fn limited(&self, l: Limited) -> Reject {
+        self.inner
+            .metrics
+            .rate_limited
+            .with_label_values(&[l.kind])
+            .inc();
+        Reject::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("the {} rate limit is exhausted", l.kind),
+        )
+        .retry_after(l.retry_after)
+    }
+
+    fn forbidden(&self, message: &str) -> Reject {
+        self.inner
+            .metrics
+            .auth_failures
+            .with_label_values(&["forbidden"])
+            .inc();
+        Reject::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// `Ok(None)` when auth is disabled.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Arc<TokenRecord>>, Reject> {
+        let Some(store) = &self.inner.tokens else {
+            return Ok(None);
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
+        match store.authenticate(presented) {
+            Authn::Valid(r) => Ok(Some(r)),
+            Authn::Missing => {
+                self.inner
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&["missing"])
+                    .inc();
+                Err(Reject::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "a token is required: Authorization: Bearer mshd_…",
+                ))
+            }
+            Authn::Invalid => {
+                self.inner
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&["invalid"])
+                    .inc();
+                Err(Reject::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "the token is not valid",
+                ))
+            }
+        }
+    }
+
+    fn require(
+        &self,
+        token: &Option<Arc<TokenRecord>>,
+        action: Action,
+        resource: Option<&str>,
+    ) -> Result<(), Reject> {
+        match token {
+            None => Ok(()),
+            Some(t) if auth::allows(t, action, resource) => Ok(()),
+            Some(_) => Err(self.forbidden(&format!(
+                "the token has no {} scope{}",
+                action.as_str(),
+                resource.map(|r| format!(" on {r}")).unwrap_or_default()
+            ))),
+        }
+    }
+
+    fn require_any(&self, token: &Option<Arc<TokenRecord>>, topic: &str) -> Result<(), Reject> {
+        match token {
+            None => Ok(()),
+            Some(t) if t.scopes.iter().any(|s| s.matches(topic)) => Ok(()),
+            Some(_) => Err(self.forbidden(&format!("the token has no scope on {topic}"))),
+        }
+    }
+
+    /// The topic of a subscription (cached; else asked of the node that serves it).
+    async fn subscription_topic(&self, name: &str) -> Result<String, Reject> {
+        if let Ok(c) = self.inner.sub_topics.lock() {
+            if let Some((t, at)) = c.get(name) {
+                if at.elapsed() < Duration::from_secs(30) {
+                    return Ok(t.clone());
+                }
+            }
+        }
+        let candidates = self.inner.routing.for_subscription(name);
+        let deadline = Instant::now() + self.inner.config.request_deadline;
+        let answer = self
+            .forward(
+                &Method::GET,
+                &format!("/v1/subscriptions/{name}"),
+                &HeaderMap::new(),
+                Bytes::new(),
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                &candidates,
+                true,
+                deadline,
+            )
+            .await
+            .map_err(|_| unavailable("the subscription's node is unavailable"))?;
+        if answer.status == StatusCode::NOT_FOUND {
+            return Err(Reject::new(
+                StatusCode::NOT_FOUND,
+                "subscription_not_found",
+                format!("no subscription {name}"),
+            ));
+        }
+        let head: SubSpecHead = serde_json::from_slice(&answer.body)
+            .map_err(|_| unavailable("the node answered an unreadable subscription"))?;
+        let topic = head
+            .topic
+            .ok_or_else(|| unavailable("the node answered a subscription without a topic"))?;
+        if let Ok(mut c) = self.inner.sub_topics.lock() {
+            c.insert(name.to_string(), (topic.clone(), Instant::now()));
+        }
+        Ok(topic)
+    }
+
+    async fn read_body<B>(&self, headers: &HeaderMap, body: B) -> Result<Bytes, Reject>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let max = self.inner.config.max_body_bytes;
+        let too_large = || {
+            Reject::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body is larger than {max} bytes"),
+            )
+        };
+        if let Some(len) = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            if len > u64::try_from(max).unwrap_or(u64::MAX) {
+                return Err(too_large());
+            }
+        }
+        let limited = http_body_util::Limited::new(body, max);
+        match tokio::time::timeout(self.inner.config.body_read_timeout, limited.collect()).await {
+            Err(_) => Err(Reject::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time",
+            )),
+            Ok(Ok(c)) => Ok(c.to_bytes()),
+            Ok(Err(e))
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                Err(too_large())
+            }
+            Ok(Err(e)) => Err(Reject::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_body",
+                format!("the body could not be read: {e}"),
+            )),
+        }
+    }
+
+    fn upstream_request(
+        &self,
+        method: &Method,
+        url: String,
+        headers: &HeaderMap,
+        body: Bytes,
+        peer: SocketAddr,
+        timeout: Duration,
+    ) -> reqwest::RequestBuilder {
+        let mut out = HeaderMap::with_capacity(headers.len() + 1);
+        for (k, v) in headers {
+            if !is_hop(k) && k != header::AUTHORIZATION {
+                out.append(k.clone(), v.clone());
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+            out.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+        self.inner
+            .client
+            .request(method.clone(), url)
+            .headers(out)
+            .body(body)
+            .timeout(timeout)
+    }
+
+    /// One attempt per candidate until one answers (not 503) or the deadline passes.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        method: &Method,
+        path_q: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+        peer: SocketAddr,
+        candidates: &[Upstream],
+        retry_uncertain: bool,
+        deadline: Instant,
+    ) -> Result<Answer, Failure> {
+        let mut last = String::from("no node answered");
+        for (i, node) in candidates.iter().enumerate() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            if i > 0 {
+                self.inner.metrics.upstream_retries.inc();
+            }
+            let t0 = Instant::now();
+            let sent = self
+                .upstream_request(
+                    method,
+                    format!("{}{path_q}", node.url),
+                    headers,
+                    body.clone(),
+                    peer,
+                    deadline - now,
+                )
+                .send()
+                .await;
+            let result = match sent {
+                Ok(r) => {
+                    let status = r.status();
+                    let headers = r.headers().clone();
+                    r.bytes().await.map(|b| (status, headers, b))
+                }
+                Err(e) => Err(e),
+            };
+            self.inner
+                .metrics
+                .upstream_latency
+                .observe(t0.elapsed().as_secs_f64());
+            match result {
+                Ok((status, _, _)) if status == StatusCode::SERVICE_UNAVAILABLE => {
+                    last = format!("node {} answered 503", node.id);
+                }
+                Ok((status, headers, body)) => {
+                    return Ok(Answer {
+                        node: node.clone(),
+                        status,
+                        headers,
+                        body,
+                    })
+                }
+                Err(e) if e.is_connect() => {
+                    tracing::warn!(node = %node.id, error = %e, "node unreachable; trying the next one");
+                    self.inner.routing.mark_down(&node.id);
+                    last = format!("node {} is unreachable", node.id);
+                }
+                Err(e) if retry_uncertain => {
+                    last = format!("node {} failed: {e}", node.id);
+                }
+                Err(e) => {
+                    if !e.is_timeout() {
+                        self.inner.routing.mark_down(&node.id);
+                    }
+                    return Err(Failure::Uncertain(format!("node {} failed: {e}", node.id)));
+                }
+            }
+        }
+        Err(Failure::Unavailable(last))
+    }
+
+    /// Sends a topic create/delete to every node (nodes share nothing yet).
+    async fn fan_out(
+        &self,
+        method: &Method,
+        path_q: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+        peer: SocketAddr,
+        deadline: Instant,
+    ) -> Result<Response<Body>, Reject> {
+        let nodes = self.inner.routing.nodes();
+        if nodes.is_empty() {
+            return Err(unavailable("no runtime node is known"));
+        }
+        let attempts = nodes.iter().map(|n| {
+            self.forward(
+                method,
+                path_q,
+                headers,
+                body.clone(),
+                peer,
+                std::slice::from_ref(n),
+                true,
+                deadline,
+            )
+        });
+        let results = futures::future::join_all(attempts).await;
+        let mut ok: Option<Answer> = None;
+        let mut unreachable = 0usize;
+        for r in results {
+            match r {
+                Ok(a) if a.status.is_success() => {
+                    ok.get_or_insert(a);
+                }
+                Ok(a) => return Ok(answer_response(a)),
+                Err(_) => unreachable += 1,
+            }
+        }
+        match ok {
+            Some(a) => {
+                let mut resp = answer_response(a);
+                if unreachable > 0 {
+                    if let Ok(v) = HeaderValue::from_str(&unreachable.to_string()) {
+                        resp.headers_mut()
+                            .insert(HeaderName::from_static("meshd-nodes-unreachable"), v);
+                    }
+                }
+                Ok(resp)
+            }
+            None => Err(unavailable("no node answered")),
+        }
+    }
+
+    fn tokens_store(&self) -> Result<&TokenStore, Reject> {
+        self.inner.tokens.as_ref().ok_or_else(|| {
+            Reject::new(
+                StatusCode::NOT_FOUND,
+                "auth_disabled",
+                "this proxy runs without a token file",
+            )
+        })
+    }
+
+    fn tokens_list(&self) -> Response<Body> {
+        let list = self
+            .inner
+            .tokens
+            .as_ref()
+            .map(TokenStore::list)
+            .unwrap_or_default();
+        let body = json!({"tokens": list.iter().map(|t| json!({
+            "id": t.id, "scopes": t.scopes, "description": t.description, "created_at": t.created_at,
+        })).collect::<Vec<_>>()});
+        json_response(StatusCode::OK, &body)
+    }
+
+    fn tokens_create(&self, body: &Bytes) -> Result<Response<Body>, Reject> {
+        let store = self.tokens_store()?;
+        let req: CreateToken = serde_json::from_slice(body).map_err(|e| {
+            Reject::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("expected {{\"scopes\": [\"publish:orders.*\"]}}: {e}"),
+            )
+        })?;
+        let scopes = req
+            .scopes
+            .iter()
+            .map(|s| Scope::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Reject::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()))?;
+        let (token, rec) = store
+            .create(scopes, &req.description)
+            .map_err(|e| match e {
+                auth::AuthError::NoScopes => {
+                    Reject::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string())
+                }
+                other => unavailable(other.to_string()),
+            })?;
+        Ok(json_response(
+            StatusCode::CREATED,
+            &json!({"id": rec.id, "token": token, "scopes": rec.scopes, "description": rec.description}),
+        ))
+    }
+
+    fn tokens_revoke(&self, id: &str) -> Result<Response<Body>, Reject> {
+        let store = self.tokens_store()?;
+        match store.revoke(id) {
+            Ok(()) => {
+                let mut r = Response::new(Body::empty());
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                Ok(r)
+            }
+            Err(auth::AuthError::NotFound { .. }) => Err(Reject::new(
+                StatusCode::NOT_FOUND,
+                "token_not_found",
+                format!("no token {id}"),
+            )),
+            Err(e) => Err(unavailable(e.to_string())),
+        }
+    }
+}
+
+fn text(status: StatusCode, s: &str) -> Response<Body> {
+    let mut r = Response::new(Body::from(s.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Body::from(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn answer_response(a: Answer) -> Response<Body> {
+    let mut r = Response::new(Body::from(a.body));
+    *r.status_mut() = a.status;
+    for (k, v) in &a.headers {
+        if !is_hop(k) {
+            r.headers_mut().append(k.clone(), v.clone());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&a.node.id) {
+        r.headers_mut()
+            .insert(HeaderName::from_static(NODE_HEADER), v);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        assert_eq!(
+            classify(&Method::POST, "/v1/topics/orders/events").ok(),
+            Some(Op::Publish("orders".into()))
+        );
+        assert_eq!(
+            classify(&Method::PUT, "/v1/topics/orders").ok(),
+            Some(Op::TopicWrite("orders".into()))
+        );
+        assert_eq!(
+            classify(&Method::POST, "/v1/subscriptions/s/ack").ok(),
+            Some(Op::SubPull("s".into()))
+        );
+        assert_eq!(
+            classify(&Method::GET, "/nope").err().map(|r| r.status),
+            Some(StatusCode::NOT_FOUND)
+        );
+        assert_eq!(
+            classify(&Method::PATCH, "/v1/topics/x")
+                .err()
+                .map(|r| r.status),
+            Some(StatusCode::METHOD_NOT_ALLOWED)
+        );
+    }
+
+    #[test]
+    fn producer_groups() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/cloudevents+json"),
+        );
+        let body = Bytes::from_static(br#"{"source":"/shop","id":"1"}"#);
+        assert_eq!(
+            producer_group(&h, &body, "t").ok(),
+            Some(("/shop".into(), 1))
+        );
+        h.insert(PRODUCER_GROUP_HEADER, HeaderValue::from_static("g1"));
+        assert_eq!(producer_group(&h, &body, "t").ok(), Some(("g1".into(), 1)));
+        h.remove(PRODUCER_GROUP_HEADER);
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/cloudevents-batch+json"),
+        );
+        let batch = Bytes::from_static(br#"[{"source":"/a"},{"source":"/b"},{}]"#);
+        assert_eq!(producer_group(&h, &batch, "t").ok(), Some(("/a".into(), 3)));
+        assert!(producer_group(&h, &Bytes::from_static(b"{nope"), "t").is_err());
+        assert_eq!(pull_wait(Some("max=1&wait=5s")), Duration::from_secs(5));
+        assert_eq!(pull_wait(Some("wait=250ms")), Duration::from_millis(250));
+        assert_eq!(pull_wait(Some("wait=999999")), Duration::from_secs(60));
+    }
+}

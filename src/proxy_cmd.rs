@@ -1,0 +1,247 @@
+//! `meshd proxy`: run the proxy role, or manage its token file (`meshd proxy token ...`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use meshd_proxy::auth::{self, Scope, TokenStore};
+use meshd_proxy::{Proxy, ProxyConfig, Rate};
+use meshd_scheduler::registry::{EtcdConfig, EtcdRegistry, InProcessRegistry, Registry};
+
+/// `meshd proxy`.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ProxyArgs {
+    #[command(subcommand)]
+    command: Option<ProxyCommand>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum ProxyCommand {
+    /// Manage the token file (hashes only; the token is printed once on create).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum TokenCommand {
+    /// Create a token; prints it (once) on stdout.
+    Create {
+        /// Scopes `action:pattern`, comma separated or repeated: publish, subscribe, admin on
+        /// `*`, `prefix.*` or an exact topic (`admin:*` also manages tokens).
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// The token file.
+        #[arg(long)]
+        file: PathBuf,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tokens (ids and scopes, never secrets).
+    List {
+        /// The token file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        /// The token id (the part after `mshd_`).
+        id: String,
+        /// The token file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address to serve HTTP on (port 0: any free port; the URL is printed).
+    #[arg(long, default_value = "127.0.0.1:7800")]
+    listen: SocketAddr,
+    /// Where nodes are found: `memory` (in-process, for tests) or `etcd://host:port[,host:port]`.
+    #[arg(long)]
+    registry: Option<String>,
+    /// Static node list `http://a:7700,http://b:7700` (when no registry is used).
+    #[arg(long)]
+    nodes: Option<String>,
+    /// Cluster name.
+    #[arg(long, default_value = "local")]
+    cluster: String,
+    /// Proxy id within the cluster.
+    #[arg(long, default_value = "proxy-1")]
+    proxy_id: String,
+    /// The token file (JSON, hashes only); reloaded when it changes.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// Serve without authentication (development only).
+    #[arg(long)]
+    no_auth: bool,
+    /// Largest request body in bytes (413 past it).
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Most request headers (431 past it).
+    #[arg(long, default_value_t = 64)]
+    max_headers: usize,
+    /// Largest request head in bytes, at least 8192 (431 past it).
+    #[arg(long, default_value_t = 16 * 1024)]
+    max_header_bytes: usize,
+    /// Time to receive the request head, ms (connection closed past it).
+    #[arg(long, default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// Time to receive the body, ms (408 past it).
+    #[arg(long, default_value_t = 10_000)]
+    body_timeout_ms: u64,
+    /// Deadline of a request across every upstream attempt, ms (503 past it).
+    #[arg(long, default_value_t = 5_000)]
+    deadline_ms: u64,
+    /// Requests per second per client IP (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    ip_rate: u32,
+    /// Burst per client IP (default: the rate).
+    #[arg(long)]
+    ip_burst: Option<u32>,
+    /// Events per second per token (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    token_rate: u32,
+    /// Burst per token (default: the rate).
+    #[arg(long)]
+    token_burst: Option<u32>,
+    /// Producer-group routing state idle this long is dropped, seconds.
+    #[arg(long, default_value_t = 300)]
+    group_idle_secs: u64,
+}
+
+fn parse_scopes(list: &[String]) -> anyhow::Result<Vec<Scope>> {
+    list.iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| Scope::parse(s).map_err(anyhow::Error::from))
+        .collect()
+}
+
+/// Runs `meshd proxy ...`.
+pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(ProxyCommand::Token { command }) => token(command),
+        None => serve(args.run).await,
+    }
+}
+
+fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create {
+            scopes,
+            file,
+            description,
+        } => {
+            let scopes = parse_scopes(&scopes)?;
+            let store = TokenStore::open(&file)?;
+            let (token, rec) = store.create(scopes, &description)?;
+            eprintln!(
+                "created token {} with scopes {} in {} (shown once; only its hash is stored)",
+                rec.id,
+                rec.scopes
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                file.display()
+            );
+            println!("{token}");
+        }
+        TokenCommand::List { file } => {
+            for t in auth::read_file(&file)?.tokens {
+                println!(
+                    "{}\t{}\t{}",
+                    t.id,
+                    t.scopes
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    t.description
+                );
+            }
+        }
+        TokenCommand::Revoke { id, file } => {
+            TokenStore::open(&file)?.revoke(&id)?;
+            eprintln!("revoked token {id}");
+        }
+    }
+    Ok(())
+}
+
+async fn serve(a: RunArgs) -> anyhow::Result<()> {
+    if a.tokens.is_none() && !a.no_auth {
+        bail!("give --tokens FILE (create the first admin token with `meshd proxy token create --scopes admin:* --file FILE`), or --no-auth for development");
+    }
+    let mut config = ProxyConfig::new(&a.cluster, &a.proxy_id);
+    config.tokens = a.tokens.clone();
+    config.max_body_bytes = a.max_body_bytes;
+    config.max_headers = a.max_headers;
+    config.max_header_bytes = a.max_header_bytes;
+    config.header_read_timeout = Duration::from_millis(a.header_timeout_ms);
+    config.body_read_timeout = Duration::from_millis(a.body_timeout_ms);
+    config.request_deadline = Duration::from_millis(a.deadline_ms);
+    config.group_idle_timeout = Duration::from_secs(a.group_idle_secs);
+    config.ip_rate = (a.ip_rate > 0).then(|| Rate {
+        per_second: a.ip_rate,
+        burst: a.ip_burst.unwrap_or(a.ip_rate),
+    });
+    config.token_rate = (a.token_rate > 0).then(|| Rate {
+        per_second: a.token_rate,
+        burst: a.token_burst.unwrap_or(a.token_rate),
+    });
+    let nodes = a
+        .nodes
+        .as_deref()
+        .map(meshd_proxy::static_nodes)
+        .unwrap_or_default();
+    if nodes.is_empty() && a.registry.is_none() {
+        bail!("give --nodes http://a,http://b or --registry memory|etcd://host:port");
+    }
+    let proxy = Proxy::new(config, nodes).context("starting the proxy")?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("binding {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    let _member = match a.registry.as_deref() {
+        None => None,
+        Some(spec) => {
+            let registry: Arc<dyn Registry> = if spec == "memory" {
+                Arc::new(InProcessRegistry::new(&a.cluster))
+            } else if let Some(eps) = spec.strip_prefix("etcd://") {
+                let endpoints = eps
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|h| format!("http://{h}"))
+                    .collect();
+                Arc::new(
+                    EtcdRegistry::connect(EtcdConfig::new(endpoints, &a.cluster))
+                        .await
+                        .context("connecting to etcd")?,
+                )
+            } else {
+                bail!("--registry must be `memory` or `etcd://host:port[,host:port]`");
+            };
+            Some(
+                meshd_proxy::follow_registry(&proxy, registry, &url)
+                    .await
+                    .context("following the registry")?,
+            )
+        }
+    };
+    println!("cluster {} proxy {} {url}", a.cluster, a.proxy_id);
+    proxy.serve(listener, crate::shutdown_signal()).await?;
+    if let Some(m) = _member {
+        let _ = m.deregister().await;
+    }
+    Ok(())
+}
