@@ -172,6 +172,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/subscriptions/{name}/ack", post(ack))
         .route("/v1/filters/test", post(filter_test))
         .route("/v1/cluster", get(cluster_status))
+        .route("/v1/mesh", get(mesh_status))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -487,6 +488,17 @@ async fn filter_test(headers: HeaderMap, body: Body) -> ApiResult<Response> {
 
 async fn cluster_status(State(node): State<Arc<Node>>) -> ApiResult<Response> {
     Ok(Json(node.status().await?).into_response())
+}
+
+async fn mesh_status(State(node): State<Arc<Node>>) -> ApiResult<Response> {
+    match node.mesh_status() {
+        Some(v) => Ok(Json(v).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_mesh",
+            "this node runs no federation bridge (start it with --topology and --certs-dir)",
+        )),
+    }
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {

@@ -116,7 +116,12 @@ pub struct Node {
     subscriptions: RwLock<BTreeMap<String, Arc<CompiledSubscription>>>,
     admin: Mutex<()>,
     ready: AtomicBool,
+    mesh: std::sync::OnceLock<MeshStatusFn>,
 }
+
+/// What `GET /v1/mesh` shows, provided by the federation bridge when one runs beside the
+/// node (see [`Node::set_mesh_status`]).
+pub type MeshStatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 impl Node {
     /// Opens a node on the embedded store in `config.data_dir`.
@@ -155,6 +160,7 @@ impl Node {
             subscriptions: RwLock::new(BTreeMap::new()),
             admin: Mutex::new(()),
             ready: AtomicBool::new(false),
+            mesh: std::sync::OnceLock::new(),
         });
         for (key, value) in node.store.list_meta(SUBSCRIPTION_PREFIX).await? {
             let spec: SubscriptionSpec = match serde_json::from_slice(&value) {
@@ -206,6 +212,16 @@ impl Node {
         self.subscriptions
             .write()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Attaches the federation bridge's status (once; later calls are ignored).
+    pub fn set_mesh_status(&self, status: MeshStatusFn) {
+        let _ = self.mesh.set(status);
+    }
+
+    /// The federation bridge's status, when a bridge is attached.
+    pub fn mesh_status(&self) -> Option<serde_json::Value> {
+        self.mesh.get().map(|f| f())
     }
 
     /// Whether the node takes traffic.
