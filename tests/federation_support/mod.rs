@@ -116,8 +116,6 @@ impl MeshFiles {
             certs_dir.to_str().unwrap(),
             "--bridge-listen",
             &bind,
-            "--fsync",
-            "never",
         ];
         Meshd::spawn(&args, &data)
     }
