@@ -98,6 +98,38 @@ impl MeshFiles {
         self.dir.path().join(format!("data-{cluster}"))
     }
 
+    /// Starts the node + bridge of a cluster with its certificates from `certs_dir`,
+    /// its topology from `topology`, its log appended to `log` when given.
+    pub fn start_custom(
+        &self,
+        cluster: &str,
+        certs_dir: &Path,
+        topology: &Path,
+        log: Option<&Path>,
+    ) -> Meshd {
+        let data = self.data_dir(cluster);
+        let bind = self.bind[cluster].to_string();
+        let args = [
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--cluster",
+            cluster,
+            "--topology",
+            topology.to_str().unwrap(),
+            "--certs-dir",
+            certs_dir.to_str().unwrap(),
+            "--bridge-listen",
+            &bind,
+        ];
+        match log {
+            Some(l) => Meshd::spawn_logged(&args, &data, l),
+            None => Meshd::spawn(&args, &data),
+        }
+    }
+
     /// Starts the node + bridge of a cluster with its certificates from `certs_dir`.
     pub fn start_with_certs(&self, cluster: &str, certs_dir: &Path) -> Meshd {
         let data = self.data_dir(cluster);
