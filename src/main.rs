@@ -92,8 +92,7 @@ pub async fn start_bridge(
     let (Some(topology), Some(certs)) = (&args.topology, &args.certs_dir) else {
         return Ok(None);
     };
-    let mut config =
-        meshd_federation::BridgeConfig::new(cluster, topology.clone(), certs.clone());
+    let mut config = meshd_federation::BridgeConfig::new(cluster, topology.clone(), certs.clone());
     config.listen = args.bridge_listen;
     let bridge = meshd_federation::Bridge::start(config, node.clone())
         .await

@@ -82,7 +82,12 @@ async fn bad_peers_are_refused_and_logged_while_the_good_link_serves() {
     let unknown = files.dir.path().join("unknown");
     std::fs::create_dir_all(&unknown).unwrap();
     std::fs::copy(files.ca.join("ca.pem"), unknown.join("ca.pem")).unwrap();
-    issue(&files.ca, "zz", &unknown, Validity::days_from_now(30).unwrap());
+    issue(
+        &files.ca,
+        "zz",
+        &unknown,
+        Validity::days_from_now(30).unwrap(),
+    );
     let r = dial_as(&unknown, "zz", m_addr).await;
     assert!(r.is_err(), "an unknown cluster was accepted");
 
@@ -130,7 +135,9 @@ async fn bad_peers_are_refused_and_logged_while_the_good_link_serves() {
     .await;
 
     // The good link still serves, and nothing went anywhere else.
-    let events: Vec<_> = (0..50).map(|i| event(&format!("e{i}"), "t", None, json!({}))).collect();
+    let events: Vec<_> = (0..50)
+        .map(|i| event(&format!("e{i}"), "t", None, json!({})))
+        .collect();
     publish(&c, &m.url, "orders", &events).await;
     eventually("a gets m's events", Duration::from_secs(15), || async {
         (unique_ids(&sink).len() >= 50).then_some(())
@@ -142,7 +149,10 @@ async fn bad_peers_are_refused_and_logged_while_the_good_link_serves() {
     assert_eq!(links[0]["peer"], "a");
     assert_eq!(links[0]["state"], "connected");
     assert_eq!(links[0]["events_sent"], 50);
-    assert_eq!(links[0]["connections"], 1, "the good link never dropped: {status}");
+    assert_eq!(
+        links[0]["connections"], 1,
+        "the good link never dropped: {status}"
+    );
     let learned = status["learned_interest"].as_object().unwrap();
     assert_eq!(learned.keys().collect::<Vec<_>>(), vec!["a"], "{status}");
 }

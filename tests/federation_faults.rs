@@ -19,7 +19,14 @@ fn ids(range: std::ops::Range<usize>) -> Vec<String> {
 
 async fn publish_range(c: &reqwest::Client, url: &str, range: std::ops::Range<usize>) {
     let events: Vec<_> = range
-        .map(|i| event(&format!("e{i:05}"), "t", Some(&format!("k{}", i % 7)), json!({"i": i})))
+        .map(|i| {
+            event(
+                &format!("e{i:05}"),
+                "t",
+                Some(&format!("k{}", i % 7)),
+                json!({"i": i}),
+            )
+        })
         .collect();
     for chunk in events.chunks(20) {
         publish(c, url, "orders", chunk).await;
@@ -55,12 +62,17 @@ async fn partition_under_load_then_heal_loses_nothing() {
     })
     .await;
     let during = unique_ids(&sink).len();
-    assert!(during < 400, "the cut did not hold: {during} events arrived");
+    assert!(
+        during < 400,
+        "the cut did not hold: {during} events arrived"
+    );
     publish_range(&c, &a.url, 400..500).await;
     fwd.restore();
-    eventually("all 500 events arrive after the heal", Duration::from_secs(25), || async {
-        (unique_ids(&sink).len() >= 500).then_some(())
-    })
+    eventually(
+        "all 500 events arrive after the heal",
+        Duration::from_secs(25),
+        || async { (unique_ids(&sink).len() >= 500).then_some(()) },
+    )
     .await;
     assert_eq!(unique_ids(&sink), ids(0..500), "no loss");
     let l = link(&c, &a, "b").await;
@@ -108,21 +120,28 @@ async fn source_bridge_restart_resumes_from_its_cursor() {
     })
     .await;
     let lb = link(&c, &b, "a").await;
-    assert_eq!(lb["duplicates"], 0, "resumed from the durable cursor, not from the start: {lb}");
+    assert_eq!(
+        lb["duplicates"], 0,
+        "resumed from the durable cursor, not from the start: {lb}"
+    );
     assert_eq!(lb["events_received"], 400, "{lb}");
 
     // 2. a killed in the middle of a stream: after the restart nothing is lost.
     let mut a = a;
     publish_range(&c, &a.url, 400..1400).await;
-    eventually("the stream is under way", Duration::from_secs(15), || async {
-        (unique_ids(&sink).len() > 400).then_some(())
-    })
+    eventually(
+        "the stream is under way",
+        Duration::from_secs(15),
+        || async { (unique_ids(&sink).len() > 400).then_some(()) },
+    )
     .await;
     a.kill9();
     let a = files.start("a");
-    eventually("all 1400 arrive after the restart", Duration::from_secs(25), || async {
-        (unique_ids(&sink).len() >= 1400).then_some(())
-    })
+    eventually(
+        "all 1400 arrive after the restart",
+        Duration::from_secs(25),
+        || async { (unique_ids(&sink).len() >= 1400).then_some(()) },
+    )
     .await;
     assert_eq!(unique_ids(&sink), ids(0..1400));
     let lb = link(&c, &b, "a").await;

@@ -24,8 +24,24 @@ async fn publish_in_a_each_subscriber_gets_exactly_its_matching_events() {
     }
     let sink_b = Sink::start(|_, _| 200).await;
     let sink_c = Sink::start(|_, _| 200).await;
-    subscribe(&c, &b, "b-created", "orders", Some(json!({"exact": {"type": "created"}})), &sink_b.url).await;
-    subscribe(&c, &cc, "c-paid", "orders", Some(json!({"exact": {"type": "paid"}})), &sink_c.url).await;
+    subscribe(
+        &c,
+        &b,
+        "b-created",
+        "orders",
+        Some(json!({"exact": {"type": "created"}})),
+        &sink_b.url,
+    )
+    .await;
+    subscribe(
+        &c,
+        &cc,
+        "c-paid",
+        "orders",
+        Some(json!({"exact": {"type": "paid"}})),
+        &sink_c.url,
+    )
+    .await;
     wait_connected(&c, &a, "b").await;
     wait_connected(&c, &a, "c").await;
     wait_interest(&c, &a, "b", "b", "orders").await;
@@ -34,21 +50,38 @@ async fn publish_in_a_each_subscriber_gets_exactly_its_matching_events() {
     let mut events = Vec::new();
     for i in 0..60 {
         let ty = ["created", "paid", "shipped"][i % 3];
-        events.push(event(&format!("e{i}"), ty, Some(&format!("k{}", i % 5)), json!({"i": i})));
+        events.push(event(
+            &format!("e{i}"),
+            ty,
+            Some(&format!("k{}", i % 5)),
+            json!({"i": i}),
+        ));
     }
     publish(&c, &a.url, "orders", &events).await;
-    let quiet: Vec<_> = (0..20).map(|i| event(&format!("q{i}"), "created", None, json!({}))).collect();
+    let quiet: Vec<_> = (0..20)
+        .map(|i| event(&format!("q{i}"), "created", None, json!({})))
+        .collect();
     publish(&c, &a.url, "quiet", &quiet).await;
 
-    let want_b: Vec<String> = (0..60).filter(|i| i % 3 == 0).map(|i| format!("e{i}")).collect();
-    let want_c: Vec<String> = (0..60).filter(|i| i % 3 == 1).map(|i| format!("e{i}")).collect();
-    eventually("b gets the created events", Duration::from_secs(20), || async {
-        (unique_ids(&sink_b).len() >= want_b.len()).then_some(())
-    })
+    let want_b: Vec<String> = (0..60)
+        .filter(|i| i % 3 == 0)
+        .map(|i| format!("e{i}"))
+        .collect();
+    let want_c: Vec<String> = (0..60)
+        .filter(|i| i % 3 == 1)
+        .map(|i| format!("e{i}"))
+        .collect();
+    eventually(
+        "b gets the created events",
+        Duration::from_secs(20),
+        || async { (unique_ids(&sink_b).len() >= want_b.len()).then_some(()) },
+    )
     .await;
-    eventually("c gets the paid events", Duration::from_secs(20), || async {
-        (unique_ids(&sink_c).len() >= want_c.len()).then_some(())
-    })
+    eventually(
+        "c gets the paid events",
+        Duration::from_secs(20),
+        || async { (unique_ids(&sink_c).len() >= want_c.len()).then_some(()) },
+    )
     .await;
     let mut wb = want_b.clone();
     wb.sort();
@@ -66,13 +99,27 @@ async fn publish_in_a_each_subscriber_gets_exactly_its_matching_events() {
     eventually("link counters settle", Duration::from_secs(10), || async {
         let lb = link(&c, &a, "b").await;
         let lc = link(&c, &a, "c").await;
-        (lb["events_sent"] == 20 && lc["events_sent"] == 20 && lb["lag_events"] == 0 && lc["lag_events"] == 0).then_some(())
+        (lb["events_sent"] == 20
+            && lc["events_sent"] == 20
+            && lb["lag_events"] == 0
+            && lc["lag_events"] == 0)
+            .then_some(())
     })
     .await;
     let lb = link(&c, &a, "b").await;
     assert_eq!(lb["events_received"], 0, "nothing flows back: {lb}");
-    let bq = c.get(b.at("/v1/topics/quiet")).send().await.unwrap().json::<serde_json::Value>().await.unwrap();
-    assert_eq!(bq["partitions"]["0"]["end"], 0, "no quiet event reached b: {bq}");
+    let bq = c
+        .get(b.at("/v1/topics/quiet"))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        bq["partitions"]["0"]["end"], 0,
+        "no quiet event reached b: {bq}"
+    );
     // Nothing loops back to a.
     let la_from_b = link(&c, &b, "a").await;
     assert_eq!(la_from_b["events_sent"], 0, "{la_from_b}");
@@ -97,11 +144,15 @@ async fn line_topology_delivers_through_the_middle_cluster() {
     wait_connected(&c, &b, "c").await;
     // c's interest is relayed by b to a.
     wait_interest(&c, &a, "b", "c", "orders").await;
-    let events: Vec<_> = (0..50).map(|i| event(&format!("e{i}"), "t", Some("k"), json!({"i": i}))).collect();
+    let events: Vec<_> = (0..50)
+        .map(|i| event(&format!("e{i}"), "t", Some("k"), json!({"i": i})))
+        .collect();
     publish(&c, &a.url, "orders", &events).await;
-    eventually("c gets a's events through b", Duration::from_secs(20), || async {
-        (unique_ids(&sink_c).len() >= 50).then_some(())
-    })
+    eventually(
+        "c gets a's events through b",
+        Duration::from_secs(20),
+        || async { (unique_ids(&sink_c).len() >= 50).then_some(()) },
+    )
     .await;
     // Order per partition key holds across two links.
     let ids = sink_c.ids();

@@ -120,8 +120,8 @@ fn config() -> impl bincode::config::Config {
 
 /// Encodes a frame with its length prefix.
 pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, WireError> {
-    let body =
-        bincode::serde::encode_to_vec(frame, config()).map_err(|e| WireError::Encode(e.to_string()))?;
+    let body = bincode::serde::encode_to_vec(frame, config())
+        .map_err(|e| WireError::Encode(e.to_string()))?;
     if body.len() > MAX_FRAME_BYTES {
         return Err(WireError::TooLarge {
             len: body.len(),

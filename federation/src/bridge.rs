@@ -30,8 +30,7 @@ use tokio::sync::mpsc;
 use crate::cursor::{cursor_group, SendWindow};
 use crate::interest::{announcement, LocalInterest, PeerInterest};
 use crate::link::{
-    check_hello, event_path, frame_name, stamp_outgoing, stamp_received, DedupWindow,
-    HelloOutcome,
+    check_hello, event_path, frame_name, stamp_outgoing, stamp_received, DedupWindow, HelloOutcome,
 };
 use crate::routing::Routes;
 use crate::stats::{LinkState, LinkStats};
@@ -146,7 +145,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_millis(500)));
-    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(4_000))));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+        4_000,
+    ))));
     Arc::new(t)
 }
 
@@ -186,8 +187,8 @@ impl Bridge {
             .map_err(|e| BridgeError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server.transport_config(transport());
-        let endpoint =
-            quinn::Endpoint::server(server, addr).map_err(|source| BridgeError::Bind { addr, source })?;
+        let endpoint = quinn::Endpoint::server(server, addr)
+            .map_err(|source| BridgeError::Bind { addr, source })?;
         let cert_watcher = certs.watch(config.reload_interval);
         let shared = Arc::new(Shared {
             dedup: Mutex::new(DedupWindow::new(config.dedup_window)),
@@ -202,9 +203,10 @@ impl Bridge {
             down: Mutex::new(HashSet::new()),
         });
         shared.reconcile_links();
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(accept_loop(shared.clone())));
-        tasks.push(tokio::spawn(reload_loop(shared.clone())));
+        let tasks = vec![
+            tokio::spawn(accept_loop(shared.clone())),
+            tokio::spawn(reload_loop(shared.clone())),
+        ];
         tracing::info!(
             cluster = %shared.config.cluster,
             addr = %shared.endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -247,14 +249,19 @@ impl Bridge {
         for (_, l) in links {
             l.task.abort();
         }
-        self.shared.endpoint.close(quinn::VarInt::from_u32(0), b"bridge stopping");
+        self.shared
+            .endpoint
+            .close(quinn::VarInt::from_u32(0), b"bridge stopping");
         self.shared.endpoint.wait_idle().await;
     }
 }
 
 impl Shared {
     fn topology(&self) -> Arc<Topology> {
-        self.topology.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.topology
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn me(&self) -> &str {
@@ -415,7 +422,10 @@ async fn accept_loop(shared: Arc<Shared>) {
             };
             let peer = conn
                 .peer_identity()
-                .and_then(|i| i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+                .and_then(|i| {
+                    i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                        .ok()
+                })
                 .and_then(|chain| meshd_certs::peer_cluster(&chain).ok());
             let Some(peer) = peer else {
                 tracing::warn!(cluster = %shared.me(), %remote, "refused a federation connection: no cluster identity");
@@ -429,11 +439,17 @@ async fn accept_loop(shared: Arc<Shared>) {
                 }
                 Some(_) => {
                     tracing::warn!(cluster = %shared.me(), %remote, peer, "refused a federation connection: on this link this cluster dials");
-                    conn.close(quinn::VarInt::from_u32(2), b"on this link the other side dials");
+                    conn.close(
+                        quinn::VarInt::from_u32(2),
+                        b"on this link the other side dials",
+                    );
                 }
                 None => {
                     tracing::warn!(cluster = %shared.me(), %remote, peer, "refused a federation connection: no link with this cluster in the topology");
-                    conn.close(quinn::VarInt::from_u32(3), b"no link with this cluster in the topology");
+                    conn.close(
+                        quinn::VarInt::from_u32(3),
+                        b"no link with this cluster in the topology",
+                    );
                 }
             }
         });
@@ -561,9 +577,13 @@ async fn session(
     };
     let handshake = async {
         let (mut send, mut recv) = if dialer {
-            conn.open_bi().await.map_err(|e| format!("opening the stream: {e}"))?
+            conn.open_bi()
+                .await
+                .map_err(|e| format!("opening the stream: {e}"))?
         } else {
-            conn.accept_bi().await.map_err(|e| format!("accepting the stream: {e}"))?
+            conn.accept_bi()
+                .await
+                .map_err(|e| format!("accepting the stream: {e}"))?
         };
         if dialer {
             write_frame(&mut send, &Frame::Hello(hello.clone())).await?;
@@ -577,7 +597,13 @@ async fn session(
             }
             HelloOutcome::Refuse(reason) => {
                 if !matches!(first, Frame::Refuse { .. }) {
-                    let _ = write_frame(&mut send, &Frame::Refuse { reason: reason.clone() }).await;
+                    let _ = write_frame(
+                        &mut send,
+                        &Frame::Refuse {
+                            reason: reason.clone(),
+                        },
+                    )
+                    .await;
                     let _ = send.finish();
                     let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
                 }
@@ -709,11 +735,20 @@ impl SessionState {
                 }
                 Ok(())
             }
-            other => Err(format!("unexpected {} frame after the handshake", frame_name(&other))),
+            other => Err(format!(
+                "unexpected {} frame after the handshake",
+                frame_name(&other)
+            )),
         }
     }
 
-    async fn durable(&mut self, shared: &Shared, peer: &str, topic: &str, p: u32) -> Result<u64, String> {
+    async fn durable(
+        &mut self,
+        shared: &Shared,
+        peer: &str,
+        topic: &str,
+        p: u32,
+    ) -> Result<u64, String> {
         if let Some(d) = self.durable.get(&(topic.to_string(), p)) {
             return Ok(*d);
         }
@@ -724,7 +759,13 @@ impl SessionState {
             .map_err(|e| e.to_string())?
         {
             Some(o) => o,
-            None => store.bounds(topic, p).await.map_err(|e| e.to_string())?.start,
+            None => {
+                store
+                    .bounds(topic, p)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .start
+            }
         };
         self.durable.insert((topic.to_string(), p), d);
         Ok(d)
@@ -752,7 +793,11 @@ impl SessionState {
                     let durable = self.durable(shared, peer, &topic, p).await?;
                     let pos = self.window.position(&topic, p, durable);
                     let store = &shared.node.store;
-                    let end = store.bounds(&topic, p).await.map_err(|e| e.to_string())?.end;
+                    let end = store
+                        .bounds(&topic, p)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .end;
                     if pos >= end {
                         break;
                     }
@@ -776,7 +821,10 @@ impl SessionState {
                         if path.iter().any(|c| c == peer) {
                             continue;
                         }
-                        if !self.interest.wants(&topic, &ev, &path, |t, d| topo.may_receive(t, d)) {
+                        if !self
+                            .interest
+                            .wants(&topic, &ev, &path, |t, d| topo.may_receive(t, d))
+                        {
                             continue;
                         }
                         stamp_outgoing(&mut ev, &me);
@@ -844,7 +892,13 @@ impl SessionState {
         Ok(())
     }
 
-    async fn measure(&mut self, shared: &Arc<Shared>, peer: &str, stats: &LinkStats, conn: &quinn::Connection) {
+    async fn measure(
+        &mut self,
+        shared: &Arc<Shared>,
+        peer: &str,
+        stats: &LinkStats,
+        conn: &quinn::Connection,
+    ) {
         stats
             .rtt_us
             .store(conn.rtt().as_micros() as u64, Ordering::Relaxed);
@@ -904,8 +958,12 @@ async fn receive_batch(
         stats
             .bytes_received
             .fetch_add(we.payload.len() as u64, Ordering::Relaxed);
-        let mut ev = decode_event(&we.payload)
-            .map_err(|e| format!("peer sent an undecodable event at offset {}: {e}", we.offset))?;
+        let mut ev = decode_event(&we.payload).map_err(|e| {
+            format!(
+                "peer sent an undecodable event at offset {}: {e}",
+                we.offset
+            )
+        })?;
         let key = DedupWindow::key(&ev);
         if lock(&shared.dedup).check(&key) || !in_batch.insert(key.clone()) {
             stats.duplicates.fetch_add(1, Ordering::Relaxed);

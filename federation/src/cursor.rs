@@ -136,22 +136,43 @@ mod tests {
         let s2 = w.sent("t", 0, 20);
         assert!(!w.can_send());
         assert_eq!(w.position("t", 0, 5), 20);
-        assert_eq!(w.on_ack(s1).unwrap(), vec![Commit { topic: "t".into(), partition: 0, next: 10 }]);
+        assert_eq!(
+            w.on_ack(s1).unwrap(),
+            vec![Commit {
+                topic: "t".into(),
+                partition: 0,
+                next: 10
+            }]
+        );
         assert!(w.can_send());
         let s3 = w.sent("u", 1, 3);
         let commits = w.on_ack(s3).unwrap();
         assert_eq!(
             commits,
             vec![
-                Commit { topic: "t".into(), partition: 0, next: 20 },
-                Commit { topic: "u".into(), partition: 1, next: 3 }
+                Commit {
+                    topic: "t".into(),
+                    partition: 0,
+                    next: 20
+                },
+                Commit {
+                    topic: "u".into(),
+                    partition: 1,
+                    next: 3
+                }
             ]
         );
         let _ = s2;
         assert_eq!(w.in_flight(), 0);
         // Acks are idempotent for old sequence numbers, refused for unsent ones.
         assert_eq!(w.on_ack(1).unwrap(), vec![]);
-        assert!(matches!(w.on_ack(99), Err(CursorError::AckOfUnsent { seq: 99, highest: 3 })));
+        assert!(matches!(
+            w.on_ack(99),
+            Err(CursorError::AckOfUnsent {
+                seq: 99,
+                highest: 3
+            })
+        ));
     }
 
     #[test]

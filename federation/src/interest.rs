@@ -28,7 +28,9 @@ pub struct PeerInterest {
 
 impl std::fmt::Debug for PeerInterest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerInterest").field("entries", &self.entries).finish()
+        f.debug_struct("PeerInterest")
+            .field("entries", &self.entries)
+            .finish()
     }
 }
 
@@ -208,7 +210,10 @@ mod tests {
             filter: None,
         }];
         let mut learned = BTreeMap::new();
-        learned.insert("c".to_string(), vec![entry("c", "t", Some("x")), entry("d", "u", None)]);
+        learned.insert(
+            "c".to_string(),
+            vec![entry("c", "t", Some("x")), entry("d", "u", None)],
+        );
         learned.insert("a".to_string(), vec![entry("a", "t", None)]);
         // relay c's interest to a, but not d's
         let got = announcement("b", "a", &local, &learned, |_, d| d == "c");

@@ -201,7 +201,12 @@ mod tests {
     }
 
     fn ev(id: &str) -> Event {
-        EventBuilderV10::new().id(id).source("s").ty("t").build().unwrap()
+        EventBuilderV10::new()
+            .id(id)
+            .source("s")
+            .ty("t")
+            .build()
+            .unwrap()
     }
 
     #[test]
@@ -209,19 +214,33 @@ mod tests {
         let local = hello("m", "a", "d1");
         assert_eq!(
             check_hello(&local, "b", &Frame::Hello(hello("m", "b", "d1"))),
-            HelloOutcome::Accept { digest_mismatch: false }
+            HelloOutcome::Accept {
+                digest_mismatch: false
+            }
         );
         assert_eq!(
             check_hello(&local, "b", &Frame::Hello(hello("m", "b", "d2"))),
-            HelloOutcome::Accept { digest_mismatch: true }
+            HelloOutcome::Accept {
+                digest_mismatch: true
+            }
         );
-        assert!(matches!(check_hello(&local, "b", &Frame::Hello(hello("other", "b", "d1"))), HelloOutcome::Refuse(r) if r.contains("mesh")));
-        assert!(matches!(check_hello(&local, "b", &Frame::Hello(hello("m", "c", "d1"))), HelloOutcome::Refuse(r) if r.contains("certificate")));
+        assert!(
+            matches!(check_hello(&local, "b", &Frame::Hello(hello("other", "b", "d1"))), HelloOutcome::Refuse(r) if r.contains("mesh"))
+        );
+        assert!(
+            matches!(check_hello(&local, "b", &Frame::Hello(hello("m", "c", "d1"))), HelloOutcome::Refuse(r) if r.contains("certificate"))
+        );
         let mut v2 = hello("m", "b", "d1");
         v2.version = 2;
-        assert!(matches!(check_hello(&local, "b", &Frame::Hello(v2)), HelloOutcome::Refuse(r) if r.contains("version")));
-        assert!(matches!(check_hello(&local, "b", &Frame::Ack { seq: 1 }), HelloOutcome::Refuse(r) if r.contains("hello")));
-        assert!(matches!(check_hello(&local, "b", &Frame::Refuse { reason: "x".into() }), HelloOutcome::Refuse(r) if r.contains("peer refused")));
+        assert!(
+            matches!(check_hello(&local, "b", &Frame::Hello(v2)), HelloOutcome::Refuse(r) if r.contains("version"))
+        );
+        assert!(
+            matches!(check_hello(&local, "b", &Frame::Ack { seq: 1 }), HelloOutcome::Refuse(r) if r.contains("hello"))
+        );
+        assert!(
+            matches!(check_hello(&local, "b", &Frame::Refuse { reason: "x".into() }), HelloOutcome::Refuse(r) if r.contains("peer refused"))
+        );
     }
 
     #[test]
@@ -235,7 +254,10 @@ mod tests {
         stamp_outgoing(&mut e, "b");
         stamp_received(&mut e, "c");
         assert_eq!(event_path(&e, "c"), vec!["a", "b", "c"]);
-        assert_eq!(e.extension(ORIGIN_EXT).map(|v| v.to_string()), Some("a".into()));
+        assert_eq!(
+            e.extension(ORIGIN_EXT).map(|v| v.to_string()),
+            Some("a".into())
+        );
     }
 
     #[test]

@@ -88,7 +88,9 @@ impl MeshFiles {
             ));
         }
         for (a, b, cost) in &self.links {
-            s.push_str(&format!("\n[[link]]\nbetween = [\"{a}\", \"{b}\"]\ncost = {cost}\n"));
+            s.push_str(&format!(
+                "\n[[link]]\nbetween = [\"{a}\", \"{b}\"]\ncost = {cost}\n"
+            ));
         }
         std::fs::write(&self.topology, s).expect("write topology");
     }
@@ -199,7 +201,11 @@ pub async fn subscribe(
         .send()
         .await
         .unwrap();
-    assert!(r.status().is_success(), "subscribe: {}", r.text().await.unwrap());
+    assert!(
+        r.status().is_success(),
+        "subscribe: {}",
+        r.text().await.unwrap()
+    );
 }
 
 /// `GET /v1/mesh`.
@@ -287,7 +293,9 @@ impl UdpForwarder {
             threads.push(std::thread::spawn(move || {
                 let mut buf = vec![0u8; 65536];
                 while !stop.load(Ordering::Relaxed) {
-                    let Ok((n, from)) = front.recv_from(&mut buf) else { continue };
+                    let Ok((n, from)) = front.recv_from(&mut buf) else {
+                        continue;
+                    };
                     if cut.load(Ordering::Relaxed) {
                         continue;
                     }
@@ -300,12 +308,19 @@ impl UdpForwarder {
                             s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
                             u.insert(from, s.clone());
                             // back path: server → client
-                            let (s2, front2, cut2, stop2, fw2) =
-                                (s.clone(), front.clone(), cut.clone(), stop.clone(), forwarded.clone());
+                            let (s2, front2, cut2, stop2, fw2) = (
+                                s.clone(),
+                                front.clone(),
+                                cut.clone(),
+                                stop.clone(),
+                                forwarded.clone(),
+                            );
                             spawned.push(std::thread::spawn(move || {
                                 let mut buf = vec![0u8; 65536];
                                 while !stop2.load(Ordering::Relaxed) {
-                                    let Ok((n, _)) = s2.recv_from(&mut buf) else { continue };
+                                    let Ok((n, _)) = s2.recv_from(&mut buf) else {
+                                        continue;
+                                    };
                                     if cut2.load(Ordering::Relaxed) {
                                         continue;
                                     }
