@@ -156,6 +156,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("starting the bridge of {name}"))?;
             node.set_mesh_status(bridge.status_fn());
+            node.set_mesh_metrics(bridge.metrics_fn());
             if let Some(a) = bridge.local_addr() {
                 println!("cluster {name} bridge quic://{a}");
             }

@@ -99,6 +99,7 @@ pub async fn start_bridge(
         .with_context(|| format!("starting the federation bridge of cluster {cluster}"))?;
     let bridge = std::sync::Arc::new(bridge);
     node.set_mesh_status(bridge.status_fn());
+    node.set_mesh_metrics(bridge.metrics_fn());
     #[cfg(unix)]
     {
         let b = bridge.clone();

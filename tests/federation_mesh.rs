@@ -123,6 +123,19 @@ async fn publish_in_a_each_subscriber_gets_exactly_its_matching_events() {
     // Nothing loops back to a.
     let la_from_b = link(&c, &b, "a").await;
     assert_eq!(la_from_b["events_sent"], 0, "{la_from_b}");
+    let metrics = c
+        .get(a.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("meshd_federation_link_events_sent_total{peer=\"b\"} 20"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("meshd_federation_link_up{peer=\"c\"} 1"));
     let m = mesh(&c, &a).await;
     assert_eq!(m["mesh"], "test");
     assert_eq!(m["clusters"].as_array().unwrap().len(), 3);

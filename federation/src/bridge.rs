@@ -240,6 +240,18 @@ impl Bridge {
         Arc::new(move || shared.status())
     }
 
+    /// A closure rendering the link metrics as Prometheus text, for the node's `/metrics`.
+    pub fn metrics_fn(&self) -> Arc<dyn Fn() -> String + Send + Sync> {
+        let shared = self.shared.clone();
+        Arc::new(move || {
+            let links: Vec<Arc<LinkStats>> = lock(&shared.links)
+                .values()
+                .map(|l| l.stats.clone())
+                .collect();
+            crate::stats::render_prometheus(&links)
+        })
+    }
+
     /// Closes every link and the endpoint.
     pub async fn shutdown(&self) {
         for t in &self.tasks {

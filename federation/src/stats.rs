@@ -122,3 +122,103 @@ impl LinkStats {
         })
     }
 }
+
+/// Renders link counters as Prometheus text (`meshd_federation_link_*`, label `peer`).
+pub fn render_prometheus(links: &[std::sync::Arc<LinkStats>]) -> String {
+    use std::fmt::Write as _;
+    type Metric = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&LinkStats) -> f64,
+    );
+    let metrics: [Metric; 11] = [
+        (
+            "events_sent_total",
+            "counter",
+            "Events sent on the link (after interest filtering).",
+            |l| l.events_sent.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "bytes_sent_total",
+            "counter",
+            "Event payload bytes sent on the link.",
+            |l| l.bytes_sent.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "events_received_total",
+            "counter",
+            "Events received on the link.",
+            |l| l.events_received.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "bytes_received_total",
+            "counter",
+            "Event payload bytes received on the link.",
+            |l| l.bytes_received.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "duplicates_total",
+            "counter",
+            "Received events dropped as duplicates.",
+            |l| l.duplicates.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "reconnects_total",
+            "counter",
+            "Connections established after the first.",
+            |l| l.reconnects.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "lag_events",
+            "gauge",
+            "Events at the source not yet acknowledged by the peer.",
+            |l| l.lag_events.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "lag_seconds",
+            "gauge",
+            "Age of the oldest unacknowledged event.",
+            |l| l.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        ),
+        (
+            "rtt_seconds",
+            "gauge",
+            "QUIC smoothed round-trip time.",
+            |l| l.rtt_us.load(Ordering::Relaxed) as f64 / 1e6,
+        ),
+        (
+            "stalled",
+            "gauge",
+            "1 when connected, behind and not advancing.",
+            |l| {
+                if l.stalled.load(Ordering::Relaxed) {
+                    1.0
+                } else {
+                    0.0
+                }
+            },
+        ),
+        ("up", "gauge", "1 when the link is connected.", |l| {
+            if l.state() == LinkState::Connected {
+                1.0
+            } else {
+                0.0
+            }
+        }),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, f) in metrics {
+        let _ = writeln!(out, "# HELP meshd_federation_link_{name} {help}");
+        let _ = writeln!(out, "# TYPE meshd_federation_link_{name} {kind}");
+        for l in links {
+            let _ = writeln!(
+                out,
+                "meshd_federation_link_{name}{{peer=\"{}\"}} {}",
+                l.peer,
+                f(l)
+            );
+        }
+    }
+    out
+}

@@ -502,11 +502,11 @@ async fn mesh_status(State(node): State<Arc<Node>>) -> ApiResult<Response> {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        node.metrics.render(),
-    )
-        .into_response()
+    let mut text = node.metrics.render();
+    if let Some(mesh) = node.mesh_metrics() {
+        text.push_str(&mesh);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn healthz() -> Response {
