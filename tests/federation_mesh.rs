@@ -181,3 +181,68 @@ async fn line_topology_delivers_through_the_middle_cluster() {
     let m = mesh(&c, &a).await;
     assert_eq!(m["routes"]["c"], json!(["a", "b", "c"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_takes_the_cheapest_path_and_reroutes_when_a_cluster_dies() {
+    // a—b—c cost 2, a—c cost 10: a reaches c through b until b dies.
+    let files = MeshFiles::new(
+        &["a", "b", "c"],
+        &[("a", "b", 1), ("b", "c", 1), ("a", "c", 10)],
+        &[],
+    );
+    let c = common::client();
+    let a = files.start("a");
+    let mut b = files.start("b");
+    let cc = files.start("c");
+    for n in [&a, &b, &cc] {
+        topic(&c, n, "orders", 1).await;
+    }
+    let sink = Sink::start(|_, _| 200).await;
+    subscribe(&c, &cc, "all", "orders", None, &sink.url).await;
+    wait_connected(&c, &a, "b").await;
+    wait_connected(&c, &a, "c").await;
+    wait_connected(&c, &b, "c").await;
+    wait_interest(&c, &a, "b", "c", "orders").await;
+    let first: Vec<_> = (0..30)
+        .map(|i| event(&format!("e{i:03}"), "t", None, json!({})))
+        .collect();
+    publish(&c, &a.url, "orders", &first).await;
+    eventually(
+        "c gets the first events",
+        Duration::from_secs(15),
+        || async { (unique_ids(&sink).len() >= 30).then_some(()) },
+    )
+    .await;
+    assert!(sink
+        .received()
+        .iter()
+        .all(|r| r.header("ce-meshdpath") == Some("a,b,c")));
+    assert_eq!(
+        link(&c, &a, "c").await["events_sent"],
+        0,
+        "the expensive direct link stayed idle"
+    );
+
+    b.kill9();
+    // c notices b is gone and announces its interest to a directly.
+    wait_interest(&c, &a, "c", "c", "orders").await;
+    let second: Vec<_> = (30..60)
+        .map(|i| event(&format!("e{i:03}"), "t", None, json!({})))
+        .collect();
+    publish(&c, &a.url, "orders", &second).await;
+    eventually(
+        "c gets the rest over the direct link",
+        Duration::from_secs(15),
+        || async { (unique_ids(&sink).len() >= 60).then_some(()) },
+    )
+    .await;
+    let mut want: Vec<String> = (0..60).map(|i| format!("e{i:03}")).collect();
+    want.sort();
+    assert_eq!(unique_ids(&sink), want);
+    let late = sink
+        .received()
+        .into_iter()
+        .find(|r| r.header("ce-id") == Some("e059"))
+        .unwrap();
+    assert_eq!(late.header("ce-meshdpath"), Some("a,c"));
+}

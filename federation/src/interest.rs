@@ -119,7 +119,8 @@ pub struct LocalInterest {
     pub filter: Option<FilterSpec>,
 }
 
-/// The set to announce to `neighbor`: local interest (destination `me`) and the interest
+/// The set to announce to `neighbor`: local interest (destination `me`, when
+/// `relays(neighbor, me)`: the direct link is the neighbour's route to us) and the interest
 /// learned from other neighbours that we relay to `neighbor` (`relays(neighbor, dest)`).
 /// Sorted and without duplicates, so two announcements compare equal when they mean the
 /// same.
@@ -131,6 +132,7 @@ pub fn announcement(
     relays: impl Fn(&str, &str) -> bool,
 ) -> Vec<InterestEntry> {
     let mut out = BTreeSet::new();
+    let local = if relays(neighbor, me) { local } else { &[] };
     for l in local {
         out.insert(InterestEntry {
             dest: me.to_string(),
@@ -216,8 +218,11 @@ mod tests {
         );
         learned.insert("a".to_string(), vec![entry("a", "t", None)]);
         // relay c's interest to a, but not d's
-        let got = announcement("b", "a", &local, &learned, |_, d| d == "c");
+        let got = announcement("b", "a", &local, &learned, |_, d| d == "c" || d == "b");
         assert_eq!(got, vec![entry("b", "t", None), entry("c", "t", Some("x"))]);
+        // a route to b that does not use the direct link: b's own interest is not announced
+        let got = announcement("b", "a", &local, &learned, |_, d| d == "c");
+        assert_eq!(got, vec![entry("c", "t", Some("x"))]);
         // a's own interest never goes back to a; an empty local set and nothing learned is empty
         assert!(announcement("b", "a", &[], &BTreeMap::new(), |_, _| true).is_empty());
     }

@@ -39,10 +39,11 @@ impl Routes {
     }
 
     /// Should interest of `dest` be announced to `neighbor` (so that `neighbor` forwards
-    /// `dest`'s events to us)? True when we are `neighbor`'s next hop towards `dest`.
+    /// `dest`'s events to us)? True when we are `neighbor`'s next hop towards `dest` (for
+    /// our own interest: when the direct link is `neighbor`'s cheapest path to us).
     pub fn relays(&self, neighbor: &str, dest: &str) -> bool {
-        if dest == neighbor || dest == self.me {
-            return dest == self.me;
+        if dest == neighbor {
+            return false;
         }
         let (Ok(n), Ok(d)) = (ClusterName::new(neighbor), ClusterName::new(dest)) else {
             return false;
@@ -97,6 +98,13 @@ mod tests {
         // a reaches c through b (cost 2 < 10): b relays c's interest to a.
         let b = Routes::new(&t, "b", &HashSet::new());
         assert!(b.relays("a", "c"));
+        // c's own interest goes to b (a's cheapest path to c is through b), not to a.
+        let c = Routes::new(&t, "c", &HashSet::new());
+        assert!(c.relays("b", "c"));
+        assert!(!c.relays("a", "c"));
+        // With b—c down (seen by c), c announces itself to a directly.
+        let c_down = Routes::new(&t, "c", &HashSet::from(["b".to_string()]));
+        assert!(c_down.relays("a", "c"));
         // With b—c down (seen by b), b stops relaying c to a.
         let b_down = Routes::new(&t, "b", &HashSet::from(["c".to_string()]));
         assert!(!b_down.relays("a", "c"));
