@@ -70,6 +70,58 @@ pub struct NodeArgs {
     node_id: String,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    bridge: BridgeArgs,
+}
+
+/// Options of the federation bridge that runs beside a node.
+#[derive(clap::Args, Clone, Default)]
+pub struct BridgeArgs {
+    /// Mesh topology file: runs the federation bridge of --cluster beside the node (the
+    /// file is watched; SIGHUP reloads it too).
+    #[arg(long, requires = "certs_dir")]
+    topology: Option<PathBuf>,
+    /// Directory with ca.pem, CLUSTER.pem and CLUSTER.key (see `meshd certs`).
+    #[arg(long, requires = "topology")]
+    certs_dir: Option<PathBuf>,
+    /// UDP address the bridge binds (default: this cluster's `bridge` in the topology).
+    #[arg(long)]
+    bridge_listen: Option<SocketAddr>,
+}
+
+/// Starts the bridge for `node` when `args` ask for one, and attaches its status.
+pub async fn start_bridge(
+    args: &BridgeArgs,
+    cluster: &str,
+    node: &std::sync::Arc<Node>,
+) -> anyhow::Result<Option<std::sync::Arc<meshd_federation::Bridge>>> {
+    let (Some(topology), Some(certs)) = (&args.topology, &args.certs_dir) else {
+        return Ok(None);
+    };
+    let mut config = meshd_federation::BridgeConfig::new(cluster, topology.clone(), certs.clone());
+    config.listen = args.bridge_listen;
+    let bridge = meshd_federation::Bridge::start(config, node.clone())
+        .await
+        .with_context(|| format!("starting the federation bridge of cluster {cluster}"))?;
+    let bridge = std::sync::Arc::new(bridge);
+    node.set_mesh_status(bridge.status_fn());
+    node.set_mesh_metrics(bridge.metrics_fn());
+    #[cfg(unix)]
+    {
+        let b = bridge.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the topology");
+                b.reload().await;
+            }
+        });
+    }
+    Ok(Some(bridge))
 }
 
 /// Options of the embedded store and the publish path.
@@ -175,11 +227,20 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let bridge = start_bridge(&args.bridge, &args.cluster, &node).await?;
+    if let Some(b) = &bridge {
+        if let Some(udp) = b.local_addr() {
+            println!("cluster {} bridge quic://{udp}", args.cluster);
+        }
+    }
     println!(
         "cluster {} node {} http://{addr}",
         args.cluster, args.node_id
     );
     node.serve(listener, shutdown_signal()).await?;
+    if let Some(b) = bridge {
+        b.shutdown().await;
+    }
     Ok(())
 }
 

@@ -17,6 +17,7 @@
 //! - [`pattern`]: EventBridge-style JSON event patterns.
 //! - [`cesql`]: CloudEvents SQL (CESQL v1) expressions.
 //! - [`transform`]: what a sink receives (original event, data, JSONPath, templates).
+//! - [`wire`]: frames of the federation link protocol and their codec.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -27,5 +28,6 @@ pub mod filter;
 pub mod pattern;
 pub mod transform;
 pub mod tryout;
+pub mod wire;
 
 pub use cloudevents::Event;

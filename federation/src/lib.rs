@@ -1,8 +1,27 @@
 //! meshd-federation: the bridge between clusters.
 //!
-//! Will own: one QUIC (quinn + rustls, mTLS) connection per topology link, the versioned
+//! Owns: one QUIC (quinn + rustls, mTLS) connection per topology link, the versioned
 //! handshake, interest propagation (topic + filter), batched replication with durable
 //! per-link cursors, loop prevention, duplicate suppression and multi-hop routing.
 //!
 //! Must not touch: placement, token auth, or the local delivery of events to sinks.
+//!
+//! # Layout
+//! - [`link`]: handshake checks, event path (loop prevention), duplicate window. Sans-IO.
+//! - [`interest`]: compiling a peer's interest, building announcements. Sans-IO.
+//! - [`cursor`]: the send window and durable cursors of a link. Sans-IO.
+//! - [`routing`]: which interest is relayed to which neighbour. Sans-IO.
+//! - [`stats`]: per-link counters and their JSON snapshot.
+//! - [`bridge`]: the tokio/quinn shell that runs all of the above.
+//!
+//! The frames themselves live in `meshd_core::wire`.
 #![forbid(unsafe_code)]
+
+pub mod bridge;
+pub mod cursor;
+pub mod interest;
+pub mod link;
+pub mod routing;
+pub mod stats;
+
+pub use bridge::{Bridge, BridgeConfig, BridgeError};

@@ -172,6 +172,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/subscriptions/{name}/ack", post(ack))
         .route("/v1/filters/test", post(filter_test))
         .route("/v1/cluster", get(cluster_status))
+        .route("/v1/mesh", get(mesh_status))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -489,12 +490,23 @@ async fn cluster_status(State(node): State<Arc<Node>>) -> ApiResult<Response> {
     Ok(Json(node.status().await?).into_response())
 }
 
+async fn mesh_status(State(node): State<Arc<Node>>) -> ApiResult<Response> {
+    match node.mesh_status() {
+        Some(v) => Ok(Json(v).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_mesh",
+            "this node runs no federation bridge (start it with --topology and --certs-dir)",
+        )),
+    }
+}
+
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        node.metrics.render(),
-    )
-        .into_response()
+    let mut text = node.metrics.render();
+    if let Some(mesh) = node.mesh_metrics() {
+        text.push_str(&mesh);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn healthz() -> Response {

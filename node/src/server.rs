@@ -147,7 +147,16 @@ pub struct Node {
     subscriptions: RwLock<BTreeMap<String, Arc<CompiledSubscription>>>,
     admin: Mutex<()>,
     ready: AtomicBool,
+    mesh: std::sync::OnceLock<MeshStatusFn>,
+    mesh_metrics: std::sync::OnceLock<MeshMetricsFn>,
 }
+
+/// Extra Prometheus text appended to `/metrics` by the federation bridge.
+pub type MeshMetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// What `GET /v1/mesh` shows, provided by the federation bridge when one runs beside the
+/// node (see [`Node::set_mesh_status`]).
+pub type MeshStatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 impl Node {
     /// Opens a node on the store `config.store` names: the embedded store in
@@ -191,6 +200,8 @@ impl Node {
             subscriptions: RwLock::new(BTreeMap::new()),
             admin: Mutex::new(()),
             ready: AtomicBool::new(false),
+            mesh: std::sync::OnceLock::new(),
+            mesh_metrics: std::sync::OnceLock::new(),
         });
         for (key, value) in node.store.list_meta(SUBSCRIPTION_PREFIX).await? {
             let spec: SubscriptionSpec = match serde_json::from_slice(&value) {
@@ -242,6 +253,26 @@ impl Node {
         self.subscriptions
             .write()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Attaches the federation bridge's status (once; later calls are ignored).
+    pub fn set_mesh_status(&self, status: MeshStatusFn) {
+        let _ = self.mesh.set(status);
+    }
+
+    /// The federation bridge's status, when a bridge is attached.
+    pub fn mesh_status(&self) -> Option<serde_json::Value> {
+        self.mesh.get().map(|f| f())
+    }
+
+    /// Attaches the federation bridge's metrics (Prometheus text; once).
+    pub fn set_mesh_metrics(&self, render: MeshMetricsFn) {
+        let _ = self.mesh_metrics.set(render);
+    }
+
+    /// The federation bridge's metrics as Prometheus text, when a bridge is attached.
+    pub fn mesh_metrics(&self) -> Option<String> {
+        self.mesh_metrics.get().map(|f| f())
     }
 
     /// Whether the node takes traffic.

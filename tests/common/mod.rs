@@ -54,6 +54,20 @@ impl Meshd {
     /// Spawns `meshd` with any arguments and waits for the URL line (`cluster C node|proxy ID
     /// http://...`).
     pub fn spawn(args: &[&str], data_dir: &Path) -> Meshd {
+        Meshd::spawn_with_stderr(args, data_dir, Stdio::inherit())
+    }
+
+    /// Like [`Meshd::spawn`], with its stderr (the log) appended to `log`.
+    pub fn spawn_logged(args: &[&str], data_dir: &Path, log: &Path) -> Meshd {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open log file");
+        Meshd::spawn_with_stderr(args, data_dir, Stdio::from(file))
+    }
+
+    fn spawn_with_stderr(args: &[&str], data_dir: &Path, stderr: Stdio) -> Meshd {
         let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
             .args(args)
             .env(
@@ -61,7 +75,7 @@ impl Meshd {
                 std::env::var("MESHD_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn meshd");
         let stdout = child.stdout.take().expect("stdout");

@@ -1,0 +1,280 @@
+//! Frames of the federation link protocol (`meshd-fed/1`) and their one codec.
+//!
+//! Owns: the frame types two bridges exchange on a link's QUIC stream and how they are
+//! encoded: a 4-byte big-endian length, then the frame in bincode 2 (standard config,
+//! through serde). Nothing else in meshd calls bincode, so the format can move (e.g. to
+//! wincode, same format) in this file alone.
+//!
+//! Decoding never panics: a length above [`MAX_FRAME_BYTES`], bytes that are not a frame,
+//! or trailing bytes inside a frame are a [`WireError`], and the caller closes the link.
+
+use serde::{Deserialize, Serialize};
+
+/// The link protocol version carried by [`Hello`]. A peer with another version is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest encoded frame (without its 4-byte length prefix).
+pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// The first frame each side sends on a link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u32,
+    /// The mesh name of the sender's topology.
+    pub mesh: String,
+    /// The sender's cluster.
+    pub cluster: String,
+    /// The digest of the sender's topology (may differ briefly during a hot reload).
+    pub digest: String,
+}
+
+/// One interest: events of `topic` matching `filter` are wanted by cluster `dest`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InterestEntry {
+    /// The cluster whose subscribers want the events.
+    pub dest: String,
+    /// The topic.
+    pub topic: String,
+    /// The subscription's filter spec as JSON (`meshd_core::filter::FilterSpec`); `None`
+    /// means every event of the topic.
+    pub filter: Option<String>,
+}
+
+/// One replicated event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireEvent {
+    /// Its offset in the sender's partition.
+    pub offset: u64,
+    /// Its store time at the sender, ms since the epoch.
+    pub timestamp_ms: u64,
+    /// The event encoded with `meshd_core::codec::encode_event`.
+    pub payload: Vec<u8>,
+}
+
+/// A batch of events of one partition, in offset order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Sequence number of the batch on this connection (starts at 1, +1 per batch).
+    pub seq: u64,
+    /// Topic.
+    pub topic: String,
+    /// The sender's partition.
+    pub partition: u32,
+    /// The sender's partition count (a receiver creating the topic uses it).
+    pub partitions: u32,
+    /// The offset after the last offset this batch covers (filtered-out events included):
+    /// the sender's cursor once the batch is acknowledged.
+    pub next: u64,
+    /// The events that passed the interest filters.
+    pub events: Vec<WireEvent>,
+}
+
+/// A frame of the link protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Handshake: who I am.
+    Hello(Hello),
+    /// Handshake refused; the connection closes after it.
+    Refuse {
+        /// Why, for the peer's log.
+        reason: String,
+    },
+    /// The complete interest the sender wants from this link (replaces the previous one).
+    Interest(Vec<InterestEntry>),
+    /// Events.
+    Batch(Batch),
+    /// Every batch up to and including `seq` is durably appended by the receiver.
+    Ack {
+        /// Highest acknowledged batch sequence number.
+        seq: u64,
+    },
+}
+
+/// Why bytes are not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The length prefix is above the limit.
+    #[error("frame of {len} bytes is above the limit of {max} bytes")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The frame bytes do not decode.
+    #[error("undecodable frame: {0}")]
+    Decode(String),
+    /// The frame decodes but leaves bytes unread.
+    #[error("frame has {0} trailing bytes")]
+    Trailing(usize),
+    /// A frame could not be encoded (too large).
+    #[error("frame cannot be encoded: {0}")]
+    Encode(String),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_FRAME_BYTES>()
+}
+
+/// Encodes a frame with its length prefix.
+pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, WireError> {
+    let body = bincode::serde::encode_to_vec(frame, config())
+        .map_err(|e| WireError::Encode(e.to_string()))?;
+    if body.len() > MAX_FRAME_BYTES {
+        return Err(WireError::TooLarge {
+            len: body.len(),
+            max: MAX_FRAME_BYTES,
+        });
+    }
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Checks a length prefix before reading the body.
+pub fn check_frame_len(prefix: [u8; 4]) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(WireError::TooLarge {
+            len,
+            max: MAX_FRAME_BYTES,
+        });
+    }
+    Ok(len)
+}
+
+/// Decodes a frame body (without its length prefix).
+pub fn decode_frame(body: &[u8]) -> Result<Frame, WireError> {
+    let (frame, used): (Frame, usize) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| WireError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(WireError::Trailing(body.len() - used));
+    }
+    Ok(frame)
+}
+
+/// A sans-IO frame splitter: push received bytes, pop complete frames.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    /// An empty reader.
+    pub fn new() -> FrameReader {
+        FrameReader::default()
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, `Ok(None)` when more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
+        let Some(prefix) = self.buf.get(..4) else {
+            return Ok(None);
+        };
+        let mut p = [0u8; 4];
+        p.copy_from_slice(prefix);
+        let len = check_frame_len(p)?;
+        let Some(body) = self.buf.get(4..4 + len) else {
+            return Ok(None);
+        };
+        let frame = decode_frame(body)?;
+        self.buf.drain(..4 + len);
+        Ok(Some(frame))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames() -> Vec<Frame> {
+        vec![
+            Frame::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                mesh: "m".into(),
+                cluster: "a".into(),
+                digest: "d".into(),
+            }),
+            Frame::Refuse {
+                reason: "no".into(),
+            },
+            Frame::Interest(vec![InterestEntry {
+                dest: "b".into(),
+                topic: "t".into(),
+                filter: Some("{\"exact\":{\"type\":\"x\"}}".into()),
+            }]),
+            Frame::Batch(Batch {
+                seq: 1,
+                topic: "t".into(),
+                partition: 0,
+                partitions: 1,
+                next: 3,
+                events: vec![WireEvent {
+                    offset: 2,
+                    timestamp_ms: 5,
+                    payload: b"{}".to_vec(),
+                }],
+            }),
+            Frame::Ack { seq: 9 },
+        ]
+    }
+
+    #[test]
+    fn round_trip_through_the_reader_byte_by_byte() {
+        let mut bytes = Vec::new();
+        for f in frames() {
+            bytes.extend(encode_frame(&f).unwrap());
+        }
+        let mut r = FrameReader::new();
+        let mut got = Vec::new();
+        for b in bytes {
+            r.push(&[b]);
+            while let Some(f) = r.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        assert_eq!(got, frames());
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_reading() {
+        let mut r = FrameReader::new();
+        r.push(&u32::MAX.to_be_bytes());
+        assert!(matches!(r.next_frame(), Err(WireError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // Deterministic pseudo-random garbage of many lengths.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for n in 0..2000usize {
+            let mut body = Vec::with_capacity(n % 200);
+            for _ in 0..(n % 200) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                body.push(x as u8);
+            }
+            let _ = decode_frame(&body);
+            let mut r = FrameReader::new();
+            r.push(&body);
+            while let Ok(Some(_)) = r.next_frame() {}
+        }
+        assert!(decode_frame(&[]).is_err());
+        assert!(decode_frame(&[200, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        let mut f = encode_frame(&Frame::Ack { seq: 1 }).unwrap();
+        f.push(0);
+        assert!(matches!(decode_frame(&f[4..]), Err(WireError::Trailing(1))));
+    }
+}

@@ -1,0 +1,1015 @@
+//! The bridge: the tokio shell around the sans-IO link pieces. Owns the QUIC endpoint
+//! (one per cluster, both accepting and dialling), one task per topology link (dial or
+//! wait, handshake, replicate, reconnect with exponential backoff), the topology reload
+//! loop and the status shown at `GET /v1/mesh`.
+//!
+//! A session on a link runs one bidirectional stream carrying length-prefixed frames in
+//! both directions. A reader task turns bytes into frames; the session task owns the
+//! [`SendWindow`], the peer's [`PeerInterest`] and talks to the node's store.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use meshd_certs::{AllowedClusters, CertPaths, ReloadingCerts};
+use meshd_core::api::TopicConfig;
+use meshd_core::codec::{decode_event, encode_event};
+use meshd_core::wire::{
+    check_frame_len, decode_frame, encode_frame, Batch, Frame, Hello, InterestEntry, WireEvent,
+    PROTOCOL_VERSION,
+};
+use meshd_node::ingest::{append_events, now_ms};
+use meshd_node::server::{Node, NodeError};
+use meshd_topology::Topology;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use tokio::sync::mpsc;
+
+use crate::cursor::{cursor_group, SendWindow};
+use crate::interest::{announcement, LocalInterest, PeerInterest};
+use crate::link::{
+    check_hello, event_path, frame_name, stamp_outgoing, stamp_received, DedupWindow, HelloOutcome,
+};
+use crate::routing::Routes;
+use crate::stats::{LinkState, LinkStats};
+
+/// Settings of a bridge.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// This cluster.
+    pub cluster: String,
+    /// The topology file (watched for changes).
+    pub topology_path: PathBuf,
+    /// Directory with `ca.pem`, `CLUSTER.pem`, `CLUSTER.key`.
+    pub certs_dir: PathBuf,
+    /// UDP address to bind; default: this cluster's `bridge` address in the topology.
+    pub listen: Option<SocketAddr>,
+    /// How often the topology file and certificates are checked for changes.
+    pub reload_interval: Duration,
+    /// Most events per batch.
+    pub batch_max: usize,
+    /// Most unacknowledged batches per link.
+    pub window: usize,
+    /// A link behind and not advancing for this long is reported stalled.
+    pub stall_after: Duration,
+    /// Received (source, id) pairs remembered for duplicate suppression.
+    pub dedup_window: usize,
+}
+
+impl BridgeConfig {
+    /// Defaults for `cluster`.
+    pub fn new(cluster: &str, topology_path: PathBuf, certs_dir: PathBuf) -> BridgeConfig {
+        BridgeConfig {
+            cluster: cluster.to_string(),
+            topology_path,
+            certs_dir,
+            listen: None,
+            reload_interval: Duration::from_secs(1),
+            batch_max: 512,
+            window: 8,
+            stall_after: Duration::from_secs(5),
+            dedup_window: 100_000,
+        }
+    }
+}
+
+/// Why a bridge could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BridgeError {
+    /// The topology file is missing or invalid.
+    #[error(transparent)]
+    Topology(#[from] meshd_topology::LoadError),
+    /// This cluster is not in the topology.
+    #[error("cluster {cluster:?} is not in the topology; add it or fix --cluster")]
+    NotInTopology {
+        /// The cluster.
+        cluster: String,
+    },
+    /// Certificates could not be loaded.
+    #[error(transparent)]
+    Certs(#[from] meshd_certs::CertError),
+    /// The bridge address does not resolve.
+    #[error("bridge address {addr} does not resolve: {reason}")]
+    Resolve {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The UDP socket could not be bound.
+    #[error("binding the bridge on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// TLS configuration failed.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+struct LinkHandle {
+    stats: Arc<LinkStats>,
+    incoming: mpsc::Sender<quinn::Connection>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    config: BridgeConfig,
+    node: Arc<Node>,
+    topology: RwLock<Arc<Topology>>,
+    certs: Arc<ReloadingCerts>,
+    allowed: Arc<AllowedClusters>,
+    endpoint: quinn::Endpoint,
+    links: Mutex<BTreeMap<String, LinkHandle>>,
+    learned: Mutex<BTreeMap<String, Vec<InterestEntry>>>,
+    down: Mutex<HashSet<String>>,
+    dedup: Mutex<DedupWindow>,
+}
+
+/// A running bridge.
+pub struct Bridge {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _cert_watcher: meshd_certs::Watcher,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_millis(500)));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+        4_000,
+    ))));
+    Arc::new(t)
+}
+
+impl Bridge {
+    /// Loads the topology and certificates, binds the endpoint and starts the links.
+    pub async fn start(config: BridgeConfig, node: Arc<Node>) -> Result<Bridge, BridgeError> {
+        let path = config.topology_path.clone();
+        let topology = tokio::task::spawn_blocking(move || Topology::load(path))
+            .await
+            .map_err(|e| BridgeError::Tls(format!("topology load task: {e}")))??;
+        let Some(me) = topology.cluster(&config.cluster) else {
+            return Err(BridgeError::NotInTopology {
+                cluster: config.cluster.clone(),
+            });
+        };
+        let addr = match config.listen {
+            Some(a) => a,
+            None => {
+                let text = me.bridge.to_string();
+                let found = tokio::net::lookup_host(text.as_str())
+                    .await
+                    .map_err(|e| BridgeError::Resolve {
+                        addr: text.clone(),
+                        reason: e.to_string(),
+                    })?
+                    .next();
+                found.ok_or_else(|| BridgeError::Resolve {
+                    addr: text.clone(),
+                    reason: "no address".into(),
+                })?
+            }
+        };
+        let certs = ReloadingCerts::open(CertPaths::in_dir(&config.certs_dir, &config.cluster))?;
+        let allowed = AllowedClusters::new(topology.clusters().map(|c| c.name.to_string()));
+        let tls = meshd_certs::server_config(certs.clone(), allowed.clone())?;
+        let quic = QuicServerConfig::try_from(Arc::new(tls))
+            .map_err(|e| BridgeError::Tls(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        server.transport_config(transport());
+        let endpoint = quinn::Endpoint::server(server, addr)
+            .map_err(|source| BridgeError::Bind { addr, source })?;
+        let cert_watcher = certs.watch(config.reload_interval);
+        let shared = Arc::new(Shared {
+            dedup: Mutex::new(DedupWindow::new(config.dedup_window)),
+            config,
+            node,
+            topology: RwLock::new(Arc::new(topology)),
+            certs,
+            allowed,
+            endpoint,
+            links: Mutex::new(BTreeMap::new()),
+            learned: Mutex::new(BTreeMap::new()),
+            down: Mutex::new(HashSet::new()),
+        });
+        shared.reconcile_links();
+        let tasks = vec![
+            tokio::spawn(accept_loop(shared.clone())),
+            tokio::spawn(reload_loop(shared.clone())),
+        ];
+        tracing::info!(
+            cluster = %shared.config.cluster,
+            addr = %shared.endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "federation bridge listening"
+        );
+        Ok(Bridge {
+            shared,
+            tasks,
+            _cert_watcher: cert_watcher,
+        })
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.shared.endpoint.local_addr().ok()
+    }
+
+    /// Re-reads the topology file now (what SIGHUP does).
+    pub async fn reload(&self) {
+        self.shared.clone().reload(true).await;
+    }
+
+    /// The mesh as `GET /v1/mesh` shows it.
+    pub fn status(&self) -> serde_json::Value {
+        self.shared.status()
+    }
+
+    /// A closure returning [`Bridge::status`], for the node's `/v1/mesh`.
+    pub fn status_fn(&self) -> Arc<dyn Fn() -> serde_json::Value + Send + Sync> {
+        let shared = self.shared.clone();
+        Arc::new(move || shared.status())
+    }
+
+    /// A closure rendering the link metrics as Prometheus text, for the node's `/metrics`.
+    pub fn metrics_fn(&self) -> Arc<dyn Fn() -> String + Send + Sync> {
+        let shared = self.shared.clone();
+        Arc::new(move || {
+            let links: Vec<Arc<LinkStats>> = lock(&shared.links)
+                .values()
+                .map(|l| l.stats.clone())
+                .collect();
+            crate::stats::render_prometheus(&links)
+        })
+    }
+
+    /// Closes every link and the endpoint.
+    pub async fn shutdown(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let links = std::mem::take(&mut *lock(&self.shared.links));
+        for (_, l) in links {
+            l.task.abort();
+        }
+        self.shared
+            .endpoint
+            .close(quinn::VarInt::from_u32(0), b"bridge stopping");
+        self.shared.endpoint.wait_idle().await;
+    }
+}
+
+impl Shared {
+    fn topology(&self) -> Arc<Topology> {
+        self.topology
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn me(&self) -> &str {
+        &self.config.cluster
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let topo = self.topology();
+        let links: Vec<serde_json::Value> = lock(&self.links)
+            .values()
+            .map(|l| l.stats.snapshot())
+            .collect();
+        let clusters: Vec<serde_json::Value> = topo
+            .clusters()
+            .map(|c| {
+                serde_json::json!({
+                    "name": c.name.as_str(),
+                    "region": c.region,
+                    "cloud": c.cloud,
+                    "bridge": c.bridge.to_string(),
+                })
+            })
+            .collect();
+        let down = lock(&self.down).clone();
+        let routes = Routes::new(&topo, self.me(), &down);
+        let paths: BTreeMap<String, Option<Vec<String>>> = topo
+            .clusters()
+            .filter(|c| c.name.as_str() != self.me())
+            .map(|c| (c.name.to_string(), routes.path(c.name.as_str())))
+            .collect();
+        serde_json::json!({
+            "cluster": self.me(),
+            "mesh": topo.mesh(),
+            "digest": topo.digest(),
+            "clusters": clusters,
+            "links": links,
+            "routes": paths,
+            "duplicates": lock(&self.dedup).duplicates(),
+            "learned_interest": *lock(&self.learned),
+        })
+    }
+
+    /// Starts tasks for new links and stops those no longer in the topology.
+    fn reconcile_links(self: &Arc<Self>) {
+        let topo = self.topology();
+        let wanted: BTreeMap<String, ()> = topo
+            .neighbors(self.me())
+            .into_iter()
+            .map(|(n, _)| (n.to_string(), ()))
+            .collect();
+        let mut links = lock(&self.links);
+        let existing: Vec<String> = links.keys().cloned().collect();
+        for peer in existing {
+            if !wanted.contains_key(&peer) {
+                if let Some(l) = links.remove(&peer) {
+                    l.task.abort();
+                    tracing::info!(cluster = %self.me(), peer, "link removed from the topology, closed");
+                }
+                lock(&self.learned).remove(&peer);
+                lock(&self.down).remove(&peer);
+            }
+        }
+        for peer in wanted.keys() {
+            if links.contains_key(peer) {
+                continue;
+            }
+            let dialer = self.me() < peer.as_str();
+            let stats = Arc::new(LinkStats::new(peer, dialer));
+            let (tx, rx) = mpsc::channel(4);
+            lock(&self.down).insert(peer.clone());
+            let task = tokio::spawn(run_link(self.clone(), peer.clone(), stats.clone(), rx));
+            tracing::info!(cluster = %self.me(), peer, dialer, "link added");
+            links.insert(
+                peer.clone(),
+                LinkHandle {
+                    stats,
+                    incoming: tx,
+                    task,
+                },
+            );
+        }
+    }
+
+    async fn reload(self: Arc<Self>, forced: bool) {
+        let path = self.config.topology_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Topology::load(path)).await;
+        let new = match loaded {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                if forced {
+                    tracing::error!(cluster = %self.me(), "topology reload refused, keeping the current topology: {e}");
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::error!("topology reload task failed: {e}");
+                return;
+            }
+        };
+        let old = self.topology();
+        if *old == new {
+            return;
+        }
+        if new.cluster(self.me()).is_none() {
+            tracing::error!(cluster = %self.me(), "topology reload refused: this cluster is not in the new file; keeping the current topology");
+            return;
+        }
+        let diff = Topology::diff(&old, &new);
+        tracing::info!(cluster = %self.me(), digest = %new.digest(), ?diff, "topology reloaded");
+        self.allowed.set(new.clusters().map(|c| c.name.to_string()));
+        *self.topology.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        self.reconcile_links();
+    }
+}
+
+async fn reload_loop(shared: Arc<Shared>) {
+    let mut last_bad: Option<String> = None;
+    loop {
+        tokio::time::sleep(shared.config.reload_interval).await;
+        // Log a bad file once per distinct content, not every poll.
+        let text = tokio::fs::read_to_string(&shared.config.topology_path).await;
+        match text.as_ref().map(|t| Topology::parse(t)) {
+            Ok(Ok(t)) => {
+                last_bad = None;
+                if *shared.topology() != t {
+                    shared.clone().reload(true).await;
+                }
+            }
+            Ok(Err(errors)) => {
+                let key = text.unwrap_or_default();
+                if last_bad.as_deref() != Some(key.as_str()) {
+                    tracing::error!(cluster = %shared.me(), "topology file changed but is invalid, keeping the current topology: {errors}");
+                    last_bad = Some(key);
+                }
+            }
+            Err(e) => {
+                let key = format!("io:{e}");
+                if last_bad.as_deref() != Some(key.as_str()) {
+                    tracing::error!(cluster = %shared.me(), "topology file unreadable, keeping the current topology: {e}");
+                    last_bad = Some(key);
+                }
+            }
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>) {
+    while let Some(incoming) = shared.endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(cluster = %shared.me(), %remote, "refused a federation connection: {e}");
+                    return;
+                }
+            };
+            let peer = conn
+                .peer_identity()
+                .and_then(|i| {
+                    i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                        .ok()
+                })
+                .and_then(|chain| meshd_certs::peer_cluster(&chain).ok());
+            let Some(peer) = peer else {
+                tracing::warn!(cluster = %shared.me(), %remote, "refused a federation connection: no cluster identity");
+                conn.close(quinn::VarInt::from_u32(1), b"no cluster identity");
+                return;
+            };
+            let tx = lock(&shared.links).get(&peer).map(|l| l.incoming.clone());
+            match tx {
+                Some(tx) if shared.me() > peer.as_str() => {
+                    let _ = tx.send(conn).await;
+                }
+                Some(_) => {
+                    tracing::warn!(cluster = %shared.me(), %remote, peer, "refused a federation connection: on this link this cluster dials");
+                    conn.close(
+                        quinn::VarInt::from_u32(2),
+                        b"on this link the other side dials",
+                    );
+                }
+                None => {
+                    tracing::warn!(cluster = %shared.me(), %remote, peer, "refused a federation connection: no link with this cluster in the topology");
+                    conn.close(
+                        quinn::VarInt::from_u32(3),
+                        b"no link with this cluster in the topology",
+                    );
+                }
+            }
+        });
+    }
+}
+
+async fn dial(shared: &Shared, peer: &str) -> Result<quinn::Connection, String> {
+    let topo = shared.topology();
+    let cluster = topo
+        .cluster(peer)
+        .ok_or_else(|| format!("cluster {peer:?} is not in the topology"))?;
+    let text = cluster.bridge.to_string();
+    let addr = tokio::net::lookup_host(&text)
+        .await
+        .map_err(|e| format!("resolving {text}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{text} resolves to nothing"))?;
+    let tls = meshd_certs::client_config(shared.certs.clone(), peer).map_err(|e| e.to_string())?;
+    let quic = QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| e.to_string())?;
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    client.transport_config(transport());
+    let connecting = shared
+        .endpoint
+        .connect_with(client, addr, &meshd_certs::server_name(peer))
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(format!("connecting to {addr}: {e}")),
+        Err(_) => Err(format!("connecting to {addr}: timed out")),
+    }
+}
+
+async fn run_link(
+    shared: Arc<Shared>,
+    peer: String,
+    stats: Arc<LinkStats>,
+    mut incoming: mpsc::Receiver<quinn::Connection>,
+) {
+    let dialer = shared.me() < peer.as_str();
+    let mut backoff = Duration::from_millis(100);
+    let mut next: Option<quinn::Connection> = None;
+    loop {
+        let conn = if let Some(c) = next.take() {
+            c
+        } else if dialer {
+            stats.set_state(LinkState::Connecting, None);
+            match dial(&shared, &peer).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(cluster = %shared.me(), peer, "link down, retrying in {backoff:?}: {e}");
+                    stats.set_state(LinkState::Down, Some(e));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(3));
+                    continue;
+                }
+            }
+        } else {
+            match incoming.recv().await {
+                Some(c) => c,
+                None => return,
+            }
+        };
+        let started = Instant::now();
+        let result = session(&shared, &peer, &stats, conn.clone(), &mut incoming, dialer).await;
+        lock(&shared.down).insert(peer.clone());
+        stats.stalled.store(false, Ordering::Relaxed);
+        match result {
+            Ok(replacement) => {
+                conn.close(quinn::VarInt::from_u32(0), b"replaced by a new connection");
+                next = Some(replacement);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(cluster = %shared.me(), peer, "link session ended: {e}");
+                conn.close(quinn::VarInt::from_u32(4), e.as_bytes());
+                stats.set_state(LinkState::Down, Some(e));
+            }
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
+        if dialer {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(3));
+        }
+    }
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Frame, String> {
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix)
+        .await
+        .map_err(|e| format!("reading a frame: {e}"))?;
+    let len = check_frame_len(prefix).map_err(|e| e.to_string())?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| format!("reading a frame: {e}"))?;
+    decode_frame(&body).map_err(|e| e.to_string())
+}
+
+async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<usize, String> {
+    let bytes = encode_frame(frame).map_err(|e| e.to_string())?;
+    send.write_all(&bytes)
+        .await
+        .map_err(|e| format!("writing a frame: {e}"))?;
+    Ok(bytes.len())
+}
+
+/// Runs one connection until it fails (`Err`) or the peer connects anew (`Ok(new)`).
+async fn session(
+    shared: &Arc<Shared>,
+    peer: &str,
+    stats: &Arc<LinkStats>,
+    conn: quinn::Connection,
+    incoming: &mut mpsc::Receiver<quinn::Connection>,
+    dialer: bool,
+) -> Result<quinn::Connection, String> {
+    let topo = shared.topology();
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        mesh: topo.mesh().to_string(),
+        cluster: shared.me().to_string(),
+        digest: topo.digest(),
+    };
+    let handshake = async {
+        let (mut send, mut recv) = if dialer {
+            conn.open_bi()
+                .await
+                .map_err(|e| format!("opening the stream: {e}"))?
+        } else {
+            conn.accept_bi()
+                .await
+                .map_err(|e| format!("accepting the stream: {e}"))?
+        };
+        if dialer {
+            write_frame(&mut send, &Frame::Hello(hello.clone())).await?;
+        }
+        let first = read_frame(&mut recv).await?;
+        match check_hello(&hello, peer, &first) {
+            HelloOutcome::Accept { digest_mismatch } => {
+                if digest_mismatch {
+                    tracing::warn!(cluster = %shared.me(), peer, "peer has another topology digest (reload in progress?); continuing");
+                }
+            }
+            HelloOutcome::Refuse(reason) => {
+                if !matches!(first, Frame::Refuse { .. }) {
+                    let _ = write_frame(
+                        &mut send,
+                        &Frame::Refuse {
+                            reason: reason.clone(),
+                        },
+                    )
+                    .await;
+                    let _ = send.finish();
+                    let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+                }
+                tracing::error!(cluster = %shared.me(), peer, "link refused: {reason}");
+                return Err(format!("handshake refused: {reason}"));
+            }
+        }
+        if !dialer {
+            write_frame(&mut send, &Frame::Hello(hello.clone())).await?;
+        }
+        Ok::<_, String>((send, recv))
+    };
+    let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(5), handshake)
+        .await
+        .map_err(|_| "handshake timed out".to_string())??;
+
+    let n = stats.connections.fetch_add(1, Ordering::Relaxed);
+    if n > 0 {
+        stats.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+    stats.set_state(LinkState::Connected, None);
+    lock(&shared.down).remove(peer);
+    tracing::info!(cluster = %shared.me(), peer, "link connected");
+
+    let (tx, mut rx) = mpsc::channel::<Result<Frame, String>>(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            let r = read_frame(&mut recv).await;
+            let stop = r.is_err();
+            if tx.send(r).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    let mut s = SessionState {
+        window: SendWindow::new(shared.config.window),
+        interest: PeerInterest::default(),
+        durable: HashMap::new(),
+        announced: None,
+        last_progress: Instant::now(),
+        last_lag: 0,
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut slow = tokio::time::interval(Duration::from_millis(100));
+    slow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        tokio::select! {
+            f = rx.recv() => {
+                let frame = match f {
+                    None => break Err("reader stopped".to_string()),
+                    Some(Err(e)) => break Err(e),
+                    Some(Ok(f)) => f,
+                };
+                if let Err(e) = s.on_frame(shared, peer, stats, &mut send, frame).await {
+                    break Err(e);
+                }
+            }
+            _ = tick.tick() => {
+                if let Err(e) = s.pump(shared, peer, stats, &mut send).await {
+                    break Err(e);
+                }
+            }
+            _ = slow.tick() => {
+                if let Err(e) = s.announce(shared, peer, &mut send).await {
+                    break Err(e);
+                }
+                s.measure(shared, peer, stats, &conn).await;
+            }
+            c = incoming.recv() => {
+                match c {
+                    Some(c) => break Ok(c),
+                    None => break Err("link removed".to_string()),
+                }
+            }
+        }
+    };
+    reader.abort();
+    result
+}
+
+struct SessionState {
+    window: SendWindow,
+    interest: PeerInterest,
+    durable: HashMap<(String, u32), u64>,
+    announced: Option<Vec<InterestEntry>>,
+    last_progress: Instant,
+    last_lag: u64,
+}
+
+impl SessionState {
+    async fn on_frame(
+        &mut self,
+        shared: &Arc<Shared>,
+        peer: &str,
+        stats: &LinkStats,
+        send: &mut quinn::SendStream,
+        frame: Frame,
+    ) -> Result<(), String> {
+        match frame {
+            Frame::Interest(entries) => {
+                let (compiled, bad) = PeerInterest::compile(entries.clone());
+                for b in bad {
+                    tracing::warn!(cluster = %shared.me(), peer, topic = %b.entry.topic, "ignoring an interest entry: {}", b.reason);
+                }
+                tracing::debug!(cluster = %shared.me(), peer, entries = entries.len(), "interest received");
+                lock(&shared.learned).insert(peer.to_string(), entries);
+                self.interest = compiled;
+                Ok(())
+            }
+            Frame::Batch(b) => {
+                let seq = b.seq;
+                receive_batch(shared, peer, stats, b).await?;
+                write_frame(send, &Frame::Ack { seq }).await?;
+                Ok(())
+            }
+            Frame::Ack { seq } => {
+                let commits = self.window.on_ack(seq).map_err(|e| e.to_string())?;
+                let group = cursor_group(peer);
+                for c in commits {
+                    shared
+                        .node
+                        .store
+                        .commit_offset(&group, &c.topic, c.partition, c.next)
+                        .await
+                        .map_err(|e| format!("committing the link cursor: {e}"))?;
+                    self.durable.insert((c.topic, c.partition), c.next);
+                    self.last_progress = Instant::now();
+                }
+                Ok(())
+            }
+            other => Err(format!(
+                "unexpected {} frame after the handshake",
+                frame_name(&other)
+            )),
+        }
+    }
+
+    async fn durable(
+        &mut self,
+        shared: &Shared,
+        peer: &str,
+        topic: &str,
+        p: u32,
+    ) -> Result<u64, String> {
+        if let Some(d) = self.durable.get(&(topic.to_string(), p)) {
+            return Ok(*d);
+        }
+        let store = &shared.node.store;
+        let d = match store
+            .committed_offset(&cursor_group(peer), topic, p)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Some(o) => o,
+            None => {
+                store
+                    .bounds(topic, p)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .start
+            }
+        };
+        self.durable.insert((topic.to_string(), p), d);
+        Ok(d)
+    }
+
+    async fn pump(
+        &mut self,
+        shared: &Arc<Shared>,
+        peer: &str,
+        stats: &LinkStats,
+        send: &mut quinn::SendStream,
+    ) -> Result<(), String> {
+        if !self.window.can_send() {
+            return Ok(());
+        }
+        let topo = shared.topology();
+        let me = shared.me().to_string();
+        let topics: Vec<String> = self.interest.topics().cloned().collect();
+        for topic in topics {
+            let Ok(Some(cfg)) = shared.node.store.topic(&topic).await else {
+                continue;
+            };
+            for p in 0..cfg.partitions {
+                while self.window.can_send() {
+                    let durable = self.durable(shared, peer, &topic, p).await?;
+                    let pos = self.window.position(&topic, p, durable);
+                    let store = &shared.node.store;
+                    let end = store
+                        .bounds(&topic, p)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .end;
+                    if pos >= end {
+                        break;
+                    }
+                    let records = store
+                        .read(&topic, p, pos, shared.config.batch_max)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let Some(last) = records.last() else { break };
+                    let next = last.offset + 1;
+                    let mut events = Vec::new();
+                    let mut bytes = 0u64;
+                    for r in &records {
+                        let mut ev = match decode_event(&r.payload) {
+                            Ok(e) => e,
+                            Err(e) => {
+                                tracing::error!(cluster = %me, topic, partition = p, offset = r.offset, "skipping an undecodable stored event: {e}");
+                                continue;
+                            }
+                        };
+                        let path = event_path(&ev, &me);
+                        if path.iter().any(|c| c == peer) {
+                            continue;
+                        }
+                        if !self
+                            .interest
+                            .wants(&topic, &ev, &path, |t, d| topo.may_receive(t, d))
+                        {
+                            continue;
+                        }
+                        stamp_outgoing(&mut ev, &me);
+                        let payload = encode_event(&ev);
+                        bytes += payload.len() as u64;
+                        events.push(WireEvent {
+                            offset: r.offset,
+                            timestamp_ms: r.timestamp_ms,
+                            payload,
+                        });
+                    }
+                    let seq = self.window.sent(&topic, p, next);
+                    let count = events.len() as u64;
+                    write_frame(
+                        send,
+                        &Frame::Batch(Batch {
+                            seq,
+                            topic: topic.clone(),
+                            partition: p,
+                            partitions: cfg.partitions,
+                            next,
+                            events,
+                        }),
+                    )
+                    .await?;
+                    stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+                    stats.events_sent.fetch_add(count, Ordering::Relaxed);
+                    stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn announce(
+        &mut self,
+        shared: &Arc<Shared>,
+        peer: &str,
+        send: &mut quinn::SendStream,
+    ) -> Result<(), String> {
+        let local: Vec<LocalInterest> = shared
+            .node
+            .list_subscriptions()
+            .into_iter()
+            .map(|s| LocalInterest {
+                topic: s.topic,
+                filter: s.filter,
+            })
+            .collect();
+        let topo = shared.topology();
+        let down = lock(&shared.down).clone();
+        let routes = Routes::new(&topo, shared.me(), &down);
+        let all_up = Routes::new(&topo, shared.me(), &HashSet::new());
+        let learned = lock(&shared.learned).clone();
+        let set = announcement(shared.me(), peer, &local, &learned, |n, d| {
+            // With the known-down links excluded; when that leaves no path at all, keep the
+            // interest (events wait in this cluster's store instead of being skipped).
+            routes.relays(n, d) || (routes.path(d).is_none() && all_up.relays(n, d))
+        });
+        if self.announced.as_ref() != Some(&set) {
+            write_frame(send, &Frame::Interest(set.clone())).await?;
+            tracing::debug!(cluster = %shared.me(), peer, entries = set.len(), "interest announced");
+            self.announced = Some(set);
+        }
+        Ok(())
+    }
+
+    async fn measure(
+        &mut self,
+        shared: &Arc<Shared>,
+        peer: &str,
+        stats: &LinkStats,
+        conn: &quinn::Connection,
+    ) {
+        stats
+            .rtt_us
+            .store(conn.rtt().as_micros() as u64, Ordering::Relaxed);
+        let mut lag = 0u64;
+        let mut oldest: Option<u64> = None;
+        let topics: Vec<String> = self.interest.topics().cloned().collect();
+        for topic in topics {
+            let Ok(Some(cfg)) = shared.node.store.topic(&topic).await else {
+                continue;
+            };
+            for p in 0..cfg.partitions {
+                let Ok(d) = self.durable(shared, peer, &topic, p).await else {
+                    continue;
+                };
+                let Ok(b) = shared.node.store.bounds(&topic, p).await else {
+                    continue;
+                };
+                if b.end > d {
+                    lag += b.end - d;
+                    if let Ok(r) = shared.node.store.read(&topic, p, d, 1).await {
+                        if let Some(r) = r.first() {
+                            oldest = Some(oldest.map_or(r.timestamp_ms, |o| o.min(r.timestamp_ms)));
+                        }
+                    }
+                }
+            }
+        }
+        stats.lag_events.store(lag, Ordering::Relaxed);
+        stats.lag_ms.store(
+            oldest.map(|o| now_ms().saturating_sub(o)).unwrap_or(0),
+            Ordering::Relaxed,
+        );
+        if lag == 0 || lag < self.last_lag {
+            self.last_progress = Instant::now();
+        }
+        self.last_lag = lag;
+        let stalled = lag > 0 && self.last_progress.elapsed() > shared.config.stall_after;
+        let was = stats.stalled.swap(stalled, Ordering::Relaxed);
+        if stalled && !was {
+            tracing::warn!(cluster = %shared.me(), peer, lag, "link stalled: connected, behind, and not advancing");
+        }
+    }
+}
+
+async fn receive_batch(
+    shared: &Arc<Shared>,
+    peer: &str,
+    stats: &LinkStats,
+    b: Batch,
+) -> Result<(), String> {
+    let me = shared.me();
+    let mut events = Vec::with_capacity(b.events.len());
+    let mut keys = Vec::with_capacity(b.events.len());
+    let mut in_batch = HashSet::new();
+    for we in b.events {
+        stats.events_received.fetch_add(1, Ordering::Relaxed);
+        stats
+            .bytes_received
+            .fetch_add(we.payload.len() as u64, Ordering::Relaxed);
+        let mut ev = decode_event(&we.payload).map_err(|e| {
+            format!(
+                "peer sent an undecodable event at offset {}: {e}",
+                we.offset
+            )
+        })?;
+        let key = DedupWindow::key(&ev);
+        if lock(&shared.dedup).check(&key) || !in_batch.insert(key.clone()) {
+            stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        stamp_received(&mut ev, me);
+        keys.push(key);
+        events.push(ev);
+    }
+    if events.is_empty() {
+        return Ok(());
+    }
+    let node = &shared.node;
+    let partitions = match node.partitions_for_publish(&b.topic).await {
+        Ok(p) => p,
+        Err(NodeError::TopicNotFound { .. }) => {
+            let cfg = TopicConfig {
+                partitions: b.partitions.max(1),
+                ..TopicConfig::default()
+            };
+            node.create_topic(&b.topic, cfg)
+                .await
+                .map_err(|e| format!("creating topic {:?} for replicated events: {e}", b.topic))?;
+            tracing::info!(cluster = %me, peer, topic = %b.topic, "created topic for replicated events");
+            b.partitions.max(1)
+        }
+        Err(e) => return Err(format!("topic {:?}: {e}", b.topic)),
+    };
+    append_events(&*node.store, &b.topic, partitions, &events)
+        .await
+        .map_err(|e| format!("appending replicated events: {e}"))?;
+    let mut d = lock(&shared.dedup);
+    for k in keys {
+        d.remember(k);
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! One link's protocol pieces that are not about cursors or interest (sans-IO): the
+//! handshake, the event path (loop prevention) and the duplicate window.
+//!
+//! # Handshake
+//! On each link the cluster whose name sorts first dials; the other only accepts (so there
+//! is one connection per link and nothing to dedupe). The dialer opens one bidirectional
+//! stream and sends [`Frame::Hello`]; the acceptor checks it with [`check_hello`] and
+//! answers with its own `Hello` or with [`Frame::Refuse`] and closes; the dialer checks the
+//! answer the same way. A different protocol version or mesh name is refused with the
+//! reason; a different topology digest is only a warning (hot reloads make digests differ
+//! for a moment).
+//!
+//! # Path
+//! A replicated event carries `meshdorigin` (the cluster it was published in) and
+//! `meshdpath` (every cluster that stored it, comma-separated, origin first). A source
+//! never sends an event to a cluster already on its path, so an event cannot loop.
+
+use std::collections::{HashSet, VecDeque};
+
+use cloudevents::event::ExtensionValue;
+use cloudevents::AttributesReader;
+use meshd_core::wire::{Frame, Hello, PROTOCOL_VERSION};
+use meshd_core::Event;
+
+/// Extension naming the cluster an event was published in.
+pub const ORIGIN_EXT: &str = "meshdorigin";
+/// Extension listing the clusters that stored an event, origin first.
+pub const PATH_EXT: &str = "meshdpath";
+
+/// What to do with the peer's `Hello`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelloOutcome {
+    /// Go on; `digest_mismatch` asks for a warning.
+    Accept {
+        /// The peer's topology digest differs from ours.
+        digest_mismatch: bool,
+    },
+    /// Refuse the link with this reason.
+    Refuse(String),
+}
+
+/// Checks the first frame received on a link whose peer should be `expected_peer`.
+pub fn check_hello(local: &Hello, expected_peer: &str, frame: &Frame) -> HelloOutcome {
+    let peer = match frame {
+        Frame::Hello(h) => h,
+        Frame::Refuse { reason } => return HelloOutcome::Refuse(format!("peer refused: {reason}")),
+        other => {
+            return HelloOutcome::Refuse(format!(
+                "expected a hello frame first, got {}",
+                frame_name(other)
+            ))
+        }
+    };
+    if peer.version != PROTOCOL_VERSION {
+        return HelloOutcome::Refuse(format!(
+            "protocol version {} is not supported (this bridge speaks {PROTOCOL_VERSION})",
+            peer.version
+        ));
+    }
+    if peer.mesh != local.mesh {
+        return HelloOutcome::Refuse(format!(
+            "peer is in mesh {:?}, this bridge in mesh {:?}",
+            peer.mesh, local.mesh
+        ));
+    }
+    if peer.cluster != expected_peer {
+        return HelloOutcome::Refuse(format!(
+            "peer says it is cluster {:?} but its certificate names {expected_peer:?}",
+            peer.cluster
+        ));
+    }
+    HelloOutcome::Accept {
+        digest_mismatch: peer.digest != local.digest,
+    }
+}
+
+/// A short name of a frame kind for logs.
+pub fn frame_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello(_) => "hello",
+        Frame::Refuse { .. } => "refuse",
+        Frame::Interest(_) => "interest",
+        Frame::Batch(_) => "batch",
+        Frame::Ack { .. } => "ack",
+    }
+}
+
+fn ext_string(event: &Event, name: &str) -> Option<String> {
+    event.extension(name).map(|v| match v {
+        ExtensionValue::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+/// The clusters an event has been stored in, origin first. A local event (no extension)
+/// has the path `[local]`.
+pub fn event_path(event: &Event, local: &str) -> Vec<String> {
+    match ext_string(event, PATH_EXT) {
+        Some(p) if !p.is_empty() => p.split(',').map(str::to_string).collect(),
+        _ => vec![local.to_string()],
+    }
+}
+
+/// Marks an event about to leave `local` for the first time with its origin and path.
+pub fn stamp_outgoing(event: &mut Event, local: &str) {
+    if event.extension(ORIGIN_EXT).is_none() {
+        event.set_extension(ORIGIN_EXT, local.to_string());
+    }
+    if event.extension(PATH_EXT).is_none() {
+        event.set_extension(PATH_EXT, local.to_string());
+    }
+}
+
+/// Marks an event received by `local`: appends it to the path.
+pub fn stamp_received(event: &mut Event, local: &str) {
+    let mut path = event_path(event, local);
+    if path.last().map(String::as_str) != Some(local) {
+        path.push(local.to_string());
+    }
+    event.set_extension(PATH_EXT, path.join(","));
+}
+
+/// Receivers drop events whose (source, id) they saw among the last `capacity` ones.
+#[derive(Debug)]
+pub struct DedupWindow {
+    capacity: usize,
+    seen: HashSet<(String, String)>,
+    order: VecDeque<(String, String)>,
+    duplicates: u64,
+}
+
+impl DedupWindow {
+    /// A window remembering `capacity` events (at least 1).
+    pub fn new(capacity: usize) -> DedupWindow {
+        DedupWindow {
+            capacity: capacity.max(1),
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            duplicates: 0,
+        }
+    }
+
+    /// The key of an event in the window.
+    pub fn key(event: &Event) -> (String, String) {
+        (event.source().to_string(), event.id().to_string())
+    }
+
+    /// Was this key seen in the window? Counts a duplicate when it was.
+    pub fn check(&mut self, key: &(String, String)) -> bool {
+        if self.seen.contains(key) {
+            self.duplicates += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Remembers a key (call after the event is durably stored, so that a failed append
+    /// does not make its re-send look like a duplicate).
+    pub fn remember(&mut self, key: (String, String)) {
+        if self.seen.contains(&key) {
+            return;
+        }
+        if self.order.len() >= self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        self.seen.insert(key.clone());
+        self.order.push_back(key);
+    }
+
+    /// `true` for an event not seen in the window (and remembers it); `false` for a
+    /// duplicate (and counts it).
+    pub fn admit(&mut self, event: &Event) -> bool {
+        let key = DedupWindow::key(event);
+        if self.check(&key) {
+            return false;
+        }
+        self.remember(key);
+        true
+    }
+
+    /// Duplicates dropped so far.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudevents::{EventBuilder, EventBuilderV10};
+
+    fn hello(mesh: &str, cluster: &str, digest: &str) -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            mesh: mesh.into(),
+            cluster: cluster.into(),
+            digest: digest.into(),
+        }
+    }
+
+    fn ev(id: &str) -> Event {
+        EventBuilderV10::new()
+            .id(id)
+            .source("s")
+            .ty("t")
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn handshake_outcomes() {
+        let local = hello("m", "a", "d1");
+        assert_eq!(
+            check_hello(&local, "b", &Frame::Hello(hello("m", "b", "d1"))),
+            HelloOutcome::Accept {
+                digest_mismatch: false
+            }
+        );
+        assert_eq!(
+            check_hello(&local, "b", &Frame::Hello(hello("m", "b", "d2"))),
+            HelloOutcome::Accept {
+                digest_mismatch: true
+            }
+        );
+        assert!(
+            matches!(check_hello(&local, "b", &Frame::Hello(hello("other", "b", "d1"))), HelloOutcome::Refuse(r) if r.contains("mesh"))
+        );
+        assert!(
+            matches!(check_hello(&local, "b", &Frame::Hello(hello("m", "c", "d1"))), HelloOutcome::Refuse(r) if r.contains("certificate"))
+        );
+        let mut v2 = hello("m", "b", "d1");
+        v2.version = 2;
+        assert!(
+            matches!(check_hello(&local, "b", &Frame::Hello(v2)), HelloOutcome::Refuse(r) if r.contains("version"))
+        );
+        assert!(
+            matches!(check_hello(&local, "b", &Frame::Ack { seq: 1 }), HelloOutcome::Refuse(r) if r.contains("hello"))
+        );
+        assert!(
+            matches!(check_hello(&local, "b", &Frame::Refuse { reason: "x".into() }), HelloOutcome::Refuse(r) if r.contains("peer refused"))
+        );
+    }
+
+    #[test]
+    fn path_stamping_prevents_loops() {
+        let mut e = ev("1");
+        assert_eq!(event_path(&e, "a"), vec!["a"]);
+        stamp_outgoing(&mut e, "a");
+        stamp_received(&mut e, "b");
+        assert_eq!(event_path(&e, "b"), vec!["a", "b"]);
+        // b forwards to c: stamp_outgoing keeps the origin
+        stamp_outgoing(&mut e, "b");
+        stamp_received(&mut e, "c");
+        assert_eq!(event_path(&e, "c"), vec!["a", "b", "c"]);
+        assert_eq!(
+            e.extension(ORIGIN_EXT).map(|v| v.to_string()),
+            Some("a".into())
+        );
+    }
+
+    #[test]
+    fn dedup_window_is_bounded_and_counts() {
+        let mut d = DedupWindow::new(2);
+        assert!(d.admit(&ev("1")));
+        assert!(!d.admit(&ev("1")));
+        assert!(d.admit(&ev("2")));
+        assert!(d.admit(&ev("3"))); // evicts 1
+        assert!(d.admit(&ev("1")));
+        assert_eq!(d.duplicates(), 1);
+    }
+}
