@@ -14,8 +14,8 @@ mod certs_cmd;
 mod client;
 mod dev;
 mod filter_cmd;
-mod scheduler_cmd;
 mod proxy_cmd;
+mod scheduler_cmd;
 mod topology_cmd;
 
 #[derive(Parser)]
