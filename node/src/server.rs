@@ -299,6 +299,11 @@ impl Node {
         check_name("topic", topic)?;
         config.validate()?;
         let _guard = self.admin.lock().await;
+        self.store_topic(topic, config).await
+    }
+
+    /// Creates a topic in the store and the cache; the caller holds the admin lock.
+    async fn store_topic(&self, topic: &str, config: TopicConfig) -> Result<bool, NodeError> {
         let created = self.store.create_topic(topic, &config).await?;
         self.write_topics().insert(topic.to_string(), config);
         if created {
@@ -396,9 +401,7 @@ impl Node {
         }
         if let Some(dlt) = &sub.spec.delivery.dead_letter_topic {
             if !self.read_topics().contains_key(dlt) {
-                let cfg = TopicConfig::default();
-                self.store.create_topic(dlt, &cfg).await?;
-                self.write_topics().insert(dlt.clone(), cfg);
+                self.store_topic(dlt, TopicConfig::default()).await?;
             }
         }
         let bytes = serde_json::to_vec(&sub.spec).expect("a spec serializes");
