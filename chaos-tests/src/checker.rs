@@ -1,0 +1,338 @@
+//! The canary checker: counts what publishers had acknowledged against what subscribers
+//! in every cluster received, by sequence number per partition key. Pure bookkeeping, no
+//! I/O and no clock: correctness is decided from sequence numbers only (wall-clock times
+//! appear in a [`Report`] as measurements, never as a verdict).
+//!
+//! Definitions (per cluster):
+//! - *delivered*: distinct acknowledged (key, seq) pairs the cluster's subscriber received;
+//! - *lost*: acknowledged pairs it never received;
+//! - *duplicated*: deliveries of a pair it had already received;
+//! - *reordered*: first deliveries of (key, seq) after a higher seq of the same key had
+//!   already arrived (a redelivery of an old event is a duplicate, not a reorder);
+//! - *unacknowledged*: pairs received that no publisher saw acknowledged (a publish whose
+//!   answer was lost; allowed, and counted).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// What one cluster's subscriber saw.
+#[derive(Debug, Default, Clone)]
+struct ClusterLog {
+    seen: BTreeMap<String, BTreeSet<u64>>,
+    highest: BTreeMap<String, u64>,
+    deliveries: u64,
+    duplicated: u64,
+    reordered: u64,
+}
+
+/// Counts acknowledged publishes and deliveries; see the module docs for the definitions.
+#[derive(Debug, Default, Clone)]
+pub struct Checker {
+    acked: BTreeMap<String, BTreeSet<u64>>,
+    clusters: BTreeMap<String, ClusterLog>,
+}
+
+impl Checker {
+    /// An empty checker.
+    pub fn new() -> Checker {
+        Checker::default()
+    }
+
+    /// Declares a cluster whose subscriber must receive every acknowledged event (a
+    /// cluster that received nothing at all still shows up, with everything lost).
+    pub fn expect_cluster(&mut self, cluster: &str) {
+        self.clusters.entry(cluster.to_string()).or_default();
+    }
+
+    /// A publisher saw (key, seq) acknowledged.
+    pub fn acked(&mut self, key: &str, seq: u64) {
+        self.acked.entry(key.to_string()).or_default().insert(seq);
+    }
+
+    /// `cluster`'s subscriber received (key, seq).
+    pub fn delivered(&mut self, cluster: &str, key: &str, seq: u64) {
+        let log = self.clusters.entry(cluster.to_string()).or_default();
+        log.deliveries += 1;
+        let seen = log.seen.entry(key.to_string()).or_default();
+        if !seen.insert(seq) {
+            log.duplicated += 1;
+            return;
+        }
+        let highest = log.highest.entry(key.to_string()).or_insert(seq);
+        if seq < *highest {
+            log.reordered += 1;
+        } else {
+            *highest = seq;
+        }
+    }
+
+    /// Number of acknowledged publishes.
+    pub fn acknowledged(&self) -> u64 {
+        self.acked.values().map(|s| s.len() as u64).sum()
+    }
+
+    /// Acknowledged events `cluster` has not received yet.
+    pub fn missing(&self, cluster: &str) -> u64 {
+        let empty = ClusterLog::default();
+        let log = self.clusters.get(cluster).unwrap_or(&empty);
+        self.acked
+            .iter()
+            .map(|(k, seqs)| match log.seen.get(k) {
+                Some(seen) => seqs.iter().filter(|s| !seen.contains(s)).count() as u64,
+                None => seqs.len() as u64,
+            })
+            .sum()
+    }
+
+    /// Whether every declared cluster received every acknowledged event.
+    pub fn complete(&self) -> bool {
+        self.clusters.keys().all(|c| self.missing(c) == 0)
+    }
+
+    /// The counts as a report (timings and notes left empty for the caller to fill).
+    pub fn report(&self, scenario: &str, mode: &str) -> Report {
+        let mut clusters = BTreeMap::new();
+        for (name, log) in &self.clusters {
+            let mut delivered = 0u64;
+            let mut unacknowledged = 0u64;
+            for (k, seen) in &log.seen {
+                let acked = self.acked.get(k);
+                for s in seen {
+                    if acked.is_some_and(|a| a.contains(s)) {
+                        delivered += 1;
+                    } else {
+                        unacknowledged += 1;
+                    }
+                }
+            }
+            clusters.insert(
+                name.clone(),
+                ClusterReport {
+                    delivered,
+                    deliveries: log.deliveries,
+                    lost: self.missing(name),
+                    duplicated: log.duplicated,
+                    reordered: log.reordered,
+                    unacknowledged,
+                },
+            );
+        }
+        Report {
+            scenario: scenario.to_string(),
+            mode: mode.to_string(),
+            acknowledged: self.acknowledged(),
+            keys: self.acked.len() as u64,
+            lost: clusters.values().map(|c| c.lost).sum(),
+            duplicated: clusters.values().map(|c| c.duplicated).sum(),
+            reordered: clusters.values().map(|c| c.reordered).sum(),
+            clusters,
+            detection_ms: None,
+            recovery_ms: None,
+            duration_ms: None,
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// Per-cluster counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterReport {
+    /// Distinct acknowledged events received.
+    pub delivered: u64,
+    /// Every delivery, duplicates included.
+    pub deliveries: u64,
+    /// Acknowledged events never received (must be 0).
+    pub lost: u64,
+    /// Deliveries of an event already received.
+    pub duplicated: u64,
+    /// First deliveries that arrived after a later event of the same key (must be 0).
+    pub reordered: u64,
+    /// Distinct events received that no publisher saw acknowledged.
+    pub unacknowledged: u64,
+}
+
+/// The result of one scenario or drill, printable as text ([`fmt::Display`]) and JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Scenario or drill name.
+    pub scenario: String,
+    /// Where it ran: `netns`, `loopback`, or `mesh` (a drill against a running mesh).
+    pub mode: String,
+    /// Publishes acknowledged.
+    pub acknowledged: u64,
+    /// Partition keys used.
+    pub keys: u64,
+    /// Sum over clusters of `lost`.
+    pub lost: u64,
+    /// Sum over clusters of `duplicated`.
+    pub duplicated: u64,
+    /// Sum over clusters of `reordered`.
+    pub reordered: u64,
+    /// Per cluster.
+    pub clusters: BTreeMap<String, ClusterReport>,
+    /// From the fault until the mesh reported it (ms), when measured.
+    pub detection_ms: Option<u64>,
+    /// From the repair until every cluster had every acknowledged event (ms).
+    pub recovery_ms: Option<u64>,
+    /// The whole scenario (ms).
+    pub duration_ms: Option<u64>,
+    /// Free-form remarks (fallbacks, what was measured how).
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    /// Whether nothing acknowledged was lost and nothing was reordered.
+    pub fn ok(&self) -> bool {
+        self.lost == 0 && self.reordered == 0
+    }
+
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+fn ms(v: Option<u64>) -> String {
+    v.map(|v| format!("{v} ms"))
+        .unwrap_or_else(|| "n/a".to_string())
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "scenario {} [{}]: {}",
+            self.scenario,
+            self.mode,
+            if self.ok() { "OK" } else { "FAILED" }
+        )?;
+        writeln!(
+            f,
+            "  acknowledged {} over {} keys; lost {}, duplicated {}, reordered {}",
+            self.acknowledged, self.keys, self.lost, self.duplicated, self.reordered
+        )?;
+        writeln!(
+            f,
+            "  detection {}, recovery {}, duration {}",
+            ms(self.detection_ms),
+            ms(self.recovery_ms),
+            ms(self.duration_ms)
+        )?;
+        for (name, c) in &self.clusters {
+            writeln!(
+                f,
+                "  cluster {name}: delivered {} ({} deliveries), lost {}, duplicated {}, reordered {}, unacknowledged {}",
+                c.delivered, c.deliveries, c.lost, c.duplicated, c.reordered, c.unacknowledged
+            )?;
+        }
+        for n in &self.notes {
+            writeln!(f, "  note: {n}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everything_once_in_order_is_ok() {
+        let mut c = Checker::new();
+        c.expect_cluster("a");
+        c.expect_cluster("b");
+        for s in 0..5 {
+            c.acked("k", s);
+            c.delivered("a", "k", s);
+            c.delivered("b", "k", s);
+        }
+        assert!(c.complete());
+        let r = c.report("x", "loopback");
+        assert!(r.ok(), "{r}");
+        assert_eq!(r.acknowledged, 5);
+        assert_eq!(r.clusters["a"].delivered, 5);
+        assert_eq!(r.duplicated, 0);
+    }
+
+    #[test]
+    fn missing_events_are_lost_per_cluster() {
+        let mut c = Checker::new();
+        c.expect_cluster("a");
+        c.expect_cluster("b");
+        for s in 0..4 {
+            c.acked("k", s);
+            c.delivered("a", "k", s);
+        }
+        c.delivered("b", "k", 0);
+        assert!(!c.complete());
+        assert_eq!(c.missing("b"), 3);
+        let r = c.report("x", "netns");
+        assert_eq!(r.clusters["b"].lost, 3);
+        assert_eq!(r.lost, 3);
+        assert!(!r.ok());
+        assert!(r.to_string().contains("FAILED"));
+    }
+
+    #[test]
+    fn redelivery_is_a_duplicate_not_a_reorder() {
+        let mut c = Checker::new();
+        for s in 0..3 {
+            c.acked("k", s);
+        }
+        for s in [0, 1, 2, 1, 2] {
+            c.delivered("a", "k", s);
+        }
+        let r = c.report("x", "netns");
+        assert_eq!(r.clusters["a"].duplicated, 2);
+        assert_eq!(r.clusters["a"].reordered, 0);
+        assert_eq!(r.clusters["a"].deliveries, 5);
+        assert!(r.ok());
+    }
+
+    #[test]
+    fn a_late_first_delivery_is_a_reorder_per_key() {
+        let mut c = Checker::new();
+        for s in 0..3 {
+            c.acked("k", s);
+            c.acked("j", s);
+        }
+        for s in [0, 2, 1] {
+            c.delivered("a", "k", s);
+        }
+        // Interleaving across keys is not a reorder.
+        for (k, s) in [("j", 0), ("k", 0), ("j", 1), ("j", 2)] {
+            c.delivered("b", k, s);
+        }
+        let r = c.report("x", "netns");
+        assert_eq!(r.clusters["a"].reordered, 1);
+        assert_eq!(r.clusters["b"].reordered, 0);
+        assert!(!r.ok());
+    }
+
+    #[test]
+    fn unacknowledged_deliveries_are_counted_not_lost() {
+        let mut c = Checker::new();
+        c.acked("k", 0);
+        c.delivered("a", "k", 0);
+        c.delivered("a", "k", 1);
+        let r = c.report("x", "netns");
+        assert_eq!(r.clusters["a"].unacknowledged, 1);
+        assert_eq!(r.clusters["a"].delivered, 1);
+        assert!(r.ok());
+    }
+
+    #[test]
+    fn report_roundtrips_as_json() {
+        let mut c = Checker::new();
+        c.acked("k", 0);
+        c.delivered("a", "k", 0);
+        let mut r = c.report("partition", "netns");
+        r.recovery_ms = Some(120);
+        r.notes.push("hello".into());
+        let back: Report = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(back, r);
+        assert!(r.to_string().contains("recovery 120 ms"));
+    }
+}
