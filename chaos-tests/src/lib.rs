@@ -4,14 +4,65 @@
 //! namespace when the machine allows it (else on loopback) ([`net`], [`mesh`]); the small
 //! userspace UDP link emulator for delay/jitter/loss/cuts ([`emu`]); the canary workload
 //! ([`canary`]) and the checker that counts lost, duplicated and reordered events by
-//! sequence number ([`checker`]); and the drills an operator runs against a live mesh
-//! through its admin APIs ([`drill`]).
+//! sequence number ([`checker`]); scenario plumbing ([`scenario`]); and the drills an
+//! operator runs against a live mesh through its admin APIs ([`drill`]).
 //!
 //! Must not touch: any crate's internals; it drives the `meshd` binary from outside.
 #![forbid(unsafe_code)]
 
+pub mod canary;
 pub mod checker;
 pub mod emu;
+pub mod http;
+pub mod mesh;
+pub mod net;
+pub mod scenario;
 
 pub use checker::{Checker, ClusterReport, Report};
 pub use emu::{LinkEmulator, LinkShape};
+pub use mesh::{Mesh, MeshOptions, Mode};
+
+use std::path::PathBuf;
+
+/// Errors of the harness and the drills.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChaosError {
+    /// The `meshd` binary is not where it was looked for.
+    #[error("meshd binary not found at {0} (run `cargo build --bin meshd` or set MESHD_BIN)")]
+    NoBinary(PathBuf),
+    /// A process did not come up.
+    #[error("{name} did not start; its log: {log}")]
+    Start {
+        /// Which process.
+        name: String,
+        /// Its log file.
+        log: PathBuf,
+    },
+    /// No such cluster (or process) in this mesh.
+    #[error("no cluster or process {0:?} in this mesh")]
+    NoCluster(String),
+    /// Local I/O.
+    #[error("{0}")]
+    Io(String),
+    /// An HTTP call failed or answered an error.
+    #[error("{0}")]
+    Http(String),
+    /// Something did not happen in time.
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+    /// Network namespaces or nftables.
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    /// The link emulator.
+    #[error(transparent)]
+    Emu(#[from] emu::EmuError),
+    /// A drill refused to run or could not proceed.
+    #[error("{0}")]
+    Drill(String),
+}
+
+/// Installs the rustls provider reqwest needs (once per process; later calls do nothing).
+pub fn init_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

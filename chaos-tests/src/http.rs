@@ -1,0 +1,185 @@
+//! Small HTTP helpers over the public meshd API (used by the harness and the drills):
+//! readiness, topics, subscriptions, `/v1/mesh` link state.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::ChaosError;
+
+/// An HTTP client with short timeouts (a chaos run must not hang on a dead peer).
+pub fn client() -> Result<reqwest::Client, ChaosError> {
+    crate::init_tls();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| ChaosError::Http(format!("building the client: {e}")))
+}
+
+/// GET `url` as JSON, any 2xx.
+pub async fn get_json(c: &reqwest::Client, url: &str) -> Result<Value, ChaosError> {
+    let r = c
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| ChaosError::Http(format!("GET {url}: {e}")))?;
+    let status = r.status();
+    let text = r
+        .text()
+        .await
+        .map_err(|e| ChaosError::Http(format!("GET {url}: {e}")))?;
+    if !status.is_success() {
+        return Err(ChaosError::Http(format!("GET {url}: {status}: {text}")));
+    }
+    serde_json::from_str(&text).map_err(|e| ChaosError::Http(format!("GET {url}: {e}: {text}")))
+}
+
+/// Sends a JSON body with `method`; returns status and body (any status).
+pub async fn send_json(
+    c: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Value), ChaosError> {
+    let mut req = c.request(method.clone(), url);
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let r = req
+        .send()
+        .await
+        .map_err(|e| ChaosError::Http(format!("{method} {url}: {e}")))?;
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
+}
+
+/// Whether `base/readyz` answers 200.
+pub async fn ready(c: &reqwest::Client, base: &str) -> bool {
+    matches!(c.get(format!("{base}/readyz")).send().await, Ok(r) if r.status().is_success())
+}
+
+/// Polls `base/readyz` until it answers 200.
+pub async fn wait_ready(base: &str, timeout: Duration) -> Result<(), ChaosError> {
+    let c = client()?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready(&c, base).await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(ChaosError::Timeout(format!("{base}/readyz")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Creates `topic` (idempotent: 200 or 201).
+pub async fn put_topic(
+    c: &reqwest::Client,
+    base: &str,
+    topic: &str,
+    partitions: u32,
+) -> Result<(), ChaosError> {
+    let (status, body) = send_json(
+        c,
+        reqwest::Method::PUT,
+        &format!("{base}/v1/topics/{topic}"),
+        Some(&json!({ "partitions": partitions })),
+    )
+    .await?;
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(ChaosError::Http(format!("PUT topic {topic} at {base}: {status} {body}")))
+    }
+}
+
+/// Creates a subscription; an existing one of that name (409) is fine.
+pub async fn subscribe(c: &reqwest::Client, base: &str, spec: &Value) -> Result<(), ChaosError> {
+    let (status, body) = send_json(
+        c,
+        reqwest::Method::POST,
+        &format!("{base}/v1/subscriptions"),
+        Some(spec),
+    )
+    .await?;
+    if (200..300).contains(&status) || status == 409 {
+        Ok(())
+    } else {
+        Err(ChaosError::Http(format!("subscribe at {base}: {status} {body}")))
+    }
+}
+
+/// Deletes a subscription (404 is fine).
+pub async fn unsubscribe(c: &reqwest::Client, base: &str, name: &str) -> Result<(), ChaosError> {
+    let (status, body) = send_json(
+        c,
+        reqwest::Method::DELETE,
+        &format!("{base}/v1/subscriptions/{name}"),
+        None,
+    )
+    .await?;
+    if (200..300).contains(&status) || status == 404 {
+        Ok(())
+    } else {
+        Err(ChaosError::Http(format!("unsubscribe {name} at {base}: {status} {body}")))
+    }
+}
+
+/// `GET base/v1/mesh`.
+pub async fn mesh(c: &reqwest::Client, base: &str) -> Result<Value, ChaosError> {
+    get_json(c, &format!("{base}/v1/mesh")).await
+}
+
+/// The link to `peer` as `/v1/mesh` shows it (Null when absent).
+pub async fn link(c: &reqwest::Client, base: &str, peer: &str) -> Result<Value, ChaosError> {
+    let m = mesh(c, base).await?;
+    Ok(m["links"]
+        .as_array()
+        .and_then(|l| l.iter().find(|x| x["peer"] == peer).cloned())
+        .unwrap_or(Value::Null))
+}
+
+/// Whether every link in `/v1/mesh` is connected and not stalled or paused.
+pub fn links_healthy(mesh: &Value) -> Result<(), String> {
+    let Some(links) = mesh["links"].as_array() else {
+        return Err("no links in /v1/mesh".into());
+    };
+    for l in links {
+        if l["state"] != "connected" || l["paused"] == true {
+            return Err(format!(
+                "link to {} is {}{}",
+                l["peer"].as_str().unwrap_or("?"),
+                l["state"].as_str().unwrap_or("?"),
+                if l["paused"] == true { " (paused)" } else { "" }
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `node` (at `base`) learned from its peers an interest of every cluster in
+/// `dests` on `topic`.
+pub async fn knows_interest(
+    c: &reqwest::Client,
+    base: &str,
+    dests: &[String],
+    topic: &str,
+) -> Result<bool, ChaosError> {
+    let m = mesh(c, base).await?;
+    let Some(learned) = m["learned_interest"].as_object() else {
+        return Ok(dests.is_empty());
+    };
+    Ok(dests.iter().all(|d| {
+        learned.values().any(|entries| {
+            entries
+                .as_array()
+                .is_some_and(|a| a.iter().any(|e| e["dest"] == *d && e["topic"] == topic))
+        })
+    }))
+}

@@ -1,0 +1,635 @@
+//! A mesh of real `meshd` processes for chaos runs: per cluster one runtime node with its
+//! federation bridge (a cluster is one node today) and optional stateless proxies in front
+//! of it (`meshd proxy --nodes`). Certificates come from `meshd certs`, the topology is
+//! written here, and every cluster's advertised bridge address is a [`LinkEmulator`] in
+//! front of its real one (delay/jitter on every link).
+//!
+//! With network namespaces ([`Mode::Netns`]) each cluster runs in its own namespace at
+//! `10.77.S.(i+1)` and link faults are nftables rules; without them ([`Mode::Loopback`])
+//! everything runs on 127.0.0.1 and the emulators do the faults. Processes are killed on
+//! drop, before the namespaces are removed.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::emu::{LinkEmulator, LinkShape};
+use crate::net::NetLab;
+use crate::ChaosError;
+
+/// Where the mesh runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One network namespace per cluster; faults by nftables.
+    Netns,
+    /// Everything on 127.0.0.1; faults by the userspace emulators.
+    Loopback,
+}
+
+impl Mode {
+    /// `netns` or `loopback`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Netns => "netns",
+            Mode::Loopback => "loopback",
+        }
+    }
+}
+
+/// What mesh to build.
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    /// Cluster names (A-Z a-z 0-9 . _ -).
+    pub clusters: Vec<String>,
+    /// Links (pairs of cluster names).
+    pub links: Vec<(String, String)>,
+    /// Delay, jitter, loss on every link (each direction).
+    pub shape: LinkShape,
+    /// Proxies per cluster (0: none).
+    pub proxies: usize,
+    /// Never use namespaces (also set by `MESHD_CHAOS_LOOPBACK=1`).
+    pub force_loopback: bool,
+}
+
+impl MeshOptions {
+    /// A line of clusters `a - b - c ...` with 10 ms ± 2 ms one-way delay on every link.
+    pub fn line(clusters: &[&str]) -> MeshOptions {
+        MeshOptions {
+            clusters: clusters.iter().map(|c| c.to_string()).collect(),
+            links: clusters
+                .windows(2)
+                .map(|w| (w[0].to_string(), w[1].to_string()))
+                .collect(),
+            shape: LinkShape {
+                delay: Duration::from_millis(10),
+                jitter: Duration::from_millis(2),
+                loss_percent: 0,
+            },
+            proxies: 0,
+            force_loopback: false,
+        }
+    }
+}
+
+/// The path of the `meshd` binary: `$MESHD_BIN`, else `target/debug/meshd` of this
+/// workspace (build it first: `cargo build --bin meshd`; `cargo test --workspace` does).
+pub fn meshd_bin() -> Result<PathBuf, ChaosError> {
+    let path = match std::env::var_os("MESHD_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/meshd"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(ChaosError::NoBinary(path))
+    }
+}
+
+/// One `meshd` process (restartable with the same arguments), killed on drop.
+pub struct Proc {
+    name: String,
+    args: Vec<String>,
+    namespace: Option<String>,
+    log: PathBuf,
+    child: Option<Child>,
+    /// Its HTTP base URL.
+    pub url: String,
+}
+
+impl Proc {
+    fn new(name: &str, args: Vec<String>, namespace: Option<String>, log: PathBuf, url: String) -> Proc {
+        Proc {
+            name: name.to_string(),
+            args,
+            namespace,
+            log,
+            child: None,
+            url,
+        }
+    }
+
+    /// Starts the process and waits for its URL line.
+    pub fn start(&mut self) -> Result<(), ChaosError> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let bin = meshd_bin()?;
+        let mut cmd = match &self.namespace {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| ChaosError::Io(format!("opening {}: {e}", self.log.display())))?;
+        let mut child = cmd
+            .args(&self.args)
+            .env(
+                "MESHD_LOG",
+                std::env::var("MESHD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| ChaosError::Io(format!("spawning {}: {e}", self.name)))?;
+        let Some(stdout) = child.stdout.take() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(ChaosError::Io("no stdout".into()));
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if !sent && line.starts_with("cluster ") && line.contains("http://") {
+                    let _ = tx.send(line);
+                    sent = true;
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(_) => {
+                self.child = Some(child);
+                Ok(())
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(ChaosError::Start {
+                    name: self.name.clone(),
+                    log: self.log.clone(),
+                })
+            }
+        }
+    }
+
+    /// Whether it was started and not stopped.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (up to 20 s, then SIGKILL); whether it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One cluster's processes.
+pub struct ClusterProcs {
+    /// The runtime node (+ bridge).
+    pub node: Proc,
+    /// Its proxies.
+    pub proxies: Vec<Proc>,
+}
+
+/// A running mesh. Field order matters: processes drop before emulators and namespaces.
+pub struct Mesh {
+    clusters: BTreeMap<String, ClusterProcs>,
+    emus: BTreeMap<String, LinkEmulator>,
+    lab: Option<NetLab>,
+    dir: tempfile::TempDir,
+    index: BTreeMap<String, usize>,
+    advertised: BTreeMap<String, SocketAddr>,
+    links: Vec<(String, String)>,
+    shape: LinkShape,
+    /// Where it runs.
+    pub mode: Mode,
+    /// Remarks for reports (e.g. why it fell back to loopback).
+    pub notes: Vec<String>,
+}
+
+fn free_tcp_port() -> Result<u16, ChaosError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| ChaosError::Io(format!("free tcp port: {e}")))
+}
+
+fn free_udp_port() -> Result<u16, ChaosError> {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| ChaosError::Io(format!("free udp port: {e}")))
+}
+
+fn meshd_cli(args: &[&str]) -> Result<(), ChaosError> {
+    let out = Command::new(meshd_bin()?)
+        .args(args)
+        .output()
+        .map_err(|e| ChaosError::Io(format!("meshd {}: {e}", args.join(" "))))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ChaosError::Io(format!(
+            "meshd {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+fn path_str(p: &Path) -> Result<&str, ChaosError> {
+    p.to_str()
+        .ok_or_else(|| ChaosError::Io(format!("not UTF-8: {}", p.display())))
+}
+
+impl Mesh {
+    /// Builds and starts the mesh (namespaces when possible), waits until every process
+    /// is ready. Removes stale namespaces of earlier runs first.
+    pub async fn start(opts: MeshOptions) -> Result<Mesh, ChaosError> {
+        crate::init_tls();
+        let mut notes = Vec::new();
+        let want_loopback = opts.force_loopback
+            || std::env::var("MESHD_CHAOS_LOOPBACK").is_ok_and(|v| v == "1");
+        let lab = if want_loopback {
+            notes.push("loopback forced (MESHD_CHAOS_LOOPBACK=1 or option)".to_string());
+            None
+        } else {
+            NetLab::cleanup_stale();
+            match NetLab::available().and_then(|()| NetLab::new(opts.clusters.len())) {
+                Ok(lab) => Some(lab),
+                Err(e) => {
+                    notes.push(format!("fell back to loopback: {e}"));
+                    None
+                }
+            }
+        };
+        let mode = if lab.is_some() {
+            Mode::Netns
+        } else {
+            Mode::Loopback
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("meshd-chaos-")
+            .tempdir()
+            .map_err(|e| ChaosError::Io(format!("tempdir: {e}")))?;
+        let ca = dir.path().join("ca");
+        let certs = dir.path().join("certs");
+        std::fs::create_dir_all(&certs).map_err(|e| ChaosError::Io(e.to_string()))?;
+        meshd_cli(&["certs", "init", "--dir", path_str(&ca)?, "--mesh", "chaos", "--days", "2"])?;
+        std::fs::copy(ca.join("ca.pem"), certs.join("ca.pem"))
+            .map_err(|e| ChaosError::Io(format!("copying ca.pem: {e}")))?;
+
+        let host_ip: IpAddr = match &lab {
+            Some(l) => IpAddr::V4(l.host_ip()),
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        let mut index = BTreeMap::new();
+        let mut bind = BTreeMap::new();
+        let mut http = BTreeMap::new();
+        let mut proxy_addrs: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
+        let mut emus = BTreeMap::new();
+        let mut advertised = BTreeMap::new();
+        for (i, c) in opts.clusters.iter().enumerate() {
+            meshd_cli(&[
+                "certs", "issue", "--dir", path_str(&ca)?, "--cluster", c, "--out",
+                path_str(&certs)?, "--days", "2",
+            ])?;
+            index.insert(c.clone(), i);
+            let (b, h, p): (SocketAddr, SocketAddr, Vec<SocketAddr>) = match &lab {
+                Some(l) => {
+                    let ip = IpAddr::V4(l.ip(i));
+                    (
+                        SocketAddr::new(ip, 7900),
+                        SocketAddr::new(ip, 7700),
+                        (0..opts.proxies)
+                            .map(|k| SocketAddr::new(ip, 7800 + k as u16))
+                            .collect(),
+                    )
+                }
+                None => {
+                    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+                    let mut p = Vec::new();
+                    for _ in 0..opts.proxies {
+                        p.push(SocketAddr::new(ip, free_tcp_port()?));
+                    }
+                    (
+                        SocketAddr::new(ip, free_udp_port()?),
+                        SocketAddr::new(ip, free_tcp_port()?),
+                        p,
+                    )
+                }
+            };
+            let emu = LinkEmulator::start(SocketAddr::new(host_ip, 0), b, opts.shape)?;
+            advertised.insert(c.clone(), emu.front());
+            emus.insert(c.clone(), emu);
+            bind.insert(c.clone(), b);
+            http.insert(c.clone(), h);
+            proxy_addrs.insert(c.clone(), p);
+        }
+        let topology = dir.path().join("mesh.toml");
+        let mut t = String::from("[mesh]\nname = \"chaos\"\n");
+        for (i, c) in opts.clusters.iter().enumerate() {
+            t.push_str(&format!(
+                "\n[[cluster]]\nname = \"{c}\"\nregion = \"r{i}\"\ncloud = \"chaos\"\nbridge = \"{}\"\nproxy = \"http://{}\"\n",
+                advertised[c], http[c]
+            ));
+        }
+        for (a, b) in &opts.links {
+            t.push_str(&format!("\n[[link]]\nbetween = [\"{a}\", \"{b}\"]\ncost = 1\n"));
+        }
+        std::fs::write(&topology, t).map_err(|e| ChaosError::Io(format!("topology: {e}")))?;
+
+        let mut clusters = BTreeMap::new();
+        for (i, c) in opts.clusters.iter().enumerate() {
+            let ns = lab.as_ref().and_then(|l| l.namespace(i)).map(str::to_string);
+            let data = dir.path().join(format!("data-{c}"));
+            let node_args: Vec<String> = [
+                "node",
+                "--listen",
+                &http[c].to_string(),
+                "--data-dir",
+                path_str(&data)?,
+                "--cluster",
+                c,
+                "--node-id",
+                "node-1",
+                "--topology",
+                path_str(&topology)?,
+                "--certs-dir",
+                path_str(&certs)?,
+                "--bridge-listen",
+                &bind[c].to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let node = Proc::new(
+                &format!("{c}/node-1"),
+                node_args,
+                ns.clone(),
+                dir.path().join(format!("{c}-node-1.log")),
+                format!("http://{}", http[c]),
+            );
+            let mut proxies = Vec::new();
+            for (k, addr) in proxy_addrs[c].iter().enumerate() {
+                let args: Vec<String> = [
+                    "proxy",
+                    "--listen",
+                    &addr.to_string(),
+                    "--cluster",
+                    c,
+                    "--proxy-id",
+                    &format!("proxy-{}", k + 1),
+                    "--nodes",
+                    &format!("http://{}", http[c]),
+                    "--no-auth",
+                    "--deadline-ms",
+                    "2000",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                proxies.push(Proc::new(
+                    &format!("{c}/proxy-{}", k + 1),
+                    args,
+                    ns.clone(),
+                    dir.path().join(format!("{c}-proxy-{}.log", k + 1)),
+                    format!("http://{addr}"),
+                ));
+            }
+            clusters.insert(c.clone(), ClusterProcs { node, proxies });
+        }
+        let mut mesh = Mesh {
+            clusters,
+            emus,
+            lab,
+            dir,
+            index,
+            advertised,
+            links: opts.links.clone(),
+            shape: opts.shape,
+            mode,
+            notes,
+        };
+        let names: Vec<String> = mesh.clusters.keys().cloned().collect();
+        for c in &names {
+            mesh.start_node(c).await?;
+            for k in 0..opts.proxies {
+                mesh.start_proxy(c, k).await?;
+            }
+        }
+        Ok(mesh)
+    }
+
+    /// Cluster names.
+    pub fn cluster_names(&self) -> Vec<String> {
+        self.clusters.keys().cloned().collect()
+    }
+
+    /// Links as declared.
+    pub fn links(&self) -> &[(String, String)] {
+        &self.links
+    }
+
+    /// The address sinks in the test process should bind (reachable from every cluster).
+    pub fn host_ip(&self) -> IpAddr {
+        match &self.lab {
+            Some(l) => IpAddr::V4(l.host_ip()),
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+
+    /// The directory with logs, data, certs and topology.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn procs(&mut self, c: &str) -> Result<&mut ClusterProcs, ChaosError> {
+        self.clusters
+            .get_mut(c)
+            .ok_or_else(|| ChaosError::NoCluster(c.to_string()))
+    }
+
+    /// The node URL of cluster `c` (stable across restarts).
+    pub fn node_url(&self, c: &str) -> Result<String, ChaosError> {
+        self.clusters
+            .get(c)
+            .map(|p| p.node.url.clone())
+            .ok_or_else(|| ChaosError::NoCluster(c.to_string()))
+    }
+
+    /// The proxy URLs of cluster `c`.
+    pub fn proxy_urls(&self, c: &str) -> Vec<String> {
+        self.clusters
+            .get(c)
+            .map(|p| p.proxies.iter().map(|x| x.url.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Where clients of cluster `c` publish: its proxies, or its node when it has none.
+    pub fn entry_urls(&self, c: &str) -> Vec<String> {
+        let p = self.proxy_urls(c);
+        if p.is_empty() {
+            self.node_url(c).map(|u| vec![u]).unwrap_or_default()
+        } else {
+            p
+        }
+    }
+
+    /// Starts (or restarts) the node of `c` and waits until `/readyz` answers 200.
+    pub async fn start_node(&mut self, c: &str) -> Result<(), ChaosError> {
+        let p = self.procs(c)?;
+        tokio::task::block_in_place(|| p.node.start())?;
+        let url = p.node.url.clone();
+        crate::http::wait_ready(&url, Duration::from_secs(30)).await
+    }
+
+    /// `kill -9` of the node of `c`.
+    pub fn kill_node(&mut self, c: &str) -> Result<(), ChaosError> {
+        self.procs(c)?.node.kill9();
+        Ok(())
+    }
+
+    /// SIGTERM to the node of `c`; whether it exited cleanly.
+    pub fn terminate_node(&mut self, c: &str) -> Result<bool, ChaosError> {
+        let p = self.procs(c)?;
+        Ok(tokio::task::block_in_place(|| p.node.terminate()))
+    }
+
+    /// Starts proxy `k` of `c` and waits until it answers `/readyz`.
+    pub async fn start_proxy(&mut self, c: &str, k: usize) -> Result<(), ChaosError> {
+        let p = self.procs(c)?;
+        let Some(proxy) = p.proxies.get_mut(k) else {
+            return Err(ChaosError::NoCluster(format!("{c}/proxy-{}", k + 1)));
+        };
+        tokio::task::block_in_place(|| proxy.start())?;
+        let url = proxy.url.clone();
+        crate::http::wait_ready(&url, Duration::from_secs(30)).await
+    }
+
+    /// `kill -9` of proxy `k` of `c`.
+    pub fn kill_proxy(&mut self, c: &str, k: usize) -> Result<(), ChaosError> {
+        if let Some(p) = self.procs(c)?.proxies.get_mut(k) {
+            p.kill9();
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to proxy `k` of `c`.
+    pub fn terminate_proxy(&mut self, c: &str, k: usize) -> Result<bool, ChaosError> {
+        let p = self.procs(c)?;
+        Ok(match p.proxies.get_mut(k) {
+            Some(x) => tokio::task::block_in_place(|| x.terminate()),
+            None => true,
+        })
+    }
+
+    fn idx(&self, c: &str) -> Result<usize, ChaosError> {
+        self.index
+            .get(c)
+            .copied()
+            .ok_or_else(|| ChaosError::NoCluster(c.to_string()))
+    }
+
+    fn adv(&self, c: &str) -> Result<SocketAddr, ChaosError> {
+        self.advertised
+            .get(c)
+            .copied()
+            .ok_or_else(|| ChaosError::NoCluster(c.to_string()))
+    }
+
+    fn drop_between(&self, a: &str, b: &str, percent: Option<u32>) -> Result<(), ChaosError> {
+        match &self.lab {
+            Some(lab) => {
+                lab.drop_udp(self.idx(a)?, self.adv(b)?, percent)?;
+                lab.drop_udp(self.idx(b)?, self.adv(a)?, percent)?;
+            }
+            None => {
+                for c in [a, b] {
+                    let emu = self
+                        .emus
+                        .get(c)
+                        .ok_or_else(|| ChaosError::NoCluster(c.to_string()))?;
+                    match percent {
+                        None => emu.cut(),
+                        Some(p) => emu.set_shape(LinkShape {
+                            loss_percent: p,
+                            ..self.shape
+                        }),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Partitions the link `a`–`b` (both directions, every datagram). In loopback mode the
+    /// emulators in front of `a` and `b` cut everything into them (all their links).
+    pub fn partition(&self, a: &str, b: &str) -> Result<(), ChaosError> {
+        self.drop_between(a, b, None)
+    }
+
+    /// Drops `percent`% of datagrams between `a` and `b`, each direction.
+    pub fn loss(&self, a: &str, b: &str, percent: u32) -> Result<(), ChaosError> {
+        self.drop_between(a, b, Some(percent))
+    }
+
+    /// Removes every fault on `a` and `b` (rules or emulator state).
+    pub fn heal(&self, a: &str, b: &str) -> Result<(), ChaosError> {
+        match &self.lab {
+            Some(lab) => {
+                lab.clear_rules(self.idx(a)?)?;
+                lab.clear_rules(self.idx(b)?)?;
+            }
+            None => {
+                for c in [a, b] {
+                    if let Some(emu) = self.emus.get(c) {
+                        emu.heal();
+                        emu.set_shape(self.shape);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tail of a process log (for failure messages).
+    pub fn log_tail(&self, name: &str, lines: usize) -> String {
+        let path = self.dir.path().join(format!("{}.log", name.replace('/', "-")));
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
