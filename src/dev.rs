@@ -157,6 +157,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("starting the bridge of {name}"))?;
             node.set_mesh_status(bridge.status_fn());
             node.set_mesh_metrics(bridge.metrics_fn());
+            node.set_mesh_link_admin(bridge.link_admin_fn());
             if let Some(a) = bridge.local_addr() {
                 println!("cluster {name} bridge quic://{a}");
             }

@@ -13,6 +13,7 @@ use meshd_node::store::FsyncPolicy;
 mod certs_cmd;
 mod client;
 mod dev;
+mod drill;
 mod filter_cmd;
 mod proxy_cmd;
 mod scheduler_cmd;
@@ -51,6 +52,9 @@ enum Command {
     Topology(topology_cmd::TopologyArgs),
     /// Mesh CA and cluster certificates for federation links.
     Certs(certs_cmd::CertsArgs),
+    /// Rehearse a failure on a running mesh (through its admin APIs) and report canary
+    /// events lost, duplicated and reordered per cluster.
+    Drill(drill::DrillArgs),
 }
 
 /// Options of a runtime node.
@@ -106,6 +110,7 @@ pub async fn start_bridge(
     let bridge = std::sync::Arc::new(bridge);
     node.set_mesh_status(bridge.status_fn());
     node.set_mesh_metrics(bridge.metrics_fn());
+    node.set_mesh_link_admin(bridge.link_admin_fn());
     #[cfg(unix)]
     {
         let b = bridge.clone();
@@ -209,6 +214,7 @@ fn main() -> anyhow::Result<()> {
             Command::Pub(args) => client::publish(args).await,
             Command::Sub(args) => client::subscribe(args).await,
             Command::Topic(args) => client::topic(args).await,
+            Command::Drill(args) => drill::run(args).await,
             Command::Filter(_) | Command::Topology(_) | Command::Certs(_) => {
                 unreachable!("handled before the runtime starts")
             }

@@ -128,7 +128,8 @@ impl PullRecorder {
             run.to_string(),
         );
         let task = tokio::spawn(async move {
-            let url = format!("{base}/v1/subscriptions/{sub}/events?max=200&wait=500&consumer=drill");
+            let url =
+                format!("{base}/v1/subscriptions/{sub}/events?max=200&wait=500&consumer=drill");
             let ack = format!("{base}/v1/subscriptions/{sub}/ack");
             while !s.load(Ordering::Relaxed) {
                 let Ok(r) = c.get(&url).send().await else {

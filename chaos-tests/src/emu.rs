@@ -140,7 +140,8 @@ impl LinkEmulator {
         let (down_tx, down_rx) = mpsc::channel::<Packet>();
         {
             let k = knobs.clone();
-            emu.threads.push(std::thread::spawn(move || sender(up_rx, k)));
+            emu.threads
+                .push(std::thread::spawn(move || sender(up_rx, k)));
             let k = knobs.clone();
             emu.threads
                 .push(std::thread::spawn(move || sender(down_rx, k)));
@@ -291,7 +292,11 @@ mod tests {
         let (n, back_from) = client.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"pong");
         assert_eq!(back_from, emu.front());
-        assert!(t0.elapsed() >= Duration::from_millis(60), "{:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() >= Duration::from_millis(60),
+            "{:?}",
+            t0.elapsed()
+        );
     }
 
     #[test]

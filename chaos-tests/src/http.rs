@@ -95,7 +95,9 @@ pub async fn put_topic(
     if (200..300).contains(&status) {
         Ok(())
     } else {
-        Err(ChaosError::Http(format!("PUT topic {topic} at {base}: {status} {body}")))
+        Err(ChaosError::Http(format!(
+            "PUT topic {topic} at {base}: {status} {body}"
+        )))
     }
 }
 
@@ -111,7 +113,9 @@ pub async fn subscribe(c: &reqwest::Client, base: &str, spec: &Value) -> Result<
     if (200..300).contains(&status) || status == 409 {
         Ok(())
     } else {
-        Err(ChaosError::Http(format!("subscribe at {base}: {status} {body}")))
+        Err(ChaosError::Http(format!(
+            "subscribe at {base}: {status} {body}"
+        )))
     }
 }
 
@@ -127,7 +131,9 @@ pub async fn unsubscribe(c: &reqwest::Client, base: &str, name: &str) -> Result<
     if (200..300).contains(&status) || status == 404 {
         Ok(())
     } else {
-        Err(ChaosError::Http(format!("unsubscribe {name} at {base}: {status} {body}")))
+        Err(ChaosError::Http(format!(
+            "unsubscribe {name} at {base}: {status} {body}"
+        )))
     }
 }
 

@@ -100,7 +100,13 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn new(name: &str, args: Vec<String>, namespace: Option<String>, log: PathBuf, url: String) -> Proc {
+    fn new(
+        name: &str,
+        args: Vec<String>,
+        namespace: Option<String>,
+        log: PathBuf,
+        url: String,
+    ) -> Proc {
         Proc {
             name: name.to_string(),
             args,
@@ -280,8 +286,8 @@ impl Mesh {
     pub async fn start(opts: MeshOptions) -> Result<Mesh, ChaosError> {
         crate::init_tls();
         let mut notes = Vec::new();
-        let want_loopback = opts.force_loopback
-            || std::env::var("MESHD_CHAOS_LOOPBACK").is_ok_and(|v| v == "1");
+        let want_loopback =
+            opts.force_loopback || std::env::var("MESHD_CHAOS_LOOPBACK").is_ok_and(|v| v == "1");
         let lab = if want_loopback {
             notes.push("loopback forced (MESHD_CHAOS_LOOPBACK=1 or option)".to_string());
             None
@@ -307,7 +313,16 @@ impl Mesh {
         let ca = dir.path().join("ca");
         let certs = dir.path().join("certs");
         std::fs::create_dir_all(&certs).map_err(|e| ChaosError::Io(e.to_string()))?;
-        meshd_cli(&["certs", "init", "--dir", path_str(&ca)?, "--mesh", "chaos", "--days", "2"])?;
+        meshd_cli(&[
+            "certs",
+            "init",
+            "--dir",
+            path_str(&ca)?,
+            "--mesh",
+            "chaos",
+            "--days",
+            "2",
+        ])?;
         std::fs::copy(ca.join("ca.pem"), certs.join("ca.pem"))
             .map_err(|e| ChaosError::Io(format!("copying ca.pem: {e}")))?;
 
@@ -323,8 +338,16 @@ impl Mesh {
         let mut advertised = BTreeMap::new();
         for (i, c) in opts.clusters.iter().enumerate() {
             meshd_cli(&[
-                "certs", "issue", "--dir", path_str(&ca)?, "--cluster", c, "--out",
-                path_str(&certs)?, "--days", "2",
+                "certs",
+                "issue",
+                "--dir",
+                path_str(&ca)?,
+                "--cluster",
+                c,
+                "--out",
+                path_str(&certs)?,
+                "--days",
+                "2",
             ])?;
             index.insert(c.clone(), i);
             let (b, h, p): (SocketAddr, SocketAddr, Vec<SocketAddr>) = match &lab {
@@ -367,13 +390,18 @@ impl Mesh {
             ));
         }
         for (a, b) in &opts.links {
-            t.push_str(&format!("\n[[link]]\nbetween = [\"{a}\", \"{b}\"]\ncost = 1\n"));
+            t.push_str(&format!(
+                "\n[[link]]\nbetween = [\"{a}\", \"{b}\"]\ncost = 1\n"
+            ));
         }
         std::fs::write(&topology, t).map_err(|e| ChaosError::Io(format!("topology: {e}")))?;
 
         let mut clusters = BTreeMap::new();
         for (i, c) in opts.clusters.iter().enumerate() {
-            let ns = lab.as_ref().and_then(|l| l.namespace(i)).map(str::to_string);
+            let ns = lab
+                .as_ref()
+                .and_then(|l| l.namespace(i))
+                .map(str::to_string);
             let data = dir.path().join(format!("data-{c}"));
             let node_args: Vec<String> = [
                 "node",
@@ -627,7 +655,10 @@ impl Mesh {
 
     /// The tail of a process log (for failure messages).
     pub fn log_tail(&self, name: &str, lines: usize) -> String {
-        let path = self.dir.path().join(format!("{}.log", name.replace('/', "-")));
+        let path = self
+            .dir
+            .path()
+            .join(format!("{}.log", name.replace('/', "-")));
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")

@@ -133,11 +133,7 @@ impl NetLab {
         }
         if let Ok(links) = run(&["ip", "-o", "link", "show", "type", "bridge"]) {
             for line in links.lines() {
-                let name = line
-                    .split(':')
-                    .nth(1)
-                    .map(str::trim)
-                    .unwrap_or_default();
+                let name = line.split(':').nth(1).map(str::trim).unwrap_or_default();
                 let Some(rest) = name.strip_prefix(BRIDGE_PREFIX) else {
                     continue;
                 };
@@ -191,8 +187,16 @@ impl NetLab {
             run(&["ip", "link", "set", &host, "up"])?;
             let ip = lab.ip(i).to_string();
             run(&[
-                "ip", "netns", "exec", &ns, "ip", "addr", "add",
-                &format!("{ip}/24"), "dev", &peer,
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "ip",
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                &peer,
             ])?;
             run(&["ip", "netns", "exec", &ns, "ip", "link", "set", &peer, "up"])?;
             run(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
@@ -223,7 +227,12 @@ impl NetLab {
 
     /// In cluster `i`'s namespace, drops UDP to and from `peer` — every datagram
     /// (`percent` = None or Some(100)) or a random share of them.
-    pub fn drop_udp(&self, i: usize, peer: SocketAddr, percent: Option<u32>) -> Result<(), NetError> {
+    pub fn drop_udp(
+        &self,
+        i: usize,
+        peer: SocketAddr,
+        percent: Option<u32>,
+    ) -> Result<(), NetError> {
         let Some(ns) = self.namespace(i) else {
             return Err(NetError::Command {
                 command: format!("drop_udp({i})"),
@@ -247,8 +256,30 @@ impl NetLab {
         let Some(ns) = self.namespace(i) else {
             return Ok(());
         };
-        run(&["ip", "netns", "exec", ns, "nft", "flush", "chain", "inet", "meshd_chaos", "out"])?;
-        run(&["ip", "netns", "exec", ns, "nft", "flush", "chain", "inet", "meshd_chaos", "in"])?;
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "flush",
+            "chain",
+            "inet",
+            "meshd_chaos",
+            "out",
+        ])?;
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "flush",
+            "chain",
+            "inet",
+            "meshd_chaos",
+            "in",
+        ])?;
         Ok(())
     }
 }

@@ -99,7 +99,10 @@ impl Workload {
         for name in &names {
             let others: Vec<String> = names.iter().filter(|n| *n != name).cloned().collect();
             let node = mesh.node_url(name)?;
-            while !http::knows_interest(&c, &node, &others, TOPIC).await.unwrap_or(false) {
+            while !http::knows_interest(&c, &node, &others, TOPIC)
+                .await
+                .unwrap_or(false)
+            {
                 if Instant::now() > deadline {
                     return Err(ChaosError::Timeout(format!(
                         "{name} learning the canary interest of {others:?}"
@@ -149,7 +152,9 @@ impl Workload {
         let deadline = Instant::now() + timeout;
         while self.acknowledged() < target {
             if Instant::now() > deadline {
-                return Err(ChaosError::Timeout(format!("{n} more acknowledged publishes")));
+                return Err(ChaosError::Timeout(format!(
+                    "{n} more acknowledged publishes"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -210,12 +215,7 @@ impl Workload {
 }
 
 /// Waits until `a`'s `/v1/mesh` shows its link to `b` not connected; the time it took.
-pub async fn wait_link_down(
-    mesh: &Mesh,
-    a: &str,
-    b: &str,
-    timeout: Duration,
-) -> Option<Duration> {
+pub async fn wait_link_down(mesh: &Mesh, a: &str, b: &str, timeout: Duration) -> Option<Duration> {
     wait_link(mesh, a, b, timeout, |s| s != "connected").await
 }
 

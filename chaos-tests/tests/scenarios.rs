@@ -19,11 +19,18 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn mesh(opts: MeshOptions) -> Option<Mesh> {
     match Mesh::start(opts).await {
         Ok(m) => {
-            eprintln!("mesh up in {} mode at {}", m.mode.as_str(), m.dir().display());
+            eprintln!(
+                "mesh up in {} mode at {}",
+                m.mode.as_str(),
+                m.dir().display()
+            );
             Some(m)
         }
         Err(meshd_chaos::ChaosError::NoBinary(p)) => {
-            eprintln!("SKIPPED: no meshd binary at {} (cargo build --bin meshd)", p.display());
+            eprintln!(
+                "SKIPPED: no meshd binary at {} (cargo build --bin meshd)",
+                p.display()
+            );
             None
         }
         Err(e) => panic!("building the mesh: {e}"),
@@ -48,14 +55,21 @@ async fn partition_link_and_heal() {
     };
     let mut w = Workload::setup(&mesh).await.expect("workload");
     w.start_publishers(&mesh, &profile);
-    w.wait_progress(20, Duration::from_secs(20)).await.expect("load");
+    w.wait_progress(20, Duration::from_secs(20))
+        .await
+        .expect("load");
     tokio::time::sleep(profile.before).await;
 
     mesh.partition("a", "b").expect("partition");
     let detection = wait_link_down(&mesh, "a", "b", Duration::from_secs(20)).await;
-    assert!(detection.is_some(), "the bridge never noticed the partition");
+    assert!(
+        detection.is_some(),
+        "the bridge never noticed the partition"
+    );
     // Load keeps flowing inside each cluster during the partition.
-    w.wait_progress(20, Duration::from_secs(20)).await.expect("load during partition");
+    w.wait_progress(20, Duration::from_secs(20))
+        .await
+        .expect("load during partition");
     tokio::time::sleep(profile.fault.saturating_sub(detection.unwrap_or_default())).await;
 
     mesh.heal("a", "b").expect("heal");
@@ -63,7 +77,9 @@ async fn partition_link_and_heal() {
     wait_link_up(&mesh, "a", "b", Duration::from_secs(20))
         .await
         .expect("link back up");
-    let report = w.finish(&mesh, "partition-link", &profile, repaired, detection).await;
+    let report = w
+        .finish(&mesh, "partition-link", &profile, repaired, detection)
+        .await;
     verdict(&report);
 }
 
@@ -76,10 +92,14 @@ async fn five_percent_loss_on_a_link() {
     };
     let mut w = Workload::setup(&mesh).await.expect("workload");
     w.start_publishers(&mesh, &profile);
-    w.wait_progress(20, Duration::from_secs(20)).await.expect("load");
+    w.wait_progress(20, Duration::from_secs(20))
+        .await
+        .expect("load");
     mesh.loss("a", "b", 5).expect("loss");
     tokio::time::sleep(profile.before + profile.fault).await;
-    w.wait_progress(20, Duration::from_secs(20)).await.expect("load under loss");
+    w.wait_progress(20, Duration::from_secs(20))
+        .await
+        .expect("load under loss");
     mesh.heal("a", "b").expect("heal");
     let repaired = Instant::now();
     let report = w.finish(&mesh, "loss-5pct", &profile, repaired, None).await;
@@ -95,18 +115,24 @@ async fn kill9_runtime_node_and_restart() {
     };
     let mut w = Workload::setup(&mesh).await.expect("workload");
     w.start_publishers(&mesh, &profile);
-    w.wait_progress(20, Duration::from_secs(20)).await.expect("load");
+    w.wait_progress(20, Duration::from_secs(20))
+        .await
+        .expect("load");
     tokio::time::sleep(profile.before).await;
 
     // b is a single-node cluster today: kill -9 takes the whole cluster down.
     mesh.kill_node("b").expect("kill");
     let detection = wait_link_down(&mesh, "a", "b", Duration::from_secs(20)).await;
     assert!(detection.is_some(), "a never noticed b's death");
-    w.wait_progress(20, Duration::from_secs(20)).await.expect("a keeps taking load");
+    w.wait_progress(20, Duration::from_secs(20))
+        .await
+        .expect("a keeps taking load");
     tokio::time::sleep(profile.fault.saturating_sub(detection.unwrap_or_default())).await;
     mesh.start_node("b").await.expect("restart b");
     let repaired = Instant::now();
-    let report = w.finish(&mesh, "kill9-node", &profile, repaired, detection).await;
+    let report = w
+        .finish(&mesh, "kill9-node", &profile, repaired, detection)
+        .await;
     verdict(&report);
 }
 
@@ -121,19 +147,31 @@ async fn restart_whole_middle_cluster_of_a_line() {
     };
     let mut w = Workload::setup(&mesh).await.expect("workload");
     w.start_publishers(&mesh, &profile);
-    w.wait_progress(20, Duration::from_secs(20)).await.expect("load");
+    w.wait_progress(20, Duration::from_secs(20))
+        .await
+        .expect("load");
     tokio::time::sleep(profile.before).await;
 
     // b relays between a and c: a and c are cut from each other while it is down.
-    assert!(mesh.terminate_proxy("b", 0).expect("proxy"), "proxy exits cleanly");
-    assert!(mesh.terminate_node("b").expect("node"), "node exits cleanly");
+    assert!(
+        mesh.terminate_proxy("b", 0).expect("proxy"),
+        "proxy exits cleanly"
+    );
+    assert!(
+        mesh.terminate_node("b").expect("node"),
+        "node exits cleanly"
+    );
     let detection = wait_link_down(&mesh, "a", "b", Duration::from_secs(20)).await;
-    w.wait_progress(20, Duration::from_secs(20)).await.expect("a and c keep taking load");
+    w.wait_progress(20, Duration::from_secs(20))
+        .await
+        .expect("a and c keep taking load");
     tokio::time::sleep(profile.fault).await;
     mesh.start_node("b").await.expect("restart node");
     mesh.start_proxy("b", 0).await.expect("restart proxy");
     let repaired = Instant::now();
-    let report = w.finish(&mesh, "restart-cluster", &profile, repaired, detection).await;
+    let report = w
+        .finish(&mesh, "restart-cluster", &profile, repaired, detection)
+        .await;
     verdict(&report);
 }
 
@@ -148,19 +186,33 @@ async fn rolling_restart_of_every_process_under_load() {
     };
     let mut w = Workload::setup(&mesh).await.expect("workload");
     w.start_publishers(&mesh, &profile);
-    w.wait_progress(20, Duration::from_secs(20)).await.expect("load");
+    w.wait_progress(20, Duration::from_secs(20))
+        .await
+        .expect("load");
     for c in mesh.cluster_names() {
         for k in 0..2 {
-            assert!(mesh.terminate_proxy(&c, k).expect("proxy"), "{c} proxy {k} clean exit");
+            assert!(
+                mesh.terminate_proxy(&c, k).expect("proxy"),
+                "{c} proxy {k} clean exit"
+            );
             mesh.start_proxy(&c, k).await.expect("proxy back");
-            w.wait_progress(10, Duration::from_secs(20)).await.expect("load after proxy restart");
+            w.wait_progress(10, Duration::from_secs(20))
+                .await
+                .expect("load after proxy restart");
         }
-        assert!(mesh.terminate_node(&c).expect("node"), "{c} node clean exit");
+        assert!(
+            mesh.terminate_node(&c).expect("node"),
+            "{c} node clean exit"
+        );
         mesh.start_node(&c).await.expect("node back");
-        w.wait_progress(10, Duration::from_secs(20)).await.expect("load after node restart");
+        w.wait_progress(10, Duration::from_secs(20))
+            .await
+            .expect("load after node restart");
     }
     let repaired = Instant::now();
-    let report = w.finish(&mesh, "rolling-restart", &profile, repaired, None).await;
+    let report = w
+        .finish(&mesh, "rolling-restart", &profile, repaired, None)
+        .await;
     verdict(&report);
 }
 
@@ -175,16 +227,22 @@ async fn kill9_proxy_clients_switch_to_the_other() {
     };
     let mut w = Workload::setup(&mesh).await.expect("workload");
     w.start_publishers(&mesh, &profile);
-    w.wait_progress(20, Duration::from_secs(20)).await.expect("load");
+    w.wait_progress(20, Duration::from_secs(20))
+        .await
+        .expect("load");
     tokio::time::sleep(profile.before).await;
     mesh.kill_proxy("a", 0).expect("kill proxy");
     let killed = Instant::now();
     // Every key keeps going through the surviving proxy.
-    w.wait_progress(50, Duration::from_secs(20)).await.expect("load through proxy-2");
+    w.wait_progress(50, Duration::from_secs(20))
+        .await
+        .expect("load through proxy-2");
     let detection = Some(killed.elapsed());
     tokio::time::sleep(profile.fault).await;
     mesh.start_proxy("a", 0).await.expect("proxy back");
     let repaired = Instant::now();
-    let report = w.finish(&mesh, "kill9-proxy", &profile, repaired, detection).await;
+    let report = w
+        .finish(&mesh, "kill9-proxy", &profile, repaired, detection)
+        .await;
     verdict(&report);
 }

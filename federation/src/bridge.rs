@@ -129,6 +129,8 @@ struct Shared {
     learned: Mutex<BTreeMap<String, Vec<InterestEntry>>>,
     down: Mutex<HashSet<String>>,
     dedup: Mutex<DedupWindow>,
+    /// Peers this bridge sends no batches to (admin pause, for drills).
+    paused: Mutex<HashSet<String>>,
 }
 
 /// A running bridge.
@@ -201,6 +203,7 @@ impl Bridge {
             links: Mutex::new(BTreeMap::new()),
             learned: Mutex::new(BTreeMap::new()),
             down: Mutex::new(HashSet::new()),
+            paused: Mutex::new(HashSet::new()),
         });
         shared.reconcile_links();
         let tasks = vec![
@@ -252,6 +255,19 @@ impl Bridge {
         })
     }
 
+    /// Stops (`pause`) or restarts sending replication batches to `peer`; the link stays
+    /// connected and acknowledgements still flow, so nothing is lost, only delayed.
+    /// Answers whether the state changed; `Err` when the topology has no link to `peer`.
+    pub fn set_link_paused(&self, peer: &str, pause: bool) -> Result<bool, String> {
+        self.shared.set_paused(peer, pause)
+    }
+
+    /// A closure calling [`Bridge::set_link_paused`], for the node's admin endpoints.
+    pub fn link_admin_fn(&self) -> meshd_node::server::MeshLinkAdminFn {
+        let shared = self.shared.clone();
+        Arc::new(move |peer, pause| shared.set_paused(peer, pause))
+    }
+
     /// Closes every link and the endpoint.
     pub async fn shutdown(&self) {
         for t in &self.tasks {
@@ -280,11 +296,32 @@ impl Shared {
         &self.config.cluster
     }
 
+    fn set_paused(&self, peer: &str, pause: bool) -> Result<bool, String> {
+        if !lock(&self.links).contains_key(peer) {
+            return Err(format!("no link from {} to {peer:?}", self.me()));
+        }
+        let mut paused = lock(&self.paused);
+        let changed = if pause {
+            paused.insert(peer.to_string())
+        } else {
+            paused.remove(peer)
+        };
+        if changed {
+            tracing::warn!(cluster = %self.me(), peer, pause, "link pause changed by an admin request");
+        }
+        Ok(changed)
+    }
+
     fn status(&self) -> serde_json::Value {
         let topo = self.topology();
+        let paused = lock(&self.paused).clone();
         let links: Vec<serde_json::Value> = lock(&self.links)
-            .values()
-            .map(|l| l.stats.snapshot())
+            .iter()
+            .map(|(peer, l)| {
+                let mut v = l.stats.snapshot();
+                v["paused"] = serde_json::Value::Bool(paused.contains(peer));
+                v
+            })
             .collect();
         let clusters: Vec<serde_json::Value> = topo
             .clusters()
@@ -790,7 +827,7 @@ impl SessionState {
         stats: &LinkStats,
         send: &mut quinn::SendStream,
     ) -> Result<(), String> {
-        if !self.window.can_send() {
+        if !self.window.can_send() || lock(&shared.paused).contains(peer) {
             return Ok(());
         }
         let topo = shared.topology();

@@ -173,6 +173,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/filters/test", post(filter_test))
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/mesh", get(mesh_status))
+        .route("/v1/mesh/links/{peer}/{action}", post(mesh_link_admin))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -498,6 +499,39 @@ async fn mesh_status(State(node): State<Arc<Node>>) -> ApiResult<Response> {
             "no_mesh",
             "this node runs no federation bridge (start it with --topology and --certs-dir)",
         )),
+    }
+}
+
+/// `POST /v1/mesh/links/{peer}/pause|resume`: stop or restart sending replication
+/// batches to one peer (drills; the link stays connected, cursors stay durable).
+async fn mesh_link_admin(
+    State(node): State<Arc<Node>>,
+    Path((peer, action)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let pause = match action.as_str() {
+        "pause" => true,
+        "resume" => false,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "link actions are pause and resume",
+            ))
+        }
+    };
+    match node.mesh_link_admin(&peer, pause) {
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_mesh",
+            "this node runs no federation bridge (start it with --topology and --certs-dir)",
+        )),
+        Some(Err(e)) => Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_link", e).field("peer")),
+        Some(Ok(changed)) => Ok(Json(serde_json::json!({
+            "peer": peer,
+            "paused": pause,
+            "changed": changed,
+        }))
+        .into_response()),
     }
 }
 

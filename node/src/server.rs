@@ -149,10 +149,16 @@ pub struct Node {
     ready: AtomicBool,
     mesh: std::sync::OnceLock<MeshStatusFn>,
     mesh_metrics: std::sync::OnceLock<MeshMetricsFn>,
+    mesh_link_admin: std::sync::OnceLock<MeshLinkAdminFn>,
 }
 
 /// Extra Prometheus text appended to `/metrics` by the federation bridge.
 pub type MeshMetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Pauses (`true`) or resumes (`false`) replication to a peer cluster, for the admin
+/// endpoints `POST /v1/mesh/links/{peer}/pause|resume` (drills). Answers whether the state
+/// changed; `Err` when there is no link to that peer.
+pub type MeshLinkAdminFn = Arc<dyn Fn(&str, bool) -> Result<bool, String> + Send + Sync>;
 
 /// What `GET /v1/mesh` shows, provided by the federation bridge when one runs beside the
 /// node (see [`Node::set_mesh_status`]).
@@ -202,6 +208,7 @@ impl Node {
             ready: AtomicBool::new(false),
             mesh: std::sync::OnceLock::new(),
             mesh_metrics: std::sync::OnceLock::new(),
+            mesh_link_admin: std::sync::OnceLock::new(),
         });
         for (key, value) in node.store.list_meta(SUBSCRIPTION_PREFIX).await? {
             let spec: SubscriptionSpec = match serde_json::from_slice(&value) {
@@ -273,6 +280,16 @@ impl Node {
     /// The federation bridge's metrics as Prometheus text, when a bridge is attached.
     pub fn mesh_metrics(&self) -> Option<String> {
         self.mesh_metrics.get().map(|f| f())
+    }
+
+    /// Attaches the bridge's link pause/resume (once).
+    pub fn set_mesh_link_admin(&self, admin: MeshLinkAdminFn) {
+        let _ = self.mesh_link_admin.set(admin);
+    }
+
+    /// Pauses or resumes replication to `peer`; `None` when no bridge is attached.
+    pub fn mesh_link_admin(&self, peer: &str, pause: bool) -> Option<Result<bool, String>> {
+        self.mesh_link_admin.get().map(|f| f(peer, pause))
     }
 
     /// Whether the node takes traffic.

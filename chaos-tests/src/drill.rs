@@ -1,0 +1,381 @@
+//! Failover drills against a running mesh, by URL, through the components' own admin
+//! APIs (no root, no process control): check the mesh is healthy (refuse when degraded
+//! unless forced), put canary load on it (pull subscriptions in every cluster, so the
+//! operator's machine needs no inbound connectivity), inject the failure, measure
+//! detection, restore (also when interrupted), wait for every canary everywhere, and
+//! report lost / duplicated / reordered per cluster.
+//!
+//! Available today: `link-partition` (pause/resume replication on both ends of a link:
+//! `POST /v1/mesh/links/{peer}/pause|resume`). Node, proxy and scheduler failover and
+//! evacuation need admin hooks the components do not have yet ([`not_available`]).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::canary::{self, Publishers, PullRecorder, SharedChecker, TOPIC};
+use crate::checker::{Checker, Report};
+use crate::{http, ChaosError};
+
+/// Settings common to every drill.
+#[derive(Debug, Clone)]
+pub struct DrillOptions {
+    /// Cluster name → node URL (`http://host:port`), every cluster of the mesh to watch.
+    pub nodes: BTreeMap<String, String>,
+    /// Run even when the mesh is degraded.
+    pub force: bool,
+    /// Canary keys per cluster.
+    pub keys_per_cluster: usize,
+    /// Pause between acknowledged canaries of one key.
+    pub pace: Duration,
+    /// Longest wait for every canary everywhere after the restore.
+    pub recovery_timeout: Duration,
+}
+
+impl DrillOptions {
+    /// Defaults for `nodes`.
+    pub fn new(nodes: BTreeMap<String, String>) -> DrillOptions {
+        DrillOptions {
+            nodes,
+            force: false,
+            keys_per_cluster: 2,
+            pace: Duration::from_millis(50),
+            recovery_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1h` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    Ok(d)
+}
+
+/// Parses `NAME=URL`.
+pub fn parse_node(s: &str) -> Result<(String, String), String> {
+    let (name, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected CLUSTER=URL, e.g. eu=http://10.0.0.5:7700"))?;
+    if name.is_empty() || !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("{s:?}: expected CLUSTER=http://host:port"));
+    }
+    Ok((name.to_string(), url.trim_end_matches('/').to_string()))
+}
+
+/// What is wrong with the mesh now (empty: healthy): every node ready, its `/v1/mesh`
+/// names the cluster it was given as, and every link connected, not stalled, not paused.
+pub async fn health(c: &reqwest::Client, nodes: &BTreeMap<String, String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, url) in nodes {
+        if !http::ready(c, url).await {
+            problems.push(format!("{name}: {url}/readyz is not ready"));
+            continue;
+        }
+        match http::mesh(c, url).await {
+            Err(e) => problems.push(format!("{name}: {e}")),
+            Ok(m) => {
+                if m["cluster"] != name.as_str() {
+                    problems.push(format!(
+                        "{name}: {url} is cluster {} (check --node)",
+                        m["cluster"]
+                    ));
+                }
+                if let Err(e) = http::links_healthy(&m) {
+                    problems.push(format!("{name}: {e}"));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// The drills that need admin hooks this build does not have.
+pub fn not_available(drill: &str) -> ChaosError {
+    let why = match drill {
+        "node-failover" => "it needs a node drain/fence admin API and multi-node clusters (nodes in the registry with placement); a cluster is one node in this build",
+        "proxy-failover" => "it needs proxies registered in the registry so the drill can find and fence one; this build's proxies take a static --nodes list and have no fence endpoint",
+        "scheduler-failover" => "it needs a scheduler admin endpoint to step the leader down, which this build does not expose",
+        "evacuate" => "it needs a cluster drain API (nodes stop taking work, subscribers served elsewhere), which this build does not have",
+        _ => "no such drill",
+    };
+    ChaosError::Drill(format!("drill {drill} is not available yet: {why}"))
+}
+
+struct Canaries {
+    checker: SharedChecker,
+    recorders: Vec<PullRecorder>,
+    publishers: Vec<Publishers>,
+    subs: Vec<(String, String)>,
+}
+
+async fn start_canaries(
+    c: &reqwest::Client,
+    opts: &DrillOptions,
+    run: &str,
+) -> Result<Canaries, ChaosError> {
+    let checker: SharedChecker = Arc::new(Mutex::new(Checker::new()));
+    let sub = format!("meshd-drill-{run}");
+    let mut subs = Vec::new();
+    let mut recorders = Vec::new();
+    for (name, url) in &opts.nodes {
+        http::put_topic(c, url, TOPIC, 2).await?;
+        http::subscribe(
+            c,
+            url,
+            &json!({"name": sub, "topic": TOPIC, "group": sub, "mode": "CLUSTERING", "sink": {"pull": {}}}),
+        )
+        .await?;
+        subs.push((url.clone(), sub.clone()));
+        checker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .expect_cluster(name);
+    }
+    let names: Vec<String> = opts.nodes.keys().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (name, url) in &opts.nodes {
+        let others: Vec<String> = names.iter().filter(|n| *n != name).cloned().collect();
+        while !http::knows_interest(c, url, &others, TOPIC).await? {
+            if Instant::now() > deadline {
+                return Err(ChaosError::Timeout(format!(
+                    "{name} learning the drill's canary interest of {others:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for (name, url) in &opts.nodes {
+        recorders.push(PullRecorder::start(
+            c.clone(),
+            url,
+            &sub,
+            name,
+            run,
+            checker.clone(),
+        ));
+    }
+    let mut all = Vec::new();
+    for (name, url) in &opts.nodes {
+        // One publisher set per cluster, publishing to that cluster's node.
+        let keys: Vec<String> = (0..opts.keys_per_cluster)
+            .map(|k| format!("{name}-k{k}"))
+            .collect();
+        all.push(Publishers::start(
+            c.clone(),
+            vec![url.clone()],
+            keys,
+            run,
+            opts.pace,
+            checker.clone(),
+        ));
+    }
+    Ok(Canaries {
+        checker,
+        recorders,
+        publishers: all,
+        subs,
+    })
+}
+
+impl Canaries {
+    fn acked(&self) -> u64 {
+        self.checker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .acknowledged()
+    }
+
+    async fn finish(
+        mut self,
+        c: &reqwest::Client,
+        scenario: &str,
+        restored: Instant,
+        timeout: Duration,
+    ) -> Report {
+        for p in &mut self.publishers {
+            p.stop().await;
+        }
+        let done = canary::wait_complete(&self.checker, timeout).await;
+        for r in &mut self.recorders {
+            r.stop().await;
+        }
+        let mut report = self
+            .checker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .report(scenario, "mesh");
+        match done {
+            Some(_) => report.recovery_ms = Some(restored.elapsed().as_millis() as u64),
+            None => report.notes.push(format!(
+                "not every canary arrived within {timeout:?} of the restore"
+            )),
+        }
+        for (url, sub) in &self.subs {
+            if let Err(e) = http::unsubscribe(c, url, sub).await {
+                report.notes.push(format!("cleanup: {e}"));
+            }
+        }
+        report
+    }
+}
+
+async fn set_paused(
+    c: &reqwest::Client,
+    url: &str,
+    peer: &str,
+    pause: bool,
+) -> Result<(), ChaosError> {
+    let action = if pause { "pause" } else { "resume" };
+    let (status, body) = http::send_json(
+        c,
+        reqwest::Method::POST,
+        &format!("{url}/v1/mesh/links/{peer}/{action}"),
+        None,
+    )
+    .await?;
+    if status == 200 {
+        Ok(())
+    } else if status == 404 && body["error"]["code"] == "not_found" {
+        Err(ChaosError::Drill(format!(
+            "{url} has no link admin API (POST /v1/mesh/links/{{peer}}/{action}); upgrade meshd there"
+        )))
+    } else {
+        Err(ChaosError::Drill(format!(
+            "{action} {peer} at {url}: {status} {body}"
+        )))
+    }
+}
+
+/// `link-partition`: pauses replication on both ends of the link `a`–`b` for `hold`
+/// (or until `interrupt` resolves), then resumes it. Detection is when `a`'s `/v1/mesh`
+/// reports the link stalled (connected, behind, not advancing); recovery is from the
+/// resume until every cluster has every acknowledged canary.
+pub async fn link_partition(
+    opts: &DrillOptions,
+    a: &str,
+    b: &str,
+    hold: Duration,
+    interrupt: impl Future<Output = ()>,
+) -> Result<Report, ChaosError> {
+    let c = http::client()?;
+    let (Some(url_a), Some(url_b)) = (opts.nodes.get(a).cloned(), opts.nodes.get(b).cloned())
+    else {
+        return Err(ChaosError::Drill(format!(
+            "--between {a} {b}: give both clusters' node URLs with --node {a}=URL --node {b}=URL"
+        )));
+    };
+    let mut notes = Vec::new();
+    let problems = health(&c, &opts.nodes).await;
+    if !problems.is_empty() {
+        if !opts.force {
+            return Err(ChaosError::Drill(format!(
+                "refusing to run: the mesh is degraded ({}); fix it or pass --force",
+                problems.join("; ")
+            )));
+        }
+        notes.push(format!(
+            "forced on a degraded mesh: {}",
+            problems.join("; ")
+        ));
+    }
+    let link = http::link(&c, &url_a, b).await?;
+    if link.is_null() {
+        return Err(ChaosError::Drill(format!("{a} has no link to {b}")));
+    }
+    let started = Instant::now();
+    let run = canary::run_id();
+    let canaries = start_canaries(&c, opts, &run).await?;
+    // Canaries flow end to end before the fault.
+    let warm = Instant::now() + Duration::from_secs(30);
+    while canaries.acked() < 10
+        || !canaries
+            .checker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .complete()
+    {
+        if Instant::now() > warm {
+            let r = canaries
+                .finish(&c, "link-partition", Instant::now(), Duration::ZERO)
+                .await;
+            return Err(ChaosError::Drill(format!(
+                "canaries do not flow before the fault; aborting without injecting it\n{r}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    tokio::pin!(interrupt);
+    let mut interrupted = false;
+    let injected = Instant::now();
+    let mut detection = None;
+    let fault = async {
+        set_paused(&c, &url_a, b, true).await?;
+        set_paused(&c, &url_b, a, true).await?;
+        loop {
+            if detection.is_none() {
+                if let Ok(l) = http::link(&c, &url_a, b).await {
+                    if l["state"] != "connected" {
+                        detection = Some(injected.elapsed());
+                    }
+                }
+            }
+            if injected.elapsed() >= hold {
+                return Ok::<(), ChaosError>(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let outcome = tokio::select! {
+        r = fault => r,
+        () = &mut interrupt => {
+            interrupted = true;
+            Ok(())
+        }
+    };
+    // Always restore, whatever happened above.
+    let r1 = set_paused(&c, &url_a, b, false).await;
+    let r2 = set_paused(&c, &url_b, a, false).await;
+    let restored = Instant::now();
+    let mut report = canaries
+        .finish(
+            &c,
+            &format!("link-partition {a}<->{b}"),
+            restored,
+            opts.recovery_timeout,
+        )
+        .await;
+    report.detection_ms = detection.map(|d| d.as_millis() as u64);
+    report.duration_ms = Some(started.elapsed().as_millis() as u64);
+    if detection.is_none() {
+        notes.push("the mesh did not report the link stalled during the drill (hold shorter than the bridge's stall_after, 5 s?)".into());
+    }
+    if interrupted {
+        notes.push(format!(
+            "interrupted after {:?}; the link was resumed",
+            injected.elapsed()
+        ));
+    }
+    report.notes.extend(notes);
+    outcome?;
+    r1?;
+    r2?;
+    Ok(report)
+}

@@ -1,0 +1,238 @@
+//! `meshd drill` against real processes: two clusters on loopback (drills need no root),
+//! the real `meshd drill` CLI, its JSON report, its refusal on a degraded mesh, the restore
+//! on Ctrl-C, and the link admin endpoints it uses.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use meshd_chaos::mesh::meshd_bin;
+use meshd_chaos::{http, Mesh, MeshOptions, Report};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn loopback_mesh() -> Option<Mesh> {
+    let mut opts = MeshOptions::line(&["a", "b"]);
+    opts.force_loopback = true;
+    match Mesh::start(opts).await {
+        Ok(m) => Some(m),
+        Err(meshd_chaos::ChaosError::NoBinary(p)) => {
+            eprintln!(
+                "SKIPPED: no meshd binary at {} (cargo build --bin meshd)",
+                p.display()
+            );
+            None
+        }
+        Err(e) => panic!("building the mesh: {e}"),
+    }
+}
+
+fn drill_cmd(mesh: &Mesh, args: &[&str]) -> Command {
+    let mut cmd = Command::new(meshd_bin().expect("binary"));
+    cmd.arg("drill").args(args);
+    for c in mesh.cluster_names() {
+        cmd.arg("--url")
+            .arg(format!("{c}={}", mesh.node_url(&c).expect("url")));
+    }
+    cmd.env("MESHD_LOG", "warn");
+    cmd
+}
+
+async fn wait_healthy(mesh: &Mesh) {
+    let c = http::client().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut ok = true;
+        for n in mesh.cluster_names() {
+            let m = http::mesh(&c, &mesh.node_url(&n).unwrap()).await.unwrap();
+            ok &= http::links_healthy(&m).is_ok();
+        }
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "mesh never became healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn link_partition_drill_reports_nothing_lost_and_restores() {
+    let _serial = SERIAL.lock().await;
+    let Some(mesh) = loopback_mesh().await else {
+        return;
+    };
+    wait_healthy(&mesh).await;
+    let mut cmd = drill_cmd(
+        &mesh,
+        &[
+            "link-partition",
+            "--between",
+            "a",
+            "b",
+            "--for",
+            "7s",
+            "--json",
+            "--recovery-timeout",
+            "60s",
+        ],
+    );
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run drill"))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "drill failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Report = serde_json::from_str(&stdout).expect("JSON report");
+    println!("{report}");
+    assert_eq!(report.lost, 0, "{report}");
+    assert_eq!(report.reordered, 0, "{report}");
+    assert!(report.acknowledged > 0, "{report}");
+    assert_eq!(report.clusters.len(), 2, "{report}");
+    let detection = report.detection_ms.expect("the stall was detected");
+    assert!(detection < 7000, "{report}");
+    assert!(report.recovery_ms.is_some(), "{report}");
+    // The links are resumed and the drill's subscriptions are gone.
+    let c = http::client().unwrap();
+    for n in mesh.cluster_names() {
+        let url = mesh.node_url(&n).unwrap();
+        let m = http::mesh(&c, &url).await.unwrap();
+        assert!(
+            m["links"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|l| l["paused"] == false),
+            "{m}"
+        );
+        let subs = http::get_json(&c, &format!("{url}/v1/subscriptions"))
+            .await
+            .unwrap();
+        assert!(!subs.to_string().contains("meshd-drill-"), "{subs}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drill_restores_the_link_on_ctrl_c() {
+    let _serial = SERIAL.lock().await;
+    let Some(mesh) = loopback_mesh().await else {
+        return;
+    };
+    wait_healthy(&mesh).await;
+    let child = drill_cmd(
+        &mesh,
+        &["link-partition", "--between", "a", "b", "--for", "10m"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn drill");
+    let c = http::client().unwrap();
+    let a = mesh.node_url("a").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let l = http::link(&c, &a, "b").await.unwrap();
+        if l["paused"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the drill never paused the link: {l}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("interrupted"), "{stdout}");
+    assert!(stdout.contains("lost 0"), "{stdout}");
+    for (n, peer) in [("a", "b"), ("b", "a")] {
+        let l = http::link(&c, &mesh.node_url(n).unwrap(), peer)
+            .await
+            .unwrap();
+        assert_eq!(l["paused"], false, "{n}->{peer} still paused: {l}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drill_refuses_a_degraded_mesh_and_names_missing_drills() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut mesh) = loopback_mesh().await else {
+        return;
+    };
+    wait_healthy(&mesh).await;
+    // The admin endpoints: unknown peer and unknown action are 404 with a code.
+    let c = http::client().unwrap();
+    let a = mesh.node_url("a").unwrap();
+    let (s, body) = http::send_json(
+        &c,
+        reqwest::Method::POST,
+        &format!("{a}/v1/mesh/links/zz/pause"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (404, Some("no_such_link")),
+        "{body}"
+    );
+    let (s, _) = http::send_json(
+        &c,
+        reqwest::Method::POST,
+        &format!("{a}/v1/mesh/links/b/explode"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 404);
+    let (s, body) = http::send_json(
+        &c,
+        reqwest::Method::POST,
+        &format!("{a}/v1/mesh/links/b/pause"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!((s, body["changed"].as_bool()), (200, Some(true)), "{body}");
+    let (s, body) = http::send_json(
+        &c,
+        reqwest::Method::POST,
+        &format!("{a}/v1/mesh/links/b/resume"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!((s, body["changed"].as_bool()), (200, Some(true)), "{body}");
+
+    mesh.kill_node("b").unwrap();
+    let out = drill_cmd(
+        &mesh,
+        &["link-partition", "--between", "a", "b", "--for", "2s"],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("refusing to run"), "{stderr}");
+
+    let out = drill_cmd(
+        &mesh,
+        &["node-failover", "--cluster", "a", "--node", "node-1"],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("not available yet"), "{stderr}");
+}
