@@ -104,7 +104,11 @@ impl NetLab {
         }
         run(&["nft", "--version"])
             .map_err(|e| NetError::Unavailable(format!("nft missing: {e}")))?;
-        let probe = format!("{NS_PREFIX}{}-probe", std::process::id());
+        let probe = format!(
+            "{NS_PREFIX}{}-probe{}",
+            std::process::id(),
+            LAB_COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
         run(&["ip", "netns", "add", &probe])
             .map_err(|e| NetError::Unavailable(format!("ip netns add: {e}")))?;
         let nft = run_input(
