@@ -74,17 +74,36 @@ impl MeshOptions {
     }
 }
 
-/// The path of the `meshd` binary: `$MESHD_BIN`, else `target/debug/meshd` of this
-/// workspace (build it first: `cargo build --bin meshd`; `cargo test --workspace` does).
+/// The path of the `meshd` binary: `$MESHD_BIN`, else `meshd` in the target directory of
+/// the running test (`target/debug/deps/x` → `target/debug/meshd`), else
+/// `target/debug/meshd` of this workspace. Build it first: `cargo build --bin meshd`
+/// (`cargo test --workspace` does).
 pub fn meshd_bin() -> Result<PathBuf, ChaosError> {
-    let path = match std::env::var_os("MESHD_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/meshd"),
-    };
-    if path.is_file() {
-        Ok(path)
+    if let Some(p) = std::env::var_os("MESHD_BIN") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(ChaosError::NoBinary(p))
+        };
+    }
+    let beside_test = std::env::current_exe().ok().and_then(|exe| {
+        let dir = exe.parent()?;
+        let dir = if dir.ends_with("deps") {
+            dir.parent()?
+        } else {
+            dir
+        };
+        Some(dir.join("meshd"))
+    });
+    if let Some(p) = beside_test.filter(|p| p.is_file()) {
+        return Ok(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/meshd");
+    if p.is_file() {
+        Ok(p)
     } else {
-        Err(ChaosError::NoBinary(path))
+        Err(ChaosError::NoBinary(p))
     }
 }
 
