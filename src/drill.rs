@@ -58,6 +58,11 @@ enum DrillCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// Resume every paused link on the given nodes (after a drill that was killed).
+    Restore {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Fence one runtime node of a cluster and watch its groups move (not available yet).
     NodeFailover {
         /// The cluster.
@@ -125,6 +130,19 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
                 .await
                 .context("drill link-partition")?;
             (report, common.json)
+        }
+        DrillCommand::Restore { target } => {
+            let nodes: BTreeMap<String, String> = target.urls.into_iter().collect();
+            if nodes.is_empty() {
+                anyhow::bail!("give the nodes to restore with --url CLUSTER=URL");
+            }
+            let resumed = drill::restore(&nodes).await.context("drill restore")?;
+            if resumed.is_empty() {
+                println!("no paused links");
+            } else {
+                println!("resumed {}", resumed.join(", "));
+            }
+            return Ok(());
         }
         DrillCommand::NodeFailover { .. } => {
             return Err(drill::not_available("node-failover").into())

@@ -263,6 +263,24 @@ async fn set_paused(
     }
 }
 
+/// Resumes every paused link on every given node (after a drill that could not restore,
+/// e.g. one killed with SIGKILL). Returns the `cluster->peer` links resumed.
+pub async fn restore(nodes: &BTreeMap<String, String>) -> Result<Vec<String>, ChaosError> {
+    let c = http::client()?;
+    let mut resumed = Vec::new();
+    for (name, url) in nodes {
+        let m = http::mesh(&c, url).await?;
+        for l in m["links"].as_array().into_iter().flatten() {
+            if l["paused"] == true {
+                let peer = l["peer"].as_str().unwrap_or_default();
+                set_paused(&c, url, peer, false).await?;
+                resumed.push(format!("{name}->{peer}"));
+            }
+        }
+    }
+    Ok(resumed)
+}
+
 /// `link-partition`: pauses replication on both ends of the link `a`–`b` for `hold`
 /// (or until `interrupt` resolves), then resumes it. Detection is when `a`'s `/v1/mesh`
 /// reports the link stalled (connected, behind, not advancing); recovery is from the

@@ -215,6 +215,21 @@ async fn drill_refuses_a_degraded_mesh_and_names_missing_drills() {
     .unwrap();
     assert_eq!((s, body["changed"].as_bool()), (200, Some(true)), "{body}");
 
+    // `drill restore` resumes a link left paused (a drill killed with SIGKILL).
+    http::send_json(
+        &c,
+        reqwest::Method::POST,
+        &format!("{a}/v1/mesh/links/b/pause"),
+        None,
+    )
+    .await
+    .unwrap();
+    let out = drill_cmd(&mesh, &["restore"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("resumed a->b"), "{stdout}");
+    assert_eq!(http::link(&c, &a, "b").await.unwrap()["paused"], false);
+
     mesh.kill_node("b").unwrap();
     let out = drill_cmd(
         &mesh,
