@@ -59,6 +59,17 @@ async fn partition_link_and_heal() {
         .await
         .expect("load");
     tokio::time::sleep(profile.before).await;
+    // The emulated WAN is in the path: 10 ms ± 2 ms each way.
+    let c = meshd_chaos::http::client().unwrap();
+    let rtt = meshd_chaos::http::link(&c, &mesh.node_url("a").unwrap(), "b")
+        .await
+        .unwrap()["rtt_ms"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(
+        rtt >= 18.0,
+        "QUIC RTT {rtt} ms: the link emulator is not in the path"
+    );
 
     mesh.partition("a", "b").expect("partition");
     let detection = wait_link_down(&mesh, "a", "b", Duration::from_secs(20)).await;
@@ -77,9 +88,12 @@ async fn partition_link_and_heal() {
     wait_link_up(&mesh, "a", "b", Duration::from_secs(20))
         .await
         .expect("link back up");
-    let report = w
+    let mut report = w
         .finish(&mesh, "partition-link", &profile, repaired, detection)
         .await;
+    report
+        .notes
+        .push(format!("QUIC RTT before the fault {rtt:.1} ms"));
     verdict(&report);
 }
 
