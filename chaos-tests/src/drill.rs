@@ -397,3 +397,48 @@ pub async fn link_partition(
     r2?;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_reject_junk() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("99999999999999999999s").is_err());
+    }
+
+    #[test]
+    fn node_urls_need_a_name_and_an_http_url() {
+        assert_eq!(
+            parse_node("eu=http://10.0.0.5:7700/"),
+            Ok(("eu".to_string(), "http://10.0.0.5:7700".to_string()))
+        );
+        assert!(parse_node("http://10.0.0.5:7700").is_err());
+        assert!(parse_node("=http://x").is_err());
+        assert!(parse_node("eu=10.0.0.5:7700").is_err());
+    }
+
+    #[test]
+    fn missing_drills_say_why() {
+        for d in [
+            "node-failover",
+            "proxy-failover",
+            "scheduler-failover",
+            "evacuate",
+        ] {
+            let e = not_available(d).to_string();
+            assert!(
+                e.contains("not available yet") && e.contains("needs"),
+                "{e}"
+            );
+        }
+    }
+}
