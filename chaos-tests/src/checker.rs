@@ -86,6 +86,17 @@ impl Checker {
             .sum()
     }
 
+    /// Whether every declared cluster has received at least one event of every key that
+    /// has an acknowledged event (canaries flow from every origin to every cluster).
+    pub fn flowing(&self) -> bool {
+        !self.acked.is_empty()
+            && self.clusters.values().all(|log| {
+                self.acked
+                    .keys()
+                    .all(|k| log.seen.get(k).is_some_and(|s| !s.is_empty()))
+            })
+    }
+
     /// Whether every declared cluster received every acknowledged event.
     pub fn complete(&self) -> bool {
         self.clusters.keys().all(|c| self.missing(c) == 0)
@@ -249,6 +260,7 @@ mod tests {
             c.delivered("b", "k", s);
         }
         assert!(c.complete());
+        assert!(c.flowing());
         let r = c.report("x", "loopback");
         assert!(r.ok(), "{r}");
         assert_eq!(r.acknowledged, 5);
@@ -265,7 +277,9 @@ mod tests {
             c.acked("k", s);
             c.delivered("a", "k", s);
         }
+        assert!(!c.flowing(), "b has seen nothing yet");
         c.delivered("b", "k", 0);
+        assert!(c.flowing());
         assert!(!c.complete());
         assert_eq!(c.missing("b"), 3);
         let r = c.report("x", "netns");

@@ -327,7 +327,7 @@ pub async fn link_partition(
             .checker
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .complete()
+            .flowing()
     {
         if Instant::now() > warm {
             let r = canaries
