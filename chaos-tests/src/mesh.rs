@@ -253,7 +253,8 @@ pub struct Mesh {
     clusters: BTreeMap<String, ClusterProcs>,
     emus: BTreeMap<String, LinkEmulator>,
     lab: Option<NetLab>,
-    dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
+    dir_path: PathBuf,
     index: BTreeMap<String, usize>,
     advertised: BTreeMap<String, SocketAddr>,
     links: Vec<(String, String)>,
@@ -478,11 +479,13 @@ impl Mesh {
             }
             clusters.insert(c.clone(), ClusterProcs { node, proxies });
         }
+        let dir_path = dir.path().to_path_buf();
         let mut mesh = Mesh {
             clusters,
             emus,
             lab,
-            dir,
+            dir: Some(dir),
+            dir_path,
             index,
             advertised,
             links: opts.links.clone(),
@@ -492,9 +495,19 @@ impl Mesh {
         };
         let names: Vec<String> = mesh.clusters.keys().cloned().collect();
         for c in &names {
-            mesh.start_node(c).await?;
+            let mut started = mesh.start_node(c).await;
             for k in 0..opts.proxies {
-                mesh.start_proxy(c, k).await?;
+                if started.is_ok() {
+                    started = mesh.start_proxy(c, k).await;
+                }
+            }
+            if let Err(e) = started {
+                // Keep the logs the error points to.
+                mesh.clusters.clear();
+                if let Some(d) = mesh.dir.take() {
+                    let _ = d.keep();
+                }
+                return Err(e);
             }
         }
         Ok(mesh)
@@ -520,7 +533,7 @@ impl Mesh {
 
     /// The directory with logs, data, certs and topology.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        &self.dir_path
     }
 
     fn procs(&mut self, c: &str) -> Result<&mut ClusterProcs, ChaosError> {
@@ -675,11 +688,26 @@ impl Mesh {
     /// The tail of a process log (for failure messages).
     pub fn log_tail(&self, name: &str, lines: usize) -> String {
         let path = self
-            .dir
-            .path()
+            .dir_path
             .join(format!("{}.log", name.replace('/', "-")));
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        // Processes first (they may live in the namespaces), then emulators and namespaces
+        // (field order). When a test fails, keep the logs and data for a look.
+        self.clusters.clear();
+        if std::thread::panicking() {
+            if let Some(d) = self.dir.take() {
+                eprintln!(
+                    "meshd-chaos: test failed; logs and data kept in {}",
+                    d.keep().display()
+                );
+            }
+        }
     }
 }
