@@ -314,3 +314,41 @@ async fn partition_in_a_triangle_reroutes_through_the_third_cluster() {
         "events did not reroute through b:\n{report}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_fat_link_80ms_rtt_with_jitter_and_loss() {
+    let _serial = SERIAL.lock().await;
+    let profile = Profile::from_env();
+    let mut opts = MeshOptions::line(&["a", "b"]);
+    opts.shape = meshd_chaos::LinkShape {
+        delay: Duration::from_millis(35),
+        jitter: Duration::from_millis(10),
+        loss_percent: 0,
+    };
+    let Some(mesh) = mesh(opts).await else {
+        return;
+    };
+    let mut w = Workload::setup(&mesh).await.expect("workload");
+    w.start_publishers(&mesh, &profile);
+    w.wait_progress(20, Duration::from_secs(20))
+        .await
+        .expect("load");
+    let c = meshd_chaos::http::client().unwrap();
+    let rtt = meshd_chaos::http::link(&c, &mesh.node_url("a").unwrap(), "b")
+        .await
+        .unwrap()["rtt_ms"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(rtt >= 70.0, "QUIC RTT {rtt} ms, expected 70–90");
+    mesh.loss("a", "b", 5).expect("loss");
+    tokio::time::sleep(profile.before + profile.fault).await;
+    mesh.heal("a", "b").expect("heal");
+    let repaired = Instant::now();
+    let mut report = w
+        .finish(&mesh, "wan-80ms-jitter-loss", &profile, repaired, None)
+        .await;
+    report.notes.push(format!(
+        "QUIC RTT {rtt:.1} ms; 5% loss both ways during the fault"
+    ));
+    verdict(&report);
+}
