@@ -317,6 +317,9 @@ pub async fn link_partition(
     if link.is_null() {
         return Err(ChaosError::Drill(format!("{a} has no link to {b}")));
     }
+    // The admin API exists on both ends (a resume of a running link changes nothing).
+    set_paused(&c, &url_a, b, false).await?;
+    set_paused(&c, &url_b, a, false).await?;
     let started = Instant::now();
     let run = canary::run_id();
     let canaries = start_canaries(&c, opts, &run).await?;
