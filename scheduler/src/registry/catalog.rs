@@ -90,8 +90,11 @@ impl CatalogTracker {
             .collect();
         let mut events = Vec::new();
         // Deletes: subscriptions first (a topic can go only once nothing reads it).
-        let mut gone: Vec<&(CatalogKind, String)> =
-            self.known.keys().filter(|k| !fresh.contains_key(*k)).collect();
+        let mut gone: Vec<&(CatalogKind, String)> = self
+            .known
+            .keys()
+            .filter(|k| !fresh.contains_key(*k))
+            .collect();
         gone.sort_by_key(|(k, n)| (std::cmp::Reverse(*k), n.clone()));
         for (kind, name) in gone {
             events.push(CatalogEvent::Delete(*kind, name.clone()));

@@ -216,7 +216,10 @@ mod tests {
             k.catalog(CatalogKind::Subscription, "a/b"),
             "/meshd/eu-1/catalog/subscriptions/a%2Fb"
         );
-        assert_eq!(k.catalog(CatalogKind::Topic, "t"), "/meshd/eu-1/catalog/topics/t");
+        assert_eq!(
+            k.catalog(CatalogKind::Topic, "t"),
+            "/meshd/eu-1/catalog/topics/t"
+        );
         assert_eq!(
             k.parse_catalog("/meshd/eu-1/catalog/subscriptions/a%2Fb"),
             Some((CatalogKind::Subscription, "a/b".to_string()))

@@ -22,8 +22,8 @@ use super::member::{self, Backoff, LeaseBackend};
 use super::watch::{forward, Tracker};
 use super::{
     check_epoch, CatalogEntry, CatalogEvent, CatalogKind, CatalogWatch, GroupKind, GroupReport,
-    LeaseConfig, MemberEvent, MemberHandle, MemberId, MemberInfo, MemberWatch, Placement,
-    Registry, RegistryError,
+    LeaseConfig, MemberEvent, MemberHandle, MemberId, MemberInfo, MemberWatch, Placement, Registry,
+    RegistryError,
 };
 
 const EVENT_BUFFER: usize = 1024;
@@ -325,11 +325,14 @@ impl Registry for InProcessRegistry {
         inner
             .catalog
             .insert((kind, name.to_string()), value.clone());
-        let _ = self.shared.catalog_events.send(CatalogEvent::Put(CatalogEntry {
-            kind,
-            name: name.to_string(),
-            value: value.clone(),
-        }));
+        let _ = self
+            .shared
+            .catalog_events
+            .send(CatalogEvent::Put(CatalogEntry {
+                kind,
+                name: name.to_string(),
+                value: value.clone(),
+            }));
         Ok(())
     }
 

@@ -13,8 +13,8 @@ use tokio::time::{timeout, Instant};
 
 use super::eventually;
 use crate::registry::{
-    CatalogEvent, CatalogKind, CatalogWatch, LeaseConfig, MemberEvent, MemberGroups, MemberId, MemberInfo, MemberLoad, MemberState,
-    MemberWatch, Placement, Registry, RegistryError, Role,
+    CatalogEvent, CatalogKind, CatalogWatch, LeaseConfig, MemberEvent, MemberGroups, MemberId,
+    MemberInfo, MemberLoad, MemberState, MemberWatch, Placement, Registry, RegistryError, Role,
 };
 
 /// Makes clients of one shared cluster store.
@@ -451,15 +451,22 @@ pub async fn catalog_put_list_delete_watch(f: &dyn RegistryFactory) {
     a.catalog_put(CatalogKind::Subscription, "s/1", &sub)
         .await
         .expect("put sub");
-    a.catalog_put(CatalogKind::Topic, "t1", &serde_json::json!({"partitions": 2}))
-        .await
-        .expect("put topic");
+    a.catalog_put(
+        CatalogKind::Topic,
+        "t1",
+        &serde_json::json!({"partitions": 2}),
+    )
+    .await
+    .expect("put topic");
     let listed = b.catalog_list().await.expect("list");
     let names: Vec<(CatalogKind, &str)> =
         listed.iter().map(|e| (e.kind, e.name.as_str())).collect();
     assert_eq!(
         names,
-        vec![(CatalogKind::Topic, "t1"), (CatalogKind::Subscription, "s/1")]
+        vec![
+            (CatalogKind::Topic, "t1"),
+            (CatalogKind::Subscription, "s/1")
+        ]
     );
     assert_eq!(listed[1].value, sub);
     let mut w = b.watch_catalog().await.expect("watch");
