@@ -12,6 +12,7 @@ use meshd_node::store::FsyncPolicy;
 
 mod certs_cmd;
 mod client;
+mod cluster_cmd;
 mod dev;
 mod filter_cmd;
 mod node_cluster;
@@ -38,6 +39,8 @@ enum Command {
     Node(NodeArgs),
     /// Run one member of the scheduler's Raft group (placement of groups on nodes).
     Scheduler(scheduler_cmd::SchedulerArgs),
+    /// Run a region (etcd, schedulers, nodes, proxies) as child processes of this one.
+    Cluster(cluster_cmd::ClusterArgs),
     /// Run the stateless HTTP proxy in front of the nodes, or manage its tokens.
     Proxy(proxy_cmd::ProxyArgs),
     /// Publish events (a small client).
@@ -218,6 +221,7 @@ fn main() -> anyhow::Result<()> {
             Command::Node(args) => run_node(args).await,
             Command::Scheduler(args) => scheduler_cmd::run(args).await,
             Command::Proxy(args) => proxy_cmd::run(args).await,
+            Command::Cluster(args) => cluster_cmd::run(args).await,
             Command::Pub(args) => client::publish(args).await,
             Command::Sub(args) => client::subscribe(args).await,
             Command::Topic(args) => client::topic(args).await,
