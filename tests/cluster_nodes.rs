@@ -537,3 +537,125 @@ async fn failover_time_bench() {
         times[0]
     );
 }
+
+/// Placement written by the test itself (no scheduler): a newer epoch moving the group
+/// stops the old owner at once and starts the new one; losing the registry session
+/// (etcd frozen past the TTL) stops the owner's delivery, and it resumes after etcd
+/// returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_epoch_and_a_lost_lease_stop_delivery() {
+    let etcd = EtcdServer::start().await.expect("etcd");
+    let reg = registry(&etcd, "fence-it").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = client();
+    let n1 = node(dir.path(), &etcd, "fence-it", "n1");
+    let n2 = node(dir.path(), &etcd, "fence-it", "n2");
+    let sink = Sink::start(|_, _| 200).await;
+    create_topic(&c, &n1.url, "orders", json!({})).await;
+    let (status, body) = subscribe(
+        &c,
+        &n1.url,
+        json!({"name": "billing", "topic": "orders", "group": "bg",
+               "sink": {"webhook": {"url": sink.url}}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    for n in [&n1, &n2] {
+        eventually(
+            "the subscription everywhere",
+            Duration::from_secs(10),
+            || {
+                let c = c.clone();
+                let url = n.at("/v1/subscriptions/billing");
+                async move { (c.get(url).send().await.ok()?.status() == 200).then_some(()) }
+            },
+        )
+        .await;
+    }
+    let mark = |prefix: String| {
+        let c = c.clone();
+        let urls = [n1.url.clone(), n2.url.clone()];
+        async move {
+            for u in &urls {
+                assert_eq!(publish_one(&c, u, "orders", &prefix).await, 200);
+            }
+        }
+    };
+    // No placement yet: nobody delivers.
+    mark("none".into()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sink.received().is_empty(), "delivered before any placement");
+
+    let place = |epoch: u64, owner: &str| Placement {
+        epoch,
+        producer_groups: BTreeMap::new(),
+        consumer_groups: [("bg".to_string(), owner.to_string())].into(),
+    };
+    reg.put_placement_if(None, &place(1, "n1"))
+        .await
+        .expect("epoch 1");
+    mark("e1".into()).await;
+    eventually("n1 delivers under epoch 1", Duration::from_secs(10), || {
+        let d = deliverers(&sink, "e1");
+        async move { (!d.is_empty()).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(deliverers(&sink, ""), ["n1".to_string()].into());
+
+    // Epoch 2 moves the group to n2.
+    let moved = Instant::now();
+    reg.put_placement_if(Some(1), &place(2, "n2"))
+        .await
+        .expect("epoch 2");
+    eventually("n2 delivers under epoch 2", Duration::from_secs(10), || {
+        let d = deliverers(&sink, "");
+        async move { d.contains("n2").then_some(()) }
+    })
+    .await;
+    eprintln!("group moved by epoch 2 in {:?}", moved.elapsed());
+    let switched = Instant::now();
+    mark("e2".into()).await;
+    eventually("e2 markers delivered", Duration::from_secs(10), || {
+        let d = deliverers(&sink, "e2");
+        async move { (!d.is_empty()).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late_n1 = sink
+        .received()
+        .iter()
+        .filter(|r| r.at > switched && r.header("meshd-node") == Some("n1"))
+        .count();
+    assert_eq!(
+        late_n1, 0,
+        "n1 delivered after epoch 2 moved the group away"
+    );
+    assert_eq!(deliverers(&sink, "e2"), ["n2".to_string()].into());
+
+    // Registry session lost: n2 stops delivering within about one TTL.
+    etcd.pause().expect("SIGSTOP etcd");
+    let frozen = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let count_before = sink.received().len();
+    mark("frozen".into()).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        deliverers(&sink, "frozen"),
+        BTreeSet::new(),
+        "a node without a registry session delivered ({:?} after the freeze)",
+        frozen.elapsed()
+    );
+    assert_eq!(sink.received().len(), count_before);
+    etcd.resume().expect("SIGCONT etcd");
+    eventually(
+        "delivery resumes after etcd returns",
+        Duration::from_secs(15),
+        || {
+            let d = deliverers(&sink, "frozen");
+            async move { d.contains("n2").then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(deliverers(&sink, "frozen"), ["n2".to_string()].into());
+}

@@ -474,7 +474,7 @@ impl Node {
         let start = if self.should_run(&sub.spec) {
             self.delivery.start(sub.clone()).await
         } else {
-            Ok(())
+            self.delivery.pin_start(&sub).await
         };
         if let Err(e) = start {
             let _ = self

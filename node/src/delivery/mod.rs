@@ -219,6 +219,24 @@ impl Delivery {
         Ok(())
     }
 
+    /// Fixes where a subscription that is not started here yet begins: commits its base
+    /// cursor (per its `start` position, now) unless one is committed already. A node that
+    /// creates a subscription whose group is placed elsewhere calls this, so the group
+    /// starts from the subscription's creation wherever and whenever it is first run.
+    pub async fn pin_start(&self, sub: &CompiledSubscription) -> Result<(), DeliveryError> {
+        let partitions = topic_partitions(self.store.as_ref(), &sub.spec.topic).await?;
+        common::starting_cursors(
+            self.store.as_ref(),
+            &sub.spec.name,
+            &sub.spec.topic,
+            partitions,
+            sub.spec.start,
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Stops a subscription; `false` when it was not running.
     pub async fn stop(&self, name: &str) -> bool {
         let running = self.subs.lock().await.remove(name);
