@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::{client, create_topic, eventually, subscribe, Meshd, Sink};
 use meshd_scheduler::registry::testing::EtcdServer;
 use meshd_scheduler::registry::{
-    CatalogKind, EtcdConfig, EtcdRegistry, MemberInfo, Placement, Registry, Role,
+    CatalogKind, EtcdConfig, EtcdRegistry, MemberEvent, MemberInfo, Placement, Registry, Role,
 };
 use serde_json::{json, Value};
 
@@ -187,6 +187,12 @@ async fn nodes_register_leave_and_survive_an_etcd_freeze() {
     // registered again after etcd returns.
     let n = node(dir.path(), &etcd, "reg-it", "n");
     create_topic(&c, &n.url, "t2", json!({})).await;
+    let mut watch = reg.watch_members().await.expect("watch members");
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(5), watch.recv()).await {
+        if ev == MemberEvent::Synced {
+            break;
+        }
+    }
     etcd.pause().expect("SIGSTOP etcd");
     let frozen = Instant::now();
     let mut ok = 0;
@@ -212,6 +218,21 @@ async fn nodes_register_leave_and_survive_an_etcd_freeze() {
     )
     .await;
     eprintln!("re-registered {:?} after SIGCONT", back.elapsed());
+    // The observer saw the lease go (expired during the freeze) and the node come back.
+    let mut left = false;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(15), watch.recv())
+            .await
+            .expect("member events after SIGCONT")
+            .expect("watch open");
+        match ev {
+            MemberEvent::Delete(id) if id.id == "n" => left = true,
+            MemberEvent::Put(info) if info.id == "n" && left => break,
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "no delete + put of n seen");
+    }
     assert_eq!(common::stored_count(&c, &n.url, "t2").await, ok as u64);
 }
 

@@ -769,6 +769,8 @@ impl Node {
             "topics": self.read_topics().len(),
             "subscriptions": self.read_subs().len(),
             "fsync": self.config.fsync,
+            // Consumer groups placement gives this node (null: not gated, all of them).
+            "owned_groups": self.owned.read().unwrap_or_else(|p| p.into_inner()).clone(),
         }))
     }
 
