@@ -81,11 +81,24 @@ impl CatalogSink for RegistryCatalog {
             .map_err(|e| e.to_string())
     }
 
-    async fn put_subscription(&self, spec: &SubscriptionSpec) -> Result<(), String> {
-        self.0
-            .catalog_put(CatalogKind::Subscription, &spec.name, &to_value(spec)?)
+    async fn create_subscription(
+        &self,
+        spec: &SubscriptionSpec,
+    ) -> Result<Option<SubscriptionSpec>, String> {
+        let existing = self
+            .0
+            .catalog_create(CatalogKind::Subscription, &spec.name, &to_value(spec)?)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        match existing {
+            None => Ok(None),
+            // Unreadable or vanished: report it as taken by something else (a conflict).
+            Some(v) => Ok(Some(serde_json::from_value(v).unwrap_or_else(|_| {
+                let mut other = spec.clone();
+                other.topic = String::new();
+                other
+            }))),
+        }
     }
 
     async fn delete_subscription(&self, name: &str) -> Result<(), String> {

@@ -274,6 +274,22 @@ async fn topics_and_subscriptions_are_shared_through_the_catalog() {
         .expect("json");
     assert_eq!(topic["config"]["partitions"], 2);
 
+    // The same spec again on another node: 200; another spec under the name: 409.
+    let (status, _) = subscribe(
+        &c,
+        &b.url,
+        json!({"name": "billing", "topic": "orders", "sink": {"pull": {}}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = subscribe(
+        &c,
+        &b.url,
+        json!({"name": "billing", "topic": "orders", "group": "other", "sink": {"pull": {}}}),
+    )
+    .await;
+    assert_eq!(status, 409);
+
     // Bad input: 400, and nothing reaches the catalog.
     let before = reg.catalog_list().await.expect("catalog");
     let (status, body) = subscribe(

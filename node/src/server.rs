@@ -117,8 +117,12 @@ pub trait CatalogSink: Send + Sync {
     async fn put_topic(&self, name: &str, config: &TopicConfig) -> Result<(), String>;
     /// Deletes a topic.
     async fn delete_topic(&self, name: &str) -> Result<(), String>;
-    /// Creates or replaces a subscription (the spec with defaults filled in).
-    async fn put_subscription(&self, spec: &SubscriptionSpec) -> Result<(), String>;
+    /// Creates a subscription (the spec with defaults filled in) unless the name is taken:
+    /// `Ok(None)` when written, `Ok(Some(existing))` when not (nothing written).
+    async fn create_subscription(
+        &self,
+        spec: &SubscriptionSpec,
+    ) -> Result<Option<SubscriptionSpec>, String>;
     /// Deletes a subscription.
     async fn delete_subscription(&self, name: &str) -> Result<(), String>;
 }
@@ -595,12 +599,26 @@ impl Node {
                         .map_err(NodeError::CatalogUnavailable)?;
                 }
             }
-            c.put_subscription(&sub.spec)
+            let existing = c
+                .create_subscription(&sub.spec)
                 .await
                 .map_err(NodeError::CatalogUnavailable)?;
-            // The catalog watch may apply it before we do; it is new either way.
-            let (_, spec) = self.create_subscription(spec).await?;
-            return Ok((true, spec));
+            return match existing {
+                // Taken in the catalog (another node was first): same spec, apply it here
+                // too; another spec is a conflict.
+                Some(e) if e == sub.spec => {
+                    self.apply_subscription(e.clone()).await?;
+                    Ok((false, e))
+                }
+                Some(_) => Err(NodeError::SubscriptionConflict {
+                    name: sub.spec.name.clone(),
+                }),
+                None => {
+                    // The catalog watch may apply it before we do; it is new either way.
+                    let (_, spec) = self.create_subscription(spec).await?;
+                    Ok((true, spec))
+                }
+            };
         }
         self.create_subscription(spec).await
     }

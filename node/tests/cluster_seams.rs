@@ -34,8 +34,11 @@ impl CatalogSink for FakeCatalog {
     async fn delete_topic(&self, name: &str) -> Result<(), String> {
         self.write(format!("delete topic {name}"))
     }
-    async fn put_subscription(&self, spec: &SubscriptionSpec) -> Result<(), String> {
-        self.write(format!("put sub {}", spec.name))
+    async fn create_subscription(
+        &self,
+        spec: &SubscriptionSpec,
+    ) -> Result<Option<SubscriptionSpec>, String> {
+        self.write(format!("put sub {}", spec.name)).map(|_| None)
     }
     async fn delete_subscription(&self, name: &str) -> Result<(), String> {
         self.write(format!("delete sub {name}"))

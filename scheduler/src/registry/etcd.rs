@@ -780,6 +780,42 @@ impl Registry for EtcdRegistry {
         Ok(())
     }
 
+    async fn catalog_create(
+        &self,
+        kind: CatalogKind,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> Result<Option<serde_json::Value>, RegistryError> {
+        let key = self.keys.catalog(kind, name);
+        let bytes = serde_json::to_vec(value).map_err(|e| RegistryError::Corrupt {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        let txn = Txn::new()
+            .when(vec![Compare::version(key.as_str(), CompareOp::Equal, 0)])
+            .and_then(vec![TxnOp::put(key.as_str(), bytes, None)])
+            .or_else(vec![TxnOp::get(key.as_str(), None)]);
+        let mut client = self.client.clone();
+        let resp = call("txn", self.cfg.op_timeout, client.txn(txn)).await?;
+        if resp.succeeded() {
+            return Ok(None);
+        }
+        for op in resp.op_responses() {
+            if let etcd_client::TxnOpResponse::Get(get) = op {
+                if let Some(kv) = get.kvs().first() {
+                    let existing =
+                        serde_json::from_slice(kv.value()).map_err(|e| RegistryError::Corrupt {
+                            key: key.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    return Ok(Some(existing));
+                }
+            }
+        }
+        // Deleted between the compare and the get: report it as taken by nothing.
+        Ok(Some(serde_json::Value::Null))
+    }
+
     async fn catalog_delete(&self, kind: CatalogKind, name: &str) -> Result<bool, RegistryError> {
         let key = self.keys.catalog(kind, name);
         let mut client = self.client.clone();

@@ -336,6 +336,30 @@ impl Registry for InProcessRegistry {
         Ok(())
     }
 
+    async fn catalog_create(
+        &self,
+        kind: CatalogKind,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> Result<Option<serde_json::Value>, RegistryError> {
+        let mut inner = self.shared.lock();
+        if let Some(existing) = inner.catalog.get(&(kind, name.to_string())) {
+            return Ok(Some(existing.clone()));
+        }
+        inner
+            .catalog
+            .insert((kind, name.to_string()), value.clone());
+        let _ = self
+            .shared
+            .catalog_events
+            .send(CatalogEvent::Put(CatalogEntry {
+                kind,
+                name: name.to_string(),
+                value: value.clone(),
+            }));
+        Ok(None)
+    }
+
     async fn catalog_delete(&self, kind: CatalogKind, name: &str) -> Result<bool, RegistryError> {
         let mut inner = self.shared.lock();
         let existed = inner.catalog.remove(&(kind, name.to_string())).is_some();

@@ -41,7 +41,8 @@
 //!   cluster must have. Entries carry no lease. [`Registry::watch_catalog`] works like
 //!   `watch_members`: a snapshot (topics before subscriptions), `Synced`, then every
 //!   change in order, re-listing after a broken watch. Values are opaque JSON here;
-//!   writers (nodes) validate before they write.
+//!   writers (nodes) validate before they write. [`Registry::catalog_create`] is an
+//!   atomic create-if-absent (subscriptions), [`Registry::catalog_put`] an upsert (topics).
 
 pub mod catalog;
 pub mod etcd;
@@ -447,6 +448,16 @@ pub trait Registry: Send + Sync {
         name: &str,
         value: &serde_json::Value,
     ) -> Result<(), RegistryError>;
+
+    /// Creates a catalog entry only if there is none: `Ok(None)` when written,
+    /// `Ok(Some(existing))` (nothing written) when the name is taken. Atomic: of two
+    /// racing creators exactly one writes.
+    async fn catalog_create(
+        &self,
+        kind: CatalogKind,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> Result<Option<serde_json::Value>, RegistryError>;
 
     /// Deletes a catalog entry; `false` when there was none.
     async fn catalog_delete(&self, kind: CatalogKind, name: &str) -> Result<bool, RegistryError>;

@@ -501,6 +501,24 @@ pub async fn catalog_put_list_delete_watch(f: &dyn RegistryFactory) {
     );
     assert!(b.list_members().await.expect("members").is_empty());
     assert_eq!(b.catalog_list().await.expect("list").len(), 1);
+    // Create-if-absent: the first writes, the second gets the existing value.
+    let first = serde_json::json!({"name": "c", "v": 1});
+    assert_eq!(
+        a.catalog_create(CatalogKind::Subscription, "c", &first)
+            .await
+            .expect("create"),
+        None
+    );
+    assert_eq!(
+        b.catalog_create(CatalogKind::Subscription, "c", &serde_json::json!({"v": 2}))
+            .await
+            .expect("create again"),
+        Some(first.clone())
+    );
+    match next_catalog(&mut w).await {
+        CatalogEvent::Put(e) => assert_eq!(e.value, first),
+        other => panic!("expected the created entry, got {other:?}"),
+    }
 }
 
 /// Expands to one `#[tokio::test]` per conformance case. `$make` is an expression
