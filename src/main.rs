@@ -12,9 +12,11 @@ use meshd_node::store::FsyncPolicy;
 
 mod certs_cmd;
 mod client;
+mod cluster_cmd;
 mod dev;
 mod drill;
 mod filter_cmd;
+mod node_cluster;
 mod proxy_cmd;
 mod scheduler_cmd;
 mod topology_cmd;
@@ -38,6 +40,8 @@ enum Command {
     Node(NodeArgs),
     /// Run one member of the scheduler's Raft group (placement of groups on nodes).
     Scheduler(scheduler_cmd::SchedulerArgs),
+    /// Run a region (etcd, schedulers, nodes, proxies) as child processes of this one.
+    Cluster(cluster_cmd::ClusterArgs),
     /// Run the stateless HTTP proxy in front of the nodes, or manage its tokens.
     Proxy(proxy_cmd::ProxyArgs),
     /// Publish events (a small client).
@@ -76,6 +80,17 @@ pub struct NodeArgs {
     store: StoreArgs,
     #[command(flatten)]
     bridge: BridgeArgs,
+    /// Join a cluster: `etcd://HOST:PORT[,HOST:PORT...]`. The node registers under a
+    /// lease, shares topics and subscriptions through the registry's catalog and delivers
+    /// only the consumer groups placement gives it. Without it: a single node.
+    #[arg(long)]
+    registry: Option<String>,
+    /// Time to live of the node's registry lease (`2s`, `500ms`).
+    #[arg(long, default_value = "5s", value_parser = node_cluster::parse_duration)]
+    lease_ttl: Duration,
+    /// URL other members use to reach this node (default: http://LISTEN-ADDRESS).
+    #[arg(long)]
+    advertise_url: Option<String>,
 }
 
 /// Options of the federation bridge that runs beside a node.
@@ -211,6 +226,7 @@ fn main() -> anyhow::Result<()> {
             Command::Node(args) => run_node(args).await,
             Command::Scheduler(args) => scheduler_cmd::run(args).await,
             Command::Proxy(args) => proxy_cmd::run(args).await,
+            Command::Cluster(args) => cluster_cmd::run(args).await,
             Command::Pub(args) => client::publish(args).await,
             Command::Sub(args) => client::subscribe(args).await,
             Command::Topic(args) => client::topic(args).await,
@@ -223,9 +239,19 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
-    let config = args
+    let mut config = args
         .store
         .node_config(args.data_dir.clone(), &args.cluster, &args.node_id);
+    let registry = match &args.registry {
+        Some(spec) => {
+            meshd_scheduler::registry::LeaseConfig::with_ttl(args.lease_ttl)
+                .validate()
+                .context("--lease-ttl")?;
+            config.placement_gated = true;
+            Some(scheduler_cmd::connect_registry(spec, &args.cluster).await?)
+        }
+        None => None,
+    };
     let node = Node::open(config)
         .await
         .with_context(|| format!("opening the node's store in {}", args.data_dir.display()))?;
@@ -239,11 +265,35 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             println!("cluster {} bridge quic://{udp}", args.cluster);
         }
     }
+    let url = args
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let member = match registry {
+        Some(registry) => Some(
+            node_cluster::ClusterMember::join(
+                node.clone(),
+                registry,
+                &url,
+                meshd_scheduler::registry::LeaseConfig::with_ttl(args.lease_ttl),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     println!(
         "cluster {} node {} http://{addr}",
         args.cluster, args.node_id
     );
-    node.serve(listener, shutdown_signal()).await?;
+    let leaving = member.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Leave first: the lease goes at once and the groups move while we drain.
+        if let Some(m) = leaving {
+            m.leave().await;
+        }
+    };
+    node.serve(listener, shutdown).await?;
     if let Some(b) = bridge {
         b.shutdown().await;
     }

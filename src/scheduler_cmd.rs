@@ -68,7 +68,8 @@ pub fn parse_peers(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(out)
 }
 
-async fn connect_registry(spec: &str, cluster: &str) -> anyhow::Result<Arc<dyn Registry>> {
+/// Connects `etcd://HOST:PORT[,...]` or `memory` for `cluster`.
+pub async fn connect_registry(spec: &str, cluster: &str) -> anyhow::Result<Arc<dyn Registry>> {
     if spec == "memory" {
         return Ok(Arc::new(InProcessRegistry::new(cluster)));
     }

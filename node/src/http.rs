@@ -145,11 +145,25 @@ impl From<NodeError> for ApiError {
                 ApiError::new(StatusCode::NOT_FOUND, "topic_not_found", e.to_string())
                     .field("topic")
             }
+            NodeError::CatalogUnavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "catalog_unavailable",
+                e.to_string(),
+            ),
+            NodeError::NotPlacedHere { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "group_not_placed_here",
+                e.to_string(),
+            ),
         }
     }
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+/// Header a proxy sets on a publish naming its producer group; the node reports the
+/// groups it has seen to the registry.
+pub const PRODUCER_GROUP_HEADER: &str = "meshd-producer-group";
 
 /// Builds the router of a node.
 pub fn router(node: Arc<Node>) -> Router {
@@ -255,9 +269,16 @@ async fn publish(
     req: Request,
 ) -> Response {
     let started = Instant::now();
+    let group = req
+        .headers()
+        .get(PRODUCER_GROUP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 256)
+        .map(str::to_string);
     match publish_inner(&node, &topic, req).await {
         Ok(resp) => {
             let n = resp.positions.len() as u64;
+            node.note_publish(group.as_deref(), n);
             node.metrics
                 .published
                 .with_label_values(&[&topic])
@@ -321,7 +342,7 @@ async fn put_topic(
     } else {
         parse_json(&bytes)?
     };
-    let created = node.create_topic(&topic, config).await?;
+    let created = node.admin_create_topic(&topic, config).await?;
     let info = node.topic_info(&topic).await?;
     let status = if created {
         StatusCode::CREATED
@@ -346,7 +367,7 @@ async fn delete_topic(
     State(node): State<Arc<Node>>,
     Path(topic): Path<String>,
 ) -> ApiResult<StatusCode> {
-    node.delete_topic(&topic).await?;
+    node.admin_delete_topic(&topic).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -358,7 +379,7 @@ async fn create_subscription(
     require_json(&headers)?;
     let bytes = read_body(body, 256 * 1024).await?;
     let spec: SubscriptionSpec = parse_json(&bytes)?;
-    let (created, spec) = node.create_subscription(spec).await?;
+    let (created, spec) = node.admin_create_subscription(spec).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -382,7 +403,7 @@ async fn delete_subscription(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    node.delete_subscription(&name).await?;
+    node.admin_delete_subscription(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -445,6 +466,7 @@ async fn pull(
     };
     let consumer = q.consumer.unwrap_or_else(|| "default".to_string());
     meshd_core::api::check_name("consumer", &consumer)?;
+    node.check_served(&name)?;
     let events = node.delivery.pull(&name, &consumer, max, wait).await?;
     Ok(Json(PullResponse { events }).into_response())
 }
@@ -459,6 +481,7 @@ async fn ack(
     let bytes = read_body(body, 1024 * 1024).await?;
     let req: AckRequest = parse_json(&bytes)?;
     let consumer = req.consumer.unwrap_or_else(|| "default".to_string());
+    node.check_served(&name)?;
     let resp = node.delivery.ack(&name, &consumer, req.ack_ids).await?;
     Ok(Json(resp).into_response())
 }

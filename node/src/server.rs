@@ -1,11 +1,24 @@
 //! A runtime node assembled: store + delivery + subscriptions + HTTP, with a designed
 //! start-up (recover topics and subscriptions from the store) and shutdown (stop taking
 //! requests, commit delivery progress, close the store).
+//!
+//! Cluster seams (used by `meshd node --registry`, wired in the binary; a node without a
+//! registry uses none of them and behaves as a single node):
+//! - the placement gate ([`Node::set_owned_groups`], [`NodeConfig::placement_gated`]):
+//!   which consumer groups this node may deliver; subscriptions of other groups are kept
+//!   but their push loops and pull serving are stopped;
+//! - the shared catalog ([`CatalogSink`], [`Node::set_catalog`]): admin changes made
+//!   through the HTTP API are validated here, then written to the cluster catalog, then
+//!   applied locally; changes seen in the catalog are applied with
+//!   [`Node::apply_topic`] / [`Node::apply_subscription`] and the `delete_*` methods;
+//! - what the node reports: producer groups seen ([`Node::note_producer_group`],
+//!   [`Node::producer_groups`]), consumer groups ([`Node::consumer_groups`]) and load
+//!   counters ([`Node::published_total`], [`Node::serving_count`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -46,6 +59,9 @@ pub struct NodeConfig {
     pub retention_interval: Duration,
     /// Which event store the node uses.
     pub store: StoreKind,
+    /// Deliver no consumer group until [`Node::set_owned_groups`] names it (a node of a
+    /// cluster with a registry: placement decides). `false`: deliver every subscription.
+    pub placement_gated: bool,
 }
 
 /// Which event store a node uses (`store = "embedded" | "pulsar://host:port"`).
@@ -88,9 +104,31 @@ impl NodeConfig {
             auto_create_topics: false,
             retention_interval: Duration::from_secs(30),
             store: StoreKind::Embedded,
+            placement_gated: false,
         }
     }
 }
+
+/// The cluster catalog as a node writes to it (implemented over the registry by the
+/// binary). Errors are the reason the catalog could not be written.
+#[async_trait::async_trait]
+pub trait CatalogSink: Send + Sync {
+    /// Creates or replaces a topic.
+    async fn put_topic(&self, name: &str, config: &TopicConfig) -> Result<(), String>;
+    /// Deletes a topic.
+    async fn delete_topic(&self, name: &str) -> Result<(), String>;
+    /// Creates a subscription (the spec with defaults filled in) unless the name is taken:
+    /// `Ok(None)` when written, `Ok(Some(existing))` when not (nothing written).
+    async fn create_subscription(
+        &self,
+        spec: &SubscriptionSpec,
+    ) -> Result<Option<SubscriptionSpec>, String>;
+    /// Deletes a subscription.
+    async fn delete_subscription(&self, name: &str) -> Result<(), String>;
+}
+
+/// Most producer groups a node remembers (older ones are dropped first).
+const MAX_PRODUCER_GROUPS: usize = 10_000;
 
 /// Failures of node operations (mapped to HTTP answers in `http.rs`).
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +169,17 @@ pub enum NodeError {
         /// Topic.
         topic: String,
     },
+    /// The cluster catalog could not be written; nothing was changed.
+    #[error("the cluster catalog is unavailable: {0}")]
+    CatalogUnavailable(String),
+    /// The subscription's consumer group is placed on another node of the cluster.
+    #[error("consumer group {group:?} of subscription {name:?} is not served by this node; use the node placement names (or a proxy)")]
+    NotPlacedHere {
+        /// Subscription.
+        name: String,
+        /// Its consumer group.
+        group: String,
+    },
 }
 
 /// A running node.
@@ -150,6 +199,11 @@ pub struct Node {
     mesh: std::sync::OnceLock<MeshStatusFn>,
     mesh_metrics: std::sync::OnceLock<MeshMetricsFn>,
     mesh_link_admin: std::sync::OnceLock<MeshLinkAdminFn>,
+    /// Consumer groups this node may deliver; `None`: all (no placement).
+    owned: RwLock<Option<BTreeSet<String>>>,
+    catalog: std::sync::OnceLock<Arc<dyn CatalogSink>>,
+    producer_groups: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+    published: AtomicU64,
 }
 
 /// Extra Prometheus text appended to `/metrics` by the federation bridge.
@@ -195,8 +249,9 @@ impl Node {
         store: Arc<dyn EventStore>,
     ) -> Result<Arc<Node>, NodeError> {
         let metrics = Metrics::new();
-        let delivery = Delivery::new(store.clone(), metrics.clone());
+        let delivery = Delivery::for_node(store.clone(), metrics.clone(), &config.node_id);
         let topics = store.list_topics().await?.into_iter().collect();
+        let owned = config.placement_gated.then(BTreeSet::new);
         let node = Arc::new(Node {
             config,
             store,
@@ -209,6 +264,10 @@ impl Node {
             mesh: std::sync::OnceLock::new(),
             mesh_metrics: std::sync::OnceLock::new(),
             mesh_link_admin: std::sync::OnceLock::new(),
+            owned: RwLock::new(owned),
+            catalog: std::sync::OnceLock::new(),
+            producer_groups: std::sync::Mutex::new(HashMap::new()),
+            published: AtomicU64::new(0),
         });
         for (key, value) in node.store.list_meta(SUBSCRIPTION_PREFIX).await? {
             let spec: SubscriptionSpec = match serde_json::from_slice(&value) {
@@ -221,7 +280,9 @@ impl Node {
             match spec.compile() {
                 Ok(sub) => {
                     let sub = Arc::new(sub);
-                    node.delivery.start(sub.clone()).await?;
+                    if node.should_run(&sub.spec) {
+                        node.delivery.start(sub.clone()).await?;
+                    }
                     node.write_subs().insert(sub.spec.name.clone(), sub);
                 }
                 Err(e) => {
@@ -370,6 +431,14 @@ impl Node {
     /// Deletes a topic that no subscription reads.
     pub async fn delete_topic(&self, topic: &str) -> Result<(), NodeError> {
         let _guard = self.admin.lock().await;
+        self.check_topic_deletable(topic)?;
+        self.store.delete_topic(topic).await?;
+        self.write_topics().remove(topic);
+        tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, topic, "topic deleted");
+        Ok(())
+    }
+
+    fn check_topic_deletable(&self, topic: &str) -> Result<(), NodeError> {
         if !self.read_topics().contains_key(topic) {
             return Err(NodeError::TopicNotFound {
                 topic: topic.to_string(),
@@ -389,9 +458,6 @@ impl Node {
                 subscriptions: users,
             });
         }
-        self.store.delete_topic(topic).await?;
-        self.write_topics().remove(topic);
-        tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, topic, "topic deleted");
         Ok(())
     }
 
@@ -426,7 +492,12 @@ impl Node {
             .put_meta(&format!("{SUBSCRIPTION_PREFIX}{name}"), &bytes)
             .await?;
         let sub = Arc::new(sub);
-        if let Err(e) = self.delivery.start(sub.clone()).await {
+        let start = if self.should_run(&sub.spec) {
+            self.delivery.start(sub.clone()).await
+        } else {
+            self.delivery.pin_start(&sub).await
+        };
+        if let Err(e) = start {
             let _ = self
                 .store
                 .delete_meta(&format!("{SUBSCRIPTION_PREFIX}{name}"))
@@ -470,6 +541,260 @@ impl Node {
         Ok(())
     }
 
+    /// Attaches the cluster catalog (once): admin changes through the HTTP API are then
+    /// written there after validation and before they are applied locally.
+    pub fn set_catalog(&self, catalog: Arc<dyn CatalogSink>) {
+        let _ = self.catalog.set(catalog);
+    }
+
+    fn catalog(&self) -> Option<&Arc<dyn CatalogSink>> {
+        self.catalog.get()
+    }
+
+    /// `PUT /v1/topics/{topic}`: validates, writes the catalog (if any), creates locally.
+    pub async fn admin_create_topic(
+        &self,
+        topic: &str,
+        config: TopicConfig,
+    ) -> Result<bool, NodeError> {
+        check_name("topic", topic)?;
+        config.validate()?;
+        if let Some(c) = self.catalog() {
+            // The catalog watch may apply the topic before we do: "new" is decided now.
+            let existed = self.read_topics().contains_key(topic);
+            c.put_topic(topic, &config)
+                .await
+                .map_err(NodeError::CatalogUnavailable)?;
+            let created = self.create_topic(topic, config).await?;
+            return Ok(created || !existed);
+        }
+        self.create_topic(topic, config).await
+    }
+
+    /// `DELETE /v1/topics/{topic}`: checks, deletes from the catalog (if any), then locally.
+    pub async fn admin_delete_topic(&self, topic: &str) -> Result<(), NodeError> {
+        if let Some(c) = self.catalog() {
+            self.check_topic_deletable(topic)?;
+            c.delete_topic(topic)
+                .await
+                .map_err(NodeError::CatalogUnavailable)?;
+            // The catalog watch may have deleted it locally already.
+            return match self.delete_topic(topic).await {
+                Err(NodeError::TopicNotFound { .. }) => Ok(()),
+                other => other,
+            };
+        }
+        self.delete_topic(topic).await
+    }
+
+    /// `POST /v1/subscriptions`: validates (compiles, checks the topic and conflicts),
+    /// writes the catalog (if any), creates locally.
+    pub async fn admin_create_subscription(
+        &self,
+        spec: SubscriptionSpec,
+    ) -> Result<(bool, SubscriptionSpec), NodeError> {
+        if let Some(c) = self.catalog() {
+            let sub = spec.clone().compile()?;
+            if let Some(existing) = self.read_subs().get(&sub.spec.name) {
+                if existing.spec == sub.spec {
+                    return Ok((false, existing.spec.clone()));
+                }
+                return Err(NodeError::SubscriptionConflict {
+                    name: sub.spec.name.clone(),
+                });
+            }
+            if !self.read_topics().contains_key(&sub.spec.topic) {
+                return Err(NodeError::TopicNotFound {
+                    topic: sub.spec.topic.clone(),
+                });
+            }
+            if let Some(dlt) = &sub.spec.delivery.dead_letter_topic {
+                if !self.read_topics().contains_key(dlt) {
+                    let cfg = TopicConfig::default();
+                    c.put_topic(dlt, &cfg)
+                        .await
+                        .map_err(NodeError::CatalogUnavailable)?;
+                }
+            }
+            let existing = c
+                .create_subscription(&sub.spec)
+                .await
+                .map_err(NodeError::CatalogUnavailable)?;
+            return match existing {
+                // Taken in the catalog (another node was first): same spec, apply it here
+                // too; another spec is a conflict.
+                Some(e) if e == sub.spec => {
+                    self.apply_subscription(e.clone()).await?;
+                    Ok((false, e))
+                }
+                Some(_) => Err(NodeError::SubscriptionConflict {
+                    name: sub.spec.name.clone(),
+                }),
+                None => {
+                    // The catalog watch may apply it before we do; it is new either way.
+                    let (_, spec) = self.create_subscription(spec).await?;
+                    Ok((true, spec))
+                }
+            };
+        }
+        self.create_subscription(spec).await
+    }
+
+    /// `DELETE /v1/subscriptions/{name}`: deletes from the catalog (if any), then locally.
+    pub async fn admin_delete_subscription(&self, name: &str) -> Result<(), NodeError> {
+        if let Some(c) = self.catalog() {
+            if !self.read_subs().contains_key(name) {
+                return Err(NodeError::SubscriptionNotFound {
+                    name: name.to_string(),
+                });
+            }
+            c.delete_subscription(name)
+                .await
+                .map_err(NodeError::CatalogUnavailable)?;
+            // The catalog watch may have deleted it locally already.
+            return match self.delete_subscription(name).await {
+                Err(NodeError::SubscriptionNotFound { .. }) => Ok(()),
+                other => other,
+            };
+        }
+        self.delete_subscription(name).await
+    }
+
+    /// Applies a topic seen in the catalog (idempotent).
+    pub async fn apply_topic(&self, topic: &str, config: TopicConfig) -> Result<(), NodeError> {
+        if self.read_topics().get(topic) == Some(&config) {
+            return Ok(());
+        }
+        self.create_topic(topic, config).await.map(|_| ())
+    }
+
+    /// Applies a subscription seen in the catalog (idempotent): creates it, or replaces
+    /// a local one with another spec.
+    pub async fn apply_subscription(&self, spec: SubscriptionSpec) -> Result<(), NodeError> {
+        let sub = spec.clone().compile()?;
+        let existing = self.read_subs().get(&sub.spec.name).map(|s| s.spec.clone());
+        match existing {
+            Some(e) if e == sub.spec => return Ok(()),
+            Some(_) => self.delete_subscription(&sub.spec.name).await?,
+            None => {}
+        }
+        self.create_subscription(spec).await.map(|_| ())
+    }
+
+    /// Whether placement lets this node deliver `spec`'s consumer group.
+    fn should_run(&self, spec: &SubscriptionSpec) -> bool {
+        match &*self.owned.read().unwrap_or_else(|p| p.into_inner()) {
+            None => true,
+            Some(owned) => owned.contains(&spec.group),
+        }
+    }
+
+    /// Sets the consumer groups this node may deliver (`None`: all) and starts or stops
+    /// delivery to match at once: push loops and pull serving of groups no longer owned
+    /// stop (their progress is committed), newly owned ones start from the committed
+    /// offsets in the store.
+    pub async fn set_owned_groups(&self, owned: Option<BTreeSet<String>>) {
+        let _guard = self.admin.lock().await;
+        *self.owned.write().unwrap_or_else(|p| p.into_inner()) = owned;
+        let running: BTreeSet<String> = self.delivery.running().await.into_iter().collect();
+        let subs: Vec<Arc<CompiledSubscription>> = self.read_subs().values().cloned().collect();
+        let mut stops = Vec::new();
+        let mut starts = Vec::new();
+        for sub in subs {
+            let want = self.should_run(&sub.spec);
+            let is = running.contains(&sub.spec.name);
+            if is && !want {
+                stops.push(sub.spec.name.clone());
+            } else if want && !is {
+                starts.push(sub);
+            }
+        }
+        let stopping = stops.iter().map(|n| self.delivery.stop(n));
+        futures::future::join_all(stopping).await;
+        for n in &stops {
+            tracing::info!(node = %self.config.node_id, subscription = %n, "delivery stopped: group not placed here");
+        }
+        for sub in starts {
+            match self.delivery.start(sub.clone()).await {
+                Ok(()) => {
+                    tracing::info!(node = %self.config.node_id, subscription = %sub.spec.name, group = %sub.spec.group, "delivery started: group placed here")
+                }
+                Err(e) => {
+                    tracing::warn!(subscription = %sub.spec.name, "starting delivery failed: {e}")
+                }
+            }
+        }
+    }
+
+    /// Fails with [`NodeError::NotPlacedHere`] when `name` exists but its group is placed
+    /// elsewhere (pull and ack then go to the owning node).
+    pub fn check_served(&self, name: &str) -> Result<(), NodeError> {
+        if let Some(sub) = self.read_subs().get(name) {
+            if !self.should_run(&sub.spec) {
+                return Err(NodeError::NotPlacedHere {
+                    name: name.to_string(),
+                    group: sub.spec.group.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The consumer groups of this node's subscriptions.
+    pub fn consumer_groups(&self) -> BTreeSet<String> {
+        self.read_subs()
+            .values()
+            .map(|s| s.spec.group.clone())
+            .collect()
+    }
+
+    /// Records a publish for producer group `group` (the proxy's `meshd-producer-group`
+    /// header) and counts published events.
+    pub fn note_publish(&self, group: Option<&str>, events: u64) {
+        self.published.fetch_add(events, Ordering::Relaxed);
+        if let Some(g) = group {
+            self.note_producer_group(g);
+        }
+    }
+
+    /// Records that a producer group published here now.
+    pub fn note_producer_group(&self, group: &str) {
+        let mut groups = self
+            .producer_groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if groups.len() >= MAX_PRODUCER_GROUPS && !groups.contains_key(group) {
+            if let Some(oldest) = groups
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(k, _)| k.clone())
+            {
+                groups.remove(&oldest);
+            }
+        }
+        groups.insert(group.to_string(), std::time::Instant::now());
+    }
+
+    /// Producer groups that published here within `idle`; older ones are forgotten.
+    pub fn producer_groups(&self, idle: Duration) -> BTreeSet<String> {
+        let mut groups = self
+            .producer_groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        groups.retain(|_, t| t.elapsed() <= idle);
+        groups.keys().cloned().collect()
+    }
+
+    /// Events accepted by the publish API since start.
+    pub fn published_total(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+
+    /// Subscriptions whose delivery runs on this node now.
+    pub async fn serving_count(&self) -> usize {
+        self.delivery.running().await.len()
+    }
+
     /// The node's status as `GET /v1/cluster` shows it.
     pub async fn status(&self) -> Result<serde_json::Value, NodeError> {
         Ok(serde_json::json!({
@@ -479,6 +804,8 @@ impl Node {
             "topics": self.read_topics().len(),
             "subscriptions": self.read_subs().len(),
             "fsync": self.config.fsync,
+            // Consumer groups placement gives this node (null: not gated, all of them).
+            "owned_groups": self.owned.read().unwrap_or_else(|p| p.into_inner()).clone(),
         }))
     }
 

@@ -556,7 +556,7 @@ impl Proxy {
             Op::Cluster | Op::SubCreate => {}
             Op::Health | Op::Ready | Op::Metrics => {}
         }
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let body = self.read_body(&parts.headers, body).await?;
         match op {
             Op::TokensList => return Ok(self.tokens_list()),
@@ -638,6 +638,14 @@ impl Proxy {
             return Err(unavailable("no runtime node is known"));
         }
         let deadline = started + deadline_len;
+        // Tell the node which producer group it serves (it reports the groups it sees).
+        if let Some(g) = &group {
+            if !parts.headers.contains_key(PRODUCER_GROUP_HEADER) {
+                if let Ok(v) = HeaderValue::from_str(g) {
+                    parts.headers.insert(PRODUCER_GROUP_HEADER, v);
+                }
+            }
+        }
         match self
             .forward(
                 &parts.method,

@@ -46,6 +46,10 @@ use crate::store::{EventStore, StoreError};
 use common::{topic_partitions, Progress, SubCtx};
 use pull::PullSub;
 
+/// Header naming the node that made a webhook push (`meshd-node: {node id}`), so a
+/// receiver (and the cluster tests) can tell which node of a cluster delivered.
+pub const NODE_HEADER: &str = "meshd-node";
+
 /// How long `stop` waits for a subscription's tasks before aborting them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -125,11 +129,31 @@ impl Delivery {
         metrics: Metrics,
         options: DeliveryOptions,
     ) -> Delivery {
+        Delivery::build(store, metrics, options, None)
+    }
+
+    /// Creates the delivery engine of node `node_id`: every webhook push carries the
+    /// [`NODE_HEADER`] header with the id.
+    pub fn for_node(store: Arc<dyn EventStore>, metrics: Metrics, node_id: &str) -> Delivery {
+        Delivery::build(store, metrics, DeliveryOptions::default(), Some(node_id))
+    }
+
+    fn build(
+        store: Arc<dyn EventStore>,
+        metrics: Metrics,
+        options: DeliveryOptions,
+        node_id: Option<&str>,
+    ) -> Delivery {
         // reqwest is built without a default TLS provider; install ring unless the binary
         // already installed one (then this is a no-op).
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut headers = http::HeaderMap::new();
+        if let Some(v) = node_id.and_then(|id| http::HeaderValue::from_str(id).ok()) {
+            headers.insert(NODE_HEADER, v);
+        }
         let client = match reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(60))
+            .default_headers(headers)
             .build()
         {
             Ok(c) => Some(c),
@@ -192,6 +216,24 @@ impl Delivery {
         };
         info!(subscription = %name, topic = %sub.spec.topic, partitions, "subscription started");
         subs.insert(name, running);
+        Ok(())
+    }
+
+    /// Fixes where a subscription that is not started here yet begins: commits its base
+    /// cursor (per its `start` position, now) unless one is committed already. A node that
+    /// creates a subscription whose group is placed elsewhere calls this, so the group
+    /// starts from the subscription's creation wherever and whenever it is first run.
+    pub async fn pin_start(&self, sub: &CompiledSubscription) -> Result<(), DeliveryError> {
+        let partitions = topic_partitions(self.store.as_ref(), &sub.spec.topic).await?;
+        common::starting_cursors(
+            self.store.as_ref(),
+            &sub.spec.name,
+            &sub.spec.topic,
+            partitions,
+            sub.spec.start,
+            None,
+        )
+        .await?;
         Ok(())
     }
 

@@ -21,12 +21,13 @@ use etcd_client::{
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 
+use super::catalog::{self, CatalogTracker};
 use super::keys::Keys;
 use super::member::{self, Backoff, LeaseBackend};
 use super::watch::{forward, Tracker};
 use super::{
-    check_epoch, GroupKind, GroupReport, LeaseConfig, MemberHandle, MemberInfo, MemberWatch,
-    Placement, Registry, RegistryError, Role,
+    check_epoch, CatalogEntry, CatalogEvent, CatalogKind, CatalogWatch, GroupKind, GroupReport,
+    LeaseConfig, MemberHandle, MemberInfo, MemberWatch, Placement, Registry, RegistryError, Role,
 };
 
 /// Most operations etcd accepts in one transaction is 128 by default; stay below.
@@ -239,6 +240,101 @@ impl EtcdRegistry {
         match resp.kvs().first() {
             None => Ok((None, rev)),
             Some(kv) => Ok((Some((decode_placement(&key, kv)?, kv.mod_revision())), rev)),
+        }
+    }
+
+    fn decode_catalog(&self, kv: &KeyValue) -> Option<CatalogEntry> {
+        let key = kv.key_str().ok()?;
+        let (kind, name) = self.keys.parse_catalog(key)?;
+        match serde_json::from_slice(kv.value()) {
+            Ok(value) => Some(CatalogEntry { kind, name, value }),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "undecodable catalog entry; ignored");
+                None
+            }
+        }
+    }
+
+    /// The catalog (topics first) and the revision it was read at.
+    async fn catalog_at(&self) -> Result<(Vec<CatalogEntry>, i64), RegistryError> {
+        let mut client = self.client.clone();
+        let resp = call(
+            "get",
+            self.cfg.op_timeout,
+            client.get(
+                self.keys.catalog_prefix(),
+                Some(GetOptions::new().with_prefix()),
+            ),
+        )
+        .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut entries: Vec<CatalogEntry> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.decode_catalog(kv))
+            .collect();
+        entries.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+        Ok((entries, rev))
+    }
+
+    /// The catalog watch loop: list at R, watch from R + 1, re-list on any break.
+    async fn run_catalog_watch(self, tx: mpsc::Sender<CatalogEvent>) {
+        let mut tracker = CatalogTracker::default();
+        let mut backoff = self.backoff();
+        'relist: loop {
+            match self.catalog_at().await {
+                Ok((snapshot, rev)) => {
+                    if !catalog::forward(&tx, tracker.resync(snapshot)).await {
+                        return;
+                    }
+                    let opts = WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(rev + 1);
+                    let mut client = self.client.clone();
+                    let watched = call(
+                        "watch",
+                        self.cfg.op_timeout,
+                        client.watch(self.keys.catalog_prefix(), Some(opts)),
+                    )
+                    .await;
+                    if let Ok(mut stream) = watched {
+                        backoff.reset();
+                        loop {
+                            let msg = tokio::select! {
+                                _ = tx.closed() => return,
+                                m = stream.message() => m,
+                            };
+                            let Ok(Some(resp)) = msg else { break };
+                            if resp.canceled() || resp.compact_revision() > 0 {
+                                break;
+                            }
+                            for ev in resp.events() {
+                                let Some(kv) = ev.kv() else { continue };
+                                let out = match ev.event_type() {
+                                    EventType::Put => {
+                                        self.decode_catalog(kv).and_then(|e| tracker.put(e))
+                                    }
+                                    EventType::Delete => kv
+                                        .key_str()
+                                        .ok()
+                                        .and_then(|k| self.keys.parse_catalog(k))
+                                        .and_then(|(kind, name)| tracker.delete(kind, name)),
+                                };
+                                if let Some(e) = out {
+                                    if tx.send(e).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "catalog watch: listing failed"),
+            }
+            if !pause(&tx, &mut backoff).await {
+                return;
+            }
+            continue 'relist;
         }
     }
 
@@ -666,6 +762,75 @@ impl Registry for EtcdRegistry {
         let (tx, rx) = watch::channel(current.map(|(p, _)| p));
         tokio::spawn(self.clone().run_placement_watch(tx, rev));
         Ok(rx)
+    }
+
+    async fn catalog_put(
+        &self,
+        kind: CatalogKind,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> Result<(), RegistryError> {
+        let key = self.keys.catalog(kind, name);
+        let bytes = serde_json::to_vec(value).map_err(|e| RegistryError::Corrupt {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut client = self.client.clone();
+        call("put", self.cfg.op_timeout, client.put(key, bytes, None)).await?;
+        Ok(())
+    }
+
+    async fn catalog_create(
+        &self,
+        kind: CatalogKind,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> Result<Option<serde_json::Value>, RegistryError> {
+        let key = self.keys.catalog(kind, name);
+        let bytes = serde_json::to_vec(value).map_err(|e| RegistryError::Corrupt {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        let txn = Txn::new()
+            .when(vec![Compare::version(key.as_str(), CompareOp::Equal, 0)])
+            .and_then(vec![TxnOp::put(key.as_str(), bytes, None)])
+            .or_else(vec![TxnOp::get(key.as_str(), None)]);
+        let mut client = self.client.clone();
+        let resp = call("txn", self.cfg.op_timeout, client.txn(txn)).await?;
+        if resp.succeeded() {
+            return Ok(None);
+        }
+        for op in resp.op_responses() {
+            if let etcd_client::TxnOpResponse::Get(get) = op {
+                if let Some(kv) = get.kvs().first() {
+                    let existing =
+                        serde_json::from_slice(kv.value()).map_err(|e| RegistryError::Corrupt {
+                            key: key.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    return Ok(Some(existing));
+                }
+            }
+        }
+        // Deleted between the compare and the get: report it as taken by nothing.
+        Ok(Some(serde_json::Value::Null))
+    }
+
+    async fn catalog_delete(&self, kind: CatalogKind, name: &str) -> Result<bool, RegistryError> {
+        let key = self.keys.catalog(kind, name);
+        let mut client = self.client.clone();
+        let resp = call("delete", self.cfg.op_timeout, client.delete(key, None)).await?;
+        Ok(resp.deleted() > 0)
+    }
+
+    async fn catalog_list(&self) -> Result<Vec<CatalogEntry>, RegistryError> {
+        Ok(self.catalog_at().await?.0)
+    }
+
+    async fn watch_catalog(&self) -> Result<CatalogWatch, RegistryError> {
+        let (tx, rx) = mpsc::channel(WATCH_CHANNEL);
+        tokio::spawn(self.clone().run_catalog_watch(tx));
+        Ok(CatalogWatch::new(rx))
     }
 }
 

@@ -9,12 +9,14 @@
 //! | `/meshd/{cluster}/groups/producer/{group}/{member}` | `{"role":…,"id":…}` of the reporter | the member's |
 //! | `/meshd/{cluster}/groups/consumer/{group}/{member}` | `{"role":…,"id":…}` of the reporter | the member's |
 //! | `/meshd/{cluster}/placement/current` | [`Placement`](super::Placement) JSON with its epoch | none |
+//! | `/meshd/{cluster}/catalog/topics/{topic}` | the topic's `TopicConfig` JSON | none |
+//! | `/meshd/{cluster}/catalog/subscriptions/{name}` | the subscription's `SubscriptionSpec` JSON | none |
 //!
 //! `{member}` in a group key is `node:{id}` or `proxy:{id}`. Every variable segment
 //! (cluster, id, group) is escaped so that it never contains `/`: `%` becomes `%25` and
 //! `/` becomes `%2F`; everything else is kept as is, so keys stay readable in `etcdctl`.
 
-use super::{GroupKind, MemberId, Role};
+use super::{CatalogKind, GroupKind, MemberId, Role};
 
 /// Escapes one key segment: `%` → `%25`, `/` → `%2F`.
 pub fn escape(segment: &str) -> String {
@@ -144,6 +146,29 @@ impl Keys {
     pub fn placement(&self) -> String {
         format!("{}placement/current", self.root)
     }
+
+    /// `/meshd/{cluster}/catalog/`: every catalog entry.
+    pub fn catalog_prefix(&self) -> String {
+        format!("{}catalog/", self.root)
+    }
+
+    /// `/meshd/{cluster}/catalog/topics/{name}` or `.../catalog/subscriptions/{name}`.
+    pub fn catalog(&self, kind: CatalogKind, name: &str) -> String {
+        format!("{}{}/{}", self.catalog_prefix(), kind.dir(), escape(name))
+    }
+
+    /// Parses a catalog key of this cluster; `None` for any other key.
+    pub fn parse_catalog(&self, key: &str) -> Option<(CatalogKind, String)> {
+        let rest = key.strip_prefix(&self.catalog_prefix())?;
+        let (dir, name) = rest.split_once('/')?;
+        let kind = [CatalogKind::Topic, CatalogKind::Subscription]
+            .into_iter()
+            .find(|k| k.dir() == dir)?;
+        if name.is_empty() || name.contains('/') {
+            return None;
+        }
+        Some((kind, unescape(name)?))
+    }
 }
 
 #[cfg(test)]
@@ -187,5 +212,20 @@ mod tests {
             Some((GroupKind::Consumer, "a/b".to_string(), p))
         );
         assert_eq!(k.parse_group_member("/meshd/eu-1/groups/producer/g"), None);
+        assert_eq!(
+            k.catalog(CatalogKind::Subscription, "a/b"),
+            "/meshd/eu-1/catalog/subscriptions/a%2Fb"
+        );
+        assert_eq!(
+            k.catalog(CatalogKind::Topic, "t"),
+            "/meshd/eu-1/catalog/topics/t"
+        );
+        assert_eq!(
+            k.parse_catalog("/meshd/eu-1/catalog/subscriptions/a%2Fb"),
+            Some((CatalogKind::Subscription, "a/b".to_string()))
+        );
+        assert_eq!(k.parse_catalog("/meshd/eu-1/catalog/other/x"), None);
+        assert_eq!(k.parse_catalog("/meshd/eu-1/catalog/topics/"), None);
+        assert_eq!(k.parse_catalog(&k.placement()), None);
     }
 }

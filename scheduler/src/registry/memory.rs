@@ -17,11 +17,13 @@ use async_trait::async_trait;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
+use super::catalog::{self, CatalogTracker};
 use super::member::{self, Backoff, LeaseBackend};
 use super::watch::{forward, Tracker};
 use super::{
-    check_epoch, GroupKind, GroupReport, LeaseConfig, MemberEvent, MemberHandle, MemberId,
-    MemberInfo, MemberWatch, Placement, Registry, RegistryError,
+    check_epoch, CatalogEntry, CatalogEvent, CatalogKind, CatalogWatch, GroupKind, GroupReport,
+    LeaseConfig, MemberEvent, MemberHandle, MemberId, MemberInfo, MemberWatch, Placement, Registry,
+    RegistryError,
 };
 
 const EVENT_BUFFER: usize = 1024;
@@ -45,6 +47,7 @@ impl std::fmt::Debug for InProcessRegistry {
 struct Shared {
     inner: Mutex<Inner>,
     events: broadcast::Sender<MemberEvent>,
+    catalog_events: broadcast::Sender<CatalogEvent>,
     placement: watch::Sender<Option<Placement>>,
 }
 
@@ -56,6 +59,7 @@ struct Inner {
     /// lease → deadline.
     leases: HashMap<i64, Instant>,
     next_lease: i64,
+    catalog: BTreeMap<(CatalogKind, String), serde_json::Value>,
 }
 
 impl Shared {
@@ -90,18 +94,31 @@ impl Inner {
     fn snapshot(&self) -> Vec<MemberInfo> {
         self.members.values().map(|(i, _)| i.clone()).collect()
     }
+
+    fn catalog_snapshot(&self) -> Vec<CatalogEntry> {
+        self.catalog
+            .iter()
+            .map(|((kind, name), value)| CatalogEntry {
+                kind: *kind,
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect()
+    }
 }
 
 impl InProcessRegistry {
     /// An empty store for `cluster`.
     pub fn new(cluster: impl Into<String>) -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (catalog_events, _) = broadcast::channel(EVENT_BUFFER);
         let (placement, _) = watch::channel(None);
         Self {
             cluster: Arc::from(cluster.into()),
             shared: Arc::new(Shared {
                 inner: Mutex::new(Inner::default()),
                 events,
+                catalog_events,
                 placement,
             }),
         }
@@ -296,6 +313,106 @@ impl Registry for InProcessRegistry {
 
     async fn watch_placement(&self) -> Result<watch::Receiver<Option<Placement>>, RegistryError> {
         Ok(self.shared.placement.subscribe())
+    }
+
+    async fn catalog_put(
+        &self,
+        kind: CatalogKind,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> Result<(), RegistryError> {
+        let mut inner = self.shared.lock();
+        inner
+            .catalog
+            .insert((kind, name.to_string()), value.clone());
+        let _ = self
+            .shared
+            .catalog_events
+            .send(CatalogEvent::Put(CatalogEntry {
+                kind,
+                name: name.to_string(),
+                value: value.clone(),
+            }));
+        Ok(())
+    }
+
+    async fn catalog_create(
+        &self,
+        kind: CatalogKind,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> Result<Option<serde_json::Value>, RegistryError> {
+        let mut inner = self.shared.lock();
+        if let Some(existing) = inner.catalog.get(&(kind, name.to_string())) {
+            return Ok(Some(existing.clone()));
+        }
+        inner
+            .catalog
+            .insert((kind, name.to_string()), value.clone());
+        let _ = self
+            .shared
+            .catalog_events
+            .send(CatalogEvent::Put(CatalogEntry {
+                kind,
+                name: name.to_string(),
+                value: value.clone(),
+            }));
+        Ok(None)
+    }
+
+    async fn catalog_delete(&self, kind: CatalogKind, name: &str) -> Result<bool, RegistryError> {
+        let mut inner = self.shared.lock();
+        let existed = inner.catalog.remove(&(kind, name.to_string())).is_some();
+        if existed {
+            let _ = self
+                .shared
+                .catalog_events
+                .send(CatalogEvent::Delete(kind, name.to_string()));
+        }
+        Ok(existed)
+    }
+
+    async fn catalog_list(&self) -> Result<Vec<CatalogEntry>, RegistryError> {
+        Ok(self.shared.lock().catalog_snapshot())
+    }
+
+    async fn watch_catalog(&self) -> Result<CatalogWatch, RegistryError> {
+        let (tx, rx) = mpsc::channel(WATCH_CHANNEL);
+        let weak = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let mut tracker = CatalogTracker::default();
+            'resync: loop {
+                let (snapshot, mut sub) = {
+                    let Some(shared) = weak.upgrade() else {
+                        return;
+                    };
+                    let inner = shared.lock();
+                    (inner.catalog_snapshot(), shared.catalog_events.subscribe())
+                };
+                if !catalog::forward(&tx, tracker.resync(snapshot)).await {
+                    return;
+                }
+                loop {
+                    let event = tokio::select! {
+                        _ = tx.closed() => return,
+                        e = sub.recv() => e,
+                    };
+                    let out = match event {
+                        Ok(CatalogEvent::Put(entry)) => tracker.put(entry),
+                        Ok(CatalogEvent::Delete(kind, name)) => tracker.delete(kind, name),
+                        Ok(CatalogEvent::Synced) => None,
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue 'resync,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    if let Some(e) = out {
+                        if tx.send(e).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(CatalogWatch::new(rx))
     }
 }
 

@@ -15,6 +15,8 @@
 //! /meshd/{cluster}/groups/producer/{group}/{role}:{id} {"role","id"}     (member's lease)
 //! /meshd/{cluster}/groups/consumer/{group}/{role}:{id} {"role","id"}     (member's lease)
 //! /meshd/{cluster}/placement/current                   Placement JSON    (no lease)
+//! /meshd/{cluster}/catalog/topics/{topic}              TopicConfig JSON  (no lease)
+//! /meshd/{cluster}/catalog/subscriptions/{name}        SubscriptionSpec JSON (no lease)
 //! ```
 //!
 //! Variable segments escape `%` as `%25` and `/` as `%2F`.
@@ -35,7 +37,14 @@
 //!   consumer never misses the net effect of a change.
 //! - Placement is one JSON document per cluster with an epoch;
 //!   [`Registry::put_placement_if`] is a compare-and-set on the epoch.
+//! - The catalog ([`catalog`]) holds the topics and subscriptions every node of the
+//!   cluster must have. Entries carry no lease. [`Registry::watch_catalog`] works like
+//!   `watch_members`: a snapshot (topics before subscriptions), `Synced`, then every
+//!   change in order, re-listing after a broken watch. Values are opaque JSON here;
+//!   writers (nodes) validate before they write. [`Registry::catalog_create`] is an
+//!   atomic create-if-absent (subscriptions), [`Registry::catalog_put`] an upsert (topics).
 
+pub mod catalog;
 pub mod etcd;
 pub mod keys;
 mod member;
@@ -52,6 +61,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch as tokio_watch};
 
+pub use catalog::{CatalogEntry, CatalogEvent, CatalogKind, CatalogWatch};
 pub use etcd::{EtcdConfig, EtcdRegistry};
 pub use member::{MemberHandle, MemberState, MemberStatus};
 pub use memory::InProcessRegistry;
@@ -430,6 +440,34 @@ pub trait Registry: Send + Sync {
     async fn watch_placement(
         &self,
     ) -> Result<tokio_watch::Receiver<Option<Placement>>, RegistryError>;
+
+    /// Creates or replaces a catalog entry (no lease). The value is stored as given.
+    async fn catalog_put(
+        &self,
+        kind: CatalogKind,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> Result<(), RegistryError>;
+
+    /// Creates a catalog entry only if there is none: `Ok(None)` when written,
+    /// `Ok(Some(existing))` (nothing written) when the name is taken. Atomic: of two
+    /// racing creators exactly one writes.
+    async fn catalog_create(
+        &self,
+        kind: CatalogKind,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> Result<Option<serde_json::Value>, RegistryError>;
+
+    /// Deletes a catalog entry; `false` when there was none.
+    async fn catalog_delete(&self, kind: CatalogKind, name: &str) -> Result<bool, RegistryError>;
+
+    /// Every catalog entry now: topics first, then subscriptions, each sorted by name.
+    async fn catalog_list(&self) -> Result<Vec<CatalogEntry>, RegistryError>;
+
+    /// Watches the catalog: a snapshot as `Put`s (topics first), then `Synced`, then every
+    /// change in order.
+    async fn watch_catalog(&self) -> Result<CatalogWatch, RegistryError>;
 }
 
 /// Checks the epoch rule of [`Registry::put_placement_if`].

@@ -13,8 +13,8 @@ use tokio::time::{timeout, Instant};
 
 use super::eventually;
 use crate::registry::{
-    LeaseConfig, MemberEvent, MemberGroups, MemberId, MemberInfo, MemberLoad, MemberState,
-    MemberWatch, Placement, Registry, RegistryError, Role,
+    CatalogEvent, CatalogKind, CatalogWatch, LeaseConfig, MemberEvent, MemberGroups, MemberId,
+    MemberInfo, MemberLoad, MemberState, MemberWatch, Placement, Registry, RegistryError, Role,
 };
 
 /// Makes clients of one shared cluster store.
@@ -433,6 +433,94 @@ pub async fn update_info(f: &dyn RegistryFactory) {
     );
 }
 
+async fn next_catalog(w: &mut CatalogWatch) -> CatalogEvent {
+    match timeout(Duration::from_secs(5), w.recv()).await {
+        Ok(Some(e)) => e,
+        Ok(None) => panic!("catalog watch ended"),
+        Err(_) => panic!("no catalog event within 5s"),
+    }
+}
+
+/// Catalog entries written by one client are listed and watched by another: snapshot
+/// (topics first), `Synced`, then puts and deletes in order; deleting twice reports
+/// `false` the second time; catalog keys are not members.
+pub async fn catalog_put_list_delete_watch(f: &dyn RegistryFactory) {
+    let a = f.client().await;
+    let b = f.client().await;
+    let sub = serde_json::json!({"name": "s/1", "topic": "t1"});
+    a.catalog_put(CatalogKind::Subscription, "s/1", &sub)
+        .await
+        .expect("put sub");
+    a.catalog_put(
+        CatalogKind::Topic,
+        "t1",
+        &serde_json::json!({"partitions": 2}),
+    )
+    .await
+    .expect("put topic");
+    let listed = b.catalog_list().await.expect("list");
+    let names: Vec<(CatalogKind, &str)> =
+        listed.iter().map(|e| (e.kind, e.name.as_str())).collect();
+    assert_eq!(
+        names,
+        vec![
+            (CatalogKind::Topic, "t1"),
+            (CatalogKind::Subscription, "s/1")
+        ]
+    );
+    assert_eq!(listed[1].value, sub);
+    let mut w = b.watch_catalog().await.expect("watch");
+    match next_catalog(&mut w).await {
+        CatalogEvent::Put(e) => assert_eq!((e.kind, e.name.as_str()), (CatalogKind::Topic, "t1")),
+        other => panic!("expected the topic first, got {other:?}"),
+    }
+    match next_catalog(&mut w).await {
+        CatalogEvent::Put(e) => assert_eq!(e.kind, CatalogKind::Subscription),
+        other => panic!("expected the subscription, got {other:?}"),
+    }
+    assert_eq!(next_catalog(&mut w).await, CatalogEvent::Synced);
+    let sub2 = serde_json::json!({"name": "s/1", "topic": "t1", "group": "g"});
+    a.catalog_put(CatalogKind::Subscription, "s/1", &sub2)
+        .await
+        .expect("replace");
+    match next_catalog(&mut w).await {
+        CatalogEvent::Put(e) => assert_eq!(e.value, sub2),
+        other => panic!("expected the new spec, got {other:?}"),
+    }
+    assert!(a
+        .catalog_delete(CatalogKind::Subscription, "s/1")
+        .await
+        .expect("delete"));
+    assert!(!a
+        .catalog_delete(CatalogKind::Subscription, "s/1")
+        .await
+        .expect("delete again"));
+    assert_eq!(
+        next_catalog(&mut w).await,
+        CatalogEvent::Delete(CatalogKind::Subscription, "s/1".into())
+    );
+    assert!(b.list_members().await.expect("members").is_empty());
+    assert_eq!(b.catalog_list().await.expect("list").len(), 1);
+    // Create-if-absent: the first writes, the second gets the existing value.
+    let first = serde_json::json!({"name": "c", "v": 1});
+    assert_eq!(
+        a.catalog_create(CatalogKind::Subscription, "c", &first)
+            .await
+            .expect("create"),
+        None
+    );
+    assert_eq!(
+        b.catalog_create(CatalogKind::Subscription, "c", &serde_json::json!({"v": 2}))
+            .await
+            .expect("create again"),
+        Some(first.clone())
+    );
+    match next_catalog(&mut w).await {
+        CatalogEvent::Put(e) => assert_eq!(e.value, first),
+        other => panic!("expected the created entry, got {other:?}"),
+    }
+}
+
 /// Expands to one `#[tokio::test]` per conformance case. `$make` is an expression
 /// evaluating to a future of a fresh [`RegistryFactory`] (evaluated once per test).
 #[macro_export]
@@ -447,7 +535,8 @@ macro_rules! registry_conformance_tests {
             watch_has_no_gap,
             placement_compare_and_set,
             placement_watch,
-            update_info
+            update_info,
+            catalog_put_list_delete_watch
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

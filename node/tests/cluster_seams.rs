@@ -1,0 +1,165 @@
+//! The node's cluster seams in process: the placement gate starts and stops delivery of a
+//! group, pull on a group placed elsewhere is refused, a gated subscription pins its start
+//! cursor at creation, and admin changes go to the catalog only after validation (bad
+//! input and an unavailable catalog change nothing).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use meshd_core::api::{SubscriptionSpec, TopicConfig};
+use meshd_node::server::{CatalogSink, Node, NodeConfig, NodeError};
+
+#[derive(Default)]
+struct FakeCatalog {
+    writes: Mutex<Vec<String>>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl FakeCatalog {
+    fn write(&self, what: String) -> Result<(), String> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("etcd unreachable".into());
+        }
+        self.writes.lock().expect("lock").push(what);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CatalogSink for FakeCatalog {
+    async fn put_topic(&self, name: &str, _: &TopicConfig) -> Result<(), String> {
+        self.write(format!("put topic {name}"))
+    }
+    async fn delete_topic(&self, name: &str) -> Result<(), String> {
+        self.write(format!("delete topic {name}"))
+    }
+    async fn create_subscription(
+        &self,
+        spec: &SubscriptionSpec,
+    ) -> Result<Option<SubscriptionSpec>, String> {
+        self.write(format!("put sub {}", spec.name)).map(|_| None)
+    }
+    async fn delete_subscription(&self, name: &str) -> Result<(), String> {
+        self.write(format!("delete sub {name}"))
+    }
+}
+
+fn spec(json: serde_json::Value) -> SubscriptionSpec {
+    serde_json::from_value(json).expect("spec")
+}
+
+#[tokio::test]
+async fn the_gate_and_the_catalog_seams() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = NodeConfig::new(dir.path());
+    cfg.placement_gated = true;
+    let node = Node::open(cfg).await.expect("open");
+    let catalog = Arc::new(FakeCatalog::default());
+    node.set_catalog(catalog.clone());
+
+    assert!(node
+        .admin_create_topic("orders", TopicConfig::default())
+        .await
+        .expect("topic"));
+    // Events before the subscription exists are not part of it (start: latest).
+    node.store
+        .append(
+            "orders",
+            vec![meshd_node::store::AppendRecord {
+                partition: 0,
+                timestamp_ms: 1,
+                payload: bytes::Bytes::from_static(b"x"),
+            }],
+        )
+        .await
+        .expect("append");
+    let (created, _) = node
+        .admin_create_subscription(spec(serde_json::json!({
+            "name": "billing", "topic": "orders", "group": "bg", "sink": {"pull": {}}
+        })))
+        .await
+        .expect("subscription");
+    assert!(created);
+    assert_eq!(
+        *catalog.writes.lock().expect("lock"),
+        vec![
+            "put topic orders".to_string(),
+            "put sub billing".to_string()
+        ]
+    );
+    // Gated and not placed here: nothing runs, pull is refused, the start is pinned.
+    assert!(node.delivery.running().await.is_empty());
+    assert!(matches!(
+        node.check_served("billing"),
+        Err(NodeError::NotPlacedHere { .. })
+    ));
+    assert_eq!(
+        node.store
+            .committed_offset("billing", "orders", 0)
+            .await
+            .expect("offset"),
+        Some(1)
+    );
+    assert_eq!(node.consumer_groups(), ["bg".to_string()].into());
+
+    node.set_owned_groups(Some(["bg".to_string()].into())).await;
+    assert_eq!(node.delivery.running().await, vec!["billing".to_string()]);
+    assert!(node.check_served("billing").is_ok());
+    node.set_owned_groups(Some(BTreeSet::new())).await;
+    assert!(node.delivery.running().await.is_empty());
+    node.set_owned_groups(None).await;
+    assert_eq!(node.delivery.running().await, vec!["billing".to_string()]);
+
+    // Bad input: refused before the catalog; catalog down: 503-class error, nothing local.
+    let before = catalog.writes.lock().expect("lock").len();
+    let bad = node
+        .admin_create_subscription(spec(serde_json::json!({
+            "name": "bad", "topic": "orders", "sink": {"webhook": {"url": "nope"}}
+        })))
+        .await;
+    assert!(matches!(bad, Err(NodeError::Invalid(_))), "{bad:?}");
+    let missing = node
+        .admin_create_subscription(spec(serde_json::json!({
+            "name": "ghost", "topic": "nope", "sink": {"pull": {}}
+        })))
+        .await;
+    assert!(matches!(missing, Err(NodeError::TopicNotFound { .. })));
+    assert_eq!(catalog.writes.lock().expect("lock").len(), before);
+    catalog
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let down = node
+        .admin_create_subscription(spec(serde_json::json!({
+            "name": "audit", "topic": "orders", "sink": {"pull": {}}
+        })))
+        .await;
+    assert!(matches!(down, Err(NodeError::CatalogUnavailable(_))));
+    assert!(
+        node.subscription("audit").is_err(),
+        "nothing created locally"
+    );
+    assert!(matches!(
+        node.admin_delete_subscription("billing").await,
+        Err(NodeError::CatalogUnavailable(_))
+    ));
+    assert!(
+        node.subscription("billing").is_ok(),
+        "nothing deleted locally"
+    );
+
+    // Applying what the catalog holds is idempotent.
+    catalog
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let s = node.subscription("billing").expect("spec");
+    node.apply_subscription(s.clone()).await.expect("same spec");
+    node.apply_topic("orders", TopicConfig::default())
+        .await
+        .expect("same topic");
+    let mut changed = s.clone();
+    changed.group = "other".into();
+    node.apply_subscription(changed).await.expect("replaced");
+    assert_eq!(node.subscription("billing").expect("spec").group, "other");
+    node.shutdown().await;
+}

@@ -1,0 +1,554 @@
+//! `meshd cluster up --config cluster.toml`: one region as separate processes on this
+//! machine: etcd (spawned, or given endpoints), the scheduler's Raft members, the runtime
+//! nodes and the proxies, each a child process of this one with its own data directory,
+//! port and log file (`DATA/logs/ROLE-ID.log`). Prints each role's line as the roles do
+//! themselves (`cluster NAME node ID http://...`, `cluster NAME proxy ID http://...`,
+//! `cluster NAME scheduler ID http://...`) plus `child ROLE ID pid N` lines, then
+//! `cluster NAME up`. SIGTERM / Ctrl-C stops the children (proxies, nodes, schedulers,
+//! etcd, in that order; SIGTERM, then SIGKILL after a grace period).
+//!
+//! The config file is checked completely before anything starts: unknown keys, missing
+//! fields, zero counts, bad values and port clashes are reported together.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// `meshd cluster ...`
+#[derive(clap::Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    command: ClusterCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum ClusterCommand {
+    /// Run a region (etcd, schedulers, nodes, proxies) as child processes until SIGTERM.
+    Up {
+        /// The region's config file (TOML; see docs/operations.md).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check a config file without starting anything.
+    Check {
+        /// The region's config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// A region's config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Cluster name (the registry key prefix).
+    pub name: String,
+    /// Where every role keeps its data and logs.
+    pub data_dir: PathBuf,
+    /// Address the roles listen on.
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// The registry.
+    pub etcd: EtcdSection,
+    /// The scheduler's Raft group.
+    pub scheduler: SchedulerSection,
+    /// The runtime nodes.
+    pub nodes: NodesSection,
+    /// The proxies.
+    pub proxies: ProxiesSection,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+
+/// `[etcd]`: spawn one, or use given endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSection {
+    /// Run etcd-server as a child process.
+    pub spawn: bool,
+    /// The etcd binary (with `spawn`).
+    #[serde(default = "default_etcd")]
+    pub binary: PathBuf,
+    /// Client port of the spawned etcd (0: a free port).
+    #[serde(default)]
+    pub client_port: u16,
+    /// Peer port of the spawned etcd (0: a free port).
+    #[serde(default)]
+    pub peer_port: u16,
+    /// `host:port` endpoints of an existing etcd (without `spawn`).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+fn default_etcd() -> PathBuf {
+    PathBuf::from("etcd")
+}
+
+/// `[scheduler]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSection {
+    /// Raft members (3 recommended).
+    pub members: u16,
+    /// Member `i` (1-based) listens on `base_port + i - 1` (0: free ports).
+    #[serde(default)]
+    pub base_port: u16,
+}
+
+/// `[nodes]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodesSection {
+    /// How many runtime nodes (`node-1` ...).
+    pub count: u16,
+    /// Node `i` listens on `base_port + i - 1` (0: free ports).
+    #[serde(default)]
+    pub base_port: u16,
+    /// `embedded` (a log per node) or `pulsar://host:port` (shared).
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// Registry lease TTL of each node.
+    #[serde(default = "default_ttl")]
+    pub lease_ttl: String,
+}
+
+fn default_store() -> String {
+    "embedded".into()
+}
+
+fn default_ttl() -> String {
+    "5s".into()
+}
+
+/// `[proxies]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxiesSection {
+    /// How many proxies (`proxy-1` ...); 0 is allowed.
+    pub count: u16,
+    /// Proxy `i` listens on `base_port + i - 1` (0: free ports).
+    #[serde(default)]
+    pub base_port: u16,
+    /// Token file (see `meshd proxy token`); required unless `no_auth`.
+    #[serde(default)]
+    pub tokens: Option<PathBuf>,
+    /// Serve without authentication (development only).
+    #[serde(default)]
+    pub no_auth: bool,
+}
+
+impl ClusterConfig {
+    /// Reads and checks a config file; every problem is reported at once.
+    pub fn load(path: &Path) -> anyhow::Result<ClusterConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: ClusterConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        cfg.validate()
+            .map_err(|problems| anyhow::anyhow!("{}: {}", path.display(), problems.join("; ")))?;
+        Ok(cfg)
+    }
+
+    /// Checks values and port clashes.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut p = Vec::new();
+        if meshd_core::api::check_name("cluster", &self.name).is_err() || self.name.is_empty() {
+            p.push(format!("name {:?} is not a valid cluster name", self.name));
+        }
+        if self.scheduler.members == 0 {
+            p.push("scheduler.members must be at least 1".into());
+        }
+        if self.nodes.count == 0 {
+            p.push("nodes.count must be at least 1".into());
+        }
+        if let Err(e) = crate::node_cluster::parse_duration(&self.nodes.lease_ttl) {
+            p.push(format!("nodes.lease_ttl: {e}"));
+        }
+        if let Err(e) = self.nodes.store.parse::<meshd_node::server::StoreKind>() {
+            p.push(format!("nodes.store: {e}"));
+        }
+        if self.proxies.count > 0 && !self.proxies.no_auth && self.proxies.tokens.is_none() {
+            p.push("proxies: give tokens = \"FILE\" or no_auth = true".into());
+        }
+        if self.etcd.spawn && !self.etcd.endpoints.is_empty() {
+            p.push("etcd: give spawn = true or endpoints, not both".into());
+        }
+        if !self.etcd.spawn && self.etcd.endpoints.is_empty() {
+            p.push("etcd: spawn = false needs endpoints = [\"host:port\", ...]".into());
+        }
+        for e in &self.etcd.endpoints {
+            if e.contains("://") || !e.contains(':') {
+                p.push(format!("etcd.endpoints: {e:?} is not host:port"));
+            }
+        }
+        // Port clashes among fixed ports.
+        let mut used: BTreeMap<u32, String> = BTreeMap::new();
+        let mut claim = |port: u32, what: String, p: &mut Vec<String>| {
+            if port == 0 {
+                return;
+            }
+            if port > u32::from(u16::MAX) {
+                p.push(format!("{what}: port {port} is out of range"));
+            } else if let Some(other) = used.get(&port) {
+                p.push(format!("port {port} is used by both {other} and {what}"));
+            } else {
+                used.insert(port, what);
+            }
+        };
+        if self.etcd.spawn {
+            claim(self.etcd.client_port.into(), "etcd client".into(), &mut p);
+            claim(self.etcd.peer_port.into(), "etcd peer".into(), &mut p);
+        }
+        let ranges = [
+            (
+                "scheduler",
+                self.scheduler.base_port,
+                self.scheduler.members,
+            ),
+            ("node", self.nodes.base_port, self.nodes.count),
+            ("proxy", self.proxies.base_port, self.proxies.count),
+        ];
+        for (role, base, n) in ranges {
+            if base == 0 {
+                continue;
+            }
+            for i in 0..u32::from(n) {
+                claim(u32::from(base) + i, format!("{role} {}", i + 1), &mut p);
+            }
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(p)
+        }
+    }
+}
+
+fn port_of(base: u16, i: u16) -> anyhow::Result<u16> {
+    if base == 0 {
+        return free_port();
+    }
+    base.checked_add(i)
+        .with_context(|| format!("port {base} + {i} is out of range"))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// One child process.
+struct Proc {
+    role: &'static str,
+    id: String,
+    child: Child,
+}
+
+/// The running children; stopped in reverse start order.
+#[derive(Default)]
+struct Procs(Vec<Proc>);
+
+impl Procs {
+    async fn stop_all(&mut self) {
+        while let Some(mut p) = self.0.pop() {
+            if let Some(pid) = p.child.id() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await;
+            }
+            match tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!(role = p.role, id = %p.id, "did not stop within 10s; killing");
+                    let _ = p.child.kill().await;
+                }
+            }
+        }
+    }
+}
+
+fn log_file(dir: &Path, role: &str, id: &str) -> anyhow::Result<std::fs::File> {
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let path = logs.join(format!("{role}-{id}.log"));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+/// Spawns `program args`; when `wait_url` waits for its `http://` line and prints it.
+async fn spawn(
+    procs: &mut Procs,
+    dir: &Path,
+    role: &'static str,
+    id: &str,
+    program: &Path,
+    args: &[String],
+    wait_url: bool,
+) -> anyhow::Result<()> {
+    let log = log_file(dir, role, id)?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true);
+    cmd.stdout(if wait_url {
+        Stdio::piped()
+    } else {
+        Stdio::from(log_file(dir, role, id)?)
+    });
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {role} {id} ({})", program.display()))?;
+    let pid = child.id().unwrap_or(0);
+    if wait_url {
+        let Some(out) = child.stdout.take() else {
+            bail!("{role} {id}: no stdout");
+        };
+        let mut lines = BufReader::new(out).lines();
+        let found = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("cluster ") && line.contains("http://") {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => {
+                println!("{line}");
+                // Keep draining stdout so the child never blocks on a full pipe.
+                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            }
+            _ => {
+                let _ = child.kill().await;
+                bail!(
+                    "{role} {id} did not start (see {}/logs/{role}-{id}.log)",
+                    dir.display()
+                );
+            }
+        }
+    }
+    println!("child {role} {id} pid {pid}");
+    procs.0.push(Proc {
+        role,
+        id: id.to_string(),
+        child,
+    });
+    Ok(())
+}
+
+async fn wait_etcd(endpoints: &[String], cluster: &str) -> anyhow::Result<()> {
+    use meshd_scheduler::registry::{EtcdConfig, EtcdRegistry, Registry};
+    let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(reg) = EtcdRegistry::connect(EtcdConfig::new(urls.clone(), cluster)).await {
+            if reg.list_members().await.is_ok() {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("etcd at {endpoints:?} did not answer within 30s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn start_all(cfg: &ClusterConfig, procs: &mut Procs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the meshd binary")?;
+    let dir = &cfg.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let host = &cfg.host;
+    let endpoints = if cfg.etcd.spawn {
+        let client = format!("{host}:{}", port_of(cfg.etcd.client_port, 0)?);
+        let peer = format!("http://{host}:{}", port_of(cfg.etcd.peer_port, 0)?);
+        let args = vec![
+            "--name=default".to_string(),
+            format!("--data-dir={}", dir.join("etcd").display()),
+            format!("--listen-client-urls=http://{client}"),
+            format!("--advertise-client-urls=http://{client}"),
+            format!("--listen-peer-urls={peer}"),
+            format!("--initial-advertise-peer-urls={peer}"),
+            format!("--initial-cluster=default={peer}"),
+        ];
+        spawn(procs, dir, "etcd", "1", &cfg.etcd.binary, &args, false).await?;
+        vec![client]
+    } else {
+        cfg.etcd.endpoints.clone()
+    };
+    wait_etcd(&endpoints, &cfg.name).await?;
+    println!("cluster {} etcd {}", cfg.name, endpoints.join(","));
+    let registry = format!("etcd://{}", endpoints.join(","));
+
+    let peers: Vec<(u16, String)> = (0..cfg.scheduler.members)
+        .map(|i| {
+            Ok((
+                i + 1,
+                format!("{host}:{}", port_of(cfg.scheduler.base_port, i)?),
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let peer_arg = peers
+        .iter()
+        .map(|(id, a)| format!("{id}={a}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (id, addr) in &peers {
+        let args = vec![
+            "scheduler".to_string(),
+            format!("--id={id}"),
+            format!("--listen={addr}"),
+            format!("--peers={peer_arg}"),
+            format!(
+                "--data-dir={}",
+                dir.join(format!("scheduler-{id}")).display()
+            ),
+            format!("--cluster={}", cfg.name),
+            format!("--registry={registry}"),
+        ];
+        spawn(procs, dir, "scheduler", &id.to_string(), &exe, &args, true).await?;
+    }
+    for i in 0..cfg.nodes.count {
+        let id = format!("node-{}", i + 1);
+        let args = vec![
+            "node".to_string(),
+            format!("--listen={host}:{}", port_of(cfg.nodes.base_port, i)?),
+            format!("--data-dir={}", dir.join(&id).display()),
+            format!("--cluster={}", cfg.name),
+            format!("--node-id={id}"),
+            format!("--registry={registry}"),
+            format!("--lease-ttl={}", cfg.nodes.lease_ttl),
+            format!("--store={}", cfg.nodes.store),
+        ];
+        spawn(procs, dir, "node", &id, &exe, &args, true).await?;
+    }
+    for i in 0..cfg.proxies.count {
+        let id = format!("proxy-{}", i + 1);
+        let mut args = vec![
+            "proxy".to_string(),
+            format!("--listen={host}:{}", port_of(cfg.proxies.base_port, i)?),
+            format!("--cluster={}", cfg.name),
+            format!("--proxy-id={id}"),
+            format!("--registry={registry}"),
+        ];
+        if cfg.proxies.no_auth {
+            args.push("--no-auth".into());
+        }
+        if let Some(t) = &cfg.proxies.tokens {
+            args.push(format!("--tokens={}", t.display()));
+        }
+        spawn(procs, dir, "proxy", &id, &exe, &args, true).await?;
+    }
+    Ok(())
+}
+
+/// Runs `meshd cluster`.
+pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
+    match args.command {
+        ClusterCommand::Check { config } => {
+            let cfg = ClusterConfig::load(&config)?;
+            println!(
+                "{}: cluster {} with {} scheduler members, {} nodes, {} proxies",
+                config.display(),
+                cfg.name,
+                cfg.scheduler.members,
+                cfg.nodes.count,
+                cfg.proxies.count
+            );
+            Ok(())
+        }
+        ClusterCommand::Up { config } => {
+            let cfg = ClusterConfig::load(&config)?;
+            let mut procs = Procs::default();
+            let started = tokio::select! {
+                r = start_all(&cfg, &mut procs) => r,
+                _ = crate::shutdown_signal() => Err(anyhow::anyhow!("interrupted while starting")),
+            };
+            if let Err(e) = started {
+                procs.stop_all().await;
+                return Err(e);
+            }
+            println!("cluster {} up", cfg.name);
+            crate::shutdown_signal().await;
+            procs.stop_all().await;
+            println!("cluster {} down", cfg.name);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "region-1"
+data_dir = "/tmp/r1"
+[etcd]
+spawn = true
+client_port = 2379
+peer_port = 2380
+[scheduler]
+members = 3
+base_port = 7800
+[nodes]
+count = 3
+base_port = 7700
+lease_ttl = "2s"
+[proxies]
+count = 2
+base_port = 7600
+no_auth = true
+"#;
+
+    fn parse(s: &str) -> Result<ClusterConfig, String> {
+        let cfg: ClusterConfig = toml::from_str(s).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|p| p.join("; "))?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn the_documented_region_parses() {
+        let cfg = parse(GOOD).expect("valid");
+        assert_eq!(cfg.nodes.count, 3);
+        assert_eq!(cfg.nodes.store, "embedded");
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_reasons() {
+        let unknown = GOOD.replace("count = 3", "count = 3\nreplicas = 2");
+        assert!(parse(&unknown).unwrap_err().contains("replicas"));
+        let missing = GOOD.replace("members = 3\n", "");
+        assert!(parse(&missing).unwrap_err().contains("members"));
+        let zero = GOOD.replace("count = 3", "count = 0");
+        assert!(parse(&zero).unwrap_err().contains("nodes.count"));
+        let clash = GOOD.replace("base_port = 7600", "base_port = 7702");
+        let e = parse(&clash).unwrap_err();
+        assert!(
+            e.contains("port 7702 is used by both node 3 and proxy 1"),
+            "{e}"
+        );
+        let etcd_clash = GOOD.replace("client_port = 2379", "client_port = 7801");
+        assert!(parse(&etcd_clash).unwrap_err().contains("7801"));
+        let ttl = GOOD.replace("\"2s\"", "\"soon\"");
+        assert!(parse(&ttl).unwrap_err().contains("lease_ttl"));
+        let store = GOOD.replace("lease_ttl", "store = \"kafka://x\"\nlease_ttl");
+        assert!(parse(&store).unwrap_err().contains("nodes.store"));
+        let auth = GOOD.replace("no_auth = true", "");
+        assert!(parse(&auth).unwrap_err().contains("no_auth"));
+    }
+}

@@ -1,0 +1,429 @@
+//! `meshd node --registry ...`: a runtime node as a member of a cluster. Wires the node's
+//! cluster seams (meshd-node knows nothing of the registry) to a [`Registry`]:
+//!
+//! - membership: registers the node (role `node`, its HTTP URL) under a lease kept alive
+//!   in the background, re-registered after a registry outage (the node keeps serving
+//!   publishes meanwhile), revoked on clean shutdown;
+//! - reports: consumer groups (its subscriptions' groups) and producer groups (seen in the
+//!   proxy's `meshd-producer-group` header within [`PRODUCER_GROUP_IDLE`]) as soon as they
+//!   change, and load (events/s accepted, running deliveries) every [`LOAD_PERIOD`];
+//! - the shared catalog: admin changes go to the registry's catalog (see
+//!   [`RegistryCatalog`]); the catalog is watched and applied to the local node;
+//! - placement with epoch fencing: the node delivers a consumer group only while the
+//!   newest placement it has seen (epochs never go back) assigns the group to it and its
+//!   lease is not lost. Losing the lease (no renewal acknowledged for a whole TTL) stops
+//!   every group at once, so two nodes never deliver one group for longer than about one
+//!   lease TTL. This holds for CLUSTERING and BROADCASTING groups alike: a BROADCASTING
+//!   subscription is run by the one node placement names, which fans each event out to
+//!   every member of the group.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use meshd_core::api::{SubscriptionSpec, TopicConfig};
+use meshd_node::server::{CatalogSink, Node};
+use meshd_scheduler::registry::{
+    CatalogEvent, CatalogKind, LeaseConfig, MemberGroups, MemberHandle, MemberInfo, MemberLoad,
+    MemberState, MemberStatus, Placement, Registry, Role,
+};
+use tokio::sync::watch;
+
+/// How often group changes are looked for.
+const GROUP_CHECK: Duration = Duration::from_millis(200);
+/// How often load is written to the registry.
+pub const LOAD_PERIOD: Duration = Duration::from_secs(5);
+/// A producer group not seen for this long is no longer reported.
+pub const PRODUCER_GROUP_IDLE: Duration = Duration::from_secs(60);
+/// Retry period of catalog entries that could not be applied yet.
+const CATALOG_RETRY: Duration = Duration::from_secs(1);
+
+/// Parses a duration: `2s`, `1500ms`, `0.5s`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(ms) = t.strip_suffix("ms") {
+        (ms, 0.001)
+    } else if let Some(secs) = t.strip_suffix('s') {
+        (secs, 1.0)
+    } else {
+        (t, 1.0)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v * scale < 86_400.0 => {
+            Ok(Duration::from_secs_f64(v * scale))
+        }
+        _ => Err(format!("`{s}` is not a positive duration like 2s or 500ms")),
+    }
+}
+
+/// The catalog of a cluster over its registry, as the node writes it.
+pub struct RegistryCatalog(pub Arc<dyn Registry>);
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, String> {
+    serde_json::to_value(v).map_err(|e| e.to_string())
+}
+
+#[async_trait::async_trait]
+impl CatalogSink for RegistryCatalog {
+    async fn put_topic(&self, name: &str, config: &TopicConfig) -> Result<(), String> {
+        self.0
+            .catalog_put(CatalogKind::Topic, name, &to_value(config)?)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<(), String> {
+        self.0
+            .catalog_delete(CatalogKind::Topic, name)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn create_subscription(
+        &self,
+        spec: &SubscriptionSpec,
+    ) -> Result<Option<SubscriptionSpec>, String> {
+        let existing = self
+            .0
+            .catalog_create(CatalogKind::Subscription, &spec.name, &to_value(spec)?)
+            .await
+            .map_err(|e| e.to_string())?;
+        match existing {
+            None => Ok(None),
+            // Unreadable or vanished: report it as taken by something else (a conflict).
+            Some(v) => Ok(Some(serde_json::from_value(v).unwrap_or_else(|_| {
+                let mut other = spec.clone();
+                other.topic = String::new();
+                other
+            }))),
+        }
+    }
+
+    async fn delete_subscription(&self, name: &str) -> Result<(), String> {
+        self.0
+            .catalog_delete(CatalogKind::Subscription, name)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A node's membership in its cluster; [`ClusterMember::leave`] on clean shutdown.
+pub struct ClusterMember {
+    handle: tokio::sync::Mutex<Option<MemberHandle>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    node: Arc<Node>,
+}
+
+impl ClusterMember {
+    /// Registers `node` (reachable at `url`) and starts reporting, the catalog sync and
+    /// placement obedience. The node must have been opened with `placement_gated`.
+    pub async fn join(
+        node: Arc<Node>,
+        registry: Arc<dyn Registry>,
+        url: &str,
+        lease: LeaseConfig,
+    ) -> anyhow::Result<Arc<ClusterMember>> {
+        node.set_catalog(Arc::new(RegistryCatalog(registry.clone())));
+        let mut info = MemberInfo::new(Role::Node, node.config.node_id.clone(), url);
+        info.groups = groups_of(&node);
+        let handle = registry
+            .register(info.clone(), lease)
+            .await
+            .context("registering the node in the registry")?;
+        let placement = registry
+            .watch_placement()
+            .await
+            .context("watching the placement")?;
+        let tasks = vec![
+            tokio::spawn(obey_placement(
+                node.clone(),
+                registry.clone(),
+                placement,
+                handle.status(),
+            )),
+            tokio::spawn(sync_catalog(node.clone(), registry.clone())),
+        ];
+        let member = Arc::new(ClusterMember {
+            handle: tokio::sync::Mutex::new(Some(handle)),
+            tasks,
+            node,
+        });
+        let me = member.clone();
+        tokio::spawn(async move { me.report(info).await });
+        Ok(member)
+    }
+
+    async fn report(&self, mut info: MemberInfo) {
+        let mut tick = tokio::time::interval(GROUP_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_load = Instant::now();
+        let mut last_published = self.node.published_total();
+        loop {
+            tick.tick().await;
+            let groups = groups_of(&self.node);
+            let load_due = last_load.elapsed() >= LOAD_PERIOD;
+            if groups == info.groups && !load_due {
+                continue;
+            }
+            if load_due {
+                let published = self.node.published_total();
+                let secs = last_load.elapsed().as_secs_f64().max(0.001);
+                info.load = MemberLoad {
+                    events_per_sec: (published.saturating_sub(last_published)) as f64 / secs,
+                    connections: self.node.serving_count().await as u64,
+                };
+                last_published = published;
+                last_load = Instant::now();
+            }
+            info.groups = groups;
+            let guard = self.handle.lock().await;
+            let Some(h) = guard.as_ref() else { return };
+            if let Err(e) = h.update(info.clone()).await {
+                // Kept by the member task and written on re-registration.
+                tracing::debug!("reporting to the registry: {e}");
+            }
+        }
+    }
+
+    /// Clean shutdown: stops delivering (progress committed) and revokes the lease, so
+    /// the node leaves the registry at once and its groups move.
+    pub async fn leave(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.node.set_owned_groups(Some(BTreeSet::new())).await;
+        if let Some(h) = self.handle.lock().await.take() {
+            match h.deregister().await {
+                Ok(()) => tracing::info!("left the cluster (lease revoked)"),
+                Err(e) => tracing::warn!("revoking the lease: {e}"),
+            }
+        }
+    }
+}
+
+/// What the node reports: its subscriptions' groups and the producer groups seen lately.
+fn groups_of(node: &Node) -> MemberGroups {
+    MemberGroups {
+        producer: node.producer_groups(PRODUCER_GROUP_IDLE),
+        consumer: node.consumer_groups(),
+    }
+}
+
+/// The groups `placement` gives to `node_id`.
+pub fn owned_by(placement: Option<&Placement>, node_id: &str) -> BTreeSet<String> {
+    placement
+        .map(|p| {
+            p.consumer_groups
+                .iter()
+                .filter(|(_, n)| n.as_str() == node_id)
+                .map(|(g, _)| g.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a registration state allows delivering: the lease is held, or renewals are
+/// failing for less than a TTL (the lease may still be alive on the server).
+fn session_alive(status: &MemberStatus) -> bool {
+    matches!(
+        status.state,
+        MemberState::Registered | MemberState::Unreachable
+    )
+}
+
+/// Follows placement and the registration state; sets the node's owned groups.
+async fn obey_placement(
+    node: Arc<Node>,
+    registry: Arc<dyn Registry>,
+    mut placement: watch::Receiver<Option<Placement>>,
+    mut status: watch::Receiver<MemberStatus>,
+) {
+    let me = node.config.node_id.clone();
+    // The newest placement seen; an older epoch never replaces it (fencing).
+    let mut current: Option<Placement> = None;
+    let mut owned: Option<BTreeSet<String>> = None;
+    let mut was_alive = true;
+    loop {
+        let seen = placement.borrow_and_update().clone();
+        if let Some(p) = seen {
+            if current.as_ref().is_none_or(|c| p.epoch >= c.epoch) {
+                current = Some(p);
+            } else {
+                tracing::warn!(
+                    epoch = p.epoch,
+                    "ignoring a placement older than one already seen"
+                );
+            }
+        }
+        let st = status.borrow_and_update().clone();
+        let alive = session_alive(&st);
+        if alive && !was_alive {
+            // Back from a lost session: the watch may lag; read the placement afresh
+            // before delivering anything.
+            match registry.get_placement().await {
+                Ok(Some(p)) if current.as_ref().is_none_or(|c| p.epoch >= c.epoch) => {
+                    current = Some(p)
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("re-reading the placement after re-registering: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+        }
+        was_alive = alive;
+        let want = if alive {
+            owned_by(current.as_ref(), &me)
+        } else {
+            BTreeSet::new()
+        };
+        if owned.as_ref() != Some(&want) {
+            tracing::info!(
+                node = %me,
+                epoch = current.as_ref().map(|p| p.epoch),
+                session = ?st.state,
+                groups = ?want,
+                "consumer groups placed here"
+            );
+            node.set_owned_groups(Some(want.clone())).await;
+            owned = Some(want);
+        }
+        tokio::select! {
+            r = placement.changed() => if r.is_err() {
+                tracing::warn!("placement watch ended; delivering nothing");
+                node.set_owned_groups(Some(BTreeSet::new())).await;
+                return;
+            },
+            r = status.changed() => if r.is_err() {
+                node.set_owned_groups(Some(BTreeSet::new())).await;
+                return;
+            },
+        }
+    }
+}
+
+type CatalogKey = (CatalogKind, String);
+
+/// Applies one catalog entry to the node.
+async fn apply(
+    node: &Node,
+    kind: CatalogKind,
+    name: &str,
+    value: &serde_json::Value,
+) -> Result<(), String> {
+    match kind {
+        CatalogKind::Topic => {
+            let cfg: TopicConfig =
+                serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+            node.apply_topic(name, cfg).await.map_err(|e| e.to_string())
+        }
+        CatalogKind::Subscription => {
+            let spec: SubscriptionSpec =
+                serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+            node.apply_subscription(spec)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+async fn remove(node: &Node, kind: CatalogKind, name: &str) {
+    let r = match kind {
+        CatalogKind::Topic => node.delete_topic(name).await,
+        CatalogKind::Subscription => node.delete_subscription(name).await,
+    };
+    match r {
+        Ok(()) => {}
+        Err(meshd_node::server::NodeError::TopicNotFound { .. })
+        | Err(meshd_node::server::NodeError::SubscriptionNotFound { .. }) => {}
+        Err(e) => tracing::warn!(?kind, name, "applying a catalog delete: {e}"),
+    }
+}
+
+/// Applies pending entries, topics first; keeps the ones that failed.
+async fn apply_pending(node: &Node, pending: &mut BTreeMap<CatalogKey, serde_json::Value>) {
+    let entries: Vec<(CatalogKey, serde_json::Value)> =
+        std::mem::take(pending).into_iter().collect();
+    for ((kind, name), value) in entries {
+        if let Err(e) = apply(node, kind, &name, &value).await {
+            tracing::warn!(?kind, name, "catalog entry not applied yet: {e}");
+            pending.insert((kind, name), value);
+        }
+    }
+}
+
+/// Watches the catalog and applies it to the node (idempotent; a node started later
+/// catches up from the snapshot). Entries that cannot be applied yet are retried.
+async fn sync_catalog(node: Arc<Node>, registry: Arc<dyn Registry>) {
+    loop {
+        let mut w = match registry.watch_catalog().await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("watching the catalog: {e}");
+                tokio::time::sleep(CATALOG_RETRY).await;
+                continue;
+            }
+        };
+        let mut pending: BTreeMap<CatalogKey, serde_json::Value> = BTreeMap::new();
+        let mut synced = false;
+        let mut retry = tokio::time::interval(CATALOG_RETRY);
+        loop {
+            tokio::select! {
+                ev = w.recv() => match ev {
+                    Some(CatalogEvent::Put(e)) => {
+                        pending.insert((e.kind, e.name), e.value);
+                    }
+                    Some(CatalogEvent::Delete(kind, name)) => {
+                        pending.remove(&(kind, name.clone()));
+                        if synced {
+                            remove(&node, kind, &name).await;
+                        }
+                    }
+                    Some(CatalogEvent::Synced) => synced = true,
+                    None => break,
+                },
+                _ = retry.tick() => {}
+            }
+            if synced && !pending.is_empty() {
+                apply_pending(&node, &mut pending).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        for bad in ["", "0s", "-1s", "x", "1h", "nanms"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn owned_groups_follow_the_placement() {
+        let p = Placement {
+            epoch: 3,
+            producer_groups: BTreeMap::new(),
+            consumer_groups: [("a", "n1"), ("b", "n2"), ("c", "n1")]
+                .into_iter()
+                .map(|(g, n)| (g.to_string(), n.to_string()))
+                .collect(),
+        };
+        assert_eq!(
+            owned_by(Some(&p), "n1"),
+            ["a".to_string(), "c".to_string()].into()
+        );
+        assert!(owned_by(Some(&p), "n3").is_empty());
+        assert!(owned_by(None, "n1").is_empty());
+    }
+}
