@@ -206,7 +206,11 @@ impl PulsarStore {
             .ok_or_else(|| unavailable(format!("broker address {} has no host", addr.url)))?;
         let target = format!("{host}:{}", addr.url.port().unwrap_or(6650));
         let proxy_to = addr.proxy.then(|| addr.broker_url.clone());
-        reader::read_all(&target, proxy_to, topic, self.cfg.op_timeout)
+        let target = reader::Target {
+            addr: target,
+            proxy_to,
+        };
+        reader::read_all(&target, topic, self.cfg.op_timeout)
             .await
             .map_err(|e| unavailable(format!("reading {topic}: {e}")))
     }
