@@ -322,7 +322,16 @@ impl Shared {
     async fn producer(&self, topic: String) -> Result<Producer<TokioExecutor>, StoreError> {
         tokio::time::timeout(
             self.cfg.op_timeout,
-            self.client.producer().with_topic(topic).build(),
+            self.client
+                .producer()
+                .with_topic(topic)
+                // Large appends wait for room in the client's send queue (bounded by
+                // op_timeout) instead of failing with SlowDown.
+                .with_options(pulsar::ProducerOptions {
+                    block_queue_if_full: true,
+                    ..Default::default()
+                })
+                .build(),
         )
         .await
         .map_err(|_| unavailable("creating a producer timed out"))?
@@ -804,7 +813,7 @@ impl PulsarStore {
         &self,
         t: &TopicState,
         partition: u32,
-        from: u64,
+        mut from: u64,
         until: u64,
         max: usize,
     ) -> Result<Vec<StoredRecord>, StoreError> {
@@ -840,7 +849,10 @@ impl PulsarStore {
             if offset >= until {
                 break;
             }
+            // `from` moves past every record taken: a message delivered twice (pulsar-lite
+            // re-dispatches some after a FLOW) is dropped here.
             if offset >= from {
+                from = offset + 1;
                 match decode_record(&m, &t.incarnation, partition, offset) {
                     Ok(Some(r)) => out.push(r),
                     Ok(None) => {}
