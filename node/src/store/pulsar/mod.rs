@@ -1021,6 +1021,9 @@ impl EventStore for PulsarStore {
                 };
                 receipts.push(producer.send_non_blocking(msg).await.map_err(unavailable)?);
             }
+            // The messages are queued in order: later appends may queue theirs while
+            // these receipts are awaited (appends pipeline, order per partition holds).
+            drop(producers);
             let mut appended = Vec::with_capacity(receipts.len());
             for (r, receipt) in records.iter().zip(receipts) {
                 let receipt = receipt.await.map_err(unavailable)?;
@@ -1049,7 +1052,6 @@ impl EventStore for PulsarStore {
                 )))
             }
         };
-        drop(producers);
         // Read-your-writes: wait until our tailers have seen the records.
         let mut highest: BTreeMap<u32, u64> = BTreeMap::new();
         for a in &appended {
