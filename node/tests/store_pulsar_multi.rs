@@ -111,6 +111,15 @@ async fn two_writers_one_partition_agree_on_order_and_offsets() {
     offsets.dedup();
     assert_eq!(offsets.len(), 180, "no offset given twice");
 
+    // Each store sees the other's records once its tailer delivered them.
+    let last = *offsets.last().unwrap();
+    for s in [&a, &b] {
+        let mut w = s.watch_end("t", 0).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), w.wait_for(|e| *e > last))
+            .await
+            .expect("the tailer did not deliver the other store's records")
+            .unwrap();
+    }
     let from_a = read_all(&a, "t", 0).await;
     let from_b = read_all(&b, "t", 0).await;
     assert_eq!(from_a.len(), 180);

@@ -162,6 +162,9 @@ struct Cache {
 
 struct Part {
     cache: Mutex<Cache>,
+    /// The highest offset an append of this store waits to see (its tailer nudges the
+    /// broker while it is behind it).
+    wanted: std::sync::atomic::AtomicU64,
     end_tx: watch::Sender<u64>,
     ready: watch::Sender<bool>,
     /// The first offset of this incarnation (see [`TopicRecord::first`]).
@@ -346,6 +349,7 @@ impl Shared {
             .map(|p| {
                 let first = rec.first.get(p).copied().unwrap_or(0);
                 Arc::new(Part {
+                    wanted: std::sync::atomic::AtomicU64::new(0),
                     cache: Mutex::new(Cache {
                         base: first,
                         end: first,
@@ -514,6 +518,9 @@ fn end_after(topic: &str, last: Option<(u64, u64)>) -> Result<u64, StoreError> {
     }
 }
 
+/// How long a tailer waits for a message before checking whether an append waits for it.
+const NUDGE_AFTER: Duration = Duration::from_millis(20);
+
 fn spawn_tailers(shared: &Arc<Shared>, t: &Arc<TopicState>) {
     let mut handles = lock(&t.tailers);
     for (p, part) in t.parts.iter().enumerate() {
@@ -576,9 +583,34 @@ async fn tail_partition(
                 .send_if_modified(|e| std::mem::replace(e, end) != end);
         }
         part.ready.send_replace(true);
+        let mut idle = Duration::ZERO;
         loop {
-            let m = match sub.next_message(None).await {
-                Ok(m) => m,
+            let m = match sub.next_message(Some(NUDGE_AFTER)).await {
+                Ok(m) => {
+                    idle = Duration::ZERO;
+                    m
+                }
+                Err(reader::ReadError::Timeout) => {
+                    idle += NUDGE_AFTER;
+                    let behind = lock(&part.cache).end
+                        <= part.wanted.load(std::sync::atomic::Ordering::Acquire);
+                    // pulsar-lite sometimes does not dispatch new entries to a caught-up
+                    // consumer: when one of our appends waits for a record we have not
+                    // received, a FLOW makes the broker dispatch again.
+                    let nudge = if behind {
+                        sub.add_permits(1).await
+                    } else if idle >= Duration::from_secs(30) {
+                        idle = Duration::ZERO;
+                        sub.ping().await
+                    } else {
+                        Ok(())
+                    };
+                    if let Err(e) = nudge {
+                        tracing::warn!(topic = %topic, partition, error = %e, "tailer lost the broker; reconnecting");
+                        break;
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(topic = %topic, partition, error = %e, "tailer lost the broker; reconnecting");
                     break;
@@ -1059,7 +1091,10 @@ impl EventStore for PulsarStore {
             *h = (*h).max(a.offset);
         }
         for (p, offset) in highest {
-            let mut end = Self::part(&t, p)?.end_tx.subscribe();
+            let part = Self::part(&t, p)?;
+            part.wanted
+                .fetch_max(offset, std::sync::atomic::Ordering::AcqRel);
+            let mut end = part.end_tx.subscribe();
             if tokio::time::timeout_at(deadline, end.wait_for(|e| *e > offset))
                 .await
                 .is_err()

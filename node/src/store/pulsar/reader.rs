@@ -253,6 +253,23 @@ impl Subscription {
         }
     }
 
+    /// Grants the broker `n` more permits. A FLOW also makes a broker dispatch again:
+    /// tailers send one when a writer waits for a record they have not received.
+    pub async fn add_permits(&mut self, n: u32) -> Result<(), ReadError> {
+        self.flowed = true;
+        self.send(&Self::flow(n)).await
+    }
+
+    /// Sends a PING (liveness check of an idle connection; the PONG is skipped).
+    pub async fn ping(&mut self) -> Result<(), ReadError> {
+        self.send(&BaseCommand {
+            r#type: Type::Ping as i32,
+            ping: Some(CommandPing {}),
+            ..Default::default()
+        })
+        .await
+    }
+
     /// The next message. `wait`: how long to wait for it (`None`: forever — a tail; the
     /// connection is then checked with a PING after every 30 s of silence and fails when
     /// the broker stays silent for another 30 s or closes it).
