@@ -520,6 +520,9 @@ fn end_after(topic: &str, last: Option<(u64, u64)>) -> Result<u64, StoreError> {
 
 /// How long a tailer waits for a message before checking whether an append waits for it.
 const NUDGE_AFTER: Duration = Duration::from_millis(20);
+/// How long a tailer stays behind an awaited record, despite nudges, before it
+/// subscribes again.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(200);
 
 fn spawn_tailers(shared: &Arc<Shared>, t: &Arc<TopicState>) {
     let mut handles = lock(&t.tailers);
@@ -584,10 +587,12 @@ async fn tail_partition(
         }
         part.ready.send_replace(true);
         let mut idle = Duration::ZERO;
+        let mut behind_for = Duration::ZERO;
         loop {
             let m = match sub.next_message(Some(NUDGE_AFTER)).await {
                 Ok(m) => {
                     idle = Duration::ZERO;
+                    behind_for = Duration::ZERO;
                     m
                 }
                 Err(reader::ReadError::Timeout) => {
@@ -597,6 +602,17 @@ async fn tail_partition(
                     // pulsar-lite sometimes does not dispatch new entries to a caught-up
                     // consumer: when one of our appends waits for a record we have not
                     // received, a FLOW makes the broker dispatch again.
+                    if behind {
+                        behind_for += NUDGE_AFTER;
+                    } else {
+                        behind_for = Duration::ZERO;
+                    }
+                    if behind_for >= RESUBSCRIBE_AFTER {
+                        // Still nothing: subscribe again (the cache restarts at the new
+                        // end, which covers the awaited record).
+                        tracing::debug!(topic = %topic, partition, "tailer behind an append; resubscribing");
+                        break;
+                    }
                     let nudge = if behind {
                         sub.add_permits(1).await
                     } else if idle >= Duration::from_secs(30) {
@@ -630,8 +646,20 @@ async fn tail_partition(
             };
             let mut c = lock(&part.cache);
             if offset < c.end {
-                // Published between our subscription and its last-id answer: below the
-                // cache, read from the broker when asked for.
+                // Published between our subscription and its last-id answer (below the
+                // cache, read from the broker when asked for), or delivered twice. A
+                // record inside the cached range that the cache lacks would be a hole:
+                // the cache then restarts at its end.
+                let hole = offset >= c.base
+                    && c.records
+                        .binary_search_by_key(&offset, |r| r.offset)
+                        .is_err();
+                if hole {
+                    tracing::warn!(topic = %topic, partition, offset, "record delivered out of order; tail cache restarted");
+                    c.records.clear();
+                    c.bytes = 0;
+                    c.base = c.end;
+                }
                 continue;
             }
             c.bytes += record.payload.len();
