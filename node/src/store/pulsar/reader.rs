@@ -334,9 +334,13 @@ pub async fn read_all(
     let Some(last) = s.last_message_id().await? else {
         return Ok(Vec::new());
     };
-    let mut out = Vec::new();
+    let mut out: Vec<RawMessage> = Vec::new();
     loop {
         let m = s.next_message(Some(idle)).await?;
+        // pulsar-lite sometimes delivers a message again after a FLOW.
+        if out.last().is_some_and(|p| m.id <= p.id) {
+            continue;
+        }
         let done = m.id >= last;
         out.push(m);
         if done {
