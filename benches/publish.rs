@@ -8,6 +8,11 @@
 //! Run: `cargo bench --bench publish` (env: BENCH_SECS=10 per scenario, BENCH_CONNS=64).
 //! Needs `nats-server` on PATH for the peer (Debian package nats-server); without it the
 //! NATS rows are skipped with a note.
+//!
+//! `BENCH_MODE=pulsar cargo bench --bench publish` instead compares meshd's two stores in
+//! one run: `meshd node` with the embedded store (fsync=always) and `meshd node --store
+//! pulsar://...` against a `pulsar-lite` broker (PyPI `pulsar-lite`, binary found like the
+//! tests do, or `$PULSAR_LITE_BINARY`) started on a free port with a temporary data dir.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -74,7 +79,7 @@ struct Row {
     p99_ms: f64,
 }
 
-fn start_meshd(dir: &std::path::Path, fsync: &str) -> (Killed, String) {
+fn start_meshd(dir: &std::path::Path, fsync: &str, extra: &[&str]) -> (Killed, String) {
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
         .args([
@@ -86,6 +91,7 @@ fn start_meshd(dir: &std::path::Path, fsync: &str) -> (Killed, String) {
             "--data-dir",
         ])
         .arg(dir)
+        .args(extra)
         .env("MESHD_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -192,7 +198,7 @@ async fn meshd_publish(url: &str, batch: u64, conns: u64, secs: u64) -> (f64, Ar
     (rate, hist)
 }
 
-async fn meshd_push_latency(url: &str, rate: u64, secs: u64) -> Arc<Hist> {
+async fn meshd_push_latency(url: &str, rate: u64, secs: u64, topic: &str) -> Arc<Hist> {
     let hist = Arc::new(Hist::default());
     let h = hist.clone();
     let app = axum::Router::new().route(
@@ -214,8 +220,8 @@ async fn meshd_push_latency(url: &str, rate: u64, secs: u64) -> Arc<Hist> {
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let addr = url.trim_start_matches("http://").to_string();
     let mut s = connect(&addr).await;
-    let sub = json!({"name": "latency", "topic": "lat", "sink": {"webhook": {"url": sink}}, "delivery": {"max_in_flight": 64}});
-    let put = hyper::Request::put("/v1/topics/lat")
+    let sub = json!({"name": format!("latency-{topic}"), "topic": topic, "sink": {"webhook": {"url": sink}}, "delivery": {"max_in_flight": 64}});
+    let put = hyper::Request::put(format!("/v1/topics/{topic}"))
         .header("host", &addr)
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -249,7 +255,7 @@ async fn meshd_push_latency(url: &str, rate: u64, secs: u64) -> Arc<Hist> {
             post(
                 &mut s,
                 &addr,
-                "/v1/topics/lat/events",
+                &format!("/v1/topics/{topic}/events"),
                 "application/cloudevents+json",
                 Bytes::from(body)
             )
@@ -396,10 +402,125 @@ async fn nats_push_latency(url: &str, rate: u64, secs: u64) -> Arc<Hist> {
     hist
 }
 
+fn start_pulsar_lite(dir: &std::path::Path) -> Option<(Killed, String)> {
+    let binary = match std::env::var("PULSAR_LITE_BINARY") {
+        Ok(b) => b,
+        Err(_) => {
+            let out = Command::new("python3")
+                .args([
+                    "-c",
+                    "import pulsar_lite.binary_finder as b; print(b.find_pulsar_lite_binary())",
+                ])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        }
+    };
+    let port = free_port();
+    let db = dir.join("db");
+    std::fs::create_dir_all(&db).ok()?;
+    let child = Command::new(binary)
+        .arg("--addr")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--db-path")
+        .arg(&db)
+        .args(["--log-level", "warn"])
+        .current_dir(&db)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let guard = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some((guard, format!("pulsar://127.0.0.1:{port}")))
+}
+
+async fn create_bench_topic(url: &str) {
+    let addr = url.trim_start_matches("http://").to_string();
+    let mut s = connect(&addr).await;
+    let put = hyper::Request::put("/v1/topics/bench")
+        .header("host", &addr)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(r#"{"partitions":4}"#)))
+        .unwrap();
+    s.ready().await.unwrap();
+    let _ = s
+        .send_request(put)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await;
+}
+
+/// Embedded store (fsync=always) against the Pulsar store (pulsar-lite), same run.
+async fn stores(secs: u64, conns: u64, rows: &mut Vec<Row>) {
+    let pdir = tempfile::tempdir().unwrap();
+    let Some((_broker, purl)) = start_pulsar_lite(pdir.path()) else {
+        eprintln!("pulsar-lite not found or did not start (pip install pulsar-lite)");
+        return;
+    };
+    for (system, extra) in [
+        ("meshd, embedded store (fsync=always)", vec![]),
+        (
+            "meshd, Pulsar store (pulsar-lite)",
+            vec!["--store", purl.as_str()],
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (_m, url) = start_meshd(dir.path(), "always", &extra);
+        create_bench_topic(&url).await;
+        for (batch, c) in [(1, conns), (100, conns.min(16))] {
+            let (rate, hist) = meshd_publish(&url, batch, c, secs).await;
+            rows.push(Row {
+                system: system.into(),
+                scenario: format!("publish, {batch}-event requests, {c} connections"),
+                events_per_sec: rate,
+                p50_ms: hist.pct(0.5),
+                p99_ms: hist.pct(0.99),
+            });
+            eprintln!("{system} batch={batch}: {rate:.0} ev/s");
+        }
+        for rate in [100, 1000] {
+            let hist = meshd_push_latency(&url, rate, secs, &format!("lat{rate}")).await;
+            rows.push(Row {
+                system: system.into(),
+                scenario: format!("publish→webhook latency at {rate} ev/s"),
+                events_per_sec: rate as f64,
+                p50_ms: hist.pct(0.5),
+                p99_ms: hist.pct(0.99),
+            });
+        }
+    }
+}
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let secs = env_u64("BENCH_SECS", 10);
     let conns = env_u64("BENCH_CONNS", 64);
+    if std::env::var("BENCH_MODE").as_deref() == Ok("pulsar") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut rows = Vec::new();
+        rt.block_on(stores(secs, conns, &mut rows));
+        println!("| system | scenario | events/s | p50 ms | p99 ms |");
+        println!("|---|---|---:|---:|---:|");
+        for r in rows {
+            println!(
+                "| {} | {} | {:.0} | {:.3} | {:.3} |",
+                r.system, r.scenario, r.events_per_sec, r.p50_ms, r.p99_ms
+            );
+        }
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -408,7 +529,7 @@ fn main() {
     rt.block_on(async {
         for fsync in ["always", "never"] {
             let dir = tempfile::tempdir().unwrap();
-            let (_m, url) = start_meshd(dir.path(), fsync);
+            let (_m, url) = start_meshd(dir.path(), fsync, &[]);
             let addr = url.trim_start_matches("http://").to_string();
             let mut s = connect(&addr).await;
             let put = hyper::Request::put("/v1/topics/bench")
@@ -436,7 +557,7 @@ fn main() {
                 eprintln!("meshd fsync={fsync} batch={batch}: {rate:.0} ev/s");
             }
             if fsync == "always" {
-                let hist = meshd_push_latency(&url, 1000, secs).await;
+                let hist = meshd_push_latency(&url, 1000, secs, "lat").await;
                 rows.push(Row {
                     system: "meshd (fsync=always)".into(),
                     scenario: "publish→webhook latency at 1k ev/s".into(),

@@ -358,9 +358,24 @@ impl Node {
         self.ready.load(Ordering::SeqCst)
     }
 
+    /// A topic's configuration from the node's cache, else from the store: another node
+    /// sharing the store (several `--store pulsar://...` nodes on one namespace) may
+    /// have created it, and the cache then learns it.
+    async fn topic_config(&self, topic: &str) -> Result<Option<TopicConfig>, NodeError> {
+        let cached = self.read_topics().get(topic).cloned();
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let stored = self.store.topic(topic).await?;
+        if let Some(c) = &stored {
+            self.write_topics().insert(topic.to_string(), c.clone());
+        }
+        Ok(stored)
+    }
+
     /// The partition count of a topic for a publish; creates it when auto-create is on.
     pub async fn partitions_for_publish(&self, topic: &str) -> Result<u32, NodeError> {
-        if let Some(cfg) = self.read_topics().get(topic) {
+        if let Some(cfg) = self.topic_config(topic).await? {
             return Ok(cfg.partitions);
         }
         if self.config.auto_create_topics {
@@ -392,13 +407,12 @@ impl Node {
 
     /// A topic with its partition offsets.
     pub async fn topic_info(&self, topic: &str) -> Result<TopicInfo, NodeError> {
-        let config =
-            self.read_topics()
-                .get(topic)
-                .cloned()
-                .ok_or_else(|| NodeError::TopicNotFound {
-                    topic: topic.to_string(),
-                })?;
+        let config = self
+            .topic_config(topic)
+            .await?
+            .ok_or_else(|| NodeError::TopicNotFound {
+                topic: topic.to_string(),
+            })?;
         let mut partitions = BTreeMap::new();
         for p in 0..config.partitions {
             let b = self.store.bounds(topic, p).await?;
@@ -419,8 +433,15 @@ impl Node {
 
     /// All topics.
     pub async fn list_topics(&self) -> Result<Vec<TopicInfo>, NodeError> {
-        let mut names: Vec<String> = self.read_topics().keys().cloned().collect();
-        names.sort();
+        // The store's list: it includes topics other nodes on a shared store created.
+        let stored = self.store.list_topics().await?;
+        let names: Vec<String> = stored.iter().map(|(n, _)| n.clone()).collect();
+        {
+            let mut cache = self.write_topics();
+            for (n, c) in stored {
+                cache.insert(n, c);
+            }
+        }
         let mut out = Vec::with_capacity(names.len());
         for n in names {
             out.push(self.topic_info(&n).await?);
@@ -431,15 +452,16 @@ impl Node {
     /// Deletes a topic that no subscription reads.
     pub async fn delete_topic(&self, topic: &str) -> Result<(), NodeError> {
         let _guard = self.admin.lock().await;
-        self.check_topic_deletable(topic)?;
+        self.check_topic_deletable(topic).await?;
         self.store.delete_topic(topic).await?;
         self.write_topics().remove(topic);
         tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, topic, "topic deleted");
         Ok(())
     }
 
-    fn check_topic_deletable(&self, topic: &str) -> Result<(), NodeError> {
-        if !self.read_topics().contains_key(topic) {
+    async fn check_topic_deletable(&self, topic: &str) -> Result<(), NodeError> {
+        // Ask the store too: on a shared store another node may have created it.
+        if self.topic_config(topic).await?.is_none() {
             return Err(NodeError::TopicNotFound {
                 topic: topic.to_string(),
             });
@@ -477,13 +499,13 @@ impl Node {
                 Err(NodeError::SubscriptionConflict { name })
             };
         }
-        if !self.read_topics().contains_key(&sub.spec.topic) {
+        if self.topic_config(&sub.spec.topic).await?.is_none() {
             return Err(NodeError::TopicNotFound {
                 topic: sub.spec.topic.clone(),
             });
         }
         if let Some(dlt) = &sub.spec.delivery.dead_letter_topic {
-            if !self.read_topics().contains_key(dlt) {
+            if self.topic_config(dlt).await?.is_none() {
                 self.store_topic(dlt, TopicConfig::default()).await?;
             }
         }
@@ -574,7 +596,7 @@ impl Node {
     /// `DELETE /v1/topics/{topic}`: checks, deletes from the catalog (if any), then locally.
     pub async fn admin_delete_topic(&self, topic: &str) -> Result<(), NodeError> {
         if let Some(c) = self.catalog() {
-            self.check_topic_deletable(topic)?;
+            self.check_topic_deletable(topic).await?;
             c.delete_topic(topic)
                 .await
                 .map_err(NodeError::CatalogUnavailable)?;

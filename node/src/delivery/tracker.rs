@@ -5,15 +5,21 @@
 //! or dead-lettered). [`OffsetTracker`] holds the contiguous done prefix plus the done
 //! offsets beyond it; it is pure and does no I/O.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 /// Completion state of one partition for one offset group.
+///
+/// Offsets need not be dense (the Pulsar store's are sparse, see docs/pulsar.md): done
+/// offsets beyond the commit point are kept as ranges, so a gap of any width (records
+/// removed by retention, offsets a store never assigns) costs one entry, not one per
+/// offset.
 #[derive(Debug, Clone)]
 pub struct OffsetTracker {
     /// Every offset below this one is done: the offset that may be committed.
     next: u64,
-    /// Done offsets above `next` (waiting for the gap to close).
-    done: BTreeSet<u64>,
+    /// Done ranges `[start, end)` above `next`, disjoint and not adjacent (waiting for
+    /// the gap before them to close), keyed by start.
+    done: BTreeMap<u64, u64>,
     /// What was last committed (or the starting point).
     committed: u64,
 }
@@ -23,41 +29,45 @@ impl OffsetTracker {
     pub fn new(start: u64) -> OffsetTracker {
         OffsetTracker {
             next: start,
-            done: BTreeSet::new(),
+            done: BTreeMap::new(),
             committed: start,
         }
     }
 
     /// Marks one offset done. Offsets below the commit point are ignored (duplicates).
     pub fn complete(&mut self, offset: u64) {
-        if offset < self.next {
-            return;
-        }
-        if offset == self.next {
-            self.next += 1;
-            while self.done.remove(&self.next) {
-                self.next += 1;
-            }
-        } else {
-            self.done.insert(offset);
-        }
+        self.complete_range(offset, offset.saturating_add(1));
     }
 
-    /// Marks `[from, to)` done (records that no longer exist, e.g. removed by retention).
+    /// Marks `[from, to)` done (records that no longer exist, e.g. removed by retention,
+    /// or offsets the store skips).
     pub fn complete_range(&mut self, from: u64, to: u64) {
-        if from <= self.next && to > self.next {
+        let mut from = from.max(self.next);
+        let mut to = to;
+        if from >= to {
+            return;
+        }
+        // Merge with every range that overlaps or touches [from, to).
+        let touching: Vec<(u64, u64)> = self
+            .done
+            .range(..=to)
+            .rev()
+            .take_while(|(_, e)| **e >= from)
+            .map(|(s, e)| (*s, *e))
+            .collect();
+        for (s, e) in touching {
+            self.done.remove(&s);
+            from = from.min(s);
+            to = to.max(e);
+        }
+        if from == self.next {
             self.next = to;
-            let stale: Vec<u64> = self.done.range(..to).copied().collect();
-            for o in stale {
-                self.done.remove(&o);
-            }
-            while self.done.remove(&self.next) {
-                self.next += 1;
-            }
         } else {
-            for o in from.max(self.next)..to {
-                self.complete(o);
-            }
+            self.done.insert(from, to);
+        }
+        // A range that now starts at the commit point moves it.
+        while let Some(e) = self.done.remove(&self.next) {
+            self.next = e;
         }
     }
 
@@ -68,7 +78,8 @@ impl OffsetTracker {
 
     /// Done offsets waiting behind a gap.
     pub fn pending_done(&self) -> usize {
-        self.done.len()
+        let n: u64 = self.done.iter().map(|(s, e)| e - s).sum();
+        usize::try_from(n).unwrap_or(usize::MAX)
     }
 
     /// The commit point if it moved since the last call (and records it as committed).
@@ -135,6 +146,23 @@ mod tests {
         assert_eq!(t.commit_point(), 10);
         t.complete_range(20, 20);
         assert_eq!(t.commit_point(), 10);
+    }
+
+    #[test]
+    fn sparse_offsets_and_huge_gaps_cost_one_entry() {
+        let mut t = OffsetTracker::new(0);
+        let far = 5u64 << 24;
+        t.complete_range(3, far);
+        t.complete(far);
+        assert_eq!(t.commit_point(), 0);
+        assert_eq!(t.done.len(), 1, "touching ranges merge");
+        t.complete_range(0, 3);
+        assert_eq!(t.commit_point(), far + 1);
+        assert!(t.done.is_empty());
+        t.complete(u64::MAX - 1);
+        t.complete(far + 1);
+        assert_eq!(t.commit_point(), far + 2);
+        assert_eq!(t.pending_done(), 1);
     }
 
     #[test]

@@ -1,9 +1,16 @@
 //! The event store seam: where events live once a publish is acknowledged.
 //!
 //! [`EventStore`] is implemented by the embedded durable log ([`embedded`], the default)
-//! and by the Pulsar backend ([`pulsar`], docs/pulsar.md). Offsets are per (topic, partition), start at 0 and
-//! grow by one per record; a consumer group's committed offset is the *next* offset it
-//! will read (Kafka convention), so "nothing consumed yet" is the partition's start.
+//! and by the Pulsar backend ([`pulsar`], docs/pulsar.md).
+//!
+//! Offsets are per (topic, partition) and strictly increase in append order. They are
+//! *dense* (0, 1, 2, ...) only in the embedded store; the Pulsar store derives them from
+//! broker message ids, so they may jump (several nodes write one partition; a broker
+//! rolls its ledger over). Callers therefore never compute offsets by arithmetic: the
+//! next offset to read after a record is `record.offset + 1`, `read(from)` returns the
+//! records with offset `>= from`, and `end - start` is not a record count. A consumer
+//! group's committed offset is the *next* offset it will read (Kafka convention), so
+//! "nothing consumed yet" is the partition's start.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -52,7 +59,8 @@ pub struct Appended {
 pub struct PartitionBounds {
     /// The first offset still stored (moves forward with retention).
     pub start: u64,
-    /// The offset the next appended record will get.
+    /// The offset after the last record: every record appended later gets an offset
+    /// `>= end` (exactly `end` in the dense embedded store).
     pub end: u64,
 }
 
@@ -156,17 +164,21 @@ pub trait EventStore: Send + Sync + 'static {
     /// One topic's configuration.
     async fn topic(&self, topic: &str) -> Result<Option<TopicConfig>, StoreError>;
 
-    /// Appends records atomically (all or none), in the given order within each partition.
-    /// Returns when they are durable under the store's fsync policy; concurrent appends
-    /// are group-committed (one fsync for many).
+    /// Appends records in the given order within each partition and returns their
+    /// offsets. Returns when they are durable under the store's fsync policy (and
+    /// readable); concurrent appends are group-committed (one fsync for many). A call
+    /// that fails validation (unknown topic or partition) stores nothing. The embedded
+    /// store is all-or-nothing for any failure; the Pulsar store is not when the broker
+    /// fails mid-call (a prefix may be stored; see docs/pulsar.md).
     async fn append(
         &self,
         topic: &str,
         records: Vec<AppendRecord>,
     ) -> Result<Vec<Appended>, StoreError>;
 
-    /// Reads up to `max` records of a partition starting at `from` (or at the partition
-    /// start if `from` is below it). Returns fewer (maybe none) at the end of the log.
+    /// Reads up to `max` records of a partition with offsets `>= from` (from the partition
+    /// start if `from` is below it), in offset order. Returns fewer (maybe none) at the
+    /// end of the log.
     async fn read(
         &self,
         topic: &str,
@@ -178,8 +190,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// First retained and next offsets of a partition.
     async fn bounds(&self, topic: &str, partition: u32) -> Result<PartitionBounds, StoreError>;
 
-    /// A watch of the partition's end offset: it changes after every durable append, so
-    /// readers can wait for new records without polling.
+    /// A watch of the partition's end offset: it changes after every durable append (in
+    /// the Pulsar store: by any node sharing the namespace), so readers can wait for new
+    /// records without polling.
     fn watch_end(&self, topic: &str, partition: u32) -> Result<watch::Receiver<u64>, StoreError>;
 
     /// Stores a consumer group's committed offset (the next offset to read).

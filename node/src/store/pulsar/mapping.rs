@@ -10,10 +10,12 @@
 //! content type, or a payload that is not an event at all) the record is written as-is
 //! (`meshd-format=raw`), still with the attributes as properties when it is an event.
 //!
-//! Bookkeeping properties on every message: `meshd-offset` (dense offset in the
-//! partition), `meshd-ts` (publish time, ms), `meshd-incarnation` (which creation of the
-//! topic it belongs to), `meshd-append` (which append call, and how many records it had)
-//! and `meshd-format` (`ce` or `raw`).
+//! Bookkeeping properties on every message: `meshd-ts` (publish time, ms),
+//! `meshd-incarnation` (which creation of the topic it belongs to), `meshd-append` (which
+//! append call, and how many records it had; informational) and `meshd-format` (`ce` or
+//! `raw`). The offset is not a property: it is derived from the message id
+//! ([`super::offset_of`]). Messages written by earlier versions carry `meshd-offset`,
+//! which is ignored.
 
 use std::collections::HashMap;
 
@@ -21,7 +23,7 @@ use bytes::Bytes;
 use cloudevents::event::{AttributeValue, Data};
 use meshd_core::Event;
 
-/// Property: the dense offset.
+/// Property: the dense offset written by earlier versions (ignored now).
 pub const P_OFFSET: &str = "meshd-offset";
 /// Property: publish time in ms.
 pub const P_TS: &str = "meshd-ts";

@@ -1,25 +1,34 @@
-//! The Pulsar backend of [`EventStore`]: events live in a Pulsar-protocol broker, the
-//! node keeps an in-memory read cache rebuilt from the broker when the store opens.
+//! The Pulsar backend of [`EventStore`]: events live in a Pulsar-protocol broker; any
+//! number of stores (nodes) may share one tenant/namespace, all reading and writing.
 //!
 //! Layout (tenant and namespace configurable, `public/default` by default):
 //! - partition `p` of topic `t` is the non-partitioned persistent topic
-//!   `persistent://{tenant}/{namespace}/{t}-p{p}`; one message per record, written by one
-//!   producer per partition, carrying its dense offset as the `meshd-offset` property
-//!   (see [`mapping`] for the properties and the payload);
+//!   `persistent://{tenant}/{namespace}/{t}-p{p}`; one message per record (see
+//!   [`mapping`] for the properties and the payload);
 //! - topic configurations, committed offsets, retention starts and the metadata
 //!   namespace are keyed messages (`meshd-op` = `put` | `del`) on
-//!   `persistent://{tenant}/{namespace}/__meshd_meta`, replayed in order at open.
+//!   `persistent://{tenant}/{namespace}/__meshd_meta`.
 //!
-//! Writes are acknowledged only after the broker acknowledged every message of the call.
-//! Reads are served from memory, so they keep working while the broker is away; appends
-//! and metadata writes fail with [`StoreError::Unavailable`] within
-//! [`PulsarConfig::op_timeout`]. Messages are read back with our own consumer
-//! ([`reader`], [`codec`]) because pulsar-rs cannot consume from brokers that omit the
-//! payload checksum. docs/pulsar.md has the design and its limits (one writing store per
-//! namespace; records of an append that failed half-way may reappear after a restart).
+//! Offsets are derived from the broker's message id ([`offset_of`]: ledger id and entry
+//! id packed into a u64), so every store sees the same offset for the same record and no
+//! store assigns them: offsets increase within a partition but may be sparse.
+//!
+//! Memory is bounded: per partition a background task tails the Pulsar topic (our own
+//! consumer, [`reader`]) and keeps the last records in a tail cache of at most
+//! [`PulsarConfig::cache_max_records`] / [`PulsarConfig::cache_max_bytes`]; it moves
+//! `watch_end` whenever any store appends. Reads at or above the cache's base are served
+//! from it; reads below open a reader on the broker at the right message id. A second
+//! task tails the metadata topic, so topics, offsets, retention starts and metadata
+//! written by any store become visible to all (broker order decides; the first creation
+//! of a topic name wins until it is deleted).
+//!
+//! Writes are acknowledged after the broker's receipts *and* after this store's tailer
+//! has seen them (read-your-writes). Writes fail with [`StoreError::Unavailable`] within
+//! [`PulsarConfig::op_timeout`] when the broker is away; reads of the cached tail keep
+//! working. docs/pulsar.md has the design, what is guaranteed and the limits.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,6 +36,7 @@ use meshd_core::api::TopicConfig;
 use pulsar::producer::Message;
 use pulsar::{ConnectionRetryOptions, OperationRetryOptions, Producer, Pulsar, TokioExecutor};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::{
     AppendRecord, Appended, EventStore, PartitionBounds, RetentionReport, StoreError, StoredRecord,
@@ -35,6 +45,8 @@ use super::{
 pub mod codec;
 pub mod mapping;
 pub mod reader;
+
+use reader::{RawMessage, Start, Subscription, Target};
 
 /// Where and how to reach Pulsar.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,18 +58,25 @@ pub struct PulsarConfig {
     /// Pulsar namespace.
     pub namespace: String,
     /// Upper bound for one broker operation (an append, a metadata write, one answer
-    /// while reading a topic at open). Appends fail with `Unavailable` after it.
+    /// while reading). Appends fail with `Unavailable` after it.
     pub op_timeout: Duration,
+    /// Most records kept in a partition's tail cache.
+    pub cache_max_records: usize,
+    /// Most payload bytes kept in a partition's tail cache.
+    pub cache_max_bytes: usize,
 }
 
 impl PulsarConfig {
-    /// A configuration with `public/default` and a 5 s operation timeout.
+    /// A configuration with `public/default`, a 5 s operation timeout and a tail cache
+    /// of 10 000 records / 16 MiB per partition.
     pub fn new(url: impl Into<String>) -> Self {
         PulsarConfig {
             url: url.into(),
             tenant: "public".into(),
             namespace: "default".into(),
             op_timeout: Duration::from_secs(5),
+            cache_max_records: 10_000,
+            cache_max_bytes: 16 << 20,
         }
     }
 
@@ -76,38 +95,98 @@ impl PulsarConfig {
     }
 }
 
+/// Bits of an offset holding the entry id; the ledger id gets the upper 40.
+pub const ENTRY_BITS: u32 = 24;
+const ENTRY_MASK: u64 = (1 << ENTRY_BITS) - 1;
+
+/// The offset of the message `(ledger_id, entry_id)`: `ledger_id << 24 | entry_id`.
+/// Order-preserving because Pulsar's ledger ids grow within a topic and entry ids grow
+/// within a ledger. `None` when the id does not fit (ledger id ≥ 2^40 or entry id ≥
+/// 2^24; Pulsar rolls ledgers over long before 16 M entries by default).
+pub fn offset_of(ledger_id: u64, entry_id: u64) -> Option<u64> {
+    if ledger_id >> (64 - ENTRY_BITS) != 0 || entry_id > ENTRY_MASK {
+        return None;
+    }
+    Some(ledger_id << ENTRY_BITS | entry_id)
+}
+
+/// The `(ledger_id, entry_id)` an offset stands for (the inverse of [`offset_of`]).
+pub fn message_id_of(offset: u64) -> (u64, u64) {
+    (offset >> ENTRY_BITS, offset & ENTRY_MASK)
+}
+
+/// Where to subscribe to read the records at offsets `>= from`. pulsar-lite positions a
+/// non-durable cursor *at* `start_message_id`, Apache Pulsar *after* it; asking for the
+/// entry before `from` works for both (the reader drops offsets below `from`). For the
+/// first entry of a ledger there is no portable "entry before" (Pulsar accepts entry -1,
+/// pulsar-lite's handling of it is unknown), so such reads start at the earliest message
+/// and skip (rare: offsets to read next are `record.offset + 1`).
+fn start_for(from: u64) -> Start {
+    match message_id_of(from) {
+        (_, 0) => Start::Earliest,
+        (l, e) => Start::At(l, e - 1),
+    }
+}
+
 const P_META_OP: &str = "meshd-op";
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct TopicRecord {
     config: TopicConfig,
     incarnation: String,
+    /// Per partition, the end of the Pulsar topic when this incarnation was created
+    /// (messages below belong to an earlier topic of the same name).
+    #[serde(default)]
+    first: Vec<u64>,
 }
 
-struct PartLog {
-    start: u64,
+/// Sizes of a partition's tail cache (for tests and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Records held.
+    pub records: usize,
+    /// Payload bytes held.
+    pub bytes: usize,
+    /// Every record at or above this offset (and below `end`) is in the cache.
+    pub base: u64,
+    /// The partition's end as this store knows it.
+    pub end: u64,
+}
+
+struct Cache {
+    base: u64,
+    end: u64,
     records: VecDeque<StoredRecord>,
-    bytes: u64,
-}
-
-impl PartLog {
-    fn end(&self) -> u64 {
-        self.start + self.records.len() as u64
-    }
+    bytes: usize,
 }
 
 struct Part {
-    log: Mutex<PartLog>,
+    cache: Mutex<Cache>,
+    /// The highest offset an append of this store waits to see (its tailer nudges the
+    /// broker while it is behind it).
+    wanted: std::sync::atomic::AtomicU64,
     end_tx: watch::Sender<u64>,
+    ready: watch::Sender<bool>,
+    /// The first offset of this incarnation (see [`TopicRecord::first`]).
+    first: u64,
 }
 
 struct TopicState {
     name: String,
     config: TopicConfig,
     incarnation: String,
-    parts: Vec<Part>,
-    /// Held for the whole of an append: offsets are assigned and messages sent in order.
+    parts: Vec<Arc<Part>>,
+    /// Held for the whole of an append: one producer per partition, messages in order.
     producers: tokio::sync::Mutex<Vec<Option<Producer<TokioExecutor>>>>,
+    tailers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for TopicState {
+    fn drop(&mut self) {
+        for t in lock(&self.tailers).drain(..) {
+            t.abort();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -115,17 +194,42 @@ struct State {
     topics: BTreeMap<String, Arc<TopicState>>,
     /// (incarnation, partition, group) → committed offset.
     offsets: HashMap<(String, u32, String), u64>,
+    /// (incarnation, partition) → retention start.
+    starts: HashMap<(String, u32), u64>,
     kv: BTreeMap<String, Vec<u8>>,
     closed: bool,
 }
 
-/// The Pulsar event store.
-pub struct PulsarStore {
+struct Shared {
     cfg: PulsarConfig,
     client: Pulsar<TokioExecutor>,
     state: Mutex<State>,
-    /// Serialises metadata writes (and topic creation/deletion) through one producer.
+    /// The id of the last metadata message applied to `state`.
+    meta_applied: watch::Sender<Option<(u64, u64)>>,
+    /// One producer for metadata writes.
     meta: tokio::sync::Mutex<Option<Producer<TokioExecutor>>>,
+}
+
+/// The Pulsar event store.
+pub struct PulsarStore {
+    shared: Arc<Shared>,
+    meta_tail: Mutex<Option<JoinHandle<()>>>,
+    /// Serialises this store's topic creations and deletions.
+    ddl: tokio::sync::Mutex<()>,
+}
+
+impl Drop for PulsarStore {
+    fn drop(&mut self) {
+        if let Some(t) = lock(&self.meta_tail).take() {
+            t.abort();
+        }
+        let topics = std::mem::take(&mut lock(&self.shared.state).topics);
+        for t in topics.values() {
+            for h in lock(&t.tailers).drain(..) {
+                h.abort();
+            }
+        }
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -151,9 +255,470 @@ fn start_key(incarnation: &str, partition: u32) -> String {
     format!("start/{incarnation}/{partition}")
 }
 
+fn parse_u64(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// The record a partition message carries: `Ok(None)` when it belongs to another
+/// incarnation of the topic or is not a meshd record; `Err` when it cannot be decoded.
+fn decode_record(
+    m: &RawMessage,
+    incarnation: &str,
+    partition: u32,
+    offset: u64,
+) -> Result<Option<StoredRecord>, String> {
+    let p = props(&m.metadata);
+    if p.get(mapping::P_INCARNATION).map(String::as_str) != Some(incarnation) {
+        return Ok(None);
+    }
+    let Some(ts) = p.get(mapping::P_TS).and_then(|s| s.parse::<u64>().ok()) else {
+        return Ok(None);
+    };
+    if m.metadata.compression.unwrap_or(0) != 0 {
+        return Err("compressed message in a meshd partition topic".into());
+    }
+    if m.metadata.num_messages_in_batch.unwrap_or(1) != 1 {
+        return Err("batched message in a meshd partition topic".into());
+    }
+    let payload = mapping::from_message(&p, m.payload.clone())?;
+    Ok(Some(StoredRecord {
+        partition,
+        offset,
+        timestamp_ms: ts,
+        payload,
+    }))
+}
+
+impl Shared {
+    /// Where `topic` is served (each topic is looked up: in a cluster topics live on
+    /// different brokers).
+    async fn target(&self, topic: &str) -> Result<Target, StoreError> {
+        let addr = tokio::time::timeout(self.cfg.op_timeout, self.client.lookup_topic(topic))
+            .await
+            .map_err(|_| unavailable(format!("looking up {topic} timed out")))?
+            .map_err(|e| unavailable(format!("looking up {topic}: {e}")))?;
+        let host = addr
+            .url
+            .host_str()
+            .ok_or_else(|| unavailable(format!("broker address {} has no host", addr.url)))?;
+        Ok(Target {
+            addr: format!("{host}:{}", addr.url.port().unwrap_or(6650)),
+            proxy_to: addr.proxy.then(|| addr.broker_url.clone()),
+        })
+    }
+
+    async fn subscribe(&self, topic: &str, start: Start) -> Result<Subscription, StoreError> {
+        let target = self.target(topic).await?;
+        Subscription::open(&target, topic, start, self.cfg.op_timeout)
+            .await
+            .map_err(|e| unavailable(format!("subscribing to {topic}: {e}")))
+    }
+
+    /// The end (offset after the last message, 0 when empty) of a Pulsar topic.
+    async fn topic_end(&self, topic: &str) -> Result<u64, StoreError> {
+        let mut s = self.subscribe(topic, Start::Latest).await?;
+        let last = s
+            .last_message_id()
+            .await
+            .map_err(|e| unavailable(format!("last message of {topic}: {e}")))?;
+        end_after(topic, last)
+    }
+
+    async fn producer(&self, topic: String) -> Result<Producer<TokioExecutor>, StoreError> {
+        tokio::time::timeout(
+            self.cfg.op_timeout,
+            self.client
+                .producer()
+                .with_topic(topic)
+                // Large appends wait for room in the client's send queue (bounded by
+                // op_timeout) instead of failing with SlowDown.
+                .with_options(pulsar::ProducerOptions {
+                    block_queue_if_full: true,
+                    ..Default::default()
+                })
+                .build(),
+        )
+        .await
+        .map_err(|_| unavailable("creating a producer timed out"))?
+        .map_err(unavailable)
+    }
+
+    fn new_topic(&self, name: &str, rec: TopicRecord) -> TopicState {
+        let n = rec.config.partitions as usize;
+        let parts = (0..n)
+            .map(|p| {
+                let first = rec.first.get(p).copied().unwrap_or(0);
+                Arc::new(Part {
+                    wanted: std::sync::atomic::AtomicU64::new(0),
+                    cache: Mutex::new(Cache {
+                        base: first,
+                        end: first,
+                        records: VecDeque::new(),
+                        bytes: 0,
+                    }),
+                    end_tx: watch::channel(first).0,
+                    ready: watch::channel(false).0,
+                    first,
+                })
+            })
+            .collect();
+        TopicState {
+            name: name.to_string(),
+            config: rec.config,
+            incarnation: rec.incarnation,
+            parts,
+            producers: tokio::sync::Mutex::new((0..n).map(|_| None).collect()),
+            tailers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Applies one metadata message to the state. New topics get their tailers when
+    /// `spawn` (not while replaying at open: only the survivors get them, afterwards).
+    fn apply_meta(self: &Arc<Self>, m: &RawMessage, spawn: bool) {
+        if let Some(applied) = *self.meta_applied.borrow() {
+            if m.id <= applied {
+                return;
+            }
+        }
+        if let Some(key) = m.metadata.partition_key.clone() {
+            let p = props(&m.metadata);
+            let value = match p.get(P_META_OP).map(String::as_str) {
+                Some("put") => Some(m.payload.to_vec()),
+                Some("del") => None,
+                _ => {
+                    self.meta_applied.send_replace(Some(m.id));
+                    return;
+                }
+            };
+            let mut s = lock(&self.state);
+            if let Some(name) = key.strip_prefix("topic/") {
+                match value {
+                    // The first creation of a name wins until it is deleted.
+                    Some(v) if !s.topics.contains_key(name) => {
+                        match serde_json::from_slice::<TopicRecord>(&v) {
+                            Ok(rec) => {
+                                let t = Arc::new(self.new_topic(name, rec));
+                                if spawn {
+                                    spawn_tailers(self, &t);
+                                }
+                                s.topics.insert(name.to_string(), t);
+                            }
+                            Err(e) => {
+                                tracing::warn!(topic = name, error = %e, "bad topic record ignored")
+                            }
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        if let Some(t) = s.topics.remove(name) {
+                            let inc = t.incarnation.clone();
+                            s.offsets.retain(|(i, _, _), _| i != &inc);
+                            s.starts.retain(|(i, _), _| i != &inc);
+                            for h in lock(&t.tailers).drain(..) {
+                                h.abort();
+                            }
+                        }
+                    }
+                }
+            } else if let Some(rest) = key.strip_prefix("offset/") {
+                let mut it = rest.splitn(3, '/');
+                if let (Some(inc), Some(part), Some(g)) = (it.next(), it.next(), it.next()) {
+                    if let Ok(part) = part.parse() {
+                        let k = (inc.to_string(), part, g.to_string());
+                        match value.as_deref().and_then(parse_u64) {
+                            Some(o) => {
+                                s.offsets.insert(k, o);
+                            }
+                            None => {
+                                s.offsets.remove(&k);
+                            }
+                        }
+                    }
+                }
+            } else if let Some(rest) = key.strip_prefix("start/") {
+                if let Some((inc, part)) = rest.split_once('/') {
+                    if let (Ok(part), Some(o)) =
+                        (part.parse(), value.as_deref().and_then(parse_u64))
+                    {
+                        // Retention only moves forward, whoever ran it.
+                        let e = s.starts.entry((inc.to_string(), part)).or_insert(0);
+                        *e = (*e).max(o);
+                    }
+                }
+            } else if let Some(user) = key.strip_prefix("kv/") {
+                match value {
+                    Some(v) => {
+                        s.kv.insert(user.to_string(), v);
+                    }
+                    None => {
+                        s.kv.remove(user);
+                    }
+                }
+            }
+        }
+        self.meta_applied.send_replace(Some(m.id));
+    }
+
+    /// Writes metadata entries (`None` deletes), waits for the broker's receipts and
+    /// then until this store's metadata tailer applied them.
+    async fn write_meta(&self, entries: Vec<(String, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + self.cfg.op_timeout;
+        let work = async {
+            let mut slot = self.meta.lock().await;
+            if slot.is_none() {
+                *slot = Some(self.producer(self.cfg.meta_topic()).await?);
+            }
+            let Some(producer) = slot.as_mut() else {
+                return Err(unavailable("no metadata producer"));
+            };
+            let mut receipts = Vec::new();
+            for (key, value) in entries {
+                let op = if value.is_some() { "put" } else { "del" };
+                let msg = Message {
+                    payload: value.unwrap_or_default(),
+                    properties: HashMap::from([(P_META_OP.to_string(), op.to_string())]),
+                    partition_key: Some(key),
+                    ..Default::default()
+                };
+                receipts.push(producer.send_non_blocking(msg).await.map_err(unavailable)?);
+            }
+            drop(slot);
+            let mut last = None;
+            for r in receipts {
+                let receipt = r.await.map_err(unavailable)?;
+                let id = receipt
+                    .message_id
+                    .ok_or_else(|| StoreError::Io("send receipt without a message id".into()))?;
+                last = Some((id.ledger_id, id.entry_id));
+            }
+            let Some(last) = last else { return Ok(()) };
+            let mut applied = self.meta_applied.subscribe();
+            applied
+                .wait_for(|a| a.is_some_and(|a| a >= last))
+                .await
+                .map_err(|_| unavailable("store closed"))?;
+            Ok(())
+        };
+        match tokio::time::timeout_at(deadline, work).await {
+            Ok(r) => r,
+            Err(_) => Err(unavailable("metadata write timed out")),
+        }
+    }
+}
+
+/// The end after `last` (the offset after it; 0 for an empty topic).
+fn end_after(topic: &str, last: Option<(u64, u64)>) -> Result<u64, StoreError> {
+    match last {
+        None => Ok(0),
+        Some((l, e)) => offset_of(l, e).map(|o| o + 1).ok_or_else(|| {
+            StoreError::Io(format!(
+                "message id ({l}, {e}) of {topic} does not fit in an offset"
+            ))
+        }),
+    }
+}
+
+/// How long a tailer waits for a message before checking whether an append waits for it.
+const NUDGE_AFTER: Duration = Duration::from_millis(20);
+/// How long a tailer stays behind an awaited record, despite nudges, before it
+/// subscribes again.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(200);
+
+fn spawn_tailers(shared: &Arc<Shared>, t: &Arc<TopicState>) {
+    let mut handles = lock(&t.tailers);
+    for (p, part) in t.parts.iter().enumerate() {
+        handles.push(tokio::spawn(tail_partition(
+            Arc::downgrade(shared),
+            t.name.clone(),
+            t.incarnation.clone(),
+            p as u32,
+            part.clone(),
+        )));
+    }
+}
+
+/// Follows one partition topic for as long as the topic lives: every new message (from
+/// any store) enters the tail cache and moves `watch_end`. Reconnects after failures;
+/// the cache then restarts empty at the new end (what came in between is read from the
+/// broker when asked for).
+async fn tail_partition(
+    shared: Weak<Shared>,
+    topic: String,
+    incarnation: String,
+    partition: u32,
+    part: Arc<Part>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(sh) = shared.upgrade() else { return };
+        let name = sh.cfg.partition_topic(&topic, partition);
+        let (max_records, max_bytes) = (sh.cfg.cache_max_records, sh.cfg.cache_max_bytes);
+        let opened = async {
+            let mut s = sh.subscribe(&name, Start::Latest).await?;
+            let last = s
+                .last_message_id()
+                .await
+                .map_err(|e| unavailable(format!("last message of {name}: {e}")))?;
+            Ok::<_, StoreError>((s, end_after(&name, last)?))
+        }
+        .await;
+        drop(sh);
+        let (mut sub, end) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(topic = %topic, partition, error = %e, "tailer cannot subscribe; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        {
+            let mut c = lock(&part.cache);
+            if end > c.end {
+                c.end = end;
+                c.records.clear();
+                c.bytes = 0;
+                c.base = end;
+            }
+            let end = c.end;
+            part.end_tx
+                .send_if_modified(|e| std::mem::replace(e, end) != end);
+        }
+        part.ready.send_replace(true);
+        let mut idle = Duration::ZERO;
+        let mut behind_for = Duration::ZERO;
+        loop {
+            let m = match sub.next_message(Some(NUDGE_AFTER)).await {
+                Ok(m) => {
+                    idle = Duration::ZERO;
+                    behind_for = Duration::ZERO;
+                    m
+                }
+                Err(reader::ReadError::Timeout) => {
+                    idle += NUDGE_AFTER;
+                    let behind = lock(&part.cache).end
+                        <= part.wanted.load(std::sync::atomic::Ordering::Acquire);
+                    // pulsar-lite sometimes does not dispatch new entries to a caught-up
+                    // consumer: when one of our appends waits for a record we have not
+                    // received, a FLOW makes the broker dispatch again.
+                    if behind {
+                        behind_for += NUDGE_AFTER;
+                    } else {
+                        behind_for = Duration::ZERO;
+                    }
+                    if behind_for >= RESUBSCRIBE_AFTER {
+                        // Still nothing: subscribe again (the cache restarts at the new
+                        // end, which covers the awaited record).
+                        tracing::debug!(topic = %topic, partition, "tailer behind an append; resubscribing");
+                        break;
+                    }
+                    let nudge = if behind {
+                        sub.add_permits(1).await
+                    } else if idle >= Duration::from_secs(30) {
+                        idle = Duration::ZERO;
+                        sub.ping().await
+                    } else {
+                        Ok(())
+                    };
+                    if let Err(e) = nudge {
+                        tracing::warn!(topic = %topic, partition, error = %e, "tailer lost the broker; reconnecting");
+                        break;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %topic, partition, error = %e, "tailer lost the broker; reconnecting");
+                    break;
+                }
+            };
+            let Some(offset) = offset_of(m.id.0, m.id.1) else {
+                tracing::error!(topic = %topic, partition, id = ?m.id, "message id does not fit in an offset; skipped");
+                continue;
+            };
+            let record = match decode_record(&m, &incarnation, partition, offset) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(reason) => {
+                    tracing::warn!(topic = %topic, partition, offset, %reason, "undecodable message skipped");
+                    continue;
+                }
+            };
+            let mut c = lock(&part.cache);
+            if offset < c.end {
+                // Published between our subscription and its last-id answer (below the
+                // cache, read from the broker when asked for), or delivered twice. A
+                // record inside the cached range that the cache lacks would be a hole:
+                // the cache then restarts at its end.
+                let hole = offset >= c.base
+                    && c.records
+                        .binary_search_by_key(&offset, |r| r.offset)
+                        .is_err();
+                if hole {
+                    tracing::warn!(topic = %topic, partition, offset, "record delivered out of order; tail cache restarted");
+                    c.records.clear();
+                    c.bytes = 0;
+                    c.base = c.end;
+                }
+                continue;
+            }
+            c.bytes += record.payload.len();
+            c.records.push_back(record);
+            c.end = offset + 1;
+            while c.records.len() > max_records || (c.bytes > max_bytes && !c.records.is_empty()) {
+                if let Some(r) = c.records.pop_front() {
+                    c.bytes -= r.payload.len();
+                    c.base = r.offset + 1;
+                }
+            }
+            let end = c.end;
+            drop(c);
+            part.end_tx.send_replace(end);
+        }
+    }
+}
+
+/// Follows the metadata topic after the replay at open; reconnects after failures,
+/// resuming after the last applied message.
+async fn tail_meta(shared: Weak<Shared>, mut sub: Subscription) {
+    loop {
+        match sub.next_message(None).await {
+            Ok(m) => {
+                let Some(sh) = shared.upgrade() else { return };
+                sh.apply_meta(&m, true);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metadata tailer lost the broker; reconnecting");
+                let mut backoff = Duration::from_millis(50);
+                loop {
+                    let Some(sh) = shared.upgrade() else { return };
+                    let start = match *sh.meta_applied.borrow() {
+                        Some((l, e)) => Start::At(l, e),
+                        None => Start::Earliest,
+                    };
+                    let topic = sh.cfg.meta_topic();
+                    match sh.subscribe(&topic, start).await {
+                        Ok(s) => {
+                            sub = s;
+                            break;
+                        }
+                        Err(e) => {
+                            drop(sh);
+                            tracing::debug!(error = %e, "metadata tailer cannot subscribe; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(1));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl PulsarStore {
-    /// Connects to the broker and rebuilds the state from the metadata topic and every
-    /// partition topic. Fails with `Unavailable` when the broker cannot be reached.
+    /// Connects to the broker, replays the metadata topic and starts the tailers (one
+    /// per partition, one for the metadata). Records are not loaded. Fails with
+    /// `Unavailable` when the broker cannot be reached.
     pub async fn open(cfg: PulsarConfig) -> Result<Self, StoreError> {
         for (what, v) in [("tenant", &cfg.tenant), ("namespace", &cfg.namespace)] {
             if v.is_empty() || v.contains('/') {
@@ -184,190 +749,91 @@ impl PulsarStore {
         .await
         .map_err(|_| unavailable(format!("connecting to {} timed out", cfg.url)))?
         .map_err(unavailable)?;
-        let store = PulsarStore {
+        let shared = Arc::new(Shared {
             cfg,
             client,
             state: Mutex::new(State::default()),
+            meta_applied: watch::channel(None).0,
             meta: tokio::sync::Mutex::new(None),
+        });
+        // Replay the metadata topic up to its last message, then keep following it.
+        let meta_topic = shared.cfg.meta_topic();
+        let mut sub = shared.subscribe(&meta_topic, Start::Earliest).await?;
+        let last = sub
+            .last_message_id()
+            .await
+            .map_err(|e| unavailable(format!("last message of {meta_topic}: {e}")))?;
+        if let Some(last) = last {
+            loop {
+                let m = sub
+                    .next_message(Some(t))
+                    .await
+                    .map_err(|e| unavailable(format!("reading {meta_topic}: {e}")))?;
+                let done = m.id >= last;
+                shared.apply_meta(&m, false);
+                if done {
+                    break;
+                }
+            }
+        }
+        let topics: Vec<Arc<TopicState>> = {
+            let mut s = lock(&shared.state);
+            let live: std::collections::HashSet<String> =
+                s.topics.values().map(|t| t.incarnation.clone()).collect();
+            s.offsets.retain(|(inc, _, _), _| live.contains(inc));
+            s.starts.retain(|(inc, _), _| live.contains(inc));
+            s.topics.values().cloned().collect()
         };
-        store.rebuild().await?;
+        for t in &topics {
+            spawn_tailers(&shared, t);
+        }
+        let meta_tail = tokio::spawn(tail_meta(Arc::downgrade(&shared), sub));
+        let store = PulsarStore {
+            shared,
+            meta_tail: Mutex::new(Some(meta_tail)),
+            ddl: tokio::sync::Mutex::new(()),
+        };
+        for t in &topics {
+            for part in &t.parts {
+                store.wait_ready(part).await?;
+            }
+        }
         Ok(store)
     }
 
-    async fn read_topic(&self, topic: &str) -> Result<Vec<reader::RawMessage>, StoreError> {
-        // Each topic is looked up: in a cluster, topics live on different brokers.
-        let addr = tokio::time::timeout(self.cfg.op_timeout, self.client.lookup_topic(topic))
-            .await
-            .map_err(|_| unavailable(format!("looking up {topic} timed out")))?
-            .map_err(|e| unavailable(format!("looking up {topic}: {e}")))?;
-        let host = addr
-            .url
-            .host_str()
-            .ok_or_else(|| unavailable(format!("broker address {} has no host", addr.url)))?;
-        let target = format!("{host}:{}", addr.url.port().unwrap_or(6650));
-        let proxy_to = addr.proxy.then(|| addr.broker_url.clone());
-        reader::read_all(&target, proxy_to, topic, self.cfg.op_timeout)
-            .await
-            .map_err(|e| unavailable(format!("reading {topic}: {e}")))
+    /// The tail cache of a partition: how much it holds and from where (tests assert
+    /// the memory bound with it).
+    pub fn cache_stats(&self, topic: &str, partition: u32) -> Result<CacheStats, StoreError> {
+        let t = self.topic_state(topic)?;
+        let c = lock(&Self::part(&t, partition)?.cache);
+        Ok(CacheStats {
+            records: c.records.len(),
+            bytes: c.bytes,
+            base: c.base,
+            end: c.end,
+        })
     }
 
-    async fn rebuild(&self) -> Result<(), StoreError> {
-        let mut meta: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        for m in self.read_topic(&self.cfg.meta_topic()).await? {
-            let Some(key) = m.metadata.partition_key.clone() else {
-                continue;
-            };
-            let p = props(&m.metadata);
-            match p.get(P_META_OP).map(String::as_str) {
-                Some("put") => {
-                    meta.insert(key, m.payload.to_vec());
-                }
-                Some("del") => {
-                    meta.remove(&key);
-                }
-                _ => {}
-            }
-        }
-        let mut state = State::default();
-        let mut starts: HashMap<(String, u32), u64> = HashMap::new();
-        let mut topic_records = Vec::new();
-        for (k, v) in &meta {
-            if let Some(name) = k.strip_prefix("topic/") {
-                let rec: TopicRecord = serde_json::from_slice(v)
-                    .map_err(|e| StoreError::Io(format!("bad topic record for {name:?}: {e}")))?;
-                topic_records.push((name.to_string(), rec));
-            } else if let Some(rest) = k.strip_prefix("offset/") {
-                let mut it = rest.splitn(3, '/');
-                if let (Some(inc), Some(p), Some(g)) = (it.next(), it.next(), it.next()) {
-                    if let (Ok(p), Some(o)) = (p.parse(), parse_u64(v)) {
-                        state.offsets.insert((inc.to_string(), p, g.to_string()), o);
-                    }
-                }
-            } else if let Some(rest) = k.strip_prefix("start/") {
-                if let Some((inc, p)) = rest.split_once('/') {
-                    if let (Ok(p), Some(o)) = (p.parse(), parse_u64(v)) {
-                        starts.insert((inc.to_string(), p), o);
-                    }
-                }
-            } else if let Some(user) = k.strip_prefix("kv/") {
-                state.kv.insert(user.to_string(), v.clone());
-            }
-        }
-        let live: std::collections::HashSet<String> = topic_records
-            .iter()
-            .map(|(_, r)| r.incarnation.clone())
-            .collect();
-        state.offsets.retain(|(inc, _, _), _| live.contains(inc));
-        for (name, rec) in topic_records {
-            let mut raw = Vec::new();
-            for p in 0..rec.config.partitions {
-                raw.push(self.rebuild_partition(&name, &rec.incarnation, p).await?);
-            }
-            drop_incomplete_appends(&mut raw);
-            let mut parts = Vec::new();
-            for (p, records) in raw.into_iter().enumerate() {
-                let start = starts
-                    .get(&(rec.incarnation.clone(), p as u32))
-                    .copied()
-                    .unwrap_or(0);
-                let log = part_log(records.into_iter().map(|(r, _)| r).collect(), start);
-                let (end_tx, _) = watch::channel(log.end());
-                parts.push(Part {
-                    log: Mutex::new(log),
-                    end_tx,
-                });
-            }
-            let n = parts.len();
-            state.topics.insert(
-                name.clone(),
-                Arc::new(TopicState {
-                    name,
-                    config: rec.config,
-                    incarnation: rec.incarnation,
-                    parts,
-                    producers: tokio::sync::Mutex::new((0..n).map(|_| None).collect()),
-                }),
-            );
-        }
-        *lock(&self.state) = state;
-        Ok(())
+    fn cfg(&self) -> &PulsarConfig {
+        &self.shared.cfg
     }
 
-    async fn rebuild_partition(
-        &self,
-        topic: &str,
-        incarnation: &str,
-        partition: u32,
-    ) -> Result<Vec<(StoredRecord, Option<AppendTag>)>, StoreError> {
-        let name = self.cfg.partition_topic(topic, partition);
-        let mut records: Vec<(StoredRecord, Option<AppendTag>)> = Vec::new();
-        for m in self.read_topic(&name).await? {
-            let p = props(&m.metadata);
-            if p.get(mapping::P_INCARNATION).map(String::as_str) != Some(incarnation) {
-                continue;
-            }
-            let (Some(offset), Some(ts)) = (
-                p.get(mapping::P_OFFSET).and_then(|s| s.parse::<u64>().ok()),
-                p.get(mapping::P_TS).and_then(|s| s.parse::<u64>().ok()),
-            ) else {
-                continue;
-            };
-            let unsupported = if m.metadata.compression.unwrap_or(0) != 0 {
-                Some("compressed")
-            } else if m.metadata.num_messages_in_batch.unwrap_or(1) != 1 {
-                Some("batched")
-            } else {
-                None
-            };
-            if let Some(what) = unsupported {
-                // meshd's producers neither batch nor compress; someone else wrote this.
-                return Err(StoreError::Corrupt {
-                    topic: topic.to_string(),
-                    partition,
-                    offset,
-                    reason: format!("{what} message in a meshd partition topic"),
-                });
-            }
-            let len = records.len() as u64;
-            if offset > len {
-                tracing::warn!(
-                    topic,
-                    partition,
-                    offset,
-                    expected = len,
-                    "gap in the Pulsar partition topic; message skipped"
-                );
-                continue;
-            }
-            // A later message with an offset already seen was written after an append
-            // that failed half-way: it replaces that one and what followed it.
-            records.truncate(offset as usize);
-            let payload =
-                mapping::from_message(&p, m.payload).map_err(|reason| StoreError::Corrupt {
-                    topic: topic.to_string(),
-                    partition,
-                    offset,
-                    reason,
-                })?;
-            let tag = p.get(mapping::P_APPEND).and_then(|t| {
-                let (id, count) = t.split_once(':')?;
-                Some((id.to_string(), count.parse().ok()?))
-            });
-            records.push((
-                StoredRecord {
-                    partition,
-                    offset,
-                    timestamp_ms: ts,
-                    payload,
-                },
-                tag,
-            ));
+    async fn wait_ready(&self, part: &Part) -> Result<(), StoreError> {
+        let mut ready = part.ready.subscribe();
+        let waited = tokio::time::timeout(self.cfg().op_timeout, ready.wait_for(|r| *r))
+            .await
+            .map(|r| r.map(|_| ()));
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(unavailable("store closed")),
+            Err(_) => Err(unavailable(
+                "the partition tailer could not reach the broker in time",
+            )),
         }
-        Ok(records)
     }
 
     fn topic_state(&self, topic: &str) -> Result<Arc<TopicState>, StoreError> {
-        let s = lock(&self.state);
+        let s = lock(&self.shared.state);
         if s.closed {
             return Err(unavailable("store closed"));
         }
@@ -379,7 +845,7 @@ impl PulsarStore {
             })
     }
 
-    fn part(t: &TopicState, partition: u32) -> Result<&Part, StoreError> {
+    fn part(t: &TopicState, partition: u32) -> Result<&Arc<Part>, StoreError> {
         t.parts
             .get(partition as usize)
             .ok_or_else(|| StoreError::PartitionNotFound {
@@ -388,114 +854,101 @@ impl PulsarStore {
             })
     }
 
-    async fn producer(&self, topic: String) -> Result<Producer<TokioExecutor>, StoreError> {
-        tokio::time::timeout(
-            self.cfg.op_timeout,
-            self.client.producer().with_topic(topic).build(),
-        )
-        .await
-        .map_err(|_| unavailable("creating a producer timed out"))?
-        .map_err(unavailable)
-    }
-
-    /// Writes metadata entries (`None` deletes) and waits for the broker's receipts. The
-    /// caller holds the `meta` lock.
-    async fn write_meta(
-        &self,
-        slot: &mut Option<Producer<TokioExecutor>>,
-        entries: Vec<(String, Option<Vec<u8>>)>,
-    ) -> Result<(), StoreError> {
-        let deadline = tokio::time::Instant::now() + self.cfg.op_timeout;
-        let work = async {
-            if slot.is_none() {
-                *slot = Some(self.producer(self.cfg.meta_topic()).await?);
-            }
-            let Some(producer) = slot.as_mut() else {
-                return Err(unavailable("no metadata producer"));
-            };
-            let mut receipts = Vec::new();
-            for (key, value) in entries {
-                let op = if value.is_some() { "put" } else { "del" };
-                let msg = Message {
-                    payload: value.unwrap_or_default(),
-                    properties: HashMap::from([(P_META_OP.to_string(), op.to_string())]),
-                    partition_key: Some(key),
-                    ..Default::default()
-                };
-                receipts.push(producer.send_non_blocking(msg).await.map_err(unavailable)?);
-            }
-            for r in receipts {
-                r.await.map_err(unavailable)?;
-            }
-            Ok(())
-        };
-        match tokio::time::timeout_at(deadline, work).await {
-            Ok(r) => r,
-            Err(_) => Err(unavailable("metadata write timed out")),
-        }
-    }
-
     fn check_open(&self) -> Result<(), StoreError> {
-        if lock(&self.state).closed {
+        if lock(&self.shared.state).closed {
             return Err(unavailable("store closed"));
         }
         Ok(())
     }
-}
 
-/// (append id, number of records in that append call).
-type AppendTag = (String, u64);
-
-/// Removes the records of appends that did not reach the broker whole (the call failed
-/// half-way and was answered with an error). Such records are always at the end of their
-/// partition: the next append to a partition reuses the offsets of a failed one and
-/// replaces its records when the log is rebuilt.
-fn drop_incomplete_appends(parts: &mut [Vec<(StoredRecord, Option<AppendTag>)>]) {
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    for part in parts.iter() {
-        for (_, tag) in part {
-            if let Some((id, _)) = tag {
-                *seen.entry(id.clone()).or_default() += 1;
-            }
-        }
+    fn start_of(&self, t: &TopicState, partition: u32, part: &Part) -> u64 {
+        let s = lock(&self.shared.state);
+        s.starts
+            .get(&(t.incarnation.clone(), partition))
+            .copied()
+            .unwrap_or(0)
+            .max(part.first)
     }
-    for part in parts.iter_mut() {
-        while let Some((r, Some((id, count)))) = part.last() {
-            if seen.get(id).copied().unwrap_or(0) >= *count {
+
+    /// Reads records `[from, until)` of a partition from the broker, at most `max`.
+    async fn read_broker(
+        &self,
+        t: &TopicState,
+        partition: u32,
+        mut from: u64,
+        until: u64,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let name = self.cfg().partition_topic(&t.name, partition);
+        let mut out = Vec::new();
+        if from >= until || max == 0 {
+            return Ok(out);
+        }
+        let mut sub = self.shared.subscribe(&name, start_for(from)).await?;
+        let Some(last) = sub
+            .last_message_id()
+            .await
+            .map_err(|e| unavailable(format!("last message of {name}: {e}")))?
+        else {
+            return Ok(out);
+        };
+        if end_after(&name, Some(last))? <= from {
+            return Ok(out);
+        }
+        while out.len() < max {
+            let m = sub
+                .next_message(Some(self.cfg().op_timeout))
+                .await
+                .map_err(|e| unavailable(format!("reading {name}: {e}")))?;
+            let Some(offset) = offset_of(m.id.0, m.id.1) else {
+                return Err(StoreError::Corrupt {
+                    topic: t.name.clone(),
+                    partition,
+                    offset: from,
+                    reason: format!("message id {:?} does not fit in an offset", m.id),
+                });
+            };
+            if offset >= until {
                 break;
             }
-            tracing::warn!(
-                partition = r.partition,
-                offset = r.offset,
-                "dropping a record of an append that failed half-way"
-            );
-            part.pop();
+            // `from` moves past every record taken: a message delivered twice (pulsar-lite
+            // re-dispatches some after a FLOW) is dropped here.
+            if offset >= from {
+                from = offset + 1;
+                match decode_record(&m, &t.incarnation, partition, offset) {
+                    Ok(Some(r)) => out.push(r),
+                    Ok(None) => {}
+                    Err(reason) => {
+                        tracing::warn!(topic = %t.name, partition, offset, %reason, "undecodable message skipped")
+                    }
+                }
+            }
+            if m.id >= last {
+                break;
+            }
         }
+        Ok(out)
     }
-}
 
-/// The in-memory log of a partition from its rebuilt records and retention start.
-fn part_log(records: Vec<StoredRecord>, start: u64) -> PartLog {
-    let end = (records.len() as u64).max(start);
-    let kept: VecDeque<StoredRecord> = records.into_iter().filter(|r| r.offset >= start).collect();
-    let bytes = kept.iter().map(|r| r.payload.len() as u64).sum();
-    PartLog {
-        start: end - kept.len() as u64,
-        records: kept,
-        bytes,
+    /// The topic's partition, after its tailer is up.
+    async fn ready_part(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(Arc<TopicState>, Arc<Part>), StoreError> {
+        let t = self.topic_state(topic)?;
+        let part = Self::part(&t, partition)?.clone();
+        self.wait_ready(&part).await?;
+        Ok((t, part))
     }
-}
-
-fn parse_u64(v: &[u8]) -> Option<u64> {
-    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 #[async_trait]
 impl EventStore for PulsarStore {
     async fn create_topic(&self, topic: &str, config: &TopicConfig) -> Result<bool, StoreError> {
-        let mut meta = self.meta.lock().await;
+        let _ddl = self.ddl.lock().await;
         self.check_open()?;
-        if let Some(t) = lock(&self.state).topics.get(topic) {
+        if let Some(t) = lock(&self.shared.state).topics.get(topic) {
             return if &t.config == config {
                 Ok(false)
             } else {
@@ -504,57 +957,57 @@ impl EventStore for PulsarStore {
                 })
             };
         }
+        // A recreated topic starts after the messages of its predecessors.
+        let mut first = Vec::with_capacity(config.partitions as usize);
+        for p in 0..config.partitions {
+            first.push(
+                self.shared
+                    .topic_end(&self.cfg().partition_topic(topic, p))
+                    .await?,
+            );
+        }
+        let incarnation = format!("{:016x}", rand::random::<u64>());
         let rec = TopicRecord {
             config: config.clone(),
-            incarnation: format!("{:016x}", rand::random::<u64>()),
+            incarnation: incarnation.clone(),
+            first,
         };
         let value = serde_json::to_vec(&rec).map_err(|e| StoreError::Io(e.to_string()))?;
-        self.write_meta(&mut meta, vec![(format!("topic/{topic}"), Some(value))])
+        self.shared
+            .write_meta(vec![(format!("topic/{topic}"), Some(value))])
             .await?;
-        let n = config.partitions as usize;
-        let parts = (0..n)
-            .map(|_| Part {
-                log: Mutex::new(PartLog {
-                    start: 0,
-                    records: VecDeque::new(),
-                    bytes: 0,
-                }),
-                end_tx: watch::channel(0).0,
+        // Another store may have created the name first (broker order decides).
+        let t = self.topic_state(topic)?;
+        if t.incarnation == incarnation {
+            for part in &t.parts {
+                self.wait_ready(part).await?;
+            }
+            Ok(true)
+        } else if &t.config == config {
+            Ok(false)
+        } else {
+            Err(StoreError::TopicConflict {
+                topic: topic.to_string(),
             })
-            .collect();
-        lock(&self.state).topics.insert(
-            topic.to_string(),
-            Arc::new(TopicState {
-                name: topic.to_string(),
-                config: rec.config,
-                incarnation: rec.incarnation,
-                parts,
-                producers: tokio::sync::Mutex::new((0..n).map(|_| None).collect()),
-            }),
-        );
-        Ok(true)
+        }
     }
 
     async fn delete_topic(&self, topic: &str) -> Result<(), StoreError> {
-        let mut meta = self.meta.lock().await;
+        let _ddl = self.ddl.lock().await;
         let t = self.topic_state(topic)?;
-        self.write_meta(&mut meta, vec![(format!("topic/{topic}"), None)])
+        self.shared
+            .write_meta(vec![(format!("topic/{topic}"), None)])
             .await?;
-        {
-            let mut s = lock(&self.state);
-            s.topics.remove(topic);
-            s.offsets.retain(|(inc, _, _), _| inc != &t.incarnation);
-        }
         let mut producers = t.producers.lock().await;
         for p in producers.iter_mut().filter_map(Option::take) {
             let mut p = p;
-            let _ = tokio::time::timeout(self.cfg.op_timeout, p.close()).await;
+            let _ = tokio::time::timeout(self.cfg().op_timeout, p.close()).await;
         }
         Ok(())
     }
 
     async fn list_topics(&self) -> Result<Vec<(String, TopicConfig)>, StoreError> {
-        let s = lock(&self.state);
+        let s = lock(&self.shared.state);
         if s.closed {
             return Err(unavailable("store closed"));
         }
@@ -588,9 +1041,10 @@ impl EventStore for PulsarStore {
             .iter()
             .map(|r| mapping::to_message(&r.payload))
             .collect();
+        let deadline = tokio::time::Instant::now() + self.cfg().op_timeout;
         let mut producers = t.producers.lock().await;
         // Deleted (or recreated) while we waited?
-        match lock(&self.state).topics.get(topic) {
+        match lock(&self.shared.state).topics.get(topic) {
             Some(cur) if Arc::ptr_eq(cur, &t) => {}
             _ => {
                 return Err(StoreError::TopicNotFound {
@@ -598,29 +1052,17 @@ impl EventStore for PulsarStore {
                 })
             }
         }
-        let mut next: HashMap<u32, u64> = HashMap::new();
-        let mut appended = Vec::with_capacity(records.len());
-        for r in &records {
-            let n = match next.get(&r.partition) {
-                Some(n) => *n,
-                None => lock(&Self::part(&t, r.partition)?.log).end(),
-            };
-            next.insert(r.partition, n + 1);
-            appended.push(Appended {
-                partition: r.partition,
-                offset: n,
-            });
-        }
         let tag = format!("{:016x}:{}", rand::random::<u64>(), records.len());
         let work = async {
             let mut receipts = Vec::with_capacity(records.len());
-            for ((r, a), m) in records.iter().zip(&appended).zip(parts) {
+            for (r, m) in records.iter().zip(parts) {
                 let slot = producers
                     .get_mut(r.partition as usize)
                     .ok_or_else(|| StoreError::Io("producer slot missing".into()))?;
                 if slot.is_none() {
                     *slot = Some(
-                        self.producer(self.cfg.partition_topic(topic, r.partition))
+                        self.shared
+                            .producer(self.cfg().partition_topic(topic, r.partition))
                             .await?,
                     );
                 }
@@ -628,7 +1070,6 @@ impl EventStore for PulsarStore {
                     return Err(unavailable("no producer"));
                 };
                 let mut properties = m.properties;
-                properties.insert(mapping::P_OFFSET.into(), a.offset.to_string());
                 properties.insert(mapping::P_TS.into(), r.timestamp_ms.to_string());
                 properties.insert(mapping::P_INCARNATION.into(), t.incarnation.clone());
                 properties.insert(mapping::P_APPEND.into(), tag.clone());
@@ -640,42 +1081,61 @@ impl EventStore for PulsarStore {
                 };
                 receipts.push(producer.send_non_blocking(msg).await.map_err(unavailable)?);
             }
-            for r in receipts {
-                r.await.map_err(unavailable)?;
+            // The messages are queued in order: later appends may queue theirs while
+            // these receipts are awaited (appends pipeline, order per partition holds).
+            drop(producers);
+            let mut appended = Vec::with_capacity(receipts.len());
+            for (r, receipt) in records.iter().zip(receipts) {
+                let receipt = receipt.await.map_err(unavailable)?;
+                let id = receipt
+                    .message_id
+                    .ok_or_else(|| StoreError::Io("send receipt without a message id".into()))?;
+                let offset = offset_of(id.ledger_id, id.entry_id).ok_or_else(|| {
+                    StoreError::Io(format!(
+                        "message id ({}, {}) does not fit in an offset",
+                        id.ledger_id, id.entry_id
+                    ))
+                })?;
+                appended.push(Appended {
+                    partition: r.partition,
+                    offset,
+                });
             }
-            Ok(())
+            Ok(appended)
         };
-        match tokio::time::timeout(self.cfg.op_timeout, work).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
+        let appended = match tokio::time::timeout_at(deadline, work).await {
+            Ok(r) => r?,
             Err(_) => {
                 return Err(unavailable(format!(
                     "Pulsar did not acknowledge the append within {:?}",
-                    self.cfg.op_timeout
+                    self.cfg().op_timeout
                 )))
             }
+        };
+        // Read-your-writes: wait until our tailers have seen the records.
+        let mut highest: BTreeMap<u32, u64> = BTreeMap::new();
+        for a in &appended {
+            let h = highest.entry(a.partition).or_default();
+            *h = (*h).max(a.offset);
         }
-        let mut touched = Vec::new();
-        for (r, a) in records.into_iter().zip(&appended) {
-            let part = Self::part(&t, r.partition)?;
-            let mut log = lock(&part.log);
-            log.bytes += r.payload.len() as u64;
-            log.records.push_back(StoredRecord {
-                partition: r.partition,
-                offset: a.offset,
-                timestamp_ms: r.timestamp_ms,
-                payload: r.payload,
-            });
-            if !touched.contains(&r.partition) {
-                touched.push(r.partition);
+        for (p, offset) in highest {
+            let part = Self::part(&t, p)?;
+            part.wanted
+                .fetch_max(offset, std::sync::atomic::Ordering::AcqRel);
+            let mut end = part.end_tx.subscribe();
+            if tokio::time::timeout_at(deadline, end.wait_for(|e| *e > offset))
+                .await
+                .is_err()
+            {
+                // Durable in Pulsar, just not seen by the tailer yet.
+                tracing::warn!(
+                    topic,
+                    partition = p,
+                    offset,
+                    "append acknowledged before the tailer saw it"
+                );
             }
         }
-        for p in touched {
-            let part = Self::part(&t, p)?;
-            let end = lock(&part.log).end();
-            part.end_tx.send_replace(end);
-        }
-        drop(producers);
         Ok(appended)
     }
 
@@ -686,20 +1146,40 @@ impl EventStore for PulsarStore {
         from: u64,
         max: usize,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        let t = self.topic_state(topic)?;
-        let part = Self::part(&t, partition)?;
-        let log = lock(&part.log);
-        let skip = from.saturating_sub(log.start);
-        let skip = usize::try_from(skip).unwrap_or(usize::MAX);
-        Ok(log.records.iter().skip(skip).take(max).cloned().collect())
+        let (t, part) = self.ready_part(topic, partition).await?;
+        let mut from = from.max(self.start_of(&t, partition, &part));
+        let mut out: Vec<StoredRecord> = Vec::new();
+        while out.len() < max {
+            let base = {
+                let c = lock(&part.cache);
+                if from >= c.base {
+                    let i = c.records.partition_point(|r| r.offset < from);
+                    out.extend(c.records.iter().skip(i).take(max - out.len()).cloned());
+                    return Ok(out);
+                }
+                c.base
+            };
+            let got = self
+                .read_broker(&t, partition, from, base, max - out.len())
+                .await?;
+            let full = out.len() + got.len() >= max;
+            out.extend(got);
+            if full {
+                break;
+            }
+            // Everything below `base` was read; the cache may have moved on meanwhile.
+            from = base;
+        }
+        Ok(out)
     }
 
     async fn bounds(&self, topic: &str, partition: u32) -> Result<PartitionBounds, StoreError> {
-        let t = self.topic_state(topic)?;
-        let log = lock(&Self::part(&t, partition)?.log);
+        let (t, part) = self.ready_part(topic, partition).await?;
+        let start = self.start_of(&t, partition, &part);
+        let end = lock(&part.cache).end;
         Ok(PartitionBounds {
-            start: log.start,
-            end: log.end(),
+            start: start.min(end),
+            end,
         })
     }
 
@@ -715,22 +1195,14 @@ impl EventStore for PulsarStore {
         partition: u32,
         offset: u64,
     ) -> Result<(), StoreError> {
-        let mut meta = self.meta.lock().await;
         let t = self.topic_state(topic)?;
         Self::part(&t, partition)?;
-        self.write_meta(
-            &mut meta,
-            vec![(
+        self.shared
+            .write_meta(vec![(
                 offset_key(&t.incarnation, partition, group),
                 Some(offset.to_string().into_bytes()),
-            )],
-        )
-        .await?;
-        lock(&self.state).offsets.insert(
-            (t.incarnation.clone(), partition, group.to_string()),
-            offset,
-        );
-        Ok(())
+            )])
+            .await
     }
 
     async fn committed_offset(
@@ -741,17 +1213,18 @@ impl EventStore for PulsarStore {
     ) -> Result<Option<u64>, StoreError> {
         let t = self.topic_state(topic)?;
         Self::part(&t, partition)?;
-        Ok(lock(&self.state)
+        Ok(lock(&self.shared.state)
             .offsets
             .get(&(t.incarnation.clone(), partition, group.to_string()))
             .copied())
     }
 
     async fn enforce_retention(&self, now_ms: u64) -> Result<RetentionReport, StoreError> {
-        let mut meta = self.meta.lock().await;
         self.check_open()?;
-        let topics: Vec<Arc<TopicState>> = lock(&self.state).topics.values().cloned().collect();
+        let topics: Vec<Arc<TopicState>> =
+            lock(&self.shared.state).topics.values().cloned().collect();
         let mut report = RetentionReport::default();
+        const CHUNK: usize = 1000;
         for t in topics {
             let retention = &t.config.retention;
             if retention.max_age_secs.is_none() && retention.max_bytes.is_none() {
@@ -760,46 +1233,60 @@ impl EventStore for PulsarStore {
             let cutoff = retention
                 .max_age_secs
                 .map(|s| now_ms.saturating_sub(s.saturating_mul(1000)));
-            for (pi, part) in t.parts.iter().enumerate() {
-                let (new_start, removed_bytes) = {
-                    let log = lock(&part.log);
-                    let mut removed = 0u64;
-                    let mut new_start = log.start;
-                    for r in &log.records {
+            for p in 0..t.config.partitions {
+                let b = self.bounds(&t.name, p).await?;
+                // Size: one streaming pass for the total (memory stays one chunk).
+                let mut total = 0u64;
+                if retention.max_bytes.is_some() {
+                    let mut from = b.start;
+                    loop {
+                        let chunk = self.read(&t.name, p, from, CHUNK).await?;
+                        let Some(last) = chunk.last() else { break };
+                        from = last.offset + 1;
+                        total += chunk
+                            .iter()
+                            .filter(|r| r.offset < b.end)
+                            .map(|r| r.payload.len() as u64)
+                            .sum::<u64>();
+                        if from >= b.end {
+                            break;
+                        }
+                    }
+                }
+                let (mut removed, mut removed_bytes, mut new_start) = (0u64, 0u64, b.start);
+                let mut from = b.start;
+                'scan: loop {
+                    let chunk = self.read(&t.name, p, from, CHUNK).await?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    for r in &chunk {
+                        if r.offset >= b.end {
+                            break 'scan;
+                        }
                         let expired = cutoff.is_some_and(|c| r.timestamp_ms < c);
                         let over = retention
                             .max_bytes
-                            .is_some_and(|m| log.bytes.saturating_sub(removed) > m);
+                            .is_some_and(|m| total.saturating_sub(removed_bytes) > m);
                         if !(expired || over) {
-                            break;
+                            break 'scan;
                         }
-                        removed += r.payload.len() as u64;
+                        removed += 1;
+                        removed_bytes += r.payload.len() as u64;
                         new_start = r.offset + 1;
+                        from = new_start;
                     }
-                    (new_start, removed)
-                };
-                let pi = pi as u32;
-                let old_start = lock(&part.log).start;
-                if new_start == old_start {
+                }
+                if new_start == b.start {
                     continue;
                 }
-                self.write_meta(
-                    &mut meta,
-                    vec![(
-                        start_key(&t.incarnation, pi),
+                self.shared
+                    .write_meta(vec![(
+                        start_key(&t.incarnation, p),
                         Some(new_start.to_string().into_bytes()),
-                    )],
-                )
-                .await?;
-                let mut log = lock(&part.log);
-                while log.start < new_start {
-                    let Some(r) = log.records.pop_front() else {
-                        break;
-                    };
-                    log.bytes = log.bytes.saturating_sub(r.payload.len() as u64);
-                    log.start += 1;
-                }
-                report.records += new_start - old_start;
+                    )])
+                    .await?;
+                report.records += removed;
                 report.bytes += removed_bytes;
             }
         }
@@ -807,28 +1294,25 @@ impl EventStore for PulsarStore {
     }
 
     async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let mut meta = self.meta.lock().await;
         self.check_open()?;
-        self.write_meta(&mut meta, vec![(format!("kv/{key}"), Some(value.to_vec()))])
-            .await?;
-        lock(&self.state).kv.insert(key.to_string(), value.to_vec());
-        Ok(())
+        self.shared
+            .write_meta(vec![(format!("kv/{key}"), Some(value.to_vec()))])
+            .await
     }
 
     async fn delete_meta(&self, key: &str) -> Result<bool, StoreError> {
-        let mut meta = self.meta.lock().await;
         self.check_open()?;
-        if !lock(&self.state).kv.contains_key(key) {
+        if !lock(&self.shared.state).kv.contains_key(key) {
             return Ok(false);
         }
-        self.write_meta(&mut meta, vec![(format!("kv/{key}"), None)])
+        self.shared
+            .write_meta(vec![(format!("kv/{key}"), None)])
             .await?;
-        lock(&self.state).kv.remove(key);
         Ok(true)
     }
 
     async fn list_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let s = lock(&self.state);
+        let s = lock(&self.shared.state);
         if s.closed {
             return Err(unavailable("store closed"));
         }
@@ -840,19 +1324,24 @@ impl EventStore for PulsarStore {
     }
 
     async fn close(&self) -> Result<(), StoreError> {
-        let mut meta = self.meta.lock().await;
         let topics: Vec<Arc<TopicState>> = {
-            let mut s = lock(&self.state);
+            let mut s = lock(&self.shared.state);
             s.closed = true;
             s.topics.values().cloned().collect()
         };
-        if let Some(mut p) = meta.take() {
-            let _ = tokio::time::timeout(self.cfg.op_timeout, p.close()).await;
+        if let Some(t) = lock(&self.meta_tail).take() {
+            t.abort();
+        }
+        if let Some(mut p) = self.shared.meta.lock().await.take() {
+            let _ = tokio::time::timeout(self.cfg().op_timeout, p.close()).await;
         }
         for t in topics {
+            for h in lock(&t.tailers).drain(..) {
+                h.abort();
+            }
             let mut producers = t.producers.lock().await;
             for mut p in producers.iter_mut().filter_map(Option::take) {
-                let _ = tokio::time::timeout(self.cfg.op_timeout, p.close()).await;
+                let _ = tokio::time::timeout(self.cfg().op_timeout, p.close()).await;
             }
         }
         Ok(())
@@ -863,50 +1352,28 @@ impl EventStore for PulsarStore {
 mod tests {
     use super::*;
 
-    fn r(
-        partition: u32,
-        offset: u64,
-        tag: Option<(&str, u64)>,
-    ) -> (StoredRecord, Option<AppendTag>) {
-        (
-            StoredRecord {
-                partition,
-                offset,
-                timestamp_ms: 0,
-                payload: bytes::Bytes::from(format!("{partition}/{offset}")),
-            },
-            tag.map(|(id, n)| (id.to_string(), n)),
-        )
+    #[test]
+    fn offsets_pack_message_ids_in_order() {
+        assert_eq!(offset_of(0, 0), Some(0));
+        assert_eq!(offset_of(0, 7), Some(7));
+        assert_eq!(offset_of(1, 0), Some(1 << 24));
+        assert!(offset_of(1, 0) > offset_of(0, ENTRY_MASK));
+        assert!(offset_of(12, 3) < offset_of(12, 4));
+        assert!(offset_of(12, 4) < offset_of(13, 0));
+        assert_eq!(offset_of(0, 1 << 24), None, "entry id too large");
+        assert_eq!(offset_of(1 << 40, 0), None, "ledger id too large");
+        assert!(offset_of((1 << 40) - 1, ENTRY_MASK).is_some());
+        for (l, e) in [(0, 0), (5, 9), ((1 << 40) - 1, ENTRY_MASK)] {
+            let o = offset_of(l, e).unwrap();
+            assert_eq!(message_id_of(o), (l, e));
+        }
     }
 
     #[test]
-    fn half_written_appends_are_dropped_from_the_tails() {
-        // "a" (2 records over p0 and p1) made it whole; "b" reached p1 only; "c" wrote one
-        // of its two records to p0; untagged records are kept.
-        let mut parts = vec![
-            vec![
-                r(0, 0, Some(("a", 2))),
-                r(0, 1, None),
-                r(0, 2, Some(("c", 2))),
-            ],
-            vec![r(1, 0, Some(("a", 2))), r(1, 1, Some(("b", 2)))],
-            vec![],
-        ];
-        drop_incomplete_appends(&mut parts);
-        let offsets: Vec<Vec<u64>> = parts
-            .iter()
-            .map(|p| p.iter().map(|(r, _)| r.offset).collect())
-            .collect();
-        assert_eq!(offsets, vec![vec![0, 1], vec![0], vec![]]);
-    }
-
-    #[test]
-    fn part_log_applies_the_retention_start() {
-        let records: Vec<StoredRecord> = (0..4).map(|o| r(0, o, None).0).collect();
-        let log = part_log(records.clone(), 2);
-        assert_eq!((log.start, log.end(), log.bytes), (2, 4, 6));
-        // A start past what was rebuilt keeps the end where it was.
-        let log = part_log(records, 9);
-        assert_eq!((log.start, log.end(), log.records.len()), (9, 9, 0));
+    fn reads_start_at_or_before_the_wanted_entry() {
+        assert_eq!(start_for(0), Start::Earliest);
+        assert_eq!(start_for(5), Start::At(0, 4));
+        assert_eq!(start_for(3 << 24), Start::Earliest);
+        assert_eq!(start_for((3 << 24) + 1), Start::At(3, 0));
     }
 }
