@@ -387,7 +387,10 @@ impl Shared {
         let limit = self.config.drain_timeout + Duration::from_secs(1);
         let mut task = l.task;
         let stats = l.stats;
+        // Keep the handle's channel open while draining (its closing means "removed now").
+        let incoming = l.incoming;
         tokio::spawn(async move {
+            let _incoming = incoming;
             if tokio::time::timeout(limit, &mut task).await.is_err() {
                 task.abort();
                 tracing::warn!(cluster = %shared.me(), peer, "link drain did not finish in time, closed");
@@ -598,6 +601,9 @@ async fn run_link(
                 Ok(_) => "link removed from the topology".to_string(),
                 Err(e) => e.clone(),
             };
+            if !reason.starts_with("link removed from the topology") {
+                tracing::warn!(cluster = %shared.me(), peer, "link ended while draining: {reason}");
+            }
             conn.close(quinn::VarInt::from_u32(0), reason.as_bytes());
             stats.set_state(LinkState::Down, Some(reason));
             return;
