@@ -978,76 +978,80 @@ impl SessionState {
         let topo = shared.topology();
         let me = shared.me().to_string();
         let topics: Vec<String> = self.interest.topics().cloned().collect();
-        for topic in topics {
-            let Ok(Some(cfg)) = shared.node.store.topic(&topic).await else {
-                continue;
-            };
-            for p in 0..cfg.partitions {
-                watchers.ensure(&shared.node.store, &topic, p);
-                while self.window.can_send() {
-                    let durable = self.durable(shared, peer, &topic, p).await?;
-                    let pos = self.window.position(&topic, p, durable);
-                    let store = &shared.node.store;
-                    let end = store
-                        .bounds(&topic, p)
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .end;
-                    if pos >= end {
-                        break;
-                    }
-                    let records = store
-                        .read(&topic, p, pos, shared.config.batch_max)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let Some(last) = records.last() else { break };
-                    let next = last.offset + 1;
-                    let mut events = Vec::new();
-                    let mut bytes = 0u64;
-                    for r in &records {
-                        let mut ev = match decode_event(&r.payload) {
-                            Ok(e) => e,
-                            Err(e) => {
-                                tracing::error!(cluster = %me, topic, partition = p, offset = r.offset, "skipping an undecodable stored event: {e}");
+        // Each wanted topic is read from its own store topic and from the relay topic where
+        // this cluster keeps events it may only pass on (see `relay_topic`).
+        for wire in topics {
+            for topic in [wire.clone(), relay_topic(&wire)] {
+                let Ok(Some(cfg)) = shared.node.store.topic(&topic).await else {
+                    continue;
+                };
+                for p in 0..cfg.partitions {
+                    watchers.ensure(&shared.node.store, &topic, p);
+                    while self.window.can_send() {
+                        let durable = self.durable(shared, peer, &topic, p).await?;
+                        let pos = self.window.position(&topic, p, durable);
+                        let store = &shared.node.store;
+                        let end = store
+                            .bounds(&topic, p)
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .end;
+                        if pos >= end {
+                            break;
+                        }
+                        let records = store
+                            .read(&topic, p, pos, shared.config.batch_max)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let Some(last) = records.last() else { break };
+                        let next = last.offset + 1;
+                        let mut events = Vec::new();
+                        let mut bytes = 0u64;
+                        for r in &records {
+                            let mut ev = match decode_event(&r.payload) {
+                                Ok(e) => e,
+                                Err(e) => {
+                                    tracing::error!(cluster = %me, topic, partition = p, offset = r.offset, "skipping an undecodable stored event: {e}");
+                                    continue;
+                                }
+                            };
+                            let path = event_path(&ev, &me);
+                            if path.iter().any(|c| c == peer) {
                                 continue;
                             }
-                        };
-                        let path = event_path(&ev, &me);
-                        if path.iter().any(|c| c == peer) {
-                            continue;
+                            if !self
+                                .interest
+                                .wants(&wire, &ev, &path, |t, d| topo.may_receive(t, d))
+                            {
+                                continue;
+                            }
+                            stamp_outgoing(&mut ev, &me);
+                            let payload = encode_event(&ev);
+                            bytes += payload.len() as u64;
+                            events.push(WireEvent {
+                                offset: r.offset,
+                                timestamp_ms: r.timestamp_ms,
+                                payload,
+                            });
                         }
-                        if !self
-                            .interest
-                            .wants(&topic, &ev, &path, |t, d| topo.may_receive(t, d))
-                        {
-                            continue;
-                        }
-                        stamp_outgoing(&mut ev, &me);
-                        let payload = encode_event(&ev);
-                        bytes += payload.len() as u64;
-                        events.push(WireEvent {
-                            offset: r.offset,
-                            timestamp_ms: r.timestamp_ms,
-                            payload,
-                        });
+                        let seq = self.window.sent(&topic, p, next);
+                        let count = events.len() as u64;
+                        write_frame(
+                            send,
+                            &Frame::Batch(Batch {
+                                seq,
+                                topic: wire.clone(),
+                                partition: p,
+                                partitions: cfg.partitions,
+                                next,
+                                events,
+                            }),
+                        )
+                        .await?;
+                        stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+                        stats.events_sent.fetch_add(count, Ordering::Relaxed);
+                        stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
                     }
-                    let seq = self.window.sent(&topic, p, next);
-                    let count = events.len() as u64;
-                    write_frame(
-                        send,
-                        &Frame::Batch(Batch {
-                            seq,
-                            topic: topic.clone(),
-                            partition: p,
-                            partitions: cfg.partitions,
-                            next,
-                            events,
-                        }),
-                    )
-                    .await?;
-                    stats.batches_sent.fetch_add(1, Ordering::Relaxed);
-                    stats.events_sent.fetch_add(count, Ordering::Relaxed);
-                    stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
                 }
             }
         }
@@ -1099,7 +1103,11 @@ impl SessionState {
             .store(conn.rtt().as_micros() as u64, Ordering::Relaxed);
         let mut lag = 0u64;
         let mut oldest: Option<u64> = None;
-        let topics: Vec<String> = self.interest.topics().cloned().collect();
+        let topics: Vec<String> = self
+            .interest
+            .topics()
+            .flat_map(|t| [t.clone(), relay_topic(t)])
+            .collect();
         for topic in topics {
             let Ok(Some(cfg)) = shared.node.store.topic(&topic).await else {
                 continue;
@@ -1136,6 +1144,12 @@ impl SessionState {
             tracing::warn!(cluster = %shared.me(), peer, lag, "link stalled: connected, behind, and not advancing");
         }
     }
+}
+
+/// The internal topic where a relay cluster keeps the events of `topic` that the
+/// replication policy does not allow it to receive (`__relay.TOPIC`).
+pub fn relay_topic(topic: &str) -> String {
+    format!("__relay.{topic}")
 }
 
 /// Rebuilds the duplicate window from the store: the newest replicated events (those
@@ -1219,22 +1233,32 @@ async fn receive_batch(
         return Ok(());
     }
     let node = &shared.node;
-    let partitions = match node.partitions_for_publish(&b.topic).await {
+    // A cluster the replication policy does not allow to receive the topic only relays:
+    // it keeps the events in the internal relay topic, which no local subscription reads.
+    let store_topic = if shared.topology().may_receive(&b.topic, me) {
+        b.topic.clone()
+    } else {
+        relay_topic(&b.topic)
+    };
+    let partitions = match node.partitions_for_publish(&store_topic).await {
         Ok(p) => p,
         Err(NodeError::TopicNotFound { .. }) => {
             let cfg = TopicConfig {
                 partitions: b.partitions.max(1),
                 ..TopicConfig::default()
             };
-            node.create_topic(&b.topic, cfg)
-                .await
-                .map_err(|e| format!("creating topic {:?} for replicated events: {e}", b.topic))?;
-            tracing::info!(cluster = %me, peer, topic = %b.topic, "created topic for replicated events");
+            node.create_topic(&store_topic, cfg).await.map_err(|e| {
+                format!(
+                    "creating topic {:?} for replicated events: {e}",
+                    store_topic
+                )
+            })?;
+            tracing::info!(cluster = %me, peer, topic = %store_topic, "created topic for replicated events");
             b.partitions.max(1)
         }
-        Err(e) => return Err(format!("topic {:?}: {e}", b.topic)),
+        Err(e) => return Err(format!("topic {:?}: {e}", store_topic)),
     };
-    append_events(&*node.store, &b.topic, partitions, &events)
+    append_events(&*node.store, &store_topic, partitions, &events)
         .await
         .map_err(|e| format!("appending replicated events: {e}"))?;
     let mut d = lock(&shared.dedup);
