@@ -93,10 +93,11 @@ struct Row {
     one_way_ms: f64,
 }
 
-/// ≈300-byte structured CloudEvent carrying its send time.
-fn event_body(id: u64) -> Value {
+/// ≈300-byte structured CloudEvent carrying its send time. `tag` keeps ids unique across
+/// scenarios: receivers drop duplicates by (source, id) across all topics.
+fn event_body(tag: &str, id: u64) -> Value {
     json!({
-        "specversion": "1.0", "id": format!("e-{id}"), "source": "/bench", "type": "bench.event",
+        "specversion": "1.0", "id": format!("{tag}-{id}"), "source": "/bench", "type": "bench.event",
         "partitionkey": format!("k{}", id % 16), "datacontenttype": "application/json",
         "data": {"ts": unix_nanos(), "payload": "x".repeat(200)}
     })
@@ -322,7 +323,7 @@ async fn meshd_latency(
     // Warm-up: 20 events through the whole path, then reset.
     let url = format!("{}/v1/topics/{topic}/events", m.a);
     for i in 0..20 {
-        publish_one(c, &url, event_body(1_000_000_000 + i)).await;
+        publish_one(c, &url, event_body(&format!("{topic}-warm"), i)).await;
     }
     wait_for("warm-up events delivered", 30, || async {
         hist.len() >= 20
@@ -335,7 +336,7 @@ async fn meshd_latency(
     let mut n = 0u64;
     while Instant::now() < end {
         tick.tick().await;
-        publish_one(c, &url, event_body(n)).await;
+        publish_one(c, &url, event_body(topic, n)).await;
         n += 1;
     }
     let expect = n as usize;
@@ -370,12 +371,16 @@ async fn meshd_throughput(c: &reqwest::Client, m: &Mesh, topic: &str, total: u64
     let conns = 4u64;
     let mut tasks = Vec::new();
     for t in 0..conns {
-        let (c, url) = (c.clone(), format!("{}/v1/topics/{topic}/events", m.a));
+        let (c, url, tag) = (
+            c.clone(),
+            format!("{}/v1/topics/{topic}/events", m.a),
+            topic.to_string(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut i = t * batch;
             while i < total {
                 let n = batch.min(total - i);
-                let evs: Vec<Value> = (i..i + n).map(event_body).collect();
+                let evs: Vec<Value> = (i..i + n).map(|j| event_body(&tag, j)).collect();
                 let r = c
                     .post(&url)
                     .header("content-type", "application/cloudevents-batch+json")
@@ -399,7 +404,7 @@ async fn meshd_throughput(c: &reqwest::Client, m: &Mesh, topic: &str, total: u64
         json!({"name": topic, "topic": topic, "group": topic, "sink": {"pull": {}}}),
     )
     .await;
-    let deadline = start + Duration::from_secs(600);
+    let deadline = start + Duration::from_secs(180);
     loop {
         let n = stored(c, &m.b, topic).await;
         if n >= total {
@@ -517,7 +522,7 @@ async fn nats_latency(n: &Nats, subject: &str, rate: u64, secs: u64) -> Arc<Hist
     let mut i = 0u64;
     while Instant::now() < end {
         tick.tick().await;
-        a.publish(subject.to_string(), event_body(i).to_string().into())
+        a.publish(subject.to_string(), event_body(subject, i).to_string().into())
             .await
             .unwrap();
         a.flush().await.unwrap();
@@ -544,7 +549,7 @@ async fn nats_throughput(n: &Nats, subject: &str, total: u64) -> (f64, f64, u64)
         }
         Instant::now()
     });
-    let body: bytes::Bytes = event_body(0).to_string().into();
+    let body: bytes::Bytes = event_body(subject, 0).to_string().into();
     let start = Instant::now();
     for _ in 0..total {
         a.publish(subject.to_string(), body.clone()).await.unwrap();
@@ -603,11 +608,12 @@ fn main() {
             let mut i = 0;
             while Instant::now() < end {
                 tick.tick().await;
-                publish_one(&c, &url, event_body(i)).await;
+                publish_one(&c, &url, event_body("local", i)).await;
                 i += 1;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
             task.abort();
+            eprintln!("meshd same cluster: p50 {:.3} p99 {:.3} ms ({} samples)", hist.pct(0.5), hist.pct(0.99), hist.len());
             rows.push(Row { system: "meshd", link: "same cluster".into(), scenario: format!("publish→webhook at {rate} ev/s"),
                 events_per_sec: rate as f64, p50_ms: hist.pct(0.5), p99_ms: hist.pct(0.99), one_way_ms: 0.0 });
         }
