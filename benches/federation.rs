@@ -522,9 +522,12 @@ async fn nats_latency(n: &Nats, subject: &str, rate: u64, secs: u64) -> Arc<Hist
     let mut i = 0u64;
     while Instant::now() < end {
         tick.tick().await;
-        a.publish(subject.to_string(), event_body(subject, i).to_string().into())
-            .await
-            .unwrap();
+        a.publish(
+            subject.to_string(),
+            event_body(subject, i).to_string().into(),
+        )
+        .await
+        .unwrap();
         a.flush().await.unwrap();
         i += 1;
     }

@@ -35,9 +35,11 @@ async fn a_relay_not_allowed_by_the_policy_only_passes_events_on() {
         .map(|i| event(&format!("e{i:02}"), "t", Some("k"), json!({"i": i})))
         .collect();
     publish_batch(&c, &a, "orders", &events).await;
-    eventually("c stored a's 20 events", Duration::from_secs(20), || async {
-        (stored_count(&c, &cc.url, "orders").await >= 20).then_some(())
-    })
+    eventually(
+        "c stored a's 20 events",
+        Duration::from_secs(20),
+        || async { (stored_count(&c, &cc.url, "orders").await >= 20).then_some(()) },
+    )
     .await;
     let pulled = common::drain(&c, &cc.url, "pc", "x", 20).await;
     assert_eq!(pulled.len(), 20);
@@ -55,10 +57,14 @@ async fn a_relay_not_allowed_by_the_policy_only_passes_events_on() {
     );
     let la = link(&c, &a, "b").await;
     assert_eq!(la["events_sent"], 20, "sent once, for c only: {la}");
-    assert!(common::pull(&c, &b.url, "pb", "x", 10, 100).await.is_empty());
+    assert!(common::pull(&c, &b.url, "pb", "x", 10, 100)
+        .await
+        .is_empty());
     // b's relay cursor to c caught up.
-    eventually("b's link to c caught up", Duration::from_secs(10), || async {
-        (link(&c, &b, "c").await["lag_events"] == 0).then_some(())
-    })
+    eventually(
+        "b's link to c caught up",
+        Duration::from_secs(10),
+        || async { (link(&c, &b, "c").await["lag_events"] == 0).then_some(()) },
+    )
     .await;
 }
