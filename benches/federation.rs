@@ -696,7 +696,8 @@ fn main() {
         );
     }
     // Ratios meshd / NATS on the same link and scenario kind.
-    let mut by: BTreeMap<(String, bool), (Option<&Row>, Option<&Row>)> = BTreeMap::new();
+    type Pair<'a> = (Option<&'a Row>, Option<&'a Row>);
+    let mut by: BTreeMap<(String, bool), Pair> = BTreeMap::new();
     for r in &rows {
         let key = (r.link.clone(), r.p50_ms.is_nan());
         let e = by.entry(key).or_default();
