@@ -87,44 +87,66 @@ async fn receiver_restart_keeps_its_duplicate_window() {
     // 250 ms each way: an ack is on the wire for a quarter of a second.
     let (files, emu) = mesh_with_emulator(LinkConfig::with_delay(Duration::from_millis(250)));
     let c = common::client();
-    let a = files.start("a");
-    let mut b = files.start("b");
+    let log = files.dir.path().join("ab.log");
+    let a = files.start_args("a", &[], Some(&log));
+    let mut b = files.start_args("b", &[], Some(&log));
     setup(&c, &a, &b).await;
 
     publish_batch(&c, &a, "orders", &events(0..100)).await;
     stored_at_least(&c, &b, 100, 20).await;
     caught_up(&c, &a, 20).await;
 
-    // 200 more: as soon as b stored them, cut the link (their ack is still on its way
-    // back and is lost) and kill b.
-    publish_batch(&c, &a, "orders", &events(100..300)).await;
-    stored_at_least(&c, &b, 300, 20).await;
-    emu.set_cut(true);
+    // 100 more at a time: as soon as b stored them, cut the link, so that their ack (on
+    // the wire for 250 ms) is lost. Whether the cut beat the ack is visible at a: its
+    // cursor still lags after three round trips. If the ack won the race, heal and retry.
+    let mut total = 100usize;
+    let mut lost = false;
+    for _ in 0..4 {
+        publish_batch(&c, &a, "orders", &events(total..total + 100)).await;
+        total += 100;
+        stored_at_least(&c, &b, total as u64, 20).await;
+        emu.set_cut(true);
+        // Observing that no ack arrives needs time to pass: 1.5 s = 3 round trips.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        if link(&c, &a, "b").await["lag_events"].as_u64().unwrap_or(0) > 0 {
+            lost = true;
+            break;
+        }
+        emu.set_cut(false);
+        caught_up(&c, &a, 20).await;
+    }
+    assert!(lost, "could not cut the link while an ack was in flight");
     b.kill9();
-    let b = files.start("b");
+    let b = files.start_args("b", &[], Some(&log));
     let m = mesh(&c, &b).await;
     assert!(
-        m["dedup_window"].as_u64().unwrap_or(0) >= 300,
+        m["dedup_window"].as_u64().unwrap_or(0) >= total as u64,
         "the restarted bridge remembers the stored events: {m}"
     );
     emu.set_cut(false);
 
     // a resends from its durable cursor (before the lost ack): b drops all of it.
-    eventually(
-        "the events in flight are sent again and dropped as duplicates",
-        Duration::from_secs(30),
-        || async {
-            let lb = link(&c, &b, "a").await;
-            (lb["duplicates"].as_u64().unwrap_or(0) >= 1).then_some(())
-        },
-    )
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let lb = link(&c, &b, "a").await;
+        if lb["duplicates"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let la = link(&c, &a, "b").await;
+            panic!(
+                "the events in flight were not re-sent and dropped: b {lb}\na {la}\nlog:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     caught_up(&c, &a, 30).await;
     let lb = link(&c, &b, "a").await;
     let dups = lb["duplicates"].as_u64().unwrap_or(0);
     assert_eq!(
         stored_count(&c, &b.url, "orders").await,
-        300,
+        total as u64,
         "no event stored twice"
     );
     assert_eq!(mesh(&c, &b).await["duplicates"].as_u64(), Some(dups));
