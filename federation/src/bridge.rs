@@ -740,6 +740,7 @@ async fn session(
         last_lag: 0,
         draining: None,
         last_batch_rx: Instant::now(),
+        interest_known: false,
     };
     if *drain.borrow() {
         s.start_drain(shared, peer, stats);
@@ -859,6 +860,9 @@ struct SessionState {
     draining: Option<(Instant, usize)>,
     /// When the peer last sent a batch.
     last_batch_rx: Instant,
+    /// Whether the peer's interest arrived on this connection (until then the lag of
+    /// the previous connection stands: an empty interest would read as lag 0).
+    interest_known: bool,
 }
 
 impl SessionState {
@@ -904,6 +908,7 @@ impl SessionState {
                 tracing::debug!(cluster = %shared.me(), peer, entries = entries.len(), "interest received");
                 lock(&shared.learned).insert(peer.to_string(), entries);
                 self.interest = compiled;
+                self.interest_known = true;
                 Ok(())
             }
             Frame::Batch(b) => {
@@ -1101,6 +1106,9 @@ impl SessionState {
         stats
             .rtt_us
             .store(conn.rtt().as_micros() as u64, Ordering::Relaxed);
+        if !self.interest_known {
+            return;
+        }
         let mut lag = 0u64;
         let mut oldest: Option<u64> = None;
         let topics: Vec<String> = self
