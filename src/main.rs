@@ -94,7 +94,7 @@ pub struct NodeArgs {
 }
 
 /// Options of the federation bridge that runs beside a node.
-#[derive(clap::Args, Clone, Default)]
+#[derive(clap::Args, Clone)]
 pub struct BridgeArgs {
     /// Mesh topology file: runs the federation bridge of --cluster beside the node (the
     /// file is watched; SIGHUP reloads it too).
@@ -106,6 +106,13 @@ pub struct BridgeArgs {
     /// UDP address the bridge binds (default: this cluster's `bridge` in the topology).
     #[arg(long)]
     bridge_listen: Option<SocketAddr>,
+    /// A link behind and not advancing for this many milliseconds is reported stalled.
+    #[arg(long, default_value_t = 5000)]
+    bridge_stall_after_ms: u64,
+    /// How long a link removed from the topology may take to finish its batches in
+    /// flight, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    bridge_drain_timeout_ms: u64,
 }
 
 /// Starts the bridge for `node` when `args` ask for one, and attaches its status.
@@ -119,6 +126,8 @@ pub async fn start_bridge(
     };
     let mut config = meshd_federation::BridgeConfig::new(cluster, topology.clone(), certs.clone());
     config.listen = args.bridge_listen;
+    config.stall_after = Duration::from_millis(args.bridge_stall_after_ms.max(1));
+    config.drain_timeout = Duration::from_millis(args.bridge_drain_timeout_ms);
     let bridge = meshd_federation::Bridge::start(config, node.clone())
         .await
         .with_context(|| format!("starting the federation bridge of cluster {cluster}"))?;

@@ -23,6 +23,7 @@ use meshd_core::wire::{
 };
 use meshd_node::ingest::{append_events, now_ms};
 use meshd_node::server::{Node, NodeError};
+use meshd_node::store::EventStore;
 use meshd_topology::Topology;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio::sync::mpsc;
@@ -56,6 +57,9 @@ pub struct BridgeConfig {
     pub stall_after: Duration,
     /// Received (source, id) pairs remembered for duplicate suppression.
     pub dedup_window: usize,
+    /// How long a link removed from the topology may take to finish its batches in flight
+    /// before it is closed anyway.
+    pub drain_timeout: Duration,
 }
 
 impl BridgeConfig {
@@ -67,10 +71,11 @@ impl BridgeConfig {
             certs_dir,
             listen: None,
             reload_interval: Duration::from_secs(1),
-            batch_max: 512,
-            window: 8,
+            batch_max: 1024,
+            window: 32,
             stall_after: Duration::from_secs(5),
             dedup_window: 100_000,
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -115,6 +120,7 @@ pub enum BridgeError {
 struct LinkHandle {
     stats: Arc<LinkStats>,
     incoming: mpsc::Sender<quinn::Connection>,
+    drain: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -126,6 +132,8 @@ struct Shared {
     allowed: Arc<AllowedClusters>,
     endpoint: quinn::Endpoint,
     links: Mutex<BTreeMap<String, LinkHandle>>,
+    /// Links removed from the topology that are still finishing their batches in flight.
+    draining: Mutex<Vec<Arc<LinkStats>>>,
     learned: Mutex<BTreeMap<String, Vec<InterestEntry>>>,
     down: Mutex<HashSet<String>>,
     dedup: Mutex<DedupWindow>,
@@ -192,8 +200,10 @@ impl Bridge {
         let endpoint = quinn::Endpoint::server(server, addr)
             .map_err(|source| BridgeError::Bind { addr, source })?;
         let cert_watcher = certs.watch(config.reload_interval);
+        let dedup = restore_dedup(&node, &config.cluster, config.dedup_window).await;
         let shared = Arc::new(Shared {
-            dedup: Mutex::new(DedupWindow::new(config.dedup_window)),
+            dedup: Mutex::new(dedup),
+            draining: Mutex::new(Vec::new()),
             config,
             node,
             topology: RwLock::new(Arc::new(topology)),
@@ -247,10 +257,11 @@ impl Bridge {
     pub fn metrics_fn(&self) -> Arc<dyn Fn() -> String + Send + Sync> {
         let shared = self.shared.clone();
         Arc::new(move || {
-            let links: Vec<Arc<LinkStats>> = lock(&shared.links)
+            let mut links: Vec<Arc<LinkStats>> = lock(&shared.links)
                 .values()
                 .map(|l| l.stats.clone())
                 .collect();
+            links.extend(lock(&shared.draining).iter().cloned());
             crate::stats::render_prometheus(&links)
         })
     }
@@ -277,6 +288,7 @@ impl Bridge {
         for (_, l) in links {
             l.task.abort();
         }
+        lock(&self.shared.draining).clear();
         self.shared
             .endpoint
             .close(quinn::VarInt::from_u32(0), b"bridge stopping");
@@ -315,7 +327,7 @@ impl Shared {
     fn status(&self) -> serde_json::Value {
         let topo = self.topology();
         let paused = lock(&self.paused).clone();
-        let links: Vec<serde_json::Value> = lock(&self.links)
+        let mut links: Vec<serde_json::Value> = lock(&self.links)
             .iter()
             .map(|(peer, l)| {
                 let mut v = l.stats.snapshot();
@@ -323,6 +335,7 @@ impl Shared {
                 v
             })
             .collect();
+        links.extend(lock(&self.draining).iter().map(|s| s.snapshot()));
         let clusters: Vec<serde_json::Value> = topo
             .clusters()
             .map(|c| {
@@ -349,6 +362,7 @@ impl Shared {
             "links": links,
             "routes": paths,
             "duplicates": lock(&self.dedup).duplicates(),
+            "dedup_window": lock(&self.dedup).len(),
             "learned_interest": *lock(&self.learned),
         })
     }
@@ -366,8 +380,7 @@ impl Shared {
         for peer in existing {
             if !wanted.contains_key(&peer) {
                 if let Some(l) = links.remove(&peer) {
-                    l.task.abort();
-                    tracing::info!(cluster = %self.me(), peer, "link removed from the topology, closed");
+                    self.drain_link(peer.clone(), l);
                 }
                 lock(&self.learned).remove(&peer);
                 lock(&self.down).remove(&peer);
@@ -380,18 +393,47 @@ impl Shared {
             let dialer = self.me() < peer.as_str();
             let stats = Arc::new(LinkStats::new(peer, dialer));
             let (tx, rx) = mpsc::channel(4);
+            let (drain, drain_rx) = tokio::sync::watch::channel(false);
             lock(&self.down).insert(peer.clone());
-            let task = tokio::spawn(run_link(self.clone(), peer.clone(), stats.clone(), rx));
+            let task = tokio::spawn(run_link(
+                self.clone(),
+                peer.clone(),
+                stats.clone(),
+                rx,
+                drain_rx,
+            ));
             tracing::info!(cluster = %self.me(), peer, dialer, "link added");
             links.insert(
                 peer.clone(),
                 LinkHandle {
                     stats,
                     incoming: tx,
+                    drain,
                     task,
                 },
             );
         }
+    }
+
+    /// Asks a removed link to drain (no new batches, wait for the acks of those in
+    /// flight, then close) and closes it anyway after `drain_timeout`.
+    fn drain_link(self: &Arc<Self>, peer: String, l: LinkHandle) {
+        let _ = l.drain.send(true);
+        lock(&self.draining).push(l.stats.clone());
+        let shared = self.clone();
+        let limit = self.config.drain_timeout + Duration::from_secs(1);
+        let mut task = l.task;
+        let stats = l.stats;
+        // Keep the handle's channel open while draining (its closing means "removed now").
+        let incoming = l.incoming;
+        tokio::spawn(async move {
+            let _incoming = incoming;
+            if tokio::time::timeout(limit, &mut task).await.is_err() {
+                task.abort();
+                tracing::warn!(cluster = %shared.me(), peer, "link drain did not finish in time, closed");
+            }
+            lock(&shared.draining).retain(|s| !Arc::ptr_eq(s, &stats));
+        });
     }
 
     async fn reload(self: Arc<Self>, forced: bool) {
@@ -536,11 +578,17 @@ async fn run_link(
     peer: String,
     stats: Arc<LinkStats>,
     mut incoming: mpsc::Receiver<quinn::Connection>,
+    mut drain: tokio::sync::watch::Receiver<bool>,
 ) {
     let dialer = shared.me() < peer.as_str();
     let mut backoff = Duration::from_millis(100);
     let mut next: Option<quinn::Connection> = None;
     loop {
+        if *drain.borrow() {
+            // Removed while not connected: nothing in flight to finish.
+            tracing::info!(cluster = %shared.me(), peer, "link removed from the topology while not connected, closed");
+            return;
+        }
         let conn = if let Some(c) = next.take() {
             c
         } else if dialer {
@@ -550,21 +598,53 @@ async fn run_link(
                 Err(e) => {
                     tracing::warn!(cluster = %shared.me(), peer, "link down, retrying in {backoff:?}: {e}");
                     stats.set_state(LinkState::Down, Some(e));
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        r = drain.changed() => if r.is_err() { return },
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(3));
                     continue;
                 }
             }
         } else {
-            match incoming.recv().await {
-                Some(c) => c,
-                None => return,
+            tokio::select! {
+                c = incoming.recv() => match c {
+                    Some(c) => c,
+                    None => return,
+                },
+                r = drain.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    continue;
+                }
             }
         };
         let started = Instant::now();
-        let result = session(&shared, &peer, &stats, conn.clone(), &mut incoming, dialer).await;
+        let result = session(
+            &shared,
+            &peer,
+            &stats,
+            conn.clone(),
+            &mut incoming,
+            &mut drain,
+            dialer,
+        )
+        .await;
         lock(&shared.down).insert(peer.clone());
         stats.stalled.store(false, Ordering::Relaxed);
+        if *drain.borrow() {
+            let reason = match &result {
+                Ok(_) => "link removed from the topology".to_string(),
+                Err(e) => e.clone(),
+            };
+            if !reason.starts_with("link removed from the topology") {
+                tracing::warn!(cluster = %shared.me(), peer, "link ended while draining: {reason}");
+            }
+            conn.close(quinn::VarInt::from_u32(0), reason.as_bytes());
+            stats.set_state(LinkState::Down, Some(reason));
+            return;
+        }
         match result {
             Ok(replacement) => {
                 conn.close(quinn::VarInt::from_u32(0), b"replaced by a new connection");
@@ -615,6 +695,7 @@ async fn session(
     stats: &Arc<LinkStats>,
     conn: quinn::Connection,
     incoming: &mut mpsc::Receiver<quinn::Connection>,
+    drain: &mut tokio::sync::watch::Receiver<bool>,
     dialer: bool,
 ) -> Result<quinn::Connection, String> {
     let topo = shared.topology();
@@ -694,8 +775,18 @@ async fn session(
         announced: None,
         last_progress: Instant::now(),
         last_lag: 0,
+        draining: None,
+        last_batch_rx: Instant::now(),
+        interest_known: false,
     };
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    if *drain.borrow() {
+        s.start_drain(shared, peer, stats);
+    }
+    // New records wake the pump at once (a watch per interested partition); the tick is
+    // only a fallback for partitions not watched yet.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let mut watchers = Watchers::new(wake.clone());
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut slow = tokio::time::interval(Duration::from_millis(100));
     slow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -707,13 +798,33 @@ async fn session(
                     Some(Err(e)) => break Err(e),
                     Some(Ok(f)) => f,
                 };
+                let acked = matches!(frame, Frame::Ack { .. });
                 if let Err(e) = s.on_frame(shared, peer, stats, &mut send, frame).await {
+                    break Err(e);
+                }
+                // An ack frees the window: send the next batches now.
+                if acked {
+                    if let Err(e) = s.pump(shared, peer, stats, &mut send, &mut watchers).await {
+                        break Err(e);
+                    }
+                }
+            }
+            _ = wake.notified() => {
+                if let Err(e) = s.pump(shared, peer, stats, &mut send, &mut watchers).await {
                     break Err(e);
                 }
             }
             _ = tick.tick() => {
-                if let Err(e) = s.pump(shared, peer, stats, &mut send).await {
+                if let Err(e) = s.pump(shared, peer, stats, &mut send, &mut watchers).await {
                     break Err(e);
+                }
+                if let Some(end) = s.drain_done(shared, peer, &conn) {
+                    break Err(end);
+                }
+            }
+            r = drain.changed(), if s.draining.is_none() => {
+                if r.is_err() || *drain.borrow() {
+                    s.start_drain(shared, peer, stats);
                 }
             }
             _ = slow.tick() => {
@@ -734,6 +845,47 @@ async fn session(
     result
 }
 
+/// Tasks that wake a session's pump when a watched partition grows; aborted on drop.
+struct Watchers {
+    wake: Arc<tokio::sync::Notify>,
+    tasks: HashMap<(String, u32), tokio::task::JoinHandle<()>>,
+}
+
+impl Watchers {
+    fn new(wake: Arc<tokio::sync::Notify>) -> Watchers {
+        Watchers {
+            wake,
+            tasks: HashMap::new(),
+        }
+    }
+
+    /// Watches (topic, partition) unless already watched.
+    fn ensure(&mut self, store: &Arc<dyn EventStore>, topic: &str, partition: u32) {
+        let key = (topic.to_string(), partition);
+        if self.tasks.get(&key).is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let Ok(mut rx) = store.watch_end(topic, partition) else {
+            return;
+        };
+        let wake = self.wake.clone();
+        let task = tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                wake.notify_one();
+            }
+        });
+        self.tasks.insert(key, task);
+    }
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        for t in self.tasks.values() {
+            t.abort();
+        }
+    }
+}
+
 struct SessionState {
     window: SendWindow,
     interest: PeerInterest,
@@ -741,9 +893,41 @@ struct SessionState {
     announced: Option<Vec<InterestEntry>>,
     last_progress: Instant,
     last_lag: u64,
+    /// When draining started and how many batches were in flight then.
+    draining: Option<(Instant, usize)>,
+    /// When the peer last sent a batch.
+    last_batch_rx: Instant,
+    /// Whether the peer's interest arrived on this connection (until then the lag of
+    /// the previous connection stands: an empty interest would read as lag 0).
+    interest_known: bool,
 }
 
 impl SessionState {
+    fn start_drain(&mut self, shared: &Shared, peer: &str, stats: &LinkStats) {
+        let in_flight = self.window.in_flight();
+        self.draining = Some((Instant::now(), in_flight));
+        stats.set_state(LinkState::Draining, None);
+        tracing::info!(cluster = %shared.me(), peer, in_flight, "link removed from the topology: draining (no new batches; waiting for the acks of those in flight)");
+    }
+
+    /// While draining: `Some(reason)` once this side has nothing in flight and the peer
+    /// has been quiet for two round trips (its own batches acknowledged), or on timeout.
+    fn drain_done(&self, shared: &Shared, peer: &str, conn: &quinn::Connection) -> Option<String> {
+        let (since, at_start) = self.draining?;
+        let in_flight = self.window.in_flight();
+        let quiet = (conn.rtt() * 2).max(Duration::from_millis(200));
+        if in_flight == 0 && self.last_batch_rx.elapsed() >= quiet {
+            let elapsed = since.elapsed();
+            tracing::info!(cluster = %shared.me(), peer, acknowledged = at_start, ?elapsed, "link drained: {at_start} batches in flight were acknowledged; closed");
+            return Some("link removed from the topology: drained".into());
+        }
+        if since.elapsed() > shared.config.drain_timeout {
+            tracing::warn!(cluster = %shared.me(), peer, in_flight, "link drain timed out: {in_flight} batches unacknowledged (resent from the durable cursor if the link returns); closed");
+            return Some("link removed from the topology: drain timed out".into());
+        }
+        None
+    }
+
     async fn on_frame(
         &mut self,
         shared: &Arc<Shared>,
@@ -761,9 +945,11 @@ impl SessionState {
                 tracing::debug!(cluster = %shared.me(), peer, entries = entries.len(), "interest received");
                 lock(&shared.learned).insert(peer.to_string(), entries);
                 self.interest = compiled;
+                self.interest_known = true;
                 Ok(())
             }
             Frame::Batch(b) => {
+                self.last_batch_rx = Instant::now();
                 let seq = b.seq;
                 receive_batch(shared, peer, stats, b).await?;
                 write_frame(send, &Frame::Ack { seq }).await?;
@@ -826,82 +1012,89 @@ impl SessionState {
         peer: &str,
         stats: &LinkStats,
         send: &mut quinn::SendStream,
+        watchers: &mut Watchers,
     ) -> Result<(), String> {
-        if !self.window.can_send() || lock(&shared.paused).contains(peer) {
+        if !self.window.can_send() || self.draining.is_some() || lock(&shared.paused).contains(peer)
+        {
             return Ok(());
         }
         let topo = shared.topology();
         let me = shared.me().to_string();
         let topics: Vec<String> = self.interest.topics().cloned().collect();
-        for topic in topics {
-            let Ok(Some(cfg)) = shared.node.store.topic(&topic).await else {
-                continue;
-            };
-            for p in 0..cfg.partitions {
-                while self.window.can_send() {
-                    let durable = self.durable(shared, peer, &topic, p).await?;
-                    let pos = self.window.position(&topic, p, durable);
-                    let store = &shared.node.store;
-                    let end = store
-                        .bounds(&topic, p)
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .end;
-                    if pos >= end {
-                        break;
-                    }
-                    let records = store
-                        .read(&topic, p, pos, shared.config.batch_max)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let Some(last) = records.last() else { break };
-                    let next = last.offset + 1;
-                    let mut events = Vec::new();
-                    let mut bytes = 0u64;
-                    for r in &records {
-                        let mut ev = match decode_event(&r.payload) {
-                            Ok(e) => e,
-                            Err(e) => {
-                                tracing::error!(cluster = %me, topic, partition = p, offset = r.offset, "skipping an undecodable stored event: {e}");
+        // Each wanted topic is read from its own store topic and from the relay topic where
+        // this cluster keeps events it may only pass on (see `relay_topic`).
+        for wire in topics {
+            for topic in [wire.clone(), relay_topic(&wire)] {
+                let Ok(Some(cfg)) = shared.node.store.topic(&topic).await else {
+                    continue;
+                };
+                for p in 0..cfg.partitions {
+                    watchers.ensure(&shared.node.store, &topic, p);
+                    while self.window.can_send() {
+                        let durable = self.durable(shared, peer, &topic, p).await?;
+                        let pos = self.window.position(&topic, p, durable);
+                        let store = &shared.node.store;
+                        let end = store
+                            .bounds(&topic, p)
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .end;
+                        if pos >= end {
+                            break;
+                        }
+                        let records = store
+                            .read(&topic, p, pos, shared.config.batch_max)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let Some(last) = records.last() else { break };
+                        let next = last.offset + 1;
+                        let mut events = Vec::new();
+                        let mut bytes = 0u64;
+                        for r in &records {
+                            let mut ev = match decode_event(&r.payload) {
+                                Ok(e) => e,
+                                Err(e) => {
+                                    tracing::error!(cluster = %me, topic, partition = p, offset = r.offset, "skipping an undecodable stored event: {e}");
+                                    continue;
+                                }
+                            };
+                            let path = event_path(&ev, &me);
+                            if path.iter().any(|c| c == peer) {
                                 continue;
                             }
-                        };
-                        let path = event_path(&ev, &me);
-                        if path.iter().any(|c| c == peer) {
-                            continue;
+                            if !self
+                                .interest
+                                .wants(&wire, &ev, &path, |t, d| topo.may_receive(t, d))
+                            {
+                                continue;
+                            }
+                            stamp_outgoing(&mut ev, &me);
+                            let payload = encode_event(&ev);
+                            bytes += payload.len() as u64;
+                            events.push(WireEvent {
+                                offset: r.offset,
+                                timestamp_ms: r.timestamp_ms,
+                                payload,
+                            });
                         }
-                        if !self
-                            .interest
-                            .wants(&topic, &ev, &path, |t, d| topo.may_receive(t, d))
-                        {
-                            continue;
-                        }
-                        stamp_outgoing(&mut ev, &me);
-                        let payload = encode_event(&ev);
-                        bytes += payload.len() as u64;
-                        events.push(WireEvent {
-                            offset: r.offset,
-                            timestamp_ms: r.timestamp_ms,
-                            payload,
-                        });
+                        let seq = self.window.sent(&topic, p, next);
+                        let count = events.len() as u64;
+                        write_frame(
+                            send,
+                            &Frame::Batch(Batch {
+                                seq,
+                                topic: wire.clone(),
+                                partition: p,
+                                partitions: cfg.partitions,
+                                next,
+                                events,
+                            }),
+                        )
+                        .await?;
+                        stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+                        stats.events_sent.fetch_add(count, Ordering::Relaxed);
+                        stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
                     }
-                    let seq = self.window.sent(&topic, p, next);
-                    let count = events.len() as u64;
-                    write_frame(
-                        send,
-                        &Frame::Batch(Batch {
-                            seq,
-                            topic: topic.clone(),
-                            partition: p,
-                            partitions: cfg.partitions,
-                            next,
-                            events,
-                        }),
-                    )
-                    .await?;
-                    stats.batches_sent.fetch_add(1, Ordering::Relaxed);
-                    stats.events_sent.fetch_add(count, Ordering::Relaxed);
-                    stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
                 }
             }
         }
@@ -951,9 +1144,16 @@ impl SessionState {
         stats
             .rtt_us
             .store(conn.rtt().as_micros() as u64, Ordering::Relaxed);
+        if !self.interest_known {
+            return;
+        }
         let mut lag = 0u64;
         let mut oldest: Option<u64> = None;
-        let topics: Vec<String> = self.interest.topics().cloned().collect();
+        let topics: Vec<String> = self
+            .interest
+            .topics()
+            .flat_map(|t| [t.clone(), relay_topic(t)])
+            .collect();
         for topic in topics {
             let Ok(Some(cfg)) = shared.node.store.topic(&topic).await else {
                 continue;
@@ -992,6 +1192,59 @@ impl SessionState {
     }
 }
 
+/// The internal topic where a relay cluster keeps the events of `topic` that the
+/// replication policy does not allow it to receive (`__relay.TOPIC`).
+pub fn relay_topic(topic: &str) -> String {
+    format!("__relay.{topic}")
+}
+
+/// Rebuilds the duplicate window from the store: the newest replicated events (those
+/// whose origin is another cluster) of every partition, at most `capacity` per partition,
+/// newest `capacity` overall. The window is thereby exactly as durable as the events it
+/// protects: an event is remembered iff it is stored.
+async fn restore_dedup(node: &Node, me: &str, capacity: usize) -> DedupWindow {
+    let mut window = DedupWindow::new(capacity);
+    let store = &node.store;
+    let started = Instant::now();
+    let topics = match store.list_topics().await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(cluster = %me, "duplicate window not restored: listing topics: {e}");
+            return window;
+        }
+    };
+    let mut keys: Vec<(u64, (String, String))> = Vec::new();
+    for (topic, cfg) in topics {
+        for p in 0..cfg.partitions {
+            let Ok(b) = store.bounds(&topic, p).await else {
+                continue;
+            };
+            let mut pos = b.end.saturating_sub(window.capacity() as u64).max(b.start);
+            while pos < b.end {
+                let Ok(records) = store.read(&topic, p, pos, 1024).await else {
+                    break;
+                };
+                let Some(last) = records.last() else { break };
+                pos = last.offset + 1;
+                for r in &records {
+                    let Ok(ev) = decode_event(&r.payload) else {
+                        continue;
+                    };
+                    let origin = crate::link::ext_string(&ev, crate::link::ORIGIN_EXT);
+                    if origin.is_some_and(|o| o != me) {
+                        keys.push((r.timestamp_ms, DedupWindow::key(&ev)));
+                    }
+                }
+            }
+        }
+    }
+    let n = window.restore(keys);
+    if n > 0 {
+        tracing::info!(cluster = %me, keys = n, elapsed = ?started.elapsed(), "duplicate window restored from the store");
+    }
+    window
+}
+
 async fn receive_batch(
     shared: &Arc<Shared>,
     peer: &str,
@@ -1026,22 +1279,32 @@ async fn receive_batch(
         return Ok(());
     }
     let node = &shared.node;
-    let partitions = match node.partitions_for_publish(&b.topic).await {
+    // A cluster the replication policy does not allow to receive the topic only relays:
+    // it keeps the events in the internal relay topic, which no local subscription reads.
+    let store_topic = if shared.topology().may_receive(&b.topic, me) {
+        b.topic.clone()
+    } else {
+        relay_topic(&b.topic)
+    };
+    let partitions = match node.partitions_for_publish(&store_topic).await {
         Ok(p) => p,
         Err(NodeError::TopicNotFound { .. }) => {
             let cfg = TopicConfig {
                 partitions: b.partitions.max(1),
                 ..TopicConfig::default()
             };
-            node.create_topic(&b.topic, cfg)
-                .await
-                .map_err(|e| format!("creating topic {:?} for replicated events: {e}", b.topic))?;
-            tracing::info!(cluster = %me, peer, topic = %b.topic, "created topic for replicated events");
+            node.create_topic(&store_topic, cfg).await.map_err(|e| {
+                format!(
+                    "creating topic {:?} for replicated events: {e}",
+                    store_topic
+                )
+            })?;
+            tracing::info!(cluster = %me, peer, topic = %store_topic, "created topic for replicated events");
             b.partitions.max(1)
         }
-        Err(e) => return Err(format!("topic {:?}: {e}", b.topic)),
+        Err(e) => return Err(format!("topic {:?}: {e}", store_topic)),
     };
-    append_events(&*node.store, &b.topic, partitions, &events)
+    append_events(&*node.store, &store_topic, partitions, &events)
         .await
         .map_err(|e| format!("appending replicated events: {e}"))?;
     let mut d = lock(&shared.dedup);

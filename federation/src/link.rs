@@ -85,7 +85,8 @@ pub fn frame_name(f: &Frame) -> &'static str {
     }
 }
 
-fn ext_string(event: &Event, name: &str) -> Option<String> {
+/// An extension attribute as a string.
+pub(crate) fn ext_string(event: &Event, name: &str) -> Option<String> {
     event.extension(name).map(|v| match v {
         ExtensionValue::String(s) => s.clone(),
         other => other.to_string(),
@@ -184,6 +185,34 @@ impl DedupWindow {
     pub fn duplicates(&self) -> u64 {
         self.duplicates
     }
+
+    /// Keys remembered now.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The most keys remembered.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Refills the window from stored events, oldest first: `(timestamp_ms, key)` pairs
+    /// from any number of partitions; only the newest `capacity` are kept.
+    pub fn restore(&mut self, mut keys: Vec<(u64, (String, String))>) -> usize {
+        keys.sort_by_key(|(ts, _)| *ts);
+        let skip = keys.len().saturating_sub(self.capacity);
+        let mut n = 0;
+        for (_, k) in keys.into_iter().skip(skip) {
+            self.remember(k);
+            n += 1;
+        }
+        n
+    }
 }
 
 #[cfg(test)]
@@ -258,6 +287,19 @@ mod tests {
             e.extension(ORIGIN_EXT).map(|v| v.to_string()),
             Some("a".into())
         );
+    }
+
+    #[test]
+    fn restore_keeps_the_newest_keys() {
+        let mut d = DedupWindow::new(2);
+        let k = |id: &str| ("s".to_string(), id.to_string());
+        let n = d.restore(vec![(30, k("c")), (10, k("a")), (20, k("b"))]);
+        assert_eq!(n, 2);
+        assert_eq!(d.len(), 2);
+        assert!(!d.admit(&ev("b")));
+        assert!(!d.admit(&ev("c")));
+        assert!(d.admit(&ev("a")), "the oldest key fell out of the window");
+        assert_eq!(d.duplicates(), 2);
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub enum LinkState {
     Connected,
     /// The last attempt failed; retrying after a backoff.
     Down,
+    /// Removed from the topology: no new batches, finishing what is in flight.
+    Draining,
 }
 
 impl LinkState {
@@ -23,6 +25,7 @@ impl LinkState {
             LinkState::Connecting => "connecting",
             LinkState::Connected => "connected",
             LinkState::Down => "down",
+            LinkState::Draining => "draining",
         }
     }
 }
@@ -200,7 +203,7 @@ pub fn render_prometheus(links: &[std::sync::Arc<LinkStats>]) -> String {
             },
         ),
         ("up", "gauge", "1 when the link is connected.", |l| {
-            if l.state() == LinkState::Connected {
+            if matches!(l.state(), LinkState::Connected | LinkState::Draining) {
                 1.0
             } else {
                 0.0

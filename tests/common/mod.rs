@@ -59,21 +59,41 @@ impl Meshd {
 
     /// Like [`Meshd::spawn`], with its stderr (the log) appended to `log`.
     pub fn spawn_logged(args: &[&str], data_dir: &Path, log: &Path) -> Meshd {
+        Meshd::spawn_logged_filter(args, data_dir, log, None)
+    }
+
+    /// Like [`Meshd::spawn_logged`] with its own log filter (`MESHD_LOG`), e.g. `info`.
+    pub fn spawn_logged_filter(
+        args: &[&str],
+        data_dir: &Path,
+        log: &Path,
+        filter: Option<&str>,
+    ) -> Meshd {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("open log file");
-        Meshd::spawn_with_stderr(args, data_dir, Stdio::from(file))
+        Meshd::spawn_with_stderr_filter(args, data_dir, Stdio::from(file), filter)
     }
 
     fn spawn_with_stderr(args: &[&str], data_dir: &Path, stderr: Stdio) -> Meshd {
+        Meshd::spawn_with_stderr_filter(args, data_dir, stderr, None)
+    }
+
+    fn spawn_with_stderr_filter(
+        args: &[&str],
+        data_dir: &Path,
+        stderr: Stdio,
+        filter: Option<&str>,
+    ) -> Meshd {
+        let filter = filter
+            .map(str::to_string)
+            .or_else(|| std::env::var("MESHD_LOG").ok())
+            .unwrap_or_else(|| "warn".into());
         let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
             .args(args)
-            .env(
-                "MESHD_LOG",
-                std::env::var("MESHD_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("MESHD_LOG", filter)
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

@@ -132,6 +132,35 @@ impl MeshFiles {
         }
     }
 
+    /// Starts the node + bridge of a cluster with extra `meshd node` arguments, its log
+    /// (federation at info level) appended to `log` when given.
+    pub fn start_args(&self, cluster: &str, extra: &[&str], log: Option<&Path>) -> Meshd {
+        let data = self.data_dir(cluster);
+        let bind = self.bind[cluster].to_string();
+        let mut args = vec![
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--cluster",
+            cluster,
+            "--topology",
+            self.topology.to_str().unwrap(),
+            "--certs-dir",
+            self.certs.to_str().unwrap(),
+            "--bridge-listen",
+            &bind,
+        ];
+        args.extend_from_slice(extra);
+        match log {
+            Some(l) => {
+                Meshd::spawn_logged_filter(&args, &data, l, Some("warn,meshd_federation=info"))
+            }
+            None => Meshd::spawn(&args, &data),
+        }
+    }
+
     /// Starts the node + bridge of a cluster with its certificates from `certs_dir`.
     pub fn start_with_certs(&self, cluster: &str, certs_dir: &Path) -> Meshd {
         let data = self.data_dir(cluster);
@@ -365,6 +394,44 @@ impl Drop for UdpForwarder {
             let _ = t.join();
         }
     }
+}
+
+/// Publishes `events` in one batch request (`application/cloudevents-batch+json`).
+pub async fn publish_batch(c: &reqwest::Client, node: &Meshd, topic: &str, events: &[Value]) {
+    let r = c
+        .post(node.at(&format!("/v1/topics/{topic}/events")))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(Value::from(events.to_vec()).to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_eq!(status, 200, "batch publish: {}", r.text().await.unwrap());
+}
+
+/// A pull subscription (creates interest without a webhook).
+pub async fn pull_subscription(c: &reqwest::Client, node: &Meshd, name: &str, topic: &str) {
+    let r = c
+        .post(node.at("/v1/subscriptions"))
+        .json(&json!({"name": name, "topic": topic, "group": name, "sink": {"pull": {}}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "subscribe: {}",
+        r.text().await.unwrap()
+    );
+}
+
+/// Sends SIGHUP (the bridge reloads its topology at once).
+pub fn sighup(node: &Meshd) {
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &node.pid().to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -HUP failed");
 }
 
 /// ce-ids the sink received, deduplicated, sorted.
