@@ -1267,7 +1267,9 @@ async fn receive_batch(
             )
         })?;
         let key = DedupWindow::key(&ev);
-        if lock(&shared.dedup).check(&key) || !in_batch.insert(key.clone()) {
+        // Reserve at check time: two links delivering one event concurrently (a reroute)
+        // must not both store it.
+        if !in_batch.insert(key.clone()) || lock(&shared.dedup).reserve(&key) {
             stats.duplicates.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -1278,19 +1280,42 @@ async fn receive_batch(
     if events.is_empty() {
         return Ok(());
     }
+    let stored = store_received(shared, peer, &b.topic, b.partitions, &events).await;
+    let mut d = lock(&shared.dedup);
+    match stored {
+        Ok(()) => {
+            d.commit(keys);
+            Ok(())
+        }
+        Err(e) => {
+            d.release(&keys);
+            Err(e)
+        }
+    }
+}
+
+/// Stores events received from `peer` (creating the topic, or the relay topic, as needed).
+async fn store_received(
+    shared: &Arc<Shared>,
+    peer: &str,
+    topic: &str,
+    topic_partitions: u32,
+    events: &[cloudevents::Event],
+) -> Result<(), String> {
+    let me = shared.me();
     let node = &shared.node;
     // A cluster the replication policy does not allow to receive the topic only relays:
     // it keeps the events in the internal relay topic, which no local subscription reads.
-    let store_topic = if shared.topology().may_receive(&b.topic, me) {
-        b.topic.clone()
+    let store_topic = if shared.topology().may_receive(topic, me) {
+        topic.to_string()
     } else {
-        relay_topic(&b.topic)
+        relay_topic(topic)
     };
     let partitions = match node.partitions_for_publish(&store_topic).await {
         Ok(p) => p,
         Err(NodeError::TopicNotFound { .. }) => {
             let cfg = TopicConfig {
-                partitions: b.partitions.max(1),
+                partitions: topic_partitions.max(1),
                 ..TopicConfig::default()
             };
             node.create_topic(&store_topic, cfg).await.map_err(|e| {
@@ -1300,16 +1325,12 @@ async fn receive_batch(
                 )
             })?;
             tracing::info!(cluster = %me, peer, topic = %store_topic, "created topic for replicated events");
-            b.partitions.max(1)
+            topic_partitions.max(1)
         }
         Err(e) => return Err(format!("topic {:?}: {e}", store_topic)),
     };
-    append_events(&*node.store, &store_topic, partitions, &events)
+    append_events(&*node.store, &store_topic, partitions, events)
         .await
-        .map_err(|e| format!("appending replicated events: {e}"))?;
-    let mut d = lock(&shared.dedup);
-    for k in keys {
-        d.remember(k);
-    }
-    Ok(())
+        .map(|_| ())
+        .map_err(|e| format!("appending replicated events: {e}"))
 }

@@ -127,6 +127,9 @@ pub struct DedupWindow {
     capacity: usize,
     seen: HashSet<(String, String)>,
     order: VecDeque<(String, String)>,
+    /// Keys of events being stored right now (reserved, not yet remembered): a second
+    /// link delivering the same event meanwhile sees it as a duplicate.
+    pending: HashSet<(String, String)>,
     duplicates: u64,
 }
 
@@ -137,6 +140,7 @@ impl DedupWindow {
             capacity: capacity.max(1),
             seen: HashSet::new(),
             order: VecDeque::new(),
+            pending: HashSet::new(),
             duplicates: 0,
         }
     }
@@ -153,6 +157,34 @@ impl DedupWindow {
             return true;
         }
         false
+    }
+
+    /// Reserves a key for an event about to be stored: `true` (and counts a duplicate)
+    /// when it is in the window or reserved by a store in progress, else reserves it.
+    /// Follow with [`DedupWindow::commit`] once stored or [`DedupWindow::release`] if
+    /// storing failed.
+    pub fn reserve(&mut self, key: &(String, String)) -> bool {
+        if self.seen.contains(key) || self.pending.contains(key) {
+            self.duplicates += 1;
+            return true;
+        }
+        self.pending.insert(key.clone());
+        false
+    }
+
+    /// The reserved keys were stored: remember them.
+    pub fn commit(&mut self, keys: Vec<(String, String)>) {
+        for k in keys {
+            self.pending.remove(&k);
+            self.remember(k);
+        }
+    }
+
+    /// Storing the reserved keys failed: forget the reservation so a re-send is admitted.
+    pub fn release(&mut self, keys: &[(String, String)]) {
+        for k in keys {
+            self.pending.remove(k);
+        }
     }
 
     /// Remembers a key (call after the event is durably stored, so that a failed append
@@ -300,6 +332,25 @@ mod tests {
         assert!(!d.admit(&ev("c")));
         assert!(d.admit(&ev("a")), "the oldest key fell out of the window");
         assert_eq!(d.duplicates(), 2);
+    }
+
+    #[test]
+    fn reserved_keys_are_duplicates_until_released() {
+        let mut w = DedupWindow::new(10);
+        let k = ("src".to_string(), "1".to_string());
+        // The first link reserves the key while it stores the event.
+        assert!(!w.reserve(&k));
+        // A second link delivering the same event meanwhile sees a duplicate.
+        assert!(w.reserve(&k));
+        assert_eq!(w.duplicates(), 1);
+        // The store failed: a re-send must be admitted again.
+        w.release(std::slice::from_ref(&k));
+        assert!(!w.reserve(&k));
+        // Stored: remembered in the window, still a duplicate afterwards.
+        w.commit(vec![k.clone()]);
+        assert_eq!(w.len(), 1);
+        assert!(w.reserve(&k));
+        assert_eq!(w.duplicates(), 2);
     }
 
     #[test]
