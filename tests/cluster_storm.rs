@@ -39,9 +39,18 @@ const CLUSTER: &str = "storm-it";
 const TTL: &str = "2s";
 const TOPIC: &str = "storm";
 const SUB: &str = "billing";
-/// Producer groups (one publisher task each) and keys per group.
+/// Producer groups (one publisher task each; `MESHD_STORM_GROUPS` overrides) and keys
+/// per group.
 const GROUPS: usize = 6;
 const KEYS_PER_GROUP: usize = 2;
+
+fn groups() -> usize {
+    std::env::var("MESHD_STORM_GROUPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(GROUPS)
+}
 
 /// A child process killed (SIGKILL) and reaped on drop.
 struct ProcGuard(Child);
@@ -57,20 +66,47 @@ fn etcd_arg(etcd: &EtcdServer) -> String {
     etcd.endpoint().replace("http://", "etcd://")
 }
 
-fn scheduler(dir: &Path, etcd: &EtcdServer) -> ProcGuard {
-    let addr = format!("127.0.0.1:{}", broker::free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_meshd"))
-        .args(["scheduler", "--id", "1", "--listen", &addr])
-        .args(["--peers", &format!("1={addr}"), "--cluster", CLUSTER])
-        .args(["--registry", &etcd_arg(etcd)])
-        .args(["--heartbeat-ms", "50", "--election-timeout-ms", "300"])
-        .arg("--data-dir")
-        .arg(dir.join("sched-1"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn meshd scheduler");
-    ProcGuard(child)
+/// `n` scheduler members (one Raft group) over the registry.
+fn schedulers(dir: &Path, etcd: &EtcdServer, n: u64) -> Vec<ProcGuard> {
+    let peers: BTreeMap<u64, String> = (1..=n)
+        .map(|id| (id, format!("127.0.0.1:{}", broker::free_port())))
+        .collect();
+    let peer_arg = peers
+        .iter()
+        .map(|(id, a)| format!("{id}={a}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    peers
+        .iter()
+        .map(|(id, addr)| {
+            let child = Command::new(env!("CARGO_BIN_EXE_meshd"))
+                .args(["scheduler", "--id", &id.to_string(), "--listen", addr])
+                .args(["--peers", &peer_arg, "--cluster", CLUSTER])
+                .args(["--registry", &etcd_arg(etcd)])
+                .args(["--heartbeat-ms", "50", "--election-timeout-ms", "300"])
+                .arg("--data-dir")
+                .arg(dir.join(format!("sched-{id}")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn meshd scheduler");
+            ProcGuard(child)
+        })
+        .collect()
+}
+
+/// Lines of the node logs in `dir` that contain `needle`.
+fn log_lines(dir: &Path, needle: &str) -> usize {
+    ["n1", "n2", "n3"]
+        .iter()
+        .map(|id| {
+            std::fs::read_to_string(dir.join(format!("{id}.log")))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(needle))
+                .count()
+        })
+        .sum()
 }
 
 fn node(dir: &Path, etcd: &EtcdServer, store: &str, id: &str) -> Meshd {
@@ -240,7 +276,7 @@ async fn kill9_the_owner_and_a_proxy_during_a_storm_loses_no_acknowledged_event(
             .expect("registry client"),
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let _sched = scheduler(dir.path(), &etcd);
+    let _scheds = schedulers(dir.path(), &etcd, 3);
     let mut nodes: BTreeMap<String, Meshd> = ["n1", "n2", "n3"]
         .iter()
         .map(|id| (id.to_string(), node(dir.path(), &etcd, &store, id)))
@@ -303,7 +339,7 @@ async fn kill9_the_owner_and_a_proxy_during_a_storm_loses_no_acknowledged_event(
     // The storm.
     let book = Arc::new(Book::default());
     let proxies = Arc::new(vec![p1.url.clone(), p2.url.clone()]);
-    let tasks: Vec<_> = (0..GROUPS)
+    let tasks: Vec<_> = (0..groups())
         .map(|g| tokio::spawn(publisher(g, proxies.clone(), book.clone())))
         .collect();
     // Let the owner deliver for a while before the kill.
@@ -445,6 +481,8 @@ async fn kill9_the_owner_and_a_proxy_during_a_storm_loses_no_acknowledged_event(
                 && killed.duration_since(p.at) < Duration::from_secs(1)
         })
         .count();
+    let tailer_late = log_lines(dir.path(), "append acknowledged before the tailer saw it");
+    let out_of_order = log_lines(dir.path(), "record delivered out of order");
     let mut lat = book.latencies.lock().expect("lat").clone();
     lat.sort();
     let after_kill_new = all
@@ -456,7 +494,8 @@ async fn kill9_the_owner_and_a_proxy_during_a_storm_loses_no_acknowledged_event(
          (redelivered_by_new_owner={redelivered}, other={}) victim_pushes_last_1s={victim_last_second} \
          failover={failover:?} (new owner {new_owner}) drain_after_stop={drain_time:?} \
          publish_retries={} proxy_switches={} publish_latency p50={:?} p99={:?} max={:?} \
-         acked_at_node_kill={acked_at_kill} proxy_killed_after_node={:?} reorders={} total={:?}",
+         acked_at_node_kill={acked_at_kill} tailer_late_appends={tailer_late} \
+         tail_cache_restarts={out_of_order} proxy_killed_after_node={:?} reorders={} total={:?}",
         acked.len(),
         all.len(),
         seen.len(),
@@ -472,6 +511,16 @@ async fn kill9_the_owner_and_a_proxy_during_a_storm_loses_no_acknowledged_event(
         started.elapsed(),
     );
     assert_eq!(after_kill_new, 0, "the killed node pushed after SIGKILL");
+    // Once the new owner pushes, no other node does (placement fencing).
+    let others: BTreeSet<&str> = all
+        .iter()
+        .filter(|p| p.at > first_at && p.node != new_owner)
+        .map(|p| p.node.as_str())
+        .collect();
+    assert!(
+        others.is_empty(),
+        "{others:?} pushed after {new_owner} took over"
+    );
     assert!(reorders.is_empty(), "per-key reorders: {reorders:?}");
     assert!(
         failover < Duration::from_secs(8),
