@@ -4,7 +4,9 @@
 //!
 //! Publishers (several producer groups, per-key sequence numbers in a `seq` extension)
 //! publish through the proxies, retry a failure with the same event id and record only
-//! 2xx-acknowledged events; a CLUSTERING webhook subscription pushes to a recording sink.
+//! 2xx-acknowledged events; a CLUSTERING webhook subscription pushes to a recording sink
+//! (which refuses the first push of every 17th seq with 503, so webhook retries run
+//! during the storm too; refused pushes are not counted as deliveries).
 //! Mid-storm the node that owns the consumer group is killed with SIGKILL, and shortly
 //! after one of the two proxies (its clients switch to the other). Proves:
 //! - the group moves to another node within a bound (kill → first push by another node,
@@ -156,6 +158,7 @@ struct Acked {
     id: String,
     key: String,
     seq: u64,
+    at: Instant,
 }
 
 /// What the publishers share.
@@ -219,10 +222,12 @@ async fn publisher(g: usize, proxies: Arc<Vec<String>>, book: Arc<Book>) {
             );
         }
         book.latencies.lock().expect("lat").push(t0.elapsed());
-        book.acked
-            .lock()
-            .expect("acked")
-            .push(Acked { id, key, seq });
+        book.acked.lock().expect("acked").push(Acked {
+            id,
+            key,
+            seq,
+            at: Instant::now(),
+        });
     }
 }
 
@@ -236,10 +241,29 @@ struct Push {
     at: Instant,
 }
 
+/// Whether the sink refuses (503) the `n`th push of `id`: the first push of every 17th
+/// seq, so webhook retries happen throughout the storm.
+fn refused(id: &str, n: usize) -> bool {
+    let seq: u64 = id
+        .rsplit('-')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    n == 1 && seq % 17 == 5
+}
+
+/// The pushes the sink accepted (2xx), in arrival order.
 fn pushes(sink: &Sink) -> Vec<Push> {
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
     sink.received()
         .iter()
         .filter_map(|r| {
+            let id = r.header("ce-id")?;
+            let n = count.entry(id.to_string()).or_default();
+            *n += 1;
+            if refused(id, *n) {
+                return None;
+            }
             Some(Push {
                 id: r.header("ce-id")?.to_string(),
                 key: r.header("ce-partitionkey")?.to_string(),
@@ -284,7 +308,7 @@ async fn kill9_the_owner_and_a_proxy_during_a_storm_loses_no_acknowledged_event(
     let mut p1 = proxy(dir.path(), &etcd, "p1");
     let p2 = proxy(dir.path(), &etcd, "p2");
     let c = client();
-    let sink = Sink::start(|_, _| 200).await;
+    let sink = Sink::start(|id, n| if refused(id, n) { 503 } else { 200 }).await;
 
     // Topic and subscription through a proxy (admin goes to the nodes and the catalog).
     let r = c
@@ -481,6 +505,19 @@ async fn kill9_the_owner_and_a_proxy_during_a_storm_loses_no_acknowledged_event(
                 && killed.duration_since(p.at) < Duration::from_secs(1)
         })
         .count();
+    // Acknowledgement → first accepted push, per event: acknowledged before the kill, and
+    // acknowledged after the new owner's first push (it catches up a backlog then).
+    let ack_to_push = |pick: &dyn Fn(&Acked) -> bool| {
+        let mut v: Vec<Duration> = acked
+            .iter()
+            .filter(|a| pick(a))
+            .filter_map(|a| Some(first.get(a.id.as_str())?.at.saturating_duration_since(a.at)))
+            .collect();
+        v.sort();
+        v
+    };
+    let e2e = ack_to_push(&|a| a.at < killed);
+    let e2e_after = ack_to_push(&|a| a.at > first_at);
     let tailer_late = log_lines(dir.path(), "append acknowledged before the tailer saw it");
     let out_of_order = log_lines(dir.path(), "record delivered out of order");
     let mut lat = book.latencies.lock().expect("lat").clone();
@@ -495,7 +532,8 @@ async fn kill9_the_owner_and_a_proxy_during_a_storm_loses_no_acknowledged_event(
          failover={failover:?} (new owner {new_owner}) drain_after_stop={drain_time:?} \
          publish_retries={} proxy_switches={} publish_latency p50={:?} p99={:?} max={:?} \
          acked_at_node_kill={acked_at_kill} tailer_late_appends={tailer_late} \
-         tail_cache_restarts={out_of_order} proxy_killed_after_node={:?} reorders={} total={:?}",
+         tail_cache_restarts={out_of_order} proxy_killed_after_node={:?} reorders={} ack_to_push before_kill p50={:?} p99={:?} max={:?} \
+         after_takeover p50={:?} p99={:?} max={:?} total={:?}",
         acked.len(),
         all.len(),
         seen.len(),
@@ -508,6 +546,12 @@ async fn kill9_the_owner_and_a_proxy_during_a_storm_loses_no_acknowledged_event(
         lat.last().copied().unwrap_or_default(),
         proxy_killed.duration_since(killed),
         reorders.len(),
+        pct(&e2e, 0.5),
+        pct(&e2e, 0.99),
+        e2e.last().copied().unwrap_or_default(),
+        pct(&e2e_after, 0.5),
+        pct(&e2e_after, 0.99),
+        e2e_after.last().copied().unwrap_or_default(),
         started.elapsed(),
     );
     assert_eq!(after_kill_new, 0, "the killed node pushed after SIGKILL");
