@@ -523,6 +523,11 @@ const NUDGE_AFTER: Duration = Duration::from_millis(20);
 /// How long a tailer stays behind an awaited record, despite nudges, before it
 /// subscribes again.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(200);
+/// How long a tailer may keep receiving records and still be behind an awaited record
+/// before it subscribes again at the end: under load pulsar-lite dispatches to a tailer
+/// slower than writers append, so the tailer falls further behind while never idle, and
+/// an append waiting for it would wait for the whole operation timeout.
+const LAGGING_RESUBSCRIBE_AFTER: Duration = Duration::from_millis(500);
 
 fn spawn_tailers(shared: &Arc<Shared>, t: &Arc<TopicState>) {
     let mut handles = lock(&t.tailers);
@@ -588,7 +593,21 @@ async fn tail_partition(
         part.ready.send_replace(true);
         let mut idle = Duration::ZERO;
         let mut behind_for = Duration::ZERO;
+        let mut behind_since: Option<std::time::Instant> = None;
         loop {
+            let behind =
+                lock(&part.cache).end <= part.wanted.load(std::sync::atomic::Ordering::Acquire);
+            if !behind {
+                behind_since = None;
+            } else if behind_since.is_none() {
+                behind_since = Some(std::time::Instant::now());
+            }
+            if behind_since.is_some_and(|t| t.elapsed() >= LAGGING_RESUBSCRIBE_AFTER) {
+                // The cache restarts at the new end, which covers the awaited record;
+                // what is skipped is read from the broker when asked for.
+                tracing::debug!(topic = %topic, partition, "tailer lagging behind an append; resubscribing");
+                break;
+            }
             let m = match sub.next_message(Some(NUDGE_AFTER)).await {
                 Ok(m) => {
                     idle = Duration::ZERO;
