@@ -17,9 +17,11 @@
 //! - per partition key, first deliveries arrive in sequence order (at-least-once may repeat
 //!   an older seq later; that is a duplicate, not a reorder).
 //!
-//! Every process is killed by its guard, also on panic. Node logs go to files in the
-//! test's temp dir (kept and printed on failure is not automated: run with
-//! `MESHD_LOG=info` and `--nocapture` to see the numbers).
+//! Every process is killed by its guard, also on panic. Node and proxy logs go to files
+//! in the test's temp dir. `--nocapture` prints one `STORM` line with the numbers.
+//! Knobs for heavier runs: `MESHD_STORM_GROUPS` (publishers, default 6),
+//! `MESHD_STORM_BATCH` (events per request, default 1), `MESHD_STORM_KEEP=1` (keep the
+//! temp dir with the logs; `MESHD_LOG` sets the processes' log filter).
 
 #[path = "../node/tests/store_pulsar_common/mod.rs"]
 mod broker;
