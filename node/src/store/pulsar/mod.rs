@@ -208,6 +208,11 @@ struct Shared {
     meta_applied: watch::Sender<Option<(u64, u64)>>,
     /// One producer for metadata writes.
     meta: tokio::sync::Mutex<Option<Producer<TokioExecutor>>>,
+    /// Broker addresses found by lookup, per Pulsar topic. A lookup travels on the
+    /// client's connection behind every queued send, so under load it takes seconds; a
+    /// tailer that subscribes again must not wait for one. Forgotten when subscribing
+    /// there fails (the topic may have moved).
+    targets: Mutex<HashMap<String, Target>>,
 }
 
 /// The Pulsar event store.
@@ -308,10 +313,22 @@ impl Shared {
     }
 
     async fn subscribe(&self, topic: &str, start: Start) -> Result<Subscription, StoreError> {
-        let target = self.target(topic).await?;
-        Subscription::open(&target, topic, start, self.cfg.op_timeout)
-            .await
-            .map_err(|e| unavailable(format!("subscribing to {topic}: {e}")))
+        let cached = lock(&self.targets).get(topic).cloned();
+        let target = match cached {
+            Some(t) => t,
+            None => {
+                let t = self.target(topic).await?;
+                lock(&self.targets).insert(topic.to_string(), t.clone());
+                t
+            }
+        };
+        match Subscription::open(&target, topic, start, self.cfg.op_timeout).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                lock(&self.targets).remove(topic);
+                Err(unavailable(format!("subscribing to {topic}: {e}")))
+            }
+        }
     }
 
     /// The end (offset after the last message, 0 when empty) of a Pulsar topic.
@@ -774,6 +791,7 @@ impl PulsarStore {
             state: Mutex::new(State::default()),
             meta_applied: watch::channel(None).0,
             meta: tokio::sync::Mutex::new(None),
+            targets: Mutex::new(HashMap::new()),
         });
         // Replay the metadata topic up to its last message, then keep following it.
         let meta_topic = shared.cfg.meta_topic();
