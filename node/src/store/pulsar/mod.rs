@@ -208,6 +208,11 @@ struct Shared {
     meta_applied: watch::Sender<Option<(u64, u64)>>,
     /// One producer for metadata writes.
     meta: tokio::sync::Mutex<Option<Producer<TokioExecutor>>>,
+    /// Broker addresses found by lookup, per Pulsar topic. A lookup travels on the
+    /// client's connection behind every queued send, so under load it takes seconds; a
+    /// tailer that subscribes again must not wait for one. Forgotten when subscribing
+    /// there fails (the topic may have moved).
+    targets: Mutex<HashMap<String, Target>>,
 }
 
 /// The Pulsar event store.
@@ -308,10 +313,22 @@ impl Shared {
     }
 
     async fn subscribe(&self, topic: &str, start: Start) -> Result<Subscription, StoreError> {
-        let target = self.target(topic).await?;
-        Subscription::open(&target, topic, start, self.cfg.op_timeout)
-            .await
-            .map_err(|e| unavailable(format!("subscribing to {topic}: {e}")))
+        let cached = lock(&self.targets).get(topic).cloned();
+        let target = match cached {
+            Some(t) => t,
+            None => {
+                let t = self.target(topic).await?;
+                lock(&self.targets).insert(topic.to_string(), t.clone());
+                t
+            }
+        };
+        match Subscription::open(&target, topic, start, self.cfg.op_timeout).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                lock(&self.targets).remove(topic);
+                Err(unavailable(format!("subscribing to {topic}: {e}")))
+            }
+        }
     }
 
     /// The end (offset after the last message, 0 when empty) of a Pulsar topic.
@@ -523,6 +540,11 @@ const NUDGE_AFTER: Duration = Duration::from_millis(20);
 /// How long a tailer stays behind an awaited record, despite nudges, before it
 /// subscribes again.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(200);
+/// How long a tailer may keep receiving records and still be behind an awaited record
+/// before it subscribes again at the end: under load pulsar-lite dispatches to a tailer
+/// slower than writers append, so the tailer falls further behind while never idle, and
+/// an append waiting for it would wait for the whole operation timeout.
+const LAGGING_RESUBSCRIBE_AFTER: Duration = Duration::from_millis(500);
 
 fn spawn_tailers(shared: &Arc<Shared>, t: &Arc<TopicState>) {
     let mut handles = lock(&t.tailers);
@@ -588,7 +610,21 @@ async fn tail_partition(
         part.ready.send_replace(true);
         let mut idle = Duration::ZERO;
         let mut behind_for = Duration::ZERO;
+        let mut behind_since: Option<std::time::Instant> = None;
         loop {
+            let behind =
+                lock(&part.cache).end <= part.wanted.load(std::sync::atomic::Ordering::Acquire);
+            if !behind {
+                behind_since = None;
+            } else if behind_since.is_none() {
+                behind_since = Some(std::time::Instant::now());
+            }
+            if behind_since.is_some_and(|t| t.elapsed() >= LAGGING_RESUBSCRIBE_AFTER) {
+                // The cache restarts at the new end, which covers the awaited record;
+                // what is skipped is read from the broker when asked for.
+                tracing::debug!(topic = %topic, partition, "tailer lagging behind an append; resubscribing");
+                break;
+            }
             let m = match sub.next_message(Some(NUDGE_AFTER)).await {
                 Ok(m) => {
                     idle = Duration::ZERO;
@@ -755,6 +791,7 @@ impl PulsarStore {
             state: Mutex::new(State::default()),
             meta_applied: watch::channel(None).0,
             meta: tokio::sync::Mutex::new(None),
+            targets: Mutex::new(HashMap::new()),
         });
         // Replay the metadata topic up to its last message, then keep following it.
         let meta_topic = shared.cfg.meta_topic();
