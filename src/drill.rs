@@ -50,7 +50,12 @@ pub struct Target {
 #[derive(Args, Clone)]
 pub struct ClusterTarget {
     /// A proxy URL of the cluster (repeat; canaries go through the proxies).
-    #[arg(long = "proxy", value_name = "URL", required = true, value_delimiter = ',')]
+    #[arg(
+        long = "proxy",
+        value_name = "URL",
+        required = true,
+        value_delimiter = ','
+    )]
     proxies: Vec<String>,
     /// A runtime node, `ID=URL` (repeat; needed by node-failover, checked by all).
     #[arg(long = "node-url", value_name = "ID=URL", value_parser = drill::parse_node, value_delimiter = ',')]

@@ -224,7 +224,10 @@ impl ClusterMember {
                         match self.node.backlog().await {
                             Ok(0) => break,
                             Ok(n) if started.elapsed() >= DRAIN_BACKLOG_WAIT => {
-                                tracing::warn!(backlog = n, "drain: leaving with events not delivered yet");
+                                tracing::warn!(
+                                    backlog = n,
+                                    "drain: leaving with events not delivered yet"
+                                );
                                 break;
                             }
                             Ok(_) => {}
@@ -308,7 +311,12 @@ impl ClusterMember {
     /// Clean shutdown: stops delivering (progress committed) and revokes the lease, so
     /// the node leaves the registry at once and its groups move.
     pub async fn leave(&self) {
-        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
         self.release().await;

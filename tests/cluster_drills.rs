@@ -14,166 +14,16 @@
 //!
 //! Every process is killed by its guard, also on panic.
 
+mod cluster_support;
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{client, Meshd};
-use meshd_scheduler::registry::testing::EtcdServer;
-use meshd_scheduler::registry::{EtcdConfig, EtcdRegistry, Registry, Role};
+use cluster_support::*;
+use common::client;
+use meshd_scheduler::registry::Role;
 use serde_json::{json, Value};
-
-const CLUSTER: &str = "drills";
-
-struct ProcGuard(Child);
-
-impl Drop for ProcGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn etcd_arg(etcd: &EtcdServer) -> String {
-    etcd.endpoint().replace("http://", "etcd://")
-}
-
-fn schedulers(dir: &Path, etcd: &EtcdServer, n: u64) -> (Vec<ProcGuard>, Vec<String>) {
-    let peers: BTreeMap<u64, String> = (1..=n)
-        .map(|id| (id, format!("127.0.0.1:{}", free_port())))
-        .collect();
-    let peer_arg = peers
-        .iter()
-        .map(|(id, a)| format!("{id}={a}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let guards = peers
-        .iter()
-        .map(|(id, addr)| {
-            let log = std::fs::File::create(dir.join(format!("sched-{id}.log"))).expect("log");
-            let child = Command::new(env!("CARGO_BIN_EXE_meshd"))
-                .args(["scheduler", "--id", &id.to_string(), "--listen", addr])
-                .args(["--peers", &peer_arg, "--cluster", CLUSTER])
-                .args(["--registry", &etcd_arg(etcd)])
-                .args(["--heartbeat-ms", "50", "--election-timeout-ms", "300"])
-                .arg("--data-dir")
-                .arg(dir.join(format!("sched-{id}")))
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log))
-                .spawn()
-                .expect("spawn meshd scheduler");
-            ProcGuard(child)
-        })
-        .collect();
-    (
-        guards,
-        peers.values().map(|a| format!("http://{a}")).collect(),
-    )
-}
-
-fn node(dir: &Path, etcd: &EtcdServer, id: &str) -> Meshd {
-    let reg = etcd_arg(etcd);
-    Meshd::spawn_logged(
-        &[
-            "node",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.join(id).to_str().expect("utf-8"),
-            "--registry",
-            &reg,
-            "--cluster",
-            CLUSTER,
-            "--node-id",
-            id,
-            "--lease-ttl",
-            "2s",
-        ],
-        &dir.join(id),
-        &dir.join(format!("{id}.log")),
-    )
-}
-
-fn proxy(dir: &Path, etcd: &EtcdServer, id: &str) -> Meshd {
-    let reg = etcd_arg(etcd);
-    Meshd::spawn_logged(
-        &[
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--registry",
-            &reg,
-            "--cluster",
-            CLUSTER,
-            "--proxy-id",
-            id,
-            "--no-auth",
-        ],
-        dir,
-        &dir.join(format!("{id}.log")),
-    )
-}
-
-/// Polls `f` until it holds or `timeout` passes.
-async fn until<F, Fut>(timeout: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn members(reg: &Arc<dyn Registry>, role: Role) -> Vec<String> {
-    reg.list_members()
-        .await
-        .map(|m| {
-            m.into_iter()
-                .filter(|i| i.role == role)
-                .map(|i| i.id)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-async fn status(c: &reqwest::Client, url: &str) -> u16 {
-    c.get(url)
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
-async fn publish(c: &reqwest::Client, base: &str, id: &str) -> (u16, Value) {
-    let r = c
-        .post(format!("{base}/v1/topics/t/events"))
-        .header("content-type", "application/cloudevents+json")
-        .body(common::event(id, "t", None, json!({})).to_string())
-        .send()
-        .await
-        .expect("publish");
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
-}
 
 /// Runs `meshd drill ARGS --json`; returns the exit code and the JSON report.
 async fn drill(args: Vec<String>) -> (i32, Value, String) {
@@ -191,7 +41,11 @@ async fn drill(args: Vec<String>) -> (i32, Value, String) {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let v = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), v, format!("{stdout}\n{stderr}"))
+    (
+        out.status.code().unwrap_or(-1),
+        v,
+        format!("{stdout}\n{stderr}"),
+    )
 }
 
 fn assert_clean(code: i32, report: &Value, out: &str) {
@@ -205,40 +59,12 @@ fn assert_clean(code: i32, report: &Value, out: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_apis_and_the_three_control_plane_drills() {
-    let etcd = EtcdServer::start().await.expect("etcd");
-    let reg: Arc<dyn Registry> = Arc::new(
-        EtcdRegistry::connect(EtcdConfig::new(vec![etcd.endpoint()], CLUSTER))
-            .await
-            .expect("registry client"),
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let keep = dir.path().to_path_buf();
+    let cl = Cluster::start().await;
+    let reg = cl.reg.clone();
     let c = client();
-    let (_scheds, sched_urls) = schedulers(dir.path(), &etcd, 3);
-    let a = node(dir.path(), &etcd, "a");
-    let b = node(dir.path(), &etcd, "b");
-    let p1 = proxy(dir.path(), &etcd, "p1");
-    let p2 = proxy(dir.path(), &etcd, "p2");
-    for p in [&p1, &p2] {
-        assert!(
-            until(Duration::from_secs(20), || async {
-                status(&c, &format!("{}/readyz", p.url)).await == 200
-            })
-            .await,
-            "proxy ready"
-        );
-    }
-    assert!(
-        until(Duration::from_secs(30), || async {
-            let mut ok = true;
-            for s in &sched_urls {
-                ok &= status(&c, &format!("{s}/readyz")).await == 200;
-            }
-            ok
-        })
-        .await,
-        "scheduler leader known"
-    );
+    let (a, b) = (&cl.nodes[0], &cl.nodes[1]);
+    let (p1, p2) = (&cl.proxies[0], &cl.proxies[1]);
+    let sched_urls = cl.scheduler_urls.clone();
 
     // --- node drain API: 503 draining, readyz, leaves the registry, undrain comes back.
     let r = c
@@ -367,7 +193,10 @@ async fn drain_apis_and_the_three_control_plane_drills() {
     assert_ne!(target, moved_to, "{out}");
     let moved = moved_to.as_str().unwrap_or_default();
     assert!(
-        facts["delivered_by"][moved]["canaries"].as_u64().unwrap_or(0) > 0,
+        facts["delivered_by"][moved]["canaries"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
         "the new node delivered canaries: {out}"
     );
     assert!(facts["restore_ms"].is_u64(), "{out}");
@@ -388,8 +217,15 @@ async fn drain_apis_and_the_three_control_plane_drills() {
     let (code, report, out) = drill(common_args(&["proxy-failover"])).await;
     assert_clean(code, &report, &out);
     assert_eq!(report["facts"]["target"], p1.url.as_str(), "{out}");
-    assert_eq!(report["facts"]["target_readyz_while_draining"], 503, "{out}");
-    assert_eq!(status(&c, &format!("{}/readyz", p1.url)).await, 200, "restored");
+    assert_eq!(
+        report["facts"]["target_readyz_while_draining"], 503,
+        "{out}"
+    );
+    assert_eq!(
+        status(&c, &format!("{}/readyz", p1.url)).await,
+        200,
+        "restored"
+    );
     eprintln!(
         "proxy-failover: {}",
         serde_json::to_string(&report).unwrap_or_default()
@@ -409,5 +245,4 @@ async fn drain_apis_and_the_three_control_plane_drills() {
         "scheduler-failover: {}",
         serde_json::to_string(&report).unwrap_or_default()
     );
-    drop(keep);
 }

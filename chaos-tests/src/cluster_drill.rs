@@ -100,7 +100,8 @@ impl ClusterDrillOptions {
     }
 }
 
-fn client(token: Option<&str>) -> Result<reqwest::Client, ChaosError> {
+/// An HTTP client with short timeouts, sending `token` as a bearer token when given.
+pub fn client(token: Option<&str>) -> Result<reqwest::Client, ChaosError> {
     crate::init_tls();
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(t) = token {
@@ -291,7 +292,10 @@ pub async fn run(
                 problems.join("; ")
             )));
         }
-        notes.push(format!("forced on a degraded cluster: {}", problems.join("; ")));
+        notes.push(format!(
+            "forced on a degraded cluster: {}",
+            problems.join("; ")
+        ));
     }
     let target_proxy = match &fault {
         ClusterFault::ProxyDrain(p) => Some(
@@ -370,8 +374,8 @@ pub async fn run(
         _ => None,
     };
 
-    // Keys whose events reach the canary subscriber now (see `probe_keys`).
-    let keys = match probe_keys(&c, o, &publish_urls, &pull_base, &sub).await {
+    // Keys whose events reach the canary subscriber now (see [`canary_keys`]).
+    let keys = match canary_keys(&c, o.keys, &publish_urls, &pull_base, &sub).await {
         Ok(k) => k,
         Err(e) => {
             let _ = cleanup(c.clone(), entry.clone(), sub.clone()).await;
@@ -403,7 +407,10 @@ pub async fn run(
         let (acked, delivered) = {
             let k = lock(&checker);
             let r = k.report("warm-up", "cluster");
-            (r.acknowledged, r.clusters.values().map(|c| c.delivered).sum::<u64>())
+            (
+                r.acknowledged,
+                r.clusters.values().map(|c| c.delivered).sum::<u64>(),
+            )
         };
         if acked >= 10 && delivered >= 5 {
             break;
@@ -444,7 +451,14 @@ pub async fn run(
     };
     if outcome.is_err() || interrupted {
         // Restore first, then count.
-        let r = restore(&c, &fault, o, target_node.as_deref(), target_proxy.as_deref()).await;
+        let r = restore(
+            &c,
+            &fault,
+            o,
+            target_node.as_deref(),
+            target_proxy.as_deref(),
+        )
+        .await;
         if let Err(e) = r {
             observed.notes.push(format!("restore: {e}"));
         }
@@ -456,7 +470,15 @@ pub async fn run(
     let mut restore_note = None;
     if outcome.is_ok() && !interrupted {
         let t = Instant::now();
-        match restore(&c, &fault, o, target_node.as_deref(), target_proxy.as_deref()).await {
+        match restore(
+            &c,
+            &fault,
+            o,
+            target_node.as_deref(),
+            target_proxy.as_deref(),
+        )
+        .await
+        {
             Ok(()) => {
                 observed
                     .facts
@@ -484,12 +506,14 @@ pub async fn run(
     }
     let _ = stopped;
     report.facts.extend(observed.facts);
-    report
-        .facts
-        .insert("acked_by".into(), served_json(&publishers.acked_by, injected));
-    report
-        .facts
-        .insert("delivered_by".into(), served_json(&recorder.served_by, injected));
+    report.facts.insert(
+        "acked_by".into(),
+        served_json(&publishers.acked_by, injected),
+    );
+    report.facts.insert(
+        "delivered_by".into(),
+        served_json(&recorder.served_by, injected),
+    );
     report.facts.insert(
         "publish_failures".into(),
         json!(publishers
@@ -525,22 +549,28 @@ pub async fn run(
 /// group placed on a node that does not run the canary consumer group are delivered only
 /// once the group runs there, so such keys would show as lost or reordered through no
 /// fault of the drill. With a shared store every candidate qualifies.
-async fn probe_keys(
+pub async fn canary_keys(
     c: &reqwest::Client,
-    o: &ClusterDrillOptions,
+    keys: usize,
     publish_urls: &[String],
     pull_base: &str,
     sub: &str,
 ) -> Result<Vec<String>, ChaosError> {
-    let want = o.keys.max(1);
+    let want = keys.max(1);
     let probe_run = canary::run_id();
     let candidates: Vec<String> = (0..want * 4 + 4)
         .map(|i| format!("{probe_run}k{i}"))
         .collect();
     let checker: SharedChecker = Arc::new(Mutex::new(Checker::new()));
     lock(&checker).expect_cluster("probe");
-    let mut recorder =
-        PullRecorder::start(c.clone(), pull_base, sub, "probe", &probe_run, checker.clone());
+    let mut recorder = PullRecorder::start(
+        c.clone(),
+        pull_base,
+        sub,
+        "probe",
+        &probe_run,
+        checker.clone(),
+    );
     // Publishes stay on one proxy so they are not split by rotation.
     let mut publishers = Publishers::start(
         c.clone(),
@@ -626,7 +656,8 @@ async fn inject_and_watch(
             obs.facts.insert("target".into(), json!(node));
             post_admin(c, &format!("{url}/v1/admin/drain")).await?;
             if status_of(c, &format!("{url}/readyz")).await == Some(503) {
-                obs.facts.insert("target_readyz_while_draining".into(), json!(503));
+                obs.facts
+                    .insert("target_readyz_while_draining".into(), json!(503));
             }
             // Detection: the group is placed on another node.
             let moved_to = loop {
@@ -649,7 +680,8 @@ async fn inject_and_watch(
             obs.detection = Some(injected.elapsed());
             obs.facts.insert("moved_to".into(), json!(moved_to));
             if let Ok(v) = http::get_json(c, &format!("{url}/v1/cluster")).await {
-                obs.facts.insert("target_drain_state".into(), v["drain"].clone());
+                obs.facts
+                    .insert("target_drain_state".into(), v["drain"].clone());
             }
             // Recovery: the new node delivers canaries.
             loop {
@@ -684,7 +716,8 @@ async fn inject_and_watch(
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             obs.detection = Some(injected.elapsed());
-            obs.facts.insert("target_readyz_while_draining".into(), json!(503));
+            obs.facts
+                .insert("target_readyz_while_draining".into(), json!(503));
             // Recovery: every key acknowledged again after the drain (through another
             // proxy once the drained one answered 503).
             let acked_at = lock_acked(publishers);
@@ -694,7 +727,8 @@ async fn inject_and_watch(
                     break;
                 }
                 if Instant::now() > deadline {
-                    obs.notes.push("canaries were not acknowledged again after the drain".into());
+                    obs.notes
+                        .push("canaries were not acknowledged again after the drain".into());
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -727,7 +761,9 @@ async fn inject_and_watch(
                     }
                 }
                 if Instant::now() > deadline {
-                    return Err(ChaosError::Timeout("another scheduler member leading".into()));
+                    return Err(ChaosError::Timeout(
+                        "another scheduler member leading".into(),
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -745,7 +781,8 @@ async fn inject_and_watch(
                     break;
                 }
                 if Instant::now() > deadline {
-                    obs.notes.push("the members did not all follow the new leader".into());
+                    obs.notes
+                        .push("the members did not all follow the new leader".into());
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -445,9 +445,16 @@ async fn h_step_down(State(raft): State<SchedulerRaft>) -> HttpResponse {
         .await;
         r.runtime_config().heartbeat(true);
         r.runtime_config().elect(true);
-        tracing::info!(member = me, "step-down over: heartbeats and elections on again");
+        tracing::info!(
+            member = me,
+            "step-down over: heartbeats and elections on again"
+        );
     });
-    tracing::info!(member = me, term, "stepping down: heartbeats and elections off");
+    tracing::info!(
+        member = me,
+        term,
+        "stepping down: heartbeats and elections off"
+    );
     (
         StatusCode::ACCEPTED,
         Json(serde_json::json!({"stepping_down": me, "term": term})),
