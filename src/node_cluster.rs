@@ -167,7 +167,7 @@ impl ClusterMember {
         info.groups = groups_of(&self.node);
         let handle = self
             .registry
-            .register(info, self.lease.clone())
+            .register(info, self.lease)
             .await
             .context("registering the node in the registry")?;
         let placement = self

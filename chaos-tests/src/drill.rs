@@ -428,12 +428,13 @@ mod tests {
 
     #[test]
     fn missing_drills_say_why() {
-        for d in ["evacuate"] {
-            let e = not_available(d).to_string();
-            assert!(
-                e.contains("not available yet") && e.contains("needs"),
-                "{e}"
-            );
-        }
+        let e = not_available("evacuate").to_string();
+        assert!(
+            e.contains("not available yet") && e.contains("needs"),
+            "{e}"
+        );
+        assert!(not_available("node-failover")
+            .to_string()
+            .contains("no such drill"));
     }
 }

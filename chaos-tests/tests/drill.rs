@@ -243,7 +243,7 @@ async fn drill_refuses_a_degraded_mesh_and_names_missing_drills() {
 
     let out = drill_cmd(
         &mesh,
-        &["node-failover", "--cluster", "a", "--node", "node-1"],
+        &["evacuate", "--cluster", "a"],
     )
     .output()
     .unwrap();
