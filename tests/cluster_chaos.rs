@@ -9,6 +9,7 @@
 //! 2. etcd unreachable (SIGSTOP) under load: publishes keep being acknowledged during the
 //!    freeze, both nodes are registered again after it; canary lost 0, reordered 0;
 //! 3. kill -9 one proxy of two under load: publishers switch to the other; lost 0.
+//!
 //! Every process is killed by its guard, also on panic.
 
 mod cluster_support;

@@ -12,6 +12,7 @@
 //! - `meshd drill proxy-failover`: publishers switch proxies; lost 0, reordered 0;
 //! - `meshd drill scheduler-failover`: another member leads a newer term; lost 0.
 //!
+//!
 //! Every process is killed by its guard, also on panic.
 
 mod cluster_support;
