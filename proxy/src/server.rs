@@ -1191,6 +1191,58 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn drain_refuses_requests_and_undrain_serves_again() {
+        let p = Proxy::new(
+            ProxyConfig::new("c", "p1"),
+            crate::static_nodes("http://127.0.0.1:9"),
+        )
+        .expect("proxy");
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        let req = |m: Method, path: &str| {
+            Request::builder()
+                .method(m)
+                .uri(path)
+                .body(Body::empty())
+                .expect("request")
+        };
+        assert_eq!(
+            p.handle(peer, req(Method::GET, "/readyz")).await.status(),
+            200
+        );
+        let r = p.handle(peer, req(Method::POST, "/v1/admin/drain")).await;
+        assert_eq!(r.status(), 200);
+        assert!(p.is_draining());
+        assert_eq!(
+            p.handle(peer, req(Method::GET, "/readyz")).await.status(),
+            503
+        );
+        let r = p
+            .handle(peer, req(Method::POST, "/v1/topics/t/events"))
+            .await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.headers().contains_key(header::RETRY_AFTER));
+        let body = r.into_body().collect().await.expect("body").to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("\"draining\""));
+        assert_eq!(
+            p.handle(peer, req(Method::GET, "/healthz")).await.status(),
+            200
+        );
+        assert_eq!(
+            p.handle(peer, req(Method::GET, "/v1/admin/drain"))
+                .await
+                .status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        let r = p.handle(peer, req(Method::POST, "/v1/admin/undrain")).await;
+        assert_eq!(r.status(), 200);
+        assert!(!p.is_draining());
+        assert_eq!(
+            p.handle(peer, req(Method::GET, "/readyz")).await.status(),
+            200
+        );
+    }
+
     #[test]
     fn producer_groups() {
         let mut h = HeaderMap::new();
