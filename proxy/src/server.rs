@@ -1193,6 +1193,7 @@ mod tests {
 
     #[tokio::test]
     async fn drain_refuses_requests_and_undrain_serves_again() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let p = Proxy::new(
             ProxyConfig::new("c", "p1"),
             crate::static_nodes("http://127.0.0.1:9"),
