@@ -571,10 +571,10 @@ pub async fn canary_keys(
         &probe_run,
         checker.clone(),
     );
-    // Publishes stay on one proxy so they are not split by rotation.
+    // Candidate i starts on proxy i mod n, as key j of the run starts on proxy j mod n.
     let mut publishers = Publishers::start(
         c.clone(),
-        publish_urls.iter().take(1).cloned().collect(),
+        publish_urls.to_vec(),
         candidates.clone(),
         &probe_run,
         Duration::from_millis(50),
@@ -587,12 +587,22 @@ pub async fn canary_keys(
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let k = lock(&checker);
-        chosen = candidates
+        // Key j of the run must come from a candidate that used the same proxy.
+        let n = publish_urls.len().max(1);
+        let good: Vec<(usize, &String)> = candidates
             .iter()
-            .filter(|key| k.tail_delivered("probe", key, 8))
-            .take(want)
-            .cloned()
+            .enumerate()
+            .filter(|(_, key)| k.tail_delivered("probe", key, 8))
             .collect();
+        chosen = Vec::new();
+        for j in 0..want {
+            if let Some((_, key)) = good
+                .iter()
+                .find(|(i, key)| i % n == j % n && !chosen.contains(*key))
+            {
+                chosen.push((*key).clone());
+            }
+        }
         if chosen.len() == want {
             break;
         }
