@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use meshd_chaos::cluster_drill::{self, ClusterDrillOptions, ClusterFault};
 use meshd_chaos::drill::{self, DrillOptions};
 
 /// Options of `meshd drill`.
@@ -45,6 +46,67 @@ pub struct Target {
     urls: Vec<(String, String)>,
 }
 
+/// Where one cluster is, for the node, proxy and scheduler drills.
+#[derive(Args, Clone)]
+pub struct ClusterTarget {
+    /// A proxy URL of the cluster (repeat; canaries go through the proxies).
+    #[arg(
+        long = "proxy",
+        value_name = "URL",
+        required = true,
+        value_delimiter = ','
+    )]
+    proxies: Vec<String>,
+    /// A runtime node, `ID=URL` (repeat; needed by node-failover, checked by all).
+    #[arg(long = "node-url", value_name = "ID=URL", value_parser = drill::parse_node, value_delimiter = ',')]
+    nodes: Vec<(String, String)>,
+    /// A scheduler member URL (one is enough; needed by scheduler-failover).
+    #[arg(long = "scheduler", value_name = "URL", value_delimiter = ',')]
+    schedulers: Vec<String>,
+    /// Bearer token for the proxies (publish/subscribe on meshd-canary, admin).
+    #[arg(long, env = "MESHD_TOKEN")]
+    token: Option<String>,
+    /// Run even when the cluster is degraded.
+    #[arg(long)]
+    force: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Canary keys (each its own producer group).
+    #[arg(long, default_value_t = 2)]
+    keys: usize,
+    /// How long canaries keep flowing after the fault was detected.
+    #[arg(long = "hold", default_value = "2s", value_parser = drill::parse_duration)]
+    hold: Duration,
+    /// Longest wait for every canary after publishing stopped.
+    #[arg(long, default_value = "60s", value_parser = drill::parse_duration)]
+    recovery_timeout: Duration,
+}
+
+impl ClusterTarget {
+    fn options(&self, cluster: &str) -> ClusterDrillOptions {
+        let mut o = ClusterDrillOptions::new(
+            cluster,
+            self.proxies
+                .iter()
+                .map(|p| p.trim_end_matches('/').to_string())
+                .collect(),
+        );
+        o.nodes = self.nodes.iter().cloned().collect();
+        o.schedulers = self
+            .schedulers
+            .iter()
+            .map(|p| p.trim_end_matches('/').to_string())
+            .collect();
+        o.token = self.token.clone();
+        o.force = self.force;
+        o.keys = self.keys.max(1);
+        o.hold = self.hold;
+        o.recovery_timeout = self.recovery_timeout;
+        o
+    }
+}
+
 #[derive(Subcommand)]
 enum DrillCommand {
     /// Pause replication both ways on the link between two clusters, then resume it.
@@ -63,32 +125,37 @@ enum DrillCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// Fence one runtime node of a cluster and watch its groups move (not available yet).
+    /// Drain one runtime node (default: the one running the canary group), watch its
+    /// groups move to another node, undrain it.
     NodeFailover {
         /// The cluster.
         #[arg(long)]
         cluster: String,
-        /// The node id.
+        /// The node id to drain.
         #[arg(long)]
         node: Option<String>,
         #[command(flatten)]
-        target: Target,
+        target: ClusterTarget,
     },
-    /// Fence one proxy of a cluster (not available yet).
+    /// Drain one proxy (default: the first --proxy), watch clients move to another one,
+    /// undrain it.
     ProxyFailover {
         /// The cluster.
         #[arg(long)]
         cluster: String,
+        /// The proxy URL to drain (one of --proxy).
+        #[arg(long = "target")]
+        target_proxy: Option<String>,
         #[command(flatten)]
-        target: Target,
+        target: ClusterTarget,
     },
-    /// Make the scheduler leader step down (not available yet).
+    /// Make the scheduler leader step down and watch another member take over.
     SchedulerFailover {
         /// The cluster.
         #[arg(long)]
         cluster: String,
         #[command(flatten)]
-        target: Target,
+        target: ClusterTarget,
     },
     /// Drain a whole cluster and bring it back (not available yet).
     Evacuate {
@@ -107,6 +174,26 @@ fn options(common: &Common) -> DrillOptions {
     o.keys_per_cluster = common.keys.max(1);
     o.recovery_timeout = common.recovery_timeout;
     o
+}
+
+async fn cluster_drill(
+    cluster: &str,
+    target: &ClusterTarget,
+    fault: ClusterFault,
+) -> anyhow::Result<(meshd_chaos::Report, bool)> {
+    let opts = target.options(cluster);
+    eprintln!(
+        "drill {} in cluster {cluster} (Ctrl-C restores at once)",
+        fault.name()
+    );
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let name = fault.name();
+    let report = cluster_drill::run(&opts, fault, interrupt)
+        .await
+        .with_context(|| format!("drill {name}"))?;
+    Ok((report, target.json))
 }
 
 /// Runs a drill.
@@ -144,14 +231,18 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        DrillCommand::NodeFailover { .. } => {
-            return Err(drill::not_available("node-failover").into())
-        }
-        DrillCommand::ProxyFailover { .. } => {
-            return Err(drill::not_available("proxy-failover").into())
-        }
-        DrillCommand::SchedulerFailover { .. } => {
-            return Err(drill::not_available("scheduler-failover").into())
+        DrillCommand::NodeFailover {
+            cluster,
+            node,
+            target,
+        } => cluster_drill(&cluster, &target, ClusterFault::NodeDrain(node)).await?,
+        DrillCommand::ProxyFailover {
+            cluster,
+            target_proxy,
+            target,
+        } => cluster_drill(&cluster, &target, ClusterFault::ProxyDrain(target_proxy)).await?,
+        DrillCommand::SchedulerFailover { cluster, target } => {
+            cluster_drill(&cluster, &target, ClusterFault::SchedulerStepDown).await?
         }
         DrillCommand::Evacuate { .. } => return Err(drill::not_available("evacuate").into()),
     };

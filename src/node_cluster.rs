@@ -16,6 +16,11 @@
 //!   lease TTL. This holds for CLUSTERING and BROADCASTING groups alike: a BROADCASTING
 //!   subscription is run by the one node placement names, which fans each event out to
 //!   every member of the group.
+//! - drain (`POST /v1/admin/drain`): the node refuses publishes at once (proxies retry the
+//!   next node), keeps delivering the groups it owns until their backlog here is
+//!   committed (at most [`DRAIN_BACKLOG_WAIT`]), then stops delivery and revokes its
+//!   lease, so the scheduler moves its groups and the next owner starts from the
+//!   committed offsets with no overlap. Undrain registers it again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -23,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use meshd_core::api::{SubscriptionSpec, TopicConfig};
-use meshd_node::server::{CatalogSink, Node};
+use meshd_node::server::{CatalogSink, DrainState, Node};
 use meshd_scheduler::registry::{
     CatalogEvent, CatalogKind, LeaseConfig, MemberGroups, MemberHandle, MemberInfo, MemberLoad,
     MemberState, MemberStatus, Placement, Registry, Role,
@@ -38,6 +43,8 @@ pub const LOAD_PERIOD: Duration = Duration::from_secs(5);
 pub const PRODUCER_GROUP_IDLE: Duration = Duration::from_secs(60);
 /// Retry period of catalog entries that could not be applied yet.
 const CATALOG_RETRY: Duration = Duration::from_secs(1);
+/// Longest wait for a draining node's backlog to be delivered before it leaves anyway.
+pub const DRAIN_BACKLOG_WAIT: Duration = Duration::from_secs(30);
 
 /// Parses a duration: `2s`, `1500ms`, `0.5s`, or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -113,8 +120,12 @@ impl CatalogSink for RegistryCatalog {
 /// A node's membership in its cluster; [`ClusterMember::leave`] on clean shutdown.
 pub struct ClusterMember {
     handle: tokio::sync::Mutex<Option<MemberHandle>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    obey: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     node: Arc<Node>,
+    registry: Arc<dyn Registry>,
+    url: String,
+    lease: LeaseConfig,
 }
 
 impl ClusterMember {
@@ -127,36 +138,142 @@ impl ClusterMember {
         lease: LeaseConfig,
     ) -> anyhow::Result<Arc<ClusterMember>> {
         node.set_catalog(Arc::new(RegistryCatalog(registry.clone())));
-        let mut info = MemberInfo::new(Role::Node, node.config.node_id.clone(), url);
-        info.groups = groups_of(&node);
-        let handle = registry
-            .register(info.clone(), lease)
-            .await
-            .context("registering the node in the registry")?;
-        let placement = registry
-            .watch_placement()
-            .await
-            .context("watching the placement")?;
-        let tasks = vec![
-            tokio::spawn(obey_placement(
-                node.clone(),
-                registry.clone(),
-                placement,
-                handle.status(),
-            )),
-            tokio::spawn(sync_catalog(node.clone(), registry.clone())),
-        ];
         let member = Arc::new(ClusterMember {
-            handle: tokio::sync::Mutex::new(Some(handle)),
-            tasks,
-            node,
+            handle: tokio::sync::Mutex::new(None),
+            obey: std::sync::Mutex::new(None),
+            tasks: std::sync::Mutex::new(Vec::new()),
+            node: node.clone(),
+            registry: registry.clone(),
+            url: url.to_string(),
+            lease,
         });
+        member.register().await?;
+        let sync = tokio::spawn(sync_catalog(node.clone(), registry.clone()));
         let me = member.clone();
-        tokio::spawn(async move { me.report(info).await });
+        let report = tokio::spawn(async move { me.report().await });
+        let me = member.clone();
+        let drain = tokio::spawn(async move { me.follow_drain().await });
+        member
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend([sync, report, drain]);
         Ok(member)
     }
 
-    async fn report(&self, mut info: MemberInfo) {
+    /// Registers under a new lease and starts obeying the placement.
+    async fn register(&self) -> anyhow::Result<()> {
+        let mut info = MemberInfo::new(Role::Node, self.node.config.node_id.clone(), &self.url);
+        info.groups = groups_of(&self.node);
+        let handle = self
+            .registry
+            .register(info, self.lease)
+            .await
+            .context("registering the node in the registry")?;
+        let placement = self
+            .registry
+            .watch_placement()
+            .await
+            .context("watching the placement")?;
+        let obey = tokio::spawn(obey_placement(
+            self.node.clone(),
+            self.registry.clone(),
+            placement,
+            handle.status(),
+        ));
+        if let Some(old) = self
+            .obey
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(obey)
+        {
+            old.abort();
+        }
+        *self.handle.lock().await = Some(handle);
+        Ok(())
+    }
+
+    /// Stops delivering every group (progress committed), then revokes the lease.
+    async fn release(&self) {
+        if let Some(t) = self.obey.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            t.abort();
+        }
+        self.node.set_owned_groups(Some(BTreeSet::new())).await;
+        if let Some(h) = self.handle.lock().await.take() {
+            match h.deregister().await {
+                Ok(()) => tracing::info!("left the cluster (lease revoked)"),
+                Err(e) => tracing::warn!("revoking the lease: {e}"),
+            }
+        }
+    }
+
+    /// Follows the node's drain state: hands the groups over on a drain, rejoins on undrain.
+    async fn follow_drain(&self) {
+        let mut w = self.node.drain_watch();
+        loop {
+            let state = *w.borrow_and_update();
+            match state {
+                DrainState::Draining => {
+                    let started = Instant::now();
+                    // Deliver what is stored here first: with the embedded store no other
+                    // node can (each node has its own log).
+                    loop {
+                        if self.node.drain_state() != DrainState::Draining {
+                            break;
+                        }
+                        match self.node.backlog().await {
+                            Ok(0) => break,
+                            Ok(n) if started.elapsed() >= DRAIN_BACKLOG_WAIT => {
+                                tracing::warn!(
+                                    backlog = n,
+                                    "drain: leaving with events not delivered yet"
+                                );
+                                break;
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!("drain: reading the backlog: {e}"),
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    if self.node.drain_state() == DrainState::Draining {
+                        self.release().await;
+                        self.node.mark_drained();
+                        tracing::info!(
+                            took_ms = started.elapsed().as_millis() as u64,
+                            "drained: groups handed over"
+                        );
+                    }
+                }
+                DrainState::Serving => {
+                    if self.handle.lock().await.is_none() {
+                        loop {
+                            match self.register().await {
+                                Ok(()) => {
+                                    tracing::info!("undrained: registered again");
+                                    break;
+                                }
+                                Err(e) => {
+                                    tracing::warn!("undrain: registering: {e:#}");
+                                    tokio::time::sleep(Duration::from_millis(500)).await;
+                                }
+                            }
+                            if self.node.drain_state() != DrainState::Serving {
+                                break;
+                            }
+                        }
+                    }
+                }
+                DrainState::Drained => {}
+            }
+            if w.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn report(&self) {
+        let mut info = MemberInfo::new(Role::Node, self.node.config.node_id.clone(), &self.url);
+        info.groups = groups_of(&self.node);
         let mut tick = tokio::time::interval(GROUP_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_load = Instant::now();
@@ -180,7 +297,10 @@ impl ClusterMember {
             }
             info.groups = groups;
             let guard = self.handle.lock().await;
-            let Some(h) = guard.as_ref() else { return };
+            let Some(h) = guard.as_ref() else {
+                // Drained: nothing to report until the node registers again.
+                continue;
+            };
             if let Err(e) = h.update(info.clone()).await {
                 // Kept by the member task and written on re-registration.
                 tracing::debug!("reporting to the registry: {e}");
@@ -191,16 +311,15 @@ impl ClusterMember {
     /// Clean shutdown: stops delivering (progress committed) and revokes the lease, so
     /// the node leaves the registry at once and its groups move.
     pub async fn leave(&self) {
-        for t in &self.tasks {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
-        self.node.set_owned_groups(Some(BTreeSet::new())).await;
-        if let Some(h) = self.handle.lock().await.take() {
-            match h.deregister().await {
-                Ok(()) => tracing::info!("left the cluster (lease revoked)"),
-                Err(e) => tracing::warn!("revoking the lease: {e}"),
-            }
-        }
+        self.release().await;
     }
 }
 

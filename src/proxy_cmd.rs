@@ -231,17 +231,70 @@ async fn serve(a: RunArgs) -> anyhow::Result<()> {
             } else {
                 bail!("--registry must be `memory` or `etcd://host:port[,host:port]`");
             };
-            Some(
-                meshd_proxy::follow_registry(&proxy, registry, &url)
-                    .await
-                    .context("following the registry")?,
-            )
+            let handle = meshd_proxy::follow_registry(&proxy, registry.clone(), &url)
+                .await
+                .context("following the registry")?;
+            let handle = Arc::new(tokio::sync::Mutex::new(Some(handle)));
+            tokio::spawn(follow_drain(
+                proxy.clone(),
+                registry,
+                url.clone(),
+                handle.clone(),
+            ));
+            Some(handle)
         }
     };
     println!("cluster {} proxy {} {url}", a.cluster, a.proxy_id);
     proxy.serve(listener, crate::shutdown_signal()).await?;
     if let Some(m) = _member {
-        let _ = m.deregister().await;
+        if let Some(h) = m.lock().await.take() {
+            let _ = h.deregister().await;
+        }
     }
     Ok(())
+}
+
+/// Leaves the registry while the proxy is drained (`POST /v1/admin/drain`), so nothing
+/// discovers it; registers again on undrain.
+async fn follow_drain(
+    proxy: Proxy,
+    registry: Arc<dyn Registry>,
+    url: String,
+    handle: Arc<tokio::sync::Mutex<Option<meshd_scheduler::registry::MemberHandle>>>,
+) {
+    let mut w = proxy.drain_watch();
+    loop {
+        let draining = *w.borrow_and_update();
+        let mut h = handle.lock().await;
+        if draining {
+            if let Some(old) = h.take() {
+                match old.deregister().await {
+                    Ok(()) => tracing::info!("drained: left the registry"),
+                    Err(e) => tracing::warn!("drain: revoking the lease: {e}"),
+                }
+            }
+        } else if h.is_none() {
+            let info = meshd_scheduler::registry::MemberInfo::new(
+                meshd_scheduler::registry::Role::Proxy,
+                proxy.config().proxy_id.clone(),
+                &url,
+            );
+            match registry.register(info, Default::default()).await {
+                Ok(new) => {
+                    tracing::info!("undrained: registered again");
+                    *h = Some(new);
+                }
+                Err(e) => {
+                    tracing::warn!("undrain: registering: {e}");
+                    drop(h);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
+        }
+        drop(h);
+        if w.changed().await.is_err() {
+            return;
+        }
+    }
 }

@@ -103,10 +103,16 @@ impl Drop for Sink {
     }
 }
 
+/// Per node (the `meshd-node` header of a proxy's answer, or `direct`): canaries of the
+/// run received from it and when the first one came.
+pub type ServedBy = Arc<Mutex<std::collections::BTreeMap<String, (u64, Instant)>>>;
+
 /// Polls a pull subscription and acknowledges, recording canaries of `run` as `cluster`.
 pub struct PullRecorder {
     stop: Arc<AtomicBool>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Which node served the canaries (through a proxy: its `meshd-node` header).
+    pub served_by: ServedBy,
 }
 
 impl PullRecorder {
@@ -121,6 +127,8 @@ impl PullRecorder {
     ) -> PullRecorder {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
+        let served_by: ServedBy = Arc::default();
+        let served = served_by.clone();
         let (base, sub, cluster, run) = (
             base.to_string(),
             sub.to_string(),
@@ -136,6 +144,12 @@ impl PullRecorder {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 };
+                let node = r
+                    .headers()
+                    .get("meshd-node")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("direct")
+                    .to_string();
                 let Ok(v) = r.json::<Value>().await else {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
@@ -157,6 +171,8 @@ impl PullRecorder {
                         .or_else(|| ev["chaosseq"].as_u64());
                     if let (Some(k), Some(seq)) = (ev["chaoskey"].as_str(), seq) {
                         lock(&checker).delivered(&cluster, k, seq);
+                        let mut m = served.lock().unwrap_or_else(|p| p.into_inner());
+                        m.entry(node.clone()).or_insert((0, Instant::now())).0 += 1;
                     }
                 }
                 if !ids.is_empty() {
@@ -171,6 +187,7 @@ impl PullRecorder {
         PullRecorder {
             stop,
             task: Some(task),
+            served_by,
         }
     }
 
@@ -201,6 +218,11 @@ pub struct Publishers {
     pub failures: Arc<AtomicU64>,
     /// Start of the last run of failures per key, for "time without an ack".
     pub longest_gap_ms: Arc<AtomicU64>,
+    /// Per node (the `meshd-node` header of a proxy's answer, or `direct`): canaries it
+    /// acknowledged and when the first one was.
+    pub acked_by: ServedBy,
+    /// Failed attempts by answer (`503 draining`, `connect error`, …).
+    pub failure_kinds: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
 }
 
 impl Publishers {
@@ -217,8 +239,11 @@ impl Publishers {
         let stop = Arc::new(AtomicBool::new(false));
         let failures = Arc::new(AtomicU64::new(0));
         let longest_gap_ms = Arc::new(AtomicU64::new(0));
+        let acked_by: ServedBy = Arc::default();
+        let failure_kinds: Arc<Mutex<std::collections::BTreeMap<String, u64>>> = Arc::default();
         let mut tasks = Vec::new();
         for (i, key) in keys.into_iter().enumerate() {
+            let (acked_by, kinds) = (acked_by.clone(), failure_kinds.clone());
             let (c, urls, run, stop, checker, failures, gap) = (
                 c.clone(),
                 urls.clone(),
@@ -247,12 +272,44 @@ impl Publishers {
                             .send()
                             .await;
                         if matches!(&r, Ok(r) if r.status().is_success()) {
+                            let node = r
+                                .as_ref()
+                                .ok()
+                                .and_then(|r| r.headers().get("meshd-node"))
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("direct")
+                                .to_string();
+                            acked_by
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .entry(node)
+                                .or_insert((0, Instant::now()))
+                                .0 += 1;
                             lock(&checker).acked(&key, seq);
                             gap.fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                             seq += 1;
                             continue 'events;
                         }
                         failures.fetch_add(1, Ordering::Relaxed);
+                        let kind = match r {
+                            Ok(r) => {
+                                let status = r.status().as_u16();
+                                let code = r
+                                    .json::<Value>()
+                                    .await
+                                    .ok()
+                                    .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+                                    .unwrap_or_default();
+                                format!("{status} {code}")
+                            }
+                            Err(e) if e.is_connect() => "connect error".to_string(),
+                            Err(_) => "request error".to_string(),
+                        };
+                        *kinds
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(kind)
+                            .or_default() += 1;
                         which = (which + 1) % urls.len().max(1);
                         if stop.load(Ordering::Relaxed) {
                             break 'events;
@@ -267,6 +324,8 @@ impl Publishers {
             tasks,
             failures,
             longest_gap_ms,
+            acked_by,
+            failure_kinds,
         }
     }
 

@@ -86,6 +86,21 @@ impl Checker {
             .sum()
     }
 
+    /// Whether `cluster` received the last `n` acknowledged events of `key` (false when
+    /// the key has fewer than `n`).
+    pub fn tail_delivered(&self, cluster: &str, key: &str, n: usize) -> bool {
+        let Some(acked) = self.acked.get(key) else {
+            return false;
+        };
+        let seen = self.clusters.get(cluster).and_then(|l| l.seen.get(key));
+        acked.len() >= n
+            && acked
+                .iter()
+                .rev()
+                .take(n)
+                .all(|s| seen.is_some_and(|seen| seen.contains(s)))
+    }
+
     /// Whether every declared cluster has received at least one event of every key that
     /// has an acknowledged event (canaries flow from every origin to every cluster).
     pub fn flowing(&self) -> bool {
@@ -143,6 +158,7 @@ impl Checker {
             recovery_ms: None,
             duration_ms: None,
             notes: Vec::new(),
+            facts: BTreeMap::new(),
         }
     }
 }
@@ -191,6 +207,10 @@ pub struct Report {
     pub duration_ms: Option<u64>,
     /// Free-form remarks (fallbacks, what was measured how).
     pub notes: Vec<String>,
+    /// What a drill observed besides the counts (target, where groups moved, which node
+    /// acknowledged and delivered how many canaries, the old and new leader, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, serde_json::Value>,
 }
 
 impl Report {
@@ -237,6 +257,9 @@ impl fmt::Display for Report {
                 "  cluster {name}: delivered {} ({} deliveries), lost {}, duplicated {}, reordered {}, unacknowledged {}",
                 c.delivered, c.deliveries, c.lost, c.duplicated, c.reordered, c.unacknowledged
             )?;
+        }
+        for (k, v) in &self.facts {
+            writeln!(f, "  {k}: {v}")?;
         }
         for n in &self.notes {
             writeln!(f, "  note: {n}")?;

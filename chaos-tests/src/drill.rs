@@ -5,9 +5,9 @@
 //! detection, restore (also when interrupted), wait for every canary everywhere, and
 //! report lost / duplicated / reordered per cluster.
 //!
-//! Available today: `link-partition` (pause/resume replication on both ends of a link:
-//! `POST /v1/mesh/links/{peer}/pause|resume`). Node, proxy and scheduler failover and
-//! evacuation need admin hooks the components do not have yet ([`not_available`]).
+//! Here: `link-partition` (pause/resume replication on both ends of a link:
+//! `POST /v1/mesh/links/{peer}/pause|resume`). Node, proxy and scheduler failover are in
+//! [`crate::cluster_drill`]; evacuation is not available yet ([`not_available`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -109,10 +109,7 @@ pub async fn health(c: &reqwest::Client, nodes: &BTreeMap<String, String>) -> Ve
 /// The drills that need admin hooks this build does not have.
 pub fn not_available(drill: &str) -> ChaosError {
     let why = match drill {
-        "node-failover" => "it needs a node drain/fence admin API and multi-node clusters (nodes in the registry with placement); a cluster is one node in this build",
-        "proxy-failover" => "it needs proxies registered in the registry so the drill can find and fence one; this build's proxies take a static --nodes list and have no fence endpoint",
-        "scheduler-failover" => "it needs a scheduler admin endpoint to step the leader down, which this build does not expose",
-        "evacuate" => "it needs a cluster drain API (nodes stop taking work, subscribers served elsewhere), which this build does not have",
+        "evacuate" => "it needs every node of a cluster drained while its subscribers are served by other clusters; node drain exists, but serving a cluster's subscribers from another cluster (policy, subscription hand-off across the mesh) does not",
         _ => "no such drill",
     };
     ChaosError::Drill(format!("drill {drill} is not available yet: {why}"))
@@ -431,17 +428,13 @@ mod tests {
 
     #[test]
     fn missing_drills_say_why() {
-        for d in [
-            "node-failover",
-            "proxy-failover",
-            "scheduler-failover",
-            "evacuate",
-        ] {
-            let e = not_available(d).to_string();
-            assert!(
-                e.contains("not available yet") && e.contains("needs"),
-                "{e}"
-            );
-        }
+        let e = not_available("evacuate").to_string();
+        assert!(
+            e.contains("not available yet") && e.contains("needs"),
+            "{e}"
+        );
+        assert!(not_available("node-failover")
+            .to_string()
+            .contains("no such drill"));
     }
 }

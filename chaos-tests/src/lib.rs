@@ -12,6 +12,7 @@
 
 pub mod canary;
 pub mod checker;
+pub mod cluster_drill;
 pub mod drill;
 pub mod emu;
 pub mod http;

@@ -241,12 +241,9 @@ async fn drill_refuses_a_degraded_mesh_and_names_missing_drills() {
     assert!(!out.status.success());
     assert!(stderr.contains("refusing to run"), "{stderr}");
 
-    let out = drill_cmd(
-        &mesh,
-        &["node-failover", "--cluster", "a", "--node", "node-1"],
-    )
-    .output()
-    .unwrap();
+    let out = drill_cmd(&mesh, &["evacuate", "--cluster", "a"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("not available yet"), "{stderr}");

@@ -188,6 +188,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/mesh", get(mesh_status))
         .route("/v1/mesh/links/{peer}/{action}", post(mesh_link_admin))
+        .route("/v1/admin/drain", post(drain))
+        .route("/v1/admin/undrain", post(undrain))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -303,6 +305,15 @@ async fn publish(
 
 #[tracing::instrument(level = "debug", skip_all, fields(topic = %topic))]
 async fn publish_inner(node: &Arc<Node>, topic: &str, req: Request) -> ApiResult<PublishResponse> {
+    if node.is_draining() {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this node is draining and takes no publishes; publish to another node (a proxy retries the next one)",
+        );
+        e.retry_after = Some(1);
+        return Err(e);
+    }
     let (parts, body) = req.into_parts();
     let mode = mode_of(&parts.headers)?;
     let partitions = node.partitions_for_publish(topic).await?;
@@ -558,6 +569,24 @@ async fn mesh_link_admin(
     }
 }
 
+/// `POST /v1/admin/drain`: stop taking publishes and hand the node's groups over (a
+/// node in a cluster delivers its backlog, stops delivery and leaves the registry). Like
+/// the node's other admin endpoints it is not authenticated here: nodes sit behind the
+/// proxies, which hold the tokens. Answers the drain state at once; `GET /v1/cluster`
+/// shows when it is `drained`.
+async fn drain(State(node): State<Arc<Node>>) -> Response {
+    let state = node.set_draining(true);
+    tracing::info!(node = %node.config.node_id, ?state, "drain asked");
+    Json(serde_json::json!({"node": node.config.node_id, "drain": state})).into_response()
+}
+
+/// `POST /v1/admin/undrain`: take publishes again and rejoin the cluster.
+async fn undrain(State(node): State<Arc<Node>>) -> Response {
+    let state = node.set_draining(false);
+    tracing::info!(node = %node.config.node_id, ?state, "undrain asked");
+    Json(serde_json::json!({"node": node.config.node_id, "drain": state})).into_response()
+}
+
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let mut text = node.metrics.render();
     if let Some(mesh) = node.mesh_metrics() {
@@ -573,6 +602,16 @@ async fn healthz() -> Response {
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
     if node.is_ready() {
         Json(serde_json::json!({"status": "ready"})).into_response()
+    } else if node.is_draining() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(ErrorBody::new(
+                "draining",
+                "the node is drained (POST /v1/admin/undrain brings it back)",
+                None,
+            )),
+        )
+            .into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

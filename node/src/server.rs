@@ -13,7 +13,11 @@
 //!   [`Node::apply_topic`] / [`Node::apply_subscription`] and the `delete_*` methods;
 //! - what the node reports: producer groups seen ([`Node::note_producer_group`],
 //!   [`Node::producer_groups`]), consumer groups ([`Node::consumer_groups`]) and load
-//!   counters ([`Node::published_total`], [`Node::serving_count`]).
+//!   counters ([`Node::published_total`], [`Node::serving_count`]);
+//! - drain ([`Node::set_draining`], [`Node::drain_watch`], [`Node::backlog`]): a draining
+//!   node refuses publishes (503 `draining`) and is not ready; the cluster member hands its
+//!   groups over (delivers its backlog, stops delivery, leaves the registry) and marks it
+//!   [`DrainState::Drained`]; undrain makes it serve and rejoin.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -27,7 +31,7 @@ use meshd_core::api::{
     TopicConfig, TopicInfo,
 };
 use tokio::net::TcpListener;
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 
 use crate::delivery::{Delivery, DeliveryError};
 use crate::ingest::now_ms;
@@ -204,6 +208,19 @@ pub struct Node {
     catalog: std::sync::OnceLock<Arc<dyn CatalogSink>>,
     producer_groups: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     published: AtomicU64,
+    drain: watch::Sender<DrainState>,
+}
+
+/// Where a node is in a drain (`POST /v1/admin/drain|undrain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainState {
+    /// Takes publishes and delivers what placement gives it.
+    Serving,
+    /// Refuses publishes; handing its groups over (delivering its backlog first).
+    Draining,
+    /// Refuses publishes, delivers nothing, out of the registry.
+    Drained,
 }
 
 /// Extra Prometheus text appended to `/metrics` by the federation bridge.
@@ -268,6 +285,7 @@ impl Node {
             catalog: std::sync::OnceLock::new(),
             producer_groups: std::sync::Mutex::new(HashMap::new()),
             published: AtomicU64::new(0),
+            drain: watch::Sender::new(DrainState::Serving),
         });
         for (key, value) in node.store.list_meta(SUBSCRIPTION_PREFIX).await? {
             let spec: SubscriptionSpec = match serde_json::from_slice(&value) {
@@ -353,9 +371,84 @@ impl Node {
         self.mesh_link_admin.get().map(|f| f(peer, pause))
     }
 
-    /// Whether the node takes traffic.
+    /// Whether the node takes traffic (started, not stopping, not draining).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && !self.is_draining()
+    }
+
+    /// Whether a drain was asked for (draining or drained).
+    pub fn is_draining(&self) -> bool {
+        *self.drain.borrow() != DrainState::Serving
+    }
+
+    /// The drain state.
+    pub fn drain_state(&self) -> DrainState {
+        *self.drain.borrow()
+    }
+
+    /// Starts a drain (`true`: Serving → Draining) or ends one (`false`: → Serving).
+    /// Answers the state after the call. Without a cluster member nothing hands groups
+    /// over: the node just refuses publishes and stays `Draining`.
+    pub fn set_draining(&self, on: bool) -> DrainState {
+        self.drain.send_if_modified(|s| {
+            let next = match (on, *s) {
+                (true, DrainState::Serving) => DrainState::Draining,
+                (true, other) => other,
+                (false, _) => DrainState::Serving,
+            };
+            let changed = next != *s;
+            *s = next;
+            changed
+        });
+        self.drain_state()
+    }
+
+    /// Marks a drain finished (Draining → Drained); the cluster member calls it once the
+    /// groups are handed over.
+    pub fn mark_drained(&self) {
+        self.drain.send_if_modified(|s| {
+            let changed = *s == DrainState::Draining;
+            if changed {
+                *s = DrainState::Drained;
+            }
+            changed
+        });
+    }
+
+    /// A watch of the drain state.
+    pub fn drain_watch(&self) -> watch::Receiver<DrainState> {
+        self.drain.subscribe()
+    }
+
+    /// Events stored here and not yet delivered (committed) by the CLUSTERING
+    /// subscriptions whose delivery runs on this node now. BROADCASTING subscriptions are
+    /// not counted (their members have separate cursors).
+    pub async fn backlog(&self) -> Result<u64, NodeError> {
+        let running: BTreeSet<String> = self.delivery.running().await.into_iter().collect();
+        let subs: Vec<Arc<CompiledSubscription>> = self
+            .read_subs()
+            .values()
+            .filter(|s| running.contains(&s.spec.name))
+            .filter(|s| s.spec.mode == meshd_core::api::GroupMode::Clustering)
+            .cloned()
+            .collect();
+        let mut total = 0u64;
+        for sub in subs {
+            let Some(cfg) = self.store.topic(&sub.spec.topic).await? else {
+                continue;
+            };
+            for p in 0..cfg.partitions {
+                let b = self.store.bounds(&sub.spec.topic, p).await?;
+                let at = self
+                    .store
+                    .committed_offset(&sub.spec.name, &sub.spec.topic, p)
+                    .await?
+                    .unwrap_or(b.start)
+                    .max(b.start);
+                total = total.saturating_add(b.end.saturating_sub(at));
+            }
+        }
+        Ok(total)
     }
 
     /// A topic's configuration from the node's cache, else from the store: another node
@@ -823,6 +916,7 @@ impl Node {
             "cluster": self.config.cluster,
             "node": self.config.node_id,
             "ready": self.is_ready(),
+            "drain": self.drain_state(),
             "topics": self.read_topics().len(),
             "subscriptions": self.read_subs().len(),
             "fsync": self.config.fsync,

@@ -52,6 +52,8 @@ struct Inner {
     client: reqwest::Client,
     /// Subscription name → (topic, when learned).
     sub_topics: Mutex<HashMap<String, (String, Instant)>>,
+    /// Drained: not ready, every API request answers 503 `draining`.
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -81,6 +83,8 @@ enum Op {
     SubOne(String),
     SubPull(String),
     Cluster,
+    /// `POST /v1/admin/drain` (`true`) or `/v1/admin/undrain` (`false`).
+    Drain(bool),
 }
 
 /// An answer that is not forwarded: an error.
@@ -152,6 +156,8 @@ fn classify(method: &Method, path: &str) -> Result<Op, Reject> {
         ["readyz"] => (method == Method::GET).then_some(Op::Ready),
         ["metrics"] => (method == Method::GET).then_some(Op::Metrics),
         ["v1", "cluster"] => (method == Method::GET).then_some(Op::Cluster),
+        ["v1", "admin", "drain"] => (method == Method::POST).then_some(Op::Drain(true)),
+        ["v1", "admin", "undrain"] => (method == Method::POST).then_some(Op::Drain(false)),
         ["v1", "tokens"] => match *method {
             Method::GET => Some(Op::TokensList),
             Method::POST => Some(Op::TokensCreate),
@@ -344,6 +350,7 @@ impl Proxy {
                 tokens,
                 client,
                 sub_topics: Mutex::new(HashMap::new()),
+                draining: tokio::sync::watch::Sender::new(false),
             }),
         })
     }
@@ -356,6 +363,25 @@ impl Proxy {
     /// The routing table (to feed it from a registry).
     pub fn routing(&self) -> Arc<Routing> {
         self.inner.routing.clone()
+    }
+
+    /// Whether the proxy is drained (`POST /v1/admin/drain`).
+    pub fn is_draining(&self) -> bool {
+        *self.inner.draining.borrow()
+    }
+
+    /// Drains (`true`) or undrains (`false`); answers whether the state changed.
+    pub fn set_draining(&self, on: bool) -> bool {
+        self.inner.draining.send_if_modified(|d| {
+            let changed = *d != on;
+            *d = on;
+            changed
+        })
+    }
+
+    /// A watch of the drain flag (the binary deregisters the proxy while it is set).
+    pub fn drain_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.draining.subscribe()
     }
 
     /// The metrics.
@@ -512,7 +538,9 @@ impl Proxy {
         match op {
             Op::Health => return Ok(text(StatusCode::OK, "ok")),
             Op::Ready => {
-                return Ok(if inner.routing.live_nodes().is_empty() {
+                return Ok(if self.is_draining() {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+                } else if inner.routing.live_nodes().is_empty() {
                     text(StatusCode::SERVICE_UNAVAILABLE, "no live node")
                 } else {
                     text(StatusCode::OK, "ready")
@@ -553,8 +581,29 @@ impl Proxy {
                     sub_topic = Some(topic);
                 }
             }
+            Op::Drain(on) => {
+                self.require(&token, Action::Admin, None)?;
+                let on = *on;
+                let changed = self.set_draining(on);
+                tracing::info!(proxy = %cfg.proxy_id, draining = on, changed, "drain asked");
+                let body = json!({"proxy": cfg.proxy_id, "draining": on, "changed": changed});
+                let mut r = Response::new(Body::from(body.to_string()));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                return Ok(r);
+            }
             Op::Cluster | Op::SubCreate => {}
             Op::Health | Op::Ready | Op::Metrics => {}
+        }
+        if self.is_draining() {
+            return Err(Reject::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "this proxy is draining; use another proxy of the cluster",
+            )
+            .retry_after(Duration::from_secs(1)));
         }
         let (mut parts, body) = req.into_parts();
         let body = self.read_body(&parts.headers, body).await?;
@@ -1139,6 +1188,59 @@ mod tests {
                 .err()
                 .map(|r| r.status),
             Some(StatusCode::METHOD_NOT_ALLOWED)
+        );
+    }
+
+    #[tokio::test]
+    async fn drain_refuses_requests_and_undrain_serves_again() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let p = Proxy::new(
+            ProxyConfig::new("c", "p1"),
+            crate::static_nodes("http://127.0.0.1:9"),
+        )
+        .expect("proxy");
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        let req = |m: Method, path: &str| {
+            Request::builder()
+                .method(m)
+                .uri(path)
+                .body(Body::empty())
+                .expect("request")
+        };
+        assert_eq!(
+            p.handle(peer, req(Method::GET, "/readyz")).await.status(),
+            200
+        );
+        let r = p.handle(peer, req(Method::POST, "/v1/admin/drain")).await;
+        assert_eq!(r.status(), 200);
+        assert!(p.is_draining());
+        assert_eq!(
+            p.handle(peer, req(Method::GET, "/readyz")).await.status(),
+            503
+        );
+        let r = p
+            .handle(peer, req(Method::POST, "/v1/topics/t/events"))
+            .await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.headers().contains_key(header::RETRY_AFTER));
+        let body = r.into_body().collect().await.expect("body").to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("\"draining\""));
+        assert_eq!(
+            p.handle(peer, req(Method::GET, "/healthz")).await.status(),
+            200
+        );
+        assert_eq!(
+            p.handle(peer, req(Method::GET, "/v1/admin/drain"))
+                .await
+                .status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        let r = p.handle(peer, req(Method::POST, "/v1/admin/undrain")).await;
+        assert_eq!(r.status(), 200);
+        assert!(!p.is_draining());
+        assert_eq!(
+            p.handle(peer, req(Method::GET, "/readyz")).await.status(),
+            200
         );
     }
 

@@ -393,6 +393,75 @@ async fn h_init(State(raft): State<SchedulerRaft>, Json(req): Json<InitCluster>)
     admin_answer(raft.initialize(nodes).await)
 }
 
+/// Longest time a stepping-down leader keeps its heartbeats and elections off.
+const STEP_DOWN_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `POST /admin/step-down` on the leader: it stops sending heartbeats and will not stand
+/// for election, so the followers' election timers fire and one of them is elected
+/// (openraft 0.9 has no leader transfer). Heartbeats and elections are switched back on
+/// as soon as another member leads a newer term, or after [`STEP_DOWN_WINDOW`].
+/// 409 on a member that is not the leader or when no other voter could take over.
+async fn h_step_down(State(raft): State<SchedulerRaft>) -> HttpResponse {
+    let m = raft.metrics().borrow().clone();
+    if m.current_leader != Some(m.id) {
+        return (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({
+                "error": "this member is not the leader",
+                "leader": m.current_leader,
+            })),
+        )
+            .into_response();
+    }
+    let voters = m.membership_config.membership().voter_ids().count();
+    if voters < 2 {
+        return (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({
+                "error": "no other voter could take over (a one-member group)",
+            })),
+        )
+            .into_response();
+    }
+    let (me, term) = (m.id, m.current_term);
+    raft.runtime_config().heartbeat(false);
+    raft.runtime_config().elect(false);
+    let r = raft.clone();
+    tokio::spawn(async move {
+        let mut w = r.metrics();
+        let _ = tokio::time::timeout(STEP_DOWN_WINDOW, async {
+            loop {
+                {
+                    let x = w.borrow_and_update();
+                    if x.current_term > term && x.current_leader.is_some_and(|l| l != me) {
+                        break;
+                    }
+                }
+                if w.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        r.runtime_config().heartbeat(true);
+        r.runtime_config().elect(true);
+        tracing::info!(
+            member = me,
+            "step-down over: heartbeats and elections on again"
+        );
+    });
+    tracing::info!(
+        member = me,
+        term,
+        "stepping down: heartbeats and elections off"
+    );
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"stepping_down": me, "term": term})),
+    )
+        .into_response()
+}
+
 /// The routes a member serves: peer RPCs under `/raft/{append,vote,snapshot}` and
 /// membership administration under `/admin/{init,add-learner,change-membership}`.
 pub fn raft_routes(raft: SchedulerRaft) -> Router {
@@ -403,5 +472,6 @@ pub fn raft_routes(raft: SchedulerRaft) -> Router {
         .route("/admin/init", post(h_init))
         .route("/admin/add-learner", post(h_add_learner))
         .route("/admin/change-membership", post(h_change_membership))
+        .route("/admin/step-down", post(h_step_down))
         .with_state(raft)
 }

@@ -1,0 +1,820 @@
+//! Failover drills inside one cluster, against a running cluster by URL, through the
+//! components' own admin APIs (no root, no process control):
+//!
+//! - `node-failover`: `POST {node}/v1/admin/drain` on one runtime node (by default the one
+//!   the canary consumer group is placed on), watch its groups move, `…/undrain` after;
+//! - `proxy-failover`: `POST {proxy}/v1/admin/drain` on one of ≥ 2 proxies, watch the
+//!   canary publishers switch to another proxy, `…/undrain` after;
+//! - `scheduler-failover`: `POST {leader}/admin/step-down` on the scheduler leader, watch
+//!   another member lead a newer term.
+//!
+//! Canaries are published through the proxies (each key is its own producer group, so the
+//! proxy routes it to the node placement names) and consumed through a proxy from one
+//! CLUSTERING pull subscription (the proxy routes pulls to the group's node and names it
+//! in the `meshd-node` answer header, so the drill sees which node delivered).
+//!
+//! Order of a drill: health check (refuse when degraded unless forced) → canaries flowing
+//! → fault → detection → hold → stop publishing, wait until every acknowledged canary
+//! was delivered → restore (undrain; also at once on interrupt or error) → report.
+//! Canaries are all delivered *before* the restore on purpose: with the embedded store
+//! each node has its own log, and an undrained node may take the consumer group back,
+//! after which events stored on the other node wait until the group returns there.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::canary::{self, Publishers, PullRecorder, SharedChecker, TOPIC};
+use crate::checker::{Checker, Report};
+use crate::{http, ChaosError};
+
+/// Which fault a cluster drill injects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterFault {
+    /// Drain a runtime node (by id; default: the node running the canary group).
+    NodeDrain(Option<String>),
+    /// Drain a proxy (by URL; default: the first one given).
+    ProxyDrain(Option<String>),
+    /// Make the scheduler leader step down.
+    SchedulerStepDown,
+}
+
+impl ClusterFault {
+    /// The drill's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClusterFault::NodeDrain(_) => "node-failover",
+            ClusterFault::ProxyDrain(_) => "proxy-failover",
+            ClusterFault::SchedulerStepDown => "scheduler-failover",
+        }
+    }
+}
+
+/// Where the cluster is, and how the drill runs.
+#[derive(Debug, Clone)]
+pub struct ClusterDrillOptions {
+    /// Cluster name (checked against the nodes' `/v1/cluster`).
+    pub cluster: String,
+    /// Proxy URLs (`http://host:port`); canaries go through them.
+    pub proxies: Vec<String>,
+    /// Node id → URL (for drain, placement and health).
+    pub nodes: BTreeMap<String, String>,
+    /// Scheduler member URLs (one is enough: the others are found in `/v1/scheduler`).
+    pub schedulers: Vec<String>,
+    /// Bearer token for the proxies (publish, subscribe and admin scopes on the canary
+    /// topic and the drain endpoint), if they check tokens.
+    pub token: Option<String>,
+    /// Run even when the cluster is degraded.
+    pub force: bool,
+    /// Canary keys (each its own producer group).
+    pub keys: usize,
+    /// Pause between acknowledged canaries of one key.
+    pub pace: Duration,
+    /// How long canaries keep flowing after the fault was detected.
+    pub hold: Duration,
+    /// Longest wait for detection.
+    pub detect_timeout: Duration,
+    /// Longest wait for every canary after publishing stopped.
+    pub recovery_timeout: Duration,
+}
+
+impl ClusterDrillOptions {
+    /// Defaults for a cluster.
+    pub fn new(cluster: &str, proxies: Vec<String>) -> ClusterDrillOptions {
+        ClusterDrillOptions {
+            cluster: cluster.to_string(),
+            proxies,
+            nodes: BTreeMap::new(),
+            schedulers: Vec::new(),
+            token: None,
+            force: false,
+            keys: 2,
+            pace: Duration::from_millis(20),
+            hold: Duration::from_secs(2),
+            detect_timeout: Duration::from_secs(30),
+            recovery_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// An HTTP client with short timeouts, sending `token` as a bearer token when given.
+pub fn client(token: Option<&str>) -> Result<reqwest::Client, ChaosError> {
+    crate::init_tls();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        let v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+            .map_err(|_| ChaosError::Drill("the token is not a valid header value".into()))?;
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(2))
+        .default_headers(headers)
+        .build()
+        .map_err(|e| ChaosError::Http(format!("building the client: {e}")))
+}
+
+async fn status_of(c: &reqwest::Client, url: &str) -> Option<u16> {
+    c.get(url).send().await.ok().map(|r| r.status().as_u16())
+}
+
+/// The scheduler status of the first member that answers, with the URL of every member.
+async fn scheduler_view(
+    c: &reqwest::Client,
+    schedulers: &[String],
+) -> Option<(Value, BTreeMap<u64, String>)> {
+    for s in schedulers {
+        if let Ok(v) = http::get_json(c, &format!("{s}/v1/scheduler")).await {
+            let members = v["members"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(id, a)| {
+                            Some((id.parse::<u64>().ok()?, format!("http://{}", a.as_str()?)))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            return Some((v, members));
+        }
+    }
+    None
+}
+
+/// What is wrong with the cluster now (empty: healthy): every proxy and node ready, every
+/// node of the cluster and serving (not draining), every scheduler member ready and one
+/// leader known.
+pub async fn cluster_health(c: &reqwest::Client, o: &ClusterDrillOptions) -> Vec<String> {
+    let mut problems = Vec::new();
+    for p in &o.proxies {
+        if status_of(c, &format!("{p}/readyz")).await != Some(200) {
+            problems.push(format!("proxy {p} is not ready"));
+        }
+    }
+    for (id, url) in &o.nodes {
+        match http::get_json(c, &format!("{url}/v1/cluster")).await {
+            Err(e) => problems.push(format!("node {id}: {e}")),
+            Ok(v) => {
+                if v["cluster"] != o.cluster.as_str() || v["node"] != id.as_str() {
+                    problems.push(format!(
+                        "node {id}: {url} is node {} of cluster {}",
+                        v["node"], v["cluster"]
+                    ));
+                }
+                if v["drain"] != "serving" && !v["drain"].is_null() {
+                    problems.push(format!("node {id} is {}", v["drain"]));
+                }
+                if v["ready"] != true {
+                    problems.push(format!("node {id} is not ready"));
+                }
+            }
+        }
+    }
+    if !o.schedulers.is_empty() {
+        match scheduler_view(c, &o.schedulers).await {
+            None => problems.push("no scheduler member answers /v1/scheduler".into()),
+            Some((v, members)) => {
+                if v["leader"].is_null() {
+                    problems.push("the scheduler has no leader".into());
+                }
+                for (id, url) in members {
+                    if status_of(c, &format!("{url}/readyz")).await != Some(200) {
+                        problems.push(format!("scheduler member {id} ({url}) is not ready"));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// The node the placement gives `group` to, per the nodes' own `/v1/cluster`.
+async fn group_owner(
+    c: &reqwest::Client,
+    nodes: &BTreeMap<String, String>,
+    group: &str,
+) -> Option<String> {
+    for (id, url) in nodes {
+        if let Ok(v) = http::get_json(c, &format!("{url}/v1/cluster")).await {
+            let owns = v["owned_groups"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|x| x == group));
+            if owns {
+                return Some(id.clone());
+            }
+        }
+    }
+    None
+}
+
+async fn post_admin(c: &reqwest::Client, url: &str) -> Result<Value, ChaosError> {
+    let (status, body) = http::send_json(c, reqwest::Method::POST, url, None).await?;
+    if (200..300).contains(&status) {
+        Ok(body)
+    } else if status == 404 {
+        Err(ChaosError::Drill(format!(
+            "{url}: 404 — this build has no such admin endpoint; upgrade meshd there"
+        )))
+    } else {
+        Err(ChaosError::Drill(format!("POST {url}: {status} {body}")))
+    }
+}
+
+fn lock(c: &SharedChecker) -> std::sync::MutexGuard<'_, Checker> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn served_json(s: &canary::ServedBy, since: Instant) -> Value {
+    let m = s.lock().unwrap_or_else(|p| p.into_inner());
+    Value::Object(
+        m.iter()
+            .map(|(k, (n, first))| {
+                (
+                    k.clone(),
+                    json!({"canaries": n, "first_ms": first.saturating_duration_since(since).as_millis() as u64}),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// What the fault phase found.
+#[derive(Default)]
+struct Observed {
+    detection: Option<Duration>,
+    recovery: Option<Duration>,
+    facts: BTreeMap<String, Value>,
+    notes: Vec<String>,
+}
+
+/// Runs one cluster drill. `interrupt` (Ctrl-C) cuts the fault short; the restore always
+/// runs.
+pub async fn run(
+    o: &ClusterDrillOptions,
+    fault: ClusterFault,
+    interrupt: impl Future<Output = ()>,
+) -> Result<Report, ChaosError> {
+    let c = client(o.token.as_deref())?;
+    let started = Instant::now();
+    let mut notes = Vec::new();
+    if o.proxies.is_empty() {
+        return Err(ChaosError::Drill(
+            "give the cluster's proxies with --proxy URL".into(),
+        ));
+    }
+    // What the fault needs.
+    match &fault {
+        ClusterFault::NodeDrain(_) if o.nodes.len() < 2 => {
+            return Err(ChaosError::Drill(
+                "node-failover needs at least two nodes (--node-url ID=URL each)".into(),
+            ))
+        }
+        ClusterFault::ProxyDrain(_) if o.proxies.len() < 2 => {
+            return Err(ChaosError::Drill(
+                "proxy-failover needs at least two proxies (--proxy URL each)".into(),
+            ))
+        }
+        ClusterFault::SchedulerStepDown if o.schedulers.is_empty() => {
+            return Err(ChaosError::Drill(
+                "scheduler-failover needs a scheduler member URL (--scheduler URL)".into(),
+            ))
+        }
+        _ => {}
+    }
+    let problems = cluster_health(&c, o).await;
+    if !problems.is_empty() {
+        if !o.force {
+            return Err(ChaosError::Drill(format!(
+                "refusing to run: the cluster is degraded ({}); fix it or pass --force",
+                problems.join("; ")
+            )));
+        }
+        notes.push(format!(
+            "forced on a degraded cluster: {}",
+            problems.join("; ")
+        ));
+    }
+    let target_proxy = match &fault {
+        ClusterFault::ProxyDrain(p) => Some(
+            p.clone()
+                .unwrap_or_else(|| o.proxies[0].clone())
+                .trim_end_matches('/')
+                .to_string(),
+        ),
+        _ => None,
+    };
+    if let Some(tp) = &target_proxy {
+        if !o.proxies.contains(tp) {
+            return Err(ChaosError::Drill(format!(
+                "--target {tp} is not one of the --proxy URLs"
+            )));
+        }
+    }
+    // Publishers start on the target proxy (key i on proxy i mod n) and rotate on failure;
+    // the recorder pulls through a proxy that is not drained.
+    let mut publish_urls = o.proxies.clone();
+    if let Some(tp) = &target_proxy {
+        publish_urls.retain(|p| p != tp);
+        publish_urls.insert(0, tp.clone());
+    }
+    let pull_base = publish_urls
+        .iter()
+        .find(|p| Some(*p) != target_proxy.as_ref())
+        .cloned()
+        .unwrap_or_else(|| o.proxies[0].clone());
+
+    let run = canary::run_id();
+    let sub = format!("meshd-drill-{run}");
+    let entry = &pull_base;
+    http::put_topic(&c, entry, TOPIC, 2).await?;
+    http::subscribe(
+        &c,
+        entry,
+        &json!({"name": sub, "topic": TOPIC, "group": sub, "mode": "CLUSTERING", "sink": {"pull": {}}}),
+    )
+    .await?;
+    let cleanup = |c: reqwest::Client, entry: String, sub: String| async move {
+        http::unsubscribe(&c, &entry, &sub).await
+    };
+
+    // Where the scheduler put the canary group.
+    let mut owner = None;
+    if !o.nodes.is_empty() {
+        let deadline = Instant::now() + o.detect_timeout;
+        while owner.is_none() {
+            owner = group_owner(&c, &o.nodes, &sub).await;
+            if owner.is_none() {
+                if Instant::now() > deadline {
+                    let _ = cleanup(c.clone(), entry.clone(), sub.clone()).await;
+                    return Err(ChaosError::Drill(format!(
+                        "the scheduler placed the canary group {sub} on no node within {:?}",
+                        o.detect_timeout
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let target_node = match &fault {
+        ClusterFault::NodeDrain(n) => {
+            let t = n.clone().or_else(|| owner.clone());
+            match t {
+                Some(t) if o.nodes.contains_key(&t) => Some(t),
+                other => {
+                    let _ = cleanup(c.clone(), entry.clone(), sub.clone()).await;
+                    return Err(ChaosError::Drill(format!(
+                        "node {other:?} is not one of the --node-url ids"
+                    )));
+                }
+            }
+        }
+        _ => None,
+    };
+
+    // Keys whose events reach the canary subscriber now (see [`canary_keys`]).
+    let keys = match canary_keys(&c, o.keys, &publish_urls, &pull_base, &sub).await {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = cleanup(c.clone(), entry.clone(), sub.clone()).await;
+            return Err(e);
+        }
+    };
+
+    let checker: SharedChecker = Arc::new(Mutex::new(Checker::new()));
+    lock(&checker).expect_cluster(&o.cluster);
+    let mut recorder = PullRecorder::start(
+        c.clone(),
+        &pull_base,
+        &sub,
+        &o.cluster,
+        &run,
+        checker.clone(),
+    );
+    let mut publishers = Publishers::start(
+        c.clone(),
+        publish_urls.clone(),
+        keys,
+        &run,
+        o.pace,
+        checker.clone(),
+    );
+    // Canaries flow end to end before the fault.
+    let warm = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (acked, delivered) = {
+            let k = lock(&checker);
+            let r = k.report("warm-up", "cluster");
+            (
+                r.acknowledged,
+                r.clusters.values().map(|c| c.delivered).sum::<u64>(),
+            )
+        };
+        if acked >= 10 && delivered >= 5 {
+            break;
+        }
+        if Instant::now() > warm {
+            publishers.stop().await;
+            recorder.stop().await;
+            let _ = cleanup(c.clone(), entry.clone(), sub.clone()).await;
+            return Err(ChaosError::Drill(format!(
+                "canaries do not flow before the fault (acknowledged {acked}, delivered {delivered}); aborting without injecting it"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    tokio::pin!(interrupt);
+    let injected = Instant::now();
+    let mut interrupted = false;
+    let mut observed = Observed::default();
+    let fault_phase = inject_and_watch(
+        &c,
+        o,
+        &fault,
+        target_node.as_deref(),
+        target_proxy.as_deref(),
+        &sub,
+        &recorder,
+        &publishers,
+        injected,
+        &mut observed,
+    );
+    let outcome = tokio::select! {
+        r = fault_phase => r,
+        () = &mut interrupt => {
+            interrupted = true;
+            Ok(())
+        }
+    };
+    if outcome.is_err() || interrupted {
+        // Restore first, then count.
+        let r = restore(
+            &c,
+            &fault,
+            o,
+            target_node.as_deref(),
+            target_proxy.as_deref(),
+        )
+        .await;
+        if let Err(e) = r {
+            observed.notes.push(format!("restore: {e}"));
+        }
+    }
+    publishers.stop().await;
+    let stopped = Instant::now();
+    let done = canary::wait_complete(&checker, o.recovery_timeout).await;
+    recorder.stop().await;
+    let mut restore_note = None;
+    if outcome.is_ok() && !interrupted {
+        let t = Instant::now();
+        match restore(
+            &c,
+            &fault,
+            o,
+            target_node.as_deref(),
+            target_proxy.as_deref(),
+        )
+        .await
+        {
+            Ok(()) => {
+                observed
+                    .facts
+                    .insert("restore_ms".into(), json!(t.elapsed().as_millis() as u64));
+            }
+            Err(e) => restore_note = Some(format!("restore: {e}")),
+        }
+    }
+    let mut report = lock(&checker).report(fault.name(), "cluster");
+    if let Err(e) = cleanup(c.clone(), entry.clone(), sub.clone()).await {
+        report.notes.push(format!("cleanup: {e}"));
+    }
+    report.detection_ms = observed.detection.map(|d| d.as_millis() as u64);
+    report.recovery_ms = observed.recovery.map(|d| d.as_millis() as u64);
+    report.duration_ms = Some(started.elapsed().as_millis() as u64);
+    if done.is_none() {
+        report.notes.push(format!(
+            "not every acknowledged canary was delivered within {:?} after publishing stopped",
+            o.recovery_timeout
+        ));
+    } else if let Some(d) = done {
+        report
+            .facts
+            .insert("drain_after_stop_ms".into(), json!(d.as_millis() as u64));
+    }
+    let _ = stopped;
+    report.facts.extend(observed.facts);
+    report.facts.insert(
+        "acked_by".into(),
+        served_json(&publishers.acked_by, injected),
+    );
+    report.facts.insert(
+        "delivered_by".into(),
+        served_json(&recorder.served_by, injected),
+    );
+    report.facts.insert(
+        "publish_failures".into(),
+        json!(publishers
+            .failure_kinds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()),
+    );
+    report.facts.insert(
+        "longest_publish_wait_ms".into(),
+        json!(publishers
+            .longest_gap_ms
+            .load(std::sync::atomic::Ordering::Relaxed)),
+    );
+    report.notes.extend(notes);
+    report.notes.extend(observed.notes);
+    if let Some(n) = restore_note {
+        report.notes.push(n);
+    }
+    if interrupted {
+        report.notes.push(format!(
+            "interrupted after {:?}; restored",
+            injected.elapsed()
+        ));
+    }
+    outcome?;
+    Ok(report)
+}
+
+/// Picks the canary keys: publishes probe canaries (another run id) on candidate keys
+/// for a moment and keeps the keys whose latest probes reached the subscriber. Each key is
+/// its own producer group; with the embedded store (a log per node) events of a producer
+/// group placed on a node that does not run the canary consumer group are delivered only
+/// once the group runs there, so such keys would show as lost or reordered through no
+/// fault of the drill. With a shared store every candidate qualifies.
+pub async fn canary_keys(
+    c: &reqwest::Client,
+    keys: usize,
+    publish_urls: &[String],
+    pull_base: &str,
+    sub: &str,
+) -> Result<Vec<String>, ChaosError> {
+    let want = keys.max(1);
+    let probe_run = canary::run_id();
+    let candidates: Vec<String> = (0..want * 4 + 4)
+        .map(|i| format!("{probe_run}k{i}"))
+        .collect();
+    let checker: SharedChecker = Arc::new(Mutex::new(Checker::new()));
+    lock(&checker).expect_cluster("probe");
+    let mut recorder = PullRecorder::start(
+        c.clone(),
+        pull_base,
+        sub,
+        "probe",
+        &probe_run,
+        checker.clone(),
+    );
+    // Candidate i starts on proxy i mod n, as key j of the run starts on proxy j mod n.
+    let mut publishers = Publishers::start(
+        c.clone(),
+        publish_urls.to_vec(),
+        candidates.clone(),
+        &probe_run,
+        Duration::from_millis(50),
+        checker.clone(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut chosen = Vec::new();
+    // Let the placement of the new producer groups settle before judging.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let k = lock(&checker);
+        // Key j of the run must come from a candidate that used the same proxy.
+        let n = publish_urls.len().max(1);
+        let good: Vec<(usize, &String)> = candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, key)| k.tail_delivered("probe", key, 8))
+            .collect();
+        chosen = Vec::new();
+        for j in 0..want {
+            if let Some((_, key)) = good
+                .iter()
+                .find(|(i, key)| i % n == j % n && !chosen.contains(*key))
+            {
+                chosen.push((*key).clone());
+            }
+        }
+        if chosen.len() == want {
+            break;
+        }
+    }
+    publishers.stop().await;
+    recorder.stop().await;
+    if chosen.len() < want {
+        return Err(ChaosError::Drill(format!(
+            "only {} of {} probe keys reached the canary subscriber; is the consumer group placed and delivering?",
+            chosen.len(),
+            want
+        )));
+    }
+    Ok(chosen)
+}
+
+/// Undoes the fault: undrain the node or proxy (and wait until it is ready again). A
+/// scheduler step-down needs no restore (the old leader follows the new one).
+async fn restore(
+    c: &reqwest::Client,
+    fault: &ClusterFault,
+    o: &ClusterDrillOptions,
+    node: Option<&str>,
+    proxy: Option<&str>,
+) -> Result<(), ChaosError> {
+    let url = match fault {
+        ClusterFault::NodeDrain(_) => node.and_then(|n| o.nodes.get(n)).cloned(),
+        ClusterFault::ProxyDrain(_) => proxy.map(str::to_string),
+        ClusterFault::SchedulerStepDown => None,
+    };
+    let Some(url) = url else { return Ok(()) };
+    post_admin(c, &format!("{url}/v1/admin/undrain")).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status_of(c, &format!("{url}/readyz")).await != Some(200) {
+        if Instant::now() > deadline {
+            return Err(ChaosError::Timeout(format!("{url} ready after undrain")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn inject_and_watch(
+    c: &reqwest::Client,
+    o: &ClusterDrillOptions,
+    fault: &ClusterFault,
+    node: Option<&str>,
+    proxy: Option<&str>,
+    group: &str,
+    recorder: &PullRecorder,
+    publishers: &Publishers,
+    injected: Instant,
+    obs: &mut Observed,
+) -> Result<(), ChaosError> {
+    let deadline = injected + o.detect_timeout;
+    match fault {
+        ClusterFault::NodeDrain(_) => {
+            let node = node.unwrap_or_default();
+            let url = o.nodes.get(node).cloned().unwrap_or_default();
+            obs.facts.insert("target".into(), json!(node));
+            post_admin(c, &format!("{url}/v1/admin/drain")).await?;
+            if status_of(c, &format!("{url}/readyz")).await == Some(503) {
+                obs.facts
+                    .insert("target_readyz_while_draining".into(), json!(503));
+            }
+            // Detection: the group is placed on another node.
+            let moved_to = loop {
+                let others: BTreeMap<String, String> = o
+                    .nodes
+                    .iter()
+                    .filter(|(id, _)| id.as_str() != node)
+                    .map(|(a, b)| (a.clone(), b.clone()))
+                    .collect();
+                if let Some(n) = group_owner(c, &others, group).await {
+                    break n;
+                }
+                if Instant::now() > deadline {
+                    return Err(ChaosError::Timeout(format!(
+                        "the canary group leaving the drained node {node}"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            obs.detection = Some(injected.elapsed());
+            obs.facts.insert("moved_to".into(), json!(moved_to));
+            if let Ok(v) = http::get_json(c, &format!("{url}/v1/cluster")).await {
+                obs.facts
+                    .insert("target_drain_state".into(), v["drain"].clone());
+            }
+            // Recovery: the new node delivers canaries.
+            loop {
+                let first = recorder
+                    .served_by
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&moved_to)
+                    .map(|(_, t)| *t);
+                if let Some(t) = first {
+                    obs.recovery = Some(t.saturating_duration_since(injected));
+                    break;
+                }
+                if Instant::now() > deadline {
+                    obs.notes.push(format!(
+                        "{moved_to} delivered no canary within {:?} of the drain",
+                        o.detect_timeout
+                    ));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        ClusterFault::ProxyDrain(_) => {
+            let url = proxy.unwrap_or_default();
+            obs.facts.insert("target".into(), json!(url));
+            post_admin(c, &format!("{url}/v1/admin/drain")).await?;
+            while status_of(c, &format!("{url}/readyz")).await != Some(503) {
+                if Instant::now() > deadline {
+                    return Err(ChaosError::Timeout(format!("{url}/readyz turning 503")));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            obs.detection = Some(injected.elapsed());
+            obs.facts
+                .insert("target_readyz_while_draining".into(), json!(503));
+            // Recovery: every key acknowledged again after the drain (through another
+            // proxy once the drained one answered 503).
+            let acked_at = lock_acked(publishers);
+            loop {
+                if lock_acked(publishers) >= acked_at + o.keys.max(1) as u64 * 2 {
+                    obs.recovery = Some(injected.elapsed());
+                    break;
+                }
+                if Instant::now() > deadline {
+                    obs.notes
+                        .push("canaries were not acknowledged again after the drain".into());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        ClusterFault::SchedulerStepDown => {
+            let Some((v, members)) = scheduler_view(c, &o.schedulers).await else {
+                return Err(ChaosError::Drill("no scheduler member answers".into()));
+            };
+            let (Some(leader), Some(term)) = (v["leader"].as_u64(), v["term"].as_u64()) else {
+                return Err(ChaosError::Drill("the scheduler has no leader".into()));
+            };
+            let epoch = v["placement_epoch"].clone();
+            let leader_url = members
+                .get(&leader)
+                .cloned()
+                .ok_or_else(|| ChaosError::Drill(format!("leader {leader} has no address")))?;
+            obs.facts.insert("old_leader".into(), json!(leader));
+            obs.facts.insert("old_term".into(), json!(term));
+            post_admin(c, &format!("{leader_url}/admin/step-down")).await?;
+            loop {
+                if let Some((v, _)) = scheduler_view(c, &o.schedulers).await {
+                    let l = v["leader"].as_u64();
+                    let t = v["term"].as_u64().unwrap_or(0);
+                    if l.is_some_and(|l| l != leader) && t > term {
+                        obs.detection = Some(injected.elapsed());
+                        obs.facts.insert("new_leader".into(), json!(l));
+                        obs.facts.insert("new_term".into(), json!(t));
+                        break;
+                    }
+                }
+                if Instant::now() > deadline {
+                    return Err(ChaosError::Timeout(
+                        "another scheduler member leading".into(),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Recovery: every member agrees on the new leader and still has the placement.
+            loop {
+                let mut agree = true;
+                for url in members.values() {
+                    match http::get_json(c, &format!("{url}/v1/scheduler")).await {
+                        Ok(v) if v["leader"] == obs.facts["new_leader"] => {}
+                        _ => agree = false,
+                    }
+                }
+                if agree {
+                    obs.recovery = Some(injected.elapsed());
+                    break;
+                }
+                if Instant::now() > deadline {
+                    obs.notes
+                        .push("the members did not all follow the new leader".into());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            obs.facts.insert("placement_epoch_before".into(), epoch);
+        }
+    }
+    tokio::time::sleep(o.hold).await;
+    if let ClusterFault::SchedulerStepDown = fault {
+        if let Some((v, _)) = scheduler_view(c, &o.schedulers).await {
+            obs.facts
+                .insert("placement_epoch_after".into(), v["placement_epoch"].clone());
+        }
+    }
+    Ok(())
+}
+
+fn lock_acked(p: &Publishers) -> u64 {
+    p.acked_by
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .map(|(n, _)| *n)
+        .sum()
+}

@@ -1,0 +1,286 @@
+//! Shared by the cluster drill and chaos tests: real `meshd scheduler|node|proxy`
+//! processes of one cluster over the etcd test harness, each killed by its guard.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meshd_scheduler::registry::testing::EtcdServer;
+use meshd_scheduler::registry::{Registry, Role};
+use serde_json::{json, Value};
+
+use crate::common::{self, Meshd};
+
+pub const CLUSTER: &str = "drills";
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct ProcGuard(pub Child);
+
+impl Drop for ProcGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn etcd_arg(etcd: &EtcdServer) -> String {
+    etcd.endpoint().replace("http://", "etcd://")
+}
+
+pub fn schedulers(dir: &Path, etcd: &EtcdServer, n: u64) -> (Vec<ProcGuard>, Vec<String>) {
+    let peers: BTreeMap<u64, String> = (1..=n)
+        .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+        .collect();
+    let peer_arg = peers
+        .iter()
+        .map(|(id, a)| format!("{id}={a}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let guards = peers
+        .iter()
+        .map(|(id, addr)| {
+            let log = std::fs::File::create(dir.join(format!("sched-{id}.log"))).expect("log");
+            let child = Command::new(env!("CARGO_BIN_EXE_meshd"))
+                .args(["scheduler", "--id", &id.to_string(), "--listen", addr])
+                .args(["--peers", &peer_arg, "--cluster", CLUSTER])
+                .args(["--registry", &etcd_arg(etcd)])
+                .args(["--heartbeat-ms", "50", "--election-timeout-ms", "300"])
+                .arg("--data-dir")
+                .arg(dir.join(format!("sched-{id}")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("spawn meshd scheduler");
+            ProcGuard(child)
+        })
+        .collect();
+    (
+        guards,
+        peers.values().map(|a| format!("http://{a}")).collect(),
+    )
+}
+
+pub fn node(dir: &Path, etcd: &EtcdServer, id: &str) -> Meshd {
+    let reg = etcd_arg(etcd);
+    Meshd::spawn_logged(
+        &[
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.join(id).to_str().expect("utf-8"),
+            "--registry",
+            &reg,
+            "--cluster",
+            CLUSTER,
+            "--node-id",
+            id,
+            "--lease-ttl",
+            "2s",
+        ],
+        &dir.join(id),
+        &dir.join(format!("{id}.log")),
+    )
+}
+
+pub fn proxy(dir: &Path, etcd: &EtcdServer, id: &str) -> Meshd {
+    let reg = etcd_arg(etcd);
+    Meshd::spawn_logged(
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--registry",
+            &reg,
+            "--cluster",
+            CLUSTER,
+            "--proxy-id",
+            id,
+            "--no-auth",
+        ],
+        dir,
+        &dir.join(format!("{id}.log")),
+    )
+}
+
+/// Polls `f` until it holds or `timeout` passes.
+pub async fn until<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn members(reg: &Arc<dyn Registry>, role: Role) -> Vec<String> {
+    reg.list_members()
+        .await
+        .map(|m| {
+            m.into_iter()
+                .filter(|i| i.role == role)
+                .map(|i| i.id)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub async fn status(c: &reqwest::Client, url: &str) -> u16 {
+    c.get(url)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+pub async fn publish(c: &reqwest::Client, base: &str, id: &str) -> (u16, Value) {
+    let r = c
+        .post(format!("{base}/v1/topics/t/events"))
+        .header("content-type", "application/cloudevents+json")
+        .body(common::event(id, "t", None, json!({})).to_string())
+        .send()
+        .await
+        .expect("publish");
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+/// A whole cluster: etcd, three schedulers, nodes `a` and `b`, proxies `p1` and `p2`.
+pub struct Cluster {
+    /// Proxies (`p1`, `p2`); dropped first.
+    pub proxies: Vec<Meshd>,
+    /// Nodes `a`, `b`.
+    pub nodes: Vec<Meshd>,
+    /// Scheduler members 1..=3 (index = id - 1).
+    pub schedulers: Vec<ProcGuard>,
+    /// Their URLs.
+    pub scheduler_urls: Vec<String>,
+    /// A registry client.
+    pub reg: Arc<dyn Registry>,
+    /// etcd.
+    pub etcd: EtcdServer,
+    /// Data and logs.
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts everything and waits until proxies are ready and a scheduler leader is known.
+    pub async fn start() -> Cluster {
+        let etcd = EtcdServer::start().await.expect("etcd");
+        let reg: Arc<dyn Registry> = Arc::new(
+            meshd_scheduler::registry::EtcdRegistry::connect(
+                meshd_scheduler::registry::EtcdConfig::new(vec![etcd.endpoint()], CLUSTER),
+            )
+            .await
+            .expect("registry client"),
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (schedulers, scheduler_urls) = schedulers(dir.path(), &etcd, 3);
+        let nodes = vec![node(dir.path(), &etcd, "a"), node(dir.path(), &etcd, "b")];
+        let proxies = vec![
+            proxy(dir.path(), &etcd, "p1"),
+            proxy(dir.path(), &etcd, "p2"),
+        ];
+        let c = common::client();
+        for p in &proxies {
+            assert!(
+                until(Duration::from_secs(20), || async {
+                    status(&c, &format!("{}/readyz", p.url)).await == 200
+                })
+                .await,
+                "proxy ready"
+            );
+        }
+        assert!(
+            until(Duration::from_secs(30), || async {
+                let mut ok = true;
+                for s in &scheduler_urls {
+                    ok &= status(&c, &format!("{s}/readyz")).await == 200;
+                }
+                ok
+            })
+            .await,
+            "scheduler leader known"
+        );
+        Cluster {
+            proxies,
+            nodes,
+            schedulers,
+            scheduler_urls,
+            reg,
+            etcd,
+            dir,
+        }
+    }
+
+    /// The current scheduler leader's id and term, asked of the members still listed in
+    /// `urls`.
+    pub async fn leader(&self, c: &reqwest::Client, urls: &[String]) -> Option<(u64, u64)> {
+        for u in urls {
+            if let Ok(r) = c.get(format!("{u}/v1/scheduler")).send().await {
+                if let Ok(v) = r.json::<Value>().await {
+                    if let (Some(l), Some(t)) = (v["leader"].as_u64(), v["term"].as_u64()) {
+                        return Some((l, t));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The node whose `/v1/cluster` lists `group` as owned.
+    pub async fn owner(&self, c: &reqwest::Client, group: &str) -> Option<String> {
+        for n in &self.nodes {
+            if let Ok(r) = c.get(format!("{}/v1/cluster", n.url)).send().await {
+                if let Ok(v) = r.json::<Value>().await {
+                    if v["owned_groups"]
+                        .as_array()
+                        .is_some_and(|g| g.iter().any(|x| x == group))
+                    {
+                        return v["node"].as_str().map(str::to_string);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Creates the canary topic and a CLUSTERING pull subscription `name` through `proxy`.
+pub async fn canary_subscription(c: &reqwest::Client, proxy: &str, name: &str) {
+    let r = c
+        .put(format!("{proxy}/v1/topics/{}", meshd_chaos::canary::TOPIC))
+        .json(&json!({"partitions": 2}))
+        .send()
+        .await
+        .expect("put topic");
+    assert!(r.status().is_success(), "{}", r.status());
+    let r = c
+        .post(format!("{proxy}/v1/subscriptions"))
+        .json(
+            &json!({"name": name, "topic": meshd_chaos::canary::TOPIC, "group": name,
+            "mode": "CLUSTERING", "sink": {"pull": {}}}),
+        )
+        .send()
+        .await
+        .expect("subscribe");
+    assert!(r.status().is_success(), "{}", r.status());
+}
