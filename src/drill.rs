@@ -39,12 +39,20 @@ pub struct Common {
     recovery_timeout: Duration,
 }
 
-/// Node URLs (for `restore`).
+/// What `restore` repairs.
 #[derive(Args, Clone)]
 pub struct Target {
-    /// A cluster's node URL, `CLUSTER=http://host:port` (repeatable).
+    /// A cluster's node URL, `CLUSTER=http://host:port` (repeatable): its paused links
+    /// are resumed.
     #[arg(long = "url", value_name = "CLUSTER=URL", value_parser = drill::parse_node, value_delimiter = ',')]
     urls: Vec<(String, String)>,
+    /// A node or proxy URL to undrain (repeatable; after an evacuate drill killed with
+    /// SIGKILL).
+    #[arg(long = "undrain", value_name = "URL", value_delimiter = ',')]
+    undrain: Vec<String>,
+    /// Bearer token for the proxies' admin endpoints.
+    #[arg(long, env = "MESHD_TOKEN")]
+    token: Option<String>,
 }
 
 /// Where one cluster is, for the node, proxy and scheduler drills.
@@ -121,7 +129,8 @@ enum DrillCommand {
         #[command(flatten)]
         common: Common,
     },
-    /// Resume every paused link on the given nodes (after a drill that was killed).
+    /// Resume every paused link on the given nodes and undrain the given nodes and proxies
+    /// (after a drill that was killed).
     Restore {
         #[command(flatten)]
         target: Target,
@@ -237,14 +246,24 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
         }
         DrillCommand::Restore { target } => {
             let nodes: BTreeMap<String, String> = target.urls.into_iter().collect();
-            if nodes.is_empty() {
-                anyhow::bail!("give the nodes to restore with --url CLUSTER=URL");
+            if nodes.is_empty() && target.undrain.is_empty() {
+                anyhow::bail!(
+                    "give the nodes to restore with --url CLUSTER=URL (and --undrain URL)"
+                );
             }
-            let resumed = drill::restore(&nodes).await.context("drill restore")?;
-            if resumed.is_empty() {
-                println!("no paused links");
-            } else {
-                println!("resumed {}", resumed.join(", "));
+            if !nodes.is_empty() {
+                let resumed = drill::restore(&nodes).await.context("drill restore")?;
+                if resumed.is_empty() {
+                    println!("no paused links");
+                } else {
+                    println!("resumed {}", resumed.join(", "));
+                }
+            }
+            if !target.undrain.is_empty() {
+                let done = evacuate::undrain(&target.undrain, target.token.as_deref())
+                    .await
+                    .context("drill restore --undrain")?;
+                println!("undrained {}", done.join(", "));
             }
             return Ok(());
         }

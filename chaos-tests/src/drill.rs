@@ -110,14 +110,6 @@ pub async fn health(c: &reqwest::Client, nodes: &BTreeMap<String, String>) -> Ve
     problems
 }
 
-/// The drills that need admin hooks this build does not have.
-pub fn not_available(drill: &str) -> ChaosError {
-    let why = match drill {
-        _ => "no such drill",
-    };
-    ChaosError::Drill(format!("drill {drill} is not available yet: {why}"))
-}
-
 /// The canary load of a drill against a running mesh: a pull subscription and recorder
 /// per cluster, one publisher set per cluster (keys `CLUSTER-kN`).
 pub(crate) struct Canaries {
@@ -434,14 +426,5 @@ mod tests {
         assert!(parse_node("http://10.0.0.5:7700").is_err());
         assert!(parse_node("=http://x").is_err());
         assert!(parse_node("eu=10.0.0.5:7700").is_err());
-    }
-
-    #[test]
-    fn missing_drills_say_why() {
-        let e = not_available("teleport").to_string();
-        assert!(e.contains("not available yet"), "{e}");
-        assert!(not_available("node-failover")
-            .to_string()
-            .contains("no such drill"));
     }
 }

@@ -78,6 +78,19 @@ async fn admin(
     }
 }
 
+/// Undrains every given node or proxy (after an `evacuate` drill that could not restore,
+/// e.g. one killed with SIGKILL). Returns the URLs undrained.
+pub async fn undrain(urls: &[String], token: Option<&str>) -> Result<Vec<String>, ChaosError> {
+    let c = http::client()?;
+    let mut done = Vec::new();
+    for u in urls {
+        let u = u.trim_end_matches('/');
+        admin(&c, u, "undrain", token).await?;
+        done.push(u.to_string());
+    }
+    Ok(done)
+}
+
 async fn readyz(c: &reqwest::Client, url: &str) -> Option<u16> {
     c.get(format!("{url}/readyz"))
         .send()
@@ -179,6 +192,11 @@ pub async fn evacuate(
         .map(|k| format!("{x}-moved-k{k}"))
         .collect();
     let token = opts.token.as_deref();
+    let (x_delivered_at_drain, acked_at_drain) = {
+        let ch = canary::lock(&canaries.checker);
+        (ch.delivered_in(x), ch.acknowledged())
+    };
+    let mut in_hold = (0u64, 0u64);
     let fault = async {
         for t in &targets {
             let answer = admin(&c, t, "drain", token).await?;
@@ -216,6 +234,13 @@ pub async fn evacuate(
                 }
             }
             if injected.elapsed() >= opts.hold {
+                {
+                    let ch = canary::lock(&canaries.checker);
+                    in_hold = (
+                        ch.acknowledged().saturating_sub(acked_at_drain),
+                        ch.delivered_in(x).saturating_sub(x_delivered_at_drain),
+                    );
+                }
                 for t in &targets {
                     let s = readyz(&c, t).await;
                     if let Some(rt) = report_targets.get_mut(t) {
@@ -300,6 +325,8 @@ pub async fn evacuate(
         json!(report_targets.values().collect::<Vec<_>>()),
     );
     f.insert("x_clients_moved_to".into(), json!(fallback));
+    f.insert("acked_while_drained".into(), json!(in_hold.0));
+    f.insert("x_deliveries_while_drained".into(), json!(in_hold.1));
     f.insert("x_moved_publishes_acked_by".into(), moved_acked);
     f.insert("x_moved_publish_refusals".into(), moved_failures);
     f.insert(

@@ -1,6 +1,7 @@
 //! `meshd drill` against real processes: two clusters on loopback (drills need no root),
 //! the real `meshd drill` CLI, its JSON report, its refusal on a degraded mesh, the restore
-//! on Ctrl-C, and the link admin endpoints it uses.
+//! on Ctrl-C, the link admin endpoints it uses, and the `evacuate` drill (a whole cluster
+//! drained through its node and proxy admin APIs, then undrained).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -165,7 +166,7 @@ async fn drill_restores_the_link_on_ctrl_c() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn drill_refuses_a_degraded_mesh_and_names_missing_drills() {
+async fn drill_refuses_a_degraded_mesh_and_restores_links_by_hand() {
     let _serial = SERIAL.lock().await;
     let Some(mut mesh) = loopback_mesh().await else {
         return;
@@ -373,4 +374,60 @@ async fn evacuate_drill_drains_a_cluster_moves_its_clients_and_restores_it() {
             .unwrap();
         assert!(!subs.to_string().contains("meshd-drill-"), "{subs}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn evacuate_drill_undrains_on_ctrl_c_and_restore_undrains_by_hand() {
+    let _serial = SERIAL.lock().await;
+    let Some(mesh) = loopback_mesh().await else {
+        return;
+    };
+    wait_healthy(&mesh).await;
+    let c = http::client().unwrap();
+    let a = mesh.node_url("a").unwrap();
+    let child = drill_cmd(&mesh, &["evacuate", "--cluster", "a", "--for", "10m"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn drill");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while http::ready(&c, &a).await {
+        assert!(Instant::now() < deadline, "the drill never drained a");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("interrupted"), "{stdout}");
+    assert!(stdout.contains("lost 0"), "{stdout}");
+    assert!(http::ready(&c, &a).await, "a still drained after Ctrl-C");
+
+    // A drill killed with SIGKILL leaves a drained: `drill restore --undrain` repairs it.
+    let (s, _) = http::send_json(
+        &c,
+        reqwest::Method::POST,
+        &format!("{a}/v1/admin/drain"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 200);
+    assert!(!http::ready(&c, &a).await);
+    let out = Command::new(meshd_bin().expect("binary"))
+        .args(["drill", "restore", "--undrain", &a])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains(&format!("undrained {a}")), "{stdout}");
+    assert!(http::ready(&c, &a).await, "a still drained after restore");
 }
