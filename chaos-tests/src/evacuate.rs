@@ -337,6 +337,12 @@ pub async fn evacuate(
         "x_delivers_again_ms".into(),
         json!(again.map(|v| v.as_millis() as u64)),
     );
+    if in_hold.1 > 0 {
+        notes.push(format!(
+            "{x}'s subscribers (pulling from its node URL) got {} deliveries while it was drained: a drained node without a cluster member only refuses publishes, so x_delivers_again_ms says little here",
+            in_hold.1
+        ));
+    }
     if detection.is_none() {
         notes.push(format!(
             "not every drained component of {x} answered readyz 503 during the hold"
