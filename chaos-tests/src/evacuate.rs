@@ -121,20 +121,6 @@ pub async fn evacuate(
             "evacuating {x} needs at least one other cluster (--url OTHER=URL)"
         )));
     }
-    let mut notes = Vec::new();
-    let problems = drill::health(&c, &d.nodes).await;
-    if !problems.is_empty() {
-        if !d.force {
-            return Err(ChaosError::Drill(format!(
-                "refusing to run: the mesh is degraded ({}); fix it or pass --force",
-                problems.join("; ")
-            )));
-        }
-        notes.push(format!(
-            "forced on a degraded mesh: {}",
-            problems.join("; ")
-        ));
-    }
     // X's components to drain: its node, its publish entry (a proxy), the extra ones.
     let mut targets: Vec<String> = vec![x_node.clone()];
     for u in d.publish.get(x).into_iter().chain(opts.drain.iter()) {
@@ -149,6 +135,27 @@ pub async fn evacuate(
         .filter_map(|o| d.publish.get(o).or_else(|| d.nodes.get(o)).cloned())
         .collect();
     let x_entry = d.publish.get(x).unwrap_or(&x_node).clone();
+    let mut notes = Vec::new();
+    let mut problems = drill::health(&c, &d.nodes).await;
+    // Every component to drain and every entry clients move to is ready (none is
+    // drained already by someone else).
+    for u in targets.iter().chain(fallback.iter()) {
+        if !d.nodes.values().any(|n| n == u) && readyz(&c, u).await != Some(200) {
+            problems.push(format!("{u}/readyz is not ready"));
+        }
+    }
+    if !problems.is_empty() {
+        if !d.force {
+            return Err(ChaosError::Drill(format!(
+                "refusing to run: the mesh is degraded ({}); fix it or pass --force",
+                problems.join("; ")
+            )));
+        }
+        notes.push(format!(
+            "forced on a degraded mesh: {}",
+            problems.join("; ")
+        ));
+    }
 
     let started = Instant::now();
     let run = canary::run_id();
@@ -273,6 +280,7 @@ pub async fn evacuate(
     let mut back = None;
     let mut again = None;
     let until = restored + d.recovery_timeout;
+    // (The wait for every canary below shares this deadline.)
     while (back.is_none() || again.is_none()) && Instant::now() < until {
         if back.is_none() {
             let mut all = true;
@@ -314,7 +322,12 @@ pub async fn evacuate(
         None => (json!({}), json!({})),
     };
     let mut report = canaries
-        .finish(&c, &format!("evacuate {x}"), restored, d.recovery_timeout)
+        .finish(
+            &c,
+            &format!("evacuate {x}"),
+            restored,
+            until.saturating_duration_since(Instant::now()),
+        )
         .await;
     report.detection_ms = detection.map(|v| v.as_millis() as u64);
     report.duration_ms = Some(started.elapsed().as_millis() as u64);
