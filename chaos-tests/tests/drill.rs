@@ -422,6 +422,16 @@ async fn evacuate_drill_undrains_on_ctrl_c_and_restore_undrains_by_hand() {
     .unwrap();
     assert_eq!(s, 200);
     assert!(!http::ready(&c, &a).await);
+    // A mesh with a drained cluster is degraded: another evacuate refuses.
+    let out = drill_cmd(&mesh, &["evacuate", "--cluster", "b", "--for", "1s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("refusing to run") && stderr.contains("readyz"),
+        "{stderr}"
+    );
     let out = Command::new(meshd_bin().expect("binary"))
         .args(["drill", "restore", "--undrain", &a])
         .output()
