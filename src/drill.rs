@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use meshd_chaos::cluster_drill::{self, ClusterDrillOptions, ClusterFault};
 use meshd_chaos::drill::{self, DrillOptions};
+use meshd_chaos::evacuate::{self, EvacuateOptions};
 
 /// Options of `meshd drill`.
 #[derive(Args)]
@@ -38,12 +39,20 @@ pub struct Common {
     recovery_timeout: Duration,
 }
 
-/// Node URLs for drills that are not available yet (accepted so scripts keep one shape).
+/// What `restore` repairs.
 #[derive(Args, Clone)]
 pub struct Target {
-    /// A cluster's node URL, `CLUSTER=http://host:port` (repeatable).
+    /// A cluster's node URL, `CLUSTER=http://host:port` (repeatable): its paused links
+    /// are resumed.
     #[arg(long = "url", value_name = "CLUSTER=URL", value_parser = drill::parse_node, value_delimiter = ',')]
     urls: Vec<(String, String)>,
+    /// A node or proxy URL to undrain (repeatable; after an evacuate drill killed with
+    /// SIGKILL).
+    #[arg(long = "undrain", value_name = "URL", value_delimiter = ',')]
+    undrain: Vec<String>,
+    /// Bearer token for the proxies' admin endpoints.
+    #[arg(long, env = "MESHD_TOKEN")]
+    token: Option<String>,
 }
 
 /// Where one cluster is, for the node, proxy and scheduler drills.
@@ -120,7 +129,8 @@ enum DrillCommand {
         #[command(flatten)]
         common: Common,
     },
-    /// Resume every paused link on the given nodes (after a drill that was killed).
+    /// Resume every paused link on the given nodes and undrain the given nodes and proxies
+    /// (after a drill that was killed).
     Restore {
         #[command(flatten)]
         target: Target,
@@ -157,13 +167,29 @@ enum DrillCommand {
         #[command(flatten)]
         target: ClusterTarget,
     },
-    /// Drain a whole cluster and bring it back (not available yet).
+    /// Drain every node and proxy of a cluster (its clients move to another cluster's
+    /// entry), hold, undrain everything, and wait until its subscribers caught up.
     Evacuate {
-        /// The cluster.
+        /// The cluster to evacuate (one of --url).
         #[arg(long)]
         cluster: String,
+        /// How long the cluster stays drained (e.g. 30s, 2m).
+        #[arg(long = "for", default_value = "30s", value_parser = drill::parse_duration)]
+        hold: Duration,
+        /// Where a cluster's canary clients publish, `CLUSTER=URL` (a proxy; repeat;
+        /// default: the cluster's --url node). The evacuated cluster's entry is drained
+        /// too; the others' are where its clients go while it is drained.
+        #[arg(long = "proxy", value_name = "CLUSTER=URL", value_parser = drill::parse_node, value_delimiter = ',')]
+        proxies: Vec<(String, String)>,
+        /// More admin URLs of the evacuated cluster to drain: its other nodes and proxies
+        /// (repeat).
+        #[arg(long = "drain", value_name = "URL", value_delimiter = ',')]
+        drain: Vec<String>,
+        /// Bearer token for the proxies' admin endpoints.
+        #[arg(long, env = "MESHD_TOKEN")]
+        token: Option<String>,
         #[command(flatten)]
-        target: Target,
+        common: Common,
     },
 }
 
@@ -220,14 +246,24 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
         }
         DrillCommand::Restore { target } => {
             let nodes: BTreeMap<String, String> = target.urls.into_iter().collect();
-            if nodes.is_empty() {
-                anyhow::bail!("give the nodes to restore with --url CLUSTER=URL");
+            if nodes.is_empty() && target.undrain.is_empty() {
+                anyhow::bail!(
+                    "give the nodes to restore with --url CLUSTER=URL (and --undrain URL)"
+                );
             }
-            let resumed = drill::restore(&nodes).await.context("drill restore")?;
-            if resumed.is_empty() {
-                println!("no paused links");
-            } else {
-                println!("resumed {}", resumed.join(", "));
+            if !nodes.is_empty() {
+                let resumed = drill::restore(&nodes).await.context("drill restore")?;
+                if resumed.is_empty() {
+                    println!("no paused links");
+                } else {
+                    println!("resumed {}", resumed.join(", "));
+                }
+            }
+            if !target.undrain.is_empty() {
+                let done = evacuate::undrain(&target.undrain, target.token.as_deref())
+                    .await
+                    .context("drill restore --undrain")?;
+                println!("undrained {}", done.join(", "));
             }
             return Ok(());
         }
@@ -244,7 +280,32 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
         DrillCommand::SchedulerFailover { cluster, target } => {
             cluster_drill(&cluster, &target, ClusterFault::SchedulerStepDown).await?
         }
-        DrillCommand::Evacuate { .. } => return Err(drill::not_available("evacuate").into()),
+        DrillCommand::Evacuate {
+            cluster,
+            hold,
+            proxies,
+            drain,
+            token,
+            common,
+        } => {
+            let mut d = options(&common);
+            d.publish = proxies.into_iter().collect();
+            let opts = EvacuateOptions {
+                drill: d,
+                cluster: cluster.clone(),
+                drain,
+                hold,
+                token,
+            };
+            eprintln!("drill evacuate {cluster} for {hold:?} (Ctrl-C undrains it at once)");
+            let interrupt = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            let report = evacuate::evacuate(&opts, interrupt)
+                .await
+                .context("drill evacuate")?;
+            (report, common.json)
+        }
     };
     if json {
         println!("{}", report.to_json());

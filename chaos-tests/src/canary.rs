@@ -22,7 +22,7 @@ pub const TOPIC: &str = "meshd-canary";
 /// The shared checker.
 pub type SharedChecker = Arc<Mutex<Checker>>;
 
-fn lock(c: &SharedChecker) -> std::sync::MutexGuard<'_, Checker> {
+pub(crate) fn lock(c: &SharedChecker) -> std::sync::MutexGuard<'_, Checker> {
     c.lock().unwrap_or_else(|p| p.into_inner())
 }
 

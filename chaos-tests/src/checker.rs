@@ -68,6 +68,11 @@ impl Checker {
         }
     }
 
+    /// Every delivery `cluster`'s subscriber made so far (duplicates included).
+    pub fn delivered_in(&self, cluster: &str) -> u64 {
+        self.clusters.get(cluster).map_or(0, |l| l.deliveries)
+    }
+
     /// Number of acknowledged publishes.
     pub fn acknowledged(&self) -> u64 {
         self.acked.values().map(|s| s.len() as u64).sum()

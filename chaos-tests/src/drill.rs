@@ -7,7 +7,7 @@
 //!
 //! Here: `link-partition` (pause/resume replication on both ends of a link:
 //! `POST /v1/mesh/links/{peer}/pause|resume`). Node, proxy and scheduler failover are in
-//! [`crate::cluster_drill`]; evacuation is not available yet ([`not_available`]).
+//! [`crate::cluster_drill`]; evacuation is in [`crate::evacuate`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -33,6 +33,9 @@ pub struct DrillOptions {
     pub pace: Duration,
     /// Longest wait for every canary everywhere after the restore.
     pub recovery_timeout: Duration,
+    /// Where each cluster's canary publishers send (cluster → URL, a proxy or a node);
+    /// a cluster not named here publishes to its node in `nodes`.
+    pub publish: BTreeMap<String, String>,
 }
 
 impl DrillOptions {
@@ -44,6 +47,7 @@ impl DrillOptions {
             keys_per_cluster: 2,
             pace: Duration::from_millis(50),
             recovery_timeout: Duration::from_secs(120),
+            publish: BTreeMap::new(),
         }
     }
 }
@@ -106,23 +110,17 @@ pub async fn health(c: &reqwest::Client, nodes: &BTreeMap<String, String>) -> Ve
     problems
 }
 
-/// The drills that need admin hooks this build does not have.
-pub fn not_available(drill: &str) -> ChaosError {
-    let why = match drill {
-        "evacuate" => "it needs every node of a cluster drained while its subscribers are served by other clusters; node drain exists, but serving a cluster's subscribers from another cluster (policy, subscription hand-off across the mesh) does not",
-        _ => "no such drill",
-    };
-    ChaosError::Drill(format!("drill {drill} is not available yet: {why}"))
-}
-
-struct Canaries {
-    checker: SharedChecker,
-    recorders: Vec<PullRecorder>,
-    publishers: Vec<Publishers>,
+/// The canary load of a drill against a running mesh: a pull subscription and recorder
+/// per cluster, one publisher set per cluster (keys `CLUSTER-kN`).
+pub(crate) struct Canaries {
+    pub(crate) checker: SharedChecker,
+    pub(crate) recorders: Vec<PullRecorder>,
+    /// Per cluster, in the order of `DrillOptions::nodes`.
+    pub(crate) publishers: Vec<(String, Publishers)>,
     subs: Vec<(String, String)>,
 }
 
-async fn start_canaries(
+pub(crate) async fn start_canaries(
     c: &reqwest::Client,
     opts: &DrillOptions,
     run: &str,
@@ -174,13 +172,17 @@ async fn start_canaries(
         let keys: Vec<String> = (0..opts.keys_per_cluster)
             .map(|k| format!("{name}-k{k}"))
             .collect();
-        all.push(Publishers::start(
-            c.clone(),
-            vec![url.clone()],
-            keys,
-            run,
-            opts.pace,
-            checker.clone(),
+        let entry = opts.publish.get(name).unwrap_or(url).clone();
+        all.push((
+            name.clone(),
+            Publishers::start(
+                c.clone(),
+                vec![entry],
+                keys,
+                run,
+                opts.pace,
+                checker.clone(),
+            ),
         ));
     }
     Ok(Canaries {
@@ -192,21 +194,21 @@ async fn start_canaries(
 }
 
 impl Canaries {
-    fn acked(&self) -> u64 {
+    pub(crate) fn acked(&self) -> u64 {
         self.checker
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .acknowledged()
     }
 
-    async fn finish(
+    pub(crate) async fn finish(
         mut self,
         c: &reqwest::Client,
         scenario: &str,
         restored: Instant,
         timeout: Duration,
     ) -> Report {
-        for p in &mut self.publishers {
+        for (_, p) in &mut self.publishers {
             p.stop().await;
         }
         let done = canary::wait_complete(&self.checker, timeout).await;
@@ -424,17 +426,5 @@ mod tests {
         assert!(parse_node("http://10.0.0.5:7700").is_err());
         assert!(parse_node("=http://x").is_err());
         assert!(parse_node("eu=10.0.0.5:7700").is_err());
-    }
-
-    #[test]
-    fn missing_drills_say_why() {
-        let e = not_available("evacuate").to_string();
-        assert!(
-            e.contains("not available yet") && e.contains("needs"),
-            "{e}"
-        );
-        assert!(not_available("node-failover")
-            .to_string()
-            .contains("no such drill"));
     }
 }

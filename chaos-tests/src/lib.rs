@@ -15,6 +15,7 @@ pub mod checker;
 pub mod cluster_drill;
 pub mod drill;
 pub mod emu;
+pub mod evacuate;
 pub mod http;
 pub mod mesh;
 pub mod net;

@@ -1,6 +1,7 @@
 //! `meshd drill` against real processes: two clusters on loopback (drills need no root),
 //! the real `meshd drill` CLI, its JSON report, its refusal on a degraded mesh, the restore
-//! on Ctrl-C, and the link admin endpoints it uses.
+//! on Ctrl-C, the link admin endpoints it uses, and the `evacuate` drill (a whole cluster
+//! drained through its node and proxy admin APIs, then undrained).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -165,7 +166,7 @@ async fn drill_restores_the_link_on_ctrl_c() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn drill_refuses_a_degraded_mesh_and_names_missing_drills() {
+async fn drill_refuses_a_degraded_mesh_and_restores_links_by_hand() {
     let _serial = SERIAL.lock().await;
     let Some(mut mesh) = loopback_mesh().await else {
         return;
@@ -241,10 +242,202 @@ async fn drill_refuses_a_degraded_mesh_and_names_missing_drills() {
     assert!(!out.status.success());
     assert!(stderr.contains("refusing to run"), "{stderr}");
 
-    let out = drill_cmd(&mesh, &["evacuate", "--cluster", "a"])
+    let out = drill_cmd(&mesh, &["evacuate", "--cluster", "a", "--for", "2s"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("not available yet"), "{stderr}");
+    assert!(stderr.contains("refusing to run"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn evacuate_drill_drains_a_cluster_moves_its_clients_and_restores_it() {
+    let _serial = SERIAL.lock().await;
+    let mut opts = MeshOptions::line(&["a", "b"]);
+    opts.force_loopback = true;
+    opts.proxies = 1;
+    let mesh = match Mesh::start(opts).await {
+        Ok(m) => m,
+        Err(meshd_chaos::ChaosError::NoBinary(p)) => {
+            eprintln!("SKIPPED: no meshd binary at {}", p.display());
+            return;
+        }
+        Err(e) => panic!("building the mesh: {e}"),
+    };
+    wait_healthy(&mesh).await;
+    let (a_proxy, b_proxy) = (
+        mesh.proxy_urls("a")[0].clone(),
+        mesh.proxy_urls("b")[0].clone(),
+    );
+    let b_node = mesh.node_url("b").unwrap();
+    let mut cmd = drill_cmd(
+        &mesh,
+        &[
+            "evacuate",
+            "--cluster",
+            "b",
+            "--for",
+            "4s",
+            "--proxy",
+            &format!("a={a_proxy}"),
+            "--proxy",
+            &format!("b={b_proxy}"),
+            "--json",
+            "--recovery-timeout",
+            "30s",
+        ],
+    );
+    // While the drill holds b drained, b's proxy and node refuse (seen from outside).
+    let c = http::client().unwrap();
+    let watch = {
+        let (c, b_proxy, b_node) = (c.clone(), b_proxy.clone(), b_node.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while Instant::now() < deadline {
+                let p = c
+                    .get(format!("{b_proxy}/readyz"))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16());
+                let n = c
+                    .get(format!("{b_node}/readyz"))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16());
+                if matches!((p, n), (Ok(503), Ok(503))) {
+                    let (s, body) = http::send_json(
+                        &c,
+                        reqwest::Method::POST,
+                        &format!("{b_proxy}/v1/topics/meshd-canary/events"),
+                        Some(&serde_json::json!({})),
+                    )
+                    .await
+                    .unwrap();
+                    return Some((s, body));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None
+        })
+    };
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run drill"))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "drill failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Report = serde_json::from_str(&stdout).expect("JSON report");
+    println!("{report}");
+    let (s, body) = watch
+        .await
+        .unwrap()
+        .expect("b was never drained (readyz 503 on proxy and node)");
+    assert_eq!(s, 503, "{body}");
+    assert!(body.to_string().contains("draining"), "{body}");
+    assert_eq!(report.lost, 0, "{report}");
+    assert_eq!(report.reordered, 0, "{report}");
+    assert!(report.acknowledged > 0, "{report}");
+    assert_eq!(report.clusters.len(), 2, "{report}");
+    assert!(report.detection_ms.is_some(), "{report}");
+    assert!(report.recovery_ms.is_some(), "{report}");
+    // Both of b's components were drained and answered 503 during the hold, 200 after.
+    let drained = report.facts["drained"].as_array().unwrap();
+    assert_eq!(drained.len(), 2, "{report}");
+    for t in drained {
+        assert_eq!(t["readyz_in_hold"], 503, "{report}");
+        assert_eq!(t["readyz_after"], 200, "{report}");
+    }
+    // b's clients were refused by b and served by a's proxy.
+    let refusals = report.facts["x_moved_publish_refusals"].to_string();
+    assert!(refusals.contains("503 draining"), "{report}");
+    let moved: u64 = report.facts["x_moved_publishes_acked_by"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|v| v.as_u64())
+        .sum();
+    assert!(moved > 0, "{report}");
+    // Everything is back: b's node and proxy serve, and the drill's subscriptions are gone.
+    for url in [&b_proxy, &b_node] {
+        assert!(
+            http::ready(&c, url).await,
+            "{url} not ready after the drill"
+        );
+    }
+    for n in mesh.cluster_names() {
+        let url = mesh.node_url(&n).unwrap();
+        let subs = http::get_json(&c, &format!("{url}/v1/subscriptions"))
+            .await
+            .unwrap();
+        assert!(!subs.to_string().contains("meshd-drill-"), "{subs}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn evacuate_drill_undrains_on_ctrl_c_and_restore_undrains_by_hand() {
+    let _serial = SERIAL.lock().await;
+    let Some(mesh) = loopback_mesh().await else {
+        return;
+    };
+    wait_healthy(&mesh).await;
+    let c = http::client().unwrap();
+    let a = mesh.node_url("a").unwrap();
+    let child = drill_cmd(&mesh, &["evacuate", "--cluster", "a", "--for", "10m"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn drill");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while http::ready(&c, &a).await {
+        assert!(Instant::now() < deadline, "the drill never drained a");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("interrupted"), "{stdout}");
+    assert!(stdout.contains("lost 0"), "{stdout}");
+    assert!(http::ready(&c, &a).await, "a still drained after Ctrl-C");
+
+    // A drill killed with SIGKILL leaves a drained: `drill restore --undrain` repairs it.
+    let (s, _) = http::send_json(
+        &c,
+        reqwest::Method::POST,
+        &format!("{a}/v1/admin/drain"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 200);
+    assert!(!http::ready(&c, &a).await);
+    // A mesh with a drained cluster is degraded: another evacuate refuses.
+    let out = drill_cmd(&mesh, &["evacuate", "--cluster", "b", "--for", "1s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("refusing to run") && stderr.contains("readyz"),
+        "{stderr}"
+    );
+    let out = Command::new(meshd_bin().expect("binary"))
+        .args(["drill", "restore", "--undrain", &a])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains(&format!("undrained {a}")), "{stdout}");
+    assert!(http::ready(&c, &a).await, "a still drained after restore");
 }
