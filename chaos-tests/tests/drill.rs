@@ -38,6 +38,25 @@ fn drill_cmd(mesh: &Mesh, args: &[&str]) -> Command {
     cmd
 }
 
+/// Ctrl-C to a running drill: it must exit successfully, say it was interrupted and report
+/// nothing lost.
+async fn interrupt(child: std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("interrupted"), "{stdout}");
+    assert!(stdout.contains("lost 0"), "{stdout}");
+}
+
 async fn wait_healthy(mesh: &Mesh) {
     let c = http::client().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -143,20 +162,7 @@ async fn drill_restores_the_link_on_ctrl_c() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("interrupted"), "{stdout}");
-    assert!(stdout.contains("lost 0"), "{stdout}");
+    interrupt(child).await;
     for (n, peer) in [("a", "b"), ("b", "a")] {
         let l = http::link(&c, &mesh.node_url(n).unwrap(), peer)
             .await
@@ -395,20 +401,7 @@ async fn evacuate_drill_undrains_on_ctrl_c_and_restore_undrains_by_hand() {
         assert!(Instant::now() < deadline, "the drill never drained a");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("interrupted"), "{stdout}");
-    assert!(stdout.contains("lost 0"), "{stdout}");
+    interrupt(child).await;
     assert!(http::ready(&c, &a).await, "a still drained after Ctrl-C");
 
     // A drill killed with SIGKILL leaves a drained: `drill restore --undrain` repairs it.

@@ -37,6 +37,16 @@ async fn mesh(opts: MeshOptions) -> Option<Mesh> {
     }
 }
 
+/// The canary workload set up, its publishers started and the first events acknowledged.
+async fn under_load(mesh: &Mesh, profile: &Profile) -> Workload {
+    let mut w = Workload::setup(mesh).await.expect("workload");
+    w.start_publishers(mesh, profile);
+    w.wait_progress(20, Duration::from_secs(20))
+        .await
+        .expect("load");
+    w
+}
+
 fn verdict(report: &Report) {
     println!("{report}");
     println!("{}", report.to_json());
@@ -53,11 +63,7 @@ async fn partition_link_and_heal() {
     let Some(mesh) = mesh(MeshOptions::line(&["a", "b"])).await else {
         return;
     };
-    let mut w = Workload::setup(&mesh).await.expect("workload");
-    w.start_publishers(&mesh, &profile);
-    w.wait_progress(20, Duration::from_secs(20))
-        .await
-        .expect("load");
+    let w = under_load(&mesh, &profile).await;
     tokio::time::sleep(profile.before).await;
     // The emulated WAN is in the path: 10 ms ± 2 ms each way.
     let c = meshd_chaos::http::client().unwrap();
@@ -104,11 +110,7 @@ async fn five_percent_loss_on_a_link() {
     let Some(mesh) = mesh(MeshOptions::line(&["a", "b"])).await else {
         return;
     };
-    let mut w = Workload::setup(&mesh).await.expect("workload");
-    w.start_publishers(&mesh, &profile);
-    w.wait_progress(20, Duration::from_secs(20))
-        .await
-        .expect("load");
+    let w = under_load(&mesh, &profile).await;
     mesh.loss("a", "b", 5).expect("loss");
     tokio::time::sleep(profile.before + profile.fault).await;
     w.wait_progress(20, Duration::from_secs(20))
@@ -127,11 +129,7 @@ async fn kill9_runtime_node_and_restart() {
     let Some(mut mesh) = mesh(MeshOptions::line(&["a", "b"])).await else {
         return;
     };
-    let mut w = Workload::setup(&mesh).await.expect("workload");
-    w.start_publishers(&mesh, &profile);
-    w.wait_progress(20, Duration::from_secs(20))
-        .await
-        .expect("load");
+    let w = under_load(&mesh, &profile).await;
     tokio::time::sleep(profile.before).await;
 
     // b is a single-node cluster today: kill -9 takes the whole cluster down.
@@ -159,11 +157,7 @@ async fn restart_whole_middle_cluster_of_a_line() {
     let Some(mut mesh) = mesh(opts).await else {
         return;
     };
-    let mut w = Workload::setup(&mesh).await.expect("workload");
-    w.start_publishers(&mesh, &profile);
-    w.wait_progress(20, Duration::from_secs(20))
-        .await
-        .expect("load");
+    let w = under_load(&mesh, &profile).await;
     tokio::time::sleep(profile.before).await;
 
     // b relays between a and c: a and c are cut from each other while it is down.
@@ -198,11 +192,7 @@ async fn rolling_restart_of_every_process_under_load() {
     let Some(mut mesh) = mesh(opts).await else {
         return;
     };
-    let mut w = Workload::setup(&mesh).await.expect("workload");
-    w.start_publishers(&mesh, &profile);
-    w.wait_progress(20, Duration::from_secs(20))
-        .await
-        .expect("load");
+    let w = under_load(&mesh, &profile).await;
     for c in mesh.cluster_names() {
         for k in 0..2 {
             assert!(
@@ -239,11 +229,7 @@ async fn kill9_proxy_clients_switch_to_the_other() {
     let Some(mut mesh) = mesh(opts).await else {
         return;
     };
-    let mut w = Workload::setup(&mesh).await.expect("workload");
-    w.start_publishers(&mesh, &profile);
-    w.wait_progress(20, Duration::from_secs(20))
-        .await
-        .expect("load");
+    let w = under_load(&mesh, &profile).await;
     tokio::time::sleep(profile.before).await;
     mesh.kill_proxy("a", 0).expect("kill proxy");
     let killed = Instant::now();
@@ -276,11 +262,7 @@ async fn partition_in_a_triangle_reroutes_through_the_third_cluster() {
         eprintln!("SKIPPED: rerouting needs per-link faults (network namespaces)");
         return;
     }
-    let mut w = Workload::setup(&mesh).await.expect("workload");
-    w.start_publishers(&mesh, &profile);
-    w.wait_progress(20, Duration::from_secs(20))
-        .await
-        .expect("load");
+    let mut w = under_load(&mesh, &profile).await;
     tokio::time::sleep(profile.before).await;
 
     mesh.partition("a", "c").expect("partition");
@@ -328,11 +310,7 @@ async fn long_fat_link_80ms_rtt_with_jitter_and_loss() {
     let Some(mesh) = mesh(opts).await else {
         return;
     };
-    let mut w = Workload::setup(&mesh).await.expect("workload");
-    w.start_publishers(&mesh, &profile);
-    w.wait_progress(20, Duration::from_secs(20))
-        .await
-        .expect("load");
+    let w = under_load(&mesh, &profile).await;
     let c = meshd_chaos::http::client().unwrap();
     let rtt = meshd_chaos::http::link(&c, &mesh.node_url("a").unwrap(), "b")
         .await
