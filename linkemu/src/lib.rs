@@ -314,10 +314,12 @@ impl LinkEmulator {
             what: "reading the bound address",
             source,
         })?;
+        // Unspecified, not loopback: the upstream may be on another interface (a veth into
+        // a network namespace in the chaos suite).
         let up_bind: SocketAddr = if upstream.is_ipv4() {
-            SocketAddr::from(([127, 0, 0, 1], 0))
+            SocketAddr::from(([0, 0, 0, 0], 0))
         } else {
-            SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], 0))
+            SocketAddr::from(([0u16; 8], 0))
         };
         let ctl = Control::new(config);
         let threads: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
