@@ -6,14 +6,15 @@
 //! and, after it is killed, another node delivers within a bound (measured).
 //! Every process is killed by its guard, also on panic.
 
+mod cluster_support;
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cluster_support::{etcd_arg, scheduler_group, ProcGuard};
 use common::{client, create_topic, eventually, subscribe, Meshd, Sink};
 use meshd_scheduler::registry::testing::EtcdServer;
 use meshd_scheduler::registry::{
@@ -22,27 +23,6 @@ use meshd_scheduler::registry::{
 use serde_json::{json, Value};
 
 const TTL: &str = "2s";
-
-/// A child process killed (SIGKILL) and reaped on drop.
-struct ProcGuard(Child);
-
-impl Drop for ProcGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn etcd_arg(etcd: &EtcdServer) -> String {
-    etcd.endpoint().replace("http://", "etcd://")
-}
 
 async fn registry(etcd: &EtcdServer, cluster: &str) -> Arc<dyn Registry> {
     Arc::new(
@@ -67,35 +47,6 @@ fn node(dir: &Path, etcd: &EtcdServer, cluster: &str, id: &str) -> Meshd {
             TTL,
         ],
     )
-}
-
-/// `n` scheduler members (Raft) over the registry, placing groups on the nodes.
-fn schedulers(dir: &Path, etcd: &EtcdServer, cluster: &str, n: u64) -> Vec<ProcGuard> {
-    let peers: BTreeMap<u64, String> = (1..=n)
-        .map(|id| (id, format!("127.0.0.1:{}", free_port())))
-        .collect();
-    let peer_arg = peers
-        .iter()
-        .map(|(id, a)| format!("{id}={a}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    peers
-        .iter()
-        .map(|(id, addr)| {
-            let child = Command::new(env!("CARGO_BIN_EXE_meshd"))
-                .args(["scheduler", "--id", &id.to_string(), "--listen", addr])
-                .args(["--peers", &peer_arg, "--cluster", cluster])
-                .args(["--registry", &etcd_arg(etcd)])
-                .args(["--heartbeat-ms", "50", "--election-timeout-ms", "300"])
-                .arg("--data-dir")
-                .arg(dir.join(format!("sched-{id}")))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn meshd scheduler");
-            ProcGuard(child)
-        })
-        .collect()
 }
 
 async fn member_ids(reg: &Arc<dyn Registry>) -> BTreeSet<String> {
@@ -372,7 +323,7 @@ impl Region {
         let etcd = EtcdServer::start().await.expect("etcd");
         let reg = registry(&etcd, cluster).await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let scheds = schedulers(dir.path(), &etcd, cluster, 1);
+        let (scheds, _) = scheduler_group(dir.path(), &etcd, cluster, 1);
         let mut nodes = BTreeMap::new();
         for id in ["n1", "n2", "n3"] {
             nodes.insert(id.to_string(), node(dir.path(), &etcd, cluster, id));

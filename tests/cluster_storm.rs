@@ -25,15 +25,16 @@
 
 #[path = "../node/tests/store_pulsar_common/mod.rs"]
 mod broker;
+mod cluster_support;
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cluster_support::{etcd_arg, scheduler_group};
 use common::{client, eventually, Meshd, Sink};
 use meshd_scheduler::registry::testing::EtcdServer;
 use meshd_scheduler::registry::{EtcdConfig, EtcdRegistry, Placement, Registry};
@@ -63,49 +64,6 @@ fn groups() -> usize {
         .and_then(|v| v.parse().ok())
         .filter(|n| *n > 0)
         .unwrap_or(GROUPS)
-}
-
-/// A child process killed (SIGKILL) and reaped on drop.
-struct ProcGuard(Child);
-
-impl Drop for ProcGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn etcd_arg(etcd: &EtcdServer) -> String {
-    etcd.endpoint().replace("http://", "etcd://")
-}
-
-/// `n` scheduler members (one Raft group) over the registry.
-fn schedulers(dir: &Path, etcd: &EtcdServer, n: u64) -> Vec<ProcGuard> {
-    let peers: BTreeMap<u64, String> = (1..=n)
-        .map(|id| (id, format!("127.0.0.1:{}", broker::free_port())))
-        .collect();
-    let peer_arg = peers
-        .iter()
-        .map(|(id, a)| format!("{id}={a}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    peers
-        .iter()
-        .map(|(id, addr)| {
-            let child = Command::new(env!("CARGO_BIN_EXE_meshd"))
-                .args(["scheduler", "--id", &id.to_string(), "--listen", addr])
-                .args(["--peers", &peer_arg, "--cluster", CLUSTER])
-                .args(["--registry", &etcd_arg(etcd)])
-                .args(["--heartbeat-ms", "50", "--election-timeout-ms", "300"])
-                .arg("--data-dir")
-                .arg(dir.join(format!("sched-{id}")))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn meshd scheduler");
-            ProcGuard(child)
-        })
-        .collect()
 }
 
 /// Lines of the node logs in `dir` that contain `needle`.
@@ -333,7 +291,7 @@ async fn kill9_the_owner_and_a_proxy_during_a_storm_loses_no_acknowledged_event(
         dir.disable_cleanup(true);
         eprintln!("keeping {}", dir.path().display());
     }
-    let _scheds = schedulers(dir.path(), &etcd, 3);
+    let (_scheds, _) = scheduler_group(dir.path(), &etcd, CLUSTER, 3);
     let mut nodes: BTreeMap<String, Meshd> = ["n1", "n2", "n3"]
         .iter()
         .map(|id| (id.to_string(), node(dir.path(), &etcd, &store, id)))

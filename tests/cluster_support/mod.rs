@@ -37,7 +37,19 @@ pub fn etcd_arg(etcd: &EtcdServer) -> String {
     etcd.endpoint().replace("http://", "etcd://")
 }
 
+/// `n` scheduler members (one Raft group) of [`CLUSTER`]; their guards and HTTP URLs.
 pub fn schedulers(dir: &Path, etcd: &EtcdServer, n: u64) -> (Vec<ProcGuard>, Vec<String>) {
+    scheduler_group(dir, etcd, CLUSTER, n)
+}
+
+/// `n` scheduler members (one Raft group) of `cluster` over the etcd registry, stderr in
+/// `dir/sched-{id}.log`; their guards and HTTP URLs.
+pub fn scheduler_group(
+    dir: &Path,
+    etcd: &EtcdServer,
+    cluster: &str,
+    n: u64,
+) -> (Vec<ProcGuard>, Vec<String>) {
     let peers: BTreeMap<u64, String> = (1..=n)
         .map(|id| (id, format!("127.0.0.1:{}", free_port())))
         .collect();
@@ -52,7 +64,7 @@ pub fn schedulers(dir: &Path, etcd: &EtcdServer, n: u64) -> (Vec<ProcGuard>, Vec
             let log = std::fs::File::create(dir.join(format!("sched-{id}.log"))).expect("log");
             let child = Command::new(env!("CARGO_BIN_EXE_meshd"))
                 .args(["scheduler", "--id", &id.to_string(), "--listen", addr])
-                .args(["--peers", &peer_arg, "--cluster", CLUSTER])
+                .args(["--peers", &peer_arg, "--cluster", cluster])
                 .args(["--registry", &etcd_arg(etcd)])
                 .args(["--heartbeat-ms", "50", "--election-timeout-ms", "300"])
                 .arg("--data-dir")
