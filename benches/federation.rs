@@ -17,44 +17,18 @@
 //! Without `nats-server` on PATH the NATS rows are skipped with a note.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use meshd_linkemu::{LinkConfig, LinkEmulator, TcpLinkEmulator};
 use serde_json::{json, Value};
 
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
-fn free_tcp() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "support/mod.rs"]
+mod support;
+use support::{env_u64, free_port, unix_nanos, Killed};
 
 fn free_udp() -> SocketAddr {
     UdpSocket::bind("127.0.0.1:0")
@@ -429,7 +403,7 @@ struct Nats {
 
 fn start_nats() -> Option<Nats> {
     let dir = tempfile::tempdir().unwrap();
-    let (pa, pb, ga, gb) = (free_tcp(), free_tcp(), free_tcp(), free_tcp());
+    let (pa, pb, ga, gb) = (free_port(), free_port(), free_port(), free_port());
     let emu_to_b = TcpLinkEmulator::start(
         "127.0.0.1:0".parse().unwrap(),
         format!("127.0.0.1:{gb}").parse().unwrap(),

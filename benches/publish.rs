@@ -14,45 +14,15 @@
 //! pulsar://...` against a `pulsar-lite` broker (PyPI `pulsar-lite`, binary found like the
 //! tests do, or `$PULSAR_LITE_BINARY`) started on a free port with a temporary data dir.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[derive(Default)]
 struct Hist(Mutex<Vec<u64>>);
@@ -70,6 +40,10 @@ impl Hist {
         v[i] as f64 / 1e6
     }
 }
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{env_u64, free_port, unix_nanos, Killed};
 
 struct Row {
     system: String,
