@@ -548,6 +548,11 @@ fn main() {
     let secs = env_u64("BENCH_SECS", 5);
     let rate = env_u64("BENCH_RATE", 500);
     let total = env_u64("BENCH_EVENTS", 200_000);
+    // BENCH_ONLY=latency|throughput runs one kind of row; BENCH_NATS=0 skips the peer.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let latency_rows = only != "throughput";
+    let throughput_rows = only != "latency";
+    let nats_rows = std::env::var("BENCH_NATS").map_or(true, |v| v != "0");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -573,7 +578,7 @@ fn main() {
         })
         .await;
         // Local reference: publish→webhook within cluster a.
-        {
+        if latency_rows {
             let (sink, hist, task) = latency_sink().await;
             put_topic(&c, &m.a, "local", 1).await;
             subscribe(&c, &m.a, json!({"name": "local", "topic": "local", "group": "local",
@@ -601,11 +606,13 @@ fn main() {
                 ..LinkConfig::default()
             });
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let hist = meshd_latency(&c, &m, &format!("lat{k}"), rate, secs).await;
-            eprintln!("meshd {name}: p50 {:.3} p99 {:.3} ms ({} samples)", hist.pct(0.5), hist.pct(0.99), hist.len());
-            rows.push(Row { system: "meshd", link: name.to_string(), scenario: format!("publish in A → webhook in B at {rate} ev/s"),
-                events_per_sec: rate as f64, p50_ms: hist.pct(0.5), p99_ms: hist.pct(0.99), one_way_ms: *delay as f64 });
-            if *jitter == 0 {
+            if latency_rows {
+                let hist = meshd_latency(&c, &m, &format!("lat{k}"), rate, secs).await;
+                eprintln!("meshd {name}: p50 {:.3} p99 {:.3} ms ({} samples)", hist.pct(0.5), hist.pct(0.99), hist.len());
+                rows.push(Row { system: "meshd", link: name.to_string(), scenario: format!("publish in A → webhook in B at {rate} ev/s"),
+                    events_per_sec: rate as f64, p50_ms: hist.pct(0.5), p99_ms: hist.pct(0.99), one_way_ms: *delay as f64 });
+            }
+            if *jitter == 0 && throughput_rows {
                 let (eps, s) = meshd_throughput(&c, &m, &format!("thr{k}"), total).await;
                 eprintln!("meshd {name}: {total} events replicated in {s:.2}s = {eps:.0} ev/s");
                 rows.push(Row { system: "meshd", link: name.to_string(), scenario: format!("replicate a {total}-event backlog A→B (stored in B)"),
@@ -617,7 +624,8 @@ fn main() {
         eprintln!("emulator: {:?}", m.emu.counters());
         drop(m);
 
-        match start_nats() {
+        match if nats_rows { start_nats() } else { None } {
+            None if !nats_rows => eprintln!("BENCH_NATS=0: NATS rows skipped"),
             None => eprintln!("nats-server not found or did not start: NATS rows skipped"),
             Some(n) => {
                 for (k, (name, delay, jitter)) in links.iter().enumerate() {
@@ -628,11 +636,13 @@ fn main() {
                             ..LinkConfig::default()
                         });
                     }
-                    let hist = nats_latency(&n, &format!("lat{k}"), rate, secs).await;
-                    eprintln!("nats {name}: p50 {:.3} p99 {:.3} ms ({} samples)", hist.pct(0.5), hist.pct(0.99), hist.len());
-                    rows.push(Row { system: "NATS 2.9 gateways (core, no JetStream)", link: name.to_string(), scenario: format!("publish in A → subscriber in B at {rate} ev/s"),
-                        events_per_sec: rate as f64, p50_ms: hist.pct(0.5), p99_ms: hist.pct(0.99), one_way_ms: *delay as f64 });
-                    if *jitter == 0 {
+                    if latency_rows {
+                        let hist = nats_latency(&n, &format!("lat{k}"), rate, secs).await;
+                        eprintln!("nats {name}: p50 {:.3} p99 {:.3} ms ({} samples)", hist.pct(0.5), hist.pct(0.99), hist.len());
+                        rows.push(Row { system: "NATS 2.9 gateways (core, no JetStream)", link: name.to_string(), scenario: format!("publish in A → subscriber in B at {rate} ev/s"),
+                            events_per_sec: rate as f64, p50_ms: hist.pct(0.5), p99_ms: hist.pct(0.99), one_way_ms: *delay as f64 });
+                    }
+                    if *jitter == 0 && throughput_rows {
                         let (eps, s, got) = nats_throughput(&n, &format!("thr{k}"), total).await;
                         eprintln!("nats {name}: {got}/{total} received in {s:.2}s = {eps:.0} ev/s");
                         rows.push(Row { system: "NATS 2.9 gateways (core, no JetStream)", link: name.to_string(),

@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 
 use meshd_certs::{AllowedClusters, CertPaths, ReloadingCerts};
 use meshd_core::api::TopicConfig;
-use meshd_core::codec::{decode_event, encode_event};
+use meshd_core::codec::{decode_event, RawEvent};
 use meshd_core::wire::{
     check_frame_len, decode_frame, encode_frame, Batch, Frame, Hello, InterestEntry, WireEvent,
     PROTOCOL_VERSION,
 };
-use meshd_node::ingest::{append_events, now_ms};
+use meshd_node::ingest::{now_ms, partition_for_key};
 use meshd_node::server::{Node, NodeError};
-use meshd_node::store::EventStore;
+use meshd_node::store::{AppendRecord, EventStore};
 use meshd_topology::Topology;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio::sync::mpsc;
@@ -31,7 +31,8 @@ use tokio::sync::mpsc;
 use crate::cursor::{cursor_group, SendWindow};
 use crate::interest::{announcement, LocalInterest, PeerInterest};
 use crate::link::{
-    check_hello, event_path, frame_name, stamp_outgoing, stamp_received, DedupWindow, HelloOutcome,
+    check_hello, event_path, frame_name, outgoing_stamps, received_path, DedupWindow, HelloOutcome,
+    ORIGIN_EXT, PATH_EXT,
 };
 use crate::routing::Routes;
 use crate::stats::{LinkState, LinkStats};
@@ -152,8 +153,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The bridge's UDP socket, with large kernel buffers (asked for 8 MiB each way; the
+/// kernel caps them at `net.core.rmem_max`/`wmem_max`, raise those on busy links): a
+/// window of batches arriving at once must not overflow the socket (the drops would read
+/// as congestion and slow the link down).
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if addr.is_ipv6() {
+        // As quinn does: accept IPv4-mapped peers on a v6 socket where possible.
+        let _ = s.set_only_v6(false);
+    }
+    let _ = s.set_recv_buffer_size(8 << 20);
+    let _ = s.set_send_buffer_size(8 << 20);
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
+    // Room for a window of full batches in flight on a long link (the defaults assume
+    // ~100 ms at ~100 Mbit/s).
+    t.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
+    t.receive_window(quinn::VarInt::from_u32(32 << 20));
+    t.send_window(32 << 20);
     t.keep_alive_interval(Some(Duration::from_millis(500)));
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
         4_000,
@@ -197,8 +223,14 @@ impl Bridge {
             .map_err(|e| BridgeError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server.transport_config(transport());
-        let endpoint = quinn::Endpoint::server(server, addr)
-            .map_err(|source| BridgeError::Bind { addr, source })?;
+        let socket = bind_udp(addr).map_err(|source| BridgeError::Bind { addr, source })?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| BridgeError::Bind { addr, source })?;
         let cert_watcher = certs.watch(config.reload_interval);
         let dedup = restore_dedup(&node, &config.cluster, config.dedup_window).await;
         let shared = Arc::new(Shared {
@@ -581,6 +613,7 @@ async fn run_link(
     mut drain: tokio::sync::watch::Receiver<bool>,
 ) {
     let dialer = shared.me() < peer.as_str();
+    let store_gate = Arc::new(tokio::sync::Mutex::new(()));
     let mut backoff = Duration::from_millis(100);
     let mut next: Option<quinn::Connection> = None;
     loop {
@@ -629,6 +662,7 @@ async fn run_link(
             &mut incoming,
             &mut drain,
             dialer,
+            store_gate.clone(),
         )
         .await;
         lock(&shared.down).insert(peer.clone());
@@ -689,6 +723,7 @@ async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<usiz
 }
 
 /// Runs one connection until it fails (`Err`) or the peer connects anew (`Ok(new)`).
+#[allow(clippy::too_many_arguments)]
 async fn session(
     shared: &Arc<Shared>,
     peer: &str,
@@ -697,6 +732,7 @@ async fn session(
     incoming: &mut mpsc::Receiver<quinn::Connection>,
     drain: &mut tokio::sync::watch::Receiver<bool>,
     dialer: bool,
+    store_gate: Arc<tokio::sync::Mutex<()>>,
 ) -> Result<quinn::Connection, String> {
     let topo = shared.topology();
     let hello = Hello {
@@ -768,6 +804,16 @@ async fn session(
             }
         }
     });
+    let (to_storer, batches) = mpsc::channel::<Batch>(shared.config.window.max(1) * 2);
+    let (ack_tx, mut stored) = mpsc::channel::<Result<u64, String>>(64);
+    tokio::spawn(storer(
+        shared.clone(),
+        peer.to_string(),
+        stats.clone(),
+        store_gate,
+        batches,
+        ack_tx,
+    ));
     let mut s = SessionState {
         window: SendWindow::new(shared.config.window),
         interest: PeerInterest::default(),
@@ -778,6 +824,9 @@ async fn session(
         draining: None,
         last_batch_rx: Instant::now(),
         interest_known: false,
+        to_storer,
+        handed_seq: 0,
+        stored_seq: 0,
     };
     if *drain.borrow() {
         s.start_drain(shared, peer, stats);
@@ -799,7 +848,7 @@ async fn session(
                     Some(Ok(f)) => f,
                 };
                 let acked = matches!(frame, Frame::Ack { .. });
-                if let Err(e) = s.on_frame(shared, peer, stats, &mut send, frame).await {
+                if let Err(e) = s.on_frame(shared, peer, frame).await {
                     break Err(e);
                 }
                 // An ack frees the window: send the next batches now.
@@ -832,6 +881,18 @@ async fn session(
                     break Err(e);
                 }
                 s.measure(shared, peer, stats, &conn).await;
+            }
+            a = stored.recv() => {
+                let seq = match a {
+                    Some(Ok(seq)) => seq,
+                    Some(Err(e)) => break Err(e),
+                    None => break Err("the storer stopped".to_string()),
+                };
+                // One cumulative ack for every batch the storer's round covered.
+                if let Err(e) = write_frame(&mut send, &Frame::Ack { seq }).await {
+                    break Err(e);
+                }
+                s.stored_seq = seq;
             }
             c = incoming.recv() => {
                 match c {
@@ -900,6 +961,11 @@ struct SessionState {
     /// Whether the peer's interest arrived on this connection (until then the lag of
     /// the previous connection stands: an empty interest would read as lag 0).
     interest_known: bool,
+    /// Received batches go to the storer (see [`storer`]).
+    to_storer: mpsc::Sender<Batch>,
+    /// The newest batch handed to the storer, and the newest it stored (acknowledged).
+    handed_seq: u64,
+    stored_seq: u64,
 }
 
 impl SessionState {
@@ -916,7 +982,10 @@ impl SessionState {
         let (since, at_start) = self.draining?;
         let in_flight = self.window.in_flight();
         let quiet = (conn.rtt() * 2).max(Duration::from_millis(200));
-        if in_flight == 0 && self.last_batch_rx.elapsed() >= quiet {
+        if in_flight == 0
+            && self.stored_seq >= self.handed_seq
+            && self.last_batch_rx.elapsed() >= quiet
+        {
             let elapsed = since.elapsed();
             tracing::info!(cluster = %shared.me(), peer, acknowledged = at_start, ?elapsed, "link drained: {at_start} batches in flight were acknowledged; closed");
             return Some("link removed from the topology: drained".into());
@@ -932,8 +1001,6 @@ impl SessionState {
         &mut self,
         shared: &Arc<Shared>,
         peer: &str,
-        stats: &LinkStats,
-        send: &mut quinn::SendStream,
         frame: Frame,
     ) -> Result<(), String> {
         match frame {
@@ -950,10 +1017,12 @@ impl SessionState {
             }
             Frame::Batch(b) => {
                 self.last_batch_rx = Instant::now();
-                let seq = b.seq;
-                receive_batch(shared, peer, stats, b).await?;
-                write_frame(send, &Frame::Ack { seq }).await?;
-                Ok(())
+                self.handed_seq = b.seq;
+                // Waits only when the storer is a whole window behind (back-pressure).
+                self.to_storer
+                    .send(b)
+                    .await
+                    .map_err(|_| "the storer stopped".to_string())
             }
             Frame::Ack { seq } => {
                 let commits = self.window.on_ack(seq).map_err(|e| e.to_string())?;
@@ -1051,25 +1120,11 @@ impl SessionState {
                         let mut events = Vec::new();
                         let mut bytes = 0u64;
                         for r in &records {
-                            let mut ev = match decode_event(&r.payload) {
-                                Ok(e) => e,
-                                Err(e) => {
-                                    tracing::error!(cluster = %me, topic, partition = p, offset = r.offset, "skipping an undecodable stored event: {e}");
-                                    continue;
-                                }
+                            let Some(payload) =
+                                self.outgoing(&wire, &topo, &me, peer, &r.payload, r.offset, p)
+                            else {
+                                continue;
                             };
-                            let path = event_path(&ev, &me);
-                            if path.iter().any(|c| c == peer) {
-                                continue;
-                            }
-                            if !self
-                                .interest
-                                .wants(&wire, &ev, &path, |t, d| topo.may_receive(t, d))
-                            {
-                                continue;
-                            }
-                            stamp_outgoing(&mut ev, &me);
-                            let payload = encode_event(&ev);
                             bytes += payload.len() as u64;
                             events.push(WireEvent {
                                 offset: r.offset,
@@ -1099,6 +1154,55 @@ impl SessionState {
             }
         }
         Ok(())
+    }
+
+    /// The wire payload of a stored record for `peer`, or `None` when the peer must not
+    /// get it (already on its path, or no interest wants it). Works on the stored bytes
+    /// ([`RawEvent`]): the event is decoded only when an interest filter has to look at
+    /// it, and origin/path are spliced in, not re-serialized.
+    #[allow(clippy::too_many_arguments)]
+    fn outgoing(
+        &self,
+        wire: &str,
+        topo: &Topology,
+        me: &str,
+        peer: &str,
+        stored: &[u8],
+        offset: u64,
+        partition: u32,
+    ) -> Option<Vec<u8>> {
+        let raw = match RawEvent::parse(stored) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(cluster = %me, topic = %wire, partition, offset, "skipping an undecodable stored event: {e}");
+                return None;
+            }
+        };
+        let path = event_path(&raw, me);
+        if path.contains(&peer) {
+            return None;
+        }
+        let mut decoded: Option<Option<cloudevents::Event>> = None;
+        let wanted = self.interest.wants_with(
+            wire,
+            &path,
+            |t, d| topo.may_receive(t, d),
+            |f| {
+                decoded
+                    .get_or_insert_with(|| decode_event(stored).ok())
+                    .as_ref()
+                    .is_some_and(|ev| f.matches(ev))
+            },
+        );
+        if !wanted {
+            return None;
+        }
+        let set = outgoing_stamps(&raw, me);
+        Some(if set.is_empty() {
+            stored.to_vec()
+        } else {
+            raw.with_extensions(&set)
+        })
     }
 
     async fn announce(
@@ -1227,12 +1331,11 @@ async fn restore_dedup(node: &Node, me: &str, capacity: usize) -> DedupWindow {
                 let Some(last) = records.last() else { break };
                 pos = last.offset + 1;
                 for r in &records {
-                    let Ok(ev) = decode_event(&r.payload) else {
+                    let Ok(raw) = RawEvent::parse(&r.payload) else {
                         continue;
                     };
-                    let origin = crate::link::ext_string(&ev, crate::link::ORIGIN_EXT);
-                    if origin.is_some_and(|o| o != me) {
-                        keys.push((r.timestamp_ms, DedupWindow::key(&ev)));
+                    if raw.extension(ORIGIN_EXT).is_some_and(|o| o != me) {
+                        keys.push((r.timestamp_ms, DedupWindow::key(&raw)));
                     }
                 }
             }
@@ -1245,53 +1348,137 @@ async fn restore_dedup(node: &Node, me: &str, capacity: usize) -> DedupWindow {
     window
 }
 
-async fn receive_batch(
+/// Stores the batches a peer sends, in arrival order, and reports the highest sequence
+/// number stored (the cumulative ack) to the session. It runs beside the session, so the
+/// link keeps reading while a store append (and its fsync) is under way, and it takes
+/// every batch queued meanwhile into one round: one append per topic per round, so the
+/// fsync cost is shared by as many batches as arrived during the previous one.
+///
+/// `gate` is held for the storer's whole life: a reconnected session's storer starts only
+/// after the previous one has finished the batches it had taken (so an event reserved in
+/// the duplicate window by the old storer is stored, or released, before the new session
+/// can see it as a duplicate and acknowledge it).
+async fn storer(
+    shared: Arc<Shared>,
+    peer: String,
+    stats: Arc<LinkStats>,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    mut batches: mpsc::Receiver<Batch>,
+    acks: mpsc::Sender<Result<u64, String>>,
+) {
+    let _gate = gate.lock_owned().await;
+    while let Some(first) = batches.recv().await {
+        let mut round = vec![first];
+        while round.len() < STORE_ROUND_MAX {
+            match batches.try_recv() {
+                Ok(b) => round.push(b),
+                Err(_) => break,
+            }
+        }
+        let seq = round.last().map_or(0, |b| b.seq);
+        let result = store_round(&shared, &peer, &stats, round).await;
+        let failed = result.is_err();
+        // A closed ack channel means the session ended: the queued batches are still
+        // stored (they are reserved in the duplicate window), only not acknowledged.
+        let _ = acks.send(result.map(|()| seq)).await;
+        if failed {
+            return;
+        }
+    }
+}
+
+/// Most batches one storer round takes.
+const STORE_ROUND_MAX: usize = 256;
+
+/// Received events of one topic, ready to append.
+struct Pending {
+    topic: String,
+    partitions: u32,
+    /// (partition key, payload) in arrival order.
+    records: Vec<(Option<String>, Vec<u8>)>,
+    keys: Vec<(String, String)>,
+}
+
+/// Makes a round of batches ready (duplicate check, path stamp) and appends them, one
+/// append per topic; remembers the stored events' keys in the duplicate window.
+async fn store_round(
     shared: &Arc<Shared>,
     peer: &str,
     stats: &LinkStats,
-    b: Batch,
+    round: Vec<Batch>,
 ) -> Result<(), String> {
     let me = shared.me();
-    let mut events = Vec::with_capacity(b.events.len());
-    let mut keys = Vec::with_capacity(b.events.len());
-    let mut in_batch = HashSet::new();
-    for we in b.events {
-        stats.events_received.fetch_add(1, Ordering::Relaxed);
-        stats
-            .bytes_received
-            .fetch_add(we.payload.len() as u64, Ordering::Relaxed);
-        let mut ev = decode_event(&we.payload).map_err(|e| {
-            format!(
-                "peer sent an undecodable event at offset {}: {e}",
-                we.offset
-            )
-        })?;
-        let key = DedupWindow::key(&ev);
-        // Reserve at check time: two links delivering one event concurrently (a reroute)
-        // must not both store it.
-        if !in_batch.insert(key.clone()) || lock(&shared.dedup).reserve(&key) {
-            stats.duplicates.fetch_add(1, Ordering::Relaxed);
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut in_round: HashSet<(String, String)> = HashSet::new();
+    let mut failure = None;
+    'batches: for b in round {
+        let i = match pending.iter().position(|g| g.topic == b.topic) {
+            Some(i) => i,
+            None => {
+                pending.push(Pending {
+                    topic: b.topic.clone(),
+                    partitions: b.partitions,
+                    records: Vec::new(),
+                    keys: Vec::new(),
+                });
+                pending.len() - 1
+            }
+        };
+        for we in b.events {
+            stats.events_received.fetch_add(1, Ordering::Relaxed);
+            stats
+                .bytes_received
+                .fetch_add(we.payload.len() as u64, Ordering::Relaxed);
+            let raw = match RawEvent::parse(&we.payload) {
+                Ok(r) => r,
+                Err(e) => {
+                    failure = Some(format!(
+                        "peer sent an undecodable event at offset {}: {e}",
+                        we.offset
+                    ));
+                    break 'batches;
+                }
+            };
+            let key = DedupWindow::key(&raw);
+            // Reserve at check time: two links delivering one event concurrently (a
+            // reroute) must not both store it.
+            if !in_round.insert(key.clone()) || lock(&shared.dedup).reserve(&key) {
+                stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let payload = match &received_path(&raw, me) {
+                Some(p) => raw.with_extensions(&[(PATH_EXT, p)]),
+                None => we.payload.clone(),
+            };
+            let g = &mut pending[i];
+            g.records
+                .push((raw.partition_key().map(str::to_string), payload));
+            g.keys.push(key);
+        }
+    }
+    if let Some(e) = failure {
+        let mut d = lock(&shared.dedup);
+        for g in &pending {
+            d.release(&g.keys);
+        }
+        return Err(e);
+    }
+    let mut first_error = None;
+    for g in pending {
+        if g.records.is_empty() {
             continue;
         }
-        stamp_received(&mut ev, me);
-        keys.push(key);
-        events.push(ev);
-    }
-    if events.is_empty() {
-        return Ok(());
-    }
-    let stored = store_received(shared, peer, &b.topic, b.partitions, &events).await;
-    let mut d = lock(&shared.dedup);
-    match stored {
-        Ok(()) => {
-            d.commit(keys);
-            Ok(())
-        }
-        Err(e) => {
-            d.release(&keys);
-            Err(e)
+        let stored = store_received(shared, peer, &g.topic, g.partitions, g.records).await;
+        let mut d = lock(&shared.dedup);
+        match stored {
+            Ok(()) => d.commit(g.keys),
+            Err(e) => {
+                d.release(&g.keys);
+                first_error.get_or_insert(e);
+            }
         }
     }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Stores events received from `peer` (creating the topic, or the relay topic, as needed).
@@ -1300,7 +1487,7 @@ async fn store_received(
     peer: &str,
     topic: &str,
     topic_partitions: u32,
-    events: &[cloudevents::Event],
+    records: Vec<(Option<String>, Vec<u8>)>,
 ) -> Result<(), String> {
     let me = shared.me();
     let node = &shared.node;
@@ -1329,7 +1516,17 @@ async fn store_received(
         }
         Err(e) => return Err(format!("topic {:?}: {e}", store_topic)),
     };
-    append_events(&*node.store, &store_topic, partitions, events)
+    let ts = now_ms();
+    let records = records
+        .into_iter()
+        .map(|(key, payload)| AppendRecord {
+            partition: partition_for_key(key.as_deref(), partitions),
+            timestamp_ms: ts,
+            payload: payload.into(),
+        })
+        .collect();
+    node.store
+        .append(&store_topic, records)
         .await
         .map(|_| ())
         .map_err(|e| format!("appending replicated events: {e}"))

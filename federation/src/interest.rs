@@ -99,14 +99,31 @@ impl PeerInterest {
         path: &[String],
         may_receive: impl Fn(&str, &str) -> bool,
     ) -> bool {
+        let path: Vec<&str> = path.iter().map(String::as_str).collect();
+        self.wants_with(topic, &path, may_receive, |f| f.matches(event))
+    }
+
+    /// [`PeerInterest::wants`] for a caller that has not decoded the event: entries
+    /// without a filter are tried first, and `matches` is called only for an eligible
+    /// entry with a filter (so an event wanted unfiltered is never decoded).
+    pub fn wants_with(
+        &self,
+        topic: &str,
+        path: &[&str],
+        may_receive: impl Fn(&str, &str) -> bool,
+        mut matches: impl FnMut(&Filter) -> bool,
+    ) -> bool {
         let Some(list) = self.by_topic.get(topic) else {
             return false;
         };
-        list.iter().any(|c| {
-            !path.iter().any(|p| p == &c.dest)
-                && may_receive(topic, &c.dest)
-                && c.filter.as_ref().map(|f| f.matches(event)).unwrap_or(true)
-        })
+        let eligible =
+            |c: &&Compiled| !path.contains(&c.dest.as_str()) && may_receive(topic, &c.dest);
+        if list.iter().filter(eligible).any(|c| c.filter.is_none()) {
+            return true;
+        }
+        list.iter()
+            .filter(eligible)
+            .any(|c| c.filter.as_ref().is_some_and(&mut matches))
     }
 }
 

@@ -17,10 +17,8 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use cloudevents::event::ExtensionValue;
-use cloudevents::AttributesReader;
+use meshd_core::codec::RawEvent;
 use meshd_core::wire::{Frame, Hello, PROTOCOL_VERSION};
-use meshd_core::Event;
 
 /// Extension naming the cluster an event was published in.
 pub const ORIGIN_EXT: &str = "meshdorigin";
@@ -85,40 +83,36 @@ pub fn frame_name(f: &Frame) -> &'static str {
     }
 }
 
-/// An extension attribute as a string.
-pub(crate) fn ext_string(event: &Event, name: &str) -> Option<String> {
-    event.extension(name).map(|v| match v {
-        ExtensionValue::String(s) => s.clone(),
-        other => other.to_string(),
-    })
-}
-
 /// The clusters an event has been stored in, origin first. A local event (no extension)
 /// has the path `[local]`.
-pub fn event_path(event: &Event, local: &str) -> Vec<String> {
-    match ext_string(event, PATH_EXT) {
-        Some(p) if !p.is_empty() => p.split(',').map(str::to_string).collect(),
-        _ => vec![local.to_string()],
+pub fn event_path<'a>(event: &'a RawEvent<'_>, local: &'a str) -> Vec<&'a str> {
+    match event.extension(PATH_EXT) {
+        Some(p) if !p.is_empty() => p.split(',').collect(),
+        _ => vec![local],
     }
 }
 
-/// Marks an event about to leave `local` for the first time with its origin and path.
-pub fn stamp_outgoing(event: &mut Event, local: &str) {
+/// The extensions to set on an event leaving `local` for the first time: its origin and
+/// path (nothing when it already has them, i.e. it is passing through).
+pub fn outgoing_stamps<'a>(event: &RawEvent<'_>, local: &'a str) -> Vec<(&'static str, &'a str)> {
+    let mut set = Vec::new();
     if event.extension(ORIGIN_EXT).is_none() {
-        event.set_extension(ORIGIN_EXT, local.to_string());
+        set.push((ORIGIN_EXT, local));
     }
     if event.extension(PATH_EXT).is_none() {
-        event.set_extension(PATH_EXT, local.to_string());
+        set.push((PATH_EXT, local));
     }
+    set
 }
 
-/// Marks an event received by `local`: appends it to the path.
-pub fn stamp_received(event: &mut Event, local: &str) {
-    let mut path = event_path(event, local);
-    if path.last().map(String::as_str) != Some(local) {
-        path.push(local.to_string());
+/// The path of an event received by `local` (its path with `local` appended), or `None`
+/// when it already ends with `local`.
+pub fn received_path(event: &RawEvent<'_>, local: &str) -> Option<String> {
+    let path = event_path(event, local);
+    if path.last() == Some(&local) {
+        return None;
     }
-    event.set_extension(PATH_EXT, path.join(","));
+    Some(format!("{},{local}", path.join(",")))
 }
 
 /// Receivers drop events whose (source, id) they saw among the last `capacity` ones.
@@ -146,7 +140,7 @@ impl DedupWindow {
     }
 
     /// The key of an event in the window.
-    pub fn key(event: &Event) -> (String, String) {
+    pub fn key(event: &RawEvent<'_>) -> (String, String) {
         (event.source().to_string(), event.id().to_string())
     }
 
@@ -204,8 +198,7 @@ impl DedupWindow {
 
     /// `true` for an event not seen in the window (and remembers it); `false` for a
     /// duplicate (and counts it).
-    pub fn admit(&mut self, event: &Event) -> bool {
-        let key = DedupWindow::key(event);
+    pub fn admit(&mut self, key: (String, String)) -> bool {
         if self.check(&key) {
             return false;
         }
@@ -261,7 +254,12 @@ mod tests {
         }
     }
 
-    fn ev(id: &str) -> Event {
+    fn key(id: &str) -> (String, String) {
+        let bytes = meshd_core::codec::encode_event(&ev(id));
+        DedupWindow::key(&RawEvent::parse(&bytes).unwrap())
+    }
+
+    fn ev(id: &str) -> meshd_core::Event {
         EventBuilderV10::new()
             .id(id)
             .source("s")
@@ -306,15 +304,29 @@ mod tests {
 
     #[test]
     fn path_stamping_prevents_loops() {
-        let mut e = ev("1");
-        assert_eq!(event_path(&e, "a"), vec!["a"]);
-        stamp_outgoing(&mut e, "a");
-        stamp_received(&mut e, "b");
-        assert_eq!(event_path(&e, "b"), vec!["a", "b"]);
-        // b forwards to c: stamp_outgoing keeps the origin
-        stamp_outgoing(&mut e, "b");
-        stamp_received(&mut e, "c");
-        assert_eq!(event_path(&e, "c"), vec!["a", "b", "c"]);
+        let bytes = meshd_core::codec::encode_event(&ev("1"));
+        let raw = RawEvent::parse(&bytes).unwrap();
+        assert_eq!(event_path(&raw, "a"), vec!["a"]);
+        // a sends it: origin and path a; b receives it: path a,b
+        let sent = raw.with_extensions(&outgoing_stamps(&raw, "a"));
+        let raw = RawEvent::parse(&sent).unwrap();
+        assert_eq!(received_path(&raw, "a"), None);
+        let p = received_path(&raw, "b").unwrap();
+        let at_b = raw.with_extensions(&[(PATH_EXT, &p)]);
+        let raw = RawEvent::parse(&at_b).unwrap();
+        assert_eq!(event_path(&raw, "b"), vec!["a", "b"]);
+        // b forwards to c: no new stamps (the origin stays a); c appends itself
+        assert!(outgoing_stamps(&raw, "b").is_empty());
+        let p = received_path(&raw, "c").unwrap();
+        let at_c = raw.with_extensions(&[(PATH_EXT, &p)]);
+        let raw = RawEvent::parse(&at_c).unwrap();
+        assert_eq!(event_path(&raw, "c"), vec!["a", "b", "c"]);
+        assert_eq!(raw.extension(ORIGIN_EXT), Some("a"));
+        let e = meshd_core::codec::decode_event(&at_c).unwrap();
+        assert_eq!(
+            e.extension(PATH_EXT).map(|v| v.to_string()),
+            Some("a,b,c".into())
+        );
         assert_eq!(
             e.extension(ORIGIN_EXT).map(|v| v.to_string()),
             Some("a".into())
@@ -328,9 +340,9 @@ mod tests {
         let n = d.restore(vec![(30, k("c")), (10, k("a")), (20, k("b"))]);
         assert_eq!(n, 2);
         assert_eq!(d.len(), 2);
-        assert!(!d.admit(&ev("b")));
-        assert!(!d.admit(&ev("c")));
-        assert!(d.admit(&ev("a")), "the oldest key fell out of the window");
+        assert!(!d.admit(key("b")));
+        assert!(!d.admit(key("c")));
+        assert!(d.admit(key("a")), "the oldest key fell out of the window");
         assert_eq!(d.duplicates(), 2);
     }
 
@@ -356,11 +368,11 @@ mod tests {
     #[test]
     fn dedup_window_is_bounded_and_counts() {
         let mut d = DedupWindow::new(2);
-        assert!(d.admit(&ev("1")));
-        assert!(!d.admit(&ev("1")));
-        assert!(d.admit(&ev("2")));
-        assert!(d.admit(&ev("3"))); // evicts 1
-        assert!(d.admit(&ev("1")));
+        assert!(d.admit(key("1")));
+        assert!(!d.admit(key("1")));
+        assert!(d.admit(key("2")));
+        assert!(d.admit(key("3"))); // evicts 1
+        assert!(d.admit(key("1")));
         assert_eq!(d.duplicates(), 1);
     }
 }

@@ -236,6 +236,21 @@ impl Control {
 }
 
 /// Sleeps until `due` (or returns early when stopping).
+/// A UDP socket with large kernel buffers (asked for 4 MiB each way; the kernel caps it
+/// at `net.core.rmem_max`/`wmem_max`): a burst of a fast QUIC sender must queue in the
+/// emulator, not overflow its socket, or the emulator adds loss nobody asked for.
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
 fn sleep_until(ctl: &Control, due: Instant) {
     loop {
         let now = Instant::now();
@@ -300,7 +315,7 @@ impl LinkEmulator {
         upstream: SocketAddr,
         config: LinkConfig,
     ) -> Result<LinkEmulator, LinkEmuError> {
-        let front = UdpSocket::bind(listen).map_err(|source| LinkEmuError::Bind {
+        let front = bind_udp(listen).map_err(|source| LinkEmuError::Bind {
             addr: listen,
             source,
         })?;
@@ -345,7 +360,7 @@ impl LinkEmulator {
                 let up = match uplinks.get(&from) {
                     Some(s) => s.clone(),
                     None => {
-                        let Ok(s) = UdpSocket::bind(up_bind) else {
+                        let Ok(s) = bind_udp(up_bind) else {
                             continue;
                         };
                         if s.set_read_timeout(Some(POLL)).is_err() {

@@ -25,10 +25,15 @@ pub fn now_ms() -> u64 {
 
 /// The partition of an event: a stable hash of its partition key, or round-robin.
 pub fn partition_for(event: &Event, partitions: u32) -> u32 {
+    partition_for_key(partition_key(event), partitions)
+}
+
+/// [`partition_for`] given the event's partition key (for callers holding raw records).
+pub fn partition_for_key(key: Option<&str>, partitions: u32) -> u32 {
     if partitions <= 1 {
         return 0;
     }
-    match partition_key(event) {
+    match key {
         Some(key) => (fnv1a(key.as_bytes()) % u64::from(partitions)) as u32,
         None => (ROUND_ROBIN.fetch_add(1, Ordering::Relaxed) % u64::from(partitions)) as u32,
     }
