@@ -34,6 +34,9 @@ pub enum ChaosError {
     /// The `meshd` binary is not where it was looked for.
     #[error("meshd binary not found at {0} (run `cargo build --bin meshd` or set MESHD_BIN)")]
     NoBinary(PathBuf),
+    /// A faked clock was asked for and libfaketime is not installed.
+    #[error("libfaketime not found (apt-get install faketime, or set MESHD_FAKETIME_LIB)")]
+    NoFaketime,
     /// A process did not come up.
     #[error("{name} did not start; its log: {log}")]
     Start {

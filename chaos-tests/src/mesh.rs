@@ -52,6 +52,12 @@ pub struct MeshOptions {
     pub proxies: usize,
     /// Never use namespaces (also set by `MESHD_CHAOS_LOOPBACK=1`).
     pub force_loopback: bool,
+    /// Clusters whose processes run with a faked wall clock: cluster → initial libfaketime
+    /// offset (`+2h`, `-3m`, `+1d`). Each such process gets `LD_PRELOAD` of
+    /// [`libfaketime`] reading its offset from a file [`Mesh::set_clock`] rewrites (a clock
+    /// step, applied within about a second); only `CLOCK_REALTIME` is faked
+    /// (`FAKETIME_DONT_FAKE_MONOTONIC=1`), as an NTP step or a wrong clock would.
+    pub faked_clocks: BTreeMap<String, String>,
 }
 
 impl MeshOptions {
@@ -70,6 +76,7 @@ impl MeshOptions {
             },
             proxies: 0,
             force_loopback: false,
+            faked_clocks: BTreeMap::new(),
         }
     }
 }
@@ -107,11 +114,40 @@ pub fn meshd_bin() -> Result<PathBuf, ChaosError> {
     }
 }
 
+/// The libfaketime preload library (Debian package `faketime`), or `$MESHD_FAKETIME_LIB`;
+/// None when it is not installed.
+pub fn libfaketime() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MESHD_FAKETIME_LIB") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+        "/usr/local/lib/faketime/libfaketime.so.1",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+}
+
+/// The environment that makes a process read its wall clock through libfaketime with the
+/// offset in `file` (re-read every second; monotonic clocks untouched).
+fn faketime_env(lib: &Path, file: &Path) -> Vec<(String, String)> {
+    vec![
+        ("LD_PRELOAD".into(), lib.display().to_string()),
+        ("FAKETIME_TIMESTAMP_FILE".into(), file.display().to_string()),
+        ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ]
+}
+
 /// One `meshd` process (restartable with the same arguments), killed on drop.
 pub struct Proc {
     name: String,
     args: Vec<String>,
     namespace: Option<String>,
+    env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
     /// Its HTTP base URL.
@@ -123,6 +159,7 @@ impl Proc {
         name: &str,
         args: Vec<String>,
         namespace: Option<String>,
+        env: Vec<(String, String)>,
         log: PathBuf,
         url: String,
     ) -> Proc {
@@ -130,6 +167,7 @@ impl Proc {
             name: name.to_string(),
             args,
             namespace,
+            env,
             log,
             child: None,
             url,
@@ -157,6 +195,7 @@ impl Proc {
             .map_err(|e| ChaosError::Io(format!("opening {}: {e}", self.log.display())))?;
         let mut child = cmd
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "MESHD_LOG",
                 std::env::var("MESHD_LOG").unwrap_or_else(|_| "warn".into()),
@@ -259,6 +298,8 @@ pub struct Mesh {
     advertised: BTreeMap<String, SocketAddr>,
     links: Vec<(String, String)>,
     shape: LinkShape,
+    /// Per cluster with a faked clock: the preload library and the offset file.
+    clock_files: BTreeMap<String, (PathBuf, PathBuf)>,
     /// Where it runs.
     pub mode: Mode,
     /// Remarks for reports (e.g. why it fell back to loopback).
@@ -293,6 +334,15 @@ fn meshd_cli(args: &[&str]) -> Result<(), ChaosError> {
             String::from_utf8_lossy(&out.stderr).trim()
         )))
     }
+}
+
+/// Writes a libfaketime offset (`+2h`) to `file` atomically (write, then rename), so a
+/// process re-reading it never sees it half written.
+fn write_clock(file: &Path, offset: &str) -> Result<(), ChaosError> {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, format!("{offset}\n"))
+        .and_then(|()| std::fs::rename(&tmp, file))
+        .map_err(|e| ChaosError::Io(format!("writing {}: {e}", file.display())))
 }
 
 fn path_str(p: &Path) -> Result<&str, ChaosError> {
@@ -416,8 +466,25 @@ impl Mesh {
         }
         std::fs::write(&topology, t).map_err(|e| ChaosError::Io(format!("topology: {e}")))?;
 
+        // Faked clocks: one offset file per cluster, read by libfaketime in its processes.
+        let mut clock_files = BTreeMap::new();
+        let mut envs: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        if !opts.faked_clocks.is_empty() {
+            let lib = libfaketime().ok_or(ChaosError::NoFaketime)?;
+            for (c, offset) in &opts.faked_clocks {
+                if !index.contains_key(c) {
+                    return Err(ChaosError::NoCluster(c.clone()));
+                }
+                let file = dir.path().join(format!("clock-{c}"));
+                write_clock(&file, offset)?;
+                envs.insert(c.clone(), faketime_env(&lib, &file));
+                clock_files.insert(c.clone(), (lib.clone(), file));
+            }
+        }
+
         let mut clusters = BTreeMap::new();
         for (i, c) in opts.clusters.iter().enumerate() {
+            let env = envs.get(c).cloned().unwrap_or_default();
             let ns = lab
                 .as_ref()
                 .and_then(|l| l.namespace(i))
@@ -447,6 +514,7 @@ impl Mesh {
                 &format!("{c}/node-1"),
                 node_args,
                 ns.clone(),
+                env.clone(),
                 dir.path().join(format!("{c}-node-1.log")),
                 format!("http://{}", http[c]),
             );
@@ -473,6 +541,7 @@ impl Mesh {
                     &format!("{c}/proxy-{}", k + 1),
                     args,
                     ns.clone(),
+                    env.clone(),
                     dir.path().join(format!("{c}-proxy-{}.log", k + 1)),
                     format!("http://{addr}"),
                 ));
@@ -490,6 +559,7 @@ impl Mesh {
             advertised,
             links: opts.links.clone(),
             shape: opts.shape,
+            clock_files,
             mode,
             notes,
         };
@@ -683,6 +753,47 @@ impl Mesh {
             }
         }
         Ok(())
+    }
+
+    /// Steps the faked wall clock of every process of `c` to `offset` from the real clock
+    /// (libfaketime syntax: `+2h`, `-3m`, `+1d`); the processes see it within about a
+    /// second (they re-read the file every second). Only for clusters started with
+    /// [`MeshOptions::faked_clocks`].
+    pub fn set_clock(&self, c: &str, offset: &str) -> Result<(), ChaosError> {
+        let (_, file) = self
+            .clock_files
+            .get(c)
+            .ok_or_else(|| ChaosError::NoCluster(format!("{c} (no faked clock)")))?;
+        write_clock(file, offset)
+    }
+
+    /// The wall clock (Unix seconds) a process of cluster `c` sees now: `date +%s` run in
+    /// its namespace with its clock environment (faked or not).
+    pub fn clock_of(&self, c: &str) -> Result<i64, ChaosError> {
+        let i = self.idx(c)?;
+        let ns = self.lab.as_ref().and_then(|l| l.namespace(i));
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, "date", "+%s"]);
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new("date");
+                cmd.arg("+%s");
+                cmd
+            }
+        };
+        if let Some((lib, file)) = self.clock_files.get(c) {
+            cmd.envs(faketime_env(lib, file));
+        }
+        let out = cmd
+            .output()
+            .map_err(|e| ChaosError::Io(format!("date in {c}: {e}")))?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|e| ChaosError::Io(format!("date in {c}: {e}")))
     }
 
     /// The tail of a process log (for failure messages).
