@@ -431,13 +431,11 @@ async fn skewed_and_stepped_wall_clock_in_one_cluster() {
     mesh.kill_node("b").expect("kill b");
     mesh.start_node("b").await.expect("restart b");
     let repaired = Instant::now();
-    wait_link_up(&mesh, "a", "b", Duration::from_secs(20))
-        .await
-        .expect("link back after the restart");
-    // b's view too (a dials b; b's side is up once a's new connection arrives).
-    wait_link_up(&mesh, "b", "a", Duration::from_secs(20))
-        .await
-        .expect("b's link back after the restart");
+    for (x, y) in [("a", "b"), ("b", "a")] {
+        wait_link_up(&mesh, x, y, Duration::from_secs(20))
+            .await
+            .expect("link back after the restart");
+    }
     watch.take();
     w.wait_progress(20, Duration::from_secs(20))
         .await
