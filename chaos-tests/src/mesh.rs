@@ -4,6 +4,13 @@
 //! written here, and every cluster's advertised bridge address is a [`LinkEmulator`] in
 //! front of its real one (delay/jitter on every link).
 //!
+//! Options: one cluster can run as a real cluster ([`MeshOptions::control_plane`]: 3 etcd
+//! members, 3 scheduler members, 2 nodes joined through etcd, proxies finding nodes in
+//! etcd, all in its namespace; faults: kill/restart a scheduler member or an etcd member,
+//! make etcd unreachable), and clusters can run on a faked wall clock
+//! ([`MeshOptions::faked_clocks`]: libfaketime, stepped while running with
+//! [`Mesh::set_clock`]).
+//!
 //! With network namespaces ([`Mode::Netns`]) each cluster runs in its own namespace at
 //! `10.77.S.(i+1)` and link faults are nftables rules; without them ([`Mode::Loopback`])
 //! everything runs on 127.0.0.1 and the emulators do the faults. Processes are killed on
