@@ -9,13 +9,15 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # Debian packages: protoc (build scripts of etcd-client and pulsar), etcd, nats-server,
-# nftables and iproute2 (network namespaces and link faults in chaos-tests/).
+# nftables and iproute2 (network namespaces and link faults in chaos-tests/), faketime
+# (libfaketime: the clock-skew chaos scenario).
 need_apt=()
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]}"
   $SUDO apt-get update -qq

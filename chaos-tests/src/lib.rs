@@ -4,7 +4,8 @@
 //! namespace when the machine allows it (else on loopback) ([`net`], [`mesh`]); the small
 //! userspace UDP link emulator for delay/jitter/loss/cuts ([`emu`]); the canary workload
 //! ([`canary`]) and the checker that counts lost, duplicated and reordered events by
-//! sequence number ([`checker`]); scenario plumbing ([`scenario`]); and the drills an
+//! sequence number ([`checker`]); scenario plumbing ([`scenario`]); control-plane chaos
+//! plumbing for a cluster run as a real cluster ([`control_plane`]); and the drills an
 //! operator runs against a live mesh through its admin APIs ([`drill`]).
 //!
 //! Must not touch: any crate's internals; it drives the `meshd` binary from outside.
@@ -13,6 +14,7 @@
 pub mod canary;
 pub mod checker;
 pub mod cluster_drill;
+pub mod control_plane;
 pub mod drill;
 pub mod emu;
 pub mod evacuate;
@@ -34,6 +36,9 @@ pub enum ChaosError {
     /// The `meshd` binary is not where it was looked for.
     #[error("meshd binary not found at {0} (run `cargo build --bin meshd` or set MESHD_BIN)")]
     NoBinary(PathBuf),
+    /// A faked clock was asked for and libfaketime is not installed.
+    #[error("libfaketime not found (apt-get install faketime, or set MESHD_FAKETIME_LIB)")]
+    NoFaketime,
     /// A process did not come up.
     #[error("{name} did not start; its log: {log}")]
     Start {

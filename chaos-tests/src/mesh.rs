@@ -4,6 +4,13 @@
 //! written here, and every cluster's advertised bridge address is a [`LinkEmulator`] in
 //! front of its real one (delay/jitter on every link).
 //!
+//! Options: one cluster can run as a real cluster ([`MeshOptions::control_plane`]: 3 etcd
+//! members, 3 scheduler members, 2 nodes joined through etcd, proxies finding nodes in
+//! etcd, all in its namespace; faults: kill/restart a scheduler member or an etcd member,
+//! make etcd unreachable), and clusters can run on a faked wall clock
+//! ([`MeshOptions::faked_clocks`]: libfaketime, stepped while running with
+//! [`Mesh::set_clock`]).
+//!
 //! With network namespaces ([`Mode::Netns`]) each cluster runs in its own namespace at
 //! `10.77.S.(i+1)` and link faults are nftables rules; without them ([`Mode::Loopback`])
 //! everything runs on 127.0.0.1 and the emulators do the faults. Processes are killed on
@@ -52,6 +59,17 @@ pub struct MeshOptions {
     pub proxies: usize,
     /// Never use namespaces (also set by `MESHD_CHAOS_LOOPBACK=1`).
     pub force_loopback: bool,
+    /// Clusters whose processes run with a faked wall clock: cluster → initial libfaketime
+    /// offset (`+2h`, `-3m`, `+1d`). Each such process gets `LD_PRELOAD` of
+    /// [`libfaketime`] reading its offset from a file [`Mesh::set_clock`] rewrites (a clock
+    /// step, applied within about a second); only `CLOCK_REALTIME` is faked
+    /// (`FAKETIME_DONT_FAKE_MONOTONIC=1`), as an NTP step or a wrong clock would.
+    pub faked_clocks: BTreeMap<String, String>,
+    /// A cluster that runs as a real cluster rather than one node: a 3-member etcd
+    /// cluster, 3 scheduler members, `node-1` (with the bridge) and `node-2` joined
+    /// through `--registry etcd://...`, and its proxies finding the nodes in etcd — all in
+    /// that cluster's namespace. Needs the `etcd` binary (Debian `etcd-server`).
+    pub control_plane: Option<String>,
 }
 
 impl MeshOptions {
@@ -70,6 +88,8 @@ impl MeshOptions {
             },
             proxies: 0,
             force_loopback: false,
+            faked_clocks: BTreeMap::new(),
+            control_plane: None,
         }
     }
 }
@@ -107,11 +127,43 @@ pub fn meshd_bin() -> Result<PathBuf, ChaosError> {
     }
 }
 
-/// One `meshd` process (restartable with the same arguments), killed on drop.
+/// The libfaketime preload library (Debian package `faketime`), or `$MESHD_FAKETIME_LIB`;
+/// None when it is not installed.
+pub fn libfaketime() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MESHD_FAKETIME_LIB") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+        "/usr/local/lib/faketime/libfaketime.so.1",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+}
+
+/// The environment that makes a process read its wall clock through libfaketime with the
+/// offset in `file` (re-read every second; monotonic clocks untouched).
+fn faketime_env(lib: &Path, file: &Path) -> Vec<(String, String)> {
+    vec![
+        ("LD_PRELOAD".into(), lib.display().to_string()),
+        ("FAKETIME_TIMESTAMP_FILE".into(), file.display().to_string()),
+        ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ]
+}
+
+/// One process (`meshd`, or another program such as `etcd`), restartable with the same
+/// arguments, killed on drop.
 pub struct Proc {
     name: String,
+    /// The program (None: the `meshd` binary).
+    program: Option<PathBuf>,
     args: Vec<String>,
     namespace: Option<String>,
+    env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
     /// Its HTTP base URL.
@@ -123,25 +175,39 @@ impl Proc {
         name: &str,
         args: Vec<String>,
         namespace: Option<String>,
+        env: Vec<(String, String)>,
         log: PathBuf,
         url: String,
     ) -> Proc {
         Proc {
             name: name.to_string(),
+            program: None,
             args,
             namespace,
+            env,
             log,
             child: None,
             url,
         }
     }
 
-    /// Starts the process and waits for its URL line.
+    /// Runs `program` instead of `meshd`; it is up once spawned (the caller checks
+    /// readiness its own way) and its stdout goes to its log.
+    fn with_program(mut self, program: PathBuf) -> Proc {
+        self.program = Some(program);
+        self
+    }
+
+    /// Starts the process and waits for its URL line (a `meshd` process), or only spawns
+    /// it (another program).
     pub fn start(&mut self) -> Result<(), ChaosError> {
         if self.child.is_some() {
             return Ok(());
         }
-        let bin = meshd_bin()?;
+        let bin = match &self.program {
+            Some(p) => p.clone(),
+            None => meshd_bin()?,
+        };
         let mut cmd = match &self.namespace {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -155,8 +221,24 @@ impl Proc {
             .append(true)
             .open(&self.log)
             .map_err(|e| ChaosError::Io(format!("opening {}: {e}", self.log.display())))?;
+        if self.program.is_some() {
+            let out = log
+                .try_clone()
+                .map_err(|e| ChaosError::Io(format!("log of {}: {e}", self.name)))?;
+            let child = cmd
+                .args(&self.args)
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(out))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .map_err(|e| ChaosError::Io(format!("spawning {}: {e}", self.name)))?;
+            self.child = Some(child);
+            return Ok(());
+        }
         let mut child = cmd
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "MESHD_LOG",
                 std::env::var("MESHD_LOG").unwrap_or_else(|_| "warn".into()),
@@ -203,6 +285,22 @@ impl Proc {
         self.child.is_some()
     }
 
+    /// Sends a signal (`STOP`, `CONT`, ...) to the running process.
+    pub fn signal(&self, sig: &str) -> Result<(), ChaosError> {
+        let Some(c) = &self.child else {
+            return Err(ChaosError::Io(format!("{} is not running", self.name)));
+        };
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &c.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            Ok(())
+        } else {
+            Err(ChaosError::Io(format!("kill -{sig} {}", self.name)))
+        }
+    }
+
     /// SIGKILL, and reap.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -242,10 +340,16 @@ impl Drop for Proc {
 
 /// One cluster's processes.
 pub struct ClusterProcs {
-    /// The runtime node (+ bridge).
-    pub node: Proc,
     /// Its proxies.
     pub proxies: Vec<Proc>,
+    /// The runtime node (+ bridge), `node-1`.
+    pub node: Proc,
+    /// More runtime nodes (`node-2`, ...; a control-plane cluster only).
+    pub more_nodes: Vec<Proc>,
+    /// Scheduler members 1..=3 (a control-plane cluster only).
+    pub schedulers: Vec<Proc>,
+    /// etcd members 1..=3 (a control-plane cluster only).
+    pub etcd: Vec<Proc>,
 }
 
 /// A running mesh. Field order matters: processes drop before emulators and namespaces.
@@ -259,10 +363,209 @@ pub struct Mesh {
     advertised: BTreeMap<String, SocketAddr>,
     links: Vec<(String, String)>,
     shape: LinkShape,
+    /// Per cluster with a faked clock: the preload library and the offset file.
+    clock_files: BTreeMap<String, (PathBuf, PathBuf)>,
+    /// The control-plane cluster, if any.
+    control: Option<ControlPlane>,
     /// Where it runs.
     pub mode: Mode,
     /// Remarks for reports (e.g. why it fell back to loopback).
     pub notes: Vec<String>,
+}
+
+/// Where the control plane of the control-plane cluster listens.
+struct ControlPlane {
+    cluster: String,
+    etcd_clients: Vec<SocketAddr>,
+    etcd_observers: Vec<SocketAddr>,
+    registry: String,
+}
+
+/// The control-plane processes of one cluster, not started.
+struct ControlPlaneProcs {
+    etcd: Vec<Proc>,
+    etcd_clients: Vec<SocketAddr>,
+    etcd_observers: Vec<SocketAddr>,
+    schedulers: Vec<Proc>,
+    nodes: Vec<Proc>,
+    registry: String,
+}
+
+/// The `etcd` binary: `$MESHD_ETCD_BIN`, else `etcd` on the PATH or `/usr/bin/etcd`.
+pub fn etcd_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MESHD_ETCD_BIN") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    std::env::var_os("PATH")
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join("etcd"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from("/usr/bin/etcd")])
+        .find(|p| p.is_file())
+}
+
+/// Three etcd members, three scheduler members and `node-2` of cluster `c` at `ip` (fixed
+/// ports in a namespace, free loopback ports otherwise).
+fn control_plane_procs(
+    c: &str,
+    ip: IpAddr,
+    ns: Option<String>,
+    env: &[(String, String)],
+    dir: &Path,
+    fixed_ports: bool,
+) -> Result<ControlPlaneProcs, ChaosError> {
+    let etcd = etcd_bin().ok_or_else(|| {
+        ChaosError::Io("etcd not found (apt-get install etcd-server, or MESHD_ETCD_BIN)".into())
+    })?;
+    let port = |fixed: u16| -> Result<u16, ChaosError> {
+        if fixed_ports {
+            Ok(fixed)
+        } else {
+            free_tcp_port()
+        }
+    };
+    let mut clients = Vec::new();
+    let mut observers = Vec::new();
+    let mut peers = Vec::new();
+    for k in 0..3u16 {
+        clients.push(SocketAddr::new(ip, port(23790 + k)?));
+        observers.push(SocketAddr::new(ip, port(23795 + k)?));
+        peers.push(SocketAddr::new(ip, port(23800 + k)?));
+    }
+    let initial = peers
+        .iter()
+        .enumerate()
+        .map(|(k, p)| format!("etcd-{}=http://{p}", k + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut etcd_procs = Vec::new();
+    for k in 0..3 {
+        let name = format!("etcd-{}", k + 1);
+        let data = dir.join(format!("{c}-{name}"));
+        let args = vec![
+            format!("--name={name}"),
+            format!("--data-dir={}", path_str(&data)?),
+            // A second client listener for the test's own look-ups (its JSON gateway
+            // dials this same port), left open when the clients' port is cut.
+            format!(
+                "--listen-client-urls=http://{},http://{}",
+                clients[k], observers[k]
+            ),
+            format!("--advertise-client-urls=http://{}", clients[k]),
+            format!("--listen-peer-urls=http://{}", peers[k]),
+            format!("--initial-advertise-peer-urls=http://{}", peers[k]),
+            format!("--initial-cluster={initial}"),
+            "--initial-cluster-state=new".into(),
+            "--initial-cluster-token=meshd-chaos".into(),
+            // Short raft timers: fast elections, lease minimum below 1 s.
+            "--heartbeat-interval=50".into(),
+            "--election-timeout=500".into(),
+        ];
+        etcd_procs.push(
+            Proc::new(
+                &format!("{c}/{name}"),
+                args,
+                ns.clone(),
+                Vec::new(),
+                dir.join(format!("{c}-{name}.log")),
+                format!("http://{}", observers[k]),
+            )
+            .with_program(etcd.clone()),
+        );
+    }
+    let registry = format!(
+        "etcd://{}",
+        clients
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut sched_addrs = Vec::new();
+    for k in 0..3u16 {
+        sched_addrs.push(SocketAddr::new(ip, port(7810 + k)?));
+    }
+    let peer_arg = sched_addrs
+        .iter()
+        .enumerate()
+        .map(|(k, a)| format!("{}={a}", k + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut schedulers = Vec::new();
+    for (k, addr) in sched_addrs.iter().enumerate() {
+        let id = (k + 1).to_string();
+        let data = dir.join(format!("{c}-sched-{id}"));
+        let args: Vec<String> = [
+            "scheduler",
+            "--id",
+            &id,
+            "--listen",
+            &addr.to_string(),
+            "--peers",
+            &peer_arg,
+            "--cluster",
+            c,
+            "--registry",
+            &registry,
+            "--heartbeat-ms",
+            "50",
+            "--election-timeout-ms",
+            "300",
+            "--data-dir",
+            path_str(&data)?,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        schedulers.push(Proc::new(
+            &format!("{c}/sched-{id}"),
+            args,
+            ns.clone(),
+            env.to_vec(),
+            dir.join(format!("{c}-sched-{id}.log")),
+            format!("http://{addr}"),
+        ));
+    }
+    let http2 = SocketAddr::new(ip, port(7701)?);
+    let data = dir.join(format!("data-{c}-node-2"));
+    let args: Vec<String> = [
+        "node",
+        "--listen",
+        &http2.to_string(),
+        "--data-dir",
+        path_str(&data)?,
+        "--cluster",
+        c,
+        "--node-id",
+        "node-2",
+        "--registry",
+        &registry,
+        "--lease-ttl",
+        "2s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let nodes = vec![Proc::new(
+        &format!("{c}/node-2"),
+        args,
+        ns,
+        env.to_vec(),
+        dir.join(format!("{c}-node-2.log")),
+        format!("http://{http2}"),
+    )];
+    Ok(ControlPlaneProcs {
+        etcd: etcd_procs,
+        etcd_clients: clients,
+        etcd_observers: observers,
+        schedulers,
+        nodes,
+        registry,
+    })
 }
 
 fn free_tcp_port() -> Result<u16, ChaosError> {
@@ -293,6 +596,15 @@ fn meshd_cli(args: &[&str]) -> Result<(), ChaosError> {
             String::from_utf8_lossy(&out.stderr).trim()
         )))
     }
+}
+
+/// Writes a libfaketime offset (`+2h`) to `file` atomically (write, then rename), so a
+/// process re-reading it never sees it half written.
+fn write_clock(file: &Path, offset: &str) -> Result<(), ChaosError> {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, format!("{offset}\n"))
+        .and_then(|()| std::fs::rename(&tmp, file))
+        .map_err(|e| ChaosError::Io(format!("writing {}: {e}", file.display())))
 }
 
 fn path_str(p: &Path) -> Result<&str, ChaosError> {
@@ -416,8 +728,25 @@ impl Mesh {
         }
         std::fs::write(&topology, t).map_err(|e| ChaosError::Io(format!("topology: {e}")))?;
 
+        // Faked clocks: one offset file per cluster, read by libfaketime in its processes.
+        let mut clock_files = BTreeMap::new();
+        let mut envs: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        if !opts.faked_clocks.is_empty() {
+            let lib = libfaketime().ok_or(ChaosError::NoFaketime)?;
+            for (c, offset) in &opts.faked_clocks {
+                if !index.contains_key(c) {
+                    return Err(ChaosError::NoCluster(c.clone()));
+                }
+                let file = dir.path().join(format!("clock-{c}"));
+                write_clock(&file, offset)?;
+                envs.insert(c.clone(), faketime_env(&lib, &file));
+                clock_files.insert(c.clone(), (lib.clone(), file));
+            }
+        }
+
         let mut clusters = BTreeMap::new();
         for (i, c) in opts.clusters.iter().enumerate() {
+            let env = envs.get(c).cloned().unwrap_or_default();
             let ns = lab
                 .as_ref()
                 .and_then(|l| l.namespace(i))
@@ -447,6 +776,7 @@ impl Mesh {
                 &format!("{c}/node-1"),
                 node_args,
                 ns.clone(),
+                env.clone(),
                 dir.path().join(format!("{c}-node-1.log")),
                 format!("http://{}", http[c]),
             );
@@ -473,11 +803,62 @@ impl Mesh {
                     &format!("{c}/proxy-{}", k + 1),
                     args,
                     ns.clone(),
+                    env.clone(),
                     dir.path().join(format!("{c}-proxy-{}.log", k + 1)),
                     format!("http://{addr}"),
                 ));
             }
-            clusters.insert(c.clone(), ClusterProcs { node, proxies });
+            clusters.insert(
+                c.clone(),
+                ClusterProcs {
+                    proxies,
+                    node,
+                    more_nodes: Vec::new(),
+                    schedulers: Vec::new(),
+                    etcd: Vec::new(),
+                },
+            );
+        }
+        let mut control = None;
+        if let Some(c) = &opts.control_plane {
+            let i = *index
+                .get(c)
+                .ok_or_else(|| ChaosError::NoCluster(c.clone()))?;
+            let ip = match &lab {
+                Some(l) => IpAddr::V4(l.ip(i)),
+                None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            };
+            let ns = lab
+                .as_ref()
+                .and_then(|l| l.namespace(i))
+                .map(str::to_string);
+            let env = envs.get(c).cloned().unwrap_or_default();
+            let cp = control_plane_procs(c, ip, ns, &env, dir.path(), lab.is_some())?;
+            let procs = clusters
+                .get_mut(c)
+                .ok_or_else(|| ChaosError::NoCluster(c.clone()))?;
+            // node-1 joins the cluster through etcd; the proxies find nodes there.
+            procs.node.args.extend([
+                "--registry".to_string(),
+                cp.registry.clone(),
+                "--lease-ttl".to_string(),
+                "2s".to_string(),
+            ]);
+            for p in &mut procs.proxies {
+                if let Some(k) = p.args.iter().position(|a| a == "--nodes") {
+                    p.args[k] = "--registry".into();
+                    p.args[k + 1] = cp.registry.clone();
+                }
+            }
+            procs.more_nodes = cp.nodes;
+            procs.schedulers = cp.schedulers;
+            procs.etcd = cp.etcd;
+            control = Some(ControlPlane {
+                cluster: c.clone(),
+                etcd_clients: cp.etcd_clients,
+                etcd_observers: cp.etcd_observers,
+                registry: cp.registry,
+            });
         }
         let dir_path = dir.path().to_path_buf();
         let mut mesh = Mesh {
@@ -490,12 +871,26 @@ impl Mesh {
             advertised,
             links: opts.links.clone(),
             shape: opts.shape,
+            clock_files,
+            control,
             mode,
             notes,
         };
         let names: Vec<String> = mesh.clusters.keys().cloned().collect();
         for c in &names {
-            let mut started = mesh.start_node(c).await;
+            let mut started = Ok(());
+            if mesh.control_plane() == Some(c.as_str()) {
+                started = mesh.start_control_plane(c).await;
+            }
+            if started.is_ok() {
+                started = mesh.start_node(c).await;
+            }
+            let more = mesh.clusters.get(c).map_or(0, |p| p.more_nodes.len());
+            for k in 0..more {
+                if started.is_ok() {
+                    started = mesh.start_more_node(c, k).await;
+                }
+            }
             for k in 0..opts.proxies {
                 if started.is_ok() {
                     started = mesh.start_proxy(c, k).await;
@@ -683,6 +1078,252 @@ impl Mesh {
             }
         }
         Ok(())
+    }
+
+    /// The control-plane cluster ([`MeshOptions::control_plane`]), if any.
+    pub fn control_plane(&self) -> Option<&str> {
+        self.control.as_ref().map(|c| c.cluster.as_str())
+    }
+
+    fn cp(&self, c: &str) -> Result<&ControlPlane, ChaosError> {
+        self.control
+            .as_ref()
+            .filter(|cp| cp.cluster == c)
+            .ok_or_else(|| ChaosError::NoCluster(format!("{c} (not the control-plane cluster)")))
+    }
+
+    /// The `--registry` argument of the control-plane cluster `c` (`etcd://a,b,c`).
+    pub fn registry(&self, c: &str) -> Result<String, ChaosError> {
+        Ok(self.cp(c)?.registry.clone())
+    }
+
+    /// The etcd client URLs the cluster's processes use (member k at index k).
+    pub fn etcd_urls(&self, c: &str) -> Result<Vec<String>, ChaosError> {
+        Ok(self
+            .cp(c)?
+            .etcd_clients
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect())
+    }
+
+    /// Second client URLs of the same etcd members, for the test's own look-ups: left
+    /// open by [`Mesh::etcd_unreachable`] (member k at index k).
+    pub fn etcd_observer_urls(&self, c: &str) -> Result<Vec<String>, ChaosError> {
+        Ok(self
+            .cp(c)?
+            .etcd_observers
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect())
+    }
+
+    /// Every runtime node of `c`: (node id, URL), `node-1` first.
+    pub fn node_urls(&self, c: &str) -> Vec<(String, String)> {
+        let Some(p) = self.clusters.get(c) else {
+            return Vec::new();
+        };
+        std::iter::once(&p.node)
+            .chain(p.more_nodes.iter())
+            .map(|n| {
+                let id = n.name.rsplit('/').next().unwrap_or_default().to_string();
+                (id, n.url.clone())
+            })
+            .collect()
+    }
+
+    /// The scheduler member URLs of `c` (member id k+1 at index k).
+    pub fn scheduler_urls(&self, c: &str) -> Vec<String> {
+        self.clusters
+            .get(c)
+            .map(|p| p.schedulers.iter().map(|s| s.url.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Starts etcd (waits until every member answers `/health`), then the scheduler
+    /// members (waits until one leads) of the control-plane cluster `c`.
+    async fn start_control_plane(&mut self, c: &str) -> Result<(), ChaosError> {
+        let p = self.procs(c)?;
+        for e in &mut p.etcd {
+            e.start()?;
+        }
+        for k in 0..3 {
+            self.wait_etcd(c, k).await?;
+        }
+        for k in 0..self.procs(c)?.schedulers.len() {
+            self.start_scheduler(c, k).await?;
+        }
+        let urls = self.scheduler_urls(c);
+        let client = crate::http::client()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while crate::control_plane::scheduler_leader(&client, &urls)
+            .await
+            .is_none()
+        {
+            if Instant::now() > deadline {
+                return Err(ChaosError::Timeout(format!("a scheduler leader in {c}")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    async fn wait_etcd(&self, c: &str, k: usize) -> Result<(), ChaosError> {
+        let url = self
+            .etcd_observer_urls(c)?
+            .get(k)
+            .cloned()
+            .ok_or_else(|| ChaosError::NoCluster(format!("{c}/etcd-{}", k + 1)))?;
+        let client = crate::http::client()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(v) = crate::http::get_json(&client, &format!("{url}/health")).await {
+                if v["health"] == "true" {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(ChaosError::Start {
+                    name: format!("{c}/etcd-{}", k + 1),
+                    log: self.dir_path.join(format!("{c}-etcd-{}.log", k + 1)),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts (or restarts) etcd member `k` (0-based) of `c` and waits until it answers
+    /// `/health` (it has rejoined a cluster with a leader).
+    pub async fn start_etcd(&mut self, c: &str, k: usize) -> Result<(), ChaosError> {
+        let p = self.procs(c)?;
+        let Some(e) = p.etcd.get_mut(k) else {
+            return Err(ChaosError::NoCluster(format!("{c}/etcd-{}", k + 1)));
+        };
+        e.start()?;
+        self.wait_etcd(c, k).await
+    }
+
+    /// `kill -9` of etcd member `k` (0-based) of `c`.
+    pub fn kill_etcd(&mut self, c: &str, k: usize) -> Result<(), ChaosError> {
+        if let Some(e) = self.procs(c)?.etcd.get_mut(k) {
+            e.kill9();
+        }
+        Ok(())
+    }
+
+    /// Makes etcd of the control-plane cluster `c` unreachable for its clients (nodes,
+    /// proxies, schedulers) while the members still reach each other: in a namespace an
+    /// nftables rule drops TCP to the client ports (connections hang); on loopback every
+    /// member is frozen (SIGSTOP). Undo with [`Mesh::etcd_reachable`].
+    pub fn etcd_unreachable(&self, c: &str) -> Result<(), ChaosError> {
+        let cp = self.cp(c)?;
+        match &self.lab {
+            Some(lab) => {
+                let ports: Vec<u16> = cp.etcd_clients.iter().map(|a| a.port()).collect();
+                lab.drop_tcp_to(self.idx(c)?, &ports)?;
+            }
+            None => {
+                for e in &self.clusters[c].etcd {
+                    e.signal("STOP")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes [`Mesh::etcd_unreachable`].
+    pub fn etcd_reachable(&self, c: &str) -> Result<(), ChaosError> {
+        self.cp(c)?;
+        match &self.lab {
+            Some(lab) => lab.clear_rules(self.idx(c)?)?,
+            None => {
+                for e in &self.clusters[c].etcd {
+                    e.signal("CONT")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts (or restarts) scheduler member `k` (0-based; Raft id k+1) of `c` and waits
+    /// until it answers `/healthz`.
+    pub async fn start_scheduler(&mut self, c: &str, k: usize) -> Result<(), ChaosError> {
+        let p = self.procs(c)?;
+        let Some(s) = p.schedulers.get_mut(k) else {
+            return Err(ChaosError::NoCluster(format!("{c}/sched-{}", k + 1)));
+        };
+        tokio::task::block_in_place(|| s.start())?;
+        let url = s.url.clone();
+        let client = crate::http::client()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(client.get(format!("{url}/healthz")).send().await, Ok(r) if r.status().is_success())
+        {
+            if Instant::now() > deadline {
+                return Err(ChaosError::Timeout(format!("{url}/healthz")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// `kill -9` of scheduler member `k` (0-based) of `c`.
+    pub fn kill_scheduler(&mut self, c: &str, k: usize) -> Result<(), ChaosError> {
+        if let Some(s) = self.procs(c)?.schedulers.get_mut(k) {
+            s.kill9();
+        }
+        Ok(())
+    }
+
+    /// Starts (or restarts) extra node `k` (`node-(k+2)`) of `c` and waits for `/readyz`.
+    pub async fn start_more_node(&mut self, c: &str, k: usize) -> Result<(), ChaosError> {
+        let p = self.procs(c)?;
+        let Some(n) = p.more_nodes.get_mut(k) else {
+            return Err(ChaosError::NoCluster(format!("{c}/node-{}", k + 2)));
+        };
+        tokio::task::block_in_place(|| n.start())?;
+        let url = n.url.clone();
+        crate::http::wait_ready(&url, Duration::from_secs(30)).await
+    }
+
+    /// Steps the faked wall clock of every process of `c` to `offset` from the real clock
+    /// (libfaketime syntax: `+2h`, `-3m`, `+1d`); the processes see it within about a
+    /// second (they re-read the file every second). Only for clusters started with
+    /// [`MeshOptions::faked_clocks`].
+    pub fn set_clock(&self, c: &str, offset: &str) -> Result<(), ChaosError> {
+        let (_, file) = self
+            .clock_files
+            .get(c)
+            .ok_or_else(|| ChaosError::NoCluster(format!("{c} (no faked clock)")))?;
+        write_clock(file, offset)
+    }
+
+    /// The wall clock (Unix seconds) a process of cluster `c` sees now: `date +%s` run in
+    /// its namespace with its clock environment (faked or not).
+    pub fn clock_of(&self, c: &str) -> Result<i64, ChaosError> {
+        let i = self.idx(c)?;
+        let ns = self.lab.as_ref().and_then(|l| l.namespace(i));
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, "date", "+%s"]);
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new("date");
+                cmd.arg("+%s");
+                cmd
+            }
+        };
+        if let Some((lib, file)) = self.clock_files.get(c) {
+            cmd.envs(faketime_env(lib, file));
+        }
+        let out = cmd
+            .output()
+            .map_err(|e| ChaosError::Io(format!("date in {c}: {e}")))?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|e| ChaosError::Io(format!("date in {c}: {e}")))
     }
 
     /// The tail of a process log (for failure messages).

@@ -255,6 +255,26 @@ impl NetLab {
         Ok(())
     }
 
+    /// In cluster `i`'s namespace, drops every TCP segment sent to one of `ports` (of any
+    /// address: the namespace's own included) — a server there unreachable for its
+    /// clients, with connections left open and hanging, as in a partition.
+    pub fn drop_tcp_to(&self, i: usize, ports: &[u16]) -> Result<(), NetError> {
+        let Some(ns) = self.namespace(i) else {
+            return Err(NetError::Command {
+                command: format!("drop_tcp_to({i})"),
+                stderr: "no such namespace".into(),
+            });
+        };
+        let set = ports
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rules = format!("add rule inet meshd_chaos out tcp dport {{ {set} }} drop\n");
+        run_input(&["ip", "netns", "exec", ns, "nft", "-f", "-"], Some(&rules))?;
+        Ok(())
+    }
+
     /// Removes every fault rule in cluster `i`'s namespace.
     pub fn clear_rules(&self, i: usize) -> Result<(), NetError> {
         let Some(ns) = self.namespace(i) else {

@@ -244,3 +244,169 @@ async fn wait_link(
     }
     None
 }
+
+/// Parses an HTTP `Date` header (IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`) into Unix
+/// seconds; None for anything else.
+pub fn parse_http_date(v: &str) -> Option<i64> {
+    let mut it = v.split_whitespace();
+    let _weekday = it.next()?;
+    let day: i64 = it.next()?.parse().ok()?;
+    let month = match it.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = it.next()?.parse().ok()?;
+    let mut hms = it.next()?.split(':').map(|x| x.parse::<i64>().ok());
+    let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
+    if it.next()? != "GMT" || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + m * 60 + s)
+}
+
+/// Unix seconds of the real clock of the test process.
+pub fn real_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// How far ahead of the test process's clock (seconds; negative: behind) the `Date` header
+/// of `base/readyz` is: the wall clock the process serving `base` reads.
+pub async fn date_skew(c: &reqwest::Client, base: &str) -> Result<i64, ChaosError> {
+    let r = c
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map_err(|e| ChaosError::Http(format!("GET {base}/readyz: {e}")))?;
+    let now = real_now();
+    let date = r
+        .headers()
+        .get("date")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_http_date)
+        .ok_or_else(|| ChaosError::Http(format!("{base}/readyz: no valid Date header")))?;
+    Ok(date - now)
+}
+
+/// What a [`LinkWatch`] saw of one link (`a`'s view of its link to `b`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LinkSeen {
+    /// Samples taken.
+    pub samples: u64,
+    /// Samples that found the link not connected.
+    pub not_connected: u64,
+    /// Largest `lag_seconds` reported.
+    pub max_lag_seconds: f64,
+    /// Smallest `lag_seconds` reported (negative would be nonsense).
+    pub min_lag_seconds: f64,
+    /// Largest `lag_events` reported.
+    pub max_lag_events: u64,
+}
+
+/// Samples `/v1/mesh` of every cluster every 100 ms in the background and keeps, per link,
+/// the extremes of its reported lag and how often it was not connected.
+pub struct LinkWatch {
+    seen: Arc<Mutex<std::collections::BTreeMap<String, LinkSeen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LinkWatch {
+    /// Starts sampling every link of every cluster of `mesh`.
+    pub fn start(mesh: &Mesh) -> Result<LinkWatch, ChaosError> {
+        let c = http::client()?;
+        let mut nodes = Vec::new();
+        for name in mesh.cluster_names() {
+            nodes.push((name.clone(), mesh.node_url(&name)?));
+        }
+        let seen: Arc<Mutex<std::collections::BTreeMap<String, LinkSeen>>> = Arc::default();
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                for (name, url) in &nodes {
+                    let Ok(m) = http::mesh(&c, url).await else {
+                        continue;
+                    };
+                    let Some(links) = m["links"].as_array() else {
+                        continue;
+                    };
+                    let mut seen = s.lock().unwrap_or_else(|p| p.into_inner());
+                    for l in links {
+                        let peer = l["peer"].as_str().unwrap_or("?");
+                        let e = seen.entry(format!("{name}->{peer}")).or_insert(LinkSeen {
+                            min_lag_seconds: f64::MAX,
+                            ..LinkSeen::default()
+                        });
+                        e.samples += 1;
+                        if l["state"] != "connected" {
+                            e.not_connected += 1;
+                        }
+                        let lag = l["lag_seconds"].as_f64().unwrap_or(0.0);
+                        e.max_lag_seconds = e.max_lag_seconds.max(lag);
+                        e.min_lag_seconds = e.min_lag_seconds.min(lag);
+                        e.max_lag_events =
+                            e.max_lag_events.max(l["lag_events"].as_u64().unwrap_or(0));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Ok(LinkWatch { seen, task })
+    }
+
+    /// What was seen so far, per link (`a->b`).
+    pub fn seen(&self) -> std::collections::BTreeMap<String, LinkSeen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What was seen since the start or the last `take`, and starts over (phases).
+    pub fn take(&self) -> std::collections::BTreeMap<String, LinkSeen> {
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl Drop for LinkWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates_parse_to_unix_seconds() {
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            parse_http_date("Mon, 23 Nov 2026 19:24:41 GMT"),
+            Some(1_795_461_881)
+        );
+        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 UTC"), None);
+        assert_eq!(parse_http_date("yesterday"), None);
+    }
+}
