@@ -5,7 +5,8 @@
 //! userspace UDP link emulator for delay/jitter/loss/cuts ([`emu`]); the canary workload
 //! ([`canary`]) and the checker that counts lost, duplicated and reordered events by
 //! sequence number ([`checker`]); scenario plumbing ([`scenario`]); and the drills an
-//! operator runs against a live mesh through its admin APIs ([`drill`]).
+//! operator runs against a live mesh through its admin APIs ([`drill`], [`cluster_drill`],
+//! [`evacuate`] with its subscriber hand-off [`handoff`]).
 //!
 //! Must not touch: any crate's internals; it drives the `meshd` binary from outside.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod cluster_drill;
 pub mod drill;
 pub mod emu;
 pub mod evacuate;
+pub mod handoff;
 pub mod http;
 pub mod mesh;
 pub mod net;
