@@ -124,6 +124,9 @@ pub struct HandOff {
     /// delivers them after the undrain).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stand_in_dead_lettered: Option<u64>,
+    /// Why the stand-in's counters are missing, when they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats_note: Option<String>,
     /// The stand-in was deleted on restore.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stand_in_deleted: Option<bool>,
@@ -432,7 +435,7 @@ pub async fn wait_interest(
                         .any(|e| {
                             e["dest"] == dest
                                 && e["topic"] == h.topic.as_str()
-                                && e["filter"] == h.spec["filter"]
+                                && same_filter(&e["filter"], &h.spec["filter"])
                         })
                 });
                 if known {
@@ -446,6 +449,15 @@ pub async fn wait_interest(
         }
     }
     true
+}
+
+/// Whether an interest entry's filter (`/v1/mesh` shows it as a JSON string, or null) is
+/// the subscription's filter (a JSON object, or absent).
+fn same_filter(announced: &Value, spec: &Value) -> bool {
+    match announced {
+        Value::String(s) => serde_json::from_str::<Value>(s).is_ok_and(|v| v == *spec),
+        other => other == spec,
+    }
 }
 
 /// Sum of the Prometheus samples of `metric` with label `subscription="{sub}"` (None when
@@ -472,10 +484,26 @@ pub async fn read_stats(c: &reqwest::Client, h: &mut HandOff) {
     let Some(name) = h.stand_in.clone().filter(|_| h.attempted) else {
         return;
     };
-    let Ok(r) = c.get(format!("{}/metrics", h.peer_url)).send().await else {
-        return;
+    // In a cluster, the stand-in's consumer group runs on the node placement names; the
+    // drill only knows one node URL per cluster.
+    if let Ok(status) = http::get_json(c, &format!("{}/v1/cluster", h.peer_url)).await {
+        if let Some(owned) = status["owned_groups"].as_array() {
+            if !owned.iter().any(|g| *g == h.spec["group"]) {
+                h.stats_note = Some(format!(
+                    "the stand-in's group runs on another node of {} than {} (its counters are not observable from the drill's URL)",
+                    h.stand_in_cluster.as_deref().unwrap_or("?"),
+                    h.peer_url
+                ));
+                return;
+            }
+        }
+    }
+    let text = match c.get(format!("{}/metrics", h.peer_url)).send().await {
+        Ok(r) => r.text().await.ok(),
+        Err(_) => None,
     };
-    let Ok(text) = r.text().await else {
+    let Some(text) = text else {
+        h.stats_note = Some(format!("{}/metrics did not answer", h.peer_url));
         return;
     };
     h.delivered_by_stand_in =
@@ -580,6 +608,18 @@ mod tests {
         assert!(!replicate_to_allows(&json!({"replicate_to": ["b"]}), "a"));
         assert_eq!(StandInStart::parse("latest"), Ok(StandInStart::Latest));
         assert!(StandInStart::parse("now").is_err());
+    }
+
+    #[test]
+    fn announced_filters_compare_with_the_spec() {
+        let spec = json!({"exact": {"type": "created"}});
+        assert!(same_filter(
+            &json!("{\"exact\":{\"type\":\"created\"}}"),
+            &spec
+        ));
+        assert!(!same_filter(&json!("{\"exact\":{\"type\":\"x\"}}"), &spec));
+        assert!(same_filter(&Value::Null, &Value::Null));
+        assert!(!same_filter(&Value::Null, &spec));
     }
 
     #[test]

@@ -604,6 +604,7 @@ async fn evacuate_hands_webhook_subscribers_off_to_stand_ins_and_deletes_them() 
         &c,
         &b,
         &json!({"name": "app-hook", "topic": "meshd-canary",
+                "filter": {"prefix": {"type": "meshd."}},
                 "sink": {"webhook": {"url": app.url, "timeout_ms": 2000}},
                 "delivery": {"initial_backoff_ms": 50, "max_backoff_ms": 1000}}),
     )
@@ -699,6 +700,12 @@ async fn evacuate_hands_webhook_subscribers_off_to_stand_ins_and_deletes_them() 
     assert_eq!(hook["stand_in"], "evac.b.app-hook", "{report}");
     assert_eq!(hook["start"], "earliest", "{report}");
     assert_eq!(hook["stand_in_deleted"], true, "{report}");
+    // Every other cluster learned the stand-in's interest (topic and filter) before the
+    // drain.
+    assert!(
+        !report.notes.iter().any(|n| n.contains("interest")),
+        "{report}"
+    );
     assert!(
         hook["delivered_by_stand_in"].as_u64().unwrap() > 0,
         "{report}"
