@@ -87,6 +87,11 @@ struct Target {
     drain_answer: serde_json::Value,
     /// `readyz` status seen at the end of the hold (503 while drained).
     readyz_in_hold: Option<u16>,
+    /// A node's `GET /v1/cluster` `drain` at the end of the hold (`drained`: a cluster
+    /// member that stopped delivering; `draining` on a standalone node, which keeps
+    /// delivering); None for a proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drain_state_in_hold: Option<String>,
     /// `readyz` status after the undrain.
     readyz_after: Option<u16>,
 }
@@ -337,8 +342,13 @@ pub async fn evacuate(
                 }
                 for t in &targets {
                     let s = readyz(&c, t).await;
+                    let state = http::get_json(&c, &format!("{t}/v1/cluster"))
+                        .await
+                        .ok()
+                        .and_then(|v| v["drain"].as_str().map(str::to_string));
                     if let Some(rt) = report_targets.get_mut(t) {
                         rt.readyz_in_hold = s;
+                        rt.drain_state_in_hold = state;
                     }
                 }
                 return Ok::<(), ChaosError>(());
@@ -481,10 +491,19 @@ pub async fn evacuate(
         json!(again.map(|v| v.as_millis() as u64)),
     );
     let stand_ins = hand_offs.iter().filter(|h| h.handed_off).count();
+    let x_stopped = report_targets
+        .values()
+        .any(|t| t.drain_state_in_hold.as_deref() == Some("drained"));
     if in_hold.1 > 0 {
         notes.push(format!(
-            "{x}'s subscribers got {} deliveries while it was drained ({} of canaries published after the drain began); {stand_ins} stand-in(s) in other clusters served them, and a drained node without a cluster member also keeps delivering (it only refuses publishes)",
-            in_hold.1, new_in_hold
+            "{x}'s subscribers got {} deliveries while it was drained ({} of canaries published after the drain began) from {stand_ins} stand-in(s) in other clusters{}",
+            in_hold.1,
+            new_in_hold,
+            if x_stopped {
+                format!("; {x}'s node had stopped delivering (drain state `drained`)")
+            } else {
+                format!("; {x}'s node was not `drained` at the end of the hold (a node without a cluster member only refuses publishes and keeps delivering; a cluster member delivers what it had stored first, up to 30 s)")
+            }
         ));
     }
     if detection.is_none() {
