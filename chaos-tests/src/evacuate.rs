@@ -29,7 +29,9 @@
 //! subscriber served during the drain (`x_new_canaries_delivered_while_drained`: distinct
 //! canaries published after the drain began that X's subscriber received during the hold).
 //! A drained standalone node (no cluster member) only refuses publishes and keeps
-//! delivering; a node in a cluster also stops delivery, and then only stand-ins deliver.
+//! delivering; a node in a cluster also stops delivery once what it had stored when the
+//! drain began is delivered (`drain_state_in_hold: drained`), and then only stand-ins
+//! deliver.
 
 use std::collections::BTreeMap;
 use std::future::Future;

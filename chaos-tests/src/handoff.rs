@@ -292,6 +292,8 @@ pub async fn plan(
         };
         let why_not = if name.starts_with(STAND_IN_PREFIX) {
             Some("a stand-in itself (of an earlier evacuate drill?)".to_string())
+        } else if h.sink == "pull" && name == format!("meshd-drill-{run}") {
+            Some("the drill's own canary subscriber, a pull subscription (give --canary-webhook IP to make it a webhook, handed off like the others)".to_string())
         } else if h.sink == "pull" {
             Some(format!(
                 "pull subscription: its consumers pull from {x}'s URL, so a stand-in elsewhere would have no consumer; its events wait in {x} until it is back"
