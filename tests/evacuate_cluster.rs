@@ -9,6 +9,8 @@
 //!   application received while b was `drained` came from a's node (`meshd-node`), and
 //!   canaries published after the drain began reached b's canary subscriber during the
 //!   hold;
+//! - a webhook subscription whose topic the replication policy keeps in b gets no
+//!   stand-in, and the report says why (the policy as `GET /v1/mesh` shows it);
 //! - nothing acknowledged is lost and first deliveries keep their order per key, for the
 //!   drill's canaries and for the application (duplicates: what the stand-in delivered,
 //!   again from b after the undrain);
@@ -97,6 +99,10 @@ fn contiguous(hits: &[Hit]) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn evacuating_a_cluster_member_hands_its_webhook_subscribers_to_the_other_cluster() {
     let files = MeshFiles::new(&["a", "b"], &[("a", "b", 1)], &[]);
+    // Topics `private.*` stay in b: a subscription of one gets no stand-in.
+    let mut topology = std::fs::read_to_string(&files.topology).unwrap();
+    topology.push_str("\n[[policy]]\ntopics = \"private.*\"\nclusters = [\"b\"]\n");
+    std::fs::write(&files.topology, topology).unwrap();
     let etcd = EtcdServer::start().await.expect("etcd");
     let dir = files.dir.path().to_path_buf();
     let (_schedulers, scheduler_urls) = scheduler_group(&dir, &etcd, "b", 1);
@@ -139,6 +145,30 @@ async fn evacuating_a_cluster_member_hands_its_webhook_subscribers_to_the_other_
     )
     .await;
     assert!(s == 201 || s == 200, "{s} {body}");
+    common::create_topic(&c, &b.url, "private.audit", json!({})).await;
+    let (s, body) = common::subscribe(
+        &c,
+        &b.url,
+        json!({"name": "private-hook", "topic": "private.audit",
+               "sink": {"webhook": {"url": app.url}}}),
+    )
+    .await;
+    assert!(s == 201 || s == 200, "{s} {body}");
+    assert!(
+        until(Duration::from_secs(20), || async {
+            let m: Value = c
+                .get(format!("{}/v1/mesh", a.url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            m["policies"] == json!([{"topics": "private.*", "clusters": ["b"]}])
+        })
+        .await,
+        "a's /v1/mesh shows the policy"
+    );
     assert!(
         until(Duration::from_secs(20), || async {
             cluster_status(&c, &b.url).await["owned_groups"]
@@ -218,7 +248,18 @@ async fn evacuating_a_cluster_member_hands_its_webhook_subscribers_to_the_other_
         "{report}"
     );
     let subs = report.facts["x_subscriptions"].as_array().unwrap();
-    assert_eq!(subs.len(), 2, "{report}");
+    assert_eq!(subs.len(), 3, "{report}");
+    let (private, subs): (Vec<&Value>, Vec<&Value>) = subs
+        .iter()
+        .partition(|s| s["subscription"] == "private-hook");
+    assert_eq!(private[0]["handed_off"], false, "{report}");
+    assert!(
+        private[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("replication policy keeps private.audit from a"),
+        "{report}"
+    );
     for s in subs {
         assert_eq!(s["handed_off"], true, "{report}");
         assert_eq!(s["stand_in_cluster"], "a", "{report}");
