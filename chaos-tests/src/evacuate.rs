@@ -291,6 +291,10 @@ pub async fn evacuate(
                 ));
             }
         }
+        for h in hand_offs.iter_mut().filter(|h| h.handed_off) {
+            handoff::read_stats(&c, h).await;
+            h.delivered_before_drain = h.delivered_by_stand_in.take();
+        }
         injected = Instant::now();
         {
             let ch = canary::lock(&canaries.checker);
@@ -466,13 +470,14 @@ pub async fn evacuate(
     f.insert("x_not_handed_off".into(), json!(not_handed));
     for h in hand_offs.iter().filter(|h| h.handed_off) {
         notes.push(format!(
-            "handed off {} (topic {}) to {} as {} (start {}): {} delivered by the stand-in, {} retried, {} dead-lettered; stand-in deleted: {}",
+            "handed off {} (topic {}) to {} as {} (start {}): {} delivered by the stand-in ({} of them before the drain), {} retried, {} dead-lettered; stand-in deleted: {}",
             h.subscription,
             h.topic,
             h.stand_in_cluster.as_deref().unwrap_or("?"),
             h.stand_in.as_deref().unwrap_or("?"),
             h.start.as_deref().unwrap_or("?"),
             opt(h.delivered_by_stand_in),
+            opt(h.delivered_before_drain),
             opt(h.stand_in_retries),
             opt(h.stand_in_dead_lettered),
             h.stand_in_deleted.map_or("n/a", |d| if d { "yes" } else { "NO" }),

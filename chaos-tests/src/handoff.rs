@@ -117,6 +117,10 @@ pub struct HandOff {
     /// observable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivered_by_stand_in: Option<u64>,
+    /// Of those, delivered before X was drained (between the stand-in's creation and the
+    /// first drain call: the replay from `earliest` starts there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_before_drain: Option<u64>,
     /// Failed push attempts of the stand-in (retried).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stand_in_retries: Option<u64>,

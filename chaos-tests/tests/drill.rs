@@ -707,7 +707,8 @@ async fn evacuate_hands_webhook_subscribers_off_to_stand_ins_and_deletes_them() 
         "{report}"
     );
     assert!(
-        hook["delivered_by_stand_in"].as_u64().unwrap() > 0,
+        hook["delivered_by_stand_in"].as_u64().unwrap()
+            > hook["delivered_before_drain"].as_u64().unwrap(),
         "{report}"
     );
     let pull = by_name("app-pull");
