@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use meshd_chaos::cluster_drill::{self, ClusterDrillOptions, ClusterFault};
 use meshd_chaos::drill::{self, DrillOptions};
 use meshd_chaos::evacuate::{self, EvacuateOptions};
+use meshd_chaos::handoff::{self, StandInStart};
 
 /// Options of `meshd drill`.
 #[derive(Args)]
@@ -43,7 +44,7 @@ pub struct Common {
 #[derive(Args, Clone)]
 pub struct Target {
     /// A cluster's node URL, `CLUSTER=http://host:port` (repeatable): its paused links
-    /// are resumed.
+    /// are resumed and its evacuate stand-ins (`evac.*` subscriptions) deleted.
     #[arg(long = "url", value_name = "CLUSTER=URL", value_parser = drill::parse_node, value_delimiter = ',')]
     urls: Vec<(String, String)>,
     /// A node or proxy URL to undrain (repeatable; after an evacuate drill killed with
@@ -129,7 +130,8 @@ enum DrillCommand {
         #[command(flatten)]
         common: Common,
     },
-    /// Resume every paused link on the given nodes and undrain the given nodes and proxies
+    /// Resume every paused link and delete every evacuate stand-in (`evac.*`) on the given
+    /// nodes, and undrain the given nodes and proxies
     /// (after a drill that was killed).
     Restore {
         #[command(flatten)]
@@ -188,6 +190,20 @@ enum DrillCommand {
         /// Bearer token for the proxies' admin endpoints.
         #[arg(long, env = "MESHD_TOKEN")]
         token: Option<String>,
+        /// The cluster that takes the evacuated cluster's webhook subscriptions (stand-ins
+        /// `evac.X.NAME`; default: the first linked, healthy cluster the replication
+        /// policy allows for the topic).
+        #[arg(long = "to", value_name = "CLUSTER")]
+        to: Option<String>,
+        /// Where stand-ins start: `earliest` (everything the other cluster retains of the
+        /// topic: nothing reordered, more duplicates) or `latest`.
+        #[arg(long, default_value = "earliest", value_parser = StandInStart::parse)]
+        stand_in_start: StandInStart,
+        /// Make the evacuated cluster's canary subscriber a webhook on this machine, bound
+        /// on this address (its nodes and the stand-in's cluster must reach it), so the
+        /// report shows the canaries it got from the stand-in while it was drained.
+        #[arg(long, value_name = "IP")]
+        canary_webhook: Option<std::net::IpAddr>,
         #[command(flatten)]
         common: Common,
     },
@@ -258,6 +274,14 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
                 } else {
                     println!("resumed {}", resumed.join(", "));
                 }
+                let removed = handoff::remove_stand_ins(&nodes)
+                    .await
+                    .context("drill restore (evacuate stand-ins)")?;
+                if removed.is_empty() {
+                    println!("no evacuate stand-ins");
+                } else {
+                    println!("deleted stand-ins {}", removed.join(", "));
+                }
             }
             if !target.undrain.is_empty() {
                 let done = evacuate::undrain(&target.undrain, target.token.as_deref())
@@ -286,17 +310,22 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
             proxies,
             drain,
             token,
+            to,
+            stand_in_start,
+            canary_webhook,
             common,
         } => {
             let mut d = options(&common);
             d.publish = proxies.into_iter().collect();
-            let opts = EvacuateOptions {
-                drill: d,
-                cluster: cluster.clone(),
-                drain,
-                hold,
-                token,
-            };
+            if let Some(ip) = canary_webhook {
+                d.push_canary.insert(cluster.clone(), ip);
+            }
+            let mut opts = EvacuateOptions::new(d, &cluster);
+            opts.drain = drain;
+            opts.hold = hold;
+            opts.token = token;
+            opts.to = to;
+            opts.stand_in_start = stand_in_start;
             eprintln!("drill evacuate {cluster} for {hold:?} (Ctrl-C undrains it at once)");
             let interrupt = async {
                 let _ = tokio::signal::ctrl_c().await;

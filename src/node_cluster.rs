@@ -17,8 +17,9 @@
 //!   subscription is run by the one node placement names, which fans each event out to
 //!   every member of the group.
 //! - drain (`POST /v1/admin/drain`): the node refuses publishes at once (proxies retry the
-//!   next node), keeps delivering the groups it owns until their backlog here is
-//!   committed (at most [`DRAIN_BACKLOG_WAIT`]), then stops delivery and revokes its
+//!   next node), keeps delivering the groups it owns until what was stored here for them
+//!   when the drain began is committed (at most [`DRAIN_BACKLOG_WAIT`]; events its bridge
+//!   stores afterwards wait for the next owner or the undrain), then stops delivery and revokes its
 //!   lease, so the scheduler moves its groups and the next owner starts from the
 //!   committed offsets with no overlap. Undrain registers it again.
 
@@ -216,12 +217,26 @@ impl ClusterMember {
                 DrainState::Draining => {
                     let started = Instant::now();
                     // Deliver what is stored here first: with the embedded store no other
-                    // node can (each node has its own log).
+                    // node can (each node has its own log). What was stored when the drain
+                    // began, that is: events the bridge keeps storing here afterwards wait
+                    // for the next owner or the undrain (with a steady inflow the backlog
+                    // would never reach 0 and every drain would take the whole wait).
+                    let marks = match self.node.backlog_marks().await {
+                        Ok(m) => Some(m),
+                        Err(e) => {
+                            tracing::warn!("drain: reading the backlog: {e}");
+                            None
+                        }
+                    };
                     loop {
                         if self.node.drain_state() != DrainState::Draining {
                             break;
                         }
-                        match self.node.backlog().await {
+                        let backlog = match &marks {
+                            Some(m) => self.node.backlog_before(m).await,
+                            None => self.node.backlog().await,
+                        };
+                        match backlog {
                             Ok(0) => break,
                             Ok(n) if started.elapsed() >= DRAIN_BACKLOG_WAIT => {
                                 tracing::warn!(

@@ -73,6 +73,29 @@ impl Checker {
         self.clusters.get(cluster).map_or(0, |l| l.deliveries)
     }
 
+    /// Per key, the highest acknowledged seq so far (a mark for [`Checker::delivered_after`]).
+    pub fn highest_acked(&self) -> BTreeMap<String, u64> {
+        self.acked
+            .iter()
+            .filter_map(|(k, s)| s.last().map(|v| (k.clone(), *v)))
+            .collect()
+    }
+
+    /// Distinct events `cluster`'s subscriber received that were published after `marks`
+    /// was taken: seq above the key's mark, or any seq of a key without a mark.
+    pub fn delivered_after(&self, cluster: &str, marks: &BTreeMap<String, u64>) -> u64 {
+        let Some(log) = self.clusters.get(cluster) else {
+            return 0;
+        };
+        log.seen
+            .iter()
+            .map(|(k, seen)| match marks.get(k) {
+                Some(m) => seen.range(m.saturating_add(1)..).count() as u64,
+                None => seen.len() as u64,
+            })
+            .sum()
+    }
+
     /// Number of acknowledged publishes.
     pub fn acknowledged(&self) -> u64 {
         self.acked.values().map(|s| s.len() as u64).sum()
@@ -363,6 +386,27 @@ mod tests {
         assert_eq!(r.clusters["a"].unacknowledged, 1);
         assert_eq!(r.clusters["a"].delivered, 1);
         assert!(r.ok());
+    }
+
+    #[test]
+    fn deliveries_after_a_mark_count_only_later_events() {
+        let mut c = Checker::new();
+        for s in 0..3 {
+            c.acked("k", s);
+            c.delivered("a", "k", s);
+        }
+        let marks = c.highest_acked();
+        assert_eq!(marks["k"], 2);
+        assert_eq!(c.delivered_after("a", &marks), 0);
+        for s in 3..5 {
+            c.acked("k", s);
+            c.delivered("a", "k", s);
+        }
+        c.acked("j", 0);
+        c.delivered("a", "j", 0);
+        c.delivered("a", "k", 4);
+        assert_eq!(c.delivered_after("a", &marks), 3);
+        assert_eq!(c.delivered_after("b", &marks), 0);
     }
 
     #[test]

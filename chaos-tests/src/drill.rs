@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::canary::{self, Publishers, PullRecorder, SharedChecker, TOPIC};
+use crate::canary::{self, Publishers, PullRecorder, SharedChecker, Sink, TOPIC};
 use crate::checker::{Checker, Report};
 use crate::{http, ChaosError};
 
@@ -36,6 +36,10 @@ pub struct DrillOptions {
     /// Where each cluster's canary publishers send (cluster → URL, a proxy or a node);
     /// a cluster not named here publishes to its node in `nodes`.
     pub publish: BTreeMap<String, String>,
+    /// Clusters whose canary subscriber is a webhook (push) sink bound on this local
+    /// address instead of a pull subscription (the cluster's nodes must reach it); the
+    /// `evacuate` drill hands push subscriptions off to another cluster.
+    pub push_canary: BTreeMap<String, std::net::IpAddr>,
 }
 
 impl DrillOptions {
@@ -48,6 +52,7 @@ impl DrillOptions {
             pace: Duration::from_millis(50),
             recovery_timeout: Duration::from_secs(120),
             publish: BTreeMap::new(),
+            push_canary: BTreeMap::new(),
         }
     }
 }
@@ -111,10 +116,13 @@ pub async fn health(c: &reqwest::Client, nodes: &BTreeMap<String, String>) -> Ve
 }
 
 /// The canary load of a drill against a running mesh: a pull subscription and recorder
-/// per cluster, one publisher set per cluster (keys `CLUSTER-kN`).
+/// per cluster (or a webhook subscription and sink, `DrillOptions::push_canary`), one
+/// publisher set per cluster (keys `CLUSTER-kN`).
 pub(crate) struct Canaries {
     pub(crate) checker: SharedChecker,
     pub(crate) recorders: Vec<PullRecorder>,
+    /// Webhook sinks of the push canary subscribers (kept until the canaries are done).
+    sinks: Vec<Sink>,
     /// Per cluster, in the order of `DrillOptions::nodes`.
     pub(crate) publishers: Vec<(String, Publishers)>,
     subs: Vec<(String, String)>,
@@ -129,14 +137,17 @@ pub(crate) async fn start_canaries(
     let sub = format!("meshd-drill-{run}");
     let mut subs = Vec::new();
     let mut recorders = Vec::new();
+    let mut sinks = Vec::new();
     for (name, url) in &opts.nodes {
         http::put_topic(c, url, TOPIC, 2).await?;
-        http::subscribe(
-            c,
-            url,
-            &json!({"name": sub, "topic": TOPIC, "group": sub, "mode": "CLUSTERING", "sink": {"pull": {}}}),
-        )
-        .await?;
+        let mut spec = json!({"name": sub, "topic": TOPIC, "group": sub, "mode": "CLUSTERING", "sink": {"pull": {}}});
+        if let Some(ip) = opts.push_canary.get(name) {
+            let s = Sink::start(*ip, name, run, checker.clone()).await?;
+            spec["sink"] = json!({"webhook": {"url": s.url, "timeout_ms": 2000}});
+            spec["delivery"] = json!({"initial_backoff_ms": 50, "max_backoff_ms": 1000});
+            sinks.push(s);
+        }
+        http::subscribe(c, url, &spec).await?;
         subs.push((url.clone(), sub.clone()));
         checker
             .lock()
@@ -157,6 +168,9 @@ pub(crate) async fn start_canaries(
         }
     }
     for (name, url) in &opts.nodes {
+        if opts.push_canary.contains_key(name) {
+            continue;
+        }
         recorders.push(PullRecorder::start(
             c.clone(),
             url,
@@ -188,6 +202,7 @@ pub(crate) async fn start_canaries(
     Ok(Canaries {
         checker,
         recorders,
+        sinks,
         publishers: all,
         subs,
     })
@@ -215,6 +230,7 @@ impl Canaries {
         for r in &mut self.recorders {
             r.stop().await;
         }
+        self.sinks.clear();
         let mut report = self
             .checker
             .lock()

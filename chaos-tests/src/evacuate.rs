@@ -4,14 +4,34 @@
 //! (always: also on interrupt and on error), and wait until X's subscribers have every
 //! canary acknowledged anywhere.
 //!
-//! What "served by other clusters" means here, concretely: X's *publishers* are served by
-//! another cluster (after the drain they get 503 `draining` from X and move to the next
-//! entry URL, another cluster's proxy or node), and their events reach X's subscribers
-//! through replication once X is back. X's *subscribers* keep their subscription in X: the
-//! mesh does not move a subscription to another cluster; what was published anywhere
-//! while X was drained waits (in X's store, written by X's bridge, or in the peers'
-//! outbound streams) and is delivered when X serves again. A drained standalone node
-//! (no cluster member) only refuses publishes; a node in a cluster also stops delivery.
+//! What "served by other clusters" means here, concretely:
+//! - X's *publishers* are served by another cluster: after the drain they get 503
+//!   `draining` from X and move to the next entry URL, another cluster's proxy or node.
+//! - X's *push (webhook) subscribers* are served by another cluster: before the drain the
+//!   drill reads X's subscriptions and gives each webhook subscription whose topic a
+//!   linked, healthy cluster Y may receive (the topology's replication policy, shown in
+//!   `GET /v1/mesh` as `policies`, and the topic's `replicate_to`) a stand-in in Y
+//!   (`evac.X.<name>`: same topic, mode, filter, transform, sink, delivery settings; see
+//!   [`crate::handoff`] for where it starts and why that loses nothing and reorders
+//!   nothing). The stand-in is Y's interest in the topic, so the mesh replicates the topic
+//!   to Y by itself; the drill waits until the other clusters learned that interest, then
+//!   drains X. On restore (always: also on interrupt and on error) the stand-ins are
+//!   deleted first, then X is undrained and resumes from its own committed offsets (what
+//!   the stand-ins delivered meanwhile comes again: counted duplicates).
+//! - X's *pull subscribers* are not handed off (their consumers pull from X's URL): the
+//!   report lists them under `x_subscriptions` with `handed_off: false` and the reason, and
+//!   what was published for them while X was drained waits in X's store (written by X's
+//!   bridge) or in the peers' outbound streams, and is delivered when X serves again.
+//!
+//! The drill's own canary subscriber in X is a pull subscription unless
+//! `DrillOptions::push_canary` names X (`--canary-webhook IP`): then it is a webhook on the
+//! operator's machine, handed off like any other, and the canary numbers show X's
+//! subscriber served during the drain (`x_new_canaries_delivered_while_drained`: distinct
+//! canaries published after the drain began that X's subscriber received during the hold).
+//! A drained standalone node (no cluster member) only refuses publishes and keeps
+//! delivering; a node in a cluster also stops delivery once what it had stored when the
+//! drain began is delivered (`drain_state_in_hold: drained`), and then only stand-ins
+//! deliver.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -22,6 +42,7 @@ use serde_json::json;
 use crate::canary::{self, Publishers};
 use crate::checker::Report;
 use crate::drill::{self, DrillOptions};
+use crate::handoff::{self, HandOff, StandInStart};
 use crate::{http, ChaosError};
 
 /// Settings of `evacuate`.
@@ -38,6 +59,26 @@ pub struct EvacuateOptions {
     pub hold: Duration,
     /// Bearer token for proxies' admin endpoints.
     pub token: Option<String>,
+    /// The cluster that takes X's push subscribers (default: the first linked, healthy
+    /// cluster, by name, that the replication policy allows for the topic).
+    pub to: Option<String>,
+    /// Where stand-ins start reading (see [`crate::handoff`]).
+    pub stand_in_start: StandInStart,
+}
+
+impl EvacuateOptions {
+    /// Defaults for evacuating `cluster` of the mesh `drill`.
+    pub fn new(drill: DrillOptions, cluster: &str) -> EvacuateOptions {
+        EvacuateOptions {
+            drill,
+            cluster: cluster.to_string(),
+            drain: Vec::new(),
+            hold: Duration::from_secs(30),
+            token: None,
+            to: None,
+            stand_in_start: StandInStart::default(),
+        }
+    }
 }
 
 /// A component of X drained by the drill, as the drill saw it.
@@ -48,6 +89,11 @@ struct Target {
     drain_answer: serde_json::Value,
     /// `readyz` status seen at the end of the hold (503 while drained).
     readyz_in_hold: Option<u16>,
+    /// A node's `GET /v1/cluster` `drain` at the end of the hold (`drained`: a cluster
+    /// member that stopped delivering; `draining` on a standalone node, which keeps
+    /// delivering); None for a proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drain_state_in_hold: Option<String>,
     /// `readyz` status after the undrain.
     readyz_after: Option<u16>,
 }
@@ -89,6 +135,10 @@ pub async fn undrain(urls: &[String], token: Option<&str>) -> Result<Vec<String>
         done.push(u.to_string());
     }
     Ok(done)
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "n/a".to_string(), |v| v.to_string())
 }
 
 async fn readyz(c: &reqwest::Client, url: &str) -> Option<u16> {
@@ -189,9 +239,31 @@ pub async fn evacuate(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // X's subscriptions and where each one goes (only reads: nothing to undo yet).
+    let mut hand_offs: Vec<HandOff> = match handoff::plan(
+        &c,
+        &d.nodes,
+        x,
+        &run,
+        opts.to.as_deref(),
+        opts.stand_in_start,
+    )
+    .await
+    {
+        Ok(h) => h,
+        Err(e) => {
+            let r = canaries
+                .finish(&c, "evacuate", Instant::now(), Duration::ZERO)
+                .await;
+            return Err(ChaosError::Drill(format!(
+                "reading {x}'s subscriptions: {e}; aborting without draining\n{r}"
+            )));
+        }
+    };
+
     tokio::pin!(interrupt);
     let mut interrupted = false;
-    let injected = Instant::now();
+    let mut injected = Instant::now();
     let mut detection = None;
     let mut report_targets: BTreeMap<String, Target> = BTreeMap::new();
     let mut moved: Option<Publishers> = None;
@@ -199,12 +271,37 @@ pub async fn evacuate(
         .map(|k| format!("{x}-moved-k{k}"))
         .collect();
     let token = opts.token.as_deref();
-    let (x_delivered_at_drain, acked_at_drain) = {
-        let ch = canary::lock(&canaries.checker);
-        (ch.delivered_in(x), ch.acknowledged())
-    };
+    let (mut x_delivered_at_drain, mut acked_at_drain) = (0u64, 0u64);
+    let mut marks = BTreeMap::new();
     let mut in_hold = (0u64, 0u64);
+    let mut new_in_hold = 0u64;
+    let mut interest_notes = Vec::new();
     let fault = async {
+        // Stand-ins first: X's push subscribers are served from the moment X stops.
+        for h in hand_offs.iter_mut() {
+            handoff::create(&c, h).await;
+        }
+        for h in hand_offs.iter().filter(|h| h.handed_off) {
+            if !handoff::wait_interest(&c, &d.nodes, h, Duration::from_secs(30)).await {
+                interest_notes.push(format!(
+                    "not every cluster showed {}'s interest in {} (stand-in {}) within 30 s; drained anyway (what it misses, {x} delivers after the undrain)",
+                    h.stand_in_cluster.as_deref().unwrap_or("?"),
+                    h.topic,
+                    h.stand_in.as_deref().unwrap_or("?")
+                ));
+            }
+        }
+        for h in hand_offs.iter_mut().filter(|h| h.handed_off) {
+            handoff::read_stats(&c, h).await;
+            h.delivered_before_drain = h.delivered_by_stand_in.take();
+        }
+        injected = Instant::now();
+        {
+            let ch = canary::lock(&canaries.checker);
+            x_delivered_at_drain = ch.delivered_in(x);
+            acked_at_drain = ch.acknowledged();
+            marks = ch.highest_acked();
+        }
         for t in &targets {
             let answer = admin(&c, t, "drain", token).await?;
             report_targets.insert(
@@ -247,11 +344,17 @@ pub async fn evacuate(
                         ch.acknowledged().saturating_sub(acked_at_drain),
                         ch.delivered_in(x).saturating_sub(x_delivered_at_drain),
                     );
+                    new_in_hold = ch.delivered_after(x, &marks);
                 }
                 for t in &targets {
                     let s = readyz(&c, t).await;
+                    let state = http::get_json(&c, &format!("{t}/v1/cluster"))
+                        .await
+                        .ok()
+                        .and_then(|v| v["drain"].as_str().map(str::to_string));
                     if let Some(rt) = report_targets.get_mut(t) {
                         rt.readyz_in_hold = s;
+                        rt.drain_state_in_hold = state;
                     }
                 }
                 return Ok::<(), ChaosError>(());
@@ -266,9 +369,15 @@ pub async fn evacuate(
             Ok(())
         }
     };
-    // Always undrain every target, whatever happened above (also ones whose drain call
-    // failed: undrain of a serving component changes nothing).
+    // Always delete the stand-ins, then undrain every target, whatever happened above
+    // (also ones whose drain call failed: undrain of a serving component changes nothing).
     let mut undrain_errors = Vec::new();
+    for h in hand_offs.iter_mut() {
+        handoff::read_stats(&c, h).await;
+        if let Some(e) = handoff::remove(&c, h).await {
+            undrain_errors.push(e);
+        }
+    }
     for t in &targets {
         if let Err(e) = admin(&c, t, "undrain", token).await {
             undrain_errors.push(e.to_string());
@@ -340,6 +449,44 @@ pub async fn evacuate(
     f.insert("x_clients_moved_to".into(), json!(fallback));
     f.insert("acked_while_drained".into(), json!(in_hold.0));
     f.insert("x_deliveries_while_drained".into(), json!(in_hold.1));
+    f.insert(
+        "x_new_canaries_delivered_while_drained".into(),
+        json!(new_in_hold),
+    );
+    f.insert("x_subscriptions".into(), json!(hand_offs));
+    let not_handed: Vec<String> = hand_offs
+        .iter()
+        .filter(|h| !h.handed_off)
+        .map(|h| {
+            format!(
+                "{} ({}, topic {}): {}",
+                h.subscription,
+                h.sink,
+                h.topic,
+                h.reason.as_deref().unwrap_or("?")
+            )
+        })
+        .collect();
+    f.insert("x_not_handed_off".into(), json!(not_handed));
+    for h in hand_offs.iter().filter(|h| h.handed_off) {
+        notes.push(format!(
+            "handed off {} (topic {}) to {} as {} (start {}): {} delivered by the stand-in ({} of them before the drain), {} retried, {} dead-lettered; stand-in deleted: {}",
+            h.subscription,
+            h.topic,
+            h.stand_in_cluster.as_deref().unwrap_or("?"),
+            h.stand_in.as_deref().unwrap_or("?"),
+            h.start.as_deref().unwrap_or("?"),
+            opt(h.delivered_by_stand_in),
+            opt(h.delivered_before_drain),
+            opt(h.stand_in_retries),
+            opt(h.stand_in_dead_lettered),
+            h.stand_in_deleted.map_or("n/a", |d| if d { "yes" } else { "NO" }),
+        ));
+    }
+    for n in &not_handed {
+        notes.push(format!("NOT handed off: {n}"));
+    }
+    notes.extend(interest_notes);
     f.insert("x_moved_publishes_acked_by".into(), moved_acked);
     f.insert("x_moved_publish_refusals".into(), moved_failures);
     f.insert(
@@ -350,10 +497,20 @@ pub async fn evacuate(
         "x_delivers_again_ms".into(),
         json!(again.map(|v| v.as_millis() as u64)),
     );
+    let stand_ins = hand_offs.iter().filter(|h| h.handed_off).count();
+    let x_stopped = report_targets
+        .values()
+        .any(|t| t.drain_state_in_hold.as_deref() == Some("drained"));
     if in_hold.1 > 0 {
         notes.push(format!(
-            "{x}'s subscribers (pulling from its node URL) got {} deliveries while it was drained: a drained node without a cluster member only refuses publishes, so x_delivers_again_ms says little here",
-            in_hold.1
+            "{x}'s subscribers got {} deliveries while it was drained ({} of canaries published after the drain began) from {stand_ins} stand-in(s) in other clusters{}",
+            in_hold.1,
+            new_in_hold,
+            if x_stopped {
+                format!("; {x}'s node had stopped delivering (drain state `drained`)")
+            } else {
+                format!("; {x}'s node was not `drained` at the end of the hold (a node without a cluster member only refuses publishes and keeps delivering; a cluster member delivers what it had stored first, up to 30 s)")
+            }
         ));
     }
     if detection.is_none() {

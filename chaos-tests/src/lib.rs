@@ -6,7 +6,8 @@
 //! ([`canary`]) and the checker that counts lost, duplicated and reordered events by
 //! sequence number ([`checker`]); scenario plumbing ([`scenario`]); control-plane chaos
 //! plumbing for a cluster run as a real cluster ([`control_plane`]); and the drills an
-//! operator runs against a live mesh through its admin APIs ([`drill`]).
+//! operator runs against a live mesh through its admin APIs ([`drill`], [`cluster_drill`],
+//! [`evacuate`] with its subscriber hand-off [`handoff`]).
 //!
 //! Must not touch: any crate's internals; it drives the `meshd` binary from outside.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod control_plane;
 pub mod drill;
 pub mod emu;
 pub mod evacuate;
+pub mod handoff;
 pub mod http;
 pub mod mesh;
 pub mod net;

@@ -1,13 +1,18 @@
 //! `meshd drill` against real processes: two clusters on loopback (drills need no root),
 //! the real `meshd drill` CLI, its JSON report, its refusal on a degraded mesh, the restore
 //! on Ctrl-C, the link admin endpoints it uses, and the `evacuate` drill (a whole cluster
-//! drained through its node and proxy admin APIs, then undrained).
+//! drained through its node and proxy admin APIs, its webhook subscribers handed off to
+//! stand-ins in the other cluster, then everything restored).
 
+use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::http::{HeaderMap, StatusCode};
 use meshd_chaos::mesh::meshd_bin;
-use meshd_chaos::{http, Mesh, MeshOptions, Report};
+use meshd_chaos::{http, Checker, Mesh, MeshOptions, Report};
+use serde_json::json;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -391,18 +396,64 @@ async fn evacuate_drill_undrains_on_ctrl_c_and_restore_undrains_by_hand() {
     wait_healthy(&mesh).await;
     let c = http::client().unwrap();
     let a = mesh.node_url("a").unwrap();
+    let b = mesh.node_url("b").unwrap();
+    // a webhook subscriber of a: the drill gives it a stand-in in b.
+    let app = AppSink::start().await;
+    http::put_topic(&c, &a, "meshd-canary", 2).await.unwrap();
+    http::subscribe(
+        &c,
+        &a,
+        &json!({"name": "app-hook", "topic": "meshd-canary",
+                "sink": {"webhook": {"url": app.url}}}),
+    )
+    .await
+    .unwrap();
     let child = drill_cmd(&mesh, &["evacuate", "--cluster", "a", "--for", "10m"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn drill");
     let deadline = Instant::now() + Duration::from_secs(40);
-    while http::ready(&c, &a).await {
-        assert!(Instant::now() < deadline, "the drill never drained a");
+    while http::ready(&c, &a).await
+        || !subscription_names(&c, &b)
+            .await
+            .contains(&"evac.a.app-hook".to_string())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the drill never drained a with a stand-in in b"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     interrupt(child).await;
     assert!(http::ready(&c, &a).await, "a still drained after Ctrl-C");
+    let left = subscription_names(&c, &b).await;
+    assert!(
+        !left.iter().any(|n| n.starts_with("evac.")),
+        "stand-ins left after Ctrl-C: {left:?}"
+    );
+    assert!(subscription_names(&c, &a)
+        .await
+        .contains(&"app-hook".to_string()));
+
+    // A drill killed with SIGKILL leaves stand-ins: `drill restore --url` deletes them.
+    http::subscribe(
+        &c,
+        &b,
+        &json!({"name": "evac.a.leftover", "topic": "meshd-canary", "sink": {"pull": {}}}),
+    )
+    .await
+    .unwrap();
+    let out = drill_cmd(&mesh, &["restore"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("deleted stand-ins b:evac.a.leftover"),
+        "{stdout}"
+    );
+    assert!(!subscription_names(&c, &b)
+        .await
+        .contains(&"evac.a.leftover".to_string()));
 
     // A drill killed with SIGKILL leaves a drained: `drill restore --undrain` repairs it.
     let (s, _) = http::send_json(
@@ -433,4 +484,295 @@ async fn evacuate_drill_undrains_on_ctrl_c_and_restore_undrains_by_hand() {
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains(&format!("undrained {a}")), "{stdout}");
     assert!(http::ready(&c, &a).await, "a still drained after restore");
+}
+
+/// One canary a test webhook received: its run, key, seq, the clusters it was stored in
+/// (`ce-meshdpath`, absent in the cluster it was published to) and when it came.
+#[derive(Debug, Clone)]
+struct Hit {
+    run: String,
+    key: String,
+    seq: u64,
+    path: Option<String>,
+    at: Instant,
+}
+
+/// An application's webhook endpoint, recording every canary in arrival order.
+struct AppSink {
+    url: String,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AppSink {
+    async fn start() -> AppSink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
+        let h = hits.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap| {
+                let h = h.clone();
+                async move {
+                    let get = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string)
+                    };
+                    if let (Some(run), Some(key), Some(seq)) = (
+                        get("ce-chaosrun"),
+                        get("ce-chaoskey"),
+                        get("ce-chaosseq").and_then(|s| s.parse::<u64>().ok()),
+                    ) {
+                        h.lock().unwrap().push(Hit {
+                            run,
+                            key,
+                            seq,
+                            path: get("ce-meshdpath"),
+                            at: Instant::now(),
+                        });
+                    }
+                    StatusCode::OK
+                }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        AppSink {
+            url: format!("http://{addr}/hook"),
+            hits,
+            task,
+        }
+    }
+
+    fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+}
+
+impl Drop for AppSink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sum over keys of the seqs received without a gap from 0.
+fn contiguous(hits: &[Hit]) -> u64 {
+    let mut by_key: BTreeMap<&str, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    for h in hits {
+        by_key.entry(&h.key).or_default().insert(h.seq);
+    }
+    by_key
+        .values()
+        .map(|s| {
+            s.iter()
+                .enumerate()
+                .take_while(|(i, v)| *i as u64 == **v)
+                .count() as u64
+        })
+        .sum()
+}
+
+async fn subscription_names(c: &reqwest::Client, url: &str) -> Vec<String> {
+    let subs = http::get_json(c, &format!("{url}/v1/subscriptions"))
+        .await
+        .unwrap();
+    subs["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn evacuate_hands_webhook_subscribers_off_to_stand_ins_and_deletes_them() {
+    let _serial = SERIAL.lock().await;
+    let Some(mesh) = loopback_mesh().await else {
+        return;
+    };
+    wait_healthy(&mesh).await;
+    let c = http::client().unwrap();
+    let (a, b) = (mesh.node_url("a").unwrap(), mesh.node_url("b").unwrap());
+    // b's applications: one webhook subscriber, one pull subscriber of the canary topic.
+    let app = AppSink::start().await;
+    http::put_topic(&c, &b, "meshd-canary", 2).await.unwrap();
+    http::subscribe(
+        &c,
+        &b,
+        &json!({"name": "app-hook", "topic": "meshd-canary",
+                "filter": {"prefix": {"type": "meshd."}},
+                "sink": {"webhook": {"url": app.url, "timeout_ms": 2000}},
+                "delivery": {"initial_backoff_ms": 50, "max_backoff_ms": 1000}}),
+    )
+    .await
+    .unwrap();
+    http::subscribe(
+        &c,
+        &b,
+        &json!({"name": "app-pull", "topic": "meshd-canary", "sink": {"pull": {}}}),
+    )
+    .await
+    .unwrap();
+    let mut cmd = drill_cmd(
+        &mesh,
+        &[
+            "evacuate",
+            "--cluster",
+            "b",
+            "--for",
+            "5s",
+            "--canary-webhook",
+            "127.0.0.1",
+            "--json",
+            "--recovery-timeout",
+            "40s",
+        ],
+    );
+    // From outside: when b is drained (readyz 503) and back, and the stand-ins in a then.
+    let watch = {
+        let (c, a, b) = (c.clone(), a.clone(), b.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while http::ready(&c, &b).await {
+                assert!(Instant::now() < deadline, "b was never drained");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let drained = Instant::now();
+            let stand_ins: Vec<String> = subscription_names(&c, &a)
+                .await
+                .into_iter()
+                .filter(|n| n.starts_with("evac.b."))
+                .collect();
+            while !http::ready(&c, &b).await {
+                assert!(Instant::now() < deadline, "b was never undrained");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (drained, Instant::now(), stand_ins)
+        })
+    };
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run drill"))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "drill failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Report = serde_json::from_str(&stdout).expect("JSON report");
+    println!("{report}");
+    let (drained, back, stand_ins) = watch.await.unwrap();
+    // While b was drained, a held a stand-in for each of b's webhook subscriptions (the
+    // app's and the drill's canary subscriber), none for the pull one.
+    assert!(
+        stand_ins.contains(&"evac.b.app-hook".to_string()),
+        "{stand_ins:?}"
+    );
+    assert!(
+        stand_ins
+            .iter()
+            .any(|n| n.starts_with("evac.b.meshd-drill-")),
+        "{stand_ins:?}"
+    );
+    assert_eq!(stand_ins.len(), 2, "{stand_ins:?}");
+    // The drill's canaries: nothing lost or reordered anywhere, and b's (webhook) canary
+    // subscriber got canaries published after the drain began, during the hold.
+    assert_eq!(report.lost, 0, "{report}");
+    assert_eq!(report.reordered, 0, "{report}");
+    assert!(report.recovery_ms.is_some(), "{report}");
+    let new_in_hold = report.facts["x_new_canaries_delivered_while_drained"]
+        .as_u64()
+        .unwrap();
+    assert!(new_in_hold > 0, "{report}");
+    let subs = report.facts["x_subscriptions"].as_array().unwrap();
+    let by_name = |n: &str| {
+        subs.iter()
+            .find(|s| s["subscription"] == n)
+            .unwrap_or_else(|| panic!("{n} not in the report: {report}"))
+    };
+    let hook = by_name("app-hook");
+    assert_eq!(hook["handed_off"], true, "{report}");
+    assert_eq!(hook["stand_in_cluster"], "a", "{report}");
+    assert_eq!(hook["stand_in"], "evac.b.app-hook", "{report}");
+    assert_eq!(hook["start"], "earliest", "{report}");
+    assert_eq!(hook["stand_in_deleted"], true, "{report}");
+    // Every other cluster learned the stand-in's interest (topic and filter) before the
+    // drain.
+    assert!(
+        !report.notes.iter().any(|n| n.contains("interest")),
+        "{report}"
+    );
+    assert!(
+        hook["delivered_by_stand_in"].as_u64().unwrap()
+            > hook["delivered_before_drain"].as_u64().unwrap(),
+        "{report}"
+    );
+    let pull = by_name("app-pull");
+    assert_eq!(pull["handed_off"], false, "{report}");
+    assert!(
+        pull["reason"].as_str().unwrap().contains("pull"),
+        "{report}"
+    );
+    assert!(
+        report.facts["x_not_handed_off"]
+            .to_string()
+            .contains("app-pull"),
+        "{report}"
+    );
+    // b's application webhook: every acknowledged canary arrives, first deliveries in
+    // order per key (duplicates allowed), and while b was drained it got canaries out of
+    // a's store (published in a: no path there, or stored in a last), i.e. from the
+    // stand-in: b's own copies carry the path `a,b`.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while contiguous(&app.hits()) < report.acknowledged {
+        assert!(
+            Instant::now() < deadline,
+            "app-hook has {} of {} canaries",
+            contiguous(&app.hits()),
+            report.acknowledged
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hits = app.hits();
+    let runs: std::collections::BTreeSet<&str> = hits.iter().map(|h| h.run.as_str()).collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let mut checker = Checker::new();
+    for h in &hits {
+        checker.delivered("b", &h.key, h.seq);
+    }
+    let app_report = checker.report("app-hook", "mesh");
+    assert_eq!(app_report.reordered, 0, "{app_report}");
+    let from_a = |h: &Hit| match &h.path {
+        Some(p) => p.rsplit(',').next() == Some("a"),
+        None => !h.key.starts_with("b-k"),
+    };
+    let in_hold: Vec<&Hit> = hits
+        .iter()
+        .filter(|h| h.at >= drained && h.at <= back)
+        .collect();
+    let by_stand_in = in_hold.iter().filter(|h| from_a(h)).count();
+    println!(
+        "app-hook: {} deliveries ({} duplicates), {} while b was drained, {} of them from a's stand-in",
+        app_report.clusters["b"].deliveries,
+        app_report.duplicated,
+        in_hold.len(),
+        by_stand_in
+    );
+    assert!(
+        by_stand_in > 0,
+        "no delivery from the stand-in during the hold"
+    );
+    // Restored: no stand-in left in a, b serves, b's subscriptions are untouched.
+    let left = subscription_names(&c, &a).await;
+    assert!(!left.iter().any(|n| n.starts_with("evac.")), "{left:?}");
+    assert!(http::ready(&c, &b).await);
+    let b_subs = subscription_names(&c, &b).await;
+    assert!(
+        b_subs.contains(&"app-hook".to_string()) && b_subs.contains(&"app-pull".to_string()),
+        "{b_subs:?}"
+    );
 }

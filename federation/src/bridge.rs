@@ -396,6 +396,15 @@ impl Shared {
             "duplicates": lock(&self.dedup).duplicates(),
             "dedup_window": lock(&self.dedup).len(),
             "learned_interest": *lock(&self.learned),
+            // The replication policies (who may receive which topics), for drills that
+            // move subscriptions between clusters.
+            "policies": topo
+                .policies()
+                .map(|p| serde_json::json!({
+                    "topics": p.topics.to_string(),
+                    "clusters": p.clusters.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+                }))
+                .collect::<Vec<_>>(),
         })
     }
 

@@ -14,7 +14,8 @@
 //! - what the node reports: producer groups seen ([`Node::note_producer_group`],
 //!   [`Node::producer_groups`]), consumer groups ([`Node::consumer_groups`]) and load
 //!   counters ([`Node::published_total`], [`Node::serving_count`]);
-//! - drain ([`Node::set_draining`], [`Node::drain_watch`], [`Node::backlog`]): a draining
+//! - drain ([`Node::set_draining`], [`Node::drain_watch`], [`Node::backlog_marks`],
+//!   [`Node::backlog_before`]): a draining
 //!   node refuses publishes (503 `draining`) and is not ready; the cluster member hands its
 //!   groups over (delivers its backlog, stops delivery, leaves the registry) and marks it
 //!   [`DrainState::Drained`]; undrain makes it serve and rejoin.
@@ -424,6 +425,16 @@ impl Node {
     /// subscriptions whose delivery runs on this node now. BROADCASTING subscriptions are
     /// not counted (their members have separate cursors).
     pub async fn backlog(&self) -> Result<u64, NodeError> {
+        let marks = self.backlog_marks().await?;
+        self.backlog_before(&marks).await
+    }
+
+    /// Where the backlog ends now: per CLUSTERING subscription whose delivery runs on this
+    /// node (name, topic) and partition, the store's end offset. A drain delivers up to
+    /// these marks ([`Node::backlog_before`]), not what arrives afterwards (events a
+    /// federation bridge keeps storing here would otherwise hold the drain for its whole
+    /// timeout).
+    pub async fn backlog_marks(&self) -> Result<BTreeMap<(String, String, u32), u64>, NodeError> {
         let running: BTreeSet<String> = self.delivery.running().await.into_iter().collect();
         let subs: Vec<Arc<CompiledSubscription>> = self
             .read_subs()
@@ -432,21 +443,39 @@ impl Node {
             .filter(|s| s.spec.mode == meshd_core::api::GroupMode::Clustering)
             .cloned()
             .collect();
-        let mut total = 0u64;
+        let mut marks = BTreeMap::new();
         for sub in subs {
             let Some(cfg) = self.store.topic(&sub.spec.topic).await? else {
                 continue;
             };
             for p in 0..cfg.partitions {
                 let b = self.store.bounds(&sub.spec.topic, p).await?;
-                let at = self
-                    .store
-                    .committed_offset(&sub.spec.name, &sub.spec.topic, p)
-                    .await?
-                    .unwrap_or(b.start)
-                    .max(b.start);
-                total = total.saturating_add(b.end.saturating_sub(at));
+                marks.insert((sub.spec.name.clone(), sub.spec.topic.clone(), p), b.end);
             }
+        }
+        Ok(marks)
+    }
+
+    /// Events before `marks` ([`Node::backlog_marks`]) not committed yet; subscriptions
+    /// deleted since count nothing.
+    pub async fn backlog_before(
+        &self,
+        marks: &BTreeMap<(String, String, u32), u64>,
+    ) -> Result<u64, NodeError> {
+        let names: BTreeSet<String> = self.read_subs().keys().cloned().collect();
+        let mut total = 0u64;
+        for ((name, topic, p), end) in marks {
+            if !names.contains(name) {
+                continue;
+            }
+            let b = self.store.bounds(topic, *p).await?;
+            let at = self
+                .store
+                .committed_offset(name, topic, *p)
+                .await?
+                .unwrap_or(b.start)
+                .max(b.start);
+            total = total.saturating_add(end.saturating_sub(at));
         }
         Ok(total)
     }

@@ -1,0 +1,326 @@
+//! `meshd drill evacuate` against a cluster whose node is a real cluster member: clusters
+//! `a` (a standalone node) and `b` (etcd from the harness, one `meshd scheduler`, node
+//! `b1` with `--registry`), linked by their bridges on loopback. Unlike a standalone node,
+//! a drained cluster member stops delivering once its backlog is committed
+//! (`/v1/cluster` shows `drained`), so whatever b's webhook subscriber receives while b is
+//! drained comes from somewhere else. Proves:
+//! - the drill hands b's webhook subscriptions (the application's and its own canary
+//!   subscriber) to stand-ins in `a`, which deliver during the drain: every push b's
+//!   application received while b was `drained` came from a's node (`meshd-node`), and
+//!   canaries published after the drain began reached b's canary subscriber during the
+//!   hold;
+//! - a webhook subscription whose topic the replication policy keeps in b gets no
+//!   stand-in, and the report says why (the policy as `GET /v1/mesh` shows it);
+//! - nothing acknowledged is lost and first deliveries keep their order per key, for the
+//!   drill's canaries and for the application (duplicates: what the stand-in delivered,
+//!   again from b after the undrain);
+//! - after the drill the stand-ins are gone and b delivers again from its own offsets.
+//!
+//! Every process is killed by its guard, also on panic.
+
+mod cluster_support;
+mod common;
+mod federation_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cluster_support::{etcd_arg, scheduler_group, until};
+use common::{client, Sink};
+use federation_support::{wait_connected, MeshFiles};
+use meshd_chaos::Checker;
+use meshd_scheduler::registry::testing::EtcdServer;
+use serde_json::{json, Value};
+
+async fn subscription_names(c: &reqwest::Client, url: &str) -> Vec<String> {
+    let v: Value = c
+        .get(format!("{url}/v1/subscriptions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+async fn cluster_status(c: &reqwest::Client, url: &str) -> Value {
+    match c.get(format!("{url}/v1/cluster")).send().await {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
+/// A canary push the application received: key, seq, the node that pushed, when.
+struct Hit {
+    key: String,
+    seq: u64,
+    node: String,
+    at: Instant,
+}
+
+fn hits(sink: &Sink) -> Vec<Hit> {
+    sink.received()
+        .iter()
+        .filter_map(|r| {
+            Some(Hit {
+                key: r.header("ce-chaoskey")?.to_string(),
+                seq: r.header("ce-chaosseq")?.parse().ok()?,
+                node: r.header("meshd-node").unwrap_or("?").to_string(),
+                at: r.at,
+            })
+        })
+        .collect()
+}
+
+/// Sum over keys of the seqs received without a gap from 0.
+fn contiguous(hits: &[Hit]) -> u64 {
+    let mut by_key: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
+    for h in hits {
+        by_key.entry(&h.key).or_default().insert(h.seq);
+    }
+    by_key
+        .values()
+        .map(|s| {
+            s.iter()
+                .enumerate()
+                .take_while(|(i, v)| *i as u64 == **v)
+                .count() as u64
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn evacuating_a_cluster_member_hands_its_webhook_subscribers_to_the_other_cluster() {
+    let files = MeshFiles::new(&["a", "b"], &[("a", "b", 1)], &[]);
+    // Topics `private.*` stay in b: a subscription of one gets no stand-in.
+    let mut topology = std::fs::read_to_string(&files.topology).unwrap();
+    topology.push_str("\n[[policy]]\ntopics = \"private.*\"\nclusters = [\"b\"]\n");
+    std::fs::write(&files.topology, topology).unwrap();
+    let etcd = EtcdServer::start().await.expect("etcd");
+    let dir = files.dir.path().to_path_buf();
+    let (_schedulers, scheduler_urls) = scheduler_group(&dir, &etcd, "b", 1);
+    let a = files.start_args("a", &["--node-id", "a1"], Some(&dir.join("a.log")));
+    let b = files.start_args(
+        "b",
+        &[
+            "--registry",
+            &etcd_arg(&etcd),
+            "--node-id",
+            "b1",
+            "--lease-ttl",
+            "2s",
+        ],
+        Some(&dir.join("b.log")),
+    );
+    let c = client();
+    wait_connected(&c, &a, "b").await;
+    wait_connected(&c, &b, "a").await;
+    assert!(
+        until(Duration::from_secs(30), || async {
+            let mut ok = true;
+            for u in scheduler_urls.iter().chain([&a.url, &b.url]) {
+                ok &= cluster_support::status(&c, &format!("{u}/readyz")).await == 200;
+            }
+            ok
+        })
+        .await,
+        "scheduler and nodes ready"
+    );
+    // b's application: a webhook subscriber of the canary topic, placed on b1.
+    let app = Sink::start(|_, _| 200).await;
+    common::create_topic(&c, &b.url, "meshd-canary", json!({"partitions": 2})).await;
+    let (s, body) = common::subscribe(
+        &c,
+        &b.url,
+        json!({"name": "app-hook", "topic": "meshd-canary",
+               "sink": {"webhook": {"url": app.url, "timeout_ms": 2000}},
+               "delivery": {"initial_backoff_ms": 50, "max_backoff_ms": 1000}}),
+    )
+    .await;
+    assert!(s == 201 || s == 200, "{s} {body}");
+    common::create_topic(&c, &b.url, "private.audit", json!({})).await;
+    let (s, body) = common::subscribe(
+        &c,
+        &b.url,
+        json!({"name": "private-hook", "topic": "private.audit",
+               "sink": {"webhook": {"url": app.url}}}),
+    )
+    .await;
+    assert!(s == 201 || s == 200, "{s} {body}");
+    assert!(
+        until(Duration::from_secs(20), || async {
+            let m: Value = c
+                .get(format!("{}/v1/mesh", a.url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            m["policies"] == json!([{"topics": "private.*", "clusters": ["b"]}])
+        })
+        .await,
+        "a's /v1/mesh shows the policy"
+    );
+    assert!(
+        until(Duration::from_secs(20), || async {
+            cluster_status(&c, &b.url).await["owned_groups"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|g| g == "app-hook"))
+        })
+        .await,
+        "app-hook placed on b1"
+    );
+
+    // From outside: when b1 is `drained` (delivery stopped) and when it serves again.
+    let watch = {
+        let (c, b) = (c.clone(), b.url.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while cluster_status(&c, &b).await["drain"] != "drained" {
+                assert!(Instant::now() < deadline, "b1 never reached `drained`");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let drained = Instant::now();
+            while cluster_status(&c, &b).await["drain"] != "serving" {
+                assert!(Instant::now() < deadline, "b1 never served again");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (drained, Instant::now())
+        })
+    };
+    let args: Vec<String> = [
+        "drill",
+        "evacuate",
+        "--cluster",
+        "b",
+        "--url",
+        &format!("a={}", a.url),
+        "--url",
+        &format!("b={}", b.url),
+        "--for",
+        "6s",
+        "--canary-webhook",
+        "127.0.0.1",
+        "--json",
+        "--recovery-timeout",
+        "60s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_meshd"))
+            .args(&args)
+            .env("MESHD_LOG", "warn")
+            .output()
+            .expect("run meshd drill")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "drill failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: meshd_chaos::Report = serde_json::from_str(&stdout).expect("JSON report");
+    println!("{report}");
+    let (drained, serving) = watch.await.unwrap();
+
+    assert_eq!(report.lost, 0, "{report}");
+    assert_eq!(report.reordered, 0, "{report}");
+    assert!(report.recovery_ms.is_some(), "{report}");
+    // The drill's canary subscriber in b (a webhook) got canaries published after the
+    // drain began, while b was drained: only the stand-in in a can have pushed them.
+    assert!(
+        report.facts["x_new_canaries_delivered_while_drained"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{report}"
+    );
+    let subs = report.facts["x_subscriptions"].as_array().unwrap();
+    assert_eq!(subs.len(), 3, "{report}");
+    let (private, subs): (Vec<&Value>, Vec<&Value>) = subs
+        .iter()
+        .partition(|s| s["subscription"] == "private-hook");
+    assert_eq!(private[0]["handed_off"], false, "{report}");
+    assert!(
+        private[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("replication policy keeps private.audit from a"),
+        "{report}"
+    );
+    for s in subs {
+        assert_eq!(s["handed_off"], true, "{report}");
+        assert_eq!(s["stand_in_cluster"], "a", "{report}");
+        assert_eq!(s["stand_in_deleted"], true, "{report}");
+        // The stand-in delivered after the drain began, not only before.
+        assert!(
+            s["delivered_by_stand_in"].as_u64().unwrap()
+                > s["delivered_before_drain"].as_u64().unwrap(),
+            "{report}"
+        );
+    }
+    assert!(report.facts["x_delivers_again_ms"].is_u64(), "{report}");
+    assert_eq!(
+        report.facts["drained"][0]["drain_state_in_hold"], "drained",
+        "{report}"
+    );
+
+    // The application: while b1 was drained every push came from a's node, and there were
+    // some; afterwards it has every acknowledged canary, first deliveries in order.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while contiguous(&hits(&app)) < report.acknowledged {
+        assert!(
+            Instant::now() < deadline,
+            "app-hook has {} of {} canaries",
+            contiguous(&hits(&app)),
+            report.acknowledged
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all = hits(&app);
+    let in_hold: Vec<&Hit> = all
+        .iter()
+        .filter(|h| h.at > drained && h.at < serving)
+        .collect();
+    let nodes: BTreeSet<&str> = in_hold.iter().map(|h| h.node.as_str()).collect();
+    let mut checker = Checker::new();
+    for h in &all {
+        checker.delivered("b", &h.key, h.seq);
+    }
+    let app_report = checker.report("app-hook", "cluster");
+    println!(
+        "app-hook: {} deliveries ({} duplicates), {} while b1 was drained (by {nodes:?}); b1 drained for {:?}",
+        app_report.clusters["b"].deliveries,
+        app_report.duplicated,
+        in_hold.len(),
+        serving.duration_since(drained)
+    );
+    assert!(
+        !in_hold.is_empty(),
+        "nothing delivered while b1 was drained"
+    );
+    assert_eq!(nodes, BTreeSet::from(["a1"]), "pushes while b1 was drained");
+    assert_eq!(app_report.reordered, 0, "{app_report}");
+    // After: b1 delivers again (its own pushes after the undrain), no stand-in is left.
+    assert!(
+        all.iter().any(|h| h.at > serving && h.node == "b1"),
+        "b1 did not deliver after the undrain"
+    );
+    let left = subscription_names(&c, &a.url).await;
+    assert!(!left.iter().any(|n| n.starts_with("evac.")), "{left:?}");
+    assert!(subscription_names(&c, &b.url)
+        .await
+        .contains(&"app-hook".to_string()));
+}
