@@ -479,15 +479,17 @@ async fn skewed_and_stepped_wall_clock_in_one_cluster() {
             "settled: {link} still reports lag after every canary arrived: {s:?}\n{report}"
         );
     }
-    // During the steps: links stay up; lag is never negative. Known limit (reported, not
-    // asserted): b's lag_seconds is the age of its oldest unsent event by b's wall clock,
-    // so after a forward step it shows the step (about a day) until the events stored
-    // before it are sent — also after a restart, while that backlog drains.
+    // During the steps: links stay up and the lag stays sane: a bridge that sees its
+    // host's clock step reports how long it has seen the link behind (monotonic) instead
+    // of the age of store timestamps written in the old frame. Known limit (reported,
+    // not asserted): a bridge *started* after a step cannot tell, so after b's restart
+    // its lag_seconds shows the step (about a day) until the events stored before the
+    // step are sent.
     for (link, s) in &steps {
         assert_eq!(s.not_connected, 0, "steps: {link} dropped: {s:?}");
         assert!(
-            s.min_lag_seconds >= 0.0,
-            "steps: {link}: negative lag: {s:?}"
+            s.min_lag_seconds >= 0.0 && s.max_lag_seconds < 30.0,
+            "steps: {link}: lag nonsense across a clock step: {s:?}"
         );
     }
     for (link, s) in &after {

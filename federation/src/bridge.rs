@@ -140,6 +140,8 @@ struct Shared {
     dedup: Mutex<DedupWindow>,
     /// Peers this bridge sends no batches to (admin pause, for drills).
     paused: Mutex<HashSet<String>>,
+    /// Wall clock (ms) and monotonic clock when the bridge started (see `clock_stepped`).
+    started: (u64, Instant),
 }
 
 /// A running bridge.
@@ -246,6 +248,7 @@ impl Bridge {
             learned: Mutex::new(BTreeMap::new()),
             down: Mutex::new(HashSet::new()),
             paused: Mutex::new(HashSet::new()),
+            started: (now_ms(), Instant::now()),
         });
         shared.reconcile_links();
         let tasks = vec![
@@ -329,6 +332,13 @@ impl Bridge {
 }
 
 impl Shared {
+    /// Has this host's wall clock stepped (by more than 2 s) since the bridge started?
+    fn clock_stepped(&self) -> bool {
+        let (wall, mono) = self.started;
+        let wall_elapsed = now_ms() as i128 - wall as i128;
+        (wall_elapsed - mono.elapsed().as_millis() as i128).abs() > 2_000
+    }
+
     fn topology(&self) -> Arc<Topology> {
         self.topology
             .read()
@@ -833,6 +843,7 @@ async fn session(
         draining: None,
         last_batch_rx: Instant::now(),
         interest_known: false,
+        behind_since: None,
         to_storer,
         handed_seq: 0,
         stored_seq: 0,
@@ -970,6 +981,8 @@ struct SessionState {
     /// Whether the peer's interest arrived on this connection (until then the lag of
     /// the previous connection stands: an empty interest would read as lag 0).
     interest_known: bool,
+    /// Since when this session has seen the link behind (monotonic).
+    behind_since: Option<Instant>,
     /// Received batches go to the storer (see [`storer`]).
     to_storer: mpsc::Sender<Batch>,
     /// The newest batch handed to the storer, and the newest it stored (acknowledged).
@@ -1289,10 +1302,24 @@ impl SessionState {
             }
         }
         stats.lag_events.store(lag, Ordering::Relaxed);
-        stats.lag_ms.store(
-            oldest.map(|o| now_ms().saturating_sub(o)).unwrap_or(0),
-            Ordering::Relaxed,
-        );
+        if lag == 0 {
+            self.behind_since = None;
+        } else if self.behind_since.is_none() {
+            self.behind_since = Some(Instant::now());
+        }
+        let wall_age = oldest.map(|o| now_ms().saturating_sub(o)).unwrap_or(0);
+        // The age of the oldest unsent event is read off store timestamps (wall clock).
+        // After this host's clock stepped (seen as wall time drifting from the monotonic
+        // clock since the bridge started), those timestamps are in another frame: report
+        // how long this session has seen the link behind instead (monotonic), so a step
+        // forward does not show a day of lag and a step back does not hide it.
+        let lag_ms = if shared.clock_stepped() {
+            self.behind_since
+                .map_or(0, |t| t.elapsed().as_millis() as u64)
+        } else {
+            wall_age
+        };
+        stats.lag_ms.store(lag_ms, Ordering::Relaxed);
         if lag == 0 || lag < self.last_lag {
             self.last_progress = Instant::now();
         }
