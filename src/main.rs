@@ -206,6 +206,12 @@ impl StoreArgs {
     }
 }
 
+/// mimalloc: the event path allocates per event (frames, payloads, keys) from many tokio
+/// worker threads; glibc's allocator spent ~17% of a replication run in malloc/free and
+/// chunk consolidation (perf, see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     // reqwest is built without a default crypto provider: install ring once, first.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -48,7 +48,9 @@ pub struct WireEvent {
     pub offset: u64,
     /// Its store time at the sender, ms since the epoch.
     pub timestamp_ms: u64,
-    /// The event encoded with `meshd_core::codec::encode_event`.
+    /// The event encoded with `meshd_core::codec::encode_event` (as bytes: one copy,
+    /// not a sequence of u8 values; the encoding on the wire is the same).
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -224,6 +226,30 @@ mod tests {
             }),
             Frame::Ack { seq: 9 },
         ]
+    }
+
+    #[test]
+    fn batch_encoding_is_stable() {
+        // Protocol version 1 on the wire, byte for byte: a payload is a length and its
+        // bytes (peers of other builds must keep understanding each other).
+        let f = Frame::Batch(Batch {
+            seq: 1,
+            topic: "t".into(),
+            partition: 0,
+            partitions: 1,
+            next: 3,
+            events: vec![WireEvent {
+                offset: 2,
+                timestamp_ms: 5,
+                payload: vec![0x7b, 0x80, 0xff, 0x7d, 1, 2, 3],
+            }],
+        });
+        let want = [
+            0x00, 0x00, 0x00, 0x12, 0x03, 0x01, 0x01, 0x74, 0x00, 0x01, 0x03, 0x01, 0x02, 0x05,
+            0x07, 0x7b, 0x80, 0xff, 0x7d, 0x01, 0x02, 0x03,
+        ];
+        assert_eq!(encode_frame(&f).unwrap(), want);
+        assert_eq!(decode_frame(&want[4..]).unwrap(), f);
     }
 
     #[test]
