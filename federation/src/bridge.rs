@@ -826,6 +826,8 @@ async fn session(
             }
         }
     });
+    let (cursors, acked) = tokio::sync::watch::channel(BTreeMap::new());
+    tokio::spawn(commit_cursors(shared.clone(), cursor_group(peer), acked));
     let (to_storer, batches) = mpsc::channel::<Batch>(shared.config.window.max(1) * 2);
     let (ack_tx, mut stored) = mpsc::channel::<Result<u64, String>>(64);
     tokio::spawn(storer(
@@ -840,6 +842,7 @@ async fn session(
         window: SendWindow::new(shared.config.window),
         interest: PeerInterest::default(),
         durable: HashMap::new(),
+        cursors,
         announced: None,
         last_progress: Instant::now(),
         last_lag: 0,
@@ -974,6 +977,8 @@ struct SessionState {
     window: SendWindow,
     interest: PeerInterest,
     durable: HashMap<(String, u32), u64>,
+    /// Acknowledged positions for the cursor committer (see [`commit_cursors`]).
+    cursors: tokio::sync::watch::Sender<BTreeMap<(String, u32), u64>>,
     announced: Option<Vec<InterestEntry>>,
     last_progress: Instant,
     last_lag: u64,
@@ -1051,16 +1056,16 @@ impl SessionState {
             }
             Frame::Ack { seq } => {
                 let commits = self.window.on_ack(seq).map_err(|e| e.to_string())?;
-                let group = cursor_group(peer);
-                for c in commits {
-                    shared
-                        .node
-                        .store
-                        .commit_offset(&group, &c.topic, c.partition, c.next)
-                        .await
-                        .map_err(|e| format!("committing the link cursor: {e}"))?;
-                    self.durable.insert((c.topic, c.partition), c.next);
+                if !commits.is_empty() {
+                    self.cursors.send_modify(|m| {
+                        for c in &commits {
+                            m.insert((c.topic.clone(), c.partition), c.next);
+                        }
+                    });
                     self.last_progress = Instant::now();
+                }
+                for c in commits {
+                    self.durable.insert((c.topic, c.partition), c.next);
                 }
                 Ok(())
             }
@@ -1426,6 +1431,44 @@ async fn storer(
     }
 }
 
+/// Commits a link's durable cursor (the peer's acks) to the store, beside the session:
+/// a commit is a store write (an fsync under `--fsync always`) and must not hold up the
+/// pump. Acks arriving during a commit coalesce into the next one, so the committed cursor
+/// trails the acks by at most one commit; after a crash the peer gets those events again
+/// and drops them as duplicates. When the session ends, the last acks are still committed.
+async fn commit_cursors(
+    shared: Arc<Shared>,
+    group: String,
+    mut acked: tokio::sync::watch::Receiver<BTreeMap<(String, u32), u64>>,
+) {
+    let mut done: BTreeMap<(String, u32), u64> = BTreeMap::new();
+    loop {
+        let open = acked.changed().await.is_ok();
+        let now = acked.borrow_and_update().clone();
+        for ((topic, p), next) in now {
+            if done.get(&(topic.clone(), p)) == Some(&next) {
+                continue;
+            }
+            match shared
+                .node
+                .store
+                .commit_offset(&group, &topic, p, next)
+                .await
+            {
+                Ok(()) => {
+                    done.insert((topic, p), next);
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = %shared.me(), group, topic, partition = p, "committing the link cursor failed (retried with the next ack): {e}");
+                }
+            }
+        }
+        if !open {
+            return;
+        }
+    }
+}
+
 /// Most batches one storer round takes.
 const STORE_ROUND_MAX: usize = 256;
 
@@ -1564,8 +1607,10 @@ async fn store_received(
             payload: payload.into(),
         })
         .collect();
+    // Readable before durable: the peer keeps these until our ack, which is sent only
+    // after this returns (durable), so local subscribers start while the fsync runs.
     node.store
-        .append(&store_topic, records)
+        .append_visible_early(&store_topic, records)
         .await
         .map(|_| ())
         .map_err(|e| format!("appending replicated events: {e}"))

@@ -178,6 +178,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl EmbeddedStore {
+    async fn append_with(
+        &self,
+        topic: &str,
+        records: Vec<AppendRecord>,
+        early_visible: bool,
+    ) -> Result<Vec<Appended>, StoreError> {
+        // Cheap early rejection; the writer checks again against its own state.
+        let view = self.view(topic)?;
+        for r in &records {
+            Self::partition_of(&view, topic, r.partition)?;
+        }
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let topic = topic.to_string();
+        self.call(|reply| Op::Append {
+            topic,
+            records,
+            early_visible,
+            reply,
+        })
+        .await
+    }
+
     /// Opens (or creates) the store in `dir`, recovering topics, bounds, offsets and
     /// metadata of the last durable commit. Blocking (redb may repair the file after a
     /// crash): call it from `spawn_blocking` or before the runtime is busy.
@@ -439,21 +463,15 @@ impl EventStore for EmbeddedStore {
         topic: &str,
         records: Vec<AppendRecord>,
     ) -> Result<Vec<Appended>, StoreError> {
-        // Cheap early rejection; the writer checks again against its own state.
-        let view = self.view(topic)?;
-        for r in &records {
-            Self::partition_of(&view, topic, r.partition)?;
-        }
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
-        let topic = topic.to_string();
-        self.call(|reply| Op::Append {
-            topic,
-            records,
-            reply,
-        })
-        .await
+        self.append_with(topic, records, false).await
+    }
+
+    async fn append_visible_early(
+        &self,
+        topic: &str,
+        records: Vec<AppendRecord>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        self.append_with(topic, records, true).await
     }
 
     async fn read(

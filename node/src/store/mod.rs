@@ -176,6 +176,21 @@ pub trait EventStore: Send + Sync + 'static {
         records: Vec<AppendRecord>,
     ) -> Result<Vec<Appended>, StoreError>;
 
+    /// [`EventStore::append`] for records that someone else keeps until this call returns
+    /// (a federation peer resends whatever it did not get an ack for): the records may
+    /// become readable (and so be delivered) before they are durable; the call still
+    /// returns only once they are durable under the fsync policy. If the process dies in
+    /// between, the records are gone from this log and are sent again: delivered twice,
+    /// never lost. Never use it for a client's publish (a reader could see an event the
+    /// publisher was never told is stored). Default: [`EventStore::append`].
+    async fn append_visible_early(
+        &self,
+        topic: &str,
+        records: Vec<AppendRecord>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        self.append(topic, records).await
+    }
+
     /// Reads up to `max` records of a partition with offsets `>= from` (from the partition
     /// start if `from` is below it), in offset order. Returns fewer (maybe none) at the
     /// end of the log.

@@ -467,3 +467,106 @@ async fn operations_that_change_nothing_do_not_commit() {
     assert_eq!(s.stats().commits, before.commits + 1);
     s.close().await.unwrap();
 }
+
+/// A backend whose fsync waits while its gate is closed, and counts fsyncs entered.
+#[derive(Debug)]
+struct GatedBackend {
+    inner: redb::backends::InMemoryBackend,
+    gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    entered: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl redb::StorageBackend for GatedBackend {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.entered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (open, cv) = &*self.gate;
+        let mut g = open.lock().unwrap();
+        while !*g {
+            g = cv.wait(g).unwrap();
+        }
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.inner.write(offset, data)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_visible_appends_are_readable_during_their_fsync_and_plain_ones_are_not() {
+    let gate = Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
+    let entered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let backend = GatedBackend {
+        inner: redb::backends::InMemoryBackend::new(),
+        gate: gate.clone(),
+        entered: entered.clone(),
+    };
+    let db = redb::Builder::new().create_with_backend(backend).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let s = Arc::new(
+        EmbeddedStore::start(
+            root.path(),
+            db,
+            EmbeddedOptions::default(),
+            EmbeddedTuning::default(),
+        )
+        .unwrap(),
+    );
+    s.create_topic("t", &one_partition()).await.unwrap();
+    let set_gate = |open: bool| {
+        *gate.0.lock().unwrap() = open;
+        gate.1.notify_all();
+    };
+    // Waits until the writer is inside an fsync it had not entered before.
+    let wait_fsync = |before: u64| {
+        let entered = entered.clone();
+        async move {
+            let t0 = std::time::Instant::now();
+            while entered.load(std::sync::atomic::Ordering::SeqCst) == before {
+                assert!(
+                    t0.elapsed() < std::time::Duration::from_secs(10),
+                    "no fsync"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+    };
+
+    // Plain append: while its fsync is held, nothing of it is readable.
+    set_gate(false);
+    let before = entered.load(std::sync::atomic::Ordering::SeqCst);
+    let plain = {
+        let s = s.clone();
+        tokio::spawn(async move { s.append("t", vec![rec(0, "plain")]).await })
+    };
+    wait_fsync(before).await;
+    assert_eq!(s.bounds("t", 0).await.unwrap().end, 0);
+    assert!(!plain.is_finished());
+    set_gate(true);
+    assert_eq!(plain.await.unwrap().unwrap()[0].offset, 0);
+    assert_eq!(s.bounds("t", 0).await.unwrap().end, 1);
+
+    // Early-visible append: readable while its fsync is held; answered only after it.
+    set_gate(false);
+    let before = entered.load(std::sync::atomic::Ordering::SeqCst);
+    let early = {
+        let s = s.clone();
+        tokio::spawn(async move { s.append_visible_early("t", vec![rec(0, "early")]).await })
+    };
+    wait_fsync(before).await;
+    let r = s.read("t", 0, 1, 10).await.unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].payload.as_ref(), b"early");
+    assert!(!early.is_finished(), "answered before durable");
+    set_gate(true);
+    assert_eq!(early.await.unwrap().unwrap()[0].offset, 1);
+}

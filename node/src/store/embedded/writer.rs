@@ -45,6 +45,8 @@ pub(crate) enum Op {
     Append {
         topic: String,
         records: Vec<AppendRecord>,
+        /// May be readable before it is durable (see `EventStore::append_visible_early`).
+        early_visible: bool,
         reply: Reply<Vec<Appended>>,
     },
     CommitOffset {
@@ -529,9 +531,33 @@ impl Writer {
             return;
         }
         let durable = force_durable || self.wants_durable();
+        // A batch of early-visible appends only: commit it non-durably, make it readable,
+        // then make it durable, then answer (readers start while the fsync runs).
+        let early = durable
+            && !force_durable
+            && ops.iter().all(|o| {
+                matches!(
+                    o,
+                    Op::Append {
+                        early_visible: true,
+                        ..
+                    }
+                )
+            });
         let mut outcomes = Vec::with_capacity(ops.len());
         let mut fx = BatchEffects::default();
-        let result = self.write_batch(ops, durable, &mut outcomes, &mut fx);
+        let result = self.write_batch(ops, durable && !early, &mut outcomes, &mut fx);
+        let result = match result {
+            Ok(true) if early => {
+                self.unsynced = true;
+                self.publish(&fx.changed);
+                match self.sync() {
+                    Ok(()) => Ok(true),
+                    Err(e) => Err(format!("durable commit after an early-visible append: {e}")),
+                }
+            }
+            other => other,
+        };
         match result {
             Ok(false) => {
                 for o in outcomes {
@@ -698,6 +724,7 @@ impl Writer {
                 topic,
                 records,
                 reply,
+                ..
             } => {
                 let (r, e) = split(self.append(t, &topic, &records, fx));
                 (Outcome::Appended(reply, r), e)
