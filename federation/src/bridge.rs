@@ -1411,24 +1411,48 @@ async fn storer(
     acks: mpsc::Sender<Result<u64, String>>,
 ) {
     let _gate = gate.lock_owned().await;
-    while let Some(first) = batches.recv().await {
-        let mut round = vec![first];
-        while round.len() < STORE_ROUND_MAX {
-            match batches.try_recv() {
-                Ok(b) => round.push(b),
-                Err(_) => break,
+    // Two stages: this one checks and stamps round N+1 while the next one waits for the
+    // store to take round N (same order; one append per topic per round).
+    let (ready_tx, mut ready_rx) = mpsc::channel::<(u64, Result<Vec<Pending>, String>)>(2);
+    let prepare = async {
+        // Owned here: dropped when this stage ends, which ends the next stage.
+        let ready_tx = ready_tx;
+        while let Some(first) = batches.recv().await {
+            let mut round = vec![first];
+            while round.len() < STORE_ROUND_MAX {
+                match batches.try_recv() {
+                    Ok(b) => round.push(b),
+                    Err(_) => break,
+                }
+            }
+            let seq = round.last().map_or(0, |b| b.seq);
+            let prepared = prepare_round(&shared, &stats, round);
+            let failed = prepared.is_err();
+            if ready_tx.send((seq, prepared)).await.is_err() || failed {
+                return;
             }
         }
-        let seq = round.last().map_or(0, |b| b.seq);
-        let result = store_round(&shared, &peer, &stats, round).await;
-        let failed = result.is_err();
-        // A closed ack channel means the session ended: the queued batches are still
-        // stored (they are reserved in the duplicate window), only not acknowledged.
-        let _ = acks.send(result.map(|()| seq)).await;
-        if failed {
-            return;
+    };
+    let store = async {
+        let mut failed = false;
+        while let Some((seq, prepared)) = ready_rx.recv().await {
+            let result = match prepared {
+                // After a failure, rounds prepared meanwhile are dropped unstored: their
+                // keys are released so the peer's resend is taken.
+                Ok(groups) if failed => {
+                    release_round(&shared, &groups);
+                    continue;
+                }
+                Ok(groups) => store_round(&shared, &peer, groups).await,
+                Err(e) => Err(e),
+            };
+            failed |= result.is_err();
+            // A closed ack channel means the session ended: the queued batches are still
+            // stored (they are reserved in the duplicate window), only not acknowledged.
+            let _ = acks.send(result.map(|()| seq)).await;
         }
-    }
+    };
+    tokio::join!(prepare, store);
 }
 
 /// Commits a link's durable cursor (the peer's acks) to the store, beside the session:
@@ -1481,14 +1505,13 @@ struct Pending {
     keys: Vec<(String, String)>,
 }
 
-/// Makes a round of batches ready (duplicate check, path stamp) and appends them, one
-/// append per topic; remembers the stored events' keys in the duplicate window.
-async fn store_round(
+/// Makes a round of batches ready to append: duplicate check (the keys are reserved in
+/// the duplicate window), path stamp, grouped by topic in arrival order.
+fn prepare_round(
     shared: &Arc<Shared>,
-    peer: &str,
     stats: &LinkStats,
     round: Vec<Batch>,
-) -> Result<(), String> {
+) -> Result<Vec<Pending>, String> {
     let me = shared.me();
     let mut pending: Vec<Pending> = Vec::new();
     let mut failure = None;
@@ -1539,14 +1562,25 @@ async fn store_round(
         }
     }
     if let Some(e) = failure {
-        let mut d = lock(&shared.dedup);
-        for g in &pending {
-            d.release(&g.keys);
-        }
+        release_round(shared, &pending);
         return Err(e);
     }
+    Ok(pending)
+}
+
+/// Forgets the reservations of a round that will not be stored.
+fn release_round(shared: &Shared, round: &[Pending]) {
+    let mut d = lock(&shared.dedup);
+    for g in round {
+        d.release(&g.keys);
+    }
+}
+
+/// Appends a prepared round, one append per topic, and remembers the stored events' keys
+/// in the duplicate window (or releases them).
+async fn store_round(shared: &Arc<Shared>, peer: &str, round: Vec<Pending>) -> Result<(), String> {
     let mut first_error = None;
-    for g in pending {
+    for g in round {
         if g.records.is_empty() {
             continue;
         }
