@@ -19,6 +19,10 @@
 //!   node refuses publishes (503 `draining`) and is not ready; the cluster member hands its
 //!   groups over (delivers its backlog, stops delivery, leaves the registry) and marks it
 //!   [`DrainState::Drained`]; undrain makes it serve and rejoin.
+//! - retention holds ([`Node::hold_retention`], [`Node::release_retention`]): consumer
+//!   groups whose committed offsets age retention must not pass (the federation bridge
+//!   registers one per topology link, `__bridge/{peer}`, so a partition only delays
+//!   replication); see [`Node::retention_holds_now`] for what a hold covers.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -39,7 +43,7 @@ use crate::ingest::now_ms;
 use crate::metrics::Metrics;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::pulsar::{PulsarConfig, PulsarStore};
-use crate::store::{EventStore, FsyncPolicy, StoreError};
+use crate::store::{EventStore, FsyncPolicy, RetentionHolds, StoreError};
 
 const SUBSCRIPTION_PREFIX: &str = "subscriptions/";
 
@@ -67,7 +71,30 @@ pub struct NodeConfig {
     /// Deliver no consumer group until [`Node::set_owned_groups`] names it (a node of a
     /// cluster with a registry: placement decides). `false`: deliver every subscription.
     pub placement_gated: bool,
+    /// How long past its topic's `max_age_secs` a record may be kept for a retention hold
+    /// (a link that has not sent it yet) at most; `None`: as long as the hold lasts.
+    pub retention_hold_max: Option<Duration>,
 }
+
+/// Default of [`NodeConfig::retention_hold_max`]: 7 days.
+pub const DEFAULT_RETENTION_HOLD_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What a retention hold covers on one topic (answered by the holder, see
+/// [`Node::hold_retention`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldScope {
+    /// The holder still has to read this topic: held from the group's committed offset,
+    /// or from the partition start where the group committed none.
+    Wanted,
+    /// The holder does not know (e.g. a link whose peer has not told its interest since
+    /// start): held from the group's committed offset where there is one, else not held.
+    Unknown,
+    /// The holder does not need this topic: not held.
+    NotWanted,
+}
+
+/// Answers [`HoldScope`] for a topic name.
+pub type HoldScopeFn = Arc<dyn Fn(&str) -> HoldScope + Send + Sync>;
 
 /// Which event store a node uses (`store = "embedded" | "pulsar://host:port"`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -110,6 +137,7 @@ impl NodeConfig {
             retention_interval: Duration::from_secs(30),
             store: StoreKind::Embedded,
             placement_gated: false,
+            retention_hold_max: Some(DEFAULT_RETENTION_HOLD_MAX),
         }
     }
 }
@@ -210,6 +238,7 @@ pub struct Node {
     producer_groups: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     published: AtomicU64,
     drain: watch::Sender<DrainState>,
+    retention_holds: std::sync::Mutex<BTreeMap<String, HoldScopeFn>>,
 }
 
 /// Where a node is in a drain (`POST /v1/admin/drain|undrain`).
@@ -287,6 +316,7 @@ impl Node {
             producer_groups: std::sync::Mutex::new(HashMap::new()),
             published: AtomicU64::new(0),
             drain: watch::Sender::new(DrainState::Serving),
+            retention_holds: std::sync::Mutex::new(BTreeMap::new()),
         });
         for (key, value) in node.store.list_meta(SUBSCRIPTION_PREFIX).await? {
             let spec: SubscriptionSpec = match serde_json::from_slice(&value) {
@@ -949,19 +979,128 @@ impl Node {
             "topics": self.read_topics().len(),
             "subscriptions": self.read_subs().len(),
             "fsync": self.config.fsync,
+            // Consumer groups holding age retention (federation link cursors).
+            "retention_holds": self.retention_hold_groups(),
             // Consumer groups placement gives this node (null: not gated, all of them).
             "owned_groups": self.owned.read().unwrap_or_else(|p| p.into_inner()).clone(),
         }))
     }
 
-    /// Runs retention now.
+    /// Holds age retention for consumer group `group` (replacing an earlier hold of the
+    /// same group): on every topic `scope` says is [`HoldScope::Wanted`] or
+    /// [`HoldScope::Unknown`], retention by age keeps the records from the group's
+    /// committed offset on (see [`Node::retention_holds_now`]). The federation bridge holds
+    /// `__bridge/{peer}` for every link of the topology and releases it when the link is
+    /// removed; `scope` must not call back into the node.
+    pub fn hold_retention(&self, group: &str, scope: HoldScopeFn) {
+        let mut holds = self
+            .retention_holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if holds.insert(group.to_string(), scope).is_none() {
+            tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, group, "retention hold added");
+        }
+    }
+
+    /// Releases the retention hold of `group`; `false` when there was none.
+    pub fn release_retention(&self, group: &str) -> bool {
+        let released = self
+            .retention_holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(group)
+            .is_some();
+        if released {
+            tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, group, "retention hold released");
+        }
+        released
+    }
+
+    /// The consumer groups holding retention now, sorted.
+    pub fn retention_hold_groups(&self) -> Vec<String> {
+        self.retention_holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// The holds the next retention pass applies: for every topic with a retention and
+    /// every hold group whose scope is not [`HoldScope::NotWanted`], per partition the
+    /// group's committed offset, or (scope [`HoldScope::Wanted`], nothing committed) the
+    /// partition start — a link cursor that committed nothing means "nothing sent yet".
+    /// The lowest hold of a partition wins.
+    pub async fn retention_holds_now(&self) -> Result<RetentionHolds, NodeError> {
+        let max_hold_ms = self
+            .config
+            .retention_hold_max
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut holds = RetentionHolds::new(max_hold_ms);
+        let holders: Vec<(String, HoldScopeFn)> = self
+            .retention_holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(g, f)| (g.clone(), f.clone()))
+            .collect();
+        if holders.is_empty() {
+            return Ok(holds);
+        }
+        for (topic, cfg) in self.store.list_topics().await? {
+            let r = &cfg.retention;
+            if r.max_age_secs.is_none() && r.max_bytes.is_none() {
+                continue;
+            }
+            for (group, scope) in &holders {
+                let scope = scope(&topic);
+                if scope == HoldScope::NotWanted {
+                    continue;
+                }
+                for p in 0..cfg.partitions {
+                    match self.store.committed_offset(group, &topic, p).await {
+                        Ok(Some(o)) => holds.hold(&topic, p, o),
+                        Ok(None) if scope == HoldScope::Wanted => holds.hold(&topic, p, 0),
+                        Ok(None) => {}
+                        // Deleted since it was listed: nothing to hold.
+                        Err(StoreError::TopicNotFound { .. })
+                        | Err(StoreError::PartitionNotFound { .. }) => break,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Ok(holds)
+    }
+
+    /// Runs retention now, under the retention holds.
     pub async fn run_retention(&self) -> Result<(), NodeError> {
-        let report = self.store.enforce_retention(now_ms()).await?;
+        let holds = self.retention_holds_now().await?;
+        let report = self.store.enforce_retention_held(now_ms(), &holds).await?;
+        self.metrics.retention_removed.inc_by(report.records);
+        self.metrics.retention_held_dropped.inc_by(report.held_dropped);
+        self.metrics
+            .retention_held_partitions
+            .set(i64::try_from(report.held_partitions).unwrap_or(i64::MAX));
+        if report.held_dropped > 0 {
+            tracing::warn!(
+                cluster = %self.config.cluster,
+                node = %self.config.node_id,
+                records = report.held_dropped,
+                "retention removed records a federation link had not replicated yet (size limit or longest hold passed): they will never reach that peer"
+            );
+        }
         if report.records > 0 {
             tracing::info!(
                 records = report.records,
                 bytes = report.bytes,
                 "retention removed records"
+            );
+        }
+        if report.held_partitions > 0 {
+            tracing::debug!(
+                partitions = report.held_partitions,
+                "retention held back by federation link cursors"
             );
         }
         Ok(())
