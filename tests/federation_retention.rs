@@ -15,8 +15,14 @@ use federation_support::*;
 use serde_json::{json, Value};
 
 const RETENTION: &[&str] = &["--retention-interval-secs", "1"];
+const WAIT: Duration = Duration::from_secs(15);
 
-async fn publish_ids(c: &reqwest::Client, node: &Meshd, topic: &str, range: std::ops::Range<usize>) {
+async fn publish_ids(
+    c: &reqwest::Client,
+    node: &Meshd,
+    topic: &str,
+    range: std::ops::Range<usize>,
+) {
     let events: Vec<_> = range
         .map(|i| {
             event(
@@ -83,12 +89,12 @@ async fn aged_topic(c: &reqwest::Client, node: &Meshd, topic: &str, partitions: 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partition_longer_than_retention_loses_nothing() {
+async fn partition_longer_than_retention_with_a_restart_loses_nothing() {
     let files = MeshFiles::new(&["a", "b"], &[("a", "b", 1)], &["b"]);
     // a dials b through the forwarder.
     let fwd = UdpForwarder::start(files.advertised["b"], files.bind["b"]);
     let c = common::client();
-    let a = files.start_args("a", RETENTION, None);
+    let mut a = files.start_args("a", RETENTION, None);
     let b = files.start_args("b", RETENTION, None);
     aged_topic(&c, &a, "orders", 2).await;
     // The control: kept 2 s too, wanted by no peer.
@@ -106,7 +112,11 @@ async fn partition_longer_than_retention_loses_nothing() {
         .json()
         .await
         .unwrap();
-    assert_eq!(cluster["retention_holds"], json!(["__bridge/b"]), "{cluster}");
+    assert_eq!(
+        cluster["retention_holds"],
+        json!(["__bridge/b"]),
+        "{cluster}"
+    );
 
     publish_ids(&c, &a, "orders", 0..10).await;
     eventually("the first 10 arrive", Duration::from_secs(15), || async {
@@ -122,11 +132,6 @@ async fn partition_longer_than_retention_loses_nothing() {
     let cut_at = std::time::Instant::now();
     publish_ids(&c, &a, "orders", 10..60).await;
     publish_ids(&c, &a, "local", 0..20).await;
-    eventually("a sees the link down", Duration::from_secs(15), || async {
-        let l = link(&c, &a, "b").await;
-        (l["state"] != "connected" && l["state"] != "stalled").then_some(())
-    })
-    .await;
     // The control was published after the cut events: once retention has trimmed it, a
     // pass ran with every cut event past its age.
     eventually(
@@ -135,16 +140,32 @@ async fn partition_longer_than_retention_loses_nothing() {
         || async { (kept(&c, &a, "local").await == (0, 20)).then_some(()) },
     )
     .await;
+    let held = || async {
+        (metric(&c, &a, "meshd_node_retention_held_partitions").await >= 1.0).then_some(())
+    };
+    eventually("a retention pass holds the unsent events", WAIT, held).await;
+    // Exactly the 50 unsent events are kept: the 10 replicated ones were trimmed.
+    assert_eq!(kept(&c, &a, "orders").await, (50, 60));
     assert!(
         unique_ids(&sink).len() < 60,
         "the cut did not hold: {} events arrived",
         unique_ids(&sink).len()
     );
-    assert!(
-        metric(&c, &a, "meshd_node_retention_held_partitions").await >= 1.0,
-        "no partition reported held"
-    );
-    // Exactly the 50 unsent events are kept: the 10 replicated ones were trimmed.
+    eventually("a sees the link down", Duration::from_secs(15), || async {
+        let l = link(&c, &a, "b").await;
+        (l["state"] != "connected" && l["state"] != "stalled").then_some(())
+    })
+    .await;
+
+    // a restarts during the partition (as after a crash, or a clock fixed by a restart):
+    // it no longer knows b's interest; its durable cursors hold (retention also runs as
+    // the node starts).
+    a.kill9();
+    let a = files.start_args("a", RETENTION, None);
+    let held = || async {
+        (metric(&c, &a, "meshd_node_retention_held_partitions").await >= 1.0).then_some(())
+    };
+    eventually("after the restart a retention pass holds them", WAIT, held).await;
     assert_eq!(kept(&c, &a, "orders").await, (50, 60));
 
     fwd.restore();
@@ -209,9 +230,11 @@ async fn a_link_removed_from_the_topology_releases_its_hold() {
     files.advertised.remove("c");
     files.links = vec![("a".into(), "b".into(), 1)];
     files.write_topology();
-    eventually("a dropped its link to c", Duration::from_secs(15), || async {
-        link(&c, &a, "c").await.is_null().then_some(())
-    })
+    eventually(
+        "a dropped its link to c",
+        Duration::from_secs(15),
+        || async { link(&c, &a, "c").await.is_null().then_some(()) },
+    )
     .await;
     eventually(
         "retention trims what only c wanted",
@@ -227,7 +250,11 @@ async fn a_link_removed_from_the_topology_releases_its_hold() {
         .json()
         .await
         .unwrap();
-    assert_eq!(cluster["retention_holds"], json!(["__bridge/b"]), "{cluster}");
+    assert_eq!(
+        cluster["retention_holds"],
+        json!(["__bridge/b"]),
+        "{cluster}"
+    );
     // Released, not dropped past a hold.
     assert_eq!(
         metric(&c, &a, "meshd_node_retention_held_records_dropped_total").await,

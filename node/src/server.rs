@@ -1078,7 +1078,9 @@ impl Node {
         let holds = self.retention_holds_now().await?;
         let report = self.store.enforce_retention_held(now_ms(), &holds).await?;
         self.metrics.retention_removed.inc_by(report.records);
-        self.metrics.retention_held_dropped.inc_by(report.held_dropped);
+        self.metrics
+            .retention_held_dropped
+            .inc_by(report.held_dropped);
         self.metrics
             .retention_held_partitions
             .set(i64::try_from(report.held_partitions).unwrap_or(i64::MAX));
@@ -1168,5 +1170,134 @@ mod store_kind_tests {
         for bad in ["", "pulsar://", "kafka://x:1", "pulsar://h:1/x", "Embedded"] {
             assert!(bad.parse::<StoreKind>().is_err(), "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod retention_hold_tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use meshd_core::api::{Retention, TopicConfig};
+
+    use super::{HoldScope, Node, NodeConfig};
+    use crate::ingest::now_ms;
+    use crate::store::{AppendRecord, EventStore};
+
+    fn aged(partitions: u32) -> TopicConfig {
+        TopicConfig {
+            partitions,
+            retention: Retention {
+                max_age_secs: Some(1),
+                max_bytes: None,
+            },
+            ..TopicConfig::default()
+        }
+    }
+
+    /// Appends `n` records stamped `timestamp_ms`.
+    async fn fill(store: &Arc<dyn EventStore>, topic: &str, partition: u32, n: u64, ts: u64) {
+        let records = (0..n)
+            .map(|_| AppendRecord {
+                partition,
+                timestamp_ms: ts,
+                payload: Bytes::from_static(b"x"),
+            })
+            .collect();
+        store.append(topic, records).await.unwrap();
+    }
+
+    /// Which partitions a hold covers: `Wanted` holds from the committed offset or from
+    /// the start, `Unknown` only from a committed offset, `NotWanted` never; the lowest
+    /// hold wins; a released hold holds nothing; every record is far past its age.
+    #[tokio::test]
+    async fn holds_follow_scope_and_committed_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(NodeConfig::new(dir.path())).await.unwrap();
+        for t in ["wanted", "unknown", "unwanted", "forever"] {
+            let cfg = if t == "forever" {
+                TopicConfig {
+                    partitions: 2,
+                    ..TopicConfig::default()
+                }
+            } else {
+                aged(2)
+            };
+            node.create_topic(t, cfg).await.unwrap();
+            for p in 0..2 {
+                // 10 s old: past the 1 s age, well within the longest hold.
+                fill(&node.store, t, p, 5, now_ms() - 10_000).await;
+            }
+        }
+        let s = &node.store;
+        s.commit_offset("__bridge/x", "wanted", 0, 3).await.unwrap();
+        s.commit_offset("__bridge/y", "wanted", 0, 2).await.unwrap();
+        s.commit_offset("__bridge/x", "unknown", 1, 4)
+            .await
+            .unwrap();
+        s.commit_offset("__bridge/x", "unwanted", 0, 1)
+            .await
+            .unwrap();
+        let scope = |t: &str| match t {
+            "wanted" => HoldScope::Wanted,
+            "unknown" => HoldScope::Unknown,
+            _ => HoldScope::NotWanted,
+        };
+        node.hold_retention("__bridge/x", Arc::new(scope));
+        node.hold_retention("__bridge/y", Arc::new(|_: &str| HoldScope::Unknown));
+        assert_eq!(
+            node.retention_hold_groups(),
+            vec!["__bridge/x".to_string(), "__bridge/y".to_string()]
+        );
+        let holds = node.retention_holds_now().await.unwrap();
+        assert_eq!(holds.held_from("wanted", 0), Some(2), "lowest hold wins");
+        assert_eq!(holds.held_from("wanted", 1), Some(0), "nothing sent: start");
+        assert_eq!(holds.held_from("unknown", 0), None);
+        assert_eq!(holds.held_from("unknown", 1), Some(4));
+        assert_eq!(holds.held_from("unwanted", 0), None);
+        assert_eq!(holds.held_from("forever", 0), None, "no retention, no hold");
+
+        node.run_retention().await.unwrap();
+        let start = |t: &'static str, p: u32| {
+            let s = node.store.clone();
+            async move { s.bounds(t, p).await.unwrap().start }
+        };
+        assert_eq!(start("wanted", 0).await, 2);
+        assert_eq!(start("wanted", 1).await, 0);
+        assert_eq!(start("unknown", 0).await, 5);
+        assert_eq!(start("unknown", 1).await, 4);
+        assert_eq!(start("unwanted", 0).await, 5);
+        assert_eq!(node.metrics.retention_held_partitions.get(), 3);
+        assert_eq!(node.metrics.retention_held_dropped.get(), 0);
+
+        assert!(node.release_retention("__bridge/x"));
+        assert!(!node.release_retention("__bridge/x"));
+        node.run_retention().await.unwrap();
+        assert_eq!(start("wanted", 0).await, 2, "y still holds it");
+        assert_eq!(start("wanted", 1).await, 5);
+        assert_eq!(start("unknown", 1).await, 5);
+        assert!(node.release_retention("__bridge/y"));
+        node.run_retention().await.unwrap();
+        assert_eq!(start("wanted", 0).await, 5);
+        assert_eq!(node.metrics.retention_held_partitions.get(), 0);
+        // Every record of the six aged partitions, none of "forever".
+        assert_eq!(node.metrics.retention_removed.get(), 30);
+        node.shutdown().await;
+    }
+
+    /// A held record older than max_age + the longest hold goes anyway, counted.
+    #[tokio::test]
+    async fn the_longest_hold_bounds_a_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = NodeConfig::new(dir.path());
+        cfg.retention_hold_max = Some(std::time::Duration::from_secs(3600));
+        let node = Node::open(cfg).await.unwrap();
+        node.create_topic("t", aged(1)).await.unwrap();
+        fill(&node.store, "t", 0, 3, 1).await; // stamped 1 ms after the epoch
+        node.hold_retention("__bridge/x", Arc::new(|_: &str| HoldScope::Wanted));
+        node.run_retention().await.unwrap();
+        assert_eq!(node.store.bounds("t", 0).await.unwrap().start, 3);
+        assert_eq!(node.metrics.retention_held_dropped.get(), 3);
+        node.shutdown().await;
     }
 }

@@ -664,7 +664,10 @@ pub async fn retention_holds(h: &dyn StoreHarness) {
             held_partitions: 1,
         }
     );
-    assert_eq!(s.bounds("held", 0).await.unwrap(), bounds(a[1].offset, end0));
+    assert_eq!(
+        s.bounds("held", 0).await.unwrap(),
+        bounds(a[1].offset, end0)
+    );
     assert_eq!(s.bounds("held", 1).await.unwrap(), bounds(end1, end1));
     assert_eq!(
         payloads(&s.read("held", 0, 0, 10).await.unwrap()),
@@ -676,7 +679,10 @@ pub async fn retention_holds(h: &dyn StoreHarness) {
     holds.hold("held", 0, a[3].offset);
     let report = s.enforce_retention_held(3500, &holds).await.unwrap();
     assert_eq!((report.records, report.held_partitions), (1, 0));
-    assert_eq!(s.bounds("held", 0).await.unwrap(), bounds(a[2].offset, end0));
+    assert_eq!(
+        s.bounds("held", 0).await.unwrap(),
+        bounds(a[2].offset, end0)
+    );
 
     // A hold from 0 (a link that has sent nothing) keeps the whole partition, within the
     // longest hold: at 4500 "c" (3000) is expired but younger than 4500 - 1000 - 1000.
@@ -690,7 +696,10 @@ pub async fn retention_holds(h: &dyn StoreHarness) {
             ..RetentionReport::default()
         }
     );
-    assert_eq!(s.bounds("held", 0).await.unwrap(), bounds(a[2].offset, end0));
+    assert_eq!(
+        s.bounds("held", 0).await.unwrap(),
+        bounds(a[2].offset, end0)
+    );
     // Past max_age + max_hold the held records go anyway, and are counted.
     let report = s.enforce_retention_held(10_000, &holds).await.unwrap();
     assert_eq!(
