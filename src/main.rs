@@ -171,6 +171,12 @@ pub struct StoreArgs {
     /// How often retention runs, in seconds.
     #[arg(long, default_value_t = 30)]
     retention_interval_secs: u64,
+    /// How long past its topic's max_age_secs a record a federation link has not sent yet
+    /// may be kept, in seconds (a peer gone for good must not fill the disk); past it the
+    /// record is removed anyway and counted in
+    /// meshd_node_retention_held_records_dropped_total.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    link_retention_hold_max_secs: u64,
     /// The event store: `embedded` (a durable log in the data directory) or
     /// `pulsar://host:port` (a Pulsar-protocol broker).
     #[arg(long, default_value = "embedded")]
@@ -193,6 +199,7 @@ impl StoreArgs {
         c.max_body_bytes = self.max_body_bytes;
         c.auto_create_topics = self.auto_create_topics;
         c.retention_interval = Duration::from_secs(self.retention_interval_secs.max(1));
+        c.retention_hold_max = Some(Duration::from_secs(self.link_retention_hold_max_secs));
         c.store = match &self.store {
             StoreKind::Pulsar(p) => {
                 let mut p = p.clone();

@@ -22,7 +22,7 @@ use meshd_core::wire::{
     PROTOCOL_VERSION,
 };
 use meshd_node::ingest::{now_ms, partition_for_key};
-use meshd_node::server::{Node, NodeError};
+use meshd_node::server::{HoldScope, HoldScopeFn, Node, NodeError};
 use meshd_node::store::{AppendRecord, EventStore};
 use meshd_topology::Topology;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -433,6 +433,8 @@ impl Shared {
                 if let Some(l) = links.remove(&peer) {
                     self.drain_link(peer.clone(), l);
                 }
+                // Its cursors no longer hold retention (a stale cursor would hold forever).
+                self.node.release_retention(&cursor_group(&peer));
                 lock(&self.learned).remove(&peer);
                 lock(&self.down).remove(&peer);
             }
@@ -454,6 +456,9 @@ impl Shared {
                 drain_rx,
             ));
             tracing::info!(cluster = %self.me(), peer, dialer, "link added");
+            // Age retention keeps what this link has not sent yet (guarantee 3).
+            self.node
+                .hold_retention(&cursor_group(peer), self.retention_scope(peer));
             links.insert(
                 peer.clone(),
                 LinkHandle {
@@ -464,6 +469,27 @@ impl Shared {
                 },
             );
         }
+    }
+
+    /// What the retention hold of the link to `peer` covers: the topics (and their relay
+    /// topics) in the interest the peer last announced; before it announced any since
+    /// start, whatever has a durable cursor (see `SessionState::durable`).
+    fn retention_scope(self: &Arc<Self>, peer: &str) -> HoldScopeFn {
+        let shared = Arc::downgrade(self);
+        let peer = peer.to_string();
+        Arc::new(move |topic: &str| {
+            let Some(shared) = shared.upgrade() else {
+                return HoldScope::Unknown;
+            };
+            let wire = topic.strip_prefix(RELAY_PREFIX).unwrap_or(topic);
+            let learned = lock(&shared.learned);
+            let scope = match learned.get(&peer) {
+                None => HoldScope::Unknown,
+                Some(entries) if entries.iter().any(|e| e.topic == wire) => HoldScope::Wanted,
+                Some(_) => HoldScope::NotWanted,
+            };
+            scope
+        })
     }
 
     /// Asks a removed link to drain (no new batches, wait for the acks of those in
@@ -1094,11 +1120,20 @@ impl SessionState {
         {
             Some(o) => o,
             None => {
-                store
+                let start = store
                     .bounds(topic, p)
                     .await
                     .map_err(|e| e.to_string())?
-                    .start
+                    .start;
+                // Anchor the cursor at the start: retention holds committed cursors even
+                // before the peer's interest is known again after a restart.
+                if let Err(e) = store
+                    .commit_offset(&cursor_group(peer), topic, p, start)
+                    .await
+                {
+                    tracing::warn!(cluster = %shared.me(), peer, topic, partition = p, "anchoring the link cursor failed: {e}");
+                }
+                start
             }
         };
         self.durable.insert((topic.to_string(), p), d);
@@ -1343,8 +1378,10 @@ impl SessionState {
 /// The internal topic where a relay cluster keeps the events of `topic` that the
 /// replication policy does not allow it to receive (`__relay.TOPIC`).
 pub fn relay_topic(topic: &str) -> String {
-    format!("__relay.{topic}")
+    format!("{RELAY_PREFIX}{topic}")
 }
+
+const RELAY_PREFIX: &str = "__relay.";
 
 /// Rebuilds the duplicate window from the store: the newest replicated events (those
 /// whose origin is another cluster) of every partition, at most `capacity` per partition,

@@ -5,7 +5,10 @@
 //! events are durably appended; only then does the source move its durable cursor (the
 //! store's committed offset of the consumer group `__bridge/{peer}`) to the batch's
 //! `next`. A new connection starts from the durable cursors again, so whatever was in
-//! flight when a link broke is sent again (duplicates possible, loss not).
+//! flight when a link broke is sent again (duplicates possible, loss not). The same
+//! consumer group holds the source's age retention: the bridge registers it with the node
+//! for every link (`Node::hold_retention`), so a partition longer than a topic's
+//! `max_age_secs` does not expire what the link has not sent.
 
 use std::collections::{HashMap, VecDeque};
 

@@ -5,7 +5,8 @@
 //! names are spelled anywhere else.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, from 50µs to 10s.
@@ -42,6 +43,13 @@ pub struct Metrics {
     pub in_flight: IntGaugeVec,
     /// Group commits (fsync batches) of the embedded store.
     pub store_commits: IntCounterVec,
+    /// Records removed by retention.
+    pub retention_removed: IntCounter,
+    /// Records removed by retention although a retention hold (a federation link cursor)
+    /// still needed them: by size, or older than the longest hold.
+    pub retention_held_dropped: IntCounter,
+    /// Partitions where, in the last retention pass, a hold kept age-expired records.
+    pub retention_held_partitions: IntGauge,
 }
 
 impl Metrics {
@@ -77,7 +85,31 @@ impl Metrics {
         registry
             .register(Box::new(in_flight.clone()))
             .expect("unique metric");
+        let plain_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let retention_held_partitions = IntGauge::new(
+            "meshd_node_retention_held_partitions",
+            "Partitions where the last retention pass kept age-expired records for a hold",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(retention_held_partitions.clone()))
+            .expect("unique metric");
         Metrics {
+            retention_removed: plain_counter(
+                "meshd_node_retention_removed_records_total",
+                "Records removed by retention",
+            ),
+            retention_held_dropped: plain_counter(
+                "meshd_node_retention_held_records_dropped_total",
+                "Records removed by retention although a retention hold still needed them",
+            ),
+            retention_held_partitions,
             published: counter(
                 "meshd_node_events_published_total",
                 "Events accepted by publish requests",

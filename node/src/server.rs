@@ -19,6 +19,10 @@
 //!   node refuses publishes (503 `draining`) and is not ready; the cluster member hands its
 //!   groups over (delivers its backlog, stops delivery, leaves the registry) and marks it
 //!   [`DrainState::Drained`]; undrain makes it serve and rejoin.
+//! - retention holds ([`Node::hold_retention`], [`Node::release_retention`]): consumer
+//!   groups whose committed offsets age retention must not pass (the federation bridge
+//!   registers one per topology link, `__bridge/{peer}`, so a partition only delays
+//!   replication); see [`Node::retention_holds_now`] for what a hold covers.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -39,7 +43,7 @@ use crate::ingest::now_ms;
 use crate::metrics::Metrics;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::pulsar::{PulsarConfig, PulsarStore};
-use crate::store::{EventStore, FsyncPolicy, StoreError};
+use crate::store::{EventStore, FsyncPolicy, RetentionHolds, StoreError};
 
 const SUBSCRIPTION_PREFIX: &str = "subscriptions/";
 
@@ -67,7 +71,30 @@ pub struct NodeConfig {
     /// Deliver no consumer group until [`Node::set_owned_groups`] names it (a node of a
     /// cluster with a registry: placement decides). `false`: deliver every subscription.
     pub placement_gated: bool,
+    /// How long past its topic's `max_age_secs` a record may be kept for a retention hold
+    /// (a link that has not sent it yet) at most; `None`: as long as the hold lasts.
+    pub retention_hold_max: Option<Duration>,
 }
+
+/// Default of [`NodeConfig::retention_hold_max`]: 7 days.
+pub const DEFAULT_RETENTION_HOLD_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What a retention hold covers on one topic (answered by the holder, see
+/// [`Node::hold_retention`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldScope {
+    /// The holder still has to read this topic: held from the group's committed offset,
+    /// or from the partition start where the group committed none.
+    Wanted,
+    /// The holder does not know (e.g. a link whose peer has not told its interest since
+    /// start): held from the group's committed offset where there is one, else not held.
+    Unknown,
+    /// The holder does not need this topic: not held.
+    NotWanted,
+}
+
+/// Answers [`HoldScope`] for a topic name.
+pub type HoldScopeFn = Arc<dyn Fn(&str) -> HoldScope + Send + Sync>;
 
 /// Which event store a node uses (`store = "embedded" | "pulsar://host:port"`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -110,6 +137,7 @@ impl NodeConfig {
             retention_interval: Duration::from_secs(30),
             store: StoreKind::Embedded,
             placement_gated: false,
+            retention_hold_max: Some(DEFAULT_RETENTION_HOLD_MAX),
         }
     }
 }
@@ -210,6 +238,7 @@ pub struct Node {
     producer_groups: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     published: AtomicU64,
     drain: watch::Sender<DrainState>,
+    retention_holds: std::sync::Mutex<BTreeMap<String, HoldScopeFn>>,
 }
 
 /// Where a node is in a drain (`POST /v1/admin/drain|undrain`).
@@ -287,6 +316,7 @@ impl Node {
             producer_groups: std::sync::Mutex::new(HashMap::new()),
             published: AtomicU64::new(0),
             drain: watch::Sender::new(DrainState::Serving),
+            retention_holds: std::sync::Mutex::new(BTreeMap::new()),
         });
         for (key, value) in node.store.list_meta(SUBSCRIPTION_PREFIX).await? {
             let spec: SubscriptionSpec = match serde_json::from_slice(&value) {
@@ -949,19 +979,130 @@ impl Node {
             "topics": self.read_topics().len(),
             "subscriptions": self.read_subs().len(),
             "fsync": self.config.fsync,
+            // Consumer groups holding age retention (federation link cursors).
+            "retention_holds": self.retention_hold_groups(),
             // Consumer groups placement gives this node (null: not gated, all of them).
             "owned_groups": self.owned.read().unwrap_or_else(|p| p.into_inner()).clone(),
         }))
     }
 
-    /// Runs retention now.
+    /// Holds age retention for consumer group `group` (replacing an earlier hold of the
+    /// same group): on every topic `scope` says is [`HoldScope::Wanted`] or
+    /// [`HoldScope::Unknown`], retention by age keeps the records from the group's
+    /// committed offset on (see [`Node::retention_holds_now`]). The federation bridge holds
+    /// `__bridge/{peer}` for every link of the topology and releases it when the link is
+    /// removed; `scope` must not call back into the node.
+    pub fn hold_retention(&self, group: &str, scope: HoldScopeFn) {
+        let mut holds = self
+            .retention_holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if holds.insert(group.to_string(), scope).is_none() {
+            tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, group, "retention hold added");
+        }
+    }
+
+    /// Releases the retention hold of `group`; `false` when there was none.
+    pub fn release_retention(&self, group: &str) -> bool {
+        let released = self
+            .retention_holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(group)
+            .is_some();
+        if released {
+            tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, group, "retention hold released");
+        }
+        released
+    }
+
+    /// The consumer groups holding retention now, sorted.
+    pub fn retention_hold_groups(&self) -> Vec<String> {
+        self.retention_holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// The holds the next retention pass applies: for every topic with a retention and
+    /// every hold group whose scope is not [`HoldScope::NotWanted`], per partition the
+    /// group's committed offset, or (scope [`HoldScope::Wanted`], nothing committed) the
+    /// partition start — a link cursor that committed nothing means "nothing sent yet".
+    /// The lowest hold of a partition wins.
+    pub async fn retention_holds_now(&self) -> Result<RetentionHolds, NodeError> {
+        let max_hold_ms = self
+            .config
+            .retention_hold_max
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut holds = RetentionHolds::new(max_hold_ms);
+        let holders: Vec<(String, HoldScopeFn)> = self
+            .retention_holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(g, f)| (g.clone(), f.clone()))
+            .collect();
+        if holders.is_empty() {
+            return Ok(holds);
+        }
+        for (topic, cfg) in self.store.list_topics().await? {
+            let r = &cfg.retention;
+            if r.max_age_secs.is_none() && r.max_bytes.is_none() {
+                continue;
+            }
+            for (group, scope) in &holders {
+                let scope = scope(&topic);
+                if scope == HoldScope::NotWanted {
+                    continue;
+                }
+                for p in 0..cfg.partitions {
+                    match self.store.committed_offset(group, &topic, p).await {
+                        Ok(Some(o)) => holds.hold(&topic, p, o),
+                        Ok(None) if scope == HoldScope::Wanted => holds.hold(&topic, p, 0),
+                        Ok(None) => {}
+                        // Deleted since it was listed: nothing to hold.
+                        Err(StoreError::TopicNotFound { .. })
+                        | Err(StoreError::PartitionNotFound { .. }) => break,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Ok(holds)
+    }
+
+    /// Runs retention now, under the retention holds.
     pub async fn run_retention(&self) -> Result<(), NodeError> {
-        let report = self.store.enforce_retention(now_ms()).await?;
+        let holds = self.retention_holds_now().await?;
+        let report = self.store.enforce_retention_held(now_ms(), &holds).await?;
+        self.metrics.retention_removed.inc_by(report.records);
+        self.metrics
+            .retention_held_dropped
+            .inc_by(report.held_dropped);
+        self.metrics
+            .retention_held_partitions
+            .set(i64::try_from(report.held_partitions).unwrap_or(i64::MAX));
+        if report.held_dropped > 0 {
+            tracing::warn!(
+                cluster = %self.config.cluster,
+                node = %self.config.node_id,
+                records = report.held_dropped,
+                "retention removed records a federation link had not replicated yet (size limit or longest hold passed): they will never reach that peer"
+            );
+        }
         if report.records > 0 {
             tracing::info!(
                 records = report.records,
                 bytes = report.bytes,
                 "retention removed records"
+            );
+        }
+        if report.held_partitions > 0 {
+            tracing::debug!(
+                partitions = report.held_partitions,
+                "retention held back by federation link cursors"
             );
         }
         Ok(())
@@ -1029,5 +1170,134 @@ mod store_kind_tests {
         for bad in ["", "pulsar://", "kafka://x:1", "pulsar://h:1/x", "Embedded"] {
             assert!(bad.parse::<StoreKind>().is_err(), "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod retention_hold_tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use meshd_core::api::{Retention, TopicConfig};
+
+    use super::{HoldScope, Node, NodeConfig};
+    use crate::ingest::now_ms;
+    use crate::store::{AppendRecord, EventStore};
+
+    fn aged(partitions: u32) -> TopicConfig {
+        TopicConfig {
+            partitions,
+            retention: Retention {
+                max_age_secs: Some(1),
+                max_bytes: None,
+            },
+            ..TopicConfig::default()
+        }
+    }
+
+    /// Appends `n` records stamped `timestamp_ms`.
+    async fn fill(store: &Arc<dyn EventStore>, topic: &str, partition: u32, n: u64, ts: u64) {
+        let records = (0..n)
+            .map(|_| AppendRecord {
+                partition,
+                timestamp_ms: ts,
+                payload: Bytes::from_static(b"x"),
+            })
+            .collect();
+        store.append(topic, records).await.unwrap();
+    }
+
+    /// Which partitions a hold covers: `Wanted` holds from the committed offset or from
+    /// the start, `Unknown` only from a committed offset, `NotWanted` never; the lowest
+    /// hold wins; a released hold holds nothing; every record is far past its age.
+    #[tokio::test]
+    async fn holds_follow_scope_and_committed_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(NodeConfig::new(dir.path())).await.unwrap();
+        for t in ["wanted", "unknown", "unwanted", "forever"] {
+            let cfg = if t == "forever" {
+                TopicConfig {
+                    partitions: 2,
+                    ..TopicConfig::default()
+                }
+            } else {
+                aged(2)
+            };
+            node.create_topic(t, cfg).await.unwrap();
+            for p in 0..2 {
+                // 10 s old: past the 1 s age, well within the longest hold.
+                fill(&node.store, t, p, 5, now_ms() - 10_000).await;
+            }
+        }
+        let s = &node.store;
+        s.commit_offset("__bridge/x", "wanted", 0, 3).await.unwrap();
+        s.commit_offset("__bridge/y", "wanted", 0, 2).await.unwrap();
+        s.commit_offset("__bridge/x", "unknown", 1, 4)
+            .await
+            .unwrap();
+        s.commit_offset("__bridge/x", "unwanted", 0, 1)
+            .await
+            .unwrap();
+        let scope = |t: &str| match t {
+            "wanted" => HoldScope::Wanted,
+            "unknown" => HoldScope::Unknown,
+            _ => HoldScope::NotWanted,
+        };
+        node.hold_retention("__bridge/x", Arc::new(scope));
+        node.hold_retention("__bridge/y", Arc::new(|_: &str| HoldScope::Unknown));
+        assert_eq!(
+            node.retention_hold_groups(),
+            vec!["__bridge/x".to_string(), "__bridge/y".to_string()]
+        );
+        let holds = node.retention_holds_now().await.unwrap();
+        assert_eq!(holds.held_from("wanted", 0), Some(2), "lowest hold wins");
+        assert_eq!(holds.held_from("wanted", 1), Some(0), "nothing sent: start");
+        assert_eq!(holds.held_from("unknown", 0), None);
+        assert_eq!(holds.held_from("unknown", 1), Some(4));
+        assert_eq!(holds.held_from("unwanted", 0), None);
+        assert_eq!(holds.held_from("forever", 0), None, "no retention, no hold");
+
+        node.run_retention().await.unwrap();
+        let start = |t: &'static str, p: u32| {
+            let s = node.store.clone();
+            async move { s.bounds(t, p).await.unwrap().start }
+        };
+        assert_eq!(start("wanted", 0).await, 2);
+        assert_eq!(start("wanted", 1).await, 0);
+        assert_eq!(start("unknown", 0).await, 5);
+        assert_eq!(start("unknown", 1).await, 4);
+        assert_eq!(start("unwanted", 0).await, 5);
+        assert_eq!(node.metrics.retention_held_partitions.get(), 3);
+        assert_eq!(node.metrics.retention_held_dropped.get(), 0);
+
+        assert!(node.release_retention("__bridge/x"));
+        assert!(!node.release_retention("__bridge/x"));
+        node.run_retention().await.unwrap();
+        assert_eq!(start("wanted", 0).await, 2, "y still holds it");
+        assert_eq!(start("wanted", 1).await, 5);
+        assert_eq!(start("unknown", 1).await, 5);
+        assert!(node.release_retention("__bridge/y"));
+        node.run_retention().await.unwrap();
+        assert_eq!(start("wanted", 0).await, 5);
+        assert_eq!(node.metrics.retention_held_partitions.get(), 0);
+        // Every record of the six aged partitions, none of "forever".
+        assert_eq!(node.metrics.retention_removed.get(), 30);
+        node.shutdown().await;
+    }
+
+    /// A held record older than max_age + the longest hold goes anyway, counted.
+    #[tokio::test]
+    async fn the_longest_hold_bounds_a_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = NodeConfig::new(dir.path());
+        cfg.retention_hold_max = Some(std::time::Duration::from_secs(3600));
+        let node = Node::open(cfg).await.unwrap();
+        node.create_topic("t", aged(1)).await.unwrap();
+        fill(&node.store, "t", 0, 3, 1).await; // stamped 1 ms after the epoch
+        node.hold_retention("__bridge/x", Arc::new(|_: &str| HoldScope::Wanted));
+        node.run_retention().await.unwrap();
+        assert_eq!(node.store.bounds("t", 0).await.unwrap().start, 3);
+        assert_eq!(node.metrics.retention_held_dropped.get(), 3);
+        node.shutdown().await;
     }
 }

@@ -199,7 +199,11 @@ impl EventStore for FakeStore {
             .copied())
     }
 
-    async fn enforce_retention(&self, _now_ms: u64) -> Result<RetentionReport, StoreError> {
+    async fn enforce_retention_held(
+        &self,
+        _now_ms: u64,
+        _holds: &crate::store::RetentionHolds,
+    ) -> Result<RetentionReport, StoreError> {
         Ok(RetentionReport::default())
     }
 

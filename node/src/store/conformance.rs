@@ -24,7 +24,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use meshd_core::api::{Retention, TopicConfig};
 
-use super::{AppendRecord, EventStore, PartitionBounds, RetentionReport, StoreError};
+use super::{
+    AppendRecord, EventStore, PartitionBounds, RetentionHolds, RetentionReport, StoreError,
+};
 
 /// How the suite gets stores.
 #[async_trait]
@@ -84,6 +86,7 @@ pub async fn run_all(h: &dyn StoreHarness) {
     offsets_commit_and_load(h).await;
     retention_by_age(h).await;
     retention_by_size(h).await;
+    retention_holds(h).await;
     meta_namespace(h).await;
     reopen_recovers_everything(h).await;
 }
@@ -514,7 +517,8 @@ pub async fn retention_by_age(h: &dyn StoreHarness) {
         report,
         RetentionReport {
             records: 2,
-            bytes: 5
+            bytes: 5,
+            ..RetentionReport::default()
         }
     );
     assert_eq!(
@@ -584,7 +588,8 @@ pub async fn retention_by_size(h: &dyn StoreHarness) {
         report,
         RetentionReport {
             records: 7,
-            bytes: 70
+            bytes: 70,
+            ..RetentionReport::default()
         }
     );
     assert_eq!(
@@ -601,12 +606,145 @@ pub async fn retention_by_size(h: &dyn StoreHarness) {
         report,
         RetentionReport {
             records: 1,
-            bytes: 10
+            bytes: 10,
+            ..RetentionReport::default()
         }
     );
     assert_eq!(
         s.bounds("t", 0).await.unwrap(),
         bounds(a0[8].offset, a10[0].offset + 1)
+    );
+    s.close().await.unwrap();
+}
+
+/// Holds: age retention stops at the lowest held offset of a partition (other partitions
+/// and topics are not affected), a hold from offset 0 keeps the whole partition, a held
+/// record older than `max_age` + `max_hold_ms` goes anyway (counted), and size retention
+/// passes holds (counted).
+pub async fn retention_holds(h: &dyn StoreHarness) {
+    let s = h.open("retention-holds").await;
+    let aged = TopicConfig {
+        partitions: 2,
+        retention: Retention {
+            max_age_secs: Some(1),
+            max_bytes: None,
+        },
+        ..TopicConfig::default()
+    };
+    s.create_topic("held", &aged).await.unwrap();
+    let a = s
+        .append(
+            "held",
+            vec![
+                rec(0, 1000, "a"),
+                rec(0, 2000, "b"),
+                rec(0, 3000, "c"),
+                rec(0, 4000, "d"),
+                rec(1, 1000, "x"),
+                rec(1, 2000, "y"),
+            ],
+        )
+        .await
+        .unwrap();
+    let end0 = a[3].offset + 1;
+    let end1 = a[5].offset + 1;
+
+    // p0 held from "b", p1 not held: "a", "x", "y" expire, "b" stays.
+    let mut holds = RetentionHolds::new(None);
+    holds.hold("held", 0, a[1].offset);
+    holds.hold("held", 0, a[2].offset); // the lowest hold wins
+    assert_eq!(holds.held_from("held", 0), Some(a[1].offset));
+    let report = s.enforce_retention_held(3500, &holds).await.unwrap();
+    assert_eq!(
+        report,
+        RetentionReport {
+            records: 3,
+            bytes: 3,
+            held_dropped: 0,
+            held_partitions: 1,
+        }
+    );
+    assert_eq!(
+        s.bounds("held", 0).await.unwrap(),
+        bounds(a[1].offset, end0)
+    );
+    assert_eq!(s.bounds("held", 1).await.unwrap(), bounds(end1, end1));
+    assert_eq!(
+        payloads(&s.read("held", 0, 0, 10).await.unwrap()),
+        vec!["b", "c", "d"]
+    );
+
+    // The cursor moves on past "b" and "c": the hold follows, "b" goes ("c" is young).
+    let mut holds = RetentionHolds::new(None);
+    holds.hold("held", 0, a[3].offset);
+    let report = s.enforce_retention_held(3500, &holds).await.unwrap();
+    assert_eq!((report.records, report.held_partitions), (1, 0));
+    assert_eq!(
+        s.bounds("held", 0).await.unwrap(),
+        bounds(a[2].offset, end0)
+    );
+
+    // A hold from 0 (a link that has sent nothing) keeps the whole partition, within the
+    // longest hold: at 4500 "c" (3000) is expired but younger than 4500 - 1000 - 1000.
+    let mut holds = RetentionHolds::new(Some(1000));
+    holds.hold("held", 0, 0);
+    let report = s.enforce_retention_held(4500, &holds).await.unwrap();
+    assert_eq!(
+        report,
+        RetentionReport {
+            held_partitions: 1,
+            ..RetentionReport::default()
+        }
+    );
+    assert_eq!(
+        s.bounds("held", 0).await.unwrap(),
+        bounds(a[2].offset, end0)
+    );
+    // Past max_age + max_hold the held records go anyway, and are counted.
+    let report = s.enforce_retention_held(10_000, &holds).await.unwrap();
+    assert_eq!(
+        report,
+        RetentionReport {
+            records: 2,
+            bytes: 2,
+            held_dropped: 2,
+            held_partitions: 0,
+        }
+    );
+    assert_eq!(s.bounds("held", 0).await.unwrap(), bounds(end0, end0));
+
+    // Size passes a hold (the disk comes first), counted.
+    let sized = TopicConfig {
+        partitions: 1,
+        retention: Retention {
+            max_age_secs: Some(1),
+            max_bytes: Some(2),
+        },
+        ..TopicConfig::default()
+    };
+    s.create_topic("sized", &sized).await.unwrap();
+    let b = s
+        .append(
+            "sized",
+            vec![rec(0, 9000, "aa"), rec(0, 9000, "bb"), rec(0, 9000, "cc")],
+        )
+        .await
+        .unwrap();
+    let mut holds = RetentionHolds::new(None);
+    holds.hold("sized", 0, 0);
+    let report = s.enforce_retention_held(9500, &holds).await.unwrap();
+    assert_eq!(
+        report,
+        RetentionReport {
+            records: 2,
+            bytes: 4,
+            held_dropped: 2,
+            held_partitions: 0,
+        }
+    );
+    assert_eq!(
+        s.bounds("sized", 0).await.unwrap(),
+        bounds(b[2].offset, b[2].offset + 1)
     );
     s.close().await.unwrap();
 }

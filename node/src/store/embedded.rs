@@ -72,8 +72,8 @@ use tokio::sync::{oneshot, watch};
 use self::layout::{decode_record, BOUNDS, META, OFFSETS, RECORDS};
 use self::writer::{Counters, Op, Reply, Shared, TopicView, Writer};
 use super::{
-    AppendRecord, Appended, EventStore, FsyncPolicy, PartitionBounds, RetentionReport, StoreError,
-    StoredRecord,
+    AppendRecord, Appended, EventStore, FsyncPolicy, PartitionBounds, RetentionHolds,
+    RetentionReport, StoreError, StoredRecord,
 };
 
 /// Name of the database file inside the data directory.
@@ -547,8 +547,18 @@ impl EventStore for EmbeddedStore {
         .await
     }
 
-    async fn enforce_retention(&self, now_ms: u64) -> Result<RetentionReport, StoreError> {
-        self.call(|reply| Op::Retention { now_ms, reply }).await
+    async fn enforce_retention_held(
+        &self,
+        now_ms: u64,
+        holds: &RetentionHolds,
+    ) -> Result<RetentionReport, StoreError> {
+        let holds = holds.clone();
+        self.call(|reply| Op::Retention {
+            now_ms,
+            holds,
+            reply,
+        })
+        .await
     }
 
     async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {

@@ -11,6 +11,18 @@
 //! records with offset `>= from`, and `end - start` is not a record count. A consumer
 //! group's committed offset is the *next* offset it will read (Kafka convention), so
 //! "nothing consumed yet" is the partition's start.
+//!
+//! # Retention holds
+//! Age retention may be *held* ([`RetentionHolds`]): the caller (the node, for the
+//! federation bridge's link cursors) names per (topic, partition) the lowest offset that
+//! something still has to read, and [`EventStore::enforce_retention_held`] never moves a
+//! partition's start past it because of age — unless the record is older than the topic's
+//! `max_age_secs` plus [`RetentionHolds::max_hold_ms`] (a peer gone for good must not fill
+//! the disk). Size retention (`max_bytes`) passes holds: the disk comes first. Every held
+//! record removed anyway is counted in [`RetentionReport::held_dropped`]; the decision is
+//! one function ([`retention_verdict`]) shared by both stores.
+
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -101,6 +113,101 @@ pub struct RetentionReport {
     pub records: u64,
     /// Payload bytes removed.
     pub bytes: u64,
+    /// Of `records`, those a hold still needed (removed by size, or older than the
+    /// longest hold): events a link cursor had not sent yet are gone.
+    pub held_dropped: u64,
+    /// Partitions where a hold kept age-expired records in this pass.
+    pub held_partitions: u64,
+}
+
+/// The lowest offsets that must survive age retention, per (topic, partition), and how
+/// long past its topic's `max_age_secs` a held record may stay at most.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RetentionHolds {
+    held: HashMap<String, HashMap<u32, u64>>,
+    /// A held record older than `max_age_secs` plus this is removed anyway (and counted
+    /// in [`RetentionReport::held_dropped`]); `None`: holds never expire.
+    pub max_hold_ms: Option<u64>,
+}
+
+impl RetentionHolds {
+    /// No holds; `max_hold_ms` as given.
+    pub fn new(max_hold_ms: Option<u64>) -> RetentionHolds {
+        RetentionHolds {
+            held: HashMap::new(),
+            max_hold_ms,
+        }
+    }
+
+    /// Holds (topic, partition) from `offset` on (the lowest of several holds wins).
+    pub fn hold(&mut self, topic: &str, partition: u32, offset: u64) {
+        let e = self
+            .held
+            .entry(topic.to_string())
+            .or_default()
+            .entry(partition)
+            .or_insert(offset);
+        *e = (*e).min(offset);
+    }
+
+    /// The lowest held offset of (topic, partition), if it is held.
+    pub fn held_from(&self, topic: &str, partition: u32) -> Option<u64> {
+        self.held.get(topic)?.get(&partition).copied()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
+/// What retention does with the oldest remaining record of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Remove it and go on with the next; `held`: a hold still needed it.
+    Remove {
+        /// A hold still needed it.
+        held: bool,
+    },
+    /// Keep it and stop (retention removes a prefix); `held`: it is age-expired and kept
+    /// only because of a hold.
+    Keep {
+        /// Kept only because of a hold.
+        held: bool,
+    },
+}
+
+/// The retention decision for a record at `offset` stamped `timestamp_ms`, shared by the
+/// stores: `over_size` when the partition is still above `max_bytes`, `max_age_ms` the
+/// topic's age limit, `held_from` the partition's lowest held offset.
+pub fn retention_verdict(
+    now_ms: u64,
+    offset: u64,
+    timestamp_ms: u64,
+    over_size: bool,
+    max_age_ms: Option<u64>,
+    held_from: Option<u64>,
+    max_hold_ms: Option<u64>,
+) -> Verdict {
+    let held = held_from.is_some_and(|h| offset >= h);
+    if over_size {
+        return Verdict::Remove { held };
+    }
+    let Some(age) = max_age_ms else {
+        return Verdict::Keep { held: false };
+    };
+    if timestamp_ms >= now_ms.saturating_sub(age) {
+        return Verdict::Keep { held: false };
+    }
+    if !held {
+        return Verdict::Remove { held: false };
+    }
+    let hard = max_hold_ms.map(|m| now_ms.saturating_sub(age.saturating_add(m)));
+    if hard.is_some_and(|h| timestamp_ms < h) {
+        Verdict::Remove { held: true }
+    } else {
+        Verdict::Keep { held: true }
+    }
 }
 
 /// Failures of a store.
@@ -229,7 +336,20 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Removes records past each topic's retention (age relative to `now_ms`, size per
     /// partition). Never removes the last record's offset position: `end` is unchanged.
-    async fn enforce_retention(&self, now_ms: u64) -> Result<RetentionReport, StoreError>;
+    /// Same as [`EventStore::enforce_retention_held`] without holds.
+    async fn enforce_retention(&self, now_ms: u64) -> Result<RetentionReport, StoreError> {
+        self.enforce_retention_held(now_ms, &RetentionHolds::default())
+            .await
+    }
+
+    /// Retention under `holds` (module docs, "Retention holds"): age never moves a
+    /// partition's start past its lowest held offset, except for records older than the
+    /// topic's `max_age_secs` plus `holds.max_hold_ms`; size retention passes holds.
+    async fn enforce_retention_held(
+        &self,
+        now_ms: u64,
+        holds: &RetentionHolds,
+    ) -> Result<RetentionReport, StoreError>;
 
     /// Puts a metadata value (durably).
     async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;

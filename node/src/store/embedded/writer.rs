@@ -26,7 +26,10 @@ use super::layout::{
     INFO_NEXT_TOPIC_ID, META, OFFSETS, RECORDS, TOPICS,
 };
 use super::{EmbeddedOptions, EmbeddedTuning};
-use crate::store::{AppendRecord, Appended, FsyncPolicy, RetentionReport, StoreError};
+use crate::store::{
+    retention_verdict, AppendRecord, Appended, FsyncPolicy, RetentionHolds, RetentionReport,
+    StoreError, Verdict,
+};
 
 /// Where a caller waits for the result of its operation.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -58,6 +61,7 @@ pub(crate) enum Op {
     },
     Retention {
         now_ms: u64,
+        holds: RetentionHolds,
         reply: Reply<RetentionReport>,
     },
     PutMeta {
@@ -740,8 +744,12 @@ impl Writer {
                 fx.wrote |= r.is_ok();
                 (Outcome::Unit(reply, r), e)
             }
-            Op::Retention { now_ms, reply } => {
-                let (r, e) = split(self.retention(t, now_ms, fx));
+            Op::Retention {
+                now_ms,
+                holds,
+                reply,
+            } => {
+                let (r, e) = split(self.retention(t, now_ms, &holds, fx));
                 (Outcome::Retention(reply, r), e)
             }
             Op::PutMeta { key, value, reply } => {
@@ -914,6 +922,7 @@ impl Writer {
         &mut self,
         t: &mut Tables<'_>,
         now_ms: u64,
+        holds: &RetentionHolds,
         fx: &mut BatchEffects,
     ) -> Result<RetentionReport, ApplyError> {
         let mut report = RetentionReport::default();
@@ -922,31 +931,45 @@ impl Writer {
             if retention.max_age_secs.is_none() && retention.max_bytes.is_none() {
                 continue;
             }
-            let cutoff = retention
-                .max_age_secs
-                .map(|s| now_ms.saturating_sub(s.saturating_mul(1000)));
+            let max_age_ms = retention.max_age_secs.map(|s| s.saturating_mul(1000));
             let max_bytes = retention.max_bytes;
             for (pi, p) in ts.parts.iter_mut().enumerate() {
                 let pi = pi as u32;
                 if p.start >= p.end {
                     continue;
                 }
+                let held_from = holds.held_from(name, pi);
                 let mut new_start = p.start;
                 let mut removed_bytes = 0u64;
+                let mut held_dropped = 0u64;
                 for entry in t.records.range((ts.id, pi, p.start)..(ts.id, pi, p.end))? {
                     let (k, v) = entry?;
+                    let offset = k.value().2;
                     let Some((stamp, len)) = peek_record(v.value()) else {
-                        tracing::warn!(topic = %name, partition = pi, offset = k.value().2,
+                        tracing::warn!(topic = %name, partition = pi, offset,
                             "record too short to apply retention; stopping here");
                         break;
                     };
-                    let expired = cutoff.is_some_and(|c| stamp < c);
                     let over = max_bytes.is_some_and(|m| p.bytes.saturating_sub(removed_bytes) > m);
-                    if !(expired || over) {
-                        break;
+                    match retention_verdict(
+                        now_ms,
+                        offset,
+                        stamp,
+                        over,
+                        max_age_ms,
+                        held_from,
+                        holds.max_hold_ms,
+                    ) {
+                        Verdict::Remove { held } => {
+                            held_dropped += u64::from(held);
+                            new_start = offset + 1;
+                            removed_bytes += len;
+                        }
+                        Verdict::Keep { held } => {
+                            report.held_partitions += u64::from(held);
+                            break;
+                        }
                     }
-                    new_start = k.value().2 + 1;
-                    removed_bytes += len;
                 }
                 if new_start == p.start {
                     continue;
@@ -955,6 +978,7 @@ impl Writer {
                     .retain_in((ts.id, pi, p.start)..(ts.id, pi, new_start), |_, _| false)?;
                 report.records += new_start - p.start;
                 report.bytes += removed_bytes;
+                report.held_dropped += held_dropped;
                 fx.removed += new_start - p.start;
                 p.start = new_start;
                 p.bytes = p.bytes.saturating_sub(removed_bytes);

@@ -39,7 +39,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{
-    AppendRecord, Appended, EventStore, PartitionBounds, RetentionReport, StoreError, StoredRecord,
+    retention_verdict, AppendRecord, Appended, EventStore, PartitionBounds, RetentionHolds,
+    RetentionReport, StoreError, StoredRecord, Verdict,
 };
 
 pub mod codec;
@@ -1256,7 +1257,11 @@ impl EventStore for PulsarStore {
             .copied())
     }
 
-    async fn enforce_retention(&self, now_ms: u64) -> Result<RetentionReport, StoreError> {
+    async fn enforce_retention_held(
+        &self,
+        now_ms: u64,
+        holds: &RetentionHolds,
+    ) -> Result<RetentionReport, StoreError> {
         self.check_open()?;
         let topics: Vec<Arc<TopicState>> =
             lock(&self.shared.state).topics.values().cloned().collect();
@@ -1267,10 +1272,9 @@ impl EventStore for PulsarStore {
             if retention.max_age_secs.is_none() && retention.max_bytes.is_none() {
                 continue;
             }
-            let cutoff = retention
-                .max_age_secs
-                .map(|s| now_ms.saturating_sub(s.saturating_mul(1000)));
+            let max_age_ms = retention.max_age_secs.map(|s| s.saturating_mul(1000));
             for p in 0..t.config.partitions {
+                let held_from = holds.held_from(&t.name, p);
                 let b = self.bounds(&t.name, p).await?;
                 // Size: one streaming pass for the total (memory stays one chunk).
                 let mut total = 0u64;
@@ -1291,6 +1295,7 @@ impl EventStore for PulsarStore {
                     }
                 }
                 let (mut removed, mut removed_bytes, mut new_start) = (0u64, 0u64, b.start);
+                let mut held_dropped = 0u64;
                 let mut from = b.start;
                 'scan: loop {
                     let chunk = self.read(&t.name, p, from, CHUNK).await?;
@@ -1301,12 +1306,23 @@ impl EventStore for PulsarStore {
                         if r.offset >= b.end {
                             break 'scan;
                         }
-                        let expired = cutoff.is_some_and(|c| r.timestamp_ms < c);
                         let over = retention
                             .max_bytes
                             .is_some_and(|m| total.saturating_sub(removed_bytes) > m);
-                        if !(expired || over) {
-                            break 'scan;
+                        match retention_verdict(
+                            now_ms,
+                            r.offset,
+                            r.timestamp_ms,
+                            over,
+                            max_age_ms,
+                            held_from,
+                            holds.max_hold_ms,
+                        ) {
+                            Verdict::Remove { held } => held_dropped += u64::from(held),
+                            Verdict::Keep { held } => {
+                                report.held_partitions += u64::from(held);
+                                break 'scan;
+                            }
                         }
                         removed += 1;
                         removed_bytes += r.payload.len() as u64;
@@ -1325,6 +1341,7 @@ impl EventStore for PulsarStore {
                     .await?;
                 report.records += removed;
                 report.bytes += removed_bytes;
+                report.held_dropped += held_dropped;
             }
         }
         Ok(report)
