@@ -32,7 +32,7 @@ use crate::cursor::{cursor_group, SendWindow};
 use crate::interest::{announcement, LocalInterest, PeerInterest};
 use crate::link::{
     check_hello, event_path, frame_name, outgoing_stamps, received_path, DedupWindow, HelloOutcome,
-    ORIGIN_EXT, PATH_EXT,
+    Reservation, ORIGIN_EXT, PATH_EXT,
 };
 use crate::routing::Routes;
 use crate::stats::{LinkState, LinkStats};
@@ -138,6 +138,8 @@ struct Shared {
     learned: Mutex<BTreeMap<String, Vec<InterestEntry>>>,
     down: Mutex<HashSet<String>>,
     dedup: Mutex<DedupWindow>,
+    /// Woken whenever reserved duplicate-window keys are stored or released.
+    dedup_resolved: tokio::sync::Notify,
     /// Peers this bridge sends no batches to (admin pause, for drills).
     paused: Mutex<HashSet<String>>,
     /// Wall clock (ms) and monotonic clock when the bridge started (see `clock_stepped`).
@@ -237,6 +239,7 @@ impl Bridge {
         let dedup = restore_dedup(&node, &config.cluster, config.dedup_window).await;
         let shared = Arc::new(Shared {
             dedup: Mutex::new(dedup),
+            dedup_resolved: tokio::sync::Notify::new(),
             draining: Mutex::new(Vec::new()),
             config,
             node,
@@ -1450,7 +1453,9 @@ async fn storer(
     let _gate = gate.lock_owned().await;
     // Two stages: this one checks and stamps round N+1 while the next one waits for the
     // store to take round N (same order; one append per topic per round).
-    let (ready_tx, mut ready_rx) = mpsc::channel::<(u64, Result<Vec<Pending>, String>)>(2);
+    // (the seq to acknowledge once stored, or None for a part flushed early; the round)
+    let (ready_tx, mut ready_rx) = mpsc::channel::<(Option<u64>, Result<Vec<Pending>, String>)>(2);
+    let owner = NEXT_STORER.fetch_add(1, Ordering::Relaxed);
     let prepare = async {
         // Owned here: dropped when this stage ends, which ends the next stage.
         let ready_tx = ready_tx;
@@ -1463,9 +1468,9 @@ async fn storer(
                 }
             }
             let seq = round.last().map_or(0, |b| b.seq);
-            let prepared = prepare_round(&shared, &stats, round);
+            let prepared = prepare_round(&shared, &stats, round, owner, &ready_tx).await;
             let failed = prepared.is_err();
-            if ready_tx.send((seq, prepared)).await.is_err() || failed {
+            if ready_tx.send((Some(seq), prepared)).await.is_err() || failed {
                 return;
             }
         }
@@ -1483,10 +1488,15 @@ async fn storer(
                 Ok(groups) => store_round(&shared, &peer, groups).await,
                 Err(e) => Err(e),
             };
-            failed |= result.is_err();
+            let was_ok = result.is_ok();
+            // A part flushed early is acknowledged with the rest of its round.
+            if was_ok && seq.is_none() {
+                continue;
+            }
+            failed |= !was_ok;
             // A closed ack channel means the session ended: the queued batches are still
             // stored (they are reserved in the duplicate window), only not acknowledged.
-            let _ = acks.send(result.map(|()| seq)).await;
+            let _ = acks.send(result.map(|()| seq.unwrap_or(0))).await;
         }
     };
     tokio::join!(prepare, store);
@@ -1530,8 +1540,15 @@ async fn commit_cursors(
     }
 }
 
+/// Owner ids of storers in the duplicate window (0 is [`DedupWindow::reserve`]'s).
+static NEXT_STORER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Most batches one storer round takes.
 const STORE_ROUND_MAX: usize = 256;
+
+/// A prepared round for the storer's second stage: the seq to acknowledge once it is
+/// stored (`None` for a part flushed early), and the round (or why it failed).
+type Ready = (Option<u64>, Result<Vec<Pending>, String>);
 
 /// Received events of one topic, ready to append.
 struct Pending {
@@ -1543,28 +1560,26 @@ struct Pending {
 }
 
 /// Makes a round of batches ready to append: duplicate check (the keys are reserved in
-/// the duplicate window), path stamp, grouped by topic in arrival order.
-fn prepare_round(
+/// the duplicate window for `owner`), path stamp, grouped by topic in arrival order.
+///
+/// An event another link's storer has reserved but not stored yet (a reroute: the same
+/// events arrive over two links) must be stored before anything that follows it here, or
+/// a later event could overtake it in the log. So at such an event what was prepared so
+/// far goes to `flush` (stored without an ack), and this waits until the other storer
+/// stored the event (then it is a duplicate here) or gave it up (then it is taken here).
+/// No storer waits while holding an unresolved reservation, so two storers cannot wait
+/// for each other.
+async fn prepare_round(
     shared: &Arc<Shared>,
     stats: &LinkStats,
     round: Vec<Batch>,
+    owner: u64,
+    flush: &mpsc::Sender<Ready>,
 ) -> Result<Vec<Pending>, String> {
     let me = shared.me();
     let mut pending: Vec<Pending> = Vec::new();
     let mut failure = None;
     'batches: for b in round {
-        let i = match pending.iter().position(|g| g.topic == b.topic) {
-            Some(i) => i,
-            None => {
-                pending.push(Pending {
-                    topic: b.topic.clone(),
-                    partitions: b.partitions,
-                    records: Vec::new(),
-                    keys: Vec::new(),
-                });
-                pending.len() - 1
-            }
-        };
         for we in b.events {
             stats.events_received.fetch_add(1, Ordering::Relaxed);
             stats
@@ -1581,16 +1596,45 @@ fn prepare_round(
                 }
             };
             let key = DedupWindow::key(&raw);
-            // Reserve at check time: two links delivering one event concurrently (a
-            // reroute) must not both store it; a second copy in this round is reserved
-            // already.
-            if lock(&shared.dedup).reserve(&key) {
+            // Reserve at check time: two links delivering one event concurrently must not
+            // both store it.
+            let fresh = loop {
+                let resolved = shared.dedup_resolved.notified();
+                tokio::pin!(resolved);
+                resolved.as_mut().enable();
+                match lock(&shared.dedup).reserve_for(&key, owner) {
+                    Reservation::Fresh => break true,
+                    Reservation::Duplicate => break false,
+                    Reservation::HeldElsewhere => {}
+                }
+                if pending.iter().any(|g| !g.records.is_empty()) {
+                    let part = std::mem::take(&mut pending);
+                    if flush.send((None, Ok(part))).await.is_err() {
+                        return Err("the storer stopped".into());
+                    }
+                }
+                // Woken by any commit or release; the timeout only bounds a missed wake.
+                let _ = tokio::time::timeout(Duration::from_millis(100), resolved).await;
+            };
+            if !fresh {
                 stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let payload = match &received_path(&raw, me) {
                 Some(p) => raw.with_extensions(&[(PATH_EXT, p)]),
                 None => we.payload.clone(),
+            };
+            let i = match pending.iter().position(|g| g.topic == b.topic) {
+                Some(i) => i,
+                None => {
+                    pending.push(Pending {
+                        topic: b.topic.clone(),
+                        partitions: b.partitions,
+                        records: Vec::new(),
+                        keys: Vec::new(),
+                    });
+                    pending.len() - 1
+                }
             };
             let g = &mut pending[i];
             g.records
@@ -1607,10 +1651,13 @@ fn prepare_round(
 
 /// Forgets the reservations of a round that will not be stored.
 fn release_round(shared: &Shared, round: &[Pending]) {
-    let mut d = lock(&shared.dedup);
-    for g in round {
-        d.release(&g.keys);
+    {
+        let mut d = lock(&shared.dedup);
+        for g in round {
+            d.release(&g.keys);
+        }
     }
+    shared.dedup_resolved.notify_waiters();
 }
 
 /// Appends a prepared round, one append per topic, and remembers the stored events' keys
@@ -1622,14 +1669,17 @@ async fn store_round(shared: &Arc<Shared>, peer: &str, round: Vec<Pending>) -> R
             continue;
         }
         let stored = store_received(shared, peer, &g.topic, g.partitions, g.records).await;
-        let mut d = lock(&shared.dedup);
-        match stored {
-            Ok(()) => d.commit(g.keys),
-            Err(e) => {
-                d.release(&g.keys);
-                first_error.get_or_insert(e);
+        {
+            let mut d = lock(&shared.dedup);
+            match stored {
+                Ok(()) => d.commit(g.keys),
+                Err(e) => {
+                    d.release(&g.keys);
+                    first_error.get_or_insert(e);
+                }
             }
         }
+        shared.dedup_resolved.notify_waiters();
     }
     first_error.map_or(Ok(()), Err)
 }

@@ -15,7 +15,7 @@
 //! `meshdpath` (every cluster that stored it, comma-separated, origin first). A source
 //! never sends an event to a cluster already on its path, so an event cannot loop.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use meshd_core::codec::RawEvent;
 
@@ -119,6 +119,17 @@ pub fn received_path(event: &RawEvent<'_>, local: &str) -> Option<String> {
     Some(format!("{},{local}", path.join(",")))
 }
 
+/// What [`DedupWindow::reserve_for`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// Not seen: reserved for the caller.
+    Fresh,
+    /// Stored already (or twice in the caller's own reservations): a duplicate, counted.
+    Duplicate,
+    /// Reserved by another owner, not stored yet.
+    HeldElsewhere,
+}
+
 /// Receivers drop events whose (source, id) they saw among the last `capacity` ones.
 #[derive(Debug)]
 pub struct DedupWindow {
@@ -127,7 +138,7 @@ pub struct DedupWindow {
     order: VecDeque<(String, String)>,
     /// Keys of events being stored right now (reserved, not yet remembered): a second
     /// link delivering the same event meanwhile sees it as a duplicate.
-    pending: KeySet,
+    pending: HashMap<(String, String), u64, foldhash::fast::RandomState>,
     duplicates: u64,
 }
 
@@ -138,7 +149,7 @@ impl DedupWindow {
             capacity: capacity.max(1),
             seen: KeySet::default(),
             order: VecDeque::new(),
-            pending: KeySet::default(),
+            pending: HashMap::default(),
             duplicates: 0,
         }
     }
@@ -162,12 +173,35 @@ impl DedupWindow {
     /// Follow with [`DedupWindow::commit`] once stored or [`DedupWindow::release`] if
     /// storing failed.
     pub fn reserve(&mut self, key: &(String, String)) -> bool {
-        if self.seen.contains(key) || self.pending.contains(key) {
+        if self.seen.contains(key) || self.pending.contains_key(key) {
             self.duplicates += 1;
             return true;
         }
-        self.pending.insert(key.clone());
+        self.pending.insert(key.clone(), 0);
         false
+    }
+
+    /// [`DedupWindow::reserve`] on behalf of `owner` (one storer of one link): a key
+    /// reserved by another owner and not stored yet is [`Reservation::HeldElsewhere`], not
+    /// a duplicate: the caller must wait until it is stored or released before it stores
+    /// anything after it, or a later event could be stored before it (a reroute delivers
+    /// the same events over two links).
+    pub fn reserve_for(&mut self, key: &(String, String), owner: u64) -> Reservation {
+        if self.seen.contains(key) {
+            self.duplicates += 1;
+            return Reservation::Duplicate;
+        }
+        match self.pending.get(key) {
+            Some(o) if *o != owner => Reservation::HeldElsewhere,
+            Some(_) => {
+                self.duplicates += 1;
+                Reservation::Duplicate
+            }
+            None => {
+                self.pending.insert(key.clone(), owner);
+                Reservation::Fresh
+            }
+        }
     }
 
     /// The reserved keys were stored: remember them.
@@ -335,6 +369,25 @@ mod tests {
             e.extension(ORIGIN_EXT).map(|v| v.to_string()),
             Some("a".into())
         );
+    }
+
+    #[test]
+    fn a_key_reserved_by_another_storer_is_held_not_duplicate() {
+        let mut w = DedupWindow::new(10);
+        let k = key("1");
+        assert_eq!(w.reserve_for(&k, 1), Reservation::Fresh);
+        // Another link's storer must wait for it, not drop it (nor count it).
+        assert_eq!(w.reserve_for(&k, 2), Reservation::HeldElsewhere);
+        assert_eq!(w.duplicates(), 0);
+        // The same storer seeing it again in its round: a duplicate.
+        assert_eq!(w.reserve_for(&k, 1), Reservation::Duplicate);
+        // Released (the store failed): the other storer takes it.
+        w.release(std::slice::from_ref(&k));
+        assert_eq!(w.reserve_for(&k, 2), Reservation::Fresh);
+        // Stored: a duplicate for everyone.
+        w.commit(vec![k.clone()]);
+        assert_eq!(w.reserve_for(&k, 1), Reservation::Duplicate);
+        assert_eq!(w.duplicates(), 2);
     }
 
     #[test]
