@@ -5,7 +5,14 @@
 //!
 //! A session on a link runs one bidirectional stream carrying length-prefixed frames in
 //! both directions. A reader task turns bytes into frames; the session task owns the
-//! [`SendWindow`], the peer's [`PeerInterest`] and talks to the node's store.
+//! [`SendWindow`], the peer's [`PeerInterest`] and reads the node's store for the pump;
+//! beside it a storer (two stages: check and stamp, then append) stores the peer's
+//! batches and hands back cumulative acks, and a committer writes the link cursor from
+//! the peer's acks, so neither a store append nor a cursor commit holds up the pump.
+//! Events are routed on their stored bytes ([`RawEvent`]), never re-serialized.
+//!
+//! Must not touch: delivery to subscribers (the node's), the store's internals (only the
+//! `EventStore` trait), topology parsing (meshd-topology).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
