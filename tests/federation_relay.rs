@@ -68,3 +68,38 @@ async fn a_relay_not_allowed_by_the_policy_only_passes_events_on() {
     )
     .await;
 }
+
+/// A client cannot steer loop prevention: mesh extensions on a published event (set by
+/// hand, or copied by a consumer that republishes what it received) are removed at
+/// publish, so the event is a new event of the cluster it was published in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_mesh_extensions_are_replaced_not_trusted() {
+    let files = MeshFiles::new(&["a", "b"], &[("a", "b", 1)], &[]);
+    let c = common::client();
+    let a = files.start("a");
+    let b = files.start("b");
+    topic(&c, &a, "orders", 1).await;
+    topic(&c, &b, "orders", 1).await;
+    pull_subscription(&c, &b, "pb", "orders").await;
+    pull_subscription(&c, &a, "pa", "orders").await;
+    wait_connected(&c, &a, "b").await;
+    wait_interest(&c, &a, "b", "b", "orders").await;
+
+    // The path says b already has it, the origin says it is b's.
+    let mut spoofed = event("s1", "t", Some("k"), json!({"i": 1}));
+    spoofed["meshdpath"] = json!("b");
+    spoofed["meshdorigin"] = json!("b");
+    publish_batch(&c, &a, "orders", &[spoofed]).await;
+    let pulled = common::drain(&c, &b.url, "pb", "x", 1).await;
+    assert_eq!(pulled.len(), 1, "b got the event despite the copied path");
+    assert_eq!(pulled[0]["event"]["meshdpath"], "a,b", "{}", pulled[0]);
+    assert_eq!(pulled[0]["event"]["meshdorigin"], "a", "{}", pulled[0]);
+    // In a itself the event carries no mesh extensions.
+    let local = common::drain(&c, &a.url, "pa", "x", 1).await;
+    assert!(local[0]["event"].get("meshdpath").is_none(), "{}", local[0]);
+    assert!(
+        local[0]["event"].get("meshdorigin").is_none(),
+        "{}",
+        local[0]
+    );
+}

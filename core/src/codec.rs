@@ -60,7 +60,7 @@ pub struct RawEvent<'a> {
 
 /// Index of `meshdorigin` / `meshdpath` in [`RawEvent::fields`] (the names are the
 /// federation's; the codec only stores where they are).
-const EXT_NAMES: [&str; 2] = ["meshdorigin", "meshdpath"];
+const EXT_NAMES: [&str; 2] = [crate::event::ORIGIN_EXT, crate::event::PATH_EXT];
 
 impl<'a> RawEvent<'a> {
     /// Reads the routing attributes of `bytes`.
@@ -220,8 +220,8 @@ impl<'de> Visitor<'de> for PeekVisitor {
                 "id" => &mut p.id,
                 "source" => &mut p.source,
                 "partitionkey" => &mut p.partitionkey,
-                "meshdorigin" => &mut p.ext[0],
-                "meshdpath" => &mut p.ext[1],
+                crate::event::ORIGIN_EXT => &mut p.ext[0],
+                crate::event::PATH_EXT => &mut p.ext[1],
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                     continue;

@@ -17,6 +17,23 @@ pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
 pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
 /// The extension that carries the partition key (CloudEvents partitioning extension).
 pub const PARTITION_KEY: &str = "partitionkey";
+
+/// Extension naming the cluster a replicated event was published in (set by the mesh).
+pub const ORIGIN_EXT: &str = "meshdorigin";
+/// Extension listing the clusters that stored a replicated event, origin first (set by
+/// the mesh; loop prevention reads it).
+pub const PATH_EXT: &str = "meshdpath";
+
+/// Removes the mesh's own extensions ([`ORIGIN_EXT`], [`PATH_EXT`]) from an event a
+/// client publishes: a publish is a new event of the cluster it is published in, also
+/// when a consumer republishes an event it received from the mesh with those attributes
+/// (or a client sets them): otherwise loop prevention would keep the event from clusters
+/// named on the copied path.
+pub fn strip_mesh_extensions(mut event: Event) -> Event {
+    event.remove_extension(ORIGIN_EXT);
+    event.remove_extension(PATH_EXT);
+    event
+}
 /// Longest extension name we accept. The spec says names SHOULD NOT exceed 20 characters;
 /// we allow some slack for existing producers but bound it.
 pub const MAX_ATTRIBUTE_NAME_LEN: usize = 64;

@@ -24,10 +24,7 @@ use meshd_core::codec::RawEvent;
 type KeySet = HashSet<(String, String), foldhash::fast::RandomState>;
 use meshd_core::wire::{Frame, Hello, PROTOCOL_VERSION};
 
-/// Extension naming the cluster an event was published in.
-pub const ORIGIN_EXT: &str = "meshdorigin";
-/// Extension listing the clusters that stored an event, origin first.
-pub const PATH_EXT: &str = "meshdpath";
+pub use meshd_core::event::{ORIGIN_EXT, PATH_EXT};
 
 /// What to do with the peer's `Hello`.
 #[derive(Debug, Clone, PartialEq, Eq)]

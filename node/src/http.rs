@@ -333,6 +333,10 @@ async fn publish_inner(node: &Arc<Node>, topic: &str, req: Request) -> ApiResult
         Mode::Structured => vec![event::parse_structured(&bytes)?],
         Mode::Batch => event::parse_batch(&bytes)?,
     };
+    let events: Vec<_> = events
+        .into_iter()
+        .map(event::strip_mesh_extensions)
+        .collect();
     let positions = ingest::append_events(&*node.store, topic, partitions, &events).await?;
     for (e, p) in events.iter().zip(&positions) {
         tracing::trace!(event_id = %meshd_core::event::attribute_string(e, "id").unwrap_or_default(), partition = p.partition, offset = p.offset, "stored");
