@@ -556,6 +556,7 @@ async fn early_visible_appends_are_readable_during_their_fsync_and_plain_ones_ar
     assert_eq!(s.bounds("t", 0).await.unwrap().end, 1);
 
     // Early-visible append: readable while its fsync is held; answered only after it.
+    let stats_before = s.stats();
     set_gate(false);
     let before = entered.load(std::sync::atomic::Ordering::SeqCst);
     let early = {
@@ -569,4 +570,8 @@ async fn early_visible_appends_are_readable_during_their_fsync_and_plain_ones_ar
     assert!(!early.is_finished(), "answered before durable");
     set_gate(true);
     assert_eq!(early.await.unwrap().unwrap()[0].offset, 1);
+    // Two commits (readable, then durable), one fsync.
+    let after = s.stats();
+    assert_eq!(after.commits - stats_before.commits, 2);
+    assert_eq!(after.fsyncs - stats_before.fsyncs, 1);
 }

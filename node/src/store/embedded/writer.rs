@@ -582,16 +582,20 @@ impl Writer {
                 self.counters
                     .records_removed
                     .fetch_add(fx.removed, Ordering::Relaxed);
-                if durable {
-                    self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-                    self.last_durable = Instant::now();
-                    self.unsynced = false;
-                    self.unsynced_bytes = 0;
-                } else {
-                    self.unsynced = true;
-                    self.unsynced_bytes += fx.bytes;
+                // An early-visible batch was published before its fsync, and `sync` did
+                // the durable bookkeeping (and counted its own commit and fsync).
+                if !early {
+                    if durable {
+                        self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+                        self.last_durable = Instant::now();
+                        self.unsynced = false;
+                        self.unsynced_bytes = 0;
+                    } else {
+                        self.unsynced = true;
+                        self.unsynced_bytes += fx.bytes;
+                    }
+                    self.publish(&fx.changed);
                 }
-                self.publish(&fx.changed);
                 for o in outcomes {
                     o.send();
                 }
