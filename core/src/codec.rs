@@ -219,7 +219,7 @@ impl<'de> Visitor<'de> for PeekVisitor {
                 "type" => &mut p.ty,
                 "id" => &mut p.id,
                 "source" => &mut p.source,
-                "partitionkey" => &mut p.partitionkey,
+                crate::event::PARTITION_KEY => &mut p.partitionkey,
                 crate::event::ORIGIN_EXT => &mut p.ext[0],
                 crate::event::PATH_EXT => &mut p.ext[1],
                 _ => {

@@ -1461,7 +1461,7 @@ async fn storer(
     // Two stages: this one checks and stamps round N+1 while the next one waits for the
     // store to take round N (same order; one append per topic per round).
     // (the seq to acknowledge once stored, or None for a part flushed early; the round)
-    let (ready_tx, mut ready_rx) = mpsc::channel::<(Option<u64>, Result<Vec<Pending>, String>)>(2);
+    let (ready_tx, mut ready_rx) = mpsc::channel::<Ready>(2);
     let owner = NEXT_STORER.fetch_add(1, Ordering::Relaxed);
     let prepare = async {
         // Owned here: dropped when this stage ends, which ends the next stage.
@@ -1523,18 +1523,19 @@ async fn commit_cursors(
     loop {
         let open = acked.changed().await.is_ok();
         let now = acked.borrow_and_update().clone();
-        for ((topic, p), next) in now {
-            if done.get(&(topic.clone(), p)) == Some(&next) {
+        for (key, next) in now {
+            if done.get(&key) == Some(&next) {
                 continue;
             }
+            let (topic, p) = (&key.0, key.1);
             match shared
                 .node
                 .store
-                .commit_offset(&group, &topic, p, next)
+                .commit_offset(&group, topic, p, next)
                 .await
             {
                 Ok(()) => {
-                    done.insert((topic, p), next);
+                    done.insert(key, next);
                 }
                 Err(e) => {
                     tracing::warn!(cluster = %shared.me(), group, topic, partition = p, "committing the link cursor failed (retried with the next ack): {e}");
@@ -1547,7 +1548,7 @@ async fn commit_cursors(
     }
 }
 
-/// Owner ids of storers in the duplicate window (0 is [`DedupWindow::reserve`]'s).
+/// Owner ids of storers in the duplicate window.
 static NEXT_STORER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Most batches one storer round takes.

@@ -165,24 +165,13 @@ impl DedupWindow {
         false
     }
 
-    /// Reserves a key for an event about to be stored: `true` (and counts a duplicate)
-    /// when it is in the window or reserved by a store in progress, else reserves it.
-    /// Follow with [`DedupWindow::commit`] once stored or [`DedupWindow::release`] if
-    /// storing failed.
-    pub fn reserve(&mut self, key: &(String, String)) -> bool {
-        if self.seen.contains(key) || self.pending.contains_key(key) {
-            self.duplicates += 1;
-            return true;
-        }
-        self.pending.insert(key.clone(), 0);
-        false
-    }
-
-    /// [`DedupWindow::reserve`] on behalf of `owner` (one storer of one link): a key
-    /// reserved by another owner and not stored yet is [`Reservation::HeldElsewhere`], not
-    /// a duplicate: the caller must wait until it is stored or released before it stores
-    /// anything after it, or a later event could be stored before it (a reroute delivers
-    /// the same events over two links).
+    /// Reserves a key for an event `owner` (one storer of one link) is about to store;
+    /// follow with [`DedupWindow::commit`] once stored or [`DedupWindow::release`] if
+    /// storing failed. A key in the window, or reserved by `owner` already, is a
+    /// duplicate (counted). A key reserved by another owner and not stored yet is
+    /// [`Reservation::HeldElsewhere`], not a duplicate: the caller must wait until it is
+    /// stored or released before it stores anything after it, or a later event could be
+    /// stored before it (a reroute delivers the same events over two links).
     pub fn reserve_for(&mut self, key: &(String, String), owner: u64) -> Reservation {
         if self.seen.contains(key) {
             self.duplicates += 1;
@@ -404,18 +393,18 @@ mod tests {
     fn reserved_keys_are_duplicates_until_released() {
         let mut w = DedupWindow::new(10);
         let k = ("src".to_string(), "1".to_string());
-        // The first link reserves the key while it stores the event.
-        assert!(!w.reserve(&k));
-        // A second link delivering the same event meanwhile sees a duplicate.
-        assert!(w.reserve(&k));
+        // The storer reserves the key while it stores the event.
+        assert_eq!(w.reserve_for(&k, 1), Reservation::Fresh);
+        // A second copy in its own round meanwhile is a duplicate.
+        assert_eq!(w.reserve_for(&k, 1), Reservation::Duplicate);
         assert_eq!(w.duplicates(), 1);
         // The store failed: a re-send must be admitted again.
         w.release(std::slice::from_ref(&k));
-        assert!(!w.reserve(&k));
+        assert_eq!(w.reserve_for(&k, 1), Reservation::Fresh);
         // Stored: remembered in the window, still a duplicate afterwards.
         w.commit(vec![k.clone()]);
         assert_eq!(w.len(), 1);
-        assert!(w.reserve(&k));
+        assert_eq!(w.reserve_for(&k, 1), Reservation::Duplicate);
         assert_eq!(w.duplicates(), 2);
     }
 
