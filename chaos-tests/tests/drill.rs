@@ -131,7 +131,15 @@ async fn link_partition_drill_reports_nothing_lost_and_restores() {
                 .all(|l| l["paused"] == false),
             "{m}"
         );
-        let subs = http::get_json(&c, &format!("{url}/v1/subscriptions"))
+    }
+    assert_no_drill_subscriptions(&c, &mesh).await;
+}
+
+/// No cluster of the mesh keeps a subscription the drill created.
+async fn assert_no_drill_subscriptions(c: &reqwest::Client, mesh: &Mesh) {
+    for n in mesh.cluster_names() {
+        let url = mesh.node_url(&n).unwrap();
+        let subs = http::get_json(c, &format!("{url}/v1/subscriptions"))
             .await
             .unwrap();
         assert!(!subs.to_string().contains("meshd-drill-"), "{subs}");
@@ -378,13 +386,7 @@ async fn evacuate_drill_drains_a_cluster_moves_its_clients_and_restores_it() {
             "{url} not ready after the drill"
         );
     }
-    for n in mesh.cluster_names() {
-        let url = mesh.node_url(&n).unwrap();
-        let subs = http::get_json(&c, &format!("{url}/v1/subscriptions"))
-            .await
-            .unwrap();
-        assert!(!subs.to_string().contains("meshd-drill-"), "{subs}");
-    }
+    assert_no_drill_subscriptions(&c, &mesh).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
