@@ -305,6 +305,7 @@ async fn publish(
 
 #[tracing::instrument(level = "debug", skip_all, fields(topic = %topic))]
 async fn publish_inner(node: &Arc<Node>, topic: &str, req: Request) -> ApiResult<PublishResponse> {
+    let _permit = node.publish_permit().await;
     if node.is_draining() {
         let mut e = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

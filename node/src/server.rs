@@ -237,6 +237,9 @@ pub struct Node {
     catalog: std::sync::OnceLock<Arc<dyn CatalogSink>>,
     producer_groups: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     published: AtomicU64,
+    /// Held shared by every publish from its drain check to its answer; a drain takes it
+    /// exclusively (see [`Node::publish_permit`], [`Node::backlog_marks`]).
+    publish_gate: tokio::sync::RwLock<()>,
     drain: watch::Sender<DrainState>,
     retention_holds: std::sync::Mutex<BTreeMap<String, HoldScopeFn>>,
 }
@@ -315,6 +318,7 @@ impl Node {
             catalog: std::sync::OnceLock::new(),
             producer_groups: std::sync::Mutex::new(HashMap::new()),
             published: AtomicU64::new(0),
+            publish_gate: tokio::sync::RwLock::new(()),
             drain: watch::Sender::new(DrainState::Serving),
             retention_holds: std::sync::Mutex::new(BTreeMap::new()),
         });
@@ -465,6 +469,10 @@ impl Node {
     /// federation bridge keeps storing here would otherwise hold the drain for its whole
     /// timeout).
     pub async fn backlog_marks(&self) -> Result<BTreeMap<(String, String, u32), u64>, NodeError> {
+        // Wait for the publishes that passed the drain check before the drain began: the
+        // marks must cover every event this node acknowledged (with the embedded store
+        // no other node has it); publishes after this see the drain and are refused.
+        drop(self.publish_gate.write().await);
         let running: BTreeSet<String> = self.delivery.running().await.into_iter().collect();
         let subs: Vec<Arc<CompiledSubscription>> = self
             .read_subs()
@@ -484,6 +492,12 @@ impl Node {
             }
         }
         Ok(marks)
+    }
+
+    /// A publish holds this from its drain check until it is answered (see
+    /// [`Node::backlog_marks`]).
+    pub async fn publish_permit(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.publish_gate.read().await
     }
 
     /// Events before `marks` ([`Node::backlog_marks`]) not committed yet; subscriptions
