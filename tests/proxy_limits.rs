@@ -218,6 +218,8 @@ async fn body_header_and_slow_client_protection() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+    // The rest of the body is still on the connection: it must not be reused.
+    assert_eq!(r.headers()["connection"], "close");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "body_too_large");
     let stream = futures::stream::iter(
@@ -236,6 +238,7 @@ async fn body_header_and_slow_client_protection() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["connection"], "close");
 
     // Malformed JSON: a fast 400 from the proxy.
     let r = c

@@ -56,6 +56,12 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        // A 413 is answered before the rest of the body is read, so the connection cannot
+        // carry another request: say so, or a client reuses it and finds it closed.
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }

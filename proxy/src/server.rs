@@ -128,8 +128,20 @@ impl Reject {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if unread_body_status(self.status) {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         r
     }
+}
+
+/// Statuses answered before the request body was read to its end (too large, or too
+/// slow). The rest of that body is still on the connection, so the connection cannot carry
+/// another request: the answer says `Connection: close`, and a client does not put the
+/// connection back in its pool only to find it closed on the next request.
+fn unread_body_status(status: StatusCode) -> bool {
+    status == StatusCode::PAYLOAD_TOO_LARGE || status == StatusCode::REQUEST_TIMEOUT
 }
 
 fn unavailable(message: impl Into<String>) -> Reject {
