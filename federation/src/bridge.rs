@@ -38,8 +38,8 @@ use tokio::sync::mpsc;
 use crate::cursor::{cursor_group, SendWindow};
 use crate::interest::{announcement, LocalInterest, PeerInterest};
 use crate::link::{
-    check_hello, event_path, frame_name, outgoing_stamps, received_path, DedupWindow, HelloOutcome,
-    Reservation, ORIGIN_EXT, PATH_EXT,
+    check_hello, event_path, frame_name, outgoing_stamps, received_path, DedupKey, DedupWindow,
+    HelloOutcome, Reservation, ORIGIN_EXT, PATH_EXT,
 };
 use crate::routing::Routes;
 use crate::stats::{LinkState, LinkStats};
@@ -1408,7 +1408,7 @@ async fn restore_dedup(node: &Node, me: &str, capacity: usize) -> DedupWindow {
             return window;
         }
     };
-    let mut keys: Vec<(u64, (String, String))> = Vec::new();
+    let mut keys: Vec<(u64, DedupKey)> = Vec::new();
     for (topic, cfg) in topics {
         for p in 0..cfg.partitions {
             let Ok(b) = store.bounds(&topic, p).await else {
@@ -1564,7 +1564,7 @@ struct Pending {
     partitions: u32,
     /// (partition key, payload) in arrival order.
     records: Vec<(Option<String>, Vec<u8>)>,
-    keys: Vec<(String, String)>,
+    keys: Vec<DedupKey>,
 }
 
 /// Makes a round of batches ready to append: duplicate check (the keys are reserved in
@@ -1607,6 +1607,12 @@ async fn prepare_round(
             // Reserve at check time: two links delivering one event concurrently must not
             // both store it.
             let fresh = loop {
+                // Fast path: no waiter registered unless the key is held by another link.
+                match lock(&shared.dedup).reserve_for(&key, owner) {
+                    Reservation::Fresh => break true,
+                    Reservation::Duplicate => break false,
+                    Reservation::HeldElsewhere => {}
+                }
                 let resolved = shared.dedup_resolved.notified();
                 tokio::pin!(resolved);
                 resolved.as_mut().enable();
@@ -1680,7 +1686,7 @@ async fn store_round(shared: &Arc<Shared>, peer: &str, round: Vec<Pending>) -> R
         {
             let mut d = lock(&shared.dedup);
             match stored {
-                Ok(()) => d.commit(g.keys),
+                Ok(()) => d.commit(&g.keys),
                 Err(e) => {
                     d.release(&g.keys);
                     first_error.get_or_insert(e);

@@ -16,12 +16,25 @@
 //! never sends an event to a cluster already on its path, so an event cannot loop.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::LazyLock;
 
 use meshd_core::codec::RawEvent;
 
-/// (source, id) keys, hashed with foldhash (randomly seeded per process): SipHash showed
-/// up at ~4% of a replication run.
-type KeySet = HashSet<(String, String), foldhash::fast::RandomState>;
+/// An event's (source, id) in the duplicate window: 128 bits of two independently keyed
+/// SipHash-1-3 hashes of the pair. The keys are random per process, so nobody can choose
+/// two events whose keys collide; by chance, two of a million remembered events collide
+/// with probability about 2^-89. A fixed-size key costs no allocation per event (the
+/// two-string key cost six per received event) and hashes once.
+pub type DedupKey = u128;
+
+/// Keys are already uniformly random: the sets only need a cheap mixer (foldhash).
+type KeySet = HashSet<DedupKey, foldhash::fast::RandomState>;
+
+/// The two SipHash keys for [`DedupKey`]s, drawn once per process. The window is rebuilt
+/// from the store at start (`restore`), so keys never need to survive a restart.
+static KEY_HASHERS: LazyLock<[std::collections::hash_map::RandomState; 2]> =
+    LazyLock::new(Default::default);
 use meshd_core::wire::{Frame, Hello, PROTOCOL_VERSION};
 
 pub use meshd_core::event::{ORIGIN_EXT, PATH_EXT};
@@ -132,10 +145,10 @@ pub enum Reservation {
 pub struct DedupWindow {
     capacity: usize,
     seen: KeySet,
-    order: VecDeque<(String, String)>,
+    order: VecDeque<DedupKey>,
     /// Keys of events being stored right now (reserved, not yet remembered): a second
     /// link delivering the same event meanwhile sees it as a duplicate.
-    pending: HashMap<(String, String), u64, foldhash::fast::RandomState>,
+    pending: HashMap<DedupKey, u64, foldhash::fast::RandomState>,
     duplicates: u64,
 }
 
@@ -151,13 +164,22 @@ impl DedupWindow {
         }
     }
 
-    /// The key of an event in the window.
-    pub fn key(event: &RawEvent<'_>) -> (String, String) {
-        (event.source().to_string(), event.id().to_string())
+    /// The key of an event in the window: its (source, id), hashed ([`DedupKey`]).
+    pub fn key(event: &RawEvent<'_>) -> DedupKey {
+        Self::key_of(event.source(), event.id())
+    }
+
+    /// The key of (source, id).
+    pub fn key_of(source: &str, id: &str) -> DedupKey {
+        let [a, b] = &*KEY_HASHERS;
+        // `str`'s Hash writes a terminator byte that UTF-8 never contains, so ("ab", "c")
+        // and ("a", "bc") hash differently.
+        let half = |s: &std::collections::hash_map::RandomState| s.hash_one((source, id));
+        (u128::from(half(a)) << 64) | u128::from(half(b))
     }
 
     /// Was this key seen in the window? Counts a duplicate when it was.
-    pub fn check(&mut self, key: &(String, String)) -> bool {
+    pub fn check(&mut self, key: &DedupKey) -> bool {
         if self.seen.contains(key) {
             self.duplicates += 1;
             return true;
@@ -172,7 +194,7 @@ impl DedupWindow {
     /// [`Reservation::HeldElsewhere`], not a duplicate: the caller must wait until it is
     /// stored or released before it stores anything after it, or a later event could be
     /// stored before it (a reroute delivers the same events over two links).
-    pub fn reserve_for(&mut self, key: &(String, String), owner: u64) -> Reservation {
+    pub fn reserve_for(&mut self, key: &DedupKey, owner: u64) -> Reservation {
         if self.seen.contains(key) {
             self.duplicates += 1;
             return Reservation::Duplicate;
@@ -184,22 +206,22 @@ impl DedupWindow {
                 Reservation::Duplicate
             }
             None => {
-                self.pending.insert(key.clone(), owner);
+                self.pending.insert(*key, owner);
                 Reservation::Fresh
             }
         }
     }
 
     /// The reserved keys were stored: remember them.
-    pub fn commit(&mut self, keys: Vec<(String, String)>) {
-        for k in keys {
+    pub fn commit(&mut self, keys: &[DedupKey]) {
+        for &k in keys {
             self.pending.remove(&k);
             self.remember(k);
         }
     }
 
     /// Storing the reserved keys failed: forget the reservation so a re-send is admitted.
-    pub fn release(&mut self, keys: &[(String, String)]) {
+    pub fn release(&mut self, keys: &[DedupKey]) {
         for k in keys {
             self.pending.remove(k);
         }
@@ -207,7 +229,7 @@ impl DedupWindow {
 
     /// Remembers a key (call after the event is durably stored, so that a failed append
     /// does not make its re-send look like a duplicate).
-    pub fn remember(&mut self, key: (String, String)) {
+    pub fn remember(&mut self, key: DedupKey) {
         if self.seen.contains(&key) {
             return;
         }
@@ -216,13 +238,13 @@ impl DedupWindow {
                 self.seen.remove(&old);
             }
         }
-        self.seen.insert(key.clone());
+        self.seen.insert(key);
         self.order.push_back(key);
     }
 
     /// `true` for an event not seen in the window (and remembers it); `false` for a
     /// duplicate (and counts it).
-    pub fn admit(&mut self, key: (String, String)) -> bool {
+    pub fn admit(&mut self, key: DedupKey) -> bool {
         if self.check(&key) {
             return false;
         }
@@ -252,7 +274,7 @@ impl DedupWindow {
 
     /// Refills the window from stored events, oldest first: `(timestamp_ms, key)` pairs
     /// from any number of partitions; only the newest `capacity` are kept.
-    pub fn restore(&mut self, mut keys: Vec<(u64, (String, String))>) -> usize {
+    pub fn restore(&mut self, mut keys: Vec<(u64, DedupKey)>) -> usize {
         keys.sort_by_key(|(ts, _)| *ts);
         let skip = keys.len().saturating_sub(self.capacity);
         let mut n = 0;
@@ -278,7 +300,7 @@ mod tests {
         }
     }
 
-    fn key(id: &str) -> (String, String) {
+    fn key(id: &str) -> DedupKey {
         let bytes = meshd_core::codec::encode_event(&ev(id));
         DedupWindow::key(&RawEvent::parse(&bytes).unwrap())
     }
@@ -371,15 +393,29 @@ mod tests {
         w.release(std::slice::from_ref(&k));
         assert_eq!(w.reserve_for(&k, 2), Reservation::Fresh);
         // Stored: a duplicate for everyone.
-        w.commit(vec![k.clone()]);
+        w.commit(&[k]);
         assert_eq!(w.reserve_for(&k, 1), Reservation::Duplicate);
         assert_eq!(w.duplicates(), 2);
     }
 
     #[test]
+    fn keys_tell_source_and_id_apart() {
+        assert_eq!(DedupWindow::key_of("s", "1"), key("1"));
+        assert_ne!(
+            DedupWindow::key_of("ab", "c"),
+            DedupWindow::key_of("a", "bc")
+        );
+        assert_ne!(DedupWindow::key_of("s", "1"), DedupWindow::key_of("1", "s"));
+        let keys: HashSet<DedupKey> = (0..10_000)
+            .map(|i| DedupWindow::key_of("s", &i.to_string()))
+            .collect();
+        assert_eq!(keys.len(), 10_000);
+    }
+
+    #[test]
     fn restore_keeps_the_newest_keys() {
         let mut d = DedupWindow::new(2);
-        let k = |id: &str| ("s".to_string(), id.to_string());
+        let k = |id: &str| DedupWindow::key_of("s", id);
         let n = d.restore(vec![(30, k("c")), (10, k("a")), (20, k("b"))]);
         assert_eq!(n, 2);
         assert_eq!(d.len(), 2);
@@ -392,7 +428,7 @@ mod tests {
     #[test]
     fn reserved_keys_are_duplicates_until_released() {
         let mut w = DedupWindow::new(10);
-        let k = ("src".to_string(), "1".to_string());
+        let k = DedupWindow::key_of("src", "1");
         // The storer reserves the key while it stores the event.
         assert_eq!(w.reserve_for(&k, 1), Reservation::Fresh);
         // A second copy in its own round meanwhile is a duplicate.
@@ -402,7 +438,7 @@ mod tests {
         w.release(std::slice::from_ref(&k));
         assert_eq!(w.reserve_for(&k, 1), Reservation::Fresh);
         // Stored: remembered in the window, still a duplicate afterwards.
-        w.commit(vec![k.clone()]);
+        w.commit(&[k]);
         assert_eq!(w.len(), 1);
         assert_eq!(w.reserve_for(&k, 1), Reservation::Duplicate);
         assert_eq!(w.duplicates(), 2);
