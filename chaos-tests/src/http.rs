@@ -78,14 +78,36 @@ pub async fn wait_ready(base: &str, timeout: Duration) -> Result<(), ChaosError>
     }
 }
 
-/// Creates `topic` (idempotent: 200 or 201).
+/// How long setup calls (topic, subscription) keep retrying a 503: a cluster that has
+/// just been through a fault (an etcd election, a node's lease renewal) may refuse a
+/// catalog write for a moment, and a 503 means nothing was changed.
+const SETUP_RETRY_FOR: Duration = Duration::from_secs(15);
+
+/// [`send_json`], repeated while the answer is 503 (until [`SETUP_RETRY_FOR`] passes).
+async fn send_json_retrying_503(
+    c: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Value), ChaosError> {
+    let deadline = Instant::now() + SETUP_RETRY_FOR;
+    loop {
+        let (status, answer) = send_json(c, method.clone(), url, body).await?;
+        if status != 503 || Instant::now() > deadline {
+            return Ok((status, answer));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Creates `topic` (idempotent: 200 or 201); a 503 is retried for a while.
 pub async fn put_topic(
     c: &reqwest::Client,
     base: &str,
     topic: &str,
     partitions: u32,
 ) -> Result<(), ChaosError> {
-    let (status, body) = send_json(
+    let (status, body) = send_json_retrying_503(
         c,
         reqwest::Method::PUT,
         &format!("{base}/v1/topics/{topic}"),
@@ -101,9 +123,10 @@ pub async fn put_topic(
     }
 }
 
-/// Creates a subscription; an existing one of that name (409) is fine.
+/// Creates a subscription; an existing one of that name (409) is fine, a 503 is retried
+/// for a while.
 pub async fn subscribe(c: &reqwest::Client, base: &str, spec: &Value) -> Result<(), ChaosError> {
-    let (status, body) = send_json(
+    let (status, body) = send_json_retrying_503(
         c,
         reqwest::Method::POST,
         &format!("{base}/v1/subscriptions"),

@@ -1044,13 +1044,17 @@ impl Proxy {
         let results = futures::future::join_all(attempts).await;
         let mut ok: Option<Answer> = None;
         let mut unreachable = 0usize;
+        let mut reasons = Vec::new();
         for r in results {
             match r {
                 Ok(a) if a.status.is_success() => {
                     ok.get_or_insert(a);
                 }
                 Ok(a) => return Ok(answer_response(a)),
-                Err(_) => unreachable += 1,
+                Err(Failure::Unavailable(why) | Failure::Uncertain(why)) => {
+                    unreachable += 1;
+                    reasons.push(why);
+                }
             }
         }
         match ok {
@@ -1064,7 +1068,10 @@ impl Proxy {
                 }
                 Ok(resp)
             }
-            None => Err(unavailable("no node answered")),
+            None => Err(unavailable(format!(
+                "no node answered: {}",
+                reasons.join("; ")
+            ))),
         }
     }
 
