@@ -96,7 +96,11 @@ fn spawn_node(
     bind: SocketAddr,
 ) -> (Killed, String) {
     use std::io::BufRead;
-    let fsync = std::env::var("BENCH_FSYNC").unwrap_or_else(|_| "always".into());
+    // BENCH_FSYNC_<CLUSTER> (e.g. BENCH_FSYNC_B) overrides BENCH_FSYNC for one cluster:
+    // to see what one side's fsync costs.
+    let fsync = std::env::var(format!("BENCH_FSYNC_{}", cluster.to_uppercase()))
+        .or_else(|_| std::env::var("BENCH_FSYNC"))
+        .unwrap_or_else(|_| "always".into());
     let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
         .args([
             "node",
