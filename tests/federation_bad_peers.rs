@@ -156,3 +156,33 @@ async fn bad_peers_are_refused_and_logged_while_the_good_link_serves() {
     let learned = status["learned_interest"].as_object().unwrap();
     assert_eq!(learned.keys().collect::<Vec<_>>(), vec!["a"], "{status}");
 }
+
+/// A bridge that its peer refuses (its certificate is from another CA) shows the peer's
+/// reason in its link's `last_error`, not only "connection lost".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_dialer_shows_why_in_its_link_state() {
+    let files = MeshFiles::new(&["a", "m"], &[("a", "m", 1)], &[]);
+    let c = common::client();
+    // a ("a" < "m", so a dials) trusts both CAs, but its certificate is from the other.
+    let ca2 = files.dir.path().join("ca2");
+    meshd_certs::init_ca_dir(&ca2, "test", Validity::days_from_now(30).unwrap(), false).unwrap();
+    let wrong = files.dir.path().join("wrong-ca");
+    issue(&ca2, "a", &wrong, Validity::days_from_now(30).unwrap());
+    let bundle = std::fs::read_to_string(files.ca.join("ca.pem")).unwrap()
+        + &std::fs::read_to_string(ca2.join("ca.pem")).unwrap();
+    std::fs::write(wrong.join("ca.pem"), bundle).unwrap();
+    let _m = files.start("m");
+    let a = files.start_with_certs("a", &wrong);
+    let error = eventually(
+        "a's link says why m refused it",
+        Duration::from_secs(20),
+        || async {
+            let l = link(&c, &a, "m").await;
+            let e = l["last_error"].as_str().unwrap_or_default().to_string();
+            // The TLS refusal arrives as the peer's close (a crypto error with the alert).
+            (e.contains("handshake") || e.contains("certificate")).then_some(e)
+        },
+    )
+    .await;
+    assert_ne!(link(&c, &a, "m").await["state"], "connected", "{error}");
+}

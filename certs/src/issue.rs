@@ -27,8 +27,11 @@ pub const DEFAULT_CA_DAYS: u32 = 3650;
 pub const DEFAULT_CLUSTER_DAYS: u32 = 365;
 /// Longest validity accepted, in days (100 years).
 pub const MAX_DAYS: u32 = 36_500;
-/// How far before "now" a new certificate's validity starts, for clock skew between clusters.
-pub const BACKDATE: Duration = Duration::from_secs(300);
+/// How far before "now" a new certificate's validity starts, for clock skew between
+/// clusters: a bridge whose clock is behind the issuing machine's by less than this still
+/// accepts its own and its peers' new certificates. One hour, as public CAs do; with
+/// 5 minutes a host 10 minutes behind refused to start its bridge.
+pub const BACKDATE: Duration = Duration::from_secs(3600);
 
 /// When a certificate is valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -365,6 +365,27 @@ mod tests {
         let beta = leaf(&ca, "beta", good);
         assert_eq!(server_side.check(&beta, &[], now()).unwrap(), "beta");
         assert_eq!(client_side.check(&beta, &[], now()).unwrap(), "beta");
+        // A peer whose clock is 50 minutes behind the issuer still accepts a certificate
+        // issued just now (BACKDATE); 2 hours behind it does not.
+        let behind = |secs: u64| {
+            UnixTime::since_unix_epoch(
+                (t - Duration::from_secs(secs))
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap(),
+            )
+        };
+        assert_eq!(
+            server_side.check(&beta, &[], behind(50 * 60)).unwrap(),
+            "beta"
+        );
+        assert_eq!(
+            client_side.check(&beta, &[], behind(50 * 60)).unwrap(),
+            "beta"
+        );
+        assert!(matches!(
+            server_side.check(&beta, &[], behind(2 * 3600)),
+            Err(CertError::NotYetValid { .. })
+        ));
 
         let foreign = leaf(&other, "beta", good);
         assert!(matches!(

@@ -756,18 +756,36 @@ async fn run_link(
     }
 }
 
+/// An error with its causes: quinn's "connection lost" says why only in its source (the
+/// peer's close reason, e.g. a TLS alert for a refused certificate), and that reason is
+/// what `/v1/mesh` shows as the link's `last_error`. A cause whose text is already in
+/// the message is not repeated.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Reads one frame; `body` is a buffer reused across frames (a fresh zeroed buffer per
 /// batch frame showed up as ~12% of a receiving bridge in page clearing and allocation).
 async fn read_frame(recv: &mut quinn::RecvStream, body: &mut Vec<u8>) -> Result<Frame, String> {
     let mut prefix = [0u8; 4];
     recv.read_exact(&mut prefix)
         .await
-        .map_err(|e| format!("reading a frame: {e}"))?;
+        .map_err(|e| format!("reading a frame: {}", error_chain(&e)))?;
     let len = check_frame_len(prefix).map_err(|e| e.to_string())?;
     body.resize(len, 0);
     recv.read_exact(&mut body[..len])
         .await
-        .map_err(|e| format!("reading a frame: {e}"))?;
+        .map_err(|e| format!("reading a frame: {}", error_chain(&e)))?;
     decode_frame(&body[..len]).map_err(|e| e.to_string())
 }
 
@@ -775,7 +793,7 @@ async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<usiz
     let bytes = encode_frame(frame).map_err(|e| e.to_string())?;
     send.write_all(&bytes)
         .await
-        .map_err(|e| format!("writing a frame: {e}"))?;
+        .map_err(|e| format!("writing a frame: {}", error_chain(&e)))?;
     Ok(bytes.len())
 }
 
@@ -1749,4 +1767,21 @@ async fn store_received(
         .await
         .map(|_| ())
         .map_err(|e| format!("appending replicated events: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[test]
+    fn a_lost_connection_says_why() {
+        let e = quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(
+            quinn::ConnectionError::TimedOut,
+        ));
+        let text = error_chain(&e);
+        assert!(text.contains("connection lost"), "{text}");
+        assert!(text.ends_with(": timed out"), "{text}");
+        // No cause repeated.
+        assert_eq!(text.matches("connection lost").count(), 1, "{text}");
+    }
 }
