@@ -58,6 +58,23 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> InvalidField
     }
 }
 
+/// The text of an error followed by its causes (`e: cause: cause…`), for error bodies,
+/// logs and link states: many errors (reqwest's, quinn's "connection lost") say why only
+/// in their source. A cause whose text is already in the message is not repeated.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Most partitions a topic may have.
 pub const MAX_PARTITIONS: u32 = 256;
 

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use meshd_certs::{AllowedClusters, CertPaths, ReloadingCerts};
-use meshd_core::api::TopicConfig;
+use meshd_core::api::{self, TopicConfig};
 use meshd_core::codec::{decode_event, RawEvent};
 use meshd_core::wire::{
     check_frame_len, decode_frame, encode_frame, Batch, Frame, Hello, InterestEntry, WireEvent,
@@ -756,36 +756,18 @@ async fn run_link(
     }
 }
 
-/// An error with its causes: quinn's "connection lost" says why only in its source (the
-/// peer's close reason, e.g. a TLS alert for a refused certificate), and that reason is
-/// what `/v1/mesh` shows as the link's `last_error`. A cause whose text is already in
-/// the message is not repeated.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = c.source();
-    }
-    text
-}
-
 /// Reads one frame; `body` is a buffer reused across frames (a fresh zeroed buffer per
 /// batch frame showed up as ~12% of a receiving bridge in page clearing and allocation).
 async fn read_frame(recv: &mut quinn::RecvStream, body: &mut Vec<u8>) -> Result<Frame, String> {
     let mut prefix = [0u8; 4];
     recv.read_exact(&mut prefix)
         .await
-        .map_err(|e| format!("reading a frame: {}", error_chain(&e)))?;
+        .map_err(|e| format!("reading a frame: {}", api::error_chain(&e)))?;
     let len = check_frame_len(prefix).map_err(|e| e.to_string())?;
     body.resize(len, 0);
     recv.read_exact(&mut body[..len])
         .await
-        .map_err(|e| format!("reading a frame: {}", error_chain(&e)))?;
+        .map_err(|e| format!("reading a frame: {}", api::error_chain(&e)))?;
     decode_frame(&body[..len]).map_err(|e| e.to_string())
 }
 
@@ -793,7 +775,7 @@ async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<usiz
     let bytes = encode_frame(frame).map_err(|e| e.to_string())?;
     send.write_all(&bytes)
         .await
-        .map_err(|e| format!("writing a frame: {}", error_chain(&e)))?;
+        .map_err(|e| format!("writing a frame: {}", api::error_chain(&e)))?;
     Ok(bytes.len())
 }
 
@@ -1624,20 +1606,22 @@ async fn prepare_round(
             let key = DedupWindow::key(&raw);
             // Reserve at check time: two links delivering one event concurrently must not
             // both store it.
+            // Some(fresh) once decided; None while another link holds the key.
+            let reserve = || match lock(&shared.dedup).reserve_for(&key, owner) {
+                Reservation::Fresh => Some(true),
+                Reservation::Duplicate => Some(false),
+                Reservation::HeldElsewhere => None,
+            };
             let fresh = loop {
                 // Fast path: no waiter registered unless the key is held by another link.
-                match lock(&shared.dedup).reserve_for(&key, owner) {
-                    Reservation::Fresh => break true,
-                    Reservation::Duplicate => break false,
-                    Reservation::HeldElsewhere => {}
+                if let Some(fresh) = reserve() {
+                    break fresh;
                 }
                 let resolved = shared.dedup_resolved.notified();
                 tokio::pin!(resolved);
                 resolved.as_mut().enable();
-                match lock(&shared.dedup).reserve_for(&key, owner) {
-                    Reservation::Fresh => break true,
-                    Reservation::Duplicate => break false,
-                    Reservation::HeldElsewhere => {}
+                if let Some(fresh) = reserve() {
+                    break fresh;
                 }
                 if pending.iter().any(|g| !g.records.is_empty()) {
                     let part = std::mem::take(&mut pending);
@@ -1771,8 +1755,10 @@ async fn store_received(
 
 #[cfg(test)]
 mod tests {
-    use super::error_chain;
+    use meshd_core::api::error_chain;
 
+    /// quinn's "connection lost" says why only in its source: a link's `last_error`
+    /// must carry it.
     #[test]
     fn a_lost_connection_says_why() {
         let e = quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(

@@ -305,18 +305,7 @@ impl Lane {
                 Attempt::Status(status, retry_after)
             }
             Err(e) if e.is_timeout() => Attempt::Timeout,
-            Err(e) => Attempt::Error(error_chain(&e)),
+            Err(e) => Attempt::Error(meshd_core::api::error_chain(&e)),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
