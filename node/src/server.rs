@@ -354,6 +354,12 @@ impl Node {
         Ok(node)
     }
 
+    fn hold_table(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, HoldScopeFn>> {
+        self.retention_holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     fn read_topics(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, TopicConfig>> {
         self.topics.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -1007,10 +1013,7 @@ impl Node {
     /// `__bridge/{peer}` for every link of the topology and releases it when the link is
     /// removed; `scope` must not call back into the node.
     pub fn hold_retention(&self, group: &str, scope: HoldScopeFn) {
-        let mut holds = self
-            .retention_holds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut holds = self.hold_table();
         if holds.insert(group.to_string(), scope).is_none() {
             tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, group, "retention hold added");
         }
@@ -1018,12 +1021,7 @@ impl Node {
 
     /// Releases the retention hold of `group`; `false` when there was none.
     pub fn release_retention(&self, group: &str) -> bool {
-        let released = self
-            .retention_holds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(group)
-            .is_some();
+        let released = self.hold_table().remove(group).is_some();
         if released {
             tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, group, "retention hold released");
         }
@@ -1032,12 +1030,7 @@ impl Node {
 
     /// The consumer groups holding retention now, sorted.
     pub fn retention_hold_groups(&self) -> Vec<String> {
-        self.retention_holds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.hold_table().keys().cloned().collect()
     }
 
     /// The holds the next retention pass applies: for every topic with a retention and
@@ -1052,9 +1045,7 @@ impl Node {
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let mut holds = RetentionHolds::new(max_hold_ms);
         let holders: Vec<(String, HoldScopeFn)> = self
-            .retention_holds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .hold_table()
             .iter()
             .map(|(g, f)| (g.clone(), f.clone()))
             .collect();
