@@ -6,7 +6,7 @@ mod common;
 mod federation_support;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -46,6 +46,19 @@ async fn dial_as(dir: &Path, cluster: &str, addr: SocketAddr) -> Result<(), Stri
     }
 }
 
+/// A certificates dir for `cluster` whose certificate is issued by a second CA, and
+/// whose `ca.pem` trusts both CAs (so only the peer's check can refuse it).
+fn other_ca_certs(files: &MeshFiles, cluster: &str) -> PathBuf {
+    let ca2 = files.dir.path().join("ca2");
+    meshd_certs::init_ca_dir(&ca2, "test", Validity::days_from_now(30).unwrap(), false).unwrap();
+    let dir = files.dir.path().join("wrong-ca");
+    issue(&ca2, cluster, &dir, Validity::days_from_now(30).unwrap());
+    let bundle = std::fs::read_to_string(files.ca.join("ca.pem")).unwrap()
+        + &std::fs::read_to_string(ca2.join("ca.pem")).unwrap();
+    std::fs::write(dir.join("ca.pem"), bundle).unwrap();
+    dir
+}
+
 fn log_has(log: &Path, needle: &str) -> bool {
     std::fs::read_to_string(log)
         .map(|s| s.contains(needle))
@@ -68,13 +81,7 @@ async fn bad_peers_are_refused_and_logged_while_the_good_link_serves() {
     let m_addr = files.bind["m"];
 
     // 1. Another CA (the client trusts both CAs, so only m's check can refuse it).
-    let ca2 = files.dir.path().join("ca2");
-    meshd_certs::init_ca_dir(&ca2, "test", Validity::days_from_now(30).unwrap(), false).unwrap();
-    let wrong = files.dir.path().join("wrong-ca");
-    issue(&ca2, "b", &wrong, Validity::days_from_now(30).unwrap());
-    let bundle = std::fs::read_to_string(files.ca.join("ca.pem")).unwrap()
-        + &std::fs::read_to_string(ca2.join("ca.pem")).unwrap();
-    std::fs::write(wrong.join("ca.pem"), bundle).unwrap();
+    let wrong = other_ca_certs(&files, "b");
     let r = dial_as(&wrong, "b", m_addr).await;
     assert!(r.is_err(), "a certificate from another CA was accepted");
 
@@ -164,13 +171,7 @@ async fn a_refused_dialer_shows_why_in_its_link_state() {
     let files = MeshFiles::new(&["a", "m"], &[("a", "m", 1)], &[]);
     let c = common::client();
     // a ("a" < "m", so a dials) trusts both CAs, but its certificate is from the other.
-    let ca2 = files.dir.path().join("ca2");
-    meshd_certs::init_ca_dir(&ca2, "test", Validity::days_from_now(30).unwrap(), false).unwrap();
-    let wrong = files.dir.path().join("wrong-ca");
-    issue(&ca2, "a", &wrong, Validity::days_from_now(30).unwrap());
-    let bundle = std::fs::read_to_string(files.ca.join("ca.pem")).unwrap()
-        + &std::fs::read_to_string(ca2.join("ca.pem")).unwrap();
-    std::fs::write(wrong.join("ca.pem"), bundle).unwrap();
+    let wrong = other_ca_certs(&files, "a");
     let _m = files.start("m");
     let a = files.start_with_certs("a", &wrong);
     let error = eventually(
