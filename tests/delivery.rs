@@ -95,14 +95,7 @@ async fn webhook_retries_then_dead_letters() {
     let before = sink.ids().len();
     tokio::time::sleep(Duration::from_millis(300)).await; // a quiet period, not synchronization
     assert_eq!(sink.ids().len(), before);
-    let metrics = c
-        .get(m.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&c, &m.at("/metrics")).await;
     assert!(
         metrics.contains(
             "meshd_node_events_dead_lettered_total{subscription=\"hook\",topic=\"orders\"} 1"
@@ -354,14 +347,7 @@ async fn subscription_validation_and_restart() {
             assert_eq!(body["error"]["field"], f, "{spec}: {body}");
         }
     }
-    let list: Value = c
-        .get(m.at("/v1/subscriptions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = common::get_json(&c, &m.at("/v1/subscriptions")).await;
     assert_eq!(
         list["subscriptions"].as_array().unwrap().len(),
         0,

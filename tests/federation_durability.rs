@@ -183,14 +183,7 @@ async fn a_link_that_does_not_advance_is_stalled_then_recovers() {
         l["lag_events"], 50,
         "lag is the 50 unacknowledged events, not 0: {l}"
     );
-    let metrics = c
-        .get(a.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&c, &a.at("/metrics")).await;
     assert!(
         metrics.contains("meshd_federation_link_stalled{peer=\"b\"} 1"),
         "{metrics}"

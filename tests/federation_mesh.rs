@@ -123,14 +123,7 @@ async fn publish_in_a_each_subscriber_gets_exactly_its_matching_events() {
     // Nothing loops back to a.
     let la_from_b = link(&c, &b, "a").await;
     assert_eq!(la_from_b["events_sent"], 0, "{la_from_b}");
-    let metrics = c
-        .get(a.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&c, &a.at("/metrics")).await;
     assert!(
         metrics.contains("meshd_federation_link_events_sent_total{peer=\"b\"} 20"),
         "{metrics}"

@@ -50,14 +50,7 @@ fn ids(range: std::ops::Range<usize>) -> Vec<String> {
 
 /// (records still stored, records ever appended) of a topic, over its partitions.
 async fn kept(c: &reqwest::Client, node: &Meshd, topic: &str) -> (u64, u64) {
-    let info: Value = c
-        .get(node.at(&format!("/v1/topics/{topic}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = common::get_json(c, &node.at(&format!("/v1/topics/{topic}"))).await;
     let parts = info["partitions"].as_object().expect("partitions");
     let end: u64 = parts.values().map(|p| p["end"].as_u64().unwrap()).sum();
     let start: u64 = parts.values().map(|p| p["start"].as_u64().unwrap()).sum();
@@ -66,14 +59,7 @@ async fn kept(c: &reqwest::Client, node: &Meshd, topic: &str) -> (u64, u64) {
 
 /// A metric of the node (0 when absent).
 async fn metric(c: &reqwest::Client, node: &Meshd, name: &str) -> f64 {
-    let text = c
-        .get(node.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::get_text(c, &node.at("/metrics")).await;
     text.lines()
         .find_map(|l| {
             let (n, v) = l.split_once(' ')?;
@@ -136,14 +122,7 @@ async fn partition_scenario(pulsar: Option<&str>) {
     subscribe(&c, &b, "all", "orders", None, &sink.url).await;
     wait_connected(&c, &a, "b").await;
     wait_interest(&c, &a, "b", "b", "orders").await;
-    let cluster: Value = c
-        .get(a.at("/v1/cluster"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cluster: Value = common::get_json(&c, &a.at("/v1/cluster")).await;
     assert_eq!(
         cluster["retention_holds"],
         json!(["__bridge/b"]),
@@ -277,14 +256,7 @@ async fn a_link_removed_from_the_topology_releases_its_hold() {
         || async { (kept(&c, &a, "orders").await == (0, 30)).then_some(()) },
     )
     .await;
-    let cluster: Value = c
-        .get(a.at("/v1/cluster"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cluster: Value = common::get_json(&c, &a.at("/v1/cluster")).await;
     assert_eq!(
         cluster["retention_holds"],
         json!(["__bridge/b"]),

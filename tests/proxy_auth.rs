@@ -280,14 +280,7 @@ async fn auth_matrix_and_token_management() {
     })
     .await;
 
-    let metrics = c
-        .get(p.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&c, &p.at("/metrics")).await;
     for reason in ["missing", "invalid", "forbidden"] {
         assert!(
             metrics.contains(&format!(

@@ -157,14 +157,7 @@ async fn token_and_ip_rate_limits() {
     let r = publish_one(&c, &p2.url, None).await;
     assert_eq!(r.status(), 429);
     assert!(r.headers().get("retry-after").is_some());
-    let metrics = c
-        .get(p2.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&c, &p2.at("/metrics")).await;
     assert!(
         metrics.contains("meshd_proxy_rate_limited_total{kind=\"ip\"} 1"),
         "{metrics}"

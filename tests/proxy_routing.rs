@@ -201,14 +201,7 @@ async fn publish_admin_and_pull_through_the_proxy() {
             .status(),
         405
     );
-    let metrics = c
-        .get(p.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&c, &p.at("/metrics")).await;
     assert!(
         metrics.contains("meshd_proxy_requests_total{status=\"200\"}"),
         "{metrics}"
@@ -282,14 +275,7 @@ async fn kill9_a_node_fails_its_groups_over_without_losing_acknowledged_events()
         "failover: 48 publishes after the kill took {:?}",
         killed_at.elapsed()
     );
-    let metrics = c
-        .get(p.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&c, &p.at("/metrics")).await;
     let retries: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("meshd_proxy_upstream_retries_total "))

@@ -218,14 +218,7 @@ async fn publish_modes_and_bad_input() {
     assert_eq!(status_of(c.get(m.at("/v1/topics/nope"))).await, 404);
 
     // Metrics count what happened.
-    let metrics = c
-        .get(m.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&c, &m.at("/metrics")).await;
     assert!(
         metrics.contains("meshd_node_events_published_total{topic=\"orders\"} 5"),
         "{metrics}"
@@ -282,14 +275,7 @@ async fn topics_api() {
     }
     let (status, _) = error_of(c.put(m.at("/v1/topics/bad%20name")).send().await.unwrap()).await;
     assert_eq!(status, 400);
-    let list: Value = c
-        .get(m.at("/v1/topics"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = common::get_json(&c, &m.at("/v1/topics")).await;
     let names: Vec<&str> = list["topics"]
         .as_array()
         .unwrap()

@@ -343,16 +343,19 @@ pub async fn publish(c: &reqwest::Client, base: &str, topic: &str, events: &[Val
     out
 }
 
+/// GET `url` and its JSON body (panics on a transport error or a body that is not JSON).
+pub async fn get_json(c: &reqwest::Client, url: &str) -> Value {
+    c.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// GET `url` and its body as text (panics on a transport error).
+pub async fn get_text(c: &reqwest::Client, url: &str) -> String {
+    c.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// The end offsets of every partition of a topic, summed.
 pub async fn stored_count(c: &reqwest::Client, base: &str, topic: &str) -> u64 {
-    let info: Value = c
-        .get(format!("{base}/v1/topics/{topic}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = get_json(c, &format!("{base}/v1/topics/{topic}")).await;
     info["partitions"]
         .as_object()
         .map(|m| m.values().map(|p| p["end"].as_u64().unwrap()).sum())

@@ -239,13 +239,7 @@ pub async fn subscribe(
 
 /// `GET /v1/mesh`.
 pub async fn mesh(c: &reqwest::Client, node: &Meshd) -> Value {
-    c.get(node.at("/v1/mesh"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    common::get_json(c, &node.at("/v1/mesh")).await
 }
 
 /// One link's snapshot from `/v1/mesh`.
