@@ -22,33 +22,17 @@ mod cluster_support;
 mod common;
 mod federation_support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cluster_support::{etcd_arg, scheduler_group, until};
 use common::{client, Sink};
 use federation_support::{wait_connected, MeshFiles};
-use meshd_chaos::Checker;
+use meshd_chaos::checker::contiguous_from_zero;
+use meshd_chaos::{http, Checker};
 use meshd_scheduler::registry::testing::EtcdServer;
 use serde_json::{json, Value};
-
-async fn subscription_names(c: &reqwest::Client, url: &str) -> Vec<String> {
-    let v: Value = c
-        .get(format!("{url}/v1/subscriptions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["subscriptions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["name"].as_str().map(str::to_string))
-        .collect()
-}
 
 async fn cluster_status(c: &reqwest::Client, url: &str) -> Value {
     match c.get(format!("{url}/v1/cluster")).send().await {
@@ -81,19 +65,7 @@ fn hits(sink: &Sink) -> Vec<Hit> {
 
 /// Sum over keys of the seqs received without a gap from 0.
 fn contiguous(hits: &[Hit]) -> u64 {
-    let mut by_key: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
-    for h in hits {
-        by_key.entry(&h.key).or_default().insert(h.seq);
-    }
-    by_key
-        .values()
-        .map(|s| {
-            s.iter()
-                .enumerate()
-                .take_while(|(i, v)| *i as u64 == **v)
-                .count() as u64
-        })
-        .sum()
+    contiguous_from_zero(hits.iter().map(|h| (h.key.as_str(), h.seq)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -156,14 +128,7 @@ async fn evacuating_a_cluster_member_hands_its_webhook_subscribers_to_the_other_
     assert!(s == 201 || s == 200, "{s} {body}");
     assert!(
         until(Duration::from_secs(20), || async {
-            let m: Value = c
-                .get(format!("{}/v1/mesh", a.url))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let m: Value = common::get_json(&c, &format!("{}/v1/mesh", a.url)).await;
             m["policies"] == json!([{"topics": "private.*", "clusters": ["b"]}])
         })
         .await,
@@ -205,7 +170,8 @@ async fn evacuating_a_cluster_member_hands_its_webhook_subscribers_to_the_other_
             (drained, still_drained)
         })
     };
-    let args: Vec<String> = [
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshd"));
+    cmd.args([
         "drill",
         "evacuate",
         "--cluster",
@@ -221,26 +187,11 @@ async fn evacuating_a_cluster_member_hands_its_webhook_subscribers_to_the_other_
         "--json",
         "--recovery-timeout",
         "60s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_meshd"))
-            .args(&args)
-            .env("MESHD_LOG", "warn")
-            .output()
-            .expect("run meshd drill")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "drill failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: meshd_chaos::Report = serde_json::from_str(&stdout).expect("JSON report");
+    ])
+    .env("MESHD_LOG", "warn");
+    let report = meshd_chaos::drill::run_json_report(cmd)
+        .await
+        .expect("drill");
     println!("{report}");
     let (drained, serving) = watch.await.unwrap();
 
@@ -327,9 +278,10 @@ async fn evacuating_a_cluster_member_hands_its_webhook_subscribers_to_the_other_
         all.iter().any(|h| h.at > serving && h.node == "b1"),
         "b1 did not deliver after the undrain"
     );
-    let left = subscription_names(&c, &a.url).await;
+    let left = http::subscription_names(&c, &a.url).await.unwrap();
     assert!(!left.iter().any(|n| n.starts_with("evac.")), "{left:?}");
-    assert!(subscription_names(&c, &b.url)
+    assert!(http::subscription_names(&c, &b.url)
         .await
+        .unwrap()
         .contains(&"app-hook".to_string()));
 }

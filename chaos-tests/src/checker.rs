@@ -296,6 +296,25 @@ impl fmt::Display for Report {
     }
 }
 
+/// Sum over keys of the sequence numbers seen without a gap from 0: how many events of
+/// each key have all arrived, counting from the first. `seqs` are (key, seq) pairs in
+/// any order, repeats allowed.
+pub fn contiguous_from_zero<'a>(seqs: impl IntoIterator<Item = (&'a str, u64)>) -> u64 {
+    let mut by_key: BTreeMap<&str, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    for (key, seq) in seqs {
+        by_key.entry(key).or_default().insert(seq);
+    }
+    by_key
+        .values()
+        .map(|s| {
+            s.iter()
+                .enumerate()
+                .take_while(|(i, v)| *i as u64 == **v)
+                .count() as u64
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,6 +57,24 @@ impl DrillOptions {
     }
 }
 
+/// Runs a `meshd drill … --json` command on a blocking thread and parses its report. An
+/// unsuccessful exit is an error carrying the drill's stderr and stdout.
+pub async fn run_json_report(mut cmd: std::process::Command) -> Result<Report, ChaosError> {
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .map_err(|e| ChaosError::Io(format!("running the drill: {e}")))?
+        .map_err(|e| ChaosError::Io(format!("running the drill: {e}")))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(ChaosError::Io(format!(
+            "drill failed: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    serde_json::from_str(&stdout)
+        .map_err(|e| ChaosError::Io(format!("the drill's JSON report: {e}: {stdout}")))
+}
+
 /// Parses `30s`, `500ms`, `2m`, `1h` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();

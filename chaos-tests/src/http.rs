@@ -35,6 +35,22 @@ pub async fn get_json(c: &reqwest::Client, url: &str) -> Result<Value, ChaosErro
     serde_json::from_str(&text).map_err(|e| ChaosError::Http(format!("GET {url}: {e}: {text}")))
 }
 
+/// The names of the subscriptions the node or proxy at `base` lists.
+pub async fn subscription_names(
+    c: &reqwest::Client,
+    base: &str,
+) -> Result<Vec<String>, ChaosError> {
+    let url = format!("{base}/v1/subscriptions");
+    let subs = get_json(c, &url).await?;
+    let list = subs["subscriptions"]
+        .as_array()
+        .ok_or_else(|| ChaosError::Http(format!("GET {url}: no subscriptions list: {subs}")))?;
+    Ok(list
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect())
+}
+
 /// Sends a JSON body with `method`; returns status and body (any status).
 pub async fn send_json(
     c: &reqwest::Client,

@@ -4,14 +4,14 @@
 //! drained through its node and proxy admin APIs, its webhook subscribers handed off to
 //! stand-ins in the other cluster, then everything restored).
 
-use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
+use meshd_chaos::checker::contiguous_from_zero;
 use meshd_chaos::mesh::meshd_bin;
-use meshd_chaos::{http, Checker, Mesh, MeshOptions, Report};
+use meshd_chaos::{drill, http, Checker, Mesh, MeshOptions};
 use serde_json::json;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -86,7 +86,7 @@ async fn link_partition_drill_reports_nothing_lost_and_restores() {
         return;
     };
     wait_healthy(&mesh).await;
-    let mut cmd = drill_cmd(
+    let cmd = drill_cmd(
         &mesh,
         &[
             "link-partition",
@@ -100,16 +100,7 @@ async fn link_partition_drill_reports_nothing_lost_and_restores() {
             "60s",
         ],
     );
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run drill"))
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "drill failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Report = serde_json::from_str(&stdout).expect("JSON report");
+    let report = drill::run_json_report(cmd).await.expect("drill");
     println!("{report}");
     assert_eq!(report.lost, 0, "{report}");
     assert_eq!(report.reordered, 0, "{report}");
@@ -289,7 +280,7 @@ async fn evacuate_drill_drains_a_cluster_moves_its_clients_and_restores_it() {
         mesh.proxy_urls("b")[0].clone(),
     );
     let b_node = mesh.node_url("b").unwrap();
-    let mut cmd = drill_cmd(
+    let cmd = drill_cmd(
         &mesh,
         &[
             "evacuate",
@@ -339,16 +330,7 @@ async fn evacuate_drill_drains_a_cluster_moves_its_clients_and_restores_it() {
             None
         })
     };
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run drill"))
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "drill failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Report = serde_json::from_str(&stdout).expect("JSON report");
+    let report = drill::run_json_report(cmd).await.expect("drill");
     println!("{report}");
     let (s, body) = watch
         .await
@@ -417,8 +399,9 @@ async fn evacuate_drill_undrains_on_ctrl_c_and_restore_undrains_by_hand() {
         .expect("spawn drill");
     let deadline = Instant::now() + Duration::from_secs(40);
     while http::ready(&c, &a).await
-        || !subscription_names(&c, &b)
+        || !http::subscription_names(&c, &b)
             .await
+            .unwrap()
             .contains(&"evac.a.app-hook".to_string())
     {
         assert!(
@@ -429,13 +412,14 @@ async fn evacuate_drill_undrains_on_ctrl_c_and_restore_undrains_by_hand() {
     }
     interrupt(child).await;
     assert!(http::ready(&c, &a).await, "a still drained after Ctrl-C");
-    let left = subscription_names(&c, &b).await;
+    let left = http::subscription_names(&c, &b).await.unwrap();
     assert!(
         !left.iter().any(|n| n.starts_with("evac.")),
         "stand-ins left after Ctrl-C: {left:?}"
     );
-    assert!(subscription_names(&c, &a)
+    assert!(http::subscription_names(&c, &a)
         .await
+        .unwrap()
         .contains(&"app-hook".to_string()));
 
     // A drill killed with SIGKILL leaves stand-ins: `drill restore --url` deletes them.
@@ -453,8 +437,9 @@ async fn evacuate_drill_undrains_on_ctrl_c_and_restore_undrains_by_hand() {
         stdout.contains("deleted stand-ins b:evac.a.leftover"),
         "{stdout}"
     );
-    assert!(!subscription_names(&c, &b)
+    assert!(!http::subscription_names(&c, &b)
         .await
+        .unwrap()
         .contains(&"evac.a.leftover".to_string()));
 
     // A drill killed with SIGKILL leaves a drained: `drill restore --undrain` repairs it.
@@ -563,31 +548,7 @@ impl Drop for AppSink {
 
 /// Sum over keys of the seqs received without a gap from 0.
 fn contiguous(hits: &[Hit]) -> u64 {
-    let mut by_key: BTreeMap<&str, std::collections::BTreeSet<u64>> = BTreeMap::new();
-    for h in hits {
-        by_key.entry(&h.key).or_default().insert(h.seq);
-    }
-    by_key
-        .values()
-        .map(|s| {
-            s.iter()
-                .enumerate()
-                .take_while(|(i, v)| *i as u64 == **v)
-                .count() as u64
-        })
-        .sum()
-}
-
-async fn subscription_names(c: &reqwest::Client, url: &str) -> Vec<String> {
-    let subs = http::get_json(c, &format!("{url}/v1/subscriptions"))
-        .await
-        .unwrap();
-    subs["subscriptions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["name"].as_str().map(str::to_string))
-        .collect()
+    contiguous_from_zero(hits.iter().map(|h| (h.key.as_str(), h.seq)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -619,7 +580,7 @@ async fn evacuate_hands_webhook_subscribers_off_to_stand_ins_and_deletes_them() 
     )
     .await
     .unwrap();
-    let mut cmd = drill_cmd(
+    let cmd = drill_cmd(
         &mesh,
         &[
             "evacuate",
@@ -644,8 +605,9 @@ async fn evacuate_hands_webhook_subscribers_off_to_stand_ins_and_deletes_them() 
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let drained = Instant::now();
-            let stand_ins: Vec<String> = subscription_names(&c, &a)
+            let stand_ins: Vec<String> = http::subscription_names(&c, &a)
                 .await
+                .unwrap()
                 .into_iter()
                 .filter(|n| n.starts_with("evac.b."))
                 .collect();
@@ -656,16 +618,7 @@ async fn evacuate_hands_webhook_subscribers_off_to_stand_ins_and_deletes_them() 
             (drained, Instant::now(), stand_ins)
         })
     };
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run drill"))
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "drill failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Report = serde_json::from_str(&stdout).expect("JSON report");
+    let report = drill::run_json_report(cmd).await.expect("drill");
     println!("{report}");
     let (drained, back, stand_ins) = watch.await.unwrap();
     // While b was drained, a held a stand-in for each of b's webhook subscriptions (the
@@ -769,10 +722,10 @@ async fn evacuate_hands_webhook_subscribers_off_to_stand_ins_and_deletes_them() 
         "no delivery from the stand-in during the hold"
     );
     // Restored: no stand-in left in a, b serves, b's subscriptions are untouched.
-    let left = subscription_names(&c, &a).await;
+    let left = http::subscription_names(&c, &a).await.unwrap();
     assert!(!left.iter().any(|n| n.starts_with("evac.")), "{left:?}");
     assert!(http::ready(&c, &b).await);
-    let b_subs = subscription_names(&c, &b).await;
+    let b_subs = http::subscription_names(&c, &b).await.unwrap();
     assert!(
         b_subs.contains(&"app-hook".to_string()) && b_subs.contains(&"app-pull".to_string()),
         "{b_subs:?}"
