@@ -102,6 +102,7 @@ fn spawn_node(
         .or_else(|_| std::env::var("BENCH_FSYNC"))
         .unwrap_or_else(|_| "always".into());
     let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
+        .env("MESHD_WEBHOOK_ALLOW_LOOPBACK", "true")
         .args([
             "node",
             "--listen",

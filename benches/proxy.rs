@@ -21,6 +21,7 @@ fn spawn(args: &[&str], role: &str) -> (Killed, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
         .args(args)
         .env("MESHD_LOG", "warn")
+        .env("MESHD_WEBHOOK_ALLOW_LOOPBACK", "true")
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn meshd");

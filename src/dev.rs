@@ -134,9 +134,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut servers = Vec::new();
     let mut bridges = Vec::new();
     let mut urls = Vec::new();
+    let mut nodes = Vec::new();
+    let mut components = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let node_dir = args.data_dir.join(name).join("node-1");
-        let config = args.store.node_config(node_dir.clone(), name, "node-1");
+        let mut config = args.store.node_config(node_dir.clone(), name, "node-1");
+        // Local sinks (`meshd listen`, the demo's subscribers) live on loopback; the dev
+        // nodes themselves stay refused (each knows the mesh's addresses).
+        config.webhook.allow_loopback = true;
         let node = Node::open(config)
             .await
             .with_context(|| format!("opening the store of {name} in {}", node_dir.display()))?;
@@ -160,15 +165,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             node.set_mesh_link_admin(bridge.link_admin_fn());
             if let Some(a) = bridge.local_addr() {
                 println!("cluster {name} bridge quic://{a}");
+                components.push(a.to_string());
             }
             println!("cluster {name} mesh {node_url}/v1/mesh");
             bridges.push(bridge);
         }
         let mut rx = stop_rx.clone();
+        nodes.push(node.clone());
         servers.push(tokio::spawn(node.serve(listener, async move {
             let _ = rx.wait_for(|s| *s).await;
         })));
         urls.push(node_url);
+    }
+    // Every dev node refuses webhooks aimed at any node or bridge of the dev mesh.
+    components.extend(urls.iter().cloned());
+    for node in &nodes {
+        node.set_mesh_components("dev", &components).await;
     }
     if args.demo {
         let sink = tokio::net::TcpListener::bind(SocketAddr::from((

@@ -79,6 +79,8 @@ pub struct NodeArgs {
     #[command(flatten)]
     store: StoreArgs,
     #[command(flatten)]
+    webhook: WebhookArgs,
+    #[command(flatten)]
     bridge: BridgeArgs,
     /// Join a cluster: `etcd://HOST:PORT[,HOST:PORT...]`. The node registers under a
     /// lease, shares topics and subscriptions through the registry's catalog and delivers
@@ -132,6 +134,7 @@ pub async fn start_bridge(
         .await
         .with_context(|| format!("starting the federation bridge of cluster {cluster}"))?;
     let bridge = std::sync::Arc::new(bridge);
+    watch_topology_components(node.clone(), topology.clone());
     node.set_mesh_status(bridge.status_fn());
     node.set_mesh_metrics(bridge.metrics_fn());
     node.set_mesh_link_admin(bridge.link_admin_fn());
@@ -213,6 +216,63 @@ impl StoreArgs {
     }
 }
 
+/// Where webhook subscriptions may push (docs/security.md, "Webhook targets"). The mesh's
+/// own components, link-local and metadata addresses are refused whatever these say.
+#[derive(clap::Args, Clone, Default)]
+pub struct WebhookArgs {
+    /// Allow webhook targets on loopback and on this host's own addresses (`meshd dev`
+    /// always does).
+    #[arg(long, env = "MESHD_WEBHOOK_ALLOW_LOOPBACK")]
+    webhook_allow_loopback: bool,
+    /// Allow webhook targets in private ranges (10/8, 172.16/12, 192.168/16, 100.64/10,
+    /// fc00::/7).
+    #[arg(long, env = "MESHD_WEBHOOK_ALLOW_PRIVATE")]
+    webhook_allow_private: bool,
+    /// Webhook targets always allowed: CIDRs, addresses or host names (`*.example.com`);
+    /// repeat the flag or separate with commas.
+    #[arg(long, env = "MESHD_WEBHOOK_ALLOW", value_delimiter = ',')]
+    webhook_allow: Vec<meshd_core::egress::TargetRule>,
+    /// Webhook targets always denied (same forms as --webhook-allow; deny wins).
+    #[arg(long, env = "MESHD_WEBHOOK_DENY", value_delimiter = ',')]
+    webhook_deny: Vec<meshd_core::egress::TargetRule>,
+}
+
+impl WebhookArgs {
+    /// The rules these flags give.
+    pub fn rules(&self) -> meshd_core::egress::EgressRules {
+        meshd_core::egress::EgressRules {
+            allow_loopback: self.webhook_allow_loopback,
+            allow_private: self.webhook_allow_private,
+            allow: self.webhook_allow.clone(),
+            deny: self.webhook_deny.clone(),
+        }
+    }
+}
+
+/// Tells `node`'s webhook guard the components a topology file names (every cluster's
+/// bridge and proxy), now and on every change of the file (checked every 10 s).
+pub fn watch_topology_components(node: std::sync::Arc<Node>, topology: PathBuf) {
+    tokio::spawn(async move {
+        let mut last: Option<Vec<String>> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            let path = topology.clone();
+            let loaded =
+                tokio::task::spawn_blocking(move || meshd_topology::Topology::load(path)).await;
+            let Ok(Ok(t)) = loaded else { continue };
+            let urls: Vec<String> = t
+                .clusters()
+                .flat_map(|c| [c.bridge.to_string(), c.proxy.to_string()])
+                .collect();
+            if last.as_ref() != Some(&urls) {
+                node.set_mesh_components("topology", &urls).await;
+                last = Some(urls);
+            }
+        }
+    });
+}
+
 /// mimalloc: the event path allocates per event (frames, payloads, keys) from many tokio
 /// worker threads; glibc's allocator spent ~17% of a replication run in malloc/free and
 /// chunk consolidation (perf, see docs/benchmarks.md).
@@ -264,6 +324,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let mut config = args
         .store
         .node_config(args.data_dir.clone(), &args.cluster, &args.node_id);
+    config.webhook = args.webhook.rules();
     let registry = match &args.registry {
         Some(spec) => {
             meshd_scheduler::registry::LeaseConfig::with_ttl(args.lease_ttl)
@@ -281,6 +342,15 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    if let Some(spec) = &args.registry {
+        // etcd's endpoints are components the webhooks must not reach.
+        let endpoints: Vec<String> = spec
+            .trim_start_matches("etcd://")
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        node.set_mesh_components("etcd", &endpoints).await;
+    }
     let bridge = start_bridge(&args.bridge, &args.cluster, &node).await?;
     if let Some(b) = &bridge {
         if let Some(udp) = b.local_addr() {

@@ -118,6 +118,31 @@ impl CatalogSink for RegistryCatalog {
     }
 }
 
+/// Keeps the webhook guard's view of the cluster's members (nodes and proxies, by their
+/// HTTP addresses) current: a webhook must not reach any of them.
+async fn watch_member_components(node: Arc<Node>, registry: Arc<dyn Registry>) {
+    loop {
+        let watch = registry.watch_members().await;
+        // List after the watch is up, so no change falls between the list and the watch.
+        refresh_member_components(&node, registry.as_ref()).await;
+        let Ok(mut watch) = watch else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        while watch.recv().await.is_some() {
+            refresh_member_components(&node, registry.as_ref()).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn refresh_member_components(node: &Node, registry: &dyn Registry) {
+    if let Ok(members) = registry.list_members().await {
+        let urls: Vec<String> = members.into_iter().map(|m| m.http_addr).collect();
+        node.set_mesh_components("registry", &urls).await;
+    }
+}
+
 /// A node's membership in its cluster; [`ClusterMember::leave`] on clean shutdown.
 pub struct ClusterMember {
     handle: tokio::sync::Mutex<Option<MemberHandle>>,
@@ -154,11 +179,12 @@ impl ClusterMember {
         let report = tokio::spawn(async move { me.report().await });
         let me = member.clone();
         let drain = tokio::spawn(async move { me.follow_drain().await });
+        let components = tokio::spawn(watch_member_components(node.clone(), registry.clone()));
         member
             .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend([sync, report, drain]);
+            .extend([sync, report, drain, components]);
         Ok(member)
     }
 

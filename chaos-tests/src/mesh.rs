@@ -238,6 +238,10 @@ impl Proc {
         }
         let mut child = cmd
             .args(&self.args)
+            // The harness's sinks live on loopback or on the namespaces' private
+            // addresses; the webhook rules refuse both by default.
+            .env("MESHD_WEBHOOK_ALLOW_LOOPBACK", "true")
+            .env("MESHD_WEBHOOK_ALLOW_PRIVATE", "true")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "MESHD_LOG",

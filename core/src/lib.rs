@@ -23,6 +23,7 @@
 pub mod api;
 pub mod cesql;
 pub mod codec;
+pub mod egress;
 pub mod event;
 pub mod filter;
 pub mod pattern;

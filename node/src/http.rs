@@ -20,7 +20,7 @@ use meshd_core::api::{
 use meshd_core::event::{self, EventError, Mode};
 use serde::Deserialize;
 
-use crate::delivery::DeliveryError;
+use crate::delivery::{DeliveryError, WebhookTargetError};
 use crate::ingest;
 use crate::server::{Node, NodeError};
 use crate::store::StoreError;
@@ -156,6 +156,19 @@ impl From<NodeError> for ApiError {
                 "catalog_unavailable",
                 e.to_string(),
             ),
+            NodeError::WebhookTarget(t) => match t {
+                WebhookTargetError::Denied { .. } => ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "webhook_target_forbidden",
+                    t.to_string(),
+                ),
+                _ => ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_webhook_target",
+                    t.to_string(),
+                ),
+            }
+            .field("sink.webhook.url"),
             NodeError::NotPlacedHere { .. } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "group_not_placed_here",

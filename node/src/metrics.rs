@@ -31,6 +31,8 @@ pub struct Metrics {
     pub retried: IntCounterVec,
     /// Events sent to the dead-letter topic (or dropped without one), per subscription.
     pub dead_lettered: IntCounterVec,
+    /// Webhook targets refused by the target rules (at create or at push), per rule.
+    pub webhook_refused: IntCounterVec,
     /// Events skipped by the subscription's filter.
     pub filtered_out: IntCounterVec,
     /// Pulled events handed out again after their ack deadline.
@@ -139,6 +141,11 @@ impl Metrics {
                 "meshd_node_events_dead_lettered_total",
                 "Events that ran out of attempts",
                 &["topic", "subscription"],
+            ),
+            webhook_refused: counter(
+                "meshd_node_webhook_targets_refused_total",
+                "Webhook targets refused by the target rules, at create or at push",
+                &["reason"],
             ),
             filtered_out: counter(
                 "meshd_node_events_filtered_out_total",

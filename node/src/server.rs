@@ -74,6 +74,9 @@ pub struct NodeConfig {
     /// How long past its topic's `max_age_secs` a record may be kept for a retention hold
     /// (a link that has not sent it yet) at most; `None`: as long as the hold lasts.
     pub retention_hold_max: Option<Duration>,
+    /// Where webhook subscriptions may push (see [`meshd_core::egress`]); the default
+    /// allows public addresses only.
+    pub webhook: meshd_core::egress::EgressRules,
 }
 
 /// Default of [`NodeConfig::retention_hold_max`]: 7 days.
@@ -138,6 +141,7 @@ impl NodeConfig {
             store: StoreKind::Embedded,
             placement_gated: false,
             retention_hold_max: Some(DEFAULT_RETENTION_HOLD_MAX),
+            webhook: meshd_core::egress::EgressRules::default(),
         }
     }
 }
@@ -205,6 +209,9 @@ pub enum NodeError {
     /// The cluster catalog could not be written; nothing was changed.
     #[error("the cluster catalog is unavailable: {0}")]
     CatalogUnavailable(String),
+    /// A webhook target is refused by the node's target rules.
+    #[error(transparent)]
+    WebhookTarget(#[from] crate::delivery::WebhookTargetError),
     /// The subscription's consumer group is placed on another node of the cluster.
     #[error("consumer group {group:?} of subscription {name:?} is not served by this node; use the node placement names (or a proxy)")]
     NotPlacedHere {
@@ -299,7 +306,8 @@ impl Node {
         store: Arc<dyn EventStore>,
     ) -> Result<Arc<Node>, NodeError> {
         let metrics = Metrics::new();
-        let delivery = Delivery::for_node(store.clone(), metrics.clone(), &config.node_id);
+        let guard = crate::delivery::WebhookGuard::new(config.webhook.clone());
+        let delivery = Delivery::for_node(store.clone(), metrics.clone(), &config.node_id, guard);
         let topics = store.list_topics().await?.into_iter().collect();
         let owned = config.placement_gated.then(BTreeSet::new);
         let node = Arc::new(Node {
@@ -676,6 +684,7 @@ impl Node {
                 topic: sub.spec.topic.clone(),
             });
         }
+        self.check_webhook_targets(&sub.spec).await?;
         if let Some(dlt) = &sub.spec.delivery.dead_letter_topic {
             if self.topic_config(dlt).await?.is_none() {
                 self.store_topic(dlt, TopicConfig::default()).await?;
@@ -701,6 +710,37 @@ impl Node {
         self.write_subs().insert(name.clone(), sub.clone());
         tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, subscription = %name, topic = %sub.spec.topic, "subscription created");
         Ok((true, sub.spec.clone()))
+    }
+
+    /// Refuses a webhook subscription whose targets the node's rules do not allow (each
+    /// member URL, resolved now; the push checks again at every connection).
+    async fn check_webhook_targets(&self, spec: &SubscriptionSpec) -> Result<(), NodeError> {
+        if let meshd_core::api::Sink::Webhook(w) = &spec.sink {
+            for url in w.members() {
+                if let Err(e) = self.delivery.guard().check_url(&url).await {
+                    self.metrics
+                        .webhook_refused
+                        .with_label_values(&[e.label()])
+                        .inc();
+                    tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, subscription = %spec.name, "webhook target refused: {e}");
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The webhook target guard (its rules and the mesh components it knows).
+    pub fn webhook_guard(&self) -> &Arc<crate::delivery::WebhookGuard> {
+        self.delivery.guard()
+    }
+
+    /// Tells the webhook guard the mesh components at `urls` (absolute URLs or
+    /// `host:port`), replacing what `source` said before.
+    pub async fn set_mesh_components(&self, source: &str, urls: &[String]) {
+        let guard = self.delivery.guard();
+        let components = crate::delivery::guard::components_of(guard, urls).await;
+        guard.set_components(source, components);
     }
 
     /// All subscriptions' specs.
@@ -1133,6 +1173,13 @@ impl Node {
                 }
             })
         };
+        if let Ok(addr) = listener.local_addr() {
+            // This node is a component the webhooks must not reach.
+            let guard = self.delivery.guard();
+            let mut c = meshd_core::egress::Components::default();
+            c.add_addr(addr, guard.is_local(addr.ip()));
+            guard.set_components("self", c);
+        }
         let app = crate::http::router(self.clone());
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)

@@ -51,6 +51,20 @@ impl Meshd {
         Meshd::spawn(&args, data_dir)
     }
 
+    /// Like [`Meshd::start`], with environment variables set after the harness's own
+    /// (so they override them, e.g. `MESHD_WEBHOOK_ALLOW_LOOPBACK=false`).
+    pub fn start_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Meshd {
+        let mut args = vec![
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir.to_str().expect("utf-8 path"),
+        ];
+        args.extend_from_slice(extra);
+        Meshd::spawn_full(&args, data_dir, Stdio::inherit(), None, env)
+    }
+
     /// Spawns `meshd` with any arguments and waits for the URL line (`cluster C node|proxy ID
     /// http://...`).
     pub fn spawn(args: &[&str], data_dir: &Path) -> Meshd {
@@ -87,6 +101,16 @@ impl Meshd {
         stderr: Stdio,
         filter: Option<&str>,
     ) -> Meshd {
+        Meshd::spawn_full(args, data_dir, stderr, filter, &[])
+    }
+
+    fn spawn_full(
+        args: &[&str],
+        data_dir: &Path,
+        stderr: Stdio,
+        filter: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Meshd {
         let filter = filter
             .map(str::to_string)
             .or_else(|| std::env::var("MESHD_LOG").ok())
@@ -94,6 +118,9 @@ impl Meshd {
         let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
             .args(args)
             .env("MESHD_LOG", filter)
+            // Test sinks listen on loopback (the webhook rules refuse it by default).
+            .env("MESHD_WEBHOOK_ALLOW_LOOPBACK", "true")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

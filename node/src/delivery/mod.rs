@@ -13,6 +13,7 @@
 //! - [`lease`]: the pull lease table (pure, injected time).
 //! - [`common`]: context, start cursors, the partition reader, commits, dead-lettering.
 //! - [`push`]: webhook lanes.
+//! - [`guard`]: which addresses a webhook may reach (checked at create and at connect).
 //! - [`pull`]: pull groups, long polls and acks.
 //!
 //! # Offsets
@@ -24,6 +25,7 @@
 
 pub mod backoff;
 pub mod common;
+pub mod guard;
 pub mod lease;
 pub mod pull;
 pub mod push;
@@ -44,6 +46,7 @@ use tracing::{info, warn};
 use crate::metrics::Metrics;
 use crate::store::{EventStore, StoreError};
 use common::{topic_partitions, Progress, SubCtx};
+pub use guard::{WebhookGuard, WebhookTargetError};
 use pull::PullSub;
 
 /// Header naming the node that made a webhook push (`meshd-node: {node id}`), so a
@@ -113,29 +116,45 @@ pub struct Delivery {
     store: Arc<dyn EventStore>,
     metrics: Metrics,
     client: Option<reqwest::Client>,
+    guard: Arc<WebhookGuard>,
     options: DeliveryOptions,
     subs: tokio::sync::Mutex<HashMap<String, Running>>,
 }
 
 impl Delivery {
-    /// Creates the delivery engine.
+    /// Creates the delivery engine (webhooks on loopback allowed: for tests of the engine).
     pub fn new(store: Arc<dyn EventStore>, metrics: Metrics) -> Delivery {
         Delivery::with_options(store, metrics, DeliveryOptions::default())
     }
 
-    /// Creates the delivery engine with explicit tunables.
+    /// Creates the delivery engine with explicit tunables (webhooks on loopback allowed).
     pub fn with_options(
         store: Arc<dyn EventStore>,
         metrics: Metrics,
         options: DeliveryOptions,
     ) -> Delivery {
-        Delivery::build(store, metrics, options, None)
+        let guard = WebhookGuard::new(meshd_core::egress::EgressRules {
+            allow_loopback: true,
+            ..Default::default()
+        });
+        Delivery::build(store, metrics, options, None, guard)
     }
 
     /// Creates the delivery engine of node `node_id`: every webhook push carries the
-    /// [`NODE_HEADER`] header with the id.
-    pub fn for_node(store: Arc<dyn EventStore>, metrics: Metrics, node_id: &str) -> Delivery {
-        Delivery::build(store, metrics, DeliveryOptions::default(), Some(node_id))
+    /// [`NODE_HEADER`] header with the id, and goes only where `guard` allows.
+    pub fn for_node(
+        store: Arc<dyn EventStore>,
+        metrics: Metrics,
+        node_id: &str,
+        guard: Arc<WebhookGuard>,
+    ) -> Delivery {
+        Delivery::build(
+            store,
+            metrics,
+            DeliveryOptions::default(),
+            Some(node_id),
+            guard,
+        )
     }
 
     fn build(
@@ -143,6 +162,7 @@ impl Delivery {
         metrics: Metrics,
         options: DeliveryOptions,
         node_id: Option<&str>,
+        guard: Arc<WebhookGuard>,
     ) -> Delivery {
         // reqwest is built without a default TLS provider; install ring unless the binary
         // already installed one (then this is a no-op).
@@ -154,6 +174,11 @@ impl Delivery {
         let client = match reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(60))
             .default_headers(headers)
+            // The target was checked, not where it redirects; and no proxy from the
+            // environment stands between the check and the connection.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(guard::GuardedResolver::new(guard.clone())))
             .build()
         {
             Ok(c) => Some(c),
@@ -166,6 +191,7 @@ impl Delivery {
             store,
             metrics,
             client,
+            guard,
             options,
             subs: tokio::sync::Mutex::new(HashMap::new()),
         }
@@ -188,7 +214,11 @@ impl Delivery {
         };
         let running = match &sub.spec.sink {
             Sink::Webhook(w) => {
-                match push::start(ctx, w, partitions, self.client.clone(), self.options).await {
+                let client = push::PushClient {
+                    http: self.client.clone(),
+                    guard: self.guard.clone(),
+                };
+                match push::start(ctx, w, partitions, client, self.options).await {
                     Ok(r) => Running {
                         stop: stop_tx,
                         tasks: r.tasks,
@@ -235,6 +265,11 @@ impl Delivery {
         )
         .await?;
         Ok(())
+    }
+
+    /// The webhook target guard.
+    pub fn guard(&self) -> &Arc<WebhookGuard> {
+        &self.guard
     }
 
     /// Stops a subscription; `false` when it was not running.

@@ -40,12 +40,22 @@ pub struct PushRunning {
     pub progress: Vec<Arc<Progress>>,
 }
 
+/// What a push is made with: the HTTP client (`None` when it could not be built) and the
+/// target guard.
+#[derive(Clone)]
+pub struct PushClient {
+    /// The client (its resolver checks with `guard`).
+    pub http: Option<reqwest::Client>,
+    /// The webhook target guard.
+    pub guard: Arc<super::WebhookGuard>,
+}
+
 /// Starts every task of a webhook subscription.
 pub async fn start(
     ctx: SubCtx,
     sink: &WebhookSink,
     partitions: u32,
-    client: Option<reqwest::Client>,
+    client: PushClient,
     options: DeliveryOptions,
 ) -> Result<PushRunning, StoreError> {
     let spec = &ctx.sub.spec;
@@ -175,12 +185,26 @@ enum Attempt {
     Status(u16, Option<Duration>),
     Timeout,
     Error(String),
+    /// The target guard refused the URL or every address its name resolved to.
+    Refused(super::WebhookTargetError),
+}
+
+/// The guard's refusal inside a client error (the resolver's error travels in its chain).
+fn refusal_in(e: &reqwest::Error) -> Option<super::WebhookTargetError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<super::WebhookTargetError>() {
+            return Some(r.clone());
+        }
+        cur = err.source();
+    }
+    None
 }
 
 struct Lane {
     ctx: SubCtx,
     progress: Arc<Progress>,
-    client: Option<reqwest::Client>,
+    client: PushClient,
     urls: Arc<Vec<String>>,
     timeout: Duration,
     options: DeliveryOptions,
@@ -246,6 +270,20 @@ impl Lane {
                 Attempt::Status(s, ra) => (format!("http {s}"), s, ra),
                 Attempt::Timeout => ("timeout".to_string(), 0, None),
                 Attempt::Error(e) => (format!("connection error: {e}"), 0, None),
+                Attempt::Refused(e) => {
+                    // Retrying cannot change the rules: dead-letter at once, with the reason.
+                    self.ctx
+                        .metrics
+                        .webhook_refused
+                        .with_label_values(&[e.label()])
+                        .inc();
+                    tracing::info!(error = %e, "webhook target refused; dead-lettering");
+                    return Outcome::Failed(DeadLetter {
+                        reason: e.to_string(),
+                        attempts,
+                        status: 0,
+                    });
+                }
             };
             let jitter = if self.options.full_jitter {
                 rand::random::<f64>()
@@ -273,9 +311,12 @@ impl Lane {
     }
 
     async fn attempt(&self, url: &str, output: &TransformOutput) -> Attempt {
-        let Some(client) = &self.client else {
+        let Some(client) = &self.client.http else {
             return Attempt::Error("no HTTP client (TLS provider missing)".into());
         };
+        if let Err(e) = self.client.guard.check_push(url) {
+            return Attempt::Refused(e);
+        }
         let mut req = client.post(url).timeout(self.timeout);
         match output {
             TransformOutput::Event(e) => {
@@ -305,7 +346,10 @@ impl Lane {
                 Attempt::Status(status, retry_after)
             }
             Err(e) if e.is_timeout() => Attempt::Timeout,
-            Err(e) => Attempt::Error(meshd_core::api::error_chain(&e)),
+            Err(e) => match refusal_in(&e) {
+                Some(refused) => Attempt::Refused(refused),
+                None => Attempt::Error(meshd_core::api::error_chain(&e)),
+            },
         }
     }
 }
