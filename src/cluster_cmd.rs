@@ -368,6 +368,28 @@ async fn wait_etcd(endpoints: &[String], cluster: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The region's internal token ([`meshd_core::internal`]): `DATA_DIR/internal-token`, made
+/// (mode 0600 from its creation) on the first start and reused after.
+fn internal_token_file(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let path = dir.join("internal-token");
+    if !path.exists() {
+        let token: String = (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut f = options
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    meshd_core::internal::InternalToken::load(&path)?;
+    Ok(path)
+}
+
 async fn start_all(cfg: &ClusterConfig, procs: &mut Procs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the meshd binary")?;
     let dir = &cfg.data_dir;
@@ -390,6 +412,12 @@ async fn start_all(cfg: &ClusterConfig, procs: &mut Procs) -> anyhow::Result<()>
     } else {
         cfg.etcd.endpoints.clone()
     };
+    let token_file = internal_token_file(dir)?;
+    println!(
+        "cluster {} internal-token {} (nodes take /v1 requests only with it: go through a proxy, or MESHD_TOKEN=$(cat FILE))",
+        cfg.name,
+        token_file.display()
+    );
     wait_etcd(&endpoints, &cfg.name).await?;
     println!("cluster {} etcd {}", cfg.name, endpoints.join(","));
     let registry = format!("etcd://{}", endpoints.join(","));
@@ -433,6 +461,7 @@ async fn start_all(cfg: &ClusterConfig, procs: &mut Procs) -> anyhow::Result<()>
             format!("--registry={registry}"),
             format!("--lease-ttl={}", cfg.nodes.lease_ttl),
             format!("--store={}", cfg.nodes.store),
+            format!("--internal-token-file={}", token_file.display()),
         ];
         spawn(procs, dir, "node", &id, &exe, &args, true).await?;
     }
@@ -444,6 +473,7 @@ async fn start_all(cfg: &ClusterConfig, procs: &mut Procs) -> anyhow::Result<()>
             format!("--cluster={}", cfg.name),
             format!("--proxy-id={id}"),
             format!("--registry={registry}"),
+            format!("--internal-token-file={}", token_file.display()),
         ];
         if cfg.proxies.no_auth {
             args.push("--no-auth".into());

@@ -93,6 +93,11 @@ pub struct NodeArgs {
     /// URL other members use to reach this node (default: http://LISTEN-ADDRESS).
     #[arg(long)]
     advertise_url: Option<String>,
+    /// The cluster's internal token (a file of mode 0600): every /v1 request must carry it,
+    /// as proxies started with the same file do. Without it the API is open to whoever
+    /// reaches --listen (keep it on loopback or a private network). See docs/security.md.
+    #[arg(long, env = "MESHD_INTERNAL_TOKEN_FILE")]
+    internal_token_file: Option<PathBuf>,
 }
 
 /// Options of the federation bridge that runs beside a node.
@@ -325,6 +330,11 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .store
         .node_config(args.data_dir.clone(), &args.cluster, &args.node_id);
     config.webhook = args.webhook.rules();
+    if let Some(path) = &args.internal_token_file {
+        config.internal_token = Some(meshd_core::internal::InternalToken::load(path)?);
+    } else if !args.listen.ip().is_loopback() {
+        tracing::warn!(listen = %args.listen, "the node's API is open to every client that reaches this address: give it --internal-token-file and reach it through proxies, or listen on loopback (docs/security.md)");
+    }
     let registry = match &args.registry {
         Some(spec) => {
             meshd_scheduler::registry::LeaseConfig::with_ttl(args.lease_ttl)

@@ -74,6 +74,10 @@ struct RunArgs {
     /// Cluster name.
     #[arg(long, default_value = "local")]
     cluster: String,
+    /// The cluster's internal token file (mode 0600), sent to the nodes on every request;
+    /// give the nodes the same file.
+    #[arg(long, env = "MESHD_INTERNAL_TOKEN_FILE")]
+    internal_token_file: Option<PathBuf>,
     /// Proxy id within the cluster.
     #[arg(long, default_value = "proxy-1")]
     proxy_id: String,
@@ -183,6 +187,9 @@ async fn serve(a: RunArgs) -> anyhow::Result<()> {
     }
     let mut config = ProxyConfig::new(&a.cluster, &a.proxy_id);
     config.tokens = a.tokens.clone();
+    if let Some(path) = &a.internal_token_file {
+        config.internal_token = Some(meshd_core::internal::InternalToken::load(path)?);
+    }
     config.max_body_bytes = a.max_body_bytes;
     config.max_headers = a.max_headers;
     config.max_header_bytes = a.max_header_bytes;

@@ -7,10 +7,20 @@ use serde_json::{json, Value};
 
 use crate::ChaosError;
 
-/// An HTTP client with short timeouts (a chaos run must not hang on a dead peer).
+/// An HTTP client with short timeouts (a chaos run must not hang on a dead peer). With
+/// `MESHD_TOKEN` in the environment every request carries it as a bearer token (a proxy's
+/// client token, or the cluster's internal token for nodes that require one).
 pub fn client() -> Result<reqwest::Client, ChaosError> {
     crate::init_tls();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(token) = std::env::var("MESHD_TOKEN") {
+        let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .map_err(|e| ChaosError::Http(format!("MESHD_TOKEN: {e}")))?;
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
     reqwest::Client::builder()
+        .default_headers(headers)
         .timeout(Duration::from_secs(5))
         .connect_timeout(Duration::from_secs(2))
         .build()

@@ -26,6 +26,7 @@ pub mod codec;
 pub mod egress;
 pub mod event;
 pub mod filter;
+pub mod internal;
 pub mod pattern;
 pub mod transform;
 pub mod tryout;

@@ -214,7 +214,40 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            require_internal_token,
+        ))
         .with_state(node)
+}
+
+/// With an internal token configured, `/v1` requests without it get 401 (health, readiness
+/// and metrics stay open).
+async fn require_internal_token(
+    State(node): State<Arc<Node>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(token) = &node.config.internal_token {
+        if req.uri().path().starts_with("/v1/") || req.uri().path() == "/v1" {
+            let h = req.headers();
+            let admitted = token.admits(
+                h.get(meshd_core::internal::HEADER).map(|v| v.as_bytes()),
+                h.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+            );
+            if !admitted {
+                node.metrics.unauthenticated.inc();
+                tracing::info!(method = %req.method(), path = %req.uri().path(), "refused: no internal token");
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "internal_token_required",
+                    "this node takes requests from its cluster's proxies (or with the cluster's internal token); send them through a proxy",
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(req).await
 }
 
 async fn not_found() -> ApiError {

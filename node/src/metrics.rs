@@ -33,6 +33,8 @@ pub struct Metrics {
     pub dead_lettered: IntCounterVec,
     /// Webhook targets refused by the target rules (at create or at push), per rule.
     pub webhook_refused: IntCounterVec,
+    /// `/v1` requests refused for want of the cluster's internal token.
+    pub unauthenticated: prometheus::IntCounter,
     /// Events skipped by the subscription's filter.
     pub filtered_out: IntCounterVec,
     /// Pulled events handed out again after their ack deadline.
@@ -141,6 +143,10 @@ impl Metrics {
                 "meshd_node_events_dead_lettered_total",
                 "Events that ran out of attempts",
                 &["topic", "subscription"],
+            ),
+            unauthenticated: plain_counter(
+                "meshd_node_requests_unauthenticated_total",
+                "API requests refused for want of the cluster's internal token",
             ),
             webhook_refused: counter(
                 "meshd_node_webhook_targets_refused_total",

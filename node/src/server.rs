@@ -77,6 +77,9 @@ pub struct NodeConfig {
     /// Where webhook subscriptions may push (see [`meshd_core::egress`]); the default
     /// allows public addresses only.
     pub webhook: meshd_core::egress::EgressRules,
+    /// The cluster's internal token: when set, every `/v1` request must carry it (see
+    /// [`meshd_core::internal`]); `None`: the API is open to whoever reaches the port.
+    pub internal_token: Option<meshd_core::internal::InternalToken>,
 }
 
 /// Default of [`NodeConfig::retention_hold_max`]: 7 days.
@@ -142,6 +145,7 @@ impl NodeConfig {
             placement_gated: false,
             retention_hold_max: Some(DEFAULT_RETENTION_HOLD_MAX),
             webhook: meshd_core::egress::EgressRules::default(),
+            internal_token: None,
         }
     }
 }

@@ -54,6 +54,9 @@ pub struct ProxyConfig {
     pub group_idle_timeout: Duration,
     /// How often nodes marked down are probed (`/healthz`) and the token file re-read.
     pub probe_interval: Duration,
+    /// The cluster's internal token, sent to the nodes on every request
+    /// ([`meshd_core::internal`]); `None` for nodes that do not require one.
+    pub internal_token: Option<meshd_core::internal::InternalToken>,
 }
 
 impl ProxyConfig {
@@ -73,6 +76,7 @@ impl ProxyConfig {
             token_rate: None,
             group_idle_timeout: Duration::from_secs(300),
             probe_interval: Duration::from_millis(500),
+            internal_token: None,
         }
     }
 

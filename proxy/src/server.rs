@@ -34,6 +34,9 @@ use crate::{ProxyConfig, ProxyError};
 pub const PRODUCER_GROUP_HEADER: &str = "meshd-producer-group";
 /// Header lowering the request's deadline, in milliseconds.
 pub const TIMEOUT_HEADER: &str = "meshd-timeout-ms";
+/// The header the cluster's internal token travels in to the nodes.
+const INTERNAL_HEADER: HeaderName = HeaderName::from_static(meshd_core::internal::HEADER);
+
 /// Response header naming the node that answered.
 pub const NODE_HEADER: &str = "meshd-node";
 
@@ -344,7 +347,15 @@ impl Proxy {
         };
         let routing = Arc::new(Routing::new());
         routing.set_nodes(nodes);
+        let mut node_headers = HeaderMap::new();
+        if let Some(t) = &config.internal_token {
+            let mut v = HeaderValue::from_str(t.expose())
+                .map_err(|e| ProxyError::Client(format!("internal token: {e}")))?;
+            v.set_sensitive(true);
+            node_headers.insert(INTERNAL_HEADER, v);
+        }
         let client = reqwest::Client::builder()
+            .default_headers(node_headers)
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
@@ -923,7 +934,9 @@ impl Proxy {
     ) -> reqwest::RequestBuilder {
         let mut out = HeaderMap::with_capacity(headers.len() + 1);
         for (k, v) in headers {
-            if !is_hop(k) && k != header::AUTHORIZATION {
+            // The client's credentials are for the proxy; a client's internal-token header
+            // would displace the proxy's own (the client default only fills gaps).
+            if !is_hop(k) && k != header::AUTHORIZATION && k != INTERNAL_HEADER {
                 out.append(k.clone(), v.clone());
             }
         }
