@@ -238,7 +238,8 @@ pub fn parse_binary<'a>(
         builder = builder.extension(name, ExtensionValue::String(s.clone()));
     }
     if !body.is_empty() || content_type.is_some() {
-        let ct = content_type.unwrap_or("application/octet-stream");
+        let ct = canonical_content_type(content_type.unwrap_or("application/octet-stream"));
+        let ct = ct.as_str();
         let data = if is_json(ct) {
             let v: Value = serde_json::from_slice(body).map_err(|e| {
                 EventError::new(
@@ -301,10 +302,20 @@ fn from_json_object(mut map: Map<String, Value>) -> Result<Event, EventError> {
             ))
         }
         (Some(data), None) => {
-            let ct = ct.unwrap_or_else(|| "application/json".to_string());
+            let ct = canonical_content_type(ct.as_deref().unwrap_or("application/json"));
             let data = match data {
                 Value::String(s) if !is_json(&ct) => Data::String(s),
-                other => Data::Json(other),
+                other if is_json(&ct) => Data::Json(other),
+                // The JSON event format carries non-JSON data as a string; an object or a
+                // number under e.g. text/plain would be stored in a form that no longer
+                // decodes as an event (found by fuzzing).
+                _ => {
+                    return Err(EventError::new(
+                        "invalid_data",
+                        "data",
+                        format!("datacontenttype {ct:?} is not a JSON content type (application/json or text/json, with parameters if any, or a type ending in +json without parameters), so data must be a string; or send data_base64"),
+                    ))
+                }
             };
             builder = builder.data(ct, data);
         }
@@ -480,8 +491,21 @@ fn check_extension_name(name: &str) -> Result<(), EventError> {
 }
 
 fn is_json(ct: &str) -> bool {
-    let mt = media_type(ct);
-    mt == "application/json" || mt == "text/json" || mt.ends_with("+json")
+    // What the CloudEvents SDK's JSON format takes as JSON data, on the canonical content
+    // type (`canonical_content_type`). It is the rule the stored form is read back with, so
+    // data is JSON exactly when the store will decode it as JSON (fuzzing found events that
+    // a looser rule accepted and the store could not read back).
+    ct.starts_with("application/json") || ct.starts_with("text/json") || ct.ends_with("+json")
+}
+
+/// A content type with its media type (type/subtype, case-insensitive by RFC 2045) in
+/// lower case and its parameters as given.
+fn canonical_content_type(ct: &str) -> String {
+    let ct = ct.trim();
+    match ct.find(';') {
+        Some(i) => format!("{}{}", ct[..i].trim_end().to_ascii_lowercase(), &ct[i..]),
+        None => ct.to_ascii_lowercase(),
+    }
 }
 
 /// Final checks on a built event (both modes): dataschema moved to its attribute, the
