@@ -594,7 +594,7 @@ struct PullOptions {
     #[arg(long, default_value_t = 0)]
     count: u64,
     /// Long-poll wait per request (at most 60s; e.g. 5s, 1.5s, 500ms).
-    #[arg(long, default_value = "5s", value_parser = crate::duration_arg)]
+    #[arg(long, default_value = "5s", value_parser = crate::positive_duration_arg)]
     wait: Duration,
     /// Most events per request (1 to 1000).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -644,11 +644,11 @@ struct CreateArgs {
     #[arg(long)]
     pull: bool,
     /// Per-attempt timeout of a webhook push (e.g. 5s).
-    #[arg(long, value_parser = crate::duration_arg, requires = "webhook")]
+    #[arg(long, value_parser = crate::positive_duration_arg, requires = "webhook")]
     timeout: Option<Duration>,
     /// How long a pulled event may stay unacknowledged before it is handed out again
     /// (e.g. 30s).
-    #[arg(long, value_parser = crate::duration_arg, conflicts_with = "webhook")]
+    #[arg(long, value_parser = crate::positive_duration_arg, conflicts_with = "webhook")]
     ack_deadline: Option<Duration>,
     /// An EventBridge-style event pattern: JSON, or a file holding it.
     #[arg(long, value_name = "FILE|JSON")]

@@ -274,6 +274,21 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
     };
     let global = cli.global;
+    let client_command = matches!(
+        cli.command,
+        Command::Pub(_)
+            | Command::Sub(_)
+            | Command::Topic(_)
+            | Command::Mesh(_)
+            | Command::Drill(_)
+    );
+    if !client_command && !global.urls.is_empty() {
+        return Err(client::UsageError(
+            "--url is an option of the client commands (pub, sub, topic, mesh, drill); this command does not talk to a node"
+                .into(),
+        )
+        .into());
+    }
     match cli.command {
         Command::Filter(args) => return Ok(verdict(filter_cmd::run(args)?)),
         Command::Topology(args) => return Ok(verdict(topology_cmd::run(args)?)),

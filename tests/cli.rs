@@ -532,6 +532,12 @@ fn user_errors_are_one_line_without_a_backtrace() {
     let o = meshd(&["topic", "list", "--url", "localhost:7700"], &[]);
     let line = one_line_error(&o, 2);
     assert!(line.contains("http://"), "{line}");
+    // --url on a command that talks to no node is a mistake, not ignored.
+    let o = meshd(&["listen", "--port", "0", "--url", &url], &[]);
+    one_line_error(&o, 2);
+    // A zero long-poll wait would spin.
+    let o = meshd(&["sub", "pull", "x", "--wait", "0s"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     // --id with --count 2 would repeat an id.
     let o = meshd(&["pub", "--topic", "t", "--id", "a", "--count", "2"], &[]);
     one_line_error(&o, 2);
