@@ -627,6 +627,10 @@ async fn pull_wait_takes_one_duration_syntax_on_node_and_proxy() {
             "--nodes",
             &n.url,
             "--no-auth",
+            // A pull's deadline is this plus its wait: a wait the proxy misreads (it
+            // read 1.5s as 0) cuts the pull at 0.5 s.
+            "--deadline-ms",
+            "500",
         ],
         d.path(),
     );
@@ -634,7 +638,7 @@ async fn pull_wait_takes_one_duration_syntax_on_node_and_proxy() {
     ok(&["topic", "create", "t"], &env);
     ok(&["sub", "create", "s", "--topic", "t", "--pull"], &env);
     let c = client();
-    // A fractional wait through the proxy waits (not the default 0, not 1 s).
+    // A fractional wait through the proxy waits its whole time and answers 200.
     let started = Instant::now();
     let r = c
         .get(p.at("/v1/subscriptions/s/events?max=1&wait=1.5s"))
