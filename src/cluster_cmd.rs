@@ -169,7 +169,7 @@ impl ClusterConfig {
         if self.nodes.count == 0 {
             p.push("nodes.count must be at least 1".into());
         }
-        if let Err(e) = crate::node_cluster::parse_duration(&self.nodes.lease_ttl) {
+        if let Err(e) = meshd_core::duration::parse_positive(&self.nodes.lease_ttl) {
             p.push(format!("nodes.lease_ttl: {e}"));
         }
         if let Err(e) = self.nodes.store.parse::<meshd_node::server::StoreKind>() {
@@ -576,6 +576,11 @@ no_auth = true
         assert!(parse(&etcd_clash).unwrap_err().contains("7801"));
         let ttl = GOOD.replace("\"2s\"", "\"soon\"");
         assert!(parse(&ttl).unwrap_err().contains("lease_ttl"));
+        // The one duration syntax: a bare number is refused, fractions work.
+        let bare = GOOD.replace("\"2s\"", "\"2\"");
+        let e = parse(&bare).unwrap_err();
+        assert!(e.contains("lease_ttl") && e.contains("add a unit"), "{e}");
+        assert!(parse(&GOOD.replace("\"2s\"", "\"1.5s\"")).is_ok());
         let store = GOOD.replace("lease_ttl", "store = \"kafka://x\"\nlease_ttl");
         assert!(parse(&store).unwrap_err().contains("nodes.store"));
         let auth = GOOD.replace("no_auth = true", "");

@@ -12,6 +12,8 @@ use meshd_chaos::drill::{self, DrillOptions};
 use meshd_chaos::evacuate::{self, EvacuateOptions};
 use meshd_chaos::handoff::{self, StandInStart};
 
+use crate::client::{GlobalArgs, Output, UsageError};
+
 /// Options of `meshd drill`.
 #[derive(Args)]
 pub struct DrillArgs {
@@ -19,13 +21,11 @@ pub struct DrillArgs {
     command: DrillCommand,
 }
 
-/// Where the mesh is, and how the drill reports.
+/// How the drill reports. Where the mesh is comes from the global `--url CLUSTER=URL`
+/// (repeat for every cluster to watch; canaries are published and checked in each; env
+/// MESHD_DRILL_URLS, comma-separated).
 #[derive(Args, Clone)]
 pub struct Common {
-    /// A cluster's node URL, `CLUSTER=http://host:port` (repeat for every cluster to
-    /// watch; canaries are published and checked in each).
-    #[arg(long = "url", value_name = "CLUSTER=URL", required = true, value_parser = drill::parse_node, env = "MESHD_DRILL_URLS", value_delimiter = ',')]
-    urls: Vec<(String, String)>,
     /// Run even when the mesh is degraded.
     #[arg(long)]
     force: bool,
@@ -36,24 +36,18 @@ pub struct Common {
     #[arg(long, default_value_t = 2)]
     keys: usize,
     /// Longest wait for every canary after the restore (e.g. 120s).
-    #[arg(long, default_value = "120s", value_parser = drill::parse_duration)]
+    #[arg(long, default_value = "120s", value_parser = crate::duration_arg)]
     recovery_timeout: Duration,
 }
 
-/// What `restore` repairs.
+/// What `restore` repairs: the nodes of the global `--url CLUSTER=URL` (their paused links
+/// are resumed and their evacuate stand-ins, `evac.*` subscriptions, deleted), and:
 #[derive(Args, Clone)]
 pub struct Target {
-    /// A cluster's node URL, `CLUSTER=http://host:port` (repeatable): its paused links
-    /// are resumed and its evacuate stand-ins (`evac.*` subscriptions) deleted.
-    #[arg(long = "url", value_name = "CLUSTER=URL", value_parser = drill::parse_node, value_delimiter = ',')]
-    urls: Vec<(String, String)>,
     /// A node or proxy URL to undrain (repeatable; after an evacuate drill killed with
     /// SIGKILL).
     #[arg(long = "undrain", value_name = "URL", value_delimiter = ',')]
     undrain: Vec<String>,
-    /// Bearer token for the proxies' admin endpoints.
-    #[arg(long, env = "MESHD_TOKEN")]
-    token: Option<String>,
 }
 
 /// Where one cluster is, for the node, proxy and scheduler drills.
@@ -73,9 +67,6 @@ pub struct ClusterTarget {
     /// A scheduler member URL (one is enough; needed by scheduler-failover).
     #[arg(long = "scheduler", value_name = "URL", value_delimiter = ',')]
     schedulers: Vec<String>,
-    /// Bearer token for the proxies (publish/subscribe on meshd-canary, admin).
-    #[arg(long, env = "MESHD_TOKEN")]
-    token: Option<String>,
     /// Run even when the cluster is degraded.
     #[arg(long)]
     force: bool,
@@ -86,15 +77,17 @@ pub struct ClusterTarget {
     #[arg(long, default_value_t = 2)]
     keys: usize,
     /// How long canaries keep flowing after the fault was detected.
-    #[arg(long = "hold", default_value = "2s", value_parser = drill::parse_duration)]
+    #[arg(long = "hold", default_value = "2s", value_parser = crate::duration_arg)]
     hold: Duration,
     /// Longest wait for every canary after publishing stopped.
-    #[arg(long, default_value = "60s", value_parser = drill::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = crate::duration_arg)]
     recovery_timeout: Duration,
 }
 
 impl ClusterTarget {
-    fn options(&self, cluster: &str) -> ClusterDrillOptions {
+    /// The options; `token` is the global `--token` (publish/subscribe on meshd-canary,
+    /// admin on the proxies).
+    fn options(&self, cluster: &str, token: Option<String>) -> ClusterDrillOptions {
         let mut o = ClusterDrillOptions::new(
             cluster,
             self.proxies
@@ -108,7 +101,7 @@ impl ClusterTarget {
             .iter()
             .map(|p| p.trim_end_matches('/').to_string())
             .collect();
-        o.token = self.token.clone();
+        o.token = token;
         o.force = self.force;
         o.keys = self.keys.max(1);
         o.hold = self.hold;
@@ -125,7 +118,7 @@ enum DrillCommand {
         #[arg(long, num_args = 2, value_names = ["X", "Y"], required = true)]
         between: Vec<String>,
         /// How long the partition lasts (e.g. 30s, 2m).
-        #[arg(long = "for", default_value = "30s", value_parser = drill::parse_duration)]
+        #[arg(long = "for", default_value = "30s", value_parser = crate::duration_arg)]
         hold: Duration,
         #[command(flatten)]
         common: Common,
@@ -172,11 +165,11 @@ enum DrillCommand {
     /// Drain every node and proxy of a cluster (its clients move to another cluster's
     /// entry), hold, undrain everything, and wait until its subscribers caught up.
     Evacuate {
-        /// The cluster to evacuate (one of --url).
+        /// The cluster to evacuate (one of the --url CLUSTER=URL).
         #[arg(long)]
         cluster: String,
         /// How long the cluster stays drained (e.g. 30s, 2m).
-        #[arg(long = "for", default_value = "30s", value_parser = drill::parse_duration)]
+        #[arg(long = "for", default_value = "30s", value_parser = crate::duration_arg)]
         hold: Duration,
         /// Where a cluster's canary clients publish, `CLUSTER=URL` (a proxy; repeat;
         /// default: the cluster's --url node). The evacuated cluster's entry is drained
@@ -187,9 +180,6 @@ enum DrillCommand {
         /// (repeat).
         #[arg(long = "drain", value_name = "URL", value_delimiter = ',')]
         drain: Vec<String>,
-        /// Bearer token for the proxies' admin endpoints.
-        #[arg(long, env = "MESHD_TOKEN")]
-        token: Option<String>,
         /// The cluster that takes the evacuated cluster's webhook subscriptions (stand-ins
         /// `evac.X.NAME`; default: the first linked, healthy cluster the replication
         /// policy allows for the topic).
@@ -209,21 +199,50 @@ enum DrillCommand {
     },
 }
 
-fn options(common: &Common) -> DrillOptions {
-    let nodes: BTreeMap<String, String> = common.urls.iter().cloned().collect();
+/// The clusters' node URLs: the global `--url CLUSTER=URL` (repeated or
+/// comma-separated), else `MESHD_DRILL_URLS`.
+fn cluster_urls(global: &GlobalArgs) -> anyhow::Result<BTreeMap<String, String>> {
+    let given: Vec<String> = if global.urls.is_empty() {
+        std::env::var("MESHD_DRILL_URLS")
+            .map(|v| vec![v])
+            .unwrap_or_default()
+    } else {
+        global.urls.clone()
+    };
+    let mut nodes = BTreeMap::new();
+    for spec in given.iter().flat_map(|v| v.split(',')) {
+        let spec = spec.trim();
+        if spec.is_empty() {
+            continue;
+        }
+        let (name, url) = drill::parse_node(spec).map_err(|e| UsageError(format!("--url {e}")))?;
+        nodes.insert(name, url);
+    }
+    Ok(nodes)
+}
+
+fn options(global: &GlobalArgs, common: &Common) -> anyhow::Result<DrillOptions> {
+    let nodes = cluster_urls(global)?;
+    if nodes.is_empty() {
+        return Err(UsageError(
+            "give every cluster's node with --url CLUSTER=URL (repeat), or MESHD_DRILL_URLS".into(),
+        )
+        .into());
+    }
     let mut o = DrillOptions::new(nodes);
     o.force = common.force;
     o.keys_per_cluster = common.keys.max(1);
     o.recovery_timeout = common.recovery_timeout;
-    o
+    Ok(o)
 }
 
 async fn cluster_drill(
+    global: &GlobalArgs,
     cluster: &str,
     target: &ClusterTarget,
     fault: ClusterFault,
 ) -> anyhow::Result<(meshd_chaos::Report, bool)> {
-    let opts = target.options(cluster);
+    let opts = target.options(cluster, global.token.clone());
     eprintln!(
         "drill {} in cluster {cluster} (Ctrl-C restores at once)",
         fault.name()
@@ -235,11 +254,11 @@ async fn cluster_drill(
     let report = cluster_drill::run(&opts, fault, interrupt)
         .await
         .with_context(|| format!("drill {name}"))?;
-    Ok((report, target.json))
+    Ok((report, target.json || global.output == Output::Json))
 }
 
 /// Runs a drill.
-pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
+pub async fn run(global: &GlobalArgs, args: DrillArgs) -> anyhow::Result<()> {
     let (report, json) = match args.command {
         DrillCommand::LinkPartition {
             between,
@@ -248,7 +267,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
         } => {
             let [a, b] = <[String; 2]>::try_from(between)
                 .map_err(|_| anyhow::anyhow!("--between takes exactly two clusters"))?;
-            let opts = options(&common);
+            let opts = options(global, &common)?;
             eprintln!(
                 "drill link-partition {a}<->{b} for {hold:?} (Ctrl-C restores the link at once)"
             );
@@ -258,14 +277,15 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
             let report = drill::link_partition(&opts, &a, &b, hold, interrupt)
                 .await
                 .context("drill link-partition")?;
-            (report, common.json)
+            (report, common.json || global.output == Output::Json)
         }
         DrillCommand::Restore { target } => {
-            let nodes: BTreeMap<String, String> = target.urls.into_iter().collect();
+            let nodes = cluster_urls(global)?;
             if nodes.is_empty() && target.undrain.is_empty() {
-                anyhow::bail!(
-                    "give the nodes to restore with --url CLUSTER=URL (and --undrain URL)"
-                );
+                return Err(UsageError(
+                    "give the nodes to restore with --url CLUSTER=URL (and --undrain URL)".into(),
+                )
+                .into());
             }
             if !nodes.is_empty() {
                 let resumed = drill::restore(&nodes).await.context("drill restore")?;
@@ -284,7 +304,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
                 }
             }
             if !target.undrain.is_empty() {
-                let done = evacuate::undrain(&target.undrain, target.token.as_deref())
+                let done = evacuate::undrain(&target.undrain, global.token.as_deref())
                     .await
                     .context("drill restore --undrain")?;
                 println!("undrained {}", done.join(", "));
@@ -295,27 +315,34 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
             cluster,
             node,
             target,
-        } => cluster_drill(&cluster, &target, ClusterFault::NodeDrain(node)).await?,
+        } => cluster_drill(global, &cluster, &target, ClusterFault::NodeDrain(node)).await?,
         DrillCommand::ProxyFailover {
             cluster,
             target_proxy,
             target,
-        } => cluster_drill(&cluster, &target, ClusterFault::ProxyDrain(target_proxy)).await?,
+        } => {
+            cluster_drill(
+                global,
+                &cluster,
+                &target,
+                ClusterFault::ProxyDrain(target_proxy),
+            )
+            .await?
+        }
         DrillCommand::SchedulerFailover { cluster, target } => {
-            cluster_drill(&cluster, &target, ClusterFault::SchedulerStepDown).await?
+            cluster_drill(global, &cluster, &target, ClusterFault::SchedulerStepDown).await?
         }
         DrillCommand::Evacuate {
             cluster,
             hold,
             proxies,
             drain,
-            token,
             to,
             stand_in_start,
             canary_webhook,
             common,
         } => {
-            let mut d = options(&common);
+            let mut d = options(global, &common)?;
             d.publish = proxies.into_iter().collect();
             if let Some(ip) = canary_webhook {
                 d.push_canary.insert(cluster.clone(), ip);
@@ -323,7 +350,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
             let mut opts = EvacuateOptions::new(d, &cluster);
             opts.drain = drain;
             opts.hold = hold;
-            opts.token = token;
+            opts.token = global.token.clone();
             opts.to = to;
             opts.stand_in_start = stand_in_start;
             eprintln!("drill evacuate {cluster} for {hold:?} (Ctrl-C undrains it at once)");
@@ -333,7 +360,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
             let report = evacuate::evacuate(&opts, interrupt)
                 .await
                 .context("drill evacuate")?;
-            (report, common.json)
+            (report, common.json || global.output == Output::Json)
         }
     };
     if json {

@@ -16,9 +16,11 @@ mod cluster_cmd;
 mod dev;
 mod drill;
 mod filter_cmd;
+mod listen;
 mod node_cluster;
 mod proxy_cmd;
 mod scheduler_cmd;
+mod table;
 mod topology_cmd;
 
 #[derive(Parser)]
@@ -30,6 +32,8 @@ mod topology_cmd;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    global: client::GlobalArgs,
 }
 
 #[derive(Subcommand)]
@@ -44,12 +48,16 @@ enum Command {
     Cluster(cluster_cmd::ClusterArgs),
     /// Run the stateless HTTP proxy in front of the nodes, or manage its tokens.
     Proxy(proxy_cmd::ProxyArgs),
-    /// Publish events (a small client).
+    /// Publish events.
     Pub(client::PubArgs),
-    /// Pull events from a pull subscription and acknowledge them (a small client).
+    /// Manage subscriptions (create, list, get, delete) and pull events from them.
     Sub(client::SubArgs),
-    /// Manage topics (a small client).
+    /// Manage topics (create, list, get, delete).
     Topic(client::TopicArgs),
+    /// The mesh as a node's federation bridge sees it (`meshd mesh status`).
+    Mesh(client::MeshArgs),
+    /// A webhook receiver that prints every pushed event as one JSON line.
+    Listen(listen::ListenArgs),
     /// Try filters and transforms offline.
     Filter(filter_cmd::FilterArgs),
     /// Check a mesh topology file.
@@ -88,7 +96,7 @@ pub struct NodeArgs {
     #[arg(long)]
     registry: Option<String>,
     /// Time to live of the node's registry lease (`2s`, `500ms`).
-    #[arg(long, default_value = "5s", value_parser = node_cluster::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = positive_duration_arg)]
     lease_ttl: Duration,
     /// URL other members use to reach this node (default: http://LISTEN-ADDRESS).
     #[arg(long)]
@@ -284,7 +292,17 @@ pub fn watch_topology_components(node: std::sync::Arc<Node>, topology: PathBuf) 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+/// A duration flag, in the one syntax of `meshd_core::duration` (`10s`, `1.5s`, `500ms`).
+pub fn duration_arg(s: &str) -> Result<Duration, meshd_core::duration::DurationError> {
+    meshd_core::duration::parse(s)
+}
+
+/// A duration flag that must be longer than zero.
+pub fn positive_duration_arg(s: &str) -> Result<Duration, meshd_core::duration::DurationError> {
+    meshd_core::duration::parse_positive(s)
+}
+
+fn main() -> std::process::ExitCode {
     // reqwest is built without a default crypto provider: install ring once, first.
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
@@ -294,17 +312,53 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    if let Command::Filter(args) = cli.command {
-        let matched = filter_cmd::run(args)?;
-        std::process::exit(if matched { 0 } else { 1 });
+    // A usage error prints clap's message and exits 2 (0 for --help and --version).
+    let cli = Cli::try_parse().unwrap_or_else(|e| e.exit());
+    match run(cli) {
+        Ok(code) => code,
+        // One line, with the causes, never a backtrace (also with RUST_BACKTRACE set):
+        // these are the user's errors to read, not the program's.
+        Err(e) => {
+            eprintln!("error: {}", meshd_core::api::error_chain(e.as_ref()));
+            if e.downcast_ref::<client::UsageError>().is_some() {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
     }
-    if let Command::Topology(args) = cli.command {
-        let valid = topology_cmd::run(args)?;
-        std::process::exit(if valid { 0 } else { 1 });
+}
+
+fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    let verdict = |ok: bool| {
+        if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    };
+    let global = cli.global;
+    let client_command = matches!(
+        cli.command,
+        Command::Pub(_)
+            | Command::Sub(_)
+            | Command::Topic(_)
+            | Command::Mesh(_)
+            | Command::Drill(_)
+    );
+    if !client_command && !global.urls.is_empty() {
+        return Err(client::UsageError(
+            "--url is an option of the client commands (pub, sub, topic, mesh, drill); this command does not talk to a node"
+                .into(),
+        )
+        .into());
     }
-    if let Command::Certs(args) = cli.command {
-        return certs_cmd::run(args);
+    match cli.command {
+        Command::Filter(args) => return Ok(verdict(filter_cmd::run(args)?)),
+        Command::Topology(args) => return Ok(verdict(topology_cmd::run(args)?)),
+        Command::Certs(args) => return certs_cmd::run(args).map(|()| ExitCode::SUCCESS),
+        _ => {}
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {
@@ -314,15 +368,18 @@ fn main() -> anyhow::Result<()> {
             Command::Scheduler(args) => scheduler_cmd::run(args).await,
             Command::Proxy(args) => proxy_cmd::run(args).await,
             Command::Cluster(args) => cluster_cmd::run(args).await,
-            Command::Pub(args) => client::publish(args).await,
-            Command::Sub(args) => client::subscribe(args).await,
-            Command::Topic(args) => client::topic(args).await,
-            Command::Drill(args) => drill::run(args).await,
+            Command::Pub(args) => client::publish(&global, args).await,
+            Command::Sub(args) => client::subscription(&global, args).await,
+            Command::Topic(args) => client::topic(&global, args).await,
+            Command::Mesh(args) => client::mesh(&global, args).await,
+            Command::Listen(args) => listen::run(args).await,
+            Command::Drill(args) => drill::run(&global, args).await,
             Command::Filter(_) | Command::Topology(_) | Command::Certs(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }
-    })
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_node(args: NodeArgs) -> anyhow::Result<()> {

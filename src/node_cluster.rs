@@ -47,24 +47,6 @@ const CATALOG_RETRY: Duration = Duration::from_secs(1);
 /// Longest wait for a draining node's backlog to be delivered before it leaves anyway.
 pub const DRAIN_BACKLOG_WAIT: Duration = Duration::from_secs(30);
 
-/// Parses a duration: `2s`, `1500ms`, `0.5s`, or plain seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let (num, scale) = if let Some(ms) = t.strip_suffix("ms") {
-        (ms, 0.001)
-    } else if let Some(secs) = t.strip_suffix('s') {
-        (secs, 1.0)
-    } else {
-        (t, 1.0)
-    };
-    match num.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 && v * scale < 86_400.0 => {
-            Ok(Duration::from_secs_f64(v * scale))
-        }
-        _ => Err(format!("`{s}` is not a positive duration like 2s or 500ms")),
-    }
-}
-
 /// The catalog of a cluster over its registry, as the node writes it.
 pub struct RegistryCatalog(pub Arc<dyn Registry>);
 
@@ -558,16 +540,6 @@ async fn sync_catalog(node: Arc<Node>, registry: Arc<dyn Registry>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        for bad in ["", "0s", "-1s", "x", "1h", "nanms"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn owned_groups_follow_the_placement() {

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 async fn pull(c: &reqwest::Client, base: &str, sub: &str, max: usize, wait_ms: u64) -> Vec<Value> {
     let r: Value = c
         .get(format!(
-            "{base}/v1/subscriptions/{sub}/events?max={max}&wait={wait_ms}&consumer=c1"
+            "{base}/v1/subscriptions/{sub}/events?max={max}&wait={wait_ms}ms&consumer=c1"
         ))
         .send()
         .await

@@ -137,7 +137,7 @@ impl PullRecorder {
         );
         let task = tokio::spawn(async move {
             let url =
-                format!("{base}/v1/subscriptions/{sub}/events?max=200&wait=500&consumer=drill");
+                format!("{base}/v1/subscriptions/{sub}/events?max=200&wait=500ms&consumer=drill");
             let ack = format!("{base}/v1/subscriptions/{sub}/ack");
             while !s.load(Ordering::Relaxed) {
                 let Ok(r) = c.get(&url).send().await else {

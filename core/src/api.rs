@@ -223,7 +223,7 @@ fn default_webhook_timeout_ms() -> u64 {
 }
 
 /// A pull sink.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PullSink {
     /// An event handed out and not acknowledged within this time is handed out again.
@@ -233,6 +233,15 @@ pub struct PullSink {
 
 fn default_ack_deadline_ms() -> u64 {
     30_000
+}
+
+impl Default for PullSink {
+    /// What `{"pull": {}}` means (a derived default would have a 0 ms deadline).
+    fn default() -> Self {
+        PullSink {
+            ack_deadline_ms: default_ack_deadline_ms(),
+        }
+    }
 }
 
 /// Retries and dead-lettering.
@@ -523,4 +532,82 @@ impl FilterTestRequest {
             (None, None) => Ok(None),
         }
     }
+}
+
+/// Answer to `GET /v1/topics`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TopicList {
+    /// Every topic, by name.
+    pub topics: Vec<TopicInfo>,
+}
+
+/// Answer to `GET /v1/subscriptions`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SubscriptionList {
+    /// Every subscription, by name.
+    pub subscriptions: Vec<SubscriptionSpec>,
+}
+
+/// What `GET /v1/mesh` answers, as far as clients read it (the federation bridge writes
+/// more: routes, learned interest, policies; unknown fields are ignored here). See
+/// docs/federation.md, "Status and metrics".
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct MeshStatus {
+    /// This cluster.
+    pub cluster: String,
+    /// The mesh's name.
+    pub mesh: String,
+    /// Digest of the topology in force.
+    pub digest: String,
+    /// Every cluster of the topology.
+    pub clusters: Vec<MeshCluster>,
+    /// This cluster's links to its peers.
+    pub links: Vec<MeshLink>,
+    /// Duplicates dropped, all links.
+    pub duplicates: u64,
+}
+
+/// One cluster of [`MeshStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct MeshCluster {
+    /// Name.
+    pub name: String,
+    /// Region label.
+    pub region: Option<String>,
+    /// Cloud label.
+    pub cloud: Option<String>,
+    /// The bridge's UDP address.
+    pub bridge: Option<String>,
+}
+
+/// One link of [`MeshStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct MeshLink {
+    /// The peer cluster.
+    pub peer: String,
+    /// Whether this side dials.
+    pub dialer: bool,
+    /// `connecting`, `connected`, `down`, `stalled` or `draining`.
+    pub state: String,
+    /// Why the link is down, with its causes.
+    pub last_error: Option<String>,
+    /// Events sent.
+    pub events_sent: u64,
+    /// Events received.
+    pub events_received: u64,
+    /// Duplicates dropped on this link.
+    pub duplicates: u64,
+    /// Records of interested topics past the durable cursor.
+    pub lag_events: u64,
+    /// Age of the oldest of them.
+    pub lag_seconds: f64,
+    /// QUIC's smoothed RTT.
+    pub rtt_ms: Option<f64>,
+    /// Connected, behind and not advancing.
+    pub stalled: bool,
+    /// Replication paused by an operator.
+    pub paused: bool,
 }

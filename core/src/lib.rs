@@ -12,6 +12,7 @@
 //! # Layout
 //! - [`event`]: parse binary, structured and batch CloudEvents; validate them per spec.
 //! - [`codec`]: how an event is encoded in the store and on the wire.
+//! - [`duration`]: the one duration syntax of flags, config files and query parameters.
 //! - [`api`]: request/response bodies of the `/v1` HTTP API and the error body.
 //! - [`filter`]: the filter spec a subscription carries, compiled once into a [`filter::Filter`].
 //! - [`pattern`]: EventBridge-style JSON event patterns.
@@ -24,6 +25,7 @@ pub mod api;
 pub mod cesql;
 pub mod codec;
 pub mod egress;
+pub mod duration;
 pub mod event;
 pub mod filter;
 pub mod internal;

@@ -428,7 +428,10 @@ async fn get_topic(
 }
 
 async fn list_topics(State(node): State<Arc<Node>>) -> ApiResult<Response> {
-    Ok(Json(serde_json::json!({ "topics": node.list_topics().await? })).into_response())
+    Ok(Json(meshd_core::api::TopicList {
+        topics: node.list_topics().await?,
+    })
+    .into_response())
 }
 
 async fn delete_topic(
@@ -457,7 +460,10 @@ async fn create_subscription(
 }
 
 async fn list_subscriptions(State(node): State<Arc<Node>>) -> ApiResult<Response> {
-    Ok(Json(serde_json::json!({ "subscriptions": node.list_subscriptions() })).into_response())
+    Ok(Json(meshd_core::api::SubscriptionList {
+        subscriptions: node.list_subscriptions(),
+    })
+    .into_response())
 }
 
 async fn get_subscription(
@@ -481,27 +487,15 @@ async fn delete_subscription(
 struct PullQuery {
     /// Most events to return (1..=1000, default 100).
     max: Option<usize>,
-    /// Longest wait in milliseconds when no event is ready (0..=60000, default 0); also
-    /// takes a unit: `5s`, `500ms`.
+    /// Longest wait when no event is ready: a duration of at most 60s (`5s`, `1.5s`,
+    /// `500ms`; `meshd_core::duration`), default 0.
     wait: Option<String>,
     /// The member pulling (default "default").
     consumer: Option<String>,
 }
 
-fn parse_wait(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if let Some(ms) = s.strip_suffix("ms") {
-        return ms.parse().ok().map(Duration::from_millis);
-    }
-    if let Some(secs) = s.strip_suffix('s') {
-        return secs
-            .parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .map(Duration::from_secs_f64);
-    }
-    s.parse().ok().map(Duration::from_millis)
-}
+/// Longest `wait` of a pull.
+const MAX_PULL_WAIT: Duration = Duration::from_secs(60);
 
 async fn pull(
     State(node): State<Arc<Node>>,
@@ -521,16 +515,14 @@ async fn pull(
     }
     let wait = match q.wait.as_deref() {
         None => Duration::ZERO,
-        Some(w) => parse_wait(w)
-            .filter(|d| *d <= Duration::from_secs(60))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_query",
-                    "wait must be a duration of at most 60s: milliseconds, or with a unit (500ms, 5s)",
-                )
-                .field("wait")
-            })?,
+        Some(w) => meshd_core::duration::parse_at_most(w, MAX_PULL_WAIT).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("wait: {e}"),
+            )
+            .field("wait")
+        })?,
     };
     let consumer = q.consumer.unwrap_or_else(|| "default".to_string());
     meshd_core::api::check_name("consumer", &consumer)?;

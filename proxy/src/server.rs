@@ -24,6 +24,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::json;
 
+use meshd_core::api::ErrorBody;
+
 use crate::auth::{self, Action, Authn, Scope, TokenRecord, TokenStore};
 use crate::limits::{Limited, Limits};
 use crate::metrics::Metrics;
@@ -95,6 +97,7 @@ struct Reject {
     status: StatusCode,
     code: &'static str,
     message: String,
+    field: Option<&'static str>,
     retry_after: Option<Duration>,
 }
 
@@ -104,8 +107,14 @@ impl Reject {
             status,
             code,
             message: message.into(),
+            field: None,
             retry_after: None,
         }
+    }
+
+    fn field(mut self, field: &'static str) -> Reject {
+        self.field = Some(field);
+        self
     }
 
     fn retry_after(mut self, d: Duration) -> Reject {
@@ -114,8 +123,9 @@ impl Reject {
     }
 
     fn into_response(self) -> Response<Body> {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
-        let mut r = Response::new(Body::from(body.to_string()));
+        let body = ErrorBody::new(self.code, self.message, self.field.map(str::to_string));
+        let body = serde_json::to_string(&body).expect("an error body serializes");
+        let mut r = Response::new(Body::from(body));
         *r.status_mut() = self.status;
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -284,25 +294,53 @@ fn producer_group(headers: &HeaderMap, body: &Bytes, topic: &str) -> Result<(Str
     Ok((group, count))
 }
 
-/// `wait` of a pull: milliseconds, `500ms` or `5s`, at most 60 s.
-fn pull_wait(query: Option<&str>) -> Duration {
-    let Some(q) = query else {
-        return Duration::ZERO;
+/// Longest `wait` of a pull (the node's bound too).
+const MAX_PULL_WAIT: Duration = Duration::from_secs(60);
+
+/// `wait` of a pull (absent: 0), in the one duration syntax (`meshd_core::duration`), at
+/// most 60 s. A bad value is refused here (400, field `wait`), as the node would.
+fn pull_wait(query: Option<&str>) -> Result<Duration, Reject> {
+    let Some(raw) = query.into_iter().flat_map(|q| q.split('&')).find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == "wait").then_some(v)
+    }) else {
+        return Ok(Duration::ZERO);
     };
-    let v = q
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == "wait")
-        .map(|(_, v)| v)
-        .unwrap_or("0");
-    let ms = if let Some(n) = v.strip_suffix("ms") {
-        n.parse::<u64>().ok()
-    } else if let Some(n) = v.strip_suffix('s') {
-        n.parse::<u64>().ok().map(|s| s.saturating_mul(1000))
-    } else {
-        v.parse::<u64>().ok()
-    };
-    Duration::from_millis(ms.unwrap_or(0).min(60_000))
+    let value = percent_decode(raw);
+    meshd_core::duration::parse_at_most(&value, MAX_PULL_WAIT).map_err(|e| {
+        Reject::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("wait: {e}"),
+        )
+        .field("wait")
+    })
+}
+
+/// Decodes `+` and `%XX` of a query value (a value that is not valid UTF-8 afterwards
+/// keeps replacement characters and fails to parse).
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 const HOP_BY_HOP: [&str; 10] = [
@@ -676,7 +714,7 @@ impl Proxy {
             }
             Op::SubOne(name) | Op::SubPull(name) => {
                 if let Op::SubPull(_) = op {
-                    deadline_len += pull_wait(parts.uri.query());
+                    deadline_len += pull_wait(parts.uri.query())?;
                 }
                 let _ = sub_topic;
                 (inner.routing.for_subscription(name), None, 1)
@@ -1298,8 +1336,29 @@ mod tests {
         let batch = Bytes::from_static(br#"[{"source":"/a"},{"source":"/b"},{}]"#);
         assert_eq!(producer_group(&h, &batch, "t").ok(), Some(("/a".into(), 3)));
         assert!(producer_group(&h, &Bytes::from_static(b"{nope"), "t").is_err());
-        assert_eq!(pull_wait(Some("max=1&wait=5s")), Duration::from_secs(5));
-        assert_eq!(pull_wait(Some("wait=250ms")), Duration::from_millis(250));
-        assert_eq!(pull_wait(Some("wait=999999")), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn pull_wait_uses_the_one_duration_syntax() {
+        let ok = |q: &str| pull_wait(Some(q)).ok();
+        assert_eq!(ok("max=1&wait=5s"), Some(Duration::from_secs(5)));
+        assert_eq!(ok("wait=250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(ok("wait=10.5s&max=3"), Some(Duration::from_millis(10_500)));
+        assert_eq!(ok("wait=1m+30s"), None, "90s is past the bound");
+        assert_eq!(ok("wait=0%2E5s"), Some(Duration::from_millis(500)));
+        assert_eq!(ok("max=1"), Some(Duration::ZERO));
+        assert_eq!(pull_wait(None).ok(), Some(Duration::ZERO));
+        for bad in [
+            "wait=999999",
+            "wait=5",
+            "wait=",
+            "wait=soon",
+            "wait=61s",
+            "wait=%zz",
+        ] {
+            let r = pull_wait(Some(bad)).expect_err(bad);
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(r.field, Some("wait"), "{bad}");
+        }
     }
 }

@@ -410,7 +410,7 @@ pub async fn pull(
 ) -> Vec<Value> {
     let r: Value = c
         .get(format!(
-            "{base}/v1/subscriptions/{sub}/events?max={max}&wait={wait_ms}&consumer={consumer}"
+            "{base}/v1/subscriptions/{sub}/events?max={max}&wait={wait_ms}ms&consumer={consumer}"
         ))
         .send()
         .await
