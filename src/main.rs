@@ -16,6 +16,7 @@ mod cluster_cmd;
 mod dev;
 mod drill;
 mod filter_cmd;
+mod listener_args;
 mod node_cluster;
 mod proxy_cmd;
 mod scheduler_cmd;
@@ -78,6 +79,8 @@ pub struct NodeArgs {
     node_id: String,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    listener: listener_args::ListenerArgs,
     #[command(flatten)]
     bridge: BridgeArgs,
     /// Join a cluster: `etcd://HOST:PORT[,HOST:PORT...]`. The node registers under a
@@ -241,6 +244,12 @@ fn main() -> anyhow::Result<()> {
     if let Command::Certs(args) = cli.command {
         return certs_cmd::run(args);
     }
+    // Every connection is a file descriptor: a listener needs more than the usual soft
+    // limit of 1024. Lift it to the hard limit (the connection limits stay below it).
+    match meshd_listener::raise_fd_limit() {
+        Ok(n) => tracing::debug!(limit = n, "file-descriptor limit raised"),
+        Err(e) => tracing::warn!(error = %e, "the file-descriptor limit could not be raised"),
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {
         match cli.command {
@@ -264,6 +273,11 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let mut config = args
         .store
         .node_config(args.data_dir.clone(), &args.cluster, &args.node_id);
+    config.listener = args.listener.config();
+    config
+        .listener
+        .validate()
+        .context("the listener flags of the node")?;
     let registry = match &args.registry {
         Some(spec) => {
             meshd_scheduler::registry::LeaseConfig::with_ttl(args.lease_ttl)

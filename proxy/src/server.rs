@@ -19,8 +19,6 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt as _;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -346,7 +344,10 @@ impl Proxy {
         routing.set_nodes(nodes);
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below a node's header read timeout (10 s by default), which also closes a
+            // keep-alive connection idle that long: the proxy drops an idle connection
+            // before the node does, never sends on one the node is closing.
+            .pool_idle_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .http1_only()
@@ -411,60 +412,23 @@ impl Proxy {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ProxyError> {
         let background = tokio::spawn(self.clone().background());
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut conns = tokio::task::JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            while conns.try_join_next().is_some() {}
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let proxy = self.clone();
-            let cfg = &self.inner.config;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(cfg.header_read_timeout)
-                .max_headers(cfg.max_headers)
-                .max_buf_size(cfg.max_header_bytes)
-                .keep_alive(true);
-            let mut stop = stop_rx.clone();
-            conns.spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
+        let cfg = &self.inner.config;
+        let proxy = self.clone();
+        meshd_listener::serve(
+            listener,
+            &cfg.listener,
+            self.inner.metrics.connections.clone(),
+            move |peer| {
+                let proxy = proxy.clone();
+                hyper::service::service_fn(move |req| {
                     let proxy = proxy.clone();
                     async move { Ok::<_, std::convert::Infallible>(proxy.handle(peer, req).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                tokio::pin!(conn);
-                let result = tokio::select! {
-                    r = conn.as_mut() => r,
-                    _ = stop.changed() => {
-                        // Finish the request in flight, then close.
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, %peer, "connection ended with an error");
-                }
-            });
-        }
-        drop(listener);
-        let _ = stop_tx.send(true);
-        let drain = async { while conns.join_next().await.is_some() {} };
-        let grace = self.inner.config.request_deadline + Duration::from_secs(1);
-        if tokio::time::timeout(grace, drain).await.is_err() {
-            tracing::warn!("connections still open after the grace period; closing them");
-        }
+                })
+            },
+            shutdown,
+            cfg.request_deadline + Duration::from_secs(1),
+        )
+        .await;
         background.abort();
         Ok(())
     }
@@ -561,11 +525,11 @@ impl Proxy {
             Op::Metrics => return Ok(text(StatusCode::OK, &inner.metrics.render())),
             _ => {}
         }
-        if req.headers().len() > cfg.max_headers {
+        if req.headers().len() > cfg.listener.max_headers {
             return Err(Reject::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers_too_large",
-                format!("at most {} headers are taken", cfg.max_headers),
+                format!("at most {} headers are taken", cfg.listener.max_headers),
             ));
         }
         if let Err(l) = inner.limits.check_ip(peer.ip()) {
@@ -873,43 +837,27 @@ impl Proxy {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let max = self.inner.config.max_body_bytes;
-        let too_large = || {
-            Reject::new(
+        let cfg = &self.inner.config;
+        meshd_listener::read_body(
+            headers,
+            body,
+            cfg.max_body_bytes,
+            cfg.listener.body_read_timeout,
+        )
+        .await
+        .map_err(|e| match e {
+            meshd_listener::BodyError::TooLarge { .. } => Reject::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                format!("the body is larger than {max} bytes"),
-            )
-        };
-        if let Some(len) = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            if len > u64::try_from(max).unwrap_or(u64::MAX) {
-                return Err(too_large());
-            }
-        }
-        let limited = http_body_util::Limited::new(body, max);
-        match tokio::time::timeout(self.inner.config.body_read_timeout, limited.collect()).await {
-            Err(_) => Err(Reject::new(
+                e.to_string(),
+            ),
+            meshd_listener::BodyError::Timeout { .. } => Reject::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",
-                "the request body did not arrive in time",
-            )),
-            Ok(Ok(c)) => Ok(c.to_bytes()),
-            Ok(Err(e))
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                Err(too_large())
-            }
-            Ok(Err(e)) => Err(Reject::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_body",
-                format!("the body could not be read: {e}"),
-            )),
-        }
+                e.to_string(),
+            ),
+            _ => Reject::new(StatusCode::BAD_REQUEST, "malformed_body", e.to_string()),
+        })
     }
 
     fn upstream_request(
@@ -1183,6 +1131,7 @@ fn answer_response(a: Answer) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt as _;
 
     #[test]
     fn classification() {
