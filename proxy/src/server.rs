@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{self, Action, Authn, Scope, TokenRecord, TokenStore};
-use crate::limits::{Limited, Limits};
+use crate::limits::{Limited, Limits, TokenRefusal};
 use crate::metrics::Metrics;
 use crate::routing::{Routing, Upstream};
 use crate::{ProxyConfig, ProxyError};
@@ -636,9 +636,7 @@ impl Proxy {
             }
             Op::TopicWrite(_) => {
                 if let Some(t) = &token {
-                    if let Err(l) = inner.limits.check_token(&t.id, 1) {
-                        return Err(self.limited(l));
-                    }
+                    self.check_token_rate(t, 1)?;
                 }
                 return self
                     .fan_out(
@@ -655,9 +653,7 @@ impl Proxy {
             _ => (inner.routing.for_key("admin"), None, 1),
         };
         if let Some(t) = &token {
-            if let Err(l) = inner.limits.check_token(&t.id, cost) {
-                return Err(self.limited(l));
-            }
+            self.check_token_rate(t, cost)?;
         }
         if candidates.is_empty() {
             return Err(unavailable("no runtime node is known"));
@@ -716,6 +712,29 @@ impl Proxy {
             format!("the {} rate limit is exhausted", l.kind),
         )
         .retry_after(l.retry_after)
+    }
+
+    /// Takes `cost` units (events) of the token's rate.
+    fn check_token_rate(&self, token: &TokenRecord, cost: u32) -> Result<(), Reject> {
+        match self.inner.limits.check_token(&token.id, cost) {
+            Ok(()) => Ok(()),
+            Err(TokenRefusal::Limited(l)) => Err(self.limited(l)),
+            Err(TokenRefusal::OverBurst { cost, burst }) => {
+                self.inner
+                    .metrics
+                    .rate_limited
+                    .with_label_values(&["over_burst"])
+                    .inc();
+                Err(Reject::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "batch_exceeds_burst",
+                    format!(
+                        "the batch has {cost} events, more than the token's burst of {burst}: \
+                         it can never pass in one request; send at most {burst} events per request"
+                    ),
+                ))
+            }
+        }
     }
 
     fn forbidden(&self, message: &str) -> Reject {
