@@ -34,7 +34,8 @@ enum TokenCommand {
     /// Create a token; prints it (once) on stdout.
     Create {
         /// Scopes `action:pattern`, comma separated or repeated: publish, subscribe, admin on
-        /// `*`, `prefix.*` or an exact topic (`admin:*` also manages tokens).
+        /// `*`, `prefix.*` or an exact topic; `cluster-admin` (no pattern) for drain,
+        /// undrain and token management.
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
         /// The token file.
@@ -169,7 +170,7 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
 
 async fn serve(a: RunArgs) -> anyhow::Result<()> {
     if a.tokens.is_none() && !a.no_auth {
-        bail!("give --tokens FILE (create the first admin token with `meshd proxy token create --scopes admin:* --file FILE`), or --no-auth for development");
+        bail!("give --tokens FILE (create the first operator token with `meshd proxy token create --scopes cluster-admin,admin:* --file FILE`), or --no-auth for development");
     }
     let mut config = ProxyConfig::new(&a.cluster, &a.proxy_id);
     config.tokens = a.tokens.clone();

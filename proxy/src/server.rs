@@ -221,6 +221,14 @@ struct SourceOnly {
 struct SubSpecHead {
     name: Option<String>,
     topic: Option<String>,
+    #[serde(default)]
+    delivery: Option<DeliveryHead>,
+}
+
+#[derive(Deserialize)]
+struct DeliveryHead {
+    #[serde(default)]
+    dead_letter_topic: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -544,11 +552,7 @@ impl Proxy {
             Op::TopicRead(t) => self.require_any(&token, t)?,
             Op::TopicList | Op::SubList => self.require(&token, Action::Admin, None)?,
             Op::TokensList | Op::TokensCreate | Op::TokensRevoke(_) => {
-                if let Some(t) = &token {
-                    if !auth::is_superuser(t) {
-                        return Err(self.forbidden("token management needs the admin:* scope"));
-                    }
-                }
+                self.require(&token, Action::ClusterAdmin, None)?;
             }
             Op::SubOne(name) | Op::SubPull(name) => {
                 if token.is_some() {
@@ -558,7 +562,7 @@ impl Proxy {
                 }
             }
             Op::Drain(on) => {
-                self.require(&token, Action::Admin, None)?;
+                self.require(&token, Action::ClusterAdmin, None)?;
                 let on = *on;
                 let changed = self.set_draining(on);
                 tracing::info!(proxy = %cfg.proxy_id, draining = on, changed, "drain asked");
@@ -585,8 +589,8 @@ impl Proxy {
         let body = self.read_body(&parts.headers, body).await?;
         match op {
             Op::TokensList => return Ok(self.tokens_list()),
-            Op::TokensCreate => return self.tokens_create(&body),
-            Op::TokensRevoke(id) => return self.tokens_revoke(&id),
+            Op::TokensCreate => return self.tokens_create(&body).await,
+            Op::TokensRevoke(id) => return self.tokens_revoke(id).await,
             _ => {}
         }
         let mut deadline_len = cfg.request_deadline;
@@ -625,6 +629,9 @@ impl Proxy {
                     ));
                 };
                 self.require(&token, Action::Subscribe, Some(&topic))?;
+                if let Some(dlt) = head.delivery.and_then(|d| d.dead_letter_topic) {
+                    self.require_dead_letter_topic(&token, &dlt).await?;
+                }
                 (inner.routing.for_subscription(&name), None, 1)
             }
             Op::SubOne(name) | Op::SubPull(name) => {
@@ -804,8 +811,69 @@ impl Proxy {
     fn require_any(&self, token: &Option<Arc<TokenRecord>>, topic: &str) -> Result<(), Reject> {
         match token {
             None => Ok(()),
-            Some(t) if t.scopes.iter().any(|s| s.matches(topic)) => Ok(()),
+            Some(t)
+                if t.scopes
+                    .iter()
+                    .any(|s| s.action != Action::ClusterAdmin && s.matches(topic)) =>
+            {
+                Ok(())
+            }
             Some(_) => Err(self.forbidden(&format!("the token has no scope on {topic}"))),
+        }
+    }
+
+    /// A subscription's dead-letter topic receives events the subscription's sink refused:
+    /// whoever names it writes to it, so it needs `publish` on it; and the node creates it
+    /// when missing, so a missing one needs `admin` on it too.
+    async fn require_dead_letter_topic(
+        &self,
+        token: &Option<Arc<TokenRecord>>,
+        dlt: &str,
+    ) -> Result<(), Reject> {
+        let Some(t) = token else { return Ok(()) };
+        meshd_core::api::check_name("delivery.dead_letter_topic", dlt)
+            .map_err(|e| Reject::new(StatusCode::BAD_REQUEST, "invalid_field", e.message))?;
+        if !auth::allows(t, Action::Publish, Some(dlt)) {
+            return Err(self.forbidden(&format!(
+                "the token has no publish scope on {dlt}, the dead-letter topic \
+                 (delivery.dead_letter_topic)"
+            )));
+        }
+        if auth::allows(t, Action::Admin, Some(dlt)) {
+            return Ok(());
+        }
+        if !self.topic_exists(dlt).await? {
+            return Err(self.forbidden(&format!(
+                "the dead-letter topic {dlt} does not exist and creating it needs the admin \
+                 scope on it; create it first (PUT /v1/topics/{dlt}) or name an existing topic"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether a topic exists (asked of a node).
+    async fn topic_exists(&self, topic: &str) -> Result<bool, Reject> {
+        let candidates = self.inner.routing.for_key(&format!("topic:{topic}"));
+        let deadline = Instant::now() + self.inner.config.request_deadline;
+        let answer = self
+            .forward(
+                &Method::GET,
+                &format!("/v1/topics/{topic}"),
+                &HeaderMap::new(),
+                Bytes::new(),
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                &candidates,
+                true,
+                deadline,
+            )
+            .await
+            .map_err(|_| unavailable("no node answered whether the topic exists"))?;
+        match answer.status {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            s => Err(unavailable(format!(
+                "a node answered {s} on whether topic {topic} exists"
+            ))),
         }
     }
 
@@ -1065,8 +1133,25 @@ impl Proxy {
         json_response(StatusCode::OK, &body)
     }
 
-    fn tokens_create(&self, body: &Bytes) -> Result<Response<Body>, Reject> {
-        let store = self.tokens_store()?;
+    /// Runs a token-file write off the async workers (it does blocking file I/O, and the
+    /// store serializes writers with a lock held across the whole read-modify-write).
+    async fn token_write<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&TokenStore) -> Result<T, auth::AuthError> + Send + 'static,
+    ) -> Result<Result<T, auth::AuthError>, Reject> {
+        self.tokens_store()?;
+        let proxy = self.clone();
+        tokio::task::spawn_blocking(move || match &proxy.inner.tokens {
+            Some(store) => Ok(write(store)),
+            None => Err(()),
+        })
+        .await
+        .map_err(|e| unavailable(format!("the token write failed: {e}")))?
+        .map_err(|()| unavailable("this proxy runs without a token file"))
+    }
+
+    async fn tokens_create(&self, body: &Bytes) -> Result<Response<Body>, Reject> {
+        self.tokens_store()?;
         let req: CreateToken = serde_json::from_slice(body).map_err(|e| {
             Reject::new(
                 StatusCode::BAD_REQUEST,
@@ -1080,8 +1165,10 @@ impl Proxy {
             .map(|s| Scope::parse(s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Reject::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()))?;
-        let (token, rec) = store
-            .create(scopes, &req.description)
+        let description = req.description;
+        let (token, rec) = self
+            .token_write(move |store| store.create(scopes, &description))
+            .await?
             .map_err(|e| match e {
                 auth::AuthError::NoScopes => {
                     Reject::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string())
@@ -1094,9 +1181,12 @@ impl Proxy {
         ))
     }
 
-    fn tokens_revoke(&self, id: &str) -> Result<Response<Body>, Reject> {
-        let store = self.tokens_store()?;
-        match store.revoke(id) {
+    async fn tokens_revoke(&self, id: String) -> Result<Response<Body>, Reject> {
+        let revoked = id.clone();
+        match self
+            .token_write(move |store| store.revoke(&revoked))
+            .await?
+        {
             Ok(()) => {
                 let mut r = Response::new(Body::empty());
                 *r.status_mut() = StatusCode::NO_CONTENT;
