@@ -251,6 +251,14 @@ fn producer_group(headers: &HeaderMap, body: &Bytes, topic: &str) -> Result<(Str
         .unwrap_or("")
         .to_ascii_lowercase();
     let malformed = |e: serde_json::Error| {
+        // `source` twice: the same answer the node gives for any key twice.
+        if e.to_string().starts_with("duplicate field") {
+            return Reject::new(
+                StatusCode::BAD_REQUEST,
+                "duplicate_key",
+                format!("the event has a key more than once ({e}); which one counts would be ambiguous, so it is refused"),
+            );
+        }
         Reject::new(
             StatusCode::BAD_REQUEST,
             "malformed_body",
@@ -1343,6 +1351,11 @@ mod tests {
         let batch = Bytes::from_static(br#"[{"source":"/a"},{"source":"/b"},{}]"#);
         assert_eq!(producer_group(&h, &batch, "t").ok(), Some(("/a".into(), 3)));
         assert!(producer_group(&h, &Bytes::from_static(b"{nope"), "t").is_err());
+        let dup = Bytes::from_static(br#"[{"source":"/a","source":"/b"}]"#);
+        assert_eq!(
+            producer_group(&h, &dup, "t").err().map(|r| r.code),
+            Some("duplicate_key")
+        );
         assert_eq!(pull_wait(Some("max=1&wait=5s")), Duration::from_secs(5));
         assert_eq!(pull_wait(Some("wait=250ms")), Duration::from_millis(250));
         assert_eq!(pull_wait(Some("wait=999999")), Duration::from_secs(60));
