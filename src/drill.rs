@@ -51,7 +51,7 @@ pub struct Target {
     /// SIGKILL).
     #[arg(long = "undrain", value_name = "URL", value_delimiter = ',')]
     undrain: Vec<String>,
-    /// Bearer token for the proxies' admin endpoints.
+    /// Bearer token for the proxies' admin endpoints (the cluster-admin scope).
     #[arg(long, env = "MESHD_TOKEN")]
     token: Option<String>,
 }
@@ -73,7 +73,8 @@ pub struct ClusterTarget {
     /// A scheduler member URL (one is enough; needed by scheduler-failover).
     #[arg(long = "scheduler", value_name = "URL", value_delimiter = ',')]
     schedulers: Vec<String>,
-    /// Bearer token for the proxies (publish/subscribe on meshd-canary, admin).
+    /// Bearer token for the proxies (admin on the drill's canary topic, and cluster-admin
+    /// for proxy drains).
     #[arg(long, env = "MESHD_TOKEN")]
     token: Option<String>,
     /// Run even when the cluster is degraded.
@@ -187,7 +188,7 @@ enum DrillCommand {
         /// (repeat).
         #[arg(long = "drain", value_name = "URL", value_delimiter = ',')]
         drain: Vec<String>,
-        /// Bearer token for the proxies' admin endpoints.
+        /// Bearer token for the proxies' admin endpoints (the cluster-admin scope).
         #[arg(long, env = "MESHD_TOKEN")]
         token: Option<String>,
         /// The cluster that takes the evacuated cluster's webhook subscriptions (stand-ins
