@@ -472,8 +472,18 @@ impl Proxy {
                     self.inner.routing.mark_up(&node.id);
                 }
             }
-            if let Some(t) = &self.inner.tokens {
-                if let Err(e) = t.reload_if_changed() {
+            if self.inner.tokens.is_some() {
+                // File I/O: on the blocking pool, not on an async worker.
+                let proxy = self.clone();
+                let reloaded = tokio::task::spawn_blocking(move || {
+                    proxy
+                        .inner
+                        .tokens
+                        .as_ref()
+                        .map_or(Ok(false), TokenStore::reload_if_changed)
+                })
+                .await;
+                if let Ok(Err(e)) = reloaded {
                     tracing::warn!(error = %e, "token file not reloaded; keeping the previous tokens");
                 }
             }
