@@ -17,6 +17,7 @@ mod dev;
 mod drill;
 mod filter_cmd;
 mod listen;
+mod listener_args;
 mod node_cluster;
 mod proxy_cmd;
 mod scheduler_cmd;
@@ -88,6 +89,8 @@ pub struct NodeArgs {
     store: StoreArgs,
     #[command(flatten)]
     webhook: WebhookArgs,
+    #[command(flatten)]
+    listener: listener_args::ListenerArgs,
     #[command(flatten)]
     bridge: BridgeArgs,
     /// Join a cluster: `etcd://HOST:PORT[,HOST:PORT...]`. The node registers under a
@@ -360,6 +363,12 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Certs(args) => return certs_cmd::run(args).map(|()| ExitCode::SUCCESS),
         _ => {}
     }
+    // Every connection is a file descriptor: a listener needs more than the usual soft
+    // limit of 1024. Lift it to the hard limit (the connection limits stay below it).
+    match meshd_listener::raise_fd_limit() {
+        Ok(n) => tracing::debug!(limit = n, "file-descriptor limit raised"),
+        Err(e) => tracing::warn!(error = %e, "the file-descriptor limit could not be raised"),
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {
         match cli.command {
@@ -392,6 +401,11 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     } else if !args.listen.ip().is_loopback() {
         tracing::warn!(listen = %args.listen, "the node's API is open to every client that reaches this address: give it --internal-token-file and reach it through proxies, or listen on loopback (docs/security.md)");
     }
+    config.listener = args.listener.config();
+    config
+        .listener
+        .validate()
+        .context("the listener flags of the node")?;
     let registry = match &args.registry {
         Some(spec) => {
             meshd_scheduler::registry::LeaseConfig::with_ttl(args.lease_ttl)

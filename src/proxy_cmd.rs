@@ -34,7 +34,8 @@ enum TokenCommand {
     /// Create a token; prints it (once) on stdout.
     Create {
         /// Scopes `action:pattern`, comma separated or repeated: publish, subscribe, admin on
-        /// `*`, `prefix.*` or an exact topic (`admin:*` also manages tokens).
+        /// `*`, `prefix.*` or an exact topic; `cluster-admin` (no pattern) for drain,
+        /// undrain and token management.
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
         /// The token file.
@@ -90,18 +91,8 @@ struct RunArgs {
     /// Largest request body in bytes (413 past it).
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
-    /// Most request headers (431 past it).
-    #[arg(long, default_value_t = 64)]
-    max_headers: usize,
-    /// Largest request head in bytes, at least 8192 (431 past it).
-    #[arg(long, default_value_t = 16 * 1024)]
-    max_header_bytes: usize,
-    /// Time to receive the request head, ms (connection closed past it).
-    #[arg(long, default_value_t = 10_000)]
-    header_timeout_ms: u64,
-    /// Time to receive the body, ms (408 past it).
-    #[arg(long, default_value_t = 10_000)]
-    body_timeout_ms: u64,
+    #[command(flatten)]
+    listener: crate::listener_args::ListenerArgs,
     /// Deadline of a request across every upstream attempt, ms (503 past it).
     #[arg(long, default_value_t = 5_000)]
     deadline_ms: u64,
@@ -183,7 +174,7 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
 
 async fn serve(a: RunArgs) -> anyhow::Result<()> {
     if a.tokens.is_none() && !a.no_auth {
-        bail!("give --tokens FILE (create the first admin token with `meshd proxy token create --scopes admin:* --file FILE`), or --no-auth for development");
+        bail!("give --tokens FILE (create the first operator token with `meshd proxy token create --scopes cluster-admin,admin:* --file FILE`), or --no-auth for development");
     }
     let mut config = ProxyConfig::new(&a.cluster, &a.proxy_id);
     config.tokens = a.tokens.clone();
@@ -191,10 +182,7 @@ async fn serve(a: RunArgs) -> anyhow::Result<()> {
         config.internal_token = Some(meshd_core::internal::InternalToken::load(path)?);
     }
     config.max_body_bytes = a.max_body_bytes;
-    config.max_headers = a.max_headers;
-    config.max_header_bytes = a.max_header_bytes;
-    config.header_read_timeout = Duration::from_millis(a.header_timeout_ms);
-    config.body_read_timeout = Duration::from_millis(a.body_timeout_ms);
+    config.listener = a.listener.config();
     config.request_deadline = Duration::from_millis(a.deadline_ms);
     config.group_idle_timeout = Duration::from_secs(a.group_idle_secs);
     config.ip_rate = (a.ip_rate > 0).then(|| Rate {

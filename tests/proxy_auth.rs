@@ -68,15 +68,16 @@ async fn auth_matrix_and_token_management() {
     let admin = create_token(&file, "admin:*");
     let publisher = create_token(&file, "publish:orders.*");
     let subscriber = create_token(&file, "subscribe:orders.*");
+    let operator = create_token(&file, "cluster-admin");
     // The file holds hashes only.
     let stored = std::fs::read_to_string(&file).unwrap();
-    for t in [&admin, &publisher, &subscriber] {
+    for t in [&admin, &publisher, &subscriber, &operator] {
         let secret = t.rsplit('_').next().unwrap();
         assert!(!stored.contains(secret), "a secret is stored in the file");
     }
     let (ok, listed, _) = cli(&["proxy", "token", "list", "--file", file.to_str().unwrap()]);
     assert!(ok);
-    assert_eq!(listed.lines().count(), 3, "{listed}");
+    assert_eq!(listed.lines().count(), 4, "{listed}");
     assert!(listed.contains("publish:orders.*"));
     let (ok, _, err) = cli(&[
         "proxy",
@@ -196,7 +197,7 @@ async fn auth_matrix_and_token_management() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["events"].as_array().map(Vec::len), Some(1), "{v}");
 
-    // Token admin API: admin:* only.
+    // Token admin API: cluster-admin only (admin:* manages topics, not tokens).
     let r = c
         .get(p.at("/v1/tokens"))
         .bearer_auth(&publisher)
@@ -204,22 +205,37 @@ async fn auth_matrix_and_token_management() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+    let r = c
+        .get(p.at("/v1/tokens"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cluster-admin"),
+        "{v}"
+    );
     let r = c.get(p.at("/v1/tokens")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let v: Value = c
         .get(p.at("/v1/tokens"))
-        .bearer_auth(&admin)
+        .bearer_auth(&operator)
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(v["tokens"].as_array().map(Vec::len), Some(3), "{v}");
+    assert_eq!(v["tokens"].as_array().map(Vec::len), Some(4), "{v}");
     assert!(!v.to_string().contains("hash"), "{v}");
     let r = c
         .post(p.at("/v1/tokens"))
-        .bearer_auth(&admin)
+        .bearer_auth(&operator)
         .json(&json!({"scopes": ["publish:billing"], "description": "api"}))
         .send()
         .await
@@ -236,7 +252,7 @@ async fn auth_matrix_and_token_management() {
     );
     let r = c
         .post(p.at("/v1/tokens"))
-        .bearer_auth(&admin)
+        .bearer_auth(&operator)
         .json(&json!({"scopes": ["fly:*"]}))
         .send()
         .await
@@ -244,7 +260,7 @@ async fn auth_matrix_and_token_management() {
     assert_eq!(r.status(), 400);
     let r = c
         .delete(p.at(&format!("/v1/tokens/{api_id}")))
-        .bearer_auth(&admin)
+        .bearer_auth(&operator)
         .send()
         .await
         .unwrap();
@@ -257,7 +273,7 @@ async fn auth_matrix_and_token_management() {
     );
     let r = c
         .delete(p.at(&format!("/v1/tokens/{api_id}")))
-        .bearer_auth(&admin)
+        .bearer_auth(&operator)
         .send()
         .await
         .unwrap();
@@ -302,4 +318,252 @@ fn proxy_refuses_to_start_without_tokens_or_no_auth() {
     ]);
     assert!(!ok);
     assert!(err.contains("--tokens"), "{err}");
+}
+
+/// A node and a proxy over it, with the token file `file`.
+fn node_and_proxy(dir: &Path, file: &Path) -> (Meshd, Meshd) {
+    let n = Meshd::start(&dir.join("n1"), &[]);
+    let p = Meshd::spawn(
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--nodes",
+            &n.url,
+            "--tokens",
+            file.to_str().unwrap(),
+        ],
+        dir,
+    );
+    (n, p)
+}
+
+async fn put_topic(c: &reqwest::Client, p: &Meshd, token: &str, topic: &str) {
+    let r = c
+        .put(p.at(&format!("/v1/topics/{topic}")))
+        .bearer_auth(token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "PUT {topic}: {}", r.status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_operations_need_cluster_admin_not_a_topic_admin() {
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("tokens.json");
+    let orders_admin = create_token(&file, "admin:orders.*");
+    let all_topics_admin = create_token(&file, "admin:*");
+    let operator = create_token(&file, "cluster-admin");
+    let (_n, p) = node_and_proxy(d.path(), &file);
+    let c = client();
+    for token in [&orders_admin, &all_topics_admin] {
+        let r = c
+            .post(p.at("/v1/admin/drain"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        let v: Value = r.json().await.unwrap();
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("cluster-admin"),
+            "{v}"
+        );
+    }
+    // Nothing was drained: a topic admin still works on its topics.
+    put_topic(&c, &p, &orders_admin, "orders.a").await;
+    // cluster-admin is no topic scope.
+    let r = c
+        .put(p.at("/v1/topics/orders.b"))
+        .bearer_auth(&operator)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .post(p.at("/v1/admin/drain"))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .put(p.at("/v1/topics/orders.c"))
+        .bearer_auth(&orders_admin)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "drained");
+    let r = c
+        .post(p.at("/v1/admin/undrain"))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    put_topic(&c, &p, &orders_admin, "orders.c").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_letter_topic_needs_publish_scope_on_it() {
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("tokens.json");
+    let admin = create_token(&file, "admin:*");
+    // The docs' example token: nothing on payments.
+    let shop = create_token(&file, "publish:orders.*,subscribe:orders.*");
+    let orders_admin = create_token(&file, "admin:orders.*");
+    let (_n, p) = node_and_proxy(d.path(), &file);
+    let c = client();
+    for t in ["orders.a", "payments"] {
+        put_topic(&c, &p, &admin, t).await;
+    }
+    let spec = |name: &str, dlt: &str| {
+        json!({"name": name, "topic": "orders.a", "sink": {"pull": {}},
+               "delivery": {"dead_letter_topic": dlt}})
+    };
+    let create = |token: String, body: Value| {
+        let c = c.clone();
+        let url = p.at("/v1/subscriptions");
+        async move {
+            let r = c
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // payments: no publish scope on it.
+    let (s, v) = create(shop.clone(), spec("steal", "payments")).await;
+    assert_eq!(s, 403, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("payments") && msg.contains("dead-letter"),
+        "{v}"
+    );
+    // Nothing was created.
+    let r = c
+        .get(p.at("/v1/subscriptions/steal"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // A dead-letter topic in scope but missing: creating it needs admin on it.
+    let (s, v) = create(shop.clone(), spec("s1", "orders.dlq")).await;
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not exist"),
+        "{v}"
+    );
+    let r = c
+        .get(p.at("/v1/topics/orders.dlq"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "no topic was created");
+    // Once it exists, publish scope is enough.
+    put_topic(&c, &p, &admin, "orders.dlq").await;
+    let (s, v) = create(shop.clone(), spec("s1", "orders.dlq")).await;
+    assert_eq!(s, 201, "{v}");
+    // admin on the pattern may name a missing one (the node creates it).
+    let (s, v) = create(orders_admin.clone(), spec("s2", "orders.dlq2")).await;
+    assert_eq!(s, 201, "{v}");
+    // A name that is no topic name is refused as such.
+    let (s, v) = create(shop.clone(), spec("s3", "../admin/drain")).await;
+    assert_eq!(s, 400, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_token_creates_all_persist() {
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("tokens.json");
+    let operator = create_token(&file, "cluster-admin");
+    let (_n, p) = node_and_proxy(d.path(), &file);
+    let c = client();
+    let creates = (0..50).map(|i| {
+        let (c, url, t) = (c.clone(), p.at("/v1/tokens"), operator.clone());
+        async move {
+            let r = c
+                .post(url)
+                .bearer_auth(t)
+                .json(&json!({"scopes": [format!("publish:t{i}")], "description": format!("c{i}")}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201, "create {i}");
+            let v: Value = r.json().await.unwrap();
+            v["token"].as_str().unwrap().to_string()
+        }
+    });
+    let tokens = futures::future::join_all(creates).await;
+    // Every one is in the file (none lost to a concurrent read-modify-write) ...
+    let stored: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(stored["tokens"].as_array().map(Vec::len), Some(51));
+    let leftovers: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("tokens.tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    // ... and every one authenticates.
+    for t in &tokens {
+        let r = c
+            .get(p.at("/v1/cluster"))
+            .bearer_auth(t)
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(r.status(), 401);
+    }
+    // Concurrent revocations too.
+    let list: Value = c
+        .get(p.at("/v1/tokens"))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<String> = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| {
+            t["description"]
+                .as_str()
+                .is_some_and(|d| d.starts_with('c'))
+        })
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 50);
+    let revokes = ids.iter().map(|id| {
+        let (c, url, t) = (
+            c.clone(),
+            p.at(&format!("/v1/tokens/{id}")),
+            operator.clone(),
+        );
+        async move { c.delete(url).bearer_auth(t).send().await.unwrap().status() }
+    });
+    for s in futures::future::join_all(revokes).await {
+        assert_eq!(s, 204);
+    }
+    let stored: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(stored["tokens"].as_array().map(Vec::len), Some(1));
 }

@@ -111,7 +111,8 @@ async fn token_and_ip_rate_limits() {
     assert_eq!(v["error"]["code"], "rate_limited");
     // Another token has its own bucket.
     assert_eq!(publish_one(&c, &p.url, Some(&admin)).await.status(), 200);
-    // A batch counts its events: 10 events never fit a burst of 5.
+    // A batch counts its events: 10 events never fit a burst of 5, so the answer says so
+    // (413), not 429 with a Retry-After that would only be followed by another 429.
     let batch: Vec<Value> = (0..10)
         .map(|i| event(&format!("b{i}"), "t", None, json!(i)))
         .collect();
@@ -123,7 +124,15 @@ async fn token_and_ip_rate_limits() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 429);
+    assert_eq!(r.status(), 413);
+    assert!(r.headers().get("retry-after").is_none());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "batch_exceeds_burst", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("10 events") && msg.contains("burst of 5"),
+        "{v}"
+    );
     // The bucket refills: one per second.
     eventually("the token bucket refills", Duration::from_secs(5), || {
         let (c, url, t) = (c.clone(), p.url.clone(), small.clone());

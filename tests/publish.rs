@@ -296,3 +296,65 @@ async fn auto_create_topics_when_enabled() {
     publish(&c, &m.url, "fresh", &[event("1", "t", None, json!(1))]).await;
     assert_eq!(stored_count(&c, &m.url, "fresh").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_keys_are_refused_on_the_node_and_through_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Meshd::start(&dir.path().join("n"), &[]);
+    let p = Meshd::spawn(
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--nodes",
+            &m.url,
+            "--no-auth",
+        ],
+        dir.path(),
+    );
+    let c = client();
+    create_topic(&c, &m.url, "orders", json!({})).await;
+    let structured =
+        r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","id":"b","data":1}"#.to_string();
+    let good = r#"{"specversion":"1.0","id":"g","source":"/s","type":"t"}"#;
+    let batch =
+        format!(r#"[{good},{{"specversion":"1.0","id":"c","source":"/s","type":"t","type":"u"}}]"#);
+    for base in [&m.url, &p.url] {
+        let url = format!("{base}/v1/topics/orders/events");
+        let r = c
+            .post(&url)
+            .header("content-type", "application/cloudevents+json")
+            .body(structured.clone())
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = error_of(r).await;
+        assert_eq!(status, 400, "{base}: {body}");
+        assert_eq!(body["error"]["code"], "duplicate_key", "{body}");
+        assert_eq!(body["error"]["field"], "id", "{body}");
+        let r = c
+            .post(&url)
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(batch.clone())
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = error_of(r).await;
+        assert_eq!(status, 400, "{base}: {body}");
+        assert_eq!(body["error"]["code"], "duplicate_key", "{body}");
+        assert_eq!(body["error"]["field"], "[1].type", "{body}");
+        // `source` twice too (the proxy reads `source` for routing).
+        let r = c
+            .post(&url)
+            .header("content-type", "application/cloudevents+json")
+            .body(r#"{"specversion":"1.0","id":"d","source":"/s","type":"t","source":"/x"}"#)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = error_of(r).await;
+        assert_eq!(status, 400, "{base}: {body}");
+        assert_eq!(body["error"]["code"], "duplicate_key", "{body}");
+    }
+    // Nothing was stored, not even the good event of the batch.
+    assert_eq!(stored_count(&c, &m.url, "orders").await, 0);
+}

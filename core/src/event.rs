@@ -140,13 +140,16 @@ pub fn detect_mode(
     }
 }
 
-/// Parses one structured-mode event (JSON event format).
+/// Parses one structured-mode event (JSON event format). A key appearing twice at the
+/// top level of the event is refused (`duplicate_key`): which one counts is ambiguous, and
+/// ambiguous input is how filters and auditors get fooled.
 pub fn parse_structured(body: &[u8]) -> Result<Event, EventError> {
-    let value: Value = serde_json::from_slice(body)
+    let item: Item = serde_json::from_slice(body)
         .map_err(|e| EventError::body(format!("body is not valid JSON: {e}")))?;
-    match value {
-        Value::Object(map) => from_json_object(map),
-        _ => Err(EventError::body(
+    match item {
+        Item::Object(map) => from_json_object(map),
+        Item::Duplicate(key) => Err(duplicate_key(key)),
+        Item::Other => Err(EventError::body(
             "a structured-mode body must be one JSON object",
         )),
     }
@@ -155,9 +158,9 @@ pub fn parse_structured(body: &[u8]) -> Result<Event, EventError> {
 /// Parses a batch (JSON array of structured events). All or nothing: the first bad event
 /// fails the whole batch with its index in the error.
 pub fn parse_batch(body: &[u8]) -> Result<Vec<Event>, EventError> {
-    let value: Value = serde_json::from_slice(body)
+    let batch: Batch = serde_json::from_slice(body)
         .map_err(|e| EventError::body(format!("body is not valid JSON: {e}")))?;
-    let Value::Array(items) = value else {
+    let Batch::Items(items) = batch else {
         return Err(EventError::body(
             "a batch body must be a JSON array of events",
         ));
@@ -175,10 +178,159 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<Event>, EventError> {
         .into_iter()
         .enumerate()
         .map(|(i, item)| match item {
-            Value::Object(map) => from_json_object(map).map_err(|e| e.at_index(i)),
-            _ => Err(EventError::body("each batch item must be a JSON object").at_index(i)),
+            Item::Object(map) => from_json_object(map).map_err(|e| e.at_index(i)),
+            Item::Duplicate(key) => Err(duplicate_key(key).at_index(i)),
+            Item::Other => {
+                Err(EventError::body("each batch item must be a JSON object").at_index(i))
+            }
         })
         .collect()
+}
+
+fn duplicate_key(key: String) -> EventError {
+    let message = format!(
+        "the event has the key {key:?} more than once; which one counts would be ambiguous, so it is refused"
+    );
+    EventError::new("duplicate_key", key, message)
+}
+
+/// One JSON value read in the same single pass as before, but an object's keys are
+/// checked for duplicates while it is built (the map's insert says whether the key was
+/// there: no second parse, no extra lookup).
+enum Item {
+    /// An object with unique keys.
+    Object(Map<String, Value>),
+    /// An object with this key twice (the first one found).
+    Duplicate(String),
+    /// Anything but an object.
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Item {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ItemVisitor)
+    }
+}
+
+struct ItemVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ItemVisitor {
+    type Value = Item;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Item, A::Error> {
+        let mut map = Map::new();
+        let mut duplicate = None;
+        while let Some(key) = access.next_key::<String>()? {
+            let value: Value = access.next_value()?;
+            match map.entry(key) {
+                serde_json::map::Entry::Vacant(v) => {
+                    v.insert(value);
+                }
+                serde_json::map::Entry::Occupied(o) => {
+                    duplicate.get_or_insert_with(|| o.key().clone());
+                }
+            }
+        }
+        Ok(match duplicate {
+            Some(key) => Item::Duplicate(key),
+            None => Item::Object(map),
+        })
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut access: A) -> Result<Item, A::Error> {
+        while access.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Item::Other)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Item, E> {
+        Ok(Item::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Item, E> {
+        Ok(Item::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Item, E> {
+        Ok(Item::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Item, E> {
+        Ok(Item::Other)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Item, E> {
+        Ok(Item::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Item, E> {
+        Ok(Item::Other)
+    }
+}
+
+/// A batch body: an array of [`Item`]s, or anything else.
+enum Batch {
+    Items(Vec<Item>),
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Batch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(BatchVisitor)
+    }
+}
+
+struct BatchVisitor;
+
+impl<'de> serde::de::Visitor<'de> for BatchVisitor {
+    type Value = Batch;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut access: A) -> Result<Batch, A::Error> {
+        let mut items = Vec::with_capacity(access.size_hint().unwrap_or(0).min(MAX_BATCH_EVENTS));
+        while let Some(item) = access.next_element::<Item>()? {
+            items.push(item);
+        }
+        Ok(Batch::Items(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Batch, A::Error> {
+        while access
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(Batch::Other)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Batch, E> {
+        Ok(Batch::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Batch, E> {
+        Ok(Batch::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Batch, E> {
+        Ok(Batch::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Batch, E> {
+        Ok(Batch::Other)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Batch, E> {
+        Ok(Batch::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Batch, E> {
+        Ok(Batch::Other)
+    }
 }
 
 /// Parses a binary-mode event: `headers` are all request headers (name, value) with
@@ -725,6 +877,32 @@ mod tests {
         assert_eq!(e.data(), Some(&Data::Binary(vec![0, 1, 2])));
         assert_eq!(e.dataschema().map(|u| u.as_str()), Some("https://x/s.json"));
         assert!(e.extension("dataschema").is_none());
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_naming_the_key() {
+        let e = err(r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","id":"b"}"#);
+        assert_eq!(e.code, "duplicate_key");
+        assert_eq!(e.field.as_deref(), Some("id"));
+        assert!(e.message.contains("\"id\""), "{}", e.message);
+        let e = err(r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","data":1,"data":2}"#);
+        assert_eq!(e.field.as_deref(), Some("data"));
+        // Inside data, keys are the application's business.
+        ok(r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","data":{"k":1,"k":2}}"#);
+        let good = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#;
+        let dup = r#"{"specversion":"1.0","id":"2","source":"/s","source":"/t","type":"t"}"#;
+        let e = parse_batch(format!("[{good},{dup}]").as_bytes()).unwrap_err();
+        assert_eq!(e.code, "duplicate_key");
+        assert_eq!(e.field.as_deref(), Some("[1].source"));
+        // What is not an object is still refused as before.
+        assert_eq!(err("[1]").code, "malformed_body");
+        assert_eq!(err("\"x\"").code, "malformed_body");
+        assert!(err("{").message.contains("not valid JSON"));
+        assert!(parse_batch(br#"[1, {"a": [1, {"b": 2}]}, "x"]"#).is_err());
+        assert!(parse_batch(br#"{"a": {"b": [1]}}"#)
+            .unwrap_err()
+            .message
+            .contains("JSON array"));
     }
 
     #[test]

@@ -56,9 +56,11 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        // A 413 is answered before the rest of the body is read, so the connection cannot
-        // carry another request: say so, or a client reuses it and finds it closed.
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+        // A 413 or 408 is answered before the rest of the body is read, so the connection
+        // cannot carry another request: say so, or a client reuses it and finds it closed.
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE
+            || self.status == StatusCode::REQUEST_TIMEOUT
+        {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -266,26 +268,24 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Reads a body up to `limit` bytes; over it answers 413 without reading the rest.
-async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_big = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || e.to_string().contains("length limit");
-        if too_big {
-            ApiError::new(
+/// Reads a body of at most `limit` bytes within the node's body read timeout: over the
+/// limit answers 413 without reading the rest, too slow answers 408.
+async fn read_body(node: &Node, headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Bytes> {
+    meshd_listener::read_body(headers, body, limit, node.config.listener.body_read_timeout)
+        .await
+        .map_err(|e| match e {
+            meshd_listener::BodyError::TooLarge { .. } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                format!("the request body is larger than the limit of {limit} bytes"),
-            )
-        } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "body_unreadable",
-                format!("could not read the body: {e}"),
-            )
-        }
-    })
+                e.to_string(),
+            ),
+            meshd_listener::BodyError::Timeout { .. } => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                e.to_string(),
+            ),
+            _ => ApiError::new(StatusCode::BAD_REQUEST, "body_unreadable", e.to_string()),
+        })
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
@@ -370,7 +370,7 @@ async fn publish_inner(node: &Arc<Node>, topic: &str, req: Request) -> ApiResult
     let (parts, body) = req.into_parts();
     let mode = mode_of(&parts.headers)?;
     let partitions = node.partitions_for_publish(topic).await?;
-    let bytes = read_body(body, node.config.max_body_bytes).await?;
+    let bytes = read_body(node, &parts.headers, body, node.config.max_body_bytes).await?;
     let events = match mode {
         Mode::Binary => {
             let ct = parts
@@ -404,7 +404,7 @@ async fn put_topic(
     body: Body,
 ) -> ApiResult<Response> {
     require_json(&headers)?;
-    let bytes = read_body(body, 64 * 1024).await?;
+    let bytes = read_body(&node, &headers, body, 64 * 1024).await?;
     let config: TopicConfig = if bytes.iter().all(u8::is_ascii_whitespace) {
         TopicConfig::default()
     } else {
@@ -448,7 +448,7 @@ async fn create_subscription(
     body: Body,
 ) -> ApiResult<Response> {
     require_json(&headers)?;
-    let bytes = read_body(body, 256 * 1024).await?;
+    let bytes = read_body(&node, &headers, body, 256 * 1024).await?;
     let spec: SubscriptionSpec = parse_json(&bytes)?;
     let (created, spec) = node.admin_create_subscription(spec).await?;
     let status = if created {
@@ -538,7 +538,7 @@ async fn ack(
     body: Body,
 ) -> ApiResult<Response> {
     require_json(&headers)?;
-    let bytes = read_body(body, 1024 * 1024).await?;
+    let bytes = read_body(&node, &headers, body, 1024 * 1024).await?;
     let req: AckRequest = parse_json(&bytes)?;
     let consumer = req.consumer.unwrap_or_else(|| "default".to_string());
     node.check_served(&name)?;
@@ -546,9 +546,13 @@ async fn ack(
     Ok(Json(resp).into_response())
 }
 
-async fn filter_test(headers: HeaderMap, body: Body) -> ApiResult<Response> {
+async fn filter_test(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
     require_json(&headers)?;
-    let bytes = read_body(body, 1024 * 1024).await?;
+    let bytes = read_body(&node, &headers, body, 1024 * 1024).await?;
     let req: FilterTestRequest = parse_json(&bytes)?;
     let filter = req.filter_spec()?;
     let raw = serde_json::to_vec(&req.event).expect("a JSON value serializes");

@@ -54,6 +54,9 @@ pub struct Metrics {
     pub retention_held_dropped: IntCounter,
     /// Partitions where, in the last retention pass, a hold kept age-expired records.
     pub retention_held_partitions: IntGauge,
+    /// Open and refused HTTP connections (`meshd_node_open_connections`,
+    /// `meshd_node_connections_refused_total`).
+    pub connections: meshd_listener::ConnMetrics,
 }
 
 impl Metrics {
@@ -104,7 +107,10 @@ impl Metrics {
         registry
             .register(Box::new(retention_held_partitions.clone()))
             .expect("unique metric");
+        let connections =
+            meshd_listener::ConnMetrics::register(&registry, "meshd_node").expect("unique metric");
         Metrics {
+            connections,
             retention_removed: plain_counter(
                 "meshd_node_retention_removed_records_total",
                 "Records removed by retention",

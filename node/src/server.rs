@@ -47,6 +47,9 @@ use crate::store::{EventStore, FsyncPolicy, RetentionHolds, StoreError};
 
 const SUBSCRIPTION_PREFIX: &str = "subscriptions/";
 
+/// How long a stopping node waits for requests in flight (a pull waits up to 60 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(65);
+
 /// Configuration of one node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -62,6 +65,9 @@ pub struct NodeConfig {
     pub fsync_interval: Duration,
     /// Largest publish request body accepted (413 past it).
     pub max_body_bytes: usize,
+    /// Header size and count, read timeouts and connection limits of the HTTP listener
+    /// (the same mechanism and defaults as a proxy's).
+    pub listener: meshd_listener::ListenerConfig,
     /// Create a topic on first publish instead of answering 404.
     pub auto_create_topics: bool,
     /// How often retention runs.
@@ -139,6 +145,7 @@ impl NodeConfig {
             fsync: FsyncPolicy::Always,
             fsync_interval: Duration::from_millis(100),
             max_body_bytes: 4 * 1024 * 1024,
+            listener: meshd_listener::ListenerConfig::default(),
             auto_create_topics: false,
             retention_interval: Duration::from_secs(30),
             store: StoreKind::Embedded,
@@ -1185,12 +1192,18 @@ impl Node {
             guard.set_components("self", c);
         }
         let app = crate::http::router(self.clone());
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        meshd_listener::serve(
+            listener,
+            &self.config.listener,
+            self.metrics.connections.clone(),
+            move |_peer| hyper_util::service::TowerToHyperService::new(app.clone()),
+            shutdown,
+            SHUTDOWN_GRACE,
+        )
+        .await;
         retention.abort();
         self.shutdown().await;
-        result
+        Ok(())
     }
 
     /// Stops delivery and closes the store.

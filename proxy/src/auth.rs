@@ -9,8 +9,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use rand::RngCore as _;
@@ -20,14 +22,19 @@ use subtle::ConstantTimeEq as _;
 
 /// What a scope allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Action {
     /// Publish events to matching topics.
     Publish,
     /// Create/read/delete subscriptions on matching topics, pull and ack them.
     Subscribe,
-    /// Everything on matching topics; with pattern `*`, also token management.
+    /// Everything on matching topics and their subscriptions (create/delete topics,
+    /// list topics and subscriptions, and what publish and subscribe allow).
     Admin,
+    /// Cluster-wide operations that are no topic's: drain and undrain, token management,
+    /// anything under `/v1/admin` and `/v1/tokens`. Takes no pattern (`cluster-admin`) and
+    /// grants nothing on topics; `admin:*` does not grant it.
+    ClusterAdmin,
 }
 
 impl Action {
@@ -36,16 +43,18 @@ impl Action {
             "publish" => Some(Action::Publish),
             "subscribe" => Some(Action::Subscribe),
             "admin" => Some(Action::Admin),
+            "cluster-admin" => Some(Action::ClusterAdmin),
             _ => None,
         }
     }
 
-    /// `publish`, `subscribe` or `admin`.
+    /// `publish`, `subscribe`, `admin` or `cluster-admin`.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Publish => "publish",
             Action::Subscribe => "subscribe",
             Action::Admin => "admin",
+            Action::ClusterAdmin => "cluster-admin",
         }
     }
 }
@@ -69,9 +78,15 @@ impl Scope {
         };
         let action = Action::parse(a.trim()).ok_or_else(|| AuthError::InvalidScope {
             scope: s.to_string(),
-            reason: "the action must be publish, subscribe or admin".into(),
+            reason: "the action must be publish, subscribe, admin or cluster-admin".into(),
         })?;
         let pattern = p.trim().to_string();
+        if action == Action::ClusterAdmin && pattern != "*" {
+            return Err(AuthError::InvalidScope {
+                scope: s.to_string(),
+                reason: "cluster-admin is cluster-wide and takes no topic pattern".into(),
+            });
+        }
         let stem = pattern.strip_suffix('*').unwrap_or(&pattern);
         if pattern.is_empty()
             || stem.contains('*')
@@ -104,6 +119,9 @@ pub fn pattern_matches(pattern: &str, resource: &str) -> bool {
 
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.action == Action::ClusterAdmin {
+            return f.write_str(self.action.as_str());
+        }
         write!(f, "{}:{}", self.action.as_str(), self.pattern)
     }
 }
@@ -266,21 +284,39 @@ pub fn write_file(path: &Path, file: &TokenFile) -> Result<(), AuthError> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, json).map_err(io)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    // Unique per process and write: two writers never share a temp file.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        f.write_all(&json)?;
+        // On disk before it replaces the old file: a crash leaves the old or the new set.
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path).map_err(io)
+    result.map_err(io)
 }
 
 /// The tokens a proxy checks against, backed by a JSON file it reloads on change.
+///
+/// Writes ([`TokenStore::create`], [`TokenStore::revoke`]) are serialized: one lock is held
+/// across read, change, atomic write (temp file, fsync, rename) and reload, so concurrent
+/// writers through one store never lose each other's change. They do blocking file I/O:
+/// call them off the async workers (`spawn_blocking`).
 #[derive(Debug)]
 pub struct TokenStore {
     path: PathBuf,
     inner: RwLock<Loaded>,
+    writer: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -295,6 +331,7 @@ impl TokenStore {
         let store = TokenStore {
             path: path.into(),
             inner: RwLock::new(Loaded::default()),
+            writer: Mutex::new(()),
         };
         store.reload()?;
         Ok(store)
@@ -373,6 +410,7 @@ impl TokenStore {
         description: &str,
     ) -> Result<(String, TokenRecord), AuthError> {
         let (token, record) = new_token(scopes, description)?;
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut file = read_file(&self.path)?;
         file.tokens.push(record.clone());
         write_file(&self.path, &file)?;
@@ -382,6 +420,7 @@ impl TokenStore {
 
     /// Revokes a token by id, writes the file.
     pub fn revoke(&self, id: &str) -> Result<(), AuthError> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut file = read_file(&self.path)?;
         let before = file.tokens.len();
         file.tokens.retain(|t| t.id != id);
@@ -394,7 +433,12 @@ impl TokenStore {
 }
 
 /// Whether `record` grants `action` on `resource` (`None`: on any resource, e.g. listing).
+/// `admin` on a pattern grants publish, subscribe and admin on it; `cluster-admin` grants
+/// only itself, and nothing else grants it.
 pub fn allows(record: &TokenRecord, action: Action, resource: Option<&str>) -> bool {
+    if action == Action::ClusterAdmin {
+        return is_cluster_admin(record);
+    }
     record.scopes.iter().any(|s| {
         (s.action == action || s.action == Action::Admin)
             && match resource {
@@ -404,12 +448,13 @@ pub fn allows(record: &TokenRecord, action: Action, resource: Option<&str>) -> b
     })
 }
 
-/// Whether `record` may manage tokens: `admin:*`.
-pub fn is_superuser(record: &TokenRecord) -> bool {
+/// Whether `record` may do cluster-wide operations (drain, token management): it has the
+/// `cluster-admin` scope.
+pub fn is_cluster_admin(record: &TokenRecord) -> bool {
     record
         .scopes
         .iter()
-        .any(|s| s.action == Action::Admin && s.pattern == "*")
+        .any(|s| s.action == Action::ClusterAdmin)
 }
 
 #[cfg(test)]
@@ -437,6 +482,60 @@ mod tests {
         assert!(Scope::parse("publish:or*ders").is_err());
         assert!(Scope::parse("publish:orders*").is_err());
         assert!(Scope::parse("publish:").is_err());
+        assert_eq!(
+            Scope::parse("cluster-admin").unwrap().to_string(),
+            "cluster-admin"
+        );
+        assert_eq!(
+            Scope::parse("cluster-admin:*").unwrap().action,
+            Action::ClusterAdmin
+        );
+        assert!(Scope::parse("cluster-admin:orders.*").is_err());
+    }
+
+    #[test]
+    fn cluster_admin_is_apart_from_topic_admin() {
+        let rec = |scopes: &[&str]| TokenRecord {
+            id: "x".into(),
+            hash: String::new(),
+            scopes: scopes.iter().map(|s| Scope::parse(s).unwrap()).collect(),
+            description: String::new(),
+            created_at: 0,
+        };
+        let topic_admin = rec(&["admin:*"]);
+        assert!(!allows(&topic_admin, Action::ClusterAdmin, None));
+        assert!(!is_cluster_admin(&topic_admin));
+        let cluster = rec(&["cluster-admin"]);
+        assert!(allows(&cluster, Action::ClusterAdmin, None));
+        assert!(!allows(&cluster, Action::Publish, Some("orders")));
+        assert!(!allows(&cluster, Action::Admin, Some("orders")));
+        // The file keeps it as written.
+        let json = serde_json::to_string(&cluster.scopes).unwrap();
+        assert_eq!(json, r#"["cluster-admin"]"#);
+    }
+
+    #[test]
+    fn concurrent_creates_all_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.json");
+        let store = Arc::new(TokenStore::open(&path).unwrap());
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    store
+                        .create(vec![Scope::parse("publish:x").unwrap()], &format!("t{i}"))
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(read_file(&path).unwrap().tokens.len(), 16);
+        assert_eq!(store.list().len(), 16);
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "temp files left behind");
     }
 
     #[test]
@@ -459,7 +558,7 @@ mod tests {
         assert!(allows(&r, Action::Publish, Some("orders.eu")));
         assert!(!allows(&r, Action::Publish, Some("billing")));
         assert!(!allows(&r, Action::Subscribe, Some("orders.eu")));
-        assert!(!is_superuser(&r));
+        assert!(!is_cluster_admin(&r));
         let mut wrong = token.clone();
         wrong.pop();
         wrong.push('x');

@@ -2,8 +2,9 @@
 //!
 //! Owns: token auth (scoped, hashed, constant-time; [`auth`]), rate limits (`governor`;
 //! [`limits`]), routing of producer groups by placement with a consistent-hash fallback and
-//! failover to the next node ([`routing`], [`server`]), and request protection (body and
-//! header limits, slow-client timeouts).
+//! failover to the next node ([`routing`], [`server`]). Request protection (body and
+//! header limits, slow-client timeouts, connection limits) is `meshd_listener`'s, shared
+//! with the node.
 //!
 //! Must not touch: the event store, placement decisions (read them, never write them),
 //! or federation. It holds no state that matters: any proxy may be killed at any time.
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshd_listener::ListenerConfig;
 use meshd_scheduler::registry::{MemberEvent, MemberHandle, MemberInfo, Registry, Role};
 
 pub use limits::Rate;
@@ -36,14 +38,9 @@ pub struct ProxyConfig {
     pub tokens: Option<PathBuf>,
     /// Largest request body (413 past it).
     pub max_body_bytes: usize,
-    /// Most request headers (431 past it).
-    pub max_headers: usize,
-    /// Largest request head in bytes, at least 8192 (431 past it).
-    pub max_header_bytes: usize,
-    /// Time a client has to send the request head (the connection is closed past it).
-    pub header_read_timeout: Duration,
-    /// Time a client has to send the body once the head arrived (408 past it).
-    pub body_read_timeout: Duration,
+    /// Header size and count, read timeouts and connection limits of the listener (the
+    /// same mechanism and defaults as a node's).
+    pub listener: ListenerConfig,
     /// Deadline of a request across every upstream attempt (503 past it).
     pub request_deadline: Duration,
     /// Per client IP limit (`None`: unlimited).
@@ -67,10 +64,7 @@ impl ProxyConfig {
             proxy_id: proxy_id.into(),
             tokens: None,
             max_body_bytes: 4 * 1024 * 1024,
-            max_headers: 64,
-            max_header_bytes: 16 * 1024,
-            header_read_timeout: Duration::from_secs(10),
-            body_read_timeout: Duration::from_secs(10),
+            listener: ListenerConfig::default(),
             request_deadline: Duration::from_secs(5),
             ip_rate: None,
             token_rate: None,
@@ -82,19 +76,11 @@ impl ProxyConfig {
 
     /// Checks the settings, reporting every problem at once.
     pub fn validate(&self) -> Result<(), ProxyError> {
-        let mut problems = Vec::new();
-        if self.max_header_bytes < 8192 {
-            problems.push("max header bytes must be at least 8192".to_string());
-        }
-        if self.max_headers == 0 {
-            problems.push("max headers must be above zero".to_string());
-        }
+        let mut problems = self.listener.problems();
         if self.max_body_bytes == 0 {
             problems.push("max body bytes must be above zero".to_string());
         }
         for (name, d) in [
-            ("header read timeout", self.header_read_timeout),
-            ("body read timeout", self.body_read_timeout),
             ("request deadline", self.request_deadline),
             ("probe interval", self.probe_interval),
         ] {

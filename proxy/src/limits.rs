@@ -37,11 +37,27 @@ pub struct Limited {
     pub retry_after: Duration,
 }
 
+/// Why a token's request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// The bucket is empty now; later the request passes.
+    Limited(Limited),
+    /// The request costs more than the whole bucket: it can never pass as one request
+    /// (answer 413, not 429 with a Retry-After that would only repeat).
+    OverBurst {
+        /// What the request costs (its number of events).
+        cost: u32,
+        /// The token's burst.
+        burst: u32,
+    },
+}
+
 /// The limiters of one proxy.
 #[derive(Debug)]
 pub struct Limits {
     ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
     token: Option<DefaultKeyedRateLimiter<String>>,
+    token_burst: u32,
     clock: DefaultClock,
 }
 
@@ -51,6 +67,7 @@ impl Limits {
         Limits {
             ip: ip.and_then(Rate::quota).map(RateLimiter::keyed),
             token: token.and_then(Rate::quota).map(RateLimiter::keyed),
+            token_burst: token.map_or(0, |r| r.burst.max(1)),
             clock: DefaultClock::default(),
         }
     }
@@ -65,20 +82,27 @@ impl Limits {
     }
 
     /// Takes `cost` units for a token.
-    pub fn check_token(&self, id: &str, cost: u32) -> Result<(), Limited> {
+    pub fn check_token(&self, id: &str, cost: u32) -> Result<(), TokenRefusal> {
         let Some(l) = &self.token else { return Ok(()) };
+        let cost = cost.max(1);
+        if cost > self.token_burst {
+            return Err(TokenRefusal::OverBurst {
+                cost,
+                burst: self.token_burst,
+            });
+        }
         let key = id.to_string();
-        let n = NonZeroU32::new(cost.max(1)).unwrap_or(NonZeroU32::MIN);
+        let n = NonZeroU32::new(cost).unwrap_or(NonZeroU32::MIN);
         match l.check_key_n(&key, n) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(not_until)) => Err(Limited {
+            Ok(Err(not_until)) => Err(TokenRefusal::Limited(Limited {
                 kind: "token",
                 retry_after: not_until.wait_time_from(self.clock.now()),
-            }),
-            // More events in one request than the burst: it can never pass as one request.
-            Err(_) => Err(Limited {
-                kind: "token",
-                retry_after: Duration::from_secs(1),
+            })),
+            // Checked above; the limiter says the same.
+            Err(_) => Err(TokenRefusal::OverBurst {
+                cost,
+                burst: self.token_burst,
             }),
         }
     }
@@ -119,5 +143,26 @@ mod tests {
         // Another IP has its own bucket; tokens are unlimited here.
         l.check_ip([127, 0, 0, 2].into()).unwrap();
         l.check_token("t", 1000).unwrap();
+    }
+
+    #[test]
+    fn a_request_larger_than_the_burst_is_refused_as_such() {
+        let l = Limits::new(
+            None,
+            Some(Rate {
+                per_second: 10,
+                burst: 5,
+            }),
+        );
+        assert_eq!(
+            l.check_token("t", 6),
+            Err(TokenRefusal::OverBurst { cost: 6, burst: 5 })
+        );
+        // Nothing was taken: the full burst still passes, then the bucket is empty.
+        l.check_token("t", 5).unwrap();
+        assert!(matches!(
+            l.check_token("t", 1),
+            Err(TokenRefusal::Limited(_))
+        ));
     }
 }

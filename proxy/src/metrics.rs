@@ -23,6 +23,9 @@ pub struct Metrics {
     pub producer_groups: IntGauge,
     /// Known nodes not marked down.
     pub live_nodes: IntGauge,
+    /// Open and refused client connections (`meshd_proxy_open_connections`,
+    /// `meshd_proxy_connections_refused_total`).
+    pub connections: meshd_listener::ConnMetrics,
 }
 
 impl Metrics {
@@ -73,6 +76,7 @@ impl Metrics {
         registry.register(Box::new(upstream_latency.clone()))?;
         registry.register(Box::new(producer_groups.clone()))?;
         registry.register(Box::new(live_nodes.clone()))?;
+        let connections = meshd_listener::ConnMetrics::register(&registry, "meshd_proxy")?;
         Ok(Metrics {
             registry,
             requests,
@@ -82,6 +86,7 @@ impl Metrics {
             upstream_latency,
             producer_groups,
             live_nodes,
+            connections,
         })
     }
 

@@ -19,15 +19,13 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt as _;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::json;
 
 use meshd_core::api::ErrorBody;
 
 use crate::auth::{self, Action, Authn, Scope, TokenRecord, TokenStore};
-use crate::limits::{Limited, Limits};
+use crate::limits::{Limited, Limits, TokenRefusal};
 use crate::metrics::Metrics;
 use crate::routing::{Routing, Upstream};
 use crate::{ProxyConfig, ProxyError};
@@ -236,6 +234,14 @@ struct SourceOnly {
 struct SubSpecHead {
     name: Option<String>,
     topic: Option<String>,
+    #[serde(default)]
+    delivery: Option<DeliveryHead>,
+}
+
+#[derive(Deserialize)]
+struct DeliveryHead {
+    #[serde(default)]
+    dead_letter_topic: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -258,6 +264,14 @@ fn producer_group(headers: &HeaderMap, body: &Bytes, topic: &str) -> Result<(Str
         .unwrap_or("")
         .to_ascii_lowercase();
     let malformed = |e: serde_json::Error| {
+        // `source` twice: the same answer the node gives for any key twice.
+        if e.to_string().starts_with("duplicate field") {
+            return Reject::new(
+                StatusCode::BAD_REQUEST,
+                "duplicate_key",
+                format!("the event has a key more than once ({e}); which one counts would be ambiguous, so it is refused"),
+            );
+        }
         Reject::new(
             StatusCode::BAD_REQUEST,
             "malformed_body",
@@ -395,7 +409,10 @@ impl Proxy {
         let client = reqwest::Client::builder()
             .default_headers(node_headers)
             .connect_timeout(Duration::from_secs(2))
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below a node's header read timeout (10 s by default), which also closes a
+            // keep-alive connection idle that long: the proxy drops an idle connection
+            // before the node does, never sends on one the node is closing.
+            .pool_idle_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .http1_only()
@@ -460,60 +477,23 @@ impl Proxy {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ProxyError> {
         let background = tokio::spawn(self.clone().background());
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut conns = tokio::task::JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            while conns.try_join_next().is_some() {}
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let proxy = self.clone();
-            let cfg = &self.inner.config;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(cfg.header_read_timeout)
-                .max_headers(cfg.max_headers)
-                .max_buf_size(cfg.max_header_bytes)
-                .keep_alive(true);
-            let mut stop = stop_rx.clone();
-            conns.spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
+        let cfg = &self.inner.config;
+        let proxy = self.clone();
+        meshd_listener::serve(
+            listener,
+            &cfg.listener,
+            self.inner.metrics.connections.clone(),
+            move |peer| {
+                let proxy = proxy.clone();
+                hyper::service::service_fn(move |req| {
                     let proxy = proxy.clone();
                     async move { Ok::<_, std::convert::Infallible>(proxy.handle(peer, req).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                tokio::pin!(conn);
-                let result = tokio::select! {
-                    r = conn.as_mut() => r,
-                    _ = stop.changed() => {
-                        // Finish the request in flight, then close.
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, %peer, "connection ended with an error");
-                }
-            });
-        }
-        drop(listener);
-        let _ = stop_tx.send(true);
-        let drain = async { while conns.join_next().await.is_some() {} };
-        let grace = self.inner.config.request_deadline + Duration::from_secs(1);
-        if tokio::time::timeout(grace, drain).await.is_err() {
-            tracing::warn!("connections still open after the grace period; closing them");
-        }
+                })
+            },
+            shutdown,
+            cfg.request_deadline + Duration::from_secs(1),
+        )
+        .await;
         background.abort();
         Ok(())
     }
@@ -541,8 +521,18 @@ impl Proxy {
                     self.inner.routing.mark_up(&node.id);
                 }
             }
-            if let Some(t) = &self.inner.tokens {
-                if let Err(e) = t.reload_if_changed() {
+            if self.inner.tokens.is_some() {
+                // File I/O: on the blocking pool, not on an async worker.
+                let proxy = self.clone();
+                let reloaded = tokio::task::spawn_blocking(move || {
+                    proxy
+                        .inner
+                        .tokens
+                        .as_ref()
+                        .map_or(Ok(false), TokenStore::reload_if_changed)
+                })
+                .await;
+                if let Ok(Err(e)) = reloaded {
                     tracing::warn!(error = %e, "token file not reloaded; keeping the previous tokens");
                 }
             }
@@ -610,11 +600,11 @@ impl Proxy {
             Op::Metrics => return Ok(text(StatusCode::OK, &inner.metrics.render())),
             _ => {}
         }
-        if req.headers().len() > cfg.max_headers {
+        if req.headers().len() > cfg.listener.max_headers {
             return Err(Reject::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers_too_large",
-                format!("at most {} headers are taken", cfg.max_headers),
+                format!("at most {} headers are taken", cfg.listener.max_headers),
             ));
         }
         if let Err(l) = inner.limits.check_ip(peer.ip()) {
@@ -629,11 +619,7 @@ impl Proxy {
             Op::TopicRead(t) => self.require_any(&token, t)?,
             Op::TopicList | Op::SubList => self.require(&token, Action::Admin, None)?,
             Op::TokensList | Op::TokensCreate | Op::TokensRevoke(_) => {
-                if let Some(t) = &token {
-                    if !auth::is_superuser(t) {
-                        return Err(self.forbidden("token management needs the admin:* scope"));
-                    }
-                }
+                self.require(&token, Action::ClusterAdmin, None)?;
             }
             Op::SubOne(name) | Op::SubPull(name) => {
                 if token.is_some() {
@@ -643,7 +629,7 @@ impl Proxy {
                 }
             }
             Op::Drain(on) => {
-                self.require(&token, Action::Admin, None)?;
+                self.require(&token, Action::ClusterAdmin, None)?;
                 let on = *on;
                 let changed = self.set_draining(on);
                 tracing::info!(proxy = %cfg.proxy_id, draining = on, changed, "drain asked");
@@ -670,8 +656,8 @@ impl Proxy {
         let body = self.read_body(&parts.headers, body).await?;
         match op {
             Op::TokensList => return Ok(self.tokens_list()),
-            Op::TokensCreate => return self.tokens_create(&body),
-            Op::TokensRevoke(id) => return self.tokens_revoke(&id),
+            Op::TokensCreate => return self.tokens_create(&body).await,
+            Op::TokensRevoke(id) => return self.tokens_revoke(id).await,
             _ => {}
         }
         let mut deadline_len = cfg.request_deadline;
@@ -710,6 +696,9 @@ impl Proxy {
                     ));
                 };
                 self.require(&token, Action::Subscribe, Some(&topic))?;
+                if let Some(dlt) = head.delivery.and_then(|d| d.dead_letter_topic) {
+                    self.require_dead_letter_topic(&token, &dlt).await?;
+                }
                 (inner.routing.for_subscription(&name), None, 1)
             }
             Op::SubOne(name) | Op::SubPull(name) => {
@@ -721,9 +710,7 @@ impl Proxy {
             }
             Op::TopicWrite(_) => {
                 if let Some(t) = &token {
-                    if let Err(l) = inner.limits.check_token(&t.id, 1) {
-                        return Err(self.limited(l));
-                    }
+                    self.check_token_rate(t, 1)?;
                 }
                 return self
                     .fan_out(
@@ -740,9 +727,7 @@ impl Proxy {
             _ => (inner.routing.for_key("admin"), None, 1),
         };
         if let Some(t) = &token {
-            if let Err(l) = inner.limits.check_token(&t.id, cost) {
-                return Err(self.limited(l));
-            }
+            self.check_token_rate(t, cost)?;
         }
         if candidates.is_empty() {
             return Err(unavailable("no runtime node is known"));
@@ -801,6 +786,29 @@ impl Proxy {
             format!("the {} rate limit is exhausted", l.kind),
         )
         .retry_after(l.retry_after)
+    }
+
+    /// Takes `cost` units (events) of the token's rate.
+    fn check_token_rate(&self, token: &TokenRecord, cost: u32) -> Result<(), Reject> {
+        match self.inner.limits.check_token(&token.id, cost) {
+            Ok(()) => Ok(()),
+            Err(TokenRefusal::Limited(l)) => Err(self.limited(l)),
+            Err(TokenRefusal::OverBurst { cost, burst }) => {
+                self.inner
+                    .metrics
+                    .rate_limited
+                    .with_label_values(&["over_burst"])
+                    .inc();
+                Err(Reject::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "batch_exceeds_burst",
+                    format!(
+                        "the batch has {cost} events, more than the token's burst of {burst}: \
+                         it can never pass in one request; send at most {burst} events per request"
+                    ),
+                ))
+            }
+        }
     }
 
     fn forbidden(&self, message: &str) -> Reject {
@@ -870,8 +878,69 @@ impl Proxy {
     fn require_any(&self, token: &Option<Arc<TokenRecord>>, topic: &str) -> Result<(), Reject> {
         match token {
             None => Ok(()),
-            Some(t) if t.scopes.iter().any(|s| s.matches(topic)) => Ok(()),
+            Some(t)
+                if t.scopes
+                    .iter()
+                    .any(|s| s.action != Action::ClusterAdmin && s.matches(topic)) =>
+            {
+                Ok(())
+            }
             Some(_) => Err(self.forbidden(&format!("the token has no scope on {topic}"))),
+        }
+    }
+
+    /// A subscription's dead-letter topic receives events the subscription's sink refused:
+    /// whoever names it writes to it, so it needs `publish` on it; and the node creates it
+    /// when missing, so a missing one needs `admin` on it too.
+    async fn require_dead_letter_topic(
+        &self,
+        token: &Option<Arc<TokenRecord>>,
+        dlt: &str,
+    ) -> Result<(), Reject> {
+        let Some(t) = token else { return Ok(()) };
+        meshd_core::api::check_name("delivery.dead_letter_topic", dlt)
+            .map_err(|e| Reject::new(StatusCode::BAD_REQUEST, "invalid_field", e.message))?;
+        if !auth::allows(t, Action::Publish, Some(dlt)) {
+            return Err(self.forbidden(&format!(
+                "the token has no publish scope on {dlt}, the dead-letter topic \
+                 (delivery.dead_letter_topic)"
+            )));
+        }
+        if auth::allows(t, Action::Admin, Some(dlt)) {
+            return Ok(());
+        }
+        if !self.topic_exists(dlt).await? {
+            return Err(self.forbidden(&format!(
+                "the dead-letter topic {dlt} does not exist and creating it needs the admin \
+                 scope on it; create it first (PUT /v1/topics/{dlt}) or name an existing topic"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether a topic exists (asked of a node).
+    async fn topic_exists(&self, topic: &str) -> Result<bool, Reject> {
+        let candidates = self.inner.routing.for_key(&format!("topic:{topic}"));
+        let deadline = Instant::now() + self.inner.config.request_deadline;
+        let answer = self
+            .forward(
+                &Method::GET,
+                &format!("/v1/topics/{topic}"),
+                &HeaderMap::new(),
+                Bytes::new(),
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                &candidates,
+                true,
+                deadline,
+            )
+            .await
+            .map_err(|_| unavailable("no node answered whether the topic exists"))?;
+        match answer.status {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            s => Err(unavailable(format!(
+                "a node answered {s} on whether topic {topic} exists"
+            ))),
         }
     }
 
@@ -922,43 +991,27 @@ impl Proxy {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let max = self.inner.config.max_body_bytes;
-        let too_large = || {
-            Reject::new(
+        let cfg = &self.inner.config;
+        meshd_listener::read_body(
+            headers,
+            body,
+            cfg.max_body_bytes,
+            cfg.listener.body_read_timeout,
+        )
+        .await
+        .map_err(|e| match e {
+            meshd_listener::BodyError::TooLarge { .. } => Reject::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                format!("the body is larger than {max} bytes"),
-            )
-        };
-        if let Some(len) = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            if len > u64::try_from(max).unwrap_or(u64::MAX) {
-                return Err(too_large());
-            }
-        }
-        let limited = http_body_util::Limited::new(body, max);
-        match tokio::time::timeout(self.inner.config.body_read_timeout, limited.collect()).await {
-            Err(_) => Err(Reject::new(
+                e.to_string(),
+            ),
+            meshd_listener::BodyError::Timeout { .. } => Reject::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",
-                "the request body did not arrive in time",
-            )),
-            Ok(Ok(c)) => Ok(c.to_bytes()),
-            Ok(Err(e))
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                Err(too_large())
-            }
-            Ok(Err(e)) => Err(Reject::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_body",
-                format!("the body could not be read: {e}"),
-            )),
-        }
+                e.to_string(),
+            ),
+            _ => Reject::new(StatusCode::BAD_REQUEST, "malformed_body", e.to_string()),
+        })
     }
 
     fn upstream_request(
@@ -1149,8 +1202,25 @@ impl Proxy {
         json_response(StatusCode::OK, &body)
     }
 
-    fn tokens_create(&self, body: &Bytes) -> Result<Response<Body>, Reject> {
-        let store = self.tokens_store()?;
+    /// Runs a token-file write off the async workers (it does blocking file I/O, and the
+    /// store serializes writers with a lock held across the whole read-modify-write).
+    async fn token_write<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&TokenStore) -> Result<T, auth::AuthError> + Send + 'static,
+    ) -> Result<Result<T, auth::AuthError>, Reject> {
+        self.tokens_store()?;
+        let proxy = self.clone();
+        tokio::task::spawn_blocking(move || match &proxy.inner.tokens {
+            Some(store) => Ok(write(store)),
+            None => Err(()),
+        })
+        .await
+        .map_err(|e| unavailable(format!("the token write failed: {e}")))?
+        .map_err(|()| unavailable("this proxy runs without a token file"))
+    }
+
+    async fn tokens_create(&self, body: &Bytes) -> Result<Response<Body>, Reject> {
+        self.tokens_store()?;
         let req: CreateToken = serde_json::from_slice(body).map_err(|e| {
             Reject::new(
                 StatusCode::BAD_REQUEST,
@@ -1164,8 +1234,10 @@ impl Proxy {
             .map(|s| Scope::parse(s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Reject::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()))?;
-        let (token, rec) = store
-            .create(scopes, &req.description)
+        let description = req.description;
+        let (token, rec) = self
+            .token_write(move |store| store.create(scopes, &description))
+            .await?
             .map_err(|e| match e {
                 auth::AuthError::NoScopes => {
                     Reject::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string())
@@ -1178,9 +1250,12 @@ impl Proxy {
         ))
     }
 
-    fn tokens_revoke(&self, id: &str) -> Result<Response<Body>, Reject> {
-        let store = self.tokens_store()?;
-        match store.revoke(id) {
+    async fn tokens_revoke(&self, id: String) -> Result<Response<Body>, Reject> {
+        let revoked = id.clone();
+        match self
+            .token_write(move |store| store.revoke(&revoked))
+            .await?
+        {
             Ok(()) => {
                 let mut r = Response::new(Body::empty());
                 *r.status_mut() = StatusCode::NO_CONTENT;
@@ -1234,6 +1309,7 @@ fn answer_response(a: Answer) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt as _;
 
     #[test]
     fn classification() {
@@ -1336,6 +1412,11 @@ mod tests {
         let batch = Bytes::from_static(br#"[{"source":"/a"},{"source":"/b"},{}]"#);
         assert_eq!(producer_group(&h, &batch, "t").ok(), Some(("/a".into(), 3)));
         assert!(producer_group(&h, &Bytes::from_static(b"{nope"), "t").is_err());
+        let dup = Bytes::from_static(br#"[{"source":"/a","source":"/b"}]"#);
+        assert_eq!(
+            producer_group(&h, &dup, "t").err().map(|r| r.code),
+            Some("duplicate_key")
+        );
     }
 
     #[test]
