@@ -943,6 +943,9 @@ async fn session(
                     break Err(e);
                 }
                 s.measure(shared, peer, stats, &conn).await;
+                if let Some(unlogged) = stats.duplicates_unlogged(Instant::now()) {
+                    tracing::info!(cluster = %shared.me(), peer, unlogged, "more received events dropped as duplicates (not logged one by one)");
+                }
             }
             a = stored.recv() => {
                 let seq = match a {
@@ -1633,7 +1636,19 @@ async fn prepare_round(
                 let _ = tokio::time::timeout(Duration::from_millis(100), resolved).await;
             };
             if !fresh {
-                stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                // Expected after a reconnect or a reroute (events sent again), a sign of
+                // reused ids otherwise: say which, at most once a second per link.
+                if let Some(unlogged) = stats.duplicate_dropped(Instant::now()) {
+                    tracing::info!(
+                        cluster = %me,
+                        peer = %stats.peer,
+                        topic = %b.topic,
+                        source = raw.source(),
+                        id = raw.id(),
+                        unlogged,
+                        "received event dropped as a duplicate: its (source, id) is stored here already"
+                    );
+                }
                 continue;
             }
             let payload = match &received_path(&raw, me) {
