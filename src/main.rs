@@ -16,6 +16,7 @@ mod cluster_cmd;
 mod dev;
 mod drill;
 mod filter_cmd;
+mod logging;
 mod node_cluster;
 mod proxy_cmd;
 mod scheduler_cmd;
@@ -30,6 +31,8 @@ mod topology_cmd;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: logging::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -222,14 +225,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     // reqwest is built without a default crypto provider: install ring once, first.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MESHD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    logging::init(&cli.log);
     if let Command::Filter(args) = cli.command {
         let matched = filter_cmd::run(args)?;
         std::process::exit(if matched { 0 } else { 1 });
