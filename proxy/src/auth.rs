@@ -196,6 +196,19 @@ pub enum Authn {
     Valid(Arc<TokenRecord>),
 }
 
+/// The token in an `Authorization` header value (`Bearer TOKEN`, or the bare token).
+pub fn bearer(header: &str) -> &str {
+    header.strip_prefix("Bearer ").unwrap_or(header).trim()
+}
+
+/// The id part of a token in the `mshd_<id>_<secret>` format (whether the token is valid
+/// or not): what logs may name, never the secret. `None` when it is not in that format.
+pub fn claimed_id(token: &str) -> Option<&str> {
+    let (id, secret) = token.strip_prefix("mshd_")?.split_once('_')?;
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (id.len() == 16 && hex(id) && hex(secret)).then_some(id)
+}
+
 /// Hex SHA-256 of a token string.
 pub fn hash_token(token: &str) -> String {
     hex(&Sha256::digest(token.as_bytes()))
@@ -267,13 +280,31 @@ pub fn write_file(path: &Path, file: &TokenFile) -> Result<(), AuthError> {
         reason: e.to_string(),
     })?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, json).map_err(io)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io)
+    let write = || {
+        use std::io::Write as _;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        // 0600 from the start: the hashes are never readable by others, not even briefly.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        #[cfg(unix)]
+        {
+            // A stale temporary file keeps its old mode: force 0600 before writing.
+            use std::os::unix::fs::PermissionsExt as _;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        f.write_all(&json)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })
 }
 
 /// The tokens a proxy checks against, backed by a JSON file it reloads on change.
@@ -340,11 +371,7 @@ impl TokenStore {
         let Some(token) = token else {
             return Authn::Missing;
         };
-        let Some(id) = token
-            .strip_prefix("mshd_")
-            .and_then(|rest| rest.split_once('_'))
-            .map(|(id, _)| id)
-        else {
+        let Some(id) = claimed_id(token) else {
             return Authn::Invalid;
         };
         let record = match self.inner.read() {
@@ -415,6 +442,26 @@ pub fn is_superuser(record: &TokenRecord) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tokens_claimed_id_never_includes_the_secret() {
+        let (token, record) = new_token(vec![Scope::parse("publish").unwrap()], "").unwrap();
+        assert_eq!(claimed_id(&token), Some(record.id.as_str()));
+        assert_eq!(
+            claimed_id(bearer(&format!("Bearer {token}"))),
+            Some(record.id.as_str())
+        );
+        for bad in [
+            "",
+            "mshd_",
+            "mshd_abc_def",
+            "bearer",
+            "mshd_0123456789abcdef_",
+            "x_0123456789abcdef_00",
+        ] {
+            assert_eq!(claimed_id(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn patterns() {
