@@ -420,3 +420,56 @@ no_auth = true
     }
     assert_eq!(checked, 6, "3 schedulers, 2 nodes, 1 proxy");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_keeps_its_keys_private_and_stops_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join(".meshd-dev");
+    let log = dir.path().join("dev.log");
+    let mut dev = Meshd::spawn_logged_filter(
+        &["dev", "--port", "0", "--data-dir", data.to_str().unwrap()],
+        dir.path(),
+        &log,
+        Some("info"),
+    );
+    let c = common::client();
+    eventually("dev's links connect", Duration::from_secs(20), || async {
+        let m: Value = c
+            .get(dev.at("/v1/mesh"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let links = m["links"].as_array()?;
+        (links.len() == 1 && links[0]["state"] == "connected").then_some(())
+    })
+    .await;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let mesh = data.join("mesh");
+        for d in [
+            data.clone(),
+            mesh.clone(),
+            mesh.join("ca"),
+            mesh.join("certs"),
+        ] {
+            assert_eq!(mode(&d), 0o700, "{}", d.display());
+        }
+        for k in [
+            mesh.join("ca/ca.key"),
+            mesh.join("certs/dev.key"),
+            mesh.join("certs/dev-2.key"),
+            mesh.join("certs/dev-3.key"),
+        ] {
+            assert_eq!(mode(&k), 0o600, "{}", k.display());
+        }
+    }
+    assert!(dev.terminate(), "meshd dev exits cleanly on SIGTERM");
+    let text = read(&log);
+    assert!(text.contains("shutdown signal received"), "{text}");
+    assert_quiet_plain("meshd dev", &text);
+}
