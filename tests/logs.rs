@@ -473,3 +473,51 @@ async fn dev_keeps_its_keys_private_and_stops_quietly() {
     assert!(text.contains("shutdown signal received"), "{text}");
     assert_quiet_plain("meshd dev", &text);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_logs_a_503_at_warn_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("proxy.log");
+    // A node address where nothing listens.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let p = Meshd::spawn_logged_filter(
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--nodes",
+            &format!("http://{gone}"),
+            "--no-auth",
+        ],
+        dir.path(),
+        &log,
+        Some("info"),
+    );
+    let c = common::client();
+    let r = c
+        .post(p.at("/v1/topics/orders/events"))
+        .header("content-type", "application/cloudevents+json")
+        .body(common::event("e1", "t", None, json!({})).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let text = wait_log(&log, "request refused").await;
+    let line = text
+        .lines()
+        .find(|l| l.contains("request refused"))
+        .expect("line");
+    assert!(line.contains(" WARN "), "5xx at warn: {line}");
+    for part in [
+        "status=503",
+        "code=\"upstream_unavailable\"",
+        "reason=",
+        "method=POST",
+        "peer=127.0.0.1:",
+    ] {
+        assert!(line.contains(part), "{part} missing: {line}");
+    }
+}
