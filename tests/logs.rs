@@ -349,6 +349,16 @@ async fn the_proxy_logs_refused_requests_without_secrets_and_stops_quietly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_starts_and_stops_without_warnings() {
+    region_starts_and_stops_quietly("text").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_logs_json_in_every_child_with_log_format_json() {
+    region_starts_and_stops_quietly("json").await;
+}
+
+/// `meshd cluster up` with three schedulers, two nodes and a proxy, logs in `format`.
+async fn region_starts_and_stops_quietly(format: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("region");
     let cfg = dir.path().join("cluster.toml");
@@ -376,7 +386,14 @@ no_auth = true
     .unwrap();
     let up_log = dir.path().join("up.log");
     let mut up = Meshd::spawn_logged_filter(
-        &["cluster", "up", "--config", cfg.to_str().unwrap()],
+        &[
+            "cluster",
+            "up",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--log-format",
+            format,
+        ],
         dir.path(),
         &up_log,
         Some("info"),
@@ -414,8 +431,17 @@ no_auth = true
             continue;
         }
         let log = read(&path);
-        assert!(log.contains(" INFO "), "{name}: {log}");
         assert_quiet_plain(&name, &log);
+        if format == "json" {
+            for line in log.lines() {
+                let v: Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {line}"));
+                assert!(v["level"].is_string(), "{name}: {line}");
+            }
+            assert!(log.contains("\"level\":\"INFO\""), "{name}: {log}");
+        } else {
+            assert!(log.contains(" INFO "), "{name}: {log}");
+        }
         checked += 1;
     }
     assert_eq!(checked, 6, "3 schedulers, 2 nodes, 1 proxy");
