@@ -546,4 +546,17 @@ async fn the_proxy_logs_a_503_at_warn_with_its_reason() {
     ] {
         assert!(line.contains(part), "{part} missing: {line}");
     }
+
+    // A draining proxy's readiness 503 answers a probe: it is not a failure.
+    assert_eq!(
+        common::status_of(c.post(p.at("/v1/admin/drain"))).await,
+        200
+    );
+    assert_eq!(common::status_of(c.get(p.at("/readyz"))).await, 503);
+    assert_eq!(common::status_of(c.get(p.at("/healthz"))).await, 200);
+    let text = wait_log(&log, "drain asked").await;
+    assert!(
+        !loud_lines(&text).iter().any(|l| l.contains("/readyz")),
+        "{text}"
+    );
 }

@@ -542,7 +542,9 @@ impl Proxy {
                     .get(NODE_HEADER)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("-");
-                if status.is_server_error() {
+                // A node's 5xx answer is a failure; the proxy's own `/readyz` 503 (while
+                // draining or without a live node) is an answer to a probe.
+                if status.is_server_error() && node != "-" {
                     tracing::warn!(status = status.as_u16(), %method, path, %peer, token, node, "request failed: the node answered with a server error");
                 } else {
                     tracing::debug!(status = status.as_u16(), %method, path, %peer, token, node, elapsed = ?started.elapsed(), "request");
