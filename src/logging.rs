@@ -122,3 +122,40 @@ impl tracing::field::Visit for Message {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::prelude::*;
+
+    use super::*;
+
+    /// Counts the events that reach it.
+    struct Count(Arc<Mutex<usize>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+        fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            *self.0.lock().unwrap() += 1;
+        }
+    }
+
+    #[test]
+    fn only_the_known_benign_library_warning_is_dropped() {
+        let seen = Arc::new(Mutex::new(0));
+        let subscriber = tracing_subscriber::registry()
+            .with(Count(seen.clone()))
+            .with(BenignLibraryWarnings);
+        tracing::subscriber::with_default(subscriber, || {
+            let (vote, mine) = ("T2-N1:uncommitted", "None");
+            // Dropped: openraft's stale self vote response.
+            tracing::warn!(target: "openraft::core::raft_core", "A message will be ignored because vote changed: msg sent by vote: {}; current my vote: {}; when ({})", vote, mine, "VoteResponse");
+            // Kept: the same words for another message kind, another target, another level.
+            tracing::warn!(target: "openraft::core::raft_core", "A message will be ignored because vote changed: msg sent by vote: {}; current my vote: {}; when ({})", vote, mine, "HigherVote");
+            tracing::warn!(target: "meshd", "A message will be ignored because vote changed: when (VoteResponse)");
+            tracing::error!(target: "openraft::core::raft_core", "A message will be ignored because vote changed: when (VoteResponse)");
+            tracing::warn!(target: "openraft::core::raft_core", "while requesting vote");
+        });
+        assert_eq!(*seen.lock().unwrap(), 4);
+    }
+}
