@@ -251,6 +251,8 @@ struct Proc {
     role: &'static str,
     id: String,
     child: Child,
+    /// The URL it printed (roles with an HTTP API).
+    url: Option<String>,
 }
 
 /// The running children; stopped in reverse start order.
@@ -259,22 +261,74 @@ struct Procs(Vec<Proc>);
 
 impl Procs {
     async fn stop_all(&mut self) {
-        while let Some(mut p) = self.0.pop() {
-            if let Some(pid) = p.child.id() {
-                let _ = Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status()
-                    .await;
+        while let Some(p) = self.0.pop() {
+            if p.role != "scheduler" {
+                stop(p).await;
+                continue;
             }
-            match tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await {
-                Ok(_) => {}
-                Err(_) => {
-                    tracing::warn!(role = p.role, id = %p.id, "did not stop within 10s; killing");
-                    let _ = p.child.kill().await;
+            // The scheduler group stops as a whole: its leader first, then the followers
+            // at once, well within an election timeout. Followers stopped one by one
+            // under a running leader would be unreachable to it (openraft logs that as
+            // errors), and a leader stopped long before its followers would make them
+            // hold elections among members that are going away.
+            let mut group = vec![p];
+            while self.0.last().is_some_and(|p| p.role == "scheduler") {
+                group.extend(self.0.pop());
+            }
+            if let Some(leader) = scheduler_leader(&group).await {
+                if let Some(i) = group.iter().position(|p| p.id == leader.to_string()) {
+                    stop(group.remove(i)).await;
                 }
+            }
+            for p in &group {
+                term(p).await;
+            }
+            for p in group {
+                stop(p).await;
             }
         }
     }
+}
+
+/// Sends SIGTERM.
+async fn term(p: &Proc) {
+    if let Some(pid) = p.child.id() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+}
+
+/// SIGTERM, and waits for the exit (killed after 10 s).
+async fn stop(mut p: Proc) {
+    term(&p).await;
+    match tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await {
+        Ok(_) => {}
+        Err(_) => {
+            tracing::warn!(role = p.role, id = %p.id, "did not stop within 10s; killing");
+            let _ = p.child.kill().await;
+        }
+    }
+}
+
+/// The leader of the scheduler group, as the first member that answers knows it.
+async fn scheduler_leader(group: &[Proc]) -> Option<u64> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .ok()?;
+    for url in group.iter().filter_map(|p| p.url.as_deref()) {
+        let Ok(r) = client.get(format!("{url}/v1/scheduler")).send().await else {
+            continue;
+        };
+        if let Ok(s) = r.json::<meshd_scheduler::service::SchedulerStatus>().await {
+            if s.leader.is_some() {
+                return s.leader;
+            }
+        }
+    }
+    None
 }
 
 fn log_file(dir: &Path, role: &str, id: &str) -> anyhow::Result<std::fs::File> {
@@ -301,6 +355,8 @@ async fn spawn(
     let log = log_file(dir, role, id)?;
     let mut cmd = Command::new(program);
     cmd.args(args)
+        // meshd children log as this process does (etcd ignores it).
+        .env("MESHD_LOG_FORMAT", crate::logging::format().as_str())
         .stdin(Stdio::null())
         .stderr(Stdio::from(log))
         .kill_on_drop(true);
@@ -313,6 +369,7 @@ async fn spawn(
         .spawn()
         .with_context(|| format!("starting {role} {id} ({})", program.display()))?;
     let pid = child.id().unwrap_or(0);
+    let mut url = None;
     if wait_url {
         let Some(out) = child.stdout.take() else {
             bail!("{role} {id}: no stdout");
@@ -330,6 +387,7 @@ async fn spawn(
         match found {
             Ok(Some(line)) => {
                 println!("{line}");
+                url = line.rsplit(' ').next().map(str::to_string);
                 // Keep draining stdout so the child never blocks on a full pipe.
                 tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
             }
@@ -347,6 +405,7 @@ async fn spawn(
         role,
         id: id.to_string(),
         child,
+        url,
     });
     Ok(())
 }

@@ -63,6 +63,8 @@ fn prepare_mesh(data_dir: &Path, names: &[String], base: u16) -> anyhow::Result<
     let dir = data_dir.join("mesh");
     let ca = dir.join("ca");
     let certs = dir.join("certs");
+    // Private keys live below: every directory on the way is 0700 from the start.
+    meshd_certs::create_private_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     if !ca.join(meshd_certs::issue::CA_CERT_FILE).exists() {
         meshd_certs::init_ca_dir(
             &ca,
@@ -72,7 +74,8 @@ fn prepare_mesh(data_dir: &Path, names: &[String], base: u16) -> anyhow::Result<
         )
         .context("creating the dev mesh CA")?;
     }
-    std::fs::create_dir_all(&certs)?;
+    meshd_certs::create_private_dir(&certs)
+        .with_context(|| format!("creating {}", certs.display()))?;
     std::fs::copy(
         ca.join(meshd_certs::issue::CA_CERT_FILE),
         certs.join(meshd_certs::issue::CA_CERT_FILE),

@@ -18,6 +18,7 @@ mod drill;
 mod filter_cmd;
 mod listen;
 mod listener_args;
+mod logging;
 mod node_cluster;
 mod proxy_cmd;
 mod scheduler_cmd;
@@ -35,6 +36,8 @@ struct Cli {
     command: Command,
     #[command(flatten)]
     global: client::GlobalArgs,
+    #[command(flatten)]
+    log: logging::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -42,7 +45,7 @@ enum Command {
     /// Run a complete local cluster in one process on loopback, on embedded defaults.
     Dev(dev::DevArgs),
     /// Run one runtime node (HTTP API + embedded store + delivery).
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Run one member of the scheduler's Raft group (placement of groups on nodes).
     Scheduler(scheduler_cmd::SchedulerArgs),
     /// Run a region (etcd, schedulers, nodes, proxies) as child processes of this one.
@@ -308,15 +311,9 @@ pub fn positive_duration_arg(s: &str) -> Result<Duration, meshd_core::duration::
 fn main() -> std::process::ExitCode {
     // reqwest is built without a default crypto provider: install ring once, first.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MESHD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     // A usage error prints clap's message and exits 2 (0 for --help and --version).
     let cli = Cli::try_parse().unwrap_or_else(|e| e.exit());
+    logging::init(&cli.log);
     match run(cli) {
         Ok(code) => code,
         // One line, with the causes, never a backtrace (also with RUST_BACKTRACE set):
@@ -373,7 +370,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     runtime.block_on(async move {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
-            Command::Node(args) => run_node(args).await,
+            Command::Node(args) => run_node(*args).await,
             Command::Scheduler(args) => scheduler_cmd::run(args).await,
             Command::Proxy(args) => proxy_cmd::run(args).await,
             Command::Cluster(args) => cluster_cmd::run(args).await,

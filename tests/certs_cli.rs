@@ -60,6 +60,8 @@ fn init_issue_show_and_refuse_to_overwrite() {
         .contains("PRIVATE KEY"));
     #[cfg(unix)]
     assert_eq!(mode(&dir.join("ca.key")), 0o600);
+    #[cfg(unix)]
+    assert_eq!(mode(&dir), 0o700, "the directory of the CA key");
     let ca = meshd_certs::cert_info(
         &meshd_certs::reload::leaf_of(&String::from_utf8_lossy(&ca_pem)).unwrap(),
     )
@@ -95,6 +97,8 @@ fn init_issue_show_and_refuse_to_overwrite() {
     assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 2, "leaf + CA");
     #[cfg(unix)]
     assert_eq!(mode(&out_dir.join("eu-west.key")), 0o600);
+    #[cfg(unix)]
+    assert_eq!(mode(&out_dir), 0o700, "the directory of the cluster key");
     let leaf = meshd_certs::cert_info(&meshd_certs::reload::leaf_of(&pem).unwrap()).unwrap();
     assert_eq!(leaf.cluster, Ok("eu-west".to_string()));
     let days = leaf
@@ -134,6 +138,8 @@ fn init_issue_show_and_refuse_to_overwrite() {
     assert_ne!(std::fs::read(dir.join("ca.pem")).unwrap(), ca_pem);
     #[cfg(unix)]
     assert_eq!(mode(&dir.join("ca.key")), 0o600);
+    #[cfg(unix)]
+    assert_eq!(mode(&dir), 0o700, "the directory of the CA key");
     // The old cluster certificate no longer loads against the new CA.
     let err = meshd_certs::ReloadingCerts::open(meshd_certs::CertPaths {
         ca: dir.join("ca.pem"),

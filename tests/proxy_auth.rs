@@ -68,6 +68,12 @@ async fn auth_matrix_and_token_management() {
     let admin = create_token(&file, "admin:*");
     let publisher = create_token(&file, "publish:orders.*");
     let subscriber = create_token(&file, "subscribe:orders.*");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the token file is private");
+    }
     let operator = create_token(&file, "cluster-admin");
     // The file holds hashes only.
     let stored = std::fs::read_to_string(&file).unwrap();

@@ -244,13 +244,46 @@ async fn topics_api() {
     assert_eq!(r.status(), 201);
     let r = c.put(m.at("/v1/topics/t1")).send().await.unwrap();
     assert_eq!(r.status(), 200, "idempotent create");
+    let (status, err) = error_of(
+        c.put(m.at("/v1/topics/t1"))
+            .json(&json!({"partitions": 4}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 409, "different config conflicts: {err}");
+    assert_eq!(err["error"]["code"], "topic_conflict");
+    assert_eq!(
+        err["error"]["message"],
+        "topic t1 exists with partitions=1, you asked partitions=4"
+    );
+    assert_eq!(err["error"]["field"], "partitions");
+    // The README's trap: a topic made with 4 partitions, then `PUT` with no body.
     let r = c
-        .put(m.at("/v1/topics/t1"))
-        .json(&json!({"partitions": 4}))
+        .put(m.at("/v1/topics/orders"))
+        .json(&json!({"partitions": 4, "retention": {"max_age_secs": 3600}}))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 409, "different config conflicts");
+    assert_eq!(r.status(), 201);
+    let (status, err) = error_of(c.put(m.at("/v1/topics/orders")).send().await.unwrap()).await;
+    assert_eq!(status, 409, "{err}");
+    assert_eq!(
+        err["error"]["message"],
+        "topic orders exists with partitions=4 and retention.max_age_secs=3600, \
+         you asked partitions=1 and retention.max_age_secs=unset"
+    );
+    assert!(
+        err["error"].get("field").is_none(),
+        "two settings differ: {err}"
+    );
+    let info: Value = common::get_json(&c, &m.at("/v1/topics/orders")).await;
+    assert_eq!(
+        info["config"]["partitions"], 4,
+        "the conflict changed nothing: {info}"
+    );
+    assert_eq!(status_of(c.delete(m.at("/v1/topics/orders"))).await, 204);
     for (body, field) in [
         (json!({"partitions": 0}), "partitions"),
         (json!({"partitions": 100000}), "partitions"),

@@ -292,7 +292,7 @@ pub fn init_ca_dir(
         }
     }
     let pair = create_ca(mesh, validity)?;
-    std::fs::create_dir_all(dir).map_err(|e| CertError::io(dir, e))?;
+    create_private_dir(dir)?;
     write_file(&files.key, pair.key_pem.as_bytes(), true)?;
     write_file(&files.cert, pair.cert_pem.as_bytes(), false)?;
     Ok(files)
@@ -323,7 +323,7 @@ pub fn issue_to_dir(
     let ca_key =
         std::fs::read_to_string(&ca_key_path).map_err(|e| CertError::io(&ca_key_path, e))?;
     let pair = issue_cluster_cert(&ca_cert, &ca_key, req)?;
-    std::fs::create_dir_all(out_dir).map_err(|e| CertError::io(out_dir, e))?;
+    create_private_dir(out_dir)?;
     let files = ClusterFiles {
         cert: out_dir.join(format!("{}.pem", req.cluster)),
         key: out_dir.join(format!("{}.key", req.cluster)),
@@ -331,6 +331,20 @@ pub fn issue_to_dir(
     write_file(&files.key, pair.key_pem.as_bytes(), true)?;
     write_file(&files.cert, pair.cert_pem.as_bytes(), false)?;
     Ok(files)
+}
+
+/// Creates a directory that will hold private keys, and its missing parents, with mode
+/// 0700 (on Unix) from the start. An existing directory is left as it is (it may be one the
+/// user chose and shares, e.g. `--out .`).
+pub fn create_private_dir(dir: &Path) -> Result<(), CertError> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        b.mode(0o700);
+    }
+    b.create(dir).map_err(|e| CertError::io(dir, e))
 }
 
 /// Writes `data` to `path` through a temporary file in the same directory and a rename.

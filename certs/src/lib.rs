@@ -16,7 +16,8 @@ pub mod tls;
 
 pub use error::CertError;
 pub use issue::{
-    create_ca, init_ca_dir, issue_cluster_cert, issue_to_dir, ClusterCertRequest, PemPair, Validity,
+    create_ca, create_private_dir, init_ca_dir, issue_cluster_cert, issue_to_dir,
+    ClusterCertRequest, PemPair, Validity,
 };
 pub use names::{cert_info, check_cluster_name, peer_cluster, CertInfo};
 pub use reload::{CertPaths, CurrentCert, LoadPolicy, Loaded, ReloadingCerts, Watcher};

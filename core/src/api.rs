@@ -151,6 +151,82 @@ impl TopicConfig {
     }
 }
 
+/// One setting in which an existing topic differs from the configuration asked for
+/// (`PUT /v1/topics/{topic}` on a topic that exists otherwise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingDifference {
+    /// The setting's path in [`TopicConfig`], e.g. `partitions`, `retention.max_age_secs`.
+    pub setting: &'static str,
+    /// Its value on the existing topic.
+    pub existing: String,
+    /// The value asked for.
+    pub asked: String,
+}
+
+impl TopicConfig {
+    /// Every setting in which `self` (an existing topic) differs from `asked`, in the
+    /// order of the fields. Unset limits read `unset`; `replicate_to` is a list.
+    pub fn differences(&self, asked: &TopicConfig) -> Vec<SettingDifference> {
+        fn opt(v: Option<u64>) -> String {
+            v.map_or_else(|| "unset".to_string(), |v| v.to_string())
+        }
+        fn list(v: &[String]) -> String {
+            format!("[{}]", v.join(","))
+        }
+        let mut out = Vec::new();
+        let mut diff = |setting, existing: String, asked: String| {
+            if existing != asked {
+                out.push(SettingDifference {
+                    setting,
+                    existing,
+                    asked,
+                });
+            }
+        };
+        diff(
+            "partitions",
+            self.partitions.to_string(),
+            asked.partitions.to_string(),
+        );
+        diff(
+            "retention.max_age_secs",
+            opt(self.retention.max_age_secs),
+            opt(asked.retention.max_age_secs),
+        );
+        diff(
+            "retention.max_bytes",
+            opt(self.retention.max_bytes),
+            opt(asked.retention.max_bytes),
+        );
+        diff(
+            "replicate_to",
+            list(&self.replicate_to),
+            list(&asked.replicate_to),
+        );
+        out
+    }
+}
+
+/// The message of a topic conflict: `topic orders exists with partitions=4, you asked
+/// partitions=1` (several settings joined with `and`).
+pub fn topic_conflict_message(topic: &str, differences: &[SettingDifference]) -> String {
+    if differences.is_empty() {
+        return format!("topic {topic} exists with another configuration");
+    }
+    let side = |f: fn(&SettingDifference) -> &str| {
+        differences
+            .iter()
+            .map(|d| format!("{}={}", d.setting, f(d)))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    };
+    format!(
+        "topic {topic} exists with {}, you asked {}",
+        side(|d| &d.existing),
+        side(|d| &d.asked)
+    )
+}
+
 /// Retention of a topic: records older than `max_age_secs`, and the oldest records past
 /// `max_bytes` per partition, are removed. `None` keeps forever / without bound.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -610,4 +686,41 @@ pub struct MeshLink {
     pub stalled: bool,
     /// Replication paused by an operator.
     pub paused: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_topic_conflict_names_each_differing_setting() {
+        let existing = TopicConfig {
+            partitions: 4,
+            ..TopicConfig::default()
+        };
+        let asked = TopicConfig::default();
+        assert_eq!(
+            topic_conflict_message("orders", &existing.differences(&asked)),
+            "topic orders exists with partitions=4, you asked partitions=1"
+        );
+        let asked = TopicConfig {
+            partitions: 4,
+            retention: Retention {
+                max_age_secs: Some(3600),
+                max_bytes: None,
+            },
+            replicate_to: vec!["eu".into(), "us".into()],
+        };
+        let d = existing.differences(&asked);
+        assert_eq!(
+            d.iter().map(|d| d.setting).collect::<Vec<_>>(),
+            ["retention.max_age_secs", "replicate_to"]
+        );
+        assert_eq!(
+            topic_conflict_message("orders", &d),
+            "topic orders exists with retention.max_age_secs=unset and replicate_to=[], \
+             you asked retention.max_age_secs=3600 and replicate_to=[eu,us]"
+        );
+        assert!(existing.differences(&existing).is_empty());
+    }
 }

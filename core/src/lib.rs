@@ -24,8 +24,8 @@
 pub mod api;
 pub mod cesql;
 pub mod codec;
-pub mod egress;
 pub mod duration;
+pub mod egress;
 pub mod event;
 pub mod filter;
 pub mod internal;

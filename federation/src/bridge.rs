@@ -151,6 +151,21 @@ struct Shared {
     paused: Mutex<HashSet<String>>,
     /// Wall clock (ms) and monotonic clock when the bridge started (see `clock_stepped`).
     started: (u64, Instant),
+    /// Set by [`Bridge::shutdown`]: links ending now end because of it, not a fault.
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+/// The QUIC close of a bridge that stops cleanly: code 0 and this reason. The peer sees
+/// it instead of a broken stream, and reports a peer that went away on purpose as such.
+const STOPPING_REASON: &[u8] = b"bridge stopping";
+
+/// Whether `conn` was closed by its peer's clean shutdown.
+fn closed_by_stopping_peer(conn: &quinn::Connection) -> bool {
+    matches!(
+        conn.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(c))
+            if c.error_code == quinn::VarInt::from_u32(0) && c.reason.as_ref() == STOPPING_REASON
+    )
 }
 
 /// A running bridge.
@@ -259,6 +274,7 @@ impl Bridge {
             down: Mutex::new(HashSet::new()),
             paused: Mutex::new(HashSet::new()),
             started: (now_ms(), Instant::now()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         shared.reconcile_links();
         let tasks = vec![
@@ -326,6 +342,13 @@ impl Bridge {
 
     /// Closes every link and the endpoint.
     pub async fn shutdown(&self) {
+        // Close the connections first, with the clean-stop reason: aborting the link
+        // tasks first would drop their streams, and the peers would read a stream that
+        // "finished early" (a fault) before the close.
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared
+            .endpoint
+            .close(quinn::VarInt::from_u32(0), STOPPING_REASON);
         for t in &self.tasks {
             t.abort();
         }
@@ -334,9 +357,6 @@ impl Bridge {
             l.task.abort();
         }
         lock(&self.shared.draining).clear();
-        self.shared
-            .endpoint
-            .close(quinn::VarInt::from_u32(0), b"bridge stopping");
         self.shared.endpoint.wait_idle().await;
     }
 }
@@ -741,9 +761,18 @@ async fn run_link(
                 continue;
             }
             Err(e) => {
-                tracing::warn!(cluster = %shared.me(), peer, "link session ended: {e}");
-                conn.close(quinn::VarInt::from_u32(4), e.as_bytes());
-                stats.set_state(LinkState::Down, Some(e));
+                if shared.stopping.load(Ordering::SeqCst) {
+                    // This bridge is stopping: the session ended because of it.
+                    return;
+                }
+                if closed_by_stopping_peer(&conn) {
+                    tracing::info!(cluster = %shared.me(), peer, "link closed: the peer's bridge is stopping");
+                    stats.set_state(LinkState::Down, Some("the peer's bridge stopped".into()));
+                } else {
+                    tracing::warn!(cluster = %shared.me(), peer, "link session ended: {e}");
+                    conn.close(quinn::VarInt::from_u32(4), e.as_bytes());
+                    stats.set_state(LinkState::Down, Some(e));
+                }
             }
         }
         if started.elapsed() > Duration::from_secs(10) {
@@ -943,6 +972,9 @@ async fn session(
                     break Err(e);
                 }
                 s.measure(shared, peer, stats, &conn).await;
+                if let Some(unlogged) = stats.duplicates_unlogged(Instant::now()) {
+                    tracing::info!(cluster = %shared.me(), peer, unlogged, "more received events dropped as duplicates (not logged one by one)");
+                }
             }
             a = stored.recv() => {
                 let seq = match a {
@@ -1633,7 +1665,19 @@ async fn prepare_round(
                 let _ = tokio::time::timeout(Duration::from_millis(100), resolved).await;
             };
             if !fresh {
-                stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                // Expected after a reconnect or a reroute (events sent again), a sign of
+                // reused ids otherwise: say which, at most once a second per link.
+                if let Some(unlogged) = stats.duplicate_dropped(Instant::now()) {
+                    tracing::info!(
+                        cluster = %me,
+                        peer = %stats.peer,
+                        topic = %b.topic,
+                        source = raw.source(),
+                        id = raw.id(),
+                        unlogged,
+                        "received event dropped as a duplicate: its (source, id) is stored here already"
+                    );
+                }
                 continue;
             }
             let payload = match &received_path(&raw, me) {

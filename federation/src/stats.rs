@@ -4,6 +4,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How often a link may log a dropped duplicate.
+pub const DUPLICATE_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// The state of a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +66,8 @@ pub struct LinkStats {
     pub rtt_us: AtomicU64,
     /// Connected, behind, and not advancing.
     pub stalled: AtomicBool,
+    /// Rate limit of the log lines about dropped duplicates.
+    duplicate_log: Mutex<LogLimiter>,
 }
 
 impl LinkStats {
@@ -83,7 +89,28 @@ impl LinkStats {
             lag_ms: AtomicU64::new(0),
             rtt_us: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
+            duplicate_log: Mutex::new(LogLimiter::new(DUPLICATE_LOG_EVERY)),
         }
+    }
+
+    /// Counts a received event dropped as a duplicate. `Some(n)` when it is to be logged
+    /// now, `n` being the duplicates dropped since the last line and not logged; `None`
+    /// when its line is suppressed (at most one per [`DUPLICATE_LOG_EVERY`]).
+    pub fn duplicate_dropped(&self, now: Instant) -> Option<u64> {
+        self.duplicates.fetch_add(1, Ordering::Relaxed);
+        self.duplicate_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(now)
+    }
+
+    /// The duplicates dropped but not logged yet, once a line is due again (so the end
+    /// of a burst is reported too, not only when the next duplicate comes).
+    pub fn duplicates_unlogged(&self, now: Instant) -> Option<u64> {
+        self.duplicate_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush(now)
     }
 
     /// Sets the state and the last error.
@@ -123,6 +150,54 @@ impl LinkStats {
             "rtt_ms": get(&self.rtt_us) as f64 / 1000.0,
             "stalled": stalled,
         })
+    }
+}
+
+/// At most one log line per interval: the events not logged meanwhile are counted and
+/// reported with the next line (or by [`LogLimiter::flush`]). Time is passed in.
+#[derive(Debug)]
+pub struct LogLimiter {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    /// A limiter allowing one line per `every`.
+    pub fn new(every: Duration) -> LogLimiter {
+        LogLimiter {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// One event at `now`: `Some(n)` when it may be logged, `n` being the events
+    /// suppressed since the last line; `None` when it is suppressed (and counted).
+    pub fn admit(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < self.every => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+
+    /// `Some(n)` when `n > 0` events were suppressed and a line is due again at `now`
+    /// (the line reporting them counts as the interval's line).
+    pub fn flush(&mut self, now: Instant) -> Option<u64> {
+        let due = self
+            .last
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.every);
+        if self.suppressed == 0 || !due {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
     }
 }
 
@@ -224,4 +299,52 @@ pub fn render_prometheus(links: &[std::sync::Arc<LinkStats>]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_limiter_allows_one_line_per_interval_and_counts_the_rest() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut l = LogLimiter::new(Duration::from_secs(1));
+        assert_eq!(l.flush(t0), None, "nothing suppressed yet");
+        assert_eq!(l.admit(t0), Some(0), "the first is logged");
+        assert_eq!(l.admit(t0 + ms(10)), None);
+        assert_eq!(l.admit(t0 + ms(999)), None);
+        assert_eq!(l.flush(t0 + ms(999)), None, "not due yet");
+        assert_eq!(
+            l.admit(t0 + ms(1000)),
+            Some(2),
+            "the next line reports the two suppressed"
+        );
+        assert_eq!(l.admit(t0 + ms(1500)), None);
+        assert_eq!(l.flush(t0 + ms(1999)), None);
+        assert_eq!(
+            l.flush(t0 + ms(2000)),
+            Some(1),
+            "the end of a burst is reported"
+        );
+        assert_eq!(l.flush(t0 + ms(5000)), None, "and only once");
+        assert_eq!(
+            l.admit(t0 + ms(2500)),
+            None,
+            "the flush line counts as a line"
+        );
+        assert_eq!(l.admit(t0 + ms(3000)), Some(1));
+    }
+
+    #[test]
+    fn dropped_duplicates_are_counted_even_when_not_logged() {
+        let s = LinkStats::new("b", true);
+        let t0 = Instant::now();
+        assert_eq!(s.duplicate_dropped(t0), Some(0));
+        assert_eq!(s.duplicate_dropped(t0), None);
+        assert_eq!(s.duplicates.load(Ordering::Relaxed), 2);
+        assert_eq!(s.snapshot()["duplicates"], 2);
+        assert!(render_prometheus(&[std::sync::Arc::new(s)])
+            .contains("meshd_federation_link_duplicates_total{peer=\"b\"} 2"));
+    }
 }

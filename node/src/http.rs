@@ -90,8 +90,13 @@ impl From<StoreError> for ApiError {
             StoreError::TopicNotFound { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "topic_not_found", e.to_string())
             }
-            StoreError::TopicConflict { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "topic_conflict", e.to_string())
+            StoreError::TopicConflict { differences, .. } => {
+                let a = ApiError::new(StatusCode::CONFLICT, "topic_conflict", e.to_string());
+                // One differing setting is the field at fault.
+                match differences.as_slice() {
+                    [one] => a.field(one.setting),
+                    _ => a,
+                }
             }
             StoreError::Unavailable(_) => {
                 let mut a = ApiError::new(

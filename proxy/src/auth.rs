@@ -214,6 +214,19 @@ pub enum Authn {
     Valid(Arc<TokenRecord>),
 }
 
+/// The token in an `Authorization` header value (`Bearer TOKEN`, or the bare token).
+pub fn bearer(header: &str) -> &str {
+    header.strip_prefix("Bearer ").unwrap_or(header).trim()
+}
+
+/// The id part of a token in the `mshd_<id>_<secret>` format (whether the token is valid
+/// or not): what logs may name, never the secret. `None` when it is not in that format.
+pub fn claimed_id(token: &str) -> Option<&str> {
+    let (id, secret) = token.strip_prefix("mshd_")?.split_once('_')?;
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (id.len() == 16 && hex(id) && hex(secret)).then_some(id)
+}
+
 /// Hex SHA-256 of a token string.
 pub fn hash_token(token: &str) -> String {
     hex(&Sha256::digest(token.as_bytes()))
@@ -289,9 +302,18 @@ pub fn write_file(path: &Path, file: &TokenFile) -> Result<(), AuthError> {
     let n = WRITES.fetch_add(1, Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        // 0600 from the start: the hashes are never readable by others, not even briefly.
         #[cfg(unix)]
         {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        #[cfg(unix)]
+        {
+            // A stale temporary file keeps its old mode: force 0600 before writing.
             use std::os::unix::fs::PermissionsExt as _;
             f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         }
@@ -377,11 +399,7 @@ impl TokenStore {
         let Some(token) = token else {
             return Authn::Missing;
         };
-        let Some(id) = token
-            .strip_prefix("mshd_")
-            .and_then(|rest| rest.split_once('_'))
-            .map(|(id, _)| id)
-        else {
+        let Some(id) = claimed_id(token) else {
             return Authn::Invalid;
         };
         let record = match self.inner.read() {
@@ -460,6 +478,26 @@ pub fn is_cluster_admin(record: &TokenRecord) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tokens_claimed_id_never_includes_the_secret() {
+        let (token, record) = new_token(vec![Scope::parse("publish").unwrap()], "").unwrap();
+        assert_eq!(claimed_id(&token), Some(record.id.as_str()));
+        assert_eq!(
+            claimed_id(bearer(&format!("Bearer {token}"))),
+            Some(record.id.as_str())
+        );
+        for bad in [
+            "",
+            "mshd_",
+            "mshd_abc_def",
+            "bearer",
+            "mshd_0123456789abcdef_",
+            "x_0123456789abcdef_00",
+        ] {
+            assert_eq!(claimed_id(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn patterns() {

@@ -560,9 +560,46 @@ impl Proxy {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        // The id of the token presented (valid or not), never its secret.
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| match auth::claimed_id(auth::bearer(v)) {
+                Some(id) => id.to_string(),
+                None => "malformed".to_string(),
+            })
+            .unwrap_or_else(|| "-".to_string());
         let mut resp = match self.handle_inner(peer, req).await {
-            Ok(r) => r,
-            Err(rej) => rej.into_response(),
+            Ok(r) => {
+                let status = r.status();
+                let node = r
+                    .headers()
+                    .get(NODE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                // A node's 5xx answer is a failure; the proxy's own `/readyz` 503 (while
+                // draining or without a live node) is an answer to a probe.
+                if status.is_server_error() && node != "-" {
+                    tracing::warn!(status = status.as_u16(), %method, path, %peer, token, node, "request failed: the node answered with a server error");
+                } else {
+                    tracing::debug!(status = status.as_u16(), %method, path, %peer, token, node, elapsed = ?started.elapsed(), "request");
+                }
+                r
+            }
+            Err(rej) => {
+                let status = rej.status.as_u16();
+                let (code, reason) = (rej.code, rej.message.as_str());
+                if rej.status.is_server_error() {
+                    tracing::warn!(status, code, reason, %method, path, %peer, token, "request refused");
+                } else {
+                    tracing::info!(status, code, reason, %method, path, %peer, token, "request refused");
+                }
+                rej.into_response()
+            }
         };
         self.inner
             .metrics
@@ -828,7 +865,7 @@ impl Proxy {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
+            .map(auth::bearer);
         match store.authenticate(presented) {
             Authn::Valid(r) => Ok(Some(r)),
             Authn::Missing => {

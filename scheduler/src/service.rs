@@ -196,10 +196,13 @@ impl Scheduler {
         });
 
         let lowest = cfg.peers.keys().next().copied();
+        let mut tasks = vec![server];
         if lowest == Some(cfg.id) {
-            if let Err(e) = member.initialize_if_new(&cfg.peers).await {
-                tracing::warn!(error = %e, "raft initialisation");
-            }
+            tasks.push(tokio::spawn(initialise_when_members_answer(
+                member.clone(),
+                cfg.peers.clone(),
+                stop_rx.clone(),
+            )));
         }
 
         let watcher = tokio::spawn(watch_leader(
@@ -219,7 +222,10 @@ impl Scheduler {
             metrics,
             addr,
             stop,
-            tasks: vec![server, watcher, leader],
+            tasks: {
+                tasks.extend([watcher, leader]);
+                tasks
+            },
         })
     }
 
@@ -245,6 +251,73 @@ impl Scheduler {
         for t in self.tasks {
             let _ = t.await;
         }
+    }
+}
+
+/// How long the lowest member of a new group waits for every member to answer before it
+/// initialises the group with the majority that does.
+const INIT_WAIT_FOR_ALL: Duration = Duration::from_secs(10);
+
+/// Initialises a new group (on the lowest member) once the other members listen: the
+/// first election then reaches them, instead of failing against members whose process
+/// has not started yet (which openraft logs as errors). Every member answering, or after
+/// [`INIT_WAIT_FOR_ALL`] a majority, is enough; a member still silent then is a real
+/// problem and is logged as one. A member that has state already does nothing.
+async fn initialise_when_members_answer(
+    member: RaftMember,
+    peers: BTreeMap<NodeId, String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    if member.raft.is_initialized().await.unwrap_or(true) {
+        return;
+    }
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "raft initialisation: no HTTP client");
+            return;
+        }
+    };
+    let majority = peers.len() / 2 + 1;
+    let started = tokio::time::Instant::now();
+    let mut waiting_logged = false;
+    loop {
+        let mut silent = Vec::new();
+        for (id, addr) in peers.iter().filter(|(id, _)| **id != member.id) {
+            let answered = client
+                .get(format!("http://{addr}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if !answered {
+                silent.push(*id);
+            }
+        }
+        let answering = peers.len() - silent.len();
+        if silent.is_empty() {
+            break;
+        }
+        if answering >= majority && started.elapsed() >= INIT_WAIT_FOR_ALL {
+            tracing::warn!(member = member.id, ?silent, "initialising the scheduler group without members that do not answer after {INIT_WAIT_FOR_ALL:?}");
+            break;
+        }
+        if !waiting_logged {
+            tracing::info!(member = member.id, ?silent, "new scheduler group: waiting for the other members to answer before initialising it");
+            waiting_logged = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+    match member.initialize_if_new(&peers).await {
+        Ok(()) => {
+            tracing::info!(member = member.id, members = ?peers.keys().collect::<Vec<_>>(), "scheduler group initialised")
+        }
+        Err(e) => tracing::warn!(member = member.id, error = %e, "raft initialisation"),
     }
 }
 

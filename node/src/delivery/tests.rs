@@ -63,6 +63,7 @@ impl EventStore for FakeStore {
             } else {
                 Err(StoreError::TopicConflict {
                     topic: topic.into(),
+                    differences: c.differences(config),
                 })
             };
         }

@@ -104,8 +104,13 @@ pub async fn topics_create_list_delete(h: &dyn StoreHarness) {
     );
     let err = s.create_topic("beta", &config(3)).await.unwrap_err();
     assert!(
-        matches!(err, StoreError::TopicConflict { ref topic } if topic == "beta"),
+        matches!(err, StoreError::TopicConflict { ref topic, .. } if topic == "beta"),
         "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "topic beta exists with partitions=2, you asked partitions=3",
+        "the conflict names the setting that differs"
     );
     assert!(s
         .create_topic("alpha", &TopicConfig::default())

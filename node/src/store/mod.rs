@@ -221,10 +221,12 @@ pub enum StoreError {
         topic: String,
     },
     /// Creating a topic that exists with another configuration.
-    #[error("topic {topic:?} already exists with another configuration")]
+    #[error("{}", meshd_core::api::topic_conflict_message(.topic, .differences))]
     TopicConflict {
         /// The topic.
         topic: String,
+        /// Where the existing topic's configuration differs from the one asked for.
+        differences: Vec<meshd_core::api::SettingDifference>,
     },
     /// Partition out of range.
     #[error("topic {topic:?} has no partition {partition}")]

@@ -796,6 +796,7 @@ impl Writer {
             } else {
                 Err(ApplyError::Reject(StoreError::TopicConflict {
                     topic: topic.to_string(),
+                    differences: existing.config.differences(&config),
                 }))
             };
         }

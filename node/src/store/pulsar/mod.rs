@@ -992,6 +992,7 @@ impl EventStore for PulsarStore {
             } else {
                 Err(StoreError::TopicConflict {
                     topic: topic.to_string(),
+                    differences: t.config.differences(config),
                 })
             };
         }
@@ -1026,6 +1027,7 @@ impl EventStore for PulsarStore {
         } else {
             Err(StoreError::TopicConflict {
                 topic: topic.to_string(),
+                differences: t.config.differences(config),
             })
         }
     }
