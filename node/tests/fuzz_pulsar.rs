@@ -4,43 +4,10 @@
 #[path = "../../core/tests/support/fuzzing.rs"]
 mod fuzzing;
 
+use meshd_node::store::pulsar::codec::samples::{message_cmd as message, metadata};
 use meshd_node::store::pulsar::codec::{decode_frame, encode_command, encode_payload_frame};
 use pulsar::proto::base_command::Type;
-use pulsar::proto::{
-    BaseCommand, CommandMessage, CommandPing, CommandSendReceipt, KeyValue, MessageIdData,
-    MessageMetadata,
-};
-
-fn message() -> BaseCommand {
-    BaseCommand {
-        r#type: Type::Message as i32,
-        message: Some(CommandMessage {
-            consumer_id: 7,
-            message_id: MessageIdData {
-                ledger_id: 3,
-                entry_id: 42,
-                ..Default::default()
-            },
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn metadata() -> MessageMetadata {
-    MessageMetadata {
-        producer_name: "p".into(),
-        sequence_id: 9,
-        publish_time: 1234,
-        properties: vec![KeyValue {
-            key: "ce_id".into(),
-            value: "1".into(),
-        }],
-        partition_key: Some("k".into()),
-        num_messages_in_batch: Some(1),
-        ..Default::default()
-    }
-}
+use pulsar::proto::{BaseCommand, CommandPing, CommandSendReceipt, MessageIdData};
 
 #[test]
 fn pulsar_frames() {

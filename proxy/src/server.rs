@@ -955,21 +955,28 @@ impl Proxy {
         Ok(())
     }
 
+    /// A GET the proxy makes for itself (no client headers), to the first of `candidates`
+    /// that answers, within the request deadline.
+    async fn internal_get(&self, path: &str, candidates: &[Upstream]) -> Result<Answer, Failure> {
+        let deadline = Instant::now() + self.inner.config.request_deadline;
+        self.forward(
+            &Method::GET,
+            path,
+            &HeaderMap::new(),
+            Bytes::new(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            candidates,
+            true,
+            deadline,
+        )
+        .await
+    }
+
     /// Whether a topic exists (asked of a node).
     async fn topic_exists(&self, topic: &str) -> Result<bool, Reject> {
         let candidates = self.inner.routing.for_key(&format!("topic:{topic}"));
-        let deadline = Instant::now() + self.inner.config.request_deadline;
         let answer = self
-            .forward(
-                &Method::GET,
-                &format!("/v1/topics/{topic}"),
-                &HeaderMap::new(),
-                Bytes::new(),
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                &candidates,
-                true,
-                deadline,
-            )
+            .internal_get(&format!("/v1/topics/{topic}"), &candidates)
             .await
             .map_err(|_| unavailable("no node answered whether the topic exists"))?;
         match answer.status {
@@ -991,18 +998,8 @@ impl Proxy {
             }
         }
         let candidates = self.inner.routing.for_subscription(name);
-        let deadline = Instant::now() + self.inner.config.request_deadline;
         let answer = self
-            .forward(
-                &Method::GET,
-                &format!("/v1/subscriptions/{name}"),
-                &HeaderMap::new(),
-                Bytes::new(),
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                &candidates,
-                true,
-                deadline,
-            )
+            .internal_get(&format!("/v1/subscriptions/{name}"), &candidates)
             .await
             .map_err(|_| unavailable("the subscription's node is unavailable"))?;
         if answer.status == StatusCode::NOT_FOUND {

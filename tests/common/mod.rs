@@ -40,15 +40,7 @@ pub struct Meshd {
 impl Meshd {
     /// Starts `meshd node` on a free port with its store in `data_dir`.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Meshd {
-        let mut args = vec![
-            "node",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data_dir.to_str().expect("utf-8 path"),
-        ];
-        args.extend_from_slice(extra);
-        Meshd::spawn(&args, data_dir)
+        Meshd::start_env(data_dir, extra, &[])
     }
 
     /// Like [`Meshd::start`], with environment variables set after the harness's own

@@ -248,12 +248,16 @@ pub fn crc32c(data: &[u8]) -> u32 {
     !crc
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use pulsar::proto::{base_command::Type, CommandMessage, CommandPing, KeyValue, MessageIdData};
+/// A broker's MESSAGE command and its metadata, as the unit tests and the fuzz target
+/// (node/tests/fuzz_pulsar.rs) encode them.
+#[doc(hidden)]
+pub mod samples {
+    use pulsar::proto::{
+        base_command::Type, BaseCommand, CommandMessage, KeyValue, MessageIdData, MessageMetadata,
+    };
 
-    fn message_cmd() -> BaseCommand {
+    /// A MESSAGE command.
+    pub fn message_cmd() -> BaseCommand {
         BaseCommand {
             r#type: Type::Message as i32,
             message: Some(CommandMessage {
@@ -269,7 +273,8 @@ mod tests {
         }
     }
 
-    fn metadata() -> MessageMetadata {
+    /// Its metadata.
+    pub fn metadata() -> MessageMetadata {
         MessageMetadata {
             producer_name: "p".into(),
             sequence_id: 9,
@@ -282,6 +287,13 @@ mod tests {
             ..Default::default()
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::samples::{message_cmd, metadata};
+    use super::*;
+    use pulsar::proto::{base_command::Type, CommandPing};
 
     fn check(frame: &[u8], checksum: bool, bem: bool) {
         let (f, used) = decode_frame(frame).unwrap().unwrap();
