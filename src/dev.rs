@@ -313,9 +313,11 @@ async fn demo_traffic(
     }
     let types = ["com.example.order.created", "com.example.order.shipped"];
     for i in 0u64.. {
+        // Unique across runs too (a receiver's duplicate window drops a reused id).
+        let id = uuid::Uuid::now_v7().to_string();
         let event = json!({
             "specversion": "1.0",
-            "id": format!("demo-{}-{i}", std::process::id()),
+            "id": id,
             "source": "/demo/shop",
             "type": types[(i % 2) as usize],
             "partitionkey": format!("customer-{}", i % 3),
@@ -330,11 +332,7 @@ async fn demo_traffic(
             .await
         {
             Ok(r) if r.status().is_success() => {
-                println!(
-                    "demo: published demo-{}-{i} type={}",
-                    std::process::id(),
-                    types[(i % 2) as usize]
-                )
+                println!("demo: published {id} type={}", types[(i % 2) as usize])
             }
             Ok(r) => eprintln!("demo: publish answered {}", r.status()),
             Err(e) => eprintln!("demo: publish failed: {e}"),
