@@ -187,3 +187,39 @@ async fn a_refused_dialer_shows_why_in_its_link_state() {
     .await;
     assert_ne!(link(&c, &a, "m").await["state"], "connected", "{error}");
 }
+
+/// A node started as `a` with `b`'s certificate (copied over a.pem/a.key) refuses to start
+/// and says which cluster the certificate names; it used to start and only the peer
+/// refused it.
+#[test]
+fn a_node_with_another_clusters_certificate_refuses_to_start() {
+    let files = MeshFiles::new(&["a", "b"], &[("a", "b", 10)], &[]);
+    let dir = files.dir.path().join("swapped");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(files.certs.join("ca.pem"), dir.join("ca.pem")).unwrap();
+    std::fs::copy(files.certs.join("b.pem"), dir.join("a.pem")).unwrap();
+    std::fs::copy(files.certs.join("b.key"), dir.join("a.key")).unwrap();
+    let data = files.data_dir("a");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
+        .args([
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster",
+            "a",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--topology")
+        .arg(&files.topology)
+        .arg("--certs-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "it must not start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is for cluster \"b\"") && err.contains("runs as cluster \"a\""),
+        "{err}"
+    );
+}

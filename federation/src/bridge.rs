@@ -101,6 +101,16 @@ pub enum BridgeError {
         /// The cluster.
         cluster: String,
     },
+    /// The cluster certificate names another cluster than the one the node runs as.
+    #[error("the certificate {file} is for cluster {found:?}, but this node runs as cluster {expected:?}: use {expected}'s certificate (meshd certs issue --cluster {expected}) or start the node with --cluster {found}")]
+    WrongCluster {
+        /// The cluster the node runs as.
+        expected: String,
+        /// The cluster the certificate names.
+        found: String,
+        /// The certificate file.
+        file: String,
+    },
     /// Certificates could not be loaded.
     #[error(transparent)]
     Certs(#[from] meshd_certs::CertError),
@@ -242,7 +252,16 @@ impl Bridge {
                 })?
             }
         };
-        let certs = ReloadingCerts::open(CertPaths::in_dir(&config.certs_dir, &config.cluster))?;
+        let paths = CertPaths::in_dir(&config.certs_dir, &config.cluster);
+        let cert_file = paths.cert.display().to_string();
+        let certs = ReloadingCerts::open(paths)?;
+        if certs.cluster() != config.cluster {
+            return Err(BridgeError::WrongCluster {
+                expected: config.cluster.clone(),
+                found: certs.cluster(),
+                file: cert_file,
+            });
+        }
         let allowed = AllowedClusters::new(topology.clusters().map(|c| c.name.to_string()));
         let tls = meshd_certs::server_config(certs.clone(), allowed.clone())?;
         let quic = QuicServerConfig::try_from(Arc::new(tls))
