@@ -150,6 +150,8 @@ async fn line_topology_delivers_through_the_middle_cluster() {
     wait_connected(&c, &b, "c").await;
     // c's interest is relayed by b to a.
     wait_interest(&c, &a, "b", "c", "orders").await;
+    // Until c's route through b is up, c asks a directly: wait for that to be withdrawn.
+    wait_no_interest(&c, &a, "c", "orders").await;
     let events: Vec<_> = (0..50)
         .map(|i| event(&format!("e{i}"), "t", Some("k"), json!({"i": i})))
         .collect();
@@ -206,10 +208,23 @@ async fn traffic_takes_the_cheapest_path_and_reroutes_when_a_cluster_dies() {
         || async { (unique_ids(&sink).len() >= 30).then_some(()) },
     )
     .await;
-    assert!(sink
+    let paths: Vec<String> = sink
         .received()
         .iter()
-        .all(|r| r.header("ce-meshdpath") == Some("a,b,c")));
+        .map(|r| {
+            format!(
+                "{:?} {:?}",
+                r.header("ce-meshdpath"),
+                r.header("ce-meshdpos")
+            )
+        })
+        .collect();
+    assert!(
+        sink.received()
+            .iter()
+            .all(|r| r.header("ce-meshdpath") == Some("a,b,c")),
+        "{paths:?}"
+    );
     assert_eq!(
         link(&c, &a, "c").await["events_sent"],
         0,

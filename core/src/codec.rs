@@ -55,12 +55,16 @@ pub struct RawEvent<'a> {
     id: Cow<'a, str>,
     source: Cow<'a, str>,
     partition_key: Option<Cow<'a, str>>,
-    fields: [Option<RawField<'a>>; 2],
+    fields: [Option<RawField<'a>>; 3],
 }
 
-/// Index of `meshdorigin` / `meshdpath` in [`RawEvent::fields`] (the names are the
+/// Index of `meshdorigin` / `meshdpath` / `meshdpos` in [`RawEvent::fields`] (the names are the
 /// federation's; the codec only stores where they are).
-const EXT_NAMES: [&str; 2] = [crate::event::ORIGIN_EXT, crate::event::PATH_EXT];
+const EXT_NAMES: [&str; 3] = [
+    crate::event::ORIGIN_EXT,
+    crate::event::PATH_EXT,
+    crate::event::POS_EXT,
+];
 
 impl<'a> RawEvent<'a> {
     /// Reads the routing attributes of `bytes`.
@@ -113,6 +117,7 @@ impl<'a> RawEvent<'a> {
             fields: [
                 field(EXT_NAMES[0], found.ext[0], true)?,
                 field(EXT_NAMES[1], found.ext[1], true)?,
+                field(EXT_NAMES[2], found.ext[2], true)?,
             ],
         })
     }
@@ -138,7 +143,7 @@ impl<'a> RawEvent<'a> {
         self.fields[i].as_ref().map(|f| f.value.as_ref())
     }
 
-    /// The bytes with string extensions set (`meshdorigin` / `meshdpath` only): an
+    /// The bytes with string extensions set (`meshdorigin` / `meshdpath` / `meshdpos` only): an
     /// existing value is replaced in place, a missing one is added as the object's first
     /// member. Everything else is byte for byte the input.
     pub fn with_extensions(&self, set: &[(&str, &str)]) -> Vec<u8> {
@@ -199,7 +204,7 @@ struct Peeked<'a> {
     id: Option<&'a RawValue>,
     source: Option<&'a RawValue>,
     partitionkey: Option<&'a RawValue>,
-    ext: [Option<&'a RawValue>; 2],
+    ext: [Option<&'a RawValue>; 3],
 }
 
 struct PeekVisitor;
@@ -222,6 +227,7 @@ impl<'de> Visitor<'de> for PeekVisitor {
                 crate::event::PARTITION_KEY => &mut p.partitionkey,
                 crate::event::ORIGIN_EXT => &mut p.ext[0],
                 crate::event::PATH_EXT => &mut p.ext[1],
+                crate::event::POS_EXT => &mut p.ext[2],
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                     continue;

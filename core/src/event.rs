@@ -23,8 +23,12 @@ pub const ORIGIN_EXT: &str = "meshdorigin";
 /// Extension listing the clusters that stored a replicated event, origin first (set by
 /// the mesh; loop prevention reads it).
 pub const PATH_EXT: &str = "meshdpath";
+/// Extension carrying a replicated event's position in its origin cluster,
+/// `PARTITION:OFFSET` (set by the mesh when the event first leaves its origin; receivers
+/// keep per origin partition the highest position they stored and resume links after it).
+pub const POS_EXT: &str = "meshdpos";
 
-/// Removes the mesh's own extensions ([`ORIGIN_EXT`], [`PATH_EXT`]) from an event a
+/// Removes the mesh's own extensions ([`ORIGIN_EXT`], [`PATH_EXT`], [`POS_EXT`]) from an event a
 /// client publishes: a publish is a new event of the cluster it is published in, also
 /// when a consumer republishes an event it received from the mesh with those attributes
 /// (or a client sets them): otherwise loop prevention would keep the event from clusters
@@ -32,6 +36,7 @@ pub const PATH_EXT: &str = "meshdpath";
 pub fn strip_mesh_extensions(mut event: Event) -> Event {
     event.remove_extension(ORIGIN_EXT);
     event.remove_extension(PATH_EXT);
+    event.remove_extension(POS_EXT);
     event
 }
 /// Longest extension name we accept. The spec says names SHOULD NOT exceed 20 characters;

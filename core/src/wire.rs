@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The link protocol version carried by [`Hello`]. A peer with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest encoded frame (without its 4-byte length prefix).
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
@@ -39,6 +39,26 @@ pub struct InterestEntry {
     /// The subscription's filter spec as JSON (`meshd_core::filter::FilterSpec`); `None`
     /// means every event of the topic.
     pub filter: Option<String>,
+    /// Where a link that has no position for the topic yet starts for this entry: `None`
+    /// asks for the retained history (a subscription starting at `earliest`), `Some(ms)`
+    /// for the events stored since then (a `latest` subscription, made at `ms`). A link
+    /// that has a cursor, or whose receiver sent [`Frame::Marks`], resumes from there.
+    pub since_ms: Option<u64>,
+}
+
+/// What a receiver holds of one origin partition: every event of `origin`'s `topic`
+/// partition `partition` below offset `next` that reached it is stored there (the highest
+/// origin position it stored, plus one).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Mark {
+    /// The cluster the events were published in.
+    pub origin: String,
+    /// Topic.
+    pub topic: String,
+    /// The partition in the origin cluster.
+    pub partition: u32,
+    /// The origin offset after the highest one stored.
+    pub next: u64,
 }
 
 /// One replicated event.
@@ -72,6 +92,21 @@ pub struct Batch {
     pub events: Vec<WireEvent>,
 }
 
+/// One life of a topic in the mesh's catalog: made by `owner` at `created_ms`, with its
+/// configuration, or deleted (`config: None`). A topic deleted and made again is a new
+/// life. See `meshd_federation::catalog` for how lives merge.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CatalogEntry {
+    /// Topic.
+    pub topic: String,
+    /// The cluster that made it; it owns the configuration.
+    pub owner: String,
+    /// When the owner made it (ms since the epoch).
+    pub created_ms: u64,
+    /// Its configuration as JSON (`meshd_core::api::TopicConfig`); `None` once deleted.
+    pub config: Option<String>,
+}
+
 /// A frame of the link protocol.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
@@ -91,6 +126,12 @@ pub enum Frame {
         /// Highest acknowledged batch sequence number.
         seq: u64,
     },
+    /// The receiver's marks for topics it is about to want (sent before the `Interest`
+    /// that adds them, and for all wanted topics after the handshake): the sender skips
+    /// what the receiver stored already, whichever way it came.
+    Marks(Vec<Mark>),
+    /// Topic catalog entries (all of them after the handshake, then what changed).
+    Catalog(Vec<CatalogEntry>),
 }
 
 /// Why bytes are not a valid frame.
@@ -211,6 +252,7 @@ mod tests {
                 dest: "b".into(),
                 topic: "t".into(),
                 filter: Some("{\"exact\":{\"type\":\"x\"}}".into()),
+                since_ms: Some(7),
             }]),
             Frame::Batch(Batch {
                 seq: 1,
@@ -225,12 +267,24 @@ mod tests {
                 }],
             }),
             Frame::Ack { seq: 9 },
+            Frame::Marks(vec![Mark {
+                origin: "a".into(),
+                topic: "t".into(),
+                partition: 1,
+                next: 12,
+            }]),
+            Frame::Catalog(vec![CatalogEntry {
+                topic: "t".into(),
+                owner: "a".into(),
+                created_ms: 5,
+                config: Some("{\"partitions\":2}".into()),
+            }]),
         ]
     }
 
     #[test]
     fn batch_encoding_is_stable() {
-        // Protocol version 1 on the wire, byte for byte: a payload is a length and its
+        // The batch frame on the wire, byte for byte (unchanged since version 1): a payload is a length and its
         // bytes (peers of other builds must keep understanding each other).
         let f = Frame::Batch(Batch {
             seq: 1,

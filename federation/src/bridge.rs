@@ -22,11 +22,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use meshd_certs::{AllowedClusters, CertPaths, ReloadingCerts};
-use meshd_core::api::{self, TopicConfig};
+use meshd_core::api::{self, StartPosition, TopicConfig};
 use meshd_core::codec::{decode_event, RawEvent};
 use meshd_core::wire::{
-    check_frame_len, decode_frame, encode_frame, Batch, Frame, Hello, InterestEntry, WireEvent,
-    PROTOCOL_VERSION,
+    check_frame_len, decode_frame, encode_frame, Batch, Frame, Hello, InterestEntry, Mark,
+    WireEvent, PROTOCOL_VERSION,
 };
 use meshd_node::ingest::{now_ms, partition_for_key};
 use meshd_node::server::{HoldScope, HoldScopeFn, Node, NodeError};
@@ -35,14 +35,17 @@ use meshd_topology::Topology;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio::sync::mpsc;
 
+use crate::catalog::{Action as CatalogAction, Catalog};
 use crate::cursor::{cursor_group, SendWindow};
 use crate::interest::{announcement, LocalInterest, PeerInterest};
 use crate::link::{
     check_hello, event_path, frame_name, outgoing_stamps, received_path, DedupKey, DedupWindow,
     HelloOutcome, Reservation, ORIGIN_EXT, PATH_EXT,
 };
+use crate::marks::{self, Marks, OriginPos, PeerMarks, SinceSearch, Start};
 use crate::routing::Routes;
 use crate::stats::{LinkState, LinkStats};
+use meshd_core::event::POS_EXT;
 
 /// Settings of a bridge.
 #[derive(Debug, Clone)]
@@ -163,6 +166,15 @@ struct Shared {
     started: (u64, Instant),
     /// Set by [`Bridge::shutdown`]: links ending now end because of it, not a fault.
     stopping: std::sync::atomic::AtomicBool,
+    /// What this cluster stored of each origin partition (see [`crate::marks`]);
+    /// persisted by [`persist_loop`].
+    marks: Mutex<Marks>,
+    /// The mesh's topic catalog as this cluster knows it (see [`crate::catalog`]).
+    catalog: Mutex<Catalog>,
+    /// The local topics as the catalog task last listed them.
+    local_topics: Mutex<BTreeMap<String, TopicConfig>>,
+    /// Catalog actions from sessions (merges of what peers sent), for the catalog task.
+    catalog_actions: mpsc::UnboundedSender<CatalogAction>,
 }
 
 /// The QUIC close of a bridge that stops cleanly: code 0 and this reason. The peer sees
@@ -278,7 +290,14 @@ impl Bridge {
         .map_err(|source| BridgeError::Bind { addr, source })?;
         let cert_watcher = certs.watch(config.reload_interval);
         let dedup = restore_dedup(&node, &config.cluster, config.dedup_window).await;
+        let marks = restore_marks(&node, &config.cluster).await;
+        let catalog = restore_catalog(&node, &config.cluster).await;
+        let (catalog_actions, catalog_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            marks: Mutex::new(marks),
+            catalog: Mutex::new(catalog),
+            local_topics: Mutex::new(BTreeMap::new()),
+            catalog_actions,
             dedup: Mutex::new(dedup),
             dedup_resolved: tokio::sync::Notify::new(),
             draining: Mutex::new(Vec::new()),
@@ -299,6 +318,8 @@ impl Bridge {
         let tasks = vec![
             tokio::spawn(accept_loop(shared.clone())),
             tokio::spawn(reload_loop(shared.clone())),
+            tokio::spawn(persist_loop(shared.clone())),
+            tokio::spawn(catalog_loop(shared.clone(), catalog_rx)),
         ];
         tracing::info!(
             cluster = %shared.config.cluster,
@@ -342,7 +363,23 @@ impl Bridge {
                 .map(|l| l.stats.clone())
                 .collect();
             links.extend(lock(&shared.draining).iter().cloned());
-            crate::stats::render_prometheus(&links)
+            let mut text = crate::stats::render_prometheus(&links);
+            let (topics, conflicts, orphans) = {
+                let c = lock(&shared.catalog);
+                (c.live_topics(), c.conflicts().len(), c.orphans().len())
+            };
+            text.push_str(&format!(
+                "# HELP meshd_federation_catalog_topics Topics with a live life in the mesh catalog.\n\
+                 # TYPE meshd_federation_catalog_topics gauge\n\
+                 meshd_federation_catalog_topics {topics}\n\
+                 # HELP meshd_federation_catalog_conflicts Topics made concurrently elsewhere or whose local copy differs from the owner's configuration.\n\
+                 # TYPE meshd_federation_catalog_conflicts gauge\n\
+                 meshd_federation_catalog_conflicts {conflicts}\n\
+                 # HELP meshd_federation_catalog_orphans Local copies of deleted topics kept while subscriptions read them.\n\
+                 # TYPE meshd_federation_catalog_orphans gauge\n\
+                 meshd_federation_catalog_orphans {orphans}\n"
+            ));
+            text
         })
     }
 
@@ -377,10 +414,33 @@ impl Bridge {
         }
         lock(&self.shared.draining).clear();
         self.shared.endpoint.wait_idle().await;
+        persist_marks(&self.shared).await;
     }
 }
 
 impl Shared {
+    /// The interest of this cluster's own subscriptions: a `latest` subscription wants
+    /// what is stored since it was made, an `earliest` one the retained history.
+    fn local_interest(&self) -> Vec<LocalInterest> {
+        let node = &self.node;
+        node.list_subscriptions()
+            .into_iter()
+            .map(|s| {
+                let since_ms = match s.start {
+                    StartPosition::Earliest => None,
+                    StartPosition::Latest => {
+                        Some(node.subscription_created_ms(&s.name).unwrap_or_else(now_ms))
+                    }
+                };
+                LocalInterest {
+                    topic: s.topic,
+                    filter: s.filter,
+                    since_ms,
+                }
+            })
+            .collect()
+    }
+
     /// Has this host's wall clock stepped (by more than 2 s) since the bridge started?
     fn clock_stepped(&self) -> bool {
         let (wall, mono) = self.started;
@@ -445,6 +505,14 @@ impl Shared {
             .filter(|c| c.name.as_str() != self.me())
             .map(|c| (c.name.to_string(), routes.path(c.name.as_str())))
             .collect();
+        let catalog = {
+            let c = lock(&self.catalog);
+            serde_json::json!({
+                "topics": c.live_topics(),
+                "conflicts": c.conflicts(),
+                "orphans": c.orphans(),
+            })
+        };
         serde_json::json!({
             "cluster": self.me(),
             "mesh": topo.mesh(),
@@ -455,6 +523,7 @@ impl Shared {
             "duplicates": lock(&self.dedup).duplicates(),
             "dedup_window": lock(&self.dedup).len(),
             "learned_interest": *lock(&self.learned),
+            "catalog": catalog,
             // The replication policies (who may receive which topics), for drills that
             // move subscriptions between clusters.
             "policies": topo
@@ -759,7 +828,11 @@ async fn run_link(
             store_gate.clone(),
         )
         .await;
-        lock(&shared.down).insert(peer.clone());
+        // A session replaced by a new connection of the same peer is not a link down: the
+        // routes (and the interest they steer) must not flap to another path meanwhile.
+        if result.is_err() || *drain.borrow() {
+            lock(&shared.down).insert(peer.clone());
+        }
         stats.stalled.store(false, Ordering::Relaxed);
         if *drain.borrow() {
             let reason = match &result {
@@ -937,6 +1010,8 @@ async fn session(
         to_storer,
         handed_seq: 0,
         stored_seq: 0,
+        peer_marks: PeerMarks::default(),
+        catalog_sent: 0,
     };
     if *drain.borrow() {
         s.start_drain(shared, peer, stats);
@@ -1083,6 +1158,10 @@ struct SessionState {
     /// The newest batch handed to the storer, and the newest it stored (acknowledged).
     handed_seq: u64,
     stored_seq: u64,
+    /// What the peer told it holds, in origin terms (this connection).
+    peer_marks: PeerMarks,
+    /// The catalog generation sent to the peer on this connection.
+    catalog_sent: u64,
 }
 
 impl SessionState {
@@ -1132,6 +1211,24 @@ impl SessionState {
                 self.interest_known = true;
                 Ok(())
             }
+            Frame::Catalog(entries) => {
+                // Merged here, in frame order, so a topic the peer's next batches need is
+                // known before the storer sees them.
+                let local = lock(&shared.local_topics).clone();
+                let (actions, bad) = lock(&shared.catalog).merge(entries, &local);
+                for b in bad {
+                    tracing::warn!(cluster = %shared.me(), peer, "ignoring a catalog entry: {b}");
+                }
+                for a in actions {
+                    let _ = shared.catalog_actions.send(a);
+                }
+                Ok(())
+            }
+            Frame::Marks(marks) => {
+                tracing::debug!(cluster = %shared.me(), peer, marks = marks.len(), "peer marks received");
+                self.peer_marks.update(marks);
+                Ok(())
+            }
             Frame::Batch(b) => {
                 self.last_batch_rx = Instant::now();
                 self.handed_seq = b.seq;
@@ -1174,29 +1271,38 @@ impl SessionState {
             return Ok(*d);
         }
         let store = &shared.node.store;
-        let d = match store
-            .committed_offset(&cursor_group(peer), topic, p)
+        let group = cursor_group(peer);
+        let cursor = store
+            .committed_offset(&group, topic, p)
             .await
-            .map_err(|e| e.to_string())?
-        {
-            Some(o) => o,
-            None => {
-                let start = store
-                    .bounds(topic, p)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .start;
-                // Anchor the cursor at the start: retention holds committed cursors even
-                // before the peer's interest is known again after a restart.
-                if let Err(e) = store
-                    .commit_offset(&cursor_group(peer), topic, p, start)
-                    .await
-                {
-                    tracing::warn!(cluster = %shared.me(), peer, topic, partition = p, "anchoring the link cursor failed: {e}");
+            .map_err(|e| e.to_string())?;
+        let b = store.bounds(topic, p).await.map_err(|e| e.to_string())?;
+        let wire = topic.strip_prefix(RELAY_PREFIX).unwrap_or(topic);
+        let since = marks::since_for(self.interest.entries(), wire);
+        let d = match marks::start_position(cursor, (b.start, b.end), since) {
+            Start::At(o) => o,
+            Start::Since(ms) => {
+                let mut search = SinceSearch::new(b.start, b.end, ms);
+                while let Some(o) = search.probe() {
+                    let ts = store
+                        .read(topic, p, o, 1)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .first()
+                        .filter(|r| r.offset == o)
+                        .map(|r| r.timestamp_ms);
+                    search.answer(ts);
                 }
-                start
+                search.result()
             }
         };
+        if cursor != Some(d) {
+            // Anchor (or move) the cursor: retention holds committed cursors even before
+            // the peer's interest is known again after a restart.
+            if let Err(e) = store.commit_offset(&group, topic, p, d).await {
+                tracing::warn!(cluster = %shared.me(), peer, topic, partition = p, "anchoring the link cursor failed: {e}");
+            }
+        }
         self.durable.insert((topic.to_string(), p), d);
         Ok(d)
     }
@@ -1246,9 +1352,10 @@ impl SessionState {
                         let mut events = Vec::new();
                         let mut bytes = 0u64;
                         for r in &records {
-                            let Some(payload) =
-                                self.outgoing(&wire, &topo, &me, peer, &r.payload, r.offset, p)
-                            else {
+                            let own_end = (topic == wire).then_some(end);
+                            let Some(payload) = self.outgoing(
+                                &wire, &topo, &me, peer, &r.payload, r.offset, p, own_end,
+                            ) else {
                                 continue;
                             };
                             bytes += payload.len() as u64;
@@ -1283,7 +1390,10 @@ impl SessionState {
     }
 
     /// The wire payload of a stored record for `peer`, or `None` when the peer must not
-    /// get it (already on its path, or no interest wants it). Works on the stored bytes
+    /// get it (already on its path, it holds it already by its marks, or no interest wants
+    /// it). `own_end` is the partition's end when the record is in the topic itself (not
+    /// the relay topic): a record there without an origin is this cluster's own event, at
+    /// origin position (partition, offset). Works on the stored bytes
     /// ([`RawEvent`]): the event is decoded only when an interest filter has to look at
     /// it, and origin/path are spliced in, not re-serialized.
     #[allow(clippy::too_many_arguments)]
@@ -1296,6 +1406,7 @@ impl SessionState {
         stored: &[u8],
         offset: u64,
         partition: u32,
+        own_end: Option<u64>,
     ) -> Option<Vec<u8>> {
         let raw = match RawEvent::parse(stored) {
             Ok(r) => r,
@@ -1306,6 +1417,17 @@ impl SessionState {
         };
         let path = event_path(&raw, me);
         if path.contains(&peer) {
+            return None;
+        }
+        let own = OriginPos { partition, offset };
+        let held = match raw.extension(ORIGIN_EXT) {
+            Some(origin) => raw
+                .extension(POS_EXT)
+                .and_then(OriginPos::parse)
+                .is_some_and(|pos| self.peer_marks.holds(origin, wire, pos, None)),
+            None => own_end.is_some_and(|end| self.peer_marks.holds(me, wire, own, Some(end))),
+        };
+        if held {
             return None;
         }
         let mut decoded: Option<Option<cloudevents::Event>> = None;
@@ -1323,7 +1445,12 @@ impl SessionState {
         if !wanted {
             return None;
         }
-        let set = outgoing_stamps(&raw, me);
+        let mut set = outgoing_stamps(&raw, me);
+        // Leaving its origin: its origin position goes with it.
+        let pos = own.to_string();
+        if raw.extension(ORIGIN_EXT).is_none() && raw.extension(POS_EXT).is_none() {
+            set.push((POS_EXT, &pos));
+        }
         Some(if set.is_empty() {
             stored.to_vec()
         } else {
@@ -1337,15 +1464,23 @@ impl SessionState {
         peer: &str,
         send: &mut quinn::SendStream,
     ) -> Result<(), String> {
-        let local: Vec<LocalInterest> = shared
-            .node
-            .list_subscriptions()
-            .into_iter()
-            .map(|s| LocalInterest {
-                topic: s.topic,
-                filter: s.filter,
-            })
-            .collect();
+        // The catalog first (all of it on a new connection, then what changed): topics
+        // are known on the other side before events or interest need them.
+        let (gen, changed) = {
+            let c = lock(&shared.catalog);
+            let gen = c.generation();
+            (
+                gen,
+                (gen > self.catalog_sent).then(|| c.changed_since(self.catalog_sent)),
+            )
+        };
+        if let Some(changed) = changed {
+            for chunk in changed.chunks(CATALOG_CHUNK) {
+                write_frame(send, &Frame::Catalog(chunk.to_vec())).await?;
+            }
+            self.catalog_sent = gen;
+        }
+        let local = shared.local_interest();
         let topo = shared.topology();
         let down = lock(&shared.down).clone();
         let routes = Routes::new(&topo, shared.me(), &down);
@@ -1357,6 +1492,25 @@ impl SessionState {
             routes.relays(n, d) || (routes.path(d).is_none() && all_up.relays(n, d))
         });
         if self.announced.as_ref() != Some(&set) {
+            // First what this cluster holds of the topics it starts to want (all of them
+            // on a new connection), so the peer sends only what is missing here.
+            let before: HashSet<&str> = self
+                .announced
+                .iter()
+                .flatten()
+                .map(|e| e.topic.as_str())
+                .collect();
+            let new_topics: HashSet<&str> = set
+                .iter()
+                .map(|e| e.topic.as_str())
+                .filter(|t| !before.contains(t))
+                .collect();
+            if !new_topics.is_empty() {
+                let marks: Vec<Mark> = lock(&shared.marks).for_topics(new_topics);
+                if !marks.is_empty() {
+                    write_frame(send, &Frame::Marks(marks)).await?;
+                }
+            }
             write_frame(send, &Frame::Interest(set.clone())).await?;
             tracing::debug!(cluster = %shared.me(), peer, entries = set.len(), "interest announced");
             self.announced = Some(set);
@@ -1490,6 +1644,164 @@ async fn restore_dedup(node: &Node, me: &str, capacity: usize) -> DedupWindow {
     window
 }
 
+/// Most catalog entries in one frame.
+const CATALOG_CHUNK: usize = 1_000;
+
+/// Reads the persisted catalog.
+async fn restore_catalog(node: &Node, me: &str) -> Catalog {
+    match node.store.list_meta(crate::catalog::META_PREFIX).await {
+        Ok(entries) => {
+            let (catalog, bad) = Catalog::restore(me, entries);
+            for key in bad {
+                tracing::warn!(cluster = %me, key, "ignoring an unreadable catalog entry (peers send it again)");
+            }
+            catalog
+        }
+        Err(e) => {
+            tracing::error!(cluster = %me, "topic catalog not restored (peers send it again): {e}");
+            Catalog::new(me)
+        }
+    }
+}
+
+/// Keeps the catalog and this cluster's topics in step: every 250 ms it lists the local
+/// topics (new ones become lives owned here, deleted ones end theirs, the owners' topics
+/// this cluster may receive are made), and it carries out what merges of peers' entries
+/// asked for.
+async fn catalog_loop(shared: Arc<Shared>, mut actions: mpsc::UnboundedReceiver<CatalogAction>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing: HashSet<String> = HashSet::new();
+    let mut first = true;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let local: BTreeMap<String, TopicConfig> = match shared.node.store.list_topics().await {
+                    Ok(t) => t.into_iter().collect(),
+                    Err(e) => {
+                        if failing.insert(String::new()) {
+                            tracing::warn!(cluster = %shared.me(), "listing topics for the catalog failed (retried): {e}");
+                        }
+                        continue;
+                    }
+                };
+                failing.remove("");
+                *lock(&shared.local_topics) = local.clone();
+                let topo = shared.topology();
+                let me = shared.me().to_string();
+                let todo = {
+                    let mut c = lock(&shared.catalog);
+                    if first {
+                        c.adopt_orphans(&local);
+                        first = false;
+                    }
+                    c.observe(&local, now_ms(), |topic, cfg| {
+                        topo.may_receive(topic, &me)
+                            && (cfg.replicate_to.is_empty() || cfg.replicate_to.contains(&me))
+                    })
+                };
+                for a in todo {
+                    run_catalog_action(&shared, a, &mut failing).await;
+                }
+            }
+            a = actions.recv() => match a {
+                Some(a) => run_catalog_action(&shared, a, &mut failing).await,
+                None => return,
+            },
+        }
+    }
+}
+
+async fn run_catalog_action(shared: &Shared, action: CatalogAction, failing: &mut HashSet<String>) {
+    let me = shared.me();
+    match action {
+        CatalogAction::Create { topic, config } => {
+            let owner = lock(&shared.catalog)
+                .effective(&topic)
+                .map(|(o, _)| o.to_string())
+                .unwrap_or_default();
+            match shared.node.admin_create_topic(&topic, config).await {
+                Ok(_) => {
+                    failing.remove(&topic);
+                    tracing::info!(cluster = %me, topic, owner, "topic made from the mesh catalog");
+                }
+                Err(e) => {
+                    if failing.insert(topic.clone()) {
+                        tracing::warn!(cluster = %me, topic, owner, "making a topic of the mesh catalog failed (retried): {e}");
+                    }
+                }
+            }
+        }
+        CatalogAction::Delete { topic } => match shared.node.admin_delete_topic(&topic).await {
+            Ok(()) | Err(NodeError::TopicNotFound { .. }) => {
+                failing.remove(&topic);
+                lock(&shared.catalog).delete_result(&topic, true);
+                tracing::info!(cluster = %me, topic, "topic deleted: its owner deleted it");
+            }
+            Err(e) => {
+                lock(&shared.catalog).delete_result(&topic, false);
+                if failing.insert(topic.clone()) {
+                    tracing::info!(cluster = %me, topic, "the owner deleted this topic; the local copy is kept until it can go: {e}");
+                }
+            }
+        },
+        CatalogAction::Persist { key, value } => {
+            if let Err(e) = shared.node.store.put_meta(&key, &value).await {
+                tracing::warn!(cluster = %me, key, "persisting a catalog entry failed (peers send it again): {e}");
+            }
+        }
+        CatalogAction::ForgetMarks { topic } => {
+            let keys = lock(&shared.marks).forget_topic(&topic);
+            for key in keys {
+                let _ = shared.node.store.delete_meta(&key).await;
+            }
+        }
+    }
+}
+
+/// Reads the persisted marks.
+async fn restore_marks(node: &Node, me: &str) -> Marks {
+    match node.store.list_meta(marks::META_PREFIX).await {
+        Ok(entries) => {
+            let (marks, bad) = Marks::restore(entries);
+            for key in bad {
+                tracing::warn!(cluster = %me, key, "ignoring an unreadable origin mark (the link cursors and the duplicate window still hold)");
+            }
+            marks
+        }
+        Err(e) => {
+            tracing::error!(cluster = %me, "origin marks not restored (links resume from their cursors): {e}");
+            Marks::default()
+        }
+    }
+}
+
+/// Persists changed marks every 200 ms. A mark is
+/// written after the events it covers are durable, so it may trail them (a crash then
+/// costs some events sent again, dropped by the duplicate window), never lead them.
+async fn persist_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        persist_marks(&shared).await;
+    }
+}
+
+async fn persist_marks(shared: &Shared) {
+    let dirty = lock(&shared.marks).take_dirty();
+    let mut failed = Vec::new();
+    for (key, value) in dirty {
+        if let Err(e) = shared.node.store.put_meta(&key, &value).await {
+            tracing::warn!(cluster = %shared.me(), key, "persisting an origin mark failed (retried): {e}");
+            failed.push(key);
+        }
+    }
+    if !failed.is_empty() {
+        lock(&shared.marks).redirty(&failed);
+    }
+}
+
 /// Stores the batches a peer sends, in arrival order, and reports the highest sequence
 /// number stored (the cumulative ack) to the session. It runs beside the session, so the
 /// link keeps reading while a store append (and its fsync) is under way, and it takes
@@ -1609,12 +1921,21 @@ const STORE_ROUND_MAX: usize = 256;
 /// stored (`None` for a part flushed early), and the round (or why it failed).
 type Ready = (Option<u64>, Result<Vec<Pending>, String>);
 
+/// A received event ready to append.
+struct Received {
+    /// Its partition key.
+    key: Option<String>,
+    /// Its origin and position there (absent for events of older peers).
+    origin: Option<(String, OriginPos)>,
+    payload: Vec<u8>,
+}
+
 /// Received events of one topic, ready to append.
 struct Pending {
     topic: String,
     partitions: u32,
-    /// (partition key, payload) in arrival order.
-    records: Vec<(Option<String>, Vec<u8>)>,
+    /// In arrival order.
+    records: Vec<Received>,
     keys: Vec<DedupKey>,
 }
 
@@ -1715,9 +2036,16 @@ async fn prepare_round(
                     pending.len() - 1
                 }
             };
+            let origin = raw.extension(ORIGIN_EXT).and_then(|o| {
+                let pos = raw.extension(POS_EXT).and_then(OriginPos::parse)?;
+                Some((o.to_string(), pos))
+            });
             let g = &mut pending[i];
-            g.records
-                .push((raw.partition_key().map(str::to_string), payload));
+            g.records.push(Received {
+                key: raw.partition_key().map(str::to_string),
+                origin,
+                payload,
+            });
             g.keys.push(key);
         }
     }
@@ -1769,7 +2097,7 @@ async fn store_received(
     peer: &str,
     topic: &str,
     topic_partitions: u32,
-    records: Vec<(Option<String>, Vec<u8>)>,
+    records: Vec<Received>,
 ) -> Result<(), String> {
     let me = shared.me();
     let node = &shared.node;
@@ -1799,12 +2127,25 @@ async fn store_received(
         Err(e) => return Err(format!("topic {:?}: {e}", store_topic)),
     };
     let ts = now_ms();
+    // Each origin partition goes to the same partition here (when the topic has it), so
+    // origin order holds hop by hop and the mark of what is stored is exact.
+    let mut observed: Vec<(String, OriginPos)> = Vec::new();
     let records = records
         .into_iter()
-        .map(|(key, payload)| AppendRecord {
-            partition: partition_for_key(key.as_deref(), partitions),
-            timestamp_ms: ts,
-            payload: payload.into(),
+        .map(|r| {
+            let fallback = partition_for_key(r.key.as_deref(), partitions);
+            let pos = r.origin.as_ref().map(|(_, pos)| *pos);
+            let (partition, exact) = marks::receive_partition(pos, partitions, fallback);
+            if exact {
+                if let Some(o) = r.origin {
+                    observed.push(o);
+                }
+            }
+            AppendRecord {
+                partition,
+                timestamp_ms: ts,
+                payload: r.payload.into(),
+            }
         })
         .collect();
     // Readable before durable: the peer keeps these until our ack, which is sent only
@@ -1812,8 +2153,13 @@ async fn store_received(
     node.store
         .append_visible_early(&store_topic, records)
         .await
-        .map(|_| ())
-        .map_err(|e| format!("appending replicated events: {e}"))
+        .map_err(|e| format!("appending replicated events: {e}"))?;
+    // Durable now: what this cluster holds moves on (persisted a moment later).
+    let mut marks = lock(&shared.marks);
+    for (origin, pos) in observed {
+        marks.observe(&origin, topic, pos);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -127,13 +127,16 @@ impl PeerInterest {
     }
 }
 
-/// A local subscription's interest: topic and filter.
+/// A local subscription's interest: topic, filter, and where it starts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalInterest {
     /// Topic.
     pub topic: String,
     /// Filter.
     pub filter: Option<FilterSpec>,
+    /// `None`: the retained history (`start: earliest`); `Some(ms)`: events stored since
+    /// then (`start: latest`, made at `ms`). See [`InterestEntry::since_ms`].
+    pub since_ms: Option<u64>,
 }
 
 /// The set to announce to `neighbor`: local interest (destination `me`, when
@@ -158,6 +161,7 @@ pub fn announcement(
                 .filter
                 .as_ref()
                 .and_then(|f| serde_json::to_string(f).ok()),
+            since_ms: l.since_ms,
         });
     }
     for (from, entries) in learned {
@@ -192,6 +196,7 @@ mod tests {
             dest: dest.into(),
             topic: topic.into(),
             filter: ty.map(|t| format!("{{\"exact\":{{\"type\":\"{t}\"}}}}")),
+            since_ms: None,
         }
     }
 
@@ -227,6 +232,7 @@ mod tests {
         let local = vec![LocalInterest {
             topic: "t".into(),
             filter: None,
+            since_ms: None,
         }];
         let mut learned = BTreeMap::new();
         learned.insert(

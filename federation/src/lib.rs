@@ -7,9 +7,11 @@
 //! Must not touch: placement, token auth, or the local delivery of events to sinks.
 //!
 //! # Layout
+//! - [`catalog`]: the mesh's topic catalog: lives, merge, conflicts. Sans-IO.
 //! - [`link`]: handshake checks, event path (loop prevention), duplicate window. Sans-IO.
 //! - [`interest`]: compiling a peer's interest, building announcements. Sans-IO.
 //! - [`cursor`]: the send window and durable cursors of a link. Sans-IO.
+//! - [`marks`]: positions in origin terms: receiver marks, where a link starts. Sans-IO.
 //! - [`routing`]: which interest is relayed to which neighbour. Sans-IO.
 //! - [`stats`]: per-link counters and their JSON snapshot.
 //! - [`bridge`]: the tokio/quinn shell that runs all of the above.
@@ -18,9 +20,11 @@
 #![forbid(unsafe_code)]
 
 pub mod bridge;
+pub mod catalog;
 pub mod cursor;
 pub mod interest;
 pub mod link;
+pub mod marks;
 pub mod routing;
 pub mod stats;
 

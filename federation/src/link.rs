@@ -65,7 +65,7 @@ pub fn check_hello(local: &Hello, expected_peer: &str, frame: &Frame) -> HelloOu
     };
     if peer.version != PROTOCOL_VERSION {
         return HelloOutcome::Refuse(format!(
-            "protocol version {} is not supported (this bridge speaks {PROTOCOL_VERSION})",
+            "protocol version {} is not supported (this bridge speaks {PROTOCOL_VERSION}): run the same release of meshd on both sides of the link",
             peer.version
         ));
     }
@@ -94,6 +94,8 @@ pub fn frame_name(f: &Frame) -> &'static str {
         Frame::Interest(_) => "interest",
         Frame::Batch(_) => "batch",
         Frame::Ack { .. } => "ack",
+        Frame::Marks(_) => "marks",
+        Frame::Catalog(_) => "catalog",
     }
 }
 
@@ -335,11 +337,14 @@ mod tests {
         assert!(
             matches!(check_hello(&local, "b", &Frame::Hello(hello("m", "c", "d1"))), HelloOutcome::Refuse(r) if r.contains("certificate"))
         );
-        let mut v2 = hello("m", "b", "d1");
-        v2.version = 2;
-        assert!(
-            matches!(check_hello(&local, "b", &Frame::Hello(v2)), HelloOutcome::Refuse(r) if r.contains("version"))
-        );
+        // Version 1 peers (no origin positions) and unknown future versions are refused.
+        for v in [1, PROTOCOL_VERSION + 1] {
+            let mut other = hello("m", "b", "d1");
+            other.version = v;
+            assert!(
+                matches!(check_hello(&local, "b", &Frame::Hello(other)), HelloOutcome::Refuse(r) if r.contains(&format!("protocol version {v} ")) && r.contains("same release"))
+            );
+        }
         assert!(
             matches!(check_hello(&local, "b", &Frame::Ack { seq: 1 }), HelloOutcome::Refuse(r) if r.contains("hello"))
         );

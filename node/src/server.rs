@@ -46,6 +46,10 @@ use crate::store::pulsar::{PulsarConfig, PulsarStore};
 use crate::store::{EventStore, FsyncPolicy, RetentionHolds, StoreError};
 
 const SUBSCRIPTION_PREFIX: &str = "subscriptions/";
+/// Store metadata: when each subscription was made (ms since the epoch, as text). A
+/// `latest` subscription in another cluster's topic wants that cluster's events stored
+/// since then (the federation's interest carries it).
+const SUBSCRIPTION_CREATED_PREFIX: &str = "subscription-created/";
 
 /// How long a stopping node waits for requests in flight (a pull waits up to 60 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(65);
@@ -245,6 +249,8 @@ pub struct Node {
     pub metrics: Metrics,
     topics: RwLock<HashMap<String, TopicConfig>>,
     subscriptions: RwLock<BTreeMap<String, Arc<CompiledSubscription>>>,
+    /// When each subscription was made (see [`SUBSCRIPTION_CREATED_PREFIX`]).
+    subscriptions_created: std::sync::Mutex<HashMap<String, u64>>,
     admin: Mutex<()>,
     ready: AtomicBool,
     mesh: std::sync::OnceLock<MeshStatusFn>,
@@ -328,6 +334,7 @@ impl Node {
             metrics,
             topics: RwLock::new(topics),
             subscriptions: RwLock::new(BTreeMap::new()),
+            subscriptions_created: std::sync::Mutex::new(HashMap::new()),
             admin: Mutex::new(()),
             ready: AtomicBool::new(false),
             mesh: std::sync::OnceLock::new(),
@@ -341,6 +348,16 @@ impl Node {
             drain: watch::Sender::new(DrainState::Serving),
             retention_holds: std::sync::Mutex::new(BTreeMap::new()),
         });
+        let mut created: HashMap<String, u64> = HashMap::new();
+        for (key, value) in node.store.list_meta(SUBSCRIPTION_CREATED_PREFIX).await? {
+            let name = key.trim_start_matches(SUBSCRIPTION_CREATED_PREFIX);
+            if let Some(ms) = std::str::from_utf8(&value)
+                .ok()
+                .and_then(|t| t.parse().ok())
+            {
+                created.insert(name.to_string(), ms);
+            }
+        }
         for (key, value) in node.store.list_meta(SUBSCRIPTION_PREFIX).await? {
             let spec: SubscriptionSpec = match serde_json::from_slice(&value) {
                 Ok(s) => s,
@@ -355,7 +372,14 @@ impl Node {
                     if node.should_run(&sub.spec) {
                         node.delivery.start(sub.clone()).await?;
                     }
-                    node.write_subs().insert(sub.spec.name.clone(), sub);
+                    let name = sub.spec.name.clone();
+                    // Made by a release that did not record it: from now on.
+                    let at = match created.get(&name) {
+                        Some(at) => *at,
+                        None => node.record_subscription_created(&name).await?,
+                    };
+                    node.created_map().insert(name.clone(), at);
+                    node.write_subs().insert(name, sub);
                 }
                 Err(e) => {
                     tracing::error!(key, "stored subscription no longer compiles, skipped: {e}")
@@ -702,6 +726,7 @@ impl Node {
             }
         }
         let bytes = serde_json::to_vec(&sub.spec).expect("a spec serializes");
+        let created = self.record_subscription_created(&name).await?;
         self.store
             .put_meta(&format!("{SUBSCRIPTION_PREFIX}{name}"), &bytes)
             .await?;
@@ -716,8 +741,13 @@ impl Node {
                 .store
                 .delete_meta(&format!("{SUBSCRIPTION_PREFIX}{name}"))
                 .await;
+            let _ = self
+                .store
+                .delete_meta(&format!("{SUBSCRIPTION_CREATED_PREFIX}{name}"))
+                .await;
             return Err(e.into());
         }
+        self.created_map().insert(name.clone(), created);
         self.write_subs().insert(name.clone(), sub.clone());
         tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, subscription = %name, topic = %sub.spec.topic, "subscription created");
         Ok((true, sub.spec.clone()))
@@ -754,6 +784,30 @@ impl Node {
         guard.set_components(source, components);
     }
 
+    /// When a subscription was made (ms since the epoch): a `latest` subscription starts
+    /// at the events stored since then, here and, through the federation, at their origin.
+    pub fn subscription_created_ms(&self, name: &str) -> Option<u64> {
+        self.created_map().get(name).copied()
+    }
+
+    fn created_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.subscriptions_created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records now as the time `name` was made (durably).
+    async fn record_subscription_created(&self, name: &str) -> Result<u64, NodeError> {
+        let at = crate::ingest::now_ms();
+        self.store
+            .put_meta(
+                &format!("{SUBSCRIPTION_CREATED_PREFIX}{name}"),
+                at.to_string().as_bytes(),
+            )
+            .await?;
+        Ok(at)
+    }
+
     /// All subscriptions' specs.
     pub fn list_subscriptions(&self) -> Vec<SubscriptionSpec> {
         self.read_subs().values().map(|s| s.spec.clone()).collect()
@@ -781,6 +835,11 @@ impl Node {
         self.store
             .delete_meta(&format!("{SUBSCRIPTION_PREFIX}{name}"))
             .await?;
+        let _ = self
+            .store
+            .delete_meta(&format!("{SUBSCRIPTION_CREATED_PREFIX}{name}"))
+            .await;
+        self.created_map().remove(name);
         self.write_subs().remove(name);
         tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, subscription = %name, "subscription deleted");
         Ok(())

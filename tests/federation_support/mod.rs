@@ -281,6 +281,24 @@ pub async fn wait_interest(c: &reqwest::Client, node: &Meshd, peer: &str, dest: 
     .await;
 }
 
+/// Waits until `node` has learned no interest from `peer` on `topic` (e.g. a route
+/// change moved it to another link).
+pub async fn wait_no_interest(c: &reqwest::Client, node: &Meshd, peer: &str, topic: &str) {
+    common::eventually(
+        &format!("no interest on {topic} learned from {peer}"),
+        Duration::from_secs(15),
+        || async {
+            let m = mesh(c, node).await;
+            let found = m["learned_interest"][peer]
+                .as_array()
+                .map(|a| a.iter().any(|e| e["topic"] == topic))
+                .unwrap_or(false);
+            (!found).then_some(())
+        },
+    )
+    .await;
+}
+
 /// A userspace UDP forwarder between one client-facing port and one server address,
 /// able to drop everything (cut) and forward again (restore). One upstream socket per
 /// client address.
