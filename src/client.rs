@@ -679,6 +679,10 @@ struct CreateArgs {
     /// Where events that ran out of attempts go (created if missing).
     #[arg(long, value_name = "TOPIC")]
     dead_letter_topic: Option<String>,
+    /// A cluster that keeps a replica of the subscription and can take over its delivery
+    /// (`meshd failover`); repeat for several. CLUSTERING only.
+    #[arg(long, value_name = "CLUSTER")]
+    standby: Vec<String>,
     /// Events in flight at once (push).
     #[arg(long)]
     max_in_flight: Option<u32>,
@@ -774,6 +778,7 @@ impl CreateArgs {
                 Start::Latest => StartPosition::Latest,
                 Start::Earliest => StartPosition::Earliest,
             },
+            standby: self.standby.clone(),
         };
         // The node checks the same; checking here names the flag's field before anything
         // is sent.
@@ -865,6 +870,7 @@ pub async fn subscription(global: &GlobalArgs, args: SubArgs) -> anyhow::Result<
                 sink: Sink::Pull(PullSink::default()),
                 delivery: DeliveryPolicy::default(),
                 start: StartPosition::Latest,
+                standby: Vec::new(),
             };
             spec.clone()
                 .compile()
@@ -1037,12 +1043,43 @@ pub struct MeshArgs {
 enum MeshAction {
     /// The federation bridge's view: clusters, links, their state and lag (GET /v1/mesh).
     Status,
+    /// Take a subscription with standby clusters over here (run against a node of the
+    /// cluster taking over: a standby when the home is lost, or the home taking it back).
+    Failover {
+        /// The subscription's name.
+        subscription: String,
+        /// The cluster where it was made.
+        #[arg(long)]
+        home: String,
+    },
 }
 
 /// Mesh status.
 pub async fn mesh(global: &GlobalArgs, args: MeshArgs) -> anyhow::Result<()> {
     let api = Api::new(global)?;
-    let MeshAction::Status = args.action;
+    if let MeshAction::Failover { subscription, home } = args.action {
+        let req = meshd_core::api::FailoverRequest { subscription, home };
+        let (_, answer): (_, meshd_core::api::FailoverResponse) = api
+            .json(Method::POST, "/v1/mesh/failover", |r| r.json(&req))
+            .await?;
+        if api.output == Output::Json {
+            return api.print_json(&serde_json::to_value(&answer)?);
+        }
+        let start: Vec<String> = answer
+            .start
+            .iter()
+            .map(|(p, o)| format!("{p}:{o}"))
+            .collect();
+        println!(
+            "subscription {} (made in {}) is delivered by {} from term {}; started at partition:offset {}",
+            answer.subscription,
+            answer.home,
+            answer.active,
+            answer.term,
+            start.join(" ")
+        );
+        return Ok(());
+    }
     let raw: Value = match api.get("/v1/mesh").await {
         Ok(v) => v,
         Err(e) => {

@@ -157,6 +157,7 @@ pub async fn start_bridge(
     node.set_mesh_status(bridge.status_fn());
     node.set_mesh_metrics(bridge.metrics_fn());
     node.set_mesh_link_admin(bridge.link_admin_fn());
+    node.set_mesh_failover(bridge.failover_fn());
     #[cfg(unix)]
     {
         let b = bridge.clone();

@@ -13,28 +13,6 @@ use common::{event, eventually, publish};
 use federation_support::*;
 use serde_json::{json, Value};
 
-async fn topic_partitions(c: &reqwest::Client, node: &common::Meshd, topic: &str) -> Option<u64> {
-    let r = c
-        .get(node.at(&format!("/v1/topics/{topic}")))
-        .send()
-        .await
-        .unwrap();
-    if r.status() == 404 {
-        return None;
-    }
-    let v: Value = r.json().await.unwrap();
-    v["config"]["partitions"].as_u64()
-}
-
-async fn wait_topic(c: &reqwest::Client, node: &common::Meshd, topic: &str, partitions: u64) {
-    eventually(
-        &format!("topic {topic} with {partitions} partitions"),
-        Duration::from_secs(15),
-        || async { (topic_partitions(c, node, topic).await == Some(partitions)).then_some(()) },
-    )
-    .await;
-}
-
 async fn wait_no_topic(c: &reqwest::Client, node: &common::Meshd, topic: &str) {
     eventually(
         &format!("topic {topic} gone"),

@@ -402,7 +402,50 @@ pub struct SubscriptionSpec {
     /// Where a new subscription starts.
     #[serde(default)]
     pub start: StartPosition,
+    /// Clusters that keep a replica of this subscription (its definition and committed
+    /// positions, in origin terms) and can take over its delivery if this cluster is lost
+    /// (`POST /v1/mesh/failover` there). CLUSTERING subscriptions only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standby: Vec<String>,
 }
+
+/// Body of `POST /v1/mesh/failover` (on a node of the cluster taking over).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverRequest {
+    /// The subscription's name.
+    pub subscription: String,
+    /// The cluster where it was made.
+    pub home: String,
+}
+
+/// Answer of `POST /v1/mesh/failover`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FailoverResponse {
+    /// The subscription's name.
+    pub subscription: String,
+    /// The cluster where it was made.
+    pub home: String,
+    /// The cluster delivering it now (the one asked).
+    pub active: String,
+    /// The new term (raised by every takeover).
+    pub term: u64,
+    /// Where delivery started, per partition of the local topic.
+    pub start: BTreeMap<u32, u64>,
+}
+
+/// Why a failover was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FailoverError {
+    /// Error code of the API answer (`no_mesh`, `unknown_subscription`, `not_standby`, ...).
+    pub code: &'static str,
+    /// Why, for the operator.
+    pub message: String,
+}
+
+/// Most standby clusters of one subscription.
+pub const MAX_STANDBY: usize = 8;
 
 /// A subscription whose filter and transform compiled.
 #[derive(Debug)]
@@ -439,6 +482,24 @@ impl SubscriptionSpec {
         }
         if d.max_age_secs == 0 {
             return Err(invalid("delivery.max_age_secs", "must be at least 1"));
+        }
+        if self.standby.len() > MAX_STANDBY {
+            return Err(invalid(
+                "standby",
+                format!("at most {MAX_STANDBY} standby clusters"),
+            ));
+        }
+        for (i, c) in self.standby.iter().enumerate() {
+            check_name("standby", c)?;
+            if self.standby[..i].contains(c) {
+                return Err(invalid("standby", format!("{c:?} is named twice")));
+            }
+        }
+        if !self.standby.is_empty() && self.mode != GroupMode::Clustering {
+            return Err(invalid(
+                "standby",
+                "only CLUSTERING subscriptions have standby clusters",
+            ));
         }
         if let Some(dlt) = &d.dead_letter_topic {
             check_name("delivery.dead_letter_topic", dlt)?;

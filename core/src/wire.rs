@@ -107,6 +107,30 @@ pub struct CatalogEntry {
     pub config: Option<String>,
 }
 
+/// A subscription's replica, as the cluster delivering it publishes it to the mesh (its
+/// standby clusters act on it; every cluster relays it). See
+/// `meshd_federation::replicas`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubReplica {
+    /// The cluster where the subscription was made.
+    pub home: String,
+    /// Its name there.
+    pub name: String,
+    /// Raised by every takeover: the highest term's `active` cluster delivers.
+    pub term: u64,
+    /// The cluster delivering in this term.
+    pub active: String,
+    /// The active cluster's update counter within the term.
+    pub seq: u64,
+    /// When the subscription was made at home (ms since the epoch).
+    pub created_ms: u64,
+    /// The subscription spec as JSON; `None` once deleted.
+    pub spec: Option<String>,
+    /// Its committed positions in origin terms (`Mark.next`: the first undelivered origin
+    /// offset of that origin partition).
+    pub positions: Vec<Mark>,
+}
+
 /// A frame of the link protocol.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
@@ -132,6 +156,8 @@ pub enum Frame {
     Marks(Vec<Mark>),
     /// Topic catalog entries (all of them after the handshake, then what changed).
     Catalog(Vec<CatalogEntry>),
+    /// Subscription replicas (all after the handshake, then what changed).
+    Subscriptions(Vec<SubReplica>),
 }
 
 /// Why bytes are not a valid frame.
@@ -278,6 +304,16 @@ mod tests {
                 owner: "a".into(),
                 created_ms: 5,
                 config: Some("{\"partitions\":2}".into()),
+            }]),
+            Frame::Subscriptions(vec![SubReplica {
+                home: "a".into(),
+                name: "s".into(),
+                term: 1,
+                active: "b".into(),
+                seq: 3,
+                created_ms: 9,
+                spec: Some("{}".into()),
+                positions: vec![],
             }]),
         ]
     }

@@ -43,6 +43,7 @@ use crate::link::{
     HelloOutcome, Reservation, ORIGIN_EXT, PATH_EXT,
 };
 use crate::marks::{self, Marks, OriginPos, PeerMarks, SinceSearch, Start};
+use crate::replicas::{Event as ReplicaEvent, Replicas, StartScan};
 use crate::routing::Routes;
 use crate::stats::{LinkState, LinkStats};
 use meshd_core::event::POS_EXT;
@@ -175,7 +176,17 @@ struct Shared {
     local_topics: Mutex<BTreeMap<String, TopicConfig>>,
     /// Catalog actions from sessions (merges of what peers sent), for the catalog task.
     catalog_actions: mpsc::UnboundedSender<CatalogAction>,
+    /// Subscription replicas known here (see [`crate::replicas`]).
+    replicas: Mutex<Replicas>,
+    /// Replica changes from sessions, for the replica task: (fencing events, keys to persist).
+    replica_events: mpsc::UnboundedSender<ReplicaChange>,
+    /// Serializes takeovers with the replica task's work on local subscriptions.
+    replica_gate: tokio::sync::Mutex<()>,
 }
+
+/// What a merge of a peer's replicas asks of the replica task: fencing events and the
+/// (home, name) keys to persist.
+type ReplicaChange = (Vec<ReplicaEvent>, Vec<(String, String)>);
 
 /// The QUIC close of a bridge that stops cleanly: code 0 and this reason. The peer sees
 /// it instead of a broken stream, and reports a peer that went away on purpose as such.
@@ -293,11 +304,16 @@ impl Bridge {
         let marks = restore_marks(&node, &config.cluster).await;
         let catalog = restore_catalog(&node, &config.cluster).await;
         let (catalog_actions, catalog_rx) = mpsc::unbounded_channel();
+        let replicas = restore_replicas(&node, &config.cluster).await;
+        let (replica_events, replica_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             marks: Mutex::new(marks),
             catalog: Mutex::new(catalog),
             local_topics: Mutex::new(BTreeMap::new()),
             catalog_actions,
+            replicas: Mutex::new(replicas),
+            replica_events,
+            replica_gate: tokio::sync::Mutex::new(()),
             dedup: Mutex::new(dedup),
             dedup_resolved: tokio::sync::Notify::new(),
             draining: Mutex::new(Vec::new()),
@@ -320,6 +336,7 @@ impl Bridge {
             tokio::spawn(reload_loop(shared.clone())),
             tokio::spawn(persist_loop(shared.clone())),
             tokio::spawn(catalog_loop(shared.clone(), catalog_rx)),
+            tokio::spawn(replica_loop(shared.clone(), replica_rx)),
         ];
         tracing::info!(
             cluster = %shared.config.cluster,
@@ -388,6 +405,16 @@ impl Bridge {
     /// Answers whether the state changed; `Err` when the topology has no link to `peer`.
     pub fn set_link_paused(&self, peer: &str, pause: bool) -> Result<bool, String> {
         self.shared.set_paused(peer, pause)
+    }
+
+    /// A closure taking a subscription over from another cluster, for the node's
+    /// `POST /v1/mesh/failover`.
+    pub fn failover_fn(&self) -> meshd_node::server::MeshFailoverFn {
+        let shared = self.shared.clone();
+        Arc::new(move |req| {
+            let shared = shared.clone();
+            Box::pin(async move { takeover(&shared, req).await })
+        })
     }
 
     /// A closure calling [`Bridge::set_link_paused`], for the node's admin endpoints.
@@ -524,6 +551,18 @@ impl Shared {
             "dedup_window": lock(&self.dedup).len(),
             "learned_interest": *lock(&self.learned),
             "catalog": catalog,
+            "subscription_replicas": lock(&self.replicas)
+                .all()
+                .into_iter()
+                .map(|r| serde_json::json!({
+                    "home": r.home,
+                    "name": r.name,
+                    "term": r.term,
+                    "active": r.active,
+                    "deleted": r.spec.is_none(),
+                    "positions": r.positions,
+                }))
+                .collect::<Vec<_>>(),
             // The replication policies (who may receive which topics), for drills that
             // move subscriptions between clusters.
             "policies": topo
@@ -1012,6 +1051,7 @@ async fn session(
         stored_seq: 0,
         peer_marks: PeerMarks::default(),
         catalog_sent: 0,
+        replicas_sent: 0,
     };
     if *drain.borrow() {
         s.start_drain(shared, peer, stats);
@@ -1162,6 +1202,8 @@ struct SessionState {
     peer_marks: PeerMarks,
     /// The catalog generation sent to the peer on this connection.
     catalog_sent: u64,
+    /// The replicas generation sent to the peer on this connection.
+    replicas_sent: u64,
 }
 
 impl SessionState {
@@ -1221,6 +1263,13 @@ impl SessionState {
                 }
                 for a in actions {
                     let _ = shared.catalog_actions.send(a);
+                }
+                Ok(())
+            }
+            Frame::Subscriptions(replicas) => {
+                let (events, changed) = lock(&shared.replicas).merge(replicas);
+                if !events.is_empty() || !changed.is_empty() {
+                    let _ = shared.replica_events.send((events, changed));
                 }
                 Ok(())
             }
@@ -1479,6 +1528,20 @@ impl SessionState {
                 write_frame(send, &Frame::Catalog(chunk.to_vec())).await?;
             }
             self.catalog_sent = gen;
+        }
+        let (gen, changed) = {
+            let r = lock(&shared.replicas);
+            let gen = r.generation();
+            (
+                gen,
+                (gen > self.replicas_sent).then(|| r.changed_since(self.replicas_sent)),
+            )
+        };
+        if let Some(changed) = changed {
+            for chunk in changed.chunks(CATALOG_CHUNK) {
+                write_frame(send, &Frame::Subscriptions(chunk.to_vec())).await?;
+            }
+            self.replicas_sent = gen;
         }
         let local = shared.local_interest();
         let topo = shared.topology();
@@ -1757,6 +1820,342 @@ async fn run_catalog_action(shared: &Shared, action: CatalogAction, failing: &mu
             }
         }
     }
+}
+
+/// Reads the persisted subscription replicas.
+async fn restore_replicas(node: &Node, me: &str) -> Replicas {
+    match node.store.list_meta(crate::replicas::META_PREFIX).await {
+        Ok(entries) => {
+            let (replicas, bad) = Replicas::restore(me, entries);
+            for key in bad {
+                tracing::warn!(cluster = %me, key, "ignoring an unreadable subscription replica (peers send it again)");
+            }
+            replicas
+        }
+        Err(e) => {
+            tracing::error!(cluster = %me, "subscription replicas not restored (peers send them again): {e}");
+            Replicas::new(me)
+        }
+    }
+}
+
+/// How far back from its committed offset a subscription's positions are first read
+/// (an origin whose last delivered event is older counts as having none).
+const POSITION_SCAN_BACK: u64 = 100_000;
+
+/// Positions of one delivered subscription, read incrementally from its committed
+/// offsets.
+struct PositionScan {
+    marks: Marks,
+    scanned: HashMap<u32, u64>,
+}
+
+/// Publishes the positions of the subscriptions this cluster delivers for standbys every
+/// 500 ms, stops delivering what another cluster took over (a restarted home first of
+/// all), and persists replicas.
+async fn replica_loop(
+    shared: Arc<Shared>,
+    mut events: mpsc::UnboundedReceiver<ReplicaChange>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut scans: HashMap<(String, String), PositionScan> = HashMap::new();
+    let mut first = true;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let _gate = shared.replica_gate.lock().await;
+                if first {
+                    first = false;
+                    fence_restarted(&shared).await;
+                }
+                publish_positions(&shared, &mut scans).await;
+            }
+            e = events.recv() => {
+                let Some((fenced, changed)) = e else { return };
+                let _gate = shared.replica_gate.lock().await;
+                for ReplicaEvent::Fenced { home, name, active } in fenced {
+                    scans.remove(&(home.clone(), name.clone()));
+                    let stopped = shared.node.pause_delivery(&name).await;
+                    tracing::info!(cluster = %shared.me(), home, subscription = %name, active, stopped, "subscription taken over by another cluster: not delivered here");
+                }
+                persist_replicas(&shared, &changed).await;
+            }
+        }
+    }
+}
+
+/// After a restart: the node started every subscription; those another cluster took over
+/// meanwhile (by the persisted replicas) stop at once.
+async fn fence_restarted(shared: &Shared) {
+    let me = shared.me().to_string();
+    let fenced: Vec<(String, String)> = {
+        let r = lock(&shared.replicas);
+        shared
+            .node
+            .list_subscriptions()
+            .into_iter()
+            .filter(|s| !s.standby.is_empty())
+            .filter_map(|s| {
+                r.all()
+                    .into_iter()
+                    .find(|x| x.name == s.name && (x.home == me || s.standby.contains(&me)))
+                    .filter(|x| x.active != me && x.spec.is_some())
+                    .map(|x| (x.name, x.active))
+            })
+            .collect()
+    };
+    for (name, active) in fenced {
+        if shared.node.pause_delivery(&name).await {
+            tracing::info!(cluster = %me, subscription = %name, active, "subscription delivered by another cluster since a takeover: not delivered here");
+        }
+    }
+}
+
+async fn persist_replicas(shared: &Shared, keys: &[(String, String)]) {
+    for (home, name) in keys {
+        let entry = lock(&shared.replicas).persist_entry(home, name);
+        if let Some((key, value)) = entry {
+            if let Err(e) = shared.node.store.put_meta(&key, &value).await {
+                tracing::warn!(cluster = %shared.me(), key, "persisting a subscription replica failed: {e}");
+            }
+        }
+    }
+}
+
+/// Publishes spec and positions of every subscription with standby clusters that this
+/// cluster delivers (made here and not taken over, or taken over here).
+async fn publish_positions(shared: &Shared, scans: &mut HashMap<(String, String), PositionScan>) {
+    let me = shared.me().to_string();
+    let local: BTreeMap<String, api::SubscriptionSpec> = shared
+        .node
+        .list_subscriptions()
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
+    let known = lock(&shared.replicas).all();
+    let mut keys: Vec<(String, String, u64)> = Vec::new();
+    let mut deleted = Vec::new();
+    for s in local.values().filter(|s| !s.standby.is_empty()) {
+        let fenced = known
+            .iter()
+            .any(|r| r.home == me && r.name == s.name && r.active != me);
+        if !fenced {
+            let created = shared.node.subscription_created_ms(&s.name).unwrap_or(0);
+            keys.push((me.clone(), s.name.clone(), created));
+        }
+    }
+    for r in &known {
+        if r.active == me && r.home != me && r.spec.is_some() {
+            keys.push((r.home.clone(), r.name.clone(), r.created_ms));
+        }
+        if r.active == me && r.spec.is_some() && !local.contains_key(&r.name) {
+            deleted.push((r.home.clone(), r.name.clone(), r.created_ms));
+        }
+    }
+    let mut changed = Vec::new();
+    for (home, name, created) in deleted {
+        if lock(&shared.replicas).publish(&home, &name, created, None, Vec::new()) {
+            changed.push((home.clone(), name.clone()));
+            scans.remove(&(home, name));
+        }
+    }
+    for (home, name, created) in keys {
+        let Some(spec) = local.get(&name) else {
+            continue;
+        };
+        let scan = scans
+            .entry((home.clone(), name.clone()))
+            .or_insert_with(|| PositionScan {
+                marks: Marks::default(),
+                scanned: HashMap::new(),
+            });
+        read_positions(shared, scan, spec).await;
+        let positions = scan.marks.for_topics([spec.topic.as_str()]);
+        let json = serde_json::to_string(spec).expect("a spec serializes");
+        if lock(&shared.replicas).publish(&home, &name, created, Some(json), positions) {
+            changed.push((home, name));
+        }
+    }
+    persist_replicas(shared, &changed).await;
+}
+
+/// The origin position of a stored record of `partition` (its own when it has none).
+fn origin_of(
+    raw: &RawEvent<'_>,
+    me: &str,
+    partition: u32,
+    offset: u64,
+) -> Option<(String, OriginPos)> {
+    match raw.extension(ORIGIN_EXT) {
+        Some(origin) => raw
+            .extension(POS_EXT)
+            .and_then(OriginPos::parse)
+            .map(|pos| (origin.to_string(), pos)),
+        None => Some((me.to_string(), OriginPos { partition, offset })),
+    }
+}
+
+/// Reads a subscription's delivered events since the last call (up to its committed
+/// offsets) into its positions.
+async fn read_positions(shared: &Shared, scan: &mut PositionScan, spec: &api::SubscriptionSpec) {
+    let store = &shared.node.store;
+    let Ok(Some(cfg)) = store.topic(&spec.topic).await else {
+        return;
+    };
+    for p in 0..cfg.partitions {
+        let Ok(Some(committed)) = store.committed_offset(&spec.name, &spec.topic, p).await else {
+            continue;
+        };
+        let Ok(b) = store.bounds(&spec.topic, p).await else {
+            continue;
+        };
+        let mut pos = scan
+            .scanned
+            .get(&p)
+            .copied()
+            .unwrap_or_else(|| committed.saturating_sub(POSITION_SCAN_BACK))
+            .max(b.start);
+        while pos < committed {
+            let want = (committed - pos).min(1024) as usize;
+            let Ok(records) = store.read(&spec.topic, p, pos, want).await else {
+                break;
+            };
+            let Some(last) = records.last() else { break };
+            let next = last.offset + 1;
+            for r in records.iter().filter(|r| r.offset < committed) {
+                let Ok(raw) = RawEvent::parse(&r.payload) else {
+                    continue;
+                };
+                if let Some((origin, op)) = origin_of(&raw, shared.me(), p, r.offset) {
+                    scan.marks.observe(&origin, &spec.topic, op);
+                }
+            }
+            pos = next.min(committed);
+        }
+        scan.scanned.insert(p, pos);
+    }
+}
+
+fn failover_error(e: crate::replicas::TakeoverError) -> api::FailoverError {
+    use crate::replicas::TakeoverError as T;
+    let code = match &e {
+        T::Unknown { .. } => "unknown_subscription",
+        T::Deleted { .. } => "deleted",
+        T::NotStandby { .. } => "not_standby",
+        T::AlreadyActive { .. } => "already_active",
+        T::BadSpec { .. } => "bad_replica",
+    };
+    api::FailoverError {
+        code,
+        message: e.to_string(),
+    }
+}
+
+fn unavailable(message: String) -> api::FailoverError {
+    api::FailoverError {
+        code: "store_unavailable",
+        message,
+    }
+}
+
+/// Takes a subscription over here: finds in each local partition the oldest event its
+/// replicated positions do not cover, commits the group there, starts delivery, then
+/// raises the term (the previous active cluster stops when it hears of it).
+async fn takeover(
+    shared: &Shared,
+    req: api::FailoverRequest,
+) -> Result<api::FailoverResponse, api::FailoverError> {
+    let _gate = shared.replica_gate.lock().await;
+    let me = shared.me().to_string();
+    let plan = lock(&shared.replicas)
+        .check_takeover(&req.home, &req.subscription)
+        .map_err(failover_error)?;
+    let spec = plan.spec.clone();
+    let existing = shared.node.subscription(&spec.name).ok();
+    if let Some(existing) = &existing {
+        if existing != &spec {
+            return Err(api::FailoverError {
+                code: "subscription_conflict",
+                message: format!(
+                    "a different subscription named {:?} exists in this cluster: delete or rename it first",
+                    spec.name
+                ),
+            });
+        }
+    }
+    let store = &shared.node.store;
+    let cfg = store
+        .topic(&spec.topic)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .ok_or_else(|| api::FailoverError {
+            code: "topic_not_found",
+            message: format!(
+                "topic {:?} does not exist in this cluster (the mesh catalog makes it where the replication policy allows)",
+                spec.topic
+            ),
+        })?;
+    let mut start = BTreeMap::new();
+    for p in 0..cfg.partitions {
+        let b = store
+            .bounds(&spec.topic, p)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let mut scan = StartScan::new(&me, p, b.end, &plan.positions, plan.created_ms);
+        let mut upper = b.end;
+        'scan: while upper > b.start {
+            let from = upper.saturating_sub(1024).max(b.start);
+            let records = store
+                .read(&spec.topic, p, from, (upper - from) as usize)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            for r in records.iter().rev().filter(|r| r.offset < upper) {
+                let origin = RawEvent::parse(&r.payload)
+                    .ok()
+                    .and_then(|raw| origin_of(&raw, &me, p, r.offset));
+                let origin = origin
+                    .as_ref()
+                    .filter(|(o, _)| *o != me)
+                    .map(|(o, pos)| (o.as_str(), *pos));
+                if !scan.feed(r.offset, origin, r.timestamp_ms) {
+                    break 'scan;
+                }
+            }
+            upper = from;
+        }
+        let at = scan.result();
+        store
+            .commit_offset(&spec.name, &spec.topic, p, at)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        start.insert(p, at);
+    }
+    let started = if existing.is_some() {
+        shared.node.resume_delivery(&spec.name).await
+    } else {
+        shared
+            .node
+            .admin_create_subscription(spec.clone())
+            .await
+            .map(|_| ())
+    };
+    started.map_err(|e| api::FailoverError {
+        code: "takeover_failed",
+        message: format!("starting delivery: {e}"),
+    })?;
+    let t = lock(&shared.replicas)
+        .takeover(&req.home, &req.subscription)
+        .map_err(failover_error)?;
+    persist_replicas(shared, &[(req.home.clone(), req.subscription.clone())]).await;
+    tracing::info!(cluster = %me, home = %req.home, subscription = %req.subscription, term = t.term, ?start, "subscription taken over: delivered here");
+    Ok(api::FailoverResponse {
+        subscription: req.subscription,
+        home: req.home,
+        active: me,
+        term: t.term,
+        start,
+    })
 }
 
 /// Reads the persisted marks.

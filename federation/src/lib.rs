@@ -12,6 +12,7 @@
 //! - [`interest`]: compiling a peer's interest, building announcements. Sans-IO.
 //! - [`cursor`]: the send window and durable cursors of a link. Sans-IO.
 //! - [`marks`]: positions in origin terms: receiver marks, where a link starts. Sans-IO.
+//! - [`replicas`]: subscription replicas, terms, takeover start positions. Sans-IO.
 //! - [`routing`]: which interest is relayed to which neighbour. Sans-IO.
 //! - [`stats`]: per-link counters and their JSON snapshot.
 //! - [`bridge`]: the tokio/quinn shell that runs all of the above.
@@ -25,6 +26,7 @@ pub mod cursor;
 pub mod interest;
 pub mod link;
 pub mod marks;
+pub mod replicas;
 pub mod routing;
 pub mod stats;
 

@@ -96,6 +96,7 @@ pub fn frame_name(f: &Frame) -> &'static str {
         Frame::Ack { .. } => "ack",
         Frame::Marks(_) => "marks",
         Frame::Catalog(_) => "catalog",
+        Frame::Subscriptions(_) => "subscriptions",
     }
 }
 

@@ -214,6 +214,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/mesh", get(mesh_status))
         .route("/v1/mesh/links/{peer}/{action}", post(mesh_link_admin))
+        .route("/v1/mesh/failover", post(mesh_failover))
         .route("/v1/admin/drain", post(drain))
         .route("/v1/admin/undrain", post(undrain))
         .route("/metrics", get(metrics))
@@ -624,6 +625,35 @@ async fn mesh_link_admin(
             "changed": changed,
         }))
         .into_response()),
+    }
+}
+
+/// `POST /v1/mesh/failover`: this cluster takes a subscription over from the cluster
+/// delivering it (a standby when its home is lost, or the home taking it back).
+async fn mesh_failover(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult<Response> {
+    let req: meshd_core::api::FailoverRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("the body is not a failover request ({{\"subscription\": NAME, \"home\": CLUSTER}}): {e}"),
+        )
+    })?;
+    match node.mesh_failover(req).await {
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_mesh",
+            "this node runs no federation bridge (start it with --topology and --certs-dir)",
+        )),
+        Some(Err(e)) => {
+            let status = match e.code {
+                "unknown_subscription" => StatusCode::NOT_FOUND,
+                "already_active" | "subscription_conflict" => StatusCode::CONFLICT,
+                "not_standby" | "deleted" => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            Err(ApiError::new(status, e.code, e.message))
+        }
+        Some(Ok(answer)) => Ok(Json(answer).into_response()),
     }
 }
 

@@ -256,6 +256,7 @@ pub struct Node {
     mesh: std::sync::OnceLock<MeshStatusFn>,
     mesh_metrics: std::sync::OnceLock<MeshMetricsFn>,
     mesh_link_admin: std::sync::OnceLock<MeshLinkAdminFn>,
+    mesh_failover: std::sync::OnceLock<MeshFailoverFn>,
     /// Consumer groups this node may deliver; `None`: all (no placement).
     owned: RwLock<Option<BTreeSet<String>>>,
     catalog: std::sync::OnceLock<Arc<dyn CatalogSink>>,
@@ -287,6 +288,24 @@ pub type MeshMetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
 /// endpoints `POST /v1/mesh/links/{peer}/pause|resume` (drills). Answers whether the state
 /// changed; `Err` when there is no link to that peer.
 pub type MeshLinkAdminFn = Arc<dyn Fn(&str, bool) -> Result<bool, String> + Send + Sync>;
+
+/// The federation bridge's takeover of a subscription from another cluster, for
+/// `POST /v1/mesh/failover`.
+pub type MeshFailoverFn = Arc<
+    dyn Fn(
+            meshd_core::api::FailoverRequest,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = Result<
+                            meshd_core::api::FailoverResponse,
+                            meshd_core::api::FailoverError,
+                        >,
+                    > + Send,
+            >,
+        > + Send
+        + Sync,
+>;
 
 /// What `GET /v1/mesh` shows, provided by the federation bridge when one runs beside the
 /// node (see [`Node::set_mesh_status`]).
@@ -340,6 +359,7 @@ impl Node {
             mesh: std::sync::OnceLock::new(),
             mesh_metrics: std::sync::OnceLock::new(),
             mesh_link_admin: std::sync::OnceLock::new(),
+            mesh_failover: std::sync::OnceLock::new(),
             owned: RwLock::new(owned),
             catalog: std::sync::OnceLock::new(),
             producer_groups: std::sync::Mutex::new(HashMap::new()),
@@ -446,6 +466,42 @@ impl Node {
     }
 
     /// Attaches the bridge's link pause/resume (once).
+    pub fn set_mesh_failover(&self, f: MeshFailoverFn) {
+        let _ = self.mesh_failover.set(f);
+    }
+
+    /// Takes a subscription over from another cluster (`None`: no bridge runs).
+    pub async fn mesh_failover(
+        &self,
+        req: meshd_core::api::FailoverRequest,
+    ) -> Option<Result<meshd_core::api::FailoverResponse, meshd_core::api::FailoverError>> {
+        let f = self.mesh_failover.get()?.clone();
+        Some(f(req).await)
+    }
+
+    /// Stops delivering a subscription here (its definition and positions stay): another
+    /// cluster delivers it. `false` when it was not delivering.
+    pub async fn pause_delivery(&self, name: &str) -> bool {
+        self.delivery.stop(name).await
+    }
+
+    /// Delivers a subscription again from its committed positions (where this node runs
+    /// its group).
+    pub async fn resume_delivery(&self, name: &str) -> Result<(), NodeError> {
+        let sub =
+            self.read_subs()
+                .get(name)
+                .cloned()
+                .ok_or_else(|| NodeError::SubscriptionNotFound {
+                    name: name.to_string(),
+                })?;
+        if self.should_run(&sub.spec) {
+            self.delivery.start(sub).await?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the bridge's link admin (pause/resume) for its endpoints.
     pub fn set_mesh_link_admin(&self, admin: MeshLinkAdminFn) {
         let _ = self.mesh_link_admin.set(admin);
     }

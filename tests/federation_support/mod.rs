@@ -208,6 +208,34 @@ pub async fn topic(c: &reqwest::Client, node: &Meshd, topic: &str, partitions: u
     common::create_topic(c, &node.url, topic, json!({ "partitions": partitions })).await;
 }
 
+/// A topic's partition count in `node`, `None` when it does not exist.
+pub async fn topic_partitions(
+    c: &reqwest::Client,
+    node: &common::Meshd,
+    topic: &str,
+) -> Option<u64> {
+    let r = c
+        .get(node.at(&format!("/v1/topics/{topic}")))
+        .send()
+        .await
+        .unwrap();
+    if r.status() == 404 {
+        return None;
+    }
+    let v: Value = r.json().await.unwrap();
+    v["config"]["partitions"].as_u64()
+}
+
+/// Waits until `node` has `topic` with `partitions` partitions (the mesh catalog makes it).
+pub async fn wait_topic(c: &reqwest::Client, node: &common::Meshd, topic: &str, partitions: u64) {
+    common::eventually(
+        &format!("topic {topic} with {partitions} partitions"),
+        Duration::from_secs(15),
+        || async { (topic_partitions(c, node, topic).await == Some(partitions)).then_some(()) },
+    )
+    .await;
+}
+
 /// Creates a webhook subscription with an optional filter.
 pub async fn subscribe(
     c: &reqwest::Client,

@@ -1,0 +1,173 @@
+//! Cross-cluster consumer failover with real `meshd node --topology` processes: a
+//! subscription with a standby cluster has its definition and positions replicated there;
+//! when its home is killed, the standby takes it over and continues where the home's
+//! consumers left off; the restarted home does not deliver it (fenced by the higher term)
+//! until it takes it back, continuing from the standby's positions.
+
+mod common;
+mod federation_support;
+
+use std::time::Duration;
+
+use common::{event, eventually, id_of, stored_count};
+use federation_support::*;
+use serde_json::{json, Value};
+
+/// Pulls and acknowledges exactly `n` events.
+async fn take(c: &reqwest::Client, node: &common::Meshd, sub: &str, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pulled {} of {n}",
+            got.len()
+        );
+        let evs = common::pull(c, &node.url, sub, "x", n - got.len(), 500).await;
+        if !evs.is_empty() {
+            common::ack(c, &node.url, sub, "x", &evs).await;
+        }
+        got.extend(evs.iter().map(id_of));
+    }
+    got
+}
+
+fn ids(from: usize, to: usize) -> Vec<String> {
+    (from..to).map(|i| format!("e{i:04}")).collect()
+}
+
+async fn failover(c: &reqwest::Client, node: &common::Meshd, home: &str) -> (u16, Value) {
+    let r = c
+        .post(node.at("/v1/mesh/failover"))
+        .json(&json!({"subscription": "s", "home": home}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+async fn replica_position(c: &reqwest::Client, node: &common::Meshd, origin: &str) -> Option<u64> {
+    let m = mesh(c, node).await;
+    m["subscription_replicas"]
+        .as_array()?
+        .iter()
+        .find(|r| r["home"] == "a" && r["name"] == "s")?["positions"]
+        .as_array()?
+        .iter()
+        .find(|p| p["origin"] == origin && p["partition"] == 0)?["next"]
+        .as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_where_the_home_left_off_and_hands_back() {
+    let files = MeshFiles::new(&["a", "b"], &[("a", "b", 1)], &[]);
+    let c = common::client();
+    let mut a = files.start("a");
+    let b = files.start("b");
+    topic(&c, &a, "orders", 1).await;
+    wait_topic(&c, &b, "orders", 1).await;
+    let r = c
+        .post(a.at("/v1/subscriptions"))
+        .json(&json!({
+            "name": "s", "topic": "orders", "start": "earliest",
+            "sink": {"pull": {}}, "standby": ["b"],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    // The standby wants the topic too (its copy of the events is what it delivers from).
+    pull_subscription(&c, &b, "keep", "orders").await;
+    wait_connected(&c, &a, "b").await;
+    wait_interest(&c, &a, "b", "b", "orders").await;
+
+    let events: Vec<Value> = (0..200)
+        .map(|i| event(&format!("e{i:04}"), "t", None, json!({ "i": i })))
+        .collect();
+    publish_batch(&c, &a, "orders", &events).await;
+    eventually("b stored a's events", Duration::from_secs(20), || async {
+        (stored_count(&c, &b.url, "orders").await >= 200).then_some(())
+    })
+    .await;
+    assert_eq!(take(&c, &a, "s", 120).await, ids(0, 120));
+    eventually(
+        "b has a's positions for s",
+        Duration::from_secs(20),
+        || async { (replica_position(&c, &b, "a").await == Some(120)).then_some(()) },
+    )
+    .await;
+
+    // Only a standby (or the home) may take over; not while the home delivers it itself.
+    let (status, body) = failover(&c, &a, "a").await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = failover(&c, &b, "nope").await;
+    assert_eq!(status, 404, "{body}");
+
+    a.kill9();
+    let (status, body) = failover(&c, &b, "a").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["term"], 1, "{body}");
+    assert_eq!(body["active"], "b", "{body}");
+    // b continues exactly where a's consumers left off.
+    assert_eq!(take(&c, &b, "s", 80).await, ids(120, 200));
+    assert!(common::pull(&c, &b.url, "s", "x", 10, 300).await.is_empty());
+    // New events published at b are delivered there.
+    let more: Vec<Value> = (200..210)
+        .map(|i| event(&format!("e{i:04}"), "t", None, json!({ "i": i })))
+        .collect();
+    publish_batch(&c, &b, "orders", &more).await;
+    assert_eq!(take(&c, &b, "s", 10).await, ids(200, 210));
+
+    // a comes back: it knows (persisted, and from b) that b delivers s: it does not.
+    let a = files.start("a");
+    wait_connected(&c, &a, "b").await;
+    eventually("a hears of term 1", Duration::from_secs(20), || async {
+        let m = mesh(&c, &a).await;
+        let r = m["subscription_replicas"].as_array().and_then(|a| {
+            a.iter()
+                .find(|r| r["home"] == "a" && r["name"] == "s")
+                .cloned()
+        })?;
+        (r["term"] == 1 && r["active"] == "b").then_some(())
+    })
+    .await;
+    let r = c
+        .get(a.at("/v1/subscriptions/s/events?max=10&wait=300ms&consumer=x"))
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = r.json().await.unwrap();
+    assert!(
+        answer["events"].as_array().is_none_or(|e| e.is_empty()),
+        "the fenced home delivered: {answer}"
+    );
+
+    // a takes it back from b's positions (b delivered its own e0200..e0209, stored at
+    // its offsets 200..209, and a's up to e0199).
+    eventually("a has b's positions", Duration::from_secs(20), || async {
+        (replica_position(&c, &a, "b").await == Some(210)).then_some(())
+    })
+    .await;
+    let (status, body) = failover(&c, &a, "a").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["term"], 2, "{body}");
+    let last: Vec<Value> = (210..215)
+        .map(|i| event(&format!("e{i:04}"), "t", None, json!({ "i": i })))
+        .collect();
+    publish_batch(&c, &a, "orders", &last).await;
+    assert_eq!(take(&c, &a, "s", 5).await, ids(210, 215));
+    eventually("b is fenced", Duration::from_secs(20), || async {
+        let r = c
+            .get(b.at("/v1/subscriptions/s/events?max=10&wait=0ms&consumer=x"))
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        v["events"]
+            .as_array()
+            .is_none_or(|e| e.is_empty())
+            .then_some(())
+    })
+    .await;
+}
