@@ -9,8 +9,8 @@ use cloudevents::AttributesReader as _;
 use meshd_core::codec::{decode_event, encode_event, RawEvent};
 use meshd_core::event::{parse_batch, parse_binary, parse_structured, validate};
 use meshd_core::wire::{
-    check_frame_len, decode_frame, encode_frame, Batch, Frame, Hello, InterestEntry, WireEvent,
-    PROTOCOL_VERSION,
+    check_frame_len, decode_frame, encode_frame, Batch, Frame, Hello, InterestEntry, ProgressMark,
+    WireEvent, PROTOCOL_VERSION,
 };
 
 const EVENT: &str = r#"{"specversion":"1.0","id":"e-1","source":"/shop","type":"order.created","datacontenttype":"application/json","partitionkey":"k1","meshdorigin":"a","meshdpath":"a,b","time":"2026-12-03T08:00:00Z","data":{"total":42,"items":["x","y"],"nested":{"a":[1,2.5,null,true]}}}"#;
@@ -62,6 +62,14 @@ fn frames() -> Vec<Frame> {
             ],
         }),
         Frame::Ack { seq: u64::MAX },
+        Frame::Progress {
+            seq: 7,
+            marks: vec![ProgressMark {
+                topic: "orders".into(),
+                partition: 2,
+                next: 1_000_000,
+            }],
+        },
     ]
 }
 

@@ -41,8 +41,9 @@ use crate::link::{
     check_hello, event_path, frame_name, outgoing_stamps, received_path, DedupKey, DedupWindow,
     HelloOutcome, Reservation, ORIGIN_EXT, PATH_EXT,
 };
+use crate::progress::{AckTracker, ProgressMarks, PROGRESS_EVERY};
 use crate::routing::Routes;
-use crate::stats::{LinkState, LinkStats};
+use crate::stats::{LagMeter, LinkState, LinkStats, PartitionLag};
 
 /// Settings of a bridge.
 #[derive(Debug, Clone)]
@@ -63,6 +64,9 @@ pub struct BridgeConfig {
     pub window: usize,
     /// A link behind and not advancing for this long is reported stalled.
     pub stall_after: Duration,
+    /// At most one progress frame (cursor moves over records the peer does not want)
+    /// per this interval.
+    pub progress_every: Duration,
     /// Received (source, id) pairs remembered for duplicate suppression.
     pub dedup_window: usize,
     /// How long a link removed from the topology may take to finish its batches in flight
@@ -82,6 +86,7 @@ impl BridgeConfig {
             batch_max: 1024,
             window: 32,
             stall_after: Duration::from_secs(5),
+            progress_every: PROGRESS_EVERY,
             dedup_window: 100_000,
             drain_timeout: Duration::from_secs(10),
         }
@@ -707,6 +712,9 @@ async fn run_link(
     mut drain: tokio::sync::watch::Receiver<bool>,
 ) {
     let dialer = shared.me() < peer.as_str();
+    // The lag is measured beside the sessions, connected or not (see `measure_lag`).
+    let meter = tokio::spawn(measure_lag(shared.clone(), peer.clone(), stats.clone()));
+    let _meter = AbortOnDrop(meter);
     let store_gate = Arc::new(tokio::sync::Mutex::new(()));
     let mut backoff = Duration::from_millis(100);
     let mut next: Option<quinn::Connection> = None;
@@ -804,9 +812,111 @@ async fn run_link(
     }
 }
 
+/// Aborts a task when dropped (a link's helper tasks end with the link).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How often a link's lag is measured.
+const LAG_EVERY: Duration = Duration::from_millis(100);
+
+/// Measures a link's lag for as long as the link exists, connected or not: records of the
+/// topics the peer wants past the link's durable cursor (the store's committed offsets of
+/// `__bridge/{peer}`), and the age of the oldest of them. The peer's interest is the last
+/// it announced (kept while the link is down); before it announced any since this bridge
+/// started, every partition with a durable cursor counts. So a cut link shows its backlog
+/// growing, and a connected link whose cursor stands still is reported stalled.
+async fn measure_lag(shared: Arc<Shared>, peer: String, stats: Arc<LinkStats>) {
+    let mut meter = LagMeter::new(shared.config.stall_after);
+    let mut tick = tokio::time::interval(LAG_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(parts) = lag_parts(&shared, &peer).await else {
+            continue;
+        };
+        let connected = stats.state() == LinkState::Connected;
+        let lag = meter.observe(
+            Instant::now(),
+            now_ms(),
+            shared.clock_stepped(),
+            connected,
+            &parts,
+        );
+        if stats.set_lag(lag) {
+            tracing::warn!(cluster = %shared.me(), peer, lag = lag.events, "link stalled: connected, behind, and not advancing");
+        }
+    }
+}
+
+/// The partitions the link to `peer` owes events of, with their ends and durable cursors;
+/// `None` when the store could not be read (the last measurement stands).
+async fn lag_parts(shared: &Shared, peer: &str) -> Option<Vec<PartitionLag>> {
+    let store = &shared.node.store;
+    let group = cursor_group(peer);
+    let wanted: Option<Vec<String>> = lock(&shared.learned).get(peer).map(|entries| {
+        let mut t: Vec<String> = entries.iter().map(|e| e.topic.clone()).collect();
+        t.sort();
+        t.dedup();
+        t
+    });
+    // Unknown interest (not announced since start): topics the link has cursors in.
+    let known = wanted.is_some();
+    let topics: Vec<String> = match wanted {
+        Some(t) => t.iter().flat_map(|t| [t.clone(), relay_topic(t)]).collect(),
+        None => store
+            .list_topics()
+            .await
+            .ok()?
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect(),
+    };
+    let mut parts = Vec::new();
+    for topic in topics {
+        let Ok(Some(cfg)) = store.topic(&topic).await else {
+            continue;
+        };
+        for p in 0..cfg.partitions {
+            let b = store.bounds(&topic, p).await.ok()?;
+            let committed = store.committed_offset(&group, &topic, p).await.ok()?;
+            // A wanted partition without a cursor yet owes everything it retains.
+            let cursor = match committed {
+                Some(c) => c.max(b.start),
+                None if known => b.start,
+                None => continue,
+            };
+            let oldest_ms = if b.end > cursor {
+                store
+                    .read(&topic, p, cursor, 1)
+                    .await
+                    .ok()
+                    .and_then(|r| r.first().map(|r| r.timestamp_ms))
+            } else {
+                None
+            };
+            parts.push(PartitionLag {
+                key: (topic.clone(), p),
+                end: b.end,
+                cursor,
+                oldest_ms,
+            });
+        }
+    }
+    Some(parts)
+}
+
 /// Reads one frame; `body` is a buffer reused across frames (a fresh zeroed buffer per
 /// batch frame showed up as ~12% of a receiving bridge in page clearing and allocation).
-async fn read_frame(recv: &mut quinn::RecvStream, body: &mut Vec<u8>) -> Result<Frame, String> {
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    body: &mut Vec<u8>,
+    stats: &LinkStats,
+) -> Result<Frame, String> {
     let mut prefix = [0u8; 4];
     recv.read_exact(&mut prefix)
         .await
@@ -816,14 +926,25 @@ async fn read_frame(recv: &mut quinn::RecvStream, body: &mut Vec<u8>) -> Result<
     recv.read_exact(&mut body[..len])
         .await
         .map_err(|e| format!("reading a frame: {}", api::error_chain(&e)))?;
+    stats
+        .bytes_received
+        .fetch_add(4 + len as u64, Ordering::Relaxed);
     decode_frame(&body[..len]).map_err(|e| e.to_string())
 }
 
-async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<usize, String> {
+/// Writes one frame; every byte written (length prefix included) counts in `bytes_sent`.
+async fn write_frame(
+    send: &mut quinn::SendStream,
+    stats: &LinkStats,
+    frame: &Frame,
+) -> Result<usize, String> {
     let bytes = encode_frame(frame).map_err(|e| e.to_string())?;
     send.write_all(&bytes)
         .await
         .map_err(|e| format!("writing a frame: {}", api::error_chain(&e)))?;
+    stats
+        .bytes_sent
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
     Ok(bytes.len())
 }
 
@@ -857,9 +978,9 @@ async fn session(
                 .map_err(|e| format!("accepting the stream: {e}"))?
         };
         if dialer {
-            write_frame(&mut send, &Frame::Hello(hello.clone())).await?;
+            write_frame(&mut send, stats, &Frame::Hello(hello.clone())).await?;
         }
-        let first = read_frame(&mut recv, &mut Vec::new()).await?;
+        let first = read_frame(&mut recv, &mut Vec::new(), stats).await?;
         match check_hello(&hello, peer, &first) {
             HelloOutcome::Accept { digest_mismatch } => {
                 if digest_mismatch {
@@ -870,6 +991,7 @@ async fn session(
                 if !matches!(first, Frame::Refuse { .. }) {
                     let _ = write_frame(
                         &mut send,
+                        stats,
                         &Frame::Refuse {
                             reason: reason.clone(),
                         },
@@ -883,7 +1005,7 @@ async fn session(
             }
         }
         if !dialer {
-            write_frame(&mut send, &Frame::Hello(hello.clone())).await?;
+            write_frame(&mut send, stats, &Frame::Hello(hello.clone())).await?;
         }
         Ok::<_, String>((send, recv))
     };
@@ -900,10 +1022,11 @@ async fn session(
     tracing::info!(cluster = %shared.me(), peer, "link connected");
 
     let (tx, mut rx) = mpsc::channel::<Result<Frame, String>>(64);
+    let reader_stats = stats.clone();
     let reader = tokio::spawn(async move {
         let mut body = Vec::new();
         loop {
-            let r = read_frame(&mut recv, &mut body).await;
+            let r = read_frame(&mut recv, &mut body, &reader_stats).await;
             let stop = r.is_err();
             if tx.send(r).await.is_err() || stop {
                 return;
@@ -928,15 +1051,11 @@ async fn session(
         durable: HashMap::new(),
         cursors,
         announced: None,
-        last_progress: Instant::now(),
-        last_lag: 0,
         draining: None,
         last_batch_rx: Instant::now(),
-        interest_known: false,
-        behind_since: None,
         to_storer,
-        handed_seq: 0,
-        stored_seq: 0,
+        marks: ProgressMarks::new(shared.config.progress_every),
+        acks: AckTracker::new(),
     };
     if *drain.borrow() {
         s.start_drain(shared, peer, stats);
@@ -958,7 +1077,7 @@ async fn session(
                     Some(Ok(f)) => f,
                 };
                 let acked = matches!(frame, Frame::Ack { .. });
-                if let Err(e) = s.on_frame(shared, peer, frame).await {
+                if let Err(e) = s.on_frame(shared, peer, stats, &mut send, frame).await {
                     break Err(e);
                 }
                 // An ack frees the window: send the next batches now.
@@ -987,10 +1106,12 @@ async fn session(
                 }
             }
             _ = slow.tick() => {
-                if let Err(e) = s.announce(shared, peer, &mut send).await {
+                if let Err(e) = s.announce(shared, peer, stats, &mut send).await {
                     break Err(e);
                 }
-                s.measure(shared, peer, stats, &conn).await;
+                stats
+                    .rtt_us
+                    .store(conn.rtt().as_micros() as u64, Ordering::Relaxed);
                 if let Some(unlogged) = stats.duplicates_unlogged(Instant::now()) {
                     tracing::info!(cluster = %shared.me(), peer, unlogged, "more received events dropped as duplicates (not logged one by one)");
                 }
@@ -1001,11 +1122,12 @@ async fn session(
                     Some(Err(e)) => break Err(e),
                     None => break Err("the storer stopped".to_string()),
                 };
-                // One cumulative ack for every batch the storer's round covered.
-                if let Err(e) = write_frame(&mut send, &Frame::Ack { seq }).await {
+                // One cumulative ack for every batch the storer's round covered (and the
+                // progress frames that waited for them).
+                let seq = s.acks.on_stored(seq);
+                if let Err(e) = write_frame(&mut send, stats, &Frame::Ack { seq }).await {
                     break Err(e);
                 }
-                s.stored_seq = seq;
             }
             c = incoming.recv() => {
                 match c {
@@ -1067,22 +1189,16 @@ struct SessionState {
     /// Acknowledged positions for the cursor committer (see [`commit_cursors`]).
     cursors: tokio::sync::watch::Sender<BTreeMap<(String, u32), u64>>,
     announced: Option<Vec<InterestEntry>>,
-    last_progress: Instant,
-    last_lag: u64,
     /// When draining started and how many batches were in flight then.
     draining: Option<(Instant, usize)>,
     /// When the peer last sent a batch.
     last_batch_rx: Instant,
-    /// Whether the peer's interest arrived on this connection (until then the lag of
-    /// the previous connection stands: an empty interest would read as lag 0).
-    interest_known: bool,
-    /// Since when this session has seen the link behind (monotonic).
-    behind_since: Option<Instant>,
     /// Received batches go to the storer (see [`storer`]).
     to_storer: mpsc::Sender<Batch>,
-    /// The newest batch handed to the storer, and the newest it stored (acknowledged).
-    handed_seq: u64,
-    stored_seq: u64,
+    /// Cursor moves over records the peer does not want, not sent yet.
+    marks: ProgressMarks,
+    /// The cumulative ack over stored batches and received progress frames.
+    acks: AckTracker,
 }
 
 impl SessionState {
@@ -1099,10 +1215,7 @@ impl SessionState {
         let (since, at_start) = self.draining?;
         let in_flight = self.window.in_flight();
         let quiet = (conn.rtt() * 2).max(Duration::from_millis(200));
-        if in_flight == 0
-            && self.stored_seq >= self.handed_seq
-            && self.last_batch_rx.elapsed() >= quiet
-        {
+        if in_flight == 0 && self.acks.idle() && self.last_batch_rx.elapsed() >= quiet {
             let elapsed = since.elapsed();
             tracing::info!(cluster = %shared.me(), peer, acknowledged = at_start, ?elapsed, "link drained: {at_start} batches in flight were acknowledged; closed");
             return Some("link removed from the topology: drained".into());
@@ -1118,6 +1231,8 @@ impl SessionState {
         &mut self,
         shared: &Arc<Shared>,
         peer: &str,
+        stats: &LinkStats,
+        send: &mut quinn::SendStream,
         frame: Frame,
     ) -> Result<(), String> {
         match frame {
@@ -1129,12 +1244,20 @@ impl SessionState {
                 tracing::debug!(cluster = %shared.me(), peer, entries = entries.len(), "interest received");
                 lock(&shared.learned).insert(peer.to_string(), entries);
                 self.interest = compiled;
-                self.interest_known = true;
                 Ok(())
+            }
+            Frame::Progress { seq, .. } => {
+                self.last_batch_rx = Instant::now();
+                match self.acks.on_progress(seq) {
+                    Some(ack) => write_frame(send, stats, &Frame::Ack { seq: ack })
+                        .await
+                        .map(|_| ()),
+                    None => Ok(()),
+                }
             }
             Frame::Batch(b) => {
                 self.last_batch_rx = Instant::now();
-                self.handed_seq = b.seq;
+                self.acks.on_batch(b.seq);
                 // Waits only when the storer is a whole window behind (back-pressure).
                 self.to_storer
                     .send(b)
@@ -1149,7 +1272,6 @@ impl SessionState {
                             m.insert((c.topic.clone(), c.partition), c.next);
                         }
                     });
-                    self.last_progress = Instant::now();
                 }
                 for c in commits {
                     self.durable.insert((c.topic, c.partition), c.next);
@@ -1244,24 +1366,30 @@ impl SessionState {
                         let Some(last) = records.last() else { break };
                         let next = last.offset + 1;
                         let mut events = Vec::new();
-                        let mut bytes = 0u64;
                         for r in &records {
                             let Some(payload) =
                                 self.outgoing(&wire, &topo, &me, peer, &r.payload, r.offset, p)
                             else {
                                 continue;
                             };
-                            bytes += payload.len() as u64;
                             events.push(WireEvent {
                                 offset: r.offset,
                                 timestamp_ms: r.timestamp_ms,
                                 payload,
                             });
                         }
+                        if events.is_empty() {
+                            // Nothing for the peer: no frame now, a progress mark later.
+                            self.window.skipped(&topic, p, next);
+                            self.marks.skipped(&topic, &wire, p, next, Instant::now());
+                            continue;
+                        }
+                        self.marks.covered(&topic, p);
                         let seq = self.window.sent(&topic, p, next);
                         let count = events.len() as u64;
                         write_frame(
                             send,
+                            stats,
                             &Frame::Batch(Batch {
                                 seq,
                                 topic: wire.clone(),
@@ -1274,9 +1402,23 @@ impl SessionState {
                         .await?;
                         stats.batches_sent.fetch_add(1, Ordering::Relaxed);
                         stats.events_sent.fetch_add(count, Ordering::Relaxed);
-                        stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
                     }
                 }
+            }
+        }
+        if self.window.can_send() {
+            if let Some(due) = self.marks.due(Instant::now()) {
+                let seq = self.window.sent_marks(&due.commits);
+                write_frame(
+                    send,
+                    stats,
+                    &Frame::Progress {
+                        seq,
+                        marks: due.marks,
+                    },
+                )
+                .await?;
+                stats.progress_sent.fetch_add(1, Ordering::Relaxed);
             }
         }
         Ok(())
@@ -1335,6 +1477,7 @@ impl SessionState {
         &mut self,
         shared: &Arc<Shared>,
         peer: &str,
+        stats: &LinkStats,
         send: &mut quinn::SendStream,
     ) -> Result<(), String> {
         let local: Vec<LocalInterest> = shared
@@ -1357,82 +1500,11 @@ impl SessionState {
             routes.relays(n, d) || (routes.path(d).is_none() && all_up.relays(n, d))
         });
         if self.announced.as_ref() != Some(&set) {
-            write_frame(send, &Frame::Interest(set.clone())).await?;
+            write_frame(send, stats, &Frame::Interest(set.clone())).await?;
             tracing::debug!(cluster = %shared.me(), peer, entries = set.len(), "interest announced");
             self.announced = Some(set);
         }
         Ok(())
-    }
-
-    async fn measure(
-        &mut self,
-        shared: &Arc<Shared>,
-        peer: &str,
-        stats: &LinkStats,
-        conn: &quinn::Connection,
-    ) {
-        stats
-            .rtt_us
-            .store(conn.rtt().as_micros() as u64, Ordering::Relaxed);
-        if !self.interest_known {
-            return;
-        }
-        let mut lag = 0u64;
-        let mut oldest: Option<u64> = None;
-        let topics: Vec<String> = self
-            .interest
-            .topics()
-            .flat_map(|t| [t.clone(), relay_topic(t)])
-            .collect();
-        for topic in topics {
-            let Ok(Some(cfg)) = shared.node.store.topic(&topic).await else {
-                continue;
-            };
-            for p in 0..cfg.partitions {
-                let Ok(d) = self.durable(shared, peer, &topic, p).await else {
-                    continue;
-                };
-                let Ok(b) = shared.node.store.bounds(&topic, p).await else {
-                    continue;
-                };
-                if b.end > d {
-                    lag += b.end - d;
-                    if let Ok(r) = shared.node.store.read(&topic, p, d, 1).await {
-                        if let Some(r) = r.first() {
-                            oldest = Some(oldest.map_or(r.timestamp_ms, |o| o.min(r.timestamp_ms)));
-                        }
-                    }
-                }
-            }
-        }
-        stats.lag_events.store(lag, Ordering::Relaxed);
-        if lag == 0 {
-            self.behind_since = None;
-        } else if self.behind_since.is_none() {
-            self.behind_since = Some(Instant::now());
-        }
-        let wall_age = oldest.map(|o| now_ms().saturating_sub(o)).unwrap_or(0);
-        // The age of the oldest unsent event is read off store timestamps (wall clock).
-        // After this host's clock stepped (seen as wall time drifting from the monotonic
-        // clock since the bridge started), those timestamps are in another frame: report
-        // how long this session has seen the link behind instead (monotonic), so a step
-        // forward does not show a day of lag and a step back does not hide it.
-        let lag_ms = if shared.clock_stepped() {
-            self.behind_since
-                .map_or(0, |t| t.elapsed().as_millis() as u64)
-        } else {
-            wall_age
-        };
-        stats.lag_ms.store(lag_ms, Ordering::Relaxed);
-        if lag == 0 || lag < self.last_lag {
-            self.last_progress = Instant::now();
-        }
-        self.last_lag = lag;
-        let stalled = lag > 0 && self.last_progress.elapsed() > shared.config.stall_after;
-        let was = stats.stalled.swap(stalled, Ordering::Relaxed);
-        if stalled && !was {
-            tracing::warn!(cluster = %shared.me(), peer, lag, "link stalled: connected, behind, and not advancing");
-        }
     }
 }
 
@@ -1641,9 +1713,6 @@ async fn prepare_round(
     'batches: for b in round {
         for we in b.events {
             stats.events_received.fetch_add(1, Ordering::Relaxed);
-            stats
-                .bytes_received
-                .fetch_add(we.payload.len() as u64, Ordering::Relaxed);
             let raw = match RawEvent::parse(&we.payload) {
                 Ok(r) => r,
                 Err(e) => {

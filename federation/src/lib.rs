@@ -11,7 +11,8 @@
 //! - [`interest`]: compiling a peer's interest, building announcements. Sans-IO.
 //! - [`cursor`]: the send window and durable cursors of a link. Sans-IO.
 //! - [`routing`]: which interest is relayed to which neighbour. Sans-IO.
-//! - [`stats`]: per-link counters and their JSON snapshot.
+//! - [`progress`]: progress marks instead of empty batches; the receiver's ack. Sans-IO.
+//! - [`stats`]: per-link counters, the lag meter, their JSON snapshot.
 //! - [`bridge`]: the tokio/quinn shell that runs all of the above.
 //!
 //! The frames themselves live in `meshd_core::wire`.
@@ -21,6 +22,7 @@ pub mod bridge;
 pub mod cursor;
 pub mod interest;
 pub mod link;
+pub mod progress;
 pub mod routing;
 pub mod stats;
 

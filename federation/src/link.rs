@@ -94,6 +94,7 @@ pub fn frame_name(f: &Frame) -> &'static str {
         Frame::Interest(_) => "interest",
         Frame::Batch(_) => "batch",
         Frame::Ack { .. } => "ack",
+        Frame::Progress { .. } => "progress",
     }
 }
 
