@@ -168,6 +168,9 @@ struct Shared {
     started: (u64, Instant),
     /// Set by [`Bridge::shutdown`]: links ending now end because of it, not a fault.
     stopping: std::sync::atomic::AtomicBool,
+    /// The links' durable cursors as this bridge committed or read them, by (cursor
+    /// group, topic, partition): the lag meters read them here instead of the store.
+    committed: Mutex<HashMap<(String, String, u32), u64>>,
 }
 
 /// The QUIC close of a bridge that stops cleanly: code 0 and this reason. The peer sees
@@ -299,6 +302,7 @@ impl Bridge {
             paused: Mutex::new(HashSet::new()),
             started: (now_ms(), Instant::now()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            committed: Mutex::new(HashMap::new()),
         });
         shared.reconcile_links();
         let tasks = vec![
@@ -386,6 +390,38 @@ impl Bridge {
 }
 
 impl Shared {
+    /// Notes a durable cursor this bridge committed (for the lag meters).
+    fn remember_cursor(&self, group: &str, topic: &str, partition: u32, next: u64) {
+        lock(&self.committed).insert((group.to_string(), topic.to_string(), partition), next);
+    }
+
+    /// A link's durable cursor: as last committed here, else read from the store (and
+    /// remembered). A remembered cursor past the partition's end (the topic was deleted
+    /// and created again) is read again.
+    async fn durable_cursor(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        end: u64,
+    ) -> Result<Option<u64>, meshd_node::store::StoreError> {
+        let key = (group.to_string(), topic.to_string(), partition);
+        if let Some(c) = lock(&self.committed).get(&key).copied() {
+            if c <= end {
+                return Ok(Some(c));
+            }
+        }
+        let c = self
+            .node
+            .store
+            .committed_offset(group, topic, partition)
+            .await?;
+        if let Some(c) = c {
+            lock(&self.committed).insert(key, c);
+        }
+        Ok(c)
+    }
+
     /// Has this host's wall clock stepped (by more than 2 s) since the bridge started?
     fn clock_stepped(&self) -> bool {
         let (wall, mono) = self.started;
@@ -822,7 +858,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// How often a link's lag is measured.
-const LAG_EVERY: Duration = Duration::from_millis(100);
+const LAG_EVERY: Duration = Duration::from_millis(250);
 
 /// Measures a link's lag for as long as the link exists, connected or not: records of the
 /// topics the peer wants past the link's durable cursor (the store's committed offsets of
@@ -883,7 +919,7 @@ async fn lag_parts(shared: &Shared, peer: &str) -> Option<Vec<PartitionLag>> {
         };
         for p in 0..cfg.partitions {
             let b = store.bounds(&topic, p).await.ok()?;
-            let committed = store.committed_offset(&group, &topic, p).await.ok()?;
+            let committed = shared.durable_cursor(&group, &topic, p, b.end).await.ok()?;
             // A wanted partition without a cursor yet owes everything it retains.
             let cursor = match committed {
                 Some(c) => c.max(b.start),
@@ -1310,11 +1346,14 @@ impl SessionState {
                     .start;
                 // Anchor the cursor at the start: retention holds committed cursors even
                 // before the peer's interest is known again after a restart.
-                if let Err(e) = store
+                match store
                     .commit_offset(&cursor_group(peer), topic, p, start)
                     .await
                 {
-                    tracing::warn!(cluster = %shared.me(), peer, topic, partition = p, "anchoring the link cursor failed: {e}");
+                    Ok(()) => shared.remember_cursor(&cursor_group(peer), topic, p, start),
+                    Err(e) => {
+                        tracing::warn!(cluster = %shared.me(), peer, topic, partition = p, "anchoring the link cursor failed: {e}");
+                    }
                 }
                 start
             }
@@ -1658,6 +1697,7 @@ async fn commit_cursors(
                 .await
             {
                 Ok(()) => {
+                    shared.remember_cursor(&group, topic, p, next);
                     done.insert(key, next);
                 }
                 Err(e) => {
