@@ -162,10 +162,10 @@ async fn lag_grows_while_the_link_is_down_and_the_error_clears_on_recovery() {
     assert_eq!(stored_count(&c, &b.url, "orders").await, 160);
 }
 
-/// Publishes `evs` into `topic` of `a` as small requests (4 events each, 4 at a time), the
+/// Publishes `evs` into `topic` of `a` one event per request, 4 requests at a time, the
 /// way a stream of independent producers arrives: the source sees many small appends.
 async fn trickle(c: &reqwest::Client, a: &common::Meshd, topic: &str, evs: Vec<Value>) {
-    let chunks: Vec<Vec<Value>> = evs.chunks(4).map(|c| c.to_vec()).collect();
+    let chunks: Vec<Vec<Value>> = evs.chunks(1).map(|c| c.to_vec()).collect();
     let mut lanes: Vec<Vec<Vec<Value>>> = vec![Vec::new(); 4];
     for (i, ch) in chunks.into_iter().enumerate() {
         lanes[i % 4].push(ch);
