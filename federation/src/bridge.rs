@@ -168,9 +168,10 @@ struct Shared {
     started: (u64, Instant),
     /// Set by [`Bridge::shutdown`]: links ending now end because of it, not a fault.
     stopping: std::sync::atomic::AtomicBool,
-    /// The links' durable cursors as this bridge committed or read them, by (cursor
-    /// group, topic, partition): the lag meters read them here instead of the store.
-    committed: Mutex<HashMap<(String, String, u32), u64>>,
+    /// The links' durable cursors as this bridge committed or read them (`None`: read,
+    /// none exists), by (cursor group, topic, partition): the lag meters read them here
+    /// instead of the store. Only this bridge writes the `__bridge/*` groups.
+    committed: Mutex<HashMap<(String, String, u32), Option<u64>>>,
 }
 
 /// The QUIC close of a bridge that stops cleanly: code 0 and this reason. The peer sees
@@ -392,7 +393,10 @@ impl Bridge {
 impl Shared {
     /// Notes a durable cursor this bridge committed (for the lag meters).
     fn remember_cursor(&self, group: &str, topic: &str, partition: u32, next: u64) {
-        lock(&self.committed).insert((group.to_string(), topic.to_string(), partition), next);
+        lock(&self.committed).insert(
+            (group.to_string(), topic.to_string(), partition),
+            Some(next),
+        );
     }
 
     /// A link's durable cursor: as last committed here, else read from the store (and
@@ -406,19 +410,17 @@ impl Shared {
         end: u64,
     ) -> Result<Option<u64>, meshd_node::store::StoreError> {
         let key = (group.to_string(), topic.to_string(), partition);
-        if let Some(c) = lock(&self.committed).get(&key).copied() {
-            if c <= end {
-                return Ok(Some(c));
-            }
+        match lock(&self.committed).get(&key).copied() {
+            Some(Some(c)) if c <= end => return Ok(Some(c)),
+            Some(None) => return Ok(None),
+            _ => {}
         }
         let c = self
             .node
             .store
             .committed_offset(group, topic, partition)
             .await?;
-        if let Some(c) = c {
-            lock(&self.committed).insert(key, c);
-        }
+        lock(&self.committed).insert(key, c);
         Ok(c)
     }
 
