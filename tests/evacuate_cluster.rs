@@ -16,6 +16,11 @@
 //!   again from b after the undrain);
 //! - after the drill the stand-ins are gone and b delivers again from its own offsets.
 //!
+//! - over a 100 ms RTT link (emulated), the drill's wait before the drain ends once b's
+//!   own canaries reached every cluster (`x_canaries_settled_ms`), while a's are still in
+//!   flight (it used to wait until no canary of any cluster was in flight: 13 s here, up to
+//!   its 30 s limit).
+//!
 //! Every process is killed by its guard, also on panic.
 
 mod cluster_support;
@@ -31,6 +36,7 @@ use common::{client, Sink};
 use federation_support::{wait_connected, MeshFiles};
 use meshd_chaos::checker::contiguous_from_zero;
 use meshd_chaos::{http, Checker};
+use meshd_linkemu::{LinkConfig, LinkEmulator};
 use meshd_scheduler::registry::testing::EtcdServer;
 use serde_json::{json, Value};
 
@@ -70,7 +76,15 @@ fn contiguous(hits: &[Hit]) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn evacuating_a_cluster_member_hands_its_webhook_subscribers_to_the_other_cluster() {
-    let files = MeshFiles::new(&["a", "b"], &[("a", "b", 1)], &[]);
+    // a dials b through a 100 ms RTT link (the emulator listens on b's advertised address):
+    // long enough that some of a's canaries (one per key every 50 ms) are always in flight.
+    let files = MeshFiles::new(&["a", "b"], &[("a", "b", 1)], &["b"]);
+    let _wan = LinkEmulator::start(
+        files.advertised["b"],
+        files.bind["b"],
+        LinkConfig::with_delay(Duration::from_millis(50)),
+    )
+    .expect("link emulator");
     // Topics `private.*` stay in b: a subscription of one gets no stand-in.
     let mut topology = std::fs::read_to_string(&files.topology).unwrap();
     topology.push_str("\n[[policy]]\ntopics = \"private.*\"\nclusters = [\"b\"]\n");
@@ -198,6 +212,24 @@ async fn evacuating_a_cluster_member_hands_its_webhook_subscribers_to_the_other_
     assert_eq!(report.lost, 0, "{report}");
     assert_eq!(report.reordered, 0, "{report}");
     assert!(report.recovery_ms.is_some(), "{report}");
+    // Before the drain the drill waited for b's canaries only, not for a's (a keeps
+    // publishing, and over this link some of a's are always in flight): it settled while
+    // a's were still on their way (a wait for every canary only ends when none is), and
+    // did not time out.
+    assert!(
+        report.facts["x_canaries_settled_ms"].is_u64(),
+        "b's canaries settled before the drain: {report}"
+    );
+    assert!(
+        report.facts["other_canaries_in_flight_at_settle"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{report}"
+    );
+    assert!(
+        !report.notes.iter().any(|n| n.contains("within 30 s")),
+        "{report}"
+    );
     // The drill's canary subscriber in b (a webhook) got canaries published after the
     // drain began, while b was drained: only the stand-in in a can have pushed them.
     assert!(

@@ -145,6 +145,39 @@ impl Checker {
         self.clusters.keys().all(|c| self.missing(c) == 0)
     }
 
+    /// Acknowledged events of keys other than `keys` that some declared cluster has not
+    /// received yet, summed over the clusters (what is still in flight elsewhere).
+    pub fn missing_outside(&self, keys: &[String]) -> u64 {
+        let empty = BTreeSet::new();
+        self.clusters
+            .values()
+            .map(|log| {
+                self.acked
+                    .iter()
+                    .filter(|(k, _)| !keys.contains(k))
+                    .map(|(k, acked)| {
+                        let seen = log.seen.get(k).unwrap_or(&empty);
+                        acked.iter().filter(|s| !seen.contains(s)).count() as u64
+                    })
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
+    /// Whether every declared cluster received every acknowledged event of `keys` (the
+    /// other keys may still be in flight).
+    pub fn complete_for(&self, keys: &[String]) -> bool {
+        let empty = BTreeSet::new();
+        self.clusters.values().all(|log| {
+            keys.iter().all(|k| {
+                let seen = log.seen.get(k).unwrap_or(&empty);
+                self.acked
+                    .get(k)
+                    .is_none_or(|acked| acked.iter().all(|s| seen.contains(s)))
+            })
+        })
+    }
+
     /// The counts as a report (timings and notes left empty for the caller to fill).
     pub fn report(&self, scenario: &str, mode: &str) -> Report {
         let mut clusters = BTreeMap::new();
@@ -336,6 +369,30 @@ mod tests {
         assert_eq!(r.acknowledged, 5);
         assert_eq!(r.clusters["a"].delivered, 5);
         assert_eq!(r.duplicated, 0);
+    }
+
+    #[test]
+    fn completeness_can_be_asked_for_some_keys_only() {
+        let mut c = Checker::new();
+        c.expect_cluster("a");
+        c.expect_cluster("b");
+        let x = vec!["x-k0".to_string(), "x-k1".to_string()];
+        assert!(c.complete_for(&x), "nothing acknowledged, nothing missing");
+        for s in 0..3 {
+            c.acked("x-k0", s);
+            c.delivered("a", "x-k0", s);
+        }
+        // Another cluster's canary is still in flight: it does not concern x's keys.
+        c.acked("y-k0", 0);
+        assert!(!c.complete_for(&x), "b lacks x-k0");
+        for s in 0..3 {
+            c.delivered("b", "x-k0", s);
+        }
+        assert!(c.complete_for(&x));
+        assert!(!c.complete(), "y-k0 is still missing everywhere");
+        assert_eq!(c.missing_outside(&x), 2, "y-k0 in a and in b");
+        c.acked("x-k1", 0);
+        assert!(!c.complete_for(&x));
     }
 
     #[test]

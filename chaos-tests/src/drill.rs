@@ -126,6 +126,11 @@ pub(crate) struct Canaries {
     subs: Vec<(String, String)>,
 }
 
+/// The partition keys of the canaries published in `cluster` (`keys` of them).
+pub fn canary_keys(cluster: &str, keys: usize) -> Vec<String> {
+    (0..keys).map(|k| format!("{cluster}-k{k}")).collect()
+}
+
 pub(crate) async fn start_canaries(
     c: &reqwest::Client,
     opts: &DrillOptions,
@@ -181,9 +186,7 @@ pub(crate) async fn start_canaries(
     let mut all = Vec::new();
     for (name, url) in &opts.nodes {
         // One publisher set per cluster, publishing to that cluster's node.
-        let keys: Vec<String> = (0..opts.keys_per_cluster)
-            .map(|k| format!("{name}-k{k}"))
-            .collect();
+        let keys = canary_keys(name, opts.keys_per_cluster);
         let entry = opts.publish.get(name).unwrap_or(url).clone();
         all.push((
             name.clone(),

@@ -230,10 +230,25 @@ pub async fn evacuate(
             p.stop().await;
         }
     }
-    let quiet = Instant::now() + Duration::from_secs(30);
-    while !canary::lock(&canaries.checker).complete() {
+    // Only X's canaries matter here: the other clusters keep publishing, so theirs are
+    // always in flight somewhere (waiting for those made the drill wait its full 30 s
+    // over 20 ms links).
+    let x_canary_keys = drill::canary_keys(x, d.keys_per_cluster);
+    let settle_started = Instant::now();
+    let quiet = settle_started + Duration::from_secs(30);
+    let mut settled = None;
+    let mut others_in_flight = 0;
+    loop {
+        {
+            let ch = canary::lock(&canaries.checker);
+            if ch.complete_for(&x_canary_keys) {
+                settled = Some(settle_started.elapsed());
+                others_in_flight = ch.missing_outside(&x_canary_keys);
+                break;
+            }
+        }
         if Instant::now() > quiet {
-            notes.push("X's canaries from before the drain had not reached every cluster within 30 s; drained anyway".into());
+            notes.push(format!("{x}'s canaries from before the drain had not reached every cluster within 30 s; drained anyway"));
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -447,6 +462,14 @@ pub async fn evacuate(
         json!(report_targets.values().collect::<Vec<_>>()),
     );
     f.insert("x_clients_moved_to".into(), json!(fallback));
+    f.insert(
+        "x_canaries_settled_ms".into(),
+        json!(settled.map(|v| v.as_millis() as u64)),
+    );
+    f.insert(
+        "other_canaries_in_flight_at_settle".into(),
+        json!(others_in_flight),
+    );
     f.insert("acked_while_drained".into(), json!(in_hold.0));
     f.insert("x_deliveries_while_drained".into(), json!(in_hold.1));
     f.insert(

@@ -729,10 +729,20 @@ pub struct MeshLink {
     pub dialer: bool,
     /// `connecting`, `connected`, `down`, `stalled` or `draining`.
     pub state: String,
-    /// Why the link is down, with its causes.
+    /// Why the link is down, with its causes (`None` once it is connected again).
     pub last_error: Option<String>,
+    /// When `last_error` happened, ms since the epoch.
+    pub last_error_at_ms: Option<u64>,
+    /// The last error a connection cleared.
+    pub previous_error: Option<MeshLinkPreviousError>,
     /// Events sent.
     pub events_sent: u64,
+    /// Bytes written on the link: every frame with its length prefix.
+    pub bytes_sent: u64,
+    /// Bytes read on the link: every frame with its length prefix.
+    pub bytes_received: u64,
+    /// Progress frames sent (cursor moves over records the peer does not want).
+    pub progress_sent: u64,
     /// Events received.
     pub events_received: u64,
     /// Duplicates dropped on this link.
@@ -747,6 +757,18 @@ pub struct MeshLink {
     pub stalled: bool,
     /// Replication paused by an operator.
     pub paused: bool,
+}
+
+/// An error a link recovered from ([`MeshLink::previous_error`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct MeshLinkPreviousError {
+    /// The error.
+    pub error: String,
+    /// When it happened, ms since the epoch.
+    pub at_ms: u64,
+    /// When a connection cleared it, ms since the epoch.
+    pub cleared_at_ms: u64,
 }
 
 #[cfg(test)]

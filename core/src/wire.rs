@@ -158,6 +158,28 @@ pub enum Frame {
     Catalog(Vec<CatalogEntry>),
     /// Subscription replicas (all after the handshake, then what changed).
     Subscriptions(Vec<SubReplica>),
+    /// Progress marks: the sender read its partitions up to `next` and nothing in between
+    /// is for this peer (all filtered out). Takes a sequence number in the batches' space
+    /// and is acknowledged like a batch (cumulatively, once every batch before it is
+    /// stored), which moves the sender's cursors. Sent instead of empty batches, at most
+    /// one frame per interval, coalescing every partition that advanced meanwhile.
+    Progress {
+        /// Sequence number (shared with [`Batch::seq`]).
+        seq: u64,
+        /// The partitions that advanced.
+        marks: Vec<ProgressMark>,
+    },
+}
+
+/// One partition's progress in a [`Frame::Progress`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressMark {
+    /// Topic (its wire name).
+    pub topic: String,
+    /// The sender's partition.
+    pub partition: u32,
+    /// The sender's cursor once the frame is acknowledged.
+    pub next: u64,
 }
 
 /// Why bytes are not a valid frame.
@@ -315,6 +337,14 @@ mod tests {
                 spec: Some("{}".into()),
                 positions: vec![],
             }]),
+            Frame::Progress {
+                seq: 10,
+                marks: vec![ProgressMark {
+                    topic: "t".into(),
+                    partition: 3,
+                    next: 1000,
+                }],
+            },
         ]
     }
 

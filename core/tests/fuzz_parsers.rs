@@ -10,7 +10,7 @@ use meshd_core::codec::{decode_event, encode_event, RawEvent};
 use meshd_core::event::{parse_batch, parse_binary, parse_structured, validate};
 use meshd_core::wire::{
     check_frame_len, decode_frame, encode_frame, Batch, Frame, Hello, InterestEntry, Mark,
-    WireEvent, PROTOCOL_VERSION,
+    ProgressMark, WireEvent, PROTOCOL_VERSION,
 };
 
 const EVENT: &str = r#"{"specversion":"1.0","id":"e-1","source":"/shop","type":"order.created","datacontenttype":"application/json","partitionkey":"k1","meshdorigin":"a","meshdpath":"a,b","time":"2026-12-03T08:00:00Z","data":{"total":42,"items":["x","y"],"nested":{"a":[1,2.5,null,true]}}}"#;
@@ -69,6 +69,14 @@ fn frames() -> Vec<Frame> {
             partition: 3,
             next: 12,
         }]),
+        Frame::Progress {
+            seq: 7,
+            marks: vec![ProgressMark {
+                topic: "orders".into(),
+                partition: 2,
+                next: 1_000_000,
+            }],
+        },
     ]
 }
 

@@ -43,9 +43,10 @@ use crate::link::{
     HelloOutcome, Reservation, ORIGIN_EXT, PATH_EXT,
 };
 use crate::marks::{self, Marks, OriginPos, PeerMarks, SinceSearch, Start};
+use crate::progress::{AckTracker, ProgressMarks, PROGRESS_EVERY};
 use crate::replicas::{Event as ReplicaEvent, Replicas, StartScan};
 use crate::routing::Routes;
-use crate::stats::{LinkState, LinkStats};
+use crate::stats::{LagMeter, LinkState, LinkStats, PartitionLag};
 use meshd_core::event::POS_EXT;
 
 /// Settings of a bridge.
@@ -67,6 +68,9 @@ pub struct BridgeConfig {
     pub window: usize,
     /// A link behind and not advancing for this long is reported stalled.
     pub stall_after: Duration,
+    /// At most one progress frame (cursor moves over records the peer does not want)
+    /// per this interval.
+    pub progress_every: Duration,
     /// Received (source, id) pairs remembered for duplicate suppression.
     pub dedup_window: usize,
     /// How long a link removed from the topology may take to finish its batches in flight
@@ -86,6 +90,7 @@ impl BridgeConfig {
             batch_max: 1024,
             window: 32,
             stall_after: Duration::from_secs(5),
+            progress_every: PROGRESS_EVERY,
             dedup_window: 100_000,
             drain_timeout: Duration::from_secs(10),
         }
@@ -182,6 +187,10 @@ struct Shared {
     replica_events: mpsc::UnboundedSender<ReplicaChange>,
     /// Serializes takeovers with the replica task's work on local subscriptions.
     replica_gate: tokio::sync::Mutex<()>,
+    /// The links' durable cursors as this bridge committed or read them (`None`: read,
+    /// none exists), by (cursor group, topic, partition): the lag meters read them here
+    /// instead of the store. Only this bridge writes the `__bridge/*` groups.
+    committed: Mutex<HashMap<(String, String, u32), Option<u64>>>,
 }
 
 /// What a merge of a peer's replicas asks of the replica task: fencing events and the
@@ -329,6 +338,7 @@ impl Bridge {
             paused: Mutex::new(HashSet::new()),
             started: (now_ms(), Instant::now()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            committed: Mutex::new(HashMap::new()),
         });
         shared.reconcile_links();
         let tasks = vec![
@@ -466,6 +476,39 @@ impl Shared {
                 }
             })
             .collect()
+    }
+
+    /// Notes a durable cursor this bridge committed (for the lag meters).
+    fn remember_cursor(&self, group: &str, topic: &str, partition: u32, next: u64) {
+        lock(&self.committed).insert(
+            (group.to_string(), topic.to_string(), partition),
+            Some(next),
+        );
+    }
+
+    /// A link's durable cursor: as last committed here, else read from the store (and
+    /// remembered). A remembered cursor past the partition's end (the topic was deleted
+    /// and created again) is read again.
+    async fn durable_cursor(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        end: u64,
+    ) -> Result<Option<u64>, meshd_node::store::StoreError> {
+        let key = (group.to_string(), topic.to_string(), partition);
+        match lock(&self.committed).get(&key).copied() {
+            Some(Some(c)) if c <= end => return Ok(Some(c)),
+            Some(None) => return Ok(None),
+            _ => {}
+        }
+        let c = self
+            .node
+            .store
+            .committed_offset(group, topic, partition)
+            .await?;
+        lock(&self.committed).insert(key, c);
+        Ok(c)
     }
 
     /// Has this host's wall clock stepped (by more than 2 s) since the bridge started?
@@ -815,6 +858,9 @@ async fn run_link(
     mut drain: tokio::sync::watch::Receiver<bool>,
 ) {
     let dialer = shared.me() < peer.as_str();
+    // The lag is measured beside the sessions, connected or not (see `measure_lag`).
+    let meter = tokio::spawn(measure_lag(shared.clone(), peer.clone(), stats.clone()));
+    let _meter = AbortOnDrop(meter);
     let store_gate = Arc::new(tokio::sync::Mutex::new(()));
     let mut backoff = Duration::from_millis(100);
     let mut next: Option<quinn::Connection> = None;
@@ -916,9 +962,111 @@ async fn run_link(
     }
 }
 
+/// Aborts a task when dropped (a link's helper tasks end with the link).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How often a link's lag is measured.
+const LAG_EVERY: Duration = Duration::from_millis(250);
+
+/// Measures a link's lag for as long as the link exists, connected or not: records of the
+/// topics the peer wants past the link's durable cursor (the store's committed offsets of
+/// `__bridge/{peer}`), and the age of the oldest of them. The peer's interest is the last
+/// it announced (kept while the link is down); before it announced any since this bridge
+/// started, every partition with a durable cursor counts. So a cut link shows its backlog
+/// growing, and a connected link whose cursor stands still is reported stalled.
+async fn measure_lag(shared: Arc<Shared>, peer: String, stats: Arc<LinkStats>) {
+    let mut meter = LagMeter::new(shared.config.stall_after);
+    let mut tick = tokio::time::interval(LAG_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(parts) = lag_parts(&shared, &peer).await else {
+            continue;
+        };
+        let connected = stats.state() == LinkState::Connected;
+        let lag = meter.observe(
+            Instant::now(),
+            now_ms(),
+            shared.clock_stepped(),
+            connected,
+            &parts,
+        );
+        if stats.set_lag(lag) {
+            tracing::warn!(cluster = %shared.me(), peer, lag = lag.events, "link stalled: connected, behind, and not advancing");
+        }
+    }
+}
+
+/// The partitions the link to `peer` owes events of, with their ends and durable cursors;
+/// `None` when the store could not be read (the last measurement stands).
+async fn lag_parts(shared: &Shared, peer: &str) -> Option<Vec<PartitionLag>> {
+    let store = &shared.node.store;
+    let group = cursor_group(peer);
+    let wanted: Option<Vec<String>> = lock(&shared.learned).get(peer).map(|entries| {
+        let mut t: Vec<String> = entries.iter().map(|e| e.topic.clone()).collect();
+        t.sort();
+        t.dedup();
+        t
+    });
+    // Unknown interest (not announced since start): topics the link has cursors in.
+    let known = wanted.is_some();
+    let topics: Vec<String> = match wanted {
+        Some(t) => t.iter().flat_map(|t| [t.clone(), relay_topic(t)]).collect(),
+        None => store
+            .list_topics()
+            .await
+            .ok()?
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect(),
+    };
+    let mut parts = Vec::new();
+    for topic in topics {
+        let Ok(Some(cfg)) = store.topic(&topic).await else {
+            continue;
+        };
+        for p in 0..cfg.partitions {
+            let b = store.bounds(&topic, p).await.ok()?;
+            let committed = shared.durable_cursor(&group, &topic, p, b.end).await.ok()?;
+            // A wanted partition without a cursor yet owes everything it retains.
+            let cursor = match committed {
+                Some(c) => c.max(b.start),
+                None if known => b.start,
+                None => continue,
+            };
+            let oldest_ms = if b.end > cursor {
+                store
+                    .read(&topic, p, cursor, 1)
+                    .await
+                    .ok()
+                    .and_then(|r| r.first().map(|r| r.timestamp_ms))
+            } else {
+                None
+            };
+            parts.push(PartitionLag {
+                key: (topic.clone(), p),
+                end: b.end,
+                cursor,
+                oldest_ms,
+            });
+        }
+    }
+    Some(parts)
+}
+
 /// Reads one frame; `body` is a buffer reused across frames (a fresh zeroed buffer per
 /// batch frame showed up as ~12% of a receiving bridge in page clearing and allocation).
-async fn read_frame(recv: &mut quinn::RecvStream, body: &mut Vec<u8>) -> Result<Frame, String> {
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    body: &mut Vec<u8>,
+    stats: &LinkStats,
+) -> Result<Frame, String> {
     let mut prefix = [0u8; 4];
     recv.read_exact(&mut prefix)
         .await
@@ -928,14 +1076,25 @@ async fn read_frame(recv: &mut quinn::RecvStream, body: &mut Vec<u8>) -> Result<
     recv.read_exact(&mut body[..len])
         .await
         .map_err(|e| format!("reading a frame: {}", api::error_chain(&e)))?;
+    stats
+        .bytes_received
+        .fetch_add(4 + len as u64, Ordering::Relaxed);
     decode_frame(&body[..len]).map_err(|e| e.to_string())
 }
 
-async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<usize, String> {
+/// Writes one frame; every byte written (length prefix included) counts in `bytes_sent`.
+async fn write_frame(
+    send: &mut quinn::SendStream,
+    stats: &LinkStats,
+    frame: &Frame,
+) -> Result<usize, String> {
     let bytes = encode_frame(frame).map_err(|e| e.to_string())?;
     send.write_all(&bytes)
         .await
         .map_err(|e| format!("writing a frame: {}", api::error_chain(&e)))?;
+    stats
+        .bytes_sent
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
     Ok(bytes.len())
 }
 
@@ -969,9 +1128,9 @@ async fn session(
                 .map_err(|e| format!("accepting the stream: {e}"))?
         };
         if dialer {
-            write_frame(&mut send, &Frame::Hello(hello.clone())).await?;
+            write_frame(&mut send, stats, &Frame::Hello(hello.clone())).await?;
         }
-        let first = read_frame(&mut recv, &mut Vec::new()).await?;
+        let first = read_frame(&mut recv, &mut Vec::new(), stats).await?;
         match check_hello(&hello, peer, &first) {
             HelloOutcome::Accept { digest_mismatch } => {
                 if digest_mismatch {
@@ -982,6 +1141,7 @@ async fn session(
                 if !matches!(first, Frame::Refuse { .. }) {
                     let _ = write_frame(
                         &mut send,
+                        stats,
                         &Frame::Refuse {
                             reason: reason.clone(),
                         },
@@ -995,7 +1155,7 @@ async fn session(
             }
         }
         if !dialer {
-            write_frame(&mut send, &Frame::Hello(hello.clone())).await?;
+            write_frame(&mut send, stats, &Frame::Hello(hello.clone())).await?;
         }
         Ok::<_, String>((send, recv))
     };
@@ -1012,10 +1172,11 @@ async fn session(
     tracing::info!(cluster = %shared.me(), peer, "link connected");
 
     let (tx, mut rx) = mpsc::channel::<Result<Frame, String>>(64);
+    let reader_stats = stats.clone();
     let reader = tokio::spawn(async move {
         let mut body = Vec::new();
         loop {
-            let r = read_frame(&mut recv, &mut body).await;
+            let r = read_frame(&mut recv, &mut body, &reader_stats).await;
             let stop = r.is_err();
             if tx.send(r).await.is_err() || stop {
                 return;
@@ -1040,18 +1201,14 @@ async fn session(
         durable: HashMap::new(),
         cursors,
         announced: None,
-        last_progress: Instant::now(),
-        last_lag: 0,
         draining: None,
         last_batch_rx: Instant::now(),
-        interest_known: false,
-        behind_since: None,
         to_storer,
-        handed_seq: 0,
-        stored_seq: 0,
         peer_marks: PeerMarks::default(),
         catalog_sent: 0,
         replicas_sent: 0,
+        marks: ProgressMarks::new(shared.config.progress_every),
+        acks: AckTracker::new(),
     };
     if *drain.borrow() {
         s.start_drain(shared, peer, stats);
@@ -1073,7 +1230,7 @@ async fn session(
                     Some(Ok(f)) => f,
                 };
                 let acked = matches!(frame, Frame::Ack { .. });
-                if let Err(e) = s.on_frame(shared, peer, frame).await {
+                if let Err(e) = s.on_frame(shared, peer, stats, &mut send, frame).await {
                     break Err(e);
                 }
                 // An ack frees the window: send the next batches now.
@@ -1102,10 +1259,12 @@ async fn session(
                 }
             }
             _ = slow.tick() => {
-                if let Err(e) = s.announce(shared, peer, &mut send).await {
+                if let Err(e) = s.announce(shared, peer, stats, &mut send).await {
                     break Err(e);
                 }
-                s.measure(shared, peer, stats, &conn).await;
+                stats
+                    .rtt_us
+                    .store(conn.rtt().as_micros() as u64, Ordering::Relaxed);
                 if let Some(unlogged) = stats.duplicates_unlogged(Instant::now()) {
                     tracing::info!(cluster = %shared.me(), peer, unlogged, "more received events dropped as duplicates (not logged one by one)");
                 }
@@ -1116,11 +1275,12 @@ async fn session(
                     Some(Err(e)) => break Err(e),
                     None => break Err("the storer stopped".to_string()),
                 };
-                // One cumulative ack for every batch the storer's round covered.
-                if let Err(e) = write_frame(&mut send, &Frame::Ack { seq }).await {
+                // One cumulative ack for every batch the storer's round covered (and the
+                // progress frames that waited for them).
+                let seq = s.acks.on_stored(seq);
+                if let Err(e) = write_frame(&mut send, stats, &Frame::Ack { seq }).await {
                     break Err(e);
                 }
-                s.stored_seq = seq;
             }
             c = incoming.recv() => {
                 match c {
@@ -1182,28 +1342,22 @@ struct SessionState {
     /// Acknowledged positions for the cursor committer (see [`commit_cursors`]).
     cursors: tokio::sync::watch::Sender<BTreeMap<(String, u32), u64>>,
     announced: Option<Vec<InterestEntry>>,
-    last_progress: Instant,
-    last_lag: u64,
     /// When draining started and how many batches were in flight then.
     draining: Option<(Instant, usize)>,
     /// When the peer last sent a batch.
     last_batch_rx: Instant,
-    /// Whether the peer's interest arrived on this connection (until then the lag of
-    /// the previous connection stands: an empty interest would read as lag 0).
-    interest_known: bool,
-    /// Since when this session has seen the link behind (monotonic).
-    behind_since: Option<Instant>,
     /// Received batches go to the storer (see [`storer`]).
     to_storer: mpsc::Sender<Batch>,
-    /// The newest batch handed to the storer, and the newest it stored (acknowledged).
-    handed_seq: u64,
-    stored_seq: u64,
     /// What the peer told it holds, in origin terms (this connection).
     peer_marks: PeerMarks,
     /// The catalog generation sent to the peer on this connection.
     catalog_sent: u64,
     /// The replicas generation sent to the peer on this connection.
     replicas_sent: u64,
+    /// Cursor moves over records the peer does not want, not sent yet.
+    marks: ProgressMarks,
+    /// The cumulative ack over stored batches and received progress frames.
+    acks: AckTracker,
 }
 
 impl SessionState {
@@ -1220,10 +1374,7 @@ impl SessionState {
         let (since, at_start) = self.draining?;
         let in_flight = self.window.in_flight();
         let quiet = (conn.rtt() * 2).max(Duration::from_millis(200));
-        if in_flight == 0
-            && self.stored_seq >= self.handed_seq
-            && self.last_batch_rx.elapsed() >= quiet
-        {
+        if in_flight == 0 && self.acks.idle() && self.last_batch_rx.elapsed() >= quiet {
             let elapsed = since.elapsed();
             tracing::info!(cluster = %shared.me(), peer, acknowledged = at_start, ?elapsed, "link drained: {at_start} batches in flight were acknowledged; closed");
             return Some("link removed from the topology: drained".into());
@@ -1239,6 +1390,8 @@ impl SessionState {
         &mut self,
         shared: &Arc<Shared>,
         peer: &str,
+        stats: &LinkStats,
+        send: &mut quinn::SendStream,
         frame: Frame,
     ) -> Result<(), String> {
         match frame {
@@ -1250,7 +1403,6 @@ impl SessionState {
                 tracing::debug!(cluster = %shared.me(), peer, entries = entries.len(), "interest received");
                 lock(&shared.learned).insert(peer.to_string(), entries);
                 self.interest = compiled;
-                self.interest_known = true;
                 Ok(())
             }
             Frame::Catalog(entries) => {
@@ -1278,9 +1430,18 @@ impl SessionState {
                 self.peer_marks.update(marks);
                 Ok(())
             }
+            Frame::Progress { seq, .. } => {
+                self.last_batch_rx = Instant::now();
+                match self.acks.on_progress(seq) {
+                    Some(ack) => write_frame(send, stats, &Frame::Ack { seq: ack })
+                        .await
+                        .map(|_| ()),
+                    None => Ok(()),
+                }
+            }
             Frame::Batch(b) => {
                 self.last_batch_rx = Instant::now();
-                self.handed_seq = b.seq;
+                self.acks.on_batch(b.seq);
                 // Waits only when the storer is a whole window behind (back-pressure).
                 self.to_storer
                     .send(b)
@@ -1295,7 +1456,6 @@ impl SessionState {
                             m.insert((c.topic.clone(), c.partition), c.next);
                         }
                     });
-                    self.last_progress = Instant::now();
                 }
                 for c in commits {
                     self.durable.insert((c.topic, c.partition), c.next);
@@ -1348,8 +1508,11 @@ impl SessionState {
         if cursor != Some(d) {
             // Anchor (or move) the cursor: retention holds committed cursors even before
             // the peer's interest is known again after a restart.
-            if let Err(e) = store.commit_offset(&group, topic, p, d).await {
-                tracing::warn!(cluster = %shared.me(), peer, topic, partition = p, "anchoring the link cursor failed: {e}");
+            match store.commit_offset(&group, topic, p, d).await {
+                Ok(()) => shared.remember_cursor(&group, topic, p, d),
+                Err(e) => {
+                    tracing::warn!(cluster = %shared.me(), peer, topic, partition = p, "anchoring the link cursor failed: {e}");
+                }
             }
         }
         self.durable.insert((topic.to_string(), p), d);
@@ -1399,7 +1562,6 @@ impl SessionState {
                         let Some(last) = records.last() else { break };
                         let next = last.offset + 1;
                         let mut events = Vec::new();
-                        let mut bytes = 0u64;
                         for r in &records {
                             let own_end = (topic == wire).then_some(end);
                             let Some(payload) = self.outgoing(
@@ -1407,17 +1569,24 @@ impl SessionState {
                             ) else {
                                 continue;
                             };
-                            bytes += payload.len() as u64;
                             events.push(WireEvent {
                                 offset: r.offset,
                                 timestamp_ms: r.timestamp_ms,
                                 payload,
                             });
                         }
+                        if events.is_empty() {
+                            // Nothing for the peer: no frame now, a progress mark later.
+                            self.window.skipped(&topic, p, next);
+                            self.marks.skipped(&topic, &wire, p, next, Instant::now());
+                            continue;
+                        }
+                        self.marks.covered(&topic, p);
                         let seq = self.window.sent(&topic, p, next);
                         let count = events.len() as u64;
                         write_frame(
                             send,
+                            stats,
                             &Frame::Batch(Batch {
                                 seq,
                                 topic: wire.clone(),
@@ -1430,9 +1599,23 @@ impl SessionState {
                         .await?;
                         stats.batches_sent.fetch_add(1, Ordering::Relaxed);
                         stats.events_sent.fetch_add(count, Ordering::Relaxed);
-                        stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
                     }
                 }
+            }
+        }
+        if self.window.can_send() {
+            if let Some(due) = self.marks.due(Instant::now()) {
+                let seq = self.window.sent_marks(&due.commits);
+                write_frame(
+                    send,
+                    stats,
+                    &Frame::Progress {
+                        seq,
+                        marks: due.marks,
+                    },
+                )
+                .await?;
+                stats.progress_sent.fetch_add(1, Ordering::Relaxed);
             }
         }
         Ok(())
@@ -1511,6 +1694,7 @@ impl SessionState {
         &mut self,
         shared: &Arc<Shared>,
         peer: &str,
+        stats: &LinkStats,
         send: &mut quinn::SendStream,
     ) -> Result<(), String> {
         // The catalog first (all of it on a new connection, then what changed): topics
@@ -1525,7 +1709,7 @@ impl SessionState {
         };
         if let Some(changed) = changed {
             for chunk in changed.chunks(CATALOG_CHUNK) {
-                write_frame(send, &Frame::Catalog(chunk.to_vec())).await?;
+                write_frame(send, stats, &Frame::Catalog(chunk.to_vec())).await?;
             }
             self.catalog_sent = gen;
         }
@@ -1539,7 +1723,7 @@ impl SessionState {
         };
         if let Some(changed) = changed {
             for chunk in changed.chunks(CATALOG_CHUNK) {
-                write_frame(send, &Frame::Subscriptions(chunk.to_vec())).await?;
+                write_frame(send, stats, &Frame::Subscriptions(chunk.to_vec())).await?;
             }
             self.replicas_sent = gen;
         }
@@ -1571,85 +1755,14 @@ impl SessionState {
             if !new_topics.is_empty() {
                 let marks: Vec<Mark> = lock(&shared.marks).for_topics(new_topics);
                 if !marks.is_empty() {
-                    write_frame(send, &Frame::Marks(marks)).await?;
+                    write_frame(send, stats, &Frame::Marks(marks)).await?;
                 }
             }
-            write_frame(send, &Frame::Interest(set.clone())).await?;
+            write_frame(send, stats, &Frame::Interest(set.clone())).await?;
             tracing::debug!(cluster = %shared.me(), peer, entries = set.len(), "interest announced");
             self.announced = Some(set);
         }
         Ok(())
-    }
-
-    async fn measure(
-        &mut self,
-        shared: &Arc<Shared>,
-        peer: &str,
-        stats: &LinkStats,
-        conn: &quinn::Connection,
-    ) {
-        stats
-            .rtt_us
-            .store(conn.rtt().as_micros() as u64, Ordering::Relaxed);
-        if !self.interest_known {
-            return;
-        }
-        let mut lag = 0u64;
-        let mut oldest: Option<u64> = None;
-        let topics: Vec<String> = self
-            .interest
-            .topics()
-            .flat_map(|t| [t.clone(), relay_topic(t)])
-            .collect();
-        for topic in topics {
-            let Ok(Some(cfg)) = shared.node.store.topic(&topic).await else {
-                continue;
-            };
-            for p in 0..cfg.partitions {
-                let Ok(d) = self.durable(shared, peer, &topic, p).await else {
-                    continue;
-                };
-                let Ok(b) = shared.node.store.bounds(&topic, p).await else {
-                    continue;
-                };
-                if b.end > d {
-                    lag += b.end - d;
-                    if let Ok(r) = shared.node.store.read(&topic, p, d, 1).await {
-                        if let Some(r) = r.first() {
-                            oldest = Some(oldest.map_or(r.timestamp_ms, |o| o.min(r.timestamp_ms)));
-                        }
-                    }
-                }
-            }
-        }
-        stats.lag_events.store(lag, Ordering::Relaxed);
-        if lag == 0 {
-            self.behind_since = None;
-        } else if self.behind_since.is_none() {
-            self.behind_since = Some(Instant::now());
-        }
-        let wall_age = oldest.map(|o| now_ms().saturating_sub(o)).unwrap_or(0);
-        // The age of the oldest unsent event is read off store timestamps (wall clock).
-        // After this host's clock stepped (seen as wall time drifting from the monotonic
-        // clock since the bridge started), those timestamps are in another frame: report
-        // how long this session has seen the link behind instead (monotonic), so a step
-        // forward does not show a day of lag and a step back does not hide it.
-        let lag_ms = if shared.clock_stepped() {
-            self.behind_since
-                .map_or(0, |t| t.elapsed().as_millis() as u64)
-        } else {
-            wall_age
-        };
-        stats.lag_ms.store(lag_ms, Ordering::Relaxed);
-        if lag == 0 || lag < self.last_lag {
-            self.last_progress = Instant::now();
-        }
-        self.last_lag = lag;
-        let stalled = lag > 0 && self.last_progress.elapsed() > shared.config.stall_after;
-        let was = stats.stalled.swap(stalled, Ordering::Relaxed);
-        if stalled && !was {
-            tracing::warn!(cluster = %shared.me(), peer, lag, "link stalled: connected, behind, and not advancing");
-        }
     }
 }
 
@@ -1853,10 +1966,7 @@ struct PositionScan {
 /// Publishes the positions of the subscriptions this cluster delivers for standbys every
 /// 500 ms, stops delivering what another cluster took over (a restarted home first of
 /// all), and persists replicas.
-async fn replica_loop(
-    shared: Arc<Shared>,
-    mut events: mpsc::UnboundedReceiver<ReplicaChange>,
-) {
+async fn replica_loop(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<ReplicaChange>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut scans: HashMap<(String, String), PositionScan> = HashMap::new();
@@ -2297,6 +2407,7 @@ async fn commit_cursors(
                 .await
             {
                 Ok(()) => {
+                    shared.remember_cursor(&group, topic, p, next);
                     done.insert(key, next);
                 }
                 Err(e) => {
@@ -2361,9 +2472,6 @@ async fn prepare_round(
     'batches: for b in round {
         for we in b.events {
             stats.events_received.fetch_add(1, Ordering::Relaxed);
-            stats
-                .bytes_received
-                .fetch_add(we.payload.len() as u64, Ordering::Relaxed);
             let raw = match RawEvent::parse(&we.payload) {
                 Ok(r) => r,
                 Err(e) => {

@@ -46,7 +46,10 @@ pub enum CursorError {
 pub struct SendWindow {
     window: usize,
     next_seq: u64,
+    /// (seq, cursor it commits): one entry per batch, one per mark of a progress frame.
     in_flight: VecDeque<(u64, Commit)>,
+    /// Frames (distinct seqs) in `in_flight`.
+    frames: usize,
     sent: HashMap<(String, u32), u64>,
 }
 
@@ -57,18 +60,19 @@ impl SendWindow {
             window: window.max(1),
             next_seq: 1,
             in_flight: VecDeque::new(),
+            frames: 0,
             sent: HashMap::new(),
         }
     }
 
     /// May another batch be sent now?
     pub fn can_send(&self) -> bool {
-        self.in_flight.len() < self.window
+        self.frames < self.window
     }
 
-    /// Batches sent and not acknowledged.
+    /// Batches (and progress frames) sent and not acknowledged.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.frames
     }
 
     /// Where sending continues on (topic, partition): after the last batch sent on this
@@ -82,18 +86,32 @@ impl SendWindow {
 
     /// Records a batch covering (topic, partition) up to `next`; returns its sequence number.
     pub fn sent(&mut self, topic: &str, partition: u32, next: u64) -> u64 {
+        self.sent_marks(&[Commit {
+            topic: topic.to_string(),
+            partition,
+            next,
+        }])
+    }
+
+    /// Records one frame moving several cursors (a progress frame; its marks must have
+    /// been [`SendWindow::skipped`] already, or cover what was); returns its sequence
+    /// number.
+    pub fn sent_marks(&mut self, commits: &[Commit]) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.sent.insert((topic.to_string(), partition), next);
-        self.in_flight.push_back((
-            seq,
-            Commit {
-                topic: topic.to_string(),
-                partition,
-                next,
-            },
-        ));
+        self.frames += 1;
+        for c in commits {
+            self.sent.insert((c.topic.clone(), c.partition), c.next);
+            self.in_flight.push_back((seq, c.clone()));
+        }
         seq
+    }
+
+    /// Reading (topic, partition) continues at `next` on this connection although no frame
+    /// was sent for what was read (nothing in it was for the peer): the cursor moves once
+    /// a later batch or progress frame covering it is acknowledged.
+    pub fn skipped(&mut self, topic: &str, partition: u32, next: u64) {
+        self.sent.insert((topic.to_string(), partition), next);
     }
 
     /// The peer acknowledged every batch up to `seq`: the cursors to make durable, the
@@ -106,13 +124,18 @@ impl SendWindow {
             });
         }
         let mut out: Vec<Commit> = Vec::new();
+        let mut last = None;
         while let Some((s, _)) = self.in_flight.front() {
             if *s > seq {
                 break;
             }
-            let Some((_, c)) = self.in_flight.pop_front() else {
+            let Some((s, c)) = self.in_flight.pop_front() else {
                 break;
             };
+            if last != Some(s) {
+                self.frames -= 1;
+                last = Some(s);
+            }
             if let Some(prev) = out
                 .iter_mut()
                 .find(|p| p.topic == c.topic && p.partition == c.partition)
@@ -176,6 +199,35 @@ mod tests {
                 highest: 3
             })
         ));
+    }
+
+    #[test]
+    fn a_progress_frame_is_one_slot_and_commits_every_mark() {
+        let mut w = SendWindow::new(2);
+        w.skipped("t", 0, 7);
+        assert_eq!(w.position("t", 0, 0), 7, "reading continues after the skip");
+        assert_eq!(w.in_flight(), 0, "a skip sends nothing");
+        let marks = [
+            Commit {
+                topic: "t".into(),
+                partition: 0,
+                next: 7,
+            },
+            Commit {
+                topic: "t".into(),
+                partition: 1,
+                next: 4,
+            },
+        ];
+        let s1 = w.sent_marks(&marks);
+        assert_eq!(w.in_flight(), 1, "one frame, however many marks");
+        assert!(w.can_send());
+        let s2 = w.sent("t", 0, 9);
+        assert!(!w.can_send());
+        assert_eq!(w.on_ack(s1).unwrap(), marks.to_vec());
+        assert_eq!(w.in_flight(), 1);
+        assert_eq!(w.on_ack(s2).unwrap()[0].next, 9);
+        assert_eq!(w.in_flight(), 0);
     }
 
     #[test]

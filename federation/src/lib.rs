@@ -14,7 +14,8 @@
 //! - [`marks`]: positions in origin terms: receiver marks, where a link starts. Sans-IO.
 //! - [`replicas`]: subscription replicas, terms, takeover start positions. Sans-IO.
 //! - [`routing`]: which interest is relayed to which neighbour. Sans-IO.
-//! - [`stats`]: per-link counters and their JSON snapshot.
+//! - [`progress`]: progress marks instead of empty batches; the receiver's ack. Sans-IO.
+//! - [`stats`]: per-link counters, the lag meter, their JSON snapshot.
 //! - [`bridge`]: the tokio/quinn shell that runs all of the above.
 //!
 //! The frames themselves live in `meshd_core::wire`.
@@ -26,6 +27,7 @@ pub mod cursor;
 pub mod interest;
 pub mod link;
 pub mod marks;
+pub mod progress;
 pub mod replicas;
 pub mod routing;
 pub mod stats;

@@ -1,7 +1,10 @@
-//! Per-link statistics: counters the link task updates and a JSON snapshot for
-//! `GET /v1/mesh`. Lag never lies: a link that is connected but whose cursor does not move
-//! while the source has events for it is reported as `stalled`, not as lag 0.
+//! Per-link statistics: counters the link task updates, the lag meter, and a JSON snapshot
+//! for `GET /v1/mesh`. Lag never lies: it is measured at the source from its end offsets
+//! and the link's durable cursor whether or not the link is connected ([`LagMeter`]), so
+//! it keeps growing while the link is down; a link that is connected but whose cursor does
+//! not move while the source has events for it is reported as `stalled`, not as lag 0.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -41,16 +44,19 @@ pub struct LinkStats {
     pub peer: String,
     /// Whether this side dials.
     pub dialer: bool,
-    state: Mutex<(LinkState, Option<String>)>,
+    state: Mutex<StateAndErrors>,
     /// Events sent (after filtering).
     pub events_sent: AtomicU64,
-    /// Event payload bytes sent.
+    /// Bytes the link wrote: every frame, length prefixes included (QUIC's own overhead
+    /// is not counted).
     pub bytes_sent: AtomicU64,
     /// Batches sent.
     pub batches_sent: AtomicU64,
+    /// Progress frames sent (instead of empty batches).
+    pub progress_sent: AtomicU64,
     /// Events received.
     pub events_received: AtomicU64,
-    /// Event payload bytes received.
+    /// Bytes the link read: every frame, length prefixes included.
     pub bytes_received: AtomicU64,
     /// Received events dropped as duplicates.
     pub duplicates: AtomicU64,
@@ -76,10 +82,15 @@ impl LinkStats {
         LinkStats {
             peer: peer.to_string(),
             dialer,
-            state: Mutex::new((LinkState::Connecting, None)),
+            state: Mutex::new(StateAndErrors {
+                state: LinkState::Connecting,
+                error: None,
+                previous: None,
+            }),
             events_sent: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             batches_sent: AtomicU64::new(0),
+            progress_sent: AtomicU64::new(0),
             events_received: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
@@ -113,33 +124,72 @@ impl LinkStats {
             .flush(now)
     }
 
-    /// Sets the state and the last error.
+    /// Sets the state and, when `error` is given, the last error (kept while the link is
+    /// not connected). Connecting anew moves the last error to `previous_error`: a link
+    /// that is up shows no error.
     pub fn set_state(&self, state: LinkState, error: Option<String>) {
+        self.set_state_at(state, error, wall_ms());
+    }
+
+    fn set_state_at(&self, state: LinkState, error: Option<String>, now_ms: u64) {
         let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        g.0 = state;
-        if error.is_some() {
-            g.1 = error;
+        g.state = state;
+        if let Some(e) = error {
+            g.error = Some((e, now_ms));
+        }
+        if state == LinkState::Connected {
+            if let Some((error, at_ms)) = g.error.take() {
+                g.previous = Some(PreviousError {
+                    error,
+                    at_ms,
+                    cleared_at_ms: now_ms,
+                });
+            }
         }
     }
 
     /// The state.
     pub fn state(&self) -> LinkState {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).0
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).state
+    }
+
+    /// The current error (`None` while connected).
+    pub fn last_error(&self) -> Option<String> {
+        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        g.error.as_ref().map(|(e, _)| e.clone())
+    }
+
+    /// Stores a lag measurement; `true` when the link just became stalled.
+    pub fn set_lag(&self, lag: Lag) -> bool {
+        self.lag_events.store(lag.events, Ordering::Relaxed);
+        self.lag_ms.store(lag.ms, Ordering::Relaxed);
+        let was = self.stalled.swap(lag.stalled, Ordering::Relaxed);
+        lag.stalled && !was
     }
 
     /// A JSON snapshot.
     pub fn snapshot(&self) -> serde_json::Value {
-        let (state, error) = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (state, error, previous) = {
+            let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            (g.state, g.error.clone(), g.previous.clone())
+        };
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let stalled = self.stalled.load(Ordering::Relaxed);
         serde_json::json!({
             "peer": self.peer,
             "dialer": self.dialer,
             "state": if state == LinkState::Connected && stalled { "stalled" } else { state.as_str() },
-            "last_error": error,
+            "last_error": error.as_ref().map(|e| &e.0),
+            "last_error_at_ms": error.as_ref().map(|e| e.1),
+            "previous_error": previous.map(|p| serde_json::json!({
+                "error": p.error,
+                "at_ms": p.at_ms,
+                "cleared_at_ms": p.cleared_at_ms,
+            })),
             "events_sent": get(&self.events_sent),
             "bytes_sent": get(&self.bytes_sent),
             "batches_sent": get(&self.batches_sent),
+            "progress_sent": get(&self.progress_sent),
             "events_received": get(&self.events_received),
             "bytes_received": get(&self.bytes_received),
             "duplicates": get(&self.duplicates),
@@ -150,6 +200,143 @@ impl LinkStats {
             "rtt_ms": get(&self.rtt_us) as f64 / 1000.0,
             "stalled": stalled,
         })
+    }
+}
+
+/// The link state and its errors.
+#[derive(Debug)]
+struct StateAndErrors {
+    state: LinkState,
+    /// The error that keeps the link from being connected, and when (ms since the epoch).
+    error: Option<(String, u64)>,
+    /// The last error cleared by a connection.
+    previous: Option<PreviousError>,
+}
+
+/// An error the link recovered from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PreviousError {
+    error: String,
+    at_ms: u64,
+    cleared_at_ms: u64,
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the source has for one partition the peer wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// (store topic, partition).
+    pub key: (String, u32),
+    /// The partition's end offset.
+    pub end: u64,
+    /// The link's durable cursor (the next offset the peer has not acknowledged), at
+    /// least the partition's first retained offset.
+    pub cursor: u64,
+    /// Store time (ms since the epoch) of the record at the cursor, when `end > cursor`.
+    pub oldest_ms: Option<u64>,
+}
+
+/// A lag measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lag {
+    /// Records past the durable cursor, summed over the partitions the peer wants.
+    pub events: u64,
+    /// Age of the oldest of them, ms.
+    pub ms: u64,
+    /// Connected, behind, and the cursor has not moved for the stall threshold.
+    pub stalled: bool,
+}
+
+/// Turns periodic observations of a link's partitions (source end offsets and durable
+/// cursors, taken whether or not the link is connected) into its lag and stall state.
+/// Lives as long as the link, not a connection: while the link is down the cursors stand
+/// still and the ends grow, so the lag does too. Time is passed in.
+#[derive(Debug)]
+pub struct LagMeter {
+    stall_after: Duration,
+    cursors: HashMap<(String, u32), u64>,
+    last_events: u64,
+    /// When the cursor last moved (or the link was last seen not behind or not connected).
+    last_progress: Option<Instant>,
+    /// Since when the link is behind (monotonic; for a host whose clock stepped).
+    behind_since: Option<Instant>,
+    /// Whether the previous observation saw the link connected.
+    was_connected: bool,
+}
+
+impl LagMeter {
+    /// A meter reporting `stalled` after `stall_after` without progress while connected.
+    pub fn new(stall_after: Duration) -> LagMeter {
+        LagMeter {
+            stall_after,
+            cursors: HashMap::new(),
+            last_events: 0,
+            last_progress: None,
+            behind_since: None,
+            was_connected: false,
+        }
+    }
+
+    /// One observation at `now` (monotonic) and `wall_ms` (wall clock, ms since the
+    /// epoch). `clock_stepped`: the host's wall clock stepped since the store timestamps
+    /// were written, so the age is measured on the monotonic clock from when the meter
+    /// first saw the link behind instead.
+    pub fn observe(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        clock_stepped: bool,
+        connected: bool,
+        parts: &[PartitionLag],
+    ) -> Lag {
+        let events: u64 = parts.iter().map(|p| p.end.saturating_sub(p.cursor)).sum();
+        let mut moved = false;
+        for p in parts {
+            let prev = self.cursors.insert(p.key.clone(), p.cursor);
+            moved |= prev.is_some_and(|c| p.cursor > c);
+        }
+        if self.cursors.len() > parts.len() {
+            let keep: std::collections::HashSet<&(String, u32)> =
+                parts.iter().map(|p| &p.key).collect();
+            self.cursors.retain(|k, _| keep.contains(k));
+        }
+        // The stall clock runs only while connected (from the connection on) and behind.
+        let connecting = connected && !self.was_connected;
+        self.was_connected = connected;
+        if !connected || connecting || events == 0 || moved || events < self.last_events {
+            self.last_progress = Some(now);
+        }
+        let last_progress = *self.last_progress.get_or_insert(now);
+        self.last_events = events;
+        if events == 0 {
+            self.behind_since = None;
+        } else if self.behind_since.is_none() {
+            self.behind_since = Some(now);
+        }
+        let ms = if events == 0 {
+            0
+        } else if clock_stepped {
+            self.behind_since
+                .map_or(0, |t| now.saturating_duration_since(t).as_millis() as u64)
+        } else {
+            parts
+                .iter()
+                .filter_map(|p| p.oldest_ms)
+                .min()
+                .map_or(0, |o| wall_ms.saturating_sub(o))
+        };
+        Lag {
+            events,
+            ms,
+            stalled: connected
+                && events > 0
+                && now.saturating_duration_since(last_progress) > self.stall_after,
+        }
     }
 }
 
@@ -210,7 +397,7 @@ pub fn render_prometheus(links: &[std::sync::Arc<LinkStats>]) -> String {
         &'static str,
         fn(&LinkStats) -> f64,
     );
-    let metrics: [Metric; 11] = [
+    let metrics: [Metric; 12] = [
         (
             "events_sent_total",
             "counter",
@@ -220,8 +407,14 @@ pub fn render_prometheus(links: &[std::sync::Arc<LinkStats>]) -> String {
         (
             "bytes_sent_total",
             "counter",
-            "Event payload bytes sent on the link.",
+            "Bytes written on the link: every frame with its length prefix.",
             |l| l.bytes_sent.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "progress_sent_total",
+            "counter",
+            "Progress frames sent on the link (cursor moves without events).",
+            |l| l.progress_sent.load(Ordering::Relaxed) as f64,
         ),
         (
             "events_received_total",
@@ -232,7 +425,7 @@ pub fn render_prometheus(links: &[std::sync::Arc<LinkStats>]) -> String {
         (
             "bytes_received_total",
             "counter",
-            "Event payload bytes received on the link.",
+            "Bytes read on the link: every frame with its length prefix.",
             |l| l.bytes_received.load(Ordering::Relaxed) as f64,
         ),
         (
@@ -250,13 +443,13 @@ pub fn render_prometheus(links: &[std::sync::Arc<LinkStats>]) -> String {
         (
             "lag_events",
             "gauge",
-            "Events at the source not yet acknowledged by the peer.",
+            "Records of wanted topics past the link's durable cursor (measured also while down).",
             |l| l.lag_events.load(Ordering::Relaxed) as f64,
         ),
         (
             "lag_seconds",
             "gauge",
-            "Age of the oldest unacknowledged event.",
+            "Age of the oldest record past the link's durable cursor.",
             |l| l.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0,
         ),
         (
@@ -334,6 +527,137 @@ mod tests {
             "the flush line counts as a line"
         );
         assert_eq!(l.admit(t0 + ms(3000)), Some(1));
+    }
+
+    fn part(p: u32, end: u64, cursor: u64, oldest_ms: Option<u64>) -> PartitionLag {
+        PartitionLag {
+            key: ("t".into(), p),
+            end,
+            cursor,
+            oldest_ms,
+        }
+    }
+
+    #[test]
+    fn lag_keeps_growing_while_the_link_is_down() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut m = LagMeter::new(s(5));
+        let wall = 1_000_000u64;
+        let l = m.observe(t0, wall, false, true, &[part(0, 10, 10, None)]);
+        assert_eq!(l, Lag::default(), "caught up");
+        // Cut: the cursor stands, the end grows, the oldest unsent record ages.
+        let l = m.observe(
+            t0 + s(1),
+            wall + 1000,
+            false,
+            false,
+            &[part(0, 2045, 10, Some(wall + 500))],
+        );
+        assert_eq!((l.events, l.ms, l.stalled), (2035, 500, false));
+        let l = m.observe(
+            t0 + s(30),
+            wall + 30_000,
+            false,
+            false,
+            &[
+                part(0, 15_010, 10, Some(wall + 500)),
+                part(1, 7, 0, Some(wall + 20_000)),
+            ],
+        );
+        assert_eq!(
+            (l.events, l.ms),
+            (15_007, 29_500),
+            "summed, oldest of all partitions"
+        );
+        assert!(!l.stalled, "a link that is down is down, not stalled");
+        // Reconnected and catching up: no stall while the cursor moves.
+        let l = m.observe(
+            t0 + s(36),
+            wall + 36_000,
+            false,
+            true,
+            &[
+                part(0, 15_010, 9_000, Some(wall + 20_000)),
+                part(1, 7, 0, Some(wall + 20_000)),
+            ],
+        );
+        assert!(!l.stalled);
+        let l = m.observe(
+            t0 + s(37),
+            wall + 37_000,
+            false,
+            true,
+            &[part(0, 15_010, 15_010, None), part(1, 7, 7, None)],
+        );
+        assert_eq!(l, Lag::default());
+    }
+
+    #[test]
+    fn a_connected_link_whose_cursor_stands_is_stalled_after_the_threshold() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut m = LagMeter::new(s(5));
+        let p = [part(0, 50, 0, Some(1))];
+        assert!(!m.observe(t0, 10, false, false, &p).stalled);
+        // Connected at t0+10: the stall clock starts then, not at the cut.
+        assert!(!m.observe(t0 + s(10), 10, false, true, &p).stalled);
+        assert!(!m.observe(t0 + s(15), 10, false, true, &p).stalled);
+        let l = m.observe(t0 + s(16), 10, false, true, &p);
+        assert!(l.stalled);
+        assert_eq!(l.events, 50, "a stalled link is never shown as lag 0");
+        // The cursor moves: no longer stalled.
+        assert!(
+            !m.observe(t0 + s(17), 10, false, true, &[part(0, 50, 1, Some(1))])
+                .stalled
+        );
+    }
+
+    #[test]
+    fn after_a_clock_step_the_age_is_measured_on_the_monotonic_clock() {
+        let t0 = Instant::now();
+        let mut m = LagMeter::new(Duration::from_secs(5));
+        // Store timestamps a day in the future of the stepped-back wall clock.
+        let p = [part(0, 5, 0, Some(86_400_000 + 10))];
+        assert_eq!(m.observe(t0, 10, true, false, &p).ms, 0);
+        assert_eq!(
+            m.observe(t0 + Duration::from_secs(3), 10, true, false, &p)
+                .ms,
+            3000
+        );
+        assert_eq!(
+            m.observe(
+                t0 + Duration::from_secs(4),
+                10,
+                true,
+                false,
+                &[part(0, 5, 5, None)]
+            )
+            .ms,
+            0
+        );
+    }
+
+    #[test]
+    fn recovery_clears_the_error_and_keeps_it_as_previous() {
+        let s = LinkStats::new("b", true);
+        s.set_state_at(LinkState::Down, Some("timed out".into()), 100);
+        assert_eq!(s.snapshot()["last_error"], "timed out");
+        assert_eq!(s.snapshot()["last_error_at_ms"], 100);
+        // Dialling again keeps it: the link is not healthy yet.
+        s.set_state_at(LinkState::Connecting, None, 150);
+        assert_eq!(s.last_error().as_deref(), Some("timed out"));
+        s.set_state_at(LinkState::Connected, None, 200);
+        let v = s.snapshot();
+        assert_eq!(v["state"], "connected");
+        assert!(v["last_error"].is_null(), "{v}");
+        assert!(v["last_error_at_ms"].is_null(), "{v}");
+        assert_eq!(
+            v["previous_error"],
+            serde_json::json!({"error": "timed out", "at_ms": 100, "cleared_at_ms": 200})
+        );
+        s.set_state_at(LinkState::Down, Some("reset".into()), 300);
+        assert_eq!(s.snapshot()["last_error"], "reset");
     }
 
     #[test]
