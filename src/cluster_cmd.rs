@@ -5,7 +5,14 @@
 //! themselves (`cluster NAME node ID http://...`, `cluster NAME proxy ID http://...`,
 //! `cluster NAME scheduler ID http://...`) plus `child ROLE ID pid N` lines, then
 //! `cluster NAME up`. SIGTERM / Ctrl-C stops the children (proxies, nodes, schedulers,
-//! etcd, in that order; SIGTERM, then SIGKILL after a grace period).
+//! the test broker, etcd, in that order; SIGTERM, then SIGKILL after a grace period).
+//!
+//! The event store follows the one rule of regions: an embedded store serves one node
+//! per cluster (each node's log is private), so `nodes.store = "embedded"` with more than
+//! one node is refused. More than one node without a `store` runs a local pulsar-lite
+//! broker as a child (`store = "pulsar-lite"` says so explicitly): a test broker for
+//! trying a region on one machine; production gives `store = "pulsar://..."` (Apache
+//! Pulsar).
 //!
 //! The config file is checked completely before anything starts: unknown keys, missing
 //! fields, zero counts, bad values and port clashes are reported together.
@@ -112,16 +119,41 @@ pub struct NodesSection {
     /// Node `i` listens on `base_port + i - 1` (0: free ports).
     #[serde(default)]
     pub base_port: u16,
-    /// `embedded` (a log per node) or `pulsar://host:port` (shared).
-    #[serde(default = "default_store")]
-    pub store: String,
+    /// `embedded` (a log private to the node: one node only), `pulsar://host:port` (a
+    /// shared Pulsar), or `pulsar-lite` (a local test broker run by `cluster up`).
+    /// Default: `embedded` for one node, `pulsar-lite` for more.
+    #[serde(default)]
+    pub store: Option<String>,
     /// Registry lease TTL of each node.
     #[serde(default = "default_ttl")]
     pub lease_ttl: String,
 }
 
-fn default_store() -> String {
-    "embedded".into()
+/// `nodes.store` naming the test broker `cluster up` runs.
+pub const PULSAR_LITE: &str = "pulsar-lite";
+
+/// The store a region's nodes run on, as the config decides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegionStore {
+    /// Each node's embedded log (one node only).
+    Embedded,
+    /// A local pulsar-lite test broker, run as a child.
+    PulsarLite,
+    /// A shared store at this `--store` URL.
+    Given(String),
+}
+
+impl NodesSection {
+    /// The store the nodes run on.
+    pub fn region_store(&self) -> RegionStore {
+        match self.store.as_deref() {
+            Some("embedded") => RegionStore::Embedded,
+            Some(PULSAR_LITE) => RegionStore::PulsarLite,
+            Some(url) => RegionStore::Given(url.to_string()),
+            None if self.count <= 1 => RegionStore::Embedded,
+            None => RegionStore::PulsarLite,
+        }
+    }
 }
 
 fn default_ttl() -> String {
@@ -172,8 +204,20 @@ impl ClusterConfig {
         if let Err(e) = meshd_core::duration::parse_positive(&self.nodes.lease_ttl) {
             p.push(format!("nodes.lease_ttl: {e}"));
         }
-        if let Err(e) = self.nodes.store.parse::<meshd_node::server::StoreKind>() {
-            p.push(format!("nodes.store: {e}"));
+        match self.nodes.region_store() {
+            RegionStore::Embedded if self.nodes.count > 1 => p.push(format!(
+                "nodes.store = \"embedded\" with nodes.count = {}: an embedded store serves one node \
+                 per cluster (each node's log is private, so events published to one node never reach \
+                 a group owned by another); give store = \"pulsar://HOST:PORT\" (a shared Pulsar), \
+                 leave store out to run a local pulsar-lite test broker, or set count = 1",
+                self.nodes.count
+            )),
+            RegionStore::Given(url) => {
+                if let Err(e) = url.parse::<meshd_node::server::StoreKind>() {
+                    p.push(format!("nodes.store: {e} (or pulsar-lite)"));
+                }
+            }
+            _ => {}
         }
         if self.proxies.count > 0 && !self.proxies.no_auth && self.proxies.tokens.is_none() {
             p.push("proxies: give tokens = \"FILE\" or no_auth = true".into());
@@ -410,6 +454,73 @@ async fn spawn(
     Ok(())
 }
 
+/// The pulsar-lite broker: `$PULSAR_LITE_BINARY`, or the one the Python package
+/// `pulsar-lite` ships (`pip install pulsar-lite`).
+fn pulsar_lite_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PULSAR_LITE_BINARY") {
+        return Ok(PathBuf::from(p));
+    }
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import pulsar_lite.binary_finder as b; print(b.find_pulsar_lite_binary())",
+        ])
+        .stderr(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+            if p.is_file() {
+                return Ok(p);
+            }
+            bail!(
+                "the pulsar-lite package names {}, which is not a file",
+                p.display()
+            )
+        }
+        _ => bail!(
+            "more than one node needs a shared store, and the local test broker is missing: \
+             `python3 -m pip install pulsar-lite` (or set PULSAR_LITE_BINARY), or give \
+             nodes.store = \"pulsar://HOST:PORT\""
+        ),
+    }
+}
+
+/// Runs a pulsar-lite broker (data in `DATA/pulsar-lite`) and waits until it listens;
+/// returns its `pulsar://` URL.
+async fn spawn_pulsar_lite(procs: &mut Procs, dir: &Path, host: &str) -> anyhow::Result<String> {
+    let binary = pulsar_lite_binary()?;
+    let db = dir.join("pulsar-lite");
+    std::fs::create_dir_all(&db).with_context(|| format!("creating {}", db.display()))?;
+    let addr = format!("{host}:{}", free_port()?);
+    let args = vec![
+        "--addr".to_string(),
+        addr.clone(),
+        "--db-path".to_string(),
+        db.display().to_string(),
+        "--log-level".to_string(),
+        "warn".to_string(),
+    ];
+    spawn(procs, dir, "pulsar-lite", "1", &binary, &args, false).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    // A broker is ready when it accepts connections; there is no other signal to await.
+    while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        if let Some(p) = procs.0.last_mut() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                bail!(
+                    "pulsar-lite exited with {status} (see {}/logs/pulsar-lite-1.log)",
+                    dir.display()
+                );
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("pulsar-lite did not listen on {addr} within 30s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(format!("pulsar://{addr}"))
+}
+
 async fn wait_etcd(endpoints: &[String], cluster: &str) -> anyhow::Result<()> {
     use meshd_scheduler::registry::{EtcdConfig, EtcdRegistry, Registry};
     let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
@@ -480,6 +591,18 @@ async fn start_all(cfg: &ClusterConfig, procs: &mut Procs) -> anyhow::Result<()>
     wait_etcd(&endpoints, &cfg.name).await?;
     println!("cluster {} etcd {}", cfg.name, endpoints.join(","));
     let registry = format!("etcd://{}", endpoints.join(","));
+    let store = match cfg.nodes.region_store() {
+        RegionStore::Embedded => "embedded".to_string(),
+        RegionStore::Given(url) => url,
+        RegionStore::PulsarLite => {
+            let url = spawn_pulsar_lite(procs, dir, host).await?;
+            println!(
+                "cluster {} store {url} (pulsar-lite: a local TEST broker run by cluster up for trying a region on one machine; production gives nodes.store = \"pulsar://...\" of an Apache Pulsar cluster)",
+                cfg.name
+            );
+            url
+        }
+    };
 
     let peers: Vec<(u16, String)> = (0..cfg.scheduler.members)
         .map(|i| {
@@ -519,7 +642,7 @@ async fn start_all(cfg: &ClusterConfig, procs: &mut Procs) -> anyhow::Result<()>
             format!("--node-id={id}"),
             format!("--registry={registry}"),
             format!("--lease-ttl={}", cfg.nodes.lease_ttl),
-            format!("--store={}", cfg.nodes.store),
+            format!("--store={store}"),
             format!("--internal-token-file={}", token_file.display()),
         ];
         spawn(procs, dir, "node", &id, &exe, &args, true).await?;
@@ -550,8 +673,13 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     match args.command {
         ClusterCommand::Check { config } => {
             let cfg = ClusterConfig::load(&config)?;
+            let store = match cfg.nodes.region_store() {
+                RegionStore::Embedded => "the embedded store".to_string(),
+                RegionStore::PulsarLite => "a local pulsar-lite test broker".to_string(),
+                RegionStore::Given(url) => url,
+            };
             println!(
-                "{}: cluster {} with {} scheduler members, {} nodes, {} proxies",
+                "{}: cluster {} with {} scheduler members, {} nodes on {store}, {} proxies",
                 config.display(),
                 cfg.name,
                 cfg.scheduler.members,
@@ -614,7 +742,42 @@ no_auth = true
     fn the_documented_region_parses() {
         let cfg = parse(GOOD).expect("valid");
         assert_eq!(cfg.nodes.count, 3);
-        assert_eq!(cfg.nodes.store, "embedded");
+        assert_eq!(cfg.nodes.region_store(), RegionStore::PulsarLite);
+        let docs = include_str!("../docs/operations.md");
+        let example = docs
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|s| s.split("```").next())
+            .expect("a toml example in docs/operations.md");
+        let cfg = parse(example).expect("the docs' example region is valid");
+        assert!(cfg.nodes.count > 1);
+        assert_ne!(cfg.nodes.region_store(), RegionStore::Embedded);
+    }
+
+    #[test]
+    fn the_store_follows_the_node_count() {
+        let one = parse(&GOOD.replace("count = 3", "count = 1")).expect("valid");
+        assert_eq!(one.nodes.region_store(), RegionStore::Embedded);
+        let given = GOOD.replace("lease_ttl", "store = \"pulsar://p:6650\"\nlease_ttl");
+        assert_eq!(
+            parse(&given).expect("valid").nodes.region_store(),
+            RegionStore::Given("pulsar://p:6650".into())
+        );
+        let lite = GOOD.replace("lease_ttl", "store = \"pulsar-lite\"\nlease_ttl");
+        assert_eq!(
+            parse(&lite).expect("valid").nodes.region_store(),
+            RegionStore::PulsarLite
+        );
+        let emb1 = GOOD.replace("count = 3", "count = 1\nstore = \"embedded\"");
+        assert!(parse(&emb1).is_ok());
+        let emb3 = GOOD.replace("count = 3", "count = 3\nstore = \"embedded\"");
+        let e = parse(&emb3).unwrap_err();
+        assert!(
+            e.contains("embedded store serves one node per cluster")
+                && e.contains("pulsar://HOST:PORT")
+                && e.contains("never reach a group owned by another"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -409,7 +409,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
                 .validate()
                 .context("--lease-ttl")?;
             config.placement_gated = true;
-            Some(scheduler_cmd::connect_registry(spec, &args.cluster).await?)
+            let registry = scheduler_cmd::connect_registry(spec, &args.cluster).await?;
+            node_cluster::precheck_store(registry.as_ref(), &args.node_id, &config.store).await?;
+            Some(registry)
         }
         None => None,
     };
@@ -456,8 +458,20 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         args.cluster, args.node_id
     );
     let leaving = member.clone();
+    let (conflict_tx, conflict_rx) = tokio::sync::oneshot::channel();
     let shutdown = async move {
-        shutdown_signal().await;
+        let conflict = async {
+            match &leaving {
+                Some(m) => m.conflict().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            c = conflict => {
+                let _ = conflict_tx.send(c);
+            }
+        }
         // Leave first: the lease goes at once and the groups move while we drain.
         if let Some(m) = leaving {
             m.leave().await;
@@ -466,6 +480,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     node.serve(listener, shutdown).await?;
     if let Some(b) = bridge {
         b.shutdown().await;
+    }
+    if let Ok(conflict) = conflict_rx.await {
+        return Err(conflict.into());
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
-//! `meshd cluster up`: a small region (spawned etcd, one scheduler, two nodes, one proxy)
-//! starts from a config file, a publish through the proxy is delivered to a webhook,
-//! SIGTERM stops every child process; a bad config file is refused with a clear error
-//! and starts nothing.
+//! `meshd cluster up`: a small region (spawned etcd, one scheduler, two nodes on the local
+//! pulsar-lite test broker `cluster up` runs for them, one proxy) starts from a config
+//! file, every publish through the proxy is delivered to a webhook, SIGTERM stops every
+//! child process; a bad config file, and more than one node on the embedded store, are
+//! refused with a clear error and start nothing.
 
 mod common;
 
@@ -84,8 +85,16 @@ no_auth = true
         .collect();
     assert_eq!(
         pids.len(),
-        5,
-        "etcd, 1 scheduler, 2 nodes, 1 proxy: {lines:?}"
+        6,
+        "etcd, pulsar-lite, 1 scheduler, 2 nodes, 1 proxy: {lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("cluster up-it store pulsar://")
+                && l.contains("TEST broker")
+                && l.contains("Apache Pulsar")),
+        "two nodes without a store run on a test broker, said plainly: {lines:?}"
     );
     assert!(pids.iter().all(|p| alive(*p)));
 
@@ -114,8 +123,8 @@ no_auth = true
         "{}",
         r.text().await.unwrap_or_default()
     );
-    // Each node keeps its own embedded log, so an event is delivered only if its producer
-    // group is routed to the node that owns `billing`: publish under 20 producer groups.
+    // Under 20 producer groups, so both nodes take publishes: the shared store delivers
+    // every one to `billing` whichever node owns it.
     let mut acked = 0;
     for g in 0..20 {
         let r = c
@@ -132,11 +141,11 @@ no_auth = true
     }
     assert_eq!(acked, 20, "every publish through the proxy is acknowledged");
     eventually(
-        "a publish through the proxy is delivered",
-        Duration::from_secs(20),
+        "every publish through the proxy is delivered",
+        Duration::from_secs(30),
         || {
-            let n = sink.ids().len();
-            async move { (n > 0).then_some(()) }
+            let got: std::collections::BTreeSet<String> = sink.ids().into_iter().collect();
+            async move { (got.len() == 20).then_some(()) }
         },
     )
     .await;
@@ -205,4 +214,49 @@ no_auth = true
         "{err}"
     );
     assert!(!data.exists());
+}
+
+#[test]
+fn more_than_one_node_on_the_embedded_store_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("region");
+    let cfg = config(
+        dir.path(),
+        &format!(
+            r#"
+name = "emb"
+data_dir = "{}"
+[etcd]
+spawn = true
+[scheduler]
+members = 1
+[nodes]
+count = 3
+store = "embedded"
+[proxies]
+count = 1
+no_auth = true
+"#,
+            data.display()
+        ),
+    );
+    for cmd in ["up", "check"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
+            .args(["cluster", cmd, "--config"])
+            .arg(&cfg)
+            .output()
+            .expect("run meshd");
+        assert_eq!(out.status.code(), Some(1), "cluster {cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains("nodes.store = \"embedded\" with nodes.count = 3")
+                && err.contains("an embedded store serves one node per cluster")
+                && err.contains("never reach a group owned by another")
+                && err.contains("store = \"pulsar://HOST:PORT\""),
+            "cluster {cmd}: {err}"
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+        assert!(!data.exists(), "nothing started, no data dir created");
+    }
 }
