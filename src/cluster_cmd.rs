@@ -4,8 +4,10 @@
 //! port and log file (`DATA/logs/ROLE-ID.log`). Prints each role's line as the roles do
 //! themselves (`cluster NAME node ID http://...`, `cluster NAME proxy ID http://...`,
 //! `cluster NAME scheduler ID http://...`) plus `child ROLE ID pid N` lines, then
-//! `cluster NAME up`. SIGTERM / Ctrl-C stops the children (proxies, nodes, schedulers,
-//! the test broker, etcd, in that order; SIGTERM, then SIGKILL after a grace period).
+//! `cluster NAME up` and a status table. It then supervises them (restarts with backoff,
+//! children die with it; [`crate::cluster_supervisor`]). SIGTERM / Ctrl-C stops the
+//! children (proxies, nodes, schedulers, the test broker, etcd, in that order; SIGTERM,
+//! then SIGKILL after a grace period).
 //!
 //! The event store follows the one rule of regions: an embedded store serves one node
 //! per cluster (each node's log is private), so `nodes.store = "embedded"` with more than
@@ -24,8 +26,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+
+use crate::cluster_supervisor::{ChildSpec, Procs};
 
 /// `meshd cluster ...`
 #[derive(clap::Args)]
@@ -48,6 +50,30 @@ enum ClusterCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// How `cluster up` starts each child: die with PARENT (PR_SET_PDEATHSIG), then run
+    /// PROGRAM in this process.
+    #[command(hide = true)]
+    ExecChild {
+        /// The pid of `cluster up`.
+        #[arg(long)]
+        parent: u32,
+        /// PROGRAM ARGS...
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
+}
+
+impl ClusterArgs {
+    /// `cluster exec-child`, run before any runtime starts (it replaces this process):
+    /// `Some(error)` when it could not, `None` for every other command.
+    pub fn exec_child(&self) -> Option<anyhow::Error> {
+        match &self.command {
+            ClusterCommand::ExecChild { parent, command } => {
+                crate::cluster_supervisor::exec_child(*parent, command).err()
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A region's config file.
@@ -290,170 +316,6 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// One child process.
-struct Proc {
-    role: &'static str,
-    id: String,
-    child: Child,
-    /// The URL it printed (roles with an HTTP API).
-    url: Option<String>,
-}
-
-/// The running children; stopped in reverse start order.
-#[derive(Default)]
-struct Procs(Vec<Proc>);
-
-impl Procs {
-    async fn stop_all(&mut self) {
-        while let Some(p) = self.0.pop() {
-            if p.role != "scheduler" {
-                stop(p).await;
-                continue;
-            }
-            // The scheduler group stops as a whole: its leader first, then the followers
-            // at once, well within an election timeout. Followers stopped one by one
-            // under a running leader would be unreachable to it (openraft logs that as
-            // errors), and a leader stopped long before its followers would make them
-            // hold elections among members that are going away.
-            let mut group = vec![p];
-            while self.0.last().is_some_and(|p| p.role == "scheduler") {
-                group.extend(self.0.pop());
-            }
-            if let Some(leader) = scheduler_leader(&group).await {
-                if let Some(i) = group.iter().position(|p| p.id == leader.to_string()) {
-                    stop(group.remove(i)).await;
-                }
-            }
-            for p in &group {
-                term(p).await;
-            }
-            for p in group {
-                stop(p).await;
-            }
-        }
-    }
-}
-
-/// Sends SIGTERM.
-async fn term(p: &Proc) {
-    if let Some(pid) = p.child.id() {
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await;
-    }
-}
-
-/// SIGTERM, and waits for the exit (killed after 10 s).
-async fn stop(mut p: Proc) {
-    term(&p).await;
-    match tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await {
-        Ok(_) => {}
-        Err(_) => {
-            tracing::warn!(role = p.role, id = %p.id, "did not stop within 10s; killing");
-            let _ = p.child.kill().await;
-        }
-    }
-}
-
-/// The leader of the scheduler group, as the first member that answers knows it.
-async fn scheduler_leader(group: &[Proc]) -> Option<u64> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
-        .build()
-        .ok()?;
-    for url in group.iter().filter_map(|p| p.url.as_deref()) {
-        let Ok(r) = client.get(format!("{url}/v1/scheduler")).send().await else {
-            continue;
-        };
-        if let Ok(s) = r.json::<meshd_scheduler::service::SchedulerStatus>().await {
-            if s.leader.is_some() {
-                return s.leader;
-            }
-        }
-    }
-    None
-}
-
-fn log_file(dir: &Path, role: &str, id: &str) -> anyhow::Result<std::fs::File> {
-    let logs = dir.join("logs");
-    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let path = logs.join(format!("{role}-{id}.log"));
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))
-}
-
-/// Spawns `program args`; when `wait_url` waits for its `http://` line and prints it.
-async fn spawn(
-    procs: &mut Procs,
-    dir: &Path,
-    role: &'static str,
-    id: &str,
-    program: &Path,
-    args: &[String],
-    wait_url: bool,
-) -> anyhow::Result<()> {
-    let log = log_file(dir, role, id)?;
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        // meshd children log as this process does (etcd ignores it).
-        .env("MESHD_LOG_FORMAT", crate::logging::format().as_str())
-        .stdin(Stdio::null())
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true);
-    cmd.stdout(if wait_url {
-        Stdio::piped()
-    } else {
-        Stdio::from(log_file(dir, role, id)?)
-    });
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {role} {id} ({})", program.display()))?;
-    let pid = child.id().unwrap_or(0);
-    let mut url = None;
-    if wait_url {
-        let Some(out) = child.stdout.take() else {
-            bail!("{role} {id}: no stdout");
-        };
-        let mut lines = BufReader::new(out).lines();
-        let found = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.starts_with("cluster ") && line.contains("http://") {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await;
-        match found {
-            Ok(Some(line)) => {
-                println!("{line}");
-                url = line.rsplit(' ').next().map(str::to_string);
-                // Keep draining stdout so the child never blocks on a full pipe.
-                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            }
-            _ => {
-                let _ = child.kill().await;
-                bail!(
-                    "{role} {id} did not start (see {}/logs/{role}-{id}.log)",
-                    dir.display()
-                );
-            }
-        }
-    }
-    println!("child {role} {id} pid {pid}");
-    procs.0.push(Proc {
-        role,
-        id: id.to_string(),
-        child,
-        url,
-    });
-    Ok(())
-}
-
 /// The pulsar-lite broker: `$PULSAR_LITE_BINARY`, or the one the Python package
 /// `pulsar-lite` ships (`pip install pulsar-lite`).
 fn pulsar_lite_binary() -> anyhow::Result<PathBuf> {
@@ -501,12 +363,23 @@ async fn spawn_pulsar_lite(procs: &mut Procs, dir: &Path, host: &str) -> anyhow:
         "--log-level".to_string(),
         "warn".to_string(),
     ];
-    spawn(procs, dir, "pulsar-lite", "1", &binary, &args, false).await?;
+    procs
+        .spawn(
+            dir,
+            ChildSpec {
+                role: "pulsar-lite",
+                id: "1".into(),
+                program: binary,
+                args,
+                wait_url: false,
+            },
+        )
+        .await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     // A broker is ready when it accepts connections; there is no other signal to await.
     while tokio::net::TcpStream::connect(&addr).await.is_err() {
-        if let Some(p) = procs.0.last_mut() {
-            if let Ok(Some(status)) = p.child.try_wait() {
+        if let Some(p) = procs.last_mut() {
+            if let Some(status) = p.exited() {
                 bail!(
                     "pulsar-lite exited with {status} (see {}/logs/pulsar-lite-1.log)",
                     dir.display()
@@ -577,7 +450,18 @@ async fn start_all(cfg: &ClusterConfig, procs: &mut Procs) -> anyhow::Result<()>
             format!("--initial-advertise-peer-urls={peer}"),
             format!("--initial-cluster=default={peer}"),
         ];
-        spawn(procs, dir, "etcd", "1", &cfg.etcd.binary, &args, false).await?;
+        procs
+            .spawn(
+                dir,
+                ChildSpec {
+                    role: "etcd",
+                    id: "1".into(),
+                    program: cfg.etcd.binary.clone(),
+                    args,
+                    wait_url: false,
+                },
+            )
+            .await?;
         vec![client]
     } else {
         cfg.etcd.endpoints.clone()
@@ -630,7 +514,18 @@ async fn start_all(cfg: &ClusterConfig, procs: &mut Procs) -> anyhow::Result<()>
             format!("--cluster={}", cfg.name),
             format!("--registry={registry}"),
         ];
-        spawn(procs, dir, "scheduler", &id.to_string(), &exe, &args, true).await?;
+        procs
+            .spawn(
+                dir,
+                ChildSpec {
+                    role: "scheduler",
+                    id: id.to_string(),
+                    program: exe.clone(),
+                    args,
+                    wait_url: true,
+                },
+            )
+            .await?;
     }
     for i in 0..cfg.nodes.count {
         let id = format!("node-{}", i + 1);
@@ -645,7 +540,18 @@ async fn start_all(cfg: &ClusterConfig, procs: &mut Procs) -> anyhow::Result<()>
             format!("--store={store}"),
             format!("--internal-token-file={}", token_file.display()),
         ];
-        spawn(procs, dir, "node", &id, &exe, &args, true).await?;
+        procs
+            .spawn(
+                dir,
+                ChildSpec {
+                    role: "node",
+                    id: id.clone(),
+                    program: exe.clone(),
+                    args,
+                    wait_url: true,
+                },
+            )
+            .await?;
     }
     for i in 0..cfg.proxies.count {
         let id = format!("proxy-{}", i + 1);
@@ -663,14 +569,58 @@ async fn start_all(cfg: &ClusterConfig, procs: &mut Procs) -> anyhow::Result<()>
         if let Some(t) = &cfg.proxies.tokens {
             args.push(format!("--tokens={}", t.display()));
         }
-        spawn(procs, dir, "proxy", &id, &exe, &args, true).await?;
+        procs
+            .spawn(
+                dir,
+                ChildSpec {
+                    role: "proxy",
+                    id: id.clone(),
+                    program: exe.clone(),
+                    args,
+                    wait_url: true,
+                },
+            )
+            .await?;
     }
     Ok(())
+}
+
+/// Restarts crashed children until SIGTERM / Ctrl-C; prints the status table on SIGUSR1.
+async fn supervise(cfg: &ClusterConfig, procs: &mut Procs) {
+    let shutdown = crate::shutdown_signal();
+    tokio::pin!(shutdown);
+    #[cfg(unix)]
+    let mut usr1 =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
+    let mut tick = tokio::time::interval(crate::cluster_supervisor::CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let status = async {
+            match usr1.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let status = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = status => {
+                println!("cluster {} status", cfg.name);
+                procs.status_table().print();
+            }
+            _ = tick.tick() => procs.supervise(&cfg.data_dir).await,
+        }
+    }
 }
 
 /// Runs `meshd cluster`.
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     match args.command {
+        ClusterCommand::ExecChild { .. } => {
+            unreachable!("exec-child is handled before the runtime starts")
+        }
         ClusterCommand::Check { config } => {
             let cfg = ClusterConfig::load(&config)?;
             let store = match cfg.nodes.region_store() {
@@ -700,7 +650,8 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
                 return Err(e);
             }
             println!("cluster {} up", cfg.name);
-            crate::shutdown_signal().await;
+            procs.status_table().print();
+            supervise(&cfg, &mut procs).await;
             procs.stop_all().await;
             println!("cluster {} down", cfg.name);
             Ok(())

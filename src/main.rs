@@ -13,6 +13,7 @@ use meshd_node::store::FsyncPolicy;
 mod certs_cmd;
 mod client;
 mod cluster_cmd;
+mod cluster_supervisor;
 mod dev;
 mod drill;
 mod filter_cmd;
@@ -358,6 +359,11 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Filter(args) => return Ok(verdict(filter_cmd::run(args)?)),
         Command::Topology(args) => return Ok(verdict(topology_cmd::run(args)?)),
         Command::Certs(args) => return certs_cmd::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Cluster(ref args) => {
+            if let Some(e) = args.exec_child() {
+                return Err(e);
+            }
+        }
         _ => {}
     }
     // Every connection is a file descriptor: a listener needs more than the usual soft
