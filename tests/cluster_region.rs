@@ -7,8 +7,9 @@
 //!   reach both consumer groups; then `meshd drill node-failover` on it reports 0 lost;
 //! - a node on the embedded store refuses to join a cluster with another node, a node on a
 //!   shared store refuses a cluster with an embedded node (one-line message, nothing
-//!   changed), a node restarted under its own id is not refused, and two embedded nodes
-//!   started at once never both end up serving.
+//!   changed), a node restarted under its own id is not refused, a running embedded node
+//!   stops when another node member appears, and two embedded nodes started at once
+//!   never both end up serving.
 
 mod cluster_support;
 mod common;
@@ -22,7 +23,9 @@ use std::time::{Duration, Instant};
 use cluster_support::{etcd_arg, members, until, ProcGuard};
 use common::{client, eventually, Meshd, Sink};
 use meshd_scheduler::registry::testing::EtcdServer;
-use meshd_scheduler::registry::{EtcdConfig, EtcdRegistry, Registry, Role};
+use meshd_scheduler::registry::{
+    EtcdConfig, EtcdRegistry, LeaseConfig, MemberInfo, MemberStore, Registry, Role,
+};
 use serde_json::{json, Value};
 
 /// The docs' example region, with free ports and its data in `data`.
@@ -460,6 +463,42 @@ async fn the_embedded_store_serves_one_node_per_cluster() {
     a.kill9();
     let a2 = spawn("a", "embedded");
     assert_eq!(common::status_of(client().get(a2.at("/readyz"))).await, 200);
+
+    // Another node appears while `a` runs on the embedded store (as after a lease lost
+    // in a partition): `a` stops, exit 1, saying why.
+    let mut z = MemberInfo::new(Role::Node, "z", "http://127.0.0.1:9");
+    z.store = Some(MemberStore::Shared {
+        url: "pulsar://127.0.0.1:1/public/default".into(),
+    });
+    let z = reg
+        .register(z, LeaseConfig::with_ttl(Duration::from_secs(2)))
+        .await
+        .expect("register z");
+    let pid = a2.pid();
+    assert!(
+        until(Duration::from_secs(10), || async {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z "))
+        })
+        .await,
+        "the embedded node a stops when node z joins"
+    );
+    let log = std::fs::read_to_string(d.join("a.log")).unwrap_or_default();
+    assert!(
+        log.contains(
+            "node a runs on the embedded store and node z is already a member of cluster shapes"
+        ),
+        "{log}"
+    );
+    assert!(
+        until(Duration::from_secs(10), || async {
+            members(&reg, Role::Node).await == ["z"]
+        })
+        .await,
+        "a left the registry"
+    );
+    z.deregister().await.expect("deregister z");
     drop(a2);
 
     // Two embedded nodes started at the same moment, several times: never both serve.
