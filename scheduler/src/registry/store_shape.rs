@@ -9,7 +9,7 @@
 //!
 //! - a node checks the members before it registers and refuses to join when the rule
 //!   would break (an embedded node and any other node; a shared-store node and an
-//!   embedded one). The common case — a second node started against a running one —
+//!   embedded one; two shared-store nodes on different namespaces, which share nothing). The common case — a second node started against a running one —
 //!   ends here and never disturbs the cluster;
 //! - it checks again right after registering: of two nodes that register at the same
 //!   time at least the later one sees the earlier (etcd reads are linearizable), so at
@@ -75,6 +75,33 @@ pub enum StoreConflict {
         /// The cluster.
         cluster: String,
     },
+    /// Both run on shared stores, but on different namespaces: they share nothing.
+    #[error(
+        "node {node} uses the shared store {url} but node {other} of cluster {cluster} uses {other_url}: \
+         nodes of one cluster must share one namespace (--pulsar-tenant / --pulsar-namespace), or events \
+         published to one node never reach a group owned by the other"
+    )]
+    SharedNamespaceMismatch {
+        /// This node.
+        node: String,
+        /// Its store.
+        url: String,
+        /// The other node.
+        other: String,
+        /// The other node's store.
+        other_url: String,
+        /// The cluster.
+        cluster: String,
+    },
+}
+
+/// The `tenant/namespace` of a shared store URL (`pulsar://host:port/tenant/namespace`);
+/// brokers of one Pulsar cluster have different addresses, so only this is compared.
+fn namespace_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split_once('/')
+        .map(|(_, ns)| ns)
+        .filter(|ns| !ns.is_empty())
 }
 
 /// Whether `me` may be a node of `cluster` alongside `members` (the registry's member
@@ -118,6 +145,21 @@ fn check_pair(cluster: &str, me: &MemberInfo, other: &MemberInfo) -> Result<(), 
             other: other.id.clone(),
             cluster: cluster.to_string(),
         });
+    }
+    if let (Some(MemberStore::Shared { url }), Some(MemberStore::Shared { url: other_url })) =
+        (&me.store, &other.store)
+    {
+        if let (Some(a), Some(b)) = (namespace_of(url), namespace_of(other_url)) {
+            if a != b {
+                return Err(StoreConflict::SharedNamespaceMismatch {
+                    node: me.id.clone(),
+                    url: url.clone(),
+                    other: other.id.clone(),
+                    other_url: other_url.clone(),
+                    cluster: cluster.to_string(),
+                });
+            }
+        }
     }
     Ok(())
 }
@@ -184,6 +226,39 @@ mod tests {
                 cluster: "c".into()
             }
         );
+    }
+
+    #[test]
+    fn shared_nodes_must_share_a_namespace_not_a_broker_address() {
+        let on = |id: &str, url: &str| {
+            node(
+                id,
+                Some(MemberStore::Shared {
+                    url: url.to_string(),
+                }),
+            )
+        };
+        let me = on("b", "pulsar://broker-2:6650/public/default");
+        // Another broker of the same Pulsar cluster: fine.
+        assert_eq!(
+            check_join(
+                "c",
+                &me,
+                &[on("a", "pulsar://broker-1:6650/public/default")]
+            ),
+            Ok(())
+        );
+        let e =
+            check_join("c", &me, &[on("a", "pulsar://broker-1:6650/public/other")]).unwrap_err();
+        assert!(
+            matches!(e, StoreConflict::SharedNamespaceMismatch { .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("public/other"), "{e}");
+        // A running shared node does not stop for it (the newcomer refuses).
+        assert!(must_stop("c", &me, &on("a", "pulsar://x:1/t/n")).is_none());
+        assert_eq!(namespace_of("pulsar://h:1"), None);
+        assert_eq!(namespace_of("pulsar://h:1/t/n"), Some("t/n"));
     }
 
     #[test]
