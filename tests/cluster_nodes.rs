@@ -648,7 +648,37 @@ async fn a_newer_epoch_and_a_lost_lease_stop_delivery() {
     // Registry session lost: n2 stops delivering within about one TTL.
     etcd.pause().expect("SIGSTOP etcd");
     let frozen = Instant::now();
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    // Awaited rather than slept: n2 gives its groups up once its lease counts as lost
+    // (no renewal acknowledged for a TTL; the keep-alive in flight times out first).
+    let owned = |url: String| {
+        let c = c.clone();
+        async move {
+            let v: Value = c
+                .get(format!("{url}/v1/cluster"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            v["owned_groups"].as_array().map(Vec::len)
+        }
+    };
+    eventually(
+        "n2 stops delivering after its lease is lost",
+        Duration::from_secs(6),
+        || {
+            let o = owned(n2.url.clone());
+            async move { (o.await == Some(0)).then_some(()) }
+        },
+    )
+    .await;
+    let stopped = frozen.elapsed();
+    eprintln!("n2 stopped its groups {stopped:?} after the freeze (TTL {TTL})");
+    assert!(
+        stopped >= Duration::from_secs(1),
+        "not before the lease could expire: {stopped:?}"
+    );
     let count_before = sink.received().len();
     mark("frozen".into()).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
