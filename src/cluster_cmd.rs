@@ -610,7 +610,14 @@ async fn supervise(cfg: &ClusterConfig, procs: &mut Procs) {
                 println!("cluster {} status", cfg.name);
                 procs.status_table().print();
             }
-            _ = tick.tick() => procs.supervise(&cfg.data_dir).await,
+            _ = tick.tick() => {
+                // A restart waits for the child's URL line (up to 60 s): a stop signal
+                // meanwhile ends it (the half-started child is killed on drop).
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = procs.supervise(&cfg.data_dir) => {}
+                }
+            }
         }
     }
 }
