@@ -4,8 +4,17 @@
 //! port and log file (`DATA/logs/ROLE-ID.log`). Prints each role's line as the roles do
 //! themselves (`cluster NAME node ID http://...`, `cluster NAME proxy ID http://...`,
 //! `cluster NAME scheduler ID http://...`) plus `child ROLE ID pid N` lines, then
-//! `cluster NAME up`. SIGTERM / Ctrl-C stops the children (proxies, nodes, schedulers,
-//! etcd, in that order; SIGTERM, then SIGKILL after a grace period).
+//! `cluster NAME up` and a status table. It then supervises them (restarts with backoff,
+//! children die with it; [`crate::cluster_supervisor`]). SIGTERM / Ctrl-C stops the
+//! children (proxies, nodes, schedulers, the test broker, etcd, in that order; SIGTERM,
+//! then SIGKILL after a grace period).
+//!
+//! The event store follows the one rule of regions: an embedded store serves one node
+//! per cluster (each node's log is private), so `nodes.store = "embedded"` with more than
+//! one node is refused. More than one node without a `store` runs a local pulsar-lite
+//! broker as a child (`store = "pulsar-lite"` says so explicitly): a test broker for
+//! trying a region on one machine; production gives `store = "pulsar://..."` (Apache
+//! Pulsar).
 //!
 //! The config file is checked completely before anything starts: unknown keys, missing
 //! fields, zero counts, bad values and port clashes are reported together.
@@ -17,8 +26,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+
+use crate::cluster_supervisor::{ChildSpec, Procs};
 
 /// `meshd cluster ...`
 #[derive(clap::Args)]
@@ -41,6 +50,30 @@ enum ClusterCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// How `cluster up` starts each child: die with PARENT (PR_SET_PDEATHSIG), then run
+    /// PROGRAM in this process.
+    #[command(hide = true)]
+    ExecChild {
+        /// The pid of `cluster up`.
+        #[arg(long)]
+        parent: u32,
+        /// PROGRAM ARGS...
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
+}
+
+impl ClusterArgs {
+    /// `cluster exec-child`, run before any runtime starts (it replaces this process):
+    /// `Some(error)` when it could not, `None` for every other command.
+    pub fn exec_child(&self) -> Option<anyhow::Error> {
+        match &self.command {
+            ClusterCommand::ExecChild { parent, command } => {
+                crate::cluster_supervisor::exec_child(*parent, command).err()
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A region's config file.
@@ -112,16 +145,41 @@ pub struct NodesSection {
     /// Node `i` listens on `base_port + i - 1` (0: free ports).
     #[serde(default)]
     pub base_port: u16,
-    /// `embedded` (a log per node) or `pulsar://host:port` (shared).
-    #[serde(default = "default_store")]
-    pub store: String,
+    /// `embedded` (a log private to the node: one node only), `pulsar://host:port` (a
+    /// shared Pulsar), or `pulsar-lite` (a local test broker run by `cluster up`).
+    /// Default: `embedded` for one node, `pulsar-lite` for more.
+    #[serde(default)]
+    pub store: Option<String>,
     /// Registry lease TTL of each node.
     #[serde(default = "default_ttl")]
     pub lease_ttl: String,
 }
 
-fn default_store() -> String {
-    "embedded".into()
+/// `nodes.store` naming the test broker `cluster up` runs.
+pub const PULSAR_LITE: &str = "pulsar-lite";
+
+/// The store a region's nodes run on, as the config decides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegionStore {
+    /// Each node's embedded log (one node only).
+    Embedded,
+    /// A local pulsar-lite test broker, run as a child.
+    PulsarLite,
+    /// A shared store at this `--store` URL.
+    Given(String),
+}
+
+impl NodesSection {
+    /// The store the nodes run on.
+    pub fn region_store(&self) -> RegionStore {
+        match self.store.as_deref() {
+            Some("embedded") => RegionStore::Embedded,
+            Some(PULSAR_LITE) => RegionStore::PulsarLite,
+            Some(url) => RegionStore::Given(url.to_string()),
+            None if self.count <= 1 => RegionStore::Embedded,
+            None => RegionStore::PulsarLite,
+        }
+    }
 }
 
 fn default_ttl() -> String {
@@ -172,8 +230,20 @@ impl ClusterConfig {
         if let Err(e) = meshd_core::duration::parse_positive(&self.nodes.lease_ttl) {
             p.push(format!("nodes.lease_ttl: {e}"));
         }
-        if let Err(e) = self.nodes.store.parse::<meshd_node::server::StoreKind>() {
-            p.push(format!("nodes.store: {e}"));
+        match self.nodes.region_store() {
+            RegionStore::Embedded if self.nodes.count > 1 => p.push(format!(
+                "nodes.store = \"embedded\" with nodes.count = {}: an embedded store serves one node \
+                 per cluster (each node's log is private, so events published to one node never reach \
+                 a group owned by another); give store = \"pulsar://HOST:PORT\" (a shared Pulsar), \
+                 leave store out to run a local pulsar-lite test broker, or set count = 1",
+                self.nodes.count
+            )),
+            RegionStore::Given(url) => {
+                if let Err(e) = url.parse::<meshd_node::server::StoreKind>() {
+                    p.push(format!("nodes.store: {e} (or pulsar-lite)"));
+                }
+            }
+            _ => {}
         }
         if self.proxies.count > 0 && !self.proxies.no_auth && self.proxies.tokens.is_none() {
             p.push("proxies: give tokens = \"FILE\" or no_auth = true".into());
@@ -246,168 +316,82 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// One child process.
-struct Proc {
-    role: &'static str,
-    id: String,
-    child: Child,
-    /// The URL it printed (roles with an HTTP API).
-    url: Option<String>,
-}
-
-/// The running children; stopped in reverse start order.
-#[derive(Default)]
-struct Procs(Vec<Proc>);
-
-impl Procs {
-    async fn stop_all(&mut self) {
-        while let Some(p) = self.0.pop() {
-            if p.role != "scheduler" {
-                stop(p).await;
-                continue;
+/// The pulsar-lite broker: `$PULSAR_LITE_BINARY`, or the one the Python package
+/// `pulsar-lite` ships (`pip install pulsar-lite`).
+fn pulsar_lite_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PULSAR_LITE_BINARY") {
+        return Ok(PathBuf::from(p));
+    }
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import pulsar_lite.binary_finder as b; print(b.find_pulsar_lite_binary())",
+        ])
+        .stderr(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+            if p.is_file() {
+                return Ok(p);
             }
-            // The scheduler group stops as a whole: its leader first, then the followers
-            // at once, well within an election timeout. Followers stopped one by one
-            // under a running leader would be unreachable to it (openraft logs that as
-            // errors), and a leader stopped long before its followers would make them
-            // hold elections among members that are going away.
-            let mut group = vec![p];
-            while self.0.last().is_some_and(|p| p.role == "scheduler") {
-                group.extend(self.0.pop());
-            }
-            if let Some(leader) = scheduler_leader(&group).await {
-                if let Some(i) = group.iter().position(|p| p.id == leader.to_string()) {
-                    stop(group.remove(i)).await;
-                }
-            }
-            for p in &group {
-                term(p).await;
-            }
-            for p in group {
-                stop(p).await;
-            }
+            bail!(
+                "the pulsar-lite package names {}, which is not a file",
+                p.display()
+            )
         }
+        _ => bail!(
+            "more than one node needs a shared store, and the local test broker is missing: \
+             `python3 -m pip install pulsar-lite` (or set PULSAR_LITE_BINARY), or give \
+             nodes.store = \"pulsar://HOST:PORT\""
+        ),
     }
 }
 
-/// Sends SIGTERM.
-async fn term(p: &Proc) {
-    if let Some(pid) = p.child.id() {
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await;
-    }
-}
-
-/// SIGTERM, and waits for the exit (killed after 10 s).
-async fn stop(mut p: Proc) {
-    term(&p).await;
-    match tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await {
-        Ok(_) => {}
-        Err(_) => {
-            tracing::warn!(role = p.role, id = %p.id, "did not stop within 10s; killing");
-            let _ = p.child.kill().await;
-        }
-    }
-}
-
-/// The leader of the scheduler group, as the first member that answers knows it.
-async fn scheduler_leader(group: &[Proc]) -> Option<u64> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
-        .build()
-        .ok()?;
-    for url in group.iter().filter_map(|p| p.url.as_deref()) {
-        let Ok(r) = client.get(format!("{url}/v1/scheduler")).send().await else {
-            continue;
-        };
-        if let Ok(s) = r.json::<meshd_scheduler::service::SchedulerStatus>().await {
-            if s.leader.is_some() {
-                return s.leader;
-            }
-        }
-    }
-    None
-}
-
-fn log_file(dir: &Path, role: &str, id: &str) -> anyhow::Result<std::fs::File> {
-    let logs = dir.join("logs");
-    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let path = logs.join(format!("{role}-{id}.log"));
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))
-}
-
-/// Spawns `program args`; when `wait_url` waits for its `http://` line and prints it.
-async fn spawn(
-    procs: &mut Procs,
-    dir: &Path,
-    role: &'static str,
-    id: &str,
-    program: &Path,
-    args: &[String],
-    wait_url: bool,
-) -> anyhow::Result<()> {
-    let log = log_file(dir, role, id)?;
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        // meshd children log as this process does (etcd ignores it).
-        .env("MESHD_LOG_FORMAT", crate::logging::format().as_str())
-        .stdin(Stdio::null())
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true);
-    cmd.stdout(if wait_url {
-        Stdio::piped()
-    } else {
-        Stdio::from(log_file(dir, role, id)?)
-    });
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {role} {id} ({})", program.display()))?;
-    let pid = child.id().unwrap_or(0);
-    let mut url = None;
-    if wait_url {
-        let Some(out) = child.stdout.take() else {
-            bail!("{role} {id}: no stdout");
-        };
-        let mut lines = BufReader::new(out).lines();
-        let found = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.starts_with("cluster ") && line.contains("http://") {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await;
-        match found {
-            Ok(Some(line)) => {
-                println!("{line}");
-                url = line.rsplit(' ').next().map(str::to_string);
-                // Keep draining stdout so the child never blocks on a full pipe.
-                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            }
-            _ => {
-                let _ = child.kill().await;
+/// Runs a pulsar-lite broker (data in `DATA/pulsar-lite`) and waits until it listens;
+/// returns its `pulsar://` URL.
+async fn spawn_pulsar_lite(procs: &mut Procs, dir: &Path, host: &str) -> anyhow::Result<String> {
+    let binary = pulsar_lite_binary()?;
+    let db = dir.join("pulsar-lite");
+    std::fs::create_dir_all(&db).with_context(|| format!("creating {}", db.display()))?;
+    let addr = format!("{host}:{}", free_port()?);
+    let args = vec![
+        "--addr".to_string(),
+        addr.clone(),
+        "--db-path".to_string(),
+        db.display().to_string(),
+        "--log-level".to_string(),
+        "warn".to_string(),
+    ];
+    procs
+        .spawn(
+            dir,
+            ChildSpec {
+                role: "pulsar-lite",
+                id: "1".into(),
+                program: binary,
+                args,
+                wait_url: false,
+            },
+        )
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    // A broker is ready when it accepts connections; there is no other signal to await.
+    while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        if let Some(p) = procs.last_mut() {
+            if let Some(status) = p.exited() {
                 bail!(
-                    "{role} {id} did not start (see {}/logs/{role}-{id}.log)",
+                    "pulsar-lite exited with {status} (see {}/logs/pulsar-lite-1.log)",
                     dir.display()
                 );
             }
         }
+        if tokio::time::Instant::now() > deadline {
+            bail!("pulsar-lite did not listen on {addr} within 30s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("child {role} {id} pid {pid}");
-    procs.0.push(Proc {
-        role,
-        id: id.to_string(),
-        child,
-        url,
-    });
-    Ok(())
+    Ok(format!("pulsar://{addr}"))
 }
 
 async fn wait_etcd(endpoints: &[String], cluster: &str) -> anyhow::Result<()> {
@@ -466,7 +450,18 @@ async fn start_all(cfg: &ClusterConfig, procs: &mut Procs) -> anyhow::Result<()>
             format!("--initial-advertise-peer-urls={peer}"),
             format!("--initial-cluster=default={peer}"),
         ];
-        spawn(procs, dir, "etcd", "1", &cfg.etcd.binary, &args, false).await?;
+        procs
+            .spawn(
+                dir,
+                ChildSpec {
+                    role: "etcd",
+                    id: "1".into(),
+                    program: cfg.etcd.binary.clone(),
+                    args,
+                    wait_url: false,
+                },
+            )
+            .await?;
         vec![client]
     } else {
         cfg.etcd.endpoints.clone()
@@ -480,6 +475,18 @@ async fn start_all(cfg: &ClusterConfig, procs: &mut Procs) -> anyhow::Result<()>
     wait_etcd(&endpoints, &cfg.name).await?;
     println!("cluster {} etcd {}", cfg.name, endpoints.join(","));
     let registry = format!("etcd://{}", endpoints.join(","));
+    let store = match cfg.nodes.region_store() {
+        RegionStore::Embedded => "embedded".to_string(),
+        RegionStore::Given(url) => url,
+        RegionStore::PulsarLite => {
+            let url = spawn_pulsar_lite(procs, dir, host).await?;
+            println!(
+                "cluster {} store {url} (pulsar-lite: a local TEST broker run by cluster up for trying a region on one machine; production gives nodes.store = \"pulsar://...\" of an Apache Pulsar cluster)",
+                cfg.name
+            );
+            url
+        }
+    };
 
     let peers: Vec<(u16, String)> = (0..cfg.scheduler.members)
         .map(|i| {
@@ -507,7 +514,18 @@ async fn start_all(cfg: &ClusterConfig, procs: &mut Procs) -> anyhow::Result<()>
             format!("--cluster={}", cfg.name),
             format!("--registry={registry}"),
         ];
-        spawn(procs, dir, "scheduler", &id.to_string(), &exe, &args, true).await?;
+        procs
+            .spawn(
+                dir,
+                ChildSpec {
+                    role: "scheduler",
+                    id: id.to_string(),
+                    program: exe.clone(),
+                    args,
+                    wait_url: true,
+                },
+            )
+            .await?;
     }
     for i in 0..cfg.nodes.count {
         let id = format!("node-{}", i + 1);
@@ -519,10 +537,21 @@ async fn start_all(cfg: &ClusterConfig, procs: &mut Procs) -> anyhow::Result<()>
             format!("--node-id={id}"),
             format!("--registry={registry}"),
             format!("--lease-ttl={}", cfg.nodes.lease_ttl),
-            format!("--store={}", cfg.nodes.store),
+            format!("--store={store}"),
             format!("--internal-token-file={}", token_file.display()),
         ];
-        spawn(procs, dir, "node", &id, &exe, &args, true).await?;
+        procs
+            .spawn(
+                dir,
+                ChildSpec {
+                    role: "node",
+                    id: id.clone(),
+                    program: exe.clone(),
+                    args,
+                    wait_url: true,
+                },
+            )
+            .await?;
     }
     for i in 0..cfg.proxies.count {
         let id = format!("proxy-{}", i + 1);
@@ -540,18 +569,74 @@ async fn start_all(cfg: &ClusterConfig, procs: &mut Procs) -> anyhow::Result<()>
         if let Some(t) = &cfg.proxies.tokens {
             args.push(format!("--tokens={}", t.display()));
         }
-        spawn(procs, dir, "proxy", &id, &exe, &args, true).await?;
+        procs
+            .spawn(
+                dir,
+                ChildSpec {
+                    role: "proxy",
+                    id: id.clone(),
+                    program: exe.clone(),
+                    args,
+                    wait_url: true,
+                },
+            )
+            .await?;
     }
     Ok(())
+}
+
+/// Restarts crashed children until SIGTERM / Ctrl-C; prints the status table on SIGUSR1.
+async fn supervise(cfg: &ClusterConfig, procs: &mut Procs) {
+    let shutdown = crate::shutdown_signal();
+    tokio::pin!(shutdown);
+    #[cfg(unix)]
+    let mut usr1 =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
+    let mut tick = tokio::time::interval(crate::cluster_supervisor::CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let status = async {
+            match usr1.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let status = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = status => {
+                println!("cluster {} status", cfg.name);
+                procs.status_table().print();
+            }
+            _ = tick.tick() => {
+                // A restart waits for the child's URL line (up to 60 s): a stop signal
+                // meanwhile ends it (the half-started child is killed on drop).
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = procs.supervise(&cfg.data_dir) => {}
+                }
+            }
+        }
+    }
 }
 
 /// Runs `meshd cluster`.
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     match args.command {
+        ClusterCommand::ExecChild { .. } => {
+            unreachable!("exec-child is handled before the runtime starts")
+        }
         ClusterCommand::Check { config } => {
             let cfg = ClusterConfig::load(&config)?;
+            let store = match cfg.nodes.region_store() {
+                RegionStore::Embedded => "the embedded store".to_string(),
+                RegionStore::PulsarLite => "a local pulsar-lite test broker".to_string(),
+                RegionStore::Given(url) => url,
+            };
             println!(
-                "{}: cluster {} with {} scheduler members, {} nodes, {} proxies",
+                "{}: cluster {} with {} scheduler members, {} nodes on {store}, {} proxies",
                 config.display(),
                 cfg.name,
                 cfg.scheduler.members,
@@ -572,7 +657,8 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
                 return Err(e);
             }
             println!("cluster {} up", cfg.name);
-            crate::shutdown_signal().await;
+            procs.status_table().print();
+            supervise(&cfg, &mut procs).await;
             procs.stop_all().await;
             println!("cluster {} down", cfg.name);
             Ok(())
@@ -614,7 +700,42 @@ no_auth = true
     fn the_documented_region_parses() {
         let cfg = parse(GOOD).expect("valid");
         assert_eq!(cfg.nodes.count, 3);
-        assert_eq!(cfg.nodes.store, "embedded");
+        assert_eq!(cfg.nodes.region_store(), RegionStore::PulsarLite);
+        let docs = include_str!("../docs/operations.md");
+        let example = docs
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|s| s.split("```").next())
+            .expect("a toml example in docs/operations.md");
+        let cfg = parse(example).expect("the docs' example region is valid");
+        assert!(cfg.nodes.count > 1);
+        assert_ne!(cfg.nodes.region_store(), RegionStore::Embedded);
+    }
+
+    #[test]
+    fn the_store_follows_the_node_count() {
+        let one = parse(&GOOD.replace("count = 3", "count = 1")).expect("valid");
+        assert_eq!(one.nodes.region_store(), RegionStore::Embedded);
+        let given = GOOD.replace("lease_ttl", "store = \"pulsar://p:6650\"\nlease_ttl");
+        assert_eq!(
+            parse(&given).expect("valid").nodes.region_store(),
+            RegionStore::Given("pulsar://p:6650".into())
+        );
+        let lite = GOOD.replace("lease_ttl", "store = \"pulsar-lite\"\nlease_ttl");
+        assert_eq!(
+            parse(&lite).expect("valid").nodes.region_store(),
+            RegionStore::PulsarLite
+        );
+        let emb1 = GOOD.replace("count = 3", "count = 1\nstore = \"embedded\"");
+        assert!(parse(&emb1).is_ok());
+        let emb3 = GOOD.replace("count = 3", "count = 3\nstore = \"embedded\"");
+        let e = parse(&emb3).unwrap_err();
+        assert!(
+            e.contains("embedded store serves one node per cluster")
+                && e.contains("pulsar://HOST:PORT")
+                && e.contains("never reach a group owned by another"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use meshd_node::store::FsyncPolicy;
 mod certs_cmd;
 mod client;
 mod cluster_cmd;
+mod cluster_supervisor;
 mod dev;
 mod drill;
 mod filter_cmd;
@@ -359,6 +360,11 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Filter(args) => return Ok(verdict(filter_cmd::run(args)?)),
         Command::Topology(args) => return Ok(verdict(topology_cmd::run(args)?)),
         Command::Certs(args) => return certs_cmd::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Cluster(ref args) => {
+            if let Some(e) = args.exec_child() {
+                return Err(e);
+            }
+        }
         _ => {}
     }
     // Every connection is a file descriptor: a listener needs more than the usual soft
@@ -410,7 +416,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
                 .validate()
                 .context("--lease-ttl")?;
             config.placement_gated = true;
-            Some(scheduler_cmd::connect_registry(spec, &args.cluster).await?)
+            let registry = scheduler_cmd::connect_registry(spec, &args.cluster).await?;
+            node_cluster::precheck_store(registry.as_ref(), &args.node_id, &config.store).await?;
+            Some(registry)
         }
         None => None,
     };
@@ -457,8 +465,20 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         args.cluster, args.node_id
     );
     let leaving = member.clone();
+    let (conflict_tx, conflict_rx) = tokio::sync::oneshot::channel();
     let shutdown = async move {
-        shutdown_signal().await;
+        let conflict = async {
+            match &leaving {
+                Some(m) => m.conflict().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            c = conflict => {
+                let _ = conflict_tx.send(c);
+            }
+        }
         // Leave first: the lease goes at once and the groups move while we drain.
         if let Some(m) = leaving {
             m.leave().await;
@@ -467,6 +487,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     node.serve(listener, shutdown).await?;
     if let Some(b) = bridge {
         b.shutdown().await;
+    }
+    if let Ok(conflict) = conflict_rx.await {
+        return Err(conflict.into());
     }
     Ok(())
 }

@@ -22,6 +22,10 @@
 //!   stores afterwards wait for the next owner or the undrain), then stops delivery and revokes its
 //!   lease, so the scheduler moves its groups and the next owner starts from the
 //!   committed offsets with no overlap. Undrain registers it again.
+//! - the store rule ([`meshd_scheduler::registry::store_shape`]): the member info carries
+//!   the node's store; a node checks the members before and right after registering and
+//!   refuses to join a cluster where an embedded store would not be alone, and a running
+//!   embedded node that sees another node member stops ([`ClusterMember::conflict`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -29,10 +33,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use meshd_core::api::{SubscriptionSpec, TopicConfig};
+use meshd_node::server::StoreKind;
 use meshd_node::server::{CatalogSink, DrainState, Node};
 use meshd_scheduler::registry::{
-    CatalogEvent, CatalogKind, LeaseConfig, MemberGroups, MemberHandle, MemberInfo, MemberLoad,
-    MemberState, MemberStatus, Placement, Registry, Role,
+    store_shape, CatalogEvent, CatalogKind, LeaseConfig, MemberEvent, MemberGroups, MemberHandle,
+    MemberInfo, MemberLoad, MemberState, MemberStatus, MemberStore, Placement, Registry, Role,
+    StoreConflict,
 };
 use tokio::sync::watch;
 
@@ -118,6 +124,63 @@ async fn watch_member_components(node: Arc<Node>, registry: Arc<dyn Registry>) {
     }
 }
 
+/// What a node's member info says about its store.
+fn member_store(store: &StoreKind) -> MemberStore {
+    match store {
+        StoreKind::Embedded => MemberStore::Embedded,
+        StoreKind::Pulsar(p) => MemberStore::Shared {
+            url: format!("{}/{}/{}", p.url, p.tenant, p.namespace),
+        },
+    }
+}
+
+/// Checks the store rule for `info` against the registry's members now.
+async fn check_store(registry: &dyn Registry, info: &MemberInfo) -> anyhow::Result<()> {
+    let members = registry
+        .list_members()
+        .await
+        .context("listing the cluster's members")?;
+    store_shape::check_join(registry.cluster(), info, &members)?;
+    Ok(())
+}
+
+/// Whether node `node_id` on `store` may join the registry's cluster now: checked before
+/// the node opens its store, so a refused node changes nothing. [`ClusterMember::join`]
+/// checks again around its registration.
+pub async fn precheck_store(
+    registry: &dyn Registry,
+    node_id: &str,
+    store: &StoreKind,
+) -> anyhow::Result<()> {
+    let mut info = MemberInfo::new(Role::Node, node_id, "");
+    info.store = Some(member_store(store));
+    check_store(registry, &info).await
+}
+
+/// A running embedded node stops when another node member appears (see
+/// [`store_shape::must_stop`]): the conflict is sent on `fatal`.
+async fn guard_store(
+    me: MemberInfo,
+    registry: Arc<dyn Registry>,
+    fatal: watch::Sender<Option<StoreConflict>>,
+) {
+    loop {
+        if let Ok(mut w) = registry.watch_members().await {
+            while let Some(event) = w.recv().await {
+                if let MemberEvent::Put(other) = event {
+                    if let Some(conflict) = store_shape::must_stop(registry.cluster(), &me, &other)
+                    {
+                        tracing::error!("{conflict}");
+                        let _ = fatal.send(Some(conflict));
+                        return;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn refresh_member_components(node: &Node, registry: &dyn Registry) {
     if let Ok(members) = registry.list_members().await {
         let urls: Vec<String> = members.into_iter().map(|m| m.http_addr).collect();
@@ -134,6 +197,8 @@ pub struct ClusterMember {
     registry: Arc<dyn Registry>,
     url: String,
     lease: LeaseConfig,
+    /// Set when the node must stop: the store rule broke while it ran.
+    fatal: watch::Sender<Option<StoreConflict>>,
 }
 
 impl ClusterMember {
@@ -154,6 +219,7 @@ impl ClusterMember {
             registry: registry.clone(),
             url: url.to_string(),
             lease,
+            fatal: watch::channel(None).0,
         });
         member.register().await?;
         let sync = tokio::spawn(sync_catalog(node.clone(), registry.clone()));
@@ -162,23 +228,63 @@ impl ClusterMember {
         let me = member.clone();
         let drain = tokio::spawn(async move { me.follow_drain().await });
         let components = tokio::spawn(watch_member_components(node.clone(), registry.clone()));
+        let guard = tokio::spawn(guard_store(
+            member.info(),
+            registry.clone(),
+            member.fatal.clone(),
+        ));
         member
             .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend([sync, report, drain, components]);
+            .extend([sync, report, drain, components, guard]);
         Ok(member)
     }
 
-    /// Registers under a new lease and starts obeying the placement.
-    async fn register(&self) -> anyhow::Result<()> {
+    /// Resolves when the node must stop because the store rule broke while it ran (an
+    /// embedded node saw another node member): the caller leaves and exits with it.
+    pub async fn conflict(&self) -> StoreConflict {
+        let mut rx = self.fatal.subscribe();
+        loop {
+            if let Some(c) = rx.borrow_and_update().clone() {
+                return c;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// The node's member info now: id, URL, store and groups.
+    fn info(&self) -> MemberInfo {
         let mut info = MemberInfo::new(Role::Node, self.node.config.node_id.clone(), &self.url);
+        info.store = Some(member_store(&self.node.config.store));
         info.groups = groups_of(&self.node);
+        info
+    }
+
+    async fn check_store(&self, info: &MemberInfo) -> anyhow::Result<()> {
+        check_store(self.registry.as_ref(), info).await
+    }
+
+    /// Registers under a new lease and starts obeying the placement. Refuses (with a
+    /// [`StoreConflict`]) when the store rule would break, checked before registering and
+    /// again right after (a node registering at the same time is seen by at least one of
+    /// the two), in which case the registration is revoked before anything is delivered.
+    async fn register(&self) -> anyhow::Result<()> {
+        let info = self.info();
+        self.check_store(&info).await?;
         let handle = self
             .registry
-            .register(info, self.lease)
+            .register(info.clone(), self.lease)
             .await
             .context("registering the node in the registry")?;
+        if let Err(e) = self.check_store(&info).await {
+            if let Err(d) = handle.deregister().await {
+                tracing::warn!("revoking the lease: {d}");
+            }
+            return Err(e);
+        }
         let placement = self
             .registry
             .watch_placement()
@@ -275,6 +381,14 @@ impl ClusterMember {
                                     tracing::info!("undrained: registered again");
                                     break;
                                 }
+                                Err(e) if e.downcast_ref::<StoreConflict>().is_some() => {
+                                    // Another node joined while this one was drained.
+                                    tracing::error!("undrain: {e:#}");
+                                    if let Ok(c) = e.downcast::<StoreConflict>() {
+                                        let _ = self.fatal.send(Some(c));
+                                    }
+                                    return;
+                                }
                                 Err(e) => {
                                     tracing::warn!("undrain: registering: {e:#}");
                                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -295,8 +409,7 @@ impl ClusterMember {
     }
 
     async fn report(&self) {
-        let mut info = MemberInfo::new(Role::Node, self.node.config.node_id.clone(), &self.url);
-        info.groups = groups_of(&self.node);
+        let mut info = self.info();
         let mut tick = tokio::time::interval(GROUP_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_load = Instant::now();

@@ -1,5 +1,6 @@
 //! The control-plane drills end to end with real processes: etcd (harness), three
-//! `meshd scheduler` members, two `meshd node`s and two `meshd proxy`s in one cluster,
+//! `meshd scheduler` members, two `meshd node`s on one pulsar-lite broker and two
+//! `meshd proxy`s in one cluster,
 //! and the `meshd drill` CLI run against them with `--json`. Proves:
 //! - node drain: publishes answer 503 `draining`, readyz 503, the node leaves the
 //!   registry once its backlog is delivered (`/v1/cluster` shows `drained`), undrain

@@ -23,8 +23,6 @@
 //! `MESHD_STORM_BATCH` (events per request, default 1), `MESHD_STORM_KEEP=1` (keep the
 //! temp dir with the logs; `MESHD_LOG` sets the processes' log filter).
 
-#[path = "../node/tests/store_pulsar_common/mod.rs"]
-mod broker;
 mod cluster_support;
 mod common;
 
@@ -34,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster_support::{etcd_arg, scheduler_group};
+use cluster_support::{broker, etcd_arg, scheduler_group};
 use common::{client, eventually, Meshd, Sink};
 use meshd_scheduler::registry::testing::EtcdServer;
 use meshd_scheduler::registry::{EtcdConfig, EtcdRegistry, Placement, Registry};

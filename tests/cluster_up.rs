@@ -1,7 +1,10 @@
-//! `meshd cluster up`: a small region (spawned etcd, one scheduler, two nodes, one proxy)
-//! starts from a config file, a publish through the proxy is delivered to a webhook,
-//! SIGTERM stops every child process; a bad config file is refused with a clear error
-//! and starts nothing.
+//! `meshd cluster up`: a small region (spawned etcd, one scheduler, two nodes on the local
+//! pulsar-lite test broker `cluster up` runs for them, one proxy) starts from a config
+//! file, every publish through the proxy is delivered to a webhook, SIGTERM stops every
+//! child process; a bad config file, and more than one node on the embedded store, are
+//! refused with a clear error and start nothing. As a supervisor: a status table on start
+//! and on SIGUSR1, a child killed with SIGKILL is restarted (said on stdout) and ready
+//! again, and SIGKILL of `cluster up` kills every child.
 
 mod common;
 
@@ -84,8 +87,16 @@ no_auth = true
         .collect();
     assert_eq!(
         pids.len(),
-        5,
-        "etcd, 1 scheduler, 2 nodes, 1 proxy: {lines:?}"
+        6,
+        "etcd, pulsar-lite, 1 scheduler, 2 nodes, 1 proxy: {lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("cluster up-it store pulsar://")
+                && l.contains("TEST broker")
+                && l.contains("Apache Pulsar")),
+        "two nodes without a store run on a test broker, said plainly: {lines:?}"
     );
     assert!(pids.iter().all(|p| alive(*p)));
 
@@ -114,8 +125,8 @@ no_auth = true
         "{}",
         r.text().await.unwrap_or_default()
     );
-    // Each node keeps its own embedded log, so an event is delivered only if its producer
-    // group is routed to the node that owns `billing`: publish under 20 producer groups.
+    // Under 20 producer groups, so both nodes take publishes: the shared store delivers
+    // every one to `billing` whichever node owns it.
     let mut acked = 0;
     for g in 0..20 {
         let r = c
@@ -132,11 +143,11 @@ no_auth = true
     }
     assert_eq!(acked, 20, "every publish through the proxy is acknowledged");
     eventually(
-        "a publish through the proxy is delivered",
-        Duration::from_secs(20),
+        "every publish through the proxy is delivered",
+        Duration::from_secs(30),
         || {
-            let n = sink.ids().len();
-            async move { (n > 0).then_some(()) }
+            let got: std::collections::BTreeSet<String> = sink.ids().into_iter().collect();
+            async move { (got.len() == 20).then_some(()) }
         },
     )
     .await;
@@ -205,4 +216,192 @@ no_auth = true
         "{err}"
     );
     assert!(!data.exists());
+}
+
+#[test]
+fn more_than_one_node_on_the_embedded_store_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("region");
+    let cfg = config(
+        dir.path(),
+        &format!(
+            r#"
+name = "emb"
+data_dir = "{}"
+[etcd]
+spawn = true
+[scheduler]
+members = 1
+[nodes]
+count = 3
+store = "embedded"
+[proxies]
+count = 1
+no_auth = true
+"#,
+            data.display()
+        ),
+    );
+    for cmd in ["up", "check"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
+            .args(["cluster", cmd, "--config"])
+            .arg(&cfg)
+            .output()
+            .expect("run meshd");
+        assert_eq!(out.status.code(), Some(1), "cluster {cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains("nodes.store = \"embedded\" with nodes.count = 3")
+                && err.contains("an embedded store serves one node per cluster")
+                && err.contains("never reach a group owned by another")
+                && err.contains("store = \"pulsar://HOST:PORT\""),
+            "cluster {cmd}: {err}"
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+        assert!(!data.exists(), "nothing started, no data dir created");
+    }
+}
+
+fn pids_of(lines: &[String]) -> Vec<(String, u32)> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with("child ") && l.contains(" pid "))
+        .filter_map(|l| {
+            let mut w = l.split(' ');
+            let who = format!("{} {}", w.nth(1)?, w.next()?);
+            let pid = w.nth(1)?.parse().ok()?;
+            Some((who, pid))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_up_restarts_a_crashed_child_and_its_children_die_with_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("region");
+    let cfg = config(
+        dir.path(),
+        &format!(
+            r#"
+name = "sup-it"
+data_dir = "{}"
+[etcd]
+spawn = true
+binary = "/usr/bin/etcd"
+[scheduler]
+members = 1
+[nodes]
+count = 1
+lease_ttl = "2s"
+[proxies]
+count = 1
+no_auth = true
+"#,
+            data.display()
+        ),
+    );
+    let mut up = Meshd::spawn(
+        &["cluster", "up", "--config", cfg.to_str().expect("utf-8")],
+        dir.path(),
+    );
+    let lines = eventually("the region is up", Duration::from_secs(60), || {
+        let lines = up.stdout.lock().expect("lines").clone();
+        async move {
+            lines
+                .iter()
+                .any(|l| l.starts_with("proxy") && l.contains("proxy-1"))
+                .then_some(lines)
+        }
+    })
+    .await;
+    // The status table after `up`: a header and one running row per child.
+    let at = lines
+        .iter()
+        .position(|l| l == "cluster sup-it up")
+        .expect("up");
+    assert!(lines[at + 1].starts_with("ROLE"), "{lines:?}");
+    assert!(lines[at + 1].contains("RESTARTS"), "{lines:?}");
+    let pids = pids_of(&lines);
+    assert_eq!(pids.len(), 4, "etcd, scheduler, node, proxy: {lines:?}");
+    let node_pid = pids
+        .iter()
+        .find(|(who, _)| who == "node node-1")
+        .map(|(_, p)| *p)
+        .expect("node pid");
+    assert!(lines.iter().any(|l| l.starts_with("node ")
+        && l.contains("node-1")
+        && l.contains(&node_pid.to_string())
+        && l.contains("running")));
+
+    // kill -9 of the node: said, restarted on the same port, ready again.
+    assert!(std::process::Command::new("kill")
+        .args(["-KILL", &node_pid.to_string()])
+        .status()
+        .expect("kill")
+        .success());
+    let lines = eventually("the node is restarted", Duration::from_secs(30), || {
+        let lines = up.stdout.lock().expect("lines").clone();
+        async move {
+            lines
+                .iter()
+                .any(|l| l.starts_with("child node node-1 pid ") && l.ends_with("(restart 1)"))
+                .then_some(lines)
+        }
+    })
+    .await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("child node node-1 exited (signal: 9")
+                && l.contains("restarting in")),
+        "{lines:?}"
+    );
+    let c = client();
+    eventually(
+        "the restarted node is ready",
+        Duration::from_secs(30),
+        || {
+            let r = c.get(up.at("/readyz")).send();
+            async move { (r.await.ok()?.status() == 200).then_some(()) }
+        },
+    )
+    .await;
+
+    // SIGUSR1: the status table again, with the restart counted.
+    assert!(std::process::Command::new("kill")
+        .args(["-USR1", &up.pid().to_string()])
+        .status()
+        .expect("kill")
+        .success());
+    eventually("a status table on SIGUSR1", Duration::from_secs(10), || {
+        let lines = up.stdout.lock().expect("lines").clone();
+        async move {
+            let at = lines.iter().position(|l| l == "cluster sup-it status")?;
+            lines[at..]
+                .iter()
+                .any(|l| {
+                    l.starts_with("node ")
+                        && l.contains("running")
+                        && l.split_whitespace().nth(5) == Some("1")
+                })
+                .then_some(())
+        }
+    })
+    .await;
+
+    // cluster up killed with SIGKILL: every child, the restarted one too, dies with it.
+    let lines = up.stdout.lock().expect("lines").clone();
+    let pids: Vec<u32> = pids_of(&lines).into_iter().map(|(_, p)| p).collect();
+    assert_eq!(pids.len(), 5, "{lines:?}");
+    up.kill9();
+    eventually(
+        "every child died with cluster up",
+        Duration::from_secs(10),
+        || {
+            let left: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+            async move { left.is_empty().then_some(()) }
+        },
+    )
+    .await;
 }

@@ -4,11 +4,9 @@
 //! inside the cluster ([`ClusterLoad`]: publishers through the proxies, a CLUSTERING pull
 //! subscriber through a proxy, keys chosen with [`crate::cluster_drill::canary_keys`]).
 //!
-//! With the embedded store each node has its own log, so a canary acknowledged by a node
-//! that does not run the consumer group while a placement change was in flight waits in
-//! that node's log until the group runs there. [`ClusterLoad::finish`] sweeps such
-//! stranded canaries by draining the group's node (the group moves to the other node,
-//! which delivers its log) and undraining it, and reports how many there were.
+//! The cluster's nodes share one store (pulsar-lite; a cluster with more than one node
+//! never runs on embedded stores), so whichever node acknowledged a canary, the consumer
+//! group's owner delivers it: [`ClusterLoad::finish`] only waits.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -232,15 +230,12 @@ impl ClusterLoad {
         Ok(())
     }
 
-    /// Stops publishing, waits for every acknowledged canary (sweeping stranded ones, see
-    /// the module docs), deletes the subscription and reports. `recovery_ms` is from
-    /// `fault_at` until every canary arrived (None: not complete within
-    /// `recovery_timeout`).
-    #[allow(clippy::too_many_arguments)]
+    /// Stops publishing, waits for every acknowledged canary, deletes the subscription and
+    /// reports. `recovery_ms` is from `fault_at` until every canary arrived (None: not
+    /// complete within `recovery_timeout`).
     pub async fn finish(
         mut self,
         c: &reqwest::Client,
-        nodes: &[(String, String)],
         proxies: &[String],
         scenario: &str,
         mode: &str,
@@ -249,47 +244,12 @@ impl ClusterLoad {
     ) -> Report {
         let mut notes = Vec::new();
         self.publishers.stop().await;
-        let mut done = canary::wait_complete(&self.checker, Duration::from_secs(5)).await;
-        let mut stranded = 0;
-        if done.is_none() {
-            stranded = canary::lock(&self.checker).missing(&self.cluster);
-            match group_owner(c, nodes, &self.sub).await {
-                Some((owner, url)) => {
-                    notes.push(format!(
-                        "{stranded} canaries stranded in another node's log; swept by draining {owner}"
-                    ));
-                    let drained = http::send_json(
-                        c,
-                        reqwest::Method::POST,
-                        &format!("{url}/v1/admin/drain"),
-                        None,
-                    )
-                    .await;
-                    if let Err(e) = drained {
-                        notes.push(format!("drain {owner}: {e}"));
-                    }
-                    done = canary::wait_complete(&self.checker, recovery_timeout).await;
-                    let _ = http::send_json(
-                        c,
-                        reqwest::Method::POST,
-                        &format!("{url}/v1/admin/undrain"),
-                        None,
-                    )
-                    .await;
-                    if let Err(e) = http::wait_ready(&url, Duration::from_secs(20)).await {
-                        notes.push(format!("{owner} after undrain: {e}"));
-                    }
-                }
-                None => notes.push("the canary group is placed on no node".into()),
-            }
-        }
+        let done = canary::wait_complete(&self.checker, recovery_timeout).await;
         self.recorder.stop().await;
         if let Err(e) = delete_subscription(c, proxies, &self.sub).await {
             notes.push(format!("deleting {}: {e}", self.sub));
         }
         let mut r = canary::lock(&self.checker).report(scenario, mode);
-        r.facts
-            .insert("stranded_until_sweep".into(), json!(stranded));
         r.recovery_ms = done.map(|_| fault_at.elapsed().as_millis() as u64);
         r.duration_ms = Some(self.started.elapsed().as_millis() as u64);
         r.facts.insert(

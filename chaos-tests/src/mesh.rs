@@ -66,9 +66,11 @@ pub struct MeshOptions {
     /// (`FAKETIME_DONT_FAKE_MONOTONIC=1`), as an NTP step or a wrong clock would.
     pub faked_clocks: BTreeMap<String, String>,
     /// A cluster that runs as a real cluster rather than one node: a 3-member etcd
-    /// cluster, 3 scheduler members, `node-1` (with the bridge) and `node-2` joined
-    /// through `--registry etcd://...`, and its proxies finding the nodes in etcd — all in
-    /// that cluster's namespace. Needs the `etcd` binary (Debian `etcd-server`).
+    /// cluster, 3 scheduler members, a pulsar-lite broker both nodes share (a cluster
+    /// with more than one node runs on a shared store), `node-1` (with the bridge) and
+    /// `node-2` joined through `--registry etcd://...`, and its proxies finding the nodes
+    /// in etcd — all in that cluster's namespace. Needs the `etcd` binary (Debian
+    /// `etcd-server`) and pulsar-lite (`pip install pulsar-lite`).
     pub control_plane: Option<String>,
 }
 
@@ -354,6 +356,9 @@ pub struct ClusterProcs {
     pub schedulers: Vec<Proc>,
     /// etcd members 1..=3 (a control-plane cluster only).
     pub etcd: Vec<Proc>,
+    /// The pulsar-lite broker the nodes share and its address (a control-plane cluster
+    /// only).
+    pub store: Option<(Proc, SocketAddr)>,
 }
 
 /// A running mesh. Field order matters: processes drop before emulators and namespaces.
@@ -393,6 +398,8 @@ struct ControlPlaneProcs {
     schedulers: Vec<Proc>,
     nodes: Vec<Proc>,
     registry: String,
+    /// The pulsar-lite broker and its address.
+    store: (Proc, SocketAddr),
 }
 
 /// The `etcd` binary: `$MESHD_ETCD_BIN`, else `etcd` on the PATH or `/usr/bin/etcd`.
@@ -412,8 +419,27 @@ pub fn etcd_bin() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Three etcd members, three scheduler members and `node-2` of cluster `c` at `ip` (fixed
-/// ports in a namespace, free loopback ports otherwise).
+/// The pulsar-lite broker: `$PULSAR_LITE_BINARY`, or the one its Python package ships.
+pub fn pulsar_lite_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PULSAR_LITE_BINARY") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import pulsar_lite.binary_finder as b; print(b.find_pulsar_lite_binary())",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        .filter(|p| p.is_file())
+}
+
+/// Three etcd members, three scheduler members, the pulsar-lite broker and `node-2` of
+/// cluster `c` at `ip` (fixed ports in a namespace, free loopback ports otherwise).
 fn control_plane_procs(
     c: &str,
     ip: IpAddr,
@@ -424,6 +450,12 @@ fn control_plane_procs(
 ) -> Result<ControlPlaneProcs, ChaosError> {
     let etcd = etcd_bin().ok_or_else(|| {
         ChaosError::Io("etcd not found (apt-get install etcd-server, or MESHD_ETCD_BIN)".into())
+    })?;
+    let pulsar_lite = pulsar_lite_bin().ok_or_else(|| {
+        ChaosError::Io(
+            "pulsar-lite not found (python3 -m pip install pulsar-lite, or PULSAR_LITE_BINARY)"
+                .into(),
+        )
     })?;
     let port = |fixed: u16| -> Result<u16, ChaosError> {
         if fixed_ports {
@@ -534,6 +566,24 @@ fn control_plane_procs(
             format!("http://{addr}"),
         ));
     }
+    let broker = SocketAddr::new(ip, port(6650)?);
+    let db = dir.join(format!("{c}-pulsar-lite"));
+    let store = Proc::new(
+        &format!("{c}/pulsar-lite"),
+        vec![
+            "--addr".into(),
+            broker.to_string(),
+            "--db-path".into(),
+            path_str(&db)?.to_string(),
+            "--log-level".into(),
+            "warn".into(),
+        ],
+        ns.clone(),
+        Vec::new(),
+        dir.join(format!("{c}-pulsar-lite.log")),
+        format!("pulsar://{broker}"),
+    )
+    .with_program(pulsar_lite);
     let http2 = SocketAddr::new(ip, port(7701)?);
     let data = dir.join(format!("data-{c}-node-2"));
     let args: Vec<String> = [
@@ -550,6 +600,8 @@ fn control_plane_procs(
         &registry,
         "--lease-ttl",
         "2s",
+        "--store",
+        &format!("pulsar://{broker}"),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -569,6 +621,7 @@ fn control_plane_procs(
         schedulers,
         nodes,
         registry,
+        store: (store, broker),
     })
 }
 
@@ -820,6 +873,7 @@ impl Mesh {
                     more_nodes: Vec::new(),
                     schedulers: Vec::new(),
                     etcd: Vec::new(),
+                    store: None,
                 },
             );
         }
@@ -841,12 +895,15 @@ impl Mesh {
             let procs = clusters
                 .get_mut(c)
                 .ok_or_else(|| ChaosError::NoCluster(c.clone()))?;
-            // node-1 joins the cluster through etcd; the proxies find nodes there.
+            // node-1 joins the cluster through etcd, on the shared store; the proxies find
+            // nodes there.
             procs.node.args.extend([
                 "--registry".to_string(),
                 cp.registry.clone(),
                 "--lease-ttl".to_string(),
                 "2s".to_string(),
+                "--store".to_string(),
+                format!("pulsar://{}", cp.store.1),
             ]);
             for p in &mut procs.proxies {
                 if let Some(k) = p.args.iter().position(|a| a == "--nodes") {
@@ -857,6 +914,7 @@ impl Mesh {
             procs.more_nodes = cp.nodes;
             procs.schedulers = cp.schedulers;
             procs.etcd = cp.etcd;
+            procs.store = Some(cp.store);
             control = Some(ControlPlane {
                 cluster: c.clone(),
                 etcd_clients: cp.etcd_clients,
@@ -1144,12 +1202,29 @@ impl Mesh {
             .unwrap_or_default()
     }
 
-    /// Starts etcd (waits until every member answers `/health`), then the scheduler
-    /// members (waits until one leads) of the control-plane cluster `c`.
+    /// Starts etcd (waits until every member answers `/health`), the pulsar-lite broker
+    /// (waits until it accepts connections), then the scheduler members (waits until one
+    /// leads) of the control-plane cluster `c`.
     async fn start_control_plane(&mut self, c: &str) -> Result<(), ChaosError> {
+        let broker_log = self.dir_path.join(format!("{c}-pulsar-lite.log"));
         let p = self.procs(c)?;
         for e in &mut p.etcd {
             e.start()?;
+        }
+        if let Some((broker, addr)) = &mut p.store {
+            broker.start()?;
+            let addr = *addr;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            // A broker is ready when it accepts connections; nothing else to await.
+            while tokio::net::TcpStream::connect(addr).await.is_err() {
+                if Instant::now() > deadline {
+                    return Err(ChaosError::Start {
+                        name: format!("{c}/pulsar-lite"),
+                        log: broker_log,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         for k in 0..3 {
             self.wait_etcd(c, k).await?;

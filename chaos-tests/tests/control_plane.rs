@@ -1,6 +1,7 @@
 //! Control-plane chaos with the control plane inside a cluster's network namespace (as
 //! root; on loopback otherwise, said in the report): cluster `a` runs a 3-member etcd
-//! cluster, 3 scheduler members, 2 nodes (`--registry etcd://...`) and 2 proxies, cluster
+//! cluster, 3 scheduler members, 2 nodes (`--registry etcd://...`) on one pulsar-lite
+//! broker and 2 proxies, cluster
 //! `b` one node, linked through the WAN emulator. Under canary load inside `a` (publishers
 //! through both proxies, a CLUSTERING pull subscriber through a proxy), one after the
 //! other on one mesh (a few seconds each in the short profile):
@@ -12,8 +13,7 @@
 //!    the namespace; SIGSTOP of every member on loopback): publishes keep being
 //!    acknowledged, the a–b link stays up, both nodes are registered again after;
 //!
-//! each with lost 0 and reordered ≤ the canaries stranded by a placement change (see
-//! `meshd_chaos::control_plane`), detection and recovery times in the report.
+//! each with lost 0 and reordered 0, detection and recovery times in the report.
 
 use std::time::{Duration, Instant};
 
@@ -42,34 +42,9 @@ where
     }
 }
 
-/// Canaries acknowledged by a node other than the one that acknowledged the most: with
-/// the embedded store (a log per node) these are the canaries of a producer group that
-/// placement moved to another node and back.
-fn acked_off_main_node(r: &Report) -> u64 {
-    let counts: Vec<u64> = r.facts["acked_by"]
-        .as_object()
-        .map(|m| m.values().filter_map(|v| v.as_u64()).collect())
-        .unwrap_or_default();
-    counts.iter().sum::<u64>() - counts.iter().max().copied().unwrap_or(0)
-}
-
-fn check(r: &mut Report) {
-    let stranded = r.facts["stranded_until_sweep"].as_u64().unwrap_or(0);
-    let moved = acked_off_main_node(r);
-    // Known limit of the embedded store in a multi-node cluster: order per key holds
-    // while a key's producer group and the consumer group stay on their nodes. A canary
-    // left in one node's log when a group moved arrives after later ones of its key (at
-    // most one reorder each): those stranded until the sweep, and those acknowledged by
-    // another node while the producer group had moved.
-    let allowed = stranded + moved;
-    if r.reordered > 0 && r.reordered <= allowed {
-        r.notes.push(format!(
-            "reordered {}: canaries left in another node's log by a placement move (embedded \
-             store: a log per node; {stranded} stranded until the sweep, {moved} acknowledged \
-             off the main node); allowed up to {allowed}",
-            r.reordered
-        ));
-    }
+/// The cluster's nodes share one store, so nothing is lost or reordered by a placement
+/// change: every acknowledged canary arrives, in order per key.
+fn check(r: &Report) {
     println!("{r}");
     println!("{}", r.to_json());
     assert!(
@@ -77,7 +52,7 @@ fn check(r: &mut Report) {
         "every acknowledged canary delivered:\n{r}"
     );
     assert_eq!(r.lost, 0, "acknowledged canaries lost:\n{r}");
-    assert!(r.reordered <= allowed, "reordered:\n{r}");
+    assert_eq!(r.reordered, 0, "reordered:\n{r}");
     assert!(r.acknowledged >= 20, "no load:\n{r}");
 }
 
@@ -173,7 +148,6 @@ async fn control_plane_in_a_namespace_scheduler_leader_etcd_leader_and_etcd_cut(
     let mut r = l
         .finish(
             &c,
-            &nodes,
             &proxies,
             "kill9-scheduler-leader",
             &mode,
@@ -187,7 +161,7 @@ async fn control_plane_in_a_namespace_scheduler_leader_etcd_leader_and_etcd_cut(
         "new_group_placed_ms".into(),
         (placed.as_millis() as u64).into(),
     );
-    check(&mut r);
+    check(&r);
 
     // 2. kill -9 the etcd leader, restart it later.
     let l = load("chaos-etcd-leader").await;
@@ -223,7 +197,6 @@ async fn control_plane_in_a_namespace_scheduler_leader_etcd_leader_and_etcd_cut(
     let mut r = l
         .finish(
             &c,
-            &nodes,
             &proxies,
             "kill9-etcd-leader",
             &mode,
@@ -239,7 +212,7 @@ async fn control_plane_in_a_namespace_scheduler_leader_etcd_leader_and_etcd_cut(
         "member_rejoined_ms".into(),
         (rejoined.as_millis() as u64).into(),
     );
-    check(&mut r);
+    check(&r);
 
     // 3. etcd unreachable from its clients for a few seconds.
     let l = load("chaos-etcd-cut").await;
@@ -281,7 +254,6 @@ async fn control_plane_in_a_namespace_scheduler_leader_etcd_leader_and_etcd_cut(
     let mut r = l
         .finish(
             &c,
-            &nodes,
             &proxies,
             "etcd-unreachable",
             &mode,
@@ -301,6 +273,6 @@ async fn control_plane_in_a_namespace_scheduler_leader_etcd_leader_and_etcd_cut(
         "detection: time until both nodes' leases had expired in etcd (None: they did not within the cut)"
             .into(),
     );
-    check(&mut r);
+    check(&r);
     eprintln!("whole control-plane run: {:?}", started.elapsed());
 }

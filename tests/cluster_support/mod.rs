@@ -1,6 +1,11 @@
 //! Shared by the cluster drill and chaos tests: real `meshd scheduler|node|proxy`
-//! processes of one cluster over the etcd test harness, each killed by its guard.
+//! processes of one cluster over the etcd test harness, its nodes sharing one pulsar-lite
+//! broker (a cluster with more than one node runs on a shared store), each killed by its
+//! guard.
 #![allow(dead_code)]
+
+#[path = "../../node/tests/store_pulsar_common/mod.rs"]
+pub mod broker;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -82,7 +87,9 @@ pub fn scheduler_group(
     )
 }
 
-pub fn node(dir: &Path, etcd: &EtcdServer, id: &str) -> Meshd {
+/// Node `id` of [`CLUSTER`] on `store` (`embedded` for a one-node cluster, or the
+/// `pulsar://` URL every node of the cluster shares).
+pub fn node(dir: &Path, etcd: &EtcdServer, id: &str, store: &str) -> Meshd {
     let reg = etcd_arg(etcd);
     Meshd::spawn_logged(
         &[
@@ -99,6 +106,8 @@ pub fn node(dir: &Path, etcd: &EtcdServer, id: &str) -> Meshd {
             id,
             "--lease-ttl",
             "2s",
+            "--store",
+            store,
         ],
         &dir.join(id),
         &dir.join(format!("{id}.log")),
@@ -175,7 +184,8 @@ pub async fn publish(c: &reqwest::Client, base: &str, id: &str) -> (u16, Value) 
     (s, r.json().await.unwrap_or(Value::Null))
 }
 
-/// A whole cluster: etcd, three schedulers, nodes `a` and `b`, proxies `p1` and `p2`.
+/// A whole cluster: etcd, three schedulers, nodes `a` and `b` on one pulsar-lite broker,
+/// proxies `p1` and `p2`.
 pub struct Cluster {
     /// Proxies (`p1`, `p2`); dropped first.
     pub proxies: Vec<Meshd>,
@@ -189,6 +199,8 @@ pub struct Cluster {
     pub reg: Arc<dyn Registry>,
     /// etcd.
     pub etcd: EtcdServer,
+    /// The shared store of the nodes.
+    pub broker: broker::Broker,
     /// Data and logs.
     pub dir: tempfile::TempDir,
 }
@@ -206,7 +218,12 @@ impl Cluster {
         );
         let dir = tempfile::tempdir().expect("tempdir");
         let (schedulers, scheduler_urls) = schedulers(dir.path(), &etcd, 3);
-        let nodes = vec![node(dir.path(), &etcd, "a"), node(dir.path(), &etcd, "b")];
+        let broker = broker::Broker::start();
+        let store = broker.url();
+        let nodes = vec![
+            node(dir.path(), &etcd, "a", &store),
+            node(dir.path(), &etcd, "b", &store),
+        ];
         let proxies = vec![
             proxy(dir.path(), &etcd, "p1"),
             proxy(dir.path(), &etcd, "p2"),
@@ -239,6 +256,7 @@ impl Cluster {
             scheduler_urls,
             reg,
             etcd,
+            broker,
             dir,
         }
     }

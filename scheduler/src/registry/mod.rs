@@ -49,6 +49,7 @@ pub mod etcd;
 pub mod keys;
 mod member;
 pub mod memory;
+pub mod store_shape;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod watch;
@@ -65,6 +66,7 @@ pub use catalog::{CatalogEntry, CatalogEvent, CatalogKind, CatalogWatch};
 pub use etcd::{EtcdConfig, EtcdRegistry};
 pub use member::{MemberHandle, MemberState, MemberStatus};
 pub use memory::InProcessRegistry;
+pub use store_shape::{MemberStore, StoreConflict};
 
 /// The kind of a registered member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -185,6 +187,10 @@ pub struct MemberInfo {
     pub groups: MemberGroups,
     /// When the member process started, Unix milliseconds.
     pub started_at: u64,
+    /// The event store a node runs on (None: proxies, and nodes of older versions); see
+    /// [`store_shape`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<MemberStore>,
 }
 
 impl MemberInfo {
@@ -201,6 +207,7 @@ impl MemberInfo {
             load: MemberLoad::default(),
             groups: MemberGroups::default(),
             started_at,
+            store: None,
         }
     }
 
