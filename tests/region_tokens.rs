@@ -205,6 +205,32 @@ async fn tokens_of_a_region_live_in_etcd() {
         "a revocation took {worst:?}"
     );
 
+    // Bad input changes nothing.
+    let before = listed(get_list(a.clone()).await).len();
+    for body in [
+        json!({"scopes": ["write:t"]}),
+        json!({"scopes": []}),
+        json!({"scopes": ["publish:t*"]}),
+        json!({"nope": 1}),
+    ] {
+        let r = c
+            .post(format!("{a}/v1/tokens"))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(r.status().as_u16(), 400, "{body}");
+    }
+    let r = c
+        .delete(format!("{a}/v1/tokens/0000000000000000"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(listed(get_list(b.clone()).await).len(), before);
+
     // Concurrent creates through two proxies: none lost, every proxy accepts every one.
     let creates: Vec<_> = (0..20)
         .map(|i| {
@@ -286,6 +312,21 @@ async fn tokens_of_a_region_live_in_etcd() {
         assert!(text.trim().is_empty(), "{id} logged: {text}");
     }
 
+    let metric = |base: String, name: &'static str| {
+        let c = c.clone();
+        async move {
+            let text = get_text(&c, &format!("{base}/metrics")).await;
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<i64>().ok())
+        }
+    };
+    eventually("gauges up to date", Duration::from_secs(5), || async {
+        (metric(a.clone(), "meshd_proxy_token_registry_up").await == Some(1)
+            && metric(a.clone(), "meshd_proxy_tokens").await == Some(21))
+        .then_some(())
+    })
+    .await;
+
     // etcd down: issued tokens keep working; writes answer 503 with a clear code.
     etcd.kill();
     let (_, keep) = &made[0];
@@ -333,6 +374,15 @@ async fn tokens_of_a_region_live_in_etcd() {
         )
         .await;
     }
+
+    eventually(
+        "the gauge shows the outage",
+        Duration::from_secs(5),
+        || async {
+            (metric(a.clone(), "meshd_proxy_token_registry_up").await == Some(0)).then_some(())
+        },
+    )
+    .await;
 
     // etcd back: the revocation goes through and reaches the other proxies.
     etcd.restart().await.expect("etcd restart");

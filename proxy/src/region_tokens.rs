@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -215,6 +216,7 @@ pub enum ImportOutcome {
 pub struct RegistryTokens {
     registry: Arc<dyn Registry>,
     set: watch::Receiver<TokenSet>,
+    live: Arc<AtomicBool>,
     import: ImportOutcome,
 }
 
@@ -367,6 +369,8 @@ impl RegistryTokens {
             tracing::warn!(cluster, "tokens: the cluster has no tokens, so every request is refused: create one with `meshd proxy token create --registry etcd://HOST:PORT --cluster {cluster} --scopes cluster-admin,admin:*`");
         }
         let (tx, rx) = watch::channel(set);
+        let live = Arc::new(AtomicBool::new(true));
+        let following = live.clone();
         tokio::spawn(async move {
             loop {
                 let event = tokio::select! {
@@ -375,6 +379,7 @@ impl RegistryTokens {
                 };
                 let Some(event) = event else { return };
                 let notices = view.apply(event);
+                following.store(view.is_live(), Ordering::Relaxed);
                 tx.send_if_modified(|s| {
                     let next = view.set();
                     let changed = !Arc::ptr_eq(s, &next);
@@ -389,6 +394,7 @@ impl RegistryTokens {
         Ok(RegistryTokens {
             registry,
             set: rx,
+            live,
             import,
         })
     }
@@ -396,6 +402,16 @@ impl RegistryTokens {
     /// What became of the token file given at start.
     pub fn import_outcome(&self) -> &ImportOutcome {
         &self.import
+    }
+
+    /// Whether the proxy follows the registry now (false while cut off from it).
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// How many tokens the last set seen holds.
+    pub fn count(&self) -> usize {
+        self.set.borrow().len()
     }
 
     /// Checks a presented token against the last set seen.

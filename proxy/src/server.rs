@@ -409,6 +409,10 @@ impl Proxy {
         tokens: Option<Tokens>,
     ) -> Result<Proxy, ProxyError> {
         config.validate()?;
+        let metrics = Metrics::new()?;
+        if matches!(tokens, Some(Tokens::Registry(_))) {
+            metrics.register_token_registry_up()?;
+        }
         let routing = Arc::new(Routing::new());
         routing.set_nodes(nodes);
         let mut node_headers = HeaderMap::new();
@@ -434,7 +438,7 @@ impl Proxy {
         Ok(Proxy {
             inner: Arc::new(Inner {
                 limits: Limits::new(config.ip_rate, config.token_rate),
-                metrics: Metrics::new()?,
+                metrics,
                 config,
                 routing,
                 tokens,
@@ -560,6 +564,17 @@ impl Proxy {
                 .set(i64::try_from(self.inner.routing.producer_groups()).unwrap_or(i64::MAX));
             m.live_nodes
                 .set(i64::try_from(self.inner.routing.live_nodes().len()).unwrap_or(i64::MAX));
+            match &self.inner.tokens {
+                Some(Tokens::File(store)) => {
+                    m.tokens
+                        .set(i64::try_from(store.list().len()).unwrap_or(i64::MAX));
+                }
+                Some(Tokens::Registry(r)) => {
+                    m.tokens.set(i64::try_from(r.count()).unwrap_or(i64::MAX));
+                    m.token_registry_up.set(i64::from(r.is_live()));
+                }
+                None => {}
+            }
         }
     }
 
