@@ -413,3 +413,28 @@ async fn tokens_of_a_region_live_in_etcd() {
         assert!(p.terminate(), "clean stop");
     }
 }
+
+/// A proxy of a region does not start without the region's tokens (never with none, nor
+/// with a file's possibly revoked ones), and says why.
+#[test]
+fn a_proxy_without_etcd_does_not_start() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let file = d.path().join("tokens.json");
+    create_in_file(&file, "cluster-admin");
+    let dead = format!("etcd://127.0.0.1:{}", cluster_support::free_port());
+    let started = Instant::now();
+    let (ok, _, err) = cli(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--registry",
+        &dead,
+        "--cluster",
+        CLUSTER,
+        "--tokens",
+        file.to_str().expect("utf-8"),
+    ]);
+    assert!(!ok, "started without etcd");
+    assert!(err.contains("etcd"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}

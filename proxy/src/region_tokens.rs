@@ -345,8 +345,13 @@ impl RegistryTokens {
         })
         .await;
         if first != Ok(true) {
+            // Name the cause when there is one to name.
+            let cause = match registry.token_list().await {
+                Err(e) => format!(": {e}"),
+                Ok(_) => String::new(),
+            };
             return Err(ProxyError::Registry(RegistryError::Unavailable(format!(
-                "no token set from the registry within {:?}",
+                "no token set from the registry within {:?}{cause}",
                 cfg.first_sync_timeout
             ))));
         }
