@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use meshd_proxy::auth::{self, Scope, TokenStore};
+use meshd_proxy::region_tokens::{RegionTokensConfig, RegistryTokens, Tokens};
 use meshd_proxy::{Proxy, ProxyConfig, Rate};
-use meshd_scheduler::registry::{EtcdConfig, EtcdRegistry, InProcessRegistry, Registry};
+use meshd_scheduler::registry::Registry;
 
 /// `meshd proxy`.
 #[derive(clap::Args)]
@@ -29,6 +30,26 @@ enum ProxyCommand {
     },
 }
 
+/// Where `meshd proxy token` works: a token file, or a region's registry.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct TokenTarget {
+    /// The token file.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// The region's registry (`etcd://HOST:PORT[,HOST:PORT]`), where the tokens of proxies
+    /// run with `--registry` live.
+    #[arg(long)]
+    registry: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct TokenCluster {
+    /// The cluster (with `--registry`).
+    #[arg(long, default_value = "local")]
+    cluster: String,
+}
+
 #[derive(clap::Subcommand)]
 enum TokenCommand {
     /// Create a token; prints it (once) on stdout.
@@ -38,26 +59,29 @@ enum TokenCommand {
         /// undrain and token management.
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
-        /// The token file.
-        #[arg(long)]
-        file: PathBuf,
+        #[command(flatten)]
+        target: TokenTarget,
+        #[command(flatten)]
+        cluster: TokenCluster,
         /// Free text.
         #[arg(long, default_value = "")]
         description: String,
     },
     /// List tokens (ids and scopes, never secrets).
     List {
-        /// The token file.
-        #[arg(long)]
-        file: PathBuf,
+        #[command(flatten)]
+        target: TokenTarget,
+        #[command(flatten)]
+        cluster: TokenCluster,
     },
     /// Revoke a token by id.
     Revoke {
         /// The token id (the part after `mshd_`).
         id: String,
-        /// The token file.
-        #[arg(long)]
-        file: PathBuf,
+        #[command(flatten)]
+        target: TokenTarget,
+        #[command(flatten)]
+        cluster: TokenCluster,
     },
 }
 
@@ -82,7 +106,9 @@ struct RunArgs {
     /// Proxy id within the cluster.
     #[arg(long, default_value = "proxy-1")]
     proxy_id: String,
-    /// The token file (JSON, hashes only); reloaded when it changes.
+    /// The token file (JSON, hashes only); reloaded when it changes. With an etcd
+    /// `--registry` the tokens live in etcd instead, and this file is imported into it once
+    /// per cluster (by the first proxy started with a file), then no longer read.
     #[arg(long)]
     tokens: Option<PathBuf>,
     /// Serve without authentication (development only).
@@ -123,49 +149,91 @@ fn parse_scopes(list: &[String]) -> anyhow::Result<Vec<Scope>> {
 /// Runs `meshd proxy ...`.
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     match args.command {
-        Some(ProxyCommand::Token { command }) => token(command),
+        Some(ProxyCommand::Token { command }) => token(command).await,
         None => serve(args.run).await,
     }
 }
 
-fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+fn scope_list(scopes: &[Scope]) -> String {
+    scopes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The region's tokens as `meshd proxy token --registry` sees them.
+async fn region_tokens(spec: &str, cluster: &str) -> anyhow::Result<RegistryTokens> {
+    if !spec.starts_with("etcd://") {
+        bail!("--registry must be etcd://HOST:PORT[,HOST:PORT] (tokens live in etcd)");
+    }
+    let registry = crate::scheduler_cmd::connect_registry(spec, cluster).await?;
+    RegistryTokens::start(
+        registry,
+        RegionTokensConfig {
+            proxy_id: "cli".into(),
+            import: None,
+            first_sync_timeout: Duration::from_secs(10),
+        },
+    )
+    .await
+    .with_context(|| format!("reading the tokens of cluster {cluster} at {spec}"))
+}
+
+async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
         TokenCommand::Create {
             scopes,
-            file,
+            target,
+            cluster,
             description,
         } => {
             let scopes = parse_scopes(&scopes)?;
-            let store = TokenStore::open(&file)?;
-            let (token, rec) = store.create(scopes, &description)?;
+            let (token, rec, place) = match (target.file, target.registry) {
+                (Some(file), _) => {
+                    let store = TokenStore::open(&file)?;
+                    let (t, r) = store.create(scopes, &description)?;
+                    (t, r, file.display().to_string())
+                }
+                (None, Some(spec)) => {
+                    let tokens = region_tokens(&spec, &cluster.cluster).await?;
+                    let (t, r) = tokens.create(scopes, &description).await?;
+                    (t, r, format!("cluster {} at {spec}", cluster.cluster))
+                }
+                (None, None) => bail!("give --file FILE or --registry etcd://HOST:PORT"),
+            };
             eprintln!(
-                "created token {} with scopes {} in {} (shown once; only its hash is stored)",
+                "created token {} with scopes {} in {place} (shown once; only its hash is stored)",
                 rec.id,
-                rec.scopes
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-                file.display()
+                scope_list(&rec.scopes),
             );
             println!("{token}");
         }
-        TokenCommand::List { file } => {
-            for t in auth::read_file(&file)?.tokens {
-                println!(
-                    "{}\t{}\t{}",
-                    t.id,
-                    t.scopes
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    t.description
-                );
+        TokenCommand::List { target, cluster } => {
+            let records = match (target.file, target.registry) {
+                (Some(file), _) => auth::read_file(&file)?.tokens,
+                (None, Some(spec)) => region_tokens(&spec, &cluster.cluster).await?.list(),
+                (None, None) => bail!("give --file FILE or --registry etcd://HOST:PORT"),
+            };
+            for t in records {
+                println!("{}\t{}\t{}", t.id, scope_list(&t.scopes), t.description);
             }
         }
-        TokenCommand::Revoke { id, file } => {
-            TokenStore::open(&file)?.revoke(&id)?;
+        TokenCommand::Revoke {
+            id,
+            target,
+            cluster,
+        } => {
+            match (target.file, target.registry) {
+                (Some(file), _) => TokenStore::open(&file)?.revoke(&id)?,
+                (None, Some(spec)) => {
+                    region_tokens(&spec, &cluster.cluster)
+                        .await?
+                        .revoke(&id)
+                        .await?
+                }
+                (None, None) => bail!("give --file FILE or --registry etcd://HOST:PORT"),
+            }
             eprintln!("revoked token {id}");
         }
     }
@@ -173,11 +241,14 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
 }
 
 async fn serve(a: RunArgs) -> anyhow::Result<()> {
-    if a.tokens.is_none() && !a.no_auth {
-        bail!("give --tokens FILE (create the first operator token with `meshd proxy token create --scopes cluster-admin,admin:* --file FILE`), or --no-auth for development");
+    let etcd = a
+        .registry
+        .as_deref()
+        .is_some_and(|r| r.starts_with("etcd://"));
+    if a.tokens.is_none() && !a.no_auth && !etcd {
+        bail!("give --tokens FILE (create the first operator token with `meshd proxy token create --scopes cluster-admin,admin:* --file FILE`), --registry etcd://HOST:PORT (the region's tokens live in etcd), or --no-auth for development");
     }
     let mut config = ProxyConfig::new(&a.cluster, &a.proxy_id);
-    config.tokens = a.tokens.clone();
     if let Some(path) = &a.internal_token_file {
         config.internal_token = Some(meshd_core::internal::InternalToken::load(path)?);
     }
@@ -201,31 +272,38 @@ async fn serve(a: RunArgs) -> anyhow::Result<()> {
     if nodes.is_empty() && a.registry.is_none() {
         bail!("give --nodes http://a,http://b or --registry memory|etcd://host:port");
     }
-    let proxy = Proxy::new(config, nodes).context("starting the proxy")?;
+    let registry = match a.registry.as_deref() {
+        None => None,
+        Some(spec) => Some(crate::scheduler_cmd::connect_registry(spec, &a.cluster).await?),
+    };
+    let tokens = match (&registry, a.no_auth) {
+        (_, true) => None,
+        (Some(registry), false) if etcd => Some(Tokens::Registry(
+            RegistryTokens::start(
+                registry.clone(),
+                RegionTokensConfig {
+                    proxy_id: a.proxy_id.clone(),
+                    import: a.tokens.clone(),
+                    first_sync_timeout: Duration::from_secs(10),
+                },
+            )
+            .await
+            .context("reading the region's tokens from etcd")?,
+        )),
+        _ => match &a.tokens {
+            Some(path) => Some(Tokens::File(TokenStore::open(path)?)),
+            None => None,
+        },
+    };
+    let proxy = Proxy::with_tokens(config, nodes, tokens).context("starting the proxy")?;
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("binding {}", a.listen))?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
-    let _member = match a.registry.as_deref() {
+    let _member = match registry {
         None => None,
-        Some(spec) => {
-            let registry: Arc<dyn Registry> = if spec == "memory" {
-                Arc::new(InProcessRegistry::new(&a.cluster))
-            } else if let Some(eps) = spec.strip_prefix("etcd://") {
-                let endpoints = eps
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(|h| format!("http://{h}"))
-                    .collect();
-                Arc::new(
-                    EtcdRegistry::connect(EtcdConfig::new(endpoints, &a.cluster))
-                        .await
-                        .context("connecting to etcd")?,
-                )
-            } else {
-                bail!("--registry must be `memory` or `etcd://host:port[,host:port]`");
-            };
+        Some(registry) => {
             let handle = meshd_proxy::follow_registry(&proxy, registry.clone(), &url)
                 .await
                 .context("following the registry")?;

@@ -1,6 +1,7 @@
 //! meshd-proxy: the stateless HTTP front door of a cluster.
 //!
-//! Owns: token auth (scoped, hashed, constant-time; [`auth`]), rate limits (`governor`;
+//! Owns: token auth (scoped, hashed, constant-time; [`auth`]; in a region the token set
+//! lives in the registry and every proxy follows it, [`region_tokens`]), rate limits (`governor`;
 //! [`limits`]), routing of producer groups by placement with a consistent-hash fallback and
 //! failover to the next node ([`routing`], [`server`]). Request protection (body and
 //! header limits, slow-client timeouts, connection limits) is `meshd_listener`'s, shared
@@ -13,6 +14,7 @@
 pub mod auth;
 pub mod limits;
 pub mod metrics;
+pub mod region_tokens;
 pub mod routing;
 pub mod server;
 
@@ -34,7 +36,8 @@ pub struct ProxyConfig {
     pub cluster: String,
     /// Proxy id.
     pub proxy_id: String,
-    /// The token file; `None` disables auth (development only).
+    /// The token file [`Proxy::new`] opens; `None` disables auth (development only).
+    /// [`Proxy::with_tokens`] takes a token source instead (the region's registry).
     pub tokens: Option<PathBuf>,
     /// Largest request body (413 past it).
     pub max_body_bytes: usize,

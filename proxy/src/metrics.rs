@@ -23,6 +23,11 @@ pub struct Metrics {
     pub producer_groups: IntGauge,
     /// Known nodes not marked down.
     pub live_nodes: IntGauge,
+    /// Tokens the proxy accepts now.
+    pub tokens: IntGauge,
+    /// 1 while the proxy follows the region's tokens in the registry, 0 while it is cut
+    /// off from it (authenticating with the last set seen); absent without a registry.
+    pub token_registry_up: IntGauge,
     /// Open and refused client connections (`meshd_proxy_open_connections`,
     /// `meshd_proxy_connections_refused_total`).
     pub connections: meshd_listener::ConnMetrics,
@@ -69,6 +74,11 @@ impl Metrics {
             "Producer groups with sticky routing state",
         )?;
         let live_nodes = IntGauge::new("meshd_proxy_live_nodes", "Known nodes not marked down")?;
+        let tokens = IntGauge::new("meshd_proxy_tokens", "Tokens the proxy accepts now")?;
+        let token_registry_up = IntGauge::new(
+            "meshd_proxy_token_registry_up",
+            "1 while the proxy follows the region's tokens in the registry, 0 while cut off",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(upstream_retries.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
@@ -76,6 +86,7 @@ impl Metrics {
         registry.register(Box::new(upstream_latency.clone()))?;
         registry.register(Box::new(producer_groups.clone()))?;
         registry.register(Box::new(live_nodes.clone()))?;
+        registry.register(Box::new(tokens.clone()))?;
         let connections = meshd_listener::ConnMetrics::register(&registry, "meshd_proxy")?;
         Ok(Metrics {
             registry,
@@ -86,8 +97,16 @@ impl Metrics {
             upstream_latency,
             producer_groups,
             live_nodes,
+            tokens,
+            token_registry_up,
             connections,
         })
+    }
+
+    /// Registers `meshd_proxy_token_registry_up` (a proxy following a registry's tokens).
+    pub fn register_token_registry_up(&self) -> Result<(), prometheus::Error> {
+        self.registry
+            .register(Box::new(self.token_registry_up.clone()))
     }
 
     /// The Prometheus text format.

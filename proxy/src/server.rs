@@ -27,6 +27,7 @@ use meshd_core::api::ErrorBody;
 use crate::auth::{self, Action, Authn, Scope, TokenRecord, TokenStore};
 use crate::limits::{Limited, Limits, TokenRefusal};
 use crate::metrics::Metrics;
+use crate::region_tokens::Tokens;
 use crate::routing::{Routing, Upstream};
 use crate::{ProxyConfig, ProxyError};
 
@@ -49,7 +50,7 @@ pub struct Proxy {
 struct Inner {
     config: ProxyConfig,
     routing: Arc<Routing>,
-    tokens: Option<TokenStore>,
+    tokens: Option<Tokens>,
     limits: Limits,
     metrics: Metrics,
     client: reqwest::Client,
@@ -391,12 +392,27 @@ enum Failure {
 
 impl Proxy {
     /// A proxy over `nodes` (may be empty when a registry fills the table).
+    /// Tokens come from `config.tokens` (the file; `None`: no auth).
     pub fn new(config: ProxyConfig, nodes: Vec<Upstream>) -> Result<Proxy, ProxyError> {
-        config.validate()?;
         let tokens = match &config.tokens {
-            Some(p) => Some(TokenStore::open(p)?),
+            Some(p) => Some(Tokens::File(TokenStore::open(p)?)),
             None => None,
         };
+        Proxy::with_tokens(config, nodes, tokens)
+    }
+
+    /// A proxy over `nodes` checking `tokens` (`None`: no auth); `config.tokens` is not
+    /// read.
+    pub fn with_tokens(
+        config: ProxyConfig,
+        nodes: Vec<Upstream>,
+        tokens: Option<Tokens>,
+    ) -> Result<Proxy, ProxyError> {
+        config.validate()?;
+        let metrics = Metrics::new()?;
+        if matches!(tokens, Some(Tokens::Registry(_))) {
+            metrics.register_token_registry_up()?;
+        }
         let routing = Arc::new(Routing::new());
         routing.set_nodes(nodes);
         let mut node_headers = HeaderMap::new();
@@ -422,7 +438,7 @@ impl Proxy {
         Ok(Proxy {
             inner: Arc::new(Inner {
                 limits: Limits::new(config.ip_rate, config.token_rate),
-                metrics: Metrics::new()?,
+                metrics,
                 config,
                 routing,
                 tokens,
@@ -521,15 +537,12 @@ impl Proxy {
                     self.inner.routing.mark_up(&node.id);
                 }
             }
-            if self.inner.tokens.is_some() {
+            if matches!(self.inner.tokens, Some(Tokens::File(_))) {
                 // File I/O: on the blocking pool, not on an async worker.
                 let proxy = self.clone();
-                let reloaded = tokio::task::spawn_blocking(move || {
-                    proxy
-                        .inner
-                        .tokens
-                        .as_ref()
-                        .map_or(Ok(false), TokenStore::reload_if_changed)
+                let reloaded = tokio::task::spawn_blocking(move || match &proxy.inner.tokens {
+                    Some(Tokens::File(store)) => store.reload_if_changed(),
+                    _ => Ok(false),
                 })
                 .await;
                 if let Ok(Err(e)) = reloaded {
@@ -551,6 +564,17 @@ impl Proxy {
                 .set(i64::try_from(self.inner.routing.producer_groups()).unwrap_or(i64::MAX));
             m.live_nodes
                 .set(i64::try_from(self.inner.routing.live_nodes().len()).unwrap_or(i64::MAX));
+            match &self.inner.tokens {
+                Some(Tokens::File(store)) => {
+                    m.tokens
+                        .set(i64::try_from(store.list().len()).unwrap_or(i64::MAX));
+                }
+                Some(Tokens::Registry(r)) => {
+                    m.tokens.set(i64::try_from(r.count()).unwrap_or(i64::MAX));
+                    m.token_registry_up.set(i64::from(r.is_live()));
+                }
+                None => {}
+            }
         }
     }
 
@@ -1213,12 +1237,12 @@ impl Proxy {
         }
     }
 
-    fn tokens_store(&self) -> Result<&TokenStore, Reject> {
+    fn tokens(&self) -> Result<&Tokens, Reject> {
         self.inner.tokens.as_ref().ok_or_else(|| {
             Reject::new(
                 StatusCode::NOT_FOUND,
                 "auth_disabled",
-                "this proxy runs without a token file",
+                "this proxy runs without authentication",
             )
         })
     }
@@ -1228,7 +1252,7 @@ impl Proxy {
             .inner
             .tokens
             .as_ref()
-            .map(TokenStore::list)
+            .map(Tokens::list)
             .unwrap_or_default();
         let body = json!({"tokens": list.iter().map(|t| json!({
             "id": t.id, "scopes": t.scopes, "description": t.description, "created_at": t.created_at,
@@ -1238,23 +1262,22 @@ impl Proxy {
 
     /// Runs a token-file write off the async workers (it does blocking file I/O, and the
     /// store serializes writers with a lock held across the whole read-modify-write).
-    async fn token_write<T: Send + 'static>(
+    async fn file_write<T: Send + 'static>(
         &self,
         write: impl FnOnce(&TokenStore) -> Result<T, auth::AuthError> + Send + 'static,
     ) -> Result<Result<T, auth::AuthError>, Reject> {
-        self.tokens_store()?;
         let proxy = self.clone();
         tokio::task::spawn_blocking(move || match &proxy.inner.tokens {
-            Some(store) => Ok(write(store)),
-            None => Err(()),
+            Some(Tokens::File(store)) => Ok(write(store)),
+            _ => Err(()),
         })
         .await
         .map_err(|e| unavailable(format!("the token write failed: {e}")))?
-        .map_err(|()| unavailable("this proxy runs without a token file"))
+        .map_err(|()| unavailable("this proxy has no token file"))
     }
 
     async fn tokens_create(&self, body: &Bytes) -> Result<Response<Body>, Reject> {
-        self.tokens_store()?;
+        let tokens = self.tokens()?;
         let req: CreateToken = serde_json::from_slice(body).map_err(|e| {
             Reject::new(
                 StatusCode::BAD_REQUEST,
@@ -1269,15 +1292,19 @@ impl Proxy {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Reject::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()))?;
         let description = req.description;
-        let (token, rec) = self
-            .token_write(move |store| store.create(scopes, &description))
-            .await?
-            .map_err(|e| match e {
-                auth::AuthError::NoScopes => {
-                    Reject::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string())
-                }
-                other => unavailable(other.to_string()),
-            })?;
+        let created = match tokens {
+            Tokens::File(_) => {
+                self.file_write(move |store| store.create(scopes, &description))
+                    .await?
+            }
+            Tokens::Registry(r) => r.create(scopes, &description).await,
+        };
+        let (token, rec) = created.map_err(|e| match e {
+            auth::AuthError::NoScopes => {
+                Reject::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string())
+            }
+            other => token_store_failed(other),
+        })?;
         Ok(json_response(
             StatusCode::CREATED,
             &json!({"id": rec.id, "token": token, "scopes": rec.scopes, "description": rec.description}),
@@ -1285,11 +1312,14 @@ impl Proxy {
     }
 
     async fn tokens_revoke(&self, id: String) -> Result<Response<Body>, Reject> {
-        let revoked = id.clone();
-        match self
-            .token_write(move |store| store.revoke(&revoked))
-            .await?
-        {
+        let revoked = match self.tokens()? {
+            Tokens::File(_) => {
+                let id = id.clone();
+                self.file_write(move |store| store.revoke(&id)).await?
+            }
+            Tokens::Registry(r) => r.revoke(&id).await,
+        };
+        match revoked {
             Ok(()) => {
                 let mut r = Response::new(Body::empty());
                 *r.status_mut() = StatusCode::NO_CONTENT;
@@ -1300,8 +1330,25 @@ impl Proxy {
                 "token_not_found",
                 format!("no token {id}"),
             )),
-            Err(e) => Err(unavailable(e.to_string())),
+            Err(e) => Err(token_store_failed(e)),
         }
+    }
+}
+
+/// A token write that failed for want of its store: 503. When the store is the region's
+/// registry, the code says so and the message says that existing tokens keep working.
+fn token_store_failed(e: auth::AuthError) -> Reject {
+    match e {
+        auth::AuthError::Registry(e) => Reject::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "token_registry_unavailable",
+            format!(
+                "token creation and revocation need the cluster's registry (etcd), which \
+                 failed: {e}; tokens already issued keep working; retry when it is back"
+            ),
+        )
+        .retry_after(Duration::from_secs(1)),
+        other => unavailable(other.to_string()),
     }
 }
 

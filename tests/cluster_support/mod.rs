@@ -115,23 +115,26 @@ pub fn node(dir: &Path, etcd: &EtcdServer, id: &str, store: &str) -> Meshd {
 }
 
 pub fn proxy(dir: &Path, etcd: &EtcdServer, id: &str) -> Meshd {
+    proxy_with(dir, etcd, CLUSTER, id, &["--no-auth"])
+}
+
+/// A proxy of `cluster` over the etcd registry with `extra` arguments, stderr in
+/// `dir/{id}.log`.
+pub fn proxy_with(dir: &Path, etcd: &EtcdServer, cluster: &str, id: &str, extra: &[&str]) -> Meshd {
     let reg = etcd_arg(etcd);
-    Meshd::spawn_logged(
-        &[
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--registry",
-            &reg,
-            "--cluster",
-            CLUSTER,
-            "--proxy-id",
-            id,
-            "--no-auth",
-        ],
-        dir,
-        &dir.join(format!("{id}.log")),
-    )
+    let mut args = vec![
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--registry",
+        &reg,
+        "--cluster",
+        cluster,
+        "--proxy-id",
+        id,
+    ];
+    args.extend_from_slice(extra);
+    Meshd::spawn_logged(&args, dir, &dir.join(format!("{id}.log")))
 }
 
 /// Polls `f` until it holds or `timeout` passes.

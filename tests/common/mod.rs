@@ -193,6 +193,19 @@ impl Drop for Meshd {
     }
 }
 
+/// Runs the `meshd` CLI to completion: (success, stdout trimmed, stderr).
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshd"))
+        .args(args)
+        .output()
+        .expect("run meshd");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 /// Polls `f` until it yields `Some`, or panics after `timeout` naming `what`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where

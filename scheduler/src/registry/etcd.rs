@@ -24,6 +24,7 @@ use tokio::time::timeout;
 use super::catalog::{self, CatalogTracker};
 use super::keys::Keys;
 use super::member::{self, Backoff, LeaseBackend};
+use super::tokens::{check_import, TokenEntry, TokenEvent, TokenWatch};
 use super::watch::{forward, Tracker};
 use super::{
     check_epoch, CatalogEntry, CatalogEvent, CatalogKind, CatalogWatch, GroupKind, GroupReport,
@@ -340,6 +341,132 @@ impl EtcdRegistry {
 
     fn backoff(&self) -> Backoff {
         Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max)
+    }
+
+    fn decode_token(&self, kv: &KeyValue) -> Option<TokenEntry> {
+        let key = kv.key_str().ok()?;
+        let id = self.keys.parse_token(key)?;
+        match serde_json::from_slice(kv.value()) {
+            Ok(value) => Some(TokenEntry { id, value }),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "undecodable token record; ignored");
+                None
+            }
+        }
+    }
+
+    /// The token records (sorted by id) and the revision they were read at.
+    async fn tokens_at(&self) -> Result<(Vec<TokenEntry>, i64), RegistryError> {
+        let mut client = self.client.clone();
+        let resp = call(
+            "get",
+            self.cfg.op_timeout,
+            client.get(
+                self.keys.tokens_prefix(),
+                Some(GetOptions::new().with_prefix()),
+            ),
+        )
+        .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut entries: Vec<TokenEntry> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.decode_token(kv))
+            .collect();
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok((entries, rev))
+    }
+
+    /// The token watch loop: list at R and send the snapshot, watch from R + 1; on any
+    /// break tell the consumer, back off, and list again (never resume from an old
+    /// revision, so compaction cannot hide a revocation).
+    async fn run_token_watch(self, tx: mpsc::Sender<TokenEvent>) {
+        let mut backoff = self.backoff();
+        // Whether the consumer holds a snapshot it has not been told is stale.
+        let mut live = false;
+        loop {
+            let broke = match self.tokens_at().await {
+                Ok((snapshot, rev)) => {
+                    if tx.send(TokenEvent::Snapshot(snapshot)).await.is_err() {
+                        return;
+                    }
+                    live = true;
+                    match self.follow_tokens(rev, &tx, &mut backoff).await {
+                        Ok(Follow::ConsumerGone) => return,
+                        Ok(Follow::Broken) => RegistryError::Unavailable(
+                            "the token watch was cancelled or its history compacted".into(),
+                        ),
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => e,
+            };
+            tracing::debug!(error = %broke, "token watch broke");
+            if live {
+                live = false;
+                if tx.send(TokenEvent::Interrupted(broke)).await.is_err() {
+                    return;
+                }
+            }
+            if !pause(&tx, &mut backoff).await {
+                return;
+            }
+        }
+    }
+
+    /// Forwards token events from revision `rev + 1` until the watch breaks (an error:
+    /// stream error or end; `Broken`: cancellation, compacted start revision).
+    async fn follow_tokens(
+        &self,
+        rev: i64,
+        tx: &mpsc::Sender<TokenEvent>,
+        backoff: &mut Backoff,
+    ) -> Result<Follow, RegistryError> {
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(rev + 1);
+        let mut client = self.client.clone();
+        let mut stream = call(
+            "watch",
+            self.cfg.op_timeout,
+            client.watch(self.keys.tokens_prefix(), Some(opts)),
+        )
+        .await?;
+        backoff.reset();
+        loop {
+            let msg = tokio::select! {
+                _ = tx.closed() => return Ok(Follow::ConsumerGone),
+                m = stream.message() => m,
+            };
+            let resp = match msg {
+                Ok(Some(resp)) => resp,
+                Ok(None) => {
+                    return Err(RegistryError::Unavailable(
+                        "the token watch stream ended".into(),
+                    ))
+                }
+                Err(e) => return Err(map_err(e)),
+            };
+            if resp.canceled() || resp.compact_revision() > 0 {
+                return Ok(Follow::Broken);
+            }
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let out = match ev.event_type() {
+                    EventType::Put => self.decode_token(kv).map(TokenEvent::Put),
+                    EventType::Delete => kv
+                        .key_str()
+                        .ok()
+                        .and_then(|k| self.keys.parse_token(k))
+                        .map(TokenEvent::Delete),
+                };
+                if let Some(e) = out {
+                    if tx.send(e).await.is_err() {
+                        return Ok(Follow::ConsumerGone);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -832,6 +959,96 @@ impl Registry for EtcdRegistry {
         tokio::spawn(self.clone().run_catalog_watch(tx));
         Ok(CatalogWatch::new(rx))
     }
+
+    async fn token_create(
+        &self,
+        id: &str,
+        value: &serde_json::Value,
+    ) -> Result<bool, RegistryError> {
+        let key = self.keys.token(id);
+        let bytes = serde_json::to_vec(value).map_err(|e| RegistryError::Corrupt {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        // Create revision 0: the key does not exist; of two racing creators one writes.
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![TxnOp::put(key.as_str(), bytes, None)]);
+        let mut client = self.client.clone();
+        let resp = call("txn", self.cfg.op_timeout, client.txn(txn)).await?;
+        Ok(resp.succeeded())
+    }
+
+    async fn token_delete(&self, id: &str) -> Result<bool, RegistryError> {
+        let mut client = self.client.clone();
+        let resp = call(
+            "delete",
+            self.cfg.op_timeout,
+            client.delete(self.keys.token(id), None),
+        )
+        .await?;
+        Ok(resp.deleted() > 0)
+    }
+
+    async fn token_list(&self) -> Result<Vec<TokenEntry>, RegistryError> {
+        Ok(self.tokens_at().await?.0)
+    }
+
+    async fn tokens_import_once(
+        &self,
+        marker: &serde_json::Value,
+        entries: &[TokenEntry],
+    ) -> Result<Option<serde_json::Value>, RegistryError> {
+        check_import(entries)?;
+        let key = self.keys.tokens_import();
+        let encode = |key: &str, v: &serde_json::Value| {
+            serde_json::to_vec(v).map_err(|e| RegistryError::Corrupt {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let mut ops = vec![TxnOp::put(key.as_str(), encode(&key, marker)?, None)];
+        for e in entries {
+            let k = self.keys.token(&e.id);
+            ops.push(TxnOp::put(k.as_str(), encode(&k, &e.value)?, None));
+        }
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(ops)
+            .or_else(vec![TxnOp::get(key.as_str(), None)]);
+        let mut client = self.client.clone();
+        let resp = call("txn", self.cfg.op_timeout, client.txn(txn)).await?;
+        if resp.succeeded() {
+            return Ok(None);
+        }
+        for op in resp.op_responses() {
+            if let etcd_client::TxnOpResponse::Get(get) = op {
+                if let Some(kv) = get.kvs().first() {
+                    return serde_json::from_slice(kv.value()).map(Some).map_err(|e| {
+                        RegistryError::Corrupt {
+                            key: key.clone(),
+                            reason: e.to_string(),
+                        }
+                    });
+                }
+            }
+        }
+        Ok(Some(serde_json::Value::Null))
+    }
+
+    async fn watch_tokens(&self) -> Result<TokenWatch, RegistryError> {
+        let (tx, rx) = mpsc::channel(WATCH_CHANNEL);
+        tokio::spawn(self.clone().run_token_watch(tx));
+        Ok(TokenWatch::new(rx))
+    }
 }
 
 #[cfg(test)]
@@ -893,5 +1110,61 @@ mod tests {
         .expect("the watch must end, not hang");
         assert_eq!(ended, Follow::Broken);
         h.deregister().await.expect("deregister");
+    }
+
+    /// The token watch: a compacted start revision ends `follow_tokens` (the loop then
+    /// re-lists); a killed etcd is reported as `Interrupted`, and once etcd is back a
+    /// fresh `Snapshot` comes, holding what changed meanwhile.
+    #[cfg(feature = "testing")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn token_watch_relists_after_compaction_and_outage() {
+        use crate::registry::testing::EtcdServer;
+        let mut server = EtcdServer::start().await.expect("etcd");
+        let mut cfg = EtcdConfig::new(vec![server.endpoint()], "c");
+        cfg.backoff_max = Duration::from_millis(200);
+        let reg = EtcdRegistry::connect(cfg).await.expect("connect");
+        let (_, old_rev) = reg.tokens_at().await.expect("list");
+        for n in 0..3 {
+            assert!(reg
+                .token_create(&format!("t{n}"), &serde_json::json!({"n": n}))
+                .await
+                .expect("create"));
+        }
+        let (_, now) = reg.tokens_at().await.expect("list");
+        let mut raw = reg.client.clone();
+        raw.compact(now, None).await.expect("compact");
+        let (tx, _rx) = mpsc::channel(16);
+        let mut backoff = reg.backoff();
+        let ended = timeout(
+            Duration::from_secs(5),
+            reg.follow_tokens(old_rev, &tx, &mut backoff),
+        )
+        .await
+        .expect("the watch must end, not hang");
+        assert_eq!(ended, Ok(Follow::Broken));
+
+        let mut w = reg.watch_tokens().await.expect("watch");
+        async fn next(w: &mut TokenWatch) -> TokenEvent {
+            timeout(Duration::from_secs(20), w.recv())
+                .await
+                .expect("a token event")
+                .expect("watch alive")
+        }
+        let TokenEvent::Snapshot(s) = next(&mut w).await else {
+            panic!("snapshot first")
+        };
+        assert_eq!(s.len(), 3);
+        server.kill();
+        assert!(matches!(next(&mut w).await, TokenEvent::Interrupted(_)));
+        server.restart().await.expect("restart");
+        let TokenEvent::Snapshot(s) = next(&mut w).await else {
+            panic!("a fresh snapshot after the outage")
+        };
+        assert_eq!(
+            s.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["t0", "t1", "t2"]
+        );
+        assert!(reg.token_delete("t1").await.expect("delete"));
+        assert_eq!(next(&mut w).await, TokenEvent::Delete("t1".into()));
     }
 }

@@ -11,6 +11,8 @@
 //! | `/meshd/{cluster}/placement/current` | [`Placement`](super::Placement) JSON with its epoch | none |
 //! | `/meshd/{cluster}/catalog/topics/{topic}` | the topic's `TopicConfig` JSON | none |
 //! | `/meshd/{cluster}/catalog/subscriptions/{name}` | the subscription's `SubscriptionSpec` JSON | none |
+//! | `/meshd/{cluster}/tokens/{id}` | a proxy token's record (hash, scopes; never the secret) | none |
+//! | `/meshd/{cluster}/tokens-import` | the marker of the one import of a token file | none |
 //!
 //! `{member}` in a group key is `node:{id}` or `proxy:{id}`. Every variable segment
 //! (cluster, id, group) is escaped so that it never contains `/`: `%` becomes `%25` and
@@ -169,6 +171,31 @@ impl Keys {
         }
         Some((kind, unescape(name)?))
     }
+
+    /// `/meshd/{cluster}/tokens/`: every token record.
+    pub fn tokens_prefix(&self) -> String {
+        format!("{}tokens/", self.root)
+    }
+
+    /// `/meshd/{cluster}/tokens/{id}`.
+    pub fn token(&self, id: &str) -> String {
+        format!("{}{}", self.tokens_prefix(), escape(id))
+    }
+
+    /// Parses a token key of this cluster into the id; `None` for any other key.
+    pub fn parse_token(&self, key: &str) -> Option<String> {
+        let id = key.strip_prefix(&self.tokens_prefix())?;
+        if id.is_empty() || id.contains('/') {
+            return None;
+        }
+        unescape(id)
+    }
+
+    /// `/meshd/{cluster}/tokens-import`: outside the tokens prefix, so no token watch
+    /// sees it.
+    pub fn tokens_import(&self) -> String {
+        format!("{}tokens-import", self.root)
+    }
 }
 
 #[cfg(test)]
@@ -227,5 +254,10 @@ mod tests {
         assert_eq!(k.parse_catalog("/meshd/eu-1/catalog/other/x"), None);
         assert_eq!(k.parse_catalog("/meshd/eu-1/catalog/topics/"), None);
         assert_eq!(k.parse_catalog(&k.placement()), None);
+        assert_eq!(k.token("0a1b"), "/meshd/eu-1/tokens/0a1b");
+        assert_eq!(k.parse_token(&k.token("a/b")).as_deref(), Some("a/b"));
+        assert_eq!(k.parse_token("/meshd/eu-1/tokens/"), None);
+        assert_eq!(k.parse_token(&k.tokens_import()), None);
+        assert!(!k.tokens_import().starts_with(&k.tokens_prefix()));
     }
 }

@@ -19,6 +19,7 @@ use tokio::time::{sleep_until, Instant};
 
 use super::catalog::{self, CatalogTracker};
 use super::member::{self, Backoff, LeaseBackend};
+use super::tokens::{check_import, TokenEntry, TokenEvent, TokenWatch};
 use super::watch::{forward, Tracker};
 use super::{
     check_epoch, CatalogEntry, CatalogEvent, CatalogKind, CatalogWatch, GroupKind, GroupReport,
@@ -48,6 +49,7 @@ struct Shared {
     inner: Mutex<Inner>,
     events: broadcast::Sender<MemberEvent>,
     catalog_events: broadcast::Sender<CatalogEvent>,
+    token_events: broadcast::Sender<TokenEvent>,
     placement: watch::Sender<Option<Placement>>,
 }
 
@@ -60,6 +62,8 @@ struct Inner {
     leases: HashMap<i64, Instant>,
     next_lease: i64,
     catalog: BTreeMap<(CatalogKind, String), serde_json::Value>,
+    tokens: BTreeMap<String, serde_json::Value>,
+    tokens_import: Option<serde_json::Value>,
 }
 
 impl Shared {
@@ -105,6 +109,16 @@ impl Inner {
             })
             .collect()
     }
+
+    fn token_snapshot(&self) -> Vec<TokenEntry> {
+        self.tokens
+            .iter()
+            .map(|(id, value)| TokenEntry {
+                id: id.clone(),
+                value: value.clone(),
+            })
+            .collect()
+    }
 }
 
 impl InProcessRegistry {
@@ -112,6 +126,7 @@ impl InProcessRegistry {
     pub fn new(cluster: impl Into<String>) -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (catalog_events, _) = broadcast::channel(EVENT_BUFFER);
+        let (token_events, _) = broadcast::channel(EVENT_BUFFER);
         let (placement, _) = watch::channel(None);
         Self {
             cluster: Arc::from(cluster.into()),
@@ -119,6 +134,7 @@ impl InProcessRegistry {
                 inner: Mutex::new(Inner::default()),
                 events,
                 catalog_events,
+                token_events,
                 placement,
             }),
         }
@@ -413,6 +429,92 @@ impl Registry for InProcessRegistry {
             }
         });
         Ok(CatalogWatch::new(rx))
+    }
+
+    async fn token_create(
+        &self,
+        id: &str,
+        value: &serde_json::Value,
+    ) -> Result<bool, RegistryError> {
+        let mut inner = self.shared.lock();
+        if inner.tokens.contains_key(id) {
+            return Ok(false);
+        }
+        inner.tokens.insert(id.to_string(), value.clone());
+        let _ = self.shared.token_events.send(TokenEvent::Put(TokenEntry {
+            id: id.to_string(),
+            value: value.clone(),
+        }));
+        Ok(true)
+    }
+
+    async fn token_delete(&self, id: &str) -> Result<bool, RegistryError> {
+        let mut inner = self.shared.lock();
+        let existed = inner.tokens.remove(id).is_some();
+        if existed {
+            let _ = self
+                .shared
+                .token_events
+                .send(TokenEvent::Delete(id.to_string()));
+        }
+        Ok(existed)
+    }
+
+    async fn token_list(&self) -> Result<Vec<TokenEntry>, RegistryError> {
+        Ok(self.shared.lock().token_snapshot())
+    }
+
+    async fn tokens_import_once(
+        &self,
+        marker: &serde_json::Value,
+        entries: &[TokenEntry],
+    ) -> Result<Option<serde_json::Value>, RegistryError> {
+        check_import(entries)?;
+        let mut inner = self.shared.lock();
+        if let Some(existing) = &inner.tokens_import {
+            return Ok(Some(existing.clone()));
+        }
+        inner.tokens_import = Some(marker.clone());
+        for e in entries {
+            inner.tokens.insert(e.id.clone(), e.value.clone());
+            let _ = self.shared.token_events.send(TokenEvent::Put(e.clone()));
+        }
+        Ok(None)
+    }
+
+    async fn watch_tokens(&self) -> Result<TokenWatch, RegistryError> {
+        let (tx, rx) = mpsc::channel(WATCH_CHANNEL);
+        let weak = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            'resync: loop {
+                let (snapshot, mut sub) = {
+                    let Some(shared) = weak.upgrade() else {
+                        return;
+                    };
+                    let inner = shared.lock();
+                    (inner.token_snapshot(), shared.token_events.subscribe())
+                };
+                if tx.send(TokenEvent::Snapshot(snapshot)).await.is_err() {
+                    return;
+                }
+                loop {
+                    let event = tokio::select! {
+                        _ = tx.closed() => return,
+                        e = sub.recv() => e,
+                    };
+                    match event {
+                        Ok(e) => {
+                            if tx.send(e).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue 'resync,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }
+        });
+        Ok(TokenWatch::new(rx))
     }
 }
 

@@ -17,6 +17,8 @@
 //! /meshd/{cluster}/placement/current                   Placement JSON    (no lease)
 //! /meshd/{cluster}/catalog/topics/{topic}              TopicConfig JSON  (no lease)
 //! /meshd/{cluster}/catalog/subscriptions/{name}        SubscriptionSpec JSON (no lease)
+//! /meshd/{cluster}/tokens/{id}                         proxy token record JSON (no lease)
+//! /meshd/{cluster}/tokens-import                       import marker JSON (no lease)
 //! ```
 //!
 //! Variable segments escape `%` as `%25` and `/` as `%2F`.
@@ -43,6 +45,12 @@
 //!   change in order, re-listing after a broken watch. Values are opaque JSON here;
 //!   writers (nodes) validate before they write. [`Registry::catalog_create`] is an
 //!   atomic create-if-absent (subscriptions), [`Registry::catalog_put`] an upsert (topics).
+//! - Tokens ([`tokens`]) are the proxies' API tokens of the cluster (hashes, never
+//!   secrets). [`Registry::token_create`] is an atomic create-if-absent,
+//!   [`Registry::tokens_import_once`] writes a token file's records and a marker in one
+//!   transaction unless the marker exists (so an import happens once per cluster, whatever
+//!   the number of proxies racing), and [`Registry::watch_tokens`] sends whole snapshots
+//!   after every break so a consumer never misses a revocation.
 
 pub mod catalog;
 pub mod etcd;
@@ -52,6 +60,7 @@ pub mod memory;
 pub mod store_shape;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tokens;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -67,6 +76,7 @@ pub use etcd::{EtcdConfig, EtcdRegistry};
 pub use member::{MemberHandle, MemberState, MemberStatus};
 pub use memory::InProcessRegistry;
 pub use store_shape::{MemberStore, StoreConflict};
+pub use tokens::{TokenEntry, TokenEvent, TokenWatch};
 
 /// The kind of a registered member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -475,6 +485,34 @@ pub trait Registry: Send + Sync {
     /// Watches the catalog: a snapshot as `Put`s (topics first), then `Synced`, then every
     /// change in order.
     async fn watch_catalog(&self) -> Result<CatalogWatch, RegistryError>;
+
+    /// Stores a token record under `id` only if there is none: `true` when written,
+    /// `false` (nothing written) when the id is taken. Atomic.
+    async fn token_create(
+        &self,
+        id: &str,
+        value: &serde_json::Value,
+    ) -> Result<bool, RegistryError>;
+
+    /// Deletes a token record; `false` when there was none.
+    async fn token_delete(&self, id: &str) -> Result<bool, RegistryError>;
+
+    /// Every token record now, sorted by id.
+    async fn token_list(&self) -> Result<Vec<TokenEntry>, RegistryError>;
+
+    /// Imports token records once per cluster: if no import marker exists, writes
+    /// `marker` and every entry (replacing a record of the same id) in one transaction and
+    /// answers `Ok(None)`; otherwise writes nothing and answers `Ok(Some(existing
+    /// marker))`. At most [`tokens::MAX_IMPORT`] entries.
+    async fn tokens_import_once(
+        &self,
+        marker: &serde_json::Value,
+        entries: &[TokenEntry],
+    ) -> Result<Option<serde_json::Value>, RegistryError>;
+
+    /// Watches the tokens: a [`TokenEvent::Snapshot`], then every change in order; after a
+    /// break, [`TokenEvent::Interrupted`] and, once the registry answers, a new snapshot.
+    async fn watch_tokens(&self) -> Result<TokenWatch, RegistryError>;
 }
 
 /// Checks the epoch rule of [`Registry::put_placement_if`].

@@ -15,6 +15,7 @@ use super::eventually;
 use crate::registry::{
     CatalogEvent, CatalogKind, CatalogWatch, LeaseConfig, MemberEvent, MemberGroups, MemberId,
     MemberInfo, MemberLoad, MemberState, MemberWatch, Placement, Registry, RegistryError, Role,
+    TokenEntry, TokenEvent, TokenWatch,
 };
 
 /// Makes clients of one shared cluster store.
@@ -521,6 +522,122 @@ pub async fn catalog_put_list_delete_watch(f: &dyn RegistryFactory) {
     }
 }
 
+async fn next_token_event(w: &mut TokenWatch) -> TokenEvent {
+    match timeout(Duration::from_secs(5), w.recv()).await {
+        Ok(Some(e)) => e,
+        Ok(None) => panic!("token watch ended"),
+        Err(_) => panic!("no token event within 5s"),
+    }
+}
+
+fn token(id: &str, n: u64) -> TokenEntry {
+    TokenEntry {
+        id: id.into(),
+        value: serde_json::json!({"id": id, "hash": format!("h{n}")}),
+    }
+}
+
+/// Tokens written by one client are listed and watched by another: a whole snapshot
+/// first, then creates and deletes in order. Create never overwrites an id (of many
+/// racing creators of one id exactly one wins; racing creators of distinct ids all
+/// persist); an import happens once (the second gets the first's marker and writes
+/// nothing); token keys are neither members nor catalog entries.
+pub async fn tokens_create_delete_import_watch(f: &dyn RegistryFactory) {
+    let a = f.client().await;
+    let b = f.client().await;
+    let t1 = token("t1", 1);
+    assert!(a.token_create("t1", &t1.value).await.expect("create"));
+    assert!(!b
+        .token_create("t1", &token("t1", 2).value)
+        .await
+        .expect("create taken id"));
+    assert_eq!(b.token_list().await.expect("list"), vec![t1.clone()]);
+    let mut w = b.watch_tokens().await.expect("watch");
+    assert_eq!(
+        next_token_event(&mut w).await,
+        TokenEvent::Snapshot(vec![t1.clone()])
+    );
+    // Racing creators of one id: exactly one writes.
+    let racers: Vec<_> = (0..8u64)
+        .map(|n| {
+            let reg = if n % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { reg.token_create("same", &token("same", n).value).await })
+        })
+        .collect();
+    let mut won = 0;
+    for r in racers {
+        won += usize::from(r.await.expect("join").expect("create"));
+    }
+    assert_eq!(won, 1, "exactly one creator of an id wins");
+    let TokenEvent::Put(e) = next_token_event(&mut w).await else {
+        panic!("expected the created token")
+    };
+    assert_eq!(e.id, "same");
+    // Racing creators of distinct ids: none lost.
+    let racers: Vec<_> = (0..16u64)
+        .map(|n| {
+            let reg = if n % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                reg.token_create(&format!("c{n:02}"), &token("c", n).value)
+                    .await
+            })
+        })
+        .collect();
+    for r in racers {
+        assert!(r.await.expect("join").expect("create"));
+    }
+    for _ in 0..16 {
+        assert!(matches!(next_token_event(&mut w).await, TokenEvent::Put(_)));
+    }
+    assert_eq!(a.token_list().await.expect("list").len(), 18);
+    assert!(b.token_delete("t1").await.expect("delete"));
+    assert!(!a.token_delete("t1").await.expect("delete again"));
+    assert_eq!(
+        next_token_event(&mut w).await,
+        TokenEvent::Delete("t1".into())
+    );
+    // Import once.
+    let marker = serde_json::json!({"by": "a"});
+    assert_eq!(
+        a.tokens_import_once(&marker, &[token("i1", 1), token("i2", 2)])
+            .await
+            .expect("import"),
+        None
+    );
+    assert_eq!(
+        b.tokens_import_once(&serde_json::json!({"by": "b"}), &[token("i3", 3)])
+            .await
+            .expect("import again"),
+        Some(marker)
+    );
+    let ids: Vec<String> = a
+        .token_list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert!(ids.contains(&"i1".to_string()) && ids.contains(&"i2".to_string()));
+    assert!(!ids.contains(&"i3".to_string()), "a second import wrote");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "sorted by id: {ids:?}");
+    for want in ["i1", "i2"] {
+        match next_token_event(&mut w).await {
+            TokenEvent::Put(e) => assert_eq!(e.id, want),
+            other => panic!("expected the imported {want}, got {other:?}"),
+        }
+    }
+    let too_many: Vec<TokenEntry> = (0..=crate::registry::tokens::MAX_IMPORT as u64)
+        .map(|n| token(&format!("x{n}"), n))
+        .collect();
+    assert!(matches!(
+        a.tokens_import_once(&serde_json::json!({}), &too_many)
+            .await,
+        Err(RegistryError::InvalidConfig(_))
+    ));
+    assert!(b.list_members().await.expect("members").is_empty());
+    assert!(b.catalog_list().await.expect("catalog").is_empty());
+}
+
 /// Expands to one `#[tokio::test]` per conformance case. `$make` is an expression
 /// evaluating to a future of a fresh [`RegistryFactory`] (evaluated once per test).
 #[macro_export]
@@ -536,7 +653,8 @@ macro_rules! registry_conformance_tests {
             placement_compare_and_set,
             placement_watch,
             update_info,
-            catalog_put_list_delete_watch
+            catalog_put_list_delete_watch,
+            tokens_create_delete_import_watch
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
