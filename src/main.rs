@@ -135,6 +135,11 @@ pub struct BridgeArgs {
     /// flight, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     bridge_drain_timeout_ms: u64,
+    /// Take subscriptions with this cluster as standby over automatically when the cluster
+    /// delivering them has been unreachable this long (e.g. 10s); without it, only
+    /// `meshd mesh failover` moves them.
+    #[arg(long, value_parser = meshd_core::duration::parse_positive)]
+    failover_after: Option<Duration>,
 }
 
 /// Starts the bridge for `node` when `args` ask for one, and attaches its status.
@@ -150,6 +155,7 @@ pub async fn start_bridge(
     config.listen = args.bridge_listen;
     config.stall_after = Duration::from_millis(args.bridge_stall_after_ms.max(1));
     config.drain_timeout = Duration::from_millis(args.bridge_drain_timeout_ms);
+    config.failover_after = args.failover_after;
     let bridge = meshd_federation::Bridge::start(config, node.clone())
         .await
         .with_context(|| format!("starting the federation bridge of cluster {cluster}"))?;

@@ -149,8 +149,17 @@ async fn a_standby_takes_over_where_the_home_left_off_and_hands_back() {
         (replica_position(&c, &a, "b").await == Some(210)).then_some(())
     })
     .await;
-    let (status, body) = failover(&c, &a, "a").await;
-    assert_eq!(status, 200, "{body}");
+    // Until a stored what b delivered, it is told to retry (409 not_caught_up).
+    let body = eventually("a takes s back", Duration::from_secs(20), || async {
+        let (status, body) = failover(&c, &a, "a").await;
+        if status == 409 {
+            assert_eq!(body["error"]["code"], "not_caught_up", "{body}");
+            return None;
+        }
+        assert_eq!(status, 200, "{body}");
+        Some(body)
+    })
+    .await;
     assert_eq!(body["term"], 2, "{body}");
     let last: Vec<Value> = (210..215)
         .map(|i| event(&format!("e{i:04}"), "t", None, json!({ "i": i })))
@@ -170,4 +179,101 @@ async fn a_standby_takes_over_where_the_home_left_off_and_hands_back() {
             .then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_by_itself_when_the_home_is_lost() {
+    let files = MeshFiles::new(&["a", "b"], &[("a", "b", 1)], &[]);
+    let c = common::client();
+    let mut a = files.start_args("a", &["--failover-after", "2s"], None);
+    let b = files.start_args("b", &["--failover-after", "2s"], None);
+    topic(&c, &a, "orders", 2).await;
+    wait_topic(&c, &b, "orders", 2).await;
+    let r = c
+        .post(a.at("/v1/subscriptions"))
+        .json(&json!({
+            "name": "s", "topic": "orders", "start": "earliest",
+            "sink": {"pull": {}}, "standby": ["b"],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    pull_subscription(&c, &b, "keep", "orders").await;
+    wait_connected(&c, &a, "b").await;
+    wait_interest(&c, &a, "b", "b", "orders").await;
+    // Keys spread the events over both partitions.
+    let events: Vec<Value> = (0..100)
+        .map(|i| {
+            let key = format!("k{}", i % 5);
+            event(&format!("e{i:04}"), "t", Some(&key), json!({ "i": i }))
+        })
+        .collect();
+    publish_batch(&c, &a, "orders", &events).await;
+    eventually("b stored a's events", Duration::from_secs(20), || async {
+        (stored_count(&c, &b.url, "orders").await >= 100).then_some(())
+    })
+    .await;
+    let mut delivered_at_a = take(&c, &a, "s", 60).await;
+    eventually("b has a's positions", Duration::from_secs(20), || async {
+        let m = mesh(&c, &b).await;
+        let r = m["subscription_replicas"]
+            .as_array()?
+            .iter()
+            .find(|r| r["home"] == "a" && r["name"] == "s")?
+            .clone();
+        let total: u64 = r["positions"]
+            .as_array()?
+            .iter()
+            .map(|p| p["next"].as_u64().unwrap_or(0))
+            .sum();
+        // Each partition's next is one past the last delivered origin offset.
+        (total >= 60).then_some(())
+    })
+    .await;
+
+    let killed = std::time::Instant::now();
+    a.kill9();
+    // No operator: b declares a lost (link down, then 2 s) and takes over.
+    let rest = eventually(
+        "b delivers s by itself",
+        Duration::from_secs(40),
+        || async {
+            // Until the takeover, s does not exist in b (404).
+            let r: Value = c
+                .get(b.at("/v1/subscriptions/s/events?max=100&wait=500ms&consumer=x"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let evs = r["events"].as_array()?.clone();
+            (!evs.is_empty()).then_some(evs)
+        },
+    )
+    .await;
+    eprintln!(
+        "automatic takeover: first event at b {:?} after the kill",
+        killed.elapsed()
+    );
+    common::ack(&c, &b.url, "s", "x", &rest).await;
+    let mut at_b: Vec<String> = rest.iter().map(id_of).collect();
+    if at_b.len() < 40 {
+        at_b.extend(take(&c, &b, "s", 40 - at_b.len()).await);
+    }
+    assert!(common::pull(&c, &b.url, "s", "x", 10, 300).await.is_empty());
+    // Every event delivered exactly once across the two clusters, per key in order.
+    delivered_at_a.extend(at_b);
+    let mut sorted = delivered_at_a.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ids(0, 100),
+        "lost or duplicated: {delivered_at_a:?}"
+    );
+    let m = mesh(&c, &b).await;
+    let r = m["subscription_replicas"][0].clone();
+    assert_eq!(r["active"], "b", "{m}");
+    assert_eq!(r["term"], 1, "{m}");
 }

@@ -44,7 +44,7 @@ use crate::link::{
 };
 use crate::marks::{self, Marks, OriginPos, PeerMarks, SinceSearch, Start};
 use crate::progress::{AckTracker, ProgressMarks, PROGRESS_EVERY};
-use crate::replicas::{Event as ReplicaEvent, Replicas, StartScan};
+use crate::replicas::{auto_failover, Auto, Event as ReplicaEvent, Replicas, StartScan};
 use crate::routing::Routes;
 use crate::stats::{LagMeter, LinkState, LinkStats, PartitionLag};
 use meshd_core::event::POS_EXT;
@@ -76,6 +76,9 @@ pub struct BridgeConfig {
     /// How long a link removed from the topology may take to finish its batches in flight
     /// before it is closed anyway.
     pub drain_timeout: Duration,
+    /// Automatic failover of subscriptions with standby clusters: a standby takes one over
+    /// when its active cluster has been unreachable this long (`None`: only by operator).
+    pub failover_after: Option<Duration>,
 }
 
 impl BridgeConfig {
@@ -93,6 +96,7 @@ impl BridgeConfig {
             progress_every: PROGRESS_EVERY,
             dedup_window: 100_000,
             drain_timeout: Duration::from_secs(10),
+            failover_after: None,
         }
     }
 }
@@ -1971,6 +1975,8 @@ async fn replica_loop(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<R
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut scans: HashMap<(String, String), PositionScan> = HashMap::new();
     let mut first = true;
+    let mut reach = Reachability::default();
+    let mut self_fenced: std::collections::BTreeSet<String> = Default::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -1979,6 +1985,10 @@ async fn replica_loop(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<R
                     first = false;
                     fence_restarted(&shared).await;
                 }
+                if let Some(after) = shared.config.failover_after {
+                    reach.observe(&shared);
+                    automatic_failover(&shared, &reach, &mut self_fenced, after).await;
+                }
                 publish_positions(&shared, &mut scans).await;
             }
             e = events.recv() => {
@@ -1986,10 +1996,131 @@ async fn replica_loop(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<R
                 let _gate = shared.replica_gate.lock().await;
                 for ReplicaEvent::Fenced { home, name, active } in fenced {
                     scans.remove(&(home.clone(), name.clone()));
+                    self_fenced.remove(&name);
                     let stopped = shared.node.pause_delivery(&name).await;
                     tracing::info!(cluster = %shared.me(), home, subscription = %name, active, stopped, "subscription taken over by another cluster: not delivered here");
                 }
                 persist_replicas(&shared, &changed).await;
+            }
+        }
+    }
+}
+
+/// Since when each other cluster has been reachable (a route exists) or not, as this
+/// bridge sees it.
+#[derive(Default)]
+struct Reachability {
+    since: HashMap<String, (bool, Instant)>,
+}
+
+impl Reachability {
+    fn observe(&mut self, shared: &Shared) {
+        let topo = shared.topology();
+        let down = lock(&shared.down).clone();
+        let routes = Routes::new(&topo, shared.me(), &down);
+        for c in topo.clusters() {
+            let name = c.name.as_str();
+            if name == shared.me() {
+                continue;
+            }
+            let up = routes.path(name).is_some();
+            match self.since.get(name) {
+                Some((was, _)) if *was == up => {}
+                _ => {
+                    self.since.insert(name.to_string(), (up, Instant::now()));
+                }
+            }
+        }
+    }
+
+    fn get(&self, cluster: &str) -> (bool, u64) {
+        match self.since.get(cluster) {
+            Some((up, at)) => (*up, at.elapsed().as_millis() as u64),
+            // Not in the topology (any more): unreachable, since forever.
+            None => (false, u64::MAX),
+        }
+    }
+}
+
+/// How long a cluster must be reachable again before a subscription stopped because it
+/// was cut off is delivered again (its replicas arrive meanwhile: a higher term fences).
+const REJOIN_MS: u64 = 2_000;
+
+async fn automatic_failover(
+    shared: &Shared,
+    reach: &Reachability,
+    self_fenced: &mut std::collections::BTreeSet<String>,
+    after: Duration,
+) {
+    let me = shared.me().to_string();
+    let actions = {
+        let replicas = lock(&shared.replicas);
+        let delivering: Vec<(String, String, Vec<String>)> = shared
+            .node
+            .list_subscriptions()
+            .into_iter()
+            .filter(|s| !s.standby.is_empty())
+            .filter_map(|s| {
+                let r = replicas
+                    .all()
+                    .into_iter()
+                    .find(|r| r.name == s.name && (r.home == me || s.standby.contains(&me)));
+                match r {
+                    Some(r) if r.active == me => Some((r.home, s.name, s.standby)),
+                    None => Some((me.clone(), s.name, s.standby)),
+                    Some(_) => None,
+                }
+            })
+            .collect();
+        auto_failover(
+            &replicas,
+            &delivering,
+            self_fenced,
+            &|c| reach.get(c),
+            after.as_millis() as u64,
+            REJOIN_MS,
+        )
+    };
+    for a in actions {
+        match a {
+            Auto::Takeover { home, name } => {
+                let req = api::FailoverRequest {
+                    subscription: name.clone(),
+                    home: home.clone(),
+                };
+                match takeover_locked(shared, req, true).await {
+                    Ok(t) => {
+                        tracing::warn!(cluster = %me, home, subscription = %name, term = t.term, "automatic failover: the cluster delivering this subscription is unreachable; delivered here now")
+                    }
+                    Err(e) => {
+                        tracing::warn!(cluster = %me, home, subscription = %name, "automatic failover failed (retried): {e}")
+                    }
+                }
+            }
+            Auto::SelfFence { name } => {
+                shared.node.pause_delivery(&name).await;
+                self_fenced.insert(name.clone());
+                tracing::warn!(cluster = %me, subscription = %name, "cut off from every standby of this subscription: delivery stopped here (a standby may take it over)");
+            }
+            Auto::Unfence { name } => {
+                self_fenced.remove(&name);
+                let fenced = {
+                    let replicas = lock(&shared.replicas);
+                    replicas
+                        .all()
+                        .iter()
+                        .any(|r| r.name == name && r.active != me && r.spec.is_some())
+                };
+                if !fenced {
+                    match shared.node.resume_delivery(&name).await {
+                        Ok(()) => {
+                            tracing::info!(cluster = %me, subscription = %name, "a standby is reachable again: delivered here again")
+                        }
+                        Err(e) => {
+                            tracing::warn!(cluster = %me, subscription = %name, "resuming delivery failed: {e}")
+                        }
+                    }
+                }
             }
         }
     }
@@ -2177,10 +2308,55 @@ async fn takeover(
     req: api::FailoverRequest,
 ) -> Result<api::FailoverResponse, api::FailoverError> {
     let _gate = shared.replica_gate.lock().await;
+    takeover_locked(shared, req, false).await
+}
+
+/// [`takeover`] with the replica gate held by the caller.
+///
+/// While the cluster delivering it is reachable, a takeover waits until this cluster holds
+/// every event the replicated positions cover (an event delivered there and not yet stored
+/// here would be delivered again when it arrives): `not_caught_up`, retry. When it is
+/// unreachable (`lost`, or no route), it proceeds with what is here.
+async fn takeover_locked(
+    shared: &Shared,
+    req: api::FailoverRequest,
+    lost: bool,
+) -> Result<api::FailoverResponse, api::FailoverError> {
     let me = shared.me().to_string();
     let plan = lock(&shared.replicas)
         .check_takeover(&req.home, &req.subscription)
         .map_err(failover_error)?;
+    let active = lock(&shared.replicas)
+        .get(&req.home, &req.subscription)
+        .map(|r| r.active.clone())
+        .unwrap_or_default();
+    let reachable = {
+        let topo = shared.topology();
+        let down = lock(&shared.down).clone();
+        Routes::new(&topo, &me, &down).path(&active).is_some()
+    };
+    if !lost && reachable {
+        let marks = lock(&shared.marks);
+        let behind: Vec<String> = plan
+            .positions
+            .iter()
+            .filter(|((origin, _), _)| *origin != me)
+            .filter_map(|((origin, p), next)| {
+                let held = marks.next(origin, &plan.spec.topic, *p).unwrap_or(0);
+                (held < *next).then(|| format!("{origin} partition {p}: {held} of {next}"))
+            })
+            .collect();
+        if !behind.is_empty() {
+            return Err(api::FailoverError {
+                code: "not_caught_up",
+                message: format!(
+                    "{active} still delivers {:?} and this cluster has not stored every event it delivered yet ({}); retry in a moment",
+                    req.subscription,
+                    behind.join(", ")
+                ),
+            });
+        }
+    }
     let spec = plan.spec.clone();
     let existing = shared.node.subscription(&spec.name).ok();
     if let Some(existing) = &existing {

@@ -345,6 +345,108 @@ impl Replicas {
     }
 }
 
+/// What automatic failover asks of the shell (see [`auto_failover`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auto {
+    /// Take (home, name) over here: its active cluster is lost.
+    Takeover {
+        /// Home.
+        home: String,
+        /// Name.
+        name: String,
+    },
+    /// Stop delivering `name` here: this cluster is cut off from every cluster that could
+    /// take it over, which may be doing so.
+    SelfFence {
+        /// Name.
+        name: String,
+    },
+    /// Deliver `name` again: a cluster that could take it over is reachable again (and
+    /// has been for a while, so its replicas arrived: a higher term fences instead).
+    Unfence {
+        /// Name.
+        name: String,
+    },
+}
+
+/// Reachability of another cluster as this one sees it: reachable or not, and for how
+/// long (ms).
+pub type Reach<'a> = &'a dyn Fn(&str) -> (bool, u64);
+
+/// Automatic failover with `after_ms`: a standby takes a subscription over when its
+/// active cluster has been unreachable for `after_ms` and so has every standby listed
+/// before it; the active cluster stops delivering when every other cluster named by the
+/// subscription (home and standbys) has been unreachable for half of that (so it has
+/// stopped before anyone takes over, as long as both sides see the cut within
+/// `after_ms / 2` of each other), and delivers again once one of them has been reachable
+/// for `rejoin_ms`. `self_fenced`: the subscriptions this cluster stopped so.
+pub fn auto_failover(
+    replicas: &Replicas,
+    delivering: &[(String, String, Vec<String>)],
+    self_fenced: &BTreeSet<String>,
+    reach: Reach<'_>,
+    after_ms: u64,
+    rejoin_ms: u64,
+) -> Vec<Auto> {
+    let me = replicas.me.as_str();
+    let lost = |c: &str| {
+        let (up, for_ms) = reach(c);
+        !up && for_ms >= after_ms
+    };
+    let mut out = Vec::new();
+    for r in replicas.all() {
+        let Some(spec) = r.spec.as_deref() else {
+            continue;
+        };
+        if r.active == me {
+            continue;
+        }
+        let Ok(spec) = serde_json::from_str::<SubscriptionSpec>(spec) else {
+            continue;
+        };
+        let Some(rank) = spec.standby.iter().position(|c| c == me) else {
+            continue;
+        };
+        if lost(&r.active)
+            && spec.standby[..rank]
+                .iter()
+                .all(|c| c == &r.active || lost(c))
+        {
+            out.push(Auto::Takeover {
+                home: r.home.clone(),
+                name: r.name.clone(),
+            });
+        }
+    }
+    for (home, name, standby) in delivering {
+        let others: Vec<&str> = std::iter::once(home.as_str())
+            .chain(standby.iter().map(String::as_str))
+            .filter(|c| *c != me)
+            .collect();
+        if others.is_empty() {
+            continue;
+        }
+        if self_fenced.contains(name) {
+            let back = others.iter().any(|c| {
+                let (up, for_ms) = reach(c);
+                up && for_ms >= rejoin_ms
+            });
+            if back {
+                out.push(Auto::Unfence { name: name.clone() });
+            }
+        } else {
+            let cut = others.iter().all(|c| {
+                let (up, for_ms) = reach(c);
+                !up && for_ms >= after_ms / 2
+            });
+            if cut {
+                out.push(Auto::SelfFence { name: name.clone() });
+            }
+        }
+    }
+    out
+}
+
 /// Finds where a takeover starts in one partition of the new active cluster, fed its
 /// events from the newest backwards ([`StartScan::feed`]) until it says stop.
 #[derive(Debug)]
@@ -529,6 +631,65 @@ mod tests {
             Err(TakeoverError::Deleted { .. })
         ));
         assert!(!b.fenced_here("a", "s"));
+    }
+
+    #[test]
+    fn automatic_failover_takes_over_in_standby_order_and_the_cut_off_side_stops_first() {
+        let mut a = Replicas::new("a");
+        a.publish("a", "s", 5, Some(spec(&["b", "c"])), vec![]);
+        let mut b = Replicas::new("b");
+        let mut c = Replicas::new("c");
+        b.merge(a.changed_since(0));
+        c.merge(a.changed_since(0));
+        let none = BTreeSet::new();
+        // (reachable, for how long) per cluster.
+        let view = |m: &'static [(&'static str, bool, u64)]| {
+            move |x: &str| {
+                m.iter()
+                    .find(|(n, _, _)| *n == x)
+                    .map(|(_, up, ms)| (*up, *ms))
+                    .unwrap_or((true, 0))
+            }
+        };
+        // a down for 3 s of 5: nobody moves yet.
+        let r = view(&[("a", false, 3_000)]);
+        assert!(auto_failover(&b, &[], &none, &r, 5_000, 2_000).is_empty());
+        // a lost: b (first standby) takes over; c waits while b is reachable.
+        let r = view(&[("a", false, 6_000)]);
+        assert_eq!(
+            auto_failover(&b, &[], &none, &r, 5_000, 2_000),
+            vec![Auto::Takeover {
+                home: "a".into(),
+                name: "s".into()
+            }]
+        );
+        assert!(auto_failover(&c, &[], &none, &r, 5_000, 2_000).is_empty());
+        // b lost too: c takes over.
+        let r = view(&[("a", false, 6_000), ("b", false, 6_000)]);
+        assert_eq!(auto_failover(&c, &[], &none, &r, 5_000, 2_000).len(), 1);
+        // a cut off from b and c for half the time: it stops first.
+        let delivering = vec![(
+            "a".to_string(),
+            "s".to_string(),
+            vec!["b".to_string(), "c".to_string()],
+        )];
+        let r = view(&[("b", false, 2_600), ("c", false, 2_600)]);
+        assert_eq!(
+            auto_failover(&a, &delivering, &none, &r, 5_000, 2_000),
+            vec![Auto::SelfFence { name: "s".into() }]
+        );
+        // Only one of them cut: it goes on.
+        let r = view(&[("b", false, 9_000)]);
+        assert!(auto_failover(&a, &delivering, &none, &r, 5_000, 2_000).is_empty());
+        // Back for long enough: deliver again (if no higher term fenced it meanwhile).
+        let fenced: BTreeSet<String> = ["s".to_string()].into();
+        let r = view(&[("b", true, 500), ("c", false, 9_000)]);
+        assert!(auto_failover(&a, &delivering, &fenced, &r, 5_000, 2_000).is_empty());
+        let r = view(&[("b", true, 2_500), ("c", false, 9_000)]);
+        assert_eq!(
+            auto_failover(&a, &delivering, &fenced, &r, 5_000, 2_000),
+            vec![Auto::Unfence { name: "s".into() }]
+        );
     }
 
     #[test]

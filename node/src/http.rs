@@ -647,7 +647,9 @@ async fn mesh_failover(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult<
         Some(Err(e)) => {
             let status = match e.code {
                 "unknown_subscription" => StatusCode::NOT_FOUND,
-                "already_active" | "subscription_conflict" => StatusCode::CONFLICT,
+                "already_active" | "subscription_conflict" | "not_caught_up" => {
+                    StatusCode::CONFLICT
+                }
                 "not_standby" | "deleted" => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };
