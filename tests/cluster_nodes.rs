@@ -653,14 +653,7 @@ async fn a_newer_epoch_and_a_lost_lease_stop_delivery() {
     let owned = |url: String| {
         let c = c.clone();
         async move {
-            let v: Value = c
-                .get(format!("{url}/v1/cluster"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let v = common::try_get_json(&c, &format!("{url}/v1/cluster")).await?;
             v["owned_groups"].as_array().map(Vec::len)
         }
     };

@@ -19,14 +19,7 @@ async fn dev_starts_a_connected_three_cluster_mesh() {
         "the first cluster's links connect",
         Duration::from_secs(20),
         || async {
-            let m: serde_json::Value = c
-                .get(dev.at("/v1/mesh"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let m = common::try_get_json(&c, &dev.at("/v1/mesh")).await?;
             let links = m["links"].as_array()?;
             (links.len() == 1 && links[0]["state"] == "connected").then_some(m)
         },

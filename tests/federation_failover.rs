@@ -59,14 +59,19 @@ async fn replica_position(c: &reqwest::Client, node: &common::Meshd, origin: &st
         .as_u64()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_takes_over_where_the_home_left_off_and_hands_back() {
-    let files = MeshFiles::new(&["a", "b"], &[("a", "b", 1)], &[]);
-    let c = common::client();
-    let mut a = files.start("a");
-    let b = files.start("b");
-    topic(&c, &a, "orders", 1).await;
-    wait_topic(&c, &b, "orders", 1).await;
+/// Clusters a and b (started with `args`), topic `orders` made in a with `partitions`
+/// partitions (the catalog makes it in b), pull subscription `s` in a with standby b, and
+/// a subscription in b so that b stores a's events (its copy is what it delivers from).
+async fn home_and_standby(
+    files: &MeshFiles,
+    c: &reqwest::Client,
+    args: &[&str],
+    partitions: u32,
+) -> (common::Meshd, common::Meshd) {
+    let a = files.start_args("a", args, None);
+    let b = files.start_args("b", args, None);
+    topic(c, &a, "orders", partitions).await;
+    wait_topic(c, &b, "orders", u64::from(partitions)).await;
     let r = c
         .post(a.at("/v1/subscriptions"))
         .json(&json!({
@@ -77,10 +82,17 @@ async fn a_standby_takes_over_where_the_home_left_off_and_hands_back() {
         .await
         .unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-    // The standby wants the topic too (its copy of the events is what it delivers from).
-    pull_subscription(&c, &b, "keep", "orders").await;
-    wait_connected(&c, &a, "b").await;
-    wait_interest(&c, &a, "b", "b", "orders").await;
+    pull_subscription(c, &b, "keep", "orders").await;
+    wait_connected(c, &a, "b").await;
+    wait_interest(c, &a, "b", "b", "orders").await;
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_where_the_home_left_off_and_hands_back() {
+    let files = MeshFiles::new(&["a", "b"], &[("a", "b", 1)], &[]);
+    let c = common::client();
+    let (mut a, b) = home_and_standby(&files, &c, &[], 1).await;
 
     let events: Vec<Value> = (0..200)
         .map(|i| event(&format!("e{i:04}"), "t", None, json!({ "i": i })))
@@ -185,23 +197,7 @@ async fn a_standby_takes_over_where_the_home_left_off_and_hands_back() {
 async fn a_standby_takes_over_by_itself_when_the_home_is_lost() {
     let files = MeshFiles::new(&["a", "b"], &[("a", "b", 1)], &[]);
     let c = common::client();
-    let mut a = files.start_args("a", &["--failover-after", "2s"], None);
-    let b = files.start_args("b", &["--failover-after", "2s"], None);
-    topic(&c, &a, "orders", 2).await;
-    wait_topic(&c, &b, "orders", 2).await;
-    let r = c
-        .post(a.at("/v1/subscriptions"))
-        .json(&json!({
-            "name": "s", "topic": "orders", "start": "earliest",
-            "sink": {"pull": {}}, "standby": ["b"],
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-    pull_subscription(&c, &b, "keep", "orders").await;
-    wait_connected(&c, &a, "b").await;
-    wait_interest(&c, &a, "b", "b", "orders").await;
+    let (mut a, b) = home_and_standby(&files, &c, &["--failover-after", "2s"], 2).await;
     // Keys spread the events over both partitions.
     let events: Vec<Value> = (0..100)
         .map(|i| {
@@ -240,14 +236,11 @@ async fn a_standby_takes_over_by_itself_when_the_home_is_lost() {
         Duration::from_secs(40),
         || async {
             // Until the takeover, s does not exist in b (404).
-            let r: Value = c
-                .get(b.at("/v1/subscriptions/s/events?max=100&wait=500ms&consumer=x"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let r = common::try_get_json(
+                &c,
+                &b.at("/v1/subscriptions/s/events?max=100&wait=500ms&consumer=x"),
+            )
+            .await?;
             let evs = r["events"].as_array()?.clone();
             (!evs.is_empty()).then_some(evs)
         },

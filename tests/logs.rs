@@ -462,14 +462,7 @@ async fn dev_keeps_its_keys_private_and_stops_quietly() {
     );
     let c = common::client();
     eventually("dev's links connect", Duration::from_secs(20), || async {
-        let m: Value = c
-            .get(dev.at("/v1/mesh"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let m = common::try_get_json(&c, &dev.at("/v1/mesh")).await?;
         let links = m["links"].as_array()?;
         (links.len() == 1 && links[0]["state"] == "connected").then_some(())
     })

@@ -1702,35 +1702,19 @@ impl SessionState {
         send: &mut quinn::SendStream,
     ) -> Result<(), String> {
         // The catalog first (all of it on a new connection, then what changed): topics
-        // are known on the other side before events or interest need them.
-        let (gen, changed) = {
-            let c = lock(&shared.catalog);
-            let gen = c.generation();
-            (
-                gen,
-                (gen > self.catalog_sent).then(|| c.changed_since(self.catalog_sent)),
-            )
-        };
-        if let Some(changed) = changed {
-            for chunk in changed.chunks(CATALOG_CHUNK) {
-                write_frame(send, stats, &Frame::Catalog(chunk.to_vec())).await?;
-            }
-            self.catalog_sent = gen;
-        }
-        let (gen, changed) = {
-            let r = lock(&shared.replicas);
-            let gen = r.generation();
-            (
-                gen,
-                (gen > self.replicas_sent).then(|| r.changed_since(self.replicas_sent)),
-            )
-        };
-        if let Some(changed) = changed {
-            for chunk in changed.chunks(CATALOG_CHUNK) {
-                write_frame(send, stats, &Frame::Subscriptions(chunk.to_vec())).await?;
-            }
-            self.replicas_sent = gen;
-        }
+        // are known on the other side before events or interest need them; then the
+        // subscription replicas.
+        let catalog = changes(&*lock(&shared.catalog), self.catalog_sent);
+        send_changes(send, stats, catalog, &mut self.catalog_sent, Frame::Catalog).await?;
+        let replicas = changes(&*lock(&shared.replicas), self.replicas_sent);
+        send_changes(
+            send,
+            stats,
+            replicas,
+            &mut self.replicas_sent,
+            Frame::Subscriptions,
+        )
+        .await?;
         let local = shared.local_interest();
         let topo = shared.topology();
         let down = lock(&shared.down).clone();
@@ -1824,8 +1808,58 @@ async fn restore_dedup(node: &Node, me: &str, capacity: usize) -> DedupWindow {
     window
 }
 
-/// Most catalog entries in one frame.
+/// Most catalog entries (or subscription replicas) in one frame.
 const CATALOG_CHUNK: usize = 1_000;
+
+/// A set gossiped to every neighbour by generation (the catalog, the replicas).
+trait Gossiped {
+    type Entry: Clone;
+    fn generation(&self) -> u64;
+    fn changed_since(&self, gen: u64) -> Vec<Self::Entry>;
+}
+
+impl Gossiped for Catalog {
+    type Entry = meshd_core::wire::CatalogEntry;
+    fn generation(&self) -> u64 {
+        Catalog::generation(self)
+    }
+    fn changed_since(&self, gen: u64) -> Vec<Self::Entry> {
+        Catalog::changed_since(self, gen)
+    }
+}
+
+impl Gossiped for Replicas {
+    type Entry = meshd_core::wire::SubReplica;
+    fn generation(&self) -> u64 {
+        Replicas::generation(self)
+    }
+    fn changed_since(&self, gen: u64) -> Vec<Self::Entry> {
+        Replicas::changed_since(self, gen)
+    }
+}
+
+/// The current generation and, if it moved past `sent`, what changed since.
+fn changes<G: Gossiped>(set: &G, sent: u64) -> (u64, Option<Vec<G::Entry>>) {
+    let gen = set.generation();
+    (gen, (gen > sent).then(|| set.changed_since(sent)))
+}
+
+/// Sends [`changes`] in frames of at most [`CATALOG_CHUNK`] entries and notes them sent.
+async fn send_changes<T: Clone>(
+    send: &mut quinn::SendStream,
+    stats: &LinkStats,
+    (gen, changed): (u64, Option<Vec<T>>),
+    sent: &mut u64,
+    frame: fn(Vec<T>) -> Frame,
+) -> Result<(), String> {
+    if let Some(changed) = changed {
+        for chunk in changed.chunks(CATALOG_CHUNK) {
+            write_frame(send, stats, &frame(chunk.to_vec())).await?;
+        }
+        *sent = gen;
+    }
+    Ok(())
+}
 
 /// Reads the persisted catalog.
 async fn restore_catalog(node: &Node, me: &str) -> Catalog {

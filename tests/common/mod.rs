@@ -376,6 +376,12 @@ pub async fn publish(c: &reqwest::Client, base: &str, topic: &str, events: &[Val
 }
 
 /// GET `url` and its JSON body (panics on a transport error or a body that is not JSON).
+/// `GET url` as JSON, `None` when the request fails or the body is not JSON (for polling
+/// something that may not be up yet).
+pub async fn try_get_json(c: &reqwest::Client, url: &str) -> Option<Value> {
+    c.get(url).send().await.ok()?.json().await.ok()
+}
+
 pub async fn get_json(c: &reqwest::Client, url: &str) -> Value {
     c.get(url).send().await.unwrap().json().await.unwrap()
 }
