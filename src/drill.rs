@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use meshd_chaos::cluster_drill::{self, ClusterDrillOptions, ClusterFault};
+use meshd_chaos::consumer_failover::{self, ConsumerFailoverOptions, TakeoverMode};
 use meshd_chaos::drill::{self, DrillOptions};
 use meshd_chaos::evacuate::{self, EvacuateOptions};
 use meshd_chaos::handoff::{self, StandInStart};
@@ -112,6 +113,36 @@ impl ClusterTarget {
 
 #[derive(Subcommand)]
 enum DrillCommand {
+    /// Crash the home cluster of a subscription with a standby (your kill command, e.g.
+    /// `kill -9` of its node), let the standby take it over, and count what its consumers
+    /// got: lost, duplicated, reordered, takeover time. Needs `--url HOME=URL` and
+    /// `--url STANDBY=URL` (the nodes that run the clusters' bridges).
+    ConsumerFailover {
+        /// The home cluster (one of the --url CLUSTER=URL).
+        #[arg(long)]
+        home: String,
+        /// The standby cluster (one of the --url CLUSTER=URL).
+        #[arg(long)]
+        standby: String,
+        /// Shell command that kills the home's node (not a drain), e.g. "kill -9 1234".
+        #[arg(long)]
+        kill: String,
+        /// Canaries in all (half before the crash, half after).
+        #[arg(long, default_value_t = 2_000)]
+        events: u64,
+        /// Canaries per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Partitions of the drill's topic.
+        #[arg(long, default_value_t = 2)]
+        partitions: u32,
+        /// `manual`: the drill asks the standby to take over; `auto`: the standby runs
+        /// with --failover-after and does it by itself.
+        #[arg(long, default_value = "manual", value_parser = ["manual", "auto"])]
+        takeover: String,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Pause replication both ways on the link between two clusters, then resume it.
     LinkPartition {
         /// The two clusters of the link.
@@ -260,6 +291,45 @@ async fn cluster_drill(
 /// Runs a drill.
 pub async fn run(global: &GlobalArgs, args: DrillArgs) -> anyhow::Result<()> {
     let (report, json) = match args.command {
+        DrillCommand::ConsumerFailover {
+            home,
+            standby,
+            kill,
+            events,
+            rate,
+            partitions,
+            takeover,
+            common,
+        } => {
+            let urls = cluster_urls(global)?;
+            let url_of = |c: &str| {
+                urls.get(c).cloned().ok_or_else(|| {
+                    UsageError(format!(
+                        "no --url {c}=URL: give the node URL of clusters {home} and {standby}"
+                    ))
+                })
+            };
+            let opts = ConsumerFailoverOptions {
+                home: (home.clone(), url_of(&home)?),
+                standby: (standby.clone(), url_of(&standby)?),
+                kill,
+                events,
+                keys: common.keys.max(1) as u64,
+                partitions: partitions.max(1),
+                rate,
+                takeover: if takeover == "auto" {
+                    TakeoverMode::Auto
+                } else {
+                    TakeoverMode::Manual
+                },
+                recovery_timeout: common.recovery_timeout,
+            };
+            eprintln!("drill consumer-failover: home {home}, standby {standby}");
+            let report = consumer_failover::consumer_failover(&opts)
+                .await
+                .context("drill consumer-failover")?;
+            (report, common.json || global.output == Output::Json)
+        }
         DrillCommand::LinkPartition {
             between,
             hold,

@@ -270,3 +270,55 @@ async fn a_standby_takes_over_by_itself_when_the_home_is_lost() {
     assert_eq!(r["active"], "b", "{m}");
     assert_eq!(r["term"], 1, "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_failover_drill_crashes_the_home_and_counts() {
+    let files = MeshFiles::new(&["a", "b"], &[("a", "b", 1)], &[]);
+    let c = common::client();
+    let a = files.start("a");
+    let b = files.start("b");
+    wait_connected(&c, &a, "b").await;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"));
+    cmd.args([
+        "--url",
+        &format!("a={}", a.url),
+        "--url",
+        &format!("b={}", b.url),
+        "drill",
+        "consumer-failover",
+        "--home",
+        "a",
+        "--standby",
+        "b",
+        "--kill",
+        &format!("kill -9 {}", a.pid()),
+        "--events",
+        "400",
+        "--rate",
+        "400",
+        "--json",
+        "--recovery-timeout",
+        "60s",
+    ])
+    .env("MESHD_LOG", "warn");
+    let report = meshd_chaos::drill::run_json_report(cmd)
+        .await
+        .expect("drill");
+    println!("{report}");
+    // a's node is gone for real (the drill's kill command).
+    assert!(
+        common::try_get_json(&c, &a.at("/healthz")).await.is_none(),
+        "a still answers"
+    );
+    assert_eq!(report.acknowledged, 400, "{report}");
+    assert_eq!(report.lost, 0, "{report}");
+    assert_eq!(report.reordered, 0, "{report}");
+    assert!(report.facts["takeover_ms"].is_u64(), "{report}");
+    assert!(report.recovery_ms.is_some(), "{report}");
+    let m = mesh(&c, &b).await;
+    let r = m["subscription_replicas"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["name"] == "meshd-drill-cf").cloned())
+        .expect("the drill's subscription is replicated");
+    assert_eq!(r["active"], "b", "{m}");
+}

@@ -15,6 +15,7 @@
 pub mod canary;
 pub mod checker;
 pub mod cluster_drill;
+pub mod consumer_failover;
 pub mod control_plane;
 pub mod drill;
 pub mod emu;
