@@ -189,6 +189,18 @@ async fn idle_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
     sock.connect(to).await.unwrap()
 }
 
+/// The node's `meshd_node_open_connections`, asked on a connection of its own (closed after).
+async fn open_connections(to: SocketAddr) -> Option<i64> {
+    let mut s = TcpStream::connect(to).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let text = read_to_close(&mut s, Duration::from_secs(5)).await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("meshd_node_open_connections "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// A connection the server must refuse: it answers 503 at once and closes.
 async fn assert_refused(mut s: TcpStream, what: &str) {
     let answer = read_to_close(&mut s, Duration::from_secs(10))
@@ -215,8 +227,15 @@ async fn connections_over_the_limits_are_refused_and_counted() {
     let c = client();
     create_topic(&c, &n.url).await;
     let to = addr(&n.url);
-    // The test client's own pooled connection would count too: let it go first.
+    // The test client's own pooled connection would count too: let it go, and wait until
+    // the node has seen it close (only the one asking is open then).
     drop(c);
+    common::eventually(
+        "the test client's connection closed at the node",
+        Duration::from_secs(10),
+        || async { (open_connections(to).await == Some(1)).then_some(()) },
+    )
+    .await;
     let mut flood = Vec::new();
     for _ in 0..10 {
         flood.push(idle_from([127, 0, 0, 1], to).await);
