@@ -545,19 +545,8 @@ fn user_errors_are_one_line_without_a_backtrace() {
 
 fn tokens(dir: &Path, scopes: &str) -> (std::path::PathBuf, String) {
     let file = dir.join("tokens.json");
-    let out = ok(
-        &[
-            "proxy",
-            "token",
-            "create",
-            "--scopes",
-            scopes,
-            "--file",
-            file.to_str().unwrap(),
-        ],
-        &[],
-    );
-    (file, out.trim().to_string())
+    let token = create_token(&file, scopes);
+    (file, token)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,21 +10,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-fn create_token(file: &Path, scopes: &str) -> String {
-    let (ok, out, err) = cli(&[
-        "proxy",
-        "token",
-        "create",
-        "--scopes",
-        scopes,
-        "--file",
-        file.to_str().unwrap(),
-    ]);
-    assert!(ok, "token create failed: {err}");
-    assert!(out.starts_with("mshd_"), "{out}");
-    out
-}
-
 async fn publish_status(
     c: &reqwest::Client,
     base: &str,

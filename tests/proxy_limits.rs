@@ -7,29 +7,10 @@ mod common;
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-
-fn create_token(file: &Path, scopes: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshd"))
-        .args([
-            "proxy",
-            "token",
-            "create",
-            "--scopes",
-            scopes,
-            "--file",
-            file.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 async fn publish_one(c: &reqwest::Client, base: &str, token: Option<&str>) -> reqwest::Response {
     let mut r = c

@@ -15,7 +15,6 @@
 mod cluster_support;
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cluster_support::{etcd_arg, proxy_with};
@@ -24,20 +23,6 @@ use meshd_scheduler::registry::testing::EtcdServer;
 use serde_json::{json, Value};
 
 const CLUSTER: &str = "region";
-
-fn create_in_file(file: &Path, scopes: &str) -> String {
-    let (ok, out, err) = cli(&[
-        "proxy",
-        "token",
-        "create",
-        "--scopes",
-        scopes,
-        "--file",
-        file.to_str().expect("utf-8"),
-    ]);
-    assert!(ok && out.starts_with("mshd_"), "token create failed: {err}");
-    out
-}
 
 /// The status of `GET /v1/topics/t` with `token`: 401 when the proxy does not accept the
 /// token, the node's answer (200) when it does.
@@ -86,7 +71,7 @@ async fn tokens_of_a_region_live_in_etcd() {
     let mut etcd = EtcdServer::start().await.expect("etcd");
     let d = tempfile::tempdir().expect("tempdir");
     let file = d.path().join("tokens.json");
-    let admin = create_in_file(&file, "cluster-admin,admin:*");
+    let admin = create_token(&file, "cluster-admin,admin:*");
     let node = Meshd::start(&d.path().join("n1"), &[]);
     let c = client();
     create_topic(&c, &node.url, "t", json!({})).await;
@@ -420,7 +405,7 @@ async fn tokens_of_a_region_live_in_etcd() {
 fn a_proxy_without_etcd_does_not_start() {
     let d = tempfile::tempdir().expect("tempdir");
     let file = d.path().join("tokens.json");
-    create_in_file(&file, "cluster-admin");
+    create_token(&file, "cluster-admin");
     let dead = format!("etcd://127.0.0.1:{}", cluster_support::free_port());
     let started = Instant::now();
     let (ok, _, err) = cli(&[

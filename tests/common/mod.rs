@@ -206,6 +206,23 @@ pub fn cli(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Creates a token with `scopes` in the proxy tokens file `file` (`meshd proxy token
+/// create`) and returns its secret.
+pub fn create_token(file: &std::path::Path, scopes: &str) -> String {
+    let (ok, out, err) = cli(&[
+        "proxy",
+        "token",
+        "create",
+        "--scopes",
+        scopes,
+        "--file",
+        file.to_str().expect("utf-8 path"),
+    ]);
+    assert!(ok, "token create failed: {err}");
+    assert!(out.starts_with("mshd_"), "{out}");
+    out
+}
+
 /// Polls `f` until it yields `Some`, or panics after `timeout` naming `what`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
