@@ -133,18 +133,8 @@ async fn the_documented_region_delivers_every_acknowledged_event_and_survives_a_
     let data = dir.path().join("region");
     let cfg = dir.path().join("cluster.toml");
     std::fs::write(&cfg, documented_region(&data)).expect("write config");
-    let mut up = Meshd::spawn(
-        &["cluster", "up", "--config", cfg.to_str().expect("utf-8")],
-        dir.path(),
-    );
-    let lines = eventually("the region is up", Duration::from_secs(120), || {
-        let lines = up.stdout.lock().expect("lines").clone();
-        async move {
-            lines
-                .iter()
-                .any(|l| l == "cluster eu-west up")
-                .then_some(lines)
-        }
+    let (mut up, lines) = common::cluster_up(&cfg, dir.path(), Duration::from_secs(120), |l| {
+        l == "cluster eu-west up"
     })
     .await;
     let store = lines_with(&lines, "cluster eu-west store pulsar://");

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, eventually, Meshd, Sink};
+use common::{client, eventually, Sink};
 use serde_json::json;
 
 fn config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
@@ -59,18 +59,8 @@ no_auth = true
             data.display()
         ),
     );
-    let mut up = Meshd::spawn(
-        &["cluster", "up", "--config", cfg.to_str().expect("utf-8")],
-        dir.path(),
-    );
-    let lines = eventually("the region is up", Duration::from_secs(60), || {
-        let lines = up.stdout.lock().expect("lines").clone();
-        async move {
-            lines
-                .iter()
-                .any(|l| l == "cluster up-it up")
-                .then_some(lines)
-        }
+    let (mut up, lines) = common::cluster_up(&cfg, dir.path(), Duration::from_secs(60), |l| {
+        l == "cluster up-it up"
     })
     .await;
     let proxy = line_value(&lines, "cluster up-it proxy proxy-1 ").expect("proxy line");
@@ -301,18 +291,8 @@ no_auth = true
             data.display()
         ),
     );
-    let mut up = Meshd::spawn(
-        &["cluster", "up", "--config", cfg.to_str().expect("utf-8")],
-        dir.path(),
-    );
-    let lines = eventually("the region is up", Duration::from_secs(60), || {
-        let lines = up.stdout.lock().expect("lines").clone();
-        async move {
-            lines
-                .iter()
-                .any(|l| l.starts_with("proxy") && l.contains("proxy-1"))
-                .then_some(lines)
-        }
+    let (mut up, lines) = common::cluster_up(&cfg, dir.path(), Duration::from_secs(60), |l| {
+        l.starts_with("proxy") && l.contains("proxy-1")
     })
     .await;
     // The status table after `up`: a header and one running row per child.

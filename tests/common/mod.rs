@@ -206,6 +206,28 @@ pub fn cli(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Starts `meshd cluster up --config CFG` in `dir` and waits (up to `timeout`) until one
+/// line of its standard output satisfies `ready`; returns the process and its lines so far.
+pub async fn cluster_up(
+    cfg: &std::path::Path,
+    dir: &std::path::Path,
+    timeout: Duration,
+    ready: impl Fn(&str) -> bool,
+) -> (Meshd, Vec<String>) {
+    let up = Meshd::spawn(
+        &["cluster", "up", "--config", cfg.to_str().expect("utf-8")],
+        dir,
+    );
+    let out = up.stdout.clone();
+    let lines = eventually("the region is up", timeout, || {
+        let lines = out.lock().expect("lines").clone();
+        let done = lines.iter().any(|l| ready(l));
+        async move { done.then_some(lines) }
+    })
+    .await;
+    (up, lines)
+}
+
 /// Creates a token with `scopes` in the proxy tokens file `file` (`meshd proxy token
 /// create`) and returns its secret.
 pub fn create_token(file: &std::path::Path, scopes: &str) -> String {
