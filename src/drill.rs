@@ -170,6 +170,11 @@ enum DrillCommand {
         /// The node id to drain.
         #[arg(long)]
         node: Option<String>,
+        /// Crash the node instead of draining it: this shell command kills it for real
+        /// (`{node}` is replaced by its id), e.g. `kill -9 PID` of the process `meshd
+        /// cluster up` supervises (its status table has the pids; it restarts the node).
+        #[arg(long, value_name = "COMMAND")]
+        crash: Option<String>,
         #[command(flatten)]
         target: ClusterTarget,
     },
@@ -384,8 +389,15 @@ pub async fn run(global: &GlobalArgs, args: DrillArgs) -> anyhow::Result<()> {
         DrillCommand::NodeFailover {
             cluster,
             node,
+            crash,
             target,
-        } => cluster_drill(global, &cluster, &target, ClusterFault::NodeDrain(node)).await?,
+        } => {
+            let fault = match crash {
+                Some(kill) => ClusterFault::NodeCrash { node, kill },
+                None => ClusterFault::NodeDrain(node),
+            };
+            cluster_drill(global, &cluster, &target, fault).await?
+        }
         DrillCommand::ProxyFailover {
             cluster,
             target_proxy,

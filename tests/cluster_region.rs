@@ -260,48 +260,74 @@ async fn the_documented_region_delivers_every_acknowledged_event_and_survives_a_
         );
     }
 
-    // The drill on the documented region: nothing lost.
-    let mut args: Vec<String> = ["drill", "node-failover", "--cluster", "eu-west"]
+    // The drill on the documented region: nothing lost, with a drain and with a real
+    // crash (kill -9 of the canary group's node, restarted by cluster up's supervisor).
+    let pids: Vec<(String, String)> = up
+        .stdout
+        .lock()
+        .expect("lines")
         .iter()
-        .map(|s| s.to_string())
+        .filter_map(|l| {
+            let rest = l.strip_prefix("child node ")?;
+            let (id, pid) = rest.split_once(" pid ")?;
+            Some((id.to_string(), pid.split(' ').next()?.to_string()))
+        })
         .collect();
-    for p in &proxies {
-        args.extend(["--proxy".into(), p.clone()]);
-    }
-    for (id, url) in &nodes {
-        args.extend(["--node-url".into(), format!("{id}={url}")]);
-    }
-    args.extend(["--scheduler".into(), schedulers[0].clone()]);
-    args.extend(
-        [
-            "--token",
-            &token,
-            "--hold",
-            "2s",
-            "--recovery-timeout",
-            "60s",
-            "--json",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
+    assert_eq!(pids.len(), 3, "child pid lines");
+    let crash = format!(
+        "case {{node}} in {} esac",
+        pids.iter()
+            .map(|(id, pid)| format!("{id}) kill -9 {pid};;"))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_meshd"))
-            .args(&args)
-            .env("MESHD_LOG", "warn")
-            .output()
-            .expect("run meshd drill")
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let report: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    let text = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.status.code(), Some(0), "drill failed: {text}");
-    assert_eq!(report["lost"], 0, "{text}");
-    assert_eq!(report["reordered"], 0, "{text}");
-    assert!(report["acknowledged"].as_u64().unwrap_or(0) >= 10, "{text}");
-    eprintln!("node-failover on the documented region: {stdout}");
+    for variant in [None, Some(crash)] {
+        let mut args: Vec<String> = ["drill", "node-failover", "--cluster", "eu-west"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for p in &proxies {
+            args.extend(["--proxy".into(), p.clone()]);
+        }
+        for (id, url) in &nodes {
+            args.extend(["--node-url".into(), format!("{id}={url}")]);
+        }
+        args.extend(["--scheduler".into(), schedulers[0].clone()]);
+        args.extend(
+            [
+                "--token",
+                &token,
+                "--hold",
+                "2s",
+                "--recovery-timeout",
+                "60s",
+                "--json",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        let kind = if variant.is_some() { "crash" } else { "drain" };
+        if let Some(cmd) = variant {
+            args.extend(["--crash".into(), cmd]);
+        }
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_meshd"))
+                .args(&args)
+                .env("MESHD_LOG", "warn")
+                .output()
+                .expect("run meshd drill")
+        })
+        .await
+        .expect("join");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let report: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+        let text = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "{kind} drill failed: {text}");
+        assert_eq!(report["lost"], 0, "{kind}: {text}");
+        assert_eq!(report["reordered"], 0, "{kind}: {text}");
+        assert!(report["acknowledged"].as_u64().unwrap_or(0) >= 10, "{text}");
+        eprintln!("node-failover ({kind}) on the documented region: {stdout}");
+    }
 
     assert!(up.terminate(), "cluster up exits cleanly on SIGTERM");
 }

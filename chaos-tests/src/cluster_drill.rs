@@ -36,6 +36,15 @@ use crate::{http, ChaosError};
 pub enum ClusterFault {
     /// Drain a runtime node (by id; default: the node running the canary group).
     NodeDrain(Option<String>),
+    /// Crash a runtime node for real: run `kill` with `sh -c` (`{node}` in it is replaced
+    /// by the node's id), e.g. `kill -9` of the process its supervisor (`meshd cluster
+    /// up`) restarts. Detection is its lease expiring, not a hand-over.
+    NodeCrash {
+        /// The node id (default: the node running the canary group).
+        node: Option<String>,
+        /// The kill command.
+        kill: String,
+    },
     /// Drain a proxy (by URL; default: the first one given).
     ProxyDrain(Option<String>),
     /// Make the scheduler leader step down.
@@ -46,7 +55,7 @@ impl ClusterFault {
     /// The drill's name.
     pub fn name(&self) -> &'static str {
         match self {
-            ClusterFault::NodeDrain(_) => "node-failover",
+            ClusterFault::NodeDrain(_) | ClusterFault::NodeCrash { .. } => "node-failover",
             ClusterFault::ProxyDrain(_) => "proxy-failover",
             ClusterFault::SchedulerStepDown => "scheduler-failover",
         }
@@ -267,7 +276,7 @@ pub async fn run(
     }
     // What the fault needs.
     match &fault {
-        ClusterFault::NodeDrain(_) if o.nodes.len() < 2 => {
+        ClusterFault::NodeDrain(_) | ClusterFault::NodeCrash { .. } if o.nodes.len() < 2 => {
             return Err(ChaosError::Drill(
                 "node-failover needs at least two nodes (--node-url ID=URL each)".into(),
             ))
@@ -359,7 +368,7 @@ pub async fn run(
         }
     }
     let target_node = match &fault {
-        ClusterFault::NodeDrain(n) => {
+        ClusterFault::NodeDrain(n) | ClusterFault::NodeCrash { node: n, .. } => {
             let t = n.clone().or_else(|| owner.clone());
             match t {
                 Some(t) if o.nodes.contains_key(&t) => Some(t),
@@ -637,8 +646,25 @@ async fn restore(
     node: Option<&str>,
     proxy: Option<&str>,
 ) -> Result<(), ChaosError> {
+    if let ClusterFault::NodeCrash { .. } = fault {
+        // Nothing to undo: its supervisor restarts it; wait for that a while.
+        let Some(url) = node.and_then(|n| o.nodes.get(n)) else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while status_of(c, &format!("{url}/readyz")).await != Some(200) {
+            if Instant::now() > deadline {
+                eprintln!("note: the crashed node {url} was not restarted within 60 s (is it supervised?)");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        return Ok(());
+    }
     let url = match fault {
-        ClusterFault::NodeDrain(_) => node.and_then(|n| o.nodes.get(n)).cloned(),
+        ClusterFault::NodeDrain(_) | ClusterFault::NodeCrash { .. } => {
+            node.and_then(|n| o.nodes.get(n)).cloned()
+        }
         ClusterFault::ProxyDrain(_) => proxy.map(str::to_string),
         ClusterFault::SchedulerStepDown => None,
     };
@@ -669,14 +695,63 @@ async fn inject_and_watch(
 ) -> Result<(), ChaosError> {
     let deadline = injected + o.detect_timeout;
     match fault {
-        ClusterFault::NodeDrain(_) => {
+        ClusterFault::NodeDrain(_) | ClusterFault::NodeCrash { .. } => {
             let node = node.unwrap_or_default();
             let url = o.nodes.get(node).cloned().unwrap_or_default();
             obs.facts.insert("target".into(), json!(node));
-            post_admin(c, &format!("{url}/v1/admin/drain")).await?;
-            if status_of(c, &format!("{url}/readyz")).await == Some(503) {
-                obs.facts
-                    .insert("target_readyz_while_draining".into(), json!(503));
+            if let ClusterFault::NodeCrash { kill, .. } = fault {
+                let cmd = kill.replace("{node}", node);
+                obs.facts.insert("crash".into(), json!(cmd));
+                let status = tokio::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(&cmd)
+                    .status()
+                    .await
+                    .map_err(|e| ChaosError::Io(format!("running {cmd:?}: {e}")))?;
+                if !status.success() {
+                    return Err(ChaosError::Drill(format!(
+                        "the crash command {cmd:?} failed: {status}"
+                    )));
+                }
+                // The crashed node may come back under its id (its supervisor restarts it)
+                // before another node takes the group: the fault is over when canaries are
+                // delivered again, by whichever node.
+                let counts = || -> BTreeMap<String, u64> {
+                    recorder
+                        .served_by
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .map(|(n, (c, _))| (n.clone(), *c))
+                        .collect()
+                };
+                let before = counts();
+                loop {
+                    let grown = counts()
+                        .into_iter()
+                        .find(|(n, c)| *c > before.get(n).copied().unwrap_or(0));
+                    if let Some((n, _)) = grown {
+                        obs.detection = Some(injected.elapsed());
+                        obs.recovery = Some(injected.elapsed());
+                        obs.facts.insert("served_after_crash_by".into(), json!(n));
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        obs.notes.push(format!(
+                            "no canary was delivered within {:?} of the crash",
+                            o.detect_timeout
+                        ));
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                return Ok(());
+            } else {
+                post_admin(c, &format!("{url}/v1/admin/drain")).await?;
+                if status_of(c, &format!("{url}/readyz")).await == Some(503) {
+                    obs.facts
+                        .insert("target_readyz_while_draining".into(), json!(503));
+                }
             }
             // Detection: the group is placed on another node.
             let moved_to = loop {
