@@ -211,12 +211,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         args.data_dir.display()
     );
     crate::shutdown_signal().await;
+    // The bridges stop while the stores are still open (they write their last marks).
+    for b in bridges {
+        b.shutdown().await;
+    }
     let _ = stop_tx.send(true);
     for s in servers {
         s.await.context("node task")??;
-    }
-    for b in bridges {
-        b.shutdown().await;
     }
     Ok(())
 }

@@ -471,6 +471,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         args.cluster, args.node_id
     );
     let leaving = member.clone();
+    let stopping_bridge = bridge.clone();
     let (conflict_tx, conflict_rx) = tokio::sync::oneshot::channel();
     let shutdown = async move {
         let conflict = async {
@@ -489,11 +490,12 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         if let Some(m) = leaving {
             m.leave().await;
         }
+        // The bridge stops while the store is still open (it writes its last marks).
+        if let Some(b) = stopping_bridge {
+            b.shutdown().await;
+        }
     };
     node.serve(listener, shutdown).await?;
-    if let Some(b) = bridge {
-        b.shutdown().await;
-    }
     if let Ok(conflict) = conflict_rx.await {
         return Err(conflict.into());
     }

@@ -1890,6 +1890,9 @@ async fn catalog_loop(shared: Arc<Shared>, mut actions: mpsc::UnboundedReceiver<
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                if shared.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
                 let local: BTreeMap<String, TopicConfig> = match shared.node.store.list_topics().await {
                     Ok(t) => t.into_iter().collect(),
                     Err(e) => {
@@ -2014,6 +2017,9 @@ async fn replica_loop(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<R
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                if shared.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
                 let _gate = shared.replica_gate.lock().await;
                 if first {
                     first = false;
@@ -2503,6 +2509,9 @@ async fn persist_loop(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
         persist_marks(&shared).await;
     }
 }
