@@ -511,7 +511,10 @@ async fn kill9_the_owner_and_a_proxy_during_a_storm_loses_no_acknowledged_event(
     };
     let e2e = ack_to_push(&|a| a.at < killed);
     let e2e_after = ack_to_push(&|a| a.at > first_at);
-    let tailer_late = log_lines(dir.path(), "append acknowledged before the tailer saw it");
+    let tailer_late = log_lines(
+        dir.path(),
+        "did not deliver the records before this store's own",
+    );
     let out_of_order = log_lines(dir.path(), "record delivered out of order");
     let mut lat = book.latencies.lock().expect("lat").clone();
     lat.sort();
@@ -524,7 +527,7 @@ async fn kill9_the_owner_and_a_proxy_during_a_storm_loses_no_acknowledged_event(
          (redelivered_by_new_owner={redelivered}, other={}) victim_pushes_last_1s={victim_last_second} \
          failover={failover:?} (new owner {new_owner}) drain_after_stop={drain_time:?} \
          publish_retries={} proxy_switches={} publish_latency p50={:?} p99={:?} max={:?} \
-         acked_at_node_kill={acked_at_kill} tailer_late_appends={tailer_late} \
+         acked_at_node_kill={acked_at_kill} tailer_late_reads={tailer_late} \
          tail_cache_restarts={out_of_order} proxy_killed_after_node={:?} reorders={} ack_to_push before_kill p50={:?} p99={:?} max={:?} \
          after_takeover p50={:?} p99={:?} max={:?} total={:?}",
         acked.len(),

@@ -39,3 +39,5 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+pub mod meshd;

@@ -325,13 +325,13 @@ async fn tailers_recover_after_a_broker_restart() {
 
 /// Three stores, twelve writers appending 100-record batches over four partitions for
 /// a few seconds (the storm's batch load). Every appended record is readable from every
-/// store; the slowest append is printed. Ignored: under this load pulsar-lite dispatches
-/// to tailers slower than writers append and answers new subscriptions late, so some
-/// appends still wait the whole operation timeout for their own tailer (docs/pulsar.md,
-/// "Tailer stalls"); run with
+/// store; the slowest append is printed. Ignored: it is a load measurement (appends no
+/// longer wait for tailers, but under this load pulsar-lite dispatches to tailers slower
+/// than writers append, which the reads here wait for; docs/pulsar.md, "Tailer
+/// stalls"); run with
 /// `cargo test -p meshd-node --test store_pulsar_multi batch_load -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measures the remaining tailer stall under batch load; run on demand"]
+#[ignore = "a load measurement (batch appends from three stores); run on demand"]
 async fn batch_load_appends_and_reads_back() {
     let broker = Broker::start();
     let mut stores = Vec::new();

@@ -14,20 +14,22 @@
 //! store assigns them: offsets increase within a partition but may be sparse.
 //!
 //! Memory is bounded: per partition a background task tails the Pulsar topic (our own
-//! consumer, [`reader`]) and keeps the last records in a tail cache of at most
+//! consumer, [`reader`]) and keeps the last records in a tail cache (`cache`) of at most
 //! [`PulsarConfig::cache_max_records`] / [`PulsarConfig::cache_max_bytes`]; it moves
-//! `watch_end` whenever any store appends. Reads at or above the cache's base are served
+//! `watch_end` whenever another store appends. Reads at or above the cache's base are served
 //! from it; reads below open a reader on the broker at the right message id. A second
 //! task tails the metadata topic, so topics, offsets, retention starts and metadata
 //! written by any store become visible to all (broker order decides; the first creation
 //! of a topic name wins until it is deleted).
 //!
-//! Writes are acknowledged after the broker's receipts *and* after this store's tailer
-//! has seen them (read-your-writes). Writes fail with [`StoreError::Unavailable`] within
+//! Appends are acknowledged from the broker's send receipts: each receipt carries the
+//! message id (the offset), and the record enters this store's tail cache right away, or
+//! once the tailer delivered what other stores wrote before it (read-your-writes without
+//! waiting for the tailer; `cache` has the rules). Writes fail with [`StoreError::Unavailable`] within
 //! [`PulsarConfig::op_timeout`] when the broker is away; reads of the cached tail keep
 //! working. docs/pulsar.md has the design, what is guaranteed and the limits.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -43,10 +45,12 @@ use super::{
     RetentionReport, StoreError, StoredRecord, Verdict,
 };
 
+mod cache;
 pub mod codec;
 pub mod mapping;
 pub mod reader;
 
+use cache::{Cache, Tailed};
 use reader::{RawMessage, Start, Subscription, Target};
 
 /// Where and how to reach Pulsar.
@@ -150,26 +154,54 @@ pub struct CacheStats {
     pub bytes: usize,
     /// Every record at or above this offset (and below `end`) is in the cache.
     pub base: u64,
-    /// The partition's end as this store knows it.
+    /// Every record below this offset was seen (by the tailer or from this store's own
+    /// receipts).
     pub end: u64,
-}
-
-struct Cache {
-    base: u64,
-    end: u64,
-    records: VecDeque<StoredRecord>,
-    bytes: usize,
+    /// This store's own acknowledged records above `end`, waiting for the tailer to
+    /// deliver what other stores wrote before them.
+    pub pending: usize,
 }
 
 struct Part {
     cache: Mutex<Cache>,
-    /// The highest offset an append of this store waits to see (its tailer nudges the
-    /// broker while it is behind it).
+    /// One past the highest own acknowledged record the tailer had not reached (0:
+    /// none); the tailer nudges the broker while its end is below it.
     wanted: std::sync::atomic::AtomicU64,
+    /// The visible end ([`Cache::visible_end`]): what `watch_end` shows.
     end_tx: watch::Sender<u64>,
+    /// The cache's complete end ([`Cache::end`]): reads waiting for the tailer wait on it.
+    complete_tx: watch::Sender<u64>,
     ready: watch::Sender<bool>,
     /// The first offset of this incarnation (see [`TopicRecord::first`]).
     first: u64,
+}
+
+impl Part {
+    /// Tells watchers and waiting reads what changed in `c` (call with the lock held, so
+    /// updates are sent in order).
+    fn publish(&self, c: &Cache) {
+        let (visible, complete) = (c.visible_end(), c.end);
+        self.end_tx
+            .send_if_modified(|e| std::mem::replace(e, visible) != visible);
+        self.complete_tx
+            .send_if_modified(|e| std::mem::replace(e, complete) != complete);
+    }
+
+    /// Whether the tailer has not reached an own record yet.
+    fn behind(&self) -> bool {
+        lock(&self.cache).end < self.wanted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The broker acknowledged one of this store's records.
+    fn acknowledged(&self, record: StoredRecord) {
+        let offset = record.offset;
+        let mut c = lock(&self.cache);
+        if !c.acknowledged(record) {
+            self.wanted
+                .fetch_max(offset + 1, std::sync::atomic::Ordering::AcqRel);
+        }
+        self.publish(&c);
+    }
 }
 
 struct TopicState {
@@ -177,8 +209,10 @@ struct TopicState {
     config: TopicConfig,
     incarnation: String,
     parts: Vec<Arc<Part>>,
-    /// Held for the whole of an append: one producer per partition, messages in order.
-    producers: tokio::sync::Mutex<Vec<Option<Producer<TokioExecutor>>>>,
+    /// One producer per partition, created on first use. An append holds a partition's
+    /// lock only while it queues its records for that partition (so they stay in call
+    /// order), not while it waits for their receipts: appends pipeline.
+    producers: Vec<tokio::sync::Mutex<Option<Producer<TokioExecutor>>>>,
     tailers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -368,13 +402,13 @@ impl Shared {
                 let first = rec.first.get(p).copied().unwrap_or(0);
                 Arc::new(Part {
                     wanted: std::sync::atomic::AtomicU64::new(0),
-                    cache: Mutex::new(Cache {
-                        base: first,
-                        end: first,
-                        records: VecDeque::new(),
-                        bytes: 0,
-                    }),
+                    cache: Mutex::new(Cache::new(
+                        first,
+                        self.cfg.cache_max_records,
+                        self.cfg.cache_max_bytes,
+                    )),
                     end_tx: watch::channel(first).0,
+                    complete_tx: watch::channel(first).0,
                     ready: watch::channel(false).0,
                     first,
                 })
@@ -385,7 +419,7 @@ impl Shared {
             config: rec.config,
             incarnation: rec.incarnation,
             parts,
-            producers: tokio::sync::Mutex::new((0..n).map(|_| None).collect()),
+            producers: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
             tailers: Mutex::new(Vec::new()),
         }
     }
@@ -536,7 +570,8 @@ fn end_after(topic: &str, last: Option<(u64, u64)>) -> Result<u64, StoreError> {
     }
 }
 
-/// How long a tailer waits for a message before checking whether an append waits for it.
+/// How long a tailer waits for a message before checking whether an own acknowledged
+/// record waits for it (a read of this store would wait for it).
 const NUDGE_AFTER: Duration = Duration::from_millis(20);
 /// How long a tailer stays behind an awaited record, despite nudges, before it
 /// subscribes again.
@@ -544,7 +579,7 @@ const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(200);
 /// How long a tailer may keep receiving records and still be behind an awaited record
 /// before it subscribes again at the end: under load pulsar-lite dispatches to a tailer
 /// slower than writers append, so the tailer falls further behind while never idle, and
-/// an append waiting for it would wait for the whole operation timeout.
+/// a read waiting for it would wait for the whole operation timeout.
 const LAGGING_RESUBSCRIBE_AFTER: Duration = Duration::from_millis(500);
 
 fn spawn_tailers(shared: &Arc<Shared>, t: &Arc<TopicState>) {
@@ -575,7 +610,6 @@ async fn tail_partition(
     loop {
         let Some(sh) = shared.upgrade() else { return };
         let name = sh.cfg.partition_topic(&topic, partition);
-        let (max_records, max_bytes) = (sh.cfg.cache_max_records, sh.cfg.cache_max_bytes);
         let opened = async {
             let mut s = sh.subscribe(&name, Start::Latest).await?;
             let last = s
@@ -598,23 +632,15 @@ async fn tail_partition(
         backoff = Duration::from_millis(50);
         {
             let mut c = lock(&part.cache);
-            if end > c.end {
-                c.end = end;
-                c.records.clear();
-                c.bytes = 0;
-                c.base = end;
-            }
-            let end = c.end;
-            part.end_tx
-                .send_if_modified(|e| std::mem::replace(e, end) != end);
+            c.restart_at(end);
+            part.publish(&c);
         }
         part.ready.send_replace(true);
         let mut idle = Duration::ZERO;
         let mut behind_for = Duration::ZERO;
         let mut behind_since: Option<std::time::Instant> = None;
         loop {
-            let behind =
-                lock(&part.cache).end <= part.wanted.load(std::sync::atomic::Ordering::Acquire);
+            let behind = part.behind();
             if !behind {
                 behind_since = None;
             } else if behind_since.is_none() {
@@ -623,7 +649,7 @@ async fn tail_partition(
             if behind_since.is_some_and(|t| t.elapsed() >= LAGGING_RESUBSCRIBE_AFTER) {
                 // The cache restarts at the new end, which covers the awaited record;
                 // what is skipped is read from the broker when asked for.
-                tracing::debug!(topic = %topic, partition, "tailer lagging behind an append; resubscribing");
+                tracing::debug!(topic = %topic, partition, "tailer lagging behind an own record; resubscribing");
                 break;
             }
             let m = match sub.next_message(Some(NUDGE_AFTER)).await {
@@ -634,10 +660,9 @@ async fn tail_partition(
                 }
                 Err(reader::ReadError::Timeout) => {
                     idle += NUDGE_AFTER;
-                    let behind = lock(&part.cache).end
-                        <= part.wanted.load(std::sync::atomic::Ordering::Acquire);
+                    let behind = part.behind();
                     // pulsar-lite sometimes does not dispatch new entries to a caught-up
-                    // consumer: when one of our appends waits for a record we have not
+                    // consumer: when one of our own records waits for what we have not
                     // received, a FLOW makes the broker dispatch again.
                     if behind {
                         behind_for += NUDGE_AFTER;
@@ -673,44 +698,28 @@ async fn tail_partition(
                 tracing::error!(topic = %topic, partition, id = ?m.id, "message id does not fit in an offset; skipped");
                 continue;
             };
-            let record = match decode_record(&m, &incarnation, partition, offset) {
-                Ok(Some(r)) => r,
-                Ok(None) => continue,
-                Err(reason) => {
-                    tracing::warn!(topic = %topic, partition, offset, %reason, "undecodable message skipped");
+            // Own records are in the cache already (from their receipts): only what
+            // other stores wrote is decoded.
+            let verdict = lock(&part.cache).tailed(offset);
+            match verdict {
+                Tailed::Known => continue,
+                Tailed::Hole => {
+                    tracing::warn!(topic = %topic, partition, offset, "record delivered out of order; tail cache restarted");
                     continue;
                 }
-            };
-            let mut c = lock(&part.cache);
-            if offset < c.end {
-                // Published between our subscription and its last-id answer (below the
-                // cache, read from the broker when asked for), or delivered twice. A
-                // record inside the cached range that the cache lacks would be a hole:
-                // the cache then restarts at its end.
-                let hole = offset >= c.base
-                    && c.records
-                        .binary_search_by_key(&offset, |r| r.offset)
-                        .is_err();
-                if hole {
-                    tracing::warn!(topic = %topic, partition, offset, "record delivered out of order; tail cache restarted");
-                    c.records.clear();
-                    c.bytes = 0;
-                    c.base = c.end;
-                }
-                continue;
-            }
-            c.bytes += record.payload.len();
-            c.records.push_back(record);
-            c.end = offset + 1;
-            while c.records.len() > max_records || (c.bytes > max_bytes && !c.records.is_empty()) {
-                if let Some(r) = c.records.pop_front() {
-                    c.bytes -= r.payload.len();
-                    c.base = r.offset + 1;
+                Tailed::Taken => {}
+                Tailed::Decode => {
+                    let record = match decode_record(&m, &incarnation, partition, offset) {
+                        Ok(r) => r,
+                        Err(reason) => {
+                            tracing::warn!(topic = %topic, partition, offset, %reason, "undecodable message skipped");
+                            None
+                        }
+                    };
+                    lock(&part.cache).insert_tailed(offset, record);
                 }
             }
-            let end = c.end;
-            drop(c);
-            part.end_tx.send_replace(end);
+            part.publish(&lock(&part.cache));
         }
     }
 }
@@ -849,6 +858,7 @@ impl PulsarStore {
             bytes: c.bytes,
             base: c.base,
             end: c.end,
+            pending: c.pending_len(),
         })
     }
 
@@ -1038,10 +1048,10 @@ impl EventStore for PulsarStore {
         self.shared
             .write_meta(vec![(format!("topic/{topic}"), None)])
             .await?;
-        let mut producers = t.producers.lock().await;
-        for p in producers.iter_mut().filter_map(Option::take) {
-            let mut p = p;
-            let _ = tokio::time::timeout(self.cfg().op_timeout, p.close()).await;
+        for slot in &t.producers {
+            if let Some(mut p) = slot.lock().await.take() {
+                let _ = tokio::time::timeout(self.cfg().op_timeout, p.close()).await;
+            }
         }
         Ok(())
     }
@@ -1077,55 +1087,68 @@ impl EventStore for PulsarStore {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let parts: Vec<mapping::MessageParts> = records
-            .iter()
-            .map(|r| mapping::to_message(&r.payload))
-            .collect();
         let deadline = tokio::time::Instant::now() + self.cfg().op_timeout;
-        let mut producers = t.producers.lock().await;
-        // Deleted (or recreated) while we waited?
-        match lock(&self.shared.state).topics.get(topic) {
-            Some(cur) if Arc::ptr_eq(cur, &t) => {}
-            _ => {
-                return Err(StoreError::TopicNotFound {
-                    topic: topic.to_string(),
-                })
-            }
-        }
         let tag = format!("{:016x}:{}", rand::random::<u64>(), records.len());
+        let mut messages: Vec<Option<Message>> = records
+            .iter()
+            .map(|r| {
+                let m = mapping::to_message(&r.payload);
+                let mut properties = m.properties;
+                properties.insert(mapping::P_TS.into(), r.timestamp_ms.to_string());
+                properties.insert(mapping::P_INCARNATION.into(), t.incarnation.clone());
+                properties.insert(mapping::P_APPEND.into(), tag.clone());
+                Some(Message {
+                    payload: m.payload,
+                    properties,
+                    partition_key: m.key,
+                    ..Default::default()
+                })
+            })
+            .collect();
+        // The records of each partition, in call order.
+        let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, r) in records.iter().enumerate() {
+            by_partition.entry(r.partition).or_default().push(i);
+        }
         let work = async {
+            // Queue everything first (one partition lock at a time, held only while
+            // queueing, so concurrent appends interleave but each one's records keep
+            // their order), then wait for the receipts: many sends in flight.
             let mut receipts = Vec::with_capacity(records.len());
-            for (r, m) in records.iter().zip(parts) {
-                let slot = producers
-                    .get_mut(r.partition as usize)
-                    .ok_or_else(|| StoreError::Io("producer slot missing".into()))?;
+            for (p, indices) in &by_partition {
+                let mut slot = t.producers[*p as usize].lock().await;
+                // Deleted (or recreated) while we waited?
+                match lock(&self.shared.state).topics.get(topic) {
+                    Some(cur) if Arc::ptr_eq(cur, &t) => {}
+                    _ => {
+                        return Err(StoreError::TopicNotFound {
+                            topic: topic.to_string(),
+                        })
+                    }
+                }
                 if slot.is_none() {
                     *slot = Some(
                         self.shared
-                            .producer(self.cfg().partition_topic(topic, r.partition))
+                            .producer(self.cfg().partition_topic(topic, *p))
                             .await?,
                     );
                 }
                 let Some(producer) = slot.as_mut() else {
                     return Err(unavailable("no producer"));
                 };
-                let mut properties = m.properties;
-                properties.insert(mapping::P_TS.into(), r.timestamp_ms.to_string());
-                properties.insert(mapping::P_INCARNATION.into(), t.incarnation.clone());
-                properties.insert(mapping::P_APPEND.into(), tag.clone());
-                let msg = Message {
-                    payload: m.payload,
-                    properties,
-                    partition_key: m.key,
-                    ..Default::default()
-                };
-                receipts.push(producer.send_non_blocking(msg).await.map_err(unavailable)?);
+                for &i in indices {
+                    let msg = messages[i]
+                        .take()
+                        .ok_or_else(|| StoreError::Io("message queued twice".into()))?;
+                    let receipt = producer.send_non_blocking(msg).await.map_err(unavailable)?;
+                    receipts.push((i, receipt));
+                }
             }
-            // The messages are queued in order: later appends may queue theirs while
-            // these receipts are awaited (appends pipeline, order per partition holds).
-            drop(producers);
-            let mut appended = Vec::with_capacity(receipts.len());
-            for (r, receipt) in records.iter().zip(receipts) {
+            // Acknowledged from the receipts: each record enters this store's tail cache
+            // as soon as its receipt is in (read-your-writes without waiting for the
+            // tailer; see `cache`).
+            let mut appended = vec![None; records.len()];
+            for (i, receipt) in receipts {
                 let receipt = receipt.await.map_err(unavailable)?;
                 let id = receipt
                     .message_id
@@ -1136,47 +1159,30 @@ impl EventStore for PulsarStore {
                         id.ledger_id, id.entry_id
                     ))
                 })?;
-                appended.push(Appended {
+                let r = &records[i];
+                Self::part(&t, r.partition)?.acknowledged(StoredRecord {
+                    partition: r.partition,
+                    offset,
+                    timestamp_ms: r.timestamp_ms,
+                    payload: r.payload.clone(),
+                });
+                appended[i] = Some(Appended {
                     partition: r.partition,
                     offset,
                 });
             }
-            Ok(appended)
+            appended
+                .into_iter()
+                .map(|a| a.ok_or_else(|| StoreError::Io("a record got no receipt".into())))
+                .collect()
         };
-        let appended = match tokio::time::timeout_at(deadline, work).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(unavailable(format!(
-                    "Pulsar did not acknowledge the append within {:?}",
-                    self.cfg().op_timeout
-                )))
-            }
-        };
-        // Read-your-writes: wait until our tailers have seen the records.
-        let mut highest: BTreeMap<u32, u64> = BTreeMap::new();
-        for a in &appended {
-            let h = highest.entry(a.partition).or_default();
-            *h = (*h).max(a.offset);
+        match tokio::time::timeout_at(deadline, work).await {
+            Ok(r) => r,
+            Err(_) => Err(unavailable(format!(
+                "Pulsar did not acknowledge the append within {:?}",
+                self.cfg().op_timeout
+            ))),
         }
-        for (p, offset) in highest {
-            let part = Self::part(&t, p)?;
-            part.wanted
-                .fetch_max(offset, std::sync::atomic::Ordering::AcqRel);
-            let mut end = part.end_tx.subscribe();
-            if tokio::time::timeout_at(deadline, end.wait_for(|e| *e > offset))
-                .await
-                .is_err()
-            {
-                // Durable in Pulsar, just not seen by the tailer yet.
-                tracing::warn!(
-                    topic,
-                    partition = p,
-                    offset,
-                    "append acknowledged before the tailer saw it"
-                );
-            }
-        }
-        Ok(appended)
     }
 
     async fn read(
@@ -1189,15 +1195,38 @@ impl EventStore for PulsarStore {
         let (t, part) = self.ready_part(topic, partition).await?;
         let mut from = from.max(self.start_of(&t, partition, &part));
         let mut out: Vec<StoredRecord> = Vec::new();
+        let deadline = tokio::time::Instant::now() + self.cfg().op_timeout;
+        let mut complete = part.complete_tx.subscribe();
         while out.len() < max {
+            // Seen before looking, so a change after the look still wakes the wait.
+            complete.borrow_and_update();
             let base = {
                 let c = lock(&part.cache);
                 if from >= c.base {
-                    let i = c.records.partition_point(|r| r.offset < from);
-                    out.extend(c.records.iter().skip(i).take(max - out.len()).cloned());
-                    return Ok(out);
+                    out.extend(c.collect(from, max - out.len()));
+                    // Read-your-writes: an own acknowledged record at or after `from`
+                    // that the cache cannot show yet (another store's record before it
+                    // is still on its way through the tailer) is waited for rather than
+                    // answered with "nothing more".
+                    if !out.is_empty() || !c.awaits_tailer() || from >= c.acked {
+                        return Ok(out);
+                    }
+                    None
+                } else {
+                    Some(c.base)
                 }
-                c.base
+            };
+            let Some(base) = base else {
+                if tokio::time::timeout_at(deadline, complete.changed())
+                    .await
+                    .is_err()
+                {
+                    return Err(unavailable(format!(
+                        "the tailer of {topic}/{partition} did not deliver the records before this store's own within {:?}",
+                        self.cfg().op_timeout
+                    )));
+                }
+                continue;
             };
             let got = self
                 .read_broker(&t, partition, from, base, max - out.len())
@@ -1216,7 +1245,7 @@ impl EventStore for PulsarStore {
     async fn bounds(&self, topic: &str, partition: u32) -> Result<PartitionBounds, StoreError> {
         let (t, part) = self.ready_part(topic, partition).await?;
         let start = self.start_of(&t, partition, &part);
-        let end = lock(&part.cache).end;
+        let end = lock(&part.cache).visible_end();
         Ok(PartitionBounds {
             start: start.min(end),
             end,
@@ -1395,9 +1424,10 @@ impl EventStore for PulsarStore {
             for h in lock(&t.tailers).drain(..) {
                 h.abort();
             }
-            let mut producers = t.producers.lock().await;
-            for mut p in producers.iter_mut().filter_map(Option::take) {
-                let _ = tokio::time::timeout(self.cfg().op_timeout, p.close()).await;
+            for slot in &t.producers {
+                if let Some(mut p) = slot.lock().await.take() {
+                    let _ = tokio::time::timeout(self.cfg().op_timeout, p.close()).await;
+                }
             }
         }
         Ok(())
