@@ -158,6 +158,12 @@ pub enum Frame {
     Catalog(Vec<CatalogEntry>),
     /// Subscription replicas (all after the handshake, then what changed).
     Subscriptions(Vec<SubReplica>),
+    /// The sender's wall clock (ms since the epoch), sent first after the handshake: the
+    /// receiver reads the peer's `InterestEntry::since_ms` in its own clock with it.
+    Clock {
+        /// The sender's wall clock when it sent the frame.
+        now_ms: u64,
+    },
     /// Progress marks: the sender read its partitions up to `next` and nothing in between
     /// is for this peer (all filtered out). Takes a sequence number in the batches' space
     /// and is acknowledged like a batch (cumulatively, once every batch before it is
@@ -327,6 +333,9 @@ mod tests {
                 created_ms: 5,
                 config: Some("{\"partitions\":2}".into()),
             }]),
+            Frame::Clock {
+                now_ms: 1_764_700_000_000,
+            },
             Frame::Subscriptions(vec![SubReplica {
                 home: "a".into(),
                 name: "s".into(),

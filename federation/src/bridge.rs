@@ -1174,6 +1174,8 @@ async fn session(
     stats.set_state(LinkState::Connected, None);
     lock(&shared.down).remove(peer);
     tracing::info!(cluster = %shared.me(), peer, "link connected");
+    // First of all, this side's clock (the peer reads our `since` times with it).
+    write_frame(&mut send, stats, &Frame::Clock { now_ms: now_ms() }).await?;
 
     let (tx, mut rx) = mpsc::channel::<Result<Frame, String>>(64);
     let reader_stats = stats.clone();
@@ -1211,6 +1213,7 @@ async fn session(
         peer_marks: PeerMarks::default(),
         catalog_sent: 0,
         replicas_sent: 0,
+        peer_clock_offset: None,
         marks: ProgressMarks::new(shared.config.progress_every),
         acks: AckTracker::new(),
     };
@@ -1358,6 +1361,8 @@ struct SessionState {
     catalog_sent: u64,
     /// The replicas generation sent to the peer on this connection.
     replicas_sent: u64,
+    /// The peer's wall clock minus this one's (ms), from its `Clock` frame.
+    peer_clock_offset: Option<i64>,
     /// Cursor moves over records the peer does not want, not sent yet.
     marks: ProgressMarks,
     /// The cumulative ack over stored batches and received progress frames.
@@ -1399,7 +1404,13 @@ impl SessionState {
         frame: Frame,
     ) -> Result<(), String> {
         match frame {
-            Frame::Interest(entries) => {
+            Frame::Interest(mut entries) => {
+                // The peer's `since` times are in its clock: read them in ours.
+                if let Some(offset) = self.peer_clock_offset {
+                    for e in &mut entries {
+                        e.since_ms = e.since_ms.map(|s| marks::since_in_local_clock(s, offset));
+                    }
+                }
                 let (compiled, bad) = PeerInterest::compile(entries.clone());
                 for b in bad {
                     tracing::warn!(cluster = %shared.me(), peer, topic = %b.entry.topic, "ignoring an interest entry: {}", b.reason);
@@ -1427,6 +1438,14 @@ impl SessionState {
                 if !events.is_empty() || !changed.is_empty() {
                     let _ = shared.replica_events.send((events, changed));
                 }
+                Ok(())
+            }
+            Frame::Clock { now_ms: peer_now } => {
+                let offset = peer_now as i64 - now_ms() as i64;
+                if offset.abs() > 2_000 {
+                    tracing::info!(cluster = %shared.me(), peer, offset_ms = offset, "the peer's clock differs from this one's (its `latest` subscriptions' start times are read accordingly)");
+                }
+                self.peer_clock_offset = Some(offset);
                 Ok(())
             }
             Frame::Marks(marks) => {

@@ -97,6 +97,7 @@ pub fn frame_name(f: &Frame) -> &'static str {
         Frame::Marks(_) => "marks",
         Frame::Catalog(_) => "catalog",
         Frame::Subscriptions(_) => "subscriptions",
+        Frame::Clock { .. } => "clock",
         Frame::Progress { .. } => "progress",
     }
 }

@@ -252,6 +252,13 @@ pub fn start_position(cursor: Option<u64>, bounds: (u64, u64), since: Option<u64
     }
 }
 
+/// A peer's `since_ms` in this cluster's clock, given the peer's clock minus this one's
+/// (`peer_offset_ms`, measured from its `Clock` frame): clusters' clocks may differ, and
+/// the sender compares `since` with its own store timestamps.
+pub fn since_in_local_clock(since_ms: u64, peer_offset_ms: i64) -> u64 {
+    (i128::from(since_ms) - i128::from(peer_offset_ms)).clamp(0, i128::from(u64::MAX)) as u64
+}
+
 /// What the entries for one topic ask of a link without a position: the retained history
 /// if any entry wants it (`None`), else the earliest `since` of them. `None` also when no
 /// entry is for the topic.
@@ -428,6 +435,21 @@ mod tests {
             start_position(None, (5, 100), Some(1_000)),
             Start::Since(1_000)
         );
+    }
+
+    #[test]
+    fn a_since_is_read_in_the_local_clock() {
+        // The peer's clock is 2 h ahead: its "since 12:00" is 10:00 here.
+        let two_h = 7_200_000;
+        assert_eq!(
+            since_in_local_clock(50_000_000, two_h),
+            50_000_000 - 7_200_000
+        );
+        // Behind: later here.
+        assert_eq!(since_in_local_clock(50_000_000, -1_000), 50_001_000);
+        // Never below 0 or above the range.
+        assert_eq!(since_in_local_clock(5, 10), 0);
+        assert_eq!(since_in_local_clock(u64::MAX, -10), u64::MAX);
     }
 
     #[test]
