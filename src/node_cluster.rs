@@ -11,7 +11,8 @@
 //!   [`RegistryCatalog`]); the catalog is watched and applied to the local node;
 //! - placement with epoch fencing: the node delivers a consumer group only while the
 //!   newest placement it has seen (epochs never go back) assigns the group to it and its
-//!   lease is not lost. Losing the lease (no renewal acknowledged for a whole TTL) stops
+//!   lease is not lost. Losing the lease (no renewal acknowledged for a TTL less a safety
+//!   margin, see docs/scheduler.md "Registry outages"; `/readyz` then answers 503) stops
 //!   every group at once, so two nodes never deliver one group for longer than about one
 //!   lease TTL. This holds for CLUSTERING and BROADCASTING groups alike: a BROADCASTING
 //!   subscription is run by the one node placement names, which fans each event out to
@@ -515,6 +516,7 @@ async fn obey_placement(
         }
         let st = status.borrow_and_update().clone();
         let alive = session_alive(&st);
+        node.set_lease_lost(st.state == MemberState::Lost);
         if alive && !was_alive {
             // Back from a lost session: the watch may lag; read the placement afresh
             // before delivering anything.

@@ -702,6 +702,17 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
             )),
         )
             .into_response()
+    } else if node.is_lease_lost() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(ErrorBody::new(
+                "registry_lease_lost",
+                "the node cannot reach the cluster's registry (etcd) and its lease is lost: \
+                 it delivers no consumer group until it registers again",
+                None,
+            )),
+        )
+            .into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

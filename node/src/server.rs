@@ -253,6 +253,9 @@ pub struct Node {
     subscriptions_created: std::sync::Mutex<HashMap<String, u64>>,
     admin: Mutex<()>,
     ready: AtomicBool,
+    /// Set by the cluster membership while the node's registry lease is lost (it delivers
+    /// no consumer group and is not a listed member): `/readyz` then answers 503.
+    lease_lost: AtomicBool,
     mesh: std::sync::OnceLock<MeshStatusFn>,
     mesh_metrics: std::sync::OnceLock<MeshMetricsFn>,
     mesh_link_admin: std::sync::OnceLock<MeshLinkAdminFn>,
@@ -356,6 +359,7 @@ impl Node {
             subscriptions_created: std::sync::Mutex::new(HashMap::new()),
             admin: Mutex::new(()),
             ready: AtomicBool::new(false),
+            lease_lost: AtomicBool::new(false),
             mesh: std::sync::OnceLock::new(),
             mesh_metrics: std::sync::OnceLock::new(),
             mesh_link_admin: std::sync::OnceLock::new(),
@@ -511,9 +515,20 @@ impl Node {
         self.mesh_link_admin.get().map(|f| f(peer, pause))
     }
 
-    /// Whether the node takes traffic (started, not stopping, not draining).
+    /// Whether the node takes traffic (started, not stopping, not draining, lease held).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && !self.is_draining()
+        self.ready.load(Ordering::SeqCst) && !self.is_draining() && !self.is_lease_lost()
+    }
+
+    /// Records whether the node's registry lease is lost (cluster membership calls this).
+    pub fn set_lease_lost(&self, lost: bool) {
+        self.lease_lost.store(lost, Ordering::SeqCst);
+    }
+
+    /// Whether the node's registry lease is lost: it cannot reach the registry, delivers
+    /// nothing, and no proxy lists it.
+    pub fn is_lease_lost(&self) -> bool {
+        self.lease_lost.load(Ordering::SeqCst)
     }
 
     /// Whether a drain was asked for (draining or drained).

@@ -163,3 +163,38 @@ async fn the_gate_and_the_catalog_seams() {
     assert_eq!(node.subscription("billing").expect("spec").group, "other");
     node.shutdown().await;
 }
+
+/// `/readyz` tells the truth: a node whose registry lease is lost (it delivers nothing and
+/// no proxy lists it) answers 503 `registry_lease_lost`, and ready again once it holds a
+/// lease.
+#[tokio::test]
+async fn readyz_is_not_ready_while_the_lease_is_lost() {
+    use tower::ServiceExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = NodeConfig::new(dir.path());
+    cfg.placement_gated = true;
+    let node = Node::open(cfg).await.expect("open");
+    let probe = |node: Arc<Node>| async move {
+        let r = meshd_node::http::router(node)
+            .oneshot(
+                axum::http::Request::get("/readyz")
+                    .body(axum::body::Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("answer");
+        let status = r.status().as_u16();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    assert_eq!(probe(node.clone()).await.0, 200);
+    node.set_lease_lost(true);
+    let (status, body) = probe(node.clone()).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("registry_lease_lost"), "{body}");
+    node.set_lease_lost(false);
+    assert_eq!(probe(node.clone()).await.0, 200);
+    node.shutdown().await;
+}

@@ -7,7 +7,9 @@
 //! request was sent (reset, timeout mid-request) are retried only for GET/PUT/DELETE; a
 //! POST (publish, ack, subscription create) answers 503 `upstream_outcome_unknown`, since
 //! the node may have stored it. A client retrying then may create a duplicate, which
-//! at-least-once allows; an acknowledged event is never lost.
+//! at-least-once allows; an acknowledged event is never lost. When every node reached
+//! answered 503, the last node's answer is passed through as is (its own code and reason,
+//! e.g. `catalog_unavailable`); `upstream_unavailable` means no node could be reached.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -384,8 +386,12 @@ struct Answer {
 }
 
 enum Failure {
-    /// Nothing reached a node, or every node refused; safe to report 503.
+    /// Nothing reached a node; safe to report 503.
     Unavailable(String),
+    /// Every node reached answered 503 (and no other reached node acted): the last such
+    /// answer, passed to the client as is, so it sees the node's own code and reason
+    /// (`catalog_unavailable`, `draining`, ...) rather than the proxy's `upstream_unavailable`.
+    Refused(Answer),
     /// A node may have acted on the request; its outcome is unknown.
     Uncertain(String),
 }
@@ -824,6 +830,7 @@ impl Proxy {
                 Ok(answer_response(answer))
             }
             Err(Failure::Unavailable(m)) => Err(unavailable(m)),
+            Err(Failure::Refused(a)) => Ok(answer_response(a)),
             Err(Failure::Uncertain(m)) => Err(Reject::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream_outcome_unknown",
@@ -1114,6 +1121,7 @@ impl Proxy {
         deadline: Instant,
     ) -> Result<Answer, Failure> {
         let mut last = String::from("no node answered");
+        let mut refused = None;
         for (i, node) in candidates.iter().enumerate() {
             let now = Instant::now();
             if now >= deadline {
@@ -1147,8 +1155,14 @@ impl Proxy {
                 .upstream_latency
                 .observe(t0.elapsed().as_secs_f64());
             match result {
-                Ok((status, _, _)) if status == StatusCode::SERVICE_UNAVAILABLE => {
+                Ok((status, headers, body)) if status == StatusCode::SERVICE_UNAVAILABLE => {
                     last = format!("node {} answered 503", node.id);
+                    refused = Some(Answer {
+                        node: node.clone(),
+                        status,
+                        headers,
+                        body,
+                    });
                 }
                 Ok((status, headers, body)) => {
                     return Ok(Answer {
@@ -1174,7 +1188,10 @@ impl Proxy {
                 }
             }
         }
-        Err(Failure::Unavailable(last))
+        Err(match refused {
+            Some(a) => Failure::Refused(a),
+            None => Failure::Unavailable(last),
+        })
     }
 
     /// Sends a topic create/delete to every node (nodes share nothing yet).
@@ -1207,6 +1224,7 @@ impl Proxy {
         let mut ok: Option<Answer> = None;
         let mut unreachable = 0usize;
         let mut reasons = Vec::new();
+        let mut refused = None;
         for r in results {
             match r {
                 Ok(a) if a.status.is_success() => {
@@ -1217,6 +1235,16 @@ impl Proxy {
                     unreachable += 1;
                     reasons.push(why);
                 }
+                Err(Failure::Refused(a)) => {
+                    unreachable += 1;
+                    reasons.push(format!("node {} answered 503", a.node.id));
+                    refused = Some(a);
+                }
+            }
+        }
+        if ok.is_none() {
+            if let Some(a) = refused {
+                return Ok(answer_response(a));
             }
         }
         match ok {
@@ -1416,6 +1444,62 @@ mod tests {
                 .map(|r| r.status),
             Some(StatusCode::METHOD_NOT_ALLOWED)
         );
+    }
+
+    /// A node that refuses (503 with its own code) is passed through as is: the client
+    /// sees `catalog_unavailable` and the node's reason, not `upstream_unavailable`.
+    #[tokio::test]
+    async fn a_nodes_own_refusal_is_passed_through() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let _ = s.read(&mut buf).await;
+                    let body = r#"{"error":{"code":"catalog_unavailable","message":"the registry cannot be read"}}"#;
+                    let resp = format!(
+                        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        let p = Proxy::new(
+            ProxyConfig::new("c", "p1"),
+            crate::static_nodes(&format!("http://{addr}")),
+        )
+        .expect("proxy");
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        for (m, path) in [(Method::GET, "/v1/topics"), (Method::PUT, "/v1/topics/t")] {
+            let r = p
+                .handle(
+                    peer,
+                    Request::builder()
+                        .method(m.clone())
+                        .uri(path)
+                        .body(Body::empty())
+                        .expect("request"),
+                )
+                .await;
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{m} {path}");
+            let body = r.into_body().collect().await.expect("body").to_bytes();
+            let body = String::from_utf8_lossy(&body);
+            assert!(body.contains("catalog_unavailable"), "{m} {path}: {body}");
+            assert!(
+                body.contains("the registry cannot be read"),
+                "{m} {path}: {body}"
+            );
+        }
+        server.abort();
     }
 
     #[tokio::test]

@@ -7,6 +7,11 @@
 //! have seen the member leave, so the member treats the lease as lost, keeps running, and
 //! registers again under a fresh lease as soon as the registry answers (retrying with
 //! backoff). The stale lease is revoked best-effort afterwards.
+//!
+//! "A whole TTL" is enforced by a deadline, not by the next failed call: the member gives
+//! its lease up at `last_ok + ttl - safety_margin` even when a keep-alive or a write hangs
+//! (etcd stopped, packets dropped), since a hanging call must not keep a member serving
+//! past the moment etcd may expire its lease (docs/scheduler.md, "Registry outages").
 
 use std::time::Duration;
 
@@ -268,15 +273,30 @@ impl<B: LeaseBackend> Runner<B> {
                     }
                     Some(Command::Modify(f, reply)) => {
                         f(&mut self.info);
-                        let r = self.write_current().await;
+                        let r = match tokio::time::timeout_at(self.lose_at(), self.write_current()).await {
+                            Ok(r) => r,
+                            Err(_) => {
+                                self.dirty = true;
+                                Err(RegistryError::Timeout { op: "member write", timeout: self.cfg.ttl })
+                            }
+                        };
                         let _ = reply.send(r);
                     }
                 },
                 _ = sleep_until(next) => {
                     next = self.tick().await;
                 }
+                _ = sleep_until(self.lose_at()), if self.lease.is_some() => {
+                    self.lose();
+                    next = Instant::now();
+                }
             }
         }
+    }
+
+    /// When the lease is given up as lost if no keep-alive is acknowledged before.
+    fn lose_at(&self) -> Instant {
+        self.last_ok + self.cfg.ttl.saturating_sub(self.cfg.safety_margin())
     }
 
     fn set_state(&self, state: MemberState) {
@@ -330,31 +350,38 @@ impl<B: LeaseBackend> Runner<B> {
         let interval = self.cfg.interval();
         let sent = Instant::now();
         match self.lease {
-            Some(lease) => match self.backend.keep_alive(lease).await {
-                Ok(true) => {
-                    self.last_ok = sent;
-                    self.backoff.reset();
-                    if self.dirty {
-                        let _ = self.write_current().await;
+            Some(lease) => {
+                match tokio::time::timeout_at(self.lose_at(), self.backend.keep_alive(lease))
+                    .await
+                    .unwrap_or(Err(RegistryError::Timeout {
+                        op: "keep-alive",
+                        timeout: self.cfg.ttl,
+                    })) {
+                    Ok(true) => {
+                        self.last_ok = sent;
+                        self.backoff.reset();
+                        if self.dirty {
+                            let _ = self.write_current().await;
+                        }
+                        self.set_state(MemberState::Registered);
+                        sent + interval
                     }
-                    self.set_state(MemberState::Registered);
-                    sent + interval
-                }
-                Ok(false) => {
-                    self.lose();
-                    Instant::now()
-                }
-                Err(e) => {
-                    self.status.send_modify(|s| s.keep_alive_failures += 1);
-                    tracing::debug!(member = %self.info.member_id(), error = %e, "keep-alive failed");
-                    if Instant::now() >= self.last_ok + self.cfg.ttl {
+                    Ok(false) => {
                         self.lose();
-                    } else {
-                        self.set_state(MemberState::Unreachable);
+                        Instant::now()
                     }
-                    Instant::now() + self.backoff.next_delay().min(interval)
+                    Err(e) => {
+                        self.status.send_modify(|s| s.keep_alive_failures += 1);
+                        tracing::debug!(member = %self.info.member_id(), error = %e, "keep-alive failed");
+                        if Instant::now() >= self.lose_at() {
+                            self.lose();
+                        } else {
+                            self.set_state(MemberState::Unreachable);
+                        }
+                        Instant::now() + self.backoff.next_delay().min(interval)
+                    }
                 }
-            },
+            }
             None => match self.reregister().await {
                 Ok(()) => {
                     self.last_ok = sent;
@@ -401,5 +428,67 @@ impl<B: LeaseBackend> Runner<B> {
         }
         self.set_state(MemberState::Deregistered);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{MemberInfo, Role};
+
+    /// A registry that grants and writes, then hangs on every keep-alive (etcd stopped).
+    struct Hanging;
+
+    #[async_trait]
+    impl LeaseBackend for Hanging {
+        async fn grant(&mut self, _ttl: Duration) -> Result<i64, RegistryError> {
+            Ok(7)
+        }
+        async fn write(
+            &mut self,
+            _lease: i64,
+            _prev: Option<&MemberInfo>,
+            _info: &MemberInfo,
+        ) -> Result<(), RegistryError> {
+            Ok(())
+        }
+        async fn keep_alive(&mut self, _lease: i64) -> Result<bool, RegistryError> {
+            std::future::pending().await
+        }
+        async fn revoke(&mut self, _lease: i64) -> Result<(), RegistryError> {
+            Ok(())
+        }
+    }
+
+    /// A keep-alive that never returns must not keep the member "alive" past its TTL:
+    /// the lease is given up at `ttl - safety_margin` after the last acknowledged send.
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_keep_alive_loses_the_lease_before_the_ttl() {
+        let ttl = Duration::from_secs(3);
+        let cfg = LeaseConfig::with_ttl(ttl);
+        let t0 = Instant::now();
+        let h = start(
+            Hanging,
+            MemberInfo::new(Role::Node, "n1", "http://n1"),
+            cfg,
+            Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+        )
+        .await
+        .expect("registered");
+        let mut st = h.status();
+        tokio::time::timeout(ttl * 2, async {
+            while st.borrow_and_update().state != MemberState::Lost {
+                st.changed().await.expect("status");
+            }
+        })
+        .await
+        .expect("the lease is given up although the keep-alive hangs");
+        let lost_after = t0.elapsed();
+        assert!(
+            lost_after <= ttl - cfg.safety_margin(),
+            "lost after {lost_after:?}"
+        );
+        assert!(lost_after >= ttl - cfg.safety_margin() - Duration::from_millis(10));
+        h.abandon();
     }
 }

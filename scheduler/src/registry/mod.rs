@@ -325,6 +325,14 @@ impl LeaseConfig {
     pub(crate) fn interval(&self) -> Duration {
         self.keep_alive_interval.unwrap_or(self.ttl / 3)
     }
+
+    /// How long before the TTL (counted on the member's monotonic clock from the send of
+    /// its last acknowledged keep-alive) a member gives its lease up as lost: a tenth of
+    /// the TTL, at least 100 ms and at most 1 s. It covers clock-rate drift between the
+    /// member and etcd and the time the member takes to stop what the lease guards.
+    pub fn safety_margin(&self) -> Duration {
+        (self.ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1))
+    }
 }
 
 /// Errors of registry operations.
