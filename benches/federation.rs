@@ -108,7 +108,6 @@ fn spawn_node(
     certs: &Path,
     bind: SocketAddr,
 ) -> (Killed, String) {
-    use std::io::BufRead;
     // BENCH_FSYNC_<CLUSTER> (e.g. BENCH_FSYNC_B) overrides BENCH_FSYNC for one cluster:
     // to see what one side's fsync costs.
     let fsync = std::env::var(format!("BENCH_FSYNC_{}", cluster.to_uppercase()))
@@ -136,15 +135,7 @@ fn spawn_node(
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn meshd");
-    let out = child.stdout.take().unwrap();
-    let mut lines = std::io::BufReader::new(out).lines();
-    let url = loop {
-        let l = lines.next().expect("meshd exited").unwrap();
-        if l.starts_with("cluster ") && l.contains(" node ") && l.contains("http://") {
-            break l.rsplit(' ').next().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let url = support::node_url(&mut child);
     (Killed(child), url)
 }
 

@@ -43,12 +43,8 @@ fn start_nats(dir: &std::path::Path) -> Option<(Killed, String)> {
         .spawn()
         .ok()?;
     let guard = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if !support::wait_port(port, Duration::from_secs(10)) {
+        return None;
     }
     Some((guard, format!("nats://127.0.0.1:{port}")))
 }

@@ -54,7 +54,6 @@ impl Hist {
 /// Starts `meshd node` (the binary of this build) on a free port with its data in `dir`;
 /// returns its guard and base URL.
 pub fn start_meshd(dir: &std::path::Path, fsync: &str, extra: &[&str]) -> (Killed, String) {
-    use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
         .env("MESHD_WEBHOOK_ALLOW_LOOPBACK", "true")
         .args([
@@ -74,15 +73,7 @@ pub fn start_meshd(dir: &std::path::Path, fsync: &str, extra: &[&str]) -> (Kille
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn meshd");
-    let out = child.stdout.take().unwrap();
-    let mut lines = std::io::BufReader::new(out).lines();
-    let url = loop {
-        let l = lines.next().expect("meshd exited").unwrap();
-        if l.starts_with("cluster ") && l.contains(" node ") && l.contains("http://") {
-            break l.rsplit(' ').next().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let url = super::node_url(&mut child);
     (Killed(child), url)
 }
 
@@ -345,12 +336,8 @@ pub fn start_pulsar_lite(dir: &std::path::Path) -> Option<(Killed, String)> {
         .spawn()
         .ok()?;
     let guard = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if !super::wait_port(port, Duration::from_secs(10)) {
+        return None;
     }
     Some((guard, format!("pulsar://127.0.0.1:{port}")))
 }

@@ -41,3 +41,32 @@ pub fn free_port() -> u16 {
 }
 
 pub mod meshd;
+
+/// The URL a `meshd node` child prints on standard output (`cluster NAME node ID URL`);
+/// the rest of its output is drained by a thread so the child never blocks on it.
+pub fn node_url(child: &mut Child) -> String {
+    use std::io::BufRead;
+    let out = child.stdout.take().expect("the child's stdout is piped");
+    let mut lines = std::io::BufReader::new(out).lines();
+    let url = loop {
+        let l = lines.next().expect("meshd exited").unwrap();
+        if l.starts_with("cluster ") && l.contains(" node ") && l.contains("http://") {
+            break l.rsplit(' ').next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    url
+}
+
+/// Waits until something accepts TCP connections on loopback `port`; false after
+/// `timeout`.
+pub fn wait_port(port: u16, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
