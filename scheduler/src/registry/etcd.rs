@@ -256,24 +256,29 @@ impl EtcdRegistry {
         }
     }
 
-    /// The catalog (topics first) and the revision it was read at.
-    async fn catalog_at(&self) -> Result<(Vec<CatalogEntry>, i64), RegistryError> {
+    /// Every record under `prefix` that `decode` reads (the others are skipped) and the
+    /// revision they were read at.
+    async fn records_at<T>(
+        &self,
+        prefix: String,
+        decode: impl Fn(&KeyValue) -> Option<T>,
+    ) -> Result<(Vec<T>, i64), RegistryError> {
         let mut client = self.client.clone();
         let resp = call(
             "get",
             self.cfg.op_timeout,
-            client.get(
-                self.keys.catalog_prefix(),
-                Some(GetOptions::new().with_prefix()),
-            ),
+            client.get(prefix, Some(GetOptions::new().with_prefix())),
         )
         .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let mut entries: Vec<CatalogEntry> = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| self.decode_catalog(kv))
-            .collect();
+        Ok((resp.kvs().iter().filter_map(decode).collect(), rev))
+    }
+
+    /// The catalog (topics first) and the revision it was read at.
+    async fn catalog_at(&self) -> Result<(Vec<CatalogEntry>, i64), RegistryError> {
+        let (mut entries, rev) = self
+            .records_at(self.keys.catalog_prefix(), |kv| self.decode_catalog(kv))
+            .await?;
         entries.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
         Ok((entries, rev))
     }
@@ -357,22 +362,9 @@ impl EtcdRegistry {
 
     /// The token records (sorted by id) and the revision they were read at.
     async fn tokens_at(&self) -> Result<(Vec<TokenEntry>, i64), RegistryError> {
-        let mut client = self.client.clone();
-        let resp = call(
-            "get",
-            self.cfg.op_timeout,
-            client.get(
-                self.keys.tokens_prefix(),
-                Some(GetOptions::new().with_prefix()),
-            ),
-        )
-        .await?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let mut entries: Vec<TokenEntry> = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| self.decode_token(kv))
-            .collect();
+        let (mut entries, rev) = self
+            .records_at(self.keys.tokens_prefix(), |kv| self.decode_token(kv))
+            .await?;
         entries.sort_by(|a, b| a.id.cmp(&b.id));
         Ok((entries, rev))
     }
