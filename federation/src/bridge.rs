@@ -1504,11 +1504,11 @@ impl SessionState {
         }
         let store = &shared.node.store;
         let group = cursor_group(peer);
-        let cursor = store
-            .committed_offset(&group, topic, p)
+        let b = store.bounds(topic, p).await.map_err(|e| e.to_string())?;
+        let cursor = shared
+            .durable_cursor(&group, topic, p, b.end)
             .await
             .map_err(|e| e.to_string())?;
-        let b = store.bounds(topic, p).await.map_err(|e| e.to_string())?;
         let wire = topic.strip_prefix(RELAY_PREFIX).unwrap_or(topic);
         let since = marks::since_for(self.interest.entries(), wire);
         let d = match marks::start_position(cursor, (b.start, b.end), since) {
