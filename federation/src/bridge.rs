@@ -44,7 +44,7 @@ use crate::link::{
 };
 use crate::marks::{self, Marks, OriginPos, PeerMarks, SinceSearch, Start};
 use crate::progress::{AckTracker, ProgressMarks, PROGRESS_EVERY};
-use crate::replicas::{auto_failover, Auto, Event as ReplicaEvent, Replicas, StartScan};
+use crate::replicas::{auto_failover, Auto, Delivery, Event as ReplicaEvent, Replicas, StartScan};
 use crate::routing::Routes;
 use crate::stats::{LagMeter, LinkState, LinkStats, PartitionLag};
 use meshd_core::event::POS_EXT;
@@ -2119,16 +2119,9 @@ async fn automatic_failover(
             .list_subscriptions()
             .into_iter()
             .filter(|s| !s.standby.is_empty())
-            .filter_map(|s| {
-                let r = replicas
-                    .all()
-                    .into_iter()
-                    .find(|r| r.name == s.name && (r.home == me || s.standby.contains(&me)));
-                match r {
-                    Some(r) if r.active == me => Some((r.home, s.name, s.standby)),
-                    None => Some((me.clone(), s.name, s.standby)),
-                    Some(_) => None,
-                }
+            .filter_map(|s| match replicas.delivery_of(&s) {
+                Delivery::Here { home, .. } => Some((home, s.name, s.standby)),
+                Delivery::Elsewhere { .. } => None,
             })
             .collect();
         auto_failover(
@@ -2163,14 +2156,13 @@ async fn automatic_failover(
             }
             Auto::Unfence { name } => {
                 self_fenced.remove(&name);
-                let fenced = {
-                    let replicas = lock(&shared.replicas);
-                    replicas
-                        .all()
-                        .iter()
-                        .any(|r| r.name == name && r.active != me && r.spec.is_some())
-                };
-                if !fenced {
+                let taken_over = shared.node.subscription(&name).is_ok_and(|spec| {
+                    matches!(
+                        lock(&shared.replicas).delivery_of(&spec),
+                        Delivery::Elsewhere { .. }
+                    )
+                });
+                if !taken_over {
                     match shared.node.resume_delivery(&name).await {
                         Ok(()) => {
                             tracing::info!(cluster = %me, subscription = %name, "a standby is reachable again: delivered here again")
@@ -2196,12 +2188,9 @@ async fn fence_restarted(shared: &Shared) {
             .list_subscriptions()
             .into_iter()
             .filter(|s| !s.standby.is_empty())
-            .filter_map(|s| {
-                r.all()
-                    .into_iter()
-                    .find(|x| x.name == s.name && (x.home == me || s.standby.contains(&me)))
-                    .filter(|x| x.active != me && x.spec.is_some())
-                    .map(|x| (x.name, x.active))
+            .filter_map(|s| match r.delivery_of(&s) {
+                Delivery::Elsewhere { active } => Some((s.name, active)),
+                Delivery::Here { .. } => None,
             })
             .collect()
     };
@@ -2233,22 +2222,27 @@ async fn publish_positions(shared: &Shared, scans: &mut HashMap<(String, String)
         .into_iter()
         .map(|s| (s.name.clone(), s))
         .collect();
-    let known = lock(&shared.replicas).all();
-    let mut keys: Vec<(String, String, u64)> = Vec::new();
+    let (known, keys) = {
+        let replicas = lock(&shared.replicas);
+        let keys: Vec<(String, String, u64)> = local
+            .values()
+            .filter(|s| !s.standby.is_empty())
+            .filter_map(|s| match replicas.delivery_of(s) {
+                Delivery::Here { home, created_ms } => {
+                    let created = if home == me {
+                        shared.node.subscription_created_ms(&s.name)
+                    } else {
+                        created_ms
+                    };
+                    Some((home, s.name.clone(), created.unwrap_or(0)))
+                }
+                Delivery::Elsewhere { .. } => None,
+            })
+            .collect();
+        (replicas.all(), keys)
+    };
     let mut deleted = Vec::new();
-    for s in local.values().filter(|s| !s.standby.is_empty()) {
-        let fenced = known
-            .iter()
-            .any(|r| r.home == me && r.name == s.name && r.active != me);
-        if !fenced {
-            let created = shared.node.subscription_created_ms(&s.name).unwrap_or(0);
-            keys.push((me.clone(), s.name.clone(), created));
-        }
-    }
     for r in &known {
-        if r.active == me && r.home != me && r.spec.is_some() {
-            keys.push((r.home.clone(), r.name.clone(), r.created_ms));
-        }
         if r.active == me && r.spec.is_some() && !local.contains_key(&r.name) {
             deleted.push((r.home.clone(), r.name.clone(), r.created_ms));
         }

@@ -49,6 +49,24 @@ pub enum Event {
     },
 }
 
+/// Who delivers a local subscription ([`Replicas::delivery_of`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// This cluster, for the subscription made in `home` (made here and never taken over,
+    /// or taken over here); `created_ms` from its replica when there is one.
+    Here {
+        /// Where it was made.
+        home: String,
+        /// When, by its replica.
+        created_ms: Option<u64>,
+    },
+    /// Another cluster took it over: it is not delivered here.
+    Elsewhere {
+        /// The cluster delivering it.
+        active: String,
+    },
+}
+
 /// Why a takeover cannot happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TakeoverError {
@@ -188,6 +206,27 @@ impl Replicas {
         self.by_key
             .get(&(home.to_string(), name.to_string()))
             .map(|h| &h.replica)
+    }
+
+    /// Who delivers a local subscription with standby clusters, by the replicas known here:
+    /// its replica is the one of that name made here, or one this cluster is a standby of.
+    pub fn delivery_of(&self, spec: &SubscriptionSpec) -> Delivery {
+        let replica = self.by_key.values().map(|h| &h.replica).find(|r| {
+            r.name == spec.name && (r.home == self.me || spec.standby.contains(&self.me))
+        });
+        match replica {
+            Some(r) if r.active != self.me && r.spec.is_some() => Delivery::Elsewhere {
+                active: r.active.clone(),
+            },
+            Some(r) => Delivery::Here {
+                home: r.home.clone(),
+                created_ms: Some(r.created_ms),
+            },
+            None => Delivery::Here {
+                home: self.me.clone(),
+                created_ms: None,
+            },
+        }
     }
 
     /// Does another cluster deliver this subscription by the replicas known here? A home
@@ -590,6 +629,18 @@ mod tests {
             }]
         );
         assert!(a.fenced_here("a", "s"));
+        let local: SubscriptionSpec = serde_json::from_str(&spec(&["b"])).unwrap();
+        assert_eq!(
+            a.delivery_of(&local),
+            Delivery::Elsewhere { active: "b".into() }
+        );
+        assert_eq!(
+            b.delivery_of(&local),
+            Delivery::Here {
+                home: "a".into(),
+                created_ms: Some(5)
+            }
+        );
         assert!(!a.publish("a", "s", 5, Some(spec(&["b"])), vec![]));
         // a takes it back (term 2); b is fenced in turn.
         let t = a.takeover("a", "s").unwrap();
