@@ -61,30 +61,7 @@ async fn nodes_with_bridges_start_and_stop_quietly_and_log_plain_text() {
     let files = MeshFiles::new(&["a", "b"], &[("a", "b", 1)], &[]);
     let logs = tempfile::tempdir().unwrap();
     let (log_a, log_b) = (logs.path().join("a.log"), logs.path().join("b.log"));
-    let start = |cluster: &str, log: &Path| {
-        let data = files.data_dir(cluster);
-        let bind = files.bind[cluster].to_string();
-        Meshd::spawn_logged_filter(
-            &[
-                "node",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--cluster",
-                cluster,
-                "--topology",
-                files.topology.to_str().unwrap(),
-                "--certs-dir",
-                files.certs.to_str().unwrap(),
-                "--bridge-listen",
-                &bind,
-            ],
-            &data,
-            log,
-            Some("info"),
-        )
-    };
+    let start = |cluster: &str, log: &Path| files.start_filtered(cluster, &[], Some(log), "info");
     let mut a = start("a", &log_a);
     let mut b = start("b", &log_b);
     let c = common::client();

@@ -135,6 +135,17 @@ impl MeshFiles {
     /// Starts the node + bridge of a cluster with extra `meshd node` arguments, its log
     /// (federation at info level) appended to `log` when given.
     pub fn start_args(&self, cluster: &str, extra: &[&str], log: Option<&Path>) -> Meshd {
+        self.start_filtered(cluster, extra, log, "warn,meshd_federation=info")
+    }
+
+    /// [`MeshFiles::start_args`] with the log filter `filter` (`MESHD_LOG` syntax).
+    pub fn start_filtered(
+        &self,
+        cluster: &str,
+        extra: &[&str],
+        log: Option<&Path>,
+        filter: &str,
+    ) -> Meshd {
         let data = self.data_dir(cluster);
         let bind = self.bind[cluster].to_string();
         let mut args = vec![
@@ -154,9 +165,7 @@ impl MeshFiles {
         ];
         args.extend_from_slice(extra);
         match log {
-            Some(l) => {
-                Meshd::spawn_logged_filter(&args, &data, l, Some("warn,meshd_federation=info"))
-            }
+            Some(l) => Meshd::spawn_logged_filter(&args, &data, l, Some(filter)),
             None => Meshd::spawn(&args, &data),
         }
     }
