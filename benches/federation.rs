@@ -825,32 +825,11 @@ async fn reroute_cost(
     after: u64,
     when: &'static str,
 ) -> Reroute {
-    use fed::MeshFiles;
-    let files = MeshFiles::new(
-        &["a", "b", "c"],
-        &[("a", "b", 1), ("b", "c", 1), ("a", "c", 10)],
-        &[],
-    );
-    let a = files.start("a");
-    let mut b = files.start("b");
-    let cc = files.start("c");
-    for n in [&a, &b, &cc] {
-        fed::topic(c, n, "orders", 4).await;
-    }
+    let files = fed::triangle();
     let sink = CountingSink::start().await;
-    let r = c
-        .post(cc.at("/v1/subscriptions"))
-        .json(&json!({"name": "all", "topic": "orders", "group": "all",
-            "sink": {"webhook": {"url": sink.url}}, "delivery": {"max_in_flight": 64}}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-    fed::wait_connected(c, &a, "b").await;
-    fed::wait_connected(c, &a, "c").await;
-    fed::wait_connected(c, &b, "c").await;
-    fed::wait_interest(c, &a, "b", "c", "orders").await;
-    fed::wait_no_interest(c, &a, "c", "orders").await;
+    let mut subscription = fed::webhook_subscription("all", "orders", &sink.url);
+    subscription["delivery"] = json!({"max_in_flight": 64});
+    let (a, mut b, cc) = fed::start_triangle(c, &files, 4, &subscription).await;
     let publish_range = |from: u64, to: u64| {
         let (c, url) = (c.clone(), a.at("/v1/topics/orders/events"));
         async move {

@@ -25,26 +25,16 @@ fn events(from: usize, to: usize) -> Vec<Value> {
 async fn a_reroute_sends_only_what_the_receiver_lacks() {
     // a—b—c cost 2, a—c cost 10: c gets a's events through b until b dies; then the direct
     // link must start after what c already holds, not at a's oldest event.
-    let files = MeshFiles::new(
-        &["a", "b", "c"],
-        &[("a", "b", 1), ("b", "c", 1), ("a", "c", 10)],
-        &[],
-    );
+    let files = triangle();
     let c = common::client();
-    let a = files.start("a");
-    let mut b = files.start("b");
-    let cc = files.start("c");
-    for n in [&a, &b, &cc] {
-        topic(&c, n, "orders", 3).await;
-    }
     let sink = Sink::start(|_, _| 200).await;
-    subscribe(&c, &cc, "all", "orders", None, &sink.url).await;
-    wait_connected(&c, &a, "b").await;
-    wait_connected(&c, &a, "c").await;
-    wait_connected(&c, &b, "c").await;
-    wait_interest(&c, &a, "b", "c", "orders").await;
-    // Until c's route through b is up, c asks a directly: wait for that to be withdrawn.
-    wait_no_interest(&c, &a, "c", "orders").await;
+    let (a, mut b, cc) = start_triangle(
+        &c,
+        &files,
+        3,
+        &webhook_subscription("all", "orders", &sink.url),
+    )
+    .await;
     let before = 3_000;
     for chunk in events(0, before).chunks(500) {
         publish_batch(&c, &a, "orders", chunk).await;

@@ -245,6 +245,58 @@ pub async fn wait_topic(c: &reqwest::Client, node: &common::Meshd, topic: &str, 
     .await;
 }
 
+/// The triangle a—b—c (cost 2) with an expensive direct link a—c (cost 10): a reaches c
+/// through b until b is gone.
+pub fn triangle() -> MeshFiles {
+    MeshFiles::new(
+        &["a", "b", "c"],
+        &[("a", "b", 1), ("b", "c", 1), ("a", "c", 10)],
+        &[],
+    )
+}
+
+/// Starts the clusters of a [`triangle`], makes topic `orders` (`partitions`) in each and
+/// `subscription` (a subscription body) in c, and waits until c's interest reaches a
+/// through b only (until c's route through b is up, c asks a directly).
+pub async fn start_triangle(
+    c: &reqwest::Client,
+    files: &MeshFiles,
+    partitions: u32,
+    subscription: &Value,
+) -> (Meshd, Meshd, Meshd) {
+    let a = files.start("a");
+    let b = files.start("b");
+    let cc = files.start("c");
+    for n in [&a, &b, &cc] {
+        topic(c, n, "orders", partitions).await;
+    }
+    let r = c
+        .post(cc.at("/v1/subscriptions"))
+        .json(subscription)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "subscribe: {}",
+        r.text().await.unwrap()
+    );
+    wait_connected(c, &a, "b").await;
+    wait_connected(c, &a, "c").await;
+    wait_connected(c, &b, "c").await;
+    wait_interest(c, &a, "b", "c", "orders").await;
+    wait_no_interest(c, &a, "c", "orders").await;
+    (a, b, cc)
+}
+
+/// The body of a CLUSTERING webhook subscription named `name` on `topic`.
+pub fn webhook_subscription(name: &str, topic: &str, url: &str) -> Value {
+    json!({
+        "name": name, "topic": topic, "group": name, "mode": "CLUSTERING",
+        "sink": { "webhook": { "url": url } },
+    })
+}
+
 /// Creates a webhook subscription with an optional filter.
 pub async fn subscribe(
     c: &reqwest::Client,
@@ -254,10 +306,7 @@ pub async fn subscribe(
     filter: Option<Value>,
     sink: &str,
 ) {
-    let mut body = json!({
-        "name": name, "topic": topic, "group": name, "mode": "CLUSTERING",
-        "sink": { "webhook": { "url": sink } },
-    });
+    let mut body = webhook_subscription(name, topic, sink);
     if let Some(f) = filter {
         body["filter"] = f;
     }
