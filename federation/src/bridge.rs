@@ -1701,9 +1701,15 @@ impl SessionState {
             return None;
         }
         let mut set = outgoing_stamps(&raw, me);
-        // Leaving its origin: its origin position goes with it.
-        let pos = own.to_string();
-        if raw.extension(ORIGIN_EXT).is_none() && raw.extension(POS_EXT).is_none() {
+        // Leaving its origin: its origin position goes with it (formatted only then: a
+        // relayed event, most of a busy relay's traffic, already carries it).
+        let leaving = raw.extension(ORIGIN_EXT).is_none() && raw.extension(POS_EXT).is_none();
+        let pos = if leaving {
+            own.to_string()
+        } else {
+            String::new()
+        };
+        if leaving {
             set.push((POS_EXT, &pos));
         }
         Some(if set.is_empty() {
