@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use meshd_core::api::{
     AckRequest, AckResponse, DeliveryPolicy, ErrorBody, GroupMode, MeshStatus, PublishResponse,
     PullResponse, PullSink, Retention, Sink, StartPosition, SubscriptionList, SubscriptionSpec,
-    TopicConfig, TopicInfo, TopicList, WebhookSink,
+    SubscriptionStatus, TopicConfig, TopicInfo, TopicList, WebhookSink,
 };
 use meshd_core::filter::FilterSpec;
 use reqwest::{Method, StatusCode};
@@ -612,6 +612,13 @@ enum SubAction {
         /// Name.
         name: String,
     },
+    /// Where a subscription's delivery stands: backlog (events and age) per partition,
+    /// committed offsets, in flight, delivered / retried / dead-lettered counts, the last
+    /// error, and the node delivering it.
+    Status {
+        /// Name.
+        name: String,
+    },
     /// Delete a subscription (delivery stops).
     Delete {
         /// Name.
@@ -948,6 +955,15 @@ pub async fn subscription(global: &GlobalArgs, args: SubArgs) -> anyhow::Result<
                 }
             }
         }
+        SubAction::Status { name } => {
+            let name = name_segment("subscription", &name)?;
+            let s: SubscriptionStatus =
+                api.get(&format!("/v1/subscriptions/{name}/status")).await?;
+            match api.output {
+                Output::Json => api.print_json(&s)?,
+                Output::Table => print!("{}", status_text(&s)),
+            }
+        }
         SubAction::Delete { name } => {
             let name = name_segment("subscription", &name)?;
             api.send(Method::DELETE, &format!("/v1/subscriptions/{name}"), |r| r)
@@ -960,6 +976,69 @@ pub async fn subscription(global: &GlobalArgs, args: SubArgs) -> anyhow::Result<
         SubAction::Pull { name, pull: opts } => pull(&api, &name, &opts).await?,
     }
     Ok(())
+}
+
+/// `meshd sub status` as text: the summary, then one row per partition.
+fn status_text(s: &SubscriptionStatus) -> String {
+    let mut t = Table::new(["FIELD", "VALUE"]);
+    t.row(["name".into(), s.name.clone()]);
+    t.row(["topic".into(), s.topic.clone()]);
+    t.row([
+        "group".into(),
+        format!("{} ({})", s.group, mode_text(s.mode)),
+    ]);
+    let delivering = if s.delivering {
+        "delivering"
+    } else {
+        "not delivering"
+    };
+    t.row([
+        "node".into(),
+        format!("{} in cluster {} ({delivering})", s.node, s.cluster),
+    ]);
+    t.row(["backlog".into(), format!("{} events", s.backlog_events)]);
+    t.row([
+        "oldest undelivered".into(),
+        if s.backlog_events == 0 {
+            "-".into()
+        } else {
+            format!("{:.1}s ago", s.backlog_seconds)
+        },
+    ]);
+    t.row(["in flight".into(), s.in_flight.to_string()]);
+    t.row(["delivered".into(), s.delivered.to_string()]);
+    t.row(["retried".into(), s.retried.to_string()]);
+    t.row(["dead-lettered".into(), s.dead_lettered.to_string()]);
+    t.row(["filtered out".into(), s.filtered_out.to_string()]);
+    t.row([
+        "last error".into(),
+        match &s.last_error {
+            None => "-".into(),
+            Some(e) => format!(
+                "{} at {}",
+                e.message,
+                meshd_certs::names::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(e.at_ms))
+            ),
+        },
+    ]);
+    let mut out = t.render();
+    let mut p = Table::new(["PARTITION", "COMMITTED", "END", "BACKLOG", "OLDEST"]);
+    for (n, ps) in &s.partitions {
+        p.row([
+            n.to_string(),
+            ps.committed.to_string(),
+            ps.end.to_string(),
+            ps.backlog_events.to_string(),
+            if ps.backlog_events == 0 {
+                "-".into()
+            } else {
+                format!("{:.1}s", ps.backlog_seconds)
+            },
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&p.render());
+    out
 }
 
 /// Pulls and acknowledges events, printing each event as one JSON line on stdout.

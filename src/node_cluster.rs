@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use meshd_core::api::{SubscriptionSpec, TopicConfig};
 use meshd_node::server::StoreKind;
-use meshd_node::server::{CatalogSink, DrainState, Node};
+use meshd_node::server::{CatalogSink, DrainState, GroupLocator, GroupOwner, Node};
 use meshd_scheduler::registry::{
     store_shape, CatalogEvent, CatalogKind, LeaseConfig, MemberEvent, MemberGroups, MemberHandle,
     MemberInfo, MemberLoad, MemberState, MemberStatus, MemberStore, Placement, Registry, Role,
@@ -104,6 +104,39 @@ impl CatalogSink for RegistryCatalog {
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+}
+
+/// Which node delivers a consumer group, read from the registry: the placement names the
+/// node, its member record gives the URL (`GET /v1/subscriptions/{name}/status` on another
+/// node asks it).
+pub struct RegistryLocator(pub Arc<dyn Registry>);
+
+#[async_trait::async_trait]
+impl GroupLocator for RegistryLocator {
+    async fn owner(&self, group: &str) -> Option<GroupOwner> {
+        let placement = match self.0.get_placement().await {
+            Ok(p) => p?,
+            Err(e) => {
+                tracing::debug!(group, "reading the placement to find a group's node: {e}");
+                return None;
+            }
+        };
+        let node = placement.consumer_groups.get(group)?.clone();
+        let members = match self.0.list_members().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(group, "listing members to find a group's node: {e}");
+                return None;
+            }
+        };
+        let member = members
+            .into_iter()
+            .find(|m| m.role == Role::Node && m.id == node)?;
+        Some(GroupOwner {
+            node,
+            url: member.http_addr,
+        })
     }
 }
 
@@ -212,6 +245,7 @@ impl ClusterMember {
         lease: LeaseConfig,
     ) -> anyhow::Result<Arc<ClusterMember>> {
         node.set_catalog(Arc::new(RegistryCatalog(registry.clone())));
+        node.set_group_locator(Arc::new(RegistryLocator(registry.clone())));
         let member = Arc::new(ClusterMember {
             handle: tokio::sync::Mutex::new(None),
             obey: std::sync::Mutex::new(None),

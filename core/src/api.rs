@@ -685,6 +685,74 @@ pub struct SubscriptionList {
     pub subscriptions: Vec<SubscriptionSpec>,
 }
 
+/// Answer of `GET /v1/subscriptions/{name}/status`: where a subscription's delivery
+/// stands, as the node delivering it sees it. Any node (or a proxy) answers it: a node
+/// that does not deliver the subscription's group asks the node that does.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SubscriptionStatus {
+    /// The subscription.
+    pub name: String,
+    /// The topic it reads.
+    pub topic: String,
+    /// Its consumer group.
+    pub group: String,
+    /// CLUSTERING or BROADCASTING.
+    pub mode: GroupMode,
+    /// The cluster of the node answering.
+    pub cluster: String,
+    /// The node whose numbers these are: the one delivering the group when one does.
+    pub node: String,
+    /// Whether `node` delivers the subscription now (`false`: nobody in this cluster
+    /// does, e.g. placement has not named a node yet or another cluster took it over).
+    pub delivering: bool,
+    /// Events stored and not yet delivered (committed), all partitions. Events handed out
+    /// and not yet acknowledged count: they are delivered only when acknowledged.
+    pub backlog_events: u64,
+    /// Age of the oldest undelivered event (0 without backlog), seconds.
+    pub backlog_seconds: f64,
+    /// Per partition of the topic.
+    pub partitions: BTreeMap<u32, PartitionStatus>,
+    /// Events handed to the sink and not yet finished (push: being attempted or waiting
+    /// for a retry; pull: handed out, not acknowledged).
+    pub in_flight: u64,
+    /// Events the sink acknowledged, since the node started.
+    pub delivered: u64,
+    /// Failed attempts that were retried, since the node started.
+    pub retried: u64,
+    /// Events that ran out of attempts (sent to the dead-letter topic, or dropped without
+    /// one), since the node started.
+    pub dead_lettered: u64,
+    /// Events the filter skipped, since the node started.
+    pub filtered_out: u64,
+    /// The last delivery failure seen, since the node started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<SubscriptionError>,
+}
+
+/// One partition of [`SubscriptionStatus`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
+pub struct PartitionStatus {
+    /// The committed offset: the next offset to deliver (everything before it is done).
+    /// For BROADCASTING, that of the slowest member.
+    pub committed: u64,
+    /// The offset the next stored event will get (the head).
+    pub end: u64,
+    /// `end` − `committed` (from the first retained offset when retention passed the
+    /// committed one).
+    pub backlog_events: u64,
+    /// Age of the oldest undelivered event of the partition, seconds (0 without backlog).
+    pub backlog_seconds: f64,
+}
+
+/// A delivery failure of [`SubscriptionStatus::last_error`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SubscriptionError {
+    /// What failed (`http 503`, `timeout`, `connection error: ...`, a dead-letter reason).
+    pub message: String,
+    /// When, ms since the epoch.
+    pub at_ms: u64,
+}
+
 /// What `GET /v1/mesh` answers, as far as clients read it (the federation bridge writes
 /// more: routes, learned interest, policies; unknown fields are ignored here). See
 /// docs/federation.md, "Status and metrics".

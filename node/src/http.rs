@@ -176,6 +176,15 @@ impl From<NodeError> for ApiError {
                 ),
             }
             .field("sink.webhook.url"),
+            NodeError::OwnerUnreachable { .. } => {
+                let mut a = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "owner_unreachable",
+                    e.to_string(),
+                );
+                a.retry_after = Some(1);
+                a
+            }
             NodeError::NotPlacedHere { .. } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "group_not_placed_here",
@@ -210,6 +219,7 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/v1/subscriptions/{name}/events", get(pull))
         .route("/v1/subscriptions/{name}/ack", post(ack))
+        .route("/v1/subscriptions/{name}/status", get(subscription_status))
         .route("/v1/filters/test", post(filter_test))
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/mesh", get(mesh_status))
@@ -487,6 +497,73 @@ async fn delete_subscription(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Header a node sets when it asks the node delivering a subscription for its status (the
+/// node asked answers with its own numbers and never forwards again).
+pub const FORWARDED_HEADER: &str = "meshd-forwarded-by";
+
+/// How long a node waits for the node delivering a subscription to answer its status.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `GET /v1/subscriptions/{name}/status`: the numbers of the node delivering it. A node
+/// whose cluster places the subscription's group on another node asks that node.
+async fn subscription_status(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    // Unknown here is unknown in the cluster (every node applies the catalog).
+    node.subscription(&name)?;
+    if !headers.contains_key(FORWARDED_HEADER) {
+        if let Some(owner) = node.group_owner(&name).await {
+            let status = forward_status(&node, &owner, &name).await?;
+            return Ok(Json(status).into_response());
+        }
+    }
+    Ok(Json(crate::status::subscription_status(&node, &name).await?).into_response())
+}
+
+/// Asks `owner` for the status of `name` (with the cluster's internal token).
+async fn forward_status(
+    node: &Node,
+    owner: &crate::server::GroupOwner,
+    name: &str,
+) -> Result<meshd_core::api::SubscriptionStatus, NodeError> {
+    let unreachable = |error: String| NodeError::OwnerUnreachable {
+        name: name.to_string(),
+        node: owner.node.clone(),
+        error,
+    };
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(FORWARD_TIMEOUT)
+        .build()
+        .map_err(|e| unreachable(meshd_core::api::error_chain(&e)))?;
+    let url = format!(
+        "{}/v1/subscriptions/{name}/status",
+        owner.url.trim_end_matches('/')
+    );
+    let mut req = client
+        .get(&url)
+        .header(FORWARDED_HEADER, node.config.node_id.as_str());
+    if let Some(t) = &node.config.internal_token {
+        req = req.header(meshd_core::internal::HEADER, t.expose());
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| unreachable(meshd_core::api::error_chain(&e)))?;
+    match resp.status().as_u16() {
+        200 => resp
+            .json()
+            .await
+            .map_err(|e| unreachable(meshd_core::api::error_chain(&e))),
+        404 => Err(NodeError::SubscriptionNotFound {
+            name: name.to_string(),
+        }),
+        s => Err(unreachable(format!("it answered {s}"))),
+    }
+}
+
 /// Query of a pull.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -679,6 +756,9 @@ async fn undrain(State(node): State<Arc<Node>>) -> Response {
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let mut text = node.metrics.render();
+    text.push_str(&crate::metrics::render_subscriptions(
+        &crate::status::delivered_here(&node).await,
+    ));
     if let Some(mesh) = node.mesh_metrics() {
         text.push_str(&mesh);
     }

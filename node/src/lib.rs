@@ -15,6 +15,7 @@
 //! - [`metrics`]: the node's Prometheus metrics.
 //! - [`http`]: the `/v1` HTTP API, `/metrics`, `/healthz`, `/readyz`.
 //! - [`server`]: a node assembled, with start-up recovery and clean shutdown.
+//! - [`status`]: where a subscription's delivery stands (backlog, counters, last error).
 #![forbid(unsafe_code)]
 
 pub mod delivery;
@@ -22,4 +23,5 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod server;
+pub mod status;
 pub mod store;

@@ -1,12 +1,17 @@
-//! The node's Prometheus metrics, named `meshd_node_<what>_<unit>`.
+//! The node's Prometheus metrics, named `meshd_node_<what>_<unit>`, and the per
+//! subscription metrics `meshd_subscription_<what>_<unit>` ([`render_subscriptions`]).
 //!
 //! One [`Metrics`] per node, owned by its own registry (so several nodes in one process,
 //! as `meshd dev` runs them, do not collide). Code increments the typed fields; no metric
 //! names are spelled anywhere else.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use meshd_core::api::{SubscriptionError, SubscriptionStatus};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, from 50µs to 10s.
@@ -57,6 +62,38 @@ pub struct Metrics {
     /// Open and refused HTTP connections (`meshd_node_open_connections`,
     /// `meshd_node_connections_refused_total`).
     pub connections: meshd_listener::ConnMetrics,
+    /// The last delivery failure per subscription.
+    pub last_errors: LastErrors,
+}
+
+/// The last delivery failure of each subscription (a retried attempt or a dead letter),
+/// with its time, for `GET /v1/subscriptions/{name}/status`.
+#[derive(Clone, Default)]
+pub struct LastErrors(Arc<Mutex<HashMap<String, SubscriptionError>>>);
+
+impl LastErrors {
+    /// Records a failure of `subscription` now.
+    pub fn note(&self, subscription: &str, message: &str) {
+        let e = SubscriptionError {
+            message: message.to_string(),
+            at_ms: crate::ingest::now_ms(),
+        };
+        self.map().insert(subscription.to_string(), e);
+    }
+
+    /// The last failure of `subscription`.
+    pub fn get(&self, subscription: &str) -> Option<SubscriptionError> {
+        self.map().get(subscription).cloned()
+    }
+
+    /// Forgets a deleted subscription.
+    pub fn forget(&self, subscription: &str) {
+        self.map().remove(subscription);
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, SubscriptionError>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Metrics {
@@ -111,6 +148,7 @@ impl Metrics {
             meshd_listener::ConnMetrics::register(&registry, "meshd_node").expect("unique metric");
         Metrics {
             connections,
+            last_errors: LastErrors::default(),
             retention_removed: plain_counter(
                 "meshd_node_retention_removed_records_total",
                 "Records removed by retention",
@@ -197,6 +235,70 @@ impl Metrics {
             .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
+}
+
+/// The per subscription metrics of the subscriptions delivered here, as Prometheus text:
+/// gauges `meshd_subscription_backlog_events`, `meshd_subscription_backlog_seconds`,
+/// `meshd_subscription_in_flight_events`, and counters
+/// `meshd_subscription_delivered_total`, `meshd_subscription_retried_total`,
+/// `meshd_subscription_dead_lettered_total` (since the node started), each labelled with
+/// `subscription` and `topic`. Built per scrape from statuses that cost a few offset
+/// lookups per partition (no log scan).
+pub fn render_subscriptions(statuses: &[SubscriptionStatus]) -> String {
+    let registry = Registry::new();
+    let labels = &["subscription", "topic"];
+    let gauge = |name: &str, help: &str| {
+        let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+        registry
+            .register(Box::new(g.clone()))
+            .expect("unique metric");
+        g
+    };
+    let counter = |name: &str, help: &str| {
+        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+        registry
+            .register(Box::new(c.clone()))
+            .expect("unique metric");
+        c
+    };
+    let backlog = gauge(
+        "meshd_subscription_backlog_events",
+        "Events stored and not yet delivered (committed), all partitions",
+    );
+    let age = gauge(
+        "meshd_subscription_backlog_seconds",
+        "Age of the oldest undelivered event",
+    );
+    let in_flight = gauge(
+        "meshd_subscription_in_flight_events",
+        "Events handed to the sink and not finished",
+    );
+    let delivered = counter(
+        "meshd_subscription_delivered_total",
+        "Events acknowledged by the sink",
+    );
+    let retried = counter(
+        "meshd_subscription_retried_total",
+        "Failed delivery attempts that were retried",
+    );
+    let dead = counter(
+        "meshd_subscription_dead_lettered_total",
+        "Events that ran out of attempts",
+    );
+    for s in statuses {
+        let l = [s.name.as_str(), s.topic.as_str()];
+        backlog.with_label_values(&l).set(s.backlog_events as f64);
+        age.with_label_values(&l).set(s.backlog_seconds);
+        in_flight.with_label_values(&l).set(s.in_flight as f64);
+        delivered.with_label_values(&l).inc_by(s.delivered);
+        retried.with_label_values(&l).inc_by(s.retried);
+        dead.with_label_values(&l).inc_by(s.dead_lettered);
+    }
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut buf)
+        .expect("text encoding cannot fail");
+    String::from_utf8(buf).expect("prometheus text is UTF-8")
 }
 
 impl Default for Metrics {

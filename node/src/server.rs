@@ -227,6 +227,16 @@ pub enum NodeError {
     /// A webhook target is refused by the node's target rules.
     #[error(transparent)]
     WebhookTarget(#[from] crate::delivery::WebhookTargetError),
+    /// The node delivering a subscription's group could not be asked.
+    #[error("node {node:?} delivers subscription {name:?} and could not be asked: {error}")]
+    OwnerUnreachable {
+        /// Subscription.
+        name: String,
+        /// The node delivering it.
+        node: String,
+        /// Why.
+        error: String,
+    },
     /// The subscription's consumer group is placed on another node of the cluster.
     #[error("consumer group {group:?} of subscription {name:?} is not served by this node; use the node placement names (or a proxy)")]
     NotPlacedHere {
@@ -260,6 +270,7 @@ pub struct Node {
     mesh_metrics: std::sync::OnceLock<MeshMetricsFn>,
     mesh_link_admin: std::sync::OnceLock<MeshLinkAdminFn>,
     mesh_failover: std::sync::OnceLock<MeshFailoverFn>,
+    group_locator: std::sync::OnceLock<Arc<dyn GroupLocator>>,
     /// Consumer groups this node may deliver; `None`: all (no placement).
     owned: RwLock<Option<BTreeSet<String>>>,
     catalog: std::sync::OnceLock<Arc<dyn CatalogSink>>,
@@ -282,6 +293,23 @@ pub enum DrainState {
     Draining,
     /// Refuses publishes, delivers nothing, out of the registry.
     Drained,
+}
+
+/// The node of this cluster that delivers a consumer group, and its HTTP base URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOwner {
+    /// Node id.
+    pub node: String,
+    /// Base URL of its HTTP API.
+    pub url: String,
+}
+
+/// Finds which node delivers a consumer group (a cluster member answers from the
+/// registry's placement; a node without one delivers everything itself).
+#[async_trait::async_trait]
+pub trait GroupLocator: Send + Sync {
+    /// The node placement gives `group` to, if any.
+    async fn owner(&self, group: &str) -> Option<GroupOwner>;
 }
 
 /// Extra Prometheus text appended to `/metrics` by the federation bridge.
@@ -364,6 +392,7 @@ impl Node {
             mesh_metrics: std::sync::OnceLock::new(),
             mesh_link_admin: std::sync::OnceLock::new(),
             mesh_failover: std::sync::OnceLock::new(),
+            group_locator: std::sync::OnceLock::new(),
             owned: RwLock::new(owned),
             catalog: std::sync::OnceLock::new(),
             producer_groups: std::sync::Mutex::new(HashMap::new()),
@@ -457,6 +486,27 @@ impl Node {
     /// The federation bridge's status, when a bridge is attached.
     pub fn mesh_status(&self) -> Option<serde_json::Value> {
         self.mesh.get().map(|f| f())
+    }
+
+    /// Attaches the lookup of the node delivering a consumer group (once).
+    pub fn set_group_locator(&self, locator: Arc<dyn GroupLocator>) {
+        let _ = self.group_locator.set(locator);
+    }
+
+    /// The other node of this cluster that delivers subscription `name`'s group, when
+    /// placement gives it to another node than this one (`None`: this node delivers it, or
+    /// nobody is known to).
+    pub async fn group_owner(&self, name: &str) -> Option<GroupOwner> {
+        let group = {
+            let subs = self.read_subs();
+            let sub = subs.get(name)?;
+            if self.should_run(&sub.spec) {
+                return None;
+            }
+            sub.spec.group.clone()
+        };
+        let owner = self.group_locator.get()?.owner(&group).await?;
+        (owner.node != self.config.node_id).then_some(owner)
     }
 
     /// Attaches the federation bridge's metrics (Prometheus text; once).
@@ -911,6 +961,7 @@ impl Node {
             .delete_meta(&format!("{SUBSCRIPTION_CREATED_PREFIX}{name}"))
             .await;
         self.created_map().remove(name);
+        self.metrics.last_errors.forget(name);
         self.write_subs().remove(name);
         tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, subscription = %name, "subscription deleted");
         Ok(())

@@ -216,6 +216,10 @@ fn classify(method: &Method, path: &str) -> Result<Op, Reject> {
         ["v1", "subscriptions", n, "ack"] if !n.is_empty() => {
             (method == Method::POST).then(|| Op::SubPull((*n).to_string()))
         }
+        // To the node placement names first, like pull and ack (any node answers it).
+        ["v1", "subscriptions", n, "status"] if !n.is_empty() => {
+            (method == Method::GET).then(|| Op::SubOne((*n).to_string()))
+        }
         _ => {
             return Err(Reject::new(
                 StatusCode::NOT_FOUND,
@@ -1433,6 +1437,10 @@ mod tests {
         assert_eq!(
             classify(&Method::POST, "/v1/subscriptions/s/ack").ok(),
             Some(Op::SubPull("s".into()))
+        );
+        assert_eq!(
+            classify(&Method::GET, "/v1/subscriptions/s/status").ok(),
+            Some(Op::SubOne("s".into()))
         );
         assert_eq!(
             classify(&Method::GET, "/nope").err().map(|r| r.status),

@@ -174,6 +174,11 @@ impl Progress {
         });
     }
 
+    /// The commit point of every partition (what the next commit writes).
+    pub fn commit_points(&self) -> HashMap<u32, u64> {
+        self.with(|t| t.iter().map(|(p, tr)| (*p, tr.commit_point())).collect())
+    }
+
     /// The commit point of a partition.
     pub fn commit_point(&self, partition: u32) -> Option<u64> {
         self.with(|t| t.get(&partition).map(OffsetTracker::commit_point))
@@ -421,6 +426,7 @@ pub fn dead_letter_event(event: &Event, subscription: &str, dl: &DeadLetter) -> 
 /// offset then stays incomplete and the event is seen again after a restart).
 pub async fn dead_letter(ctx: &SubCtx, event: &Event, dl: &DeadLetter) -> bool {
     let labels = [ctx.topic(), ctx.name()];
+    ctx.metrics.last_errors.note(ctx.name(), &dl.reason);
     let Some(dlt) = ctx.sub.spec.delivery.dead_letter_topic.clone() else {
         warn!(subscription = %ctx.name(), topic = %ctx.topic(), event_id = %event.id(), reason = %dl.reason, "event dropped: out of attempts and no dead-letter topic");
         ctx.metrics.dead_lettered.with_label_values(&labels).inc();

@@ -34,7 +34,7 @@ pub mod tracker;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -316,6 +316,39 @@ impl Delivery {
         ack_ids: Vec<String>,
     ) -> Result<AckResponse, DeliveryError> {
         Ok(self.pull_sub(name).await?.ack(consumer, ack_ids).await)
+    }
+
+    /// Whether a subscription's delivery runs here.
+    pub async fn is_running(&self, name: &str) -> bool {
+        self.subs.lock().await.contains_key(name)
+    }
+
+    /// Per partition, where a subscription running here would commit now (completed
+    /// offsets not yet written to the store included): the lowest over its offset groups
+    /// (BROADCASTING members each have one). `None` when it does not run here or no
+    /// group tracks progress yet (a BROADCASTING pull subscription before its first pull).
+    pub async fn commit_points(&self, name: &str) -> Option<BTreeMap<u32, u64>> {
+        let (mut progress, pull) = {
+            let subs = self.subs.lock().await;
+            let r = subs.get(name)?;
+            match &r.kind {
+                Kind::Push => (r.progress.clone(), None),
+                Kind::Pull(p) => (Vec::new(), Some(p.clone())),
+            }
+        };
+        if let Some(p) = pull {
+            progress = p.progress().await;
+        }
+        let mut points: Option<BTreeMap<u32, u64>> = None;
+        for p in progress {
+            let mine = p.commit_points();
+            let all = points.get_or_insert_with(|| mine.iter().map(|(k, v)| (*k, *v)).collect());
+            for (part, at) in mine {
+                let e = all.entry(part).or_insert(at);
+                *e = (*e).min(at);
+            }
+        }
+        points
     }
 
     /// Names of the running subscriptions, sorted.

@@ -303,6 +303,10 @@ impl Lane {
                 .retried
                 .with_label_values(&[self.ctx.topic(), self.ctx.name()])
                 .inc();
+            self.ctx.metrics.last_errors.note(
+                self.ctx.name(),
+                &format!("{what} (attempt {attempts}, retrying)"),
+            );
             debug!(attempt = attempts, failure = %what, delay_ms = delay.as_millis() as u64, "delivery failed; retrying");
             if !self.ctx.sleep(delay).await {
                 return Outcome::Stopped;
