@@ -1,8 +1,9 @@
 //! `GET /v1/subscriptions/{name}/status`, the `meshd_subscription_*` metrics and `meshd
 //! sub status` against the real binary: exact backlog numbers while a pull consumer
 //! works through a topic, retries, the last error and dead letters of a failing webhook,
-//! and an unknown subscription.
+//! an unknown subscription, and a cluster where one node of two delivers.
 
+mod cluster_support;
 mod common;
 
 use std::time::Duration;
@@ -278,4 +279,61 @@ async fn an_unknown_subscription_is_404() {
     let (ok, _, err) = cli(&["--url", &m.url, "sub", "status", "nope"]);
     assert!(!ok);
     assert!(err.contains("nope"), "{err}");
+}
+
+/// In a cluster of two nodes (etcd, schedulers, a shared pulsar-lite store, two proxies)
+/// one node delivers the group: both nodes and both proxies answer its numbers, naming it.
+#[tokio::test]
+async fn every_node_and_proxy_of_a_cluster_answers_the_delivering_nodes_numbers() {
+    let cl = cluster_support::Cluster::start().await;
+    let c = client();
+    let p1 = cl.proxies[0].url.clone();
+    create_topic(&c, &p1, "orders", json!({"partitions": 2})).await;
+    let (code, body) = subscribe(
+        &c,
+        &p1,
+        json!({"name": "audit", "topic": "orders", "sink": {"pull": {}}, "start": "earliest"}),
+    )
+    .await;
+    assert!(code == 201 || code == 200, "{body}");
+    let owner = eventually("placement names a node for the group", T, || async {
+        cl.owner(&c, "audit").await
+    })
+    .await;
+    let events: Vec<_> = (0..6)
+        .map(|i| event(&format!("e{i}"), "order.created", None, json!({"n": i})))
+        .collect();
+    publish(&c, &p1, "orders", &events).await;
+    let got = drain(&c, &p1, "audit", "default", 6).await;
+    assert_eq!(got.len(), 6);
+    publish(
+        &c,
+        &p1,
+        "orders",
+        &[event("late", "order.created", None, json!({}))],
+    )
+    .await;
+    let urls: Vec<String> = cl
+        .nodes
+        .iter()
+        .chain(&cl.proxies)
+        .map(|m| m.url.clone())
+        .collect();
+    for url in &urls {
+        let s = eventually("the status of the delivering node", T, || async {
+            let r = c
+                .get(format!("{url}/v1/subscriptions/audit/status"))
+                .send()
+                .await
+                .ok()?;
+            let s: SubscriptionStatus = r.json().await.ok()?;
+            // The pull reader may not have stored the last event's end yet.
+            (s.backlog_events == 1).then_some(s)
+        })
+        .await;
+        assert_eq!(s.node, owner, "asked {url}: {s:?}");
+        assert_eq!(s.cluster, cluster_support::CLUSTER);
+        assert!(s.delivering, "asked {url}: {s:?}");
+        assert_eq!((s.delivered, s.in_flight), (6, 0), "asked {url}: {s:?}");
+    }
 }
