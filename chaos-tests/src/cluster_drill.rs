@@ -164,19 +164,19 @@ pub async fn cluster_health(c: &reqwest::Client, o: &ClusterDrillOptions) -> Vec
         }
     }
     for (id, url) in &o.nodes {
-        match http::get_json(c, &format!("{url}/v1/cluster")).await {
+        match http::cluster_status(c, url).await {
             Err(e) => problems.push(format!("node {id}: {e}")),
             Ok(v) => {
-                if v["cluster"] != o.cluster.as_str() || v["node"] != id.as_str() {
+                if v.cluster != o.cluster || v.node != *id {
                     problems.push(format!(
                         "node {id}: {url} is node {} of cluster {}",
-                        v["node"], v["cluster"]
+                        v.node, v.cluster
                     ));
                 }
-                if v["drain"] != "serving" && !v["drain"].is_null() {
-                    problems.push(format!("node {id} is {}", v["drain"]));
+                if v.drain != meshd_core::api::DrainState::Serving {
+                    problems.push(format!("node {id} is {:?}", v.drain));
                 }
-                if v["ready"] != true {
+                if !v.ready {
                     problems.push(format!("node {id} is not ready"));
                 }
             }
@@ -207,11 +207,8 @@ async fn group_owner(
     group: &str,
 ) -> Option<String> {
     for (id, url) in nodes {
-        if let Ok(v) = http::get_json(c, &format!("{url}/v1/cluster")).await {
-            let owns = v["owned_groups"]
-                .as_array()
-                .is_some_and(|g| g.iter().any(|x| x == group));
-            if owns {
+        if let Ok(v) = http::cluster_status(c, url).await {
+            if v.owned_groups.is_some_and(|g| g.contains(group)) {
                 return Some(id.clone());
             }
         }
@@ -773,9 +770,9 @@ async fn inject_and_watch(
             };
             obs.detection = Some(injected.elapsed());
             obs.facts.insert("moved_to".into(), json!(moved_to));
-            if let Ok(v) = http::get_json(c, &format!("{url}/v1/cluster")).await {
+            if let Ok(v) = http::cluster_status(c, &url).await {
                 obs.facts
-                    .insert("target_drain_state".into(), v["drain"].clone());
+                    .insert("target_drain_state".into(), json!(v.drain));
             }
             // Recovery: the new node delivers canaries.
             loop {

@@ -71,11 +71,8 @@ pub async fn group_owner(
     group: &str,
 ) -> Option<(String, String)> {
     for (id, url) in nodes {
-        if let Ok(v) = http::get_json(c, &format!("{url}/v1/cluster")).await {
-            if v["owned_groups"]
-                .as_array()
-                .is_some_and(|g| g.iter().any(|x| x == group))
-            {
+        if let Ok(v) = http::cluster_status(c, url).await {
+            if v.owned_groups.is_some_and(|g| g.contains(group)) {
                 return Some((id.clone(), url.clone()));
             }
         }

@@ -98,10 +98,10 @@ pub async fn health(c: &reqwest::Client, nodes: &BTreeMap<String, String>) -> Ve
         match http::mesh(c, url).await {
             Err(e) => problems.push(format!("{name}: {e}")),
             Ok(m) => {
-                if m["cluster"] != name.as_str() {
+                if m.cluster != *name {
                     problems.push(format!(
                         "{name}: {url} is cluster {} (check --node)",
-                        m["cluster"]
+                        m.cluster
                     ));
                 }
                 if let Err(e) = http::links_healthy(&m) {
@@ -286,9 +286,9 @@ pub async fn restore(nodes: &BTreeMap<String, String>) -> Result<Vec<String>, Ch
     let mut resumed = Vec::new();
     for (name, url) in nodes {
         let m = http::mesh(&c, url).await?;
-        for l in m["links"].as_array().into_iter().flatten() {
-            if l["paused"] == true {
-                let peer = l["peer"].as_str().unwrap_or_default();
+        for l in &m.links {
+            if l.paused {
+                let peer = l.peer.as_str();
                 set_paused(&c, url, peer, false).await?;
                 resumed.push(format!("{name}->{peer}"));
             }
@@ -330,7 +330,7 @@ pub async fn link_partition(
         ));
     }
     let link = http::link(&c, &url_a, b).await?;
-    if link.is_null() {
+    if link.is_none() {
         return Err(ChaosError::Drill(format!("{a} has no link to {b}")));
     }
     // The admin API exists on both ends (a resume of a running link changes nothing).
@@ -368,8 +368,8 @@ pub async fn link_partition(
         set_paused(&c, &url_b, a, true).await?;
         loop {
             if detection.is_none() {
-                if let Ok(l) = http::link(&c, &url_a, b).await {
-                    if l["state"] != "connected" {
+                if let Ok(Some(l)) = http::link(&c, &url_a, b).await {
+                    if l.state != "connected" {
                         detection = Some(injected.elapsed());
                     }
                 }

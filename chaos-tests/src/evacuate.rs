@@ -93,7 +93,7 @@ struct Target {
     /// member that stopped delivering; `draining` on a standalone node, which keeps
     /// delivering); None for a proxy.
     #[serde(skip_serializing_if = "Option::is_none")]
-    drain_state_in_hold: Option<String>,
+    drain_state_in_hold: Option<meshd_core::api::DrainState>,
     /// `readyz` status after the undrain.
     readyz_after: Option<u16>,
 }
@@ -363,10 +363,7 @@ pub async fn evacuate(
                 }
                 for t in &targets {
                     let s = readyz(&c, t).await;
-                    let state = http::get_json(&c, &format!("{t}/v1/cluster"))
-                        .await
-                        .ok()
-                        .and_then(|v| v["drain"].as_str().map(str::to_string));
+                    let state = http::cluster_status(&c, t).await.ok().map(|v| v.drain);
                     if let Some(rt) = report_targets.get_mut(t) {
                         rt.readyz_in_hold = s;
                         rt.drain_state_in_hold = state;
@@ -523,7 +520,7 @@ pub async fn evacuate(
     let stand_ins = hand_offs.iter().filter(|h| h.handed_off).count();
     let x_stopped = report_targets
         .values()
-        .any(|t| t.drain_state_in_hold.as_deref() == Some("drained"));
+        .any(|t| t.drain_state_in_hold == Some(meshd_core::api::DrainState::Drained));
     if in_hold.1 > 0 {
         notes.push(format!(
             "{x}'s subscribers got {} deliveries while it was drained ({} of canaries published after the drain began) from {stand_ins} stand-in(s) in other clusters{}",

@@ -172,23 +172,16 @@ fn pattern_matches(pattern: &str, topic: &str) -> Option<(u8, usize)> {
 
 /// May `cluster` receive `topic` under the replication `policies` of `GET /v1/mesh`
 /// (`[{"topics": "orders.*", "clusters": ["eu"]}]`)? The most specific matching policy
-/// decides; no matching policy: yes. None when `policies` is not a list (a meshd that does
-/// not show its policies).
-pub fn policy_allows(policies: &Value, topic: &str, cluster: &str) -> Option<bool> {
-    let list = policies.as_array()?;
-    let best = list
+/// decides; no matching policy: yes.
+pub fn policy_allows(policies: &[meshd_core::api::MeshPolicy], topic: &str, cluster: &str) -> bool {
+    let best = policies
         .iter()
-        .filter_map(|p| {
-            let pat = p["topics"].as_str()?;
-            pattern_matches(pat, topic).map(|s| (s, p))
-        })
+        .filter_map(|p| pattern_matches(&p.topics, topic).map(|s| (s, p)))
         .max_by_key(|(s, _)| *s);
-    Some(match best {
+    match best {
         None => true,
-        Some((_, p)) => p["clusters"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|c| c == cluster)),
-    })
+        Some((_, p)) => p.clusters.iter().any(|c| c == cluster),
+    }
 }
 
 /// Whether the topic's own `replicate_to` (when not empty) names `cluster`.
@@ -242,18 +235,16 @@ async fn candidates(
     c: &reqwest::Client,
     nodes: &BTreeMap<String, String>,
     x: &str,
-    x_mesh: &Value,
+    x_mesh: &meshd_core::api::MeshStatus,
     to: Option<&str>,
 ) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for l in x_mesh["links"].as_array().into_iter().flatten() {
-        let Some(peer) = l["peer"].as_str() else {
-            continue;
-        };
+    for l in &x_mesh.links {
+        let peer = l.peer.as_str();
         if peer == x || to.is_some_and(|t| t != peer) {
             continue;
         }
-        if l["state"] != "connected" || l["paused"] == true {
+        if l.state != "connected" || l.paused {
             continue;
         }
         let Some(url) = nodes.get(peer) else {
@@ -283,7 +274,7 @@ pub async fn plan(
     let subs = http::get_json(c, &format!("{x_url}/v1/subscriptions")).await?;
     let x_mesh = http::mesh(c, x_url).await?;
     let peers = candidates(c, nodes, x, &x_mesh, to).await;
-    let policies = &x_mesh["policies"];
+    let policies = &x_mesh.policies;
     let mut out = Vec::new();
     for spec in subs["subscriptions"].as_array().into_iter().flatten() {
         let name = spec["name"].as_str().unwrap_or_default().to_string();
@@ -321,16 +312,11 @@ pub async fn plan(
         let mut chosen = None;
         for (peer, url) in &peers {
             match policy_allows(policies, &topic, peer) {
-                None => refused.push(format!(
-                    "{x}'s /v1/mesh shows no replication policies (upgrade meshd)"
-                )),
-                Some(false) => {
-                    refused.push(format!("the replication policy keeps {topic} from {peer}"))
-                }
-                Some(true) if !replicate_to_allows(&topic_config, peer) => {
+                false => refused.push(format!("the replication policy keeps {topic} from {peer}")),
+                true if !replicate_to_allows(&topic_config, peer) => {
                     refused.push(format!("{topic}'s replicate_to does not name {peer}"))
                 }
-                Some(true) => {
+                true => {
                     chosen = Some((peer.clone(), url.clone()));
                     break;
                 }
@@ -435,14 +421,10 @@ pub async fn wait_interest(
         }
         loop {
             if let Ok(m) = http::mesh(c, url).await {
-                let known = m["learned_interest"].as_object().is_some_and(|l| {
-                    l.values()
-                        .flat_map(|v| v.as_array().into_iter().flatten())
-                        .any(|e| {
-                            e["dest"] == dest
-                                && e["topic"] == h.topic.as_str()
-                                && same_filter(&e["filter"], &h.spec["filter"])
-                        })
+                let known = m.learned_interest.values().flatten().any(|e| {
+                    e.dest == dest
+                        && e.topic == h.topic
+                        && same_filter(e.filter.as_deref(), &h.spec["filter"])
                 });
                 if known {
                     break;
@@ -459,10 +441,10 @@ pub async fn wait_interest(
 
 /// Whether an interest entry's filter (`/v1/mesh` shows it as a JSON string, or null) is
 /// the subscription's filter (a JSON object, or absent).
-fn same_filter(announced: &Value, spec: &Value) -> bool {
+fn same_filter(announced: Option<&str>, spec: &Value) -> bool {
     match announced {
-        Value::String(s) => serde_json::from_str::<Value>(s).is_ok_and(|v| v == *spec),
-        other => other == spec,
+        Some(s) => serde_json::from_str::<Value>(s).is_ok_and(|v| v == *spec),
+        None => spec.is_null(),
     }
 }
 
@@ -492,9 +474,9 @@ pub async fn read_stats(c: &reqwest::Client, h: &mut HandOff) {
     };
     // In a cluster, the stand-in's consumer group runs on the node placement names; the
     // drill only knows one node URL per cluster.
-    if let Ok(status) = http::get_json(c, &format!("{}/v1/cluster", h.peer_url)).await {
-        if let Some(owned) = status["owned_groups"].as_array() {
-            if !owned.iter().any(|g| *g == h.spec["group"]) {
+    if let Ok(status) = http::cluster_status(c, &h.peer_url).await {
+        if let Some(owned) = status.owned_groups {
+            if !h.spec["group"].as_str().is_some_and(|g| owned.contains(g)) {
                 h.stats_note = Some(format!(
                     "the stand-in's group runs on another node of {} than {} (its counters are not observable from the drill's URL)",
                     h.stand_in_cluster.as_deref().unwrap_or("?"),
@@ -574,21 +556,21 @@ mod tests {
 
     #[test]
     fn policies_pick_the_most_specific_pattern() {
-        let p = json!([
+        let p: Vec<meshd_core::api::MeshPolicy> = serde_json::from_value(json!([
             {"topics": "*", "clusters": ["a"]},
             {"topics": "orders.*", "clusters": ["a", "b"]},
             {"topics": "orders.eu.*", "clusters": []},
             {"topics": "orders.eu.audit", "clusters": ["c"]},
-        ]);
-        assert_eq!(policy_allows(&p, "billing", "a"), Some(true));
-        assert_eq!(policy_allows(&p, "billing", "b"), Some(false));
-        assert_eq!(policy_allows(&p, "orders.us", "b"), Some(true));
+        ]))
+        .unwrap();
+        assert!(policy_allows(&p, "billing", "a"));
+        assert!(!policy_allows(&p, "billing", "b"));
+        assert!(policy_allows(&p, "orders.us", "b"));
         // `orders.*` does not cover `orders` itself: `*` decides.
-        assert_eq!(policy_allows(&p, "orders", "b"), Some(false));
-        assert_eq!(policy_allows(&p, "orders.eu.x", "a"), Some(false));
-        assert_eq!(policy_allows(&p, "orders.eu.audit", "c"), Some(true));
-        assert_eq!(policy_allows(&json!([]), "anything", "z"), Some(true));
-        assert_eq!(policy_allows(&Value::Null, "t", "a"), None);
+        assert!(!policy_allows(&p, "orders", "b"));
+        assert!(!policy_allows(&p, "orders.eu.x", "a"));
+        assert!(policy_allows(&p, "orders.eu.audit", "c"));
+        assert!(policy_allows(&[], "anything", "z"));
     }
 
     #[test]
@@ -620,12 +602,12 @@ mod tests {
     fn announced_filters_compare_with_the_spec() {
         let spec = json!({"exact": {"type": "created"}});
         assert!(same_filter(
-            &json!("{\"exact\":{\"type\":\"created\"}}"),
+            Some("{\"exact\":{\"type\":\"created\"}}"),
             &spec
         ));
-        assert!(!same_filter(&json!("{\"exact\":{\"type\":\"x\"}}"), &spec));
-        assert!(same_filter(&Value::Null, &Value::Null));
-        assert!(!same_filter(&Value::Null, &spec));
+        assert!(!same_filter(Some("{\"exact\":{\"type\":\"x\"}}"), &spec));
+        assert!(same_filter(None, &Value::Null));
+        assert!(!same_filter(None, &spec));
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use meshd_core::api::{MeshLink, MeshStatus};
+
 use crate::ChaosError;
 
 /// An HTTP client with short timeouts (a chaos run must not hang on a dead peer). With
@@ -28,6 +30,24 @@ pub fn client() -> Result<reqwest::Client, ChaosError> {
 }
 
 /// GET `url` as JSON, any 2xx.
+/// `GET url` read as the API type `T` (a renamed field is a compile error here, a
+/// missing one an error naming the URL).
+pub async fn get_typed<T: serde::de::DeserializeOwned>(
+    c: &reqwest::Client,
+    url: &str,
+) -> Result<T, ChaosError> {
+    let v = get_json(c, url).await?;
+    serde_json::from_value(v).map_err(|e| ChaosError::Http(format!("GET {url}: {e}")))
+}
+
+/// `GET base/v1/cluster`: a node's view of itself.
+pub async fn cluster_status(
+    c: &reqwest::Client,
+    base: &str,
+) -> Result<meshd_core::api::ClusterStatus, ChaosError> {
+    get_typed(c, &format!("{base}/v1/cluster")).await
+}
+
 pub async fn get_json(c: &reqwest::Client, url: &str) -> Result<Value, ChaosError> {
     let r = c
         .get(url)
@@ -187,31 +207,32 @@ pub async fn unsubscribe(c: &reqwest::Client, base: &str, name: &str) -> Result<
 }
 
 /// `GET base/v1/mesh`.
-pub async fn mesh(c: &reqwest::Client, base: &str) -> Result<Value, ChaosError> {
-    get_json(c, &format!("{base}/v1/mesh")).await
+pub async fn mesh(c: &reqwest::Client, base: &str) -> Result<MeshStatus, ChaosError> {
+    get_typed(c, &format!("{base}/v1/mesh")).await
 }
 
-/// The link to `peer` as `/v1/mesh` shows it (Null when absent).
-pub async fn link(c: &reqwest::Client, base: &str, peer: &str) -> Result<Value, ChaosError> {
+/// The link to `peer` as `/v1/mesh` shows it (None when absent).
+pub async fn link(
+    c: &reqwest::Client,
+    base: &str,
+    peer: &str,
+) -> Result<Option<MeshLink>, ChaosError> {
     let m = mesh(c, base).await?;
-    Ok(m["links"]
-        .as_array()
-        .and_then(|l| l.iter().find(|x| x["peer"] == peer).cloned())
-        .unwrap_or(Value::Null))
+    Ok(m.links.into_iter().find(|l| l.peer == peer))
 }
 
 /// Whether every link in `/v1/mesh` is connected and not stalled or paused.
-pub fn links_healthy(mesh: &Value) -> Result<(), String> {
-    let Some(links) = mesh["links"].as_array() else {
+pub fn links_healthy(mesh: &MeshStatus) -> Result<(), String> {
+    if mesh.links.is_empty() {
         return Err("no links in /v1/mesh".into());
-    };
-    for l in links {
-        if l["state"] != "connected" || l["paused"] == true {
+    }
+    for l in &mesh.links {
+        if l.state != "connected" || l.paused {
             return Err(format!(
                 "link to {} is {}{}",
-                l["peer"].as_str().unwrap_or("?"),
-                l["state"].as_str().unwrap_or("?"),
-                if l["paused"] == true { " (paused)" } else { "" }
+                l.peer,
+                l.state,
+                if l.paused { " (paused)" } else { "" }
             ));
         }
     }
@@ -227,14 +248,9 @@ pub async fn knows_interest(
     topic: &str,
 ) -> Result<bool, ChaosError> {
     let m = mesh(c, base).await?;
-    let Some(learned) = m["learned_interest"].as_object() else {
-        return Ok(dests.is_empty());
-    };
     Ok(dests.iter().all(|d| {
-        learned.values().any(|entries| {
-            entries
-                .as_array()
-                .is_some_and(|a| a.iter().any(|e| e["dest"] == *d && e["topic"] == topic))
-        })
+        m.learned_interest
+            .values()
+            .any(|entries| entries.iter().any(|e| e.dest == *d && e.topic == topic))
     }))
 }

@@ -236,7 +236,7 @@ async fn wait_link(
     let started = Instant::now();
     while started.elapsed() < timeout {
         if let Ok(l) = http::link(&c, &url, b).await {
-            if want(l["state"].as_str().unwrap_or("")) {
+            if want(l.as_ref().map_or("", |l| l.state.as_str())) {
                 return Some(started.elapsed());
             }
         }
@@ -347,25 +347,21 @@ impl LinkWatch {
                     let Ok(m) = http::mesh(&c, url).await else {
                         continue;
                     };
-                    let Some(links) = m["links"].as_array() else {
-                        continue;
-                    };
                     let mut seen = s.lock().unwrap_or_else(|p| p.into_inner());
-                    for l in links {
-                        let peer = l["peer"].as_str().unwrap_or("?");
-                        let e = seen.entry(format!("{name}->{peer}")).or_insert(LinkSeen {
-                            min_lag_seconds: f64::MAX,
-                            ..LinkSeen::default()
-                        });
+                    for l in &m.links {
+                        let e = seen
+                            .entry(format!("{name}->{}", l.peer))
+                            .or_insert(LinkSeen {
+                                min_lag_seconds: f64::MAX,
+                                ..LinkSeen::default()
+                            });
                         e.samples += 1;
-                        if l["state"] != "connected" {
+                        if l.state != "connected" {
                             e.not_connected += 1;
                         }
-                        let lag = l["lag_seconds"].as_f64().unwrap_or(0.0);
-                        e.max_lag_seconds = e.max_lag_seconds.max(lag);
-                        e.min_lag_seconds = e.min_lag_seconds.min(lag);
-                        e.max_lag_events =
-                            e.max_lag_events.max(l["lag_events"].as_u64().unwrap_or(0));
+                        e.max_lag_seconds = e.max_lag_seconds.max(l.lag_seconds);
+                        e.min_lag_seconds = e.min_lag_seconds.min(l.lag_seconds);
+                        e.max_lag_events = e.max_lag_events.max(l.lag_events);
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -235,7 +235,8 @@ async fn control_plane_in_a_namespace_scheduler_leader_etcd_leader_and_etcd_cut(
     let during = l.acked() - acked;
     let link = meshd_chaos::http::link(&c, &nodes[0].1, "b")
         .await
-        .expect("a's /v1/mesh");
+        .expect("a's /v1/mesh")
+        .expect("a link to b");
     mesh.etcd_reachable("a").expect("heal etcd");
     let healed = Instant::now();
     assert!(
@@ -243,8 +244,8 @@ async fn control_plane_in_a_namespace_scheduler_leader_etcd_leader_and_etcd_cut(
         "publishes kept being acknowledged while etcd was unreachable ({during})"
     );
     assert_eq!(
-        link["state"], "connected",
-        "the a-b link does not depend on etcd: {link}"
+        link.state, "connected",
+        "the a-b link does not depend on etcd: {link:?}"
     );
     let back = until(Duration::from_secs(20), || async {
         registered_nodes(&c, &etcd[0], "a").await == Some(2)

@@ -114,14 +114,7 @@ async fn link_partition_drill_reports_nothing_lost_and_restores() {
     for n in mesh.cluster_names() {
         let url = mesh.node_url(&n).unwrap();
         let m = http::mesh(&c, &url).await.unwrap();
-        assert!(
-            m["links"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|l| l["paused"] == false),
-            "{m}"
-        );
+        assert!(m.links.iter().all(|l| !l.paused), "{m:?}");
     }
     assert_no_drill_subscriptions(&c, &mesh).await;
 }
@@ -156,13 +149,13 @@ async fn drill_restores_the_link_on_ctrl_c() {
     let a = mesh.node_url("a").unwrap();
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let l = http::link(&c, &a, "b").await.unwrap();
-        if l["paused"] == true {
+        let l = http::link(&c, &a, "b").await.unwrap().expect("a link a->b");
+        if l.paused {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the drill never paused the link: {l}"
+            "the drill never paused the link: {l:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -170,8 +163,9 @@ async fn drill_restores_the_link_on_ctrl_c() {
     for (n, peer) in [("a", "b"), ("b", "a")] {
         let l = http::link(&c, &mesh.node_url(n).unwrap(), peer)
             .await
-            .unwrap();
-        assert_eq!(l["paused"], false, "{n}->{peer} still paused: {l}");
+            .unwrap()
+            .expect("the link");
+        assert!(!l.paused, "{n}->{peer} still paused: {l:?}");
     }
 }
 
@@ -239,7 +233,7 @@ async fn drill_refuses_a_degraded_mesh_and_restores_links_by_hand() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("resumed a->b"), "{stdout}");
-    assert_eq!(http::link(&c, &a, "b").await.unwrap()["paused"], false);
+    assert!(!http::link(&c, &a, "b").await.unwrap().expect("a->b").paused);
 
     mesh.kill_node("b").unwrap();
     let out = drill_cmd(

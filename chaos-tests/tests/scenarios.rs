@@ -73,8 +73,8 @@ async fn partition_link_and_heal() {
     let c = meshd_chaos::http::client().unwrap();
     let rtt = meshd_chaos::http::link(&c, &mesh.node_url("a").unwrap(), "b")
         .await
-        .unwrap()["rtt_ms"]
-        .as_f64()
+        .unwrap()
+        .and_then(|l| l.rtt_ms)
         .unwrap_or(0.0);
     assert!(
         rtt >= 18.0,
@@ -318,8 +318,8 @@ async fn long_fat_link_80ms_rtt_with_jitter_and_loss() {
     let c = meshd_chaos::http::client().unwrap();
     let rtt = meshd_chaos::http::link(&c, &mesh.node_url("a").unwrap(), "b")
         .await
-        .unwrap()["rtt_ms"]
-        .as_f64()
+        .unwrap()
+        .and_then(|l| l.rtt_ms)
         .unwrap_or(0.0);
     assert!(rtt >= 70.0, "QUIC RTT {rtt} ms, expected 70–90");
     mesh.loss("a", "b", 5).expect("loss");

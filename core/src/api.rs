@@ -753,9 +753,150 @@ pub struct SubscriptionError {
     pub at_ms: u64,
 }
 
-/// What `GET /v1/mesh` answers, as far as clients read it (the federation bridge writes
-/// more: routes, learned interest, policies; unknown fields are ignored here). See
-/// docs/federation.md, "Status and metrics".
+/// Where a node is in a drain (`POST /v1/admin/drain|undrain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainState {
+    /// Takes publishes and delivers what placement gives it.
+    Serving,
+    /// Refuses publishes; handing its groups over (delivering its backlog first).
+    Draining,
+    /// Refuses publishes, delivers nothing, out of the registry.
+    Drained,
+}
+
+/// When a node's store acknowledges an append relative to fsync (`--fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// fsync (group-committed) before every acknowledgement. Survives machine crashes.
+    #[default]
+    Always,
+    /// fsync at least every interval; acknowledged writes of the last interval can be
+    /// lost on a machine crash and, with the embedded store (redb keeps non-durable
+    /// commits in process memory), on a process crash too.
+    Interval,
+    /// Never fsync explicitly (the embedded store still makes a durable commit on close and
+    /// every few MiB); a crash loses what was acknowledged since.
+    Never,
+}
+
+/// An `--fsync` value that is not a policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("fsync must be always, interval or never, not {0:?}")]
+pub struct UnknownFsyncPolicy(pub String);
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = UnknownFsyncPolicy;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "interval" => Ok(FsyncPolicy::Interval),
+            "never" => Ok(FsyncPolicy::Never),
+            other => Err(UnknownFsyncPolicy(other.to_string())),
+        }
+    }
+}
+
+/// Answer of `GET /v1/cluster` (a node's view of itself in its cluster).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// The cluster.
+    pub cluster: String,
+    /// This node's id.
+    pub node: String,
+    /// Whether it takes traffic (`/readyz`).
+    pub ready: bool,
+    /// Where it is in a drain.
+    pub drain: DrainState,
+    /// Topics it knows.
+    pub topics: usize,
+    /// Subscriptions it knows.
+    pub subscriptions: usize,
+    /// Its store's fsync policy.
+    pub fsync: FsyncPolicy,
+    /// Consumer groups holding age retention (federation link cursors `__bridge/{peer}`).
+    pub retention_holds: Vec<String>,
+    /// Consumer groups placement gives this node (`None`: not gated, it delivers all).
+    pub owned_groups: Option<std::collections::BTreeSet<String>>,
+}
+
+/// Answer of a node's `POST /v1/admin/drain` and `/v1/admin/undrain`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeDrainAnswer {
+    /// The node.
+    pub node: String,
+    /// Its drain state after the request.
+    pub drain: DrainState,
+}
+
+/// Answer of a proxy's `POST /v1/admin/drain` and `/v1/admin/undrain`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProxyDrainAnswer {
+    /// The proxy.
+    pub proxy: String,
+    /// Whether it is draining after the request.
+    pub draining: bool,
+    /// Whether the request changed that.
+    pub changed: bool,
+}
+
+/// Answer of `POST /v1/mesh/links/{peer}/pause|resume`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LinkAdminAnswer {
+    /// The peer cluster.
+    pub peer: String,
+    /// Whether replication to it is paused after the request.
+    pub paused: bool,
+    /// Whether the request changed that.
+    pub changed: bool,
+}
+
+/// One token as `GET /v1/tokens` lists it (never its secret).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// The token's id.
+    pub id: String,
+    /// Its scopes (`publish:orders.*`, ...).
+    pub scopes: Vec<String>,
+    /// What it is for.
+    pub description: String,
+    /// When it was made, Unix seconds.
+    pub created_at: u64,
+}
+
+/// Answer of `GET /v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenList {
+    /// Every token.
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// Body of `POST /v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenCreateRequest {
+    /// Its scopes.
+    pub scopes: Vec<String>,
+    /// What it is for.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Answer of `POST /v1/tokens`: the secret, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenCreated {
+    /// The token's id (for revoking it).
+    pub id: String,
+    /// The secret (`mshd_...`).
+    pub token: String,
+    /// Its scopes.
+    pub scopes: Vec<String>,
+    /// What it is for.
+    pub description: String,
+}
+
+/// What `GET /v1/mesh` answers: the federation bridge builds it, clients and drills read
+/// it. See docs/federation.md, "Status and metrics".
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(default)]
 pub struct MeshStatus {
@@ -769,8 +910,62 @@ pub struct MeshStatus {
     pub clusters: Vec<MeshCluster>,
     /// This cluster's links to its peers.
     pub links: Vec<MeshLink>,
+    /// Per other cluster, the path events take to it (`None`: unreachable now).
+    pub routes: BTreeMap<String, Option<Vec<String>>>,
     /// Duplicates dropped, all links.
     pub duplicates: u64,
+    /// Event ids the duplicate filter remembers now.
+    pub dedup_window: u64,
+    /// Per peer, the interest it told this cluster (who wants which topic, with which
+    /// filter, from when).
+    pub learned_interest: BTreeMap<String, Vec<crate::wire::InterestEntry>>,
+    /// The mesh's topic catalog.
+    pub catalog: MeshCatalog,
+    /// The replicas of subscriptions with standby clusters known here.
+    pub subscription_replicas: Vec<MeshSubscriptionReplica>,
+    /// The topology's replication policies (which clusters may receive which topics).
+    pub policies: Vec<MeshPolicy>,
+}
+
+/// The topic catalog of [`MeshStatus`] (docs/federation.md, "Topic catalog").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct MeshCatalog {
+    /// Live topics in the catalog.
+    pub topics: u64,
+    /// Conflicts and divergences (`{"topic", "owner", "kind": {...}}`; the kinds are the
+    /// federation catalog's `ConflictKind`).
+    pub conflicts: Vec<serde_json::Value>,
+    /// Topics stored here that the catalog does not know.
+    pub orphans: Vec<String>,
+}
+
+/// One subscription replica of [`MeshStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct MeshSubscriptionReplica {
+    /// The cluster where the subscription was made.
+    pub home: String,
+    /// Its name there.
+    pub name: String,
+    /// Raised by every takeover.
+    pub term: u64,
+    /// The cluster delivering it in this term.
+    pub active: String,
+    /// Deleted at home.
+    pub deleted: bool,
+    /// Its committed positions in origin terms.
+    pub positions: Vec<crate::wire::Mark>,
+}
+
+/// One replication policy of [`MeshStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct MeshPolicy {
+    /// The topics it covers (a name pattern).
+    pub topics: String,
+    /// The clusters that may receive them.
+    pub clusters: Vec<String>,
 }
 
 /// One cluster of [`MeshStatus`].
@@ -805,6 +1000,12 @@ pub struct MeshLink {
     pub previous_error: Option<MeshLinkPreviousError>,
     /// Events sent.
     pub events_sent: u64,
+    /// Batches sent.
+    pub batches_sent: u64,
+    /// Connections made.
+    pub connections: u64,
+    /// Connections made again after one was lost.
+    pub reconnects: u64,
     /// Bytes written on the link: every frame with its length prefix.
     pub bytes_sent: u64,
     /// Bytes read on the link: every frame with its length prefix.

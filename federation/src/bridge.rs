@@ -375,12 +375,12 @@ impl Bridge {
     }
 
     /// The mesh as `GET /v1/mesh` shows it.
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> meshd_core::api::MeshStatus {
         self.shared.status()
     }
 
     /// A closure returning [`Bridge::status`], for the node's `/v1/mesh`.
-    pub fn status_fn(&self) -> Arc<dyn Fn() -> serde_json::Value + Send + Sync> {
+    pub fn status_fn(&self) -> Arc<dyn Fn() -> meshd_core::api::MeshStatus + Send + Sync> {
         let shared = self.shared.clone();
         Arc::new(move || shared.status())
     }
@@ -549,27 +549,28 @@ impl Shared {
         Ok(changed)
     }
 
-    fn status(&self) -> serde_json::Value {
+    fn status(&self) -> meshd_core::api::MeshStatus {
+        use meshd_core::api::{
+            MeshCatalog, MeshCluster, MeshPolicy, MeshStatus, MeshSubscriptionReplica,
+        };
         let topo = self.topology();
         let paused = lock(&self.paused).clone();
-        let mut links: Vec<serde_json::Value> = lock(&self.links)
+        let mut links: Vec<meshd_core::api::MeshLink> = lock(&self.links)
             .iter()
             .map(|(peer, l)| {
                 let mut v = l.stats.snapshot();
-                v["paused"] = serde_json::Value::Bool(paused.contains(peer));
+                v.paused = paused.contains(peer);
                 v
             })
             .collect();
         links.extend(lock(&self.draining).iter().map(|s| s.snapshot()));
-        let clusters: Vec<serde_json::Value> = topo
+        let clusters: Vec<MeshCluster> = topo
             .clusters()
-            .map(|c| {
-                serde_json::json!({
-                    "name": c.name.as_str(),
-                    "region": c.region,
-                    "cloud": c.cloud,
-                    "bridge": c.bridge.to_string(),
-                })
+            .map(|c| MeshCluster {
+                name: c.name.to_string(),
+                region: Some(c.region.clone()),
+                cloud: Some(c.cloud.clone()),
+                bridge: Some(c.bridge.to_string()),
             })
             .collect();
         let down = lock(&self.down).clone();
@@ -581,45 +582,53 @@ impl Shared {
             .collect();
         let catalog = {
             let c = lock(&self.catalog);
-            serde_json::json!({
-                "topics": c.live_topics(),
-                "conflicts": c.conflicts(),
-                "orphans": c.orphans(),
-            })
+            MeshCatalog {
+                topics: c.live_topics() as u64,
+                conflicts: c
+                    .conflicts()
+                    .iter()
+                    .map(|x| serde_json::to_value(x).expect("a conflict serializes"))
+                    .collect(),
+                orphans: c.orphans(),
+            }
         };
-        serde_json::json!({
-            "cluster": self.me(),
-            "mesh": topo.mesh(),
-            "digest": topo.digest(),
-            "clusters": clusters,
-            "links": links,
-            "routes": paths,
-            "duplicates": lock(&self.dedup).duplicates(),
-            "dedup_window": lock(&self.dedup).len(),
-            "learned_interest": *lock(&self.learned),
-            "catalog": catalog,
-            "subscription_replicas": lock(&self.replicas)
+        let (duplicates, dedup_window) = {
+            let d = lock(&self.dedup);
+            (d.duplicates(), d.len() as u64)
+        };
+        MeshStatus {
+            cluster: self.me().to_string(),
+            mesh: topo.mesh().to_string(),
+            digest: topo.digest().to_string(),
+            clusters,
+            links,
+            routes: paths,
+            duplicates,
+            dedup_window,
+            learned_interest: lock(&self.learned).clone(),
+            catalog,
+            subscription_replicas: lock(&self.replicas)
                 .all()
                 .into_iter()
-                .map(|r| serde_json::json!({
-                    "home": r.home,
-                    "name": r.name,
-                    "term": r.term,
-                    "active": r.active,
-                    "deleted": r.spec.is_none(),
-                    "positions": r.positions,
-                }))
-                .collect::<Vec<_>>(),
+                .map(|r| MeshSubscriptionReplica {
+                    home: r.home,
+                    name: r.name,
+                    term: r.term,
+                    active: r.active,
+                    deleted: r.spec.is_none(),
+                    positions: r.positions,
+                })
+                .collect(),
             // The replication policies (who may receive which topics), for drills that
             // move subscriptions between clusters.
-            "policies": topo
+            policies: topo
                 .policies()
-                .map(|p| serde_json::json!({
-                    "topics": p.topics.to_string(),
-                    "clusters": p.clusters.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-                }))
-                .collect::<Vec<_>>(),
-        })
+                .map(|p| MeshPolicy {
+                    topics: p.topics.to_string(),
+                    clusters: p.clusters.iter().map(|c| c.to_string()).collect(),
+                })
+                .collect(),
+        }
     }
 
     /// Starts tasks for new links and stops those no longer in the topology.

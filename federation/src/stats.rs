@@ -167,39 +167,45 @@ impl LinkStats {
         lag.stalled && !was
     }
 
-    /// A JSON snapshot.
-    pub fn snapshot(&self) -> serde_json::Value {
+    /// A snapshot, as `GET /v1/mesh` shows the link (`paused` is the bridge's to set).
+    pub fn snapshot(&self) -> meshd_core::api::MeshLink {
         let (state, error, previous) = {
             let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
             (g.state, g.error.clone(), g.previous.clone())
         };
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let stalled = self.stalled.load(Ordering::Relaxed);
-        serde_json::json!({
-            "peer": self.peer,
-            "dialer": self.dialer,
-            "state": if state == LinkState::Connected && stalled { "stalled" } else { state.as_str() },
-            "last_error": error.as_ref().map(|e| &e.0),
-            "last_error_at_ms": error.as_ref().map(|e| e.1),
-            "previous_error": previous.map(|p| serde_json::json!({
-                "error": p.error,
-                "at_ms": p.at_ms,
-                "cleared_at_ms": p.cleared_at_ms,
-            })),
-            "events_sent": get(&self.events_sent),
-            "bytes_sent": get(&self.bytes_sent),
-            "batches_sent": get(&self.batches_sent),
-            "progress_sent": get(&self.progress_sent),
-            "events_received": get(&self.events_received),
-            "bytes_received": get(&self.bytes_received),
-            "duplicates": get(&self.duplicates),
-            "connections": get(&self.connections),
-            "reconnects": get(&self.reconnects),
-            "lag_events": get(&self.lag_events),
-            "lag_seconds": get(&self.lag_ms) as f64 / 1000.0,
-            "rtt_ms": get(&self.rtt_us) as f64 / 1000.0,
-            "stalled": stalled,
-        })
+        let state = if state == LinkState::Connected && stalled {
+            "stalled"
+        } else {
+            state.as_str()
+        };
+        meshd_core::api::MeshLink {
+            peer: self.peer.clone(),
+            dialer: self.dialer,
+            state: state.to_string(),
+            last_error: error.as_ref().map(|e| e.0.clone()),
+            last_error_at_ms: error.as_ref().map(|e| e.1),
+            previous_error: previous.map(|p| meshd_core::api::MeshLinkPreviousError {
+                error: p.error,
+                at_ms: p.at_ms,
+                cleared_at_ms: p.cleared_at_ms,
+            }),
+            events_sent: get(&self.events_sent),
+            bytes_sent: get(&self.bytes_sent),
+            batches_sent: get(&self.batches_sent),
+            progress_sent: get(&self.progress_sent),
+            events_received: get(&self.events_received),
+            bytes_received: get(&self.bytes_received),
+            duplicates: get(&self.duplicates),
+            connections: get(&self.connections),
+            reconnects: get(&self.reconnects),
+            lag_events: get(&self.lag_events),
+            lag_seconds: get(&self.lag_ms) as f64 / 1000.0,
+            rtt_ms: Some(get(&self.rtt_us) as f64 / 1000.0),
+            stalled,
+            paused: false,
+        }
     }
 }
 
@@ -642,22 +648,22 @@ mod tests {
     fn recovery_clears_the_error_and_keeps_it_as_previous() {
         let s = LinkStats::new("b", true);
         s.set_state_at(LinkState::Down, Some("timed out".into()), 100);
-        assert_eq!(s.snapshot()["last_error"], "timed out");
-        assert_eq!(s.snapshot()["last_error_at_ms"], 100);
+        assert_eq!(s.snapshot().last_error.as_deref(), Some("timed out"));
+        assert_eq!(s.snapshot().last_error_at_ms, Some(100));
         // Dialling again keeps it: the link is not healthy yet.
         s.set_state_at(LinkState::Connecting, None, 150);
         assert_eq!(s.last_error().as_deref(), Some("timed out"));
         s.set_state_at(LinkState::Connected, None, 200);
         let v = s.snapshot();
-        assert_eq!(v["state"], "connected");
-        assert!(v["last_error"].is_null(), "{v}");
-        assert!(v["last_error_at_ms"].is_null(), "{v}");
+        assert_eq!(v.state, "connected");
+        assert!(v.last_error.is_none(), "{v:?}");
+        assert!(v.last_error_at_ms.is_none(), "{v:?}");
         assert_eq!(
-            v["previous_error"],
+            serde_json::to_value(&v.previous_error).unwrap(),
             serde_json::json!({"error": "timed out", "at_ms": 100, "cleared_at_ms": 200})
         );
         s.set_state_at(LinkState::Down, Some("reset".into()), 300);
-        assert_eq!(s.snapshot()["last_error"], "reset");
+        assert_eq!(s.snapshot().last_error.as_deref(), Some("reset"));
     }
 
     #[test]
@@ -667,7 +673,7 @@ mod tests {
         assert_eq!(s.duplicate_dropped(t0), Some(0));
         assert_eq!(s.duplicate_dropped(t0), None);
         assert_eq!(s.duplicates.load(Ordering::Relaxed), 2);
-        assert_eq!(s.snapshot()["duplicates"], 2);
+        assert_eq!(s.snapshot().duplicates, 2);
         assert!(render_prometheus(&[std::sync::Arc::new(s)])
             .contains("meshd_federation_link_duplicates_total{peer=\"b\"} 2"));
     }

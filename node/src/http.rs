@@ -657,8 +657,8 @@ async fn filter_test(
     Ok(Json(result).into_response())
 }
 
-async fn cluster_status(State(node): State<Arc<Node>>) -> ApiResult<Response> {
-    Ok(Json(node.status().await?).into_response())
+async fn cluster_status(State(node): State<Arc<Node>>) -> Response {
+    Json(node.status()).into_response()
 }
 
 async fn mesh_status(State(node): State<Arc<Node>>) -> ApiResult<Response> {
@@ -696,11 +696,11 @@ async fn mesh_link_admin(
             "this node runs no federation bridge (start it with --topology and --certs-dir)",
         )),
         Some(Err(e)) => Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_link", e).field("peer")),
-        Some(Ok(changed)) => Ok(Json(serde_json::json!({
-            "peer": peer,
-            "paused": pause,
-            "changed": changed,
-        }))
+        Some(Ok(changed)) => Ok(Json(meshd_core::api::LinkAdminAnswer {
+            peer,
+            paused: pause,
+            changed,
+        })
         .into_response()),
     }
 }
@@ -744,14 +744,22 @@ async fn mesh_failover(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult<
 async fn drain(State(node): State<Arc<Node>>) -> Response {
     let state = node.set_draining(true);
     tracing::info!(node = %node.config.node_id, ?state, "drain asked");
-    Json(serde_json::json!({"node": node.config.node_id, "drain": state})).into_response()
+    Json(meshd_core::api::NodeDrainAnswer {
+        node: node.config.node_id.clone(),
+        drain: state,
+    })
+    .into_response()
 }
 
 /// `POST /v1/admin/undrain`: take publishes again and rejoin the cluster.
 async fn undrain(State(node): State<Arc<Node>>) -> Response {
     let state = node.set_draining(false);
     tracing::info!(node = %node.config.node_id, ?state, "undrain asked");
-    Json(serde_json::json!({"node": node.config.node_id, "drain": state})).into_response()
+    Json(meshd_core::api::NodeDrainAnswer {
+        node: node.config.node_id.clone(),
+        drain: state,
+    })
+    .into_response()
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {

@@ -283,17 +283,8 @@ pub struct Node {
     retention_holds: std::sync::Mutex<BTreeMap<String, HoldScopeFn>>,
 }
 
-/// Where a node is in a drain (`POST /v1/admin/drain|undrain`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DrainState {
-    /// Takes publishes and delivers what placement gives it.
-    Serving,
-    /// Refuses publishes; handing its groups over (delivering its backlog first).
-    Draining,
-    /// Refuses publishes, delivers nothing, out of the registry.
-    Drained,
-}
+/// Where a node is in a drain (`POST /v1/admin/drain|undrain`); the API type.
+pub use meshd_core::api::DrainState;
 
 /// The node of this cluster that delivers a consumer group, and its HTTP base URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,7 +331,7 @@ pub type MeshFailoverFn = Arc<
 
 /// What `GET /v1/mesh` shows, provided by the federation bridge when one runs beside the
 /// node (see [`Node::set_mesh_status`]).
-pub type MeshStatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+pub type MeshStatusFn = Arc<dyn Fn() -> meshd_core::api::MeshStatus + Send + Sync>;
 
 impl Node {
     /// Opens a node on the store `config.store` names: the embedded store in
@@ -484,7 +475,7 @@ impl Node {
     }
 
     /// The federation bridge's status, when a bridge is attached.
-    pub fn mesh_status(&self) -> Option<serde_json::Value> {
+    pub fn mesh_status(&self) -> Option<meshd_core::api::MeshStatus> {
         self.mesh.get().map(|f| f())
     }
 
@@ -1222,20 +1213,18 @@ impl Node {
     }
 
     /// The node's status as `GET /v1/cluster` shows it.
-    pub async fn status(&self) -> Result<serde_json::Value, NodeError> {
-        Ok(serde_json::json!({
-            "cluster": self.config.cluster,
-            "node": self.config.node_id,
-            "ready": self.is_ready(),
-            "drain": self.drain_state(),
-            "topics": self.read_topics().len(),
-            "subscriptions": self.read_subs().len(),
-            "fsync": self.config.fsync,
-            // Consumer groups holding age retention (federation link cursors).
-            "retention_holds": self.retention_hold_groups(),
-            // Consumer groups placement gives this node (null: not gated, all of them).
-            "owned_groups": self.owned.read().unwrap_or_else(|p| p.into_inner()).clone(),
-        }))
+    pub fn status(&self) -> meshd_core::api::ClusterStatus {
+        meshd_core::api::ClusterStatus {
+            cluster: self.config.cluster.clone(),
+            node: self.config.node_id.clone(),
+            ready: self.is_ready(),
+            drain: self.drain_state(),
+            topics: self.read_topics().len(),
+            subscriptions: self.read_subs().len(),
+            fsync: self.config.fsync,
+            retention_holds: self.retention_hold_groups(),
+            owned_groups: self.owned.read().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
     }
 
     /// Holds age retention for consumer group `group` (replacing an earlier hold of the

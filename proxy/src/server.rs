@@ -22,7 +22,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
-use serde_json::json;
 
 use meshd_core::api::ErrorBody;
 
@@ -249,13 +248,6 @@ struct SubSpecHead {
 struct DeliveryHead {
     #[serde(default)]
     dead_letter_topic: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct CreateToken {
-    scopes: Vec<String>,
-    #[serde(default)]
-    description: String,
 }
 
 /// The producer group of a publish and its number of events.
@@ -704,8 +696,13 @@ impl Proxy {
                 let on = *on;
                 let changed = self.set_draining(on);
                 tracing::info!(proxy = %cfg.proxy_id, draining = on, changed, "drain asked");
-                let body = json!({"proxy": cfg.proxy_id, "draining": on, "changed": changed});
-                let mut r = Response::new(Body::from(body.to_string()));
+                let body = meshd_core::api::ProxyDrainAnswer {
+                    proxy: cfg.proxy_id.clone(),
+                    draining: on,
+                    changed,
+                };
+                let body = serde_json::to_string(&body).expect("an answer serializes");
+                let mut r = Response::new(Body::from(body));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
@@ -1286,9 +1283,17 @@ impl Proxy {
             .as_ref()
             .map(Tokens::list)
             .unwrap_or_default();
-        let body = json!({"tokens": list.iter().map(|t| json!({
-            "id": t.id, "scopes": t.scopes, "description": t.description, "created_at": t.created_at,
-        })).collect::<Vec<_>>()});
+        let body = meshd_core::api::TokenList {
+            tokens: list
+                .iter()
+                .map(|t| meshd_core::api::TokenInfo {
+                    id: t.id.clone(),
+                    scopes: t.scopes.iter().map(ToString::to_string).collect(),
+                    description: t.description.clone(),
+                    created_at: t.created_at,
+                })
+                .collect(),
+        };
         json_response(StatusCode::OK, &body)
     }
 
@@ -1310,13 +1315,14 @@ impl Proxy {
 
     async fn tokens_create(&self, body: &Bytes) -> Result<Response<Body>, Reject> {
         let tokens = self.tokens()?;
-        let req: CreateToken = serde_json::from_slice(body).map_err(|e| {
-            Reject::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                format!("expected {{\"scopes\": [\"publish:orders.*\"]}}: {e}"),
-            )
-        })?;
+        let req: meshd_core::api::TokenCreateRequest =
+            serde_json::from_slice(body).map_err(|e| {
+                Reject::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    format!("expected {{\"scopes\": [\"publish:orders.*\"]}}: {e}"),
+                )
+            })?;
         let scopes = req
             .scopes
             .iter()
@@ -1339,7 +1345,12 @@ impl Proxy {
         })?;
         Ok(json_response(
             StatusCode::CREATED,
-            &json!({"id": rec.id, "token": token, "scopes": rec.scopes, "description": rec.description}),
+            &meshd_core::api::TokenCreated {
+                id: rec.id,
+                token,
+                scopes: rec.scopes.iter().map(ToString::to_string).collect(),
+                description: rec.description,
+            },
         ))
     }
 
@@ -1394,8 +1405,9 @@ fn text(status: StatusCode, s: &str) -> Response<Body> {
     r
 }
 
-fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(Body::from(v.to_string()));
+fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response<Body> {
+    let body = serde_json::to_string(v).expect("an answer serializes");
+    let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -283,12 +283,9 @@ impl Cluster {
     pub async fn owner(&self, c: &reqwest::Client, group: &str) -> Option<String> {
         for n in &self.nodes {
             if let Ok(r) = c.get(format!("{}/v1/cluster", n.url)).send().await {
-                if let Ok(v) = r.json::<Value>().await {
-                    if v["owned_groups"]
-                        .as_array()
-                        .is_some_and(|g| g.iter().any(|x| x == group))
-                    {
-                        return v["node"].as_str().map(str::to_string);
+                if let Ok(v) = r.json::<meshd_core::api::ClusterStatus>().await {
+                    if v.owned_groups.is_some_and(|g| g.contains(group)) {
+                        return Some(v.node);
                     }
                 }
             }

@@ -76,35 +76,9 @@ pub struct PartitionBounds {
     pub end: u64,
 }
 
-/// When an append is acknowledged relative to fsync.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FsyncPolicy {
-    /// fsync (group-committed) before every acknowledgement. Survives machine crashes.
-    #[default]
-    Always,
-    /// fsync at least every `interval`; acknowledged writes of the last interval can be
-    /// lost on a machine crash and, with the embedded store (redb keeps non-durable
-    /// commits in process memory), on a process crash too. See [`embedded`].
-    Interval,
-    /// Never fsync explicitly (the embedded store still makes a durable commit on close and
-    /// every few MiB); a crash loses what was acknowledged since. See [`embedded`].
-    Never,
-}
-
-impl std::str::FromStr for FsyncPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "always" => Ok(FsyncPolicy::Always),
-            "interval" => Ok(FsyncPolicy::Interval),
-            "never" => Ok(FsyncPolicy::Never),
-            other => Err(format!(
-                "fsync must be always, interval or never, not {other:?}"
-            )),
-        }
-    }
-}
+/// When an append is acknowledged relative to fsync (the API type: `GET /v1/cluster`
+/// shows it). With the embedded store, see [`embedded`] for what each policy risks.
+pub use meshd_core::api::FsyncPolicy;
 
 /// What retention removed in one pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
