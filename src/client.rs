@@ -996,6 +996,12 @@ fn status_text(s: &SubscriptionStatus) -> String {
         "node".into(),
         format!("{} in cluster {} ({delivering})", s.node, s.cluster),
     ]);
+    if s.active_cluster != s.cluster && !s.active_cluster.is_empty() {
+        t.row([
+            "delivered by".into(),
+            format!("cluster {} (took it over)", s.active_cluster),
+        ]);
+    }
     t.row(["backlog".into(), format!("{} events", s.backlog_events)]);
     t.row([
         "oldest undelivered".into(),

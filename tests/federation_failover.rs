@@ -154,6 +154,19 @@ async fn a_standby_takes_over_where_the_home_left_off_and_hands_back() {
         answer["events"].as_array().is_none_or(|e| e.is_empty()),
         "the fenced home delivered: {answer}"
     );
+    // Both clusters' status of s names b as the cluster delivering it.
+    for (node, delivering) in [(&a, false), (&b, true)] {
+        let s: meshd_core::api::SubscriptionStatus = c
+            .get(node.at("/v1/subscriptions/s/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(s.active_cluster, "b", "{s:?}");
+        assert_eq!(s.delivering, delivering, "{s:?}");
+    }
 
     // a takes it back from b's positions (b delivered its own e0200..e0209, stored at
     // its offsets 200..209, and a's up to e0199).

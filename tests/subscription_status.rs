@@ -113,6 +113,7 @@ async fn backlog_follows_a_pull_consumer_exactly() {
     assert_eq!(s.backlog_events, 10);
     assert!(s.backlog_seconds >= 0.0);
     assert!(s.delivering);
+    assert_eq!(s.active_cluster, s.cluster, "no mesh: delivered here");
     assert_eq!((s.delivered, s.in_flight, s.dead_lettered), (0, 0, 0));
     assert!(s.last_error.is_none());
     consistent(&s);

@@ -700,6 +700,10 @@ pub struct SubscriptionStatus {
     pub mode: GroupMode,
     /// The cluster of the node answering.
     pub cluster: String,
+    /// The cluster delivering the subscription: `cluster`, or the standby cluster that
+    /// took it over (`POST /v1/mesh/failover`; its status there has the numbers).
+    #[serde(default)]
+    pub active_cluster: String,
     /// The node whose numbers these are: the one delivering the group when one does.
     pub node: String,
     /// Whether `node` delivers the subscription now (`false`: nobody in this cluster

@@ -68,6 +68,17 @@ pub async fn subscription_status(node: &Node, name: &str) -> Result<Subscription
             },
         );
     }
+    let me = &node.config.cluster;
+    // A subscription with standby clusters may be delivered by another cluster now.
+    let active_cluster = node
+        .mesh_status()
+        .and_then(|m| {
+            m.subscription_replicas
+                .into_iter()
+                .find(|r| r.name == name && (r.home == *me || r.active == *me))
+                .map(|r| r.active)
+        })
+        .unwrap_or_else(|| me.clone());
     let labels = [topic.as_str(), name];
     let m = &node.metrics;
     Ok(SubscriptionStatus {
@@ -75,7 +86,8 @@ pub async fn subscription_status(node: &Node, name: &str) -> Result<Subscription
         topic: topic.clone(),
         group: spec.group.clone(),
         mode: spec.mode,
-        cluster: node.config.cluster.clone(),
+        cluster: me.clone(),
+        active_cluster,
         node: node.config.node_id.clone(),
         delivering: running,
         backlog_events: partitions.values().map(|p| p.backlog_events).sum(),
