@@ -19,8 +19,30 @@ use crate::server::{Node, NodeError};
 use crate::store::StoreError;
 
 /// The status of subscription `name` as this node sees it (its own numbers: the caller
-/// forwards to the node delivering the group, see [`Node::group_owner`]).
+/// forwards to the node delivering the group, see [`Node::group_owner`]), with the
+/// cluster delivering it.
 pub async fn subscription_status(node: &Node, name: &str) -> Result<SubscriptionStatus, NodeError> {
+    let mut s = numbers(node, name).await?;
+    s.active_cluster = active_cluster(node, name);
+    Ok(s)
+}
+
+/// The cluster delivering `name`: this one, or (a subscription with standby clusters)
+/// the one its replica names active. Builds the mesh status: not for every scrape.
+fn active_cluster(node: &Node, name: &str) -> String {
+    let me = &node.config.cluster;
+    node.mesh_status()
+        .and_then(|m| {
+            m.subscription_replicas
+                .into_iter()
+                .find(|r| r.name == name && (r.home == *me || r.active == *me))
+                .map(|r| r.active)
+        })
+        .unwrap_or_else(|| me.clone())
+}
+
+/// This node's numbers for `name` (`active_cluster` is this cluster).
+async fn numbers(node: &Node, name: &str) -> Result<SubscriptionStatus, NodeError> {
     let spec = node.subscription(name)?;
     let running = node.delivery.is_running(name).await;
     let live = if running {
@@ -69,16 +91,6 @@ pub async fn subscription_status(node: &Node, name: &str) -> Result<Subscription
         );
     }
     let me = &node.config.cluster;
-    // A subscription with standby clusters may be delivered by another cluster now.
-    let active_cluster = node
-        .mesh_status()
-        .and_then(|m| {
-            m.subscription_replicas
-                .into_iter()
-                .find(|r| r.name == name && (r.home == *me || r.active == *me))
-                .map(|r| r.active)
-        })
-        .unwrap_or_else(|| me.clone());
     let labels = [topic.as_str(), name];
     let m = &node.metrics;
     Ok(SubscriptionStatus {
@@ -87,7 +99,7 @@ pub async fn subscription_status(node: &Node, name: &str) -> Result<Subscription
         group: spec.group.clone(),
         mode: spec.mode,
         cluster: me.clone(),
-        active_cluster,
+        active_cluster: me.clone(),
         node: node.config.node_id.clone(),
         delivering: running,
         backlog_events: partitions.values().map(|p| p.backlog_events).sum(),
@@ -130,12 +142,12 @@ async fn stored_committed(
         .await?)
 }
 
-/// The statuses of the subscriptions delivered on this node now (for the metrics: a
+/// The numbers of the subscriptions delivered on this node now (for the metrics: a
 /// subscription is reported by the node delivering it, so sums over nodes count it once).
 pub async fn delivered_here(node: &Node) -> Vec<SubscriptionStatus> {
     let mut out = Vec::new();
     for name in node.delivery.running().await {
-        match subscription_status(node, &name).await {
+        match numbers(node, &name).await {
             Ok(s) => out.push(s),
             Err(e) => tracing::debug!(subscription = %name, "no status for the metrics: {e}"),
         }
