@@ -16,6 +16,7 @@ use meshd_core::Event;
 use tokio::sync::watch;
 use tracing::{debug, error, warn};
 
+use super::feed::Feeds;
 use super::tracker::OffsetTracker;
 use crate::ingest::{append_events, now_ms};
 use crate::metrics::Metrics;
@@ -39,6 +40,8 @@ pub struct SubCtx {
     pub metrics: Metrics,
     /// Becomes `true` when the subscription stops.
     pub stop: watch::Receiver<bool>,
+    /// The engine's shared partition feeds.
+    pub feeds: Arc<Feeds>,
 }
 
 impl SubCtx {
@@ -266,6 +269,11 @@ pub trait Dispatch: Send + Sync {
 
 /// Reads one partition from `cursor` until stop, handing matching records to `dispatch`.
 /// Filtered-out records, undecodable ones and failed transforms complete here.
+///
+/// The reader joins the partition's shared [`Feeds`] feed: records from the feed's scan
+/// point on come decoded and matched once for every subscription (the feed queues only
+/// matching ones; the rest complete as ranges). Records before it, and after a detach (the
+/// reader fell [`super::feed::QUEUE_CAP`] records behind), it reads from the store itself.
 pub async fn read_partition(
     ctx: SubCtx,
     progress: Arc<Progress>,
@@ -282,52 +290,99 @@ pub async fn read_partition(
             return;
         }
     };
+    let mut reader = loop {
+        match ctx
+            .feeds
+            .join(&topic, partition, ctx.sub.filter.clone())
+            .await
+        {
+            Ok(r) => break r,
+            Err(e) => {
+                warn!(subscription = %name, topic = %topic, partition, error = %e, "cannot join the partition feed; retrying");
+                if !ctx.sleep(STORE_RETRY).await {
+                    return;
+                }
+            }
+        }
+    };
+    let mut detached = false;
     let mut stop = ctx.stop.clone();
+    let labels = [ctx.topic(), ctx.name()];
     loop {
         if ctx.stopping() {
             return;
         }
-        // Mark the current end as seen *before* reading, so an append that lands after
-        // the read below still wakes the wait.
-        end.borrow_and_update();
-        let records = match ctx.store.read(&topic, partition, cursor, READ_BATCH).await {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(subscription = %name, topic = %topic, partition, error = %e, "read failed; retrying");
-                if !ctx.sleep(STORE_RETRY).await {
-                    return;
+        if detached || cursor < reader.from() {
+            // The reader's own part: read the store.
+            let limit = if detached { u64::MAX } else { reader.from() };
+            end.borrow_and_update();
+            let records = match ctx.store.read(&topic, partition, cursor, READ_BATCH).await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(subscription = %name, topic = %topic, partition, error = %e, "read failed; retrying");
+                    if !ctx.sleep(STORE_RETRY).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let own: Vec<_> = records.into_iter().filter(|r| r.offset < limit).collect();
+            if own.is_empty() {
+                if detached {
+                    // Caught up with the store: take the feed again from its scan point
+                    // (what lies between is read above on the next turns).
+                    reader.rejoin();
+                    detached = false;
+                } else {
+                    // Nothing stored below `from` any more (retention, sparse offsets).
+                    progress.complete_range(partition, cursor, limit);
+                    cursor = limit;
                 }
                 continue;
             }
-        };
-        if records.is_empty() {
-            let closed = tokio::select! {
-                changed = end.changed() => changed.is_err(),
-                _ = wait_stop(&mut stop) => return,
-            };
-            if closed {
-                // The store dropped the watch (closed); nothing more will come.
-                wait_stop(&mut stop).await;
-                return;
+            for r in own {
+                if r.offset < cursor {
+                    continue;
+                }
+                if r.offset > cursor {
+                    progress.complete_range(partition, cursor, r.offset);
+                }
+                cursor = r.offset + 1;
+                let Some(item) = prepare(
+                    &ctx,
+                    &progress,
+                    r.partition,
+                    r.offset,
+                    r.timestamp_ms,
+                    &r.payload,
+                )
+                .await
+                else {
+                    continue;
+                };
+                if !dispatch.dispatch(item).await {
+                    return;
+                }
             }
             continue;
         }
-        for r in records {
-            if r.offset < cursor {
+        let taken = reader.take();
+        let idle = taken.entries.is_empty() && taken.scanned <= cursor;
+        for e in taken.entries {
+            if e.offset < cursor {
                 continue;
             }
-            if r.offset > cursor {
-                // Removed by retention (or a gap): nothing to deliver there.
-                progress.complete_range(partition, cursor, r.offset);
+            if e.offset > cursor {
+                skip_unmatched(&ctx, &progress, partition, cursor, e.offset, &labels);
             }
-            cursor = r.offset + 1;
-            let Some(item) = prepare(
+            cursor = e.offset + 1;
+            let Some(item) = transformed(
                 &ctx,
                 &progress,
-                r.partition,
-                r.offset,
-                r.timestamp_ms,
-                &r.payload,
+                partition,
+                e.offset,
+                e.timestamp_ms,
+                Event::clone(&e.event),
             )
             .await
             else {
@@ -337,6 +392,40 @@ pub async fn read_partition(
                 return;
             }
         }
+        if taken.scanned > cursor {
+            skip_unmatched(&ctx, &progress, partition, cursor, taken.scanned, &labels);
+            cursor = taken.scanned;
+        }
+        if taken.detached_at.is_some() {
+            debug!(subscription = %name, topic = %topic, partition, offset = cursor, "fell behind the partition feed; reading the store");
+            detached = true;
+            continue;
+        }
+        if idle {
+            tokio::select! {
+                _ = reader.changed() => {}
+                _ = wait_stop(&mut stop) => return,
+            }
+        }
+    }
+}
+
+/// Completes `[from, to)`: records the feed scanned that do not match (counted as
+/// filtered out; in a sparse-offset store the count is an upper bound).
+fn skip_unmatched(
+    ctx: &SubCtx,
+    progress: &Progress,
+    partition: u32,
+    from: u64,
+    to: u64,
+    labels: &[&str; 2],
+) {
+    progress.complete_range(partition, from, to);
+    if ctx.sub.filter.is_some() {
+        ctx.metrics
+            .filtered_out
+            .with_label_values(labels)
+            .inc_by(to.saturating_sub(from));
     }
 }
 
@@ -367,6 +456,19 @@ async fn prepare(
             return None;
         }
     }
+    transformed(ctx, progress, partition, offset, timestamp_ms, event).await
+}
+
+/// Transforms one matching record. `None` when it is done already (dead-lettered because
+/// the transform failed).
+async fn transformed(
+    ctx: &SubCtx,
+    progress: &Progress,
+    partition: u32,
+    offset: u64,
+    timestamp_ms: u64,
+    event: Event,
+) -> Option<Prepared> {
     let output = match &ctx.sub.transform {
         None => TransformOutput::Event(event.clone()),
         Some(t) => match t.apply(&event) {

@@ -25,6 +25,7 @@
 
 pub mod backoff;
 pub mod common;
+pub mod feed;
 pub mod guard;
 pub mod lease;
 pub mod pull;
@@ -119,6 +120,7 @@ pub struct Delivery {
     guard: Arc<WebhookGuard>,
     options: DeliveryOptions,
     subs: tokio::sync::Mutex<HashMap<String, Running>>,
+    feeds: Arc<feed::Feeds>,
 }
 
 impl Delivery {
@@ -188,6 +190,7 @@ impl Delivery {
             }
         };
         Delivery {
+            feeds: feed::Feeds::new(store.clone()),
             store,
             metrics,
             client,
@@ -211,6 +214,7 @@ impl Delivery {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             stop: stop_rx,
+            feeds: self.feeds.clone(),
         };
         let running = match &sub.spec.sink {
             Sink::Webhook(w) => {
