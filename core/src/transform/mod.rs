@@ -320,6 +320,36 @@ pub(crate) fn compile_path(path: &str, field: &str) -> Result<JsonPath, Transfor
     })
 }
 
+/// Tracks quoted names (`'...'`, `"..."`, with `\\` escapes) while a JSONPath is scanned.
+#[derive(Default)]
+struct Quotes {
+    open: Option<char>,
+    escaped: bool,
+}
+
+impl Quotes {
+    /// Whether `c` is part of a quoted name (the opening and closing quotes included).
+    fn quoted(&mut self, c: char) -> bool {
+        match self.open {
+            Some(q) => {
+                if self.escaped {
+                    self.escaped = false;
+                } else if c == '\\' {
+                    self.escaped = true;
+                } else if c == q {
+                    self.open = None;
+                }
+                true
+            }
+            None if c == '\'' || c == '"' => {
+                self.open = Some(c);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// Rewrites dot-notation member names with `-` or `/`, which RFC 9535 does not allow in that
 /// form but EventBridge paths use (`$.detail-type`, `$.data.instance-id`), into bracket
 /// notation (`$['detail-type']`), so paths copied from AWS examples work. Text inside quotes,
@@ -333,24 +363,11 @@ fn bracket_dashed_names(path: &str) -> std::borrow::Cow<'_, str> {
         return std::borrow::Cow::Borrowed(path);
     }
     let mut out = String::with_capacity(path.len() + 8);
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
+    let mut quotes = Quotes::default();
     let mut chars = path.char_indices().peekable();
     let mut changed = false;
     while let Some((i, c)) = chars.next() {
-        if let Some(q) = quote {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == q {
-                quote = None;
-            }
-            continue;
-        }
-        if c == '\'' || c == '"' {
-            quote = Some(c);
+        if quotes.quoted(c) {
             out.push(c);
             continue;
         }
@@ -394,21 +411,12 @@ fn bracket_dashed_names(path: &str) -> std::borrow::Cow<'_, str> {
 /// Deepest nesting of `[`/`(` outside quoted names (bounds the recursive-descent parser).
 fn nesting(path: &str) -> usize {
     let (mut depth, mut max) = (0usize, 0usize);
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
+    let mut quotes = Quotes::default();
     for c in path.chars() {
-        if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == q {
-                quote = None;
-            }
+        if quotes.quoted(c) {
             continue;
         }
         match c {
-            '\'' | '"' => quote = Some(c),
             '[' | '(' => {
                 depth += 1;
                 max = max.max(depth);
