@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use meshd_core::api::{SubscriptionSpec, TopicConfig};
-use meshd_node::server::{CatalogSink, Node, NodeConfig, NodeError};
+use meshd_node::server::{CatalogError, CatalogSink, Node, NodeConfig, NodeError};
 
 #[derive(Default)]
 struct FakeCatalog {
@@ -17,9 +17,9 @@ struct FakeCatalog {
 }
 
 impl FakeCatalog {
-    fn write(&self, what: String) -> Result<(), String> {
+    fn write(&self, what: String) -> Result<(), CatalogError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err("etcd unreachable".into());
+            return Err(CatalogError::Registry("etcd unreachable".into()));
         }
         self.writes.lock().expect("lock").push(what);
         Ok(())
@@ -28,19 +28,19 @@ impl FakeCatalog {
 
 #[async_trait]
 impl CatalogSink for FakeCatalog {
-    async fn put_topic(&self, name: &str, _: &TopicConfig) -> Result<(), String> {
+    async fn put_topic(&self, name: &str, _: &TopicConfig) -> Result<(), CatalogError> {
         self.write(format!("put topic {name}"))
     }
-    async fn delete_topic(&self, name: &str) -> Result<(), String> {
+    async fn delete_topic(&self, name: &str) -> Result<(), CatalogError> {
         self.write(format!("delete topic {name}"))
     }
     async fn create_subscription(
         &self,
         spec: &SubscriptionSpec,
-    ) -> Result<Option<SubscriptionSpec>, String> {
+    ) -> Result<Option<SubscriptionSpec>, CatalogError> {
         self.write(format!("put sub {}", spec.name)).map(|_| None)
     }
-    async fn delete_subscription(&self, name: &str) -> Result<(), String> {
+    async fn delete_subscription(&self, name: &str) -> Result<(), CatalogError> {
         self.write(format!("delete sub {name}"))
     }
 }
