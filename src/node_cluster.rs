@@ -257,7 +257,15 @@ impl ClusterMember {
             peers: watch::channel(BTreeMap::new()).0,
         });
         let (machine, me) = (member.machine.clone(), node.config.node_id.clone());
-        node.set_promise(Arc::new(move |from: &str| machine.answer(&me, from)));
+        // Weak: the node holds this answerer.
+        let weak = Arc::downgrade(&node);
+        node.set_promise(Arc::new(move |from: &str| {
+            let answer = machine.answer(&me, from);
+            if let (false, Some(n)) = (answer.reaches_registry, weak.upgrade()) {
+                n.metrics.registry_promises_given.inc();
+            }
+            answer
+        }));
         member.register().await?;
         let sync = tokio::spawn(sync_catalog(node.clone(), registry.clone()));
         let me = member.clone();
@@ -620,6 +628,15 @@ async fn ask_peer(
             PeerAnswer::NoAnswer
         }
     };
+    let label = match answer {
+        PeerAnswer::Promise(_) => "promise",
+        PeerAnswer::ReachesRegistry => "reaches_registry",
+        PeerAnswer::NoAnswer => "no_answer",
+    };
+    node.metrics
+        .registry_promise_answers
+        .with_label_values(&[label])
+        .inc();
     let _ = tx.send(Input::Answer(peer.id, sent, answer));
 }
 

@@ -278,6 +278,16 @@ async fn a_whole_registry_outage_keeps_delivery_going_on_peer_promises() {
         delivered_during > 0,
         "the group was delivered while etcd was down"
     );
+    let mut given = 0.0;
+    for n in &cl.nodes {
+        let text = common::get_text(&c, &format!("{}/metrics", n.url)).await;
+        given += text
+            .lines()
+            .find_map(|l| l.strip_prefix("meshd_node_registry_promises_given_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    assert!(given > 0.0, "the nodes counted the promises they gave");
     assert!(
         missing.is_empty(),
         "acknowledged but never delivered: {missing:?}"

@@ -549,6 +549,7 @@ impl Node {
     /// (a whole-registry outage): it stays ready, `/readyz` names the degradation.
     pub fn set_serving_on_promises(&self, on: bool) {
         self.serving_on_promises.store(on, Ordering::SeqCst);
+        self.metrics.registry_serving_on_promises.set(i64::from(on));
     }
 
     /// Whether the node delivers on its peers' promises (registry unreachable).
