@@ -5,7 +5,8 @@
 //!
 //! 1. The whole registry is lost: etcd killed for 30 s (`MESHD_OUTAGE_SECS` changes it),
 //!    then restarted on its data. The nodes serve on their peers' promises: `/readyz`
-//!    answers 200 naming the degradation, every acknowledged event is delivered, and the
+//!    answers 200 naming the degradation, an admin change through a proxy answers the
+//!    node's own 503 `catalog_unavailable`, every acknowledged event is delivered, and the
 //!    deliveries never switch back and forth between nodes (two nodes delivering the group
 //!    at once would interleave). The longest delivery gap is printed, not asserted.
 //! 2. One node cut off from etcd alone: etcd also listens on 127.0.0.2 and 127.0.0.3, node
@@ -240,6 +241,20 @@ async fn a_whole_registry_outage_keeps_delivery_going_on_peer_promises() {
     for n in &cl.nodes {
         degraded.insert(n.url.clone(), readyz(&c, &n.url).await);
     }
+    // An admin change cannot be written: the proxy passes the node's own answer through.
+    let admin = c
+        .put(format!("{}/v1/topics/during-outage", proxies[0]))
+        .json(&json!({}))
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await;
+    let admin = match admin {
+        Ok(r) => (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap_or_default(),
+        ),
+        Err(e) => (0, json!(e.to_string())),
+    };
     let during = sink.ids().len();
     tokio::time::sleep(outage.saturating_sub(down.elapsed())).await;
     let delivered_during = sink.ids().len() - during;
@@ -277,6 +292,12 @@ async fn a_whole_registry_outage_keeps_delivery_going_on_peer_promises() {
     assert!(
         delivered_during > 0,
         "the group was delivered while etcd was down"
+    );
+    assert_eq!(
+        (admin.0, admin.1["error"]["code"].as_str()),
+        (503, Some("catalog_unavailable")),
+        "an admin change through the proxy while etcd is down: {}",
+        admin.1
     );
     let mut given = 0.0;
     for n in &cl.nodes {
