@@ -8,15 +8,18 @@
 //!   proxy's `meshd-producer-group` header within [`PRODUCER_GROUP_IDLE`]) as soon as they
 //!   change, and load (events/s accepted, running deliveries) every [`LOAD_PERIOD`];
 //! - the shared catalog: admin changes go to the registry's catalog (see
-//!   [`RegistryCatalog`]); the catalog is watched and applied to the local node;
-//! - placement with epoch fencing: the node delivers a consumer group only while the
-//!   newest placement it has seen (epochs never go back) assigns the group to it and its
-//!   lease is not lost. Losing the lease (no renewal acknowledged for a TTL less a safety
-//!   margin, see docs/scheduler.md "Registry outages"; `/readyz` then answers 503) stops
-//!   every group at once, so two nodes never deliver one group for longer than about one
-//!   lease TTL. This holds for CLUSTERING and BROADCASTING groups alike: a BROADCASTING
-//!   subscription is run by the one node placement names, which fans each event out to
-//!   every member of the group.
+//!   [`RegistryCatalog`]); the catalog is watched and applied to the local node, as
+//!   [`CatalogSync`] decides;
+//! - placement: the decisions are the pure [`Membership`] machine's
+//!   (`meshd_scheduler::membership`: epoch fencing, the lease deadline, peer promises
+//!   through a registry outage, docs/scheduler.md "Registry outages"); this file feeds it
+//!   the placement watch, the lease status, the node members and the peers' answers
+//!   (`POST /v1/cluster/promise` on their listeners, with the internal token), answers
+//!   the peers' questions with it, and carries out its actions: owned groups, questions,
+//!   placement re-reads, `/readyz` (503 `registry_lease_lost` without lease nor promises,
+//!   200 degraded while serving on promises). This holds for CLUSTERING and BROADCASTING
+//!   groups alike: a BROADCASTING subscription is run by the one node placement names,
+//!   which fans each event out to every member of the group.
 //! - drain (`POST /v1/admin/drain`): the node refuses publishes at once (proxies retry the
 //!   next node), keeps delivering the groups it owns until what was stored here for them
 //!   when the drain began is committed (at most [`DRAIN_BACKLOG_WAIT`]; events its bridge
