@@ -444,6 +444,29 @@ pub struct FailoverError {
     pub message: String,
 }
 
+/// Body of `POST /v1/cluster/promise`: a node of the cluster whose registry keep-alives
+/// fail asks another node whether it reaches the registry (docs/scheduler.md, "Registry
+/// outages"). Sent with the cluster's internal token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PromiseRequest {
+    /// The asking node's id.
+    pub from: String,
+}
+
+/// Answer of `POST /v1/cluster/promise`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PromiseAnswer {
+    /// The answering node's id.
+    pub node: String,
+    /// It reaches the registry: no promise is given.
+    pub reaches_registry: bool,
+    /// When it does not: it promises to start no consumer group it is not delivering now
+    /// for this long from its answer (its lease TTL), on its own monotonic clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promise_ms: Option<u64>,
+}
+
 /// Most standby clusters of one subscription.
 pub const MAX_STANDBY: usize = 8;
 

@@ -212,6 +212,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/subscriptions/{name}/ack", post(ack))
         .route("/v1/filters/test", post(filter_test))
         .route("/v1/cluster", get(cluster_status))
+        .route("/v1/cluster/promise", post(cluster_promise))
         .route("/v1/mesh", get(mesh_status))
         .route("/v1/mesh/links/{peer}/{action}", post(mesh_link_admin))
         .route("/v1/mesh/failover", post(mesh_failover))
@@ -584,6 +585,26 @@ async fn cluster_status(State(node): State<Arc<Node>>) -> ApiResult<Response> {
     Ok(Json(node.status().await?).into_response())
 }
 
+/// A peer node asks whether this node reaches the registry (docs/scheduler.md, "Registry
+/// outages"); the answer may carry a promise.
+async fn cluster_promise(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult<Response> {
+    let req: meshd_core::api::PromiseRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("the body is not a promise request ({{\"from\": NODE}}): {e}"),
+        )
+    })?;
+    match node.promise(&req.from) {
+        Some(answer) => Ok(Json(answer).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_a_cluster_member",
+            "this node is not a member of a cluster (start it with --registry)",
+        )),
+    }
+}
+
 async fn mesh_status(State(node): State<Arc<Node>>) -> ApiResult<Response> {
     match node.mesh_status() {
         Some(v) => Ok(Json(v).into_response()),
@@ -690,7 +711,18 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
-    if node.is_ready() {
+    if node.is_ready() && node.is_serving_on_promises() {
+        Json(serde_json::json!({
+            "status": "ready",
+            "degraded": {
+                "code": "registry_unreachable",
+                "message": "the node cannot reach the cluster's registry (etcd); it keeps \
+                    delivering its consumer groups on its peers' promises that none of them \
+                    starts a group meanwhile (docs/scheduler.md, \"Registry outages\")",
+            },
+        }))
+        .into_response()
+    } else if node.is_ready() {
         Json(serde_json::json!({"status": "ready"})).into_response()
     } else if node.is_draining() {
         (

@@ -161,22 +161,34 @@ impl NodeConfig {
     }
 }
 
+/// Why the cluster catalog could not be written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// The registry refused or did not answer.
+    #[error("the registry did not take the change: {0}")]
+    Registry(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The entry could not be encoded.
+    #[error("encoding the catalog entry: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
 /// The cluster catalog as a node writes to it (implemented over the registry by the
-/// binary). Errors are the reason the catalog could not be written.
+/// binary).
 #[async_trait::async_trait]
 pub trait CatalogSink: Send + Sync {
     /// Creates or replaces a topic.
-    async fn put_topic(&self, name: &str, config: &TopicConfig) -> Result<(), String>;
+    async fn put_topic(&self, name: &str, config: &TopicConfig) -> Result<(), CatalogError>;
     /// Deletes a topic.
-    async fn delete_topic(&self, name: &str) -> Result<(), String>;
+    async fn delete_topic(&self, name: &str) -> Result<(), CatalogError>;
     /// Creates a subscription (the spec with defaults filled in) unless the name is taken:
     /// `Ok(None)` when written, `Ok(Some(existing))` when not (nothing written).
     async fn create_subscription(
         &self,
         spec: &SubscriptionSpec,
-    ) -> Result<Option<SubscriptionSpec>, String>;
+    ) -> Result<Option<SubscriptionSpec>, CatalogError>;
     /// Deletes a subscription.
-    async fn delete_subscription(&self, name: &str) -> Result<(), String>;
+    async fn delete_subscription(&self, name: &str) -> Result<(), CatalogError>;
 }
 
 /// Most producer groups a node remembers (older ones are dropped first).
@@ -223,7 +235,7 @@ pub enum NodeError {
     },
     /// The cluster catalog could not be written; nothing was changed.
     #[error("the cluster catalog is unavailable: {0}")]
-    CatalogUnavailable(String),
+    CatalogUnavailable(#[source] CatalogError),
     /// A webhook target is refused by the node's target rules.
     #[error(transparent)]
     WebhookTarget(#[from] crate::delivery::WebhookTargetError),
@@ -259,6 +271,9 @@ pub struct Node {
     mesh: std::sync::OnceLock<MeshStatusFn>,
     mesh_metrics: std::sync::OnceLock<MeshMetricsFn>,
     mesh_link_admin: std::sync::OnceLock<MeshLinkAdminFn>,
+    promise: std::sync::OnceLock<PromiseFn>,
+    /// Past its lease deadline, delivering on its peers' promises (`/readyz` says so).
+    serving_on_promises: AtomicBool,
     mesh_failover: std::sync::OnceLock<MeshFailoverFn>,
     /// Consumer groups this node may deliver; `None`: all (no placement).
     owned: RwLock<Option<BTreeSet<String>>>,
@@ -286,6 +301,9 @@ pub enum DrainState {
 
 /// Extra Prometheus text appended to `/metrics` by the federation bridge.
 pub type MeshMetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Answers a peer's `POST /v1/cluster/promise` (set by cluster membership).
+pub type PromiseFn = Arc<dyn Fn(&str) -> meshd_core::api::PromiseAnswer + Send + Sync>;
 
 /// Pauses (`true`) or resumes (`false`) replication to a peer cluster, for the admin
 /// endpoints `POST /v1/mesh/links/{peer}/pause|resume` (drills). Answers whether the state
@@ -363,6 +381,8 @@ impl Node {
             mesh: std::sync::OnceLock::new(),
             mesh_metrics: std::sync::OnceLock::new(),
             mesh_link_admin: std::sync::OnceLock::new(),
+            promise: std::sync::OnceLock::new(),
+            serving_on_promises: AtomicBool::new(false),
             mesh_failover: std::sync::OnceLock::new(),
             owned: RwLock::new(owned),
             catalog: std::sync::OnceLock::new(),
@@ -523,6 +543,28 @@ impl Node {
     /// Records whether the node's registry lease is lost (cluster membership calls this).
     pub fn set_lease_lost(&self, lost: bool) {
         self.lease_lost.store(lost, Ordering::SeqCst);
+    }
+
+    /// Records whether the node delivers past its lease deadline on its peers' promises
+    /// (a whole-registry outage): it stays ready, `/readyz` names the degradation.
+    pub fn set_serving_on_promises(&self, on: bool) {
+        self.serving_on_promises.store(on, Ordering::SeqCst);
+        self.metrics.registry_serving_on_promises.set(i64::from(on));
+    }
+
+    /// Whether the node delivers on its peers' promises (registry unreachable).
+    pub fn is_serving_on_promises(&self) -> bool {
+        self.serving_on_promises.load(Ordering::SeqCst)
+    }
+
+    /// Attaches the answerer of peers' promise requests (once).
+    pub fn set_promise(&self, f: PromiseFn) {
+        let _ = self.promise.set(f);
+    }
+
+    /// A peer's promise request; `None` when the node is no cluster member.
+    pub fn promise(&self, from: &str) -> Option<meshd_core::api::PromiseAnswer> {
+        self.promise.get().map(|f| f(from))
     }
 
     /// Whether the node's registry lease is lost: it cannot reach the registry, delivers
