@@ -14,6 +14,8 @@
 //! a step back only moves it a little. Probes: about log2(end - start) (Pulsar: of the
 //! offset space, at most 64).
 
+use super::{EventStore, StoreError};
+
 /// The search for the first record at or after `time_ms` in `[start, end)`.
 #[derive(Debug, Clone)]
 pub struct TimeSearch {
@@ -64,6 +66,24 @@ impl TimeSearch {
     pub fn result(&self) -> u64 {
         self.best
     }
+}
+
+/// Runs a [`TimeSearch`] over `[start, end)` of a partition with `store.read(o, 1)` as
+/// the probe.
+pub async fn search_by_reads<S: EventStore + ?Sized>(
+    store: &S,
+    topic: &str,
+    partition: u32,
+    start: u64,
+    end: u64,
+    time_ms: u64,
+) -> Result<u64, StoreError> {
+    let mut search = TimeSearch::new(start, end, time_ms);
+    while let Some(o) = search.probe() {
+        let first = store.read(topic, partition, o, 1).await?;
+        search.answer(first.first().map(|r| (r.offset, r.timestamp_ms)));
+    }
+    Ok(search.result())
 }
 
 #[cfg(test)]

@@ -324,12 +324,7 @@ pub trait EventStore: Send + Sync + 'static {
         time_ms: u64,
     ) -> Result<u64, StoreError> {
         let b = self.bounds(topic, partition).await?;
-        let mut search = by_time::TimeSearch::new(b.start, b.end, time_ms);
-        while let Some(o) = search.probe() {
-            let first = self.read(topic, partition, o, 1).await?;
-            search.answer(first.first().map(|r| (r.offset, r.timestamp_ms)));
-        }
-        Ok(search.result())
+        by_time::search_by_reads(self, topic, partition, b.start, b.end, time_ms).await
     }
 
     /// First retained and next offsets of a partition.
