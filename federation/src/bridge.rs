@@ -467,11 +467,14 @@ impl Shared {
         node.list_subscriptions()
             .into_iter()
             .map(|s| {
-                let since_ms = match s.start {
-                    StartPosition::Earliest => None,
+                let since_ms = match &s.start {
+                    // Offsets are positions in this cluster's store: the retained history
+                    // is wanted (the positions pick from it).
+                    StartPosition::Earliest | StartPosition::Offsets(_) => None,
                     StartPosition::Latest => {
                         Some(node.subscription_created_ms(&s.name).unwrap_or_else(now_ms))
                     }
+                    StartPosition::Time(t) => Some(t.ms()),
                 };
                 LocalInterest {
                     topic: s.topic,

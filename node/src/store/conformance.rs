@@ -902,15 +902,26 @@ pub async fn offset_at_time_finds_the_first_record_since(h: &dyn StoreHarness) {
         let a = s.append("t", records).await.unwrap();
         let end = s.bounds("t", 0).await.unwrap().end;
         assert_eq!(end, a[299].offset + 1);
-        for (time, want) in [(0, a[0].offset), (10_000, a[0].offset), (10_001, a[3].offset)] {
-            assert_eq!(s.offset_at_time("t", 0, time).await.unwrap(), want, "{time}");
+        for (time, want) in [
+            (0, a[0].offset),
+            (10_000, a[0].offset),
+            (10_001, a[3].offset),
+        ] {
+            assert_eq!(
+                s.offset_at_time("t", 0, time).await.unwrap(),
+                want,
+                "{time}"
+            );
         }
         assert_eq!(
             s.offset_at_time("t", 0, 10_050).await.unwrap(),
             a[150].offset,
             "the first of equal times"
         );
-        assert_eq!(s.offset_at_time("t", 0, 10_099).await.unwrap(), a[297].offset);
+        assert_eq!(
+            s.offset_at_time("t", 0, 10_099).await.unwrap(),
+            a[297].offset
+        );
         assert_eq!(
             s.offset_at_time("t", 0, 10_100).await.unwrap(),
             end,
@@ -939,12 +950,18 @@ pub async fn offset_at_time_finds_the_first_record_since(h: &dyn StoreHarness) {
         a[150].offset,
         "after a reopen"
     );
-    assert_eq!(s.offset_at_time("t", 0, 10_033).await.unwrap(), a[99].offset);
+    assert_eq!(
+        s.offset_at_time("t", 0, 10_033).await.unwrap(),
+        a[99].offset
+    );
     // Retention removed the first 150 (older than 11_050 - 1 s): never below the start.
     let report = s.enforce_retention(11_050).await.unwrap();
     assert_eq!(report.records, 150);
     assert_eq!(s.offset_at_time("t", 0, 0).await.unwrap(), a[150].offset);
-    assert_eq!(s.offset_at_time("t", 0, 10_070).await.unwrap(), a[210].offset);
+    assert_eq!(
+        s.offset_at_time("t", 0, 10_070).await.unwrap(),
+        a[210].offset
+    );
     assert_eq!(s.offset_at_time("t", 0, u64::MAX).await.unwrap(), end);
     s.close().await.unwrap();
 }
