@@ -1,15 +1,17 @@
 //! Start at a time or offsets, seek a live subscription, browse a topic's stored events:
 //! against the real binary, on the embedded store and on Pulsar (a real `pulsar-lite`
 //! broker), with the same scenario; hostile positions and queries answer 400 naming the
-//! field and change nothing; and the CLI's `topic events`, `sub seek`, `--start-time`.
+//! field and change nothing; in a cluster of two nodes a seek through a proxy reaches the
+//! node delivering the subscription (another node refuses it); and the CLI's `topic
+//! events`, `sub seek`, `--start-time`.
 
-#[path = "../node/tests/store_pulsar_common/mod.rs"]
-mod broker;
+mod cluster_support;
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cluster_support::{broker, Cluster};
 use common::*;
 use meshd_core::api::format_time_ms;
 use serde_json::{json, Value};
@@ -391,4 +393,78 @@ async fn cli_browses_seeks_and_starts_at_a_time() {
     }
     let (ok, _, _) = cli(&["--url", url, "sub", "seek", "late"]);
     assert!(!ok, "a seek needs a position");
+}
+
+/// A cluster of two nodes on one Pulsar store behind two proxies: a seek through either
+/// proxy goes to the node placement gave the subscription's group (and its consumers,
+/// pulling through a proxy, see the events again); the other node answers 503
+/// `group_not_placed_here` and nothing moves; browsing works through a proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_the_owner_node_seeks() {
+    let cl = Cluster::start().await;
+    let c = client();
+    let (p1, p2) = (cl.proxies[0].url.as_str(), cl.proxies[1].url.as_str());
+    create_topic(&c, p1, "orders", json!({"partitions": 2})).await;
+    let ev = |id: &str| event(id, "order.created", Some(id), json!({}));
+    publish(&c, p1, "orders", &[ev("a0"), ev("a1")]).await;
+    let after_a = now_ms();
+    while now_ms() <= after_a {
+        tokio::task::yield_now().await;
+    }
+    let since = format_time_ms(after_a + 1);
+    publish(&c, p1, "orders", &[ev("b0"), ev("b1")]).await;
+    let (status, body) = subscribe(
+        &c,
+        p1,
+        json!({"name": "s", "topic": "orders", "sink": {"pull": {}}, "start": "earliest"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let owner = eventually("placement gives group s a node", T, || async {
+        cl.owner(&c, "s").await
+    })
+    .await;
+    assert_eq!(
+        ids(&drain(&c, p1, "s", "c", 4).await),
+        set(&["a0", "a1", "b0", "b1"])
+    );
+
+    let mut other = None;
+    for n in &cl.nodes {
+        if get_json(&c, &n.at("/v1/cluster")).await["node"] != owner.as_str() {
+            other = Some(n);
+        }
+    }
+    let other = other.expect("a node that does not own the group");
+    let (status, body) = answer(
+        c.post(format!("{}/v1/subscriptions/s/seek", other.url))
+            .json(&json!("earliest")),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "group_not_placed_here");
+    publish(&c, p1, "orders", &[ev("c0")]).await;
+    assert_eq!(
+        ids(&drain(&c, p2, "s", "c", 1).await),
+        set(&["c0"]),
+        "the refused seek moved nothing"
+    );
+
+    let (status, moved) = answer(
+        c.post(format!("{p2}/v1/subscriptions/s/seek"))
+            .json(&json!({"time": since})),
+    )
+    .await;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(
+        ids(&drain(&c, p1, "s", "c", 3).await),
+        set(&["b0", "b1", "c0"]),
+        "from the time again, through a proxy"
+    );
+    let page = get_json(
+        &c,
+        &format!("{p2}/v1/topics/orders/events?partition=0&from_time={since}"),
+    )
+    .await;
+    assert!(page["events"].is_array(), "{page}");
 }
