@@ -15,14 +15,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use meshd_core::api::{
     AckRequest, ErrorBody, FilterTestRequest, InvalidField, PublishResponse, PullResponse,
-    SubscriptionSpec, TopicConfig,
+    StartPosition, StartTime, SubscriptionSpec, TopicConfig,
 };
 use meshd_core::event::{self, EventError, Mode};
 use serde::Deserialize;
 
 use crate::delivery::{DeliveryError, WebhookTargetError};
 use crate::ingest;
-use crate::server::{Node, NodeError};
+use crate::server::{BrowseFrom, Node, NodeError};
 use crate::store::StoreError;
 
 /// An error answer: status plus the JSON error body.
@@ -199,7 +199,7 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/topics/{topic}",
             get(get_topic).put(put_topic).delete(delete_topic),
         )
-        .route("/v1/topics/{topic}/events", post(publish))
+        .route("/v1/topics/{topic}/events", post(publish).get(browse))
         .route(
             "/v1/subscriptions",
             get(list_subscriptions).post(create_subscription),
@@ -210,6 +210,7 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/v1/subscriptions/{name}/events", get(pull))
         .route("/v1/subscriptions/{name}/ack", post(ack))
+        .route("/v1/subscriptions/{name}/seek", post(seek))
         .route("/v1/filters/test", post(filter_test))
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/cluster/promise", post(cluster_promise))
@@ -551,6 +552,73 @@ async fn ack(
     node.check_served(&name)?;
     let resp = node.delivery.ack(&name, &consumer, req.ack_ids).await?;
     Ok(Json(resp).into_response())
+}
+
+/// `POST /v1/subscriptions/{name}/seek`: the body is a start position (`{"time": ...}`,
+/// `{"offsets": {...}}`, `"earliest"` or `"latest"`).
+async fn seek(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    require_json(&headers)?;
+    let bytes = read_body(&node, &headers, body, 64 * 1024).await?;
+    let start: StartPosition = parse_json(&bytes)?;
+    Ok(Json(node.seek_subscription(&name, start).await?).into_response())
+}
+
+/// Query of `GET /v1/topics/{topic}/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BrowseQuery {
+    /// The partition (may be left out when the topic has one).
+    partition: Option<u32>,
+    /// The first offset wanted.
+    from: Option<u64>,
+    /// The first store time wanted (RFC 3339).
+    from_time: Option<String>,
+    /// Most events (1 to `MAX_BROWSE_LIMIT`, default 100).
+    limit: Option<usize>,
+}
+
+async fn browse(
+    State(node): State<Arc<Node>>,
+    Path(topic): Path<String>,
+    query: Result<Query<BrowseQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let from = match (q.from, q.from_time) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "give from (an offset) or from_time (a time), not both",
+            )
+            .field("from_time"))
+        }
+        (Some(o), None) => BrowseFrom::Offset(o),
+        (None, Some(t)) => BrowseFrom::Time(
+            StartTime::parse(&t)
+                .map_err(|e| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e).field("from_time")
+                })?
+                .ms(),
+        ),
+        (None, None) => BrowseFrom::Start,
+    };
+    let limit = q.limit.unwrap_or(100);
+    let answer = node
+        .browse_topic(&topic, q.partition, from, limit)
+        .await
+        .map_err(|e| match e {
+            NodeError::Invalid(f) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", f.message).field(f.field)
+            }
+            other => other.into(),
+        })?;
+    Ok(Json(answer).into_response())
 }
 
 async fn filter_test(

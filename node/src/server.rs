@@ -32,8 +32,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use meshd_core::api::{
-    check_name, CompiledSubscription, InvalidField, PartitionOffsets, SubscriptionSpec,
-    TopicConfig, TopicInfo,
+    check_name, CompiledSubscription, InvalidField, PartitionOffsets, StartPosition,
+    SubscriptionSpec, TopicConfig, TopicInfo,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex};
@@ -44,6 +44,9 @@ use crate::metrics::Metrics;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::pulsar::{PulsarConfig, PulsarStore};
 use crate::store::{EventStore, FsyncPolicy, RetentionHolds, StoreError};
+
+mod replay;
+pub use replay::{BrowseFrom, BROWSE_MAX_BYTES, START_TIME_SKEW};
 
 const SUBSCRIPTION_PREFIX: &str = "subscriptions/";
 /// Store metadata: when each subscription was made (ms since the epoch, as text). A
@@ -1010,6 +1013,17 @@ impl Node {
         &self,
         spec: SubscriptionSpec,
     ) -> Result<(bool, SubscriptionSpec), NodeError> {
+        // Where it starts is checked against the topic now (the catalog path writes the
+        // spec before it is created here, so before that).
+        if !matches!(spec.start, StartPosition::Latest | StartPosition::Earliest) {
+            check_name("topic", &spec.topic)?;
+            if self.topic_config(&spec.topic).await?.is_none() {
+                return Err(NodeError::TopicNotFound {
+                    topic: spec.topic.clone(),
+                });
+            }
+            self.check_start(&spec.topic, &spec.start, "start").await?;
+        }
         if let Some(c) = self.catalog() {
             let sub = spec.clone().compile()?;
             if let Some(existing) = self.read_subs().get(&sub.spec.name) {

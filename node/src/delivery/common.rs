@@ -73,15 +73,35 @@ impl SubCtx {
     }
 }
 
+/// The cursor (next offset to read) `start` names on one partition now: `None` for a
+/// partition that [`StartPosition::Offsets`] does not name. A time is looked up in the
+/// store ([`EventStore::offset_at_time`]); an offset past the end is taken as the end
+/// (the API refuses those before they get here).
+pub async fn start_cursor(
+    store: &dyn EventStore,
+    topic: &str,
+    partition: u32,
+    start: &StartPosition,
+) -> Result<Option<u64>, StoreError> {
+    let b = store.bounds(topic, partition).await?;
+    Ok(match start {
+        StartPosition::Latest => Some(b.end),
+        StartPosition::Earliest => Some(b.start),
+        StartPosition::Time(t) => Some(store.offset_at_time(topic, partition, t.ms()).await?),
+        StartPosition::Offsets(o) => o.get(&partition).map(|o| (*o).min(b.end)),
+    })
+}
+
 /// The committed offset of `group` on every partition, starting (and committing at once)
-/// where `start` says when the group never committed; `base` overrides the start position
-/// (a BROADCASTING member starts at the subscription's base cursor).
+/// where `start` says when the group never committed (a partition `start` does not name:
+/// at the end); `base` overrides the start position (a BROADCASTING member starts at the
+/// subscription's base cursor).
 pub async fn starting_cursors(
     store: &dyn EventStore,
     group: &str,
     topic: &str,
     partitions: u32,
-    start: StartPosition,
+    start: &StartPosition,
     base: Option<&HashMap<u32, u64>>,
 ) -> Result<HashMap<u32, u64>, StoreError> {
     let mut cursors = HashMap::new();
@@ -91,13 +111,10 @@ pub async fn starting_cursors(
             None => {
                 let o = match base.and_then(|b| b.get(&p)) {
                     Some(o) => *o,
-                    None => {
-                        let b = store.bounds(topic, p).await?;
-                        match start {
-                            StartPosition::Latest => b.end,
-                            StartPosition::Earliest => b.start,
-                        }
-                    }
+                    None => match start_cursor(store, topic, p, start).await? {
+                        Some(o) => o,
+                        None => store.bounds(topic, p).await?.end,
+                    },
                 };
                 store.commit_offset(group, topic, p, o).await?;
                 o
