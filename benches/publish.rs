@@ -12,7 +12,6 @@
 //! The Pulsar store has its own bench against the official Pulsar client
 //! (`cargo bench --bench pulsar`).
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +22,7 @@ use http_body_util::{BodyExt, Full};
 #[path = "support/mod.rs"]
 mod support;
 use support::meshd::{connect, event_body, meshd_publish, meshd_push_latency, start_meshd, Hist};
-use support::{env_u64, free_port, unix_nanos, Killed};
+use support::{env_u64, start_nats, unix_nanos};
 
 struct Row {
     system: String,
@@ -31,22 +30,6 @@ struct Row {
     events_per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
-}
-
-fn start_nats(dir: &std::path::Path) -> Option<(Killed, String)> {
-    let port = free_port();
-    let child = Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let guard = Killed(child);
-    if !support::wait_port(port, Duration::from_secs(10)) {
-        return None;
-    }
-    Some((guard, format!("nats://127.0.0.1:{port}")))
 }
 
 async fn nats_publish(

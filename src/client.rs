@@ -2,13 +2,15 @@
 //! API with one set of global options (`--url`, `--token`, `-o`), typed bodies from
 //! `meshd_core::api`, aligned tables for people and JSON for scripts.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use meshd_core::api::{
-    AckRequest, AckResponse, DeliveryPolicy, ErrorBody, GroupMode, MeshStatus, PublishResponse,
-    PullResponse, PullSink, Retention, Sink, StartPosition, SubscriptionList, SubscriptionSpec,
-    SubscriptionStatus, TopicConfig, TopicInfo, TopicList, WebhookSink,
+    AckRequest, AckResponse, BrowseResponse, DeliveryPolicy, ErrorBody, GroupMode, MeshStatus,
+    PublishResponse, PullResponse, PullSink, Retention, SeekResponse, Sink, StartPosition,
+    SubscriptionList, SubscriptionSpec, SubscriptionStatus, TopicConfig, TopicInfo, TopicList,
+    WebhookSink,
 };
 use meshd_core::filter::FilterSpec;
 use reqwest::{Method, StatusCode};
@@ -418,6 +420,23 @@ enum TopicAction {
         /// Name.
         name: String,
     },
+    /// Browse a topic's stored events (one partition, from an offset or a time).
+    Events {
+        /// The topic.
+        name: String,
+        /// The partition (may be left out when the topic has one).
+        #[arg(long)]
+        partition: Option<u32>,
+        /// The first offset to show (default: the first retained event).
+        #[arg(long, conflicts_with = "from_time")]
+        from: Option<u64>,
+        /// The first store time to show (RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        from_time: Option<String>,
+        /// Most events (1 to 1000).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
 }
 
 fn retained(info: &TopicInfo) -> u64 {
@@ -548,6 +567,55 @@ pub async fn topic(global: &GlobalArgs, args: TopicArgs) -> anyhow::Result<()> {
                 Output::Table => println!("deleted topic {name}"),
             }
         }
+        TopicAction::Events {
+            name,
+            partition,
+            from,
+            from_time,
+            limit,
+        } => {
+            let name = name_segment("topic", &name)?;
+            let mut query = vec![format!("limit={limit}")];
+            if let Some(p) = partition {
+                query.push(format!("partition={p}"));
+            }
+            if let Some(o) = from {
+                query.push(format!("from={o}"));
+            }
+            if let Some(t) = &from_time {
+                meshd_core::api::StartTime::parse(t)
+                    .map_err(|e| usage(format!("--from-time: {e}")))?;
+                // A valid RFC 3339 time holds no query syntax but `+` (a space there).
+                query.push(format!("from_time={}", t.replace('+', "%2B")));
+            }
+            let page: BrowseResponse = api
+                .get(&format!("/v1/topics/{name}/events?{}", query.join("&")))
+                .await?;
+            match api.output {
+                Output::Json => api.print_json(&page)?,
+                Output::Table => {
+                    let mut t = Table::new(["PARTITION", "OFFSET", "TIME", "ID", "SOURCE", "TYPE"]);
+                    let attr = |e: &Value, k: &str| {
+                        e.get(k).and_then(Value::as_str).unwrap_or("-").to_string()
+                    };
+                    for e in &page.events {
+                        t.row([
+                            e.partition.to_string(),
+                            e.offset.to_string(),
+                            e.time.clone(),
+                            attr(&e.event, "id"),
+                            attr(&e.event, "source"),
+                            attr(&e.event, "type"),
+                        ]);
+                    }
+                    t.print_or("no events there");
+                    println!(
+                        "next: --from {} (partition {} ends at {})",
+                        page.next, page.partition, page.end
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -624,6 +692,25 @@ enum SubAction {
         /// Name.
         name: String,
     },
+    /// Move a subscription to a time or offsets (or the earliest/latest event): its
+    /// consumers see the events from there again.
+    #[command(group(clap::ArgGroup::new("to").required(true).args(["time", "offset", "earliest", "latest"])))]
+    Seek {
+        /// The subscription.
+        name: String,
+        /// The first event stored at or after this time (RFC 3339), every partition.
+        #[arg(long, value_name = "TIME")]
+        time: Option<String>,
+        /// PARTITION:OFFSET (repeat; partitions not named stay where they are).
+        #[arg(long, value_name = "P:O")]
+        offset: Vec<String>,
+        /// Everything the topic still retains.
+        #[arg(long)]
+        earliest: bool,
+        /// Only events stored from now on.
+        #[arg(long)]
+        latest: bool,
+    },
     /// Pull events from a pull subscription, print each as one JSON line and acknowledge
     /// it.
     Pull {
@@ -674,6 +761,14 @@ struct CreateArgs {
     /// (everything retained).
     #[arg(long, value_enum, default_value_t = Start::Latest)]
     start: Start,
+    /// Start at the first event stored at or after this time (RFC 3339, e.g.
+    /// 2026-12-03T10:00:00Z) on every partition, instead of --start.
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["start", "start_offset"])]
+    start_time: Option<String>,
+    /// Start at this offset of a partition, as PARTITION:OFFSET (repeat; partitions not
+    /// named start at the end), instead of --start.
+    #[arg(long, value_name = "P:O", conflicts_with = "start")]
+    start_offset: Vec<String>,
     /// The consumer group (default: the name).
     #[arg(long)]
     group: Option<String>,
@@ -781,10 +876,15 @@ impl CreateArgs {
             transform,
             sink,
             delivery,
-            start: match self.start {
-                Start::Latest => StartPosition::Latest,
-                Start::Earliest => StartPosition::Earliest,
-            },
+            start: position_args(
+                &self.start_time,
+                &self.start_offset,
+                match self.start {
+                    Start::Latest => StartPosition::Latest,
+                    Start::Earliest => StartPosition::Earliest,
+                },
+                ("--start-time", "--start-offset"),
+            )?,
             standby: self.standby.clone(),
         };
         // The node checks the same; checking here names the flag's field before anything
@@ -794,6 +894,40 @@ impl CreateArgs {
             .map_err(|e| usage(format!("invalid subscription: {e}")))?;
         Ok(spec)
     }
+}
+
+/// A start position from `--…-time` / `--…-offset P:O` flags (`flags` names them for
+/// errors), else `otherwise`.
+fn position_args(
+    time: &Option<String>,
+    offsets: &[String],
+    otherwise: StartPosition,
+    flags: (&str, &str),
+) -> anyhow::Result<StartPosition> {
+    if let Some(t) = time {
+        let t =
+            meshd_core::api::StartTime::parse(t).map_err(|e| usage(format!("{}: {e}", flags.0)))?;
+        return Ok(StartPosition::Time(t));
+    }
+    if offsets.is_empty() {
+        return Ok(otherwise);
+    }
+    let mut map = BTreeMap::new();
+    for o in offsets {
+        let parsed = o
+            .split_once(':')
+            .and_then(|(p, o)| Some((p.parse::<u32>().ok()?, o.parse::<u64>().ok()?)));
+        let Some((p, o)) = parsed else {
+            return Err(usage(format!(
+                "{} {o:?}: give PARTITION:OFFSET, e.g. 0:42",
+                flags.1
+            )));
+        };
+        if map.insert(p, o).is_some() {
+            return Err(usage(format!("{}: partition {p} is named twice", flags.1)));
+        }
+    }
+    Ok(StartPosition::Offsets(map))
 }
 
 fn millis(d: Duration) -> u64 {
@@ -819,13 +953,6 @@ fn mode_text(m: GroupMode) -> &'static str {
     match m {
         GroupMode::Clustering => "CLUSTERING",
         GroupMode::Broadcasting => "BROADCASTING",
-    }
-}
-
-fn start_text(s: StartPosition) -> &'static str {
-    match s {
-        StartPosition::Latest => "latest",
-        StartPosition::Earliest => "earliest",
     }
 }
 
@@ -903,7 +1030,7 @@ pub async fn subscription(global: &GlobalArgs, args: SubArgs) -> anyhow::Result<
                             s.topic.clone(),
                             s.group.clone(),
                             mode_text(s.mode).to_string(),
-                            start_text(s.start).to_string(),
+                            s.start.describe(),
                             sink_text(&s.sink),
                             filter_text(&s.filter),
                         ]);
@@ -924,7 +1051,7 @@ pub async fn subscription(global: &GlobalArgs, args: SubArgs) -> anyhow::Result<
                     t.row(["topic".into(), s.topic.clone()]);
                     t.row(["group".into(), s.group.clone()]);
                     t.row(["mode".into(), mode_text(s.mode).into()]);
-                    t.row(["start".into(), start_text(s.start).into()]);
+                    t.row(["start".into(), s.start.describe()]);
                     t.row(["sink".into(), sink_text(&s.sink)]);
                     match &s.sink {
                         Sink::Webhook(w) => t.row([
@@ -974,6 +1101,41 @@ pub async fn subscription(global: &GlobalArgs, args: SubArgs) -> anyhow::Result<
             }
         }
         SubAction::Pull { name, pull: opts } => pull(&api, &name, &opts).await?,
+        SubAction::Seek {
+            name,
+            time,
+            offset,
+            earliest,
+            latest: _,
+        } => {
+            let name = name_segment("subscription", &name)?;
+            let otherwise = if earliest {
+                StartPosition::Earliest
+            } else {
+                StartPosition::Latest
+            };
+            let to = position_args(&time, &offset, otherwise, ("--time", "--offset"))?;
+            to.validate("")
+                .map_err(|e| usage(format!("invalid position: {e}")))?;
+            let (_, answer): (_, SeekResponse) = api
+                .json(
+                    Method::POST,
+                    &format!("/v1/subscriptions/{name}/seek"),
+                    |r| r.json(&to),
+                )
+                .await?;
+            match api.output {
+                Output::Json => api.print_json(&answer)?,
+                Output::Table => {
+                    println!("subscription {name} moved to {}", to.describe());
+                    let mut t = Table::new(["PARTITION", "NEXT OFFSET"]);
+                    for (p, o) in &answer.positions {
+                        t.row([p.to_string(), o.to_string()]);
+                    }
+                    t.print();
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -8,15 +8,18 @@
 //!   proxy's `meshd-producer-group` header within [`PRODUCER_GROUP_IDLE`]) as soon as they
 //!   change, and load (events/s accepted, running deliveries) every [`LOAD_PERIOD`];
 //! - the shared catalog: admin changes go to the registry's catalog (see
-//!   [`RegistryCatalog`]); the catalog is watched and applied to the local node;
-//! - placement with epoch fencing: the node delivers a consumer group only while the
-//!   newest placement it has seen (epochs never go back) assigns the group to it and its
-//!   lease is not lost. Losing the lease (no renewal acknowledged for a TTL less a safety
-//!   margin, see docs/scheduler.md "Registry outages"; `/readyz` then answers 503) stops
-//!   every group at once, so two nodes never deliver one group for longer than about one
-//!   lease TTL. This holds for CLUSTERING and BROADCASTING groups alike: a BROADCASTING
-//!   subscription is run by the one node placement names, which fans each event out to
-//!   every member of the group.
+//!   [`RegistryCatalog`]); the catalog is watched and applied to the local node, as
+//!   [`CatalogSync`] decides;
+//! - placement: the decisions are the pure [`Membership`] machine's
+//!   (`meshd_scheduler::membership`: epoch fencing, the lease deadline, peer promises
+//!   through a registry outage, docs/scheduler.md "Registry outages"); this file feeds it
+//!   the placement watch, the lease status, the node members and the peers' answers
+//!   (`POST /v1/cluster/promise` on their listeners, with the internal token), answers
+//!   the peers' questions with it, and carries out its actions: owned groups, questions,
+//!   placement re-reads, `/readyz` (503 `registry_lease_lost` without lease nor promises,
+//!   200 degraded while serving on promises). This holds for CLUSTERING and BROADCASTING
+//!   groups alike: a BROADCASTING subscription is run by the one node placement names,
+//!   which fans each event out to every member of the group.
 //! - drain (`POST /v1/admin/drain`): the node refuses publishes at once (proxies retry the
 //!   next node), keeps delivering the groups it owns until what was stored here for them
 //!   when the drain began is committed (at most [`DRAIN_BACKLOG_WAIT`]; events its bridge
@@ -33,15 +36,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use meshd_core::api::{PromiseAnswer, PromiseRequest};
 use meshd_core::api::{SubscriptionSpec, TopicConfig};
 use meshd_node::server::StoreKind;
-use meshd_node::server::{CatalogSink, DrainState, GroupLocator, GroupOwner, Node};
+use meshd_node::server::{CatalogError, CatalogSink, DrainState, GroupLocator, GroupOwner, Node};
+use meshd_scheduler::membership::catalog::{CatalogAction, CatalogSync};
+use meshd_scheduler::membership::{Action, Health, Lease, Membership, Peer, PeerAnswer};
 use meshd_scheduler::registry::{
-    store_shape, CatalogEvent, CatalogKind, LeaseConfig, MemberEvent, MemberGroups, MemberHandle,
-    MemberInfo, MemberLoad, MemberState, MemberStatus, MemberStore, Placement, Registry, Role,
-    StoreConflict,
+    store_shape, CatalogKind, LeaseConfig, MemberEvent, MemberGroups, MemberHandle, MemberInfo,
+    MemberLoad, MemberState, MemberStatus, MemberStore, Placement, Registry, Role, StoreConflict,
 };
 use tokio::sync::watch;
+use tokio::time::Instant as TInstant;
 
 /// How often group changes are looked for.
 const GROUP_CHECK: Duration = Duration::from_millis(200);
@@ -57,36 +63,40 @@ pub const DRAIN_BACKLOG_WAIT: Duration = Duration::from_secs(30);
 /// The catalog of a cluster over its registry, as the node writes it.
 pub struct RegistryCatalog(pub Arc<dyn Registry>);
 
-fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, String> {
-    serde_json::to_value(v).map_err(|e| e.to_string())
+fn registry_error(e: meshd_scheduler::registry::RegistryError) -> CatalogError {
+    CatalogError::Registry(Box::new(e))
 }
 
 #[async_trait::async_trait]
 impl CatalogSink for RegistryCatalog {
-    async fn put_topic(&self, name: &str, config: &TopicConfig) -> Result<(), String> {
+    async fn put_topic(&self, name: &str, config: &TopicConfig) -> Result<(), CatalogError> {
         self.0
-            .catalog_put(CatalogKind::Topic, name, &to_value(config)?)
+            .catalog_put(CatalogKind::Topic, name, &serde_json::to_value(config)?)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(registry_error)
     }
 
-    async fn delete_topic(&self, name: &str) -> Result<(), String> {
+    async fn delete_topic(&self, name: &str) -> Result<(), CatalogError> {
         self.0
             .catalog_delete(CatalogKind::Topic, name)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(registry_error)
     }
 
     async fn create_subscription(
         &self,
         spec: &SubscriptionSpec,
-    ) -> Result<Option<SubscriptionSpec>, String> {
+    ) -> Result<Option<SubscriptionSpec>, CatalogError> {
         let existing = self
             .0
-            .catalog_create(CatalogKind::Subscription, &spec.name, &to_value(spec)?)
+            .catalog_create(
+                CatalogKind::Subscription,
+                &spec.name,
+                &serde_json::to_value(spec)?,
+            )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(registry_error)?;
         match existing {
             None => Ok(None),
             // Unreadable or vanished: report it as taken by something else (a conflict).
@@ -98,12 +108,12 @@ impl CatalogSink for RegistryCatalog {
         }
     }
 
-    async fn delete_subscription(&self, name: &str) -> Result<(), String> {
+    async fn delete_subscription(&self, name: &str) -> Result<(), CatalogError> {
         self.0
             .catalog_delete(CatalogKind::Subscription, name)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(registry_error)
     }
 }
 
@@ -141,18 +151,23 @@ impl GroupLocator for RegistryLocator {
 }
 
 /// Keeps the webhook guard's view of the cluster's members (nodes and proxies, by their
-/// HTTP addresses) current: a webhook must not reach any of them.
-async fn watch_member_components(node: Arc<Node>, registry: Arc<dyn Registry>) {
+/// HTTP addresses) current (a webhook must not reach any of them), and the node members
+/// the membership machine asks for promises in a registry outage (`peers`).
+async fn watch_member_components(
+    node: Arc<Node>,
+    registry: Arc<dyn Registry>,
+    peers: watch::Sender<BTreeMap<String, String>>,
+) {
     loop {
         let watch = registry.watch_members().await;
         // List after the watch is up, so no change falls between the list and the watch.
-        refresh_member_components(&node, registry.as_ref()).await;
+        refresh_member_components(&node, registry.as_ref(), &peers).await;
         let Ok(mut watch) = watch else {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
         while watch.recv().await.is_some() {
-            refresh_member_components(&node, registry.as_ref()).await;
+            refresh_member_components(&node, registry.as_ref(), &peers).await;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -215,8 +230,24 @@ async fn guard_store(
     }
 }
 
-async fn refresh_member_components(node: &Node, registry: &dyn Registry) {
+async fn refresh_member_components(
+    node: &Node,
+    registry: &dyn Registry,
+    peers: &watch::Sender<BTreeMap<String, String>>,
+) {
     if let Ok(members) = registry.list_members().await {
+        let nodes: BTreeMap<String, String> = members
+            .iter()
+            .filter(|m| m.role == Role::Node)
+            .map(|m| (m.id.clone(), m.http_addr.clone()))
+            .collect();
+        peers.send_if_modified(|p| {
+            if *p == nodes {
+                return false;
+            }
+            *p = nodes;
+            true
+        });
         let urls: Vec<String> = members.into_iter().map(|m| m.http_addr).collect();
         node.set_mesh_components("registry", &urls).await;
     }
@@ -233,6 +264,10 @@ pub struct ClusterMember {
     lease: LeaseConfig,
     /// Set when the node must stop: the store rule broke while it ran.
     fatal: watch::Sender<Option<StoreConflict>>,
+    /// The membership state machine (placement, lease, peer promises).
+    machine: Arc<Machine>,
+    /// The other node members, from the member watch.
+    peers: watch::Sender<BTreeMap<String, String>>,
 }
 
 impl ClusterMember {
@@ -255,14 +290,30 @@ impl ClusterMember {
             url: url.to_string(),
             lease,
             fatal: watch::channel(None).0,
+            machine: Machine::new(&node.config.node_id, lease),
+            peers: watch::channel(BTreeMap::new()).0,
         });
+        let (machine, me) = (member.machine.clone(), node.config.node_id.clone());
+        // Weak: the node holds this answerer.
+        let weak = Arc::downgrade(&node);
+        node.set_promise(Arc::new(move |from: &str| {
+            let answer = machine.answer(&me, from);
+            if let (false, Some(n)) = (answer.reaches_registry, weak.upgrade()) {
+                n.metrics.registry_promises_given.inc();
+            }
+            answer
+        }));
         member.register().await?;
         let sync = tokio::spawn(sync_catalog(node.clone(), registry.clone()));
         let me = member.clone();
         let report = tokio::spawn(async move { me.report().await });
         let me = member.clone();
         let drain = tokio::spawn(async move { me.follow_drain().await });
-        let components = tokio::spawn(watch_member_components(node.clone(), registry.clone()));
+        let components = tokio::spawn(watch_member_components(
+            node.clone(),
+            registry.clone(),
+            member.peers.clone(),
+        ));
         let guard = tokio::spawn(guard_store(
             member.info(),
             registry.clone(),
@@ -328,8 +379,11 @@ impl ClusterMember {
         let obey = tokio::spawn(obey_placement(
             self.node.clone(),
             self.registry.clone(),
+            self.machine.clone(),
             placement,
             handle.status(),
+            self.peers.subscribe(),
+            self.lease,
         ));
         if let Some(old) = self
             .obey
@@ -348,6 +402,8 @@ impl ClusterMember {
         if let Some(t) = self.obey.lock().unwrap_or_else(|p| p.into_inner()).take() {
             t.abort();
         }
+        // The machine delivers nothing until the next registration.
+        self.machine.with(|m| m.lease(Lease::Gone, TInstant::now()));
         self.node.set_owned_groups(Some(BTreeSet::new())).await;
         if let Some(h) = self.handle.lock().await.take() {
             match h.deregister().await {
@@ -502,87 +558,227 @@ fn groups_of(node: &Node) -> MemberGroups {
     }
 }
 
-/// The groups `placement` gives to `node_id`.
-pub fn owned_by(placement: Option<&Placement>, node_id: &str) -> BTreeSet<String> {
-    placement
-        .map(|p| {
-            p.consumer_groups
-                .iter()
-                .filter(|(_, n)| n.as_str() == node_id)
-                .map(|(g, _)| g.clone())
-                .collect()
+/// The lease as the membership machine sees it.
+fn lease_of(status: &MemberStatus) -> Lease {
+    match status.state {
+        // Unreachable: keep-alives fail but the deadline has not passed; the machine
+        // counts it from `last_ack`.
+        MemberState::Registered | MemberState::Unreachable => Lease::Held {
+            last_ack: status.last_ack,
+        },
+        MemberState::Lost => Lease::Lost,
+        MemberState::Deregistered => Lease::Gone,
+    }
+}
+
+/// What the shell's helper tasks report back to the obey loop.
+enum Input {
+    Answer(String, TInstant, PeerAnswer),
+    Placement(Option<Placement>),
+    PlacementUnread,
+}
+
+/// The membership machine of a node, shared by its obey loop and the answerer of peers'
+/// promise requests.
+pub struct Machine {
+    state: std::sync::Mutex<Membership>,
+    /// Wakes the obey loop (a promise given changes when it must act next).
+    wake: tokio::sync::Notify,
+}
+
+impl Machine {
+    fn new(node_id: &str, lease: LeaseConfig) -> Arc<Machine> {
+        Arc::new(Machine {
+            state: std::sync::Mutex::new(Membership::new(node_id, lease, TInstant::now())),
+            wake: tokio::sync::Notify::new(),
         })
-        .unwrap_or_default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Membership) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A peer's `POST /v1/cluster/promise`.
+    fn answer(&self, me: &str, from: &str) -> PromiseAnswer {
+        let promise = self.with(|m| m.promise(TInstant::now()));
+        self.wake.notify_one();
+        match promise {
+            Some(d) => {
+                tracing::info!(
+                    peer = from,
+                    promise_ms = d.as_millis() as u64,
+                    "registry unreachable: promised a peer to start no group"
+                );
+                PromiseAnswer {
+                    node: me.to_string(),
+                    reaches_registry: false,
+                    promise_ms: Some(d.as_millis() as u64),
+                }
+            }
+            None => PromiseAnswer {
+                node: me.to_string(),
+                reaches_registry: true,
+                promise_ms: None,
+            },
+        }
+    }
 }
 
-/// Whether a registration state allows delivering: the lease is held, or renewals are
-/// failing for less than a TTL (the lease may still be alive on the server).
-fn session_alive(status: &MemberStatus) -> bool {
-    matches!(
-        status.state,
-        MemberState::Registered | MemberState::Unreachable
-    )
+/// Asks `peer` for a promise; the answer goes to `tx`.
+async fn ask_peer(
+    client: reqwest::Client,
+    node: Arc<Node>,
+    peer: Peer,
+    sent: TInstant,
+    tx: tokio::sync::mpsc::UnboundedSender<Input>,
+) {
+    let mut req = client
+        .post(format!(
+            "{}/v1/cluster/promise",
+            peer.url.trim_end_matches('/')
+        ))
+        .json(&PromiseRequest {
+            from: node.config.node_id.clone(),
+        });
+    if let Some(t) = &node.config.internal_token {
+        req = req.header(meshd_core::internal::HEADER, t.expose());
+    }
+    let answer = match req.send().await {
+        Ok(r) if r.status().is_success() => match r.json::<PromiseAnswer>().await {
+            Ok(a) if a.node != peer.id => {
+                tracing::warn!(peer = %peer.id, answered = %a.node, "promise from another node than asked");
+                PeerAnswer::NoAnswer
+            }
+            Ok(a) if a.reaches_registry => PeerAnswer::ReachesRegistry,
+            Ok(a) => PeerAnswer::Promise(Duration::from_millis(a.promise_ms.unwrap_or(0))),
+            Err(e) => {
+                tracing::debug!(peer = %peer.id, "promise answer unreadable: {e}");
+                PeerAnswer::NoAnswer
+            }
+        },
+        Ok(r) => {
+            tracing::debug!(peer = %peer.id, status = %r.status(), "promise refused");
+            PeerAnswer::NoAnswer
+        }
+        Err(e) => {
+            tracing::debug!(peer = %peer.id, "promise request failed: {e}");
+            PeerAnswer::NoAnswer
+        }
+    };
+    let label = match answer {
+        PeerAnswer::Promise(_) => "promise",
+        PeerAnswer::ReachesRegistry => "reaches_registry",
+        PeerAnswer::NoAnswer => "no_answer",
+    };
+    node.metrics
+        .registry_promise_answers
+        .with_label_values(&[label])
+        .inc();
+    let _ = tx.send(Input::Answer(peer.id, sent, answer));
 }
 
-/// Follows placement and the registration state; sets the node's owned groups.
+/// Follows placement, the registration state and the node members through the
+/// membership machine ([`Membership`]) and carries out what it decides: sets the node's
+/// owned groups, asks peers for promises, re-reads the placement, reports health.
 async fn obey_placement(
     node: Arc<Node>,
     registry: Arc<dyn Registry>,
+    machine: Arc<Machine>,
     mut placement: watch::Receiver<Option<Placement>>,
     mut status: watch::Receiver<MemberStatus>,
+    mut peers: watch::Receiver<BTreeMap<String, String>>,
+    lease: LeaseConfig,
 ) {
     let me = node.config.node_id.clone();
-    // The newest placement seen; an older epoch never replaces it (fencing).
-    let mut current: Option<Placement> = None;
-    let mut owned: Option<BTreeSet<String>> = None;
-    let mut was_alive = true;
+    let client = match reqwest::Client::builder()
+        .timeout(lease.interval().max(Duration::from_millis(200)))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("building the peer client: {e}; delivering nothing");
+            node.set_owned_groups(Some(BTreeSet::new())).await;
+            return;
+        }
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Input>();
+    let mut applied: Option<BTreeSet<String>> = None;
+    let mut inputs: Vec<Input> = Vec::new();
     loop {
-        let seen = placement.borrow_and_update().clone();
-        if let Some(p) = seen {
-            if current.as_ref().is_none_or(|c| p.epoch >= c.epoch) {
-                current = Some(p);
-            } else {
-                tracing::warn!(
-                    epoch = p.epoch,
-                    "ignoring a placement older than one already seen"
-                );
+        let now = TInstant::now();
+        let (actions, delivering, epoch, health, wake_at) = machine.with(|m| {
+            let mut acts = Vec::new();
+            if let Some(p) = placement.borrow_and_update().clone() {
+                acts.extend(m.placement(p, now));
+            }
+            let st = status.borrow_and_update().clone();
+            acts.extend(m.lease(lease_of(&st), now));
+            acts.extend(m.peers(peers.borrow_and_update().clone(), now));
+            for input in inputs.drain(..) {
+                acts.extend(match input {
+                    Input::Answer(peer, sent, a) => m.peer_answer(&peer, sent, a, now),
+                    Input::Placement(p) => m.placement_read(p, now),
+                    Input::PlacementUnread => vec![Action::ReadPlacement],
+                });
+            }
+            acts.extend(m.tick(now));
+            (
+                acts,
+                m.delivering().clone(),
+                m.epoch(),
+                m.health(),
+                m.next_wake(now),
+            )
+        });
+        for a in actions {
+            match a {
+                Action::Start(_) | Action::Stop(_) => {}
+                Action::AskPeers(ps) => {
+                    for p in ps {
+                        tokio::spawn(ask_peer(client.clone(), node.clone(), p, now, tx.clone()));
+                    }
+                }
+                Action::ReadPlacement => {
+                    let (registry, tx) = (registry.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        match registry.get_placement().await {
+                            Ok(p) => {
+                                let _ = tx.send(Input::Placement(p));
+                            }
+                            Err(e) => {
+                                tracing::warn!(
+                                    "re-reading the placement after re-registering: {e}"
+                                );
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                let _ = tx.send(Input::PlacementUnread);
+                            }
+                        }
+                    });
+                }
+                Action::Health(h) => {
+                    tracing::info!(node = %me, health = ?h, "cluster membership health");
+                    node.set_lease_lost(h == Health::LeaseLost);
+                    node.set_serving_on_promises(h == Health::ServingOnPromises);
+                }
             }
         }
-        let st = status.borrow_and_update().clone();
-        let alive = session_alive(&st);
-        node.set_lease_lost(st.state == MemberState::Lost);
-        if alive && !was_alive {
-            // Back from a lost session: the watch may lag; read the placement afresh
-            // before delivering anything.
-            match registry.get_placement().await {
-                Ok(Some(p)) if current.as_ref().is_none_or(|c| p.epoch >= c.epoch) => {
-                    current = Some(p)
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!("re-reading the placement after re-registering: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            }
-        }
-        was_alive = alive;
-        let want = if alive {
-            owned_by(current.as_ref(), &me)
-        } else {
-            BTreeSet::new()
-        };
-        if owned.as_ref() != Some(&want) {
+        if applied.as_ref() != Some(&delivering) {
             tracing::info!(
                 node = %me,
-                epoch = current.as_ref().map(|p| p.epoch),
-                session = ?st.state,
-                groups = ?want,
+                epoch,
+                health = ?health,
+                groups = ?delivering,
                 "consumer groups placed here"
             );
-            node.set_owned_groups(Some(want.clone())).await;
-            owned = Some(want);
+            node.set_owned_groups(Some(delivering.clone())).await;
+            applied = Some(delivering);
         }
+        let sleep = async {
+            match wake_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = placement.changed() => if r.is_err() {
                 tracing::warn!("placement watch ended; delivering nothing");
@@ -593,11 +789,16 @@ async fn obey_placement(
                 node.set_owned_groups(Some(BTreeSet::new())).await;
                 return;
             },
+            _ = peers.changed() => {},
+            Some(input) = rx.recv() => inputs.push(input),
+            _ = machine.wake.notified() => {},
+            _ = sleep => {},
+        }
+        while let Ok(input) = rx.try_recv() {
+            inputs.push(input);
         }
     }
 }
-
-type CatalogKey = (CatalogKind, String);
 
 /// Applies one catalog entry to the node.
 async fn apply(
@@ -605,21 +806,18 @@ async fn apply(
     kind: CatalogKind,
     name: &str,
     value: &serde_json::Value,
-) -> Result<(), String> {
+) -> Result<(), anyhow::Error> {
     match kind {
         CatalogKind::Topic => {
-            let cfg: TopicConfig =
-                serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
-            node.apply_topic(name, cfg).await.map_err(|e| e.to_string())
+            let cfg: TopicConfig = serde_json::from_value(value.clone())?;
+            node.apply_topic(name, cfg).await?;
         }
         CatalogKind::Subscription => {
-            let spec: SubscriptionSpec =
-                serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
-            node.apply_subscription(spec)
-                .await
-                .map_err(|e| e.to_string())
+            let spec: SubscriptionSpec = serde_json::from_value(value.clone())?;
+            node.apply_subscription(spec).await?;
         }
     }
+    Ok(())
 }
 
 async fn remove(node: &Node, kind: CatalogKind, name: &str) {
@@ -635,20 +833,24 @@ async fn remove(node: &Node, kind: CatalogKind, name: &str) {
     }
 }
 
-/// Applies pending entries, topics first; keeps the ones that failed.
-async fn apply_pending(node: &Node, pending: &mut BTreeMap<CatalogKey, serde_json::Value>) {
-    let entries: Vec<(CatalogKey, serde_json::Value)> =
-        std::mem::take(pending).into_iter().collect();
-    for ((kind, name), value) in entries {
-        if let Err(e) = apply(node, kind, &name, &value).await {
-            tracing::warn!(?kind, name, "catalog entry not applied yet: {e}");
-            pending.insert((kind, name), value);
+/// Carries out the catalog sync's actions; failed applies go back to it.
+async fn carry_out(node: &Node, sync: &mut CatalogSync, actions: Vec<CatalogAction>) {
+    for a in actions {
+        match a {
+            CatalogAction::Apply { kind, name, value } => {
+                if let Err(e) = apply(node, kind, &name, &value).await {
+                    tracing::warn!(?kind, name, "catalog entry not applied yet: {e:#}");
+                    sync.failed(kind, name, value);
+                }
+            }
+            CatalogAction::Remove { kind, name } => remove(node, kind, &name).await,
         }
     }
 }
 
-/// Watches the catalog and applies it to the node (idempotent; a node started later
-/// catches up from the snapshot). Entries that cannot be applied yet are retried.
+/// Watches the catalog and applies it to the node through [`CatalogSync`] (idempotent;
+/// a node started later catches up from the snapshot). Entries that cannot be applied
+/// yet are retried every [`CATALOG_RETRY`].
 async fn sync_catalog(node: Arc<Node>, registry: Arc<dyn Registry>) {
     loop {
         let mut w = match registry.watch_catalog().await {
@@ -659,52 +861,17 @@ async fn sync_catalog(node: Arc<Node>, registry: Arc<dyn Registry>) {
                 continue;
             }
         };
-        let mut pending: BTreeMap<CatalogKey, serde_json::Value> = BTreeMap::new();
-        let mut synced = false;
+        let mut sync = CatalogSync::new();
         let mut retry = tokio::time::interval(CATALOG_RETRY);
         loop {
-            tokio::select! {
+            let actions = tokio::select! {
                 ev = w.recv() => match ev {
-                    Some(CatalogEvent::Put(e)) => {
-                        pending.insert((e.kind, e.name), e.value);
-                    }
-                    Some(CatalogEvent::Delete(kind, name)) => {
-                        pending.remove(&(kind, name.clone()));
-                        if synced {
-                            remove(&node, kind, &name).await;
-                        }
-                    }
-                    Some(CatalogEvent::Synced) => synced = true,
+                    Some(ev) => sync.event(ev),
                     None => break,
                 },
-                _ = retry.tick() => {}
-            }
-            if synced && !pending.is_empty() {
-                apply_pending(&node, &mut pending).await;
-            }
+                _ = retry.tick() => sync.due(),
+            };
+            carry_out(&node, &mut sync, actions).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn owned_groups_follow_the_placement() {
-        let p = Placement {
-            epoch: 3,
-            producer_groups: BTreeMap::new(),
-            consumer_groups: [("a", "n1"), ("b", "n2"), ("c", "n1")]
-                .into_iter()
-                .map(|(g, n)| (g.to_string(), n.to_string()))
-                .collect(),
-        };
-        assert_eq!(
-            owned_by(Some(&p), "n1"),
-            ["a".to_string(), "c".to_string()].into()
-        );
-        assert!(owned_by(Some(&p), "n3").is_empty());
-        assert!(owned_by(None, "n1").is_empty());
     }
 }

@@ -545,3 +545,55 @@ async fn concurrent_token_creates_all_persist() {
     let stored: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(stored["tokens"].as_array().map(Vec::len), Some(1));
 }
+
+/// Browsing a topic's stored events takes the scope reading them through a subscription
+/// takes (`subscribe` on the topic), and so does moving a subscription (`seek`): a
+/// publisher, or a subscriber of other topics, is refused (403).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn browse_and_seek_need_the_subscribe_scope() {
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("tokens.json");
+    let admin = create_token(&file, "admin:*");
+    let publisher = create_token(&file, "publish:orders.*");
+    let subscriber = create_token(&file, "subscribe:orders.*");
+    let elsewhere = create_token(&file, "subscribe:billing.*");
+    let (_n, p) = node_and_proxy(d.path(), &file);
+    let c = client();
+    put_topic(&c, &p, &admin, "orders.eu").await;
+    let (status, body) = publish_status(&c, &p.url, "orders.eu", Some(&publisher)).await;
+    assert_eq!(status, 200, "{body}");
+    let r = c
+        .post(p.at("/v1/subscriptions"))
+        .bearer_auth(&subscriber)
+        .json(
+            &json!({"name": "s", "topic": "orders.eu", "sink": {"pull": {}}, "start": "earliest"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let browse = p.at("/v1/topics/orders.eu/events");
+    let seek = p.at("/v1/subscriptions/s/seek");
+    for (token, want) in [
+        (None, 401),
+        (Some(&publisher), 403),
+        (Some(&elsewhere), 403),
+        (Some(&subscriber), 200),
+        (Some(&admin), 200),
+    ] {
+        let mut b = c.get(&browse);
+        let mut s = c.post(&seek).json(&json!({"offsets": {"0": 0}}));
+        if let Some(t) = token {
+            b = b.bearer_auth(t);
+            s = s.bearer_auth(t);
+        }
+        let r = b.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), want, "browse with {token:?}");
+        if want == 200 {
+            let page: Value = r.json().await.unwrap();
+            assert_eq!(page["events"].as_array().unwrap().len(), 1, "{page}");
+        }
+        assert_eq!(status_of(s).await, want, "seek with {token:?}");
+    }
+}

@@ -42,6 +42,24 @@ pub fn free_port() -> u16 {
 
 pub mod meshd;
 
+/// Starts `nats-server -js` (file storage in `dir`) on a free port; `None` when it is not
+/// installed or does not start (the NATS rows of a bench are then skipped).
+pub fn start_nats(dir: &std::path::Path) -> Option<(Killed, String)> {
+    let port = free_port();
+    let child = std::process::Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let guard = Killed(child);
+    if !wait_port(port, std::time::Duration::from_secs(10)) {
+        return None;
+    }
+    Some((guard, format!("nats://127.0.0.1:{port}")))
+}
+
 /// The URL a `meshd node` child prints on standard output (`cluster NAME node ID URL`);
 /// the rest of its output is drained by a thread so the child never blocks on it.
 pub fn node_url(child: &mut Child) -> String {

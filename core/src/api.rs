@@ -251,15 +251,170 @@ pub enum GroupMode {
     Broadcasting,
 }
 
-/// Where a new subscription starts reading.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+/// Where a subscription starts reading: its `start` at creation, and the body of
+/// `POST /v1/subscriptions/{name}/seek`. In JSON `"latest"`, `"earliest"`,
+/// `{"time": "2026-12-03T10:00:00Z"}` or `{"offsets": {"0": 42, "3": 7}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum StartPosition {
-    /// Only events published after the subscription was created.
+    /// Only events published after the subscription was created (a seek: after now).
     #[default]
     Latest,
     /// Everything the topic still retains.
     Earliest,
+    /// On every partition, the first event stored at or after this time (the store's
+    /// time of each record, found by a binary search, never a scan of the log).
+    Time(StartTime),
+    /// The next offset to read, per partition (`record.offset` of the first event
+    /// wanted). Partitions not named start at the end (creation) or stay where they are
+    /// (seek). An offset below the partition's first retained one starts there.
+    Offsets(BTreeMap<u32, u64>),
+}
+
+impl StartPosition {
+    /// Checks what needs no store: the partitions named in `offsets` (at least one, each
+    /// below [`MAX_PARTITIONS`]). `field` is the path of the position in its body (`start`
+    /// in a subscription, empty in a seek body).
+    pub fn validate(&self, field: &str) -> Result<(), InvalidField> {
+        let path = |rest: &str| {
+            if field.is_empty() {
+                rest.to_string()
+            } else {
+                format!("{field}.{rest}")
+            }
+        };
+        if let StartPosition::Offsets(offsets) = self {
+            if offsets.is_empty() {
+                return Err(invalid(
+                    path("offsets"),
+                    "name at least one partition, e.g. {\"offsets\": {\"0\": 42}}",
+                ));
+            }
+            if let Some(p) = offsets.keys().find(|p| **p >= MAX_PARTITIONS) {
+                return Err(invalid(
+                    path(&format!("offsets.{p}")),
+                    format!("partition {p} does not exist: a topic has at most {MAX_PARTITIONS} partitions"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `latest`, `earliest`, the time, or the offsets as `P:O,P:O` (tables, logs).
+    pub fn describe(&self) -> String {
+        match self {
+            StartPosition::Latest => "latest".into(),
+            StartPosition::Earliest => "earliest".into(),
+            StartPosition::Time(t) => t.as_str().to_string(),
+            StartPosition::Offsets(o) => o
+                .iter()
+                .map(|(p, o)| format!("{p}:{o}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+}
+
+/// An RFC 3339 time as the client wrote it (kept verbatim, so a stored spec compares equal
+/// to the one asked for), with its instant in ms since the epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartTime {
+    text: String,
+    ms: u64,
+}
+
+impl StartTime {
+    /// Parses an RFC 3339 time at or after the Unix epoch (`2026-12-03T10:00:00Z`,
+    /// `2026-12-03T11:00:00.250+01:00`).
+    pub fn parse(text: &str) -> Result<StartTime, String> {
+        let t = chrono::DateTime::parse_from_rfc3339(text).map_err(|e| {
+            format!("{text:?} is not an RFC 3339 time such as 2026-12-03T10:00:00Z ({e})")
+        })?;
+        let ms = u64::try_from(t.timestamp_millis())
+            .map_err(|_| format!("{text:?} is before 1970-01-01T00:00:00Z"))?;
+        Ok(StartTime {
+            text: text.to_string(),
+            ms,
+        })
+    }
+
+    /// The instant, ms since the Unix epoch.
+    pub fn ms(&self) -> u64 {
+        self.ms
+    }
+
+    /// The time as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl Serialize for StartTime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for StartTime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        StartTime::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A store time (ms since the epoch) as RFC 3339 UTC with milliseconds, the form the API
+/// answers with (`2026-12-03T10:00:00.123Z`).
+pub fn format_time_ms(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// Answer of `POST /v1/subscriptions/{name}/seek`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SeekResponse {
+    /// The subscription.
+    pub subscription: String,
+    /// Where delivery reads next now, per partition (the partitions a seek by `offsets`
+    /// did not name keep their committed position).
+    pub positions: BTreeMap<u32, u64>,
+}
+
+/// Most events one `GET /v1/topics/{topic}/events` returns (`limit`).
+pub const MAX_BROWSE_LIMIT: usize = 1000;
+
+/// One stored event as `GET /v1/topics/{topic}/events` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BrowsedEvent {
+    /// Partition.
+    pub partition: u32,
+    /// Offset in the partition.
+    pub offset: u64,
+    /// When the store took it (RFC 3339, UTC, ms).
+    pub time: String,
+    /// The event in structured JSON form (`null` when the record cannot be decoded).
+    pub event: serde_json::Value,
+    /// Why the record could not be decoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Answer of `GET /v1/topics/{topic}/events`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BrowseResponse {
+    /// The topic.
+    pub topic: String,
+    /// The partition read.
+    pub partition: u32,
+    /// Events in offset order.
+    pub events: Vec<BrowsedEvent>,
+    /// Where the next page starts: pass it as `from` (after the last event returned, or
+    /// where this read began when there was none).
+    pub next: u64,
+    /// The partition's end when read (the offset the next stored event gets, or below).
+    pub end: u64,
 }
 
 /// Where matching events go.
@@ -444,6 +599,29 @@ pub struct FailoverError {
     pub message: String,
 }
 
+/// Body of `POST /v1/cluster/promise`: a node of the cluster whose registry keep-alives
+/// fail asks another node whether it reaches the registry (docs/scheduler.md, "Registry
+/// outages"). Sent with the cluster's internal token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PromiseRequest {
+    /// The asking node's id.
+    pub from: String,
+}
+
+/// Answer of `POST /v1/cluster/promise`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PromiseAnswer {
+    /// The answering node's id.
+    pub node: String,
+    /// It reaches the registry: no promise is given.
+    pub reaches_registry: bool,
+    /// When it does not: it promises to start no consumer group it is not delivering now
+    /// for this long from its answer (its lease TTL), on its own monotonic clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promise_ms: Option<u64>,
+}
+
 /// Most standby clusters of one subscription.
 pub const MAX_STANDBY: usize = 8;
 
@@ -483,6 +661,7 @@ impl SubscriptionSpec {
         if d.max_age_secs == 0 {
             return Err(invalid("delivery.max_age_secs", "must be at least 1"));
         }
+        self.start.validate("start")?;
         if self.standby.len() > MAX_STANDBY {
             return Err(invalid(
                 "standby",
@@ -1078,5 +1257,47 @@ mod tests {
              you asked retention.max_age_secs=3600 and replicate_to=[eu,us]"
         );
         assert!(existing.differences(&existing).is_empty());
+    }
+
+    #[test]
+    fn start_positions_parse_from_json_and_roundtrip() {
+        let parse = |j: &str| serde_json::from_str::<StartPosition>(j);
+        assert_eq!(parse(r#""latest""#).unwrap(), StartPosition::Latest);
+        assert_eq!(parse(r#""earliest""#).unwrap(), StartPosition::Earliest);
+        let t = parse(r#"{"time": "2026-12-03T11:00:00.250+01:00"}"#).unwrap();
+        let StartPosition::Time(st) = &t else {
+            panic!("{t:?}")
+        };
+        assert_eq!(st.ms(), 1_796_292_000_250);
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            r#"{"time":"2026-12-03T11:00:00.250+01:00"}"#,
+            "kept as written"
+        );
+        assert_eq!(format_time_ms(st.ms()), "2026-12-03T10:00:00.250Z");
+        let o = parse(r#"{"offsets": {"0": 42, "3": 7}}"#).unwrap();
+        assert_eq!(o, StartPosition::Offsets(BTreeMap::from([(0, 42), (3, 7)])));
+        assert_eq!(o.describe(), "0:42,3:7");
+        assert_eq!(parse(&serde_json::to_string(&o).unwrap()).unwrap(), o);
+
+        let e = parse(r#"{"time": "yesterday"}"#).unwrap_err().to_string();
+        assert!(e.contains("not an RFC 3339 time"), "{e}");
+        let e = parse(r#"{"time": "1969-12-31T23:59:59Z"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("before 1970"), "{e}");
+        assert!(parse(r#"{"offsets": {"x": 1}}"#).is_err());
+        assert!(parse(r#"{"offsets": {"0": -1}}"#).is_err());
+        assert!(parse(r#""middle""#).is_err());
+    }
+
+    #[test]
+    fn start_offsets_name_real_partitions() {
+        let none = StartPosition::Offsets(BTreeMap::new());
+        assert_eq!(none.validate("start").unwrap_err().field, "start.offsets");
+        let far = StartPosition::Offsets(BTreeMap::from([(0, 1), (MAX_PARTITIONS, 1)]));
+        let e = far.validate("").unwrap_err();
+        assert_eq!(e.field, format!("offsets.{MAX_PARTITIONS}"));
+        assert!(StartPosition::Earliest.validate("start").is_ok());
     }
 }

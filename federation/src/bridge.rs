@@ -42,7 +42,7 @@ use crate::link::{
     check_hello, event_path, frame_name, outgoing_stamps, received_path, DedupKey, DedupWindow,
     HelloOutcome, Reservation, ORIGIN_EXT, PATH_EXT,
 };
-use crate::marks::{self, Marks, OriginPos, PeerMarks, SinceSearch, Start};
+use crate::marks::{self, Marks, OriginPos, PeerMarks, Start};
 use crate::progress::{AckTracker, ProgressMarks, PROGRESS_EVERY};
 use crate::replicas::{auto_failover, Auto, Delivery, Event as ReplicaEvent, Replicas, StartScan};
 use crate::routing::Routes;
@@ -467,11 +467,14 @@ impl Shared {
         node.list_subscriptions()
             .into_iter()
             .map(|s| {
-                let since_ms = match s.start {
-                    StartPosition::Earliest => None,
+                let since_ms = match &s.start {
+                    // Offsets are positions in this cluster's store: the retained history
+                    // is wanted (the positions pick from it).
+                    StartPosition::Earliest | StartPosition::Offsets(_) => None,
                     StartPosition::Latest => {
                         Some(node.subscription_created_ms(&s.name).unwrap_or_else(now_ms))
                     }
+                    StartPosition::Time(t) => Some(t.ms()),
                 };
                 LocalInterest {
                     topic: s.topic,
@@ -1522,20 +1525,10 @@ impl SessionState {
         let since = marks::since_for(self.interest.entries(), wire);
         let d = match marks::start_position(cursor, (b.start, b.end), since) {
             Start::At(o) => o,
-            Start::Since(ms) => {
-                let mut search = SinceSearch::new(b.start, b.end, ms);
-                while let Some(o) = search.probe() {
-                    let ts = store
-                        .read(topic, p, o, 1)
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .first()
-                        .filter(|r| r.offset == o)
-                        .map(|r| r.timestamp_ms);
-                    search.answer(ts);
-                }
-                search.result()
-            }
+            Start::Since(ms) => store
+                .offset_at_time(topic, p, ms)
+                .await
+                .map_err(|e| e.to_string())?,
         };
         if cursor != Some(d) {
             // Anchor (or move) the cursor: retention holds committed cursors even before

@@ -273,47 +273,6 @@ pub fn since_for(entries: &[InterestEntry], topic: &str) -> Option<u64> {
     since
 }
 
-/// The search for the first offset in `[start, end)` whose timestamp is at or after a
-/// time, driven by the caller's store reads: `probe` names the offset to read, `answer`
-/// takes its timestamp (`None`: not there, trimmed meanwhile). Store timestamps grow with
-/// offsets up to clock steps: this finds a boundary, and a step back only moves it a little.
-#[derive(Debug, Clone)]
-pub struct SinceSearch {
-    lo: u64,
-    hi: u64,
-    since: u64,
-}
-
-impl SinceSearch {
-    /// A search in `[start, end)` for `since` (ms since the epoch).
-    pub fn new(start: u64, end: u64, since: u64) -> SinceSearch {
-        SinceSearch {
-            lo: start,
-            hi: end.max(start),
-            since,
-        }
-    }
-
-    /// The offset to read next, or `None` when [`SinceSearch::result`] is final.
-    pub fn probe(&self) -> Option<u64> {
-        (self.lo < self.hi).then(|| self.lo + (self.hi - self.lo) / 2)
-    }
-
-    /// The timestamp of the record at the last probe.
-    pub fn answer(&mut self, timestamp_ms: Option<u64>) {
-        let Some(mid) = self.probe() else { return };
-        match timestamp_ms {
-            Some(ts) if ts >= self.since => self.hi = mid,
-            _ => self.lo = mid + 1,
-        }
-    }
-
-    /// The first offset at or after the time (the end when none is).
-    pub fn result(&self) -> u64 {
-        self.lo
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,26 +425,5 @@ mod tests {
         );
         assert_eq!(since_for(&[e("t", Some(5)), e("t", None)], "t"), None);
         assert_eq!(since_for(&[], "t"), None);
-    }
-
-    #[test]
-    fn the_first_record_since_a_time_is_found() {
-        let ts = [10u64, 20, 20, 30, 40, 50];
-        let first_since = |start, end, since| {
-            let mut s = SinceSearch::new(start, end, since);
-            let mut reads = 0;
-            while let Some(o) = s.probe() {
-                s.answer(ts.get(o as usize).copied());
-                reads += 1;
-            }
-            assert!(reads <= 4, "{reads} reads");
-            s.result()
-        };
-        assert_eq!(first_since(0, 6, 0), 0);
-        assert_eq!(first_since(0, 6, 20), 1);
-        assert_eq!(first_since(0, 6, 21), 3);
-        assert_eq!(first_since(0, 6, 51), 6);
-        assert_eq!(first_since(2, 6, 0), 2);
-        assert_eq!(first_since(6, 6, 0), 6);
     }
 }

@@ -15,14 +15,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use meshd_core::api::{
     AckRequest, ErrorBody, FilterTestRequest, InvalidField, PublishResponse, PullResponse,
-    SubscriptionSpec, TopicConfig,
+    StartPosition, StartTime, SubscriptionSpec, TopicConfig,
 };
 use meshd_core::event::{self, EventError, Mode};
 use serde::Deserialize;
 
 use crate::delivery::{DeliveryError, WebhookTargetError};
 use crate::ingest;
-use crate::server::{Node, NodeError};
+use crate::server::{BrowseFrom, Node, NodeError};
 use crate::store::StoreError;
 
 /// An error answer: status plus the JSON error body.
@@ -208,7 +208,7 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/topics/{topic}",
             get(get_topic).put(put_topic).delete(delete_topic),
         )
-        .route("/v1/topics/{topic}/events", post(publish))
+        .route("/v1/topics/{topic}/events", post(publish).get(browse))
         .route(
             "/v1/subscriptions",
             get(list_subscriptions).post(create_subscription),
@@ -220,8 +220,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/subscriptions/{name}/events", get(pull))
         .route("/v1/subscriptions/{name}/ack", post(ack))
         .route("/v1/subscriptions/{name}/status", get(subscription_status))
+        .route("/v1/subscriptions/{name}/seek", post(seek))
         .route("/v1/filters/test", post(filter_test))
         .route("/v1/cluster", get(cluster_status))
+        .route("/v1/cluster/promise", post(cluster_promise))
         .route("/v1/mesh", get(mesh_status))
         .route("/v1/mesh/links/{peer}/{action}", post(mesh_link_admin))
         .route("/v1/mesh/failover", post(mesh_failover))
@@ -629,6 +631,73 @@ async fn ack(
     Ok(Json(resp).into_response())
 }
 
+/// `POST /v1/subscriptions/{name}/seek`: the body is a start position (`{"time": ...}`,
+/// `{"offsets": {...}}`, `"earliest"` or `"latest"`).
+async fn seek(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    require_json(&headers)?;
+    let bytes = read_body(&node, &headers, body, 64 * 1024).await?;
+    let start: StartPosition = parse_json(&bytes)?;
+    Ok(Json(node.seek_subscription(&name, start).await?).into_response())
+}
+
+/// Query of `GET /v1/topics/{topic}/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BrowseQuery {
+    /// The partition (may be left out when the topic has one).
+    partition: Option<u32>,
+    /// The first offset wanted.
+    from: Option<u64>,
+    /// The first store time wanted (RFC 3339).
+    from_time: Option<String>,
+    /// Most events (1 to `MAX_BROWSE_LIMIT`, default 100).
+    limit: Option<usize>,
+}
+
+async fn browse(
+    State(node): State<Arc<Node>>,
+    Path(topic): Path<String>,
+    query: Result<Query<BrowseQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let from = match (q.from, q.from_time) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "give from (an offset) or from_time (a time), not both",
+            )
+            .field("from_time"))
+        }
+        (Some(o), None) => BrowseFrom::Offset(o),
+        (None, Some(t)) => BrowseFrom::Time(
+            StartTime::parse(&t)
+                .map_err(|e| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e).field("from_time")
+                })?
+                .ms(),
+        ),
+        (None, None) => BrowseFrom::Start,
+    };
+    let limit = q.limit.unwrap_or(100);
+    let answer = node
+        .browse_topic(&topic, q.partition, from, limit)
+        .await
+        .map_err(|e| match e {
+            NodeError::Invalid(f) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", f.message).field(f.field)
+            }
+            other => other.into(),
+        })?;
+    Ok(Json(answer).into_response())
+}
+
 async fn filter_test(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
@@ -659,6 +728,26 @@ async fn filter_test(
 
 async fn cluster_status(State(node): State<Arc<Node>>) -> Response {
     Json(node.status()).into_response()
+}
+
+/// A peer node asks whether this node reaches the registry (docs/scheduler.md, "Registry
+/// outages"); the answer may carry a promise.
+async fn cluster_promise(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult<Response> {
+    let req: meshd_core::api::PromiseRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("the body is not a promise request ({{\"from\": NODE}}): {e}"),
+        )
+    })?;
+    match node.promise(&req.from) {
+        Some(answer) => Ok(Json(answer).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_a_cluster_member",
+            "this node is not a member of a cluster (start it with --registry)",
+        )),
+    }
 }
 
 async fn mesh_status(State(node): State<Arc<Node>>) -> ApiResult<Response> {
@@ -778,7 +867,18 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
-    if node.is_ready() {
+    if node.is_ready() && node.is_serving_on_promises() {
+        Json(serde_json::json!({
+            "status": "ready",
+            "degraded": {
+                "code": "registry_unreachable",
+                "message": "the node cannot reach the cluster's registry (etcd); it keeps \
+                    delivering its consumer groups on its peers' promises that none of them \
+                    starts a group meanwhile (docs/scheduler.md, \"Registry outages\")",
+            },
+        }))
+        .into_response()
+    } else if node.is_ready() {
         Json(serde_json::json!({"status": "ready"})).into_response()
     } else if node.is_draining() {
         (

@@ -59,6 +59,14 @@ pub struct Metrics {
     pub retention_held_dropped: IntCounter,
     /// Partitions where, in the last retention pass, a hold kept age-expired records.
     pub retention_held_partitions: IntGauge,
+    /// Promises given to peer nodes while the registry was unreachable
+    /// (docs/scheduler.md, "Registry outages").
+    pub registry_promises_given: IntCounter,
+    /// Peer questions this node sent while its registry keep-alives failed, by answer
+    /// (`promise`, `reaches_registry`, `no_answer`).
+    pub registry_promise_answers: IntCounterVec,
+    /// 1 while the node delivers past its lease deadline on its peers' promises.
+    pub registry_serving_on_promises: IntGauge,
     /// Open and refused HTTP connections (`meshd_node_open_connections`,
     /// `meshd_node_connections_refused_total`).
     pub connections: meshd_listener::ConnMetrics,
@@ -144,9 +152,27 @@ impl Metrics {
         registry
             .register(Box::new(retention_held_partitions.clone()))
             .expect("unique metric");
+        let registry_serving_on_promises = IntGauge::new(
+            "meshd_node_registry_serving_on_promises",
+            "1 while the node delivers past its registry lease deadline on its peers' promises",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(registry_serving_on_promises.clone()))
+            .expect("unique metric");
         let connections =
             meshd_listener::ConnMetrics::register(&registry, "meshd_node").expect("unique metric");
         Metrics {
+            registry_serving_on_promises,
+            registry_promises_given: plain_counter(
+                "meshd_node_registry_promises_given_total",
+                "Promises given to peer nodes while the registry was unreachable",
+            ),
+            registry_promise_answers: counter(
+                "meshd_node_registry_promise_answers_total",
+                "Answers of peer nodes asked for a promise while registry keep-alives failed",
+                &["answer"],
+            ),
             connections,
             last_errors: LastErrors::default(),
             retention_removed: plain_counter(

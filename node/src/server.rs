@@ -32,8 +32,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use meshd_core::api::{
-    check_name, CompiledSubscription, InvalidField, PartitionOffsets, SubscriptionSpec,
-    TopicConfig, TopicInfo,
+    check_name, CompiledSubscription, InvalidField, PartitionOffsets, StartPosition,
+    SubscriptionSpec, TopicConfig, TopicInfo,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex};
@@ -44,6 +44,9 @@ use crate::metrics::Metrics;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::pulsar::{PulsarConfig, PulsarStore};
 use crate::store::{EventStore, FsyncPolicy, RetentionHolds, StoreError};
+
+mod replay;
+pub use replay::{BrowseFrom, BROWSE_MAX_BYTES, START_TIME_SKEW};
 
 const SUBSCRIPTION_PREFIX: &str = "subscriptions/";
 /// Store metadata: when each subscription was made (ms since the epoch, as text). A
@@ -161,22 +164,34 @@ impl NodeConfig {
     }
 }
 
+/// Why the cluster catalog could not be written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// The registry refused or did not answer.
+    #[error("the registry did not take the change: {0}")]
+    Registry(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The entry could not be encoded.
+    #[error("encoding the catalog entry: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
 /// The cluster catalog as a node writes to it (implemented over the registry by the
-/// binary). Errors are the reason the catalog could not be written.
+/// binary).
 #[async_trait::async_trait]
 pub trait CatalogSink: Send + Sync {
     /// Creates or replaces a topic.
-    async fn put_topic(&self, name: &str, config: &TopicConfig) -> Result<(), String>;
+    async fn put_topic(&self, name: &str, config: &TopicConfig) -> Result<(), CatalogError>;
     /// Deletes a topic.
-    async fn delete_topic(&self, name: &str) -> Result<(), String>;
+    async fn delete_topic(&self, name: &str) -> Result<(), CatalogError>;
     /// Creates a subscription (the spec with defaults filled in) unless the name is taken:
     /// `Ok(None)` when written, `Ok(Some(existing))` when not (nothing written).
     async fn create_subscription(
         &self,
         spec: &SubscriptionSpec,
-    ) -> Result<Option<SubscriptionSpec>, String>;
+    ) -> Result<Option<SubscriptionSpec>, CatalogError>;
     /// Deletes a subscription.
-    async fn delete_subscription(&self, name: &str) -> Result<(), String>;
+    async fn delete_subscription(&self, name: &str) -> Result<(), CatalogError>;
 }
 
 /// Most producer groups a node remembers (older ones are dropped first).
@@ -223,7 +238,7 @@ pub enum NodeError {
     },
     /// The cluster catalog could not be written; nothing was changed.
     #[error("the cluster catalog is unavailable: {0}")]
-    CatalogUnavailable(String),
+    CatalogUnavailable(#[source] CatalogError),
     /// A webhook target is refused by the node's target rules.
     #[error(transparent)]
     WebhookTarget(#[from] crate::delivery::WebhookTargetError),
@@ -269,6 +284,9 @@ pub struct Node {
     mesh: std::sync::OnceLock<MeshStatusFn>,
     mesh_metrics: std::sync::OnceLock<MeshMetricsFn>,
     mesh_link_admin: std::sync::OnceLock<MeshLinkAdminFn>,
+    promise: std::sync::OnceLock<PromiseFn>,
+    /// Past its lease deadline, delivering on its peers' promises (`/readyz` says so).
+    serving_on_promises: AtomicBool,
     mesh_failover: std::sync::OnceLock<MeshFailoverFn>,
     group_locator: std::sync::OnceLock<Arc<dyn GroupLocator>>,
     /// Consumer groups this node may deliver; `None`: all (no placement).
@@ -305,6 +323,9 @@ pub trait GroupLocator: Send + Sync {
 
 /// Extra Prometheus text appended to `/metrics` by the federation bridge.
 pub type MeshMetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Answers a peer's `POST /v1/cluster/promise` (set by cluster membership).
+pub type PromiseFn = Arc<dyn Fn(&str) -> meshd_core::api::PromiseAnswer + Send + Sync>;
 
 /// Pauses (`true`) or resumes (`false`) replication to a peer cluster, for the admin
 /// endpoints `POST /v1/mesh/links/{peer}/pause|resume` (drills). Answers whether the state
@@ -382,6 +403,8 @@ impl Node {
             mesh: std::sync::OnceLock::new(),
             mesh_metrics: std::sync::OnceLock::new(),
             mesh_link_admin: std::sync::OnceLock::new(),
+            promise: std::sync::OnceLock::new(),
+            serving_on_promises: AtomicBool::new(false),
             mesh_failover: std::sync::OnceLock::new(),
             group_locator: std::sync::OnceLock::new(),
             owned: RwLock::new(owned),
@@ -564,6 +587,28 @@ impl Node {
     /// Records whether the node's registry lease is lost (cluster membership calls this).
     pub fn set_lease_lost(&self, lost: bool) {
         self.lease_lost.store(lost, Ordering::SeqCst);
+    }
+
+    /// Records whether the node delivers past its lease deadline on its peers' promises
+    /// (a whole-registry outage): it stays ready, `/readyz` names the degradation.
+    pub fn set_serving_on_promises(&self, on: bool) {
+        self.serving_on_promises.store(on, Ordering::SeqCst);
+        self.metrics.registry_serving_on_promises.set(i64::from(on));
+    }
+
+    /// Whether the node delivers on its peers' promises (registry unreachable).
+    pub fn is_serving_on_promises(&self) -> bool {
+        self.serving_on_promises.load(Ordering::SeqCst)
+    }
+
+    /// Attaches the answerer of peers' promise requests (once).
+    pub fn set_promise(&self, f: PromiseFn) {
+        let _ = self.promise.set(f);
+    }
+
+    /// A peer's promise request; `None` when the node is no cluster member.
+    pub fn promise(&self, from: &str) -> Option<meshd_core::api::PromiseAnswer> {
+        self.promise.get().map(|f| f(from))
     }
 
     /// Whether the node's registry lease is lost: it cannot reach the registry, delivers
@@ -1010,6 +1055,17 @@ impl Node {
         &self,
         spec: SubscriptionSpec,
     ) -> Result<(bool, SubscriptionSpec), NodeError> {
+        // Where it starts is checked against the topic now (the catalog path writes the
+        // spec before it is created here, so before that).
+        if !matches!(spec.start, StartPosition::Latest | StartPosition::Earliest) {
+            check_name("topic", &spec.topic)?;
+            if self.topic_config(&spec.topic).await?.is_none() {
+                return Err(NodeError::TopicNotFound {
+                    topic: spec.topic.clone(),
+                });
+            }
+            self.check_start(&spec.topic, &spec.start, "start").await?;
+        }
         if let Some(c) = self.catalog() {
             let sub = spec.clone().compile()?;
             if let Some(existing) = self.read_subs().get(&sub.spec.name) {

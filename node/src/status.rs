@@ -67,10 +67,13 @@ async fn numbers(node: &Node, name: &str) -> Result<SubscriptionStatus, NodeErro
             Some(at) => Some(*at),
             None => stored_committed(node, &spec, p).await?,
         };
-        // Never committed (not started anywhere yet): where it will start.
-        let committed = committed.unwrap_or(match spec.start {
-            StartPosition::Earliest => b.start,
+        // Never committed (not started anywhere yet; starting pins the cursors at once):
+        // where it will start (a time start is resolved when it starts: until then the
+        // whole partition counts).
+        let committed = committed.unwrap_or(match &spec.start {
+            StartPosition::Earliest | StartPosition::Time(_) => b.start,
             StartPosition::Latest => b.end,
+            StartPosition::Offsets(o) => o.get(&p).copied().unwrap_or(b.end),
         });
         let from = committed.max(b.start);
         let backlog = b.end.saturating_sub(from);

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use meshd_core::api::{SubscriptionSpec, TopicConfig};
-use meshd_node::server::{CatalogSink, Node, NodeConfig, NodeError};
+use meshd_node::server::{CatalogError, CatalogSink, Node, NodeConfig, NodeError};
 
 #[derive(Default)]
 struct FakeCatalog {
@@ -17,9 +17,9 @@ struct FakeCatalog {
 }
 
 impl FakeCatalog {
-    fn write(&self, what: String) -> Result<(), String> {
+    fn write(&self, what: String) -> Result<(), CatalogError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err("etcd unreachable".into());
+            return Err(CatalogError::Registry("etcd unreachable".into()));
         }
         self.writes.lock().expect("lock").push(what);
         Ok(())
@@ -28,19 +28,19 @@ impl FakeCatalog {
 
 #[async_trait]
 impl CatalogSink for FakeCatalog {
-    async fn put_topic(&self, name: &str, _: &TopicConfig) -> Result<(), String> {
+    async fn put_topic(&self, name: &str, _: &TopicConfig) -> Result<(), CatalogError> {
         self.write(format!("put topic {name}"))
     }
-    async fn delete_topic(&self, name: &str) -> Result<(), String> {
+    async fn delete_topic(&self, name: &str) -> Result<(), CatalogError> {
         self.write(format!("delete topic {name}"))
     }
     async fn create_subscription(
         &self,
         spec: &SubscriptionSpec,
-    ) -> Result<Option<SubscriptionSpec>, String> {
+    ) -> Result<Option<SubscriptionSpec>, CatalogError> {
         self.write(format!("put sub {}", spec.name)).map(|_| None)
     }
-    async fn delete_subscription(&self, name: &str) -> Result<(), String> {
+    async fn delete_subscription(&self, name: &str) -> Result<(), CatalogError> {
         self.write(format!("delete sub {name}"))
     }
 }
@@ -196,5 +196,86 @@ async fn readyz_is_not_ready_while_the_lease_is_lost() {
     assert!(body.contains("registry_lease_lost"), "{body}");
     node.set_lease_lost(false);
     assert_eq!(probe(node.clone()).await.0, 200);
+    node.shutdown().await;
+}
+
+/// A node serving on its peers' promises stays ready and says why; the promise endpoint
+/// takes the internal token like every `/v1` route, answers 404 on a node that is no
+/// cluster member, and passes the membership's answer through.
+#[tokio::test]
+async fn promises_and_degraded_readiness() {
+    use tower::ServiceExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = NodeConfig::new(dir.path());
+    cfg.placement_gated = true;
+    cfg.internal_token =
+        Some(meshd_core::internal::InternalToken::new("0123456789abcdef0123").expect("token"));
+    let node = Node::open(cfg).await.expect("open");
+    let call = |node: Arc<Node>, req: axum::http::Request<axum::body::Body>| async move {
+        let r = meshd_node::http::router(node)
+            .oneshot(req)
+            .await
+            .expect("answer");
+        let status = r.status().as_u16();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        (status, v)
+    };
+    let ask = |token: Option<&str>| {
+        let mut b = axum::http::Request::post("/v1/cluster/promise")
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            b = b.header(meshd_core::internal::HEADER, t);
+        }
+        b.body(axum::body::Body::from(r#"{"from": "a"}"#))
+            .expect("request")
+    };
+    let readyz = || {
+        axum::http::Request::get("/readyz")
+            .body(axum::body::Body::empty())
+            .expect("request")
+    };
+    let (s, v) = call(node.clone(), ask(None)).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("internal_token_required"))
+    );
+    let (s, v) = call(node.clone(), ask(Some("0123456789abcdef0123"))).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("not_a_cluster_member"))
+    );
+    node.set_promise(Arc::new(|from: &str| meshd_core::api::PromiseAnswer {
+        node: format!("asked-by-{from}"),
+        reaches_registry: false,
+        promise_ms: Some(2000),
+    }));
+    let (s, v) = call(node.clone(), ask(Some("0123456789abcdef0123"))).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        serde_json::from_value::<meshd_core::api::PromiseAnswer>(v).expect("answer"),
+        meshd_core::api::PromiseAnswer {
+            node: "asked-by-a".into(),
+            reaches_registry: false,
+            promise_ms: Some(2000)
+        }
+    );
+    let bad = axum::http::Request::post("/v1/cluster/promise")
+        .header(meshd_core::internal::HEADER, "0123456789abcdef0123")
+        .body(axum::body::Body::from("{}"))
+        .expect("request");
+    assert_eq!(call(node.clone(), bad).await.0, 400);
+
+    let (s, v) = call(node.clone(), readyz()).await;
+    assert_eq!((s, v.get("degraded").is_none()), (200, true), "{v}");
+    node.set_serving_on_promises(true);
+    let (s, v) = call(node.clone(), readyz()).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["degraded"]["code"], "registry_unreachable", "{v}");
+    node.set_serving_on_promises(false);
+    node.set_lease_lost(true);
+    assert_eq!(call(node.clone(), readyz()).await.0, 503);
     node.shutdown().await;
 }

@@ -83,10 +83,14 @@ enum Op {
     TopicList,
     TopicWrite(String),
     TopicRead(String),
+    /// `GET /v1/topics/{topic}/events`: browse stored events (the subscribe scope).
+    TopicBrowse(String),
     SubCreate,
     SubList,
     SubOne(String),
     SubPull(String),
+    /// `POST /v1/subscriptions/{name}/seek`: to the node delivering it, like a pull.
+    SubSeek(String),
     Cluster,
     /// `POST /v1/admin/drain` (`true`) or `/v1/admin/undrain` (`false`).
     Drain(bool),
@@ -197,9 +201,11 @@ fn classify(method: &Method, path: &str) -> Result<Op, Reject> {
             Method::PUT | Method::DELETE => Some(Op::TopicWrite((*t).to_string())),
             _ => None,
         },
-        ["v1", "topics", t, "events"] if !t.is_empty() => {
-            (method == Method::POST).then(|| Op::Publish((*t).to_string()))
-        }
+        ["v1", "topics", t, "events"] if !t.is_empty() => match *method {
+            Method::POST => Some(Op::Publish((*t).to_string())),
+            Method::GET => Some(Op::TopicBrowse((*t).to_string())),
+            _ => None,
+        },
         ["v1", "subscriptions"] => match *method {
             Method::GET => Some(Op::SubList),
             Method::POST => Some(Op::SubCreate),
@@ -218,6 +224,9 @@ fn classify(method: &Method, path: &str) -> Result<Op, Reject> {
         // To the node placement names first, like pull and ack (any node answers it).
         ["v1", "subscriptions", n, "status"] if !n.is_empty() => {
             (method == Method::GET).then(|| Op::SubOne((*n).to_string()))
+        }
+        ["v1", "subscriptions", n, "seek"] if !n.is_empty() => {
+            (method == Method::POST).then(|| Op::SubSeek((*n).to_string()))
         }
         _ => {
             return Err(Reject::new(
@@ -680,11 +689,13 @@ impl Proxy {
             Op::Publish(t) => self.require(&token, Action::Publish, Some(t))?,
             Op::TopicWrite(t) => self.require(&token, Action::Admin, Some(t))?,
             Op::TopicRead(t) => self.require_any(&token, t)?,
+            // Reading stored events takes what reading them through a subscription takes.
+            Op::TopicBrowse(t) => self.require(&token, Action::Subscribe, Some(t))?,
             Op::TopicList | Op::SubList => self.require(&token, Action::Admin, None)?,
             Op::TokensList | Op::TokensCreate | Op::TokensRevoke(_) => {
                 self.require(&token, Action::ClusterAdmin, None)?;
             }
-            Op::SubOne(name) | Op::SubPull(name) => {
+            Op::SubOne(name) | Op::SubPull(name) | Op::SubSeek(name) => {
                 if token.is_some() {
                     let topic = self.subscription_topic(name).await?;
                     self.require(&token, Action::Subscribe, Some(&topic))?;
@@ -769,7 +780,7 @@ impl Proxy {
                 }
                 (inner.routing.for_subscription(&name), None, 1)
             }
-            Op::SubOne(name) | Op::SubPull(name) => {
+            Op::SubOne(name) | Op::SubPull(name) | Op::SubSeek(name) => {
                 if let Op::SubPull(_) = op {
                     deadline_len += pull_wait(parts.uri.query())?;
                 }
@@ -791,7 +802,9 @@ impl Proxy {
                     )
                     .await;
             }
-            Op::TopicRead(t) => (inner.routing.for_key(&format!("topic:{t}")), None, 1),
+            Op::TopicRead(t) | Op::TopicBrowse(t) => {
+                (inner.routing.for_key(&format!("topic:{t}")), None, 1)
+            }
             _ => (inner.routing.for_key("admin"), None, 1),
         };
         if let Some(t) = &token {
@@ -1453,6 +1466,20 @@ mod tests {
         assert_eq!(
             classify(&Method::GET, "/v1/subscriptions/s/status").ok(),
             Some(Op::SubOne("s".into()))
+        );
+        assert_eq!(
+            classify(&Method::GET, "/v1/topics/orders/events").ok(),
+            Some(Op::TopicBrowse("orders".into()))
+        );
+        assert_eq!(
+            classify(&Method::POST, "/v1/subscriptions/s/seek").ok(),
+            Some(Op::SubSeek("s".into()))
+        );
+        assert_eq!(
+            classify(&Method::GET, "/v1/subscriptions/s/seek")
+                .err()
+                .map(|r| r.status),
+            Some(StatusCode::METHOD_NOT_ALLOWED)
         );
         assert_eq!(
             classify(&Method::GET, "/nope").err().map(|r| r.status),

@@ -4,6 +4,8 @@
 //! - [`registry`]: the `Registry` trait (membership under leases, published placement)
 //!   with its etcd and in-process implementations; `registry::testing` (feature
 //!   `testing`) holds the etcd test harness and the registry conformance suite.
+//! - [`membership`]: a runtime node's membership as a pure state machine (placement
+//!   fencing, lease deadline, peer promises through a registry outage, catalog sync).
 //! - [`placement`]: the pure placement reducer (sticky bounded-load consistent hashing on
 //!   `hashring` with virtual nodes).
 //! - [`raft`]: the openraft group: redb log store and state machine (committed placement
@@ -17,6 +19,7 @@
 //! Must not touch: events, the event store, HTTP publishing, or federation links.
 #![forbid(unsafe_code)]
 
+pub mod membership;
 pub mod placement;
 pub mod raft;
 pub mod registry;

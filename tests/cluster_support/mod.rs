@@ -90,7 +90,11 @@ pub fn scheduler_group(
 /// Node `id` of [`CLUSTER`] on `store` (`embedded` for a one-node cluster, or the
 /// `pulsar://` URL every node of the cluster shares).
 pub fn node(dir: &Path, etcd: &EtcdServer, id: &str, store: &str) -> Meshd {
-    let reg = etcd_arg(etcd);
+    node_at(dir, &etcd_arg(etcd), id, store)
+}
+
+/// Node `id` of [`CLUSTER`] on `store`, reaching the registry at `reg` (`etcd://...`).
+pub fn node_at(dir: &Path, reg: &str, id: &str, store: &str) -> Meshd {
     Meshd::spawn_logged(
         &[
             "node",
@@ -99,7 +103,7 @@ pub fn node(dir: &Path, etcd: &EtcdServer, id: &str, store: &str) -> Meshd {
             "--data-dir",
             dir.join(id).to_str().expect("utf-8"),
             "--registry",
-            &reg,
+            reg,
             "--cluster",
             CLUSTER,
             "--node-id",
@@ -212,6 +216,12 @@ impl Cluster {
     /// Starts everything and waits until proxies are ready and a scheduler leader is known.
     pub async fn start() -> Cluster {
         let etcd = EtcdServer::start().await.expect("etcd");
+        let reg = etcd_arg(&etcd);
+        Cluster::start_on(etcd, &|_| reg.clone()).await
+    }
+
+    /// [`Cluster::start`] on `etcd`, node `id` reaching it at `node_registry(id)`.
+    pub async fn start_on(etcd: EtcdServer, node_registry: &dyn Fn(&str) -> String) -> Cluster {
         let reg: Arc<dyn Registry> = Arc::new(
             meshd_scheduler::registry::EtcdRegistry::connect(
                 meshd_scheduler::registry::EtcdConfig::new(vec![etcd.endpoint()], CLUSTER),
@@ -224,8 +234,8 @@ impl Cluster {
         let broker = broker::Broker::start();
         let store = broker.url();
         let nodes = vec![
-            node(dir.path(), &etcd, "a", &store),
-            node(dir.path(), &etcd, "b", &store),
+            node_at(dir.path(), &node_registry("a"), "a", &store),
+            node_at(dir.path(), &node_registry("b"), "b", &store),
         ];
         let proxies = vec![
             proxy(dir.path(), &etcd, "p1"),

@@ -910,7 +910,8 @@ impl Matcher {
     pub fn matches_value(&self, event: &Value) -> Vec<u64> {
         let mut out = Vec::new();
         let empty = Map::new();
-        let root = match event {
+        let expanded = super::expand_dotted(event);
+        let root = match expanded.as_ref().unwrap_or(event) {
             Value::Object(m) => m,
             _ => &empty,
         };

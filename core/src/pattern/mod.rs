@@ -39,6 +39,9 @@ pub const MAX_FIELDS: usize = 64;
 pub const MAX_BRANCHES: usize = 256;
 /// Maximum length in bytes of any string in a pattern.
 pub const MAX_STRING: usize = 4096;
+/// Most `*` characters in one `wildcard` value (EventBridge refuses wildcard patterns past a
+/// complexity limit; this is meshd's).
+pub const MAX_WILDCARDS: usize = 16;
 /// Array nesting in an event deeper than this is not looked into.
 pub const MAX_EVENT_ARRAY_DEPTH: usize = 64;
 
@@ -140,7 +143,8 @@ impl Pattern {
 
     /// Whether the event, given as its [`event_view`] JSON object, matches.
     pub fn matches_value(&self, event: &Value) -> bool {
-        match event {
+        let expanded = expand_dotted(event);
+        match expanded.as_ref().unwrap_or(event) {
             Value::Object(m) => self.inner.root.eval_root(m),
             _ => self.inner.root.eval_root(&Map::new()),
         }
@@ -201,22 +205,92 @@ fn compile_obj(obj: &Map<String, Value>, path: &str, depth: usize) -> Result<Obj
             }
             // Not an `$or` by event-ruler's rules: an ordinary field named "$or".
         }
-        match v {
-            Value::Object(m) => out
-                .fields
-                .push((k.clone(), FieldPat::Obj(compile_obj(m, &p, depth + 1)?))),
-            Value::Array(items) => out
-                .fields
-                .push((k.clone(), FieldPat::Leaf(ops::compile_leaf(items, &p)?))),
+        let field = match v {
+            Value::Object(m) => FieldPat::Obj(compile_obj(m, &p, depth + 1)?),
+            Value::Array(items) => FieldPat::Leaf(ops::compile_leaf(items, &p)?),
             _ => {
                 return Err(PatternError::new(
                     &p,
                     "match values must be in an array (e.g. [\"value\"]) or an object",
                 ))
             }
+        };
+        let key = if depth == 1 {
+            alias(k, obj)
+        } else {
+            k.as_str()
+        };
+        let segs = dotted_segments(key);
+        if let Some(segs) = &segs {
+            if depth + segs.len() > MAX_DEPTH + 1 {
+                return Err(PatternError::new(
+                    &p,
+                    format!("pattern nested deeper than {MAX_DEPTH} levels (counting dots)"),
+                ));
+            }
+        }
+        match segs {
+            Some(segs) => insert_dotted(&mut out, &segs, field),
+            None => insert_field(&mut out, key.to_string(), field),
         }
     }
     Ok(out)
+}
+
+/// EventBridge's envelope names, at the top of a pattern, for the CloudEvents attributes
+/// they map onto (docs/patterns.md "Patterns from EventBridge"): `detail-type` → `type`,
+/// `detail` → `data` (unless the pattern also names `data`).
+fn alias<'a>(key: &'a str, obj: &Map<String, Value>) -> &'a str {
+    match key {
+        "detail-type" if !obj.contains_key("type") => "type",
+        "detail" if !obj.contains_key("data") => "data",
+        _ => key,
+    }
+}
+
+/// The segments of a dotted key (`"a.b"` → `["a", "b"]`), or `None` when it has no dot or
+/// an empty segment (such keys are matched literally).
+pub(crate) fn dotted_segments(key: &str) -> Option<Vec<&str>> {
+    if !key.contains('.') {
+        return None;
+    }
+    let segs: Vec<&str> = key.split('.').collect();
+    segs.iter().all(|s| !s.is_empty()).then_some(segs)
+}
+
+/// Adds a field, merging a sub-pattern into one already there for the same key (so `a.b`
+/// and `a: {c}` test one object: array consistency holds across both).
+fn insert_field(obj: &mut ObjPat, key: String, field: FieldPat) {
+    if let FieldPat::Obj(new) = field {
+        if let Some((_, FieldPat::Obj(existing))) = obj.fields.iter_mut().find(|(k, f)| {
+            // Two `$or`s at one level would need AND between them: keep those apart.
+            *k == key && matches!(f, FieldPat::Obj(o) if o.or.is_empty() || new.or.is_empty())
+        }) {
+            for (k, f) in new.fields {
+                insert_field(existing, k, f);
+            }
+            existing.or.extend(new.or);
+            return;
+        }
+        obj.fields.push((key, FieldPat::Obj(new)));
+    } else {
+        obj.fields.push((key, field));
+    }
+}
+
+/// Adds a field named by a dotted key: `a.b.c: F` is `a: {b: {c: F}}`.
+fn insert_dotted(obj: &mut ObjPat, segs: &[&str], field: FieldPat) {
+    let Some((first, rest)) = segs.split_first() else {
+        return;
+    };
+    let mut field = field;
+    for seg in rest.iter().rev() {
+        field = FieldPat::Obj(ObjPat {
+            fields: vec![(seg.to_string(), field)],
+            or: Vec::new(),
+        });
+    }
+    insert_field(obj, first.to_string(), field);
 }
 
 /// Operator names; an object using one as a key is an operator, not a sub-pattern.
@@ -301,6 +375,73 @@ fn cross(a: &[Conj], b: &[Conj]) -> Option<Vec<Conj>> {
     Some(out)
 }
 
+/// The event with every dotted key (`{"a.b": 1}`) expanded into nested objects (`{"a":
+/// {"b": 1}}`), or `None` when it has none (the common case: nothing is copied). EventBridge
+/// flattens events and patterns into dotted field names, so `a.b` and `a` → `b` are one
+/// field. A dotted key meeting a non-object under the same name makes an array of both
+/// (each still matches as that field's value).
+pub(crate) fn expand_dotted(v: &Value) -> Option<Value> {
+    has_dotted(v, 0).then(|| expanded(v))
+}
+
+fn has_dotted(v: &Value, depth: usize) -> bool {
+    if depth > MAX_EVENT_ARRAY_DEPTH * 2 {
+        return false;
+    }
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .any(|(k, x)| dotted_segments(k).is_some() || has_dotted(x, depth + 1)),
+        Value::Array(items) => items.iter().any(|x| has_dotted(x, depth + 1)),
+        _ => false,
+    }
+}
+
+fn expanded(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut out = Map::new();
+            for (k, x) in m {
+                let x = expanded(x);
+                match dotted_segments(k) {
+                    Some(segs) => {
+                        let (first, rest) = segs.split_first().unwrap_or((&"", &[]));
+                        let mut nested = x;
+                        for seg in rest.iter().rev() {
+                            let mut o = Map::new();
+                            o.insert((*seg).to_string(), nested);
+                            nested = Value::Object(o);
+                        }
+                        merge_value(&mut out, first, nested);
+                    }
+                    None => merge_value(&mut out, k, x),
+                }
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(expanded).collect()),
+        other => other.clone(),
+    }
+}
+
+fn merge_value(out: &mut Map<String, Value>, key: &str, v: Value) {
+    match (out.get_mut(key), v) {
+        (None, v) => {
+            out.insert(key.to_string(), v);
+        }
+        (Some(Value::Object(existing)), Value::Object(new)) => {
+            for (k, x) in new {
+                merge_value(existing, &k, x);
+            }
+        }
+        (Some(Value::Array(items)), v) => items.push(v),
+        (Some(existing), v) => {
+            let old = std::mem::take(existing);
+            *existing = Value::Array(vec![old, v]);
+        }
+    }
+}
+
 /// Read access to the top level of an event (an event_view object or a CloudEvent).
 pub(crate) trait Root {
     fn get(&self, key: &str) -> Option<Cow<'_, Value>>;
@@ -326,7 +467,10 @@ impl<'a> EventRoot<'a> {
 impl Root for EventRoot<'_> {
     fn get(&self, key: &str) -> Option<Cow<'_, Value>> {
         if key == "data" {
-            return event_data(self.event);
+            return event_data(self.event).map(|d| match expand_dotted(&d) {
+                Some(x) => Cow::Owned(x),
+                None => d,
+            });
         }
         for (name, value) in self.event.iter_attributes() {
             if name == key {

@@ -248,6 +248,12 @@ fn scalar(v: &Value, path: &str) -> Result<Scalar, PatternError> {
 
 /// Compiles one leaf array (the allowed values of a field).
 pub(crate) fn compile_leaf(items: &[Value], path: &str) -> Result<Leaf, PatternError> {
+    if items.is_empty() {
+        return Err(err(
+            path,
+            "an empty list of values is not allowed (as EventBridge): it could never match",
+        ));
+    }
     if items.len() > MAX_VALUES {
         return Err(err(
             path,
@@ -375,6 +381,18 @@ fn strings(v: &Value, path: &str, op: &str) -> Result<Vec<String>, PatternError>
     }
 }
 
+/// `anything-but` with an empty prefix or suffix would exclude everything: refused, as
+/// EventBridge does.
+fn non_empty(v: Vec<String>, path: &str, op: &str) -> Result<Vec<String>, PatternError> {
+    if v.iter().any(String::is_empty) {
+        return Err(err(
+            path,
+            format!("anything-but {op} must not be empty (it would exclude every value)"),
+        ));
+    }
+    Ok(v)
+}
+
 fn anything_but(arg: &Value, path: &str) -> Result<Excl, PatternError> {
     match arg {
         Value::String(_) | Value::Number(_) => Ok(Excl::Values(vec![scalar(arg, path)?])),
@@ -407,8 +425,8 @@ fn anything_but(arg: &Value, path: &str) -> Result<Excl, PatternError> {
             };
             let p = format!("{path}.{op}");
             match op.as_str() {
-                "prefix" => Ok(Excl::Prefix(strings(v, &p, op)?)),
-                "suffix" => Ok(Excl::Suffix(strings(v, &p, op)?)),
+                "prefix" => Ok(Excl::Prefix(non_empty(strings(v, &p, op)?, &p, op)?)),
+                "suffix" => Ok(Excl::Suffix(non_empty(strings(v, &p, op)?, &p, op)?)),
                 "equals-ignore-case" => Ok(Excl::EqIc(
                     strings(v, &p, op)?.iter().map(|s| fold(s)).collect(),
                 )),
@@ -451,6 +469,15 @@ fn wildcard(s: &str, path: &str) -> Result<Wildcard, PatternError> {
                 None => return Err(err(path, "wildcard ends with a lone backslash")),
             },
             '*' => {
+                if segs.len() > super::MAX_WILDCARDS {
+                    return Err(err(
+                        path,
+                        format!(
+                            "wildcard too complex: more than {} `*` characters",
+                            super::MAX_WILDCARDS
+                        ),
+                    ));
+                }
                 if prev_star {
                     return Err(err(
                         path,

@@ -11,6 +11,13 @@ use serde_json::Value;
 /// Why scanning stopped.
 pub(crate) type ScanError = serde_json::Error;
 
+/// The path node a dotted event key (`"a.b"`) reaches through its segments: `a.b` and a
+/// nested `a` → `b` name the same field (as EventBridge flattens them).
+fn dotted_child(sink: &dyn Sink, node: usize, key: &str) -> Option<usize> {
+    let segs = super::dotted_segments(key)?;
+    segs.into_iter().try_fold(node, |n, seg| sink.child(n, seg))
+}
+
 fn err(at: usize, what: &str) -> ScanError {
     ScanError::custom(format!("{what} at byte {at}"))
 }
@@ -180,7 +187,9 @@ impl<'a> Scanner<'a> {
                         return Err(err(self.i, "expected an object key"));
                     }
                     let key = self.string()?;
-                    let child = sink.child(node, &key);
+                    let child = sink
+                        .child(node, &key)
+                        .or_else(|| dotted_child(sink, node, &key));
                     self.expect(b':')?;
                     match child {
                         Some(c) => self.value(sink, c, arrays)?,

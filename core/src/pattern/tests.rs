@@ -49,9 +49,86 @@ fn exact_strings_numbers_bools_null() {
 }
 
 #[test]
-fn empty_value_list_never_matches() {
-    assert!(!m(json!({"x": []}), json!({"x": "a"})));
-    assert!(!m(json!({"x": []}), json!({})));
+fn empty_value_list_is_refused() {
+    // As EventBridge: an empty array of values could never match.
+    let e = bad(json!({"x": []}));
+    assert_eq!(e.path, "x");
+    assert!(e.message.contains("empty list"), "{e}");
+    assert_eq!(bad(json!({"d": {"y": []}})).path, "d.y");
+}
+
+#[test]
+fn dotted_keys_and_nesting_name_the_same_field() {
+    // In the pattern.
+    assert!(m(
+        json!({"data.a.b": [1]}),
+        json!({"data": {"a": {"b": 1}}})
+    ));
+    assert!(!m(
+        json!({"data.a.b": [1]}),
+        json!({"data": {"a": {"b": 2}}})
+    ));
+    // In the event.
+    assert!(m(
+        json!({"data": {"a": {"b": [1]}}}),
+        json!({"data": {"a.b": 1}})
+    ));
+    assert!(m(
+        json!({"data": {"a.b": [1]}}),
+        json!({"data": {"a.b": 1}})
+    ));
+    assert!(m(
+        json!({"data.a": {"b": [1]}}),
+        json!({"data": {"a.b": 1}})
+    ));
+    // Both kinds of key in one event and one pattern.
+    let e = json!({"data": {"a": {"c": 2}, "a.b": 1}});
+    assert!(m(json!({"data": {"a.b": [1], "a": {"c": [2]}}}), e.clone()));
+    assert!(!m(json!({"data": {"a.b": [1], "a": {"c": [3]}}}), e));
+    // A dotted key next to a scalar of the same name: both values are that field's.
+    let e = json!({"data": {"a": "x", "a.b": 1}});
+    assert!(m(json!({"data": {"a": ["x"], "a.b": [1]}}), e.clone()));
+    assert!(m(json!({"data.a.b": [{"exists": true}]}), e));
+    // exists:false sees the dotted field.
+    assert!(!m(
+        json!({"data.a.b": [{"exists": false}]}),
+        json!({"data": {"a.b": 1}})
+    ));
+    // Dotted keys inside arrays of objects keep array consistency.
+    let e = json!({"data": {"l": [{"k.x": 1, "y": 2}, {"k.x": 3, "y": 4}]}});
+    assert!(m(json!({"data": {"l": {"k.x": [1], "y": [2]}}}), e.clone()));
+    assert!(!m(json!({"data": {"l": {"k": {"x": [1]}, "y": [4]}}}), e));
+    // Keys with empty segments are literal.
+    assert!(m(json!({"data": {"a.": [1]}}), json!({"data": {"a.": 1}})));
+    assert!(!m(json!({"data": {"a.": [1]}}), json!({"data": {"a": 1}})));
+    // Dots count towards the nesting limit.
+    let deep = (0..MAX_DEPTH + 1)
+        .map(|i| format!("k{i}"))
+        .collect::<Vec<_>>()
+        .join(".");
+    assert!(bad(json!({ deep: [1] })).message.contains("deeper"));
+}
+
+#[test]
+fn eventbridge_envelope_names_alias_cloudevents_attributes() {
+    // A pattern from AWS docs, unchanged, on the CloudEvent an EventBridge event maps to.
+    let p = json!({"source": ["aws.ec2"], "detail-type": ["EC2 Instance State-change Notification"],
+                   "detail": {"state": ["running"]}});
+    let e = json!({"source": "aws.ec2", "type": "EC2 Instance State-change Notification",
+                   "data": {"state": "running", "instance-id": "i-1"}});
+    assert!(m(p.clone(), e.clone()));
+    let mut other = e.clone();
+    other["data"]["state"] = json!("stopped");
+    assert!(!m(p, other));
+    // Only at the top, and not when the pattern names the attribute itself.
+    assert!(!m(
+        json!({"data": {"detail": ["x"]}}),
+        json!({"data": {"data": "x"}})
+    ));
+    assert!(m(
+        json!({"data": {"x": [1]}, "detail": [2]}),
+        json!({"data": {"x": 1}, "detail": 2})
+    ));
 }
 
 #[test]
@@ -269,6 +346,21 @@ fn anything_but_forms() {
     assert!(bad(json!({"s": [{"anything-but": []}]}))
         .path
         .contains("anything-but"));
+    // An empty prefix or suffix would exclude everything: refused (as EventBridge).
+    for op in ["prefix", "suffix"] {
+        let e = bad(json!({"s": [{"anything-but": {op: ""}}]}));
+        assert!(e.message.contains("must not be empty"), "{e}");
+        assert!(bad(json!({"s": [{"anything-but": {op: ["a", ""]}}]}))
+            .message
+            .contains("must not be empty"));
+    }
+    // Wildcards past the complexity limit are refused.
+    let ok = "a*".repeat(MAX_WILDCARDS);
+    assert!(Pattern::compile(&json!({"s": [{"wildcard": ok}]})).is_ok());
+    let too = "a*".repeat(MAX_WILDCARDS + 1);
+    assert!(bad(json!({"s": [{"wildcard": too}]}))
+        .message
+        .contains("too complex"));
     assert!(bad(json!({"s": [{"anything-but": {"exists": true}}]}))
         .message
         .contains("unknown"));

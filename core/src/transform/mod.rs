@@ -56,9 +56,11 @@ pub enum OutputMode {
     Raw,
 }
 
-/// A transform as the API takes it (externally tagged: `{"partial": {...}}`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+/// A transform as the API takes it (externally tagged: `{"partial": {...}}`). Read through
+/// [`TransformSpec::deserialize`], which names the problem when the object does not hold
+/// exactly one known kind.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
 pub enum TransformSpec {
     /// The event unchanged.
     Original(OriginalSpec),
@@ -70,6 +72,58 @@ pub enum TransformSpec {
     Constant(ConstantSpec),
     /// An EventBridge-style input template.
     Template(TemplateSpec),
+}
+
+/// The transform kinds, as their keys in the API.
+pub const TRANSFORM_KINDS: [&str; 5] = ["original", "data", "partial", "constant", "template"];
+
+impl<'de> Deserialize<'de> for TransformSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = Value::deserialize(d)?;
+        let kinds = TRANSFORM_KINDS.join(", ");
+        let Value::Object(map) = value else {
+            return Err(D::Error::custom(format!(
+                "a transform is an object with exactly one key, its kind ({kinds})"
+            )));
+        };
+        let mut entries = map.into_iter();
+        let (kind, body) = match (entries.next(), entries.next()) {
+            (Some(one), None) => one,
+            (None, _) => {
+                return Err(D::Error::custom(format!(
+                    "a transform needs exactly one kind ({kinds}); got none"
+                )))
+            }
+            (Some((a, _)), Some((b, _))) => {
+                let mut given = vec![a, b];
+                given.extend(entries.map(|(k, _)| k));
+                return Err(D::Error::custom(format!(
+                    "a transform has exactly one kind; got {} ({}): pick one of {kinds}",
+                    given.len(),
+                    given.join(", ")
+                )));
+            }
+        };
+        fn body_of<T: serde::de::DeserializeOwned, E: Error>(
+            kind: &str,
+            body: Value,
+        ) -> Result<T, E> {
+            serde_json::from_value(body).map_err(|e| E::custom(format!("{kind}: {e}")))
+        }
+        Ok(match kind.as_str() {
+            "original" => TransformSpec::Original(body_of(&kind, body)?),
+            "data" => TransformSpec::Data(body_of(&kind, body)?),
+            "partial" => TransformSpec::Partial(body_of(&kind, body)?),
+            "constant" => TransformSpec::Constant(body_of(&kind, body)?),
+            "template" => TransformSpec::Template(body_of(&kind, body)?),
+            other => {
+                return Err(D::Error::custom(format!(
+                    "unknown transform kind {other:?}; expected one of {kinds}"
+                )))
+            }
+        })
+    }
 }
 
 impl Default for TransformSpec {
@@ -258,7 +312,7 @@ pub(crate) fn compile_path(path: &str, field: &str) -> Result<JsonPath, Transfor
             format!("the JSONPath nests {depth} deep; at most {MAX_PATH_NESTING} are allowed"),
         ));
     }
-    JsonPath::parse(path).map_err(|e| {
+    JsonPath::parse(&bracket_dashed_names(path)).map_err(|e| {
         invalid(
             field,
             format!("{path:?} is not an RFC 9535 JSONPath (e.g. \"$.data.order\"): {e}"),
@@ -266,24 +320,103 @@ pub(crate) fn compile_path(path: &str, field: &str) -> Result<JsonPath, Transfor
     })
 }
 
+/// Tracks quoted names (`'...'`, `"..."`, with `\\` escapes) while a JSONPath is scanned.
+#[derive(Default)]
+struct Quotes {
+    open: Option<char>,
+    escaped: bool,
+}
+
+impl Quotes {
+    /// Whether `c` is part of a quoted name (the opening and closing quotes included).
+    fn quoted(&mut self, c: char) -> bool {
+        match self.open {
+            Some(q) => {
+                if self.escaped {
+                    self.escaped = false;
+                } else if c == '\\' {
+                    self.escaped = true;
+                } else if c == q {
+                    self.open = None;
+                }
+                true
+            }
+            None if c == '\'' || c == '"' => {
+                self.open = Some(c);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Rewrites dot-notation member names with `-` or `/`, which RFC 9535 does not allow in that
+/// form but EventBridge paths use (`$.detail-type`, `$.data.instance-id`), into bracket
+/// notation (`$['detail-type']`), so paths copied from AWS examples work. Text inside quotes,
+/// names RFC 9535 already accepts, and names starting with a digit (`1.5e-3` in a filter is
+/// a number) are left alone.
+fn bracket_dashed_names(path: &str) -> std::borrow::Cow<'_, str> {
+    fn name_char(c: char) -> bool {
+        c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '/' || !c.is_ascii()
+    }
+    if !path.contains(['-', '/']) {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len() + 8);
+    let mut quotes = Quotes::default();
+    let mut chars = path.char_indices().peekable();
+    let mut changed = false;
+    while let Some((i, c)) = chars.next() {
+        if quotes.quoted(c) {
+            out.push(c);
+            continue;
+        }
+        if c != '.' {
+            out.push(c);
+            continue;
+        }
+        let start = i + 1;
+        let end = path[start..]
+            .find(|ch: char| !name_char(ch))
+            .map_or(path.len(), |n| start + n);
+        let name = &path[start..end];
+        let rewrite = name.contains(['-', '/'])
+            && name
+                .chars()
+                .next()
+                .is_some_and(|f| !f.is_ascii_digit() && f != '-');
+        if !rewrite {
+            out.push(c);
+            continue;
+        }
+        // `..name` keeps its descendant segment: `..['name']`.
+        if path[..i].ends_with('.') {
+            out.push('.');
+        }
+        out.push_str("['");
+        out.push_str(name);
+        out.push_str("']");
+        changed = true;
+        while chars.peek().is_some_and(|&(j, _)| j < end) {
+            chars.next();
+        }
+    }
+    if changed {
+        std::borrow::Cow::Owned(out)
+    } else {
+        std::borrow::Cow::Borrowed(path)
+    }
+}
+
 /// Deepest nesting of `[`/`(` outside quoted names (bounds the recursive-descent parser).
 fn nesting(path: &str) -> usize {
     let (mut depth, mut max) = (0usize, 0usize);
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
+    let mut quotes = Quotes::default();
     for c in path.chars() {
-        if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == q {
-                quote = None;
-            }
+        if quotes.quoted(c) {
             continue;
         }
         match c {
-            '\'' | '"' => quote = Some(c),
             '[' | '(' => {
                 depth += 1;
                 max = max.max(depth);

@@ -6,9 +6,9 @@
 //!
 //! | placeholder sits…            | string value        | number/bool/object/array | path missing |
 //! |------------------------------|---------------------|--------------------------|--------------|
-//! | JSON template, outside quotes| `"quoted"` JSON     | JSON text                | `null`       |
-//! | JSON template, inside quotes | escaped content     | JSON text, escaped       | empty        |
-//! | text template                | as is               | JSON text                | empty        |
+//! | JSON template, outside quotes| `"quoted"` JSON     | JSON text                | `""`         |
+//! | JSON template, inside quotes | escaped content     | JSON text without `"`s, escaped | empty |
+//! | text template                | as is               | JSON text without `"`s (objects, arrays) | empty |
 //!
 //! Because every insertion is one whole JSON value or valid string content, a JSON
 //! template that parses with dummy values always renders valid JSON; compile checks that.
@@ -268,21 +268,33 @@ fn escape_content(s: &str) -> Result<String, TransformError> {
         .to_string())
 }
 
+/// JSON text of an object or array with every `"` removed: how EventBridge writes an object
+/// or array whose placeholder sits inside a string ("EventBridge removes any internal quotes
+/// to ensure a valid string"), e.g. `{"id":"o-1"}` → `{id:o-1}`.
+fn unquoted_json(v: &Value) -> Result<String, TransformError> {
+    Ok(to_json(v)?.replace('"', ""))
+}
+
 fn write_value(value: Option<&Value>, ctx: Ctx) -> Result<String, TransformError> {
     Ok(match (ctx, value) {
-        (Ctx::JsonValue, None) => "null".to_string(),
+        // A missing path gives an empty string where a value is needed (as EventBridge).
+        (Ctx::JsonValue, None) => "\"\"".to_string(),
         (Ctx::JsonValue, Some(v)) => to_json(v)?,
         (Ctx::JsonString | Ctx::Text, None) => String::new(),
         (Ctx::JsonString, Some(Value::String(s))) => escape_content(s)?,
+        (Ctx::JsonString, Some(v @ (Value::Object(_) | Value::Array(_)))) => {
+            escape_content(&unquoted_json(v)?)?
+        }
         (Ctx::JsonString, Some(v)) => escape_content(&to_json(v)?)?,
         (Ctx::Text, Some(Value::String(s))) => s.clone(),
+        (Ctx::Text, Some(v @ (Value::Object(_) | Value::Array(_)))) => unquoted_json(v)?,
         (Ctx::Text, Some(v)) => to_json(v)?,
     })
 }
 
 /// Splits a template into literals and placeholders. In JSON format it tracks whether each
-/// placeholder sits inside a string literal, and refuses unknown placeholders outside
-/// strings (they could never be valid JSON). Elsewhere an unknown `<name>` is literal text.
+/// placeholder sits inside a string literal. A `<name>` (name of placeholder characters)
+/// that is not a variable is refused wherever it sits, as EventBridge does.
 fn scan(
     template: &str,
     format: TemplateFormat,
@@ -325,15 +337,15 @@ fn scan(
                         rest = &after[n + 1..];
                         continue;
                     }
-                    if json && !in_string {
-                        return Err(invalid(
-                            format!("{field}.template"),
-                            format!(
-                                "<{name}> is neither a variable defined in paths nor a \
-                                 reserved one (<{RESERVED_EVENT}>, <{RESERVED_EVENT_JSON}>)"
-                            ),
-                        ));
-                    }
+                    // As EventBridge: `<` and `>` cannot be escaped, so every `<name>` is a
+                    // placeholder and an undefined one is refused, wherever it sits.
+                    return Err(invalid(
+                        format!("{field}.template"),
+                        format!(
+                            "<{name}> is neither a variable defined in paths nor a \
+                             reserved one (<{RESERVED_EVENT}>, <{RESERVED_EVENT_JSON}>)"
+                        ),
+                    ));
                 }
             }
         }

@@ -99,9 +99,32 @@ fn spec_json_shape() {
     assert!(
         serde_json::from_str::<TransformSpec>(r#"{"partial":{"path":"$","as":"xml"}}"#).is_err()
     );
+    let two = serde_json::from_str::<TransformSpec>(
+        r#"{"partial":{"path":"$.data"},"template":{"template":"x"}}"#,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
-        serde_json::from_str::<TransformSpec>(r#"{"original":{},"data":{}}"#).is_err(),
-        "two kinds at once"
+        two.contains("exactly one kind") && two.contains("partial, template"),
+        "{two}"
+    );
+    let none = serde_json::from_str::<TransformSpec>("{}")
+        .unwrap_err()
+        .to_string();
+    assert!(none.contains("got none"), "{none}");
+    let unknown = serde_json::from_str::<TransformSpec>(r#"{"jq":{}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        unknown.contains("unknown transform kind \"jq\""),
+        "{unknown}"
+    );
+    let inner = serde_json::from_str::<TransformSpec>(r#"{"partial":{"paht":"$"}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        inner.starts_with("partial: ") && inner.contains("paht"),
+        "{inner}"
     );
     // constant value null is kept as a present value.
     let s = spec(r#"{"constant":{"value":null}}"#);
@@ -299,18 +322,32 @@ fn template_objects_and_arrays() {
     assert_eq!(v["order"]["id"], "o-1");
     assert_eq!(v["skus"], json!(["a", "b"]));
     assert_eq!(v["items"][0], json!([{"sku":"a"},{"sku":"b"}]));
-    // Inside a string an object becomes its escaped JSON text.
-    let v = tpl_json(r#"{"o": "order=<order>"}"#);
-    let inner = v["o"].as_str().unwrap().strip_prefix("order=").unwrap();
-    let parsed: Value = serde_json::from_str(inner).unwrap();
-    assert_eq!(parsed["total"], 12.5);
+    // Inside a string an object or array loses its internal quotes, as EventBridge does.
+    let v = tpl_json(r#"{"o": "order=<order>", "s": "skus <skus>"}"#);
+    assert_eq!(v["o"], "order={id:o-1,items:[{sku:a},{sku:b}],total:12.5}");
+    assert_eq!(v["s"], "skus [a,b]");
+    // A value whose strings hold quotes and backslashes still renders valid JSON.
+    let e = crate::event::parse_structured(
+        br#"{"specversion":"1.0","id":"1","source":"/s","type":"t",
+            "data":{"o":{"q":"a\"b\\c"}}}"#,
+    )
+    .unwrap();
+    let t = compile(
+        r#"{"template":{"paths":{"o":"$.data.o"},"template":"{\"s\": \"<o>\"}","as":"raw"}}"#,
+    )
+    .unwrap();
+    let TransformOutput::Raw { body, .. } = t.apply(&e).unwrap() else {
+        panic!("raw expected")
+    };
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["s"], "{q:a\\b\\\\c}");
 }
 
 #[test]
 fn template_missing_paths() {
-    // Outside quotes: null; inside quotes: nothing.
+    // Outside quotes: an empty string (as EventBridge); inside quotes: nothing.
     let v = tpl_json(r#"{"m": <missing>, "s": "[<missing>]", "l": [<missing>]}"#);
-    assert_eq!(v, json!({"m":null,"s":"[]","l":[null]}));
+    assert_eq!(v, json!({"m":"","s":"[]","l":[""]}));
     // Text: nothing.
     assert_eq!(tpl("a<missing>b"), "ab");
 }
@@ -319,11 +356,19 @@ fn template_missing_paths() {
 fn template_text_inserts_as_is() {
     assert_eq!(
         tpl("order <type> x<count> \"<flag>\" <skus>"),
-        "order order.created x7 \"true\" [\"a\",\"b\"]"
+        "order order.created x7 \"true\" [a,b]"
     );
     assert_eq!(tpl("<name>"), NAME);
-    // Unknown placeholders and lone brackets are literal text.
-    assert_eq!(tpl("<b>bold</b> 1 < 2 <type"), "<b>bold</b> 1 < 2 <type");
+    // Lone brackets and brackets around what cannot be a name are literal text.
+    assert_eq!(tpl("</b> 1 < 2 <type"), "</b> 1 < 2 <type");
+    // `<` and `>` cannot be escaped (as EventBridge): an undefined <name> is refused,
+    // in text templates and inside JSON strings too.
+    for t in ["<b>bold", "{\"a\": \"<b>\"}"] {
+        let (field, msg) =
+            err_field(&json!({"template":{"paths":{"k":"$.type"},"template":t}}).to_string());
+        assert_eq!(field, "transform.template.template");
+        assert!(msg.contains("<b>"), "{msg}");
+    }
 }
 
 #[test]
@@ -358,8 +403,12 @@ fn template_reserved_variables() {
     assert_eq!(v["e"]["id"], "42");
     assert!(v["e"].get("data").is_none(), "meshd.event has no data");
     assert_eq!(v["full"]["data"]["count"], 7);
-    let inner: Value = serde_json::from_str(v["s"].as_str().unwrap()).unwrap();
-    assert_eq!(inner["type"], "order.created");
+    // Inside a string it loses its quotes, as EventBridge's <aws.events.event> would.
+    assert!(
+        v["s"].as_str().unwrap().contains("type:order.created"),
+        "{}",
+        v["s"]
+    );
 }
 
 #[test]
@@ -650,4 +699,34 @@ fn deepest_allowed_path_is_fine() {
             body: br#"{"sku":"a"}"#.to_vec()
         }
     );
+}
+
+/// Paths copied from EventBridge examples: member names with `-` and `/` in dot notation.
+#[test]
+fn eventbridge_style_paths_with_dashes() {
+    let e = crate::event::parse_structured(
+        br#"{"specversion":"1.0","id":"1","source":"aws.ec2","type":"t",
+            "data":{"instance-id":"i-1","a/b":{"c-d":[1,2]},
+            "list":[{"k-v":"x"},{"k-v":"y"}],"n":1}}"#,
+    )
+    .unwrap();
+    let sel = |path: &str| raw_json(&json!({"partial":{"path":path,"as":"raw"}}).to_string(), &e);
+    assert_eq!(sel("$.data.instance-id"), json!("i-1"));
+    assert_eq!(sel("$.data.a/b.c-d[1]"), json!(2));
+    assert_eq!(sel("$.data.list[*].k-v"), json!(["x", "y"]));
+    assert_eq!(sel("$..k-v"), json!(["x", "y"]));
+    assert_eq!(sel("$.data.list[?@.k-v == 'y'].k-v"), json!("y"));
+    // Quoted names and numbers in filters are untouched.
+    assert_eq!(sel("$.data['instance-id']"), json!("i-1"));
+    assert_eq!(sel("$.data.list[?@.k-v == 'a-b'].k-v"), Value::Null);
+    assert_eq!(
+        sel("$.data[?@ == 1.5e-3]"),
+        Value::Null,
+        "an exponent in a filter stays a number"
+    );
+    let v = raw_json(
+        r#"{"template":{"paths":{"id":"$.data.instance-id"},"template":"{\"i\": <id>}","as":"raw"}}"#,
+        &e,
+    );
+    assert_eq!(v, json!({"i": "i-1"}));
 }

@@ -16,6 +16,7 @@ use meshd_core::Event;
 use tokio::sync::watch;
 use tracing::{debug, error, warn};
 
+use super::feed::Feeds;
 use super::tracker::OffsetTracker;
 use crate::ingest::{append_events, now_ms};
 use crate::metrics::Metrics;
@@ -39,6 +40,8 @@ pub struct SubCtx {
     pub metrics: Metrics,
     /// Becomes `true` when the subscription stops.
     pub stop: watch::Receiver<bool>,
+    /// The engine's shared partition feeds.
+    pub feeds: Arc<Feeds>,
 }
 
 impl SubCtx {
@@ -70,15 +73,35 @@ impl SubCtx {
     }
 }
 
+/// The cursor (next offset to read) `start` names on one partition now: `None` for a
+/// partition that [`StartPosition::Offsets`] does not name. A time is looked up in the
+/// store ([`EventStore::offset_at_time`]); an offset past the end is taken as the end
+/// (the API refuses those before they get here).
+pub async fn start_cursor(
+    store: &dyn EventStore,
+    topic: &str,
+    partition: u32,
+    start: &StartPosition,
+) -> Result<Option<u64>, StoreError> {
+    let b = store.bounds(topic, partition).await?;
+    Ok(match start {
+        StartPosition::Latest => Some(b.end),
+        StartPosition::Earliest => Some(b.start),
+        StartPosition::Time(t) => Some(store.offset_at_time(topic, partition, t.ms()).await?),
+        StartPosition::Offsets(o) => o.get(&partition).map(|o| (*o).min(b.end)),
+    })
+}
+
 /// The committed offset of `group` on every partition, starting (and committing at once)
-/// where `start` says when the group never committed; `base` overrides the start position
-/// (a BROADCASTING member starts at the subscription's base cursor).
+/// where `start` says when the group never committed (a partition `start` does not name:
+/// at the end); `base` overrides the start position (a BROADCASTING member starts at the
+/// subscription's base cursor).
 pub async fn starting_cursors(
     store: &dyn EventStore,
     group: &str,
     topic: &str,
     partitions: u32,
-    start: StartPosition,
+    start: &StartPosition,
     base: Option<&HashMap<u32, u64>>,
 ) -> Result<HashMap<u32, u64>, StoreError> {
     let mut cursors = HashMap::new();
@@ -88,13 +111,10 @@ pub async fn starting_cursors(
             None => {
                 let o = match base.and_then(|b| b.get(&p)) {
                     Some(o) => *o,
-                    None => {
-                        let b = store.bounds(topic, p).await?;
-                        match start {
-                            StartPosition::Latest => b.end,
-                            StartPosition::Earliest => b.start,
-                        }
-                    }
+                    None => match start_cursor(store, topic, p, start).await? {
+                        Some(o) => o,
+                        None => store.bounds(topic, p).await?.end,
+                    },
                 };
                 store.commit_offset(group, topic, p, o).await?;
                 o
@@ -271,6 +291,11 @@ pub trait Dispatch: Send + Sync {
 
 /// Reads one partition from `cursor` until stop, handing matching records to `dispatch`.
 /// Filtered-out records, undecodable ones and failed transforms complete here.
+///
+/// The reader joins the partition's shared [`Feeds`] feed: records from the feed's scan
+/// point on come decoded and matched once for every subscription (the feed queues only
+/// matching ones; the rest complete as ranges). Records before it, and after a detach (the
+/// reader fell [`super::feed::QUEUE_CAP`] records behind), it reads from the store itself.
 pub async fn read_partition(
     ctx: SubCtx,
     progress: Arc<Progress>,
@@ -287,52 +312,99 @@ pub async fn read_partition(
             return;
         }
     };
+    let mut reader = loop {
+        match ctx
+            .feeds
+            .join(&topic, partition, ctx.sub.filter.clone())
+            .await
+        {
+            Ok(r) => break r,
+            Err(e) => {
+                warn!(subscription = %name, topic = %topic, partition, error = %e, "cannot join the partition feed; retrying");
+                if !ctx.sleep(STORE_RETRY).await {
+                    return;
+                }
+            }
+        }
+    };
+    let mut detached = false;
     let mut stop = ctx.stop.clone();
+    let labels = [ctx.topic(), ctx.name()];
     loop {
         if ctx.stopping() {
             return;
         }
-        // Mark the current end as seen *before* reading, so an append that lands after
-        // the read below still wakes the wait.
-        end.borrow_and_update();
-        let records = match ctx.store.read(&topic, partition, cursor, READ_BATCH).await {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(subscription = %name, topic = %topic, partition, error = %e, "read failed; retrying");
-                if !ctx.sleep(STORE_RETRY).await {
-                    return;
+        if detached || cursor < reader.from() {
+            // The reader's own part: read the store.
+            let limit = if detached { u64::MAX } else { reader.from() };
+            end.borrow_and_update();
+            let records = match ctx.store.read(&topic, partition, cursor, READ_BATCH).await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(subscription = %name, topic = %topic, partition, error = %e, "read failed; retrying");
+                    if !ctx.sleep(STORE_RETRY).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let own: Vec<_> = records.into_iter().filter(|r| r.offset < limit).collect();
+            if own.is_empty() {
+                if detached {
+                    // Caught up with the store: take the feed again from its scan point
+                    // (what lies between is read above on the next turns).
+                    reader.rejoin();
+                    detached = false;
+                } else {
+                    // Nothing stored below `from` any more (retention, sparse offsets).
+                    progress.complete_range(partition, cursor, limit);
+                    cursor = limit;
                 }
                 continue;
             }
-        };
-        if records.is_empty() {
-            let closed = tokio::select! {
-                changed = end.changed() => changed.is_err(),
-                _ = wait_stop(&mut stop) => return,
-            };
-            if closed {
-                // The store dropped the watch (closed); nothing more will come.
-                wait_stop(&mut stop).await;
-                return;
+            for r in own {
+                if r.offset < cursor {
+                    continue;
+                }
+                if r.offset > cursor {
+                    progress.complete_range(partition, cursor, r.offset);
+                }
+                cursor = r.offset + 1;
+                let Some(item) = prepare(
+                    &ctx,
+                    &progress,
+                    r.partition,
+                    r.offset,
+                    r.timestamp_ms,
+                    &r.payload,
+                )
+                .await
+                else {
+                    continue;
+                };
+                if !dispatch.dispatch(item).await {
+                    return;
+                }
             }
             continue;
         }
-        for r in records {
-            if r.offset < cursor {
+        let taken = reader.take();
+        let idle = taken.entries.is_empty() && taken.scanned <= cursor;
+        for e in taken.entries {
+            if e.offset < cursor {
                 continue;
             }
-            if r.offset > cursor {
-                // Removed by retention (or a gap): nothing to deliver there.
-                progress.complete_range(partition, cursor, r.offset);
+            if e.offset > cursor {
+                skip_unmatched(&ctx, &progress, partition, cursor, e.offset, &labels);
             }
-            cursor = r.offset + 1;
-            let Some(item) = prepare(
+            cursor = e.offset + 1;
+            let Some(item) = transformed(
                 &ctx,
                 &progress,
-                r.partition,
-                r.offset,
-                r.timestamp_ms,
-                &r.payload,
+                partition,
+                e.offset,
+                e.timestamp_ms,
+                Event::clone(&e.event),
             )
             .await
             else {
@@ -342,6 +414,40 @@ pub async fn read_partition(
                 return;
             }
         }
+        if taken.scanned > cursor {
+            skip_unmatched(&ctx, &progress, partition, cursor, taken.scanned, &labels);
+            cursor = taken.scanned;
+        }
+        if taken.detached_at.is_some() {
+            debug!(subscription = %name, topic = %topic, partition, offset = cursor, "fell behind the partition feed; reading the store");
+            detached = true;
+            continue;
+        }
+        if idle {
+            tokio::select! {
+                _ = reader.changed() => {}
+                _ = wait_stop(&mut stop) => return,
+            }
+        }
+    }
+}
+
+/// Completes `[from, to)`: records the feed scanned that do not match (counted as
+/// filtered out; in a sparse-offset store the count is an upper bound).
+fn skip_unmatched(
+    ctx: &SubCtx,
+    progress: &Progress,
+    partition: u32,
+    from: u64,
+    to: u64,
+    labels: &[&str; 2],
+) {
+    progress.complete_range(partition, from, to);
+    if ctx.sub.filter.is_some() {
+        ctx.metrics
+            .filtered_out
+            .with_label_values(labels)
+            .inc_by(to.saturating_sub(from));
     }
 }
 
@@ -372,6 +478,19 @@ async fn prepare(
             return None;
         }
     }
+    transformed(ctx, progress, partition, offset, timestamp_ms, event).await
+}
+
+/// Transforms one matching record. `None` when it is done already (dead-lettered because
+/// the transform failed).
+async fn transformed(
+    ctx: &SubCtx,
+    progress: &Progress,
+    partition: u32,
+    offset: u64,
+    timestamp_ms: u64,
+    event: Event,
+) -> Option<Prepared> {
     let output = match &ctx.sub.transform {
         None => TransformOutput::Event(event.clone()),
         Some(t) => match t.apply(&event) {

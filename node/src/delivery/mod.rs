@@ -25,6 +25,7 @@
 
 pub mod backoff;
 pub mod common;
+pub mod feed;
 pub mod guard;
 pub mod lease;
 pub mod pull;
@@ -34,11 +35,13 @@ pub mod tracker;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshd_core::api::{AckResponse, CompiledSubscription, PulledEvent, Sink};
+use meshd_core::api::{
+    AckResponse, CompiledSubscription, GroupMode, PulledEvent, Sink, StartPosition,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -119,6 +122,7 @@ pub struct Delivery {
     guard: Arc<WebhookGuard>,
     options: DeliveryOptions,
     subs: tokio::sync::Mutex<HashMap<String, Running>>,
+    feeds: Arc<feed::Feeds>,
 }
 
 impl Delivery {
@@ -188,6 +192,7 @@ impl Delivery {
             }
         };
         Delivery {
+            feeds: feed::Feeds::new(store.clone()),
             store,
             metrics,
             client,
@@ -199,11 +204,20 @@ impl Delivery {
 
     /// Starts (or restarts with a new spec) a subscription.
     pub async fn start(&self, sub: Arc<CompiledSubscription>) -> Result<(), DeliveryError> {
-        let name = sub.spec.name.clone();
         let mut subs = self.subs.lock().await;
-        if let Some(old) = subs.remove(&name) {
+        if let Some(old) = subs.remove(&sub.spec.name) {
             stop_running(old).await;
         }
+        self.start_locked(&mut subs, sub).await
+    }
+
+    /// Starts a subscription that is not running (`subs` is the locked table).
+    async fn start_locked(
+        &self,
+        subs: &mut HashMap<String, Running>,
+        sub: Arc<CompiledSubscription>,
+    ) -> Result<(), DeliveryError> {
+        let name = sub.spec.name.clone();
         let partitions = topic_partitions(self.store.as_ref(), &sub.spec.topic).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let ctx = SubCtx {
@@ -211,6 +225,7 @@ impl Delivery {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             stop: stop_rx,
+            feeds: self.feeds.clone(),
         };
         let running = match &sub.spec.sink {
             Sink::Webhook(w) => {
@@ -260,11 +275,76 @@ impl Delivery {
             &sub.spec.name,
             &sub.spec.topic,
             partitions,
-            sub.spec.start,
+            &sub.spec.start,
             None,
         )
         .await?;
         Ok(())
+    }
+
+    /// Moves a subscription to `start` (a seek): resolves the new cursor of every
+    /// partition `start` names first (nothing changes when that fails), stops the
+    /// subscription if it runs here (handed-out pull events are released, their ack ids
+    /// become unknown), commits the cursors for the subscription and each of its
+    /// BROADCASTING members, and starts it again (when it was running), so its consumers
+    /// see the events from there again. Returns every partition's cursor now.
+    ///
+    /// BROADCASTING pull members that have not pulled since this node started are not
+    /// known here and keep their own positions.
+    pub async fn seek(
+        &self,
+        sub: Arc<CompiledSubscription>,
+        start: &StartPosition,
+    ) -> Result<BTreeMap<u32, u64>, DeliveryError> {
+        let spec = &sub.spec;
+        let store = self.store.as_ref();
+        let partitions = topic_partitions(store, &spec.topic).await?;
+        let mut targets = BTreeMap::new();
+        for p in 0..partitions {
+            if let Some(o) = common::start_cursor(store, &spec.topic, p, start).await? {
+                targets.insert(p, o);
+            }
+        }
+        let mut subs = self.subs.lock().await;
+        let mut groups: BTreeSet<String> = BTreeSet::from([spec.name.clone()]);
+        if let Sink::Webhook(w) = &spec.sink {
+            if spec.mode == GroupMode::Broadcasting {
+                groups.extend((0..w.members().len()).map(|i| format!("{}/{i}", spec.name)));
+            }
+        }
+        let running = subs.remove(&spec.name);
+        let was_running = running.is_some();
+        if let Some(r) = running {
+            if let Kind::Pull(p) = &r.kind {
+                groups.extend(p.progress().await.iter().map(|g| g.group().to_string()));
+            }
+            stop_running(r).await;
+        }
+        let mut committed = Ok(());
+        'groups: for g in &groups {
+            for (p, o) in &targets {
+                if let Err(e) = store.commit_offset(g, &spec.topic, *p, *o).await {
+                    committed = Err(e);
+                    break 'groups;
+                }
+            }
+        }
+        if was_running {
+            self.start_locked(&mut subs, sub.clone()).await?;
+        }
+        committed?;
+        info!(subscription = %spec.name, topic = %spec.topic, to = %start.describe(), groups = groups.len(), restarted = was_running, "subscription moved (seek)");
+        let mut positions = BTreeMap::new();
+        for p in 0..partitions {
+            let at = match targets.get(&p) {
+                Some(o) => Some(*o),
+                None => store.committed_offset(&spec.name, &spec.topic, p).await?,
+            };
+            if let Some(o) = at {
+                positions.insert(p, o);
+            }
+        }
+        Ok(positions)
     }
 
     /// The webhook target guard.

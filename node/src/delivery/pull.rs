@@ -82,7 +82,7 @@ impl PullSub {
             &spec.name,
             &spec.topic,
             partitions,
-            spec.start,
+            &spec.start,
             None,
         )
         .await?;
@@ -130,7 +130,7 @@ impl PullSub {
             &group_key,
             &spec.topic,
             self.partitions,
-            spec.start,
+            &spec.start,
             base,
         )
         .await?;

@@ -76,7 +76,7 @@ pub async fn start(
                 &spec.name,
                 &spec.topic,
                 partitions,
-                spec.start,
+                &spec.start,
                 None,
             )
             .await?,
@@ -93,7 +93,7 @@ pub async fn start(
             &group,
             &spec.topic,
             partitions,
-            spec.start,
+            &spec.start,
             base.as_ref(),
         )
         .await?;

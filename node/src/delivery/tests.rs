@@ -39,6 +39,8 @@ struct FakeInner {
 #[derive(Default)]
 struct FakeStore {
     inner: Mutex<FakeInner>,
+    /// Records handed out by `read` (to see that readers share one read).
+    records_read: AtomicUsize,
 }
 
 impl FakeStore {
@@ -151,7 +153,9 @@ impl EventStore for FakeStore {
             .logs
             .get(&(topic.to_string(), partition))
             .ok_or_else(|| not_found(topic))?;
-        Ok(log.iter().skip(from as usize).take(max).cloned().collect())
+        let out: Vec<StoredRecord> = log.iter().skip(from as usize).take(max).cloned().collect();
+        self.records_read.fetch_add(out.len(), Ordering::Relaxed);
+        Ok(out)
     }
 
     async fn bounds(&self, topic: &str, partition: u32) -> Result<PartitionBounds, StoreError> {
@@ -1350,6 +1354,155 @@ async fn restart_with_start_replaces_a_running_subscription() {
     assert_eq!(got.len(), 1);
     env.delivery.shutdown().await;
     assert!(env.delivery.running().await.is_empty());
+}
+
+// ---------------------------------------------------------------- shared feeds
+
+fn keyed_event(i: usize, k: usize) -> Event {
+    EventBuilderV10::new()
+        .id(format!("e{i}"))
+        .source("/fanout")
+        .ty("t")
+        .data("application/json", serde_json::json!({ "k": k, "i": i }))
+        .build()
+        .unwrap()
+}
+
+/// Pulls from `name` until `want` events arrived (acking them), or panics.
+async fn pull_all(env: &Env, name: &str, want: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ids.len() < want {
+        assert!(
+            Instant::now() < deadline,
+            "{name}: got {} of {want}",
+            ids.len()
+        );
+        let got = env
+            .delivery
+            .pull(name, "c", 500, Duration::from_millis(200))
+            .await
+            .unwrap();
+        if got.is_empty() {
+            continue;
+        }
+        let acks = got.iter().map(|e| e.ack_id.clone()).collect();
+        ids.extend(
+            got.iter()
+                .map(|e| e.event["id"].as_str().unwrap().to_string()),
+        );
+        env.delivery.ack(name, "c", acks).await.unwrap();
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_filtered_subscriptions_share_one_read_of_the_partition() {
+    let env = env("orders", 1).await;
+    let subs = 150;
+    for s in 0..subs {
+        env.delivery
+            .start(pull_sub(
+                &format!("s{s}"),
+                serde_json::json!({"filter": {"pattern": {"data": {"k": [s]}}}}),
+            ))
+            .await
+            .unwrap();
+    }
+    // One subscription with a non-pattern filter and one without a filter ride along.
+    env.delivery
+        .start(pull_sub(
+            "cesql",
+            serde_json::json!({"filter": {"cesql": "id = 'e7'"}}),
+        ))
+        .await
+        .unwrap();
+    env.delivery
+        .start(pull_sub("all", serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(env.delivery.feeds.len(), 1, "one feed for the partition");
+    let n = 1500;
+    let events: Vec<Event> = (0..n).map(|i| keyed_event(i, i % subs)).collect();
+    publish(&env, "orders", &events).await;
+    for s in [0, 1, 77, subs - 1] {
+        let want: Vec<String> = (0..n)
+            .filter(|i| i % subs == s)
+            .map(|i| format!("e{i}"))
+            .collect();
+        assert_eq!(pull_all(&env, &format!("s{s}"), want.len()).await, want);
+    }
+    assert_eq!(pull_all(&env, "cesql", 1).await, vec!["e7"]);
+    assert_eq!(pull_all(&env, "all", n).await.len(), n);
+    for s in [0, 1, 77, subs - 1] {
+        eventually_committed(&env.store, &format!("s{s}"), "orders", 0, n as u64).await;
+    }
+    // Not pulled: stuck at its first matching event, nothing before it pending.
+    eventually_committed(&env.store, "s2", "orders", 0, 2).await;
+    // Every subscription reading on its own would have read 152 × 1500 records.
+    let read = env.store.records_read.load(Ordering::Relaxed);
+    assert!(read <= 3 * n, "records read from the store: {read}");
+    assert_eq!(
+        counter(&env.metrics.filtered_out, "orders", "s0"),
+        (n - n / subs) as u64
+    );
+    env.delivery.shutdown().await;
+    eventually(Duration::from_secs(5), "the feed retires", || {
+        env.delivery.feeds.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_behind_the_feed_reads_the_store_and_loses_nothing() {
+    let env = env("orders", 1).await;
+    // A pull subscription nobody pulls from: its queue passes QUEUE_CAP and it detaches.
+    env.delivery
+        .start(pull_sub("slow", serde_json::json!({})))
+        .await
+        .unwrap();
+    env.delivery
+        .start(pull_sub(
+            "odd",
+            serde_json::json!({"filter": {"pattern": {"data": {"k": [1]}}}}),
+        ))
+        .await
+        .unwrap();
+    let n = feed::QUEUE_CAP * 4;
+    let first: Vec<Event> = (0..n / 2).map(|i| keyed_event(i, i % 2)).collect();
+    publish(&env, "orders", &first).await;
+    // A subscription started now from the beginning reads the history itself, then joins.
+    env.delivery
+        .start(pull_sub(
+            "late",
+            serde_json::json!({"filter": {"pattern": {"data": {"k": [0]}}}}),
+        ))
+        .await
+        .unwrap();
+    let second: Vec<Event> = (n / 2..n).map(|i| keyed_event(i, i % 2)).collect();
+    publish(&env, "orders", &second).await;
+    let all: Vec<String> = (0..n).map(|i| format!("e{i}")).collect();
+    assert_eq!(pull_all(&env, "slow", n).await, all);
+    let odd: Vec<String> = (0..n)
+        .filter(|i| i % 2 == 1)
+        .map(|i| format!("e{i}"))
+        .collect();
+    assert_eq!(pull_all(&env, "odd", odd.len()).await, odd);
+    let even: Vec<String> = (0..n)
+        .filter(|i| i % 2 == 0)
+        .map(|i| format!("e{i}"))
+        .collect();
+    assert_eq!(pull_all(&env, "late", even.len()).await, even);
+    // Nothing more comes.
+    for name in ["slow", "odd", "late"] {
+        let extra = env
+            .delivery
+            .pull(name, "c", 10, Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert!(extra.is_empty(), "{name} got more than once");
+    }
+    env.delivery.shutdown().await;
 }
 
 // ---------------------------------------------------------------- measurements

@@ -89,6 +89,7 @@ pub async fn run_all(h: &dyn StoreHarness) {
     retention_holds(h).await;
     meta_namespace(h).await;
     reopen_recovers_everything(h).await;
+    offset_at_time_finds_the_first_record_since(h).await;
 }
 
 /// Create (idempotent, conflict on another config), list sorted, get, delete (records,
@@ -875,5 +876,92 @@ pub async fn reopen_recovers_everything(h: &dyn StoreHarness) {
         .expect("watch did not change")
         .expect("watch closed");
     assert_eq!(*w.borrow(), a[0].offset + 1);
+    s.close().await.unwrap();
+}
+
+/// `offset_at_time`: the first record stored at or after a time (equal times: the first
+/// of them), the end when all are older, never below the retained start; the same after
+/// a reopen (then read from the backend, not from a cache of recent records); unknown
+/// topic or partition are errors.
+pub async fn offset_at_time_finds_the_first_record_since(h: &dyn StoreHarness) {
+    let aged = TopicConfig {
+        partitions: 2,
+        retention: Retention {
+            max_age_secs: Some(1),
+            max_bytes: None,
+        },
+        ..TopicConfig::default()
+    };
+    let (a, end) = {
+        let s = h.open("by-time").await;
+        s.create_topic("t", &aged).await.unwrap();
+        // 300 records, three per timestamp (ms 10_000, 10_000, 10_000, 10_001, ...).
+        let records: Vec<AppendRecord> = (0..300u64)
+            .map(|i| rec(0, 10_000 + i / 3, &format!("r{i}")))
+            .collect();
+        let a = s.append("t", records).await.unwrap();
+        let end = s.bounds("t", 0).await.unwrap().end;
+        assert_eq!(end, a[299].offset + 1);
+        for (time, want) in [
+            (0, a[0].offset),
+            (10_000, a[0].offset),
+            (10_001, a[3].offset),
+        ] {
+            assert_eq!(
+                s.offset_at_time("t", 0, time).await.unwrap(),
+                want,
+                "{time}"
+            );
+        }
+        assert_eq!(
+            s.offset_at_time("t", 0, 10_050).await.unwrap(),
+            a[150].offset,
+            "the first of equal times"
+        );
+        assert_eq!(
+            s.offset_at_time("t", 0, 10_099).await.unwrap(),
+            a[297].offset
+        );
+        assert_eq!(
+            s.offset_at_time("t", 0, 10_100).await.unwrap(),
+            end,
+            "all older: the end"
+        );
+        let empty = s.bounds("t", 1).await.unwrap();
+        assert_eq!(
+            s.offset_at_time("t", 1, 0).await.unwrap(),
+            empty.end,
+            "an empty partition: its end"
+        );
+        assert!(matches!(
+            s.offset_at_time("t", 2, 0).await,
+            Err(StoreError::PartitionNotFound { partition: 2, .. })
+        ));
+        assert!(matches!(
+            s.offset_at_time("nope", 0, 0).await,
+            Err(StoreError::TopicNotFound { .. })
+        ));
+        s.close().await.unwrap();
+        (a, end)
+    };
+    let s = h.open("by-time").await;
+    assert_eq!(
+        s.offset_at_time("t", 0, 10_050).await.unwrap(),
+        a[150].offset,
+        "after a reopen"
+    );
+    assert_eq!(
+        s.offset_at_time("t", 0, 10_033).await.unwrap(),
+        a[99].offset
+    );
+    // Retention removed the first 150 (older than 11_050 - 1 s): never below the start.
+    let report = s.enforce_retention(11_050).await.unwrap();
+    assert_eq!(report.records, 150);
+    assert_eq!(s.offset_at_time("t", 0, 0).await.unwrap(), a[150].offset);
+    assert_eq!(
+        s.offset_at_time("t", 0, 10_070).await.unwrap(),
+        a[210].offset
+    );
+    assert_eq!(s.offset_at_time("t", 0, u64::MAX).await.unwrap(), end);
     s.close().await.unwrap();
 }

@@ -69,7 +69,7 @@ use meshd_core::api::TopicConfig;
 use redb::{Database, ReadableDatabase};
 use tokio::sync::{oneshot, watch};
 
-use self::layout::{decode_record, BOUNDS, META, OFFSETS, RECORDS};
+use self::layout::{decode_record, peek_record, BOUNDS, META, OFFSETS, RECORDS};
 use self::writer::{Counters, Op, Reply, Shared, TopicView, Writer};
 use super::{
     AppendRecord, Appended, EventStore, FsyncPolicy, PartitionBounds, RetentionHolds,
@@ -489,6 +489,54 @@ impl EventStore for EmbeddedStore {
         let (topic, id) = (topic.to_string(), view.id);
         self.blocking(move |db| read_records(db, &topic, id, partition, from, max))
             .await
+    }
+
+    /// The trait's binary search, in one read snapshot and reading only the timestamp in
+    /// each probed record's header.
+    async fn offset_at_time(
+        &self,
+        topic: &str,
+        partition: u32,
+        time_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let view = self.view(topic)?;
+        Self::partition_of(&view, topic, partition)?;
+        let (topic, id) = (topic.to_string(), view.id);
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(io)?;
+            let bounds = txn.open_table(BOUNDS).map_err(io)?;
+            let Some((start, end, _)) = bounds.get((id, partition)).map_err(io)?.map(|g| g.value())
+            else {
+                return Err(StoreError::TopicNotFound { topic });
+            };
+            let records = txn.open_table(RECORDS).map_err(io)?;
+            let mut search = super::by_time::TimeSearch::new(start, end, time_ms);
+            while let Some(o) = search.probe() {
+                let first = records
+                    .range((id, partition, o)..(id, partition, end))
+                    .map_err(io)?
+                    .next()
+                    .transpose()
+                    .map_err(io)?;
+                let first = match first {
+                    None => None,
+                    Some((k, v)) => {
+                        let offset = k.value().2;
+                        let (ts, _) =
+                            peek_record(v.value()).ok_or_else(|| StoreError::Corrupt {
+                                topic: topic.clone(),
+                                partition,
+                                offset,
+                                reason: "record shorter than its header".into(),
+                            })?;
+                        Some((offset, ts))
+                    }
+                };
+                search.answer(first);
+            }
+            Ok(search.result())
+        })
+        .await
     }
 
     async fn bounds(&self, topic: &str, partition: u32) -> Result<PartitionBounds, StoreError> {

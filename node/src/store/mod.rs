@@ -29,6 +29,7 @@ use bytes::Bytes;
 use meshd_core::api::TopicConfig;
 use tokio::sync::watch;
 
+pub mod by_time;
 pub mod conformance;
 pub mod embedded;
 pub mod pulsar;
@@ -284,6 +285,21 @@ pub trait EventStore: Send + Sync + 'static {
         from: u64,
         max: usize,
     ) -> Result<Vec<StoredRecord>, StoreError>;
+
+    /// The offset of the first record of a partition stored at or after `time_ms` (its
+    /// store timestamp), or the partition's end when every record is older: where to
+    /// read from to get the events since a time. Found without scanning the log: a
+    /// binary search over offsets reading one record per step ([`by_time`], which also
+    /// says what happens when timestamps step back).
+    async fn offset_at_time(
+        &self,
+        topic: &str,
+        partition: u32,
+        time_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let b = self.bounds(topic, partition).await?;
+        by_time::search_by_reads(self, topic, partition, b.start, b.end, time_ms).await
+    }
 
     /// First retained and next offsets of a partition.
     async fn bounds(&self, topic: &str, partition: u32) -> Result<PartitionBounds, StoreError>;

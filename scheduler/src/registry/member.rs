@@ -96,6 +96,10 @@ pub struct MemberStatus {
     pub lease_losses: u64,
     /// Keep-alive calls that failed or timed out.
     pub keep_alive_failures: u64,
+    /// When (the member's monotonic clock) the last keep-alive or registration that the
+    /// registry acknowledged was sent: the lease is alive on the server until at least
+    /// TTL after it.
+    pub last_ack: Instant,
 }
 
 type Modify = Box<dyn FnOnce(&mut MemberInfo) + Send>;
@@ -214,6 +218,7 @@ pub(crate) async fn start<B: LeaseBackend>(
         registrations: 1,
         lease_losses: 0,
         keep_alive_failures: 0,
+        last_ack: sent,
     });
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let id = info.member_id();
@@ -363,6 +368,7 @@ impl<B: LeaseBackend> Runner<B> {
                         if self.dirty {
                             let _ = self.write_current().await;
                         }
+                        self.status.send_modify(|s| s.last_ack = sent);
                         self.set_state(MemberState::Registered);
                         sent + interval
                     }
@@ -391,6 +397,7 @@ impl<B: LeaseBackend> Runner<B> {
                         s.registrations += 1;
                         s.state = MemberState::Registered;
                         s.lease_id = lease;
+                        s.last_ack = sent;
                     });
                     tracing::info!(member = %self.info.member_id(), lease = ?self.lease, "re-registered");
                     if let Some(old) = self.stale.take() {

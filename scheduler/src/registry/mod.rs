@@ -322,7 +322,8 @@ impl LeaseConfig {
         Ok(())
     }
 
-    pub(crate) fn interval(&self) -> Duration {
+    /// The keep-alive period: [`LeaseConfig::keep_alive_interval`] or a third of the TTL.
+    pub fn interval(&self) -> Duration {
         self.keep_alive_interval.unwrap_or(self.ttl / 3)
     }
 

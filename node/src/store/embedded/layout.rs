@@ -61,7 +61,8 @@ pub(crate) fn encode_record(offset: u64, timestamp_ms: u64, payload: &[u8]) -> V
     v
 }
 
-/// The timestamp and payload length of a record value without checking it (retention).
+/// The timestamp and payload length of a record value without checking it (retention,
+/// the time search).
 pub(crate) fn peek_record(value: &[u8]) -> Option<(u64, u64)> {
     let ts = value.get(4..RECORD_HEADER)?;
     let ts = u64::from_le_bytes(ts.try_into().ok()?);

@@ -37,6 +37,9 @@ pub struct EtcdServer {
     dir: TempDir,
     client_port: u16,
     peer_port: u16,
+    /// More loopback addresses etcd also takes clients on (same port), e.g. `127.0.0.2`:
+    /// a test can cut one client off with a firewall rule on its address alone.
+    aliases: Vec<String>,
 }
 
 const BINARY: &str = "/usr/bin/etcd";
@@ -49,6 +52,12 @@ fn free_port() -> std::io::Result<u16> {
 impl EtcdServer {
     /// Starts etcd on free ports and waits until it answers.
     pub async fn start() -> Result<Self, HarnessError> {
+        Self::start_with_aliases(&[]).await
+    }
+
+    /// Like [`EtcdServer::start`], also taking clients on each of `aliases` (loopback
+    /// addresses such as `127.0.0.2`) at the same port; see [`EtcdServer::endpoint_at`].
+    pub async fn start_with_aliases(aliases: &[&str]) -> Result<Self, HarnessError> {
         let mut last = None;
         // A port picked free can be taken before etcd binds it: try a few times.
         for _ in 0..3 {
@@ -57,6 +66,7 @@ impl EtcdServer {
                 dir: tempfile::tempdir()?,
                 client_port: free_port()?,
                 peer_port: free_port()?,
+                aliases: aliases.iter().map(|a| a.to_string()).collect(),
             };
             match server.launch().await {
                 Ok(()) => return Ok(server),
@@ -72,6 +82,16 @@ impl EtcdServer {
     /// The client URL, e.g. `http://127.0.0.1:41234`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The client URL on one of the aliases given to [`EtcdServer::start_with_aliases`].
+    pub fn endpoint_at(&self, alias: &str) -> String {
+        format!("http://{alias}:{}", self.client_port)
+    }
+
+    /// The client port (the same on every address).
+    pub fn client_port(&self) -> u16 {
+        self.client_port
     }
 
     /// The etcd process id, while running.
@@ -100,11 +120,15 @@ impl EtcdServer {
             .append(true)
             .open(self.log_path())?;
         let client = self.endpoint();
+        let listen = std::iter::once(client.clone())
+            .chain(self.aliases.iter().map(|a| self.endpoint_at(a)))
+            .collect::<Vec<_>>()
+            .join(",");
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new(BINARY)
             .arg("--name=default")
             .arg(format!("--data-dir={}", data.display()))
-            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--listen-client-urls={listen}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
