@@ -216,13 +216,28 @@ fn checksum(seq: u64, body: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// An empty frame with room for `body_capacity` bytes of body: encode the operations
+/// into it with [`encode_op`], then [`seal`] it (the body is never copied).
+pub(crate) fn new_frame(body_capacity: usize) -> Vec<u8> {
+    let mut f = Vec::with_capacity(FRAME_HEADER + body_capacity);
+    f.resize(FRAME_HEADER, 0);
+    f
+}
+
+/// Fills in the header of a frame made by [`new_frame`] as group commit number `seq`.
+pub(crate) fn seal(seq: u64, frame: &mut [u8]) {
+    let (head, body) = frame.split_at_mut(FRAME_HEADER);
+    head[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    head[4..8].copy_from_slice(&checksum(seq, body).to_le_bytes());
+    head[8..].copy_from_slice(&seq.to_le_bytes());
+}
+
 /// Frames `body` as group commit number `seq`.
+#[cfg(test)]
 pub(crate) fn frame(seq: u64, body: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(FRAME_HEADER + body.len());
-    f.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    f.extend_from_slice(&checksum(seq, body).to_le_bytes());
-    f.extend_from_slice(&seq.to_le_bytes());
+    let mut f = new_frame(body.len());
     f.extend_from_slice(body);
+    seal(seq, &mut f);
     f
 }
 

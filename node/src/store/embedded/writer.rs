@@ -632,15 +632,15 @@ impl Writer {
         // (topic changes, retention: rare) is made durable instead.
         let durable =
             force_durable || self.wants_durable() || (log && !ops.iter().all(wal::loggable));
-        // The frame body of a non-durable batch, encoded before the ops are consumed.
-        let body = (log && !durable).then(|| {
-            let mut body = Vec::with_capacity(ops.iter().map(Op::weight).sum());
+        // The write-ahead frame of a non-durable batch, encoded before the ops are consumed.
+        let mut frame = (log && !durable).then(|| {
+            let mut frame = wal::new_frame(ops.iter().map(Op::weight).sum());
             for op in &ops {
-                wal::encode_op(&mut body, op);
+                wal::encode_op(&mut frame, op);
             }
-            body
+            frame
         });
-        let seq = match (&body, replayed) {
+        let seq = match (&frame, replayed) {
             (_, Some(seq)) => Some(seq),
             (Some(_), None) => Some(self.state.wal_seq + 1),
             (None, None) => None,
@@ -661,11 +661,12 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(ops.len());
         let mut fx = BatchEffects::default();
         let result = self.write_batch(ops, durable && !early, seq, &mut outcomes, &mut fx);
-        let result = match (result, &body, seq) {
-            (Ok(true), Some(body), Some(seq)) => {
+        let result = match (result, frame.as_mut(), seq) {
+            (Ok(true), Some(frame), Some(seq)) => {
                 // Committed in this process only: hand it to the kernel before the ack.
                 self.state.wal_seq = seq;
-                match self.wal.append(&wal::frame(seq, body)) {
+                wal::seal(seq, frame);
+                match self.wal.append(frame) {
                     Ok(()) => Ok(true),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot write the write-ahead tail; committing durably instead");
