@@ -264,7 +264,6 @@ impl EmbeddedStore {
     ) -> Result<Arc<EmbeddedStore>, StoreError> {
         let state = writer::init_and_load(&db)?;
         let (wal, tail) = wal::Wal::open(dir)?;
-        let shared = Arc::new(Shared::from_state(&state));
         let counters = Arc::new(Counters::default());
         let db = Arc::new(db);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -272,13 +271,13 @@ impl EmbeddedStore {
             db.clone(),
             rx,
             state,
-            shared.clone(),
             options.clone(),
             tuning,
             counters.clone(),
             wal,
         );
         w.recover(&tail)?;
+        let shared = w.shared.clone();
         let handle = std::thread::Builder::new()
             .name("meshd-store-writer".into())
             .spawn(move || w.run())

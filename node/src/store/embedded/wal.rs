@@ -216,12 +216,11 @@ fn checksum(seq: u64, body: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// An empty frame with room for `body_capacity` bytes of body: encode the operations
+/// Turns `buf` (a buffer the writer reuses) into an empty frame: encode the operations
 /// into it with [`encode_op`], then [`seal`] it (the body is never copied).
-pub(crate) fn new_frame(body_capacity: usize) -> Vec<u8> {
-    let mut f = Vec::with_capacity(FRAME_HEADER + body_capacity);
-    f.resize(FRAME_HEADER, 0);
-    f
+pub(crate) fn start_frame(buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.resize(FRAME_HEADER, 0);
 }
 
 /// Fills in the header of a frame made by [`new_frame`] as group commit number `seq`.
@@ -235,7 +234,8 @@ pub(crate) fn seal(seq: u64, frame: &mut [u8]) {
 /// Frames `body` as group commit number `seq`.
 #[cfg(test)]
 pub(crate) fn frame(seq: u64, body: &[u8]) -> Vec<u8> {
-    let mut f = new_frame(body.len());
+    let mut f = Vec::new();
+    start_frame(&mut f);
     f.extend_from_slice(body);
     seal(seq, &mut f);
     f

@@ -408,6 +408,8 @@ pub(crate) struct Writer {
     /// The write-ahead tail: every non-durable group commit under `Interval` is written
     /// to it before its callers are acknowledged; emptied by every durable commit.
     wal: Wal,
+    /// The frame being written to `wal` (reused: no fresh allocation per group commit).
+    frame: Vec<u8>,
     last_durable: Instant,
     /// Payload bytes committed non-durably since the last durable commit.
     unsynced_bytes: u64,
@@ -418,11 +420,11 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
+    /// A writer over the loaded `state`; readers get its view through `shared`.
     pub(crate) fn new(
         db: Arc<Database>,
         rx: Receiver<Op>,
         state: State,
-        shared: Arc<Shared>,
         options: EmbeddedOptions,
         tuning: EmbeddedTuning,
         counters: Arc<Counters>,
@@ -431,12 +433,13 @@ impl Writer {
         Writer {
             db,
             rx,
+            shared: Arc::new(Shared::from_state(&state)),
             state,
-            shared,
             options,
             tuning,
             counters,
             wal,
+            frame: Vec::new(),
             last_durable: Instant::now(),
             unsynced_bytes: 0,
             unsynced: false,
@@ -633,17 +636,17 @@ impl Writer {
         let durable =
             force_durable || self.wants_durable() || (log && !ops.iter().all(wal::loggable));
         // The write-ahead frame of a non-durable batch, encoded before the ops are consumed.
-        let mut frame = (log && !durable).then(|| {
-            let mut frame = wal::new_frame(ops.iter().map(Op::weight).sum());
+        let logged = log && !durable;
+        if logged {
+            wal::start_frame(&mut self.frame);
             for op in &ops {
-                wal::encode_op(&mut frame, op);
+                wal::encode_op(&mut self.frame, op);
             }
-            frame
-        });
-        let seq = match (&frame, replayed) {
+        }
+        let seq = match (logged, replayed) {
             (_, Some(seq)) => Some(seq),
-            (Some(_), None) => Some(self.state.wal_seq + 1),
-            (None, None) => None,
+            (true, None) => Some(self.state.wal_seq + 1),
+            (false, None) => None,
         };
         // A batch of early-visible appends only: commit it non-durably, make it readable,
         // then make it durable, then answer (readers start while the fsync runs).
@@ -661,12 +664,16 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(ops.len());
         let mut fx = BatchEffects::default();
         let result = self.write_batch(ops, durable && !early, seq, &mut outcomes, &mut fx);
-        let result = match (result, frame.as_mut(), seq) {
-            (Ok(true), Some(frame), Some(seq)) => {
+        let result = match (result, seq) {
+            (Ok(true), Some(seq)) if logged => {
                 // Committed in this process only: hand it to the kernel before the ack.
                 self.state.wal_seq = seq;
-                wal::seal(seq, frame);
-                match self.wal.append(frame) {
+                wal::seal(seq, &mut self.frame);
+                let written = self.wal.append(&self.frame);
+                // Keep a reasonable buffer, not the largest batch ever seen.
+                self.frame.truncate(0);
+                self.frame.shrink_to(1 << 20);
+                match written {
                     Ok(()) => Ok(true),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot write the write-ahead tail; committing durably instead");
@@ -686,7 +693,7 @@ impl Writer {
                     }
                 }
             }
-            (result, _, _) => result,
+            (result, _) => result,
         };
         let result = match result {
             Ok(true) if early => {
