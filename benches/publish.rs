@@ -5,7 +5,8 @@
 //! latency, and publish→push latency (meshd webhook; JetStream consumer). Results are
 //! printed as a Markdown table for docs/benchmarks.md.
 //!
-//! Run: `cargo bench --bench publish` (env: BENCH_SECS=10 per scenario, BENCH_CONNS=64).
+//! Run: `cargo bench --bench publish` (env: BENCH_SECS=10 per scenario, BENCH_CONNS=64,
+//! BENCH_FSYNC=always,interval,never: the meshd fsync modes to run, in that order).
 //! Needs `nats-server` on PATH for the peer (Debian package nats-server); without it the
 //! NATS rows are skipped with a note.
 //!
@@ -155,7 +156,8 @@ fn main() {
         .unwrap();
     let mut rows = Vec::new();
     rt.block_on(async {
-        for fsync in ["always", "never"] {
+        let modes = std::env::var("BENCH_FSYNC").unwrap_or_else(|_| "always,interval,never".into());
+        for fsync in modes.split(',').filter(|m| !m.is_empty()) {
             let dir = tempfile::tempdir().unwrap();
             let (_m, url) = start_meshd(dir.path(), fsync, &[]);
             let addr = url.trim_start_matches("http://").to_string();

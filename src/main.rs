@@ -186,7 +186,8 @@ pub async fn start_bridge(
 /// Options of the embedded store and the publish path.
 #[derive(clap::Args, Clone)]
 pub struct StoreArgs {
-    /// When publishes are fsynced: always (before every ack, group-committed), interval, never.
+    /// When publishes are fsynced: always (before every ack, group-committed), interval
+    /// (written to the OS before the ack, fsynced every --fsync-interval-ms), never.
     #[arg(long, default_value = "always")]
     fsync: FsyncPolicy,
     /// fsync period under --fsync interval, in milliseconds.

@@ -956,8 +956,8 @@ pub enum FsyncPolicy {
     #[default]
     Always,
     /// fsync at least every interval; acknowledged writes of the last interval can be
-    /// lost on a machine crash and, with the embedded store (redb keeps non-durable
-    /// commits in process memory), on a process crash too.
+    /// lost on a machine crash, never on a process crash (the embedded store writes each
+    /// group commit to its write-ahead tail before the ack).
     Interval,
     /// Never fsync explicitly (the embedded store still makes a durable commit on close and
     /// every few MiB); a crash loses what was acknowledged since.

@@ -1,5 +1,6 @@
 //! The embedded durable log: the default [`EventStore`] of meshd, one redb database file
-//! (`events.redb`) in the data directory.
+//! (`events.redb`) in the data directory, plus a write-ahead tail (`events.wal`, see
+//! `wal.rs`) that holds what `fsync=interval` acknowledged since the last durable commit.
 //!
 //! Owns: records, partition bounds and byte totals, topic configurations, consumer
 //! offsets and the metadata namespace — all in the same database, so one commit moves
@@ -33,18 +34,26 @@
 //!   operation survives a process kill (`kill -9`) and a machine crash or power loss (as
 //!   far as the disk honours fsync). This is the default and what guarantee 1 of the
 //!   design needs.
-//! - [`FsyncPolicy::Interval`]: group commits are `None`; a durable commit is made at least
-//!   every `fsync_interval` (by a timer, also when idle) and whenever
-//!   [`EmbeddedTuning::checkpoint_bytes`] of payload were committed since the last one.
-//!   A process kill **or** a machine crash loses the operations acknowledged since the
-//!   last durable commit (at most about one interval); the store then reopens at that
-//!   commit, consistent (records, bounds, offsets and metadata of the same instant).
-//! - [`FsyncPolicy::Never`]: like `Interval` without the timer: durable commits happen
+//! - [`FsyncPolicy::Interval`]: group commits are `None`, and each one's operations are
+//!   written (`write(2)`, no fsync) to the write-ahead tail `events.wal` before any of
+//!   them is acknowledged. A durable commit is made at least every `fsync_interval` (by
+//!   a timer, also when idle) and whenever [`EmbeddedTuning::checkpoint_bytes`] of
+//!   payload were committed since the last one; it empties the tail. A batch holding a
+//!   topic creation or deletion or a retention pass is committed durably at once (those
+//!   are not logged). A **process kill loses nothing acknowledged**: the kernel has the
+//!   tail, and the next open replays it past the last durable commit (same offsets,
+//!   checksummed frames). A **machine crash or power loss** loses what was acknowledged
+//!   since the last durable commit (at most about one interval): the tail is not
+//!   fsynced, and replay stops at its first torn frame; the store reopens consistent
+//!   (records, bounds, offsets and metadata of one instant).
+//! - [`FsyncPolicy::Never`]: like `Interval` without the timer and without the tail
+//!   (nothing per commit reaches the kernel): durable commits happen
 //!   only on [`EventStore::close`], when the last handle is dropped (best effort), and
 //!   every `checkpoint_bytes` of payload (redb cannot reuse pages freed by non-durable
 //!   commits, so the file would otherwise only grow). A process kill loses everything
 //!   since the last durable commit.
 //!
+//! Whatever the mode, a non-empty tail left by an `interval` run is replayed at open.
 //! In every mode, what reopens is a state that existed at one commit: never a torn record,
 //! never bounds that disagree with the records. After an unclean stop redb repairs the
 //! file at open, which reads the whole database (time grows with its size).
@@ -54,6 +63,7 @@
 //! retention runs (the node calls [`EventStore::enforce_retention`] periodically).
 
 pub(crate) mod layout;
+pub(crate) mod wal;
 pub(crate) mod writer;
 
 use std::collections::BTreeMap;
@@ -253,19 +263,21 @@ impl EmbeddedStore {
         tuning: EmbeddedTuning,
     ) -> Result<Arc<EmbeddedStore>, StoreError> {
         let state = writer::init_and_load(&db)?;
-        let shared = Arc::new(Shared::from_state(&state));
+        let (wal, tail) = wal::Wal::open(dir)?;
         let counters = Arc::new(Counters::default());
         let db = Arc::new(db);
         let (tx, rx) = std::sync::mpsc::channel();
-        let w = Writer::new(
+        let mut w = Writer::new(
             db.clone(),
             rx,
             state,
-            shared.clone(),
             options.clone(),
             tuning,
             counters.clone(),
+            wal,
         );
+        w.recover(&tail)?;
+        let shared = w.shared.clone();
         let handle = std::thread::Builder::new()
             .name("meshd-store-writer".into())
             .spawn(move || w.run())

@@ -2,7 +2,8 @@
 //! (our own CRC32 over offset, timestamp and payload).
 //!
 //! Tables (all in one redb file, so they commit together):
-//! - `info`: `&str -> u64` — format version and the next topic id.
+//! - `info`: `&str -> u64` — format version, the next topic id and the sequence number
+//!   of the last group commit logged to the write-ahead tail (`wal.rs`).
 //! - `topics`: topic name -> JSON [`TopicRow`] (numeric id + [`TopicConfig`]).
 //! - `bounds`: `(topic id, partition) -> (start, end, payload bytes)`.
 //! - `records`: `(topic id, partition, offset) -> [crc32 LE u32][timestamp LE u64][payload]`.
@@ -23,6 +24,9 @@ pub(crate) const FORMAT_VERSION: u64 = 1;
 pub(crate) const INFO_FORMAT: &str = "format_version";
 /// Key of the next topic id in `info`.
 pub(crate) const INFO_NEXT_TOPIC_ID: &str = "next_topic_id";
+/// Key in `info` of the sequence number of the last group commit written to the
+/// write-ahead tail (`wal.rs`); a commit holding it holds that group commit too.
+pub(crate) const INFO_WAL_SEQ: &str = "wal_seq";
 
 pub(crate) const INFO: TableDefinition<&str, u64> = TableDefinition::new("info");
 pub(crate) const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");

@@ -312,6 +312,129 @@ async fn dropping_the_last_handle_commits_durably() {
     s.close().await.unwrap();
 }
 
+/// What a `kill -9` of the process leaves: the store's files as the kernel has them now
+/// (the writer is idle, so nothing is half-written), copied to `to`. `with_wal: false`
+/// copies the redb file alone: what redb by itself would reopen at.
+fn snapshot_as_killed(from: &Path, to: &Path, with_wal: bool) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::copy(from.join(DB_FILE), to.join(DB_FILE)).unwrap();
+    if with_wal {
+        std::fs::copy(from.join(wal::WAL_FILE), to.join(wal::WAL_FILE)).unwrap();
+    }
+}
+
+fn interval_no_timer() -> EmbeddedOptions {
+    EmbeddedOptions {
+        fsync: FsyncPolicy::Interval,
+        fsync_interval: Duration::from_secs(3600),
+    }
+}
+
+/// Appends `n` one-record appends `0..n` to partition 0 of `t`, one call each.
+async fn append_numbered(s: &EmbeddedStore, n: u64) {
+    for i in 0..n {
+        s.append("t", vec![rec(0, &format!("e{i}"))]).await.unwrap();
+    }
+}
+
+async fn assert_numbered(s: &EmbeddedStore, n: u64) {
+    assert_eq!(s.bounds("t", 0).await.unwrap().end, n);
+    let got = s.read("t", 0, 0, n as usize + 1).await.unwrap();
+    let want: Vec<Bytes> = (0..n).map(|i| Bytes::from(format!("e{i}"))).collect();
+    let got: Vec<Bytes> = got.into_iter().map(|r| r.payload).collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn interval_acknowledged_operations_survive_a_process_kill() {
+    let root = tempfile::tempdir().unwrap();
+    let (live, killed, bare) = (
+        root.path().join("live"),
+        root.path().join("killed"),
+        root.path().join("bare"),
+    );
+    let s = open_at(live.clone(), interval_no_timer()).await;
+    s.create_topic("t", &one_partition()).await.unwrap();
+    let fsyncs = s.stats().fsyncs;
+    append_numbered(&s, 40).await;
+    s.commit_offset("g", "t", 0, 17).await.unwrap();
+    s.put_meta("m/a", b"1").await.unwrap();
+    s.put_meta("m/b", b"2").await.unwrap();
+    assert!(s.delete_meta("m/b").await.unwrap());
+    assert_eq!(s.stats().fsyncs, fsyncs, "no fsync within the interval");
+    snapshot_as_killed(&live, &killed, true);
+    snapshot_as_killed(&live, &bare, false);
+
+    // redb alone reopens at its last durable commit: the appends are not in it.
+    let b = open_at(bare, interval_no_timer()).await;
+    assert_eq!(b.bounds("t", 0).await.unwrap().end, 0);
+    b.close().await.unwrap();
+
+    // With the write-ahead tail everything acknowledged is back, at the same offsets,
+    // whatever mode the store restarts in.
+    let k = open_at(killed.clone(), EmbeddedOptions::default()).await;
+    assert_numbered(&k, 40).await;
+    assert_eq!(k.committed_offset("g", "t", 0).await.unwrap(), Some(17));
+    assert_eq!(
+        k.list_meta("m/").await.unwrap(),
+        vec![("m/a".to_string(), b"1".to_vec())]
+    );
+    // Replay ended in a durable commit and emptied the tail.
+    assert_eq!(
+        std::fs::metadata(killed.join(wal::WAL_FILE)).unwrap().len(),
+        0
+    );
+    k.append("t", vec![rec(0, "e40")]).await.unwrap();
+    assert_numbered(&k, 41).await;
+    k.close().await.unwrap();
+    s.close().await.unwrap();
+    assert_eq!(
+        std::fs::metadata(live.join(wal::WAL_FILE)).unwrap().len(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn interval_recovery_ignores_a_torn_tail_and_frames_already_durable() {
+    let root = tempfile::tempdir().unwrap();
+    let live = root.path().join("live");
+    let s = open_at(live.clone(), interval_no_timer()).await;
+    s.create_topic("t", &one_partition()).await.unwrap();
+    append_numbered(&s, 10).await;
+    let tail_before = std::fs::read(live.join(wal::WAL_FILE)).unwrap();
+    assert!(!tail_before.is_empty());
+
+    // A torn last write (a machine crash mid-frame): the complete frames replay.
+    let torn = root.path().join("torn");
+    snapshot_as_killed(&live, &torn, true);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(torn.join(wal::WAL_FILE))
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[40, 0, 0, 0, 1, 2, 3]).unwrap();
+    drop(f);
+    let t = open_at(torn, interval_no_timer()).await;
+    assert_numbered(&t, 10).await;
+    t.close().await.unwrap();
+
+    // Killed after a durable commit but before the tail was emptied: the redb file
+    // already holds the frames, and replay must not apply them twice.
+    s.create_topic("u", &one_partition()).await.unwrap(); // durable: not loggable
+    assert_eq!(
+        std::fs::metadata(live.join(wal::WAL_FILE)).unwrap().len(),
+        0,
+        "a durable commit empties the tail"
+    );
+    let stale = root.path().join("stale");
+    snapshot_as_killed(&live, &stale, false);
+    std::fs::write(stale.join(wal::WAL_FILE), &tail_before).unwrap();
+    let st = open_at(stale, interval_no_timer()).await;
+    assert_numbered(&st, 10).await;
+    assert!(st.topic("u").await.unwrap().is_some());
+    st.close().await.unwrap();
+    s.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn invalid_topic_config_is_refused() {
     let root = tempfile::tempdir().unwrap();

@@ -23,8 +23,9 @@ use tokio::sync::{oneshot, watch};
 
 use super::layout::{
     encode_record, peek_record, TopicRow, BOUNDS, FORMAT_VERSION, INFO, INFO_FORMAT,
-    INFO_NEXT_TOPIC_ID, META, OFFSETS, RECORDS, TOPICS,
+    INFO_NEXT_TOPIC_ID, INFO_WAL_SEQ, META, OFFSETS, RECORDS, TOPICS,
 };
+use super::wal::{self, LoggedOp, Wal};
 use super::{EmbeddedOptions, EmbeddedTuning};
 use crate::store::{
     retention_verdict, AppendRecord, Appended, FsyncPolicy, RetentionHolds, RetentionReport,
@@ -170,6 +171,8 @@ pub(crate) struct TopicState {
 pub(crate) struct State {
     pub topics: HashMap<String, TopicState>,
     pub next_topic_id: u64,
+    /// Sequence number of the last group commit logged to the write-ahead tail.
+    pub wal_seq: u64,
 }
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
@@ -213,6 +216,11 @@ pub(crate) fn load_state(db: &Database) -> Result<State, StoreError> {
         .map_err(db_err)?
         .map(|g| g.value())
         .unwrap_or(1);
+    let wal_seq = info
+        .get(INFO_WAL_SEQ)
+        .map_err(db_err)?
+        .map(|g| g.value())
+        .unwrap_or(0);
     let topics_table = txn.open_table(TOPICS).map_err(db_err)?;
     let bounds = txn.open_table(BOUNDS).map_err(db_err)?;
     let records = txn.open_table(RECORDS).map_err(db_err)?;
@@ -272,6 +280,7 @@ pub(crate) fn load_state(db: &Database) -> Result<State, StoreError> {
     Ok(State {
         topics,
         next_topic_id,
+        wal_seq,
     })
 }
 
@@ -396,6 +405,11 @@ pub(crate) struct Writer {
     pub options: EmbeddedOptions,
     pub tuning: EmbeddedTuning,
     pub counters: Arc<Counters>,
+    /// The write-ahead tail: every non-durable group commit under `Interval` is written
+    /// to it before its callers are acknowledged; emptied by every durable commit.
+    wal: Wal,
+    /// The frame being written to `wal` (reused: no fresh allocation per group commit).
+    frame: Vec<u8>,
     last_durable: Instant,
     /// Payload bytes committed non-durably since the last durable commit.
     unsynced_bytes: u64,
@@ -406,23 +420,26 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
+    /// A writer over the loaded `state`; readers get its view through `shared`.
     pub(crate) fn new(
         db: Arc<Database>,
         rx: Receiver<Op>,
         state: State,
-        shared: Arc<Shared>,
         options: EmbeddedOptions,
         tuning: EmbeddedTuning,
         counters: Arc<Counters>,
+        wal: Wal,
     ) -> Writer {
         Writer {
             db,
             rx,
+            shared: Arc::new(Shared::from_state(&state)),
             state,
-            shared,
             options,
             tuning,
             counters,
+            wal,
+            frame: Vec::new(),
             last_durable: Instant::now(),
             unsynced_bytes: 0,
             unsynced: false,
@@ -520,21 +537,117 @@ impl Writer {
         txn.commit().map_err(db_err)?;
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
         self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.made_durable();
+        Ok(())
+    }
+
+    /// Bookkeeping after a durable commit: nothing is pending, and the write-ahead tail
+    /// is redundant (a tail left behind is harmless: its frames are at or below the
+    /// durable `wal_seq`, and recovery skips them).
+    fn made_durable(&mut self) {
         self.last_durable = Instant::now();
         self.unsynced = false;
         self.unsynced_bytes = 0;
+        if let Err(e) = self.wal.clear() {
+            tracing::warn!(error = %e, "cannot empty the write-ahead tail after a durable commit");
+        }
+    }
+
+    /// Whether non-durable group commits go to the write-ahead tail before their ack.
+    fn logs_to_wal(&self) -> bool {
+        self.options.fsync == FsyncPolicy::Interval
+    }
+
+    /// Replays the write-ahead tail read at open (`data`) on top of the last durable
+    /// commit, in one durable commit, and empties the tail. Runs before the writer
+    /// thread starts.
+    pub(crate) fn recover(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        let found = wal::parse(data, self.state.wal_seq);
+        if let Some(why) = &found.stopped {
+            tracing::warn!(
+                reason = %why, replayed = found.batches.len(),
+                "the write-ahead tail ends early (torn by a machine crash, or stale): \
+                 replaying the group commits before that point"
+            );
+        }
+        let Some(&(last_seq, _)) = found.batches.last() else {
+            if !data.is_empty() {
+                self.wal.clear().map_err(db_err)?;
+            }
+            return Ok(());
+        };
+        let mut ops = Vec::new();
+        let mut waits = Vec::new();
+        for (_, batch) in found.batches {
+            for op in batch {
+                let (op, wait) = replay_op(op);
+                ops.push(op);
+                waits.push(wait);
+            }
+        }
+        let replayed = ops.len();
+        if !self.commit_batch_as(ops, true, Some(last_seq)) {
+            return Err(StoreError::Io(
+                "replaying the write-ahead tail failed; nothing was changed".into(),
+            ));
+        }
+        let rejected = waits
+            .iter_mut()
+            .map(ReplayWait::outcome)
+            .filter(|o| *o != Some(true))
+            .count();
+        if rejected > 0 {
+            tracing::warn!(
+                rejected,
+                "operations of the write-ahead tail were refused on replay"
+            );
+        }
+        tracing::info!(
+            operations = replayed,
+            group_commits = last_seq - self.state.wal_seq,
+            "replayed the write-ahead tail after an unclean stop"
+        );
+        self.state.wal_seq = last_seq;
         Ok(())
     }
 
     fn commit_batch(&mut self, ops: Vec<Op>, force_durable: bool) {
+        self.commit_batch_as(ops, force_durable, None);
+    }
+
+    /// Commits one batch; `replayed`: the batch replays the write-ahead tail up to this
+    /// sequence number (durable, and not logged again). `false` if the storage failed.
+    fn commit_batch_as(
+        &mut self,
+        ops: Vec<Op>,
+        force_durable: bool,
+        replayed: Option<u64>,
+    ) -> bool {
         if let Some(b) = &self.broken {
             let msg = format!("event store stopped after a storage failure: {b}");
             for op in ops {
                 reject_op(op, || StoreError::Unavailable(msg.clone()));
             }
-            return;
+            return false;
         }
-        let durable = force_durable || self.wants_durable();
+        let log = self.logs_to_wal();
+        // Only appends, offsets and metadata are logged; a batch with anything else
+        // (topic changes, retention: rare) is made durable instead.
+        let durable =
+            force_durable || self.wants_durable() || (log && !ops.iter().all(wal::loggable));
+        // The write-ahead frame of a non-durable batch, encoded before the ops are consumed.
+        let logged = log && !durable;
+        if logged {
+            wal::start_frame(&mut self.frame);
+            for op in &ops {
+                wal::encode_op(&mut self.frame, op);
+            }
+        }
+        let seq = match (logged, replayed) {
+            (_, Some(seq)) => Some(seq),
+            (true, None) => Some(self.state.wal_seq + 1),
+            (false, None) => None,
+        };
         // A batch of early-visible appends only: commit it non-durably, make it readable,
         // then make it durable, then answer (readers start while the fsync runs).
         let early = durable
@@ -550,7 +663,38 @@ impl Writer {
             });
         let mut outcomes = Vec::with_capacity(ops.len());
         let mut fx = BatchEffects::default();
-        let result = self.write_batch(ops, durable && !early, &mut outcomes, &mut fx);
+        let result = self.write_batch(ops, durable && !early, seq, &mut outcomes, &mut fx);
+        let result = match (result, seq) {
+            (Ok(true), Some(seq)) if logged => {
+                // Committed in this process only: hand it to the kernel before the ack.
+                self.state.wal_seq = seq;
+                wal::seal(seq, &mut self.frame);
+                let written = self.wal.append(&self.frame);
+                // Keep a reasonable buffer, not the largest batch ever seen.
+                self.frame.truncate(0);
+                self.frame.shrink_to(1 << 20);
+                match written {
+                    Ok(()) => Ok(true),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot write the write-ahead tail; committing durably instead");
+                        self.unsynced = true;
+                        match self.sync() {
+                            Ok(()) => Ok(true),
+                            Err(e) => {
+                                // Committed in this process but on no disk: refuse what
+                                // follows rather than acknowledge on top of it.
+                                let msg = format!(
+                                    "neither the write-ahead tail nor a durable commit could be written: {e}"
+                                );
+                                self.broken = Some(msg.clone());
+                                Err(msg)
+                            }
+                        }
+                    }
+                }
+            }
+            (result, _) => result,
+        };
         let result = match result {
             Ok(true) if early => {
                 self.unsynced = true;
@@ -567,6 +711,7 @@ impl Writer {
                 for o in outcomes {
                     o.send();
                 }
+                true
             }
             Ok(true) => {
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
@@ -587,9 +732,7 @@ impl Writer {
                 if !early {
                     if durable {
                         self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-                        self.last_durable = Instant::now();
-                        self.unsynced = false;
-                        self.unsynced_bytes = 0;
+                        self.made_durable();
                     } else {
                         self.unsynced = true;
                         self.unsynced_bytes += fx.bytes;
@@ -599,6 +742,7 @@ impl Writer {
                 for o in outcomes {
                     o.send();
                 }
+                true
             }
             Err(msg) => {
                 self.counters.batches_failed.fetch_add(1, Ordering::Relaxed);
@@ -614,6 +758,7 @@ impl Writer {
                         self.broken = Some(e.to_string());
                     }
                 }
+                false
             }
         }
     }
@@ -624,6 +769,7 @@ impl Writer {
         &mut self,
         ops: Vec<Op>,
         durable: bool,
+        wal_seq: Option<u64>,
         outcomes: &mut Vec<Outcome>,
         fx: &mut BatchEffects,
     ) -> Result<bool, String> {
@@ -665,6 +811,11 @@ impl Writer {
                                 fatal = Some(e.to_string());
                                 break;
                             }
+                        }
+                    }
+                    if let (None, Some(seq)) = (&fatal, wal_seq) {
+                        if let Err(e) = t.info.insert(INFO_WAL_SEQ, seq) {
+                            fatal = Some(e.to_string());
                         }
                     }
                 }
@@ -1028,6 +1179,65 @@ impl Writer {
                     }
                 },
             }
+        }
+    }
+}
+
+/// Where replay learns how an operation it applied again turned out.
+pub(crate) enum ReplayWait {
+    Appended(oneshot::Receiver<Result<Vec<Appended>, StoreError>>),
+    Unit(oneshot::Receiver<Result<(), StoreError>>),
+    Bool(oneshot::Receiver<Result<bool, StoreError>>),
+}
+
+impl ReplayWait {
+    /// `Some(true)` if the operation succeeded, `Some(false)` if it was refused or
+    /// failed, `None` if it was never answered.
+    pub(crate) fn outcome(&mut self) -> Option<bool> {
+        match self {
+            ReplayWait::Appended(r) => r.try_recv().ok().map(|v| v.is_ok()),
+            ReplayWait::Unit(r) => r.try_recv().ok().map(|v| v.is_ok()),
+            ReplayWait::Bool(r) => r.try_recv().ok().map(|v| v.is_ok()),
+        }
+    }
+}
+
+/// The writer operation that applies a logged one again.
+fn replay_op(op: LoggedOp) -> (Op, ReplayWait) {
+    match op {
+        LoggedOp::Append { topic, records } => {
+            let (reply, rx) = oneshot::channel();
+            let op = Op::Append {
+                topic,
+                records,
+                early_visible: false,
+                reply,
+            };
+            (op, ReplayWait::Appended(rx))
+        }
+        LoggedOp::CommitOffset {
+            group,
+            topic,
+            partition,
+            offset,
+        } => {
+            let (reply, rx) = oneshot::channel();
+            let op = Op::CommitOffset {
+                group,
+                topic,
+                partition,
+                offset,
+                reply,
+            };
+            (op, ReplayWait::Unit(rx))
+        }
+        LoggedOp::PutMeta { key, value } => {
+            let (reply, rx) = oneshot::channel();
+            (Op::PutMeta { key, value, reply }, ReplayWait::Unit(rx))
+        }
+        LoggedOp::DeleteMeta { key } => {
+            let (reply, rx) = oneshot::channel();
+            (Op::DeleteMeta { key, reply }, ReplayWait::Bool(rx))
         }
     }
 }
