@@ -15,7 +15,8 @@
 //! - `meshd drill registry-outage` (another cluster): etcd frozen with SIGSTOP for 10 s
 //!   by the drill's `--stop`/`--start` commands; every node's `/readyz` said
 //!   `registry_unreachable`, lost 0, reordered 0, etcd answers again afterwards. The
-//!   longest delivery gap is printed, not asserted.
+//!   longest delivery gap is printed, not asserted. An `--etcd` URL that does not answer
+//!   makes it refuse before running the stop command.
 //!
 //! Every process is killed by its guard, also on panic.
 
@@ -259,6 +260,33 @@ async fn registry_outage_drill_freezes_etcd_and_reports_the_degradation() {
     let pid = cl.etcd.pid().expect("etcd pid");
     let etcd_url = cl.etcd.endpoint();
     let (a, b) = (&cl.nodes[0], &cl.nodes[1]);
+    // Bad input changes nothing: an --etcd that does not answer refuses before the stop.
+    let marker = cl.dir.path().join("stopped");
+    let (code, _, out) = drill(
+        [
+            "registry-outage",
+            "--cluster",
+            CLUSTER,
+            "--proxy",
+            &cl.proxies[0].url,
+            "--node-url",
+            &format!("a={}", a.url),
+            "--stop",
+            &format!("touch {}", marker.display()),
+            "--start",
+            "true",
+            "--etcd",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    )
+    .await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("does not answer /health"), "{out}");
+    assert!(!marker.exists(), "the stop command ran: {out}");
+
     let args: Vec<String> = [
         "registry-outage",
         "--cluster",

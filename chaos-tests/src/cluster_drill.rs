@@ -276,8 +276,9 @@ struct Observed {
     recovery: Option<Duration>,
     facts: BTreeMap<String, Value>,
     notes: Vec<String>,
-    /// The registry-outage start command ran (the restore must not run it again).
-    registry_started: bool,
+    /// The registry-outage stop command ran and the start command did not yet (the
+    /// restore runs it then, and only then).
+    registry_down: bool,
 }
 
 /// Runs one cluster drill. `interrupt` (Ctrl-C) cuts the fault short; the restore always
@@ -338,6 +339,15 @@ pub async fn run(
             "forced on a degraded cluster: {}",
             problems.join("; ")
         ));
+    }
+    if let ClusterFault::RegistryOutage { etcd, .. } = &fault {
+        for url in etcd {
+            if !etcd_answers(&c, url).await {
+                return Err(ChaosError::Drill(format!(
+                    "the registry at {url} does not answer /health; refusing to run (nothing was changed)"
+                )));
+            }
+        }
     }
     let target_proxy = match &fault {
         ClusterFault::ProxyDrain(p) => Some(
@@ -499,7 +509,7 @@ pub async fn run(
             o,
             target_node.as_deref(),
             target_proxy.as_deref(),
-            observed.registry_started,
+            observed.registry_down,
         )
         .await;
         if let Err(e) = r {
@@ -519,7 +529,7 @@ pub async fn run(
             o,
             target_node.as_deref(),
             target_proxy.as_deref(),
-            observed.registry_started,
+            observed.registry_down,
         )
         .await
         {
@@ -680,10 +690,10 @@ async fn restore(
     o: &ClusterDrillOptions,
     node: Option<&str>,
     proxy: Option<&str>,
-    registry_started: bool,
+    registry_down: bool,
 ) -> Result<(), ChaosError> {
     if let ClusterFault::RegistryOutage { start, .. } = fault {
-        if !registry_started {
+        if registry_down {
             run_shell(start, "start").await?;
         }
         // Every node plainly ready again (no longer serving on promises).
@@ -1042,13 +1052,6 @@ async fn registry_outage(
     injected: Instant,
     obs: &mut Observed,
 ) -> Result<(), ChaosError> {
-    for url in etcd {
-        if !etcd_answers(c, url).await {
-            return Err(ChaosError::Drill(format!(
-                "the registry at {url} does not answer /health before the outage; not stopping it"
-            )));
-        }
-    }
     obs.facts.insert("stop".into(), json!(stop));
     obs.facts.insert("start".into(), json!(start));
     obs.facts
@@ -1071,6 +1074,8 @@ async fn registry_outage(
             v.push(state);
         }
     };
+    // Whatever the stop command did, the restore runs the start command.
+    obs.registry_down = true;
     run_shell(stop, "stop").await?;
     for url in etcd {
         if etcd_answers(c, url).await {
@@ -1092,8 +1097,8 @@ async fn registry_outage(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let started = Instant::now();
+    obs.registry_down = false;
     run_shell(start, "start").await?;
-    obs.registry_started = true;
     for url in etcd {
         let deadline = Instant::now() + o.detect_timeout;
         while !etcd_answers(c, url).await {
