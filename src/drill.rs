@@ -204,9 +204,9 @@ enum DrillCommand {
         /// The cluster.
         #[arg(long)]
         cluster: String,
-        /// Shell command that stops every etcd member, e.g. `kill -STOP PID` (the pids are
-        /// in `meshd cluster status`; SIGSTOP, because its supervisor restarts a killed
-        /// etcd at once).
+        /// Shell command that stops every etcd member, e.g. `kill -STOP PID` (with `meshd
+        /// cluster up`, PID from its `child etcd 1 pid N` line; SIGSTOP, because the
+        /// supervisor restarts a killed etcd at once).
         #[arg(long, value_name = "COMMAND")]
         stop: String,
         /// Shell command that brings it back, e.g. `kill -CONT PID`. Also run when the
@@ -216,8 +216,8 @@ enum DrillCommand {
         /// How long the registry stays down (e.g. 30s, 2m).
         #[arg(long = "for", default_value = "30s", value_parser = crate::duration_arg)]
         outage: Duration,
-        /// An etcd client URL (repeat): checked to answer before the stop, not to answer
-        /// after it, and to answer again after the start.
+        /// An etcd client URL (repeat): must answer /health before anything is done; checked
+        /// not to answer after the stop and waited for after the start.
         #[arg(long = "etcd", value_name = "URL", value_delimiter = ',')]
         etcd: Vec<String>,
         #[command(flatten)]
