@@ -198,6 +198,31 @@ enum DrillCommand {
         #[command(flatten)]
         target: ClusterTarget,
     },
+    /// Stop the cluster's registry (etcd) with your command, keep it down, start it again;
+    /// report the longest delivery gap and what every node's /readyz said meanwhile.
+    RegistryOutage {
+        /// The cluster.
+        #[arg(long)]
+        cluster: String,
+        /// Shell command that stops every etcd member, e.g. `kill -STOP PID` (with `meshd
+        /// cluster up`, PID from its `child etcd 1 pid N` line; SIGSTOP, because the
+        /// supervisor restarts a killed etcd at once).
+        #[arg(long, value_name = "COMMAND")]
+        stop: String,
+        /// Shell command that brings it back, e.g. `kill -CONT PID`. Also run when the
+        /// drill is interrupted or fails after the stop.
+        #[arg(long, value_name = "COMMAND")]
+        start: String,
+        /// How long the registry stays down (e.g. 30s, 2m).
+        #[arg(long = "for", default_value = "30s", value_parser = crate::duration_arg)]
+        outage: Duration,
+        /// An etcd client URL (repeat): must answer /health before anything is done; checked
+        /// not to answer after the stop and waited for after the start.
+        #[arg(long = "etcd", value_name = "URL", value_delimiter = ',')]
+        etcd: Vec<String>,
+        #[command(flatten)]
+        target: ClusterTarget,
+    },
     /// Drain every node and proxy of a cluster (its clients move to another cluster's
     /// entry), hold, undrain everything, and wait until its subscribers caught up.
     Evacuate {
@@ -413,6 +438,22 @@ pub async fn run(global: &GlobalArgs, args: DrillArgs) -> anyhow::Result<()> {
         }
         DrillCommand::SchedulerFailover { cluster, target } => {
             cluster_drill(global, &cluster, &target, ClusterFault::SchedulerStepDown).await?
+        }
+        DrillCommand::RegistryOutage {
+            cluster,
+            stop,
+            start,
+            outage,
+            etcd,
+            target,
+        } => {
+            let fault = ClusterFault::RegistryOutage {
+                stop,
+                start,
+                outage,
+                etcd,
+            };
+            cluster_drill(global, &cluster, &target, fault).await?
         }
         DrillCommand::Evacuate {
             cluster,

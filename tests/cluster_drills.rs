@@ -12,7 +12,11 @@
 //!   lost, none reordered;
 //! - `meshd drill proxy-failover`: publishers switch proxies; lost 0, reordered 0;
 //! - `meshd drill scheduler-failover`: another member leads a newer term; lost 0.
-//!
+//! - `meshd drill registry-outage` (another cluster): etcd frozen with SIGSTOP for 10 s
+//!   by the drill's `--stop`/`--start` commands; every node's `/readyz` said
+//!   `registry_unreachable`, lost 0, reordered 0, etcd answers again afterwards. The
+//!   longest delivery gap is printed, not asserted. An `--etcd` URL that does not answer
+//!   makes it refuse before running the stop command.
 //!
 //! Every process is killed by its guard, also on panic.
 
@@ -247,4 +251,99 @@ async fn drain_apis_and_the_three_control_plane_drills() {
         "scheduler-failover: {}",
         serde_json::to_string(&report).unwrap_or_default()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_outage_drill_freezes_etcd_and_reports_the_degradation() {
+    let cl = Cluster::start().await;
+    let c = client();
+    let pid = cl.etcd.pid().expect("etcd pid");
+    let etcd_url = cl.etcd.endpoint();
+    let (a, b) = (&cl.nodes[0], &cl.nodes[1]);
+    // Bad input changes nothing: an --etcd that does not answer refuses before the stop.
+    let marker = cl.dir.path().join("stopped");
+    let (code, _, out) = drill(
+        [
+            "registry-outage",
+            "--cluster",
+            CLUSTER,
+            "--proxy",
+            &cl.proxies[0].url,
+            "--node-url",
+            &format!("a={}", a.url),
+            "--stop",
+            &format!("touch {}", marker.display()),
+            "--start",
+            "true",
+            "--etcd",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    )
+    .await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("does not answer /health"), "{out}");
+    assert!(!marker.exists(), "the stop command ran: {out}");
+
+    let args: Vec<String> = [
+        "registry-outage",
+        "--cluster",
+        CLUSTER,
+        "--proxy",
+        &cl.proxies[0].url,
+        "--proxy",
+        &cl.proxies[1].url,
+        "--node-url",
+        &format!("a={}", a.url),
+        "--node-url",
+        &format!("b={}", b.url),
+        "--stop",
+        &format!("kill -STOP {pid}"),
+        "--start",
+        &format!("kill -CONT {pid}"),
+        "--for",
+        "10s",
+        "--etcd",
+        &etcd_url,
+        "--hold",
+        "1s",
+        "--recovery-timeout",
+        "60s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (code, report, out) = drill(args).await;
+    eprintln!(
+        "registry-outage: {}",
+        serde_json::to_string(&report).unwrap_or_default()
+    );
+    assert_clean(code, &report, &out);
+    let facts = &report["facts"];
+    assert_eq!(facts["every_node_said_degraded"], true, "{out}");
+    for n in ["a", "b"] {
+        let seen = facts["readyz_seen"][n]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            seen.contains(&json!("registry_unreachable")),
+            "node {n} /readyz during the outage: {out}"
+        );
+    }
+    assert!(facts["longest_delivery_gap_ms"].is_u64(), "{out}");
+    // The start command ran: etcd answers and both nodes are plainly ready.
+    assert_eq!(status(&c, &format!("{etcd_url}/health")).await, 200);
+    for n in [a, b] {
+        let (s, body) = match c.get(format!("{}/readyz", n.url)).send().await {
+            Ok(r) => (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or_default(),
+            ),
+            Err(_) => (0, Value::Null),
+        };
+        assert_eq!((s, body["degraded"].is_null()), (200, true), "{body}");
+    }
 }

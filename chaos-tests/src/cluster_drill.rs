@@ -6,7 +6,11 @@
 //! - `proxy-failover`: `POST {proxy}/v1/admin/drain` on one of ≥ 2 proxies, watch the
 //!   canary publishers switch to another proxy, `…/undrain` after;
 //! - `scheduler-failover`: `POST {leader}/admin/step-down` on the scheduler leader, watch
-//!   another member lead a newer term.
+//!   another member lead a newer term;
+//! - `registry-outage`: run the operator's stop command for the cluster's registry (etcd;
+//!   e.g. `kill -STOP PID`), keep it down for a while, run the start command, and report
+//!   the longest delivery gap and what every node's `/readyz` said meanwhile
+//!   (docs/scheduler.md, "Registry outages").
 //!
 //! Canaries are published through the proxies (each key is its own producer group, so the
 //! proxy routes it to the node placement names) and consumed through a proxy from one
@@ -49,6 +53,20 @@ pub enum ClusterFault {
     ProxyDrain(Option<String>),
     /// Make the scheduler leader step down.
     SchedulerStepDown,
+    /// Take the cluster's registry (etcd) away: run `stop` with `sh -c`, keep it down for
+    /// `outage`, run `start`. Detection is a node's `/readyz` naming the degradation;
+    /// recovery is every node plainly ready again after the start.
+    RegistryOutage {
+        /// Stops the registry (every member), e.g. `kill -STOP PID`.
+        stop: String,
+        /// Brings it back, e.g. `kill -CONT PID`.
+        start: String,
+        /// How long it stays down.
+        outage: Duration,
+        /// The registry's client URLs (`http://host:2379`), checked before (reachable),
+        /// after the stop (not answering) and after the start (answering); may be empty.
+        etcd: Vec<String>,
+    },
 }
 
 impl ClusterFault {
@@ -58,6 +76,7 @@ impl ClusterFault {
             ClusterFault::NodeDrain(_) | ClusterFault::NodeCrash { .. } => "node-failover",
             ClusterFault::ProxyDrain(_) => "proxy-failover",
             ClusterFault::SchedulerStepDown => "scheduler-failover",
+            ClusterFault::RegistryOutage { .. } => "registry-outage",
         }
     }
 }
@@ -254,6 +273,9 @@ struct Observed {
     recovery: Option<Duration>,
     facts: BTreeMap<String, Value>,
     notes: Vec<String>,
+    /// The registry-outage stop command ran and the start command did not yet (the
+    /// restore runs it then, and only then).
+    registry_down: bool,
 }
 
 /// Runs one cluster drill. `interrupt` (Ctrl-C) cuts the fault short; the restore always
@@ -288,6 +310,18 @@ pub async fn run(
                 "scheduler-failover needs a scheduler member URL (--scheduler URL)".into(),
             ))
         }
+        ClusterFault::RegistryOutage { .. } if o.nodes.is_empty() => {
+            return Err(ChaosError::Drill(
+                "registry-outage needs the cluster's nodes (--node-url ID=URL each) to watch their /readyz".into(),
+            ))
+        }
+        ClusterFault::RegistryOutage { stop, start, .. }
+            if stop.trim().is_empty() || start.trim().is_empty() =>
+        {
+            return Err(ChaosError::Drill(
+                "registry-outage needs both --stop COMMAND and --start COMMAND".into(),
+            ))
+        }
         _ => {}
     }
     let problems = cluster_health(&c, o).await;
@@ -302,6 +336,15 @@ pub async fn run(
             "forced on a degraded cluster: {}",
             problems.join("; ")
         ));
+    }
+    if let ClusterFault::RegistryOutage { etcd, .. } = &fault {
+        for url in etcd {
+            if !etcd_answers(&c, url).await {
+                return Err(ChaosError::Drill(format!(
+                    "the registry at {url} does not answer /health; refusing to run (nothing was changed)"
+                )));
+            }
+        }
     }
     let target_proxy = match &fault {
         ClusterFault::ProxyDrain(p) => Some(
@@ -463,6 +506,7 @@ pub async fn run(
             o,
             target_node.as_deref(),
             target_proxy.as_deref(),
+            observed.registry_down,
         )
         .await;
         if let Err(e) = r {
@@ -482,6 +526,7 @@ pub async fn run(
             o,
             target_node.as_deref(),
             target_proxy.as_deref(),
+            observed.registry_down,
         )
         .await
         {
@@ -642,7 +687,24 @@ async fn restore(
     o: &ClusterDrillOptions,
     node: Option<&str>,
     proxy: Option<&str>,
+    registry_down: bool,
 ) -> Result<(), ChaosError> {
+    if let ClusterFault::RegistryOutage { start, .. } = fault {
+        if registry_down {
+            run_shell(start, "start").await?;
+        }
+        // Every node plainly ready again (no longer serving on promises).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !every_node_plainly_ready(c, o).await {
+            if Instant::now() > deadline {
+                return Err(ChaosError::Timeout(
+                    "every node plainly ready after the registry came back".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        return Ok(());
+    }
     if let ClusterFault::NodeCrash { .. } = fault {
         // Nothing to undo: its supervisor restarts it; wait for that a while.
         let Some(url) = node.and_then(|n| o.nodes.get(n)) else {
@@ -663,7 +725,7 @@ async fn restore(
             node.and_then(|n| o.nodes.get(n)).cloned()
         }
         ClusterFault::ProxyDrain(_) => proxy.map(str::to_string),
-        ClusterFault::SchedulerStepDown => None,
+        ClusterFault::SchedulerStepDown | ClusterFault::RegistryOutage { .. } => None,
     };
     let Some(url) = url else { return Ok(()) };
     post_admin(c, &format!("{url}/v1/admin/undrain")).await?;
@@ -825,6 +887,22 @@ async fn inject_and_watch(
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+        ClusterFault::RegistryOutage {
+            stop,
+            start,
+            outage,
+            etcd,
+        } => {
+            registry_outage(
+                c,
+                o,
+                (stop.as_str(), start.as_str(), *outage, etcd.as_slice()),
+                recorder,
+                injected,
+                obs,
+            )
+            .await?;
+        }
         ClusterFault::SchedulerStepDown => {
             let Some((v, members)) = scheduler_view(c, &o.schedulers).await else {
                 return Err(ChaosError::Drill("no scheduler member answers".into()));
@@ -898,4 +976,232 @@ fn lock_acked(p: &Publishers) -> u64 {
         .values()
         .map(|(n, _)| *n)
         .sum()
+}
+
+/// Runs `cmd` with `sh -c`; `what` names it in errors.
+async fn run_shell(cmd: &str, what: &str) -> Result<(), ChaosError> {
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .await
+        .map_err(|e| ChaosError::Io(format!("running the {what} command {cmd:?}: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(ChaosError::Drill(format!(
+            "the {what} command {cmd:?} failed: {status}"
+        )))
+    }
+}
+
+/// What a node's `/readyz` says: `ready`, the degradation's code (`registry_unreachable`:
+/// ready, serving on its peers' promises), the error code of a 503 (`registry_lease_lost`,
+/// …), or `unreachable`.
+pub async fn readyz_state(c: &reqwest::Client, url: &str) -> String {
+    let r = match c
+        .get(format!("{url}/readyz"))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(_) => return "unreachable".into(),
+    };
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    if let Some(code) = v["degraded"]["code"].as_str() {
+        code.to_string()
+    } else if status == 200 {
+        "ready".into()
+    } else if let Some(code) = v["error"]["code"].as_str() {
+        code.to_string()
+    } else {
+        format!("http_{status}")
+    }
+}
+
+async fn every_node_plainly_ready(c: &reqwest::Client, o: &ClusterDrillOptions) -> bool {
+    for url in o.nodes.values() {
+        if readyz_state(c, url).await != "ready" {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether an etcd member answers `/health` within a second.
+async fn etcd_answers(c: &reqwest::Client, url: &str) -> bool {
+    c.get(format!("{}/health", url.trim_end_matches('/')))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// The registry-outage fault: stop, watch (delivery gap, every node's `/readyz`), start,
+/// watch until every node is plainly ready again.
+async fn registry_outage(
+    c: &reqwest::Client,
+    o: &ClusterDrillOptions,
+    (stop, start, outage, etcd): (&str, &str, Duration, &[String]),
+    recorder: &PullRecorder,
+    injected: Instant,
+    obs: &mut Observed,
+) -> Result<(), ChaosError> {
+    obs.facts.insert("stop".into(), json!(stop));
+    obs.facts.insert("start".into(), json!(start));
+    obs.facts
+        .insert("outage_ms".into(), json!(outage.as_millis() as u64));
+    let delivered = || -> u64 {
+        recorder
+            .served_by
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|(n, _)| *n)
+            .sum()
+    };
+    let mut gap = GapWatch::new(delivered(), injected);
+    // Per node, every `/readyz` state seen from the stop until it was plainly ready again.
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut observe = |id: &str, state: String| {
+        let v = seen.entry(id.to_string()).or_default();
+        if !v.contains(&state) {
+            v.push(state);
+        }
+    };
+    // Whatever the stop command did, the restore runs the start command.
+    obs.registry_down = true;
+    run_shell(stop, "stop").await?;
+    for url in etcd {
+        if etcd_answers(c, url).await {
+            obs.notes.push(format!(
+                "the registry at {url} still answered /health after the stop command"
+            ));
+        }
+    }
+    let back_at = injected + outage;
+    while Instant::now() < back_at {
+        for (id, url) in &o.nodes {
+            let state = readyz_state(c, url).await;
+            if state != "ready" && obs.detection.is_none() {
+                obs.detection = Some(injected.elapsed());
+            }
+            observe(id, state);
+        }
+        gap.sample(delivered());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    obs.registry_down = false;
+    run_shell(start, "start").await?;
+    for url in etcd {
+        let deadline = Instant::now() + o.detect_timeout;
+        while !etcd_answers(c, url).await {
+            if Instant::now() > deadline {
+                obs.notes.push(format!(
+                    "the registry at {url} did not answer /health within {:?} of the start command",
+                    o.detect_timeout
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Recovery: every node plainly ready again.
+    let deadline = started + o.detect_timeout;
+    loop {
+        let mut all = true;
+        for (id, url) in &o.nodes {
+            let state = readyz_state(c, url).await;
+            all &= state == "ready";
+            observe(id, state);
+        }
+        gap.sample(delivered());
+        if all {
+            obs.recovery = Some(started.elapsed());
+            break;
+        }
+        if Instant::now() > deadline {
+            obs.notes.push(format!(
+                "not every node was plainly ready within {:?} of the start command",
+                o.detect_timeout
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gap.sample(delivered());
+    obs.facts
+        .insert("longest_delivery_gap_ms".into(), json!(gap.longest_ms()));
+    let degraded_all = o.nodes.keys().all(|id| {
+        seen.get(id)
+            .is_some_and(|s| s.iter().any(|x| x == "registry_unreachable"))
+    });
+    obs.facts.insert("readyz_seen".into(), json!(seen));
+    obs.facts
+        .insert("every_node_said_degraded".into(), json!(degraded_all));
+    Ok(())
+}
+
+/// The longest time without a new delivery, sampled: `sample(count)` with the running
+/// delivery count (a gap still open at the last sample counts up to it).
+#[derive(Debug, Clone)]
+pub struct GapWatch {
+    count: u64,
+    last_change: Instant,
+    longest: Duration,
+}
+
+impl GapWatch {
+    /// Starts watching at `since` with `count` deliveries so far.
+    pub fn new(count: u64, since: Instant) -> GapWatch {
+        GapWatch {
+            count,
+            last_change: since,
+            longest: Duration::ZERO,
+        }
+    }
+
+    /// Records the count now.
+    pub fn sample(&mut self, count: u64) {
+        self.sample_at(count, Instant::now());
+    }
+
+    /// Records the count at `now`.
+    pub fn sample_at(&mut self, count: u64, now: Instant) {
+        self.longest = self
+            .longest
+            .max(now.saturating_duration_since(self.last_change));
+        if count > self.count {
+            self.count = count;
+            self.last_change = now;
+        }
+    }
+
+    /// The longest gap seen (ms).
+    pub fn longest_ms(&self) -> u64 {
+        self.longest.as_millis() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gap_is_the_longest_time_without_a_new_delivery() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut g = GapWatch::new(5, t0);
+        g.sample_at(6, ms(100));
+        g.sample_at(6, ms(400));
+        g.sample_at(7, ms(900)); // 800 ms without a new delivery
+        g.sample_at(9, ms(1000));
+        assert_eq!(g.longest_ms(), 800);
+        // A gap still open counts up to the last sample.
+        g.sample_at(9, ms(2500));
+        assert_eq!(g.longest_ms(), 1500);
+    }
 }
