@@ -14,41 +14,8 @@ const T: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn webhook_retries_then_dead_letters() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = Meshd::start(dir.path(), &[]);
-    let c = client();
-    // "flaky" fails twice then succeeds; "doomed" always fails; others succeed.
-    let sink = Sink::start(|id, n| match id {
-        "flaky" if n <= 2 => 503,
-        "doomed" => 500,
-        _ => 200,
-    })
-    .await;
-    create_topic(&c, &m.url, "orders", json!({})).await;
-    let (status, body) = subscribe(
-        &c,
-        &m.url,
-        json!({
-            "name": "hook",
-            "topic": "orders",
-            "sink": {"webhook": {"url": sink.url, "timeout_ms": 2000}},
-            "delivery": {"max_attempts": 3, "initial_backoff_ms": 20, "max_backoff_ms": 200,
-                          "dead_letter_topic": "orders.dlq"}
-        }),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    publish(
-        &c,
-        &m.url,
-        "orders",
-        &[
-            event("flaky", "order.created", Some("a"), json!({"n": 1})),
-            event("doomed", "order.created", Some("b"), json!({"n": 2})),
-            event("fine", "order.created", Some("c"), json!({"n": 3})),
-        ],
-    )
-    .await;
+    let h = flaky_hook(|i| json!({ "n": i + 1 })).await;
+    let (m, c, sink) = (&h.meshd, h.client.clone(), &h.sink);
     // The flaky one arrives three times (two failures, one success), the fine one once.
     eventually("flaky delivered on its third attempt", T, || async {
         let ids = sink.ids();

@@ -199,45 +199,12 @@ async fn backlog_follows_a_pull_consumer_exactly() {
 
 #[tokio::test]
 async fn a_failing_webhook_shows_retries_last_error_and_dead_letters() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = Meshd::start(dir.path(), &[]);
-    let c = client();
-    // "flaky" fails twice then succeeds; "doomed" always fails; "fine" succeeds.
-    let sink = Sink::start(|id, n| match id {
-        "flaky" if n <= 2 => 503,
-        "doomed" => 500,
-        _ => 200,
-    })
-    .await;
-    create_topic(&c, &m.url, "orders", json!({})).await;
-    let (code, body) = subscribe(
-        &c,
-        &m.url,
-        json!({
-            "name": "hook",
-            "topic": "orders",
-            "sink": {"webhook": {"url": sink.url, "timeout_ms": 2000}},
-            "delivery": {"max_attempts": 3, "initial_backoff_ms": 20, "max_backoff_ms": 200,
-                          "dead_letter_topic": "orders.dlq"}
-        }),
-    )
-    .await;
-    assert_eq!(code, 201, "{body}");
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    publish(
-        &c,
-        &m.url,
-        "orders",
-        &[
-            event("flaky", "order.created", Some("a"), json!({})),
-            event("doomed", "order.created", Some("b"), json!({})),
-            event("fine", "order.created", Some("c"), json!({})),
-        ],
-    )
-    .await;
+    let h = flaky_hook(|_| json!({})).await;
+    let (m, c) = (&h.meshd, h.client.clone());
     let s = eventually("every event finished", T, || async {
         let s = status(&c, &m.url, "hook").await;
         (s.delivered + s.dead_lettered == 3 && s.backlog_events == 0).then_some(s)

@@ -556,13 +556,7 @@ impl Node {
     /// Delivers a subscription again from its committed positions (where this node runs
     /// its group).
     pub async fn resume_delivery(&self, name: &str) -> Result<(), NodeError> {
-        let sub =
-            self.read_subs()
-                .get(name)
-                .cloned()
-                .ok_or_else(|| NodeError::SubscriptionNotFound {
-                    name: name.to_string(),
-                })?;
+        let sub = self.compiled_subscription(name)?;
         if self.should_run(&sub.spec) {
             self.delivery.start(sub).await?;
         }
@@ -972,9 +966,17 @@ impl Node {
 
     /// One subscription's spec.
     pub fn subscription(&self, name: &str) -> Result<SubscriptionSpec, NodeError> {
+        self.compiled_subscription(name).map(|s| s.spec.clone())
+    }
+
+    /// One subscription, compiled.
+    pub(crate) fn compiled_subscription(
+        &self,
+        name: &str,
+    ) -> Result<Arc<CompiledSubscription>, NodeError> {
         self.read_subs()
             .get(name)
-            .map(|s| s.spec.clone())
+            .cloned()
             .ok_or_else(|| NodeError::SubscriptionNotFound {
                 name: name.to_string(),
             })

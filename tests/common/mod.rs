@@ -523,3 +523,53 @@ pub fn id_of(pulled: &Value) -> String {
 pub async fn status_of(req: reqwest::RequestBuilder) -> u16 {
     req.send().await.unwrap().status().as_u16()
 }
+
+/// A node with topic `orders` and a webhook subscription `hook` (3 attempts, dead-letter
+/// topic `orders.dlq`) whose sink fails event `flaky` twice then accepts it, always fails
+/// `doomed` (500) and accepts everything else; then publishes `flaky`, `doomed` and `fine`
+/// (keys a, b, c), with `data` from `data(i)`.
+pub struct FlakyHook {
+    pub dir: tempfile::TempDir,
+    pub meshd: Meshd,
+    pub client: reqwest::Client,
+    pub sink: Sink,
+}
+
+pub async fn flaky_hook(data: impl Fn(usize) -> Value) -> FlakyHook {
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(dir.path(), &[]);
+    let c = client();
+    let sink = Sink::start(|id, n| match id {
+        "flaky" if n <= 2 => 503,
+        "doomed" => 500,
+        _ => 200,
+    })
+    .await;
+    create_topic(&c, &meshd.url, "orders", serde_json::json!({})).await;
+    let (status, body) = subscribe(
+        &c,
+        &meshd.url,
+        serde_json::json!({
+            "name": "hook",
+            "topic": "orders",
+            "sink": {"webhook": {"url": sink.url, "timeout_ms": 2000}},
+            "delivery": {"max_attempts": 3, "initial_backoff_ms": 20, "max_backoff_ms": 200,
+                          "dead_letter_topic": "orders.dlq"}
+        }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let events: Vec<Value> = ["flaky", "doomed", "fine"]
+        .iter()
+        .zip(["a", "b", "c"])
+        .enumerate()
+        .map(|(i, (id, key))| event(id, "order.created", Some(key), data(i)))
+        .collect();
+    publish(&c, &meshd.url, "orders", &events).await;
+    FlakyHook {
+        dir,
+        meshd,
+        client: c,
+        sink,
+    }
+}

@@ -120,13 +120,7 @@ impl Node {
         start: StartPosition,
     ) -> Result<SeekResponse, NodeError> {
         let _guard = self.admin.lock().await;
-        let sub =
-            self.read_subs()
-                .get(name)
-                .cloned()
-                .ok_or_else(|| NodeError::SubscriptionNotFound {
-                    name: name.to_string(),
-                })?;
+        let sub = self.compiled_subscription(name)?;
         self.check_served(name)?;
         self.check_start(&sub.spec.topic, &start, "").await?;
         let positions = self.delivery.seek(sub, &start).await?;
