@@ -299,9 +299,18 @@ async fn a_one_percent_link_costs_a_small_fraction_of_an_unfiltered_one() {
     );
     assert!(few.progress > 0, "the cursor moved by progress marks");
     // What the link wrote is what the peer read (frames and prefixes), and it is all of
-    // the events' bytes plus framing, below what QUIC put on the wire.
-    assert_eq!(few.bytes_sent, few.bytes_received_by_b);
-    assert_eq!(all.bytes_sent, all.bytes_received_by_b);
+    // the events' bytes plus framing, below what QUIC put on the wire. The two counters
+    // are read one after the other while control frames (progress, marks) keep flowing,
+    // so one small frame may be in flight at either reading: allow that, no more.
+    const IN_FLIGHT: u64 = 512;
+    for (name, p) in [("1 %", &few), ("unfiltered", &all)] {
+        assert!(
+            p.bytes_sent.abs_diff(p.bytes_received_by_b) <= IN_FLIGHT,
+            "{name}: sent {} but the peer read {}",
+            p.bytes_sent,
+            p.bytes_received_by_b
+        );
+    }
     assert!(all.bytes_sent > (N as u64) * 300 && all.bytes_sent < all.wire_bytes);
     assert!(
         ratio <= 0.03,
