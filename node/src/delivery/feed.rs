@@ -29,7 +29,11 @@ use crate::store::EventStore;
 
 /// Records queued for one reader before it is detached (small in unit tests, so they
 /// exercise detaching).
-pub const QUEUE_CAP: usize = if cfg!(test) { 64 } else { 16 * 1024 };
+pub const QUEUE_CAP: usize = if cfg!(test) { 64 } else { 1024 };
+/// Records queued for all the readers of one feed together: past it, a reader the feed
+/// would queue for is detached instead (its queue dropped), so many slow readers with
+/// sparse filters cannot hold more than this many decoded events in memory.
+pub const FEED_QUEUE_CAP: usize = if cfg!(test) { 4096 } else { 16 * 1024 };
 /// Records the feed reads per batch.
 const FEED_BATCH: usize = 1024;
 /// Pause after a store failure before reading again.
@@ -72,6 +76,8 @@ struct State {
     next: u64,
     matcher: Matcher,
     slots: HashMap<u64, Slot>,
+    /// Records queued over all slots.
+    queued: usize,
     next_id: u64,
     /// The task is running.
     running: bool,
@@ -131,6 +137,7 @@ impl Feeds {
                             next: end,
                             matcher: Matcher::new(),
                             slots: HashMap::new(),
+                            queued: 0,
                             next_id: 1,
                             running: false,
                         }),
@@ -210,7 +217,8 @@ impl FeedReader {
         self.scanned.borrow_and_update();
         let mut st = lock(&self.feed.state);
         let next = st.next;
-        let Some(slot) = st.slots.get_mut(&self.id) else {
+        let State { slots, queued, .. } = &mut *st;
+        let Some(slot) = slots.get_mut(&self.id) else {
             return Taken {
                 entries: Vec::new(),
                 scanned: self.from,
@@ -218,6 +226,7 @@ impl FeedReader {
             };
         };
         let entries: Vec<FeedEntry> = slot.queue.drain(..).collect();
+        *queued -= entries.len();
         match slot.detached_at {
             Some(at) => Taken {
                 entries,
@@ -237,7 +246,9 @@ impl FeedReader {
     pub fn rejoin(&mut self) -> u64 {
         let mut st = lock(&self.feed.state);
         let next = st.next;
-        if let Some(slot) = st.slots.get_mut(&self.id) {
+        let State { slots, queued, .. } = &mut *st;
+        if let Some(slot) = slots.get_mut(&self.id) {
+            *queued -= slot.queue.len();
             slot.queue.clear();
             slot.detached_at = None;
         }
@@ -255,6 +266,7 @@ impl Drop for FeedReader {
     fn drop(&mut self) {
         let mut st = lock(&self.feed.state);
         if let Some(slot) = st.slots.remove(&self.id) {
+            st.queued -= slot.queue.len();
             if slot.in_matcher {
                 st.matcher.remove(self.id);
             }
@@ -324,7 +336,7 @@ async fn run(feeds: Arc<Feeds>, feed: Arc<Feed>) {
             if !st.matcher.is_empty() {
                 matched.extend(st.matcher.matches(&event));
             }
-            let State { slots, .. } = &mut *st;
+            let State { slots, queued, .. } = &mut *st;
             for (id, slot) in slots.iter() {
                 if !slot.in_matcher && slot.filter.as_ref().is_none_or(|f| f.matches(&event)) {
                     matched.push(*id);
@@ -341,6 +353,15 @@ async fn run(feeds: Arc<Feeds>, feed: Arc<Feed>) {
                     slot.detached_at = Some(offset);
                     continue;
                 }
+                if *queued >= FEED_QUEUE_CAP {
+                    // Detached where its queue begins: the queue is dropped, and everything
+                    // before that offset was taken or does not match.
+                    slot.detached_at = Some(slot.queue.front().map_or(offset, |e| e.offset));
+                    *queued -= slot.queue.len();
+                    slot.queue.clear();
+                    continue;
+                }
+                *queued += 1;
                 slot.queue.push_back(FeedEntry {
                     offset,
                     timestamp_ms,

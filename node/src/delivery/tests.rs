@@ -1454,6 +1454,36 @@ async fn many_filtered_subscriptions_share_one_read_of_the_partition() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_slow_readers_are_detached_at_the_feed_cap_and_lose_nothing() {
+    let env = env("orders", 1).await;
+    // 100 subscriptions nobody pulls, each wanting every event: their queues together
+    // pass FEED_QUEUE_CAP long before any one reaches QUEUE_CAP.
+    let subs = 100;
+    assert!(subs * feed::QUEUE_CAP > feed::FEED_QUEUE_CAP);
+    for s in 0..subs {
+        env.delivery
+            .start(pull_sub(
+                &format!("s{s}"),
+                serde_json::json!({"filter": {"pattern": {"data": {"i": [{"exists": true}]}}}}),
+            ))
+            .await
+            .unwrap();
+    }
+    let n = 300;
+    publish(
+        &env,
+        "orders",
+        &(0..n).map(|i| keyed_event(i, 0)).collect::<Vec<_>>(),
+    )
+    .await;
+    let all: Vec<String> = (0..n).map(|i| format!("e{i}")).collect();
+    for s in [0, 42, subs - 1] {
+        assert_eq!(pull_all(&env, &format!("s{s}"), n).await, all, "s{s}");
+    }
+    env.delivery.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_behind_the_feed_reads_the_store_and_loses_nothing() {
     let env = env("orders", 1).await;
     // A pull subscription nobody pulls from: its queue passes QUEUE_CAP and it detaches.
