@@ -178,23 +178,14 @@ async fn missing_after(sink: &Sink, acked: &[String], within: Duration) -> Vec<S
 /// The topic and the webhook subscription of [`GROUP`] to `sink`, through `proxy`; waits
 /// until a node owns the group and deliveries flow. Returns the owner.
 async fn subscribe(cl: &Cluster, c: &reqwest::Client, proxy: &str, sink: &Sink) -> String {
-    let r = c
-        .put(format!("{proxy}/v1/topics/{TOPIC}"))
-        .json(&json!({"partitions": 2}))
-        .send()
-        .await
-        .expect("put topic");
-    assert!(r.status().is_success(), "{}", r.status());
-    let r = c
-        .post(format!("{proxy}/v1/subscriptions"))
-        .json(
-            &json!({"name": GROUP, "topic": TOPIC, "group": GROUP, "mode": "CLUSTERING",
-            "sink": {"webhook": {"urls": [sink.url]}}}),
-        )
-        .send()
-        .await
-        .expect("subscribe");
-    assert!(r.status().is_success(), "{}", r.status());
+    clustering_subscription(
+        c,
+        proxy,
+        TOPIC,
+        GROUP,
+        json!({"webhook": {"urls": [sink.url]}}),
+    )
+    .await;
     assert!(
         until(Duration::from_secs(30), || async {
             cl.owner(c, GROUP).await.is_some()

@@ -164,29 +164,37 @@ async fn the_gate_and_the_catalog_seams() {
     node.shutdown().await;
 }
 
+/// Runs `req` through the node's HTTP router; the status and body of the answer.
+async fn call_router(
+    node: Arc<Node>,
+    req: axum::http::Request<axum::body::Body>,
+) -> (u16, axum::body::Bytes) {
+    use tower::ServiceExt as _;
+    let r = meshd_node::http::router(node)
+        .oneshot(req)
+        .await
+        .expect("answer");
+    let status = r.status().as_u16();
+    let body = axum::body::to_bytes(r.into_body(), 1 << 16)
+        .await
+        .expect("body");
+    (status, body)
+}
+
 /// `/readyz` tells the truth: a node whose registry lease is lost (it delivers nothing and
 /// no proxy lists it) answers 503 `registry_lease_lost`, and ready again once it holds a
 /// lease.
 #[tokio::test]
 async fn readyz_is_not_ready_while_the_lease_is_lost() {
-    use tower::ServiceExt as _;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = NodeConfig::new(dir.path());
     cfg.placement_gated = true;
     let node = Node::open(cfg).await.expect("open");
     let probe = |node: Arc<Node>| async move {
-        let r = meshd_node::http::router(node)
-            .oneshot(
-                axum::http::Request::get("/readyz")
-                    .body(axum::body::Body::empty())
-                    .expect("request"),
-            )
-            .await
-            .expect("answer");
-        let status = r.status().as_u16();
-        let body = axum::body::to_bytes(r.into_body(), 1 << 16)
-            .await
-            .expect("body");
+        let req = axum::http::Request::get("/readyz")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let (status, body) = call_router(node, req).await;
         (status, String::from_utf8_lossy(&body).into_owned())
     };
     assert_eq!(probe(node.clone()).await.0, 200);
@@ -204,7 +212,6 @@ async fn readyz_is_not_ready_while_the_lease_is_lost() {
 /// cluster member, and passes the membership's answer through.
 #[tokio::test]
 async fn promises_and_degraded_readiness() {
-    use tower::ServiceExt as _;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = NodeConfig::new(dir.path());
     cfg.placement_gated = true;
@@ -212,14 +219,7 @@ async fn promises_and_degraded_readiness() {
         Some(meshd_core::internal::InternalToken::new("0123456789abcdef0123").expect("token"));
     let node = Node::open(cfg).await.expect("open");
     let call = |node: Arc<Node>, req: axum::http::Request<axum::body::Body>| async move {
-        let r = meshd_node::http::router(node)
-            .oneshot(req)
-            .await
-            .expect("answer");
-        let status = r.status().as_u16();
-        let body = axum::body::to_bytes(r.into_body(), 1 << 16)
-            .await
-            .expect("body");
+        let (status, body) = call_router(node, req).await;
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         (status, v)
     };

@@ -304,10 +304,17 @@ impl Cluster {
     }
 }
 
-/// Creates the canary topic and a CLUSTERING pull subscription `name` through `proxy`.
-pub async fn canary_subscription(c: &reqwest::Client, proxy: &str, name: &str) {
+/// Creates `topic` (2 partitions) and a CLUSTERING subscription `name` with `sink` (a
+/// sink body) through `proxy`.
+pub async fn clustering_subscription(
+    c: &reqwest::Client,
+    proxy: &str,
+    topic: &str,
+    name: &str,
+    sink: Value,
+) {
     let r = c
-        .put(format!("{proxy}/v1/topics/{}", meshd_chaos::canary::TOPIC))
+        .put(format!("{proxy}/v1/topics/{topic}"))
         .json(&json!({"partitions": 2}))
         .send()
         .await
@@ -315,12 +322,22 @@ pub async fn canary_subscription(c: &reqwest::Client, proxy: &str, name: &str) {
     assert!(r.status().is_success(), "{}", r.status());
     let r = c
         .post(format!("{proxy}/v1/subscriptions"))
-        .json(
-            &json!({"name": name, "topic": meshd_chaos::canary::TOPIC, "group": name,
-            "mode": "CLUSTERING", "sink": {"pull": {}}}),
-        )
+        .json(&json!({"name": name, "topic": topic, "group": name,
+            "mode": "CLUSTERING", "sink": sink}))
         .send()
         .await
         .expect("subscribe");
     assert!(r.status().is_success(), "{}", r.status());
+}
+
+/// Creates the canary topic and a CLUSTERING pull subscription `name` through `proxy`.
+pub async fn canary_subscription(c: &reqwest::Client, proxy: &str, name: &str) {
+    clustering_subscription(
+        c,
+        proxy,
+        meshd_chaos::canary::TOPIC,
+        name,
+        json!({"pull": {}}),
+    )
+    .await;
 }

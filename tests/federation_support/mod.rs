@@ -270,17 +270,7 @@ pub async fn start_triangle(
     for n in [&a, &b, &cc] {
         topic(c, n, "orders", partitions).await;
     }
-    let r = c
-        .post(cc.at("/v1/subscriptions"))
-        .json(subscription)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        r.status().is_success(),
-        "subscribe: {}",
-        r.text().await.unwrap()
-    );
+    post_subscription(c, &cc, subscription).await;
     wait_connected(c, &a, "b").await;
     wait_connected(c, &a, "c").await;
     wait_connected(c, &b, "c").await;
@@ -310,9 +300,14 @@ pub async fn subscribe(
     if let Some(f) = filter {
         body["filter"] = f;
     }
+    post_subscription(c, node, &body).await;
+}
+
+/// Creates the subscription `body` on `node`; panics with the answer unless it succeeds.
+pub async fn post_subscription(c: &reqwest::Client, node: &Meshd, body: &Value) {
     let r = c
         .post(node.at("/v1/subscriptions"))
-        .json(&body)
+        .json(body)
         .send()
         .await
         .unwrap();
