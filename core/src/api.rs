@@ -1223,6 +1223,126 @@ pub struct MeshLinkPreviousError {
     pub cleared_at_ms: u64,
 }
 
+/// Answer of `GET /v1/trace?source=S&id=ID`: an event's life across the mesh, as the
+/// clusters that answered recorded it (docs/api.md, "Trace").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct TraceAnswer {
+    /// The event's `source`.
+    pub source: String,
+    /// The event's `id`.
+    pub id: String,
+    /// Every record found, oldest first (by `at_ms`, then cluster and node).
+    pub records: Vec<TraceRecord>,
+    /// Every cluster asked (the answering one first) and whether it answered in time.
+    pub clusters: Vec<TraceClusterAnswer>,
+}
+
+/// One step of an event's life ([`TraceAnswer::records`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TraceRecord {
+    /// The cluster where it happened.
+    pub cluster: String,
+    /// The node where it happened.
+    pub node: String,
+    /// When, ms since the epoch.
+    pub at_ms: u64,
+    /// What happened, with its details; serialized flat as `"kind": "stored", ...`.
+    #[serde(flatten)]
+    pub kind: TraceKind,
+}
+
+/// What a [`TraceRecord`] says happened.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TraceKind {
+    /// Appended to a topic's log (published here, or received from a link and stored).
+    Stored {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The offset.
+        offset: u64,
+    },
+    /// Sent to a peer cluster on its link.
+    Forwarded {
+        /// The peer cluster.
+        peer: String,
+        /// The topic.
+        topic: String,
+    },
+    /// Received from a peer cluster on its link (a `stored` record follows unless it
+    /// was a duplicate).
+    Received {
+        /// The peer cluster it came from.
+        peer: String,
+        /// The topic.
+        topic: String,
+        /// The cluster where it was first published.
+        origin: String,
+    },
+    /// Received from a link and dropped: already stored here.
+    Duplicate {
+        /// The peer cluster it came from.
+        peer: String,
+        /// The topic.
+        topic: String,
+    },
+    /// A subscription's filter accepted it.
+    Matched {
+        /// The subscription.
+        subscription: String,
+    },
+    /// A subscription's filter skipped it.
+    NotMatched {
+        /// The subscription.
+        subscription: String,
+    },
+    /// Handed to a subscription's sink and accepted (a webhook answered 2xx, a pull
+    /// consumer acknowledged it).
+    Delivered {
+        /// The subscription.
+        subscription: String,
+        /// Which attempt succeeded (1 = the first).
+        attempt: u32,
+        /// The webhook's HTTP status (`None` for pull).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+        /// From the event's store time to the sink's acceptance, ms.
+        latency_ms: u64,
+    },
+    /// An attempt failed and will be retried.
+    Retried {
+        /// The subscription.
+        subscription: String,
+        /// The attempt that failed (1 = the first).
+        attempt: u32,
+        /// Why (`http 503`, `timeout`, ...).
+        error: String,
+    },
+    /// Out of attempts: sent to the dead-letter topic (or dropped without one).
+    DeadLettered {
+        /// The subscription.
+        subscription: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One cluster asked for a trace ([`TraceAnswer::clusters`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct TraceClusterAnswer {
+    /// The cluster.
+    pub cluster: String,
+    /// Whether it answered within the time allowed.
+    pub answered: bool,
+    /// Records it contributed.
+    pub records: u64,
+    /// Why it did not answer (`unreachable`, `timeout`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1299,5 +1419,32 @@ mod tests {
         let e = far.validate("").unwrap_err();
         assert_eq!(e.field, format!("offsets.{MAX_PARTITIONS}"));
         assert!(StartPosition::Earliest.validate("start").is_ok());
+    }
+
+    #[test]
+    fn trace_records_are_flat_with_a_kind() {
+        let r = TraceRecord {
+            cluster: "a".into(),
+            node: "a-1".into(),
+            at_ms: 5,
+            kind: TraceKind::Stored {
+                topic: "orders".into(),
+                partition: 2,
+                offset: 9,
+            },
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"cluster": "a", "node": "a-1", "at_ms": 5,
+                "kind": "stored", "topic": "orders", "partition": 2, "offset": 9})
+        );
+        assert_eq!(serde_json::from_value::<TraceRecord>(v).unwrap(), r);
+        let d = serde_json::to_value(TraceKind::DeadLettered {
+            subscription: "s".into(),
+            reason: "x".into(),
+        })
+        .unwrap();
+        assert_eq!(d["kind"], "dead_lettered");
     }
 }
