@@ -497,6 +497,11 @@ impl Node {
         let _ = self.mesh.set(status);
     }
 
+    /// Whether a federation bridge is attached (`--topology`).
+    pub fn runs_bridge(&self) -> bool {
+        self.mesh.get().is_some()
+    }
+
     /// The federation bridge's status, when a bridge is attached.
     pub fn mesh_status(&self) -> Option<meshd_core::api::MeshStatus> {
         self.mesh.get().map(|f| f())

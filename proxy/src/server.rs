@@ -92,6 +92,9 @@ enum Op {
     /// `POST /v1/subscriptions/{name}/seek`: to the node delivering it, like a pull.
     SubSeek(String),
     Cluster,
+    /// `GET /v1/mesh` (`false`), `POST /v1/mesh/links/{peer}/{action}` and
+    /// `POST /v1/mesh/failover` (`true`): to the node running the bridge.
+    Mesh(bool),
     /// `POST /v1/admin/drain` (`true`) or `/v1/admin/undrain` (`false`).
     Drain(bool),
 }
@@ -185,6 +188,10 @@ fn classify(method: &Method, path: &str) -> Result<Op, Reject> {
         ["readyz"] => (method == Method::GET).then_some(Op::Ready),
         ["metrics"] => (method == Method::GET).then_some(Op::Metrics),
         ["v1", "cluster"] => (method == Method::GET).then_some(Op::Cluster),
+        ["v1", "mesh"] => (method == Method::GET).then_some(Op::Mesh(false)),
+        ["v1", "mesh", "failover"] | ["v1", "mesh", "links", _, _] => {
+            (method == Method::POST).then_some(Op::Mesh(true))
+        }
         ["v1", "admin", "drain"] => (method == Method::POST).then_some(Op::Drain(true)),
         ["v1", "admin", "undrain"] => (method == Method::POST).then_some(Op::Drain(false)),
         ["v1", "tokens"] => match *method {
@@ -691,7 +698,10 @@ impl Proxy {
             Op::TopicRead(t) => self.require_any(&token, t)?,
             // Reading stored events takes what reading them through a subscription takes.
             Op::TopicBrowse(t) => self.require(&token, Action::Subscribe, Some(t))?,
-            Op::TopicList | Op::SubList => self.require(&token, Action::Admin, None)?,
+            Op::TopicList | Op::SubList | Op::Mesh(false) => {
+                self.require(&token, Action::Admin, None)?
+            }
+            Op::Mesh(true) => self.require(&token, Action::ClusterAdmin, None)?,
             Op::TokensList | Op::TokensCreate | Op::TokensRevoke(_) => {
                 self.require(&token, Action::ClusterAdmin, None)?;
             }
@@ -804,6 +814,18 @@ impl Proxy {
             }
             Op::TopicRead(t) | Op::TopicBrowse(t) => {
                 (inner.routing.for_key(&format!("topic:{t}")), None, 1)
+            }
+            Op::Mesh(_) => {
+                let to = inner.routing.for_mesh();
+                if to.is_empty() {
+                    return Err(Reject::new(
+                        StatusCode::NOT_FOUND,
+                        "no_mesh",
+                        "no node of this cluster runs a federation bridge (a node started \
+                         with --topology and --certs-dir, or [mesh] in cluster up's config)",
+                    ));
+                }
+                (to, None, 1)
             }
             _ => (inner.routing.for_key("admin"), None, 1),
         };
@@ -1477,6 +1499,24 @@ mod tests {
         );
         assert_eq!(
             classify(&Method::GET, "/v1/subscriptions/s/seek")
+                .err()
+                .map(|r| r.status),
+            Some(StatusCode::METHOD_NOT_ALLOWED)
+        );
+        assert_eq!(
+            classify(&Method::GET, "/v1/mesh").ok(),
+            Some(Op::Mesh(false))
+        );
+        assert_eq!(
+            classify(&Method::POST, "/v1/mesh/links/b/pause").ok(),
+            Some(Op::Mesh(true))
+        );
+        assert_eq!(
+            classify(&Method::POST, "/v1/mesh/failover").ok(),
+            Some(Op::Mesh(true))
+        );
+        assert_eq!(
+            classify(&Method::DELETE, "/v1/mesh")
                 .err()
                 .map(|r| r.status),
             Some(StatusCode::METHOD_NOT_ALLOWED)
