@@ -71,6 +71,16 @@ impl OffsetTracker {
         }
     }
 
+    /// Whether `offset` is done.
+    pub fn is_done(&self, offset: u64) -> bool {
+        offset < self.next
+            || self
+                .done
+                .range(..=offset)
+                .next_back()
+                .is_some_and(|(_, e)| offset < *e)
+    }
+
     /// The offset that may be committed now.
     pub fn commit_point(&self) -> u64 {
         self.next
