@@ -118,6 +118,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn is_done_sees_the_prefix_and_the_ranges_beyond_a_gap() {
+        let mut t = OffsetTracker::new(10);
+        t.complete_range(12, 15);
+        assert!(t.is_done(9), "below the start");
+        assert!(!t.is_done(10) && !t.is_done(11));
+        assert!(t.is_done(12) && t.is_done(14));
+        assert!(!t.is_done(15));
+        t.complete(10);
+        t.complete(11);
+        assert!(t.is_done(11) && t.is_done(14) && !t.is_done(15));
+    }
+
+    #[test]
     fn commits_only_the_contiguous_prefix() {
         let mut t = OffsetTracker::new(10);
         assert_eq!(t.take_commit(), None);

@@ -28,14 +28,14 @@ pub enum ReplayEntry {
     /// Started by this process.
     Live(Arc<ReplayHandle>),
     /// Read back at start (ended: completed, cancelled, failed or interrupted).
-    Stored(ReplayStatus),
+    Stored(Box<ReplayStatus>),
 }
 
 impl ReplayEntry {
     fn status(&self) -> ReplayStatus {
         match self {
             ReplayEntry::Live(h) => h.status(),
-            ReplayEntry::Stored(s) => s.clone(),
+            ReplayEntry::Stored(s) => ReplayStatus::clone(s),
         }
     }
 }
@@ -72,7 +72,7 @@ impl Node {
                 self.save_replay(&after).await;
             }
             self.replay_table()
-                .insert(after.name.clone(), ReplayEntry::Stored(after));
+                .insert(after.name.clone(), ReplayEntry::Stored(Box::new(after)));
         }
         Ok(())
     }
