@@ -5,11 +5,13 @@
 //! (nothing more arrives after the answer); bad requests answer 4xx and start nothing; a
 //! replay running when the node dies reads back as failed (interrupted); and the CLI.
 
+mod cluster_support;
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cluster_support::Cluster;
 use common::*;
 use meshd_core::api::format_time_ms;
 use serde_json::{json, Value};
@@ -488,4 +490,89 @@ async fn replays_redeliver_a_window_to_one_subscription() {
     ]);
     assert!(!ok, "from after to is refused");
     assert!(err.contains("to"), "{err}");
+}
+
+/// In a cluster (two nodes on a shared Pulsar store, two proxies): the node that does not
+/// deliver the subscription forwards the replay to the one that does; the reads and the
+/// cancel find it with `?subscription=`, through a node or a proxy; consumers pulling
+/// through a proxy get the window marked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_the_node_delivering_the_subscription_replays() {
+    let cl = Cluster::start().await;
+    let c = client();
+    let (p1, p2) = (cl.proxies[0].url.as_str(), cl.proxies[1].url.as_str());
+    create_topic(&c, p1, "orders", json!({"partitions": 2})).await;
+    let (status, body) = subscribe(
+        &c,
+        p1,
+        json!({"name": "s", "topic": "orders", "sink": {"pull": {}}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let owner = eventually("placement gives group s a node", T, || async {
+        cl.owner(&c, "s").await
+    })
+    .await;
+    let mut other = None;
+    for n in &cl.nodes {
+        if get_json(&c, &n.at("/v1/cluster")).await["node"] != owner.as_str() {
+            other = Some(n);
+        }
+    }
+    let other = other.expect("a node that does not own the group");
+    let ev = |id: &str| event(id, "order.created", Some(id), json!({}));
+    publish(&c, p1, "orders", &[ev("a0"), ev("a1")]).await;
+    let after_a = now_ms();
+    while now_ms() <= after_a {
+        tokio::task::yield_now().await;
+    }
+    publish(&c, p1, "orders", &[ev("b0"), ev("b1"), ev("b2")]).await;
+    let after_b = now_ms();
+    while now_ms() <= after_b {
+        tokio::task::yield_now().await;
+    }
+    // The live events first (s started at latest, before them).
+    assert_eq!(drain(&c, p1, "s", "c", 5).await.len(), 5);
+
+    let (status, started) = answer(c.post(format!("{}/v1/replays", other.url)).json(&json!({
+        "name": "r", "topic": "orders", "subscription": "s",
+        "from": format_time_ms(after_a + 1), "to": format_time_ms(after_b + 1)})))
+    .await;
+    assert_eq!(status, 201, "{started}");
+    assert_eq!(
+        started["node"],
+        owner.as_str(),
+        "it runs where s is delivered: {started}"
+    );
+    let pulled = drain(&c, p2, "s", "c", 3).await;
+    let got: BTreeSet<String> = pulled.iter().map(id_of).collect();
+    assert_eq!(
+        got,
+        ["b0", "b1", "b2"].iter().map(|s| s.to_string()).collect()
+    );
+    assert!(
+        pulled.iter().all(|e| e["event"]["meshdreplay"] == "r"),
+        "{pulled:?}"
+    );
+    for base in [other.url.as_str(), p1, p2] {
+        let url = format!("{base}/v1/replays/r?subscription=s");
+        let s = eventually("r completed", T, || async {
+            let s = get_json(&c, &url).await;
+            (s["state"] == "completed").then_some(s)
+        })
+        .await;
+        assert_eq!(s["events_replayed"], 3, "{base}: {s}");
+        let list = get_json(&c, &format!("{base}/v1/replays?subscription=s")).await;
+        assert_eq!(list["replays"][0]["name"], "r", "{base}: {list}");
+    }
+    // Without the subscription a node answers only its own replays.
+    let (status, _) = answer(c.get(format!("{}/v1/replays/r", other.url))).await;
+    assert_eq!(status, 404);
+    let (status, ended) =
+        answer(c.post(format!("{}/v1/replays/r/cancel?subscription=s", other.url))).await;
+    assert_eq!(
+        (status, ended["error"]["code"].clone()),
+        (409, json!("replay_ended")),
+        "{ended}"
+    );
 }
