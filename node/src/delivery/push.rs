@@ -118,6 +118,7 @@ pub async fn start(
                 urls: urls.clone(),
                 timeout,
                 options,
+                replay: false,
             };
             running
                 .tasks
@@ -170,6 +171,7 @@ pub fn start_replay_lanes(
             urls: urls.clone(),
             timeout,
             options,
+            replay: true,
         };
         tasks.push(tokio::spawn(lane.run(rx).instrument(span.clone())));
     }
@@ -247,6 +249,9 @@ struct Lane {
     urls: Arc<Vec<String>>,
     timeout: Duration,
     options: DeliveryOptions,
+    /// A replay's lane: no delivery latency is observed (store time to now means nothing
+    /// for an event stored long ago).
+    replay: bool,
 }
 
 impl Lane {
@@ -273,7 +278,9 @@ impl Lane {
             let done = match outcome {
                 Outcome::Delivered => {
                     self.ctx.metrics.delivered.with_label_values(&labels).inc();
-                    observe_latency(&self.ctx, item.timestamp_ms);
+                    if !self.replay {
+                        observe_latency(&self.ctx, item.timestamp_ms);
+                    }
                     true
                 }
                 Outcome::Failed(dl) => dead_letter(&self.ctx, &item.event, &dl).await,
