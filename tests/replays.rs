@@ -299,6 +299,13 @@ async fn replays_redeliver_a_window_to_one_subscription() {
     assert_eq!(done["events_replayed"], PER_WINDOW / 2, "{done}");
     assert_eq!(done["events_scanned"], PER_WINDOW, "{done}");
     assert_eq!(done["progress"], 1.0);
+    let metrics = get_text(&c, &format!("{base}/metrics")).await;
+    for (sub, n) in [("hook", PER_WINDOW), ("audit", PER_WINDOW / 2)] {
+        let line = format!(
+            "meshd_node_events_replayed_total{{subscription=\"{sub}\",topic=\"orders\"}} {n}"
+        );
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
     // Acking a replayed event again: unknown (it was finished).
     let again = ack(&c, &base, "audit", "default", &pulled[..1]).await;
     assert_eq!(again["acknowledged"], 0, "{again}");

@@ -44,17 +44,20 @@ pub struct ReplayHandle {
     state: watch::Sender<ReplayState>,
     stop: watch::Sender<bool>,
     finished: watch::Sender<bool>,
+    /// `meshd_node_events_replayed_total` of the target subscription.
+    replayed: Option<prometheus::IntCounter>,
 }
 
 impl ReplayHandle {
-    /// A handle for `run` (not started).
-    pub fn new(run: ReplayRun) -> Arc<ReplayHandle> {
+    /// A handle for `run` (not started); `replayed` counts the events it finishes.
+    pub fn new(run: ReplayRun, replayed: Option<prometheus::IntCounter>) -> Arc<ReplayHandle> {
         let state = run.state();
         Arc::new(ReplayHandle {
             run: Mutex::new(run),
             state: watch::channel(state).0,
             stop: watch::channel(false).0,
             finished: watch::channel(false).0,
+            replayed,
         })
     }
 
@@ -116,7 +119,14 @@ impl ReplayHandle {
 
 impl Completion for ReplayHandle {
     fn done(&self, partition: u32, offset: u64) {
-        self.with(|r| r.complete(partition, offset, true, now_ms()));
+        let counted = self.with(|r| {
+            let before = r.replayed();
+            r.complete(partition, offset, true, now_ms());
+            r.replayed() - before
+        });
+        if let Some(c) = &self.replayed {
+            c.inc_by(counted);
+        }
     }
 }
 

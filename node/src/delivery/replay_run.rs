@@ -60,6 +60,11 @@ impl ReplayRun {
         &self.name
     }
 
+    /// Events finished at the sink so far.
+    pub fn replayed(&self) -> u64 {
+        self.replayed
+    }
+
     /// Where it is.
     pub fn state(&self) -> ReplayState {
         self.state

@@ -156,7 +156,11 @@ impl Node {
         let mut request = req.clone();
         request.name = Some(name.clone());
         let run = ReplayRun::new(name.clone(), request, self.config.node_id.clone(), now);
-        let handle = ReplayHandle::new(run);
+        let counter = self
+            .metrics
+            .replayed
+            .with_label_values(&[&req.topic, &req.subscription]);
+        let handle = ReplayHandle::new(run, Some(counter));
         self.delivery
             .start_replay(sub, handle.clone(), filter, windows)
             .await?;
