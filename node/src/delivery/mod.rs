@@ -48,6 +48,7 @@ use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::store::{EventStore, StoreError};
+use crate::trace::TraceLog;
 use common::{topic_partitions, Progress, SubCtx};
 pub use guard::{WebhookGuard, WebhookTargetError};
 use pull::PullSub;
@@ -123,6 +124,7 @@ pub struct Delivery {
     options: DeliveryOptions,
     subs: tokio::sync::Mutex<HashMap<String, Running>>,
     feeds: Arc<feed::Feeds>,
+    trace: Arc<TraceLog>,
 }
 
 impl Delivery {
@@ -141,16 +143,25 @@ impl Delivery {
             allow_loopback: true,
             ..Default::default()
         });
-        Delivery::build(store, metrics, options, None, guard)
+        Delivery::build(
+            store,
+            metrics,
+            options,
+            None,
+            guard,
+            Arc::new(TraceLog::off()),
+        )
     }
 
     /// Creates the delivery engine of node `node_id`: every webhook push carries the
-    /// [`NODE_HEADER`] header with the id, and goes only where `guard` allows.
+    /// [`NODE_HEADER`] header with the id, and goes only where `guard` allows; delivered,
+    /// retried and dead-lettered events are recorded in `trace`.
     pub fn for_node(
         store: Arc<dyn EventStore>,
         metrics: Metrics,
         node_id: &str,
         guard: Arc<WebhookGuard>,
+        trace: Arc<TraceLog>,
     ) -> Delivery {
         Delivery::build(
             store,
@@ -158,6 +169,7 @@ impl Delivery {
             DeliveryOptions::default(),
             Some(node_id),
             guard,
+            trace,
         )
     }
 
@@ -167,6 +179,7 @@ impl Delivery {
         options: DeliveryOptions,
         node_id: Option<&str>,
         guard: Arc<WebhookGuard>,
+        trace: Arc<TraceLog>,
     ) -> Delivery {
         // reqwest is built without a default TLS provider; install ring unless the binary
         // already installed one (then this is a no-op).
@@ -199,6 +212,7 @@ impl Delivery {
             guard,
             options,
             subs: tokio::sync::Mutex::new(HashMap::new()),
+            trace,
         }
     }
 
@@ -226,6 +240,8 @@ impl Delivery {
             metrics: self.metrics.clone(),
             stop: stop_rx,
             feeds: self.feeds.clone(),
+            trace: self.trace.clone(),
+            trace_name: self.trace.intern(&sub.spec.name),
         };
         let running = match &sub.spec.sink {
             Sink::Webhook(w) => {
