@@ -1,0 +1,266 @@
+//! `GET /v1/trace` and `meshd trace` on real processes: an event's whole life across the
+//! line a—b—c asked from either end, a stopped cluster listed as not answering, retried
+//! and dead-lettered deliveries, and bad queries.
+
+mod common;
+mod federation_support;
+
+use std::time::Duration;
+
+use common::{event, eventually, publish, Sink};
+use federation_support::*;
+use meshd_core::api::{TraceAnswer, TraceKind};
+use serde_json::json;
+
+async fn trace(c: &reqwest::Client, base: &str, source: &str, id: &str) -> TraceAnswer {
+    let r = c
+        .get(format!(
+            "{base}/v1/trace?source={source}&id={id}&timeout_ms=3000"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// The (cluster, kind, detail) of each record, for comparing lives.
+fn steps(t: &TraceAnswer) -> Vec<(String, String)> {
+    t.records
+        .iter()
+        .map(|r| {
+            let what = match &r.kind {
+                TraceKind::Stored { topic, .. } => format!("stored {topic}"),
+                TraceKind::Forwarded { peer, .. } => format!("forwarded to {peer}"),
+                TraceKind::Received { peer, origin, .. } => {
+                    format!("received from {peer} origin {origin}")
+                }
+                TraceKind::Duplicate { peer, .. } => format!("duplicate from {peer}"),
+                TraceKind::Matched { subscription } => format!("matched {subscription}"),
+                TraceKind::NotMatched { subscription } => format!("not_matched {subscription}"),
+                TraceKind::Delivered {
+                    subscription,
+                    attempt,
+                    status,
+                    ..
+                } => format!("delivered {subscription} attempt {attempt} status {status:?}"),
+                TraceKind::Retried {
+                    subscription,
+                    attempt,
+                    ..
+                } => format!("retried {subscription} attempt {attempt}"),
+                TraceKind::DeadLettered { subscription, .. } => {
+                    format!("dead_lettered {subscription}")
+                }
+            };
+            (r.cluster.clone(), what)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_life_across_a_line_is_answered_from_either_end() {
+    let files = MeshFiles::new(&["a", "b", "c"], &[("a", "b", 1), ("b", "c", 1)], &[]);
+    let c = common::client();
+    let a = files.start("a");
+    let b = files.start("b");
+    let mut cc = files.start("c");
+    for n in [&a, &b, &cc] {
+        topic(&c, n, "orders", 1).await;
+    }
+    let sink = Sink::start(|_, _| 200).await;
+    subscribe(
+        &c,
+        &cc,
+        "billing",
+        "orders",
+        Some(json!({"exact": {"type": "order.created"}})),
+        &sink.url,
+    )
+    .await;
+    subscribe(
+        &c,
+        &cc,
+        "refunds",
+        "orders",
+        Some(json!({"exact": {"type": "order.refunded"}})),
+        &sink.url,
+    )
+    .await;
+    wait_connected(&c, &b, "a").await;
+    wait_connected(&c, &b, "c").await;
+    wait_interest(&c, &a, "b", "c", "orders").await;
+
+    let mut e = event("t1", "order.created", Some("k"), json!({"total": 42}));
+    e["traceparent"] = json!("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+    publish(&c, &a.url, "orders", &[e]).await;
+    eventually("c's webhook got t1", Duration::from_secs(20), || async {
+        sink.ids().contains(&"t1".to_string()).then_some(())
+    })
+    .await;
+
+    let want: Vec<(String, String)> = [
+        ("a", "stored orders"),
+        ("a", "forwarded to b"),
+        ("b", "received from a origin a"),
+        ("b", "stored orders"),
+        ("b", "forwarded to c"),
+        ("c", "received from b origin a"),
+        ("c", "stored orders"),
+        ("c", "matched billing"),
+        ("c", "not_matched refunds"),
+        ("c", "delivered billing attempt 1 status Some(200)"),
+    ]
+    .iter()
+    .map(|(c, s)| (c.to_string(), s.to_string()))
+    .collect();
+    for (name, node) in [("a", &a), ("c", &cc)] {
+        // The delivered record is made once the webhook's answer is read.
+        let t = eventually(
+            &format!("the whole life of t1, asked in {name}"),
+            Duration::from_secs(10),
+            || async {
+                let t = trace(&c, &node.url, "/test", "t1").await;
+                (steps(&t).len() >= want.len()).then_some(t)
+            },
+        )
+        .await;
+        let mut got = steps(&t);
+        got.sort();
+        let mut w = want.clone();
+        w.sort();
+        assert_eq!(got, w, "asked in {name}: {t:#?}");
+        assert!(
+            t.records.windows(2).all(|p| p[0].at_ms <= p[1].at_ms),
+            "records sorted by time: {t:#?}"
+        );
+        assert_eq!(t.clusters[0].cluster, name, "the answering cluster first");
+        let mut clusters: Vec<_> = t
+            .clusters
+            .iter()
+            .map(|c| (c.cluster.as_str(), c.answered))
+            .collect();
+        clusters.sort();
+        assert_eq!(clusters, [("a", true), ("b", true), ("c", true)]);
+        assert_eq!(
+            t.clusters.iter().map(|c| c.records).sum::<u64>(),
+            t.records.len() as u64
+        );
+    }
+    // An event nobody published: every cluster answers, with nothing.
+    let none = trace(&c, &b.url, "/test", "never").await;
+    assert!(none.records.is_empty());
+    assert!(none.clusters.iter().all(|c| c.answered));
+
+    // The CLI: JSON is the API's answer, the table names each step.
+    let (ok, out, err) = common::cli(&[
+        "--url", &a.url, "trace", "t1", "--source", "/test", "-o", "json",
+    ]);
+    assert!(ok, "{err}");
+    let parsed: TraceAnswer = serde_json::from_str(&out).unwrap();
+    assert_eq!(steps(&parsed).len(), want.len());
+    let (ok, out, err) = common::cli(&["--url", &a.url, "trace", "t1", "--source", "/test"]);
+    assert!(ok, "{err}");
+    for word in [
+        "stored",
+        "forwarded",
+        "received",
+        "matched",
+        "not_matched",
+        "delivered",
+    ] {
+        assert!(out.contains(word), "{word} missing from:\n{out}");
+    }
+
+    // c stops: a still answers, in time, and lists c as not answering.
+    assert!(cc.terminate());
+    let t = trace(&c, &a.url, "/test", "t1").await;
+    let c_answer = t.clusters.iter().find(|x| x.cluster == "c").unwrap();
+    assert!(!c_answer.answered, "{t:#?}");
+    assert!(c_answer.error.is_some(), "{t:#?}");
+    assert!(t.clusters.iter().any(|x| x.cluster == "b" && x.answered));
+    assert!(steps(&t).iter().all(|(cl, _)| cl != "c"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_dead_letters_are_traced_and_bad_queries_refused() {
+    let h = common::flaky_hook(|i| json!({"i": i})).await;
+    let base = h.meshd.url.clone();
+    let c = &h.client;
+    let doomed = eventually("doomed dead-lettered", Duration::from_secs(20), || async {
+        let t = trace(c, &base, "/test", "doomed").await;
+        steps(&t)
+            .iter()
+            .any(|(_, s)| s.starts_with("dead_lettered"))
+            .then_some(t)
+    })
+    .await;
+    let s: Vec<String> = steps(&doomed).into_iter().map(|(_, s)| s).collect();
+    assert_eq!(
+        s,
+        [
+            "stored orders",
+            "matched hook",
+            "retried hook attempt 1",
+            "retried hook attempt 2",
+            "dead_lettered hook"
+        ],
+        "{doomed:#?}"
+    );
+    let flaky = eventually("flaky delivered", Duration::from_secs(20), || async {
+        let t = trace(c, &base, "/test", "flaky").await;
+        steps(&t)
+            .iter()
+            .any(|(_, s)| s.starts_with("delivered"))
+            .then_some(t)
+    })
+    .await;
+    let s: Vec<String> = steps(&flaky).into_iter().map(|(_, s)| s).collect();
+    assert_eq!(
+        s,
+        [
+            "stored orders",
+            "matched hook",
+            "retried hook attempt 1",
+            "retried hook attempt 2",
+            "delivered hook attempt 3 status Some(200)",
+        ],
+        "{flaky:#?}"
+    );
+    if let TraceKind::Retried { error, .. } = &flaky.records[2].kind {
+        assert_eq!(error, "http 503");
+    }
+    // A node without a bridge answers for its own cluster only.
+    assert_eq!(flaky.clusters.len(), 1);
+
+    for (query, field) in [
+        ("source=/test", "id"),
+        ("id=flaky", "source"),
+        ("source=/test&id=", "id"),
+        ("source=/test&id=flaky&timeout_ms=999999", "timeout_ms"),
+        ("source=/test&id=flaky&timeout_ms=0", "timeout_ms"),
+        ("source=/test&id=flaky&timeout_ms=2s", "timeout_ms"),
+    ] {
+        let r = c
+            .get(format!("{base}/v1/trace?{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{query}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_query", "{query}: {body}");
+        assert_eq!(body["error"]["field"], field, "{query}: {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(field),
+            "{query}: {body}"
+        );
+    }
+    let r = c
+        .get(format!("{base}/v1/trace?source=/test&id=x&garbage=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_query", "{body}");
+}
