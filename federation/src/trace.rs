@@ -75,13 +75,26 @@ pub fn not_answered(cluster: &str, why: String) -> TraceClusterReply {
     }
 }
 
-/// A reply entry for a cluster's own records.
+/// Most records one cluster puts in a reply (a reply must fit in one frame; an id
+/// reused by very many events could otherwise exceed it).
+pub const MAX_REPLY_RECORDS: usize = 10_000;
+
+/// A reply entry for a cluster's own records (the first [`MAX_REPLY_RECORDS`], saying so
+/// in `error` when there were more).
 pub fn answered(cluster: &str, records: &[TraceRecord], errors: &[String]) -> TraceClusterReply {
+    let mut errors = errors.to_vec();
+    let sent = &records[..records.len().min(MAX_REPLY_RECORDS)];
+    if sent.len() < records.len() {
+        errors.push(format!(
+            "{} records, only the first {MAX_REPLY_RECORDS} sent",
+            records.len()
+        ));
+    }
     TraceClusterReply {
         cluster: cluster.to_string(),
         answered: true,
         error: (!errors.is_empty()).then(|| errors.join("; ")),
-        records_json: serde_json::to_string(records).expect("trace records serialize"),
+        records_json: serde_json::to_string(sent).expect("trace records serialize"),
     }
 }
 
@@ -216,6 +229,23 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("unreadable"));
+    }
+
+    #[test]
+    fn a_reply_carries_at_most_the_cap() {
+        let rec = TraceRecord {
+            cluster: "b".into(),
+            node: "n".into(),
+            at_ms: 1,
+            kind: TraceKind::Matched {
+                subscription: "s".into(),
+            },
+        };
+        let many = vec![rec; MAX_REPLY_RECORDS + 5];
+        let r = answered("b", &many, &[]);
+        let back: Vec<TraceRecord> = serde_json::from_str(&r.records_json).unwrap();
+        assert_eq!(back.len(), MAX_REPLY_RECORDS);
+        assert!(r.error.unwrap().contains("10005 records"));
     }
 
     #[test]

@@ -21,8 +21,9 @@ use meshd_core::api::{TraceKind, TraceRecord};
 /// Default of `meshd node --trace-retention`.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
 
-/// Default cap on the records a node keeps (about 100 bytes each plus the event id).
-pub const DEFAULT_CAPACITY: usize = 1_000_000;
+/// Default cap on the records a node keeps: about 150 bytes each with the event id, so
+/// about 75 MB when full.
+pub const DEFAULT_CAPACITY: usize = 500_000;
 
 /// Shards of the table (a record locks one).
 const SHARDS: usize = 16;
@@ -160,10 +161,15 @@ impl Step {
 struct Entry {
     at_ms: u64,
     hash: u64,
+    /// The sequence number of the previous record with the same key hash (`NONE`).
+    prev: u64,
     source: Arc<str>,
     id: Box<str>,
     step: Step,
 }
+
+/// No previous record.
+const NONE: u64 = u64::MAX;
 
 #[derive(Debug, Default)]
 struct Shard {
@@ -171,8 +177,9 @@ struct Shard {
     /// number `base + i`.
     entries: VecDeque<Entry>,
     base: u64,
-    /// Key hash → sequence numbers of its records, ascending.
-    index: HashMap<u64, Vec<u64>>,
+    /// Key hash → sequence number of its newest record; older ones are chained through
+    /// [`Entry::prev`] (no allocation per key beyond the map slot).
+    index: HashMap<u64, u64>,
 }
 
 impl Shard {
@@ -182,15 +189,9 @@ impl Shard {
         };
         let seq = self.base;
         self.base += 1;
-        if let Some(seqs) = self.index.get_mut(&e.hash) {
-            if seqs.first() == Some(&seq) {
-                seqs.remove(0);
-            } else {
-                seqs.retain(|s| *s != seq);
-            }
-            if seqs.is_empty() {
-                self.index.remove(&e.hash);
-            }
+        // Older records go first: when the newest of its key goes, the key is gone.
+        if self.index.get(&e.hash) == Some(&seq) {
+            self.index.remove(&e.hash);
         }
     }
 
@@ -202,6 +203,11 @@ impl Shard {
         {
             self.pop_front();
         }
+    }
+
+    fn get(&self, seq: u64) -> Option<&Entry> {
+        seq.checked_sub(self.base)
+            .and_then(|i| self.entries.get(i as usize))
     }
 }
 
@@ -303,14 +309,15 @@ impl TraceLog {
             shard.pop_front();
         }
         let seq = shard.base + shard.entries.len() as u64;
+        let prev = shard.index.insert(hash, seq).unwrap_or(NONE);
         shard.entries.push_back(Entry {
             at_ms: now_ms,
             hash,
+            prev,
             source,
             id: id.into(),
             step,
         });
-        shard.index.entry(hash).or_default().push(seq);
     }
 
     /// [`TraceLog::record_at`] now.
@@ -329,15 +336,16 @@ impl TraceLog {
         let hash = self.key_hash(source, id);
         let mut shard = self.shard(hash);
         shard.expire(now_ms, self.retention_ms);
-        let Some(seqs) = shard.index.get(&hash) else {
-            return Vec::new();
-        };
-        let base = shard.base;
-        seqs.iter()
-            .filter_map(|s| shard.entries.get((s - base) as usize))
-            .filter(|e| &*e.source == source && &*e.id == id)
-            .map(|e| (e.at_ms, e.step.clone()))
-            .collect()
+        let mut out = Vec::new();
+        let mut next = shard.index.get(&hash).copied();
+        while let Some(e) = next.and_then(|seq| shard.get(seq)) {
+            if &*e.source == source && &*e.id == id {
+                out.push((e.at_ms, e.step.clone()));
+            }
+            next = (e.prev != NONE).then_some(e.prev);
+        }
+        out.reverse();
+        out
     }
 
     /// [`TraceLog::lookup_at`] now.
