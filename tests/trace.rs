@@ -233,6 +233,44 @@ async fn retries_and_dead_letters_are_traced_and_bad_queries_refused() {
     // A node without a bridge answers for its own cluster only.
     assert_eq!(flaky.clusters.len(), 1);
 
+    // The pull path: handed out, not acknowledged within the deadline (retried), handed
+    // out again and acknowledged (delivered, attempt 2, no status).
+    let (status, body) = common::subscribe(
+        c,
+        &base,
+        json!({"name": "reader", "topic": "orders", "start": "earliest",
+               "filter": {"exact": {"id": "fine"}},
+               "sink": {"pull": {"ack_deadline_ms": 100}},
+               "delivery": {"max_attempts": 3}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let first = common::pull(c, &base, "reader", "x", 10, 5000).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    let again = eventually("fine handed out again", Duration::from_secs(10), || async {
+        let e = common::pull(c, &base, "reader", "x", 10, 1000).await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(again[0]["delivery_attempt"], 2, "{again:?}");
+    let acked = common::ack(c, &base, "reader", "x", &again).await;
+    assert_eq!(acked["acknowledged"], 1, "{acked}");
+    let fine = trace(c, &base, "/test", "fine").await;
+    let s: Vec<String> = steps(&fine).into_iter().map(|(_, s)| s).collect();
+    for want in [
+        "matched reader",
+        "retried reader attempt 1",
+        "delivered reader attempt 2 status None",
+        "delivered hook attempt 1 status Some(200)",
+    ] {
+        assert!(s.iter().any(|x| x == want), "{want} missing: {fine:#?}");
+    }
+    let flaky = trace(c, &base, "/test", "flaky").await;
+    assert!(
+        steps(&flaky).iter().any(|(_, s)| s == "not_matched reader"),
+        "{flaky:#?}"
+    );
+
     for (query, field) in [
         ("source=/test", "id"),
         ("id=flaky", "source"),
