@@ -1,7 +1,9 @@
 //! `GET /v1/trace` and `meshd trace` on real processes: an event's whole life across the
 //! line a—b—c asked from either end, a stopped cluster listed as not answering, retried
-//! and dead-lettered deliveries, and bad queries.
+//! and dead-lettered deliveries, the pull path, bad queries, and a cluster of two nodes
+//! where each node and proxy answers what both nodes recorded.
 
+mod cluster_support;
 mod common;
 mod federation_support;
 
@@ -301,4 +303,69 @@ async fn retries_and_dead_letters_are_traced_and_bad_queries_refused() {
     assert_eq!(r.status(), 400);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "invalid_query", "{body}");
+}
+
+/// In a cluster of two nodes on a shared store (etcd, schedulers, pulsar-lite, two
+/// proxies): every node and proxy answers the records of both nodes, the delivery named
+/// by the node placement gives the group to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_and_proxy_of_a_cluster_answers_the_whole_clusters_records() {
+    let cl = cluster_support::Cluster::start().await;
+    let c = common::client();
+    let p1 = cl.proxies[0].url.clone();
+    common::create_topic(&c, &p1, "orders", json!({"partitions": 2})).await;
+    let (code, body) = common::subscribe(
+        &c,
+        &p1,
+        json!({"name": "audit", "topic": "orders", "sink": {"pull": {}}, "start": "earliest"}),
+    )
+    .await;
+    assert!(code == 201 || code == 200, "{body}");
+    let owner = eventually(
+        "placement names a node for the group",
+        Duration::from_secs(30),
+        || async { cl.owner(&c, "audit").await },
+    )
+    .await;
+    publish(
+        &c,
+        &p1,
+        "orders",
+        &[event("e1", "order.created", None, json!({}))],
+    )
+    .await;
+    let got = common::drain(&c, &p1, "audit", "default", 1).await;
+    assert_eq!(got.len(), 1);
+    let urls: Vec<String> = cl
+        .nodes
+        .iter()
+        .chain(&cl.proxies)
+        .map(|m| m.url.clone())
+        .collect();
+    for url in &urls {
+        let t = trace(&c, url, "/test", "e1").await;
+        let delivered: Vec<_> = t
+            .records
+            .iter()
+            .filter(|r| matches!(r.kind, TraceKind::Delivered { .. }))
+            .collect();
+        assert_eq!(delivered.len(), 1, "asked {url}: {t:#?}");
+        assert_eq!(delivered[0].node, owner, "asked {url}: {t:#?}");
+        let s: Vec<String> = steps(&t).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(
+            s,
+            [
+                "stored orders",
+                "matched audit",
+                "delivered audit attempt 1 status None"
+            ],
+            "asked {url}: {t:#?}"
+        );
+        assert_eq!(t.clusters.len(), 1, "{t:#?}");
+        assert_eq!(t.clusters[0].cluster, cluster_support::CLUSTER);
+        assert!(
+            t.clusters[0].answered && t.clusters[0].error.is_none(),
+            "{t:#?}"
+        );
+    }
 }
