@@ -92,8 +92,8 @@ enum Op {
     /// `POST /v1/subscriptions/{name}/seek`: to the node delivering it, like a pull.
     SubSeek(String),
     Cluster,
-    /// `GET /v1/trace`: an event's trace (any node asks the rest; the admin scope, like
-    /// listing topics and subscriptions: the answer spans every topic).
+    /// `GET /v1/trace`: an event's trace (any node asks the rest; an admin scope, like
+    /// listing topics and subscriptions: the answer may name any topic).
     Trace,
     /// `POST /v1/admin/drain` (`true`) or `/v1/admin/undrain` (`false`).
     Drain(bool),
