@@ -214,7 +214,7 @@ pub struct StoreArgs {
     link_retention_hold_max_secs: u64,
     /// How long an event's trace records are kept in memory for GET /v1/trace (`0`:
     /// tracing off). A restart forgets them.
-    #[arg(long, default_value = "1h", value_parser = duration_arg)]
+    #[arg(long, env = "MESHD_TRACE_RETENTION", default_value = "1h", value_parser = duration_arg)]
     trace_retention: Duration,
     /// Most trace records kept (the oldest are evicted first).
     #[arg(long, default_value_t = meshd_node::trace::DEFAULT_CAPACITY)]

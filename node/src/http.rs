@@ -936,6 +936,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     text.push_str(&crate::metrics::render_subscriptions(
         &crate::status::delivered_here(&node).await,
     ));
+    text.push_str(&node.trace.render_metrics());
     if let Some(mesh) = node.mesh_metrics() {
         text.push_str(&mesh);
     }

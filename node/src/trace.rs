@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -219,6 +220,8 @@ pub struct TraceLog {
     hasher: std::collections::hash_map::RandomState,
     shards: Vec<Mutex<Shard>>,
     names: RwLock<HashSet<Arc<str>>>,
+    /// Records evicted by the cap before their retention ended.
+    evicted: AtomicU64,
 }
 
 impl Default for TraceLog {
@@ -238,6 +241,7 @@ impl TraceLog {
             hasher: Default::default(),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             names: RwLock::new(HashSet::new()),
+            evicted: AtomicU64::new(0),
         }
     }
 
@@ -307,6 +311,7 @@ impl TraceLog {
         shard.expire(now_ms, self.retention_ms);
         while shard.entries.len() >= self.per_shard {
             shard.pop_front();
+            self.evicted.fetch_add(1, Ordering::Relaxed);
         }
         let seq = shard.base + shard.entries.len() as u64;
         let prev = shard.index.insert(hash, seq).unwrap_or(NONE);
@@ -359,6 +364,26 @@ impl TraceLog {
             .iter()
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).entries.len())
             .sum()
+    }
+
+    /// Records evicted by the cap before their retention ended (a cap too small for the
+    /// retention at this event rate).
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// The node's trace metrics as Prometheus text.
+    pub fn render_metrics(&self) -> String {
+        format!(
+            "# HELP meshd_node_trace_records Trace records kept in memory for GET /v1/trace.\n\
+             # TYPE meshd_node_trace_records gauge\n\
+             meshd_node_trace_records {}\n\
+             # HELP meshd_node_trace_evicted_total Trace records evicted by --trace-capacity before --trace-retention ended.\n\
+             # TYPE meshd_node_trace_evicted_total counter\n\
+             meshd_node_trace_evicted_total {}\n",
+            self.len(),
+            self.evicted()
+        )
     }
 
     /// Whether no record is kept.
@@ -464,6 +489,10 @@ mod tests {
             log.record_at(1_000 + i, "/s", &i.to_string(), stored(&log, i));
         }
         assert!(log.len() <= log.capacity(), "{} kept", log.len());
+        assert_eq!(log.evicted(), n - log.len() as u64);
+        assert!(log
+            .render_metrics()
+            .contains(&format!("meshd_node_trace_records {}\n", log.len())));
         let kept: Vec<u64> = (0..n)
             .filter(|i| !log.lookup_at(1_000 + n, "/s", &i.to_string()).is_empty())
             .collect();
