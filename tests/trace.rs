@@ -369,3 +369,70 @@ async fn every_node_and_proxy_of_a_cluster_answers_the_whole_clusters_records() 
         );
     }
 }
+
+/// An event with the CloudEvents distributed-tracing extension: its `traceparent` is a
+/// field of the publish's `stored` log event and of the delivery span (seen in the JSON
+/// log around a retry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_traceparent_of_an_event_is_on_its_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("node.log");
+    let n = common::Meshd::spawn_logged_filter(
+        &[
+            "node",
+            "--log-format",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+        ],
+        dir.path(),
+        &log,
+        Some("warn,meshd_node::http=trace,meshd_node::delivery=debug"),
+    );
+    let c = common::client();
+    let sink = Sink::start(|_, n| if n == 1 { 503 } else { 200 }).await;
+    common::create_topic(&c, &n.url, "orders", json!({})).await;
+    let (status, body) = common::subscribe(
+        &c,
+        &n.url,
+        json!({"name": "hook", "topic": "orders", "sink": {"webhook": {"url": sink.url}},
+               "delivery": {"initial_backoff_ms": 10, "max_backoff_ms": 50}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut e = event("tp1", "order.created", None, json!({}));
+    e["traceparent"] = json!(tp);
+    publish(&c, &n.url, "orders", &[e]).await;
+    eventually(
+        "delivered on the second attempt",
+        Duration::from_secs(20),
+        || async { (sink.received().len() >= 2).then_some(()) },
+    )
+    .await;
+    let text = eventually("the retry logged", Duration::from_secs(10), || async {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        t.contains("retrying").then_some(t)
+    })
+    .await;
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "stored" && l["traceparent"] == tp),
+        "{text}"
+    );
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("retrying"))
+            && l["span"]["name"] == "deliver"
+            && l["span"]["traceparent"] == tp),
+        "{text}"
+    );
+}
