@@ -16,6 +16,7 @@
 //! - [`http`]: the `/v1` HTTP API, `/metrics`, `/healthz`, `/readyz`.
 //! - [`server`]: a node assembled, with start-up recovery and clean shutdown.
 //! - [`status`]: where a subscription's delivery stands (backlog, counters, last error).
+//! - [`trace`]: what happened to an event on this node, for `GET /v1/trace`.
 #![forbid(unsafe_code)]
 
 pub mod delivery;
@@ -25,3 +26,4 @@ pub mod metrics;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod trace;
