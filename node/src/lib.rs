@@ -16,12 +16,14 @@
 //! - [`http`]: the `/v1` HTTP API, `/metrics`, `/healthz`, `/readyz`.
 //! - [`server`]: a node assembled, with start-up recovery and clean shutdown.
 //! - [`status`]: where a subscription's delivery stands (backlog, counters, last error).
+//! - [`schemas`]: the schema registry and the check of published events against it.
 #![forbid(unsafe_code)]
 
 pub mod delivery;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod schemas;
 pub mod server;
 pub mod status;
 pub mod store;

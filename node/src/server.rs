@@ -272,6 +272,8 @@ pub struct Node {
     pub delivery: Delivery,
     /// Its metrics.
     pub metrics: Metrics,
+    /// Its schema registry (docs/api.md, "Schemas").
+    pub schemas: crate::schemas::SchemaRegistry,
     topics: RwLock<HashMap<String, TopicConfig>>,
     subscriptions: RwLock<BTreeMap<String, Arc<CompiledSubscription>>>,
     /// When each subscription was made (see [`SUBSCRIPTION_CREATED_PREFIX`]).
@@ -388,12 +390,14 @@ impl Node {
         let guard = crate::delivery::WebhookGuard::new(config.webhook.clone());
         let delivery = Delivery::for_node(store.clone(), metrics.clone(), &config.node_id, guard);
         let topics = store.list_topics().await?.into_iter().collect();
+        let schemas = crate::schemas::SchemaRegistry::load(&*store).await?;
         let owned = config.placement_gated.then(BTreeSet::new);
         let node = Arc::new(Node {
             config,
             store,
             delivery,
             metrics,
+            schemas,
             topics: RwLock::new(topics),
             subscriptions: RwLock::new(BTreeMap::new()),
             subscriptions_created: std::sync::Mutex::new(HashMap::new()),
@@ -742,6 +746,15 @@ impl Node {
             self.write_topics().insert(topic.to_string(), c.clone());
         }
         Ok(stored)
+    }
+
+    /// The schemas bound to a topic's event types when it validates on publish (`None`:
+    /// nothing to check). Read from the cache [`Node::partitions_for_publish`] filled.
+    pub fn validated_bindings(&self, topic: &str) -> Option<BTreeMap<String, String>> {
+        self.read_topics()
+            .get(topic)
+            .filter(|c| c.validate && !c.schemas.is_empty())
+            .map(|c| c.schemas.clone())
     }
 
     /// The partition count of a topic for a publish; creates it when auto-create is on.
