@@ -23,6 +23,7 @@ mod logging;
 mod node_cluster;
 mod proxy_cmd;
 mod scheduler_cmd;
+mod schema_cmd;
 mod table;
 mod topology_cmd;
 
@@ -59,6 +60,8 @@ enum Command {
     Sub(client::SubArgs),
     /// Manage topics (create, list, get, delete).
     Topic(client::TopicArgs),
+    /// Manage the schema registry (put, get, list, delete).
+    Schema(schema_cmd::SchemaArgs),
     /// The mesh as a node's federation bridge sees it (`meshd mesh status`).
     Mesh(client::MeshArgs),
     /// A webhook receiver that prints every pushed event as one JSON line.
@@ -353,12 +356,13 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Pub(_)
             | Command::Sub(_)
             | Command::Topic(_)
+            | Command::Schema(_)
             | Command::Mesh(_)
             | Command::Drill(_)
     );
     if !client_command && !global.urls.is_empty() {
         return Err(client::UsageError(
-            "--url is an option of the client commands (pub, sub, topic, mesh, drill); this command does not talk to a node"
+            "--url is an option of the client commands (pub, sub, topic, schema, mesh, drill); this command does not talk to a node"
                 .into(),
         )
         .into());
@@ -391,6 +395,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Command::Pub(args) => client::publish(&global, args).await,
             Command::Sub(args) => client::subscription(&global, args).await,
             Command::Topic(args) => client::topic(&global, args).await,
+            Command::Schema(args) => schema_cmd::run(&global, args).await,
             Command::Mesh(args) => client::mesh(&global, args).await,
             Command::Listen(args) => listen::run(args).await,
             Command::Drill(args) => drill::run(&global, args).await,
