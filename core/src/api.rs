@@ -961,6 +961,13 @@ pub struct SchemaList {
     pub schemas: Vec<SchemaSummary>,
 }
 
+/// A schema in a cluster's catalog: every version it has, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SchemaCatalogEntry {
+    /// The versions.
+    pub versions: Vec<SchemaVersionInfo>,
+}
+
 /// The URI scheme of schema versions.
 pub const SCHEMA_URI_PREFIX: &str = "meshd:schemas/";
 

@@ -227,6 +227,11 @@ impl From<SchemaError> for ApiError {
             SchemaError::Limit(_) => {
                 ApiError::new(StatusCode::CONFLICT, "schema_limit", e.to_string())
             }
+            SchemaError::CatalogUnavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "catalog_unavailable",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -803,7 +808,13 @@ async fn put_schema(
     let doc: serde_json::Value = parse_json(&bytes)?;
     let (created, info) = node
         .schemas
-        .put(&*node.store, &name, doc, q.compatibility)
+        .put(
+            &*node.store,
+            node.catalog_sink(),
+            &name,
+            doc,
+            q.compatibility,
+        )
         .await?;
     let status = if created {
         StatusCode::CREATED
@@ -833,7 +844,9 @@ async fn delete_schema(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    node.schemas.delete(&*node.store, &name).await?;
+    node.schemas
+        .delete(&*node.store, node.catalog_sink(), &name)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -192,6 +192,14 @@ pub trait CatalogSink: Send + Sync {
     ) -> Result<Option<SubscriptionSpec>, CatalogError>;
     /// Deletes a subscription.
     async fn delete_subscription(&self, name: &str) -> Result<(), CatalogError>;
+    /// Creates or replaces a schema (every version).
+    async fn put_schema(
+        &self,
+        name: &str,
+        entry: &meshd_core::api::SchemaCatalogEntry,
+    ) -> Result<(), CatalogError>;
+    /// Deletes a schema.
+    async fn delete_schema(&self, name: &str) -> Result<(), CatalogError>;
 }
 
 /// Most producer groups a node remembers (older ones are dropped first).
@@ -1030,6 +1038,11 @@ impl Node {
     }
 
     fn catalog(&self) -> Option<&Arc<dyn CatalogSink>> {
+        self.catalog.get()
+    }
+
+    /// The cluster catalog, when the node has one (schema changes are written there).
+    pub fn catalog_sink(&self) -> Option<&Arc<dyn CatalogSink>> {
         self.catalog.get()
     }
 

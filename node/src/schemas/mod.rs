@@ -17,13 +17,14 @@ use std::sync::{Arc, RwLock};
 
 use cloudevents::event::{AttributesReader, AttributesWriter, Data};
 use meshd_core::api::{
-    check_name, schema_uri, Compatibility, InvalidField, SchemaList, SchemaSummary,
-    SchemaVersionInfo,
+    check_name, schema_uri, Compatibility, InvalidField, SchemaCatalogEntry, SchemaList,
+    SchemaSummary, SchemaVersionInfo,
 };
 use meshd_core::Event;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::server::{CatalogError, CatalogSink};
 use crate::store::{EventStore, StoreError};
 
 /// Metadata key prefix of schema versions.
@@ -88,7 +89,13 @@ pub enum SchemaError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The cluster catalog could not be written; nothing was changed.
+    #[error("the cluster catalog is unavailable: {0}")]
+    CatalogUnavailable(#[source] CatalogError),
 }
+
+/// The cluster catalog, when the node has one.
+pub type Catalog<'a> = Option<&'a Arc<dyn CatalogSink>>;
 
 /// One version as stored in the metadata.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -325,10 +332,12 @@ impl SchemaRegistry {
     }
 
     /// `PUT /v1/schemas/{name}`: a new version unless the latest is this document
-    /// already. Answers whether a version was made, and the version in force.
+    /// already. Answers whether a version was made, and the version in force. With a
+    /// cluster catalog the schema (every version) is written there first.
     pub async fn put(
         &self,
         store: &dyn EventStore,
+        catalog: Catalog<'_>,
         name: &str,
         doc: Value,
         mode: Option<Compatibility>,
@@ -346,6 +355,18 @@ impl SchemaRegistry {
             } => {
                 let bytes = serde_json::to_vec(&stored).expect("a schema version serializes");
                 let v = Arc::new(version_of(name, version, stored)?);
+                if let Some(c) = catalog {
+                    let mut versions: Vec<SchemaVersionInfo> = self
+                        .read()
+                        .get(name)
+                        .map(|vs| vs.iter().map(|v| v.info.clone()).collect())
+                        .unwrap_or_default();
+                    versions.retain(|i| i.version != version);
+                    versions.push(v.info.clone());
+                    c.put_schema(name, &SchemaCatalogEntry { versions })
+                        .await
+                        .map_err(SchemaError::CatalogUnavailable)?;
+                }
                 store.put_meta(&key(name, version), &bytes).await?;
                 let mut subjects = self.write();
                 let versions = subjects.entry(name.to_string()).or_default();
@@ -400,8 +421,14 @@ impl SchemaRegistry {
         }
     }
 
-    /// `DELETE /v1/schemas/{name}`: refused while a topic binds it.
-    pub async fn delete(&self, store: &dyn EventStore, name: &str) -> Result<(), SchemaError> {
+    /// `DELETE /v1/schemas/{name}`: refused while a topic binds it; with a cluster catalog
+    /// deleted there first.
+    pub async fn delete(
+        &self,
+        store: &dyn EventStore,
+        catalog: Catalog<'_>,
+        name: &str,
+    ) -> Result<(), SchemaError> {
         let _guard = self.writes.lock().await;
         let versions: Vec<u32> = match self.read().get(name) {
             None => {
@@ -424,6 +451,20 @@ impl SchemaRegistry {
                 topics,
             });
         }
+        if let Some(c) = catalog {
+            c.delete_schema(name)
+                .await
+                .map_err(SchemaError::CatalogUnavailable)?;
+        }
+        self.delete_versions(store, name, versions).await
+    }
+
+    async fn delete_versions(
+        &self,
+        store: &dyn EventStore,
+        name: &str,
+        versions: Vec<u32>,
+    ) -> Result<(), SchemaError> {
         for v in versions {
             store.delete_meta(&key(name, v)).await?;
             let mut subjects = self.write();
@@ -436,6 +477,77 @@ impl SchemaRegistry {
         }
         tracing::info!(schema = %name, "schema deleted");
         Ok(())
+    }
+
+    /// Applies a schema seen in the cluster catalog (idempotent): its versions become
+    /// exactly the entry's (no compatibility check: the writer checked).
+    pub async fn apply(
+        &self,
+        store: &dyn EventStore,
+        name: &str,
+        entry: SchemaCatalogEntry,
+    ) -> Result<(), SchemaError> {
+        check_name("schema", name)?;
+        let _guard = self.writes.lock().await;
+        let known: BTreeMap<u32, SchemaVersionInfo> = self
+            .read()
+            .get(name)
+            .map(|vs| {
+                vs.iter()
+                    .map(|v| (v.info.version, v.info.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut fresh = Vec::with_capacity(entry.versions.len());
+        for info in entry.versions {
+            if info.version == 0 || info.version > MAX_VERSIONS {
+                return Err(SchemaError::Limit(format!(
+                    "catalog schema {name:?} has version {}",
+                    info.version
+                )));
+            }
+            let stored = StoredVersion {
+                compatibility: info.compatibility,
+                created_ms: info.created_ms,
+                schema: info.schema.clone(),
+            };
+            if known.get(&info.version) != Some(&info) {
+                let bytes = serde_json::to_vec(&stored).expect("a schema version serializes");
+                store.put_meta(&key(name, info.version), &bytes).await?;
+            }
+            fresh.push((info.version, stored));
+        }
+        fresh.sort_by_key(|(v, _)| *v);
+        let mut compiled = Vec::with_capacity(fresh.len());
+        for (v, stored) in fresh {
+            compiled.push(Arc::new(version_of(name, v, stored)?));
+        }
+        let gone: Vec<u32> = known
+            .keys()
+            .filter(|v| !compiled.iter().any(|c| c.info.version == **v))
+            .copied()
+            .collect();
+        for v in gone {
+            store.delete_meta(&key(name, v)).await?;
+        }
+        if compiled.is_empty() {
+            self.write().remove(name);
+        } else {
+            self.write().insert(name.to_string(), compiled);
+        }
+        tracing::info!(schema = %name, "schema applied from the catalog");
+        Ok(())
+    }
+
+    /// Removes a schema deleted in the cluster catalog (no binding check: the writer
+    /// checked).
+    pub async fn remove(&self, store: &dyn EventStore, name: &str) -> Result<(), SchemaError> {
+        let _guard = self.writes.lock().await;
+        let versions: Vec<u32> = match self.read().get(name) {
+            None => return Ok(()),
+            Some(v) => v.iter().map(|v| v.info.version).collect(),
+        };
+        self.delete_versions(store, name, versions).await
     }
 
     /// Checks published events against the schemas `bindings` (event type -> schema name)

@@ -44,19 +44,28 @@ async fn versions_are_made_once_per_document_and_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir).await;
     let reg = SchemaRegistry::new();
-    let (new, v1) = reg.put(&*s, "orders", order_v1(), None).await.unwrap();
+    let (new, v1) = reg
+        .put(&*s, None, "orders", order_v1(), None)
+        .await
+        .unwrap();
     assert!(new);
     assert_eq!(
         (v1.version, v1.uri.as_str()),
         (1, "meshd:schemas/orders/v1")
     );
     assert_eq!(v1.compatibility, Compatibility::Backward);
-    let (again, same) = reg.put(&*s, "orders", order_v1(), None).await.unwrap();
+    let (again, same) = reg
+        .put(&*s, None, "orders", order_v1(), None)
+        .await
+        .unwrap();
     assert!(!again);
     assert_eq!(same.version, 1);
     let mut v2doc = order_v1();
     v2doc["properties"]["note"] = json!({"type": "string"});
-    let (new, v2) = reg.put(&*s, "orders", v2doc.clone(), None).await.unwrap();
+    let (new, v2) = reg
+        .put(&*s, None, "orders", v2doc.clone(), None)
+        .await
+        .unwrap();
     assert!(new);
     assert_eq!(v2.version, 2);
     drop(reg);
@@ -81,11 +90,13 @@ async fn an_incompatible_version_is_refused_naming_the_rule_and_changes_nothing(
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir).await;
     let reg = SchemaRegistry::new();
-    reg.put(&*s, "orders", order_v1(), None).await.unwrap();
+    reg.put(&*s, None, "orders", order_v1(), None)
+        .await
+        .unwrap();
     let mut stricter = order_v1();
     stricter["required"] = json!(["id", "amount", "customer"]);
     let err = reg
-        .put(&*s, "orders", stricter.clone(), None)
+        .put(&*s, None, "orders", stricter.clone(), None)
         .await
         .unwrap_err();
     match &err {
@@ -98,7 +109,7 @@ async fn an_incompatible_version_is_refused_naming_the_rule_and_changes_nothing(
     assert_eq!(s.list_meta(SCHEMA_PREFIX).await.unwrap().len(), 1);
     // Mode none lets it through and is kept for later versions.
     let (_, v2) = reg
-        .put(&*s, "orders", stricter, Some(Compatibility::None))
+        .put(&*s, None, "orders", stricter, Some(Compatibility::None))
         .await
         .unwrap();
     assert_eq!((v2.version, v2.compatibility), (2, Compatibility::None));
@@ -118,7 +129,10 @@ async fn hostile_documents_are_refused_and_change_nothing() {
         json!({"$ref": "other.json"}),
         json!({"$schema": "https://example.com/my-meta", "type": "object"}),
     ] {
-        let err = reg.put(&*s, "x", doc.clone(), None).await.unwrap_err();
+        let err = reg
+            .put(&*s, None, "x", doc.clone(), None)
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, SchemaError::BadSchema { .. }),
             "{doc}: {err:?}"
@@ -128,8 +142,11 @@ async fn hostile_documents_are_refused_and_change_nothing() {
     assert!(s.list_meta(SCHEMA_PREFIX).await.unwrap().is_empty());
     // A local $ref resolves.
     let local = json!({"$defs": {"n": {"type": "integer"}}, "$ref": "#/$defs/n"});
-    reg.put(&*s, "local", local, None).await.unwrap();
-    let bad_name = reg.put(&*s, "../x", order_v1(), None).await.unwrap_err();
+    reg.put(&*s, None, "local", local, None).await.unwrap();
+    let bad_name = reg
+        .put(&*s, None, "../x", order_v1(), None)
+        .await
+        .unwrap_err();
     assert!(matches!(bad_name, SchemaError::Invalid(_)));
 }
 
@@ -138,20 +155,22 @@ async fn a_bound_schema_cannot_be_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir).await;
     let reg = SchemaRegistry::new();
-    reg.put(&*s, "orders", order_v1(), None).await.unwrap();
+    reg.put(&*s, None, "orders", order_v1(), None)
+        .await
+        .unwrap();
     let config = TopicConfig {
         schemas: orders_bound(),
         validate: true,
         ..TopicConfig::default()
     };
     s.create_topic("shop", &config).await.unwrap();
-    match reg.delete(&*s, "orders").await {
+    match reg.delete(&*s, None, "orders").await {
         Err(SchemaError::InUse { topics, .. }) => assert_eq!(topics, ["shop"]),
         other => panic!("{other:?}"),
     }
     assert!(reg.exists("orders"));
     s.delete_topic("shop").await.unwrap();
-    reg.delete(&*s, "orders").await.unwrap();
+    reg.delete(&*s, None, "orders").await.unwrap();
     assert!(!reg.exists("orders"));
     assert!(s.list_meta(SCHEMA_PREFIX).await.unwrap().is_empty());
     assert!(reg
@@ -164,7 +183,9 @@ async fn events_of_bound_types_are_checked_and_stamped() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir).await;
     let reg = SchemaRegistry::new();
-    reg.put(&*s, "orders", order_v1(), None).await.unwrap();
+    reg.put(&*s, None, "orders", order_v1(), None)
+        .await
+        .unwrap();
     let b = orders_bound();
 
     let mut ok = vec![event(
@@ -219,10 +240,12 @@ async fn dataschema_names_a_version_of_the_bound_schema_or_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir).await;
     let reg = SchemaRegistry::new();
-    reg.put(&*s, "orders", order_v1(), None).await.unwrap();
+    reg.put(&*s, None, "orders", order_v1(), None)
+        .await
+        .unwrap();
     let mut v2 = order_v1();
     v2["properties"]["amount"]["minimum"] = json!(-10);
-    reg.put(&*s, "orders", v2, None).await.unwrap();
+    reg.put(&*s, None, "orders", v2, None).await.unwrap();
     let b = orders_bound();
 
     // -3 passes v2 but not v1: the pinned version is the one checked.
@@ -261,7 +284,9 @@ async fn non_json_data_of_a_bound_type_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir).await;
     let reg = SchemaRegistry::new();
-    reg.put(&*s, "orders", order_v1(), None).await.unwrap();
+    reg.put(&*s, None, "orders", order_v1(), None)
+        .await
+        .unwrap();
     let mut e = event("order.created", json!(null), json!({}));
     e.set_data("text/plain", Data::String("not json".into()));
     let r = reg
