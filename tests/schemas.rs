@@ -392,3 +392,65 @@ async fn schema_cli_puts_gets_lists_and_deletes() {
     assert!(ok);
     assert_eq!(out, "no schemas");
 }
+
+/// Through a proxy over two nodes with no registry: a schema write reaches every node
+/// (like a topic write), reads and validating publishes work through it.
+#[tokio::test]
+async fn schemas_through_a_proxy_reach_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Meshd::start(
+        &dir.path().join("a"),
+        &["--cluster", "c1", "--node-id", "a"],
+    );
+    let b = Meshd::start(
+        &dir.path().join("b"),
+        &["--cluster", "c1", "--node-id", "b"],
+    );
+    let nodes = format!("{},{}", a.url, b.url);
+    let p = Meshd::spawn(
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster",
+            "c1",
+            "--nodes",
+            &nodes,
+            "--no-auth",
+        ],
+        dir.path(),
+    );
+    let c = client();
+    let (s, body) = put_schema(&c, &p.url, "orders", &order_v1().to_string()).await;
+    assert!(s == 201 || s == 200, "{s} {body}");
+    for n in [&a, &b] {
+        let got = get_json(&c, &n.at("/v1/schemas/orders")).await;
+        assert_eq!(got["version"], 1, "{got}");
+    }
+    let list = get_json(&c, &p.at("/v1/schemas")).await;
+    assert_eq!(versions(&list, "orders"), [1]);
+    create_topic(
+        &c,
+        &p.url,
+        "shop",
+        json!({"schemas": {"order.created": "orders"}, "validate": true}),
+    )
+    .await;
+    let bad = event(
+        "p1",
+        "order.created",
+        None,
+        json!({"id": "a", "amount": -3}),
+    );
+    let (s, body) = post(
+        &c,
+        &p.at("/v1/topics/shop/events"),
+        "application/cloudevents+json",
+        bad.to_string(),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["field"].as_str()),
+        (400, Some("/data/amount"))
+    );
+}
