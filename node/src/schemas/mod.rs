@@ -594,12 +594,17 @@ impl SchemaRegistry {
                     }
                 },
             };
-            let version = version.map_err(|e| {
-                let code = match e {
-                    SchemaError::VersionNotFound { .. } => "dataschema_mismatch",
-                    _ => "schema_not_found",
-                };
-                refuse(code, at("dataschema"), e.to_string())
+            let version = version.map_err(|e| match e {
+                SchemaError::VersionNotFound { .. } => {
+                    refuse("dataschema_mismatch", at("dataschema"), e.to_string())
+                }
+                // Bound but absent here (a topic that came through the mesh before its
+                // schemas were registered in this cluster): refused, never let through.
+                _ => refuse(
+                    "schema_not_found",
+                    at("type"),
+                    format!("the topic binds type {:?} to schema {name:?}, which this node does not have; register it (PUT /v1/schemas/{name})", event.ty()),
+                ),
             })?;
             let parsed;
             let data: &Value = match event.data() {

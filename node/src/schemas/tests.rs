@@ -229,6 +229,17 @@ async fn events_of_bound_types_are_checked_and_stamped() {
     assert!(r.message.contains("required"), "{}", r.message);
     assert!(batch.iter().all(|e| e.dataschema().is_none()));
 
+    // A bound schema this node lacks refuses its type (never lets it through).
+    let lacking: BTreeMap<String, String> =
+        [("order.created".to_string(), "ghost".to_string())].into();
+    let mut e = vec![event(
+        "order.created",
+        json!({"id": "a", "amount": 1}),
+        json!({}),
+    )];
+    let r = reg.check_events(&lacking, &mut e, false).unwrap_err();
+    assert_eq!((r.code, r.field.as_str()), ("schema_not_found", "type"));
+
     // Unbound types pass untouched.
     let mut other = vec![event("other", json!({"amount": -1}), json!({}))];
     reg.check_events(&b, &mut other, false).unwrap();
