@@ -66,7 +66,7 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-fn usage(msg: impl Into<String>) -> anyhow::Error {
+pub(crate) fn usage(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(msg.into()))
 }
 
@@ -178,7 +178,7 @@ impl Api {
 
     /// Sends a request; a non-success answer is an [`ApiFailure`]. Returns the status
     /// and the body.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         path: &str,
@@ -214,7 +214,7 @@ impl Api {
     }
 
     /// Sends and parses a JSON answer.
-    async fn json<T: DeserializeOwned>(
+    pub(crate) async fn json<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -231,19 +231,19 @@ impl Api {
         Ok((status, v))
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         Ok(self.json(Method::GET, path, |r| r).await?.1)
     }
 
     /// Prints `value` as pretty JSON.
-    fn print_json(&self, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    pub(crate) fn print_json(&self, value: &impl serde::Serialize) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(value)?);
         Ok(())
     }
 }
 
 /// Path segment of a topic or subscription name (checked, so it needs no escaping).
-fn name_segment(kind: &str, name: &str) -> anyhow::Result<String> {
+pub(crate) fn name_segment(kind: &str, name: &str) -> anyhow::Result<String> {
     meshd_core::api::check_name(kind, name).map_err(|e| usage(e.message))?;
     Ok(name.to_string())
 }
@@ -407,6 +407,12 @@ enum TopicAction {
         /// A cluster that may receive the topic (federation; repeat).
         #[arg(long = "replicate-to", value_name = "CLUSTER")]
         replicate_to: Vec<String>,
+        /// Bind a schema to an event type: `TYPE=SCHEMA` (repeat; see `meshd schema`).
+        #[arg(long = "schema", value_name = "TYPE=SCHEMA", value_parser = crate::schema_cmd::binding_arg)]
+        schemas: Vec<(String, String)>,
+        /// Validate the data of events of bound types on publish.
+        #[arg(long)]
+        validate: bool,
     },
     /// List topics.
     List,
@@ -486,6 +492,8 @@ pub async fn topic(global: &GlobalArgs, args: TopicArgs) -> anyhow::Result<()> {
             max_age_secs,
             max_bytes,
             replicate_to,
+            schemas,
+            validate,
         } => {
             let name = name_segment("topic", &name)?;
             let max_age_secs = match max_age {
@@ -505,6 +513,8 @@ pub async fn topic(global: &GlobalArgs, args: TopicArgs) -> anyhow::Result<()> {
                     max_bytes,
                 },
                 replicate_to,
+                schemas: schemas.into_iter().collect(),
+                validate,
             };
             config
                 .validate()
@@ -823,7 +833,7 @@ fn filter_args(
     })
 }
 
-fn json_or_file(flag: &str, s: &str) -> anyhow::Result<Value> {
+pub(crate) fn json_or_file(flag: &str, s: &str) -> anyhow::Result<Value> {
     let t = s.trim_start();
     if t.starts_with('{') || t.starts_with('[') {
         return serde_json::from_str(s).map_err(|e| usage(format!("{flag} is not JSON: {e}")));

@@ -23,6 +23,7 @@ mod logging;
 mod node_cluster;
 mod proxy_cmd;
 mod scheduler_cmd;
+mod schema_cmd;
 mod table;
 mod topology_cmd;
 
@@ -62,6 +63,8 @@ enum Command {
     /// Re-deliver stored events of a time window to a subscription (start, list, status,
     /// cancel).
     Replay(client::ReplayArgs),
+    /// Manage the schema registry (put, get, list, delete).
+    Schema(schema_cmd::SchemaArgs),
     /// The mesh as a node's federation bridge sees it (`meshd mesh status`).
     Mesh(client::MeshArgs),
     /// An event's life across the mesh: stored, forwarded, received, matched, delivered
@@ -370,13 +373,14 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             | Command::Sub(_)
             | Command::Topic(_)
             | Command::Replay(_)
+            | Command::Schema(_)
             | Command::Mesh(_)
             | Command::Trace(_)
             | Command::Drill(_)
     );
     if !client_command && !global.urls.is_empty() {
         return Err(client::UsageError(
-            "--url is an option of the client commands (pub, sub, topic, replay, mesh, drill); this command does not talk to a node"
+            "--url is an option of the client commands (pub, sub, topic, replay, schema, mesh, drill); this command does not talk to a node"
                 .into(),
         )
         .into());
@@ -410,6 +414,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Command::Sub(args) => client::subscription(&global, args).await,
             Command::Topic(args) => client::topic(&global, args).await,
             Command::Replay(args) => client::replay(&global, args).await,
+            Command::Schema(args) => schema_cmd::run(&global, args).await,
             Command::Mesh(args) => client::mesh(&global, args).await,
             Command::Trace(args) => client::trace(&global, args).await,
             Command::Listen(args) => listen::run(args).await,

@@ -116,6 +116,25 @@ impl CatalogSink for RegistryCatalog {
             .map(|_| ())
             .map_err(registry_error)
     }
+
+    async fn put_schema(
+        &self,
+        name: &str,
+        entry: &meshd_core::api::SchemaCatalogEntry,
+    ) -> Result<(), CatalogError> {
+        self.0
+            .catalog_put(CatalogKind::Schema, name, &serde_json::to_value(entry)?)
+            .await
+            .map_err(registry_error)
+    }
+
+    async fn delete_schema(&self, name: &str) -> Result<(), CatalogError> {
+        self.0
+            .catalog_delete(CatalogKind::Schema, name)
+            .await
+            .map(|_| ())
+            .map_err(registry_error)
+    }
 }
 
 /// Which node delivers a consumer group, read from the registry: the placement names the
@@ -887,6 +906,10 @@ async fn apply(
     value: &serde_json::Value,
 ) -> Result<(), anyhow::Error> {
     match kind {
+        CatalogKind::Schema => {
+            let entry: meshd_core::api::SchemaCatalogEntry = serde_json::from_value(value.clone())?;
+            node.schemas.apply(&*node.store, name, entry).await?;
+        }
         CatalogKind::Topic => {
             let cfg: TopicConfig = serde_json::from_value(value.clone())?;
             node.apply_topic(name, cfg).await?;
@@ -901,6 +924,12 @@ async fn apply(
 
 async fn remove(node: &Node, kind: CatalogKind, name: &str) {
     let r = match kind {
+        CatalogKind::Schema => {
+            if let Err(e) = node.schemas.remove(&*node.store, name).await {
+                tracing::warn!(?kind, name, "applying a catalog delete: {e}");
+            }
+            return;
+        }
         CatalogKind::Topic => node.delete_topic(name).await,
         CatalogKind::Subscription => node.delete_subscription(name).await,
     };

@@ -302,6 +302,129 @@ async fn topics_and_subscriptions_are_shared_through_the_catalog() {
     assert_eq!(kinds, vec![CatalogKind::Topic]);
 }
 
+/// Schemas travel through the catalog like topics: a version put on one node is served
+/// and enforced by the others (a node started later too); a refused version and a refused
+/// delete reach no node.
+#[tokio::test]
+async fn schemas_are_shared_through_the_catalog() {
+    let etcd = EtcdServer::start().await.expect("etcd");
+    let reg = registry(&etcd, "sch-it").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = client();
+    let broker = Broker::start();
+    let a = node(dir.path(), &etcd, "sch-it", "a", &broker.url());
+    let b = node(dir.path(), &etcd, "sch-it", "b", &broker.url());
+    let doc = json!({"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}, "required": ["n"]});
+    let r = c
+        .put(a.at("/v1/schemas/counts"))
+        .json(&doc)
+        .send()
+        .await
+        .expect("put schema");
+    assert_eq!(r.status(), 201);
+    let on_b = eventually("b has the schema", Duration::from_secs(10), || {
+        let c = c.clone();
+        let url = b.at("/v1/schemas/counts");
+        async move {
+            let r = c.get(url).send().await.ok()?;
+            (r.status() == 200).then_some(())?;
+            r.json::<Value>().await.ok()
+        }
+    })
+    .await;
+    assert_eq!(on_b["schema"], doc);
+    assert_eq!(on_b["uri"], "meshd:schemas/counts/v1");
+
+    // A breaking version through b: 409, and the catalog keeps one version.
+    let mut breaking = doc.clone();
+    breaking["required"] = json!(["n", "m"]);
+    let r = c
+        .put(b.at("/v1/schemas/counts"))
+        .json(&breaking)
+        .send()
+        .await
+        .expect("put schema");
+    assert_eq!(r.status(), 409);
+    let entry = reg
+        .catalog_list()
+        .await
+        .expect("catalog")
+        .into_iter()
+        .find(|e| e.kind == CatalogKind::Schema)
+        .expect("schema in the catalog");
+    assert_eq!(entry.value["versions"].as_array().map(Vec::len), Some(1));
+
+    // A topic made on a validates on b.
+    create_topic(
+        &c,
+        &a.url,
+        "counted",
+        json!({"schemas": {"count": "counts"}, "validate": true}),
+    )
+    .await;
+    let bad = common::event("c1", "count", None, json!({"n": -1}));
+    let status = eventually("b validates the topic", Duration::from_secs(10), || {
+        let c = c.clone();
+        let url = b.at("/v1/topics/counted/events");
+        let body = bad.to_string();
+        async move {
+            let r = c
+                .post(url)
+                .header("content-type", "application/cloudevents+json")
+                .body(body)
+                .send()
+                .await
+                .ok()?;
+            (r.status() != 404).then_some(r.status().as_u16())
+        }
+    })
+    .await;
+    assert_eq!(status, 400);
+
+    // Delete is refused while bound; after the topic goes, it reaches every node.
+    let r = c
+        .delete(b.at("/v1/schemas/counts"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 409);
+    let late = node(dir.path(), &etcd, "sch-it", "late", &broker.url());
+    eventually(
+        "the late node has the schema",
+        Duration::from_secs(10),
+        || {
+            let c = c.clone();
+            let url = late.at("/v1/schemas/counts");
+            async move { (c.get(url).send().await.ok()?.status() == 200).then_some(()) }
+        },
+    )
+    .await;
+    let r = c
+        .delete(a.at("/v1/topics/counted"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    let r = c
+        .delete(b.at("/v1/schemas/counts"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    for n in [&a, &late] {
+        eventually(
+            "the schema is gone everywhere",
+            Duration::from_secs(10),
+            || {
+                let c = c.clone();
+                let url = n.at("/v1/schemas/counts");
+                async move { (c.get(url).send().await.ok()?.status() == 404).then_some(()) }
+            },
+        )
+        .await;
+    }
+}
+
 /// Which nodes delivered the markers with ids starting with `prefix`.
 fn deliverers(sink: &Sink, prefix: &str) -> BTreeSet<String> {
     sink.received()

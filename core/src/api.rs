@@ -110,6 +110,13 @@ pub struct TopicConfig {
     /// interest. Stored and shown; enforced by the federation bridge.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicate_to: Vec<String>,
+    /// Schemas bound to event types: `{event type -> schema name}` (docs/api.md,
+    /// "Schemas"). Checked on publish when `validate` is on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub schemas: BTreeMap<String, String>,
+    /// Validate the `data` of events whose `type` has a bound schema on publish.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub validate: bool,
 }
 
 fn default_partitions() -> u32 {
@@ -122,6 +129,8 @@ impl Default for TopicConfig {
             partitions: 1,
             retention: Retention::default(),
             replicate_to: Vec::new(),
+            schemas: BTreeMap::new(),
+            validate: false,
         }
     }
 }
@@ -147,9 +156,30 @@ impl TopicConfig {
                 "must be at least 1 when set",
             ));
         }
+        if self.schemas.len() > MAX_SCHEMA_BINDINGS {
+            return Err(invalid(
+                "schemas",
+                format!("at most {MAX_SCHEMA_BINDINGS} event types may have a schema"),
+            ));
+        }
+        for (event_type, schema) in &self.schemas {
+            if event_type.is_empty() || event_type.len() > 256 {
+                return Err(invalid(
+                    "schemas",
+                    format!("event type {event_type:?} must be 1 to 256 bytes"),
+                ));
+            }
+            check_name("schema", schema).map_err(|e| InvalidField {
+                field: format!("schemas.{event_type}"),
+                message: e.message,
+            })?;
+        }
         Ok(())
     }
 }
+
+/// Most event types one topic may bind schemas to.
+pub const MAX_SCHEMA_BINDINGS: usize = 1000;
 
 /// One setting in which an existing topic differs from the configuration asked for
 /// (`PUT /v1/topics/{topic}` on a topic that exists otherwise).
@@ -202,6 +232,16 @@ impl TopicConfig {
             "replicate_to",
             list(&self.replicate_to),
             list(&asked.replicate_to),
+        );
+        fn bindings(v: &BTreeMap<String, String>) -> String {
+            let pairs: Vec<String> = v.iter().map(|(t, s)| format!("{t}:{s}")).collect();
+            format!("{{{}}}", pairs.join(","))
+        }
+        diff("schemas", bindings(&self.schemas), bindings(&asked.schemas));
+        diff(
+            "validate",
+            self.validate.to_string(),
+            asked.validate.to_string(),
         );
         out
     }
@@ -817,6 +857,133 @@ pub struct PartitionOffsets {
     pub end: u64,
 }
 
+/// How a new version of a schema must relate to the version before it (docs/api.md,
+/// "Schemas"): `backward` (the default) means every event valid under the previous version
+/// is valid under the new one; `forward` the opposite; `full` both; `none` no check.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compatibility {
+    /// Events valid under the previous version stay valid (consumers upgrade first).
+    #[default]
+    Backward,
+    /// Events valid under the new version are valid under the previous one.
+    Forward,
+    /// Both.
+    Full,
+    /// No check.
+    None,
+}
+
+impl Compatibility {
+    /// Its name in the API (`backward`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compatibility::Backward => "backward",
+            Compatibility::Forward => "forward",
+            Compatibility::Full => "full",
+            Compatibility::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for Compatibility {
+    type Err = InvalidField;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "backward" => Ok(Compatibility::Backward),
+            "forward" => Ok(Compatibility::Forward),
+            "full" => Ok(Compatibility::Full),
+            "none" => Ok(Compatibility::None),
+            _ => Err(invalid(
+                "compatibility",
+                format!("compatibility must be backward, forward, full or none, not {s:?}"),
+            )),
+        }
+    }
+}
+
+/// Query of `PUT /v1/schemas/{name}` (the body is the JSON Schema document itself).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaPutQuery {
+    /// The compatibility mode checked for this version and kept for the next ones;
+    /// absent: the mode of the latest version (`backward` for a new schema).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compatibility: Option<Compatibility>,
+}
+
+/// Query of `GET /v1/schemas/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaGetQuery {
+    /// The version wanted (from 1); absent: the latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+/// One version of a schema: the answer of `PUT` and `GET /v1/schemas/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SchemaVersionInfo {
+    /// The schema's name.
+    pub name: String,
+    /// The version (from 1).
+    pub version: u32,
+    /// Its URI, `meshd:schemas/{name}/v{version}` ([`schema_uri`]): what `dataschema`
+    /// of a validated event is set to.
+    pub uri: String,
+    /// The compatibility mode it was checked under.
+    pub compatibility: Compatibility,
+    /// When it was registered (ms since the epoch).
+    pub created_ms: u64,
+    /// The JSON Schema document.
+    pub schema: serde_json::Value,
+}
+
+/// One schema as `GET /v1/schemas` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SchemaSummary {
+    /// Name.
+    pub name: String,
+    /// Its latest version.
+    pub latest: u32,
+    /// Every version it has, oldest first.
+    pub versions: Vec<u32>,
+    /// The URI of the latest version.
+    pub uri: String,
+    /// The compatibility mode of the latest version.
+    pub compatibility: Compatibility,
+}
+
+/// Answer of `GET /v1/schemas`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct SchemaList {
+    /// Schemas by name.
+    pub schemas: Vec<SchemaSummary>,
+}
+
+/// A schema in a cluster's catalog: every version it has, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SchemaCatalogEntry {
+    /// The versions.
+    pub versions: Vec<SchemaVersionInfo>,
+}
+
+/// The URI scheme of schema versions.
+pub const SCHEMA_URI_PREFIX: &str = "meshd:schemas/";
+
+/// The URI of a schema version: `meshd:schemas/{name}/v{version}`.
+pub fn schema_uri(name: &str, version: u32) -> String {
+    format!("{SCHEMA_URI_PREFIX}{name}/v{version}")
+}
+
+/// The schema name and version a [`schema_uri`] names, if it is one.
+pub fn parse_schema_uri(uri: &str) -> Option<(&str, u32)> {
+    let rest = uri.strip_prefix(SCHEMA_URI_PREFIX)?;
+    let (name, version) = rest.rsplit_once("/v")?;
+    let version: u32 = version.parse().ok()?;
+    (version >= 1 && check_name("schema", name).is_ok()).then_some((name, version))
+}
+
 /// Body of `POST /v1/filters/test`: a filter (or a bare `pattern`), an event in structured
 /// JSON form, and optionally a transform.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -1348,6 +1515,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn schema_uris_round_trip_and_strangers_are_not_schema_uris() {
+        assert_eq!(schema_uri("orders", 3), "meshd:schemas/orders/v3");
+        assert_eq!(
+            parse_schema_uri("meshd:schemas/orders/v3"),
+            Some(("orders", 3))
+        );
+        assert_eq!(parse_schema_uri("meshd:schemas/orders/v0"), None);
+        assert_eq!(parse_schema_uri("meshd:schemas/a/b/v1"), None);
+        assert_eq!(parse_schema_uri("https://example.com/orders/v1"), None);
+    }
+
+    #[test]
+    fn old_topic_configs_read_without_schemas_and_write_back_unchanged() {
+        let old = r#"{"partitions":2,"retention":{}}"#;
+        let cfg: TopicConfig = serde_json::from_str(old).unwrap();
+        assert!(cfg.schemas.is_empty());
+        assert!(!cfg.validate);
+        let back = serde_json::to_string(&cfg).unwrap();
+        assert!(
+            !back.contains("schemas") && !back.contains("validate"),
+            "{back}"
+        );
+        let bound = TopicConfig {
+            schemas: [("order.created".to_string(), "bad name!".to_string())].into(),
+            ..TopicConfig::default()
+        };
+        assert_eq!(bound.validate().unwrap_err().field, "schemas.order.created");
+        let asked = TopicConfig {
+            validate: true,
+            ..TopicConfig::default()
+        };
+        assert_eq!(
+            topic_conflict_message("t", &TopicConfig::default().differences(&asked)),
+            "topic t exists with validate=false, you asked validate=true"
+        );
+    }
+
+    #[test]
     fn a_topic_conflict_names_each_differing_setting() {
         let existing = TopicConfig {
             partitions: 4,
@@ -1365,6 +1570,7 @@ mod tests {
                 max_bytes: None,
             },
             replicate_to: vec!["eu".into(), "us".into()],
+            ..TopicConfig::default()
         };
         let d = existing.differences(&asked);
         assert_eq!(

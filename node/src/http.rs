@@ -16,13 +16,15 @@ use axum::{Json, Router};
 use cloudevents::AttributesReader;
 use meshd_core::api::{
     AckRequest, ErrorBody, FilterTestRequest, InvalidField, PublishResponse, PullResponse,
-    ReplayRequest, StartPosition, StartTime, SubscriptionSpec, TopicConfig,
+    ReplayRequest, SchemaGetQuery, SchemaPutQuery, StartPosition, StartTime, SubscriptionSpec,
+    TopicConfig,
 };
 use meshd_core::event::{self, EventError, Mode};
 use serde::Deserialize;
 
 use crate::delivery::{DeliveryError, WebhookTargetError};
 use crate::ingest;
+use crate::schemas::{Refusal, SchemaError};
 use crate::server::{BrowseFrom, Node, NodeError};
 use crate::store::StoreError;
 
@@ -207,6 +209,53 @@ impl From<NodeError> for ApiError {
     }
 }
 
+impl From<SchemaError> for ApiError {
+    fn from(e: SchemaError) -> Self {
+        match e {
+            SchemaError::Invalid(f) => f.into(),
+            SchemaError::Store(s) => s.into(),
+            SchemaError::NotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "schema_not_found", e.to_string())
+            }
+            SchemaError::VersionNotFound { .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "schema_version_not_found",
+                e.to_string(),
+            )
+            .field("version"),
+            SchemaError::BadSchema { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_schema", e.to_string())
+            }
+            SchemaError::Incompatible { ref violation, .. } => {
+                let path = violation.path.clone();
+                let a = ApiError::new(StatusCode::CONFLICT, "schema_incompatible", e.to_string());
+                if path.is_empty() {
+                    a
+                } else {
+                    a.field(path)
+                }
+            }
+            SchemaError::InUse { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "schema_in_use", e.to_string())
+            }
+            SchemaError::Limit(_) => {
+                ApiError::new(StatusCode::CONFLICT, "schema_limit", e.to_string())
+            }
+            SchemaError::CatalogUnavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "catalog_unavailable",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, r.code, r.message).field(r.field)
+    }
+}
+
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Header a proxy sets on a publish naming its producer group; the node reports the
@@ -239,6 +288,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/replays/{name}/cancel", post(cancel_replay))
         .route("/v1/filters/test", post(filter_test))
         .route("/v1/trace", get(trace))
+        .route("/v1/schemas", get(list_schemas))
+        .route(
+            "/v1/schemas/{name}",
+            get(get_schema).put(put_schema).delete(delete_schema),
+        )
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/cluster/promise", post(cluster_promise))
         .route("/v1/mesh", get(mesh_status))
@@ -434,10 +488,14 @@ async fn publish_inner(node: &Arc<Node>, topic: &str, req: Request) -> ApiResult
         Mode::Structured => vec![event::parse_structured(&bytes)?],
         Mode::Batch => event::parse_batch(&bytes)?,
     };
-    let events: Vec<_> = events
+    let mut events: Vec<_> = events
         .into_iter()
         .map(event::strip_mesh_extensions)
         .collect();
+    if let Some(bindings) = node.validated_bindings(topic) {
+        node.schemas
+            .check_events(&bindings, &mut events, matches!(mode, Mode::Batch))?;
+    }
     let positions = ingest::append_events(&*node.store, topic, partitions, &events).await?;
     let traced = node.trace.enabled().then(|| node.trace.intern(topic));
     for (e, p) in events.iter().zip(&positions) {
@@ -471,7 +529,11 @@ async fn put_topic(
     } else {
         parse_json(&bytes)?
     };
+    // No schema the topic binds is deleted until it exists.
+    let schemas = node.schemas.lock_changes().await;
+    node.schemas.check_bindings(&config.schemas)?;
     let created = node.admin_create_topic(&topic, config).await?;
+    drop(schemas);
     let info = node.topic_info(&topic).await?;
     let status = if created {
         StatusCode::CREATED
@@ -985,6 +1047,64 @@ async fn filter_test(
         }
     })?;
     Ok(Json(result).into_response())
+}
+
+/// `PUT /v1/schemas/{name}?compatibility=`: the body is the JSON Schema document; 201 with
+/// the new version, 200 when the latest version is this document already.
+async fn put_schema(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    query: Result<Query<SchemaPutQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    require_json(&headers)?;
+    let bytes = read_body(&node, &headers, body, crate::schemas::MAX_SCHEMA_BYTES).await?;
+    let doc: serde_json::Value = parse_json(&bytes)?;
+    let (created, info) = node
+        .schemas
+        .put(
+            &*node.store,
+            node.catalog_sink(),
+            &name,
+            doc,
+            q.compatibility,
+        )
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(info)).into_response())
+}
+
+/// `GET /v1/schemas/{name}?version=`: the latest version, or the one asked.
+async fn get_schema(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    query: Result<Query<SchemaGetQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    Ok(Json(node.schemas.get(&name, q.version)?).into_response())
+}
+
+async fn list_schemas(State(node): State<Arc<Node>>) -> Response {
+    Json(node.schemas.list()).into_response()
+}
+
+/// `DELETE /v1/schemas/{name}`: every version; 409 while a topic binds it.
+async fn delete_schema(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    node.schemas
+        .delete(&*node.store, node.catalog_sink(), &name)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn cluster_status(State(node): State<Arc<Node>>) -> Response {

@@ -17,12 +17,14 @@
 //! - [`server`]: a node assembled, with start-up recovery and clean shutdown.
 //! - [`status`]: where a subscription's delivery stands (backlog, counters, last error).
 //! - [`trace`]: what happened to an event on this node, for `GET /v1/trace`.
+//! - [`schemas`]: the schema registry and the check of published events against it.
 #![forbid(unsafe_code)]
 
 pub mod delivery;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod schemas;
 pub mod server;
 pub mod status;
 pub mod store;

@@ -204,6 +204,14 @@ pub trait CatalogSink: Send + Sync {
     ) -> Result<Option<SubscriptionSpec>, CatalogError>;
     /// Deletes a subscription.
     async fn delete_subscription(&self, name: &str) -> Result<(), CatalogError>;
+    /// Creates or replaces a schema (every version).
+    async fn put_schema(
+        &self,
+        name: &str,
+        entry: &meshd_core::api::SchemaCatalogEntry,
+    ) -> Result<(), CatalogError>;
+    /// Deletes a schema.
+    async fn delete_schema(&self, name: &str) -> Result<(), CatalogError>;
 }
 
 /// Most producer groups a node remembers (older ones are dropped first).
@@ -306,6 +314,8 @@ pub struct Node {
     pub metrics: Metrics,
     /// What happened to events here (`GET /v1/trace`).
     pub trace: Arc<TraceLog>,
+    /// Its schema registry (docs/api.md, "Schemas").
+    pub schemas: crate::schemas::SchemaRegistry,
     topics: RwLock<HashMap<String, TopicConfig>>,
     subscriptions: RwLock<BTreeMap<String, Arc<CompiledSubscription>>>,
     /// When each subscription was made (see [`SUBSCRIPTION_CREATED_PREFIX`]).
@@ -461,6 +471,7 @@ impl Node {
             trace.clone(),
         );
         let topics = store.list_topics().await?.into_iter().collect();
+        let schemas = crate::schemas::SchemaRegistry::load(&*store).await?;
         let owned = config.placement_gated.then(BTreeSet::new);
         let node = Arc::new(Node {
             config,
@@ -468,6 +479,7 @@ impl Node {
             delivery,
             metrics,
             trace,
+            schemas,
             topics: RwLock::new(topics),
             subscriptions: RwLock::new(BTreeMap::new()),
             subscriptions_created: std::sync::Mutex::new(HashMap::new()),
@@ -821,6 +833,15 @@ impl Node {
         Ok(stored)
     }
 
+    /// The schemas bound to a topic's event types when it validates on publish (`None`:
+    /// nothing to check). Read from the cache [`Node::partitions_for_publish`] filled.
+    pub fn validated_bindings(&self, topic: &str) -> Option<BTreeMap<String, String>> {
+        self.read_topics()
+            .get(topic)
+            .filter(|c| c.validate && !c.schemas.is_empty())
+            .map(|c| c.schemas.clone())
+    }
+
     /// The partition count of a topic for a publish; creates it when auto-create is on.
     pub async fn partitions_for_publish(&self, topic: &str) -> Result<u32, NodeError> {
         if let Some(cfg) = self.topic_config(topic).await? {
@@ -1094,6 +1115,11 @@ impl Node {
     }
 
     fn catalog(&self) -> Option<&Arc<dyn CatalogSink>> {
+        self.catalog.get()
+    }
+
+    /// The cluster catalog, when the node has one (schema changes are written there).
+    pub fn catalog_sink(&self) -> Option<&Arc<dyn CatalogSink>> {
         self.catalog.get()
     }
 

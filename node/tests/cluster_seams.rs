@@ -43,6 +43,16 @@ impl CatalogSink for FakeCatalog {
     async fn delete_subscription(&self, name: &str) -> Result<(), CatalogError> {
         self.write(format!("delete sub {name}"))
     }
+    async fn put_schema(
+        &self,
+        name: &str,
+        _: &meshd_core::api::SchemaCatalogEntry,
+    ) -> Result<(), CatalogError> {
+        self.write(format!("put schema {name}"))
+    }
+    async fn delete_schema(&self, name: &str) -> Result<(), CatalogError> {
+        self.write(format!("delete schema {name}"))
+    }
 }
 
 fn spec(json: serde_json::Value) -> SubscriptionSpec {

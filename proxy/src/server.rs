@@ -106,6 +106,10 @@ enum Op {
     Trace,
     /// `POST /v1/admin/drain` (`true`) or `/v1/admin/undrain` (`false`).
     Drain(bool),
+    /// `PUT` or `DELETE /v1/schemas/{name}`: to every node, like a topic write.
+    SchemaWrite,
+    /// `GET /v1/schemas[/{name}]`: to any node.
+    SchemaRead,
 }
 
 /// An answer that is not forwarded: an error.
@@ -221,6 +225,12 @@ fn classify(method: &Method, path: &str) -> Result<Op, Reject> {
         ["v1", "topics", t, "events"] if !t.is_empty() => match *method {
             Method::POST => Some(Op::Publish((*t).to_string())),
             Method::GET => Some(Op::TopicBrowse((*t).to_string())),
+            _ => None,
+        },
+        ["v1", "schemas"] => (method == Method::GET).then_some(Op::SchemaRead),
+        ["v1", "schemas", n] if !n.is_empty() => match *method {
+            Method::GET => Some(Op::SchemaRead),
+            Method::PUT | Method::DELETE => Some(Op::SchemaWrite),
             _ => None,
         },
         ["v1", "subscriptions"] => match *method {
@@ -744,9 +754,12 @@ impl Proxy {
             Op::TopicRead(t) => self.require_any(&token, t)?,
             // Reading stored events takes what reading them through a subscription takes.
             Op::TopicBrowse(t) => self.require(&token, Action::Subscribe, Some(t))?,
-            Op::TopicList | Op::SubList | Op::Mesh(false) | Op::Trace => {
-                self.require(&token, Action::Admin, None)?
-            }
+            Op::TopicList
+            | Op::SubList
+            | Op::Mesh(false)
+            | Op::Trace
+            | Op::SchemaRead
+            | Op::SchemaWrite => self.require(&token, Action::Admin, None)?,
             Op::Mesh(true) => self.require(&token, Action::ClusterAdmin, None)?,
             Op::TokensList | Op::TokensCreate | Op::TokensRevoke(_) => {
                 self.require(&token, Action::ClusterAdmin, None)?;
@@ -877,7 +890,7 @@ impl Proxy {
                 let _ = sub_topic;
                 (inner.routing.for_subscription(name), None, 1)
             }
-            Op::TopicWrite(_) => {
+            Op::TopicWrite(_) | Op::SchemaWrite => {
                 if let Some(t) = &token {
                     self.check_token_rate(t, 1)?;
                 }
@@ -1561,6 +1574,15 @@ mod tests {
             classify(&Method::PUT, "/v1/topics/orders").ok(),
             Some(Op::TopicWrite("orders".into()))
         );
+        assert_eq!(
+            classify(&Method::PUT, "/v1/schemas/orders").ok(),
+            Some(Op::SchemaWrite)
+        );
+        assert_eq!(
+            classify(&Method::GET, "/v1/schemas").ok(),
+            Some(Op::SchemaRead)
+        );
+        assert!(classify(&Method::POST, "/v1/schemas/orders").is_err());
         assert_eq!(
             classify(&Method::POST, "/v1/subscriptions/s/ack").ok(),
             Some(Op::SubPull("s".into()))

@@ -17,6 +17,9 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CatalogKind {
+    /// A schema with all its versions; the value is its `SchemaCatalogEntry`. First in
+    /// the order: applied before the topics that bind it, deleted after them.
+    Schema,
     /// A topic; the value is its `TopicConfig`.
     Topic,
     /// A subscription; the value is its `SubscriptionSpec`.
@@ -24,9 +27,10 @@ pub enum CatalogKind {
 }
 
 impl CatalogKind {
-    /// The key directory: `topics` or `subscriptions`.
+    /// The key directory: `schemas`, `topics` or `subscriptions`.
     pub fn dir(self) -> &'static str {
         match self {
+            CatalogKind::Schema => "schemas",
             CatalogKind::Topic => "topics",
             CatalogKind::Subscription => "subscriptions",
         }

@@ -163,9 +163,13 @@ impl Keys {
     pub fn parse_catalog(&self, key: &str) -> Option<(CatalogKind, String)> {
         let rest = key.strip_prefix(&self.catalog_prefix())?;
         let (dir, name) = rest.split_once('/')?;
-        let kind = [CatalogKind::Topic, CatalogKind::Subscription]
-            .into_iter()
-            .find(|k| k.dir() == dir)?;
+        let kind = [
+            CatalogKind::Schema,
+            CatalogKind::Topic,
+            CatalogKind::Subscription,
+        ]
+        .into_iter()
+        .find(|k| k.dir() == dir)?;
         if name.is_empty() || name.contains('/') {
             return None;
         }
