@@ -6,7 +6,10 @@
 //! printed as a Markdown table for docs/benchmarks.md.
 //!
 //! Run: `cargo bench --bench publish` (env: BENCH_SECS=10 per scenario, BENCH_CONNS=64,
-//! BENCH_FSYNC=always,interval,never: the meshd fsync modes to run, in that order).
+//! BENCH_FSYNC=always,interval,never: the meshd fsync modes to run, in that order;
+//! BENCH_VARIANTS="A;B": run every mode once per variant, each variant being extra
+//! `meshd node` arguments, e.g. `BENCH_VARIANTS=";--trace-retention 0"` compares the
+//! default with tracing off in one run; BENCH_NATS=0 skips the JetStream rows).
 //! Needs `nats-server` on PATH for the peer (Debian package nats-server); without it the
 //! NATS rows are skipped with a note.
 //!
@@ -157,9 +160,26 @@ fn main() {
     let mut rows = Vec::new();
     rt.block_on(async {
         let modes = std::env::var("BENCH_FSYNC").unwrap_or_else(|_| "always,interval,never".into());
-        for fsync in modes.split(',').filter(|m| !m.is_empty()) {
+        let variants = std::env::var("BENCH_VARIANTS").unwrap_or_default();
+        let runs: Vec<(String, String)> = variants
+            .split(';')
+            .flat_map(|v| {
+                modes
+                    .split(',')
+                    .filter(|m| !m.is_empty())
+                    .map(move |m| (v.trim().to_string(), m.to_string()))
+            })
+            .collect();
+        for (variant, fsync) in &runs {
+            let fsync = fsync.as_str();
+            let extra: Vec<&str> = variant.split_whitespace().collect();
+            let label = if variant.is_empty() {
+                format!("fsync={fsync}")
+            } else {
+                format!("fsync={fsync}, {variant}")
+            };
             let dir = tempfile::tempdir().unwrap();
-            let (_m, url) = start_meshd(dir.path(), fsync, &[]);
+            let (_m, url) = start_meshd(dir.path(), fsync, &extra);
             let addr = url.trim_start_matches("http://").to_string();
             let mut s = connect(&addr).await;
             let put = hyper::Request::put("/v1/topics/bench")
@@ -178,18 +198,18 @@ fn main() {
             for (batch, c) in [(1, conns), (100, conns.min(16))] {
                 let (rate, hist) = meshd_publish(&url, batch, c, secs).await;
                 rows.push(Row {
-                    system: format!("meshd (fsync={fsync})"),
+                    system: format!("meshd ({label})"),
                     scenario: format!("publish, {batch}-event requests, {c} connections"),
                     events_per_sec: rate,
                     p50_ms: hist.pct(0.5),
                     p99_ms: hist.pct(0.99),
                 });
-                eprintln!("meshd fsync={fsync} batch={batch}: {rate:.0} ev/s");
+                eprintln!("meshd {label} batch={batch}: {rate:.0} ev/s");
             }
             if fsync == "always" {
                 let hist = meshd_push_latency(&url, 1000, secs, "lat").await;
                 rows.push(Row {
-                    system: "meshd (fsync=always)".into(),
+                    system: format!("meshd ({label})"),
                     scenario: "publish→webhook latency at 1k ev/s".into(),
                     events_per_sec: 1000.0,
                     p50_ms: hist.pct(0.5),
@@ -198,7 +218,12 @@ fn main() {
             }
         }
         let ndir = tempfile::tempdir().unwrap();
-        match start_nats(ndir.path()) {
+        let nats = if std::env::var("BENCH_NATS").as_deref() == Ok("0") {
+            None
+        } else {
+            start_nats(ndir.path())
+        };
+        match nats {
             None => eprintln!("nats-server not found or did not start: NATS rows skipped"),
             Some((_n, url)) => {
                 for (window, c, stream) in [(1, conns, "B1"), (100, conns.min(16), "B100")] {

@@ -803,6 +803,26 @@ enum Mode {
 }
 
 /// JSON given inline, or the path of a file holding it.
+/// The filter of `--pattern`, `--cesql` or `--filter` (at most one is given).
+fn filter_args(
+    pattern: &Option<String>,
+    cesql: &Option<String>,
+    filter: &Option<String>,
+) -> anyhow::Result<Option<FilterSpec>> {
+    Ok(if let Some(p) = pattern {
+        Some(FilterSpec::Pattern(json_or_file("--pattern", p)?))
+    } else if let Some(c) = cesql {
+        Some(FilterSpec::Cesql(c.clone()))
+    } else if let Some(f) = filter {
+        Some(
+            serde_json::from_value(json_or_file("--filter", f)?)
+                .map_err(|e| usage(format!("--filter is not a filter: {e}")))?,
+        )
+    } else {
+        None
+    })
+}
+
 fn json_or_file(flag: &str, s: &str) -> anyhow::Result<Value> {
     let t = s.trim_start();
     if t.starts_with('{') || t.starts_with('[') {
@@ -837,18 +857,7 @@ impl CreateArgs {
             }
             Sink::Webhook(w)
         };
-        let filter = if let Some(p) = &self.pattern {
-            Some(FilterSpec::Pattern(json_or_file("--pattern", p)?))
-        } else if let Some(c) = &self.cesql {
-            Some(FilterSpec::Cesql(c.clone()))
-        } else if let Some(f) = &self.filter {
-            Some(
-                serde_json::from_value(json_or_file("--filter", f)?)
-                    .map_err(|e| usage(format!("--filter is not a filter: {e}")))?,
-            )
-        } else {
-            None
-        };
+        let filter = filter_args(&self.pattern, &self.cesql, &self.filter)?;
         let transform = match &self.transform {
             Some(t) => Some(
                 serde_json::from_value(json_or_file("--transform", t)?)
@@ -1396,4 +1405,231 @@ pub async fn mesh(global: &GlobalArgs, args: MeshArgs) -> anyhow::Result<()> {
     }
     l.print_or("no links");
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// meshd replay
+
+/// `meshd replay`: re-deliver a topic's stored events of a time window to one subscription
+/// (EventBridge-style), follow and cancel it.
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    #[command(subcommand)]
+    action: ReplayAction,
+}
+
+#[derive(clap::Subcommand)]
+enum ReplayAction {
+    /// Start a replay: the events stored in [--from, --to) that pass the filter (and the
+    /// subscription's own) go to the subscription again, marked `meshdreplay=NAME`.
+    #[command(group(clap::ArgGroup::new("which").args(["pattern", "cesql", "filter"])))]
+    Start {
+        /// The target subscription (of --topic).
+        #[arg(long)]
+        subscription: String,
+        /// The topic whose stored events are replayed.
+        #[arg(long)]
+        topic: String,
+        /// Window start (RFC 3339): events stored at or after it.
+        #[arg(long, value_name = "TIME")]
+        from: String,
+        /// Window end (RFC 3339; default now): events stored before it.
+        #[arg(long, value_name = "TIME")]
+        to: Option<String>,
+        /// The replay's name (default: generated).
+        #[arg(long)]
+        name: Option<String>,
+        /// An EventBridge-style event pattern: JSON, or a file holding it.
+        #[arg(long, value_name = "FILE|JSON")]
+        pattern: Option<String>,
+        /// A CloudEvents SQL expression.
+        #[arg(long, value_name = "EXPR")]
+        cesql: Option<String>,
+        /// A filter in any dialect of the API, as JSON, or a file holding it.
+        #[arg(long, value_name = "FILE|JSON")]
+        filter: Option<String>,
+    },
+    /// List the replays of the node (or of the node delivering --subscription).
+    List {
+        /// Only the replays into this subscription (asked of the node delivering it).
+        #[arg(long)]
+        subscription: Option<String>,
+    },
+    /// One replay: state, window offsets and progress per partition, counts.
+    Status {
+        /// The replay.
+        name: String,
+        /// The target subscription (a node of a cluster then asks the node delivering it).
+        #[arg(long)]
+        subscription: Option<String>,
+    },
+    /// Cancel a replay: nothing more is handed out once this returns.
+    Cancel {
+        /// The replay.
+        name: String,
+        /// The target subscription (a node of a cluster then asks the node delivering it).
+        #[arg(long)]
+        subscription: Option<String>,
+    },
+}
+
+fn replay_time(flag: &str, t: &str) -> anyhow::Result<meshd_core::api::StartTime> {
+    meshd_core::api::StartTime::parse(t).map_err(|e| usage(format!("{flag}: {e}")))
+}
+
+fn subscription_query(subscription: &Option<String>) -> anyhow::Result<String> {
+    Ok(match subscription {
+        Some(s) => format!("?subscription={}", name_segment("subscription", s)?),
+        None => String::new(),
+    })
+}
+
+/// `meshd replay`.
+pub async fn replay(global: &GlobalArgs, args: ReplayArgs) -> anyhow::Result<()> {
+    use meshd_core::api::{ReplayList, ReplayRequest, ReplayStatus};
+    let api = Api::new(global)?;
+    match args.action {
+        ReplayAction::Start {
+            subscription,
+            topic,
+            from,
+            to,
+            name,
+            pattern,
+            cesql,
+            filter,
+        } => {
+            let to = match to {
+                Some(t) => replay_time("--to", &t)?,
+                None => replay_time(
+                    "--to",
+                    &meshd_core::api::format_time_ms(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_millis() as u64)
+                            .unwrap_or(0),
+                    ),
+                )?,
+            };
+            let req = ReplayRequest {
+                name,
+                topic,
+                from: replay_time("--from", &from)?,
+                to,
+                filter: filter_args(&pattern, &cesql, &filter)?,
+                subscription,
+            };
+            req.validate()
+                .map_err(|e| usage(format!("invalid replay: {e}")))?;
+            let (_, s): (_, ReplayStatus) = api
+                .json(Method::POST, "/v1/replays", |r| r.json(&req))
+                .await?;
+            match api.output {
+                Output::Json => api.print_json(&s)?,
+                Output::Table => print!("{}", replay_text(&s)),
+            }
+        }
+        ReplayAction::List { subscription } => {
+            let list: ReplayList = api
+                .get(&format!(
+                    "/v1/replays{}",
+                    subscription_query(&subscription)?
+                ))
+                .await?;
+            match api.output {
+                Output::Json => api.print_json(&list)?,
+                Output::Table => {
+                    let mut t = Table::new([
+                        "NAME",
+                        "STATE",
+                        "SUBSCRIPTION",
+                        "FROM",
+                        "TO",
+                        "REPLAYED",
+                        "PROGRESS",
+                    ]);
+                    for r in &list.replays {
+                        t.row([
+                            r.name.clone(),
+                            r.state.as_str().to_string(),
+                            r.subscription.clone(),
+                            r.from.clone(),
+                            r.to.clone(),
+                            r.events_replayed.to_string(),
+                            format!("{:.0}%", r.progress * 100.0),
+                        ]);
+                    }
+                    t.print_or("no replays");
+                }
+            }
+        }
+        ReplayAction::Status { name, subscription } => {
+            let name = name_segment("replay", &name)?;
+            let s: ReplayStatus = api
+                .get(&format!(
+                    "/v1/replays/{name}{}",
+                    subscription_query(&subscription)?
+                ))
+                .await?;
+            match api.output {
+                Output::Json => api.print_json(&s)?,
+                Output::Table => print!("{}", replay_text(&s)),
+            }
+        }
+        ReplayAction::Cancel { name, subscription } => {
+            let name = name_segment("replay", &name)?;
+            let (_, s): (_, ReplayStatus) = api
+                .json(
+                    Method::POST,
+                    &format!(
+                        "/v1/replays/{name}/cancel{}",
+                        subscription_query(&subscription)?
+                    ),
+                    |r| r,
+                )
+                .await?;
+            match api.output {
+                Output::Json => api.print_json(&s)?,
+                Output::Table => print!("{}", replay_text(&s)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A replay's status as text: the summary, then one row per partition.
+fn replay_text(s: &meshd_core::api::ReplayStatus) -> String {
+    let mut t = Table::new(["FIELD", "VALUE"]);
+    t.row(["name".into(), s.name.clone()]);
+    t.row(["state".into(), s.state.as_str().to_string()]);
+    t.row([
+        "target".into(),
+        format!("subscription {} of topic {}", s.subscription, s.topic),
+    ]);
+    t.row(["window".into(), format!("[{}, {})", s.from, s.to)]);
+    t.row(["filter".into(), filter_text(&s.filter)]);
+    t.row(["node".into(), s.node.clone()]);
+    t.row(["scanned".into(), s.events_scanned.to_string()]);
+    t.row(["replayed".into(), s.events_replayed.to_string()]);
+    t.row(["progress".into(), format!("{:.1}%", s.progress * 100.0)]);
+    t.row(["created".into(), s.created.clone()]);
+    t.row([
+        "ended".into(),
+        s.ended.clone().unwrap_or_else(|| "-".into()),
+    ]);
+    if let Some(e) = &s.error {
+        t.row(["error".into(), e.clone()]);
+    }
+    let mut out = t.render();
+    let mut p = Table::new(["PARTITION", "START", "END", "NEXT"]);
+    for (n, w) in &s.partitions {
+        p.row([
+            n.to_string(),
+            w.start.to_string(),
+            w.end.to_string(),
+            w.next.to_string(),
+        ]);
+    }
+    out.push_str(&p.render());
+    out
 }

@@ -16,6 +16,9 @@
 //! trying a region on one machine; production gives `store = "pulsar://..."` (Apache
 //! Pulsar).
 //!
+//! With a `[mesh]` section the region joins a mesh: one node (`bridge_node`) runs the
+//! cluster's federation bridge with the topology and certificates given there.
+//!
 //! The config file is checked completely before anything starts: unknown keys, missing
 //! fields, zero counts, bad values and port clashes are reported together.
 
@@ -95,6 +98,74 @@ pub struct ClusterConfig {
     pub nodes: NodesSection,
     /// The proxies.
     pub proxies: ProxiesSection,
+    /// Joins the region to a mesh: one node runs the cluster's federation bridge.
+    #[serde(default)]
+    pub mesh: Option<MeshSection>,
+}
+
+/// `[mesh]`: the region is one cluster of a mesh. The node `bridge_node` runs the
+/// federation bridge of `name` (`meshd node --topology --certs-dir`), binding the
+/// cluster's `bridge` address of the topology unless `bridge_listen` is given. The
+/// supervisor restarts it like any node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshSection {
+    /// The mesh topology file (it must name this cluster).
+    pub topology: PathBuf,
+    /// The directory with `ca.pem` and this cluster's certificate and key (`meshd certs
+    /// issue`).
+    pub certs_dir: PathBuf,
+    /// Which node runs the bridge (1-based).
+    #[serde(default = "default_bridge_node")]
+    pub bridge_node: u16,
+    /// UDP address the bridge binds (default: the cluster's `bridge` in the topology).
+    #[serde(default)]
+    pub bridge_listen: Option<std::net::SocketAddr>,
+}
+
+fn default_bridge_node() -> u16 {
+    1
+}
+
+impl MeshSection {
+    /// Every problem with the mesh settings of cluster `name` with `nodes` nodes: the
+    /// topology must load and name the cluster, the certificate must load and be that
+    /// cluster's.
+    fn problems(&self, name: &str, nodes: u16) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.bridge_node == 0 || self.bridge_node > nodes {
+            p.push(format!(
+                "mesh.bridge_node = {} names no node (nodes.count = {nodes})",
+                self.bridge_node
+            ));
+        }
+        match meshd_topology::Topology::load(&self.topology) {
+            Err(e) => p.push(format!("mesh.topology: {e}")),
+            Ok(t) if t.cluster(name).is_none() => p.push(format!(
+                "mesh.topology: {} has no cluster named {name:?} (it names {})",
+                self.topology.display(),
+                t.clusters()
+                    .map(|c| c.name.as_str().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Ok(_) => {}
+        }
+        let paths = meshd_certs::CertPaths::in_dir(&self.certs_dir, name);
+        match meshd_certs::Loaded::from_files(&paths, meshd_certs::LoadPolicy::default()) {
+            Err(e) => p.push(format!(
+                "mesh.certs_dir: cannot load the certificate of cluster {name} from {}: {e}",
+                self.certs_dir.display()
+            )),
+            Ok(l) if l.cluster != name => p.push(format!(
+                "mesh.certs_dir: {} is the certificate of cluster {:?}, not {name:?}",
+                paths.cert.display(),
+                l.cluster
+            )),
+            Ok(_) => {}
+        }
+        p
+    }
 }
 
 fn default_host() -> String {
@@ -244,6 +315,9 @@ impl ClusterConfig {
                 }
             }
             _ => {}
+        }
+        if let Some(mesh) = &self.mesh {
+            p.extend(mesh.problems(&self.name, self.nodes.count));
         }
         if self.proxies.count > 0 && !self.proxies.no_auth && self.proxies.tokens.is_none() {
             p.push("proxies: give tokens = \"FILE\" or no_auth = true".into());
@@ -527,9 +601,25 @@ async fn start_all(cfg: &ClusterConfig, procs: &mut Procs) -> anyhow::Result<()>
             )
             .await?;
     }
+    let mesh_args = match &cfg.mesh {
+        None => Vec::new(),
+        Some(m) => {
+            let abs = |p: &Path| {
+                std::fs::canonicalize(p).with_context(|| format!("resolving {}", p.display()))
+            };
+            let mut a = vec![
+                format!("--topology={}", abs(&m.topology)?.display()),
+                format!("--certs-dir={}", abs(&m.certs_dir)?.display()),
+            ];
+            if let Some(l) = m.bridge_listen {
+                a.push(format!("--bridge-listen={l}"));
+            }
+            a
+        }
+    };
     for i in 0..cfg.nodes.count {
         let id = format!("node-{}", i + 1);
-        let args = vec![
+        let mut args = vec![
             "node".to_string(),
             format!("--listen={host}:{}", port_of(cfg.nodes.base_port, i)?),
             format!("--data-dir={}", dir.join(&id).display()),
@@ -540,6 +630,9 @@ async fn start_all(cfg: &ClusterConfig, procs: &mut Procs) -> anyhow::Result<()>
             format!("--store={store}"),
             format!("--internal-token-file={}", token_file.display()),
         ];
+        if cfg.mesh.as_ref().map(|m| m.bridge_node) == Some(i + 1) {
+            args.extend(mesh_args.iter().cloned());
+        }
         procs
             .spawn(
                 dir,
@@ -635,8 +728,16 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
                 RegionStore::PulsarLite => "a local pulsar-lite test broker".to_string(),
                 RegionStore::Given(url) => url,
             };
+            let mesh = match &cfg.mesh {
+                Some(m) => format!(
+                    "; joins the mesh of {} through node-{}'s bridge",
+                    m.topology.display(),
+                    m.bridge_node
+                ),
+                None => String::new(),
+            };
             println!(
-                "{}: cluster {} with {} scheduler members, {} nodes on {store}, {} proxies",
+                "{}: cluster {} with {} scheduler members, {} nodes on {store}, {} proxies{mesh}",
                 config.display(),
                 cfg.name,
                 cfg.scheduler.members,

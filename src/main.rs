@@ -59,6 +59,9 @@ enum Command {
     Sub(client::SubArgs),
     /// Manage topics (create, list, get, delete).
     Topic(client::TopicArgs),
+    /// Re-deliver stored events of a time window to a subscription (start, list, status,
+    /// cancel).
+    Replay(client::ReplayArgs),
     /// The mesh as a node's federation bridge sees it (`meshd mesh status`).
     Mesh(client::MeshArgs),
     /// A webhook receiver that prints every pushed event as one JSON line.
@@ -353,12 +356,13 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Pub(_)
             | Command::Sub(_)
             | Command::Topic(_)
+            | Command::Replay(_)
             | Command::Mesh(_)
             | Command::Drill(_)
     );
     if !client_command && !global.urls.is_empty() {
         return Err(client::UsageError(
-            "--url is an option of the client commands (pub, sub, topic, mesh, drill); this command does not talk to a node"
+            "--url is an option of the client commands (pub, sub, topic, replay, mesh, drill); this command does not talk to a node"
                 .into(),
         )
         .into());
@@ -391,6 +395,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Command::Pub(args) => client::publish(&global, args).await,
             Command::Sub(args) => client::subscription(&global, args).await,
             Command::Topic(args) => client::topic(&global, args).await,
+            Command::Replay(args) => client::replay(&global, args).await,
             Command::Mesh(args) => client::mesh(&global, args).await,
             Command::Listen(args) => listen::run(args).await,
             Command::Drill(args) => drill::run(&global, args).await,

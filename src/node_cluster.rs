@@ -346,6 +346,7 @@ impl ClusterMember {
         let mut info = MemberInfo::new(Role::Node, self.node.config.node_id.clone(), &self.url);
         info.store = Some(member_store(&self.node.config.store));
         info.groups = groups_of(&self.node);
+        info.bridge = self.node.runs_bridge();
         info
     }
 

@@ -4,9 +4,12 @@
 //! child process; a bad config file, and more than one node on the embedded store, are
 //! refused with a clear error and start nothing. As a supervisor: a status table on start
 //! and on SIGUSR1, a child killed with SIGKILL is restarted (said on stdout) and ready
-//! again, and SIGKILL of `cluster up` kills every child.
+//! again, and SIGKILL of `cluster up` kills every child. With a `[mesh]` section the
+//! region joins a mesh (one node runs the bridge) and events published in another cluster
+//! reach a subscription made through the region's proxy; bad mesh settings are refused.
 
 mod common;
+mod federation_support;
 
 use std::time::Duration;
 
@@ -384,4 +387,179 @@ no_auth = true
         },
     )
     .await;
+}
+
+fn mesh_region_config(dir: &std::path::Path, name: &str, mesh: &str) -> std::path::PathBuf {
+    let data = dir.join("region");
+    config(
+        dir,
+        &format!(
+            r#"
+name = "{name}"
+data_dir = "{}"
+[etcd]
+spawn = true
+binary = "/usr/bin/etcd"
+[scheduler]
+members = 1
+[nodes]
+count = 1
+lease_ttl = "2s"
+[proxies]
+count = 1
+no_auth = true
+{mesh}
+"#,
+            data.display()
+        ),
+    )
+}
+
+#[test]
+fn bad_mesh_settings_are_refused_and_start_nothing() {
+    let files =
+        federation_support::MeshFiles::new(&["up-x", "other"], &[("up-x", "other", 1)], &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A topology without the cluster, certificates of no such cluster, no node 2.
+    let lonely = dir.path().join("lonely.toml");
+    std::fs::write(
+        &lonely,
+        "[mesh]\nname = \"t\"\n\n[[cluster]]\nname = \"other\"\nregion = \"r\"\ncloud = \"c\"\n\
+         bridge = \"127.0.0.1:1\"\nproxy = \"http://127.0.0.1:2\"\n",
+    )
+    .expect("write topology");
+    let cfg = mesh_region_config(
+        dir.path(),
+        "up-y",
+        &format!(
+            "[mesh]\ntopology = \"{}\"\ncerts_dir = \"{}\"\nbridge_node = 2\n",
+            lonely.display(),
+            files.certs.display()
+        ),
+    );
+    for cmd in ["check", "up"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
+            .args(["cluster", cmd, "--config"])
+            .arg(&cfg)
+            .output()
+            .expect("run meshd");
+        assert_eq!(out.status.code(), Some(1), "cluster {cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("mesh.bridge_node = 2 names no node (nodes.count = 1)")
+                && err.contains("has no cluster named \"up-y\" (it names other)")
+                && err.contains("cannot load the certificate of cluster up-y"),
+            "cluster {cmd}: every mesh problem at once: {err}"
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+        assert!(!dir.path().join("region").exists(), "nothing started");
+    }
+    // The certificate of another cluster under this cluster's file name is refused too.
+    std::fs::copy(files.certs.join("up-x.pem"), files.certs.join("up-z.pem")).expect("copy");
+    std::fs::copy(files.certs.join("up-x.key"), files.certs.join("up-z.key")).expect("copy");
+    let cfg = mesh_region_config(
+        dir.path(),
+        "up-z",
+        &format!(
+            "[mesh]\ntopology = \"{}\"\ncerts_dir = \"{}\"\n",
+            files.topology.display(),
+            files.certs.display()
+        ),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
+        .args(["cluster", "check", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run meshd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("has no cluster named \"up-z\"")
+            && err.contains("is the certificate of cluster \"up-x\", not \"up-z\""),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_up_joins_a_mesh_through_one_nodes_bridge() {
+    let files = federation_support::MeshFiles::new(&["up-m", "far"], &[("up-m", "far", 1)], &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = mesh_region_config(
+        dir.path(),
+        "up-m",
+        &format!(
+            "[mesh]\ntopology = \"{}\"\ncerts_dir = \"{}\"\nbridge_listen = \"{}\"\n",
+            files.topology.display(),
+            files.certs.display(),
+            files.bind["up-m"]
+        ),
+    );
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
+        .args(["cluster", "check", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run meshd");
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && said.contains("joins the mesh of") && said.contains("node-1"),
+        "{said} {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let (mut up, lines) = common::cluster_up(&cfg, dir.path(), Duration::from_secs(60), |l| {
+        l == "cluster up-m up"
+    })
+    .await;
+    let proxy = line_value(&lines, "cluster up-m proxy proxy-1 ").expect("proxy line");
+    let far = files.start("far");
+    let c = client();
+
+    // A topic made in the other cluster reaches the region through the catalog; a
+    // subscription made through the region's proxy gets what is published there.
+    federation_support::topic(&c, &far, "orders", 1).await;
+    let sink = Sink::start(|_, _| 200).await;
+    let body = json!({"name": "billing", "topic": "orders", "start": "earliest",
+                      "sink": {"webhook": {"url": sink.url}}});
+    eventually(
+        "a subscription through the region's proxy on the mesh's topic",
+        Duration::from_secs(30),
+        || {
+            let r = c
+                .post(format!("{proxy}/v1/subscriptions"))
+                .json(&body)
+                .send();
+            async move { r.await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+        },
+    )
+    .await;
+    let events: Vec<_> = (0..10)
+        .map(|i| common::event(&format!("m{i}"), "t", None, json!({})))
+        .collect();
+    common::publish(&c, &far.url, "orders", &events).await;
+    eventually(
+        "events published in the other cluster are delivered in the region",
+        Duration::from_secs(30),
+        || {
+            let got: std::collections::BTreeSet<String> = sink.ids().into_iter().collect();
+            async move { (got.len() == 10).then_some(()) }
+        },
+    )
+    .await;
+    let r = c
+        .get(format!("{proxy}/v1/mesh"))
+        .send()
+        .await
+        .expect("mesh");
+    let status = r.status();
+    let text = r.text().await.expect("mesh body");
+    assert!(status.is_success(), "{status} {text}");
+    let mesh: meshd_core::api::MeshStatus = serde_json::from_str(&text).expect("mesh status");
+    assert_eq!(mesh.cluster, "up-m");
+    assert!(
+        mesh.links
+            .iter()
+            .any(|l| l.peer == "far" && l.state == "connected"),
+        "{:?}",
+        mesh.links
+    );
+    assert!(up.terminate(), "cluster up exits cleanly on SIGTERM");
 }

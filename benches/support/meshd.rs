@@ -53,6 +53,16 @@ impl Hist {
 
 /// Starts `meshd node` (the binary of this build) on a free port with its data in `dir`;
 /// returns its guard and base URL.
+/// Extra `meshd node` arguments every node a bench starts gets: `BENCH_NODE_ARGS`
+/// (whitespace-separated, e.g. `--trace-retention 0`).
+pub fn node_args_from_env() -> Vec<String> {
+    std::env::var("BENCH_NODE_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
 pub fn start_meshd(dir: &std::path::Path, fsync: &str, extra: &[&str]) -> (Killed, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
         .env("MESHD_WEBHOOK_ALLOW_LOOPBACK", "true")
@@ -66,6 +76,7 @@ pub fn start_meshd(dir: &std::path::Path, fsync: &str, extra: &[&str]) -> (Kille
         ])
         .arg(dir)
         .args(extra)
+        .args(node_args_from_env())
         .env(
             "MESHD_LOG",
             std::env::var("MESHD_LOG").unwrap_or_else(|_| "warn".into()),

@@ -1576,3 +1576,152 @@ mod tests {
         assert_eq!(d["kind"], "dead_lettered");
     }
 }
+
+/// Body of `POST /v1/replays`: re-deliver a topic's stored events of a time window to one
+/// subscription (EventBridge's StartReplay). Each replayed event carries the CloudEvents
+/// extension [`REPLAY_EXTENSION`] with the replay's name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// Unique name among the node's replays (absent: generated, `replay-{ms}-{n}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The topic whose stored events are replayed.
+    pub topic: String,
+    /// Events stored at or after this time (RFC 3339).
+    pub from: StartTime,
+    /// Events stored before this time (RFC 3339; a time in the future means now).
+    pub to: StartTime,
+    /// Which events (absent: all); applied on top of the subscription's own filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterSpec>,
+    /// The subscription that receives the replayed events (of `topic`, CLUSTERING).
+    pub subscription: String,
+}
+
+/// The CloudEvents extension attribute a replayed event carries: the replay's name.
+pub const REPLAY_EXTENSION: &str = "meshdreplay";
+
+impl ReplayRequest {
+    /// Checks what needs no store: names, `from` < `to`, the filter compiles. Returns the
+    /// compiled filter.
+    pub fn validate(&self) -> Result<Option<Filter>, InvalidField> {
+        if let Some(n) = &self.name {
+            check_name("name", n)?;
+        }
+        check_name("topic", &self.topic)?;
+        check_name("subscription", &self.subscription)?;
+        if self.from.ms() >= self.to.ms() {
+            return Err(invalid(
+                "to",
+                format!(
+                    "must be after from ({} is not after {})",
+                    self.to.as_str(),
+                    self.from.as_str()
+                ),
+            ));
+        }
+        self.filter
+            .as_ref()
+            .map(Filter::compile)
+            .transpose()
+            .map_err(|e| invalid(format!("filter{}", e.path_suffix()), e.to_string()))
+    }
+}
+
+/// Where a replay is (EventBridge's replay states).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayState {
+    /// Accepted; the window's offsets are being looked up.
+    Starting,
+    /// Events are being re-delivered.
+    Running,
+    /// Every event of the window was handled (delivered, filtered out or dead-lettered).
+    Completed,
+    /// Cancel asked; nothing more is handed out.
+    Cancelling,
+    /// Cancelled before the end.
+    Cancelled,
+    /// Stopped by an error (or interrupted by a node restart): see `error`.
+    Failed,
+}
+
+impl ReplayState {
+    /// Whether the replay ended (completed, cancelled or failed).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            ReplayState::Completed | ReplayState::Cancelled | ReplayState::Failed
+        )
+    }
+
+    /// The lowercase name (`running`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplayState::Starting => "starting",
+            ReplayState::Running => "running",
+            ReplayState::Completed => "completed",
+            ReplayState::Cancelling => "cancelling",
+            ReplayState::Cancelled => "cancelled",
+            ReplayState::Failed => "failed",
+        }
+    }
+}
+
+/// One partition of a [`ReplayStatus`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplayPartition {
+    /// The first offset of the window (the first record stored at or after `from`).
+    pub start: u64,
+    /// The end of the window (the first record stored at or after `to`, exclusive).
+    pub end: u64,
+    /// Every offset below it is handled.
+    pub next: u64,
+}
+
+/// Answer of `GET /v1/replays/{name}` (and of `POST /v1/replays`, `DELETE`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplayStatus {
+    /// The replay's name (the value of the `meshdreplay` extension).
+    pub name: String,
+    /// The topic replayed.
+    pub topic: String,
+    /// The target subscription.
+    pub subscription: String,
+    /// The window's start as asked.
+    pub from: String,
+    /// The window's end as asked.
+    pub to: String,
+    /// The replay's filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterSpec>,
+    /// Where it is.
+    pub state: ReplayState,
+    /// The node running it.
+    pub node: String,
+    /// Per partition: the window's offsets and how far it got.
+    pub partitions: BTreeMap<u32, ReplayPartition>,
+    /// Records of the window read.
+    pub events_scanned: u64,
+    /// Events handed to the subscription's sink and finished there (delivered, or
+    /// dead-lettered after its attempts).
+    pub events_replayed: u64,
+    /// Share of the window's offsets handled, 0 to 1 (1 when completed).
+    pub progress: f64,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it was accepted (RFC 3339).
+    pub created: String,
+    /// When it ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+}
+
+/// Answer of `GET /v1/replays`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplayList {
+    /// Every replay the node knows, by name.
+    pub replays: Vec<ReplayStatus>,
+}

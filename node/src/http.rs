@@ -15,7 +15,7 @@ use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use meshd_core::api::{
     AckRequest, ErrorBody, FilterTestRequest, InvalidField, PublishResponse, PullResponse,
-    StartPosition, StartTime, SubscriptionSpec, TopicConfig,
+    ReplayRequest, StartPosition, StartTime, SubscriptionSpec, TopicConfig,
 };
 use meshd_core::event::{self, EventError, Mode};
 use serde::Deserialize;
@@ -134,6 +134,9 @@ impl From<DeliveryError> for ApiError {
             DeliveryError::TooManyConsumers { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "too_many_consumers", e.to_string())
             }
+            DeliveryError::ReplayRefused { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "replay_refused", e.to_string())
+            }
             DeliveryError::Store(s) => s.into(),
         }
     }
@@ -187,6 +190,15 @@ impl From<NodeError> for ApiError {
                 a.retry_after = Some(1);
                 a
             }
+            NodeError::ReplayNotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "replay_not_found", e.to_string())
+            }
+            NodeError::ReplayExists { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "replay_exists", e.to_string()).field("name")
+            }
+            NodeError::ReplayEnded { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "replay_ended", e.to_string())
+            }
             NodeError::NotPlacedHere { .. } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "group_not_placed_here",
@@ -230,6 +242,9 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<Node>>)> {
         ("/v1/subscriptions/{name}/ack", post(ack)),
         ("/v1/subscriptions/{name}/status", get(subscription_status)),
         ("/v1/subscriptions/{name}/seek", post(seek)),
+        ("/v1/replays", post(start_replay).get(list_replays)),
+        ("/v1/replays/{name}", get(replay_status)),
+        ("/v1/replays/{name}/cancel", post(cancel_replay)),
         ("/v1/filters/test", post(filter_test)),
         ("/v1/cluster", get(cluster_status)),
         ("/v1/cluster/promise", post(cluster_promise)),
@@ -679,6 +694,172 @@ async fn seek(
 ) -> ApiResult<Response> {
     let start: StartPosition = json_body(&node, &headers, body, 64 * 1024).await?;
     Ok(Json(node.seek_subscription(&name, start).await?).into_response())
+}
+
+/// `POST /v1/replays`: starts a replay on the node delivering the target subscription (a
+/// node whose cluster places the subscription's group elsewhere forwards it there).
+async fn start_replay(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let req: ReplayRequest = json_body(&node, &headers, body, 256 * 1024).await?;
+    if !headers.contains_key(FORWARDED_HEADER) {
+        // Checked here first: an unknown subscription is unknown in the cluster.
+        node.subscription(&req.subscription)?;
+        if let Some(owner) = node.group_owner(&req.subscription).await {
+            let (status, body) = forward(
+                &node,
+                &owner,
+                reqwest::Method::POST,
+                "/v1/replays",
+                Some(&req),
+            )
+            .await?;
+            return Ok((status, body).into_response());
+        }
+    }
+    let status = node.start_replay(req).await?;
+    Ok((StatusCode::CREATED, Json(status)).into_response())
+}
+
+/// Query of the replay reads: `subscription` names the target, so a node of a cluster
+/// asks the node delivering it (where the replay runs).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayQuery {
+    subscription: Option<String>,
+}
+
+/// The node to forward a replay call to: the one delivering `subscription`, when that is
+/// another node.
+async fn replay_owner(
+    node: &Node,
+    headers: &HeaderMap,
+    subscription: Option<&str>,
+) -> Option<crate::server::GroupOwner> {
+    if headers.contains_key(FORWARDED_HEADER) {
+        return None;
+    }
+    node.group_owner(subscription?).await
+}
+
+async fn list_replays(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    query: Result<Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    if let Some(owner) = replay_owner(&node, &headers, q.subscription.as_deref()).await {
+        let path = format!(
+            "/v1/replays?subscription={}",
+            q.subscription.unwrap_or_default()
+        );
+        let (status, body) =
+            forward::<()>(&node, &owner, reqwest::Method::GET, &path, None).await?;
+        return Ok((status, body).into_response());
+    }
+    let mut list = node.list_replays();
+    if let Some(s) = &q.subscription {
+        list.replays.retain(|r| &r.subscription == s);
+    }
+    Ok(Json(list).into_response())
+}
+
+async fn replay_status(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    if let Ok(s) = node.replay_status(&name) {
+        return Ok(Json(s).into_response());
+    }
+    if let Some(owner) = replay_owner(&node, &headers, q.subscription.as_deref()).await {
+        let (status, body) = forward::<()>(
+            &node,
+            &owner,
+            reqwest::Method::GET,
+            &format!("/v1/replays/{name}"),
+            None,
+        )
+        .await?;
+        return Ok((status, body).into_response());
+    }
+    Ok(Json(node.replay_status(&name)?).into_response())
+}
+
+async fn cancel_replay(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    if node.replay_status(&name).is_err() {
+        if let Some(owner) = replay_owner(&node, &headers, q.subscription.as_deref()).await {
+            let (status, body) = forward::<()>(
+                &node,
+                &owner,
+                reqwest::Method::POST,
+                &format!("/v1/replays/{name}/cancel"),
+                None,
+            )
+            .await?;
+            return Ok((status, body).into_response());
+        }
+    }
+    Ok(Json(node.cancel_replay(&name).await?).into_response())
+}
+
+/// Sends a request to `owner` (with the cluster's internal token and
+/// [`FORWARDED_HEADER`], so it answers itself) and hands its answer back as it is.
+async fn forward<B: serde::Serialize>(
+    node: &Node,
+    owner: &crate::server::GroupOwner,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&B>,
+) -> Result<(StatusCode, Response), NodeError> {
+    let unreachable = |error: String| NodeError::OwnerUnreachable {
+        name: path.to_string(),
+        node: owner.node.clone(),
+        error,
+    };
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(FORWARD_TIMEOUT)
+        .build()
+        .map_err(|e| unreachable(meshd_core::api::error_chain(&e)))?;
+    let url = format!("{}{path}", owner.url.trim_end_matches('/'));
+    let mut req = client
+        .request(method, &url)
+        .header(FORWARDED_HEADER, node.config.node_id.as_str());
+    if let Some(t) = &node.config.internal_token {
+        req = req.header(meshd_core::internal::HEADER, t.expose());
+    }
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| unreachable(meshd_core::api::error_chain(&e)))?;
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| unreachable(meshd_core::api::error_chain(&e)))?;
+    let mut out = Response::new(Body::from(bytes));
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok((status, out))
 }
 
 /// Query of `GET /v1/topics/{topic}/events`.

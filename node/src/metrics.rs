@@ -32,6 +32,9 @@ pub struct Metrics {
     pub publish_rejected: IntCounterVec,
     /// Events delivered (acknowledged by the sink), per topic and subscription.
     pub delivered: IntCounterVec,
+    /// Events a replay finished at the sink (acknowledged or dead-lettered), per topic and
+    /// subscription (they count in `delivered` / `dead_lettered` too).
+    pub replayed: IntCounterVec,
     /// Delivery attempts that failed and will be retried.
     pub retried: IntCounterVec,
     /// Events sent to the dead-letter topic (or dropped without one), per subscription.
@@ -202,6 +205,11 @@ impl Metrics {
             delivered: counter(
                 "meshd_node_events_delivered_total",
                 "Events acknowledged by a sink",
+                &["topic", "subscription"],
+            ),
+            replayed: counter(
+                "meshd_node_events_replayed_total",
+                "Events a replay finished at the sink (acknowledged or dead-lettered)",
                 &["topic", "subscription"],
             ),
             retried: counter(

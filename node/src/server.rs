@@ -46,7 +46,9 @@ use crate::store::pulsar::{PulsarConfig, PulsarStore};
 use crate::store::{EventStore, FsyncPolicy, RetentionHolds, StoreError};
 
 mod replay;
+mod replays;
 pub use replay::{BrowseFrom, BROWSE_MAX_BYTES, START_TIME_SKEW};
+pub use replays::{ReplayEntry, REPLAY_PREFIX};
 
 const SUBSCRIPTION_PREFIX: &str = "subscriptions/";
 /// Store metadata: when each subscription was made (ms since the epoch, as text). A
@@ -252,6 +254,26 @@ pub enum NodeError {
         /// Why.
         error: String,
     },
+    /// No replay of this name.
+    #[error("replay {name:?} does not exist; see GET /v1/replays")]
+    ReplayNotFound {
+        /// Name.
+        name: String,
+    },
+    /// A replay of this name exists.
+    #[error("replay {name:?} exists; pick another name (or leave name out to get one)")]
+    ReplayExists {
+        /// Name.
+        name: String,
+    },
+    /// The replay ended; it cannot be cancelled.
+    #[error("replay {name:?} is {state} already; nothing to cancel")]
+    ReplayEnded {
+        /// Name.
+        name: String,
+        /// Its state.
+        state: &'static str,
+    },
     /// The subscription's consumer group is placed on another node of the cluster.
     #[error("consumer group {group:?} of subscription {name:?} is not served by this node; use the node placement names (or a proxy)")]
     NotPlacedHere {
@@ -299,6 +321,8 @@ pub struct Node {
     publish_gate: tokio::sync::RwLock<()>,
     drain: watch::Sender<DrainState>,
     retention_holds: std::sync::Mutex<BTreeMap<String, HoldScopeFn>>,
+    /// Replays this node ran or runs, by name.
+    replays: std::sync::Mutex<BTreeMap<String, ReplayEntry>>,
 }
 
 /// Where a node is in a drain (`POST /v1/admin/drain|undrain`); the API type.
@@ -414,6 +438,7 @@ impl Node {
             publish_gate: tokio::sync::RwLock::new(()),
             drain: watch::Sender::new(DrainState::Serving),
             retention_holds: std::sync::Mutex::new(BTreeMap::new()),
+            replays: std::sync::Mutex::new(BTreeMap::new()),
         });
         let mut created: HashMap<String, u64> = HashMap::new();
         for (key, value) in node.store.list_meta(SUBSCRIPTION_CREATED_PREFIX).await? {
@@ -453,6 +478,7 @@ impl Node {
                 }
             }
         }
+        node.recover_replays().await?;
         node.ready.store(true, Ordering::SeqCst);
         tracing::info!(
             cluster = %node.config.cluster,
@@ -495,6 +521,11 @@ impl Node {
     /// Attaches the federation bridge's status (once; later calls are ignored).
     pub fn set_mesh_status(&self, status: MeshStatusFn) {
         let _ = self.mesh.set(status);
+    }
+
+    /// Whether a federation bridge is attached (`--topology`).
+    pub fn runs_bridge(&self) -> bool {
+        self.mesh.get().is_some()
     }
 
     /// The federation bridge's status, when a bridge is attached.
@@ -1440,6 +1471,7 @@ impl Node {
             return;
         }
         self.delivery.shutdown().await;
+        self.save_replays().await;
         if let Err(e) = self.store.close().await {
             tracing::warn!("closing the store: {e}");
         }

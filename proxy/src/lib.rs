@@ -152,10 +152,13 @@ pub async fn follow_registry(
     tokio::spawn(async move {
         while let Some(ev) = members.recv().await {
             match ev {
-                MemberEvent::Put(info) if info.role == Role::Node => r.upsert_node(Upstream {
-                    id: info.id,
-                    url: info.http_addr.trim_end_matches('/').to_string(),
-                }),
+                MemberEvent::Put(info) if info.role == Role::Node => {
+                    r.set_bridge(&info.id, info.bridge);
+                    r.upsert_node(Upstream {
+                        id: info.id,
+                        url: info.http_addr.trim_end_matches('/').to_string(),
+                    })
+                }
                 MemberEvent::Delete(id) if id.role == Role::Node => r.remove_node(&id.id),
                 _ => {}
             }

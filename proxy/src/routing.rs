@@ -10,7 +10,7 @@
 //! their node leaves.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash as _, Hasher as _};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -46,6 +46,8 @@ struct Sticky {
 #[derive(Debug, Default)]
 pub struct Routing {
     nodes: RwLock<Nodes>,
+    /// Nodes that run the cluster's federation bridge.
+    bridges: RwLock<BTreeSet<String>>,
     sticky: Mutex<HashMap<String, Sticky>>,
     down: Mutex<HashSet<String>>,
 }
@@ -112,8 +114,36 @@ impl Routing {
         }
     }
 
+    /// Records whether node `id` runs the cluster's federation bridge.
+    pub fn set_bridge(&self, id: &str, runs: bool) {
+        if let Ok(mut b) = self.bridges.write() {
+            if runs {
+                b.insert(id.to_string());
+            } else {
+                b.remove(id);
+            }
+        }
+    }
+
+    /// Where `/v1/mesh` requests go: the live nodes running the bridge (normally one),
+    /// then those marked down.
+    pub fn for_mesh(&self) -> Vec<Upstream> {
+        let bridges = self.bridges.read().map(|b| b.clone()).unwrap_or_default();
+        let down = self.down.lock().map(|d| d.clone()).unwrap_or_default();
+        let (mut live, dead): (Vec<Upstream>, Vec<Upstream>) = self
+            .nodes()
+            .into_iter()
+            .filter(|u| bridges.contains(&u.id))
+            .partition(|u| !down.contains(&u.id));
+        live.extend(dead);
+        live
+    }
+
     /// Removes one node (it left the cluster).
     pub fn remove_node(&self, id: &str) {
+        if let Ok(mut b) = self.bridges.write() {
+            b.remove(id);
+        }
         if let Ok(mut n) = self.nodes.write() {
             if n.by_id.remove(id).is_some() {
                 n.rebuild_ring();
@@ -356,5 +386,25 @@ mod tests {
         assert_eq!(r.reclaim_idle(Duration::from_secs(60)), 0);
         assert_eq!(r.reclaim_idle(Duration::ZERO), 1);
         assert_eq!(r.for_producer("g")[0].id, "b");
+    }
+
+    #[test]
+    fn mesh_requests_go_to_the_bridge_node() {
+        let r = Routing::new();
+        r.set_nodes(vec![up("a"), up("b"), up("c")]);
+        assert!(r.for_mesh().is_empty(), "no bridge known");
+        r.set_bridge("b", true);
+        assert_eq!(r.for_mesh(), vec![up("b")]);
+        r.set_bridge("c", true);
+        r.mark_down("b");
+        assert_eq!(r.for_mesh(), vec![up("c"), up("b")], "live first");
+        r.set_bridge("c", false);
+        r.remove_node("b");
+        assert!(r.for_mesh().is_empty());
+        r.upsert_node(up("b"));
+        assert!(
+            r.for_mesh().is_empty(),
+            "a node that left forgets its bridge flag"
+        );
     }
 }

@@ -91,7 +91,16 @@ enum Op {
     SubPull(String),
     /// `POST /v1/subscriptions/{name}/seek`: to the node delivering it, like a pull.
     SubSeek(String),
+    /// `POST /v1/replays`: to the node delivering the body's `subscription`.
+    ReplayStart,
+    /// `GET /v1/replays`, `GET /v1/replays/{name}`, `POST /v1/replays/{name}/cancel`: to
+    /// the node delivering `?subscription=S` when given (the subscribe scope on its
+    /// topic), else to any node (the admin scope).
+    Replay,
     Cluster,
+    /// `GET /v1/mesh` (`false`), `POST /v1/mesh/links/{peer}/{action}` and
+    /// `POST /v1/mesh/failover` (`true`): to the node running the bridge.
+    Mesh(bool),
     /// `POST /v1/admin/drain` (`true`) or `/v1/admin/undrain` (`false`).
     Drain(bool),
 }
@@ -185,6 +194,10 @@ fn classify(method: &Method, path: &str) -> Result<Op, Reject> {
         ["readyz"] => (method == Method::GET).then_some(Op::Ready),
         ["metrics"] => (method == Method::GET).then_some(Op::Metrics),
         ["v1", "cluster"] => (method == Method::GET).then_some(Op::Cluster),
+        ["v1", "mesh"] => (method == Method::GET).then_some(Op::Mesh(false)),
+        ["v1", "mesh", "failover"] | ["v1", "mesh", "links", _, _] => {
+            (method == Method::POST).then_some(Op::Mesh(true))
+        }
         ["v1", "admin", "drain"] => (method == Method::POST).then_some(Op::Drain(true)),
         ["v1", "admin", "undrain"] => (method == Method::POST).then_some(Op::Drain(false)),
         ["v1", "tokens"] => match *method {
@@ -227,6 +240,15 @@ fn classify(method: &Method, path: &str) -> Result<Op, Reject> {
         }
         ["v1", "subscriptions", n, "seek"] if !n.is_empty() => {
             (method == Method::POST).then(|| Op::SubSeek((*n).to_string()))
+        }
+        ["v1", "replays"] => match *method {
+            Method::GET => Some(Op::Replay),
+            Method::POST => Some(Op::ReplayStart),
+            _ => None,
+        },
+        ["v1", "replays", n] if !n.is_empty() => (method == Method::GET).then_some(Op::Replay),
+        ["v1", "replays", n, "cancel"] if !n.is_empty() => {
+            (method == Method::POST).then_some(Op::Replay)
         }
         _ => {
             return Err(Reject::new(
@@ -321,6 +343,20 @@ const MAX_PULL_WAIT: Duration = Duration::from_secs(60);
 
 /// `wait` of a pull (absent: 0), in the one duration syntax (`meshd_core::duration`), at
 /// most 60 s. A bad value is refused here (400, field `wait`), as the node would.
+/// The `subscription` of a replay call's query, if any.
+fn replay_subscription(query: Option<&str>) -> Option<String> {
+    query.into_iter().flat_map(|q| q.split('&')).find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == "subscription" && !v.is_empty()).then(|| percent_decode(v))
+    })
+}
+
+#[derive(Deserialize)]
+struct ReplayHead {
+    topic: Option<String>,
+    subscription: Option<String>,
+}
+
 fn pull_wait(query: Option<&str>) -> Result<Duration, Reject> {
     let Some(raw) = query.into_iter().flat_map(|q| q.split('&')).find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -691,7 +727,10 @@ impl Proxy {
             Op::TopicRead(t) => self.require_any(&token, t)?,
             // Reading stored events takes what reading them through a subscription takes.
             Op::TopicBrowse(t) => self.require(&token, Action::Subscribe, Some(t))?,
-            Op::TopicList | Op::SubList => self.require(&token, Action::Admin, None)?,
+            Op::TopicList | Op::SubList | Op::Mesh(false) => {
+                self.require(&token, Action::Admin, None)?
+            }
+            Op::Mesh(true) => self.require(&token, Action::ClusterAdmin, None)?,
             Op::TokensList | Op::TokensCreate | Op::TokensRevoke(_) => {
                 self.require(&token, Action::ClusterAdmin, None)?;
             }
@@ -702,6 +741,15 @@ impl Proxy {
                     sub_topic = Some(topic);
                 }
             }
+            Op::Replay => match replay_subscription(req.uri().query()) {
+                Some(name) => {
+                    if token.is_some() {
+                        let topic = self.subscription_topic(&name).await?;
+                        self.require(&token, Action::Subscribe, Some(&topic))?;
+                    }
+                }
+                None => self.require(&token, Action::Admin, None)?,
+            },
             Op::Drain(on) => {
                 self.require(&token, Action::ClusterAdmin, None)?;
                 let on = *on;
@@ -720,7 +768,7 @@ impl Proxy {
                 );
                 return Ok(r);
             }
-            Op::Cluster | Op::SubCreate => {}
+            Op::Cluster | Op::SubCreate | Op::ReplayStart => {}
             Op::Health | Op::Ready | Op::Metrics => {}
         }
         if self.is_draining() {
@@ -780,6 +828,28 @@ impl Proxy {
                 }
                 (inner.routing.for_subscription(&name), None, 1)
             }
+            Op::ReplayStart => {
+                let head: ReplayHead = serde_json::from_slice(&body).map_err(|e| {
+                    Reject::new(
+                        StatusCode::BAD_REQUEST,
+                        "malformed_body",
+                        format!("the body is not a replay: {e}"),
+                    )
+                })?;
+                let (Some(topic), Some(name)) = (head.topic, head.subscription) else {
+                    return Err(Reject::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_body",
+                        "a replay needs a topic and a subscription",
+                    ));
+                };
+                self.require(&token, Action::Subscribe, Some(&topic))?;
+                (inner.routing.for_subscription(&name), None, 1)
+            }
+            Op::Replay => match replay_subscription(parts.uri.query()) {
+                Some(name) => (inner.routing.for_subscription(&name), None, 1),
+                None => (inner.routing.for_key("admin"), None, 1),
+            },
             Op::SubOne(name) | Op::SubPull(name) | Op::SubSeek(name) => {
                 if let Op::SubPull(_) = op {
                     deadline_len += pull_wait(parts.uri.query())?;
@@ -804,6 +874,18 @@ impl Proxy {
             }
             Op::TopicRead(t) | Op::TopicBrowse(t) => {
                 (inner.routing.for_key(&format!("topic:{t}")), None, 1)
+            }
+            Op::Mesh(_) => {
+                let to = inner.routing.for_mesh();
+                if to.is_empty() {
+                    return Err(Reject::new(
+                        StatusCode::NOT_FOUND,
+                        "no_mesh",
+                        "no node of this cluster runs a federation bridge (a node started \
+                         with --topology and --certs-dir, or [mesh] in cluster up's config)",
+                    ));
+                }
+                (to, None, 1)
             }
             _ => (inner.routing.for_key("admin"), None, 1),
         };
@@ -1476,7 +1558,47 @@ mod tests {
             Some(Op::SubSeek("s".into()))
         );
         assert_eq!(
+            classify(&Method::POST, "/v1/replays").ok(),
+            Some(Op::ReplayStart)
+        );
+        for (m, p) in [
+            (Method::GET, "/v1/replays"),
+            (Method::GET, "/v1/replays/r1"),
+            (Method::POST, "/v1/replays/r1/cancel"),
+        ] {
+            assert_eq!(classify(&m, p).ok(), Some(Op::Replay), "{m} {p}");
+        }
+        assert_eq!(
+            classify(&Method::DELETE, "/v1/replays/r1")
+                .err()
+                .map(|r| r.status),
+            Some(StatusCode::METHOD_NOT_ALLOWED)
+        );
+        assert_eq!(
+            replay_subscription(Some("x=1&subscription=billing")),
+            Some("billing".to_string())
+        );
+        assert_eq!(replay_subscription(Some("subscription=")), None);
+        assert_eq!(
             classify(&Method::GET, "/v1/subscriptions/s/seek")
+                .err()
+                .map(|r| r.status),
+            Some(StatusCode::METHOD_NOT_ALLOWED)
+        );
+        assert_eq!(
+            classify(&Method::GET, "/v1/mesh").ok(),
+            Some(Op::Mesh(false))
+        );
+        assert_eq!(
+            classify(&Method::POST, "/v1/mesh/links/b/pause").ok(),
+            Some(Op::Mesh(true))
+        );
+        assert_eq!(
+            classify(&Method::POST, "/v1/mesh/failover").ok(),
+            Some(Op::Mesh(true))
+        );
+        assert_eq!(
+            classify(&Method::DELETE, "/v1/mesh")
                 .err()
                 .map(|r| r.status),
             Some(StatusCode::METHOD_NOT_ALLOWED)

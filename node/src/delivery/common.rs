@@ -233,6 +233,19 @@ impl Progress {
     }
 }
 
+/// Where a sink reports an offset finished (delivered or dead-lettered): a subscription's
+/// [`Progress`], or a replay (`super::replay::ReplayHandle`).
+pub trait Completion: Send + Sync {
+    /// `offset` of `partition` is finished.
+    fn done(&self, partition: u32, offset: u64);
+}
+
+impl Completion for Progress {
+    fn done(&self, partition: u32, offset: u64) {
+        self.complete(partition, offset);
+    }
+}
+
 /// Resolves when stop is requested (or the engine went away).
 pub async fn wait_stop(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;

@@ -30,6 +30,8 @@ pub mod guard;
 pub mod lease;
 pub mod pull;
 pub mod push;
+pub mod replay;
+pub mod replay_run;
 pub mod tracker;
 
 #[cfg(test)]
@@ -83,6 +85,12 @@ pub enum DeliveryError {
         /// The bound.
         max: usize,
     },
+    /// A replay cannot go to this subscription (BROADCASTING, or one runs already).
+    #[error("{message}")]
+    ReplayRefused {
+        /// Why.
+        message: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -123,6 +131,8 @@ pub struct Delivery {
     options: DeliveryOptions,
     subs: tokio::sync::Mutex<HashMap<String, Running>>,
     feeds: Arc<feed::Feeds>,
+    /// The replay running into each subscription (at most one).
+    replays: std::sync::Mutex<HashMap<String, Arc<replay::ReplayHandle>>>,
 }
 
 impl Delivery {
@@ -199,6 +209,7 @@ impl Delivery {
             guard,
             options,
             subs: tokio::sync::Mutex::new(HashMap::new()),
+            replays: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -206,6 +217,11 @@ impl Delivery {
     pub async fn start(&self, sub: Arc<CompiledSubscription>) -> Result<(), DeliveryError> {
         let mut subs = self.subs.lock().await;
         if let Some(old) = subs.remove(&sub.spec.name) {
+            self.abandon_replay(
+                &sub.spec.name,
+                "the subscription was restarted on this node",
+            )
+            .await;
             stop_running(old).await;
         }
         self.start_locked(&mut subs, sub).await
@@ -318,6 +334,8 @@ impl Delivery {
             if let Kind::Pull(p) = &r.kind {
                 groups.extend(p.progress().await.iter().map(|g| g.group().to_string()));
             }
+            self.abandon_replay(&spec.name, "the subscription was moved (seek)")
+                .await;
             stop_running(r).await;
         }
         let mut committed = Ok(());
@@ -347,6 +365,103 @@ impl Delivery {
         Ok(positions)
     }
 
+    /// Stops the replay into `name` (if any) and waits until it handed out its last
+    /// event; it fails with `why` unless it ended already.
+    async fn abandon_replay(&self, name: &str, why: &str) {
+        let handle = self
+            .replays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        if let Some(h) = handle {
+            h.abandon(why);
+            h.wait_finished().await;
+        }
+    }
+
+    /// Starts `handle`'s replay of `windows` (offsets `[start, end)` per partition) into
+    /// the running subscription `sub`, with the replay's own `filter` on top of the
+    /// subscription's. Refused (nothing started) when the subscription does not run here,
+    /// is BROADCASTING, or has a replay running.
+    pub async fn start_replay(
+        &self,
+        sub: Arc<CompiledSubscription>,
+        handle: Arc<replay::ReplayHandle>,
+        filter: Option<meshd_core::filter::Filter>,
+        windows: BTreeMap<u32, (u64, u64)>,
+    ) -> Result<(), DeliveryError> {
+        let name = sub.spec.name.clone();
+        if sub.spec.mode != GroupMode::Clustering {
+            return Err(DeliveryError::ReplayRefused {
+                message: format!("subscription {name:?} is BROADCASTING; replays go to CLUSTERING subscriptions only"),
+            });
+        }
+        let subs = self.subs.lock().await;
+        let Some(running) = subs.get(&name) else {
+            return Err(DeliveryError::NotFound { name });
+        };
+        {
+            let replays = self.replays.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(other) = replays.get(&name) {
+                if !other.status().state.is_terminal() {
+                    return Err(DeliveryError::ReplayRefused {
+                        message: format!(
+                            "replay {:?} runs into subscription {name:?}; cancel it or wait for it to end (one replay per subscription at a time)",
+                            other.status().name
+                        ),
+                    });
+                }
+            }
+        }
+        let ctx = SubCtx {
+            sub: sub.clone(),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            stop: handle.stop_watch(),
+            feeds: self.feeds.clone(),
+        };
+        handle.with(|r| r.begin(windows.clone(), crate::ingest::now_ms()));
+        let (dispatch, sink_tasks, detach): (_, _, Box<dyn FnOnce() + Send>) =
+            match (&running.kind, &sub.spec.sink) {
+                (Kind::Pull(p), _) => match p.attach_replay(handle.clone()).await? {
+                    Some(d) => {
+                        let p = p.clone();
+                        (d, Vec::new(), Box::new(move || p.detach_replay()))
+                    }
+                    None => {
+                        return Err(DeliveryError::ReplayRefused {
+                            message: format!("subscription {name:?} has a replay attached"),
+                        });
+                    }
+                },
+                (Kind::Push, Sink::Webhook(w)) => {
+                    let client = push::PushClient {
+                        http: self.client.clone(),
+                        guard: self.guard.clone(),
+                    };
+                    let (d, tasks) = push::start_replay_lanes(
+                        ctx.clone(),
+                        w,
+                        client,
+                        self.options,
+                        handle.clone(),
+                    );
+                    (d, tasks, Box::new(|| {}))
+                }
+                (Kind::Push, Sink::Pull(_)) => {
+                    return Err(DeliveryError::NotFound { name });
+                }
+            };
+        self.replays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), handle.clone());
+        drop(subs);
+        info!(subscription = %name, windows = ?windows, "replay started");
+        replay::run(ctx, handle, filter, windows, dispatch, sink_tasks, detach);
+        Ok(())
+    }
+
     /// The webhook target guard.
     pub fn guard(&self) -> &Arc<WebhookGuard> {
         &self.guard
@@ -357,6 +472,8 @@ impl Delivery {
         let running = self.subs.lock().await.remove(name);
         match running {
             Some(r) => {
+                self.abandon_replay(name, "the subscription stopped on this node")
+                    .await;
                 stop_running(r).await;
                 info!(subscription = %name, "subscription stopped");
                 true
@@ -440,6 +557,10 @@ impl Delivery {
 
     /// Stops every subscription, committing what was acknowledged.
     pub async fn shutdown(&self) {
+        let names: Vec<String> = self.subs.lock().await.keys().cloned().collect();
+        for n in names {
+            self.abandon_replay(&n, "the node stopped").await;
+        }
         let all: Vec<Running> = self.subs.lock().await.drain().map(|(_, r)| r).collect();
         for r in all {
             stop_running(r).await;

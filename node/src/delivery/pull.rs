@@ -61,6 +61,19 @@ impl PullGroup {
     }
 }
 
+/// Most replayed events held (ready plus leased) by a pull subscription's replay table.
+pub const MAX_REPLAY_BUFFERED: usize = 1_000;
+
+/// Prefix of the ack ids of replayed events (`r{partition}.{offset}.{generation}`).
+pub const REPLAY_ACK_PREFIX: char = 'r';
+
+/// The replay attached to a pull subscription: its own lease table (positions of the
+/// replay window collide with live ones), finished offsets go to the replay.
+struct ReplaySlot {
+    table: LeaseTable,
+    handle: Arc<super::replay::ReplayHandle>,
+}
+
 /// A running pull subscription.
 pub struct PullSub {
     ctx: SubCtx,
@@ -70,6 +83,9 @@ pub struct PullSub {
     /// Key "" for CLUSTERING, the consumer id for BROADCASTING.
     groups: tokio::sync::Mutex<HashMap<String, Arc<PullGroup>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    replay: Mutex<Option<ReplaySlot>>,
+    /// Woken when the replay table has room again.
+    replay_space: Notify,
 }
 
 impl PullSub {
@@ -92,6 +108,8 @@ impl PullSub {
             base,
             groups: tokio::sync::Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
+            replay: Mutex::new(None),
+            replay_space: Notify::new(),
         });
         if spec.mode == GroupMode::Clustering {
             sub.group("").await.map_err(|e| match e {
@@ -215,9 +233,18 @@ impl PullSub {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let now = Instant::now();
-            let (taken, next_lease) =
+            let (mut taken, mut next_lease) =
                 group.with(|t| (t.take(consumer, max, now), t.next_deadline()));
             self.account_taken(&group, &taken);
+            if self.clustering() {
+                let (replayed, replay_lease) =
+                    self.take_replay(consumer, max - taken.events.len(), now);
+                taken.events.extend(replayed);
+                next_lease = match (next_lease, replay_lease) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
             if !taken.events.is_empty() {
                 group.leased.notify_one();
                 debug!(subscription = %self.ctx.name(), topic = %self.ctx.topic(), consumer, events = taken.events.len(), redelivered = taken.redelivered, "handed out");
@@ -232,6 +259,139 @@ impl PullSub {
                 _ = wait_stop(&mut stop) => return Ok(Vec::new()),
             }
         }
+    }
+
+    /// Hands out up to `max` replayed events (after the live ones: a pull serves the
+    /// live events first and fills the rest with replayed ones). Their ack ids carry
+    /// [`REPLAY_ACK_PREFIX`]. Returns them and the replay table's next lease deadline.
+    fn take_replay(
+        &self,
+        consumer: &str,
+        max: usize,
+        now: Instant,
+    ) -> (Vec<PulledEvent>, Option<Instant>) {
+        let mut slot = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(s) = slot.as_mut() else {
+            return (Vec::new(), None);
+        };
+        let mut taken = s.table.take(consumer, max, now);
+        for e in &mut taken.events {
+            e.ack_id = format!("{REPLAY_ACK_PREFIX}{}", e.ack_id);
+        }
+        let next = s.table.next_deadline();
+        let handle = s.handle.clone();
+        drop(slot);
+        if taken.redelivered > 0 {
+            self.ctx
+                .metrics
+                .redelivered
+                .with_label_values(&[self.ctx.topic(), self.ctx.name()])
+                .inc_by(taken.redelivered as u64);
+        }
+        self.dead_letter_replayed(handle, taken.dead);
+        (taken.events, next)
+    }
+
+    /// Dead-letters replayed events that ran out of handouts, then marks them done.
+    fn dead_letter_replayed(&self, handle: Arc<super::replay::ReplayHandle>, dead: Vec<PullItem>) {
+        if dead.is_empty() {
+            return;
+        }
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            for item in dead {
+                let dl = DeadLetter {
+                    reason: format!("not acknowledged after {} deliveries", item.handouts),
+                    attempts: item.handouts,
+                    status: 0,
+                };
+                if !dead_letter(&ctx, &item.original, &dl).await {
+                    return;
+                }
+                super::common::Completion::done(handle.as_ref(), item.partition, item.offset);
+            }
+        });
+    }
+
+    /// Attaches a replay (CLUSTERING only; one at a time): returns the dispatch its
+    /// readers feed and the group woken when replayed events are ready. `None` when the
+    /// subscription is BROADCASTING or a replay is attached already.
+    pub async fn attach_replay(
+        self: &Arc<Self>,
+        handle: Arc<super::replay::ReplayHandle>,
+    ) -> Result<Option<Arc<dyn Dispatch>>, DeliveryError> {
+        if !self.clustering() {
+            return Ok(None);
+        }
+        let group = self.group("").await?;
+        let ack_deadline = match &self.ctx.sub.spec.sink {
+            meshd_core::api::Sink::Pull(p) => Duration::from_millis(p.ack_deadline_ms),
+            meshd_core::api::Sink::Webhook(_) => Duration::from_secs(30),
+        };
+        let mut slot = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() {
+            return Ok(None);
+        }
+        *slot = Some(ReplaySlot {
+            table: LeaseTable::new(ack_deadline, self.ctx.sub.spec.delivery.max_attempts, true),
+            handle,
+        });
+        Ok(Some(Arc::new(ReplayDispatch {
+            sub: self.clone(),
+            group,
+        })))
+    }
+
+    /// Takes the replay table off (its events are handed out no more; acks of them
+    /// answer unknown).
+    pub fn detach_replay(&self) {
+        let gone = self.replay.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(s) = gone {
+            let outstanding = s.table.outstanding();
+            debug!(subscription = %self.ctx.name(), outstanding, "replay detached");
+        }
+        self.replay_space.notify_waiters();
+    }
+
+    /// The replay attached, if any.
+    pub fn replay_handle(&self) -> Option<Arc<super::replay::ReplayHandle>> {
+        self.replay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.handle.clone())
+    }
+
+    /// Acknowledges replayed events (ids without the prefix); returns how many matched
+    /// and the unknown ids (with the prefix).
+    fn ack_replay(&self, ids: Vec<String>, now: Instant) -> (usize, Vec<String>) {
+        if ids.is_empty() {
+            return (0, Vec::new());
+        }
+        let mut slot = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(s) = slot.as_mut() else {
+            let unknown = ids
+                .into_iter()
+                .map(|i| format!("{REPLAY_ACK_PREFIX}{i}"))
+                .collect();
+            return (0, unknown);
+        };
+        let acked = s.table.ack(ids, now);
+        let handle = s.handle.clone();
+        drop(slot);
+        let labels = [self.ctx.topic(), self.ctx.name()];
+        for item in &acked.done {
+            super::common::Completion::done(handle.as_ref(), item.partition, item.offset);
+            self.ctx.metrics.delivered.with_label_values(&labels).inc();
+        }
+        self.dead_letter_replayed(handle, acked.dead);
+        self.replay_space.notify_waiters();
+        let unknown = acked
+            .unknown
+            .into_iter()
+            .map(|i| format!("{REPLAY_ACK_PREFIX}{i}"))
+            .collect();
+        (acked.acknowledged, unknown)
     }
 
     fn account_taken(&self, group: &PullGroup, taken: &Taken) {
@@ -258,6 +418,27 @@ impl PullSub {
 
     /// Acknowledges handed-out events.
     pub async fn ack(&self, consumer: &str, ack_ids: Vec<String>) -> AckResponse {
+        let (replayed, ack_ids): (Vec<String>, Vec<String>) = ack_ids
+            .into_iter()
+            .partition(|i| i.starts_with(REPLAY_ACK_PREFIX));
+        let replayed = replayed
+            .into_iter()
+            .map(|i| i[REPLAY_ACK_PREFIX.len_utf8()..].to_string())
+            .collect();
+        let (r_acked, r_unknown) = self.ack_replay(replayed, Instant::now());
+        let mut resp = self.ack_live(consumer, ack_ids).await;
+        resp.acknowledged += r_acked;
+        resp.unknown.extend(r_unknown);
+        resp
+    }
+
+    async fn ack_live(&self, consumer: &str, ack_ids: Vec<String>) -> AckResponse {
+        if ack_ids.is_empty() {
+            return AckResponse {
+                acknowledged: 0,
+                unknown: Vec::new(),
+            };
+        }
         let group = if self.clustering() {
             self.groups.lock().await.get("").cloned()
         } else {
@@ -394,6 +575,72 @@ impl Dispatch for TableDispatch {
             tokio::select! {
                 _ = space => {}
                 _ = wait_stop(&mut stop) => return false,
+            }
+        }
+    }
+}
+
+/// Puts replayed events into the replay table, waiting for room.
+struct ReplayDispatch {
+    sub: Arc<PullSub>,
+    group: Arc<PullGroup>,
+}
+
+#[async_trait]
+impl Dispatch for ReplayDispatch {
+    async fn dispatch(&self, item: Prepared) -> bool {
+        let ctx = &self.sub.ctx;
+        let Some(handle) = self.sub.replay_handle() else {
+            return false;
+        };
+        let payload = match pulled_payload(&item.output) {
+            Ok(p) => p,
+            Err(e) => {
+                let dl = DeadLetter {
+                    reason: format!("encode: {e}"),
+                    attempts: 0,
+                    status: 0,
+                };
+                if dead_letter(ctx, &item.event, &dl).await {
+                    super::common::Completion::done(handle.as_ref(), item.partition, item.offset);
+                }
+                return true;
+            }
+        };
+        let mut pending = Some(PullItem {
+            partition: item.partition,
+            offset: item.offset,
+            timestamp_ms: item.timestamp_ms,
+            key: meshd_core::event::partition_key(&item.event).map(str::to_string),
+            payload,
+            original: item.event,
+            handouts: 0,
+        });
+        let mut replay_stop = handle.stop_watch();
+        loop {
+            let space = self.sub.replay_space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            let inserted = {
+                let mut slot = self.sub.replay.lock().unwrap_or_else(|p| p.into_inner());
+                match slot.as_mut() {
+                    None => return false,
+                    Some(s) if s.table.len() < MAX_REPLAY_BUFFERED => {
+                        if let Some(i) = pending.take() {
+                            s.table.insert(i);
+                        }
+                        true
+                    }
+                    Some(_) => false,
+                }
+            };
+            if inserted {
+                self.group.ready.notify_waiters();
+                return true;
+            }
+            tokio::select! {
+                _ = space => {}
+                _ = wait_stop(&mut replay_stop) => return false,
             }
         }
     }

@@ -23,7 +23,7 @@ use tracing::{debug, info_span, Instrument};
 use super::backoff::{parse_retry_after, retry_delay, should_give_up};
 use super::common::{
     commit_loop, dead_letter, observe_latency, read_partition, starting_cursors, wait_stop,
-    DeadLetter, Dispatch, Prepared, Progress, SubCtx,
+    Completion, DeadLetter, Dispatch, Prepared, Progress, SubCtx,
 };
 use super::DeliveryOptions;
 use crate::ingest::now_ms;
@@ -118,6 +118,7 @@ pub async fn start(
                 urls: urls.clone(),
                 timeout,
                 options,
+                replay: false,
             };
             running
                 .tasks
@@ -139,6 +140,46 @@ pub async fn start(
         running.progress.push(progress);
     }
     Ok(running)
+}
+
+/// Starts the lanes of a replay into a CLUSTERING webhook subscription: the same lanes,
+/// delivery policy (retries, dead letters) and member URLs as the subscription's own, fed
+/// by the returned dispatch; finished offsets go to `completion`. The lanes end when
+/// every clone of the dispatch is dropped (after their queues are delivered) or on
+/// `ctx`'s stop.
+pub fn start_replay_lanes(
+    ctx: SubCtx,
+    sink: &WebhookSink,
+    client: PushClient,
+    options: DeliveryOptions,
+    completion: Arc<dyn Completion>,
+) -> (Arc<dyn Dispatch>, Vec<JoinHandle<()>>) {
+    let spec = &ctx.sub.spec;
+    let span = info_span!("replay_push", subscription = %spec.name, topic = %spec.topic);
+    let urls = Arc::new(sink.members());
+    let timeout = Duration::from_millis(sink.timeout_ms);
+    let lanes = spec.delivery.max_in_flight.max(1) as usize;
+    let mut senders = Vec::with_capacity(lanes);
+    let mut tasks = Vec::with_capacity(lanes);
+    for _ in 0..lanes {
+        let (tx, rx) = mpsc::channel(LANE_QUEUE);
+        senders.push(tx);
+        let lane = Lane {
+            ctx: ctx.clone(),
+            progress: completion.clone(),
+            client: client.clone(),
+            urls: urls.clone(),
+            timeout,
+            options,
+            replay: true,
+        };
+        tasks.push(tokio::spawn(lane.run(rx).instrument(span.clone())));
+    }
+    let dispatch: Arc<dyn Dispatch> = Arc::new(LaneDispatch {
+        ctx,
+        lanes: senders,
+    });
+    (dispatch, tasks)
 }
 
 /// Routes records to lanes by key hash.
@@ -203,11 +244,14 @@ fn refusal_in(e: &reqwest::Error) -> Option<super::WebhookTargetError> {
 
 struct Lane {
     ctx: SubCtx,
-    progress: Arc<Progress>,
+    progress: Arc<dyn Completion>,
     client: PushClient,
     urls: Arc<Vec<String>>,
     timeout: Duration,
     options: DeliveryOptions,
+    /// A replay's lane: no delivery latency is observed (store time to now means nothing
+    /// for an event stored long ago).
+    replay: bool,
 }
 
 impl Lane {
@@ -234,7 +278,9 @@ impl Lane {
             let done = match outcome {
                 Outcome::Delivered => {
                     self.ctx.metrics.delivered.with_label_values(&labels).inc();
-                    observe_latency(&self.ctx, item.timestamp_ms);
+                    if !self.replay {
+                        observe_latency(&self.ctx, item.timestamp_ms);
+                    }
                     true
                 }
                 Outcome::Failed(dl) => dead_letter(&self.ctx, &item.event, &dl).await,
@@ -242,7 +288,7 @@ impl Lane {
             };
             gauge.dec();
             if done {
-                self.progress.complete(item.partition, item.offset);
+                self.progress.done(item.partition, item.offset);
             } else {
                 break;
             }

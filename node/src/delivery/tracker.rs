@@ -71,6 +71,16 @@ impl OffsetTracker {
         }
     }
 
+    /// Whether `offset` is done.
+    pub fn is_done(&self, offset: u64) -> bool {
+        offset < self.next
+            || self
+                .done
+                .range(..=offset)
+                .next_back()
+                .is_some_and(|(_, e)| offset < *e)
+    }
+
     /// The offset that may be committed now.
     pub fn commit_point(&self) -> u64 {
         self.next
@@ -106,6 +116,19 @@ impl OffsetTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn is_done_sees_the_prefix_and_the_ranges_beyond_a_gap() {
+        let mut t = OffsetTracker::new(10);
+        t.complete_range(12, 15);
+        assert!(t.is_done(9), "below the start");
+        assert!(!t.is_done(10) && !t.is_done(11));
+        assert!(t.is_done(12) && t.is_done(14));
+        assert!(!t.is_done(15));
+        t.complete(10);
+        t.complete(11);
+        assert!(t.is_done(11) && t.is_done(14) && !t.is_done(15));
+    }
 
     #[test]
     fn commits_only_the_contiguous_prefix() {

@@ -48,7 +48,7 @@ fn path(prefix: &str, rest: &str) -> String {
 
 impl Node {
     /// The partition count of an existing topic (404 `topic_not_found` otherwise).
-    async fn partitions_of(&self, topic: &str) -> Result<u32, NodeError> {
+    pub(super) async fn partitions_of(&self, topic: &str) -> Result<u32, NodeError> {
         self.topic_config(topic)
             .await?
             .map(|c| c.partitions.max(1))

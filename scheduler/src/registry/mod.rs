@@ -201,6 +201,10 @@ pub struct MemberInfo {
     /// [`store_shape`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<MemberStore>,
+    /// The node runs its cluster's federation bridge (`--topology`): proxies send
+    /// `/v1/mesh` requests to it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bridge: bool,
 }
 
 impl MemberInfo {
@@ -218,6 +222,7 @@ impl MemberInfo {
             groups: MemberGroups::default(),
             started_at,
             store: None,
+            bridge: false,
         }
     }
 
