@@ -3,8 +3,9 @@
 //! guard drops, also on panic). scripts/test.sh installs both.
 //!
 //! - A 3-cluster `meshd dev`: the first cluster's console shows the three clusters and
-//!   their links on the map, and the trace of an event published in the first cluster
-//!   shows its delivery in the third.
+//!   their links on the map and the topic; an event published in the first cluster is
+//!   delivered in the third, whose console's subscription page counts it; the filter
+//!   sandbox answers; the event's trace shows its delivery in the third cluster.
 //! - A node with an internal token: the console asks for it; hostile strings (a drill
 //!   report's scenario and notes, a searched event id) are shown as text, never as markup.
 //!
@@ -258,6 +259,32 @@ async fn the_console_shows_the_mesh_and_the_trace_of_an_event_across_it() {
     )
     .await;
     assert_eq!(topics[1], "2", "partitions: {topics:?}");
+
+    // dev-3's console: the subscription's status page counts the delivery.
+    b.goto(&format!("{dev3}/ui/#subscription/far"))
+        .await
+        .unwrap();
+    eventually(
+        "far's status page shows one delivery",
+        PAGE_WAIT,
+        || async {
+            let d = texts(&b, "#sub-status dd[data-fact='delivered']").await;
+            (d == ["1"]).then_some(())
+        },
+    )
+    .await;
+    let backlog = texts(&b, "#sub-status dd[data-fact='backlog']").await;
+    assert!(backlog[0].starts_with("0 events"), "{backlog:?}");
+
+    // The filter sandbox runs its sample pattern on its sample event, then a miss.
+    b.goto(&format!("{console}#filters")).await.unwrap();
+    click(&b, "#filter-form button").await;
+    let verdict = wait_for(&b, "the sandbox's verdict", "#filter-verdict.ok", 1).await;
+    assert_eq!(verdict, ["matches"]);
+    fill(&b, "#filter-pattern", r#"{"type": ["something.else"]}"#).await;
+    click(&b, "#filter-form button").await;
+    let verdict = wait_for(&b, "the sandbox's verdict", "#filter-verdict.failed", 1).await;
+    assert_eq!(verdict, ["does not match"]);
 
     // Its trace, searched in the console, shows the delivery in dev-3.
     b.goto(&format!("{console}#trace")).await.unwrap();
