@@ -43,8 +43,9 @@ use meshd_node::server::{CatalogError, CatalogSink, DrainState, GroupLocator, Gr
 use meshd_scheduler::membership::catalog::{CatalogAction, CatalogSync};
 use meshd_scheduler::membership::{Action, Health, Lease, Membership, Peer, PeerAnswer};
 use meshd_scheduler::registry::{
-    store_shape, CatalogKind, LeaseConfig, MemberEvent, MemberGroups, MemberHandle, MemberInfo,
-    MemberLoad, MemberState, MemberStatus, MemberStore, Placement, Registry, Role, StoreConflict,
+    store_shape, CatalogKind, DeliveryReport, LeaseConfig, MemberEvent, MemberGroups, MemberHandle,
+    MemberInfo, MemberLoad, MemberState, MemberStatus, MemberStore, Placement, Registry, Role,
+    StoreConflict,
 };
 use tokio::sync::watch;
 use tokio::time::Instant as TInstant;
@@ -150,13 +151,21 @@ impl GroupLocator for RegistryLocator {
     }
 }
 
+/// A node member as the membership machine sees it: its URL (asked for promises in a
+/// registry outage) and its delivery report (waited for in a hand-over).
+#[derive(Debug, Clone, PartialEq)]
+struct PeerNode {
+    url: String,
+    report: Option<DeliveryReport>,
+}
+
 /// Keeps the webhook guard's view of the cluster's members (nodes and proxies, by their
 /// HTTP addresses) current (a webhook must not reach any of them), and the node members
-/// the membership machine asks for promises in a registry outage (`peers`).
+/// the membership machine needs (`peers`).
 async fn watch_member_components(
     node: Arc<Node>,
     registry: Arc<dyn Registry>,
-    peers: watch::Sender<BTreeMap<String, String>>,
+    peers: watch::Sender<BTreeMap<String, PeerNode>>,
 ) {
     loop {
         let watch = registry.watch_members().await;
@@ -233,13 +242,19 @@ async fn guard_store(
 async fn refresh_member_components(
     node: &Node,
     registry: &dyn Registry,
-    peers: &watch::Sender<BTreeMap<String, String>>,
+    peers: &watch::Sender<BTreeMap<String, PeerNode>>,
 ) {
     if let Ok(members) = registry.list_members().await {
-        let nodes: BTreeMap<String, String> = members
+        let nodes: BTreeMap<String, PeerNode> = members
             .iter()
             .filter(|m| m.role == Role::Node)
-            .map(|m| (m.id.clone(), m.http_addr.clone()))
+            .map(|m| {
+                let peer = PeerNode {
+                    url: m.http_addr.clone(),
+                    report: m.delivering.clone(),
+                };
+                (m.id.clone(), peer)
+            })
             .collect();
         peers.send_if_modified(|p| {
             if *p == nodes {
@@ -267,7 +282,10 @@ pub struct ClusterMember {
     /// The membership state machine (placement, lease, peer promises).
     machine: Arc<Machine>,
     /// The other node members, from the member watch.
-    peers: watch::Sender<BTreeMap<String, String>>,
+    peers: watch::Sender<BTreeMap<String, PeerNode>>,
+    /// What the node delivers, as the obey loop carried it out; written to the registry
+    /// by the report loop as soon as it changes.
+    delivered: watch::Sender<DeliveryReport>,
 }
 
 impl ClusterMember {
@@ -292,6 +310,7 @@ impl ClusterMember {
             fatal: watch::channel(None).0,
             machine: Machine::new(&node.config.node_id, lease),
             peers: watch::channel(BTreeMap::new()).0,
+            delivered: watch::channel(DeliveryReport::default()).0,
         });
         let (machine, me) = (member.machine.clone(), node.config.node_id.clone());
         // Weak: the node holds this answerer.
@@ -347,6 +366,7 @@ impl ClusterMember {
         info.store = Some(member_store(&self.node.config.store));
         info.groups = groups_of(&self.node);
         info.bridge = self.node.runs_bridge();
+        info.delivering = Some(self.delivered.borrow().clone());
         info
     }
 
@@ -384,7 +404,7 @@ impl ClusterMember {
             placement,
             handle.status(),
             self.peers.subscribe(),
-            self.lease,
+            self.delivered.clone(),
         ));
         if let Some(old) = self
             .obey
@@ -404,8 +424,13 @@ impl ClusterMember {
             t.abort();
         }
         // The machine delivers nothing until the next registration.
-        self.machine.with(|m| m.lease(Lease::Gone, TInstant::now()));
+        let acts = self.machine.with(|m| m.lease(Lease::Gone, TInstant::now()));
         self.node.set_owned_groups(Some(BTreeSet::new())).await;
+        for a in acts {
+            if let Action::Report(r) = a {
+                self.delivered.send_replace(r);
+            }
+        }
         if let Some(h) = self.handle.lock().await.take() {
             match h.deregister().await {
                 Ok(()) => tracing::info!("left the cluster (lease revoked)"),
@@ -506,13 +531,21 @@ impl ClusterMember {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_load = Instant::now();
         let mut last_published = self.node.published_total();
+        let mut delivered = self.delivered.subscribe();
         loop {
-            tick.tick().await;
+            // A delivery report is written at once: a node taking a group over waits
+            // for it.
+            tokio::select! {
+                _ = tick.tick() => {}
+                r = delivered.changed() => if r.is_err() { return },
+            }
             let groups = groups_of(&self.node);
             let load_due = last_load.elapsed() >= LOAD_PERIOD;
-            if groups == info.groups && !load_due {
+            let report = Some(delivered.borrow_and_update().clone());
+            if groups == info.groups && !load_due && report == info.delivering {
                 continue;
             }
+            info.delivering = report;
             if load_due {
                 let published = self.node.published_total();
                 let secs = last_load.elapsed().as_secs_f64().max(0.001);
@@ -585,6 +618,8 @@ pub struct Machine {
     state: std::sync::Mutex<Membership>,
     /// Wakes the obey loop (a promise given changes when it must act next).
     wake: tokio::sync::Notify,
+    /// The lease settings the machine runs with.
+    lease: LeaseConfig,
 }
 
 impl Machine {
@@ -592,6 +627,7 @@ impl Machine {
         Arc::new(Machine {
             state: std::sync::Mutex::new(Membership::new(node_id, lease, TInstant::now())),
             wake: tokio::sync::Notify::new(),
+            lease,
         })
     }
 
@@ -687,9 +723,10 @@ async fn obey_placement(
     machine: Arc<Machine>,
     mut placement: watch::Receiver<Option<Placement>>,
     mut status: watch::Receiver<MemberStatus>,
-    mut peers: watch::Receiver<BTreeMap<String, String>>,
-    lease: LeaseConfig,
+    mut peers: watch::Receiver<BTreeMap<String, PeerNode>>,
+    delivered: watch::Sender<DeliveryReport>,
 ) {
+    let lease = machine.lease;
     let me = node.config.node_id.clone();
     let client = match reqwest::Client::builder()
         .timeout(lease.interval().max(Duration::from_millis(200)))
@@ -707,14 +744,27 @@ async fn obey_placement(
     let mut inputs: Vec<Input> = Vec::new();
     loop {
         let now = TInstant::now();
-        let (actions, delivering, epoch, health, wake_at) = machine.with(|m| {
+        let (actions, delivering, waiting, epoch, health, wake_at) = machine.with(|m| {
             let mut acts = Vec::new();
             if let Some(p) = placement.borrow_and_update().clone() {
                 acts.extend(m.placement(p, now));
             }
             let st = status.borrow_and_update().clone();
             acts.extend(m.lease(lease_of(&st), now));
-            acts.extend(m.peers(peers.borrow_and_update().clone(), now));
+            let nodes = peers.borrow_and_update().clone();
+            acts.extend(
+                m.peers(
+                    nodes
+                        .iter()
+                        .map(|(id, p)| (id.clone(), p.url.clone()))
+                        .collect(),
+                    now,
+                ),
+            );
+            acts.extend(m.peer_reports(
+                nodes.into_iter().map(|(id, p)| (id, p.report)).collect(),
+                now,
+            ));
             for input in inputs.drain(..) {
                 acts.extend(match input {
                     Input::Answer(peer, sent, a) => m.peer_answer(&peer, sent, a, now),
@@ -726,14 +776,18 @@ async fn obey_placement(
             (
                 acts,
                 m.delivering().clone(),
+                m.waiting().clone(),
                 m.epoch(),
                 m.health(),
                 m.next_wake(now),
             )
         });
+        let mut report = None;
         for a in actions {
             match a {
                 Action::Start(_) | Action::Stop(_) => {}
+                // Written once the starts and stops are carried out (below).
+                Action::Report(r) => report = Some(r),
                 Action::AskPeers(ps) => {
                     for p in ps {
                         tokio::spawn(ask_peer(client.clone(), node.clone(), p, now, tx.clone()));
@@ -769,10 +823,17 @@ async fn obey_placement(
                 epoch,
                 health = ?health,
                 groups = ?delivering,
+                waiting = ?waiting,
                 "consumer groups placed here"
             );
             node.set_owned_groups(Some(delivering.clone())).await;
             applied = Some(delivering);
+        } else if !waiting.is_empty() {
+            tracing::debug!(node = %me, epoch, waiting = ?waiting, "groups wait for their previous owner to stop them");
+        }
+        if let Some(r) = report {
+            // After set_owned_groups returned: the groups left out have stopped.
+            delivered.send_replace(r);
         }
         let sleep = async {
             match wake_at {

@@ -39,6 +39,13 @@ pub struct SchedulerArgs {
     /// Allowed overload above the mean number of groups per node.
     #[arg(long, default_value_t = 0.25)]
     epsilon: f64,
+    /// Rebalancing pace: at most this many groups of each kind move between live nodes
+    /// per placement (a node joining gets its groups gradually); 0 moves them all at once.
+    #[arg(long, default_value_t = 1)]
+    rebalance_moves: usize,
+    /// Pause between two paced placements, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    rebalance_pause_ms: u64,
     /// Raft heartbeat period, in milliseconds.
     #[arg(long, default_value_t = 150)]
     heartbeat_ms: u64,
@@ -103,6 +110,8 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         placement: PlacementConfig {
             epsilon: args.epsilon,
+            rebalance_moves: args.rebalance_moves,
+            rebalance_pause: Duration::from_millis(args.rebalance_pause_ms),
             ..PlacementConfig::default()
         },
         timing: RaftTiming {

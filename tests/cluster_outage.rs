@@ -21,12 +21,13 @@
 mod cluster_support;
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cluster_support::load::{
+    assert_no_overlap, deliveries, longest_gap, missing_after, Load, Publisher,
+};
 use cluster_support::*;
 use common::{client, Sink};
 use meshd_scheduler::registry::testing::EtcdServer;
@@ -34,146 +35,6 @@ use serde_json::{json, Value};
 
 const GROUP: &str = "outage";
 const TOPIC: &str = "outage";
-
-/// Publishes one event every 20 ms through the proxies in turn; keeps the ids acknowledged.
-struct Publisher {
-    acked: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Publisher {
-    fn start(c: reqwest::Client, proxies: Vec<String>) -> Publisher {
-        let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (a, s) = (acked.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            let mut n = 0u64;
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
-            while !s.load(Ordering::SeqCst) {
-                tick.tick().await;
-                n += 1;
-                let id = format!("o-{n}");
-                let proxy = &proxies[(n as usize) % proxies.len()];
-                let r = c
-                    .post(format!("{proxy}/v1/topics/{TOPIC}/events"))
-                    .header("content-type", "application/cloudevents+json")
-                    .timeout(Duration::from_secs(5))
-                    .body(
-                        common::event(&id, "o", Some(&format!("k{}", n % 8)), json!({}))
-                            .to_string(),
-                    )
-                    .send()
-                    .await;
-                if r.is_ok_and(|r| r.status().is_success()) {
-                    a.lock().unwrap().push(id);
-                }
-            }
-        });
-        Publisher { acked, stop, task }
-    }
-
-    fn acked(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    async fn stop(self) -> Vec<String> {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.task.await;
-        self.acked.lock().unwrap().clone()
-    }
-}
-
-/// One delivery as the sink saw it: when, which node pushed it, the event id.
-struct Delivery {
-    at: Instant,
-    node: String,
-    id: String,
-}
-
-fn deliveries(sink: &Sink) -> Vec<Delivery> {
-    sink.received()
-        .into_iter()
-        .map(|r| Delivery {
-            at: r.at,
-            node: r.header("meshd-node").unwrap_or("?").to_string(),
-            id: r.header("ce-id").unwrap_or("").to_string(),
-        })
-        .collect()
-}
-
-/// The deliveries' runs by node, in arrival order: (node, deliveries, first, last).
-fn runs(ds: &[Delivery]) -> Vec<(String, usize, Instant, Instant)> {
-    let mut out: Vec<(String, usize, Instant, Instant)> = Vec::new();
-    for d in ds {
-        match out.last_mut() {
-            Some(r) if r.0 == d.node => {
-                r.1 += 1;
-                r.3 = d.at;
-            }
-            _ => out.push((d.node.clone(), 1, d.at, d.at)),
-        }
-    }
-    out
-}
-
-/// Two nodes pushing the group at the same time interleave their deliveries: a node
-/// that delivers again after another node delivered means an overlap (no test here
-/// hands the group back).
-fn assert_no_overlap(ds: &[Delivery], t0: Instant) {
-    let rs = runs(ds);
-    let shown: Vec<String> = rs
-        .iter()
-        .map(|(n, k, a, b)| {
-            format!(
-                "{n}×{k} [{:.2}s..{:.2}s]",
-                a.duration_since(t0).as_secs_f64(),
-                b.duration_since(t0).as_secs_f64()
-            )
-        })
-        .collect();
-    eprintln!("delivery runs by node: {}", shown.join(", "));
-    let mut seen = BTreeSet::new();
-    for (n, ..) in &rs {
-        assert!(
-            seen.insert(n.clone()),
-            "node {n} delivered the group again after another node did: two nodes delivered it at once; runs: {shown:?}"
-        );
-    }
-}
-
-/// The longest time between two deliveries of new events within `[from, to]`.
-fn longest_gap(ds: &[Delivery], from: Instant, to: Instant) -> Duration {
-    let mut seen = BTreeSet::new();
-    let mut last = from;
-    let mut gap = Duration::ZERO;
-    for d in ds {
-        if d.at < from || d.at > to || !seen.insert(d.id.clone()) {
-            continue;
-        }
-        gap = gap.max(d.at - last);
-        last = d.at;
-    }
-    gap.max(to.saturating_duration_since(last))
-}
-
-/// Waits until every acknowledged id reached the sink; returns the ones missing.
-async fn missing_after(sink: &Sink, acked: &[String], within: Duration) -> Vec<String> {
-    let missing = || {
-        let got: BTreeSet<String> = sink.ids().into_iter().collect();
-        acked
-            .iter()
-            .filter(|i| !got.contains(*i))
-            .cloned()
-            .collect::<Vec<_>>()
-    };
-    until(within, || {
-        let done = missing().is_empty();
-        async move { done }
-    })
-    .await;
-    missing()
-}
 
 /// The topic and the webhook subscription of [`GROUP`] to `sink`, through `proxy`; waits
 /// until a node owns the group and deliveries flow. Returns the owner.
@@ -217,7 +78,7 @@ async fn a_whole_registry_outage_keeps_delivery_going_on_peer_promises() {
     let proxies: Vec<String> = cl.proxies.iter().map(|p| p.url.clone()).collect();
     let owner = subscribe(&cl, &c, &proxies[0], &sink).await;
     let t0 = Instant::now();
-    let publisher = Publisher::start(c.clone(), proxies.clone());
+    let publisher = Publisher::start(c.clone(), proxies.clone(), Load::steady(TOPIC));
     assert!(
         until(Duration::from_secs(30), || async { sink.ids().len() >= 50 }).await,
         "deliveries flow before the outage"
@@ -380,7 +241,7 @@ async fn a_node_cut_off_from_etcd_alone_stops_within_its_lease_and_another_takes
     let owner = subscribe(&cl, &c, &proxies[0], &sink).await;
     let other = if owner == "a" { "b" } else { "a" };
     let t0 = Instant::now();
-    let publisher = Publisher::start(c.clone(), proxies.clone());
+    let publisher = Publisher::start(c.clone(), proxies.clone(), Load::steady(TOPIC));
     assert!(
         until(Duration::from_secs(30), || async { sink.ids().len() >= 50 }).await,
         "deliveries flow before the cut"

@@ -37,7 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::placement::{reduce, Decision, PlacementConfig, PlacementSpec};
+use crate::placement::{pace, reduce, Decision, PlacementConfig, PlacementSpec};
 use crate::raft::{raft_routes, NodeId, RaftMember, RaftSetupError, RaftTiming, Request};
 use crate::registry::{MemberEvent, MemberId, MemberInfo, Placement, Registry, RegistryError};
 
@@ -433,7 +433,16 @@ async fn lead(
     let mut members: BTreeMap<MemberId, MemberInfo> = BTreeMap::new();
     let mut synced = false;
     let mut raft_metrics = member.raft.metrics();
+    // A paced rebalance in progress: the spec it was decided for and where it goes.
+    let mut target: Option<(PlacementSpec, Placement)> = None;
+    let mut next_step: Option<tokio::time::Instant> = None;
     loop {
+        let pause = async {
+            match next_step {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             ev = watch.recv() => match ev {
                 None => return Err(LeadError::WatchEnded),
@@ -445,10 +454,28 @@ async fn lead(
                 if r.is_err() || !is_leader(member) { return Ok(()); }
                 continue;
             }
+            _ = pause => next_step = None,
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
-        if synced {
-            step(member, registry, cfg, metrics, &members, &mut published).await?;
+        // Between paced steps only a change of the spec (nodes, groups) acts at once:
+        // a node that died must not wait for the pace.
+        let spec_changed = || {
+            target
+                .as_ref()
+                .is_none_or(|(s, _)| *s != PlacementSpec::from_members(members.values()))
+        };
+        if synced && (next_step.is_none() || spec_changed()) {
+            let more = step(
+                member,
+                registry,
+                cfg,
+                metrics,
+                &members,
+                &mut published,
+                &mut target,
+            )
+            .await?;
+            next_step = more.then(|| tokio::time::Instant::now() + cfg.rebalance_pause);
         }
     }
 }
@@ -477,7 +504,9 @@ async fn publish_if_behind(
     Ok(())
 }
 
-/// Decide, commit, publish.
+/// Decide, commit, publish. A rebalance between live nodes is made in paced steps
+/// ([`pace`]): `target` keeps where it goes while the spec stays the same; returns
+/// whether steps remain (the caller calls again after [`PlacementConfig::rebalance_pause`]).
 async fn step(
     member: &RaftMember,
     registry: &dyn Registry,
@@ -485,7 +514,8 @@ async fn step(
     metrics: &SchedulerMetrics,
     members: &BTreeMap<MemberId, MemberInfo>,
     published: &mut Option<Placement>,
-) -> Result<(), LeadError> {
+    target: &mut Option<(PlacementSpec, Placement)>,
+) -> Result<bool, LeadError> {
     let spec = PlacementSpec::from_members(members.values());
     let mut current = member.sm.current().placement;
     // New epochs must be above both the committed and the published one.
@@ -495,11 +525,36 @@ async fn step(
     } else if published.is_some() {
         current.clone_from(published);
     }
-    let Decision::Publish { placement, moves } = reduce(cfg, &spec, current.as_ref()) else {
+    let goal = match target.take() {
+        // The spec is the same: keep going where the paced rebalance was going.
+        Some((s, t)) if s == spec => Some(t),
+        _ => match reduce(cfg, &spec, current.as_ref()) {
+            Decision::Publish { placement, .. } => Some(placement),
+            Decision::Unchanged => None,
+        },
+    };
+    let Some(goal) = goal else {
         // Nothing new; make sure the registry has the last decision.
         let committed = member.sm.current().placement;
-        return publish_if_behind(registry, published, committed.as_ref()).await;
+        publish_if_behind(registry, published, committed.as_ref()).await?;
+        return Ok(false);
     };
+    let (placement, more) = match current.as_ref() {
+        Some(c) => pace(c, &goal, &spec.nodes, cfg.rebalance_moves),
+        None => (goal.clone(), false),
+    };
+    if current.as_ref().is_some_and(|c| {
+        c.producer_groups == placement.producer_groups
+            && c.consumer_groups == placement.consumer_groups
+    }) {
+        let committed = member.sm.current().placement;
+        publish_if_behind(registry, published, committed.as_ref()).await?;
+        return Ok(false);
+    }
+    if more {
+        *target = Some((spec.clone(), goal));
+    }
+    let moves = crate::placement::moves_between(current.as_ref(), &placement);
     let resp = member
         .raft
         .client_write(Request::Place {
@@ -524,9 +579,11 @@ async fn step(
         epoch = placement.epoch,
         nodes = spec.nodes.len(),
         moved = moves.moved(),
+        more,
         "placement committed"
     );
-    publish_if_behind(registry, published, Some(&placement)).await
+    publish_if_behind(registry, published, Some(&placement)).await?;
+    Ok(more)
 }
 
 async fn h_ready(State(s): State<AppState>) -> Response {

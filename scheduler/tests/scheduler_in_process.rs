@@ -279,3 +279,78 @@ async fn a_new_leader_publishes_a_committed_but_unpublished_decision() {
         s.shutdown().await;
     }
 }
+
+/// A joining node gets its groups in paced steps: one move per placement, the pause
+/// apart, and the steps end where one unpaced decision would have gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_receives_its_groups_one_placement_at_a_time() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let shared: Arc<dyn Registry> = Arc::new(InProcessRegistry::new("t3"));
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let peers = BTreeMap::from([(1u64, l.local_addr().expect("addr").to_string())]);
+    let placement = PlacementConfig {
+        rebalance_moves: 1,
+        rebalance_pause: Duration::from_millis(50),
+        ..PlacementConfig::default()
+    };
+    let cfg = SchedulerConfig {
+        id: 1,
+        peers,
+        data_dir: tmp.path().join("s1"),
+        placement,
+        timing: RaftTiming::default(),
+    };
+    let scheduler = Scheduler::start(cfg, Arc::clone(&shared), l)
+        .await
+        .expect("start");
+    let lease = LeaseConfig::with_ttl(Duration::from_secs(2));
+    let consumer = groups("cg", 12);
+    let node = |id: &str| {
+        let mut info = MemberInfo::new(Role::Node, id, format!("http://{id}"));
+        info.groups.consumer = consumer.clone();
+        info
+    };
+    let _n1 = shared.register(node("n1"), lease).await.expect("register");
+    let _n2 = shared.register(node("n2"), lease).await.expect("register");
+    let mut rx = shared.watch_placement().await.expect("watch");
+    let two = wait_placement(&mut rx, "12 groups on n1 and n2", |p| {
+        p.consumer_groups.len() == 12
+            && p.consumer_groups.values().collect::<BTreeSet<_>>().len() == 2
+    })
+    .await;
+    let decisions = |s: &Scheduler| s.member().sm.current().decisions;
+    let before = decisions(&scheduler);
+
+    let _n3 = shared.register(node("n3"), lease).await.expect("register");
+    // The unpaced decision for the same inputs: where the steps must end.
+    let spec = meshd_scheduler::placement::PlacementSpec {
+        nodes: ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect(),
+        consumer_groups: consumer.clone(),
+        ..Default::default()
+    };
+    let target = match meshd_scheduler::placement::reduce(&placement, &spec, Some(&two)) {
+        meshd_scheduler::placement::Decision::Publish { placement, .. } => placement,
+        other => panic!("a join moves groups: {other:?}"),
+    };
+    let moved = two
+        .consumer_groups
+        .iter()
+        .filter(|(g, n)| target.consumer_groups.get(*g) != Some(n))
+        .count();
+    assert!(moved >= 2, "the join moves several groups ({moved})");
+    let last = wait_placement(&mut rx, "the paced steps reach the target", |p| {
+        p.consumer_groups == target.consumer_groups
+    })
+    .await;
+    let steps = decisions(&scheduler) - before;
+    assert_eq!(
+        last.epoch - two.epoch,
+        moved as u64,
+        "one placement per moved group"
+    );
+    assert_eq!(
+        steps, moved as u64,
+        "one committed decision per moved group"
+    );
+    scheduler.shutdown().await;
+}

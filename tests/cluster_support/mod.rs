@@ -6,6 +6,7 @@
 
 #[path = "../../node/tests/store_pulsar_common/mod.rs"]
 pub mod broker;
+pub mod load;
 
 use std::collections::BTreeMap;
 use std::path::Path;

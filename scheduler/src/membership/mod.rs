@@ -21,6 +21,15 @@
 //! - **Bound by its promises.** A node starts a group it is not delivering only while its
 //!   lease is held, after a placement read since its lease was last regained, and not
 //!   before every promise it gave has run out.
+//! - **Hand-over between live nodes.** A group placed here that this node is not
+//!   delivering starts only once every other node that could deliver it has said it does
+//!   not: each node reports, after carrying out a placement, the newest epoch it applied
+//!   and the groups it delivers ([`Action::Report`], [`DeliveryReport`]); a group placed
+//!   here by epoch `e` starts when every other node member known, and every node the
+//!   placement names, reports an epoch `>= e` without the group
+//!   ([`Membership::peer_reports`]). A node whose member key is gone (lease expired or
+//!   revoked) is not waited for: the lease rule stopped it. Nodes that report nothing
+//!   (older versions) are not waited for.
 //! - **Catalog sync** is in [`catalog`].
 
 pub mod catalog;
@@ -32,7 +41,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::registry::{LeaseConfig, Placement};
+use crate::registry::{DeliveryReport, LeaseConfig, Placement};
 
 /// The groups `placement` gives to `node_id`.
 pub fn owned_by(placement: Option<&Placement>, node_id: &str) -> BTreeSet<String> {
@@ -109,6 +118,9 @@ pub enum Action {
     ReadPlacement,
     /// The health changed.
     Health(Health),
+    /// Write this report to the registry (the node's member info) once the starts and
+    /// stops returned with it are carried out: never before a stopped group has stopped.
+    Report(DeliveryReport),
 }
 
 /// The membership state machine of one node.
@@ -133,6 +145,12 @@ pub struct Membership {
     promised_until: Option<Instant>,
     delivering: BTreeSet<String>,
     health: Health,
+    /// The other node members' reports (id → report; None: a node reporting nothing).
+    reports: BTreeMap<String, Option<DeliveryReport>>,
+    /// Groups placed here that wait for their previous owner to report it stopped them.
+    waiting: BTreeSet<String>,
+    /// The last report returned in [`Action::Report`].
+    reported: Option<DeliveryReport>,
 }
 
 impl Membership {
@@ -151,7 +169,51 @@ impl Membership {
             promised_until: None,
             delivering: BTreeSet::new(),
             health: Health::Registered,
+            reports: BTreeMap::new(),
+            waiting: BTreeSet::new(),
+            reported: None,
         }
+    }
+
+    /// Groups placed here that wait for another node to report it stopped them.
+    pub fn waiting(&self) -> &BTreeSet<String> {
+        &self.waiting
+    }
+
+    /// The other node members' delivery reports now (id → report, None for a node that
+    /// reports none; the node itself is ignored). Call it on every member change.
+    pub fn peer_reports(
+        &mut self,
+        reports: BTreeMap<String, Option<DeliveryReport>>,
+        now: Instant,
+    ) -> Vec<Action> {
+        self.reports = reports
+            .into_iter()
+            .filter(|(id, _)| *id != self.me)
+            .collect();
+        self.reconcile(now)
+    }
+
+    /// Whether every other node that could deliver `group` reports, at the current
+    /// epoch or a newer one, that it does not.
+    fn handed_over(&self, group: &str) -> bool {
+        let Some(current) = self.current.as_ref() else {
+            return false;
+        };
+        let named = current
+            .consumer_groups
+            .values()
+            .chain(current.producer_groups.values());
+        let mut others: BTreeSet<&str> = self.reports.keys().map(String::as_str).collect();
+        others.extend(named.map(String::as_str).filter(|n| *n != self.me));
+        others.into_iter().all(|n| match self.reports.get(n) {
+            // An older node: nothing to wait for.
+            Some(None) => true,
+            Some(Some(r)) => r.epoch >= Some(current.epoch) && !r.groups.contains(group),
+            // Named by the placement but not a member this node knows (yet): its member
+            // key may not have reached this node's view; wait.
+            None => false,
+        })
     }
 
     /// The groups being delivered.
@@ -351,13 +413,20 @@ impl Membership {
 
         let placed = owned_by(self.current.as_ref(), &self.me);
         let extended = self.extended(now);
+        let mut waiting = BTreeSet::new();
         let kept: BTreeSet<String> = self.delivering.intersection(&placed).cloned().collect();
         let (want, health) = if matches!(self.lease, Lease::Gone) {
             (BTreeSet::new(), Health::LeaseLost)
         } else if self.lease_ok(now) && !self.reread {
             let mut want = kept;
             if self.promised_until.is_none() {
-                want.extend(placed);
+                for g in placed.difference(&want.clone()) {
+                    if self.handed_over(g) {
+                        want.insert(g.clone());
+                    } else {
+                        waiting.insert(g.clone());
+                    }
+                }
             }
             (want, Health::Registered)
         } else if extended {
@@ -377,9 +446,18 @@ impl Membership {
             out.push(Action::Start(g.clone()));
         }
         self.delivering = want;
+        self.waiting = waiting;
         if health != self.health {
             self.health = health;
             out.push(Action::Health(health));
+        }
+        let report = DeliveryReport {
+            epoch: self.epoch(),
+            groups: self.delivering.clone(),
+        };
+        if self.reported.as_ref() != Some(&report) {
+            self.reported = Some(report.clone());
+            out.push(Action::Report(report));
         }
         out
     }

@@ -26,6 +26,11 @@ fn peers(ids: &[&str]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Reports of nodes that report nothing (not waited for in a hand-over).
+fn silent(ids: &[&str]) -> BTreeMap<String, Option<DeliveryReport>> {
+    ids.iter().map(|id| (id.to_string(), None)).collect()
+}
+
 fn starts(acts: &[Action]) -> Vec<&str> {
     acts.iter()
         .filter_map(|a| match a {
@@ -58,6 +63,7 @@ fn asked(acts: &[Action]) -> Vec<String> {
 fn running(t0: Instant) -> Membership {
     let mut m = Membership::new("a", LeaseConfig::with_ttl(TTL), t0);
     m.peers(peers(&["a", "b", "c"]), t0);
+    m.peer_reports(silent(&["b", "c"]), t0);
     let acts = m.placement(placement(1, &[("g1", "a"), ("g2", "b")]), t0);
     assert_eq!(starts(&acts), vec!["g1"]);
     m
@@ -226,6 +232,7 @@ fn a_peer_that_promised_starts_a_moved_group_only_after_its_promise_ran_out() {
 fn a_regained_lease_starts_nothing_before_the_placement_is_read_again() {
     let t0 = Instant::now();
     let mut m = Membership::new("a", LeaseConfig::with_ttl(TTL), t0);
+    m.peer_reports(silent(&["b"]), t0);
     m.placement(placement(1, &[("g1", "a")]), t0);
     let t1 = t0 + TTL;
     let acts = m.lease(Lease::Lost, t1);
@@ -283,4 +290,164 @@ fn a_node_answers_promises_only_while_it_does_not_reach_the_registry() {
         starts(&m.lease(Lease::Held { last_ack: later }, later)),
         vec!["g"]
     );
+}
+
+fn report(epoch: u64, groups: &[&str]) -> Option<DeliveryReport> {
+    Some(DeliveryReport {
+        epoch: Some(epoch),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+    })
+}
+
+fn reports(rs: &[(&str, Option<DeliveryReport>)]) -> BTreeMap<String, Option<DeliveryReport>> {
+    rs.iter()
+        .map(|(id, r)| (id.to_string(), r.clone()))
+        .collect()
+}
+
+fn reported(acts: &[Action]) -> Vec<DeliveryReport> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Report(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Node `b` of `a, b`: `a` delivers `g1` and `g2` under epoch 1, both reporting it.
+fn joined(t0: Instant) -> Membership {
+    let mut b = Membership::new("b", LeaseConfig::with_ttl(TTL), t0);
+    b.peers(peers(&["a"]), t0);
+    b.peer_reports(reports(&[("a", report(1, &["g1", "g2"]))]), t0);
+    let acts = b.placement(placement(1, &[("g1", "a"), ("g2", "a")]), t0);
+    assert!(starts(&acts).is_empty());
+    assert_eq!(reported(&acts), vec![report(1, &[]).unwrap()]);
+    b
+}
+
+#[test]
+fn a_moved_group_starts_only_after_its_previous_owner_reports_it_stopped() {
+    let t0 = Instant::now();
+    let mut b = joined(t0);
+    let t1 = t0 + Duration::from_millis(100);
+    // Epoch 2 moves g2 to b; a has not applied it yet: b waits.
+    let acts = b.placement(placement(2, &[("g1", "a"), ("g2", "b")]), t1);
+    assert!(starts(&acts).is_empty(), "{acts:?}");
+    assert_eq!(b.waiting().iter().collect::<Vec<_>>(), vec!["g2"]);
+    // b reports the new epoch at once (it delivers nothing yet), so a never waits on it.
+    assert_eq!(reported(&acts), vec![report(2, &[]).unwrap()]);
+    // a reports epoch 2 but still lists g2 (a stale or reordered report): still waiting.
+    let acts = b.peer_reports(reports(&[("a", report(2, &["g1", "g2"]))]), t1);
+    assert!(starts(&acts).is_empty(), "{acts:?}");
+    // a stopped g2 (report written after the stop): b starts it, and reports it.
+    let t2 = t1 + Duration::from_millis(30);
+    let acts = b.peer_reports(reports(&[("a", report(2, &["g1"]))]), t2);
+    assert_eq!(starts(&acts), vec!["g2"]);
+    assert_eq!(reported(&acts), vec![report(2, &["g2"]).unwrap()]);
+    assert!(b.waiting().is_empty());
+}
+
+#[test]
+fn a_report_of_an_older_epoch_does_not_hand_a_group_over() {
+    let t0 = Instant::now();
+    let mut b = joined(t0);
+    let t1 = t0 + Duration::from_millis(100);
+    b.placement(placement(3, &[("g1", "a"), ("g2", "b")]), t1);
+    // a reports without g2 but at epoch 2: it may have started g2 under epoch 2 since.
+    let acts = b.peer_reports(reports(&[("a", report(2, &["g1"]))]), t1);
+    assert!(starts(&acts).is_empty(), "{acts:?}");
+    let acts = b.peer_reports(reports(&[("a", report(3, &["g1"]))]), t1);
+    assert_eq!(starts(&acts), vec!["g2"]);
+}
+
+#[test]
+fn a_node_named_by_the_placement_but_not_known_yet_is_waited_for() {
+    let t0 = Instant::now();
+    let mut b = joined(t0);
+    let t1 = t0 + Duration::from_millis(100);
+    // c joined; b's member view lags behind the placement naming it.
+    let p = placement(2, &[("g1", "a"), ("g2", "b"), ("g3", "c")]);
+    b.peer_reports(reports(&[("a", report(2, &["g1"]))]), t1);
+    let acts = b.placement(p, t1);
+    assert!(starts(&acts).is_empty(), "{acts:?}");
+    let acts = b.peer_reports(
+        reports(&[("a", report(2, &["g1"])), ("c", report(2, &["g3"]))]),
+        t1,
+    );
+    assert_eq!(starts(&acts), vec!["g2"]);
+}
+
+#[test]
+fn gone_members_and_nodes_reporting_nothing_are_not_waited_for() {
+    let t0 = Instant::now();
+    let mut b = joined(t0);
+    let t1 = t0 + Duration::from_millis(100);
+    // a's member key is gone (its lease expired: the lease rule stopped it), c is an
+    // older node that reports nothing.
+    b.peer_reports(reports(&[("c", None)]), t1);
+    let acts = b.placement(placement(2, &[("g1", "b"), ("g2", "b"), ("g3", "c")]), t1);
+    assert_eq!(starts(&acts), vec!["g1", "g2"]);
+}
+
+#[test]
+fn a_group_moving_away_stops_at_once_and_the_report_follows_the_stop() {
+    let t0 = Instant::now();
+    let mut a = Membership::new("a", LeaseConfig::with_ttl(TTL), t0);
+    a.peer_reports(reports(&[("b", report(1, &[]))]), t0);
+    let acts = a.placement(placement(1, &[("g1", "a"), ("g2", "a")]), t0);
+    assert_eq!(starts(&acts), vec!["g1", "g2"]);
+    let t1 = t0 + Duration::from_millis(100);
+    // Epoch 2 moves g2 to b: a stops it without waiting for anyone, and its report (to
+    // be written after the stop) says so.
+    let acts = a.placement(placement(2, &[("g1", "a"), ("g2", "b")]), t1);
+    assert_eq!(stops(&acts), vec!["g2"]);
+    assert_eq!(reported(&acts), vec![report(2, &["g1"]).unwrap()]);
+    // Nothing new to report while nothing changes.
+    assert!(reported(&a.tick(t1 + Duration::from_millis(10))).is_empty());
+}
+
+/// Two machines, each fed the other's reports as soon as they are written, move a group
+/// back and forth: at no step do both deliver it.
+#[test]
+fn two_nodes_following_the_same_placements_never_deliver_a_group_together() {
+    let t0 = Instant::now();
+    let cfg = LeaseConfig::with_ttl(TTL);
+    let mut a = Membership::new("a", cfg, t0);
+    let mut b = Membership::new("b", cfg, t0);
+    let mut now = t0;
+    // Placements alternate the owner of g; each node sees each placement at a different
+    // step (b lags a by one), and reports reach the other one step later.
+    let owners = ["a", "b", "a", "b", "b", "a"];
+    let mut rep_a = None;
+    let mut rep_b = None;
+    for (i, owner) in owners.iter().enumerate() {
+        let p = placement(i as u64 + 1, &[("g", owner), ("h", "a"), ("k", "b")]);
+        for step in 0..3 {
+            now += Duration::from_millis(10);
+            let (ra, rb) = (rep_a.clone(), rep_b.clone());
+            let mut acts_a = Vec::new();
+            let mut acts_b = Vec::new();
+            if step == 0 {
+                acts_a.extend(a.placement(p.clone(), now));
+            }
+            if step == 1 {
+                acts_b.extend(b.placement(p.clone(), now));
+            }
+            acts_a.extend(a.peer_reports(reports(&[("b", rb)]), now));
+            acts_b.extend(b.peer_reports(reports(&[("a", ra)]), now));
+            if let Some(r) = reported(&acts_a).pop() {
+                rep_a = Some(r);
+            }
+            if let Some(r) = reported(&acts_b).pop() {
+                rep_b = Some(r);
+            }
+            assert!(
+                !(a.delivering().contains("g") && b.delivering().contains("g")),
+                "placement {} step {step}: both deliver g",
+                i + 1
+            );
+        }
+    }
+    // The last placement gives g to a, and a got there.
+    assert!(a.delivering().contains("g"));
 }

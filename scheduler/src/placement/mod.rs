@@ -33,6 +33,7 @@
 //! when the lower mean forces it, the excess of nodes above the new cap (step 3).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use hashring::HashRing;
 
@@ -46,6 +47,11 @@ pub struct PlacementConfig {
     pub epsilon: f64,
     /// Ring points per node. Default 64.
     pub vnodes: u32,
+    /// Rebalancing pace ([`pace`]): at most this many groups of each kind move between
+    /// live nodes per published placement; `0`: all at once. Default 1.
+    pub rebalance_moves: usize,
+    /// Pause between two paced placements. Default 200 ms.
+    pub rebalance_pause: Duration,
 }
 
 impl Default for PlacementConfig {
@@ -53,6 +59,8 @@ impl Default for PlacementConfig {
         Self {
             epsilon: 0.25,
             vnodes: 64,
+            rebalance_moves: 1,
+            rebalance_pause: Duration::from_millis(200),
         }
     }
 }
@@ -365,6 +373,85 @@ fn diff(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> 
             (a != b).then(|| (g.clone(), a.cloned(), b.cloned()))
         })
         .collect()
+}
+
+/// One step from `current` towards `target` (a later [`reduce`] decision) at a bounded
+/// pace, for a joining node to receive its groups gradually rather than all at once.
+///
+/// The step keeps every group that `current` places on a node of `nodes` (the live ones)
+/// except at most `max_moves` per kind, which move to their `target` node; every other
+/// group (new, or on a dead node) takes its `target` node at once: only moves between
+/// live nodes are paced. Groups absent from `target` are dropped. The moves made are the
+/// first in the order of the most loaded source node first, then group name, so the same
+/// inputs give the same step. Returns the step's assignment (epoch `current.epoch + 1`)
+/// and whether moves remain (`false`: the step is `target`). `max_moves == 0`: no limit.
+pub fn pace(
+    current: &Placement,
+    target: &Placement,
+    nodes: &BTreeSet<String>,
+    max_moves: usize,
+) -> (Placement, bool) {
+    let (producer, more_p) = pace_kind(
+        &current.producer_groups,
+        &target.producer_groups,
+        nodes,
+        max_moves,
+    );
+    let (consumer, more_c) = pace_kind(
+        &current.consumer_groups,
+        &target.consumer_groups,
+        nodes,
+        max_moves,
+    );
+    let step = Placement {
+        epoch: current.epoch.saturating_add(1),
+        producer_groups: producer,
+        consumer_groups: consumer,
+    };
+    (step, more_p || more_c)
+}
+
+fn pace_kind(
+    current: &BTreeMap<String, String>,
+    target: &BTreeMap<String, String>,
+    nodes: &BTreeSet<String>,
+    max_moves: usize,
+) -> (BTreeMap<String, String>, bool) {
+    let budget = if max_moves == 0 {
+        usize::MAX
+    } else {
+        max_moves
+    };
+    let mut out = BTreeMap::new();
+    let mut paced: Vec<(usize, &String, &String)> = Vec::new();
+    let load = loads(current);
+    for (g, to) in target {
+        match current.get(g) {
+            Some(from) if from != to && nodes.contains(from) => {
+                paced.push((load.get(from).copied().unwrap_or(0), g, to));
+                out.insert(g.clone(), from.clone());
+            }
+            _ => {
+                out.insert(g.clone(), to.clone());
+            }
+        }
+    }
+    paced.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    let more = paced.len() > budget;
+    for (_, g, to) in paced.into_iter().take(budget) {
+        out.insert(g.clone(), to.clone());
+    }
+    (out, more)
+}
+
+/// What changed from `before` (None: nothing placed yet) to `after`.
+pub fn moves_between(before: Option<&Placement>, after: &Placement) -> Moves {
+    let empty = Placement::default();
+    let b = before.unwrap_or(&empty);
+    Moves {
+        producer: diff(&b.producer_groups, &after.producer_groups),
+        consumer: diff(&b.consumer_groups, &after.consumer_groups),
+    }
 }
 
 /// Number of groups of each node in one assignment (nodes without groups omitted).

@@ -95,6 +95,7 @@ fn config_validation_rejects_bad_values() {
     let bad = PlacementConfig {
         epsilon: -1.0,
         vnodes: 8,
+        ..PlacementConfig::default()
     };
     assert!(matches!(
         bad.validate(),
@@ -103,11 +104,13 @@ fn config_validation_rejects_bad_values() {
     let nan = PlacementConfig {
         epsilon: f64::NAN,
         vnodes: 8,
+        ..PlacementConfig::default()
     };
     assert!(nan.validate().is_err());
     let zero = PlacementConfig {
         epsilon: 0.1,
         vnodes: 0,
+        ..PlacementConfig::default()
     };
     assert_eq!(zero.validate(), Err(PlacementError::NoVnodes));
     assert!(PlacementConfig::default().validate().is_ok());
@@ -123,6 +126,7 @@ fn capacity_is_ceil_of_one_plus_eps_times_mean() {
     let tight = PlacementConfig {
         epsilon: 0.0,
         vnodes: 16,
+        ..PlacementConfig::default()
     };
     assert_eq!(tight.capacity(10, 3), 4);
 }
@@ -147,6 +151,7 @@ fn property_bound_holds_and_is_deterministic() {
         let cfg = PlacementConfig {
             epsilon: eps,
             vnodes: 32,
+            ..PlacementConfig::default()
         };
         for _ in 0..40 {
             let s = spec(rng.range(1, 12), rng.range(0, 150), rng.range(0, 150));
@@ -299,4 +304,96 @@ fn property_nodes_joining_one_by_one_then_one_leaving_moves_only_its_groups() {
             );
         }
     }
+}
+
+fn moved_between_live(before: &Placement, after: &Placement, nodes: &BTreeSet<String>) -> usize {
+    let mut n = 0;
+    for (b, a) in [
+        (&before.producer_groups, &after.producer_groups),
+        (&before.consumer_groups, &after.consumer_groups),
+    ] {
+        n += a
+            .iter()
+            .filter(|(g, to)| {
+                b.get(*g)
+                    .is_some_and(|from| from != *to && nodes.contains(from))
+            })
+            .count();
+    }
+    n
+}
+
+#[test]
+fn a_joining_node_receives_its_groups_at_the_pace_and_ends_at_the_target() {
+    let cfg = PlacementConfig::default();
+    let two = spec(2, 6, 12);
+    let (p0, _) = publish(reduce(&cfg, &two, None));
+    let three = spec(3, 6, 12);
+    let (target, _) = publish(reduce(&cfg, &three, Some(&p0)));
+    let mut current = p0.clone();
+    let mut steps = 0;
+    loop {
+        let (next, more) = pace(&current, &target, &three.nodes, 1);
+        steps += 1;
+        assert_eq!(next.epoch, current.epoch + 1);
+        let per_kind = |a: &BTreeMap<String, String>, b: &BTreeMap<String, String>| {
+            a.iter().filter(|(g, n)| b.get(*g) != Some(n)).count()
+        };
+        assert!(per_kind(&next.producer_groups, &current.producer_groups) <= 1);
+        assert!(per_kind(&next.consumer_groups, &current.consumer_groups) <= 1);
+        check_bound(
+            &PlacementConfig {
+                // Mid-way the sources still carry more than the new cap; never more
+                // than before the join.
+                epsilon: 1.0,
+                ..cfg
+            },
+            &three,
+            &next,
+        );
+        current = next;
+        if !more {
+            break;
+        }
+        assert!(steps < 100, "the pace converges");
+    }
+    assert_eq!(current.producer_groups, target.producer_groups);
+    assert_eq!(current.consumer_groups, target.consumer_groups);
+    let total = moved_between_live(&p0, &target, &three.nodes);
+    let per_kind_max = total.max(1);
+    assert!(
+        steps <= per_kind_max,
+        "{steps} steps for {total} moves at one per kind"
+    );
+    assert!(total > 1, "the join moved several groups ({total})");
+}
+
+#[test]
+fn groups_of_dead_nodes_and_new_groups_are_never_held_back() {
+    let cfg = PlacementConfig::default();
+    let (p0, _) = publish(reduce(&cfg, &spec(3, 0, 12), None));
+    // n2 died and two groups were added: one step places all of them.
+    let mut two = spec(2, 0, 14);
+    two.nodes.remove("n2");
+    let (target, _) = publish(reduce(&cfg, &two, Some(&p0)));
+    let (next, more) = pace(&p0, &target, &two.nodes, 1);
+    assert!(!more, "nothing between live nodes to pace");
+    assert_eq!(next.consumer_groups, target.consumer_groups);
+    assert!(loads(&next.consumer_groups).keys().all(|n| n != "n2"));
+}
+
+#[test]
+fn no_limit_steps_straight_to_the_target_and_the_step_is_deterministic() {
+    let cfg = PlacementConfig::default();
+    let (p0, _) = publish(reduce(&cfg, &spec(2, 4, 9), None));
+    let three = spec(3, 4, 9);
+    let (target, _) = publish(reduce(&cfg, &three, Some(&p0)));
+    let (next, more) = pace(&p0, &target, &three.nodes, 0);
+    assert!(!more);
+    assert_eq!(next.consumer_groups, target.consumer_groups);
+    assert_eq!(next.producer_groups, target.producer_groups);
+    assert_eq!(
+        pace(&p0, &target, &three.nodes, 2),
+        pace(&p0, &target, &three.nodes, 2)
+    );
 }

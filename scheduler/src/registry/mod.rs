@@ -170,6 +170,19 @@ impl MemberGroups {
     }
 }
 
+/// What a node delivers, reported after it carried out a placement: the newest placement
+/// epoch it has applied and the consumer groups it delivers now. Written only after the
+/// groups it no longer delivers have stopped (progress committed), so a node taking a
+/// group over waits for it (docs/scheduler.md, "Hand-over between live nodes").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeliveryReport {
+    /// The newest placement epoch applied (None: none yet).
+    pub epoch: Option<u64>,
+    /// The consumer groups delivered now.
+    pub groups: BTreeSet<String>,
+}
+
 /// The load a member reports (informational for placement and operators).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -205,6 +218,10 @@ pub struct MemberInfo {
     /// `/v1/mesh` requests to it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bridge: bool,
+    /// What a node delivers (None: proxies, and nodes of older versions, which no node
+    /// waits for in a hand-over).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivering: Option<DeliveryReport>,
 }
 
 impl MemberInfo {
@@ -223,6 +240,7 @@ impl MemberInfo {
             started_at,
             store: None,
             bridge: false,
+            delivering: None,
         }
     }
 
