@@ -13,6 +13,9 @@
 //! Needs `nats-server` on PATH for the peer (Debian package nats-server); without it the
 //! NATS rows are skipped with a note.
 //!
+//! Trace cost: run it twice, `MESHD_TRACE_RETENTION=0` (tracing off in the node it
+//! starts) and without (on, the default), and compare the meshd rows.
+//!
 //! The Pulsar store has its own bench against the official Pulsar client
 //! (`cargo bench --bench pulsar`).
 

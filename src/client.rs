@@ -1310,6 +1310,117 @@ enum MeshAction {
     },
 }
 
+/// `meshd trace ID --source S`: an event's life across the mesh.
+#[derive(clap::Args)]
+pub struct TraceArgs {
+    /// The event's id.
+    id: String,
+    /// The event's source.
+    #[arg(long)]
+    source: String,
+    /// Time the other nodes and clusters get to answer (at most 30s).
+    #[arg(long, default_value = "2s", value_parser = crate::positive_duration_arg)]
+    timeout: Duration,
+}
+
+/// The trace of one event (GET /v1/trace), as a table of its records then the clusters
+/// asked, or the answer as JSON.
+pub async fn trace(global: &GlobalArgs, args: TraceArgs) -> anyhow::Result<()> {
+    let api = Api::new(global)?;
+    let mut path = url::Url::parse("http://x/v1/trace").expect("a valid URL");
+    path.query_pairs_mut()
+        .append_pair("source", &args.source)
+        .append_pair("id", &args.id)
+        .append_pair("timeout_ms", &args.timeout.as_millis().to_string());
+    let path = format!("/v1/trace?{}", path.query().unwrap_or_default());
+    let answer: meshd_core::api::TraceAnswer = api.get(&path).await?;
+    if api.output == Output::Json {
+        return api.print_json(&answer);
+    }
+    println!(
+        "event {} from {}: {} records",
+        answer.id,
+        answer.source,
+        answer.records.len()
+    );
+    println!();
+    let mut t = Table::new(["TIME", "CLUSTER", "NODE", "KIND", "DETAILS"]);
+    for r in &answer.records {
+        let (kind, details) = trace_kind_text(&r.kind);
+        t.row([
+            meshd_core::api::format_time_ms(r.at_ms),
+            r.cluster.clone(),
+            r.node.clone(),
+            kind.to_string(),
+            details,
+        ]);
+    }
+    t.print_or("no records (unknown event, or older than the nodes' --trace-retention)");
+    println!();
+    let mut c = Table::new(["CLUSTER", "ANSWERED", "RECORDS", "ERROR"]);
+    for cl in &answer.clusters {
+        c.row([
+            cl.cluster.clone(),
+            if cl.answered { "yes" } else { "no" }.to_string(),
+            cl.records.to_string(),
+            or_dash(cl.error.clone()),
+        ]);
+    }
+    c.print();
+    Ok(())
+}
+
+/// A trace record's kind and its details, for the table.
+fn trace_kind_text(k: &meshd_core::api::TraceKind) -> (&'static str, String) {
+    use meshd_core::api::TraceKind as K;
+    match k {
+        K::Stored {
+            topic,
+            partition,
+            offset,
+        } => (
+            "stored",
+            format!("{topic} partition {partition} offset {offset}"),
+        ),
+        K::Forwarded { peer, topic } => ("forwarded", format!("to {peer} ({topic})")),
+        K::Received {
+            peer,
+            topic,
+            origin,
+        } => (
+            "received",
+            format!("from {peer} ({topic}, published in {origin})"),
+        ),
+        K::Duplicate { peer, topic } => ("duplicate", format!("from {peer} ({topic})")),
+        K::Matched { subscription } => ("matched", subscription.clone()),
+        K::NotMatched { subscription } => ("not_matched", subscription.clone()),
+        K::Delivered {
+            subscription,
+            attempt,
+            status,
+            latency_ms,
+        } => (
+            "delivered",
+            format!(
+                "{subscription} attempt {attempt}{} after {latency_ms} ms",
+                status.map(|s| format!(" status {s}")).unwrap_or_default()
+            ),
+        ),
+        K::Retried {
+            subscription,
+            attempt,
+            error,
+        } => (
+            "retried",
+            format!("{subscription} attempt {attempt}: {error}"),
+        ),
+        K::DeadLettered {
+            subscription,
+            reason,
+        } => ("dead_lettered", format!("{subscription}: {reason}")),
+    }
+}
+
 /// Mesh status.
 pub async fn mesh(global: &GlobalArgs, args: MeshArgs) -> anyhow::Result<()> {
     let api = Api::new(global)?;

@@ -168,6 +168,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             node.set_mesh_metrics(bridge.metrics_fn());
             node.set_mesh_link_admin(bridge.link_admin_fn());
             node.set_mesh_failover(bridge.failover_fn());
+            node.set_mesh_trace(bridge.trace_fn());
             if let Some(a) = bridge.local_addr() {
                 println!("cluster {name} bridge quic://{a}");
                 components.push(a.to_string());

@@ -64,6 +64,9 @@ enum Command {
     Replay(client::ReplayArgs),
     /// The mesh as a node's federation bridge sees it (`meshd mesh status`).
     Mesh(client::MeshArgs),
+    /// An event's life across the mesh: stored, forwarded, received, matched, delivered
+    /// (`meshd trace ID --source S`).
+    Trace(client::TraceArgs),
     /// A webhook receiver that prints every pushed event as one JSON line.
     Listen(listen::ListenArgs),
     /// Try filters and transforms offline.
@@ -168,6 +171,7 @@ pub async fn start_bridge(
     node.set_mesh_metrics(bridge.metrics_fn());
     node.set_mesh_link_admin(bridge.link_admin_fn());
     node.set_mesh_failover(bridge.failover_fn());
+    node.set_mesh_trace(bridge.trace_fn());
     #[cfg(unix)]
     {
         let b = bridge.clone();
@@ -211,6 +215,13 @@ pub struct StoreArgs {
     /// meshd_node_retention_held_records_dropped_total.
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     link_retention_hold_max_secs: u64,
+    /// How long an event's trace records are kept in memory for GET /v1/trace (`0`:
+    /// tracing off). A restart forgets them.
+    #[arg(long, env = "MESHD_TRACE_RETENTION", default_value = "1h", value_parser = duration_arg)]
+    trace_retention: Duration,
+    /// Most trace records kept (the oldest are evicted first).
+    #[arg(long, default_value_t = meshd_node::trace::DEFAULT_CAPACITY)]
+    trace_capacity: usize,
     /// The event store: `embedded` (a durable log in the data directory) or
     /// `pulsar://host:port` (a Pulsar-protocol broker).
     #[arg(long, default_value = "embedded")]
@@ -234,6 +245,8 @@ impl StoreArgs {
         c.auto_create_topics = self.auto_create_topics;
         c.retention_interval = Duration::from_secs(self.retention_interval_secs.max(1));
         c.retention_hold_max = Some(Duration::from_secs(self.link_retention_hold_max_secs));
+        c.trace_retention = self.trace_retention;
+        c.trace_capacity = self.trace_capacity;
         c.store = match &self.store {
             StoreKind::Pulsar(p) => {
                 let mut p = p.clone();
@@ -358,6 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             | Command::Topic(_)
             | Command::Replay(_)
             | Command::Mesh(_)
+            | Command::Trace(_)
             | Command::Drill(_)
     );
     if !client_command && !global.urls.is_empty() {
@@ -397,6 +411,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Command::Topic(args) => client::topic(&global, args).await,
             Command::Replay(args) => client::replay(&global, args).await,
             Command::Mesh(args) => client::mesh(&global, args).await,
+            Command::Trace(args) => client::trace(&global, args).await,
             Command::Listen(args) => listen::run(args).await,
             Command::Drill(args) => drill::run(&global, args).await,
             Command::Filter(_) | Command::Topology(_) | Command::Certs(_) => {

@@ -149,6 +149,23 @@ impl GroupLocator for RegistryLocator {
             url: member.http_addr,
         })
     }
+
+    async fn members(&self) -> Vec<GroupOwner> {
+        match self.0.list_members().await {
+            Ok(m) => m
+                .into_iter()
+                .filter(|m| m.role == Role::Node)
+                .map(|m| GroupOwner {
+                    node: m.id,
+                    url: m.http_addr,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::debug!("listing members for a trace: {e}");
+                Vec::new()
+            }
+        }
+    }
 }
 
 /// A node member as the membership machine sees it: its URL (asked for promises in a

@@ -597,3 +597,38 @@ async fn browse_and_seek_need_the_subscribe_scope() {
         assert_eq!(status_of(s).await, want, "seek with {token:?}");
     }
 }
+
+/// A trace may name every topic and subscription the event met: it takes what listing
+/// topics and subscriptions takes, an `admin` scope (on any topics); `subscribe` is not
+/// enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trace_needs_an_admin_scope() {
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("tokens.json");
+    let admin = create_token(&file, "admin:*");
+    let orders_admin = create_token(&file, "admin:orders.*");
+    let subscriber = create_token(&file, "subscribe:*");
+    let (_n, p) = node_and_proxy(d.path(), &file);
+    let c = client();
+    put_topic(&c, &p, &admin, "orders.eu").await;
+    let (status, body) = publish_status(&c, &p.url, "orders.eu", Some(&admin)).await;
+    assert_eq!(status, 200, "{body}");
+    let trace = p.at("/v1/trace?source=/test&id=e");
+    for (token, want) in [
+        (None, 401),
+        (Some(&subscriber), 403),
+        (Some(&orders_admin), 200),
+        (Some(&admin), 200),
+    ] {
+        let mut r = c.get(&trace);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), want, "trace with {token:?}");
+        if want == 200 {
+            let t: meshd_core::api::TraceAnswer = r.json().await.unwrap();
+            assert_eq!(t.records.len(), 1, "the publish's stored record: {t:?}");
+        }
+    }
+}

@@ -11,7 +11,9 @@
 use serde::{Deserialize, Serialize};
 
 /// The link protocol version carried by [`Hello`]. A peer with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3 added [`Frame::TraceQuery`] and [`Frame::TraceReply`] (a version-2 peer
+/// would close the link on them, so it is refused at the handshake instead).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest encoded frame (without its 4-byte length prefix).
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
@@ -175,6 +177,51 @@ pub enum Frame {
         /// The partitions that advanced.
         marks: Vec<ProgressMark>,
     },
+    /// Asks the receiver's cluster (and the clusters behind it not asked yet) for an
+    /// event's trace records (`GET /v1/trace`).
+    TraceQuery(TraceQuery),
+    /// The answer to a [`Frame::TraceQuery`].
+    TraceReply(TraceReply),
+}
+
+/// A trace question relayed along links ([`Frame::TraceQuery`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceQuery {
+    /// Chosen by the asker; the reply carries it.
+    pub req: u64,
+    /// The event's `source`.
+    pub source: String,
+    /// The event's `id`.
+    pub id: String,
+    /// Clusters already asked (or asking): the receiver relays only to others.
+    pub asked: Vec<String>,
+    /// Relays left after the receiver (0: the receiver answers for itself only).
+    pub hops: u32,
+    /// Time the receiver has to answer, ms (it relays with less).
+    pub timeout_ms: u64,
+}
+
+/// Records of one cluster in a [`TraceReply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceClusterReply {
+    /// The cluster.
+    pub cluster: String,
+    /// Whether it answered in time.
+    pub answered: bool,
+    /// Why not (or which of its nodes could not be asked).
+    pub error: Option<String>,
+    /// Its records as a JSON array of `meshd_core::api::TraceRecord` (the API form; a
+    /// flat serde enum does not go through bincode).
+    pub records_json: String,
+}
+
+/// The answer to a [`TraceQuery`]: the receiver's cluster and those it relayed to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceReply {
+    /// The query's `req`.
+    pub req: u64,
+    /// One per cluster asked through the receiver (itself first).
+    pub clusters: Vec<TraceClusterReply>,
 }
 
 /// One partition's progress in a [`Frame::Progress`].
@@ -354,6 +401,23 @@ mod tests {
                     next: 1000,
                 }],
             },
+            Frame::TraceQuery(TraceQuery {
+                req: 7,
+                source: "/shop".into(),
+                id: "1".into(),
+                asked: vec!["a".into(), "b".into()],
+                hops: 7,
+                timeout_ms: 1500,
+            }),
+            Frame::TraceReply(TraceReply {
+                req: 7,
+                clusters: vec![TraceClusterReply {
+                    cluster: "c".into(),
+                    answered: true,
+                    error: None,
+                    records_json: "[]".into(),
+                }],
+            }),
         ]
     }
 

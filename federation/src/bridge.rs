@@ -47,7 +47,10 @@ use crate::progress::{AckTracker, ProgressMarks, PROGRESS_EVERY};
 use crate::replicas::{auto_failover, Auto, Delivery, Event as ReplicaEvent, Replicas, StartScan};
 use crate::routing::Routes;
 use crate::stats::{LagMeter, LinkState, LinkStats, PartitionLag};
+use crate::trace::{relay_timeout, MAX_HOPS};
 use meshd_core::event::POS_EXT;
+use meshd_core::wire::{TraceClusterReply, TraceQuery, TraceReply};
+use meshd_node::trace::{Step, TraceLog};
 
 /// Settings of a bridge.
 #[derive(Debug, Clone)]
@@ -195,6 +198,13 @@ struct Shared {
     /// none exists), by (cursor group, topic, partition): the lag meters read them here
     /// instead of the store. Only this bridge writes the `__bridge/*` groups.
     committed: Mutex<HashMap<(String, String, u32), Option<u64>>>,
+    /// Control frames to each connected peer's session (trace questions and answers),
+    /// with the session's id.
+    control: Mutex<HashMap<String, (u64, mpsc::Sender<Frame>)>>,
+    /// Trace questions sent and not answered yet, by request id.
+    trace_pending: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<TraceReply>>>,
+    /// The next request or session id.
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 /// What a merge of a peer's replicas asks of the replica task: fencing events and the
@@ -343,6 +353,9 @@ impl Bridge {
             started: (now_ms(), Instant::now()),
             stopping: std::sync::atomic::AtomicBool::new(false),
             committed: Mutex::new(HashMap::new()),
+            control: Mutex::new(HashMap::new()),
+            trace_pending: Mutex::new(HashMap::new()),
+            next_id: std::sync::atomic::AtomicU64::new(1),
         });
         shared.reconcile_links();
         let tasks = vec![
@@ -428,6 +441,24 @@ impl Bridge {
         Arc::new(move |req| {
             let shared = shared.clone();
             Box::pin(async move { takeover(&shared, req).await })
+        })
+    }
+
+    /// A closure asking the other clusters of the mesh for an event's trace, for the
+    /// node's `GET /v1/trace`.
+    pub fn trace_fn(&self) -> meshd_node::server::MeshTraceFn {
+        let shared = self.shared.clone();
+        Arc::new(move |source, id, timeout| {
+            let shared = shared.clone();
+            Box::pin(async move {
+                let replies = ask_mesh(&shared, &source, &id, &[], MAX_HOPS, timeout).await;
+                let clusters: Vec<String> = shared
+                    .topology()
+                    .clusters()
+                    .map(|c| c.name.to_string())
+                    .collect();
+                crate::trace::complete(shared.me(), &clusters, replies, timeout)
+            })
         })
     }
 
@@ -1201,6 +1232,14 @@ async fn session(
             }
         }
     });
+    let (control, mut control_rx) = mpsc::channel::<Frame>(64);
+    let session_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    lock(&shared.control).insert(peer.to_string(), (session_id, control.clone()));
+    let _control = ControlGuard {
+        shared: shared.clone(),
+        peer: peer.to_string(),
+        id: session_id,
+    };
     let (cursors, acked) = tokio::sync::watch::channel(BTreeMap::new());
     tokio::spawn(commit_cursors(shared.clone(), cursor_group(peer), acked));
     let (to_storer, batches) = mpsc::channel::<Batch>(shared.config.window.max(1) * 2);
@@ -1228,6 +1267,7 @@ async fn session(
         peer_clock_offset: None,
         marks: ProgressMarks::new(shared.config.progress_every),
         acks: AckTracker::new(),
+        control,
     };
     if *drain.borrow() {
         s.start_drain(shared, peer, stats);
@@ -1307,6 +1347,11 @@ async fn session(
                     None => break Err("link removed".to_string()),
                 }
             }
+            Some(f) = control_rx.recv() => {
+                if let Err(e) = write_frame(&mut send, stats, &f).await {
+                    break Err(e);
+                }
+            }
         }
     };
     reader.abort();
@@ -1379,6 +1424,25 @@ struct SessionState {
     marks: ProgressMarks,
     /// The cumulative ack over stored batches and received progress frames.
     acks: AckTracker,
+    /// Control frames to write on this connection (trace answers).
+    control: mpsc::Sender<Frame>,
+}
+
+/// Unregisters a session's control channel when the session ends (unless a newer session
+/// of the peer replaced it already).
+struct ControlGuard {
+    shared: Arc<Shared>,
+    peer: String,
+    id: u64,
+}
+
+impl Drop for ControlGuard {
+    fn drop(&mut self) {
+        let mut c = lock(&self.shared.control);
+        if c.get(&self.peer).is_some_and(|(id, _)| *id == self.id) {
+            c.remove(&self.peer);
+        }
+    }
 }
 
 impl SessionState {
@@ -1482,6 +1546,25 @@ impl SessionState {
                     .send(b)
                     .await
                     .map_err(|_| "the storer stopped".to_string())
+            }
+            Frame::TraceQuery(q) => {
+                // Answered beside the session (it reads the store and may wait for
+                // relayed answers); the answer goes out through the control channel.
+                let (shared, control) = (shared.clone(), self.control.clone());
+                tokio::spawn(async move {
+                    let req = q.req;
+                    let clusters = answer_query(&shared, q).await;
+                    let _ = control
+                        .send(Frame::TraceReply(TraceReply { req, clusters }))
+                        .await;
+                });
+                Ok(())
+            }
+            Frame::TraceReply(r) => {
+                if let Some(tx) = lock(&shared.trace_pending).remove(&r.req) {
+                    let _ = tx.send(r);
+                }
+                Ok(())
             }
             Frame::Ack { seq } => {
                 let commits = self.window.on_ack(seq).map_err(|e| e.to_string())?;
@@ -1587,10 +1670,22 @@ impl SessionState {
                         let Some(last) = records.last() else { break };
                         let next = last.offset + 1;
                         let mut events = Vec::new();
+                        let log = &shared.node.trace;
+                        let traced = log
+                            .enabled()
+                            .then(|| (&**log, log.intern(peer), log.intern(&wire)));
                         for r in &records {
                             let own_end = (topic == wire).then_some(end);
                             let Some(payload) = self.outgoing(
-                                &wire, &topo, &me, peer, &r.payload, r.offset, p, own_end,
+                                &wire,
+                                &topo,
+                                &me,
+                                peer,
+                                &r.payload,
+                                r.offset,
+                                p,
+                                own_end,
+                                traced.as_ref(),
                             ) else {
                                 continue;
                             };
@@ -1664,6 +1759,7 @@ impl SessionState {
         offset: u64,
         partition: u32,
         own_end: Option<u64>,
+        trace: Option<&(&TraceLog, Arc<str>, Arc<str>)>,
     ) -> Option<Vec<u8>> {
         let raw = match RawEvent::parse(stored) {
             Ok(r) => r,
@@ -1714,6 +1810,17 @@ impl SessionState {
         if leaving {
             set.push((POS_EXT, &pos));
         }
+        if let Some((log, peer, topic)) = trace {
+            log.record(
+                raw.source(),
+                raw.id(),
+                Step::Forwarded {
+                    peer: peer.clone(),
+                    topic: topic.clone(),
+                },
+            );
+        }
+        tracing::trace!(cluster = %me, peer, topic = %wire, source = raw.source(), id = raw.id(), traceparent = raw.extension("traceparent"), "forwarded");
         Some(if set.is_empty() {
             stored.to_vec()
         } else {
@@ -1779,6 +1886,99 @@ impl SessionState {
         }
         Ok(())
     }
+}
+
+/// Asks this cluster's connected neighbours not in `asked` for the trace of
+/// `(source, id)` (each relays on with `hops - 1`), waiting at most `timeout`; answers
+/// what came back, plus a not-answered entry for each neighbour whose link is down or
+/// that did not answer in time.
+async fn ask_mesh(
+    shared: &Arc<Shared>,
+    source: &str,
+    id: &str,
+    asked: &[String],
+    hops: u32,
+    timeout: Duration,
+) -> Vec<TraceClusterReply> {
+    let neighbours: Vec<String> = lock(&shared.links).keys().cloned().collect();
+    let control = lock(&shared.control).clone();
+    let connected: Vec<String> = control.keys().cloned().collect();
+    let plan = crate::trace::plan(shared.me(), &neighbours, &connected, asked);
+    let mut out: Vec<TraceClusterReply> = plan
+        .down
+        .iter()
+        .map(|n| crate::trace::not_answered(n, format!("the link from {} is down", shared.me())))
+        .collect();
+    let relay = relay_timeout(timeout);
+    let mut waits = Vec::new();
+    for n in &plan.ask {
+        let Some((_, tx)) = control.get(n) else {
+            continue;
+        };
+        let req = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+        lock(&shared.trace_pending).insert(req, reply_tx);
+        let q = TraceQuery {
+            req,
+            source: source.to_string(),
+            id: id.to_string(),
+            asked: plan.asked.clone(),
+            hops,
+            timeout_ms: relay.as_millis() as u64,
+        };
+        let sent = tx.try_send(Frame::TraceQuery(q)).is_ok();
+        waits.push((n.clone(), req, sent, reply_rx));
+    }
+    // Every question is out: waiting for each in turn against one deadline waits no
+    // longer than waiting for all at once.
+    let deadline = tokio::time::Instant::now() + timeout;
+    for (n, req, sent, rx) in waits {
+        let r = if sent {
+            tokio::time::timeout_at(deadline, rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
+        lock(&shared.trace_pending).remove(&req);
+        match r {
+            Some(reply) => out.extend(reply.clusters),
+            None => out.push(crate::trace::not_answered(
+                &n,
+                format!("no answer within {} ms", timeout.as_millis()),
+            )),
+        }
+    }
+    out
+}
+
+/// Answers a peer's trace question: this cluster's records, and (hops left) those of the
+/// clusters behind it that the question did not reach yet.
+async fn answer_query(shared: &Arc<Shared>, q: TraceQuery) -> Vec<TraceClusterReply> {
+    let timeout = Duration::from_millis(q.timeout_ms.clamp(1, 60_000));
+    let mine = shared
+        .node
+        .trace_cluster(&q.source, &q.id, false, relay_timeout(timeout));
+    let relayed = async {
+        if q.hops == 0 {
+            Vec::new()
+        } else {
+            ask_mesh(
+                shared,
+                &q.source,
+                &q.id,
+                &q.asked,
+                q.hops - 1,
+                relay_timeout(timeout),
+            )
+            .await
+        }
+    };
+    let ((records, errors), relayed) = tokio::join!(mine, relayed);
+    let mut out = vec![crate::trace::answered(shared.me(), &records, &errors)];
+    out.extend(relayed);
+    out
 }
 
 /// The internal topic where a relay cluster keeps the events of `topic` that the
@@ -2678,6 +2878,8 @@ struct Received {
     /// Its origin and position there (absent for events of older peers).
     origin: Option<(String, OriginPos)>,
     payload: Vec<u8>,
+    /// (source, id) when tracing is on: its `stored` record is made once appended.
+    traced: Option<(String, String)>,
 }
 
 /// Received events of one topic, ready to append.
@@ -2751,6 +2953,22 @@ async fn prepare_round(
                 // Woken by any commit or release; the timeout only bounds a missed wake.
                 let _ = tokio::time::timeout(Duration::from_millis(100), resolved).await;
             };
+            let log = &shared.node.trace;
+            if log.enabled() {
+                let (peer, topic) = (log.intern(&stats.peer), log.intern(&b.topic));
+                let step = if fresh {
+                    let origin = raw.extension(ORIGIN_EXT).unwrap_or(&stats.peer);
+                    Step::Received {
+                        peer,
+                        topic,
+                        origin: log.intern(origin),
+                    }
+                } else {
+                    Step::Duplicate { peer, topic }
+                };
+                log.record(raw.source(), raw.id(), step);
+            }
+            tracing::trace!(cluster = %me, peer = %stats.peer, topic = %b.topic, source = raw.source(), id = raw.id(), traceparent = raw.extension("traceparent"), fresh, "received");
             if !fresh {
                 // Expected after a reconnect or a reroute (events sent again), a sign of
                 // reused ids otherwise: say which, at most once a second per link.
@@ -2792,6 +3010,9 @@ async fn prepare_round(
                 key: raw.partition_key().map(str::to_string),
                 origin,
                 payload,
+                traced: log
+                    .enabled()
+                    .then(|| (raw.source().to_string(), raw.id().to_string())),
             });
             g.keys.push(key);
         }
@@ -2877,9 +3098,13 @@ async fn store_received(
     // Each origin partition goes to the same partition here (when the topic has it), so
     // origin order holds hop by hop and the mark of what is stored is exact.
     let mut observed: Vec<(String, OriginPos)> = Vec::new();
+    let mut traced: Vec<Option<(String, String)>> = Vec::new();
     let records = records
         .into_iter()
-        .map(|r| {
+        .map(|mut r| {
+            if node.trace.enabled() {
+                traced.push(r.traced.take());
+            }
             let fallback = partition_for_key(r.key.as_deref(), partitions);
             let pos = r.origin.as_ref().map(|(_, pos)| *pos);
             let (partition, exact) = marks::receive_partition(pos, partitions, fallback);
@@ -2897,10 +3122,27 @@ async fn store_received(
         .collect();
     // Readable before durable: the peer keeps these until our ack, which is sent only
     // after this returns (durable), so local subscribers start while the fsync runs.
-    node.store
+    let appended = node
+        .store
         .append_visible_early(&store_topic, records)
         .await
         .map_err(|e| format!("appending replicated events: {e}"))?;
+    if !traced.is_empty() {
+        let topic = node.trace.intern(&store_topic);
+        for (key, a) in traced.into_iter().zip(&appended) {
+            if let Some((source, id)) = key {
+                node.trace.record(
+                    &source,
+                    &id,
+                    Step::Stored {
+                        topic: topic.clone(),
+                        partition: a.partition,
+                        offset: a.offset,
+                    },
+                );
+            }
+        }
+    }
     // Durable now: what this cluster holds moves on (persisted a moment later).
     let mut marks = lock(&shared.marks);
     for (origin, pos) in observed {

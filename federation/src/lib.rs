@@ -16,6 +16,7 @@
 //! - [`routing`]: which interest is relayed to which neighbour. Sans-IO.
 //! - [`progress`]: progress marks instead of empty batches; the receiver's ack. Sans-IO.
 //! - [`stats`]: per-link counters, the lag meter, their JSON snapshot.
+//! - [`trace`]: trace questions across the mesh: who is asked, timeouts, answers. Sans-IO.
 //! - [`bridge`]: the tokio/quinn shell that runs all of the above.
 //!
 //! The frames themselves live in `meshd_core::wire`.
@@ -31,5 +32,6 @@ pub mod progress;
 pub mod replicas;
 pub mod routing;
 pub mod stats;
+pub mod trace;
 
 pub use bridge::{Bridge, BridgeConfig, BridgeError};

@@ -13,6 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
+use cloudevents::AttributesReader;
 use meshd_core::api::{
     AckRequest, ErrorBody, FilterTestRequest, InvalidField, PublishResponse, PullResponse,
     ReplayRequest, StartPosition, StartTime, SubscriptionSpec, TopicConfig,
@@ -246,6 +247,7 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<Node>>)> {
         ("/v1/replays/{name}", get(replay_status)),
         ("/v1/replays/{name}/cancel", post(cancel_replay)),
         ("/v1/filters/test", post(filter_test)),
+        ("/v1/trace", get(trace)),
         ("/v1/cluster", get(cluster_status)),
         ("/v1/cluster/promise", post(cluster_promise)),
         ("/v1/mesh", get(mesh_status)),
@@ -466,8 +468,21 @@ async fn publish_inner(node: &Arc<Node>, topic: &str, req: Request) -> ApiResult
         .map(event::strip_mesh_extensions)
         .collect();
     let positions = ingest::append_events(&*node.store, topic, partitions, &events).await?;
+    let traced = node.trace.enabled().then(|| node.trace.intern(topic));
     for (e, p) in events.iter().zip(&positions) {
-        tracing::trace!(event_id = %meshd_core::event::attribute_string(e, "id").unwrap_or_default(), partition = p.partition, offset = p.offset, "stored");
+        if let Some(topic) = &traced {
+            node.trace.record(
+                e.source().as_str(),
+                e.id(),
+                crate::trace::Step::Stored {
+                    topic: topic.clone(),
+                    partition: p.partition,
+                    offset: p.offset,
+                },
+            );
+        }
+        let traceparent = meshd_core::event::attribute_string(e, "traceparent");
+        tracing::trace!(event_id = %e.id(), traceparent = traceparent.as_deref(), partition = p.partition, offset = p.offset, "stored");
     }
     Ok(PublishResponse { positions })
 }
@@ -554,8 +569,9 @@ async fn delete_subscription(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Header a node sets when it asks the node delivering a subscription for its status (the
-/// node asked answers with its own numbers and never forwards again).
+/// Header a node sets when it asks another node of its cluster (the node delivering a
+/// subscription for its status, every node for its trace records): the node asked
+/// answers with its own numbers and never forwards again.
 pub const FORWARDED_HEADER: &str = "meshd-forwarded-by";
 
 /// How long a node waits for the node delivering a subscription to answer its status.
@@ -915,6 +931,65 @@ async fn browse(
     Ok(Json(answer).into_response())
 }
 
+/// Query of `GET /v1/trace` (all as text, so each bad value gets its own message).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TraceQuery {
+    /// The event's `source`.
+    source: Option<String>,
+    /// The event's `id`.
+    id: Option<String>,
+    /// Time allowed to the other nodes and clusters, ms (default 2000, at most 30000).
+    timeout_ms: Option<String>,
+}
+
+/// `GET /v1/trace?source=S&id=ID[&timeout_ms=N]`: an event's life across the mesh.
+async fn trace(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    query: Result<Query<TraceQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let required = |v: Option<String>, name: &str| match v {
+        Some(v) if !v.is_empty() && v.len() <= 4096 => Ok(v),
+        Some(v) if !v.is_empty() => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("{name} is {} bytes long; at most 4096", v.len()),
+        )
+        .field(name.to_string())),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("{name} is required: GET /v1/trace?source=SOURCE&id=ID"),
+        )
+        .field(name.to_string())),
+    };
+    let source = required(q.source, "source")?;
+    let id = required(q.id, "id")?;
+    let max = crate::server::MAX_TRACE_TIMEOUT;
+    let timeout = match q.timeout_ms.as_deref() {
+        None => crate::server::DEFAULT_TRACE_TIMEOUT,
+        Some(t) => match t.parse::<u64>() {
+            Ok(ms) if ms >= 1 && u128::from(ms) <= max.as_millis() => Duration::from_millis(ms),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!(
+                        "timeout_ms must be a whole number of milliseconds from 1 to {}, not {t:?}",
+                        max.as_millis()
+                    ),
+                )
+                .field("timeout_ms"))
+            }
+        },
+    };
+    let forwarded = headers.contains_key(FORWARDED_HEADER);
+    Ok(Json(node.trace(&source, &id, forwarded, timeout).await).into_response())
+}
+
 async fn filter_test(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
@@ -1127,6 +1202,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     text.push_str(&crate::metrics::render_subscriptions(
         &crate::status::delivered_here(&node).await,
     ));
+    text.push_str(&node.trace.render_metrics());
     if let Some(mesh) = node.mesh_metrics() {
         text.push_str(&mesh);
     }

@@ -18,6 +18,7 @@
 //! - [`drill_reports`]: the last drill reports a node keeps.
 //! - [`server`]: a node assembled, with start-up recovery and clean shutdown.
 //! - [`status`]: where a subscription's delivery stands (backlog, counters, last error).
+//! - [`trace`]: what happened to an event on this node, for `GET /v1/trace`.
 #![forbid(unsafe_code)]
 
 pub mod console;
@@ -29,3 +30,4 @@ pub mod metrics;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod trace;

@@ -44,11 +44,14 @@ use crate::metrics::Metrics;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::pulsar::{PulsarConfig, PulsarStore};
 use crate::store::{EventStore, FsyncPolicy, RetentionHolds, StoreError};
+use crate::trace::TraceLog;
 
 mod replay;
 mod replays;
+mod trace_query;
 pub use replay::{BrowseFrom, BROWSE_MAX_BYTES, START_TIME_SKEW};
 pub use replays::{ReplayEntry, REPLAY_PREFIX};
+pub use trace_query::{DEFAULT_TRACE_TIMEOUT, MAX_TRACE_TIMEOUT};
 
 const SUBSCRIPTION_PREFIX: &str = "subscriptions/";
 /// Store metadata: when each subscription was made (ms since the epoch, as text). A
@@ -95,6 +98,11 @@ pub struct NodeConfig {
     /// The cluster's internal token: when set, every `/v1` request must carry it (see
     /// [`meshd_core::internal`]); `None`: the API is open to whoever reaches the port.
     pub internal_token: Option<meshd_core::internal::InternalToken>,
+    /// How long trace records are kept (`Duration::ZERO`: tracing off); see
+    /// [`crate::trace`].
+    pub trace_retention: Duration,
+    /// Most trace records kept (the oldest are evicted first).
+    pub trace_capacity: usize,
 }
 
 /// Default of [`NodeConfig::retention_hold_max`]: 7 days.
@@ -162,6 +170,8 @@ impl NodeConfig {
             retention_hold_max: Some(DEFAULT_RETENTION_HOLD_MAX),
             webhook: meshd_core::egress::EgressRules::default(),
             internal_token: None,
+            trace_retention: crate::trace::DEFAULT_RETENTION,
+            trace_capacity: crate::trace::DEFAULT_CAPACITY,
         }
     }
 }
@@ -294,6 +304,8 @@ pub struct Node {
     pub delivery: Delivery,
     /// Its metrics.
     pub metrics: Metrics,
+    /// What happened to events here (`GET /v1/trace`).
+    pub trace: Arc<TraceLog>,
     topics: RwLock<HashMap<String, TopicConfig>>,
     subscriptions: RwLock<BTreeMap<String, Arc<CompiledSubscription>>>,
     /// When each subscription was made (see [`SUBSCRIPTION_CREATED_PREFIX`]).
@@ -310,6 +322,7 @@ pub struct Node {
     /// Past its lease deadline, delivering on its peers' promises (`/readyz` says so).
     serving_on_promises: AtomicBool,
     mesh_failover: std::sync::OnceLock<MeshFailoverFn>,
+    mesh_trace: std::sync::OnceLock<MeshTraceFn>,
     group_locator: std::sync::OnceLock<Arc<dyn GroupLocator>>,
     /// Consumer groups this node may deliver; `None`: all (no placement).
     owned: RwLock<Option<BTreeSet<String>>>,
@@ -343,6 +356,12 @@ pub struct GroupOwner {
 pub trait GroupLocator: Send + Sync {
     /// The node placement gives `group` to, if any.
     async fn owner(&self, group: &str) -> Option<GroupOwner>;
+
+    /// Every runtime node of the cluster (this one included), for questions every node
+    /// answers for itself (`GET /v1/trace`). Default: none known.
+    async fn members(&self) -> Vec<GroupOwner> {
+        Vec::new()
+    }
 }
 
 /// Extra Prometheus text appended to `/metrics` by the federation bridge.
@@ -373,6 +392,29 @@ pub type MeshFailoverFn = Arc<
         > + Send
         + Sync,
 >;
+
+/// Asks the other clusters of the mesh for an event's trace records (the federation
+/// bridge, see [`Node::set_mesh_trace`]): `(source, id, time allowed)` → one answer per
+/// cluster other than this one.
+pub type MeshTraceFn = Arc<
+    dyn Fn(
+            String,
+            String,
+            Duration,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<ClusterTrace>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// One cluster's part of a trace: whether it answered, and its records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterTrace {
+    /// The cluster (and whether it answered, why not, how many records).
+    pub answer: meshd_core::api::TraceClusterAnswer,
+    /// Its records.
+    pub records: Vec<meshd_core::api::TraceRecord>,
+}
 
 /// What `GET /v1/mesh` shows, provided by the federation bridge when one runs beside the
 /// node (see [`Node::set_mesh_status`]).
@@ -410,7 +452,14 @@ impl Node {
     ) -> Result<Arc<Node>, NodeError> {
         let metrics = Metrics::new();
         let guard = crate::delivery::WebhookGuard::new(config.webhook.clone());
-        let delivery = Delivery::for_node(store.clone(), metrics.clone(), &config.node_id, guard);
+        let trace = Arc::new(TraceLog::new(config.trace_retention, config.trace_capacity));
+        let delivery = Delivery::for_node(
+            store.clone(),
+            metrics.clone(),
+            &config.node_id,
+            guard,
+            trace.clone(),
+        );
         let topics = store.list_topics().await?.into_iter().collect();
         let owned = config.placement_gated.then(BTreeSet::new);
         let node = Arc::new(Node {
@@ -418,6 +467,7 @@ impl Node {
             store,
             delivery,
             metrics,
+            trace,
             topics: RwLock::new(topics),
             subscriptions: RwLock::new(BTreeMap::new()),
             subscriptions_created: std::sync::Mutex::new(HashMap::new()),
@@ -430,6 +480,7 @@ impl Node {
             promise: std::sync::OnceLock::new(),
             serving_on_promises: AtomicBool::new(false),
             mesh_failover: std::sync::OnceLock::new(),
+            mesh_trace: std::sync::OnceLock::new(),
             group_locator: std::sync::OnceLock::new(),
             owned: RwLock::new(owned),
             catalog: std::sync::OnceLock::new(),

@@ -101,6 +101,9 @@ enum Op {
     /// `GET /v1/mesh` (`false`), `POST /v1/mesh/links/{peer}/{action}` and
     /// `POST /v1/mesh/failover` (`true`): to the node running the bridge.
     Mesh(bool),
+    /// `GET /v1/trace`: an event's trace (any node asks the rest; an admin scope, like
+    /// listing topics and subscriptions: the answer may name any topic).
+    Trace,
     /// `POST /v1/admin/drain` (`true`) or `/v1/admin/undrain` (`false`).
     Drain(bool),
 }
@@ -194,6 +197,7 @@ fn classify(method: &Method, path: &str) -> Result<Op, Reject> {
         ["readyz"] => (method == Method::GET).then_some(Op::Ready),
         ["metrics"] => (method == Method::GET).then_some(Op::Metrics),
         ["v1", "cluster"] => (method == Method::GET).then_some(Op::Cluster),
+        ["v1", "trace"] => (method == Method::GET).then_some(Op::Trace),
         ["v1", "mesh"] => (method == Method::GET).then_some(Op::Mesh(false)),
         ["v1", "mesh", "failover"] | ["v1", "mesh", "links", _, _] => {
             (method == Method::POST).then_some(Op::Mesh(true))
@@ -336,6 +340,19 @@ fn producer_group(headers: &HeaderMap, body: &Bytes, topic: &str) -> Result<(Str
         .or(source)
         .unwrap_or_else(|| format!("topic:{topic}"));
     Ok((group, count))
+}
+
+/// The time a trace query gives the mesh (`timeout_ms`, default 2 s, at most 30 s; a bad
+/// value is the node's to refuse).
+fn trace_timeout(query: Option<&str>) -> Duration {
+    let ms = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("timeout_ms="))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(2_000)
+        .min(30_000);
+    Duration::from_millis(ms)
 }
 
 /// Longest `wait` of a pull (the node's bound too).
@@ -727,7 +744,7 @@ impl Proxy {
             Op::TopicRead(t) => self.require_any(&token, t)?,
             // Reading stored events takes what reading them through a subscription takes.
             Op::TopicBrowse(t) => self.require(&token, Action::Subscribe, Some(t))?,
-            Op::TopicList | Op::SubList | Op::Mesh(false) => {
+            Op::TopicList | Op::SubList | Op::Mesh(false) | Op::Trace => {
                 self.require(&token, Action::Admin, None)?
             }
             Op::Mesh(true) => self.require(&token, Action::ClusterAdmin, None)?,
@@ -801,6 +818,9 @@ impl Proxy {
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| parts.uri.path().to_string());
+        if op == Op::Trace {
+            deadline_len += trace_timeout(parts.uri.query());
+        }
         let retry_uncertain = parts.method != Method::POST;
         let (candidates, group, cost) = match &op {
             Op::Publish(topic) => {
@@ -1552,6 +1572,16 @@ mod tests {
         assert_eq!(
             classify(&Method::GET, "/v1/topics/orders/events").ok(),
             Some(Op::TopicBrowse("orders".into()))
+        );
+        assert_eq!(classify(&Method::GET, "/v1/trace").ok(), Some(Op::Trace));
+        assert_eq!(
+            trace_timeout(Some("source=s&id=1&timeout_ms=500")),
+            Duration::from_millis(500)
+        );
+        assert_eq!(trace_timeout(None), Duration::from_secs(2));
+        assert_eq!(
+            trace_timeout(Some("timeout_ms=999999999")),
+            Duration::from_secs(30)
         );
         assert_eq!(
             classify(&Method::POST, "/v1/subscriptions/s/seek").ok(),

@@ -42,9 +42,24 @@ pub struct SubCtx {
     pub stop: watch::Receiver<bool>,
     /// The engine's shared partition feeds.
     pub feeds: Arc<Feeds>,
+    /// Where delivered, retried and dead-lettered events are recorded.
+    pub trace: Arc<crate::trace::TraceLog>,
+    /// The subscription's name as the trace table keeps it.
+    pub trace_name: Arc<str>,
 }
 
 impl SubCtx {
+    /// Records a step of `event`'s life (nothing when tracing is off).
+    pub fn trace(&self, event: &Event, step: impl FnOnce(Arc<str>) -> crate::trace::Step) {
+        if self.trace.enabled() {
+            self.trace.record(
+                event.source().as_str(),
+                event.id(),
+                step(self.trace_name.clone()),
+            );
+        }
+    }
+
     /// The subscription's name.
     pub fn name(&self) -> &str {
         &self.sub.spec.name
@@ -559,6 +574,10 @@ pub fn dead_letter_event(event: &Event, subscription: &str, dl: &DeadLetter) -> 
 pub async fn dead_letter(ctx: &SubCtx, event: &Event, dl: &DeadLetter) -> bool {
     let labels = [ctx.topic(), ctx.name()];
     ctx.metrics.last_errors.note(ctx.name(), &dl.reason);
+    ctx.trace(event, |subscription| crate::trace::Step::DeadLettered {
+        subscription,
+        reason: dl.reason.as_str().into(),
+    });
     let Some(dlt) = ctx.sub.spec.delivery.dead_letter_topic.clone() else {
         warn!(subscription = %ctx.name(), topic = %ctx.topic(), event_id = %event.id(), reason = %dl.reason, "event dropped: out of attempts and no dead-letter topic");
         ctx.metrics.dead_lettered.with_label_values(&labels).inc();

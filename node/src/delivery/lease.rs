@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use cloudevents::AttributesReader;
 use meshd_core::api::PulledEvent;
 use meshd_core::Event;
 use tokio::time::Instant;
@@ -77,6 +78,11 @@ pub struct LeaseTable {
     ack_deadline: Duration,
     max_handouts: u32,
     key_affinity: bool,
+    /// Whether expired leases handed out again are noted in `retried` (for the trace).
+    note_retries: bool,
+    /// (source, id, the handout that expired) of leases expired back to ready since the
+    /// last [`LeaseTable::take_retried`].
+    retried: Vec<(String, String, u32)>,
 }
 
 /// Builds an ack id.
@@ -108,7 +114,20 @@ impl LeaseTable {
             ack_deadline,
             max_handouts: max_handouts.max(1),
             key_affinity,
+            note_retries: false,
+            retried: Vec::new(),
         }
+    }
+
+    /// Notes expired leases that go back to ready (see [`LeaseTable::take_retried`]).
+    pub fn note_retries(&mut self, on: bool) {
+        self.note_retries = on;
+    }
+
+    /// (source, id, attempt) of the leases that expired and went back to ready since the
+    /// last call (with [`LeaseTable::note_retries`] on).
+    pub fn take_retried(&mut self) -> Vec<(String, String, u32)> {
+        std::mem::take(&mut self.retried)
     }
 
     /// Adds a ready event (a duplicate position replaces nothing).
@@ -180,6 +199,14 @@ impl LeaseTable {
             if lease.item.handouts >= self.max_handouts {
                 dead.push(lease.item);
             } else {
+                if self.note_retries {
+                    let e = &lease.item.original;
+                    self.retried.push((
+                        e.source().to_string(),
+                        e.id().to_string(),
+                        lease.item.handouts,
+                    ));
+                }
                 self.ready.insert(pos, lease.item);
             }
         }

@@ -50,6 +50,7 @@ use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::store::{EventStore, StoreError};
+use crate::trace::TraceLog;
 use common::{topic_partitions, Progress, SubCtx};
 pub use guard::{WebhookGuard, WebhookTargetError};
 use pull::PullSub;
@@ -133,6 +134,7 @@ pub struct Delivery {
     feeds: Arc<feed::Feeds>,
     /// The replay running into each subscription (at most one).
     replays: std::sync::Mutex<HashMap<String, Arc<replay::ReplayHandle>>>,
+    trace: Arc<TraceLog>,
 }
 
 impl Delivery {
@@ -151,16 +153,25 @@ impl Delivery {
             allow_loopback: true,
             ..Default::default()
         });
-        Delivery::build(store, metrics, options, None, guard)
+        Delivery::build(
+            store,
+            metrics,
+            options,
+            None,
+            guard,
+            Arc::new(TraceLog::off()),
+        )
     }
 
     /// Creates the delivery engine of node `node_id`: every webhook push carries the
-    /// [`NODE_HEADER`] header with the id, and goes only where `guard` allows.
+    /// [`NODE_HEADER`] header with the id, and goes only where `guard` allows; delivered,
+    /// retried and dead-lettered events are recorded in `trace`.
     pub fn for_node(
         store: Arc<dyn EventStore>,
         metrics: Metrics,
         node_id: &str,
         guard: Arc<WebhookGuard>,
+        trace: Arc<TraceLog>,
     ) -> Delivery {
         Delivery::build(
             store,
@@ -168,6 +179,7 @@ impl Delivery {
             DeliveryOptions::default(),
             Some(node_id),
             guard,
+            trace,
         )
     }
 
@@ -177,6 +189,7 @@ impl Delivery {
         options: DeliveryOptions,
         node_id: Option<&str>,
         guard: Arc<WebhookGuard>,
+        trace: Arc<TraceLog>,
     ) -> Delivery {
         // reqwest is built without a default TLS provider; install ring unless the binary
         // already installed one (then this is a no-op).
@@ -210,6 +223,7 @@ impl Delivery {
             options,
             subs: tokio::sync::Mutex::new(HashMap::new()),
             replays: std::sync::Mutex::new(HashMap::new()),
+            trace,
         }
     }
 
@@ -242,6 +256,8 @@ impl Delivery {
             metrics: self.metrics.clone(),
             stop: stop_rx,
             feeds: self.feeds.clone(),
+            trace: self.trace.clone(),
+            trace_name: self.trace.intern(&sub.spec.name),
         };
         let running = match &sub.spec.sink {
             Sink::Webhook(w) => {
@@ -419,6 +435,8 @@ impl Delivery {
             metrics: self.metrics.clone(),
             stop: handle.stop_watch(),
             feeds: self.feeds.clone(),
+            trace: self.trace.clone(),
+            trace_name: self.trace.intern(&sub.spec.name),
         };
         handle.with(|r| r.begin(windows.clone(), crate::ingest::now_ms()));
         let (dispatch, sink_tasks, detach): (_, _, Box<dyn FnOnce() + Send>) =

@@ -24,7 +24,9 @@ use super::common::{
 };
 use super::lease::{Acked, LeaseTable, PullItem, Taken};
 use super::DeliveryError;
+use crate::ingest::now_ms;
 use crate::store::StoreError;
+use crate::trace::Step;
 
 /// Most events held (ready plus leased) per offset group.
 pub const MAX_BUFFERED: usize = 10_000;
@@ -163,12 +165,11 @@ impl PullSub {
             meshd_core::api::Sink::Webhook(_) => Duration::from_secs(30),
         };
         let (dead_tx, dead_rx) = mpsc::unbounded_channel();
+        let mut table =
+            LeaseTable::new(ack_deadline, spec.delivery.max_attempts, self.clustering());
+        table.note_retries(self.ctx.trace.enabled());
         let group = Arc::new(PullGroup {
-            table: Mutex::new(LeaseTable::new(
-                ack_deadline,
-                spec.delivery.max_attempts,
-                self.clustering(),
-            )),
+            table: Mutex::new(table),
             progress: progress.clone(),
             ready: Notify::new(),
             space: Notify::new(),
@@ -233,8 +234,14 @@ impl PullSub {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let now = Instant::now();
-            let (mut taken, mut next_lease) =
-                group.with(|t| (t.take(consumer, max, now), t.next_deadline()));
+            let (mut taken, mut next_lease, retried) = group.with(|t| {
+                (
+                    t.take(consumer, max, now),
+                    t.next_deadline(),
+                    t.take_retried(),
+                )
+            });
+            trace_retried(&self.ctx, retried);
             self.account_taken(&group, &taken);
             if self.clustering() {
                 let (replayed, replay_lease) =
@@ -457,6 +464,13 @@ impl PullSub {
             group.progress.complete(item.partition, item.offset);
             self.ctx.metrics.delivered.with_label_values(&labels).inc();
             observe_latency(&self.ctx, item.timestamp_ms);
+            self.ctx
+                .trace(&item.original, |subscription| Step::Delivered {
+                    subscription,
+                    attempt: item.handouts,
+                    status: None,
+                    latency_ms: now_ms().saturating_sub(item.timestamp_ms),
+                });
         }
         if !acked.done.is_empty() {
             self.ctx
@@ -580,6 +594,21 @@ impl Dispatch for TableDispatch {
     }
 }
 
+/// Records the leases that expired and go back to ready (handed out again later).
+fn trace_retried(ctx: &SubCtx, retried: Vec<(String, String, u32)>) {
+    for (source, id, attempt) in retried {
+        ctx.trace.record(
+            &source,
+            &id,
+            Step::Retried {
+                subscription: ctx.trace_name.clone(),
+                attempt,
+                error: "not acknowledged within the ack deadline".into(),
+            },
+        );
+    }
+}
+
 /// Puts replayed events into the replay table, waiting for room.
 struct ReplayDispatch {
     sub: Arc<PullSub>,
@@ -663,11 +692,12 @@ async fn sweep_loop(ctx: SubCtx, group: Arc<PullGroup>) {
             _ = group.leased.notified() => continue,
             _ = wait_stop(&mut stop) => return,
         }
-        let (dead, requeued) = group.with(|t| {
+        let (dead, requeued, retried) = group.with(|t| {
             let before = t.ready_len();
             let dead = t.expire(Instant::now());
-            (dead, t.ready_len() > before)
+            (dead, t.ready_len() > before, t.take_retried())
         });
+        trace_retried(&ctx, retried);
         for item in dead {
             let _ = group.dead_tx.send(item);
         }

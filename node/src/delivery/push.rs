@@ -28,6 +28,7 @@ use super::common::{
 use super::DeliveryOptions;
 use crate::ingest::now_ms;
 use crate::store::StoreError;
+use crate::trace::Step;
 
 /// Events queued per lane before the readers feeding it wait.
 const LANE_QUEUE: usize = 128;
@@ -216,7 +217,7 @@ impl Dispatch for LaneDispatch {
 /// How one delivery ended.
 #[derive(Debug)]
 enum Outcome {
-    Delivered,
+    Delivered { attempt: u32, status: u16 },
     Failed(DeadLetter),
     Stopped,
 }
@@ -273,14 +274,21 @@ impl Lane {
             let Some(url) = self.urls.get((item.route_hash() % n.max(1)) as usize) else {
                 break;
             };
-            let span = info_span!("deliver", event_id = %item.event.id(), partition = item.partition, offset = item.offset, url = %url);
+            let traceparent = meshd_core::event::attribute_string(&item.event, "traceparent");
+            let span = info_span!("deliver", event_id = %item.event.id(), traceparent = traceparent.as_deref(), partition = item.partition, offset = item.offset, url = %url);
             let outcome = self.deliver(url, &item).instrument(span).await;
             let done = match outcome {
-                Outcome::Delivered => {
+                Outcome::Delivered { attempt, status } => {
                     self.ctx.metrics.delivered.with_label_values(&labels).inc();
                     if !self.replay {
                         observe_latency(&self.ctx, item.timestamp_ms);
                     }
+                    self.ctx.trace(&item.event, |subscription| Step::Delivered {
+                        subscription,
+                        attempt,
+                        status: Some(status),
+                        latency_ms: now_ms().saturating_sub(item.timestamp_ms),
+                    });
                     true
                 }
                 Outcome::Failed(dl) => dead_letter(&self.ctx, &item.event, &dl).await,
@@ -312,7 +320,12 @@ impl Lane {
                 _ = wait_stop(&mut stop) => return Outcome::Stopped,
             };
             let (what, status, retry_after) = match attempt {
-                Attempt::Status(s, _) if (200..300).contains(&s) => return Outcome::Delivered,
+                Attempt::Status(s, _) if (200..300).contains(&s) => {
+                    return Outcome::Delivered {
+                        attempt: attempts,
+                        status: s,
+                    }
+                }
                 Attempt::Status(s, ra) => (format!("http {s}"), s, ra),
                 Attempt::Timeout => ("timeout".to_string(), 0, None),
                 Attempt::Error(e) => (format!("connection error: {e}"), 0, None),
@@ -353,6 +366,11 @@ impl Lane {
                 self.ctx.name(),
                 &format!("{what} (attempt {attempts}, retrying)"),
             );
+            self.ctx.trace(&item.event, |subscription| Step::Retried {
+                subscription,
+                attempt: attempts,
+                error: what.as_str().into(),
+            });
             debug!(attempt = attempts, failure = %what, delay_ms = delay.as_millis() as u64, "delivery failed; retrying");
             if !self.ctx.sleep(delay).await {
                 return Outcome::Stopped;
