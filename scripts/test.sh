@@ -21,6 +21,8 @@ command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]}"
   $SUDO apt-get update -qq

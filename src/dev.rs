@@ -156,6 +156,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .context("binding the node port (is another meshd dev running? try --port)")?;
         let node_url = format!("http://{}", listener.local_addr()?);
         println!("cluster {name} node {node_url}");
+        println!("cluster {name} console {node_url}/ui/");
         println!("cluster {name} metrics {node_url}/metrics");
         if let Some(m) = &mesh {
             let config =
@@ -211,6 +212,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         names.join(", "),
         args.data_dir.display()
     );
+    println!("meshd dev: console {}/ui/", urls[0]);
     crate::shutdown_signal().await;
     // The bridges stop while the stores are still open (they write their last marks).
     for b in bridges {

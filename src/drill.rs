@@ -320,6 +320,7 @@ async fn cluster_drill(
 
 /// Runs a drill.
 pub async fn run(global: &GlobalArgs, args: DrillArgs) -> anyhow::Result<()> {
+    let report_to = report_nodes(global, &args.command);
     let (report, json) = match args.command {
         DrillCommand::ConsumerFailover {
             home,
@@ -491,8 +492,66 @@ pub async fn run(global: &GlobalArgs, args: DrillArgs) -> anyhow::Result<()> {
     } else {
         print!("{report}");
     }
+    post_report(&report_to, global.token.as_deref(), &report).await;
     if !report.ok() {
         std::process::exit(2);
     }
     Ok(())
+}
+
+/// The nodes a drill's report is posted to (`POST /v1/drills/reports`; the console shows the
+/// last ones): the nodes of `--url CLUSTER=URL`, and those of `--node-url` of a cluster
+/// drill (a proxy does not keep reports).
+fn report_nodes(global: &GlobalArgs, command: &DrillCommand) -> Vec<String> {
+    let mut urls: Vec<String> = cluster_urls(global)
+        .map(|m| m.into_values().collect())
+        .unwrap_or_default();
+    let target = match command {
+        DrillCommand::NodeFailover { target, .. }
+        | DrillCommand::ProxyFailover { target, .. }
+        | DrillCommand::SchedulerFailover { target, .. }
+        | DrillCommand::RegistryOutage { target, .. } => Some(target),
+        _ => None,
+    };
+    if let Some(t) = target {
+        urls.extend(t.nodes.iter().map(|(_, u)| u.clone()));
+    }
+    for u in &mut urls {
+        *u = u.trim_end_matches('/').to_string();
+    }
+    urls.sort();
+    urls.dedup();
+    urls
+}
+
+/// Posts the report to each node; a node that does not take it is named on stderr (the
+/// drill's verdict does not change).
+async fn post_report(nodes: &[String], token: Option<&str>, report: &meshd_core::api::DrillReport) {
+    let Ok(client) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    else {
+        return;
+    };
+    for node in nodes {
+        let mut req = client
+            .post(format!("{node}/v1/drills/reports"))
+            .json(report);
+        if let Some(t) = token.filter(|t| !t.trim().is_empty()) {
+            req = req.bearer_auth(t.trim());
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => {
+                eprintln!("drill report kept by {node} (see {node}/ui/#drills)")
+            }
+            Ok(r) => eprintln!(
+                "drill report not kept by {node}: it answered {}",
+                r.status()
+            ),
+            Err(e) => eprintln!(
+                "drill report not kept by {node}: {}",
+                meshd_core::api::error_chain(&e)
+            ),
+        }
+    }
 }

@@ -334,4 +334,10 @@ async fn the_consumer_failover_drill_crashes_the_home_and_counts() {
         .and_then(|rs| rs.iter().find(|r| r["name"] == "meshd-drill-cf").cloned())
         .expect("the drill's subscription is replicated");
     assert_eq!(r["active"], "b", "{m}");
+    // The drill posted its report to the nodes it drilled; b (alive) keeps it.
+    let kept: meshd_core::api::DrillReportList =
+        serde_json::from_value(common::get_json(&c, &b.at("/v1/drills/reports")).await)
+            .expect("a drill report list");
+    assert_eq!(kept.reports.len(), 1, "{kept:?}");
+    assert_eq!(kept.reports[0].report, report);
 }

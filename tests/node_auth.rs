@@ -6,20 +6,10 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
 
-use common::{client, event, Meshd};
+use common::{client, event, internal_token_file as token_file, Meshd, INTERNAL_TOKEN as TOKEN};
 use serde_json::{json, Value};
-
-const TOKEN: &str = "0123456789abcdef0123456789abcdef";
-
-fn token_file(dir: &std::path::Path, mode: u32) -> std::path::PathBuf {
-    let p = dir.join("internal-token");
-    std::fs::write(&p, format!("{TOKEN}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-    p
-}
 
 async fn status(req: reqwest::RequestBuilder) -> (u16, Value) {
     let r = req.send().await.unwrap();

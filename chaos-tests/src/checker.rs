@@ -13,9 +13,10 @@
 //!   answer was lost; allowed, and counted).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
-use serde::{Deserialize, Serialize};
+/// The report types live in core (`meshd_core::api`): a node keeps the last drill reports
+/// (`POST /v1/drills/reports`) and the console shows them.
+pub use meshd_core::api::{DrillClusterReport as ClusterReport, DrillReport as Report};
 
 /// What one cluster's subscriber saw.
 #[derive(Debug, Default, Clone)]
@@ -221,111 +222,6 @@ impl Checker {
             notes: Vec::new(),
             facts: BTreeMap::new(),
         }
-    }
-}
-
-/// Per-cluster counts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterReport {
-    /// Distinct acknowledged events received.
-    pub delivered: u64,
-    /// Every delivery, duplicates included.
-    pub deliveries: u64,
-    /// Acknowledged events never received (must be 0).
-    pub lost: u64,
-    /// Deliveries of an event already received.
-    pub duplicated: u64,
-    /// First deliveries that arrived after a later event of the same key (must be 0).
-    pub reordered: u64,
-    /// Distinct events received that no publisher saw acknowledged.
-    pub unacknowledged: u64,
-}
-
-/// The result of one scenario or drill, printable as text ([`fmt::Display`]) and JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Report {
-    /// Scenario or drill name.
-    pub scenario: String,
-    /// Where it ran: `netns`, `loopback`, or `mesh` (a drill against a running mesh).
-    pub mode: String,
-    /// Publishes acknowledged.
-    pub acknowledged: u64,
-    /// Partition keys used.
-    pub keys: u64,
-    /// Sum over clusters of `lost`.
-    pub lost: u64,
-    /// Sum over clusters of `duplicated`.
-    pub duplicated: u64,
-    /// Sum over clusters of `reordered`.
-    pub reordered: u64,
-    /// Per cluster.
-    pub clusters: BTreeMap<String, ClusterReport>,
-    /// From the fault until the mesh reported it (ms), when measured.
-    pub detection_ms: Option<u64>,
-    /// From the repair until every cluster had every acknowledged event (ms).
-    pub recovery_ms: Option<u64>,
-    /// The whole scenario (ms).
-    pub duration_ms: Option<u64>,
-    /// Free-form remarks (fallbacks, what was measured how).
-    pub notes: Vec<String>,
-    /// What a drill observed besides the counts (target, where groups moved, which node
-    /// acknowledged and delivered how many canaries, the old and new leader, …).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub facts: BTreeMap<String, serde_json::Value>,
-}
-
-impl Report {
-    /// Whether nothing acknowledged was lost and nothing was reordered.
-    pub fn ok(&self) -> bool {
-        self.lost == 0 && self.reordered == 0
-    }
-
-    /// The report as pretty JSON.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-    }
-}
-
-fn ms(v: Option<u64>) -> String {
-    v.map(|v| format!("{v} ms"))
-        .unwrap_or_else(|| "n/a".to_string())
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "scenario {} [{}]: {}",
-            self.scenario,
-            self.mode,
-            if self.ok() { "OK" } else { "FAILED" }
-        )?;
-        writeln!(
-            f,
-            "  acknowledged {} over {} keys; lost {}, duplicated {}, reordered {}",
-            self.acknowledged, self.keys, self.lost, self.duplicated, self.reordered
-        )?;
-        writeln!(
-            f,
-            "  detection {}, recovery {}, duration {}",
-            ms(self.detection_ms),
-            ms(self.recovery_ms),
-            ms(self.duration_ms)
-        )?;
-        for (name, c) in &self.clusters {
-            writeln!(
-                f,
-                "  cluster {name}: delivered {} ({} deliveries), lost {}, duplicated {}, reordered {}, unacknowledged {}",
-                c.delivered, c.deliveries, c.lost, c.duplicated, c.reordered, c.unacknowledged
-            )?;
-        }
-        for (k, v) in &self.facts {
-            writeln!(f, "  {k}: {v}")?;
-        }
-        for n in &self.notes {
-            writeln!(f, "  note: {n}")?;
-        }
-        Ok(())
     }
 }
 

@@ -1510,6 +1510,134 @@ pub struct TraceClusterAnswer {
     pub error: Option<String>,
 }
 
+/// Per-cluster counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillClusterReport {
+    /// Distinct acknowledged events received.
+    pub delivered: u64,
+    /// Every delivery, duplicates included.
+    pub deliveries: u64,
+    /// Acknowledged events never received (must be 0).
+    pub lost: u64,
+    /// Deliveries of an event already received.
+    pub duplicated: u64,
+    /// First deliveries that arrived after a later event of the same key (must be 0).
+    pub reordered: u64,
+    /// Distinct events received that no publisher saw acknowledged.
+    pub unacknowledged: u64,
+}
+
+/// The result of one chaos scenario or drill (`meshd drill`, `meshd_chaos`), printable as text ([`std::fmt::Display`]) and JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillReport {
+    /// Scenario or drill name.
+    pub scenario: String,
+    /// Where it ran: `netns`, `loopback`, or `mesh` (a drill against a running mesh).
+    pub mode: String,
+    /// Publishes acknowledged.
+    pub acknowledged: u64,
+    /// Partition keys used.
+    pub keys: u64,
+    /// Sum over clusters of `lost`.
+    pub lost: u64,
+    /// Sum over clusters of `duplicated`.
+    pub duplicated: u64,
+    /// Sum over clusters of `reordered`.
+    pub reordered: u64,
+    /// Per cluster.
+    pub clusters: BTreeMap<String, DrillClusterReport>,
+    /// From the fault until the mesh reported it (ms), when measured.
+    pub detection_ms: Option<u64>,
+    /// From the repair until every cluster had every acknowledged event (ms).
+    pub recovery_ms: Option<u64>,
+    /// The whole scenario (ms).
+    pub duration_ms: Option<u64>,
+    /// Free-form remarks (fallbacks, what was measured how).
+    pub notes: Vec<String>,
+    /// What a drill observed besides the counts (target, where groups moved, which node
+    /// acknowledged and delivered how many canaries, the old and new leader, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, serde_json::Value>,
+}
+
+impl DrillReport {
+    /// Whether nothing acknowledged was lost and nothing was reordered.
+    pub fn ok(&self) -> bool {
+        self.lost == 0 && self.reordered == 0
+    }
+
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+fn drill_ms(v: Option<u64>) -> String {
+    v.map(|v| format!("{v} ms"))
+        .unwrap_or_else(|| "n/a".to_string())
+}
+
+impl std::fmt::Display for DrillReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "scenario {} [{}]: {}",
+            self.scenario,
+            self.mode,
+            if self.ok() { "OK" } else { "FAILED" }
+        )?;
+        writeln!(
+            f,
+            "  acknowledged {} over {} keys; lost {}, duplicated {}, reordered {}",
+            self.acknowledged, self.keys, self.lost, self.duplicated, self.reordered
+        )?;
+        writeln!(
+            f,
+            "  detection {}, recovery {}, duration {}",
+            drill_ms(self.detection_ms),
+            drill_ms(self.recovery_ms),
+            drill_ms(self.duration_ms)
+        )?;
+        for (name, c) in &self.clusters {
+            writeln!(
+                f,
+                "  cluster {name}: delivered {} ({} deliveries), lost {}, duplicated {}, reordered {}, unacknowledged {}",
+                c.delivered, c.deliveries, c.lost, c.duplicated, c.reordered, c.unacknowledged
+            )?;
+        }
+        for (k, v) in &self.facts {
+            writeln!(f, "  {k}: {v}")?;
+        }
+        for n in &self.notes {
+            writeln!(f, "  note: {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A drill report as a node keeps it (`POST /v1/drills/reports` stores one; the node keeps
+/// the last [`DRILL_REPORTS_KEPT`] in its data dir).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredDrillReport {
+    /// Its id on this node: the time it was received and the scenario
+    /// (`1764770000000-link-partition`).
+    pub id: String,
+    /// When the node received it, ms since the epoch.
+    pub received_at_ms: u64,
+    /// The report.
+    pub report: DrillReport,
+}
+
+/// Answer of `GET /v1/drills/reports`: the reports this node keeps, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct DrillReportList {
+    /// Newest first.
+    pub reports: Vec<StoredDrillReport>,
+}
+
+/// How many drill reports a node keeps.
+pub const DRILL_REPORTS_KEPT: usize = 20;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use cloudevents::AttributesReader;
 use meshd_core::api::{
@@ -22,7 +22,9 @@ use meshd_core::api::{
 use meshd_core::event::{self, EventError, Mode};
 use serde::Deserialize;
 
+use crate::console;
 use crate::delivery::{DeliveryError, WebhookTargetError};
+use crate::drill_reports::{DrillReportError, DrillReports};
 use crate::ingest;
 use crate::schemas::{Refusal, SchemaError};
 use crate::server::{BrowseFrom, Node, NodeError};
@@ -262,47 +264,74 @@ type ApiResult<T> = Result<T, ApiError>;
 /// groups it has seen to the registry.
 pub const PRODUCER_GROUP_HEADER: &str = "meshd-producer-group";
 
-/// Builds the router of a node.
-pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
-        .route("/v1/topics", get(list_topics))
-        .route(
+/// Every route of a node: its path and handlers. `/openapi.json` documents each one with
+/// each of its methods (`node/tests/openapi.rs` compares them both ways).
+fn routes() -> Vec<(&'static str, MethodRouter<Arc<Node>>)> {
+    vec![
+        ("/", get(console::root)),
+        ("/ui", get(console::ui_no_slash)),
+        ("/ui/", get(console::index)),
+        ("/ui/console.js", get(console::script)),
+        ("/ui/console.css", get(console::style)),
+        ("/openapi.json", get(console::openapi)),
+        ("/v1/topics", get(list_topics)),
+        (
             "/v1/topics/{topic}",
             get(get_topic).put(put_topic).delete(delete_topic),
-        )
-        .route("/v1/topics/{topic}/events", post(publish).get(browse))
-        .route(
+        ),
+        ("/v1/topics/{topic}/events", post(publish).get(browse)),
+        (
             "/v1/subscriptions",
             get(list_subscriptions).post(create_subscription),
-        )
-        .route(
+        ),
+        (
             "/v1/subscriptions/{name}",
             get(get_subscription).delete(delete_subscription),
-        )
-        .route("/v1/subscriptions/{name}/events", get(pull))
-        .route("/v1/subscriptions/{name}/ack", post(ack))
-        .route("/v1/subscriptions/{name}/status", get(subscription_status))
-        .route("/v1/subscriptions/{name}/seek", post(seek))
-        .route("/v1/replays", post(start_replay).get(list_replays))
-        .route("/v1/replays/{name}", get(replay_status))
-        .route("/v1/replays/{name}/cancel", post(cancel_replay))
-        .route("/v1/filters/test", post(filter_test))
-        .route("/v1/trace", get(trace))
-        .route("/v1/schemas", get(list_schemas))
-        .route(
+        ),
+        ("/v1/subscriptions/{name}/events", get(pull)),
+        ("/v1/subscriptions/{name}/ack", post(ack)),
+        ("/v1/subscriptions/{name}/status", get(subscription_status)),
+        ("/v1/subscriptions/{name}/seek", post(seek)),
+        ("/v1/replays", post(start_replay).get(list_replays)),
+        ("/v1/replays/{name}", get(replay_status)),
+        ("/v1/replays/{name}/cancel", post(cancel_replay)),
+        ("/v1/filters/test", post(filter_test)),
+        ("/v1/trace", get(trace)),
+        ("/v1/schemas", get(list_schemas)),
+        (
             "/v1/schemas/{name}",
             get(get_schema).put(put_schema).delete(delete_schema),
-        )
-        .route("/v1/cluster", get(cluster_status))
-        .route("/v1/cluster/promise", post(cluster_promise))
-        .route("/v1/mesh", get(mesh_status))
-        .route("/v1/mesh/links/{peer}/{action}", post(mesh_link_admin))
-        .route("/v1/mesh/failover", post(mesh_failover))
-        .route("/v1/admin/drain", post(drain))
-        .route("/v1/admin/undrain", post(undrain))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        ),
+        ("/v1/cluster", get(cluster_status)),
+        ("/v1/cluster/promise", post(cluster_promise)),
+        ("/v1/mesh", get(mesh_status)),
+        ("/v1/mesh/links/{peer}/{action}", post(mesh_link_admin)),
+        ("/v1/mesh/failover", post(mesh_failover)),
+        ("/v1/admin/drain", post(drain)),
+        ("/v1/admin/undrain", post(undrain)),
+        (
+            "/v1/drills/reports",
+            get(list_drill_reports).post(store_drill_report),
+        ),
+        ("/metrics", get(metrics)),
+        ("/healthz", get(healthz)),
+        ("/readyz", get(readyz)),
+    ]
+}
+
+/// The paths of every route of a node, as the router has them (`{param}` for a path
+/// parameter).
+pub fn route_paths() -> Vec<&'static str> {
+    routes().into_iter().map(|(path, _)| path).collect()
+}
+
+/// Builds the router of a node.
+pub fn router(node: Arc<Node>) -> Router {
+    let mut router = Router::new();
+    for (path, handlers) in routes() {
+        router = router.route(path, handlers);
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -1230,6 +1259,62 @@ async fn undrain(State(node): State<Arc<Node>>) -> Response {
         drain: state,
     })
     .into_response()
+}
+
+impl From<DrillReportError> for ApiError {
+    fn from(e: DrillReportError) -> Self {
+        match &e {
+            DrillReportError::Invalid { field, .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()).field(*field)
+            }
+            DrillReportError::Io { .. } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "drill_reports_unavailable",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+/// `POST /v1/drills/reports`: keep a drill's report (`meshd drill` posts it to the nodes
+/// it drilled); the node keeps the last 20 in its data dir.
+async fn store_drill_report(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let report: meshd_core::api::DrillReport =
+        json_body(&node, &headers, body, 1024 * 1024).await?;
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let store = DrillReports::new(&node.config.data_dir);
+    let stored = tokio::task::spawn_blocking(move || store.store(at_ms, report))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "drill_reports_unavailable",
+                e.to_string(),
+            )
+        })??;
+    Ok((StatusCode::CREATED, Json(stored)).into_response())
+}
+
+/// `GET /v1/drills/reports`: the last drill reports, newest first.
+async fn list_drill_reports(State(node): State<Arc<Node>>) -> ApiResult<Response> {
+    let store = DrillReports::new(&node.config.data_dir);
+    let list = tokio::task::spawn_blocking(move || store.list())
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "drill_reports_unavailable",
+                e.to_string(),
+            )
+        })??;
+    Ok(Json(list).into_response())
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {

@@ -14,13 +14,17 @@
 //! - [`delivery`]: push and pull delivery engines.
 //! - [`metrics`]: the node's Prometheus metrics.
 //! - [`http`]: the `/v1` HTTP API, `/metrics`, `/healthz`, `/readyz`.
+//! - [`console`]: the web console (`/ui/`) and `/openapi.json`, embedded.
+//! - [`drill_reports`]: the last drill reports a node keeps.
 //! - [`server`]: a node assembled, with start-up recovery and clean shutdown.
 //! - [`status`]: where a subscription's delivery stands (backlog, counters, last error).
 //! - [`trace`]: what happened to an event on this node, for `GET /v1/trace`.
 //! - [`schemas`]: the schema registry and the check of published events against it.
 #![forbid(unsafe_code)]
 
+pub mod console;
 pub mod delivery;
+pub mod drill_reports;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

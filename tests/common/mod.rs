@@ -193,6 +193,19 @@ impl Drop for Meshd {
     }
 }
 
+/// The internal token [`internal_token_file`] writes.
+pub const INTERNAL_TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+/// Writes [`INTERNAL_TOKEN`] to `dir/internal-token` with `mode` (a node refuses a file
+/// others may read) and returns its path, for `--internal-token-file`.
+pub fn internal_token_file(dir: &Path, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let p = dir.join("internal-token");
+    std::fs::write(&p, format!("{INTERNAL_TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
 /// Runs the `meshd` CLI to completion: (success, stdout trimmed, stderr).
 pub fn cli(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_meshd"))
