@@ -473,10 +473,7 @@ async fn mesh_status_on_dev_and_on_a_node_without_a_bridge() {
     assert!(line.contains("runs no federation bridge"), "{line}");
 
     let data = d.path().join("dev");
-    let dev = Meshd::spawn(
-        &["dev", "--port", "0", "--data-dir", data.to_str().unwrap()],
-        &data,
-    );
+    let dev = Meshd::spawn_dev(&data);
     let env = [("MESHD_URL", dev.url.as_str())];
     let status = eventually("dev's links connected", Duration::from_secs(30), || async {
         let v: Value = serde_json::from_str(&ok(&["mesh", "status", "-o", "json"], &env)).ok()?;

@@ -22,6 +22,15 @@ fn config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
     path
 }
 
+/// Runs `meshd cluster CMD --config CFG` to its end.
+fn cluster_cmd(cmd: &str, cfg: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
+        .args(["cluster", cmd, "--config"])
+        .arg(cfg)
+        .output()
+        .expect("run meshd")
+}
+
 fn alive(pid: u32) -> bool {
     // A reaped process has no /proc entry; a zombie would show state Z.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -177,11 +186,7 @@ no_auth = true
             data.display()
         ),
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
-        .args(["cluster", "up", "--config"])
-        .arg(&cfg)
-        .output()
-        .expect("run meshd");
+    let out = cluster_cmd("up", &cfg);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("colour"), "unknown key named: {err}");
@@ -197,11 +202,7 @@ no_auth = true
             .replace("count = 0", "count = 1"),
     )
     .expect("rewrite");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
-        .args(["cluster", "up", "--config"])
-        .arg(&cfg)
-        .output()
-        .expect("run meshd");
+    let out = cluster_cmd("up", &cfg);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -236,11 +237,7 @@ no_auth = true
         ),
     );
     for cmd in ["up", "check"] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
-            .args(["cluster", cmd, "--config"])
-            .arg(&cfg)
-            .output()
-            .expect("run meshd");
+        let out = cluster_cmd(cmd, &cfg);
         assert_eq!(out.status.code(), Some(1), "cluster {cmd}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
@@ -438,11 +435,7 @@ fn bad_mesh_settings_are_refused_and_start_nothing() {
         ),
     );
     for cmd in ["check", "up"] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
-            .args(["cluster", cmd, "--config"])
-            .arg(&cfg)
-            .output()
-            .expect("run meshd");
+        let out = cluster_cmd(cmd, &cfg);
         assert_eq!(out.status.code(), Some(1), "cluster {cmd}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -466,11 +459,7 @@ fn bad_mesh_settings_are_refused_and_start_nothing() {
             files.certs.display()
         ),
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
-        .args(["cluster", "check", "--config"])
-        .arg(&cfg)
-        .output()
-        .expect("run meshd");
+    let out = cluster_cmd("check", &cfg);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -494,11 +483,7 @@ async fn cluster_up_joins_a_mesh_through_one_nodes_bridge() {
             files.bind["up-m"]
         ),
     );
-    let check = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
-        .args(["cluster", "check", "--config"])
-        .arg(&cfg)
-        .output()
-        .expect("run meshd");
+    let check = cluster_cmd("check", &cfg);
     let said = String::from_utf8_lossy(&check.stdout);
     assert!(
         check.status.success() && said.contains("joins the mesh of") && said.contains("node-1"),

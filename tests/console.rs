@@ -150,10 +150,7 @@ async fn click(b: &Client, css: &str) {
 async fn the_console_shows_the_mesh_and_the_trace_of_an_event_across_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("dev");
-    let dev = Meshd::spawn(
-        &["dev", "--port", "0", "--data-dir", data.to_str().unwrap()],
-        &data,
-    );
+    let dev = Meshd::spawn_dev(&data);
     let c = common::client();
     let line_after = |prefix: String| {
         let lines = dev.stdout.clone();

@@ -10,10 +10,7 @@ use common::{eventually, Meshd};
 async fn dev_starts_a_connected_three_cluster_mesh() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("dev");
-    let dev = Meshd::spawn(
-        &["dev", "--port", "0", "--data-dir", data.to_str().unwrap()],
-        &data,
-    );
+    let dev = Meshd::spawn_dev(&data);
     let c = common::client();
     let status = eventually(
         "the first cluster's links connect",

@@ -160,20 +160,7 @@ async fn a_duplicate_dropped_by_a_bridge_is_counted_and_logged() {
 async fn json_log_format_writes_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("node.log");
-    let mut n = Meshd::spawn_logged_filter(
-        &[
-            "node",
-            "--log-format",
-            "json",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().join("data").to_str().unwrap(),
-        ],
-        dir.path(),
-        &log,
-        Some("info"),
-    );
+    let mut n = Meshd::spawn_json_logged(dir.path(), &log, "info");
     let c = common::client();
     common::create_topic(&c, &n.url, "orders", json!({})).await;
     assert!(n.terminate());

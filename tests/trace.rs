@@ -377,19 +377,10 @@ async fn every_node_and_proxy_of_a_cluster_answers_the_whole_clusters_records() 
 async fn the_traceparent_of_an_event_is_on_its_spans() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("node.log");
-    let n = common::Meshd::spawn_logged_filter(
-        &[
-            "node",
-            "--log-format",
-            "json",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().join("data").to_str().unwrap(),
-        ],
+    let n = common::Meshd::spawn_json_logged(
         dir.path(),
         &log,
-        Some("warn,meshd_node::http=trace,meshd_node::delivery=debug"),
+        "warn,meshd_node::http=trace,meshd_node::delivery=debug",
     );
     let c = common::client();
     let sink = Sink::start(|_, n| if n == 1 { 503 } else { 200 }).await;

@@ -260,6 +260,23 @@ impl From<Refusal> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// A query string of type `T`, or 400 `invalid_query` naming what is wrong with it.
+fn query_of<T>(query: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> ApiResult<T> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+}
+
+/// `201 Created` with `body` when `created`, else `200 OK` (an idempotent repeat).
+fn created_or_ok(created: bool, body: &impl serde::Serialize) -> Response {
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
+}
+
 /// Header a proxy sets on a publish naming its producer group; the node reports the
 /// groups it has seen to the registry.
 pub const PRODUCER_GROUP_HEADER: &str = "meshd-producer-group";
@@ -564,12 +581,7 @@ async fn put_topic(
     let created = node.admin_create_topic(&topic, config).await?;
     drop(schemas);
     let info = node.topic_info(&topic).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(info)).into_response())
+    Ok(created_or_ok(created, &info))
 }
 
 async fn get_topic(
@@ -601,12 +613,7 @@ async fn create_subscription(
 ) -> ApiResult<Response> {
     let spec: SubscriptionSpec = json_body(&node, &headers, body, 256 * 1024).await?;
     let (created, spec) = node.admin_create_subscription(spec).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(spec)).into_response())
+    Ok(created_or_ok(created, &spec))
 }
 
 async fn list_subscriptions(State(node): State<Arc<Node>>) -> ApiResult<Response> {
@@ -720,8 +727,7 @@ async fn pull(
     Path(name): Path<String>,
     query: Result<Query<PullQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let q = query_of(query)?;
     let max = q.max.unwrap_or(100);
     if max == 0 || max > 1000 {
         return Err(ApiError::new(
@@ -827,8 +833,7 @@ async fn list_replays(
     headers: HeaderMap,
     query: Result<Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let q = query_of(query)?;
     if let Some(owner) = replay_owner(&node, &headers, q.subscription.as_deref()).await {
         let path = format!(
             "/v1/replays?subscription={}",
@@ -851,8 +856,7 @@ async fn replay_status(
     headers: HeaderMap,
     query: Result<Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let q = query_of(query)?;
     if let Ok(s) = node.replay_status(&name) {
         return Ok(Json(s).into_response());
     }
@@ -876,8 +880,7 @@ async fn cancel_replay(
     headers: HeaderMap,
     query: Result<Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let q = query_of(query)?;
     if node.replay_status(&name).is_err() {
         if let Some(owner) = replay_owner(&node, &headers, q.subscription.as_deref()).await {
             let (status, body) = forward::<()>(
@@ -959,8 +962,7 @@ async fn browse(
     Path(topic): Path<String>,
     query: Result<Query<BrowseQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let q = query_of(query)?;
     let from = match (q.from, q.from_time) {
         (Some(_), Some(_)) => {
             return Err(ApiError::new(
@@ -1011,8 +1013,7 @@ async fn trace(
     headers: HeaderMap,
     query: Result<Query<TraceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let q = query_of(query)?;
     let required = |v: Option<String>, name: &str| match v {
         Some(v) if !v.is_empty() && v.len() <= 4096 => Ok(v),
         Some(v) if !v.is_empty() => Err(ApiError::new(
@@ -1087,8 +1088,7 @@ async fn put_schema(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let q = query_of(query)?;
     require_json(&headers)?;
     let bytes = read_body(&node, &headers, body, crate::schemas::MAX_SCHEMA_BYTES).await?;
     let doc: serde_json::Value = parse_json(&bytes)?;
@@ -1102,12 +1102,7 @@ async fn put_schema(
             q.compatibility,
         )
         .await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(info)).into_response())
+    Ok(created_or_ok(created, &info))
 }
 
 /// `GET /v1/schemas/{name}?version=`: the latest version, or the one asked.
@@ -1116,8 +1111,7 @@ async fn get_schema(
     Path(name): Path<String>,
     query: Result<Query<SchemaGetQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let q = query_of(query)?;
     Ok(Json(node.schemas.get(&name, q.version)?).into_response())
 }
 

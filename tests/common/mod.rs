@@ -69,6 +69,33 @@ impl Meshd {
     }
 
     /// Like [`Meshd::spawn_logged`] with its own log filter (`MESHD_LOG`), e.g. `info`.
+    /// `meshd dev` on free ports with its data in `data` (three clusters in a line).
+    pub fn spawn_dev(data: &Path) -> Meshd {
+        Meshd::spawn(
+            &["dev", "--port", "0", "--data-dir", data.to_str().unwrap()],
+            data,
+        )
+    }
+
+    /// A single `meshd node` on a free port writing JSON log lines (filter `filter`) to
+    /// `log`, its data under `dir/data`.
+    pub fn spawn_json_logged(dir: &Path, log: &Path, filter: &str) -> Meshd {
+        Meshd::spawn_logged_filter(
+            &[
+                "node",
+                "--log-format",
+                "json",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                dir.join("data").to_str().unwrap(),
+            ],
+            dir,
+            log,
+            Some(filter),
+        )
+    }
+
     pub fn spawn_logged_filter(
         args: &[&str],
         data_dir: &Path,

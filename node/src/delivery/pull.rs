@@ -558,15 +558,7 @@ impl Dispatch for TableDispatch {
                 return !self.ctx.stopping();
             }
         };
-        let mut pending = Some(PullItem {
-            partition: item.partition,
-            offset: item.offset,
-            timestamp_ms: item.timestamp_ms,
-            key: meshd_core::event::partition_key(&item.event).map(str::to_string),
-            payload,
-            original: item.event,
-            handouts: 0,
-        });
+        let mut pending = Some(pull_item(item, payload));
         let mut stop = self.ctx.stop.clone();
         loop {
             let space = self.group.space.notified();
@@ -636,15 +628,7 @@ impl Dispatch for ReplayDispatch {
                 return true;
             }
         };
-        let mut pending = Some(PullItem {
-            partition: item.partition,
-            offset: item.offset,
-            timestamp_ms: item.timestamp_ms,
-            key: meshd_core::event::partition_key(&item.event).map(str::to_string),
-            payload,
-            original: item.event,
-            handouts: 0,
-        });
+        let mut pending = Some(pull_item(item, payload));
         let mut replay_stop = handle.stop_watch();
         loop {
             let space = self.sub.replay_space.notified();
@@ -731,6 +715,19 @@ async fn dead_letter_loop(
         group.progress.complete(item.partition, item.offset);
         ctx.metrics.in_flight.with_label_values(&[ctx.name()]).dec();
         group.space.notify_waiters();
+    }
+}
+
+/// A prepared record as the lease table holds it, never handed out yet.
+fn pull_item(item: Prepared, payload: serde_json::Value) -> PullItem {
+    PullItem {
+        partition: item.partition,
+        offset: item.offset,
+        timestamp_ms: item.timestamp_ms,
+        key: meshd_core::event::partition_key(&item.event).map(str::to_string),
+        payload,
+        original: item.event,
+        handouts: 0,
     }
 }
 
