@@ -1283,11 +1283,40 @@ pub struct MeshStatus {
 pub struct MeshCatalog {
     /// Live topics in the catalog.
     pub topics: u64,
-    /// Conflicts and divergences (`{"topic", "owner", "kind": {...}}`; the kinds are the
-    /// federation catalog's `ConflictKind`).
-    pub conflicts: Vec<serde_json::Value>,
+    /// Conflicts and divergences.
+    pub conflicts: Vec<CatalogConflict>,
     /// Topics stored here that the catalog does not know.
     pub orphans: Vec<String>,
+}
+
+/// A topic conflict or divergence of the mesh catalog ([`MeshCatalog::conflicts`];
+/// docs/federation.md, "Topic catalog").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogConflict {
+    /// Topic.
+    pub topic: String,
+    /// The owner of the effective life.
+    pub owner: String,
+    /// What is wrong.
+    pub kind: ConflictKind,
+}
+
+/// Kinds of [`CatalogConflict`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictKind {
+    /// Other clusters made the topic too, later; their lives lost.
+    ConcurrentCreate {
+        /// The owners of the other live lives.
+        losers: Vec<String>,
+    },
+    /// The local copy's configuration differs from the owner's.
+    Diverged {
+        /// The owner's configuration.
+        owner_config: TopicConfig,
+        /// The local one.
+        local_config: TopicConfig,
+    },
 }
 
 /// One subscription replica of [`MeshStatus`].

@@ -618,11 +618,7 @@ impl Shared {
             let c = lock(&self.catalog);
             MeshCatalog {
                 topics: c.live_topics() as u64,
-                conflicts: c
-                    .conflicts()
-                    .iter()
-                    .map(|x| serde_json::to_value(x).expect("a conflict serializes"))
-                    .collect(),
+                conflicts: c.conflicts(),
                 orphans: c.orphans(),
             }
         };

@@ -98,34 +98,7 @@ pub enum BadEntry {
     },
 }
 
-/// A conflict or divergence shown to operators.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Conflict {
-    /// Topic.
-    pub topic: String,
-    /// The owner of the effective life.
-    pub owner: String,
-    /// What is wrong.
-    pub kind: ConflictKind,
-}
-
-/// Kinds of [`Conflict`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConflictKind {
-    /// Other clusters made the topic too, later; their lives lost.
-    ConcurrentCreate {
-        /// The owners of the other live lives.
-        losers: Vec<String>,
-    },
-    /// The local copy's configuration differs from the owner's.
-    Diverged {
-        /// The owner's configuration.
-        owner_config: TopicConfig,
-        /// The local one.
-        local_config: TopicConfig,
-    },
-}
+pub use meshd_core::api::{CatalogConflict as Conflict, ConflictKind};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct LifeId {
