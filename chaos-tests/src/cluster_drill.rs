@@ -1009,13 +1009,16 @@ pub async fn readyz_state(c: &reqwest::Client, url: &str) -> String {
         Err(_) => return "unreachable".into(),
     };
     let status = r.status().as_u16();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    if let Some(code) = v["degraded"]["code"].as_str() {
-        code.to_string()
-    } else if status == 200 {
-        "ready".into()
-    } else if let Some(code) = v["error"]["code"].as_str() {
-        code.to_string()
+    let body = r.bytes().await.unwrap_or_default();
+    if status == 200 {
+        match serde_json::from_slice::<meshd_core::api::Health>(&body) {
+            Ok(meshd_core::api::Health {
+                degraded: Some(d), ..
+            }) => d.code,
+            _ => "ready".into(),
+        }
+    } else if let Ok(e) = serde_json::from_slice::<meshd_core::api::ErrorBody>(&body) {
+        e.error.code
     } else {
         format!("http_{status}")
     }

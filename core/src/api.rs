@@ -1419,6 +1419,37 @@ pub struct MeshLinkPreviousError {
     pub cleared_at_ms: u64,
 }
 
+/// Body of `GET /healthz` and of a ready `GET /readyz` (a node that is not ready answers
+/// 503 with an [`ErrorBody`] naming why).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Health {
+    /// `ok` (healthz) or `ready` (readyz).
+    pub status: String,
+    /// Ready, but not as usual: what is degraded (e.g. `registry_unreachable` while a node
+    /// delivers on its peers' promises).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<Degraded>,
+}
+
+/// What [`Health::degraded`] names.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Degraded {
+    /// A stable code.
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
+impl Health {
+    /// `{"status": status}`.
+    pub fn plain(status: &str) -> Health {
+        Health {
+            status: status.to_string(),
+            degraded: None,
+        }
+    }
+}
+
 /// Answer of `GET /v1/trace?source=S&id=ID`: an event's life across the mesh, as the
 /// clusters that answered recorded it (docs/api.md, "Trace").
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

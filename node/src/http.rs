@@ -1324,23 +1324,24 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
 }
 
 async fn healthz() -> Response {
-    Json(serde_json::json!({"status": "ok"})).into_response()
+    Json(meshd_core::api::Health::plain("ok")).into_response()
 }
 
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
     if node.is_ready() && node.is_serving_on_promises() {
-        Json(serde_json::json!({
-            "status": "ready",
-            "degraded": {
-                "code": "registry_unreachable",
-                "message": "the node cannot reach the cluster's registry (etcd); it keeps \
+        Json(meshd_core::api::Health {
+            status: "ready".into(),
+            degraded: Some(meshd_core::api::Degraded {
+                code: "registry_unreachable".into(),
+                message: "the node cannot reach the cluster's registry (etcd); it keeps \
                     delivering its consumer groups on its peers' promises that none of them \
-                    starts a group meanwhile (docs/scheduler.md, \"Registry outages\")",
-            },
-        }))
+                    starts a group meanwhile (docs/scheduler.md, \"Registry outages\")"
+                    .into(),
+            }),
+        })
         .into_response()
     } else if node.is_ready() {
-        Json(serde_json::json!({"status": "ready"})).into_response()
+        Json(meshd_core::api::Health::plain("ready")).into_response()
     } else if node.is_draining() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
