@@ -9,7 +9,8 @@
 //! events), the ratio to the 1-subscription run, and the server's CPU per published event
 //! (utime + stime of its process over the run, from /proc).
 //!
-//! Run: `cargo bench --bench fanout` (env: BENCH_EVENTS=20000, BENCH_SUBS=1,100,1000).
+//! Run: `cargo bench --bench fanout` (env: BENCH_EVENTS=20000, BENCH_SUBS=1,100,1000;
+//! BENCH_NATS=0 skips JetStream; BENCH_NODE_ARGS adds `meshd node` arguments).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -311,6 +312,9 @@ fn main() {
             let r = meshd_run(n, events).await;
             eprintln!("meshd {n} subscriptions: {:.2} s", r.secs);
             rows.push(r);
+            if std::env::var("BENCH_NATS").as_deref() == Ok("0") {
+                continue;
+            }
             match nats_run(n, events).await {
                 Some(r) => {
                     eprintln!("jetstream {n} consumers: {:.2} s", r.secs);
