@@ -556,6 +556,17 @@ pub struct DeadLetter {
     pub status: u16,
 }
 
+impl DeadLetter {
+    /// A pulled event handed out `handouts` times and never acknowledged.
+    pub fn unacknowledged(handouts: u32) -> DeadLetter {
+        DeadLetter {
+            reason: format!("not acknowledged after {handouts} deliveries"),
+            attempts: handouts,
+            status: 0,
+        }
+    }
+}
+
 /// The event as it goes to the dead-letter topic: the original plus the `deadletter*`
 /// extension attributes.
 pub fn dead_letter_event(event: &Event, subscription: &str, dl: &DeadLetter) -> Event {

@@ -307,11 +307,7 @@ impl PullSub {
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
             for item in dead {
-                let dl = DeadLetter {
-                    reason: format!("not acknowledged after {} deliveries", item.handouts),
-                    attempts: item.handouts,
-                    status: 0,
-                };
+                let dl = DeadLetter::unacknowledged(item.handouts);
                 if !dead_letter(&ctx, &item.original, &dl).await {
                     return;
                 }
@@ -704,11 +700,7 @@ async fn dead_letter_loop(
             _ = wait_stop(&mut stop) => None,
         };
         let Some(item) = item else { return };
-        let dl = DeadLetter {
-            reason: format!("not acknowledged after {} deliveries", item.handouts),
-            attempts: item.handouts,
-            status: 0,
-        };
+        let dl = DeadLetter::unacknowledged(item.handouts);
         if !dead_letter(&ctx, &item.original, &dl).await {
             return;
         }
