@@ -269,28 +269,7 @@ fn pids_of(lines: &[String]) -> Vec<(String, u32)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_up_restarts_a_crashed_child_and_its_children_die_with_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("region");
-    let cfg = config(
-        dir.path(),
-        &format!(
-            r#"
-name = "sup-it"
-data_dir = "{}"
-[etcd]
-spawn = true
-binary = "/usr/bin/etcd"
-[scheduler]
-members = 1
-[nodes]
-count = 1
-lease_ttl = "2s"
-[proxies]
-count = 1
-no_auth = true
-"#,
-            data.display()
-        ),
-    );
+    let cfg = small_region_config(dir.path(), "sup-it", "");
     let (mut up, lines) = common::cluster_up(&cfg, dir.path(), Duration::from_secs(60), |l| {
         l.starts_with("proxy") && l.contains("proxy-1")
     })
@@ -386,7 +365,9 @@ no_auth = true
     .await;
 }
 
-fn mesh_region_config(dir: &std::path::Path, name: &str, mesh: &str) -> std::path::PathBuf {
+/// The config of a region `name` in `dir/region`: spawned etcd, one scheduler, one node,
+/// one proxy without auth, then `mesh` (a `[mesh]` section, or nothing).
+fn small_region_config(dir: &std::path::Path, name: &str, mesh: &str) -> std::path::PathBuf {
     let data = dir.join("region");
     config(
         dir,
@@ -425,7 +406,7 @@ fn bad_mesh_settings_are_refused_and_start_nothing() {
          bridge = \"127.0.0.1:1\"\nproxy = \"http://127.0.0.1:2\"\n",
     )
     .expect("write topology");
-    let cfg = mesh_region_config(
+    let cfg = small_region_config(
         dir.path(),
         "up-y",
         &format!(
@@ -450,7 +431,7 @@ fn bad_mesh_settings_are_refused_and_start_nothing() {
     // The certificate of another cluster under this cluster's file name is refused too.
     std::fs::copy(files.certs.join("up-x.pem"), files.certs.join("up-z.pem")).expect("copy");
     std::fs::copy(files.certs.join("up-x.key"), files.certs.join("up-z.key")).expect("copy");
-    let cfg = mesh_region_config(
+    let cfg = small_region_config(
         dir.path(),
         "up-z",
         &format!(
@@ -473,7 +454,7 @@ fn bad_mesh_settings_are_refused_and_start_nothing() {
 async fn cluster_up_joins_a_mesh_through_one_nodes_bridge() {
     let files = federation_support::MeshFiles::new(&["up-m", "far"], &[("up-m", "far", 1)], &[]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = mesh_region_config(
+    let cfg = small_region_config(
         dir.path(),
         "up-m",
         &format!(
