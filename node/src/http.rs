@@ -193,12 +193,6 @@ impl From<NodeError> for ApiError {
                 a.retry_after = Some(1);
                 a
             }
-            // Only at start-up; no request meets it.
-            NodeError::PeerClient(_) => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                e.to_string(),
-            ),
             NodeError::ReplayNotFound { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "replay_not_found", e.to_string())
             }
@@ -681,12 +675,22 @@ async fn forward_status(
         node: owner.node.clone(),
         error,
     };
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(FORWARD_TIMEOUT)
+        .build()
+        .map_err(|e| unreachable(meshd_core::api::error_chain(&e)))?;
     let url = format!(
         "{}/v1/subscriptions/{name}/status",
         owner.url.trim_end_matches('/')
     );
-    let resp = node
-        .peer_request(reqwest::Method::GET, &url, FORWARD_TIMEOUT)
+    let mut req = client
+        .get(&url)
+        .header(FORWARDED_HEADER, node.config.node_id.as_str());
+    if let Some(t) = &node.config.internal_token {
+        req = req.header(meshd_core::internal::HEADER, t.expose());
+    }
+    let resp = req
         .send()
         .await
         .map_err(|e| unreachable(meshd_core::api::error_chain(&e)))?;
@@ -907,8 +911,18 @@ async fn forward<B: serde::Serialize>(
         node: owner.node.clone(),
         error,
     };
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(FORWARD_TIMEOUT)
+        .build()
+        .map_err(|e| unreachable(meshd_core::api::error_chain(&e)))?;
     let url = format!("{}{path}", owner.url.trim_end_matches('/'));
-    let mut req = node.peer_request(method, &url, FORWARD_TIMEOUT);
+    let mut req = client
+        .request(method, &url)
+        .header(FORWARDED_HEADER, node.config.node_id.as_str());
+    if let Some(t) = &node.config.internal_token {
+        req = req.header(meshd_core::internal::HEADER, t.expose());
+    }
     if let Some(b) = body {
         req = req.json(b);
     }

@@ -292,9 +292,6 @@ pub enum NodeError {
         /// Its state.
         state: &'static str,
     },
-    /// The HTTP client a node asks the other nodes of its cluster with could not be built.
-    #[error("building the HTTP client for the cluster's other nodes: {0}")]
-    PeerClient(String),
     /// The subscription's consumer group is placed on another node of the cluster.
     #[error("consumer group {group:?} of subscription {name:?} is not served by this node; use the node placement names (or a proxy)")]
     NotPlacedHere {
@@ -340,9 +337,6 @@ pub struct Node {
     /// Consumer groups this node may deliver; `None`: all (no placement).
     owned: RwLock<Option<BTreeSet<String>>>,
     catalog: std::sync::OnceLock<Arc<dyn CatalogSink>>,
-    /// One HTTP client for asking the cluster's other nodes (status, replays, traces
-    /// forwarded to them): its connections are reused.
-    peer_http: reqwest::Client,
     producer_groups: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     published: AtomicU64,
     /// Held shared by every publish from its drain check to its answer; a drain takes it
@@ -466,10 +460,6 @@ impl Node {
         config: NodeConfig,
         store: Arc<dyn EventStore>,
     ) -> Result<Arc<Node>, NodeError> {
-        let peer_http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .map_err(|e| NodeError::PeerClient(meshd_core::api::error_chain(&e)))?;
         let metrics = Metrics::new();
         let guard = crate::delivery::WebhookGuard::new(config.webhook.clone());
         let trace = Arc::new(TraceLog::new(config.trace_retention, config.trace_capacity));
@@ -506,7 +496,6 @@ impl Node {
             group_locator: std::sync::OnceLock::new(),
             owned: RwLock::new(owned),
             catalog: std::sync::OnceLock::new(),
-            peer_http,
             producer_groups: std::sync::Mutex::new(HashMap::new()),
             published: AtomicU64::new(0),
             publish_gate: tokio::sync::RwLock::new(()),
@@ -595,26 +584,6 @@ impl Node {
     /// Attaches the federation bridge's status (once; later calls are ignored).
     pub fn set_mesh_status(&self, status: MeshStatusFn) {
         let _ = self.mesh.set(status);
-    }
-
-    /// A request to another node of this cluster, answered within `timeout`: with the
-    /// cluster's internal token and [`crate::http::FORWARDED_HEADER`] (so that node
-    /// answers itself and never forwards again).
-    pub(crate) fn peer_request(
-        &self,
-        method: reqwest::Method,
-        url: impl reqwest::IntoUrl,
-        timeout: std::time::Duration,
-    ) -> reqwest::RequestBuilder {
-        let req = self
-            .peer_http
-            .request(method, url)
-            .timeout(timeout)
-            .header(crate::http::FORWARDED_HEADER, self.config.node_id.as_str());
-        match &self.config.internal_token {
-            Some(t) => req.header(meshd_core::internal::HEADER, t.expose()),
-            None => req,
-        }
     }
 
     /// Whether a federation bridge is attached (`--topology`).

@@ -135,14 +135,24 @@ impl Node {
         id: &str,
         timeout: Duration,
     ) -> Result<TraceAnswer, String> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| meshd_core::api::error_chain(&e))?;
         let mut url = url::Url::parse(&format!("{}/v1/trace", peer.url.trim_end_matches('/')))
             .map_err(|e| format!("bad node URL {:?}: {e}", peer.url))?;
         url.query_pairs_mut()
             .append_pair("source", source)
             .append_pair("id", id)
             .append_pair("timeout_ms", &timeout.as_millis().to_string());
-        let resp = self
-            .peer_request(reqwest::Method::GET, url, timeout)
+        let mut req = client
+            .get(url)
+            .header(crate::http::FORWARDED_HEADER, self.config.node_id.as_str());
+        if let Some(t) = &self.config.internal_token {
+            req = req.header(meshd_core::internal::HEADER, t.expose());
+        }
+        let resp = req
             .send()
             .await
             .map_err(|e| meshd_core::api::error_chain(&e))?;
