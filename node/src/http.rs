@@ -675,22 +675,13 @@ async fn forward_status(
         node: owner.node.clone(),
         error,
     };
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(FORWARD_TIMEOUT)
-        .build()
-        .map_err(|e| unreachable(meshd_core::api::error_chain(&e)))?;
     let url = format!(
         "{}/v1/subscriptions/{name}/status",
         owner.url.trim_end_matches('/')
     );
-    let mut req = client
-        .get(&url)
-        .header(FORWARDED_HEADER, node.config.node_id.as_str());
-    if let Some(t) = &node.config.internal_token {
-        req = req.header(meshd_core::internal::HEADER, t.expose());
-    }
-    let resp = req
+    let resp = node
+        .peer_request(reqwest::Method::GET, &url, FORWARD_TIMEOUT)
+        .map_err(|e| unreachable(e.to_string()))?
         .send()
         .await
         .map_err(|e| unreachable(meshd_core::api::error_chain(&e)))?;
@@ -911,18 +902,10 @@ async fn forward<B: serde::Serialize>(
         node: owner.node.clone(),
         error,
     };
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(FORWARD_TIMEOUT)
-        .build()
-        .map_err(|e| unreachable(meshd_core::api::error_chain(&e)))?;
     let url = format!("{}{path}", owner.url.trim_end_matches('/'));
-    let mut req = client
-        .request(method, &url)
-        .header(FORWARDED_HEADER, node.config.node_id.as_str());
-    if let Some(t) = &node.config.internal_token {
-        req = req.header(meshd_core::internal::HEADER, t.expose());
-    }
+    let mut req = node
+        .peer_request(method, &url, FORWARD_TIMEOUT)
+        .map_err(|e| unreachable(e.to_string()))?;
     if let Some(b) = body {
         req = req.json(b);
     }

@@ -217,6 +217,28 @@ pub trait CatalogSink: Send + Sync {
 /// Most producer groups a node remembers (older ones are dropped first).
 const MAX_PRODUCER_GROUPS: usize = 10_000;
 
+/// Why asking another node of this cluster failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The HTTP client for the cluster's other nodes could not be built.
+    #[error("building the HTTP client for the cluster's other nodes: {}", meshd_core::api::error_chain(.0))]
+    Client(#[source] reqwest::Error),
+    /// The node's registered URL is not a URL.
+    #[error("bad node URL {url:?}: {source}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: url::ParseError,
+    },
+    /// The request failed (connect, timeout, reading the answer).
+    #[error("{}", meshd_core::api::error_chain(.0))]
+    Request(#[source] reqwest::Error),
+    /// The node answered with an error status.
+    #[error("it answered {0}")]
+    Status(u16),
+}
+
 /// Failures of node operations (mapped to HTTP answers in `http.rs`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -337,6 +359,10 @@ pub struct Node {
     /// Consumer groups this node may deliver; `None`: all (no placement).
     owned: RwLock<Option<BTreeSet<String>>>,
     catalog: std::sync::OnceLock<Arc<dyn CatalogSink>>,
+    /// One HTTP client for asking the cluster's other nodes (status, replays, traces
+    /// forwarded to them): its connections are reused. Built on first use (building it
+    /// needs the process's rustls provider, which the binary installs at start).
+    peer_http: std::sync::OnceLock<reqwest::Client>,
     producer_groups: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     published: AtomicU64,
     /// Held shared by every publish from its drain check to its answer; a drain takes it
@@ -496,6 +522,7 @@ impl Node {
             group_locator: std::sync::OnceLock::new(),
             owned: RwLock::new(owned),
             catalog: std::sync::OnceLock::new(),
+            peer_http: std::sync::OnceLock::new(),
             producer_groups: std::sync::Mutex::new(HashMap::new()),
             published: AtomicU64::new(0),
             publish_gate: tokio::sync::RwLock::new(()),
@@ -584,6 +611,35 @@ impl Node {
     /// Attaches the federation bridge's status (once; later calls are ignored).
     pub fn set_mesh_status(&self, status: MeshStatusFn) {
         let _ = self.mesh.set(status);
+    }
+
+    /// A request to another node of this cluster, answered within `timeout`: with the
+    /// cluster's internal token and [`crate::http::FORWARDED_HEADER`] (so that node
+    /// answers itself and never forwards again).
+    pub(crate) fn peer_request(
+        &self,
+        method: reqwest::Method,
+        url: impl reqwest::IntoUrl,
+        timeout: std::time::Duration,
+    ) -> Result<reqwest::RequestBuilder, PeerError> {
+        let client = match self.peer_http.get() {
+            Some(c) => c,
+            None => {
+                let built = reqwest::Client::builder()
+                    .no_proxy()
+                    .build()
+                    .map_err(PeerError::Client)?;
+                self.peer_http.get_or_init(|| built)
+            }
+        };
+        let req = client
+            .request(method, url)
+            .timeout(timeout)
+            .header(crate::http::FORWARDED_HEADER, self.config.node_id.as_str());
+        Ok(match &self.config.internal_token {
+            Some(t) => req.header(meshd_core::internal::HEADER, t.expose()),
+            None => req,
+        })
     }
 
     /// Whether a federation bridge is attached (`--topology`).

@@ -8,7 +8,7 @@ use cloudevents::AttributesReader;
 use meshd_core::api::{TraceAnswer, TraceClusterAnswer, TraceKind, TraceRecord};
 use meshd_core::codec::decode_event;
 
-use super::{GroupOwner, MeshTraceFn, Node};
+use super::{GroupOwner, MeshTraceFn, Node, PeerError};
 use crate::trace::{sort_records, to_records, Step};
 
 /// Time a trace query allows by default.
@@ -134,34 +134,25 @@ impl Node {
         source: &str,
         id: &str,
         timeout: Duration,
-    ) -> Result<TraceAnswer, String> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| meshd_core::api::error_chain(&e))?;
-        let mut url = url::Url::parse(&format!("{}/v1/trace", peer.url.trim_end_matches('/')))
-            .map_err(|e| format!("bad node URL {:?}: {e}", peer.url))?;
+    ) -> Result<TraceAnswer, PeerError> {
+        let base = format!("{}/v1/trace", peer.url.trim_end_matches('/'));
+        let mut url = url::Url::parse(&base).map_err(|source| PeerError::Url {
+            url: peer.url.clone(),
+            source,
+        })?;
         url.query_pairs_mut()
             .append_pair("source", source)
             .append_pair("id", id)
             .append_pair("timeout_ms", &timeout.as_millis().to_string());
-        let mut req = client
-            .get(url)
-            .header(crate::http::FORWARDED_HEADER, self.config.node_id.as_str());
-        if let Some(t) = &self.config.internal_token {
-            req = req.header(meshd_core::internal::HEADER, t.expose());
-        }
-        let resp = req
+        let resp = self
+            .peer_request(reqwest::Method::GET, url, timeout)?
             .send()
             .await
-            .map_err(|e| meshd_core::api::error_chain(&e))?;
+            .map_err(PeerError::Request)?;
         if !resp.status().is_success() {
-            return Err(format!("it answered {}", resp.status().as_u16()));
+            return Err(PeerError::Status(resp.status().as_u16()));
         }
-        resp.json()
-            .await
-            .map_err(|e| meshd_core::api::error_chain(&e))
+        resp.json().await.map_err(PeerError::Request)
     }
 
     /// The whole answer of `GET /v1/trace`: this cluster first, then every other cluster
