@@ -355,6 +355,22 @@ impl StartPosition {
     }
 }
 
+/// Why a start time was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StartTimeError {
+    /// Not RFC 3339.
+    #[error("{text:?} is not an RFC 3339 time such as 2026-12-03T10:00:00Z ({source})")]
+    NotRfc3339 {
+        /// The text given.
+        text: String,
+        /// The parser's reason.
+        source: chrono::ParseError,
+    },
+    /// Before the Unix epoch.
+    #[error("{0:?} is before 1970-01-01T00:00:00Z")]
+    BeforeEpoch(String),
+}
+
 /// An RFC 3339 time as the client wrote it (kept verbatim, so a stored spec compares equal
 /// to the one asked for), with its instant in ms since the epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -366,12 +382,15 @@ pub struct StartTime {
 impl StartTime {
     /// Parses an RFC 3339 time at or after the Unix epoch (`2026-12-03T10:00:00Z`,
     /// `2026-12-03T11:00:00.250+01:00`).
-    pub fn parse(text: &str) -> Result<StartTime, String> {
-        let t = chrono::DateTime::parse_from_rfc3339(text).map_err(|e| {
-            format!("{text:?} is not an RFC 3339 time such as 2026-12-03T10:00:00Z ({e})")
+    pub fn parse(text: &str) -> Result<StartTime, StartTimeError> {
+        let t = chrono::DateTime::parse_from_rfc3339(text).map_err(|source| {
+            StartTimeError::NotRfc3339 {
+                text: text.to_string(),
+                source,
+            }
         })?;
         let ms = u64::try_from(t.timestamp_millis())
-            .map_err(|_| format!("{text:?} is before 1970-01-01T00:00:00Z"))?;
+            .map_err(|_| StartTimeError::BeforeEpoch(text.to_string()))?;
         Ok(StartTime {
             text: text.to_string(),
             ms,

@@ -959,7 +959,8 @@ async fn browse(
         (None, Some(t)) => BrowseFrom::Time(
             StartTime::parse(&t)
                 .map_err(|e| {
-                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e).field("from_time")
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.to_string())
+                        .field("from_time")
                 })?
                 .ms(),
         ),

@@ -6,6 +6,88 @@ use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
 
+/// Why a name, topic pattern, bridge address or proxy URL of the file is invalid (the
+/// `reason` of the matching [`TopologyErrorKind`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyntaxError {
+    /// An empty name.
+    #[error("it must not be empty")]
+    EmptyName,
+    /// A name over 63 characters.
+    #[error("it has {0} characters, at most 63")]
+    NameTooLong(usize),
+    /// A character outside a DNS label.
+    #[error("character {0:?} is not allowed: use a-z 0-9 and - (a DNS label)")]
+    NameCharacter(char),
+    /// A name starting or ending with `-`.
+    #[error("it must not start or end with -")]
+    NameDash,
+    /// `*` elsewhere than the whole pattern or the last segment.
+    #[error("`*` may only be the whole pattern or the last segment after a dot, as in `orders.*`")]
+    PatternStar,
+    /// `.*` with nothing before it.
+    #[error("the prefix before `.*` is empty (use `*` for every topic)")]
+    PatternEmptyPrefix,
+    /// `a..*`.
+    #[error("the prefix must not end with a dot before `.*`")]
+    PatternPrefixDot,
+    /// The topic (or prefix) is not a valid topic name.
+    #[error("{0}")]
+    TopicName(String),
+    /// An empty bridge address.
+    #[error("it is empty; write host:port, e.g. bridge.eu.example.com:7443")]
+    EmptyAddress,
+    /// Whitespace in a bridge address.
+    #[error("it contains whitespace")]
+    AddressWhitespace,
+    /// `quic://host:port`.
+    #[error("write host:port without a scheme (the bridge speaks QUIC over UDP)")]
+    AddressScheme,
+    /// `[2001:db8::1`.
+    #[error("missing `]` after the IPv6 address")]
+    MissingBracket,
+    /// Not an IPv6 address between the brackets.
+    #[error("{0:?} is not an IPv6 address")]
+    NotIpv6(String),
+    /// No `:port`.
+    #[error("missing :port (write host:port)")]
+    MissingPort,
+    /// An IPv6 address without brackets.
+    #[error("an IPv6 address needs brackets, as in [2001:db8::1]:7443")]
+    Ipv6Brackets,
+    /// A port outside 1..=65535.
+    #[error("port {0:?} is not a number from 1 to 65535")]
+    BadPort(String),
+    /// An empty host.
+    #[error("the host is empty")]
+    EmptyHost,
+    /// Digits and dots that are not an IPv4 address.
+    #[error("{0:?} is not an IPv4 address")]
+    NotIpv4(String),
+    /// A hostname over 253 characters.
+    #[error("the hostname is longer than 253 characters")]
+    HostTooLong,
+    /// A hostname label outside the syntax.
+    #[error("{0:?} is not a valid hostname (labels of 1 to 63 of A-Z a-z 0-9 -, not starting or ending with -)")]
+    BadHostname(String),
+    /// A proxy URL that does not parse.
+    #[error("{0} (write e.g. https://events.eu.example.com)")]
+    Url(url::ParseError),
+    /// A proxy URL with another scheme.
+    #[error("scheme {0:?} is not http or https")]
+    UrlScheme(String),
+    /// A proxy URL without a host.
+    #[error("it has no host")]
+    UrlHost,
+    /// `https://user:pw@...`.
+    #[error("credentials do not belong in the topology file")]
+    UrlCredentials,
+    /// `?...` or `#...`.
+    #[error("a proxy address takes no query or fragment")]
+    UrlQuery,
+}
+
 /// What is wrong, without the position. The `Display` text is the message a user reads.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -28,7 +110,7 @@ pub enum TopologyErrorKind {
     InvalidValue { section: String, message: String },
     /// The mesh name is empty or uses characters outside the name syntax.
     #[error("mesh name {name:?} is invalid: {reason}")]
-    BadMeshName { name: String, reason: String },
+    BadMeshName { name: String, reason: SyntaxError },
     /// `[mesh]` is absent.
     #[error("missing [mesh] table (it holds the mesh name: [mesh] name = \"...\")")]
     MissingMesh,
@@ -37,7 +119,7 @@ pub enum TopologyErrorKind {
     NoClusters,
     /// A cluster name outside the name syntax.
     #[error("cluster name {name:?} is invalid: {reason}")]
-    BadClusterName { name: String, reason: String },
+    BadClusterName { name: String, reason: SyntaxError },
     /// Two clusters share a name.
     #[error("duplicate cluster name {name:?} (first defined on line {first_line})")]
     DuplicateCluster { name: String, first_line: usize },
@@ -49,7 +131,7 @@ pub enum TopologyErrorKind {
     BadBridgeAddress {
         cluster: String,
         address: String,
-        reason: String,
+        reason: SyntaxError,
     },
     /// Two clusters declare the same bridge address.
     #[error(
@@ -65,7 +147,7 @@ pub enum TopologyErrorKind {
     BadProxyUrl {
         cluster: String,
         url: String,
-        reason: String,
+        reason: SyntaxError,
     },
     /// `between` does not hold exactly two cluster names.
     #[error("link `between` must name exactly two clusters, found {count}")]
@@ -91,7 +173,10 @@ pub enum TopologyErrorKind {
     Disconnected { cut_off: String, rest: String },
     /// A policy's topic pattern is malformed.
     #[error("bad topic pattern {pattern:?}: {reason}")]
-    BadTopicPattern { pattern: String, reason: String },
+    BadTopicPattern {
+        pattern: String,
+        reason: SyntaxError,
+    },
     /// Two policies with the same pattern.
     #[error(
         "duplicate policy for topic pattern {pattern:?} (first declared on line {first_line})"

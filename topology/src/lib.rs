@@ -25,7 +25,7 @@ mod parse;
 mod routing;
 
 pub use diff::{LinkCostChange, TopologyDiff};
-pub use error::{LoadError, TopologyError, TopologyErrorKind, TopologyErrors};
+pub use error::{LoadError, SyntaxError, TopologyError, TopologyErrorKind, TopologyErrors};
 pub use model::{
     link_key, BridgeAddr, Cluster, ClusterName, Link, Policy, TopicPattern, Topology, MAX_COST,
 };

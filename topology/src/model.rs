@@ -12,7 +12,7 @@ use std::path::Path;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::error::{LoadError, TopologyErrors};
+use crate::error::{LoadError, SyntaxError, TopologyErrors};
 
 /// Largest link cost accepted (100 s of RTT in ms: anything above is a mistake).
 pub const MAX_COST: u32 = 100_000;
@@ -24,7 +24,7 @@ pub struct ClusterName(String);
 
 impl ClusterName {
     /// Checks the name syntax.
-    pub fn new(name: &str) -> Result<Self, String> {
+    pub fn new(name: &str) -> Result<Self, SyntaxError> {
         check_label(name)?;
         Ok(ClusterName(name.to_string()))
     }
@@ -36,23 +36,21 @@ impl ClusterName {
 }
 
 /// Checks the DNS-label syntax shared by mesh and cluster names; the reason on failure.
-pub(crate) fn check_label(name: &str) -> Result<(), String> {
+pub(crate) fn check_label(name: &str) -> Result<(), SyntaxError> {
     if name.is_empty() {
-        return Err("it must not be empty".into());
+        return Err(SyntaxError::EmptyName);
     }
     if name.len() > 63 {
-        return Err(format!("it has {} characters, at most 63", name.len()));
+        return Err(SyntaxError::NameTooLong(name.len()));
     }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
     {
-        return Err(format!(
-            "character {c:?} is not allowed: use a-z 0-9 and - (a DNS label)"
-        ));
+        return Err(SyntaxError::NameCharacter(c));
     }
     if name.starts_with('-') || name.ends_with('-') {
-        return Err("it must not start or end with -".into());
+        return Err(SyntaxError::NameDash);
     }
     Ok(())
 }
@@ -162,33 +160,28 @@ pub enum TopicPattern {
 
 impl TopicPattern {
     /// Parses the pattern syntax; the reason on failure.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, SyntaxError> {
         if s == "*" {
             return Ok(TopicPattern::All);
         }
         if let Some(prefix) = s.strip_suffix(".*") {
             if prefix.contains('*') {
-                return Err(
-                    "`*` may only be the whole pattern or the last segment after a dot, as in `orders.*`"
-                        .into(),
-                );
+                return Err(SyntaxError::PatternStar);
             }
             if prefix.is_empty() {
-                return Err("the prefix before `.*` is empty (use `*` for every topic)".into());
+                return Err(SyntaxError::PatternEmptyPrefix);
             }
             if prefix.ends_with('.') {
-                return Err("the prefix must not end with a dot before `.*`".into());
+                return Err(SyntaxError::PatternPrefixDot);
             }
-            meshd_core::api::check_name("topic", prefix).map_err(|e| e.message)?;
+            meshd_core::api::check_name("topic", prefix)
+                .map_err(|e| SyntaxError::TopicName(e.message))?;
             return Ok(TopicPattern::Prefix(format!("{prefix}.")));
         }
         if s.contains('*') {
-            return Err(
-                "`*` may only be the whole pattern or the last segment after a dot, as in `orders.*`"
-                    .into(),
-            );
+            return Err(SyntaxError::PatternStar);
         }
-        meshd_core::api::check_name("topic", s).map_err(|e| e.message)?;
+        meshd_core::api::check_name("topic", s).map_err(|e| SyntaxError::TopicName(e.message))?;
         Ok(TopicPattern::Exact(s.to_string()))
     }
 

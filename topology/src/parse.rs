@@ -16,7 +16,7 @@ use std::ops::Range;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::error::{TopologyError, TopologyErrorKind as K, TopologyErrors};
+use crate::error::{SyntaxError, TopologyError, TopologyErrorKind as K, TopologyErrors};
 use crate::model::{
     check_label, link_key, BridgeAddr, Cluster, ClusterName, Link, Policy, TopicPattern, Topology,
     MAX_COST,
@@ -784,57 +784,57 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// `host:port` with a hostname, an IPv4 address or a bracketed IPv6 address.
-pub(crate) fn parse_bridge(s: &str) -> Result<BridgeAddr, String> {
+pub(crate) fn parse_bridge(s: &str) -> Result<BridgeAddr, SyntaxError> {
     if s.is_empty() {
-        return Err("it is empty; write host:port, e.g. bridge.eu.example.com:7443".into());
+        return Err(SyntaxError::EmptyAddress);
     }
     if s.chars().any(char::is_whitespace) {
-        return Err("it contains whitespace".into());
+        return Err(SyntaxError::AddressWhitespace);
     }
     if s.contains("://") {
-        return Err("write host:port without a scheme (the bridge speaks QUIC over UDP)".into());
+        return Err(SyntaxError::AddressScheme);
     }
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let Some((inside, after)) = rest.split_once(']') else {
-            return Err("missing `]` after the IPv6 address".into());
+            return Err(SyntaxError::MissingBracket);
         };
         if inside.parse::<Ipv6Addr>().is_err() {
-            return Err(format!("{inside:?} is not an IPv6 address"));
+            return Err(SyntaxError::NotIpv6(inside.to_string()));
         }
         let Some(port) = after.strip_prefix(':') else {
-            return Err("missing :port after the address".into());
+            return Err(SyntaxError::MissingPort);
         };
         (inside.to_string(), port)
     } else {
         let Some((host, port)) = s.rsplit_once(':') else {
-            return Err("missing :port (write host:port)".into());
+            return Err(SyntaxError::MissingPort);
         };
         if host.contains(':') {
-            return Err("an IPv6 address needs brackets, as in [2001:db8::1]:7443".into());
+            return Err(SyntaxError::Ipv6Brackets);
         }
         check_host(host)?;
         (host.to_string(), port)
     };
     let port = match port.parse::<u32>() {
         Ok(p) if (1..=65535).contains(&p) => p as u16,
-        _ => return Err(format!("port {port:?} is not a number from 1 to 65535")),
+        _ => return Err(SyntaxError::BadPort(port.to_string())),
     };
     Ok(BridgeAddr { host, port })
 }
 
-fn check_host(host: &str) -> Result<(), String> {
+fn check_host(host: &str) -> Result<(), SyntaxError> {
     if host.is_empty() {
-        return Err("the host is empty".into());
+        return Err(SyntaxError::EmptyHost);
     }
     if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return match host.parse::<Ipv4Addr>() {
             Ok(_) => Ok(()),
-            Err(_) => Err(format!("{host:?} is not an IPv4 address")),
+            Err(_) => Err(SyntaxError::NotIpv4(host.to_string())),
         };
     }
     let name = host.strip_suffix('.').unwrap_or(host);
     if name.len() > 253 {
-        return Err("the hostname is longer than 253 characters".into());
+        return Err(SyntaxError::HostTooLong);
     }
     for label in name.split('.') {
         let ok = !label.is_empty()
@@ -845,29 +845,26 @@ fn check_host(host: &str) -> Result<(), String> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !ok {
-            return Err(format!(
-                "{host:?} is not a valid hostname (labels of 1 to 63 of A-Z a-z 0-9 -, not starting or ending with -)"
-            ));
+            return Err(SyntaxError::BadHostname(host.to_string()));
         }
     }
     Ok(())
 }
 
 /// An absolute `http`/`https` URL with a host, without credentials, query or fragment.
-pub(crate) fn parse_proxy(s: &str) -> Result<url::Url, String> {
-    let u = url::Url::parse(s)
-        .map_err(|e| format!("{e} (write e.g. https://events.eu.example.com)"))?;
+pub(crate) fn parse_proxy(s: &str) -> Result<url::Url, SyntaxError> {
+    let u = url::Url::parse(s).map_err(SyntaxError::Url)?;
     if u.scheme() != "http" && u.scheme() != "https" {
-        return Err(format!("scheme {:?} is not http or https", u.scheme()));
+        return Err(SyntaxError::UrlScheme(u.scheme().to_string()));
     }
     if u.host_str().is_none_or(str::is_empty) {
-        return Err("it has no host".into());
+        return Err(SyntaxError::UrlHost);
     }
     if !u.username().is_empty() || u.password().is_some() {
-        return Err("credentials do not belong in the topology file".into());
+        return Err(SyntaxError::UrlCredentials);
     }
     if u.query().is_some() || u.fragment().is_some() {
-        return Err("a proxy address takes no query or fragment".into());
+        return Err(SyntaxError::UrlQuery);
     }
     Ok(u)
 }

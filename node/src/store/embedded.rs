@@ -414,7 +414,7 @@ fn read_records(
             ));
         }
         let (timestamp_ms, payload) =
-            decode_record(offset, v.value()).map_err(|r| corrupt(offset, r))?;
+            decode_record(offset, v.value()).map_err(|r| corrupt(offset, r.to_string()))?;
         out.push(StoredRecord {
             partition,
             offset,

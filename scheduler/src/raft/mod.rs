@@ -89,6 +89,9 @@ pub enum RaftSetupError {
     /// openraft refused to start.
     #[error("raft start: {0}")]
     Start(String),
+    /// Initialising the group's membership failed.
+    #[error("raft initialisation: {0}")]
+    Initialize(String),
 }
 
 /// Timing of the group.
@@ -168,12 +171,12 @@ impl RaftMember {
     pub async fn initialize_if_new(
         &self,
         members: &BTreeMap<NodeId, String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RaftSetupError> {
         if self
             .raft
             .is_initialized()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| RaftSetupError::Initialize(e.to_string()))?
         {
             return Ok(());
         }
@@ -185,7 +188,7 @@ impl RaftMember {
             Ok(()) => Ok(()),
             // Another member initialised first and we already received its log.
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(RaftSetupError::Initialize(e.to_string())),
         }
     }
 }

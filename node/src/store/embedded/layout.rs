@@ -73,14 +73,27 @@ pub(crate) fn peek_record(value: &[u8]) -> Option<(u64, u64)> {
     Some((ts, (value.len() - RECORD_HEADER) as u64))
 }
 
+/// Why a stored record value is corrupt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CorruptRecord {
+    /// Shorter than the header.
+    #[error("record is {0} bytes, shorter than its {RECORD_HEADER}-byte header")]
+    Short(usize),
+    /// The checksum over offset, timestamp and payload does not match.
+    #[error("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    Checksum {
+        /// Stored in the record.
+        stored: u32,
+        /// Computed now.
+        computed: u32,
+    },
+}
+
 /// Decodes and verifies a record value stored at `offset`: `(timestamp, payload)`, or why
 /// it is corrupt.
-pub(crate) fn decode_record(offset: u64, value: &[u8]) -> Result<(u64, Bytes), String> {
+pub(crate) fn decode_record(offset: u64, value: &[u8]) -> Result<(u64, Bytes), CorruptRecord> {
     if value.len() < RECORD_HEADER {
-        return Err(format!(
-            "record is {} bytes, shorter than its {RECORD_HEADER}-byte header",
-            value.len()
-        ));
+        return Err(CorruptRecord::Short(value.len()));
     }
     let (head, payload) = value.split_at(RECORD_HEADER);
     let mut crc = [0u8; 4];
@@ -91,9 +104,7 @@ pub(crate) fn decode_record(offset: u64, value: &[u8]) -> Result<(u64, Bytes), S
     let ts = u64::from_le_bytes(ts);
     let computed = checksum(offset, ts, payload);
     if stored != computed {
-        return Err(format!(
-            "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
-        ));
+        return Err(CorruptRecord::Checksum { stored, computed });
     }
     Ok((ts, Bytes::copy_from_slice(payload)))
 }
@@ -115,8 +126,14 @@ mod tests {
         let mut bad = v.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        assert!(decode_record(7, &bad).unwrap_err().contains("checksum"));
-        assert!(decode_record(7, &v[..5]).unwrap_err().contains("shorter"));
+        assert!(decode_record(7, &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("checksum"));
+        assert!(decode_record(7, &v[..5])
+            .unwrap_err()
+            .to_string()
+            .contains("shorter"));
         assert_eq!(peek_record(&v[..5]), None);
         let empty = encode_record(0, 0, b"");
         assert_eq!(decode_record(0, &empty).unwrap(), (0, Bytes::new()));
