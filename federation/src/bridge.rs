@@ -38,8 +38,9 @@ use tokio::sync::mpsc;
 
 use crate::catalog::{Action as CatalogAction, Catalog};
 use crate::cursor::cursor_group;
+use crate::intake::{Admit, Pending, Received, Round};
 use crate::interest::{announcement, LocalInterest};
-use crate::link::{received_path, DedupKey, DedupWindow, Reservation, ORIGIN_EXT, PATH_EXT};
+use crate::link::{DedupKey, DedupWindow, ORIGIN_EXT};
 use crate::marks::{self, Marks, OriginPos, Start};
 use crate::progress::PROGRESS_EVERY;
 use crate::replicas::{auto_failover, Auto, Delivery, Event as ReplicaEvent, Replicas, StartScan};
@@ -2756,47 +2757,23 @@ const STORE_ROUND_MAX: usize = 256;
 /// stored (`None` for a part flushed early), and the round (or why it failed).
 type Ready = (Option<u64>, Result<Vec<Pending>, StoreRoundError>);
 
-/// A received event ready to append.
-struct Received {
-    /// Its partition key.
-    key: Option<String>,
-    /// Its origin and position there (absent for events of older peers).
-    origin: Option<(String, OriginPos)>,
-    payload: Vec<u8>,
-    /// (source, id) when tracing is on: its `stored` record is made once appended.
-    traced: Option<(String, String)>,
-}
-
-/// Received events of one topic, ready to append.
-struct Pending {
-    topic: String,
-    partitions: u32,
-    /// In arrival order.
-    records: Vec<Received>,
-    keys: Vec<DedupKey>,
-}
-
-/// Makes a round of batches ready to append: duplicate check (the keys are reserved in
-/// the duplicate window for `owner`), path stamp, grouped by topic in arrival order.
-///
-/// An event another link's storer has reserved but not stored yet (a reroute: the same
-/// events arrive over two links) must be stored before anything that follows it here, or
-/// a later event could overtake it in the log. So at such an event what was prepared so
-/// far goes to `flush` (stored without an ack), and this waits until the other storer
-/// stored the event (then it is a duplicate here) or gave it up (then it is taken here).
-/// No storer waits while holding an unresolved reservation, so two storers cannot wait
-/// for each other.
+/// Makes a round of batches ready to append ([`Round`]: duplicate check with the keys
+/// reserved in the duplicate window for `owner`, path stamp, grouped by topic in arrival
+/// order). At an event another link's storer holds, what was prepared so far goes to
+/// `flush` (stored without an ack) and this waits until that key is stored or released
+/// (see [`crate::intake`]).
 async fn prepare_round(
     shared: &Arc<Shared>,
     stats: &LinkStats,
-    round: Vec<Batch>,
+    batches: Vec<Batch>,
     owner: u64,
     flush: &mpsc::Sender<Ready>,
 ) -> Result<Vec<Pending>, StoreRoundError> {
     let me = shared.me();
-    let mut pending: Vec<Pending> = Vec::new();
+    let log = &shared.node.trace;
+    let mut round = Round::new(me, owner);
     let mut failure = None;
-    'batches: for b in round {
+    'batches: for b in batches {
         for we in b.events {
             stats.events_received.fetch_add(1, Ordering::Relaxed);
             let raw = match RawEvent::parse(&we.payload) {
@@ -2809,37 +2786,40 @@ async fn prepare_round(
                     break 'batches;
                 }
             };
-            let key = DedupWindow::key(&raw);
-            // Reserve at check time: two links delivering one event concurrently must not
-            // both store it.
-            // Some(fresh) once decided; None while another link holds the key.
-            let reserve = || match lock(&shared.dedup).reserve_for(&key, owner) {
-                Reservation::Fresh => Some(true),
-                Reservation::Duplicate => Some(false),
-                Reservation::HeldElsewhere => None,
+            let traced = log.enabled();
+            let admit = |round: &mut Round| {
+                let mut dedup = lock(&shared.dedup);
+                round.admit(
+                    &mut dedup,
+                    &b.topic,
+                    b.partitions,
+                    &raw,
+                    &we.payload,
+                    traced,
+                )
             };
             let fresh = loop {
                 // Fast path: no waiter registered unless the key is held by another link.
-                if let Some(fresh) = reserve() {
-                    break fresh;
+                match admit(&mut round) {
+                    Admit::Fresh => break true,
+                    Admit::Duplicate => break false,
+                    Admit::HeldElsewhere => {}
                 }
                 let resolved = shared.dedup_resolved.notified();
                 tokio::pin!(resolved);
                 resolved.as_mut().enable();
-                if let Some(fresh) = reserve() {
-                    break fresh;
+                match admit(&mut round) {
+                    Admit::Fresh => break true,
+                    Admit::Duplicate => break false,
+                    Admit::HeldElsewhere => {}
                 }
-                if pending.iter().any(|g| !g.records.is_empty()) {
-                    let part = std::mem::take(&mut pending);
-                    if flush.send((None, Ok(part))).await.is_err() {
-                        return Err(StoreRoundError::Stopped);
-                    }
+                if round.has_records() && flush.send((None, Ok(round.take()))).await.is_err() {
+                    return Err(StoreRoundError::Stopped);
                 }
                 // Woken by any commit or release; the timeout only bounds a missed wake.
                 let _ = tokio::time::timeout(Duration::from_millis(100), resolved).await;
             };
-            let log = &shared.node.trace;
-            if log.enabled() {
+            if traced {
                 let (peer, topic) = (log.intern(&stats.peer), log.intern(&b.topic));
                 let step = if fresh {
                     let origin = raw.extension(ORIGIN_EXT).unwrap_or(&stats.peer);
@@ -2868,40 +2848,10 @@ async fn prepare_round(
                         "received event dropped as a duplicate: its (source, id) is stored here already"
                     );
                 }
-                continue;
             }
-            let payload = match &received_path(&raw, me) {
-                Some(p) => raw.with_extensions(&[(PATH_EXT, p)]),
-                None => we.payload.clone(),
-            };
-            let i = match pending.iter().position(|g| g.topic == b.topic) {
-                Some(i) => i,
-                None => {
-                    pending.push(Pending {
-                        topic: b.topic.clone(),
-                        partitions: b.partitions,
-                        records: Vec::new(),
-                        keys: Vec::new(),
-                    });
-                    pending.len() - 1
-                }
-            };
-            let origin = raw.extension(ORIGIN_EXT).and_then(|o| {
-                let pos = raw.extension(POS_EXT).and_then(OriginPos::parse)?;
-                Some((o.to_string(), pos))
-            });
-            let g = &mut pending[i];
-            g.records.push(Received {
-                key: raw.partition_key().map(str::to_string),
-                origin,
-                payload,
-                traced: log
-                    .enabled()
-                    .then(|| (raw.source().to_string(), raw.id().to_string())),
-            });
-            g.keys.push(key);
         }
     }
+    let pending = round.take();
     if let Some(e) = failure {
         release_round(shared, &pending);
         return Err(e);
@@ -2911,12 +2861,7 @@ async fn prepare_round(
 
 /// Forgets the reservations of a round that will not be stored.
 fn release_round(shared: &Shared, round: &[Pending]) {
-    {
-        let mut d = lock(&shared.dedup);
-        for g in round {
-            d.release(&g.keys);
-        }
-    }
+    Round::release(&mut lock(&shared.dedup), round);
     shared.dedup_resolved.notify_waiters();
 }
 

@@ -12,6 +12,7 @@
 //! - [`session`]: one connection of a link as a state machine: handshake, sending window,
 //!   acks, progress marks, announcements, drain. Frames, store results and time in;
 //!   actions out. Sans-IO.
+//! - [`intake`]: the receiver's storing round: duplicates, path stamp, order. Sans-IO.
 //! - [`interest`]: compiling a peer's interest, building announcements. Sans-IO.
 //! - [`cursor`]: the send window and durable cursors of a link. Sans-IO.
 //! - [`marks`]: positions in origin terms: receiver marks, where a link starts. Sans-IO.
@@ -29,6 +30,7 @@
 pub mod bridge;
 pub mod catalog;
 pub mod cursor;
+pub mod intake;
 pub mod interest;
 pub mod link;
 pub mod marks;

@@ -12,7 +12,8 @@ use meshd_core::wire::{Frame, Hello, InterestEntry, PROTOCOL_VERSION};
 use meshd_node::store::StoredRecord;
 
 use super::*;
-use crate::link::{received_path, DedupWindow};
+use crate::intake::{Admit, Round};
+use crate::link::DedupWindow;
 use crate::marks::{Marks, OriginPos, Start};
 
 const T: &str = "t";
@@ -256,20 +257,36 @@ impl Sim {
         }
     }
 
-    /// The receiver's storer stores what it was handed (duplicate window, path stamp,
-    /// marks) and reports it stored.
+    /// The receiver's storer stores what it was handed, as the bridge's does: a
+    /// [`Round`] per batch (duplicate window, path stamp), appended, the keys committed
+    /// and the origin marks moved; then it reports the batch stored.
     fn store(&mut self) {
         while let Some(b) = self.storing.pop_front() {
+            let mut round = Round::new(&self.dst_name, 1);
             for e in &b.events {
                 let raw = RawEvent::parse(&e.payload).unwrap();
-                if !self.dedup.admit(DedupWindow::key(&raw)) {
-                    continue;
+                let admitted = round.admit(
+                    &mut self.dedup,
+                    &b.topic,
+                    b.partitions,
+                    &raw,
+                    &e.payload,
+                    false,
+                );
+                assert_ne!(admitted, Admit::HeldElsewhere, "one link only");
+            }
+            for g in round.take() {
+                for r in &g.records {
+                    let raw = RawEvent::parse(&r.payload).unwrap();
+                    assert!(raw
+                        .extension(PATH_EXT)
+                        .unwrap()
+                        .ends_with(&format!(",{}", self.dst_name)));
+                    let (origin, pos) = r.origin.clone().expect("an origin position");
+                    self.marks.observe(&origin, &g.topic, pos);
+                    self.stored.push(raw.id().to_string());
                 }
-                assert!(received_path(&raw, &self.dst_name).is_some());
-                let origin = raw.extension(ORIGIN_EXT).unwrap().to_string();
-                let pos = raw.extension(POS_EXT).and_then(OriginPos::parse).unwrap();
-                self.marks.observe(&origin, &b.topic, pos);
-                self.stored.push(raw.id().to_string());
+                self.dedup.commit(&g.keys);
             }
             self.dst.on_stored(b.seq);
         }
