@@ -16,8 +16,9 @@
 //!
 //! What stays in the shell: reading and writing frames, reading the store (the machine
 //! says where: [`LinkSession::read_at`], and takes the records: [`LinkSession::on_records`]),
-//! storing received batches with the duplicate window shared by every link (the storer),
-//! committing cursors, and the gossip sets themselves (catalog, replicas, marks).
+//! storing received batches (the storer; its per-event decisions are
+//! [`crate::intake::Round`], sans-IO too), committing cursors, and the gossip sets
+//! themselves (catalog, replicas, marks).
 //!
 //! # Resuming
 //! A new connection starts with an empty window: every partition is read from the durable
