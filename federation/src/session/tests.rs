@@ -155,6 +155,11 @@ impl Sim {
     /// A new connection: fresh machines, empty wire; cursor, store, marks and window
     /// stay. Runs the handshake and the receiver's announcement (marks, then interest).
     fn connect(&mut self, since_ms: Option<u64>) {
+        self.connect_filtered(since_ms, None);
+    }
+
+    /// [`Sim::connect`] with an interest filter (a `FilterSpec` as JSON).
+    fn connect_filtered(&mut self, since_ms: Option<u64>, filter: Option<&str>) {
         let t = self.now().at;
         let (s, d) = (self.src_name.clone(), self.dst_name.clone());
         self.src = LinkSession::new(config(), hello(&s), &d, s < d, t);
@@ -167,7 +172,7 @@ impl Sim {
         let entry = InterestEntry {
             dest: d.clone(),
             topic: T.into(),
-            filter: None,
+            filter: filter.map(str::to_string),
             since_ms,
         };
         let marks = &self.marks;
@@ -773,4 +778,27 @@ fn a_paused_link_sends_nothing_until_resumed() {
     sim.src.set_paused(false);
     sim.settle();
     assert_eq!(sim.stored, ids("a", 0..5));
+}
+
+#[test]
+fn a_filtered_link_sends_progress_frames_not_empty_batches() {
+    // The peer wants events of type "x" only: none of the 95 are. No batch goes out;
+    // progress frames (one per interval, covering every partition read) move the cursor.
+    let mut sim = Sim::new("a", "b", "a", 95);
+    sim.connect_filtered(None, Some(r#"{"exact":{"type":"x"}}"#));
+    assert!(sim.batches.is_empty(), "{:?}", sim.batches);
+    assert!(sim.stored.is_empty());
+    assert_eq!(
+        sim.progress_frames, 1,
+        "95 records skipped in one interval: one frame"
+    );
+    assert_eq!(sim.cursor, Some(95));
+    // An unparsable filter is dropped (named in the log): with no other entry the topic
+    // is not wanted at all, so nothing is read, sent or anchored; the link stays up.
+    let mut sim = Sim::new("a", "b", "a", 5);
+    sim.connect_filtered(None, Some("{not json"));
+    assert!(sim.src.is_open());
+    assert!(sim.src.wanted().is_empty());
+    assert!(sim.batches.is_empty());
+    assert_eq!(sim.cursor, None);
 }
