@@ -4,9 +4,10 @@
 //! loop and the status shown at `GET /v1/mesh`.
 //!
 //! A session on a link runs one bidirectional stream carrying length-prefixed frames in
-//! both directions. A reader task turns bytes into frames; the session task owns the
-//! [`SendWindow`], the peer's [`PeerInterest`] and reads the node's store for the pump;
-//! beside it a storer (two stages: check and stamp, then append) stores the peer's
+//! both directions. Its protocol is a [`LinkSession`] (sans-IO, see [`crate::session`]);
+//! this file is its shell: a reader task turns bytes into frames, the session task feeds
+//! them to the machine, reads the node's store where the machine says and performs the
+//! machine's [`Action`]s; beside it a storer (two stages: check and stamp, then append) stores the peer's
 //! batches and hands back cumulative acks, and a committer writes the link cursor from
 //! the peer's acks, so neither a store append nor a cursor commit holds up the pump.
 //! Events are routed on their stored bytes ([`RawEvent`]), never re-serialized.
@@ -23,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use meshd_certs::{AllowedClusters, CertPaths, ReloadingCerts};
 use meshd_core::api::{self, StartPosition, TopicConfig};
-use meshd_core::codec::{decode_event, RawEvent};
+use meshd_core::codec::RawEvent;
 use meshd_core::wire::{
-    check_frame_len, decode_frame, encode_frame, Batch, Frame, Hello, InterestEntry, Mark,
-    WireEvent, PROTOCOL_VERSION,
+    check_frame_len, decode_frame, encode_frame, Batch, Frame, Hello, InterestEntry, WireError,
+    PROTOCOL_VERSION,
 };
 use meshd_node::ingest::{now_ms, partition_for_key};
 use meshd_node::server::{HoldScope, HoldScopeFn, Node, NodeError};
@@ -36,21 +37,21 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio::sync::mpsc;
 
 use crate::catalog::{Action as CatalogAction, Catalog};
-use crate::cursor::{cursor_group, SendWindow};
-use crate::interest::{announcement, LocalInterest, PeerInterest};
-use crate::link::{
-    check_hello, event_path, frame_name, outgoing_stamps, received_path, DedupKey, DedupWindow,
-    HelloOutcome, Reservation, ORIGIN_EXT, PATH_EXT,
-};
-use crate::marks::{self, Marks, OriginPos, PeerMarks, Start};
-use crate::progress::{AckTracker, ProgressMarks, PROGRESS_EVERY};
+use crate::cursor::cursor_group;
+use crate::intake::{Admit, Pending, Received, Round};
+use crate::interest::{announcement, LocalInterest};
+use crate::link::{DedupKey, DedupWindow, ORIGIN_EXT};
+use crate::marks::{self, Marks, OriginPos, Start};
+use crate::progress::PROGRESS_EVERY;
 use crate::replicas::{auto_failover, Auto, Delivery, Event as ReplicaEvent, Replicas, StartScan};
-use crate::routing::Routes;
+pub use crate::routing::relay_topic;
+use crate::routing::{Routes, RELAY_PREFIX};
+use crate::session::{Action, LinkSession, Now, Outgoing, ReadAt, SessionConfig, SessionEnd};
 use crate::stats::{LagMeter, LinkState, LinkStats, PartitionLag};
 use crate::trace::{relay_timeout, MAX_HOPS};
 use meshd_core::event::POS_EXT;
 use meshd_core::wire::{TraceClusterReply, TraceQuery, TraceReply};
-use meshd_node::trace::{Step, TraceLog};
+use meshd_node::trace::Step;
 
 /// Settings of a bridge.
 #[derive(Debug, Clone)]
@@ -149,6 +150,143 @@ pub enum BridgeError {
     /// TLS configuration failed.
     #[error("TLS configuration: {0}")]
     Tls(String),
+}
+
+/// Why dialling a peer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DialError {
+    /// The peer is not in the topology (any more).
+    #[error("cluster {peer:?} is not in the topology")]
+    NotInTopology {
+        /// The peer.
+        peer: String,
+    },
+    /// The peer's bridge address does not resolve.
+    #[error("resolving {addr}: {source}")]
+    Resolve {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The peer's bridge address resolves to no address.
+    #[error("{addr} resolves to nothing")]
+    NoAddress {
+        /// The address.
+        addr: String,
+    },
+    /// The TLS client configuration could not be made.
+    #[error(transparent)]
+    Certs(#[from] meshd_certs::CertError),
+    /// The TLS configuration has no cipher suite QUIC can use.
+    #[error("TLS configuration for QUIC: {0}")]
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// The connection could not be started.
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// Why.
+        source: quinn::ConnectError,
+    },
+    /// The connection failed.
+    #[error("connecting to {addr}: {source}")]
+    Connection {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// Why.
+        source: quinn::ConnectionError,
+    },
+    /// The peer did not answer in time.
+    #[error("connecting to {addr}: timed out")]
+    TimedOut {
+        /// The peer's address.
+        addr: SocketAddr,
+    },
+}
+
+/// Why a link session ended: the protocol's reasons ([`SessionEnd`]) and the shell's
+/// (the stream, the store, the storer). Its text is the link's `last_error`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The protocol ended the session.
+    #[error(transparent)]
+    Session(#[from] SessionEnd),
+    /// The dialer could not open the stream.
+    #[error("opening the stream: {0}")]
+    OpenStream(quinn::ConnectionError),
+    /// The acceptor got no stream.
+    #[error("accepting the stream: {0}")]
+    AcceptStream(quinn::ConnectionError),
+    /// Reading a frame failed (the connection is gone); the text carries quinn's cause.
+    #[error("reading a frame: {}", api::error_chain(.0))]
+    Read(quinn::ReadExactError),
+    /// Writing a frame failed.
+    #[error("writing a frame: {}", api::error_chain(.0))]
+    Write(quinn::WriteError),
+    /// A frame could not be encoded, or a received one decoded.
+    #[error(transparent)]
+    Frame(#[from] WireError),
+    /// Reading the store for the peer failed.
+    #[error(transparent)]
+    Store(#[from] meshd_node::store::StoreError),
+    /// Storing the peer's events failed.
+    #[error(transparent)]
+    Storing(#[from] StoreRoundError),
+    /// The frame reader ended.
+    #[error("reader stopped")]
+    ReaderStopped,
+    /// The storer ended.
+    #[error("the storer stopped")]
+    StorerStopped,
+    /// The link was removed while a new connection was awaited.
+    #[error("link removed")]
+    Removed,
+}
+
+impl LinkError {
+    /// Whether the session ended because its link was removed from the topology.
+    pub fn is_removal(&self) -> bool {
+        matches!(self, LinkError::Session(e) if e.is_removal())
+    }
+}
+
+/// Why storing events received from a peer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreRoundError {
+    /// The peer sent bytes that are not an event.
+    #[error("peer sent an undecodable event at offset {offset}: {source}")]
+    Undecodable {
+        /// Its offset at the peer.
+        offset: u64,
+        /// Why.
+        source: meshd_core::codec::RawEventError,
+    },
+    /// The topic for the replicated events could not be made.
+    #[error("creating topic {topic:?} for replicated events: {source}")]
+    CreateTopic {
+        /// The store topic.
+        topic: String,
+        /// Why.
+        source: NodeError,
+    },
+    /// The topic could not be looked up.
+    #[error("topic {topic:?}: {source}")]
+    Topic {
+        /// The store topic.
+        topic: String,
+        /// Why.
+        source: NodeError,
+    },
+    /// The append failed.
+    #[error("appending replicated events: {0}")]
+    Append(meshd_node::store::StoreError),
+    /// The storer's second stage ended.
+    #[error("the storer stopped")]
+    Stopped,
 }
 
 struct LinkHandle {
@@ -867,29 +1005,32 @@ async fn accept_loop(shared: Arc<Shared>) {
     }
 }
 
-async fn dial(shared: &Shared, peer: &str) -> Result<quinn::Connection, String> {
+async fn dial(shared: &Shared, peer: &str) -> Result<quinn::Connection, DialError> {
     let topo = shared.topology();
-    let cluster = topo
-        .cluster(peer)
-        .ok_or_else(|| format!("cluster {peer:?} is not in the topology"))?;
+    let cluster = topo.cluster(peer).ok_or_else(|| DialError::NotInTopology {
+        peer: peer.to_string(),
+    })?;
     let text = cluster.bridge.to_string();
     let addr = tokio::net::lookup_host(&text)
         .await
-        .map_err(|e| format!("resolving {text}: {e}"))?
+        .map_err(|source| DialError::Resolve {
+            addr: text.clone(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("{text} resolves to nothing"))?;
-    let tls = meshd_certs::client_config(shared.certs.clone(), peer).map_err(|e| e.to_string())?;
-    let quic = QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| e.to_string())?;
+        .ok_or_else(|| DialError::NoAddress { addr: text.clone() })?;
+    let tls = meshd_certs::client_config(shared.certs.clone(), peer)?;
+    let quic = QuicClientConfig::try_from(Arc::new(tls))?;
     let mut client = quinn::ClientConfig::new(Arc::new(quic));
     client.transport_config(transport());
     let connecting = shared
         .endpoint
         .connect_with(client, addr, &meshd_certs::server_name(peer))
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        .map_err(|source| DialError::Connect { addr, source })?;
     match tokio::time::timeout(Duration::from_secs(5), connecting).await {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(format!("connecting to {addr}: {e}")),
-        Err(_) => Err(format!("connecting to {addr}: timed out")),
+        Ok(Err(source)) => Err(DialError::Connection { addr, source }),
+        Err(_) => Err(DialError::TimedOut { addr }),
     }
 }
 
@@ -921,7 +1062,7 @@ async fn run_link(
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(cluster = %shared.me(), peer, "link down, retrying in {backoff:?}: {e}");
-                    stats.set_state(LinkState::Down, Some(e));
+                    stats.set_state(LinkState::Down, Some(e.to_string()));
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         r = drain.changed() => if r.is_err() { return },
@@ -965,9 +1106,9 @@ async fn run_link(
         if *drain.borrow() {
             let reason = match &result {
                 Ok(_) => "link removed from the topology".to_string(),
-                Err(e) => e.clone(),
+                Err(e) => e.to_string(),
             };
-            if !reason.starts_with("link removed from the topology") {
+            if result.as_ref().is_err_and(|e| !e.is_removal()) {
                 tracing::warn!(cluster = %shared.me(), peer, "link ended while draining: {reason}");
             }
             conn.close(quinn::VarInt::from_u32(0), reason.as_bytes());
@@ -989,6 +1130,7 @@ async fn run_link(
                     tracing::info!(cluster = %shared.me(), peer, "link closed: the peer's bridge is stopping");
                     stats.set_state(LinkState::Down, Some("the peer's bridge stopped".into()));
                 } else {
+                    let e = e.to_string();
                     tracing::warn!(cluster = %shared.me(), peer, "link session ended: {e}");
                     conn.close(quinn::VarInt::from_u32(4), e.as_bytes());
                     stats.set_state(LinkState::Down, Some(e));
@@ -1109,20 +1251,20 @@ async fn read_frame(
     recv: &mut quinn::RecvStream,
     body: &mut Vec<u8>,
     stats: &LinkStats,
-) -> Result<Frame, String> {
+) -> Result<Frame, LinkError> {
     let mut prefix = [0u8; 4];
     recv.read_exact(&mut prefix)
         .await
-        .map_err(|e| format!("reading a frame: {}", api::error_chain(&e)))?;
-    let len = check_frame_len(prefix).map_err(|e| e.to_string())?;
+        .map_err(LinkError::Read)?;
+    let len = check_frame_len(prefix)?;
     body.resize(len, 0);
     recv.read_exact(&mut body[..len])
         .await
-        .map_err(|e| format!("reading a frame: {}", api::error_chain(&e)))?;
+        .map_err(LinkError::Read)?;
     stats
         .bytes_received
         .fetch_add(4 + len as u64, Ordering::Relaxed);
-    decode_frame(&body[..len]).map_err(|e| e.to_string())
+    Ok(decode_frame(&body[..len])?)
 }
 
 /// Writes one frame; every byte written (length prefix included) counts in `bytes_sent`.
@@ -1130,18 +1272,19 @@ async fn write_frame(
     send: &mut quinn::SendStream,
     stats: &LinkStats,
     frame: &Frame,
-) -> Result<usize, String> {
-    let bytes = encode_frame(frame).map_err(|e| e.to_string())?;
-    send.write_all(&bytes)
-        .await
-        .map_err(|e| format!("writing a frame: {}", api::error_chain(&e)))?;
+) -> Result<usize, LinkError> {
+    let bytes = encode_frame(frame)?;
+    send.write_all(&bytes).await.map_err(LinkError::Write)?;
     stats
         .bytes_sent
         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
     Ok(bytes.len())
 }
 
-/// Runs one connection until it fails (`Err`) or the peer connects anew (`Ok(new)`).
+/// Runs one connection until it fails (`Err`) or the peer connects anew (`Ok(new)`):
+/// the tokio/quinn shell of a [`LinkSession`]. It feeds the machine the frames read,
+/// the storer's acks, the drain signal, the announcements and the time, reads the store
+/// where the machine says, and performs the machine's actions ([`Driver::flush`]).
 #[allow(clippy::too_many_arguments)]
 async fn session(
     shared: &Arc<Shared>,
@@ -1152,7 +1295,7 @@ async fn session(
     drain: &mut tokio::sync::watch::Receiver<bool>,
     dialer: bool,
     store_gate: Arc<tokio::sync::Mutex<()>>,
-) -> Result<quinn::Connection, String> {
+) -> Result<quinn::Connection, LinkError> {
     let topo = shared.topology();
     let hello = Hello {
         version: PROTOCOL_VERSION,
@@ -1160,63 +1303,54 @@ async fn session(
         cluster: shared.me().to_string(),
         digest: topo.digest(),
     };
-    let handshake = async {
-        let (mut send, mut recv) = if dialer {
-            conn.open_bi()
-                .await
-                .map_err(|e| format!("opening the stream: {e}"))?
-        } else {
-            conn.accept_bi()
-                .await
-                .map_err(|e| format!("accepting the stream: {e}"))?
-        };
-        if dialer {
-            write_frame(&mut send, stats, &Frame::Hello(hello.clone())).await?;
-        }
-        let first = read_frame(&mut recv, &mut Vec::new(), stats).await?;
-        match check_hello(&hello, peer, &first) {
-            HelloOutcome::Accept { digest_mismatch } => {
-                if digest_mismatch {
-                    tracing::warn!(cluster = %shared.me(), peer, "peer has another topology digest (reload in progress?); continuing");
-                }
-            }
-            HelloOutcome::Refuse(reason) => {
-                if !matches!(first, Frame::Refuse { .. }) {
-                    let _ = write_frame(
-                        &mut send,
-                        stats,
-                        &Frame::Refuse {
-                            reason: reason.clone(),
-                        },
-                    )
-                    .await;
-                    let _ = send.finish();
-                    let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
-                }
-                tracing::error!(cluster = %shared.me(), peer, "link refused: {reason}");
-                return Err(format!("handshake refused: {reason}"));
-            }
-        }
-        if !dialer {
-            write_frame(&mut send, stats, &Frame::Hello(hello.clone())).await?;
-        }
-        Ok::<_, String>((send, recv))
+    let config = SessionConfig {
+        window: shared.config.window,
+        progress_every: shared.config.progress_every,
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+        drain_timeout: shared.config.drain_timeout,
     };
-    let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(5), handshake)
-        .await
-        .map_err(|_| "handshake timed out".to_string())??;
-
-    let n = stats.connections.fetch_add(1, Ordering::Relaxed);
-    if n > 0 {
-        stats.reconnects.fetch_add(1, Ordering::Relaxed);
+    let machine = LinkSession::new(config, hello, peer, dialer, Instant::now());
+    let deadline = machine.poll_timeout().unwrap_or_else(Instant::now);
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let stream = async {
+        if dialer {
+            conn.open_bi().await.map_err(LinkError::OpenStream)
+        } else {
+            conn.accept_bi().await.map_err(LinkError::AcceptStream)
+        }
+    };
+    let (send, mut recv) = match tokio::time::timeout_at(deadline, stream).await {
+        Ok(s) => s?,
+        Err(_) => return Err(SessionEnd::HandshakeTimeout.into()),
+    };
+    let mut d = Driver {
+        shared: shared.clone(),
+        peer: peer.to_string(),
+        stats: stats.clone(),
+        send,
+        m: machine,
+        to_storer: None,
+        cursors: None,
+        control: None,
+        refused: false,
+    };
+    let handshake = async {
+        d.flush().await?;
+        let mut body = Vec::new();
+        while !d.m.is_open() {
+            let frame = read_frame(&mut recv, &mut body, stats).await?;
+            d.m.on_frame(now(), frame);
+            d.flush().await?;
+        }
+        Ok::<_, LinkError>(())
+    };
+    if tokio::time::timeout_at(deadline, handshake).await.is_err() {
+        d.m.handle_timeout(Instant::now().max(deadline.into_std()));
+        d.flush().await?;
+        return Err(SessionEnd::HandshakeTimeout.into());
     }
-    stats.set_state(LinkState::Connected, None);
-    lock(&shared.down).remove(peer);
-    tracing::info!(cluster = %shared.me(), peer, "link connected");
-    // First of all, this side's clock (the peer reads our `since` times with it).
-    write_frame(&mut send, stats, &Frame::Clock { now_ms: now_ms() }).await?;
 
-    let (tx, mut rx) = mpsc::channel::<Result<Frame, String>>(64);
+    let (tx, mut rx) = mpsc::channel::<Result<Frame, LinkError>>(64);
     let reader_stats = stats.clone();
     let reader = tokio::spawn(async move {
         let mut body = Vec::new();
@@ -1239,7 +1373,7 @@ async fn session(
     let (cursors, acked) = tokio::sync::watch::channel(BTreeMap::new());
     tokio::spawn(commit_cursors(shared.clone(), cursor_group(peer), acked));
     let (to_storer, batches) = mpsc::channel::<Batch>(shared.config.window.max(1) * 2);
-    let (ack_tx, mut stored) = mpsc::channel::<Result<u64, String>>(64);
+    let (ack_tx, mut stored) = mpsc::channel::<Result<u64, StoreRoundError>>(64);
     tokio::spawn(storer(
         shared.clone(),
         peer.to_string(),
@@ -1248,25 +1382,11 @@ async fn session(
         batches,
         ack_tx,
     ));
-    let mut s = SessionState {
-        window: SendWindow::new(shared.config.window),
-        interest: PeerInterest::default(),
-        durable: HashMap::new(),
-        cursors,
-        announced: None,
-        draining: None,
-        last_batch_rx: Instant::now(),
-        to_storer,
-        peer_marks: PeerMarks::default(),
-        catalog_sent: 0,
-        replicas_sent: 0,
-        peer_clock_offset: None,
-        marks: ProgressMarks::new(shared.config.progress_every),
-        acks: AckTracker::new(),
-        control,
-    };
+    d.to_storer = Some(to_storer);
+    d.cursors = Some(cursors);
+    d.control = Some(control);
     if *drain.borrow() {
-        s.start_drain(shared, peer, stats);
+        d.start_drain();
     }
     // New records wake the pump at once (a watch per interested partition); the tick is
     // only a fallback for partitions not watched yet.
@@ -1277,82 +1397,85 @@ async fn session(
     let mut slow = tokio::time::interval(Duration::from_millis(100));
     slow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
-        tokio::select! {
+        let step: Result<(), LinkError> = tokio::select! {
             f = rx.recv() => {
-                let frame = match f {
-                    None => break Err("reader stopped".to_string()),
-                    Some(Err(e)) => break Err(e),
-                    Some(Ok(f)) => f,
-                };
-                let acked = matches!(frame, Frame::Ack { .. });
-                if let Err(e) = s.on_frame(shared, peer, stats, &mut send, frame).await {
-                    break Err(e);
-                }
-                // An ack frees the window: send the next batches now.
-                if acked {
-                    if let Err(e) = s.pump(shared, peer, stats, &mut send, &mut watchers).await {
-                        break Err(e);
+                match f {
+                    None => Err(LinkError::ReaderStopped),
+                    Some(Err(e)) => Err(e),
+                    Some(Ok(frame)) => {
+                        let acked = matches!(frame, Frame::Ack { .. });
+                        d.m.on_frame(now(), frame);
+                        match d.flush().await {
+                            // An ack frees the window: send the next batches now.
+                            Ok(()) if acked => d.pump(&mut watchers).await,
+                            r => r,
+                        }
                     }
                 }
             }
-            _ = wake.notified() => {
-                if let Err(e) = s.pump(shared, peer, stats, &mut send, &mut watchers).await {
-                    break Err(e);
-                }
-            }
+            _ = wake.notified() => d.pump(&mut watchers).await,
             _ = tick.tick() => {
-                if let Err(e) = s.pump(shared, peer, stats, &mut send, &mut watchers).await {
-                    break Err(e);
-                }
-                if let Some(end) = s.drain_done(shared, peer, &conn) {
-                    break Err(end);
+                match d.pump(&mut watchers).await {
+                    Ok(()) => {
+                        d.m.set_rtt(conn.rtt());
+                        d.m.handle_timeout(Instant::now());
+                        d.flush().await
+                    }
+                    e => e,
                 }
             }
-            r = drain.changed(), if s.draining.is_none() => {
+            r = drain.changed(), if !d.m.is_draining() => {
                 if r.is_err() || *drain.borrow() {
-                    s.start_drain(shared, peer, stats);
+                    d.start_drain();
                 }
+                Ok(())
             }
             _ = slow.tick() => {
-                if let Err(e) = s.announce(shared, peer, stats, &mut send).await {
-                    break Err(e);
-                }
                 stats
                     .rtt_us
                     .store(conn.rtt().as_micros() as u64, Ordering::Relaxed);
                 if let Some(unlogged) = stats.duplicates_unlogged(Instant::now()) {
                     tracing::info!(cluster = %shared.me(), peer, unlogged, "more received events dropped as duplicates (not logged one by one)");
                 }
+                d.announce();
+                d.flush().await
             }
             a = stored.recv() => {
-                let seq = match a {
-                    Some(Ok(seq)) => seq,
-                    Some(Err(e)) => break Err(e),
-                    None => break Err("the storer stopped".to_string()),
-                };
-                // One cumulative ack for every batch the storer's round covered (and the
-                // progress frames that waited for them).
-                let seq = s.acks.on_stored(seq);
-                if let Err(e) = write_frame(&mut send, stats, &Frame::Ack { seq }).await {
-                    break Err(e);
+                match a {
+                    Some(Ok(seq)) => {
+                        d.m.on_stored(seq);
+                        d.flush().await
+                    }
+                    Some(Err(e)) => Err(e.into()),
+                    None => Err(LinkError::StorerStopped),
                 }
             }
             c = incoming.recv() => {
                 match c {
                     Some(c) => break Ok(c),
-                    None => break Err("link removed".to_string()),
+                    None => Err(LinkError::Removed),
                 }
             }
-            Some(f) = control_rx.recv() => {
-                if let Err(e) = write_frame(&mut send, stats, &f).await {
-                    break Err(e);
-                }
-            }
+            Some(f) = control_rx.recv() => write_frame(&mut d.send, stats, &f).await.map(|_| ()),
+        };
+        if let Err(e) = step {
+            break Err(e);
         }
     };
     reader.abort();
     result
 }
+
+/// The wall clock and the monotonic clock, for the machine.
+fn now() -> Now {
+    Now {
+        at: Instant::now(),
+        wall_ms: now_ms(),
+    }
+}
+
+/// How long the handshake (stream opened, hellos exchanged) may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Tasks that wake a session's pump when a watched partition grows; aborted on drop.
 struct Watchers {
@@ -1395,35 +1518,6 @@ impl Drop for Watchers {
     }
 }
 
-struct SessionState {
-    window: SendWindow,
-    interest: PeerInterest,
-    durable: HashMap<(String, u32), u64>,
-    /// Acknowledged positions for the cursor committer (see [`commit_cursors`]).
-    cursors: tokio::sync::watch::Sender<BTreeMap<(String, u32), u64>>,
-    announced: Option<Vec<InterestEntry>>,
-    /// When draining started and how many batches were in flight then.
-    draining: Option<(Instant, usize)>,
-    /// When the peer last sent a batch.
-    last_batch_rx: Instant,
-    /// Received batches go to the storer (see [`storer`]).
-    to_storer: mpsc::Sender<Batch>,
-    /// What the peer told it holds, in origin terms (this connection).
-    peer_marks: PeerMarks,
-    /// The catalog generation sent to the peer on this connection.
-    catalog_sent: u64,
-    /// The replicas generation sent to the peer on this connection.
-    replicas_sent: u64,
-    /// The peer's wall clock minus this one's (ms), from its `Clock` frame.
-    peer_clock_offset: Option<i64>,
-    /// Cursor moves over records the peer does not want, not sent yet.
-    marks: ProgressMarks,
-    /// The cumulative ack over stored batches and received progress frames.
-    acks: AckTracker,
-    /// Control frames to write on this connection (trace answers).
-    control: mpsc::Sender<Frame>,
-}
-
 /// Unregisters a session's control channel when the session ends (unless a newer session
 /// of the peer replaced it already).
 struct ControlGuard {
@@ -1441,60 +1535,91 @@ impl Drop for ControlGuard {
     }
 }
 
-impl SessionState {
-    fn start_drain(&mut self, shared: &Shared, peer: &str, stats: &LinkStats) {
-        let in_flight = self.window.in_flight();
-        self.draining = Some((Instant::now(), in_flight));
-        stats.set_state(LinkState::Draining, None);
-        tracing::info!(cluster = %shared.me(), peer, in_flight, "link removed from the topology: draining (no new batches; waiting for the acks of those in flight)");
+/// Performs a [`LinkSession`]'s actions on one connection: the stream, the storer, the
+/// cursor committer and the bridge's shared state.
+struct Driver {
+    shared: Arc<Shared>,
+    peer: String,
+    stats: Arc<LinkStats>,
+    send: quinn::SendStream,
+    m: LinkSession,
+    /// Received batches go to the storer (see [`storer`]); set after the handshake.
+    to_storer: Option<mpsc::Sender<Batch>>,
+    /// Acknowledged positions for the cursor committer (see [`commit_cursors`]).
+    cursors: Option<tokio::sync::watch::Sender<BTreeMap<(String, u32), u64>>>,
+    /// Control frames to write on this connection (trace answers).
+    control: Option<mpsc::Sender<Frame>>,
+    /// A refuse frame was written (the close waits until the peer has read it).
+    refused: bool,
+}
+
+impl Driver {
+    /// Performs every queued action, in order.
+    async fn flush(&mut self) -> Result<(), LinkError> {
+        while let Some(action) = self.m.poll_action() {
+            self.perform(action).await?;
+        }
+        Ok(())
     }
 
-    /// While draining: `Some(reason)` once this side has nothing in flight and the peer
-    /// has been quiet for two round trips (its own batches acknowledged), or on timeout.
-    fn drain_done(&self, shared: &Shared, peer: &str, conn: &quinn::Connection) -> Option<String> {
-        let (since, at_start) = self.draining?;
-        let in_flight = self.window.in_flight();
-        let quiet = (conn.rtt() * 2).max(Duration::from_millis(200));
-        if in_flight == 0 && self.acks.idle() && self.last_batch_rx.elapsed() >= quiet {
-            let elapsed = since.elapsed();
-            tracing::info!(cluster = %shared.me(), peer, acknowledged = at_start, ?elapsed, "link drained: {at_start} batches in flight were acknowledged; closed");
-            return Some("link removed from the topology: drained".into());
-        }
-        if since.elapsed() > shared.config.drain_timeout {
-            tracing::warn!(cluster = %shared.me(), peer, in_flight, "link drain timed out: {in_flight} batches unacknowledged (resent from the durable cursor if the link returns); closed");
-            return Some("link removed from the topology: drain timed out".into());
-        }
-        None
-    }
-
-    async fn on_frame(
-        &mut self,
-        shared: &Arc<Shared>,
-        peer: &str,
-        stats: &LinkStats,
-        send: &mut quinn::SendStream,
-        frame: Frame,
-    ) -> Result<(), String> {
-        match frame {
-            Frame::Interest(mut entries) => {
-                // The peer's `since` times are in its clock: read them in ours.
-                if let Some(offset) = self.peer_clock_offset {
-                    for e in &mut entries {
-                        e.since_ms = e.since_ms.map(|s| marks::since_in_local_clock(s, offset));
+    async fn perform(&mut self, action: Action) -> Result<(), LinkError> {
+        let (shared, peer, stats) = (&self.shared, self.peer.as_str(), &self.stats);
+        match action {
+            Action::Send(frame) => {
+                if let Frame::Refuse { .. } = frame {
+                    // Best effort: the link is refused either way.
+                    self.refused = write_frame(&mut self.send, stats, &frame).await.is_ok();
+                    return Ok(());
+                }
+                write_frame(&mut self.send, stats, &frame).await?;
+                match &frame {
+                    Frame::Batch(b) => {
+                        stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+                        stats
+                            .events_sent
+                            .fetch_add(b.events.len() as u64, Ordering::Relaxed);
+                    }
+                    Frame::Progress { .. } => {
+                        stats.progress_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+            Action::Store(batch) => {
+                let to_storer = self.to_storer.as_ref().ok_or(LinkError::StorerStopped)?;
+                // Waits only when the storer is a whole window behind (back-pressure).
+                to_storer
+                    .send(batch)
+                    .await
+                    .map_err(|_| LinkError::StorerStopped)?;
+            }
+            Action::CommitCursors(commits) => {
+                if let Some(cursors) = &self.cursors {
+                    cursors.send_modify(|m| {
+                        for c in &commits {
+                            m.insert((c.topic.clone(), c.partition), c.next);
+                        }
+                    });
+                }
+            }
+            Action::AnchorCursor(c) => {
+                let group = cursor_group(peer);
+                match shared
+                    .node
+                    .store
+                    .commit_offset(&group, &c.topic, c.partition, c.next)
+                    .await
+                {
+                    Ok(()) => shared.remember_cursor(&group, &c.topic, c.partition, c.next),
+                    Err(e) => {
+                        tracing::warn!(cluster = %shared.me(), peer, topic = %c.topic, partition = c.partition, "anchoring the link cursor failed: {e}");
                     }
                 }
-                let (compiled, bad) = PeerInterest::compile(entries.clone());
-                for b in bad {
-                    tracing::warn!(cluster = %shared.me(), peer, topic = %b.entry.topic, "ignoring an interest entry: {}", b.reason);
-                }
-                tracing::debug!(cluster = %shared.me(), peer, entries = entries.len(), "interest received");
-                lock(&shared.learned).insert(peer.to_string(), entries);
-                self.interest = compiled;
-                Ok(())
             }
-            Frame::Catalog(entries) => {
-                // Merged here, in frame order, so a topic the peer's next batches need is
-                // known before the storer sees them.
+            Action::LearnInterest(entries) => {
+                lock(&shared.learned).insert(peer.to_string(), entries);
+            }
+            Action::MergeCatalog(entries) => {
                 let local = lock(&shared.local_topics).clone();
                 let (actions, bad) = lock(&shared.catalog).merge(entries, &local);
                 for b in bad {
@@ -1503,348 +1628,161 @@ impl SessionState {
                 for a in actions {
                     let _ = shared.catalog_actions.send(a);
                 }
-                Ok(())
             }
-            Frame::Subscriptions(replicas) => {
+            Action::MergeReplicas(replicas) => {
                 let (events, changed) = lock(&shared.replicas).merge(replicas);
                 if !events.is_empty() || !changed.is_empty() {
                     let _ = shared.replica_events.send((events, changed));
                 }
-                Ok(())
             }
-            Frame::Clock { now_ms: peer_now } => {
-                let offset = peer_now as i64 - now_ms() as i64;
-                if offset.abs() > 2_000 {
-                    tracing::info!(cluster = %shared.me(), peer, offset_ms = offset, "the peer's clock differs from this one's (its `latest` subscriptions' start times are read accordingly)");
-                }
-                self.peer_clock_offset = Some(offset);
-                Ok(())
-            }
-            Frame::Marks(marks) => {
-                tracing::debug!(cluster = %shared.me(), peer, marks = marks.len(), "peer marks received");
-                self.peer_marks.update(marks);
-                Ok(())
-            }
-            Frame::Progress { seq, .. } => {
-                self.last_batch_rx = Instant::now();
-                match self.acks.on_progress(seq) {
-                    Some(ack) => write_frame(send, stats, &Frame::Ack { seq: ack })
-                        .await
-                        .map(|_| ()),
-                    None => Ok(()),
-                }
-            }
-            Frame::Batch(b) => {
-                self.last_batch_rx = Instant::now();
-                self.acks.on_batch(b.seq);
-                // Waits only when the storer is a whole window behind (back-pressure).
-                self.to_storer
-                    .send(b)
-                    .await
-                    .map_err(|_| "the storer stopped".to_string())
-            }
-            Frame::TraceQuery(q) => {
+            Action::AnswerTrace(q) => {
                 // Answered beside the session (it reads the store and may wait for
                 // relayed answers); the answer goes out through the control channel.
-                let (shared, control) = (shared.clone(), self.control.clone());
-                tokio::spawn(async move {
-                    let req = q.req;
-                    let clusters = answer_query(&shared, q).await;
-                    let _ = control
-                        .send(Frame::TraceReply(TraceReply { req, clusters }))
-                        .await;
-                });
-                Ok(())
+                if let Some(control) = self.control.clone() {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let req = q.req;
+                        let clusters = answer_query(&shared, q).await;
+                        let _ = control
+                            .send(Frame::TraceReply(TraceReply { req, clusters }))
+                            .await;
+                    });
+                }
             }
-            Frame::TraceReply(r) => {
+            Action::TraceAnswered(r) => {
                 if let Some(tx) = lock(&shared.trace_pending).remove(&r.req) {
                     let _ = tx.send(r);
                 }
-                Ok(())
             }
-            Frame::Ack { seq } => {
-                let commits = self.window.on_ack(seq).map_err(|e| e.to_string())?;
-                if !commits.is_empty() {
-                    self.cursors.send_modify(|m| {
-                        for c in &commits {
-                            m.insert((c.topic.clone(), c.partition), c.next);
-                        }
-                    });
+            Action::Connected { .. } => {
+                let n = stats.connections.fetch_add(1, Ordering::Relaxed);
+                if n > 0 {
+                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
-                for c in commits {
-                    self.durable.insert((c.topic, c.partition), c.next);
-                }
-                Ok(())
+                stats.set_state(LinkState::Connected, None);
+                lock(&shared.down).remove(peer);
+                tracing::info!(cluster = %shared.me(), peer, "link connected");
             }
-            other => Err(format!(
-                "unexpected {} frame after the handshake",
-                frame_name(&other)
-            )),
-        }
-    }
-
-    async fn durable(
-        &mut self,
-        shared: &Shared,
-        peer: &str,
-        topic: &str,
-        p: u32,
-    ) -> Result<u64, String> {
-        if let Some(d) = self.durable.get(&(topic.to_string(), p)) {
-            return Ok(*d);
-        }
-        let store = &shared.node.store;
-        let group = cursor_group(peer);
-        let b = store.bounds(topic, p).await.map_err(|e| e.to_string())?;
-        let cursor = shared
-            .durable_cursor(&group, topic, p, b.end)
-            .await
-            .map_err(|e| e.to_string())?;
-        let wire = topic.strip_prefix(RELAY_PREFIX).unwrap_or(topic);
-        let since = marks::since_for(self.interest.entries(), wire);
-        let d = match marks::start_position(cursor, (b.start, b.end), since) {
-            Start::At(o) => o,
-            Start::Since(ms) => store
-                .offset_at_time(topic, p, ms)
-                .await
-                .map_err(|e| e.to_string())?,
-        };
-        if cursor != Some(d) {
-            // Anchor (or move) the cursor: retention holds committed cursors even before
-            // the peer's interest is known again after a restart.
-            match store.commit_offset(&group, topic, p, d).await {
-                Ok(()) => shared.remember_cursor(&group, topic, p, d),
-                Err(e) => {
-                    tracing::warn!(cluster = %shared.me(), peer, topic, partition = p, "anchoring the link cursor failed: {e}");
+            Action::Close(end) => {
+                if self.refused {
+                    // Let the peer read the refusal before the connection closes.
+                    let _ = self.send.finish();
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(500), self.send.stopped()).await;
                 }
-            }
-        }
-        self.durable.insert((topic.to_string(), p), d);
-        Ok(d)
-    }
-
-    async fn pump(
-        &mut self,
-        shared: &Arc<Shared>,
-        peer: &str,
-        stats: &LinkStats,
-        send: &mut quinn::SendStream,
-        watchers: &mut Watchers,
-    ) -> Result<(), String> {
-        if !self.window.can_send() || self.draining.is_some() || lock(&shared.paused).contains(peer)
-        {
-            return Ok(());
-        }
-        let topo = shared.topology();
-        let me = shared.me().to_string();
-        let topics: Vec<String> = self.interest.topics().cloned().collect();
-        // Each wanted topic is read from its own store topic and from the relay topic where
-        // this cluster keeps events it may only pass on (see `relay_topic`).
-        for wire in topics {
-            for topic in [wire.clone(), relay_topic(&wire)] {
-                let Ok(Some(cfg)) = shared.node.store.topic(&topic).await else {
-                    continue;
-                };
-                for p in 0..cfg.partitions {
-                    watchers.ensure(&shared.node.store, &topic, p);
-                    while self.window.can_send() {
-                        let durable = self.durable(shared, peer, &topic, p).await?;
-                        let pos = self.window.position(&topic, p, durable);
-                        let store = &shared.node.store;
-                        let end = store
-                            .bounds(&topic, p)
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .end;
-                        if pos >= end {
-                            break;
-                        }
-                        let records = store
-                            .read(&topic, p, pos, shared.config.batch_max)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        let Some(last) = records.last() else { break };
-                        let next = last.offset + 1;
-                        let mut events = Vec::new();
-                        let log = &shared.node.trace;
-                        let traced = log
-                            .enabled()
-                            .then(|| (&**log, log.intern(peer), log.intern(&wire)));
-                        for r in &records {
-                            let own_end = (topic == wire).then_some(end);
-                            let Some(payload) = self.outgoing(
-                                &wire,
-                                &topo,
-                                &me,
-                                peer,
-                                &r.payload,
-                                r.offset,
-                                p,
-                                own_end,
-                                traced.as_ref(),
-                            ) else {
-                                continue;
-                            };
-                            events.push(WireEvent {
-                                offset: r.offset,
-                                timestamp_ms: r.timestamp_ms,
-                                payload,
-                            });
-                        }
-                        if events.is_empty() {
-                            // Nothing for the peer: no frame now, a progress mark later.
-                            self.window.skipped(&topic, p, next);
-                            self.marks.skipped(&topic, &wire, p, next, Instant::now());
-                            continue;
-                        }
-                        self.marks.covered(&topic, p);
-                        let seq = self.window.sent(&topic, p, next);
-                        let count = events.len() as u64;
-                        write_frame(
-                            send,
-                            stats,
-                            &Frame::Batch(Batch {
-                                seq,
-                                topic: wire.clone(),
-                                partition: p,
-                                partitions: cfg.partitions,
-                                next,
-                                events,
-                            }),
-                        )
-                        .await?;
-                        stats.batches_sent.fetch_add(1, Ordering::Relaxed);
-                        stats.events_sent.fetch_add(count, Ordering::Relaxed);
-                    }
-                }
-            }
-        }
-        if self.window.can_send() {
-            if let Some(due) = self.marks.due(Instant::now()) {
-                let seq = self.window.sent_marks(&due.commits);
-                write_frame(
-                    send,
-                    stats,
-                    &Frame::Progress {
-                        seq,
-                        marks: due.marks,
-                    },
-                )
-                .await?;
-                stats.progress_sent.fetch_add(1, Ordering::Relaxed);
+                return Err(end.into());
             }
         }
         Ok(())
     }
 
-    /// The wire payload of a stored record for `peer`, or `None` when the peer must not
-    /// get it (already on its path, it holds it already by its marks, or no interest wants
-    /// it). `own_end` is the partition's end when the record is in the topic itself (not
-    /// the relay topic): a record there without an origin is this cluster's own event, at
-    /// origin position (partition, offset). Works on the stored bytes
-    /// ([`RawEvent`]): the event is decoded only when an interest filter has to look at
-    /// it, and origin/path are spliced in, not re-serialized.
-    #[allow(clippy::too_many_arguments)]
-    fn outgoing(
-        &self,
-        wire: &str,
-        topo: &Topology,
-        me: &str,
-        peer: &str,
-        stored: &[u8],
-        offset: u64,
-        partition: u32,
-        own_end: Option<u64>,
-        trace: Option<&(&TraceLog, Arc<str>, Arc<str>)>,
-    ) -> Option<Vec<u8>> {
-        let raw = match RawEvent::parse(stored) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(cluster = %me, topic = %wire, partition, offset, "skipping an undecodable stored event: {e}");
-                return None;
-            }
-        };
-        let path = event_path(&raw, me);
-        if path.contains(&peer) {
-            return None;
-        }
-        let own = OriginPos { partition, offset };
-        let held = match raw.extension(ORIGIN_EXT) {
-            Some(origin) => raw
-                .extension(POS_EXT)
-                .and_then(OriginPos::parse)
-                .is_some_and(|pos| self.peer_marks.holds(origin, wire, pos, None)),
-            None => own_end.is_some_and(|end| self.peer_marks.holds(me, wire, own, Some(end))),
-        };
-        if held {
-            return None;
-        }
-        let mut decoded: Option<Option<cloudevents::Event>> = None;
-        let wanted = self.interest.wants_with(
-            wire,
-            &path,
-            |t, d| topo.may_receive(t, d),
-            |f| {
-                decoded
-                    .get_or_insert_with(|| decode_event(stored).ok())
-                    .as_ref()
-                    .is_some_and(|ev| f.matches(ev))
-            },
-        );
-        if !wanted {
-            return None;
-        }
-        let mut set = outgoing_stamps(&raw, me);
-        // Leaving its origin: its origin position goes with it (formatted only then: a
-        // relayed event, most of a busy relay's traffic, already carries it).
-        let leaving = raw.extension(ORIGIN_EXT).is_none() && raw.extension(POS_EXT).is_none();
-        let pos = if leaving {
-            own.to_string()
-        } else {
-            String::new()
-        };
-        if leaving {
-            set.push((POS_EXT, &pos));
-        }
-        if let Some((log, peer, topic)) = trace {
-            log.record(
-                raw.source(),
-                raw.id(),
-                Step::Forwarded {
-                    peer: peer.clone(),
-                    topic: topic.clone(),
-                },
-            );
-        }
-        tracing::trace!(cluster = %me, peer, topic = %wire, source = raw.source(), id = raw.id(), traceparent = raw.extension("traceparent"), "forwarded");
-        Some(if set.is_empty() {
-            stored.to_vec()
-        } else {
-            raw.with_extensions(&set)
-        })
+    fn start_drain(&mut self) {
+        self.m.start_drain(Instant::now());
+        self.stats.set_state(LinkState::Draining, None);
     }
 
-    async fn announce(
-        &mut self,
-        shared: &Arc<Shared>,
-        peer: &str,
-        stats: &LinkStats,
-        send: &mut quinn::SendStream,
-    ) -> Result<(), String> {
-        // The catalog first (all of it on a new connection, then what changed): topics
-        // are known on the other side before events or interest need them; then the
-        // subscription replicas.
-        let catalog = changes(&*lock(&shared.catalog), self.catalog_sent);
-        send_changes(send, stats, catalog, &mut self.catalog_sent, Frame::Catalog).await?;
-        let replicas = changes(&*lock(&shared.replicas), self.replicas_sent);
-        send_changes(
-            send,
-            stats,
-            replicas,
-            &mut self.replicas_sent,
-            Frame::Subscriptions,
-        )
-        .await?;
+    /// Reads the store partitions the peer wants where the machine says, and feeds it the
+    /// records (it sends batches, or leaves progress marks), until the window is full or
+    /// everything is sent.
+    async fn pump(&mut self, watchers: &mut Watchers) -> Result<(), LinkError> {
+        let shared = self.shared.clone();
+        let paused = lock(&shared.paused).contains(&self.peer);
+        self.m.set_paused(paused);
+        if !self.m.may_send() {
+            return Ok(());
+        }
+        let store = &shared.node.store;
+        let topo = shared.topology();
+        let may_receive = |t: &str, d: &str| topo.may_receive(t, d);
+        let log = &shared.node.trace;
+        for (topic, wire) in self.m.wanted() {
+            let Ok(Some(cfg)) = store.topic(&topic).await else {
+                continue;
+            };
+            let names = log
+                .enabled()
+                .then(|| (log.intern(&self.peer), log.intern(&wire)));
+            let forwarded = |raw: &RawEvent<'_>| {
+                if let Some((peer, topic)) = &names {
+                    let step = Step::Forwarded {
+                        peer: peer.clone(),
+                        topic: topic.clone(),
+                    };
+                    log.record(raw.source(), raw.id(), step);
+                }
+            };
+            let out = Outgoing {
+                may_receive: &may_receive,
+                forwarded: names
+                    .is_some()
+                    .then_some(&forwarded as &(dyn Fn(&RawEvent<'_>) + Sync)),
+            };
+            for p in 0..cfg.partitions {
+                watchers.ensure(store, &topic, p);
+                loop {
+                    let pos = match self.m.read_at(&topic, p) {
+                        ReadAt::Blocked => break,
+                        ReadAt::NeedStart => {
+                            self.resolve_start(&topic, &wire, p).await?;
+                            self.flush().await?;
+                            continue;
+                        }
+                        ReadAt::At(pos) => pos,
+                    };
+                    let end = store.bounds(&topic, p).await?.end;
+                    if pos >= end {
+                        break;
+                    }
+                    let records = store.read(&topic, p, pos, shared.config.batch_max).await?;
+                    let more = self.m.on_records(
+                        Instant::now(),
+                        &topic,
+                        &wire,
+                        p,
+                        cfg.partitions,
+                        end,
+                        &records,
+                        &out,
+                    );
+                    self.flush().await?;
+                    if !more {
+                        break;
+                    }
+                }
+            }
+        }
+        self.m.flush_progress(Instant::now());
+        self.flush().await
+    }
+
+    /// Reads where the link starts in (store topic, partition) and tells the machine.
+    async fn resolve_start(&mut self, topic: &str, wire: &str, p: u32) -> Result<(), LinkError> {
+        let store = &self.shared.node.store;
+        let group = cursor_group(&self.peer);
+        let b = store.bounds(topic, p).await?;
+        let cursor = self.shared.durable_cursor(&group, topic, p, b.end).await?;
+        let start = match self.m.start_for(wire, cursor, (b.start, b.end)) {
+            Start::At(o) => o,
+            Start::Since(ms) => store.offset_at_time(topic, p, ms).await?,
+        };
+        self.m.set_start(topic, p, start, cursor);
+        Ok(())
+    }
+
+    /// Offers the machine what this cluster announces: the catalog first (all of it on a
+    /// new connection, then what changed), so topics are known on the other side before
+    /// events or interest need them; then the subscription replicas; then the interest.
+    fn announce(&mut self) {
+        let shared = self.shared.clone();
+        let peer = self.peer.as_str();
+        let (gen, changed) = changes(&*lock(&shared.catalog), self.m.catalog_sent());
+        if let Some(changed) = changed {
+            self.m.announce_catalog(gen, changed, CATALOG_CHUNK);
+        }
+        let (gen, changed) = changes(&*lock(&shared.replicas), self.m.replicas_sent());
+        if let Some(changed) = changed {
+            self.m.announce_replicas(gen, changed, CATALOG_CHUNK);
+        }
         let local = shared.local_interest();
         let topo = shared.topology();
         let down = lock(&shared.down).clone();
@@ -1856,31 +1794,8 @@ impl SessionState {
             // interest (events wait in this cluster's store instead of being skipped).
             routes.relays(n, d) || (routes.path(d).is_none() && all_up.relays(n, d))
         });
-        if self.announced.as_ref() != Some(&set) {
-            // First what this cluster holds of the topics it starts to want (all of them
-            // on a new connection), so the peer sends only what is missing here.
-            let before: HashSet<&str> = self
-                .announced
-                .iter()
-                .flatten()
-                .map(|e| e.topic.as_str())
-                .collect();
-            let new_topics: HashSet<&str> = set
-                .iter()
-                .map(|e| e.topic.as_str())
-                .filter(|t| !before.contains(t))
-                .collect();
-            if !new_topics.is_empty() {
-                let marks: Vec<Mark> = lock(&shared.marks).for_topics(new_topics);
-                if !marks.is_empty() {
-                    write_frame(send, stats, &Frame::Marks(marks)).await?;
-                }
-            }
-            write_frame(send, stats, &Frame::Interest(set.clone())).await?;
-            tracing::debug!(cluster = %shared.me(), peer, entries = set.len(), "interest announced");
-            self.announced = Some(set);
-        }
-        Ok(())
+        self.m
+            .announce_interest(set, |topics| lock(&shared.marks).for_topics(topics));
     }
 }
 
@@ -1977,14 +1892,6 @@ async fn answer_query(shared: &Arc<Shared>, q: TraceQuery) -> Vec<TraceClusterRe
     out
 }
 
-/// The internal topic where a relay cluster keeps the events of `topic` that the
-/// replication policy does not allow it to receive (`__relay.TOPIC`).
-pub fn relay_topic(topic: &str) -> String {
-    format!("{RELAY_PREFIX}{topic}")
-}
-
-const RELAY_PREFIX: &str = "__relay.";
-
 /// Rebuilds the duplicate window from the store: the newest replicated events (those
 /// whose origin is another cluster) of every partition, at most `capacity` per partition,
 /// newest `capacity` overall. The window is thereby exactly as durable as the events it
@@ -2065,23 +1972,6 @@ impl Gossiped for Replicas {
 fn changes<G: Gossiped>(set: &G, sent: u64) -> (u64, Option<Vec<G::Entry>>) {
     let gen = set.generation();
     (gen, (gen > sent).then(|| set.changed_since(sent)))
-}
-
-/// Sends [`changes`] in frames of at most [`CATALOG_CHUNK`] entries and notes them sent.
-async fn send_changes<T: Clone>(
-    send: &mut quinn::SendStream,
-    stats: &LinkStats,
-    (gen, changed): (u64, Option<Vec<T>>),
-    sent: &mut u64,
-    frame: fn(Vec<T>) -> Frame,
-) -> Result<(), String> {
-    if let Some(changed) = changed {
-        for chunk in changed.chunks(CATALOG_CHUNK) {
-            write_frame(send, stats, &frame(chunk.to_vec())).await?;
-        }
-        *sent = gen;
-    }
-    Ok(())
 }
 
 /// Reads the persisted catalog.
@@ -2763,7 +2653,7 @@ async fn storer(
     stats: Arc<LinkStats>,
     gate: Arc<tokio::sync::Mutex<()>>,
     mut batches: mpsc::Receiver<Batch>,
-    acks: mpsc::Sender<Result<u64, String>>,
+    acks: mpsc::Sender<Result<u64, StoreRoundError>>,
 ) {
     let _gate = gate.lock_owned().await;
     // Two stages: this one checks and stamps round N+1 while the next one waits for the
@@ -2865,92 +2755,71 @@ const STORE_ROUND_MAX: usize = 256;
 
 /// A prepared round for the storer's second stage: the seq to acknowledge once it is
 /// stored (`None` for a part flushed early), and the round (or why it failed).
-type Ready = (Option<u64>, Result<Vec<Pending>, String>);
+type Ready = (Option<u64>, Result<Vec<Pending>, StoreRoundError>);
 
-/// A received event ready to append.
-struct Received {
-    /// Its partition key.
-    key: Option<String>,
-    /// Its origin and position there (absent for events of older peers).
-    origin: Option<(String, OriginPos)>,
-    payload: Vec<u8>,
-    /// (source, id) when tracing is on: its `stored` record is made once appended.
-    traced: Option<(String, String)>,
-}
-
-/// Received events of one topic, ready to append.
-struct Pending {
-    topic: String,
-    partitions: u32,
-    /// In arrival order.
-    records: Vec<Received>,
-    keys: Vec<DedupKey>,
-}
-
-/// Makes a round of batches ready to append: duplicate check (the keys are reserved in
-/// the duplicate window for `owner`), path stamp, grouped by topic in arrival order.
-///
-/// An event another link's storer has reserved but not stored yet (a reroute: the same
-/// events arrive over two links) must be stored before anything that follows it here, or
-/// a later event could overtake it in the log. So at such an event what was prepared so
-/// far goes to `flush` (stored without an ack), and this waits until the other storer
-/// stored the event (then it is a duplicate here) or gave it up (then it is taken here).
-/// No storer waits while holding an unresolved reservation, so two storers cannot wait
-/// for each other.
+/// Makes a round of batches ready to append ([`Round`]: duplicate check with the keys
+/// reserved in the duplicate window for `owner`, path stamp, grouped by topic in arrival
+/// order). At an event another link's storer holds, what was prepared so far goes to
+/// `flush` (stored without an ack) and this waits until that key is stored or released
+/// (see [`crate::intake`]).
 async fn prepare_round(
     shared: &Arc<Shared>,
     stats: &LinkStats,
-    round: Vec<Batch>,
+    batches: Vec<Batch>,
     owner: u64,
     flush: &mpsc::Sender<Ready>,
-) -> Result<Vec<Pending>, String> {
+) -> Result<Vec<Pending>, StoreRoundError> {
     let me = shared.me();
-    let mut pending: Vec<Pending> = Vec::new();
+    let log = &shared.node.trace;
+    let mut round = Round::new(me, owner);
     let mut failure = None;
-    'batches: for b in round {
+    'batches: for b in batches {
         for we in b.events {
             stats.events_received.fetch_add(1, Ordering::Relaxed);
             let raw = match RawEvent::parse(&we.payload) {
                 Ok(r) => r,
-                Err(e) => {
-                    failure = Some(format!(
-                        "peer sent an undecodable event at offset {}: {e}",
-                        we.offset
-                    ));
+                Err(source) => {
+                    failure = Some(StoreRoundError::Undecodable {
+                        offset: we.offset,
+                        source,
+                    });
                     break 'batches;
                 }
             };
-            let key = DedupWindow::key(&raw);
-            // Reserve at check time: two links delivering one event concurrently must not
-            // both store it.
-            // Some(fresh) once decided; None while another link holds the key.
-            let reserve = || match lock(&shared.dedup).reserve_for(&key, owner) {
-                Reservation::Fresh => Some(true),
-                Reservation::Duplicate => Some(false),
-                Reservation::HeldElsewhere => None,
+            let traced = log.enabled();
+            let admit = |round: &mut Round| {
+                let mut dedup = lock(&shared.dedup);
+                round.admit(
+                    &mut dedup,
+                    &b.topic,
+                    b.partitions,
+                    &raw,
+                    &we.payload,
+                    traced,
+                )
             };
             let fresh = loop {
                 // Fast path: no waiter registered unless the key is held by another link.
-                if let Some(fresh) = reserve() {
-                    break fresh;
+                match admit(&mut round) {
+                    Admit::Fresh => break true,
+                    Admit::Duplicate => break false,
+                    Admit::HeldElsewhere => {}
                 }
                 let resolved = shared.dedup_resolved.notified();
                 tokio::pin!(resolved);
                 resolved.as_mut().enable();
-                if let Some(fresh) = reserve() {
-                    break fresh;
+                match admit(&mut round) {
+                    Admit::Fresh => break true,
+                    Admit::Duplicate => break false,
+                    Admit::HeldElsewhere => {}
                 }
-                if pending.iter().any(|g| !g.records.is_empty()) {
-                    let part = std::mem::take(&mut pending);
-                    if flush.send((None, Ok(part))).await.is_err() {
-                        return Err("the storer stopped".into());
-                    }
+                if round.has_records() && flush.send((None, Ok(round.take()))).await.is_err() {
+                    return Err(StoreRoundError::Stopped);
                 }
                 // Woken by any commit or release; the timeout only bounds a missed wake.
                 let _ = tokio::time::timeout(Duration::from_millis(100), resolved).await;
             };
-            let log = &shared.node.trace;
-            if log.enabled() {
+            if traced {
                 let (peer, topic) = (log.intern(&stats.peer), log.intern(&b.topic));
                 let step = if fresh {
                     let origin = raw.extension(ORIGIN_EXT).unwrap_or(&stats.peer);
@@ -2979,40 +2848,10 @@ async fn prepare_round(
                         "received event dropped as a duplicate: its (source, id) is stored here already"
                     );
                 }
-                continue;
             }
-            let payload = match &received_path(&raw, me) {
-                Some(p) => raw.with_extensions(&[(PATH_EXT, p)]),
-                None => we.payload.clone(),
-            };
-            let i = match pending.iter().position(|g| g.topic == b.topic) {
-                Some(i) => i,
-                None => {
-                    pending.push(Pending {
-                        topic: b.topic.clone(),
-                        partitions: b.partitions,
-                        records: Vec::new(),
-                        keys: Vec::new(),
-                    });
-                    pending.len() - 1
-                }
-            };
-            let origin = raw.extension(ORIGIN_EXT).and_then(|o| {
-                let pos = raw.extension(POS_EXT).and_then(OriginPos::parse)?;
-                Some((o.to_string(), pos))
-            });
-            let g = &mut pending[i];
-            g.records.push(Received {
-                key: raw.partition_key().map(str::to_string),
-                origin,
-                payload,
-                traced: log
-                    .enabled()
-                    .then(|| (raw.source().to_string(), raw.id().to_string())),
-            });
-            g.keys.push(key);
         }
     }
+    let pending = round.take();
     if let Some(e) = failure {
         release_round(shared, &pending);
         return Err(e);
@@ -3022,18 +2861,17 @@ async fn prepare_round(
 
 /// Forgets the reservations of a round that will not be stored.
 fn release_round(shared: &Shared, round: &[Pending]) {
-    {
-        let mut d = lock(&shared.dedup);
-        for g in round {
-            d.release(&g.keys);
-        }
-    }
+    Round::release(&mut lock(&shared.dedup), round);
     shared.dedup_resolved.notify_waiters();
 }
 
 /// Appends a prepared round, one append per topic, and remembers the stored events' keys
 /// in the duplicate window (or releases them).
-async fn store_round(shared: &Arc<Shared>, peer: &str, round: Vec<Pending>) -> Result<(), String> {
+async fn store_round(
+    shared: &Arc<Shared>,
+    peer: &str,
+    round: Vec<Pending>,
+) -> Result<(), StoreRoundError> {
     let mut first_error = None;
     for g in round {
         if g.records.is_empty() {
@@ -3062,7 +2900,7 @@ async fn store_received(
     topic: &str,
     topic_partitions: u32,
     records: Vec<Received>,
-) -> Result<(), String> {
+) -> Result<(), StoreRoundError> {
     let me = shared.me();
     let node = &shared.node;
     // A cluster the replication policy does not allow to receive the topic only relays:
@@ -3079,16 +2917,21 @@ async fn store_received(
                 partitions: topic_partitions.max(1),
                 ..TopicConfig::default()
             };
-            node.create_topic(&store_topic, cfg).await.map_err(|e| {
-                format!(
-                    "creating topic {:?} for replicated events: {e}",
-                    store_topic
-                )
-            })?;
+            node.create_topic(&store_topic, cfg)
+                .await
+                .map_err(|source| StoreRoundError::CreateTopic {
+                    topic: store_topic.clone(),
+                    source,
+                })?;
             tracing::info!(cluster = %me, peer, topic = %store_topic, "created topic for replicated events");
             topic_partitions.max(1)
         }
-        Err(e) => return Err(format!("topic {:?}: {e}", store_topic)),
+        Err(source) => {
+            return Err(StoreRoundError::Topic {
+                topic: store_topic,
+                source,
+            })
+        }
     };
     let ts = now_ms();
     // Each origin partition goes to the same partition here (when the topic has it), so
@@ -3122,7 +2965,7 @@ async fn store_received(
         .store
         .append_visible_early(&store_topic, records)
         .await
-        .map_err(|e| format!("appending replicated events: {e}"))?;
+        .map_err(StoreRoundError::Append)?;
     if !traced.is_empty() {
         let topic = node.trace.intern(&store_topic);
         for (key, a) in traced.into_iter().zip(&appended) {

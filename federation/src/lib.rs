@@ -9,6 +9,10 @@
 //! # Layout
 //! - [`catalog`]: the mesh's topic catalog: lives, merge, conflicts. Sans-IO.
 //! - [`link`]: handshake checks, event path (loop prevention), duplicate window. Sans-IO.
+//! - [`session`]: one connection of a link as a state machine: handshake, sending window,
+//!   acks, progress marks, announcements, drain. Frames, store results and time in;
+//!   actions out. Sans-IO.
+//! - [`intake`]: the receiver's storing round: duplicates, path stamp, order. Sans-IO.
 //! - [`interest`]: compiling a peer's interest, building announcements. Sans-IO.
 //! - [`cursor`]: the send window and durable cursors of a link. Sans-IO.
 //! - [`marks`]: positions in origin terms: receiver marks, where a link starts. Sans-IO.
@@ -17,7 +21,8 @@
 //! - [`progress`]: progress marks instead of empty batches; the receiver's ack. Sans-IO.
 //! - [`stats`]: per-link counters, the lag meter, their JSON snapshot.
 //! - [`trace`]: trace questions across the mesh: who is asked, timeouts, answers. Sans-IO.
-//! - [`bridge`]: the tokio/quinn shell that runs all of the above.
+//! - [`bridge`]: the tokio/quinn shell that runs all of the above (it drives a
+//!   [`session::LinkSession`] per connection and performs its actions).
 //!
 //! The frames themselves live in `meshd_core::wire`.
 #![forbid(unsafe_code)]
@@ -25,12 +30,14 @@
 pub mod bridge;
 pub mod catalog;
 pub mod cursor;
+pub mod intake;
 pub mod interest;
 pub mod link;
 pub mod marks;
 pub mod progress;
 pub mod replicas;
 pub mod routing;
+pub mod session;
 pub mod stats;
 pub mod trace;
 

@@ -11,6 +11,15 @@ use std::collections::HashSet;
 
 use meshd_topology::{ClusterName, RoutingTable, Topology};
 
+/// The prefix of relay topics (see [`relay_topic`]).
+pub const RELAY_PREFIX: &str = "__relay.";
+
+/// The internal topic where a relay cluster keeps the events of `topic` that the
+/// replication policy does not allow it to receive (`__relay.TOPIC`).
+pub fn relay_topic(topic: &str) -> String {
+    format!("{RELAY_PREFIX}{topic}")
+}
+
 /// The routing view of one cluster.
 #[derive(Debug, Clone)]
 pub struct Routes {
