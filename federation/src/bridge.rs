@@ -568,7 +568,11 @@ impl Bridge {
     /// Stops (`pause`) or restarts sending replication batches to `peer`; the link stays
     /// connected and acknowledgements still flow, so nothing is lost, only delayed.
     /// Answers whether the state changed; `Err` when the topology has no link to `peer`.
-    pub fn set_link_paused(&self, peer: &str, pause: bool) -> Result<bool, String> {
+    pub fn set_link_paused(
+        &self,
+        peer: &str,
+        pause: bool,
+    ) -> Result<bool, meshd_node::server::NoSuchLink> {
         self.shared.set_paused(peer, pause)
     }
 
@@ -705,9 +709,12 @@ impl Shared {
         &self.config.cluster
     }
 
-    fn set_paused(&self, peer: &str, pause: bool) -> Result<bool, String> {
+    fn set_paused(&self, peer: &str, pause: bool) -> Result<bool, meshd_node::server::NoSuchLink> {
         if !lock(&self.links).contains_key(peer) {
-            return Err(format!("no link from {} to {peer:?}", self.me()));
+            return Err(meshd_node::server::NoSuchLink {
+                from: self.me().to_string(),
+                peer: peer.to_string(),
+            });
         }
         let mut paused = lock(&self.paused);
         let changed = if pause {

@@ -1172,7 +1172,9 @@ async fn mesh_link_admin(
             "no_mesh",
             "this node runs no federation bridge (start it with --topology and --certs-dir)",
         )),
-        Some(Err(e)) => Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_link", e).field("peer")),
+        Some(Err(e)) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_link", e.to_string()).field("peer"))
+        }
         Some(Ok(changed)) => Ok(Json(meshd_core::api::LinkAdminAnswer {
             peer,
             paused: pause,

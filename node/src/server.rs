@@ -409,7 +409,17 @@ pub type PromiseFn = Arc<dyn Fn(&str) -> meshd_core::api::PromiseAnswer + Send +
 /// Pauses (`true`) or resumes (`false`) replication to a peer cluster, for the admin
 /// endpoints `POST /v1/mesh/links/{peer}/pause|resume` (drills). Answers whether the state
 /// changed; `Err` when there is no link to that peer.
-pub type MeshLinkAdminFn = Arc<dyn Fn(&str, bool) -> Result<bool, String> + Send + Sync>;
+pub type MeshLinkAdminFn = Arc<dyn Fn(&str, bool) -> Result<bool, NoSuchLink> + Send + Sync>;
+
+/// A link admin request named a peer this cluster has no link to.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("no link from {from} to {peer:?}")]
+pub struct NoSuchLink {
+    /// This cluster.
+    pub from: String,
+    /// The peer named.
+    pub peer: String,
+}
 
 /// The federation bridge's takeover of a subscription from another cluster, for
 /// `POST /v1/mesh/failover`.
@@ -719,7 +729,7 @@ impl Node {
     }
 
     /// Pauses or resumes replication to `peer`; `None` when no bridge is attached.
-    pub fn mesh_link_admin(&self, peer: &str, pause: bool) -> Option<Result<bool, String>> {
+    pub fn mesh_link_admin(&self, peer: &str, pause: bool) -> Option<Result<bool, NoSuchLink>> {
         self.mesh_link_admin.get().map(|f| f(peer, pause))
     }
 
