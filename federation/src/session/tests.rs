@@ -116,6 +116,20 @@ struct Sim {
 }
 
 impl Sim {
+    /// The receiver's marks hold `origin`'s events `offsets` (partition 0 of [`T`]).
+    fn receiver_holds(&mut self, origin: &str, offsets: std::ops::Range<u64>) {
+        for offset in offsets {
+            self.marks.observe(
+                origin,
+                T,
+                OriginPos {
+                    partition: 0,
+                    offset,
+                },
+            );
+        }
+    }
+
     /// `n` events of `origin` stored at `src`.
     fn new(src: &str, dst: &str, origin: &str, n: u64) -> Sim {
         let log = (0..n)
@@ -465,16 +479,7 @@ fn a_link_resumes_from_the_receivers_marks_without_replaying_history() {
     // The receiver (restarted, or fed over another path) holds a's events 0..60 by its
     // marks; the link has no cursor and the interest asks for the retained history.
     let mut sim = Sim::new("a", "b", "a", 100);
-    for i in 0..60 {
-        sim.marks.observe(
-            "a",
-            T,
-            OriginPos {
-                partition: 0,
-                offset: i,
-            },
-        );
-    }
+    sim.receiver_holds("a", 0..60);
     sim.connect(None);
     assert_eq!(sim.offsets_since(0), (60..100).collect::<Vec<_>>());
     assert_eq!(sim.stored, ids("a", 60..100));
@@ -488,16 +493,7 @@ fn a_reroute_sends_only_what_the_receiver_lacks() {
     // a's events 0..100 as relayed events) becomes c's path to a. The new b→c link
     // starts with no cursor and sends only 70..100.
     let mut sim = Sim::new("b", "c", "a", 100);
-    for i in 0..70 {
-        sim.marks.observe(
-            "a",
-            T,
-            OriginPos {
-                partition: 0,
-                offset: i,
-            },
-        );
-    }
+    sim.receiver_holds("a", 0..70);
     sim.connect(None);
     assert_eq!(sim.offsets_since(0), (70..100).collect::<Vec<_>>());
     assert_eq!(sim.stored, ids("a", 70..100));
