@@ -733,7 +733,6 @@ enum SubAction {
 
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("sink").args(["webhook", "pull"])))]
-#[command(group(clap::ArgGroup::new("which").args(["pattern", "cesql", "filter"])))]
 struct CreateArgs {
     /// Name (unique in the cluster).
     name: String,
@@ -754,16 +753,8 @@ struct CreateArgs {
     /// (e.g. 30s).
     #[arg(long, value_parser = crate::positive_duration_arg, conflicts_with = "webhook")]
     ack_deadline: Option<Duration>,
-    /// An EventBridge-style event pattern: JSON, or a file holding it.
-    #[arg(long, value_name = "FILE|JSON")]
-    pattern: Option<String>,
-    /// A CloudEvents SQL expression, e.g. "type = 'order.created' AND data.total > 10".
-    #[arg(long, value_name = "EXPR")]
-    cesql: Option<String>,
-    /// A filter in any dialect of the API, as JSON (e.g. '{"prefix":{"type":"order."}}'),
-    /// or a file holding it.
-    #[arg(long, value_name = "FILE|JSON")]
-    filter: Option<String>,
+    #[command(flatten)]
+    filter: FilterArgs,
     /// What the sink receives, as JSON (see docs/transforms.md), or a file holding it.
     #[arg(long, value_name = "FILE|JSON")]
     transform: Option<String>,
@@ -812,27 +803,42 @@ enum Mode {
     Broadcasting,
 }
 
-/// JSON given inline, or the path of a file holding it.
-/// The filter of `--pattern`, `--cesql` or `--filter` (at most one is given).
-fn filter_args(
-    pattern: &Option<String>,
-    cesql: &Option<String>,
-    filter: &Option<String>,
-) -> anyhow::Result<Option<FilterSpec>> {
-    Ok(if let Some(p) = pattern {
-        Some(FilterSpec::Pattern(json_or_file("--pattern", p)?))
-    } else if let Some(c) = cesql {
-        Some(FilterSpec::Cesql(c.clone()))
-    } else if let Some(f) = filter {
-        Some(
-            serde_json::from_value(json_or_file("--filter", f)?)
-                .map_err(|e| usage(format!("--filter is not a filter: {e}")))?,
-        )
-    } else {
-        None
-    })
+/// `--pattern`, `--cesql` or `--filter`: a subscription's or a replay's filter (at most
+/// one).
+#[derive(clap::Args)]
+#[group(id = "which", multiple = false)]
+struct FilterArgs {
+    /// An EventBridge-style event pattern: JSON, or a file holding it.
+    #[arg(long, value_name = "FILE|JSON")]
+    pattern: Option<String>,
+    /// A CloudEvents SQL expression, e.g. "type = 'order.created' AND data.total > 10".
+    #[arg(long, value_name = "EXPR")]
+    cesql: Option<String>,
+    /// A filter in any dialect of the API, as JSON (e.g. '{"prefix":{"type":"order."}}'),
+    /// or a file holding it.
+    #[arg(long, value_name = "FILE|JSON")]
+    filter: Option<String>,
 }
 
+impl FilterArgs {
+    /// The filter given, if any.
+    fn spec(&self) -> anyhow::Result<Option<FilterSpec>> {
+        Ok(if let Some(p) = &self.pattern {
+            Some(FilterSpec::Pattern(json_or_file("--pattern", p)?))
+        } else if let Some(c) = &self.cesql {
+            Some(FilterSpec::Cesql(c.clone()))
+        } else if let Some(f) = &self.filter {
+            Some(
+                serde_json::from_value(json_or_file("--filter", f)?)
+                    .map_err(|e| usage(format!("--filter is not a filter: {e}")))?,
+            )
+        } else {
+            None
+        })
+    }
+}
+
+/// JSON given inline, or the path of a file holding it.
 pub(crate) fn json_or_file(flag: &str, s: &str) -> anyhow::Result<Value> {
     let t = s.trim_start();
     if t.starts_with('{') || t.starts_with('[') {
@@ -867,7 +873,7 @@ impl CreateArgs {
             }
             Sink::Webhook(w)
         };
-        let filter = filter_args(&self.pattern, &self.cesql, &self.filter)?;
+        let filter = self.filter.spec()?;
         let transform = match &self.transform {
             Some(t) => Some(
                 serde_json::from_value(json_or_file("--transform", t)?)
@@ -1543,7 +1549,6 @@ pub struct ReplayArgs {
 enum ReplayAction {
     /// Start a replay: the events stored in [--from, --to) that pass the filter (and the
     /// subscription's own) go to the subscription again, marked `meshdreplay=NAME`.
-    #[command(group(clap::ArgGroup::new("which").args(["pattern", "cesql", "filter"])))]
     Start {
         /// The target subscription (of --topic).
         #[arg(long)]
@@ -1560,15 +1565,8 @@ enum ReplayAction {
         /// The replay's name (default: generated).
         #[arg(long)]
         name: Option<String>,
-        /// An EventBridge-style event pattern: JSON, or a file holding it.
-        #[arg(long, value_name = "FILE|JSON")]
-        pattern: Option<String>,
-        /// A CloudEvents SQL expression.
-        #[arg(long, value_name = "EXPR")]
-        cesql: Option<String>,
-        /// A filter in any dialect of the API, as JSON, or a file holding it.
-        #[arg(long, value_name = "FILE|JSON")]
-        filter: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// List the replays of the node (or of the node delivering --subscription).
     List {
@@ -1616,8 +1614,6 @@ pub async fn replay(global: &GlobalArgs, args: ReplayArgs) -> anyhow::Result<()>
             from,
             to,
             name,
-            pattern,
-            cesql,
             filter,
         } => {
             let to = match to {
@@ -1637,7 +1633,7 @@ pub async fn replay(global: &GlobalArgs, args: ReplayArgs) -> anyhow::Result<()>
                 topic,
                 from: replay_time("--from", &from)?,
                 to,
-                filter: filter_args(&pattern, &cesql, &filter)?,
+                filter: filter.spec()?,
                 subscription,
             };
             req.validate()
