@@ -64,7 +64,10 @@ pub fn node_args_from_env() -> Vec<String> {
 }
 
 pub fn start_meshd(dir: &std::path::Path, fsync: &str, extra: &[&str]) -> (Killed, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
+    // BENCH_MESHD_BIN: another build (e.g. the main branch's) for a before/after.
+    let bin =
+        std::env::var("BENCH_MESHD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_meshd").into());
+    let mut child = Command::new(bin)
         .env("MESHD_WEBHOOK_ALLOW_LOOPBACK", "true")
         .args([
             "node",

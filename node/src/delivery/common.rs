@@ -156,6 +156,9 @@ pub struct Progress {
     topic: String,
     store: Arc<dyn EventStore>,
     trackers: Mutex<HashMap<u32, OffsetTracker>>,
+    /// Woken when an offset completes (or a commit failed): the commit loop sleeps until
+    /// then, so an idle offset group never wakes.
+    moved: tokio::sync::Notify,
 }
 
 impl Progress {
@@ -175,6 +178,7 @@ impl Progress {
             topic,
             store,
             trackers: Mutex::new(trackers),
+            moved: tokio::sync::Notify::new(),
         })
     }
 
@@ -198,6 +202,7 @@ impl Progress {
                 t.complete(offset);
             }
         });
+        self.moved.notify_one();
     }
 
     /// Marks `[from, to)` done.
@@ -207,6 +212,7 @@ impl Progress {
                 t.complete_range(from, to);
             }
         });
+        self.moved.notify_one();
     }
 
     /// The commit point of every partition (what the next commit writes).
@@ -241,6 +247,8 @@ impl Progress {
                         tr.commit_failed(prev);
                     }
                 });
+                // The commit loop tries again after its interval.
+                self.moved.notify_one();
             } else {
                 debug!(group = %self.group, partition = p, offset = o, "committed");
             }
@@ -266,17 +274,21 @@ pub async fn wait_stop(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Commits `progress` every [`COMMIT_INTERVAL`] until stop; the final commit is the
-/// caller's (after the other tasks ended).
+/// Commits `progress` at most every [`COMMIT_INTERVAL`], and only after offsets completed
+/// (an idle group sleeps), until stop; the final commit is the caller's (after the other
+/// tasks ended).
 pub async fn commit_loop(ctx: SubCtx, progress: Arc<Progress>) {
-    let mut tick = tokio::time::interval(COMMIT_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop = ctx.stop.clone();
     loop {
         tokio::select! {
-            _ = tick.tick() => progress.flush().await,
+            _ = progress.moved.notified() => {}
             _ = wait_stop(&mut stop) => break,
         }
+        // Completions within the interval go in one commit.
+        if !ctx.sleep(COMMIT_INTERVAL).await {
+            break;
+        }
+        progress.flush().await;
     }
 }
 
@@ -529,7 +541,8 @@ async fn transformed(
                     attempts: 0,
                     status: 0,
                 };
-                if dead_letter(ctx, &event, &dl).await {
+                // Boxed: a reader's future stays small (the task holds it while idle).
+                if Box::pin(dead_letter(ctx, &event, &dl)).await {
                     progress.complete(partition, offset);
                 }
                 return None;

@@ -119,6 +119,8 @@ enum Kind {
 struct Running {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Push lanes spawned on first use, per offset group.
+    lanes: Vec<Arc<push::LaneTasks>>,
     progress: Vec<Arc<Progress>>,
     kind: Kind,
 }
@@ -269,6 +271,7 @@ impl Delivery {
                     Ok(r) => Running {
                         stop: stop_tx,
                         tasks: r.tasks,
+                        lanes: r.lanes,
                         progress: r.progress,
                         kind: Kind::Push,
                     },
@@ -282,6 +285,7 @@ impl Delivery {
                 Ok(p) => Running {
                     stop: stop_tx,
                     tasks: Vec::new(),
+                    lanes: Vec::new(),
                     progress: Vec::new(),
                     kind: Kind::Pull(p),
                 },
@@ -566,6 +570,14 @@ impl Delivery {
         points
     }
 
+    /// How many push lanes a running subscription has spawned (they start on first use).
+    #[cfg(test)]
+    async fn lanes_spawned(&self, name: &str) -> usize {
+        let subs = self.subs.lock().await;
+        subs.get(name)
+            .map_or(0, |r| r.lanes.iter().map(|l| l.spawned()).sum())
+    }
+
     /// Names of the running subscriptions, sorted.
     pub async fn running(&self) -> Vec<String> {
         let mut v: Vec<String> = self.subs.lock().await.keys().cloned().collect();
@@ -590,6 +602,9 @@ impl Delivery {
 async fn stop_running(r: Running) {
     let _ = r.stop.send(true);
     let mut tasks = r.tasks;
+    for l in &r.lanes {
+        tasks.extend(l.take());
+    }
     let mut progress = r.progress;
     if let Kind::Pull(p) = &r.kind {
         tasks.extend(p.take_tasks());

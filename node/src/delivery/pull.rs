@@ -45,7 +45,9 @@ pub struct PullGroup {
     space: Notify,
     /// Woken when leases are handed out (the sweeper recomputes its next deadline).
     leased: Notify,
-    dead_tx: mpsc::UnboundedSender<PullItem>,
+    /// Boxed: an unbounded channel allocates its first block of 32 slots at creation, and
+    /// an idle group should not hold 32 inline events' worth of memory.
+    dead_tx: mpsc::UnboundedSender<Box<PullItem>>,
 }
 
 impl PullGroup {
@@ -308,7 +310,8 @@ impl PullSub {
         tokio::spawn(async move {
             for item in dead {
                 let dl = DeadLetter::unacknowledged(item.handouts);
-                if !dead_letter(&ctx, &item.original, &dl).await {
+                // Boxed: the dead-letter path's state is held only while it runs.
+                if !Box::pin(dead_letter(&ctx, &item.original, &dl)).await {
                     return;
                 }
                 super::common::Completion::done(handle.as_ref(), item.partition, item.offset);
@@ -415,7 +418,7 @@ impl PullSub {
                 .add(fresh as i64);
         }
         for item in &taken.dead {
-            let _ = group.dead_tx.send(item.clone());
+            let _ = group.dead_tx.send(Box::new(item.clone()));
         }
     }
 
@@ -476,7 +479,7 @@ impl PullSub {
                 .sub(acked.done.len() as i64);
         }
         for item in acked.dead {
-            let _ = group.dead_tx.send(item);
+            let _ = group.dead_tx.send(Box::new(item));
         }
         group.space.notify_waiters();
         AckResponse {
@@ -679,7 +682,7 @@ async fn sweep_loop(ctx: SubCtx, group: Arc<PullGroup>) {
         });
         trace_retried(&ctx, retried);
         for item in dead {
-            let _ = group.dead_tx.send(item);
+            let _ = group.dead_tx.send(Box::new(item));
         }
         if requeued {
             group.ready.notify_waiters();
@@ -691,7 +694,7 @@ async fn sweep_loop(ctx: SubCtx, group: Arc<PullGroup>) {
 async fn dead_letter_loop(
     ctx: SubCtx,
     group: Arc<PullGroup>,
-    mut rx: mpsc::UnboundedReceiver<PullItem>,
+    mut rx: mpsc::UnboundedReceiver<Box<PullItem>>,
 ) {
     let mut stop = ctx.stop.clone();
     loop {
@@ -701,7 +704,8 @@ async fn dead_letter_loop(
         };
         let Some(item) = item else { return };
         let dl = DeadLetter::unacknowledged(item.handouts);
-        if !dead_letter(&ctx, &item.original, &dl).await {
+        // Boxed: the dead-letter path's state is held only while it runs.
+        if !Box::pin(dead_letter(&ctx, &item.original, &dl)).await {
             return;
         }
         group.progress.complete(item.partition, item.offset);

@@ -7,7 +7,7 @@
 //! once that lane's queue of `LANE_QUEUE` events is full, the readers feeding it). Each subscription has
 //! its own tasks, so a slow webhook slows only its own subscription.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -39,6 +39,8 @@ pub struct PushRunning {
     pub tasks: Vec<JoinHandle<()>>,
     /// One per offset group.
     pub progress: Vec<Arc<Progress>>,
+    /// The lane tasks of each offset group (spawned on first use; take them on stop).
+    pub lanes: Vec<Arc<LaneTasks>>,
 }
 
 /// What a push is made with: the HTTP client (`None` when it could not be built) and the
@@ -86,6 +88,7 @@ pub async fn start(
     let mut running = PushRunning {
         tasks: Vec::new(),
         progress: Vec::new(),
+        lanes: Vec::new(),
     };
     let timeout = Duration::from_millis(sink.timeout_ms);
     for (group, urls) in groups {
@@ -106,29 +109,20 @@ pub async fn start(
         );
         let span =
             info_span!("push", subscription = %spec.name, topic = %spec.topic, group = %group);
-        let urls = Arc::new(urls);
-        let lanes = spec.delivery.max_in_flight.max(1) as usize;
-        let mut senders = Vec::with_capacity(lanes);
-        for _ in 0..lanes {
-            let (tx, rx) = mpsc::channel(LANE_QUEUE);
-            senders.push(tx);
-            let lane = Lane {
+        let lanes = LaneDispatch::new(
+            Lane {
                 ctx: ctx.clone(),
                 progress: progress.clone(),
                 client: client.clone(),
-                urls: urls.clone(),
+                urls: Arc::new(urls),
                 timeout,
                 options,
                 replay: false,
-            };
-            running
-                .tasks
-                .push(tokio::spawn(lane.run(rx).instrument(span.clone())));
-        }
-        let dispatch: Arc<dyn Dispatch> = Arc::new(LaneDispatch {
-            ctx: ctx.clone(),
-            lanes: senders,
-        });
+            },
+            span.clone(),
+        );
+        running.lanes.push(lanes.tasks.clone());
+        let dispatch: Arc<dyn Dispatch> = Arc::new(lanes);
         for (p, cursor) in &cursors {
             running.tasks.push(tokio::spawn(
                 read_partition(ctx.clone(), progress.clone(), *p, *cursor, dispatch.clone())
@@ -157,54 +151,108 @@ pub fn start_replay_lanes(
 ) -> (Arc<dyn Dispatch>, Vec<JoinHandle<()>>) {
     let spec = &ctx.sub.spec;
     let span = info_span!("replay_push", subscription = %spec.name, topic = %spec.topic);
-    let urls = Arc::new(sink.members());
-    let timeout = Duration::from_millis(sink.timeout_ms);
-    let lanes = spec.delivery.max_in_flight.max(1) as usize;
-    let mut senders = Vec::with_capacity(lanes);
-    let mut tasks = Vec::with_capacity(lanes);
-    for _ in 0..lanes {
-        let (tx, rx) = mpsc::channel(LANE_QUEUE);
-        senders.push(tx);
-        let lane = Lane {
+    let lanes = LaneDispatch::new(
+        Lane {
             ctx: ctx.clone(),
-            progress: completion.clone(),
-            client: client.clone(),
-            urls: urls.clone(),
-            timeout,
+            progress: completion,
+            client,
+            urls: Arc::new(sink.members()),
+            timeout: Duration::from_millis(sink.timeout_ms),
             options,
             replay: true,
-        };
-        tasks.push(tokio::spawn(lane.run(rx).instrument(span.clone())));
+        },
+        span,
+    );
+    // A replay's lanes run from the start: the replay awaits them to know it ended.
+    for i in 0..lanes.lanes.len() {
+        lanes.lane(i);
     }
-    let dispatch: Arc<dyn Dispatch> = Arc::new(LaneDispatch {
-        ctx,
-        lanes: senders,
-    });
-    (dispatch, tasks)
+    let tasks = lanes.tasks.take();
+    (Arc::new(lanes), tasks)
 }
 
-/// Routes records to lanes by key hash.
+/// The lane tasks an offset group spawned so far; `None` once taken on stop (no lane is
+/// spawned after that).
+pub struct LaneTasks(std::sync::Mutex<Option<Vec<JoinHandle<()>>>>);
+
+impl LaneTasks {
+    fn new() -> Arc<LaneTasks> {
+        Arc::new(LaneTasks(std::sync::Mutex::new(Some(Vec::new()))))
+    }
+
+    /// How many lanes were spawned (0 once taken).
+    #[cfg(test)]
+    pub fn spawned(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, Vec::len)
+    }
+
+    /// Takes the spawned lanes (to await them on stop); no lane is spawned afterwards.
+    pub fn take(&self) -> Vec<JoinHandle<()>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default()
+    }
+}
+
+/// Routes records to lanes by key hash. A lane (its task and queue) is spawned on its
+/// first record, so an idle subscription holds none of its `max_in_flight` lanes.
 struct LaneDispatch {
-    ctx: SubCtx,
-    lanes: Vec<mpsc::Sender<Prepared>>,
+    /// What each lane is spawned from.
+    template: Lane,
+    span: tracing::Span,
+    /// Queues are boxed records: a channel allocates its first block of 32 slots when
+    /// created.
+    lanes: Vec<OnceLock<mpsc::Sender<Box<Prepared>>>>,
+    tasks: Arc<LaneTasks>,
+}
+
+impl LaneDispatch {
+    fn new(template: Lane, span: tracing::Span) -> LaneDispatch {
+        let n = template.ctx.sub.spec.delivery.max_in_flight.max(1) as usize;
+        LaneDispatch {
+            template,
+            span,
+            lanes: (0..n).map(|_| OnceLock::new()).collect(),
+            tasks: LaneTasks::new(),
+        }
+    }
+
+    /// Lane `i`'s queue, spawning the lane first if needed; `None` once stopping.
+    fn lane(&self, i: usize) -> Option<&mpsc::Sender<Box<Prepared>>> {
+        let slot = self.lanes.get(i)?;
+        if let Some(tx) = slot.get() {
+            return Some(tx);
+        }
+        let mut tasks = self.tasks.0.lock().unwrap_or_else(|p| p.into_inner());
+        let tasks = tasks.as_mut()?;
+        Some(slot.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(LANE_QUEUE);
+            let lane = self.template.clone();
+            tasks.push(tokio::spawn(lane.run(rx).instrument(self.span.clone())));
+            tx
+        }))
+    }
 }
 
 #[async_trait]
 impl Dispatch for LaneDispatch {
     async fn dispatch(&self, item: Prepared) -> bool {
         let n = self.lanes.len() as u64;
-        let Some(lane) = self.lanes.get((item.route_hash() % n.max(1)) as usize) else {
+        let Some(lane) = self.lane((item.route_hash() % n.max(1)) as usize) else {
             return false;
         };
-        let gauge = self
-            .ctx
-            .metrics
-            .in_flight
-            .with_label_values(&[self.ctx.name()]);
+        let ctx = &self.template.ctx;
+        let gauge = ctx.metrics.in_flight.with_label_values(&[ctx.name()]);
         gauge.inc();
-        let mut stop = self.ctx.stop.clone();
+        let mut stop = ctx.stop.clone();
         let sent = tokio::select! {
-            r = lane.send(item) => r.is_ok(),
+            r = lane.send(Box::new(item)) => r.is_ok(),
             _ = wait_stop(&mut stop) => false,
         };
         if !sent {
@@ -243,6 +291,7 @@ fn refusal_in(e: &reqwest::Error) -> Option<super::WebhookTargetError> {
     None
 }
 
+#[derive(Clone)]
 struct Lane {
     ctx: SubCtx,
     progress: Arc<dyn Completion>,
@@ -256,7 +305,7 @@ struct Lane {
 }
 
 impl Lane {
-    async fn run(self, mut rx: mpsc::Receiver<Prepared>) {
+    async fn run(self, mut rx: mpsc::Receiver<Box<Prepared>>) {
         let labels = [self.ctx.topic(), self.ctx.name()];
         let gauge = self
             .ctx
@@ -276,7 +325,9 @@ impl Lane {
             };
             let traceparent = meshd_core::event::attribute_string(&item.event, "traceparent");
             let span = info_span!("deliver", event_id = %item.event.id(), traceparent = traceparent.as_deref(), partition = item.partition, offset = item.offset, url = %url);
-            let outcome = self.deliver(url, &item).instrument(span).await;
+            // Boxed: the delivery's state (HTTP request, retries) is held only while it
+            // runs, not by every idle lane.
+            let outcome = Box::pin(self.deliver(url, &item)).instrument(span).await;
             let done = match outcome {
                 Outcome::Delivered { attempt, status } => {
                     self.ctx.metrics.delivered.with_label_values(&labels).inc();
@@ -291,7 +342,7 @@ impl Lane {
                     });
                     true
                 }
-                Outcome::Failed(dl) => dead_letter(&self.ctx, &item.event, &dl).await,
+                Outcome::Failed(dl) => Box::pin(dead_letter(&self.ctx, &item.event, &dl)).await,
                 Outcome::Stopped => false,
             };
             gauge.dec();

@@ -756,6 +756,36 @@ async fn per_key_order_holds_with_several_lanes() {
 }
 
 #[tokio::test]
+async fn push_lanes_start_on_their_first_event() {
+    let env = env("orders", 2).await;
+    let sink = Sink::start(|_, _| ok()).await;
+    env.delivery
+        .start(sub(serde_json::json!({
+            "name": "billing", "topic": "orders",
+            "sink": {"webhook": {"url": sink.url("a")}},
+            "delivery": {"max_in_flight": 16},
+        })))
+        .await
+        .unwrap();
+    // Idle: none of the 16 lanes (task and queue) exists.
+    assert_eq!(env.delivery.lanes_spawned("billing").await, 0);
+    publish(&env, "orders", &[event("e-1", Some("alpha"), "t")]).await;
+    eventually(Duration::from_secs(10), "1 accepted", || {
+        sink.accepted().len() == 1
+    })
+    .await;
+    assert_eq!(env.delivery.lanes_spawned("billing").await, 1);
+    // Same key, same lane: nothing new is spawned.
+    publish(&env, "orders", &[event("e-2", Some("alpha"), "t")]).await;
+    eventually(Duration::from_secs(10), "2 accepted", || {
+        sink.accepted().len() == 2
+    })
+    .await;
+    assert_eq!(env.delivery.lanes_spawned("billing").await, 1);
+    env.delivery.shutdown().await;
+}
+
+#[tokio::test]
 async fn clustering_spreads_by_key_and_broadcasting_copies() {
     let env = env("orders", 1).await;
     let spread = Sink::start(|_, _| ok()).await;
