@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //! - [`catalog`]: the mesh's topic catalog: lives, merge, conflicts. Sans-IO.
+//! - [`schema_catalog`]: the mesh's schema catalog: last writer wins, tombstones. Sans-IO.
 //! - [`link`]: handshake checks, event path (loop prevention), duplicate window. Sans-IO.
 //! - [`interest`]: compiling a peer's interest, building announcements. Sans-IO.
 //! - [`cursor`]: the send window and durable cursors of a link. Sans-IO.
@@ -31,6 +32,7 @@ pub mod marks;
 pub mod progress;
 pub mod replicas;
 pub mod routing;
+pub mod schema_catalog;
 pub mod stats;
 pub mod trace;
 
