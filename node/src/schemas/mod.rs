@@ -11,6 +11,7 @@
 //! files); a schema whose references leave the document is refused.
 
 pub mod compat;
+pub mod discover;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
