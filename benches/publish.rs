@@ -10,9 +10,10 @@
 //! BENCH_VARIANTS="A;B": run every mode once per variant, each variant being extra
 //! `meshd node` arguments, e.g. `BENCH_VARIANTS=";--trace-retention 0"` compares the
 //! default with tracing off in one run; BENCH_NATS=0 skips the JetStream rows;
-//! BENCH_VALIDATE=off,on: run every mode once per setting, events then carrying a typical
-//! 20-field `data` and the topic binding their type to a 20-field JSON Schema with
-//! `validate: true` when on, no binding when off: the validation cost, same events).
+//! BENCH_VALIDATE=off,on,discover: run every mode once per setting, events then carrying
+//! a typical 20-field `data` and the topic binding their type to a 20-field JSON Schema
+//! with `validate: true` when on, no binding when off, `discover: true` (schema discovery,
+//! no binding) when discover: the validation and discovery costs, same events).
 //! Needs `nats-server` on PATH for the peer (Debian package nats-server); without it the
 //! NATS rows are skipped with a note.
 //!
@@ -172,11 +173,11 @@ fn main() {
         let variants = std::env::var("BENCH_VARIANTS").unwrap_or_default();
         let validate = std::env::var("BENCH_VALIDATE").ok();
         WIDE_EVENTS.store(validate.is_some(), Ordering::Relaxed);
-        let settings: Vec<Option<bool>> = match &validate {
+        let settings: Vec<Option<String>> = match &validate {
             None => vec![None],
-            Some(v) => v.split(',').map(|s| Some(s.trim() == "on")).collect(),
+            Some(v) => v.split(',').map(|s| Some(s.trim().to_string())).collect(),
         };
-        let runs: Vec<(String, String, Option<bool>)> = variants
+        let runs: Vec<(String, String, Option<String>)> = variants
             .split(';')
             .flat_map(|v| {
                 let settings = settings.clone();
@@ -199,11 +200,11 @@ fn main() {
             if !variant.is_empty() {
                 label.push_str(&format!(", {variant}"));
             }
-            if let Some(on) = validate {
-                label.push_str(if *on {
-                    ", 20-field schema, validate=on"
-                } else {
-                    ", 20-field events, no schema"
+            if let Some(setting) = validate {
+                label.push_str(match setting.as_str() {
+                    "on" => ", 20-field schema, validate=on",
+                    "discover" => ", 20-field events, discover=on",
+                    _ => ", 20-field events, no schema",
                 });
             }
             let dir = tempfile::tempdir().unwrap();
@@ -211,7 +212,10 @@ fn main() {
             let addr = url.trim_start_matches("http://").to_string();
             let mut s = connect(&addr).await;
             let mut topic = serde_json::json!({"partitions": 4});
-            if *validate == Some(true) {
+            if validate.as_deref() == Some("discover") {
+                topic["discover"] = serde_json::json!(true);
+            }
+            if validate.as_deref() == Some("on") {
                 let put = hyper::Request::put("/v1/schemas/bench")
                     .header("host", &addr)
                     .header("content-type", "application/json")
@@ -243,6 +247,32 @@ fn main() {
                     p99_ms: hist.pct(0.99),
                 });
                 eprintln!("meshd {label} batch={batch}: {rate:.0} ev/s");
+            }
+            if validate.as_deref() == Some("discover") {
+                // How much discovery inferred, and skipped (queue full) under this load.
+                let mut s = connect(&addr).await;
+                let get = hyper::Request::get("/v1/topics/bench/discovered")
+                    .header("host", &addr)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                s.ready().await.unwrap();
+                let body = s
+                    .send_request(get)
+                    .await
+                    .unwrap()
+                    .into_body()
+                    .collect()
+                    .await;
+                let list: serde_json::Value =
+                    serde_json::from_slice(&body.unwrap().to_bytes()).unwrap_or_default();
+                let inferred: u64 = list["schemas"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|s| s["events"].as_u64()).sum())
+                    .unwrap_or(0);
+                eprintln!(
+                    "meshd {label}: discovery inferred {inferred} events, skipped {}",
+                    list["skipped"]
+                );
             }
             if fsync == "always" && validate.is_none() {
                 let hist = meshd_push_latency(&url, 1000, secs, "lat").await;

@@ -2166,16 +2166,16 @@ struct RegistryView {
 /// from peers are applied to the registry (and the cluster catalog).
 async fn schemas_tick(shared: &Shared, view: &mut RegistryView, failing: &mut HashSet<String>) {
     let registry = &shared.node.schemas;
-    let changes = registry.changes();
-    if view.changes != Some(changes) {
-        view.digests = registry
-            .entries()
+    if view.changes != Some(registry.changes()) {
+        let (changes, entries) = registry.entries();
+        view.digests = entries
             .iter()
             .map(|(n, v)| (n.clone(), crate::schema_catalog::digest(Some(v))))
             .collect();
         view.changes = Some(changes);
     }
-    let todo = lock(&shared.schemas).observe(&view.digests, |name| registry.entries().remove(name));
+    let todo =
+        lock(&shared.schemas).observe(&view.digests, |name| registry.entries().1.remove(name));
     let me = shared.me();
     for a in todo {
         let (name, versions, digest) = match a {

@@ -4,7 +4,6 @@
 //! bounded queue; when the queue is full (the task falls behind) the event is skipped
 //! and counted, never waited for.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cloudevents::event::{AttributesReader, Data};
@@ -51,8 +50,6 @@ struct State {
     found: Mutex<Discoveries>,
     /// Skipped events by topic: queue full, data not JSON, too many (source, type).
     skipped: Mutex<std::collections::HashMap<String, u64>>,
-    /// Events inferred (all topics), for tests and metrics.
-    inferred: AtomicU64,
 }
 
 impl State {
@@ -100,11 +97,6 @@ impl Discovery {
                 self.state.skip(&topic);
             }
         }
-    }
-
-    /// Events inferred so far (all topics).
-    pub fn inferred(&self) -> u64 {
-        self.state.inferred.load(Ordering::Relaxed)
     }
 
     /// Forgets what was discovered on a topic (deleted).
@@ -241,6 +233,5 @@ impl State {
             }
             Observed::Known => {}
         }
-        self.inferred.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -243,9 +243,12 @@ impl SchemaRegistry {
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Vec<Arc<Version>>>> {
+        let guard = self.subjects.write().unwrap_or_else(|p| p.into_inner());
+        // Moved while the lock is held: a reader of [`SchemaRegistry::entries`] sees the
+        // number and the schemas of the same moment.
         self.changes
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.subjects.write().unwrap_or_else(|p| p.into_inner())
+        guard
     }
 
     /// A number that moves whenever a schema changes (read [`SchemaRegistry::entries`]
@@ -254,9 +257,12 @@ impl SchemaRegistry {
         self.changes.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Every schema with its every version, oldest first (what the mesh replicates).
-    pub fn entries(&self) -> BTreeMap<String, SchemaCatalogEntry> {
-        self.read()
+    /// Every schema with its every version, oldest first (what the mesh replicates), and
+    /// [`SchemaRegistry::changes`] as of then.
+    pub fn entries(&self) -> (u64, BTreeMap<String, SchemaCatalogEntry>) {
+        let subjects = self.read();
+        let changes = self.changes();
+        let entries = subjects
             .iter()
             .map(|(name, versions)| {
                 (
@@ -266,7 +272,8 @@ impl SchemaRegistry {
                     },
                 )
             })
-            .collect()
+            .collect();
+        (changes, entries)
     }
 
     /// Applies a schema of the mesh's catalog to the cluster: `Some(versions)` makes its

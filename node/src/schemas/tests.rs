@@ -325,7 +325,7 @@ async fn replicated_versions_read_back_exactly_and_count_as_changes() {
     let mut v2 = order_v1();
     v2["properties"]["note"] = json!({"type": "string"});
     writer.put(&*s, None, "orders", v2, None).await.unwrap();
-    let entry = writer.entries().remove("orders").unwrap();
+    let entry = writer.entries().1.remove("orders").unwrap();
 
     // Another cluster's registry takes the versions as they are (the mesh compares
     // what it reads back with what it applied: they must be equal, or it would take the
@@ -339,10 +339,10 @@ async fn replicated_versions_read_back_exactly_and_count_as_changes() {
         .await
         .unwrap();
     assert!(reader.changes() > before);
-    assert_eq!(reader.entries().remove("orders").unwrap(), entry);
+    assert_eq!(reader.entries().1.remove("orders").unwrap(), entry);
     // And after reopening the store.
     let reopened = SchemaRegistry::load(&*s2).await.unwrap();
-    assert_eq!(reopened.entries().remove("orders").unwrap(), entry);
+    assert_eq!(reopened.entries().1.remove("orders").unwrap(), entry);
 
     // A version that does not compile changes nothing.
     let mut bad = entry.clone();
@@ -351,14 +351,15 @@ async fn replicated_versions_read_back_exactly_and_count_as_changes() {
         .replicate(&*s2, None, "orders", Some(bad))
         .await
         .is_err());
-    assert_eq!(reader.entries().remove("orders").unwrap(), entry);
+    assert_eq!(reader.entries().1.remove("orders").unwrap(), entry);
 
     // Deleted through the mesh.
     reader.replicate(&*s2, None, "orders", None).await.unwrap();
-    assert!(reader.entries().is_empty());
+    assert!(reader.entries().1.is_empty());
     assert!(SchemaRegistry::load(&*s2)
         .await
         .unwrap()
         .entries()
+        .1
         .is_empty());
 }
