@@ -9,7 +9,11 @@
 //! BENCH_FSYNC=always,interval,never: the meshd fsync modes to run, in that order;
 //! BENCH_VARIANTS="A;B": run every mode once per variant, each variant being extra
 //! `meshd node` arguments, e.g. `BENCH_VARIANTS=";--trace-retention 0"` compares the
-//! default with tracing off in one run; BENCH_NATS=0 skips the JetStream rows).
+//! default with tracing off in one run; BENCH_NATS=0 skips the JetStream rows;
+//! BENCH_VALIDATE=off,on,discover: run every mode once per setting, events then carrying
+//! a typical 20-field `data` and the topic binding their type to a 20-field JSON Schema
+//! with `validate: true` when on, no binding when off, `discover: true` (schema discovery,
+//! no binding) when discover: the validation and discovery costs, same events).
 //! Needs `nats-server` on PATH for the peer (Debian package nats-server); without it the
 //! NATS rows are skipped with a note.
 //!
@@ -28,7 +32,10 @@ use http_body_util::{BodyExt, Full};
 
 #[path = "support/mod.rs"]
 mod support;
-use support::meshd::{connect, event_body, meshd_publish, meshd_push_latency, start_meshd, Hist};
+use support::meshd::{
+    connect, event_body, meshd_publish, meshd_push_latency, start_meshd, wide_schema, Hist,
+    WIDE_EVENTS,
+};
 use support::{env_u64, start_nats, unix_nanos};
 
 struct Row {
@@ -164,40 +171,72 @@ fn main() {
     rt.block_on(async {
         let modes = std::env::var("BENCH_FSYNC").unwrap_or_else(|_| "always,interval,never".into());
         let variants = std::env::var("BENCH_VARIANTS").unwrap_or_default();
-        let runs: Vec<(String, String)> = variants
+        let validate = std::env::var("BENCH_VALIDATE").ok();
+        WIDE_EVENTS.store(validate.is_some(), Ordering::Relaxed);
+        let settings: Vec<Option<String>> = match &validate {
+            None => vec![None],
+            Some(v) => v.split(',').map(|s| Some(s.trim().to_string())).collect(),
+        };
+        let runs: Vec<(String, String, Option<String>)> = variants
             .split(';')
             .flat_map(|v| {
+                let settings = settings.clone();
                 modes
                     .split(',')
                     .filter(|m| !m.is_empty())
-                    .map(move |m| (v.trim().to_string(), m.to_string()))
+                    .flat_map(move |m| {
+                        let v = v.trim().to_string();
+                        settings
+                            .clone()
+                            .into_iter()
+                            .map(move |on| (v.clone(), m.to_string(), on))
+                    })
             })
             .collect();
-        for (variant, fsync) in &runs {
+        for (variant, fsync, validate) in &runs {
             let fsync = fsync.as_str();
             let extra: Vec<&str> = variant.split_whitespace().collect();
-            let label = if variant.is_empty() {
-                format!("fsync={fsync}")
-            } else {
-                format!("fsync={fsync}, {variant}")
-            };
+            let mut label = format!("fsync={fsync}");
+            if !variant.is_empty() {
+                label.push_str(&format!(", {variant}"));
+            }
+            if let Some(setting) = validate {
+                label.push_str(match setting.as_str() {
+                    "on" => ", 20-field schema, validate=on",
+                    "discover" => ", 20-field events, discover=on",
+                    _ => ", 20-field events, no schema",
+                });
+            }
             let dir = tempfile::tempdir().unwrap();
             let (_m, url) = start_meshd(dir.path(), fsync, &extra);
             let addr = url.trim_start_matches("http://").to_string();
             let mut s = connect(&addr).await;
+            let mut topic = serde_json::json!({"partitions": 4});
+            if validate.as_deref() == Some("discover") {
+                topic["discover"] = serde_json::json!(true);
+            }
+            if validate.as_deref() == Some("on") {
+                let put = hyper::Request::put("/v1/schemas/bench")
+                    .header("host", &addr)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(wide_schema().to_string())))
+                    .unwrap();
+                s.ready().await.unwrap();
+                let r = s.send_request(put).await.unwrap();
+                assert!(r.status().is_success(), "schema: {}", r.status());
+                let _ = r.into_body().collect().await;
+                topic["schemas"] = serde_json::json!({"bench.event": "bench"});
+                topic["validate"] = serde_json::json!(true);
+            }
             let put = hyper::Request::put("/v1/topics/bench")
                 .header("host", &addr)
                 .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(r#"{"partitions":4}"#)))
+                .body(Full::new(Bytes::from(topic.to_string())))
                 .unwrap();
             s.ready().await.unwrap();
-            let _ = s
-                .send_request(put)
-                .await
-                .unwrap()
-                .into_body()
-                .collect()
-                .await;
+            let r = s.send_request(put).await.unwrap();
+            assert!(r.status().is_success(), "topic: {}", r.status());
+            let _ = r.into_body().collect().await;
             for (batch, c) in [(1, conns), (100, conns.min(16))] {
                 let (rate, hist) = meshd_publish(&url, batch, c, secs).await;
                 rows.push(Row {
@@ -209,7 +248,33 @@ fn main() {
                 });
                 eprintln!("meshd {label} batch={batch}: {rate:.0} ev/s");
             }
-            if fsync == "always" {
+            if validate.as_deref() == Some("discover") {
+                // How much discovery inferred, and skipped (queue full) under this load.
+                let mut s = connect(&addr).await;
+                let get = hyper::Request::get("/v1/topics/bench/discovered")
+                    .header("host", &addr)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                s.ready().await.unwrap();
+                let body = s
+                    .send_request(get)
+                    .await
+                    .unwrap()
+                    .into_body()
+                    .collect()
+                    .await;
+                let list: serde_json::Value =
+                    serde_json::from_slice(&body.unwrap().to_bytes()).unwrap_or_default();
+                let inferred: u64 = list["schemas"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|s| s["events"].as_u64()).sum())
+                    .unwrap_or(0);
+                eprintln!(
+                    "meshd {label}: discovery inferred {inferred} events, skipped {}",
+                    list["skipped"]
+                );
+            }
+            if fsync == "always" && validate.is_none() {
                 let hist = meshd_push_latency(&url, 1000, secs, "lat").await;
                 rows.push(Row {
                     system: format!("meshd ({label})"),

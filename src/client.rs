@@ -413,6 +413,10 @@ enum TopicAction {
         /// Validate the data of events of bound types on publish.
         #[arg(long)]
         validate: bool,
+        /// Infer a JSON Schema per (source, type) from the events stored (see
+        /// `meshd schema discovered`).
+        #[arg(long)]
+        discover: bool,
     },
     /// List topics.
     List,
@@ -494,6 +498,7 @@ pub async fn topic(global: &GlobalArgs, args: TopicArgs) -> anyhow::Result<()> {
             replicate_to,
             schemas,
             validate,
+            discover,
         } => {
             let name = name_segment("topic", &name)?;
             let max_age_secs = match max_age {
@@ -515,6 +520,7 @@ pub async fn topic(global: &GlobalArgs, args: TopicArgs) -> anyhow::Result<()> {
                 replicate_to,
                 schemas: schemas.into_iter().collect(),
                 validate,
+                discover,
             };
             config
                 .validate()

@@ -63,7 +63,7 @@ enum Command {
     /// Re-deliver stored events of a time window to a subscription (start, list, status,
     /// cancel).
     Replay(client::ReplayArgs),
-    /// Manage the schema registry (put, get, list, delete).
+    /// Manage the schema registry (put, get, list, delete) and see discovered schemas.
     Schema(schema_cmd::SchemaArgs),
     /// The mesh as a node's federation bridge sees it (`meshd mesh status`).
     Mesh(client::MeshArgs),

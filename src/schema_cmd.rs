@@ -1,7 +1,8 @@
-//! `meshd schema put|get|list|delete`: the schema registry of a node (docs/cli.md,
-//! "meshd schema"; the API is docs/api.md, "Schemas").
+//! `meshd schema put|get|list|delete|discovered`: the schema registry of a node and what
+//! schema discovery inferred (docs/cli.md, "meshd schema"; the API is docs/api.md,
+//! "Schemas" and "Schema discovery").
 
-use meshd_core::api::{Compatibility, SchemaList, SchemaVersionInfo};
+use meshd_core::api::{Compatibility, DiscoveredList, SchemaList, SchemaVersionInfo};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -45,6 +46,30 @@ enum SchemaAction {
         /// Name.
         name: String,
     },
+    /// What schema discovery inferred on a topic (created with `--discover`): every
+    /// (source, type), or one with its versions; `--adopt NAME` registers the latest
+    /// inferred version of that one as schema NAME.
+    Discovered {
+        /// The topic.
+        topic: String,
+        /// Only this source (with --type).
+        #[arg(long, requires = "ty")]
+        source: Option<String>,
+        /// Only this type (with --source).
+        #[arg(long = "type", id = "ty", requires = "source")]
+        ty: Option<String>,
+        /// Register the inferred schema of --source/--type as this schema's next version.
+        #[arg(long, value_name = "NAME", requires = "source")]
+        adopt: Option<String>,
+    },
+}
+
+/// `?source=..&type=..` with both values percent-encoded.
+fn discovered_query(source: &str, ty: &str) -> String {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    q.append_pair("source", source);
+    q.append_pair("type", ty);
+    format!("?{}", q.finish())
 }
 
 fn parse_compatibility(s: &str) -> Result<Compatibility, String> {
@@ -132,6 +157,79 @@ pub async fn run(global: &GlobalArgs, args: SchemaArgs) -> anyhow::Result<()> {
                         ]);
                     }
                     t.print_or("no schemas");
+                }
+            }
+        }
+        SchemaAction::Discovered {
+            topic,
+            source,
+            ty,
+            adopt,
+        } => {
+            let topic = name_segment("topic", &topic)?;
+            let query = match (&source, &ty) {
+                (Some(s), Some(t)) => discovered_query(s, t),
+                _ => String::new(),
+            };
+            let list: DiscoveredList = api
+                .get(&format!("/v1/topics/{topic}/discovered{query}"))
+                .await?;
+            if let Some(name) = adopt {
+                let name = name_segment("schema", &name)?;
+                let found = list
+                    .schemas
+                    .first()
+                    .ok_or_else(|| usage("nothing discovered for that source and type"))?;
+                let (status, info): (_, SchemaVersionInfo) = api
+                    .json(Method::PUT, &format!("/v1/schemas/{name}"), |r| {
+                        r.json(&found.schema)
+                    })
+                    .await?;
+                let verb = if status == StatusCode::CREATED {
+                    "registered "
+                } else {
+                    "unchanged: "
+                };
+                return print_version(&api, &info, verb);
+            }
+            match api.output {
+                Output::Json => api.print_json(&list)?,
+                Output::Table if source.is_some() => {
+                    for s in &list.schemas {
+                        println!(
+                            "source {} type {}: {} events, {} versions",
+                            s.source,
+                            s.ty,
+                            s.events,
+                            s.versions.len()
+                        );
+                        for v in &s.versions {
+                            println!("version {}:", v.version);
+                            println!("{}", serde_json::to_string_pretty(&v.schema)?);
+                        }
+                    }
+                }
+                Output::Table => {
+                    let mut t = Table::new(["SOURCE", "TYPE", "LATEST", "EVENTS", "FIELDS"]);
+                    for s in &list.schemas {
+                        let fields = s.schema["properties"]
+                            .as_object()
+                            .map_or(0, serde_json::Map::len);
+                        t.row([
+                            s.source.clone(),
+                            s.ty.clone(),
+                            s.latest.to_string(),
+                            s.events.to_string(),
+                            fields.to_string(),
+                        ]);
+                    }
+                    t.print_or("nothing discovered yet");
+                    if list.skipped > 0 {
+                        println!(
+                            "({} events not inferred: sampled out under load or past the bounds)",
+                            list.skipped
+                        );
+                    }
                 }
             }
         }

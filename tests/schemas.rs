@@ -454,3 +454,198 @@ async fn schemas_through_a_proxy_reach_every_node() {
         (400, Some("/data/amount"))
     );
 }
+
+/// Schema discovery against the real binary: a topic created with `discover` infers a
+/// schema per (source, type) from what it stores, a new shape makes a new version and a
+/// known one does not, the inferred document is adopted into the registry as it is shown
+/// (and then validates those events), through the API and the CLI.
+#[tokio::test]
+async fn discovery_infers_versions_per_source_and_type_and_is_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Meshd::start(dir.path(), &[]);
+    let c = client();
+    let url = m.url.as_str();
+    let (ok, _, err) = cli(&["topic", "create", "disc", "--discover", "--url", url]);
+    assert!(ok, "{err}");
+    create_topic(&c, url, "plain", json!({})).await;
+
+    let order = |id: &str, source: &str, data: Value| {
+        let mut e = event(id, "order.created", None, data);
+        e["source"] = json!(source);
+        e
+    };
+    let first = [
+        order(
+            "1",
+            "/shop",
+            json!({"id": "a", "amount": 3, "lines": [{"sku": "x", "qty": 1}]}),
+        ),
+        order(
+            "2",
+            "/shop",
+            json!({"id": "b", "amount": 4.5, "lines": [], "note": "hi"}),
+        ),
+        order("3", "/other", json!({"ok": true})),
+    ];
+    publish(&c, url, "disc", &first).await;
+    publish(&c, url, "plain", &first).await;
+    let discovered = format!("{url}/v1/topics/disc/discovered");
+    let wait_events = |source: &'static str, n: u64| {
+        let (c, discovered) = (c.clone(), discovered.clone());
+        async move {
+            eventually(
+                &format!("{n} events of {source} inferred"),
+                std::time::Duration::from_secs(10),
+                || async {
+                    let list = get_json(&c, &discovered).await;
+                    list["schemas"]
+                        .as_array()?
+                        .iter()
+                        .find(|s| s["source"] == source)
+                        .filter(|s| s["events"] == n)
+                        .cloned()
+                },
+            )
+            .await
+        }
+    };
+    let shop = wait_events("/shop", 2).await;
+    assert_eq!(shop["type"], "order.created");
+    // The second event widened `amount` and added `note`: a second version.
+    assert_eq!(shop["latest"], 2, "{shop}");
+    assert_eq!(
+        shop["schema"],
+        json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "amount": {"type": "number"},
+                "lines": {"type": "array", "items": {
+                    "type": "object",
+                    "properties": {"qty": {"type": "integer"}, "sku": {"type": "string"}},
+                    "required": ["qty", "sku"]
+                }},
+                "note": {"type": "string"}
+            },
+            "required": ["amount", "id", "lines"]
+        })
+    );
+    wait_events("/other", 1).await;
+
+    // A known shape makes no version; a new one does, and one (source, type) shows all.
+    publish(
+        &c,
+        url,
+        "disc",
+        &[order(
+            "4",
+            "/shop",
+            json!({"id": "c", "amount": 1, "lines": []}),
+        )],
+    )
+    .await;
+    wait_events("/shop", 3).await;
+    publish(
+        &c,
+        url,
+        "disc",
+        &[order(
+            "5",
+            "/shop",
+            json!({"id": "d", "amount": 1, "lines": [], "channel": "web"}),
+        )],
+    )
+    .await;
+    let shop = wait_events("/shop", 4).await;
+    assert_eq!(shop["latest"], 3, "{shop}");
+    let one = get_json(
+        &c,
+        &format!("{discovered}?source=%2Fshop&type=order.created"),
+    )
+    .await;
+    let versions = one["schemas"][0]["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 3, "{one}");
+    assert!(versions[2]["schema"]["properties"]["channel"].is_object());
+    assert!(versions[1]["schema"]["properties"].get("channel").is_none());
+    assert!(versions[0]["schema"]["properties"].get("note").is_none());
+
+    // Bad asks get clear errors.
+    let r = c
+        .get(format!("{discovered}?source=%2Fshop"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .get(format!("{discovered}?source=%2Fnone&type=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "discovered_not_found");
+    let r = c
+        .get(format!("{url}/v1/topics/plain/discovered"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "discovery_off");
+
+    // The CLI lists them, and adopts one into the registry as shown.
+    let (ok, out, err) = cli(&["schema", "discovered", "disc", "--url", url]);
+    assert!(ok, "{err}");
+    assert!(out.contains("/shop") && out.contains("/other"), "{out}");
+    let (ok, out, err) = cli(&[
+        "schema",
+        "discovered",
+        "disc",
+        "--source",
+        "/shop",
+        "--type",
+        "order.created",
+        "--adopt",
+        "orders",
+        "--url",
+        url,
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("registered schema orders version 1"),
+        "{out}"
+    );
+    let adopted = get_json(&c, &format!("{url}/v1/schemas/orders")).await;
+    assert_eq!(adopted["schema"], shop["schema"]);
+    // The adopted schema accepts what was seen and refuses what breaks it.
+    create_topic(
+        &c,
+        url,
+        "checked",
+        json!({"schemas": {"order.created": "orders"}, "validate": true}),
+    )
+    .await;
+    publish(&c, url, "checked", &first[..2]).await;
+    let (s, body) = post(
+        &c,
+        &format!("{url}/v1/topics/checked/events"),
+        "application/cloudevents+json",
+        order("6", "/shop", json!({"id": 7, "amount": 1, "lines": []})).to_string(),
+    )
+    .await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(body["error"]["field"], "/data/id");
+
+    // A deleted topic forgets what it discovered.
+    let r = c
+        .delete(format!("{url}/v1/topics/disc"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let (ok, _, _) = cli(&["topic", "create", "disc", "--discover", "--url", url]);
+    assert!(ok);
+    let list = get_json(&c, &discovered).await;
+    assert_eq!(list["schemas"], json!([]), "{list}");
+}

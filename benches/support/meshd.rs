@@ -124,10 +124,73 @@ pub async fn post(
 
 /// A ≈300-byte JSON CloudEvent with a partition key and a send stamp in its data.
 pub fn event_body(id: u64, key: u64) -> serde_json::Value {
+    let data = if WIDE_EVENTS.load(Ordering::Relaxed) {
+        wide_data(id)
+    } else {
+        json!({"ts": unix_nanos(), "payload": "x".repeat(200)})
+    };
     json!({
         "specversion": "1.0", "id": format!("e-{id}"), "source": "/bench", "type": "bench.event",
         "partitionkey": format!("k{key}"), "datacontenttype": "application/json",
-        "data": {"ts": unix_nanos(), "payload": "x".repeat(200)}
+        "data": data
+    })
+}
+
+/// Set: [`event_body`] carries [`wide_data`] (20 fields, valid under [`wide_schema`])
+/// instead of the default `{ts, payload}`.
+pub static WIDE_EVENTS: AtomicBool = AtomicBool::new(false);
+
+/// A typical 20-field order event (≈600 bytes of JSON), valid under [`wide_schema`].
+pub fn wide_data(id: u64) -> serde_json::Value {
+    json!({
+        "ts": unix_nanos(), "order_id": format!("o-{id}"), "customer_id": format!("c-{}", id % 977),
+        "email": "someone@example.com", "status": "created", "currency": "EUR",
+        "amount": 129.95, "tax": 24.69, "items": 3, "coupon": null,
+        "express": false, "channel": "web", "country": "DE", "zip": "10115",
+        "created_at": "2026-12-03T10:00:00Z", "notes": "leave at the door",
+        "address": {"street": "Hauptstr. 1", "city": "Berlin", "country": "DE"},
+        "tags": ["new", "promo"], "score": 0.87, "version": 2
+    })
+}
+
+/// The JSON Schema (2020-12) of [`wide_data`]: 20 properties of the usual kinds (strings
+/// with formats, patterns and enums, bounded numbers, a nested object, an array).
+pub fn wide_schema() -> serde_json::Value {
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": {
+            "ts": {"type": "integer", "minimum": 0},
+            "order_id": {"type": "string", "pattern": "^o-[0-9]+$"},
+            "customer_id": {"type": "string", "minLength": 1, "maxLength": 64},
+            "email": {"type": "string", "format": "email"},
+            "status": {"enum": ["created", "paid", "shipped", "cancelled"]},
+            "currency": {"type": "string", "minLength": 3, "maxLength": 3},
+            "amount": {"type": "number", "minimum": 0},
+            "tax": {"type": "number", "minimum": 0},
+            "items": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "coupon": {"type": ["string", "null"]},
+            "express": {"type": "boolean"},
+            "channel": {"enum": ["web", "app", "store"]},
+            "country": {"type": "string", "pattern": "^[A-Z]{2}$"},
+            "zip": {"type": "string", "maxLength": 10},
+            "created_at": {"type": "string", "format": "date-time"},
+            "notes": {"type": "string", "maxLength": 500},
+            "address": {
+                "type": "object",
+                "properties": {
+                    "street": {"type": "string"},
+                    "city": {"type": "string"},
+                    "country": {"type": "string", "pattern": "^[A-Z]{2}$"}
+                },
+                "required": ["street", "city", "country"]
+            },
+            "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 20},
+            "score": {"type": "number", "minimum": 0, "maximum": 1},
+            "version": {"type": "integer"}
+        },
+        "required": ["ts", "order_id", "customer_id", "status", "currency", "amount", "items", "created_at", "address", "version"],
+        "additionalProperties": false
     })
 }
 

@@ -117,6 +117,10 @@ pub struct TopicConfig {
     /// Validate the `data` of events whose `type` has a bound schema on publish.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub validate: bool,
+    /// Infer a JSON Schema per (source, type) from the events stored (docs/api.md,
+    /// "Schema discovery"); `GET /v1/topics/{topic}/discovered` lists them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discover: bool,
 }
 
 fn default_partitions() -> u32 {
@@ -131,6 +135,7 @@ impl Default for TopicConfig {
             replicate_to: Vec::new(),
             schemas: BTreeMap::new(),
             validate: false,
+            discover: false,
         }
     }
 }
@@ -238,6 +243,11 @@ impl TopicConfig {
             format!("{{{}}}", pairs.join(","))
         }
         diff("schemas", bindings(&self.schemas), bindings(&asked.schemas));
+        diff(
+            "discover",
+            self.discover.to_string(),
+            asked.discover.to_string(),
+        );
         diff(
             "validate",
             self.validate.to_string(),
@@ -978,6 +988,61 @@ pub struct SchemaSummary {
 pub struct SchemaList {
     /// Schemas by name.
     pub schemas: Vec<SchemaSummary>,
+}
+
+/// One version of a discovered schema.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DiscoveredVersion {
+    /// The version (from 1): each new shape seen makes one.
+    pub version: u32,
+    /// When it was made (ms since the epoch).
+    pub created_ms: u64,
+    /// The inferred JSON Schema document (2020-12): a body for `PUT /v1/schemas/{name}`.
+    pub schema: serde_json::Value,
+}
+
+/// What schema discovery inferred for one (source, type) of a topic.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DiscoveredSchema {
+    /// The events' `source`.
+    pub source: String,
+    /// The events' `type`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Events observed (on this node since it started).
+    pub events: u64,
+    /// When the last one was observed (ms since the epoch).
+    pub last_ms: u64,
+    /// The latest version.
+    pub latest: u32,
+    /// The latest version's schema document (a body for `PUT /v1/schemas/{name}`).
+    pub schema: serde_json::Value,
+    /// Every version, oldest first (only when one (source, type) is asked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<DiscoveredVersion>,
+}
+
+/// Answer of `GET /v1/topics/{topic}/discovered`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct DiscoveredList {
+    /// The topic.
+    pub topic: String,
+    /// By (source, type).
+    pub schemas: Vec<DiscoveredSchema>,
+    /// Events not inferred: sampled out under load, or of a (source, type) past the
+    /// per-topic bound.
+    pub skipped: u64,
+}
+
+/// Query of `GET /v1/topics/{topic}/discovered`: both or neither.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveredQuery {
+    /// Only this `source`.
+    pub source: Option<String>,
+    /// Only this `type`.
+    #[serde(rename = "type")]
+    pub ty: Option<String>,
 }
 
 /// A schema in a cluster's catalog: every version it has, oldest first.

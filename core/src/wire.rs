@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 
 /// The link protocol version carried by [`Hello`]. A peer with another version is refused.
 /// Version 3 added [`Frame::TraceQuery`] and [`Frame::TraceReply`] (a version-2 peer
-/// would close the link on them, so it is refused at the handshake instead).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// would close the link on them, so it is refused at the handshake instead); version 4
+/// added [`Frame::Schemas`].
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest encoded frame (without its 4-byte length prefix).
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
@@ -182,6 +183,24 @@ pub enum Frame {
     TraceQuery(TraceQuery),
     /// The answer to a [`Frame::TraceQuery`].
     TraceReply(TraceReply),
+    /// Schema registry entries (all of them after the handshake, then what changed).
+    Schemas(Vec<SchemaEntry>),
+}
+
+/// One schema of the mesh's schema catalog: its every version as the last writer left
+/// them, or deleted (`versions: None`). The entry with the highest (`rev`, `writer`)
+/// wins everywhere. See `meshd_federation::schema_catalog`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaEntry {
+    /// Schema name.
+    pub name: String,
+    /// Revision: one more than the revision the writer knew when it changed the schema.
+    pub rev: u64,
+    /// The cluster that wrote this revision.
+    pub writer: String,
+    /// The versions as JSON (`meshd_core::api::SchemaCatalogEntry`: serde_json values do
+    /// not go through bincode); `None` once deleted.
+    pub versions: Option<String>,
 }
 
 /// A trace question relayed along links ([`Frame::TraceQuery`]).
@@ -418,6 +437,12 @@ mod tests {
                     records_json: "[]".into(),
                 }],
             }),
+            Frame::Schemas(vec![SchemaEntry {
+                name: "orders".into(),
+                rev: 2,
+                writer: "b".into(),
+                versions: Some("{\"versions\":[]}".into()),
+            }]),
         ]
     }
 

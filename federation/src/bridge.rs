@@ -46,6 +46,7 @@ use crate::progress::PROGRESS_EVERY;
 use crate::replicas::{auto_failover, Auto, Delivery, Event as ReplicaEvent, Replicas, StartScan};
 pub use crate::routing::relay_topic;
 use crate::routing::{Routes, RELAY_PREFIX};
+use crate::schema_catalog::{Action as SchemaAction, SchemaCatalog};
 use crate::session::{Action, LinkSession, Now, Outgoing, ReadAt, SessionConfig, SessionEnd};
 use crate::stats::{LagMeter, LinkState, LinkStats, PartitionLag};
 use crate::trace::{relay_timeout, MAX_HOPS};
@@ -324,6 +325,9 @@ struct Shared {
     catalog: Mutex<Catalog>,
     /// The local topics as the catalog task last listed them.
     local_topics: Mutex<BTreeMap<String, TopicConfig>>,
+    /// The mesh's schema catalog (see [`crate::schema_catalog`]); kept in step with the
+    /// node's schema registry by the catalog task.
+    schemas: Mutex<SchemaCatalog>,
     /// Catalog actions from sessions (merges of what peers sent), for the catalog task.
     catalog_actions: mpsc::UnboundedSender<CatalogAction>,
     /// Subscription replicas known here (see [`crate::replicas`]).
@@ -464,6 +468,7 @@ impl Bridge {
         let dedup = restore_dedup(&node, &config.cluster, config.dedup_window).await;
         let marks = restore_marks(&node, &config.cluster).await;
         let catalog = restore_catalog(&node, &config.cluster).await;
+        let schemas = restore_schemas(&node, &config.cluster).await;
         let (catalog_actions, catalog_rx) = mpsc::unbounded_channel();
         let replicas = restore_replicas(&node, &config.cluster).await;
         let (replica_events, replica_rx) = mpsc::unbounded_channel();
@@ -471,6 +476,7 @@ impl Bridge {
             marks: Mutex::new(marks),
             catalog: Mutex::new(catalog),
             local_topics: Mutex::new(BTreeMap::new()),
+            schemas: Mutex::new(schemas),
             catalog_actions,
             replicas: Mutex::new(replicas),
             replica_events,
@@ -550,6 +556,7 @@ impl Bridge {
                 let c = lock(&shared.catalog);
                 (c.live_topics(), c.conflicts().len(), c.orphans().len())
             };
+            let schemas = lock(&shared.schemas).live();
             text.push_str(&format!(
                 "# HELP meshd_federation_catalog_topics Topics with a live life in the mesh catalog.\n\
                  # TYPE meshd_federation_catalog_topics gauge\n\
@@ -559,7 +566,10 @@ impl Bridge {
                  meshd_federation_catalog_conflicts {conflicts}\n\
                  # HELP meshd_federation_catalog_orphans Local copies of deleted topics kept while subscriptions read them.\n\
                  # TYPE meshd_federation_catalog_orphans gauge\n\
-                 meshd_federation_catalog_orphans {orphans}\n"
+                 meshd_federation_catalog_orphans {orphans}\n\
+                 # HELP meshd_federation_catalog_schemas Schemas live (not deleted) in the mesh's schema catalog.\n\
+                 # TYPE meshd_federation_catalog_schemas gauge\n\
+                 meshd_federation_catalog_schemas {schemas}\n"
             ));
             text
         })
@@ -1636,6 +1646,12 @@ impl Driver {
                     let _ = shared.catalog_actions.send(a);
                 }
             }
+            Action::MergeSchemas(entries) => {
+                // Applied to the registry by the catalog task's next tick.
+                for b in lock(&shared.schemas).merge(entries) {
+                    tracing::warn!(cluster = %shared.me(), peer, "ignoring a schema catalog entry: {b}");
+                }
+            }
             Action::MergeReplicas(replicas) => {
                 let (events, changed) = lock(&shared.replicas).merge(replicas);
                 if !events.is_empty() || !changed.is_empty() {
@@ -1778,13 +1794,18 @@ impl Driver {
 
     /// Offers the machine what this cluster announces: the catalog first (all of it on a
     /// new connection, then what changed), so topics are known on the other side before
-    /// events or interest need them; then the subscription replicas; then the interest.
+    /// events or interest need them; then the schemas; then the subscription replicas;
+    /// then the interest.
     fn announce(&mut self) {
         let shared = self.shared.clone();
         let peer = self.peer.as_str();
         let (gen, changed) = changes(&*lock(&shared.catalog), self.m.catalog_sent());
         if let Some(changed) = changed {
             self.m.announce_catalog(gen, changed, CATALOG_CHUNK);
+        }
+        let (gen, changed) = changes(&*lock(&shared.schemas), self.m.schemas_sent());
+        if let Some(changed) = changed {
+            self.m.announce_schemas(gen, changed, CATALOG_CHUNK);
         }
         let (gen, changed) = changes(&*lock(&shared.replicas), self.m.replicas_sent());
         if let Some(changed) = changed {
@@ -1965,6 +1986,16 @@ impl Gossiped for Catalog {
     }
 }
 
+impl Gossiped for SchemaCatalog {
+    type Entry = meshd_core::wire::SchemaEntry;
+    fn generation(&self) -> u64 {
+        SchemaCatalog::generation(self)
+    }
+    fn changed_since(&self, gen: u64) -> Vec<Self::Entry> {
+        SchemaCatalog::changed_since(self, gen)
+    }
+}
+
 impl Gossiped for Replicas {
     type Entry = meshd_core::wire::SubReplica;
     fn generation(&self) -> u64 {
@@ -1998,21 +2029,109 @@ async fn restore_catalog(node: &Node, me: &str) -> Catalog {
     }
 }
 
+/// Reads the persisted schema catalog.
+async fn restore_schemas(node: &Node, me: &str) -> SchemaCatalog {
+    match node
+        .store
+        .list_meta(crate::schema_catalog::META_PREFIX)
+        .await
+    {
+        Ok(entries) => {
+            let (catalog, bad) = SchemaCatalog::restore(me, entries);
+            for key in bad {
+                tracing::warn!(cluster = %me, key, "ignoring an unreadable schema catalog entry (peers send it again)");
+            }
+            catalog
+        }
+        Err(e) => {
+            tracing::error!(cluster = %me, "schema catalog not restored (peers send it again): {e}");
+            SchemaCatalog::new(me)
+        }
+    }
+}
+
+/// The node's schema registry as the schema catalog reads it: each schema's digest,
+/// computed again only when the registry changed.
+#[derive(Default)]
+struct RegistryView {
+    changes: Option<u64>,
+    digests: BTreeMap<String, String>,
+}
+
+/// One tick of the schema catalog: changes made here become entries, entries that came
+/// from peers are applied to the registry (and the cluster catalog).
+async fn schemas_tick(shared: &Shared, view: &mut RegistryView, failing: &mut HashSet<String>) {
+    let registry = &shared.node.schemas;
+    if view.changes != Some(registry.changes()) {
+        let (changes, entries) = registry.entries();
+        view.digests = entries
+            .iter()
+            .map(|(n, v)| (n.clone(), crate::schema_catalog::digest(Some(v))))
+            .collect();
+        view.changes = Some(changes);
+    }
+    let todo =
+        lock(&shared.schemas).observe(&view.digests, |name| registry.entries().1.remove(name));
+    let me = shared.me();
+    for a in todo {
+        let (name, versions, digest) = match a {
+            SchemaAction::Persist { key, value } => {
+                if let Err(e) = shared.node.store.put_meta(&key, &value).await {
+                    tracing::warn!(cluster = %me, key, "persisting a schema catalog entry failed (peers send it again): {e}");
+                }
+                continue;
+            }
+            SchemaAction::Apply {
+                name,
+                versions,
+                digest,
+            } => (name, Some(versions), digest),
+            SchemaAction::Remove { name } => (name, None, crate::schema_catalog::ABSENT.into()),
+        };
+        let deleted = versions.is_none();
+        let key = format!("schema {name}");
+        match registry
+            .replicate(
+                &*shared.node.store,
+                shared.node.catalog_sink(),
+                &name,
+                versions,
+            )
+            .await
+        {
+            Ok(()) => {
+                failing.remove(&key);
+                lock(&shared.schemas).applied(&name, &digest);
+                tracing::info!(cluster = %me, schema = %name, deleted, "schema applied from the mesh catalog");
+            }
+            Err(e) => {
+                if failing.insert(key) {
+                    tracing::warn!(cluster = %me, schema = %name, "applying a schema of the mesh catalog failed (retried): {e}");
+                }
+            }
+        }
+    }
+}
+
 /// Keeps the catalog and this cluster's topics in step: every 250 ms it lists the local
 /// topics (new ones become lives owned here, deleted ones end theirs, the owners' topics
 /// this cluster may receive are made), and it carries out what merges of peers' entries
-/// asked for.
+/// asked for. The schema catalog is kept in step with the schema registry on the same
+/// tick ([`schemas_tick`]).
 async fn catalog_loop(shared: Arc<Shared>, mut actions: mpsc::UnboundedReceiver<CatalogAction>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing: HashSet<String> = HashSet::new();
     let mut first = true;
+    let mut registry = RegistryView::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 if shared.stopping.load(Ordering::SeqCst) {
                     return;
                 }
+                // Schemas first: a topic that binds them finds them made.
+                schemas_tick(&shared, &mut registry, &mut failing).await;
                 let local: BTreeMap<String, TopicConfig> = match shared.node.store.list_topics().await {
                     Ok(t) => t.into_iter().collect(),
                     Err(e) => {

@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //! - [`catalog`]: the mesh's topic catalog: lives, merge, conflicts. Sans-IO.
+//! - [`schema_catalog`]: the mesh's schema catalog: last writer wins, tombstones. Sans-IO.
 //! - [`link`]: handshake checks, event path (loop prevention), duplicate window. Sans-IO.
 //! - [`session`]: one connection of a link as a state machine: handshake, sending window,
 //!   acks, progress marks, announcements, drain. Frames, store results and time in;
@@ -37,6 +38,7 @@ pub mod marks;
 pub mod progress;
 pub mod replicas;
 pub mod routing;
+pub mod schema_catalog;
 pub mod session;
 pub mod stats;
 pub mod trace;

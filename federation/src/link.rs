@@ -101,6 +101,7 @@ pub fn frame_name(f: &Frame) -> &'static str {
         Frame::Progress { .. } => "progress",
         Frame::TraceQuery(_) => "trace query",
         Frame::TraceReply(_) => "trace reply",
+        Frame::Schemas(_) => "schemas",
     }
 }
 
@@ -342,10 +343,10 @@ mod tests {
         assert!(
             matches!(check_hello(&local, "b", &Frame::Hello(hello("m", "c", "d1"))), HelloOutcome::Refuse(r) if r.contains("certificate"))
         );
-        // Version 1 peers (no origin positions), version 2 peers (no trace frames) and
-        // unknown future versions are refused.
-        assert_eq!(PROTOCOL_VERSION, 3);
-        for v in [1, 2, PROTOCOL_VERSION + 1] {
+        // Version 1 peers (no origin positions), version 2 peers (no trace frames),
+        // version 3 peers (no schema frames) and unknown future versions are refused.
+        assert_eq!(PROTOCOL_VERSION, 4);
+        for v in [1, 2, 3, PROTOCOL_VERSION + 1] {
             let mut other = hello("m", "b", "d1");
             other.version = v;
             assert!(

@@ -34,8 +34,8 @@ use cloudevents::Event;
 use meshd_core::codec::{decode_event, RawEvent};
 use meshd_core::event::POS_EXT;
 use meshd_core::wire::{
-    Batch, CatalogEntry, Frame, Hello, InterestEntry, Mark, SubReplica, TraceQuery, TraceReply,
-    WireEvent,
+    Batch, CatalogEntry, Frame, Hello, InterestEntry, Mark, SchemaEntry, SubReplica, TraceQuery,
+    TraceReply, WireEvent,
 };
 use meshd_node::store::StoredRecord;
 
@@ -135,6 +135,8 @@ pub enum Action {
     LearnInterest(Vec<InterestEntry>),
     /// Topic catalog entries the peer sent: merge them (before the batches after them).
     MergeCatalog(Vec<CatalogEntry>),
+    /// Schema catalog entries the peer sent: merge them.
+    MergeSchemas(Vec<SchemaEntry>),
     /// Subscription replicas the peer sent: merge them.
     MergeReplicas(Vec<SubReplica>),
     /// The peer asks for an event's trace: answer (later) with a `TraceReply` frame.
@@ -205,6 +207,7 @@ pub struct LinkSession {
     /// The interest last announced to the peer on this connection.
     announced: Option<Vec<InterestEntry>>,
     catalog_sent: u64,
+    schemas_sent: u64,
     replicas_sent: u64,
     /// When draining started and how many batches were in flight then.
     draining: Option<(Instant, usize)>,
@@ -243,6 +246,7 @@ impl LinkSession {
             acks: AckTracker::new(),
             announced: None,
             catalog_sent: 0,
+            schemas_sent: 0,
             replicas_sent: 0,
             draining: None,
             last_batch_rx: now,
@@ -369,6 +373,7 @@ impl LinkSession {
             // Merged by the shell in frame order, so a topic the peer's next batches need
             // is known before the storer sees them.
             Frame::Catalog(entries) => self.push(Action::MergeCatalog(entries)),
+            Frame::Schemas(entries) => self.push(Action::MergeSchemas(entries)),
             Frame::Subscriptions(replicas) => self.push(Action::MergeReplicas(replicas)),
             Frame::Clock { now_ms: peer_now } => {
                 let offset = peer_now as i64 - now.wall_ms as i64;
@@ -678,6 +683,11 @@ impl LinkSession {
         self.catalog_sent
     }
 
+    /// The schema catalog generation sent to the peer on this connection.
+    pub fn schemas_sent(&self) -> u64 {
+        self.schemas_sent
+    }
+
     /// The replicas generation sent to the peer on this connection.
     pub fn replicas_sent(&self) -> u64 {
         self.replicas_sent
@@ -693,6 +703,17 @@ impl LinkSession {
             self.push(Action::Send(Frame::Catalog(c.to_vec())));
         }
         self.catalog_sent = gen;
+    }
+
+    /// Schema catalog entries changed since [`Self::schemas_sent`], now at generation `gen`.
+    pub fn announce_schemas(&mut self, gen: u64, changed: Vec<SchemaEntry>, chunk: usize) {
+        if !self.is_open() {
+            return;
+        }
+        for c in changed.chunks(chunk.max(1)) {
+            self.push(Action::Send(Frame::Schemas(c.to_vec())));
+        }
+        self.schemas_sent = gen;
     }
 
     /// Replicas changed since [`Self::replicas_sent`], now at generation `gen`.

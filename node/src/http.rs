@@ -15,9 +15,9 @@ use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use cloudevents::AttributesReader;
 use meshd_core::api::{
-    AckRequest, ErrorBody, FilterTestRequest, InvalidField, PublishResponse, PullResponse,
-    ReplayRequest, SchemaGetQuery, SchemaPutQuery, StartPosition, StartTime, SubscriptionSpec,
-    TopicConfig,
+    AckRequest, DiscoveredQuery, ErrorBody, FilterTestRequest, InvalidField, PublishResponse,
+    PullResponse, ReplayRequest, SchemaGetQuery, SchemaPutQuery, StartPosition, StartTime,
+    SubscriptionSpec, TopicConfig,
 };
 use meshd_core::event::{self, EventError, Mode};
 use serde::Deserialize;
@@ -211,6 +211,18 @@ impl From<NodeError> for ApiError {
     }
 }
 
+impl From<crate::discovery::DiscoveryError> for ApiError {
+    fn from(e: crate::discovery::DiscoveryError) -> Self {
+        use crate::discovery::DiscoveryError;
+        match e {
+            DiscoveryError::Invalid(f) => f.into(),
+            DiscoveryError::NotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "discovered_not_found", e.to_string())
+            }
+        }
+    }
+}
+
 impl From<SchemaError> for ApiError {
     fn from(e: SchemaError) -> Self {
         match e {
@@ -315,6 +327,7 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<Node>>)> {
         ("/v1/filters/test", post(filter_test)),
         ("/v1/trace", get(trace)),
         ("/v1/schemas", get(list_schemas)),
+        ("/v1/topics/{topic}/discovered", get(discovered)),
         (
             "/v1/schemas/{name}",
             get(get_schema).put(put_schema).delete(delete_schema),
@@ -543,6 +556,9 @@ async fn publish_inner(node: &Arc<Node>, topic: &str, req: Request) -> ApiResult
             .check_events(&bindings, &mut events, matches!(mode, Mode::Batch))?;
     }
     let positions = ingest::append_events(&*node.store, topic, partitions, &events).await?;
+    if node.discovers(topic) {
+        node.discovery.offer(topic, &events);
+    }
     let traced = node.trace.enabled().then(|| node.trace.intern(topic));
     for (e, p) in events.iter().zip(&positions) {
         if let Some(topic) = &traced {
@@ -1097,6 +1113,27 @@ async fn get_schema(
 ) -> ApiResult<Response> {
     let q = query_of(query)?;
     Ok(Json(node.schemas.get(&name, q.version)?).into_response())
+}
+
+/// `GET /v1/topics/{topic}/discovered[?source=&type=]`: the schemas discovery inferred.
+async fn discovered(
+    State(node): State<Arc<Node>>,
+    Path(topic): Path<String>,
+    query: Result<Query<DiscoveredQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let q = query_of(query)?;
+    let info = node.topic_info(&topic).await?;
+    if !info.config.discover {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "discovery_off",
+            format!("topic {topic:?} does not discover schemas; discovery is set when a topic is created (\"discover\": true)"),
+        ));
+    }
+    let list = node
+        .discovery
+        .list(&topic, q.source.as_deref(), q.ty.as_deref())?;
+    Ok(Json(list).into_response())
 }
 
 async fn list_schemas(State(node): State<Arc<Node>>) -> Response {

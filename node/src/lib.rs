@@ -24,6 +24,7 @@
 
 pub mod console;
 pub mod delivery;
+pub mod discovery;
 pub mod drill_reports;
 pub mod http;
 pub mod ingest;

@@ -338,6 +338,8 @@ pub struct Node {
     pub trace: Arc<TraceLog>,
     /// Its schema registry (docs/api.md, "Schemas").
     pub schemas: crate::schemas::SchemaRegistry,
+    /// Schema discovery of topics with `discover: true` (docs/api.md, "Schema discovery").
+    pub discovery: crate::discovery::Discovery,
     topics: RwLock<HashMap<String, TopicConfig>>,
     subscriptions: RwLock<BTreeMap<String, Arc<CompiledSubscription>>>,
     /// When each subscription was made (see [`SUBSCRIPTION_CREATED_PREFIX`]).
@@ -516,6 +518,7 @@ impl Node {
             metrics,
             trace,
             schemas,
+            discovery: crate::discovery::Discovery::start(),
             topics: RwLock::new(topics),
             subscriptions: RwLock::new(BTreeMap::new()),
             subscriptions_created: std::sync::Mutex::new(HashMap::new()),
@@ -908,6 +911,12 @@ impl Node {
             .map(|c| c.schemas.clone())
     }
 
+    /// Whether a topic discovers schemas (from the cache [`Node::partitions_for_publish`]
+    /// filled).
+    pub fn discovers(&self, topic: &str) -> bool {
+        self.read_topics().get(topic).is_some_and(|c| c.discover)
+    }
+
     /// The partition count of a topic for a publish; creates it when auto-create is on.
     pub async fn partitions_for_publish(&self, topic: &str) -> Result<u32, NodeError> {
         if let Some(cfg) = self.topic_config(topic).await? {
@@ -990,6 +999,7 @@ impl Node {
         self.check_topic_deletable(topic).await?;
         self.store.delete_topic(topic).await?;
         self.write_topics().remove(topic);
+        self.discovery.forget(topic);
         tracing::info!(cluster = %self.config.cluster, node = %self.config.node_id, topic, "topic deleted");
         Ok(())
     }

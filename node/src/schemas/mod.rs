@@ -11,6 +11,7 @@
 //! files); a schema whose references leave the document is refused.
 
 pub mod compat;
+pub mod discover;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -118,6 +119,8 @@ pub struct SchemaRegistry {
     subjects: RwLock<BTreeMap<String, Vec<Arc<Version>>>>,
     /// Held by every change, and by topic creation while it checks its bindings.
     writes: tokio::sync::Mutex<()>,
+    /// Bumped by every change (the mesh's schema catalog reads the registry again then).
+    changes: std::sync::atomic::AtomicU64,
 }
 
 /// Refuses every `$ref` that leaves the document: nothing is fetched.
@@ -231,6 +234,7 @@ impl SchemaRegistry {
         Ok(SchemaRegistry {
             subjects: RwLock::new(subjects),
             writes: tokio::sync::Mutex::new(()),
+            changes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -239,7 +243,72 @@ impl SchemaRegistry {
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Vec<Arc<Version>>>> {
-        self.subjects.write().unwrap_or_else(|p| p.into_inner())
+        let guard = self.subjects.write().unwrap_or_else(|p| p.into_inner());
+        // Moved while the lock is held: a reader of [`SchemaRegistry::entries`] sees the
+        // number and the schemas of the same moment.
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        guard
+    }
+
+    /// A number that moves whenever a schema changes (read [`SchemaRegistry::entries`]
+    /// again then).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Every schema with its every version, oldest first (what the mesh replicates), and
+    /// [`SchemaRegistry::changes`] as of then.
+    pub fn entries(&self) -> (u64, BTreeMap<String, SchemaCatalogEntry>) {
+        let subjects = self.read();
+        let changes = self.changes();
+        let entries = subjects
+            .iter()
+            .map(|(name, versions)| {
+                (
+                    name.clone(),
+                    SchemaCatalogEntry {
+                        versions: versions.iter().map(|v| v.info.clone()).collect(),
+                    },
+                )
+            })
+            .collect();
+        (changes, entries)
+    }
+
+    /// Applies a schema of the mesh's catalog to the cluster: `Some(versions)` makes its
+    /// versions exactly these, `None` deletes it. Written to the cluster catalog first
+    /// (when the node has one) so every node of the cluster follows.
+    pub async fn replicate(
+        &self,
+        store: &dyn EventStore,
+        catalog: Catalog<'_>,
+        name: &str,
+        versions: Option<SchemaCatalogEntry>,
+    ) -> Result<(), SchemaError> {
+        match versions {
+            Some(entry) => {
+                check_name("schema", name)?;
+                for v in &entry.versions {
+                    // Compiled first: a version this node cannot use changes nothing.
+                    compile(&v.schema)?;
+                }
+                if let Some(c) = catalog {
+                    c.put_schema(name, &entry)
+                        .await
+                        .map_err(SchemaError::CatalogUnavailable)?;
+                }
+                self.apply(store, name, entry).await
+            }
+            None => {
+                if let Some(c) = catalog {
+                    c.delete_schema(name)
+                        .await
+                        .map_err(SchemaError::CatalogUnavailable)?;
+                }
+                self.remove(store, name).await
+            }
+        }
     }
 
     /// Held while a topic's bindings are checked and the topic created, so that no schema

@@ -312,3 +312,54 @@ async fn non_json_data_of_a_bound_type_is_refused() {
     );
     reg.check_events(&orders_bound(), &mut [e], false).unwrap();
 }
+
+#[tokio::test]
+async fn replicated_versions_read_back_exactly_and_count_as_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir).await;
+    let writer = SchemaRegistry::new();
+    writer
+        .put(&*s, None, "orders", order_v1(), None)
+        .await
+        .unwrap();
+    let mut v2 = order_v1();
+    v2["properties"]["note"] = json!({"type": "string"});
+    writer.put(&*s, None, "orders", v2, None).await.unwrap();
+    let entry = writer.entries().1.remove("orders").unwrap();
+
+    // Another cluster's registry takes the versions as they are (the mesh compares
+    // what it reads back with what it applied: they must be equal, or it would take the
+    // apply for a change of its own).
+    let dir2 = tempfile::tempdir().unwrap();
+    let s2 = store(&dir2).await;
+    let reader = SchemaRegistry::new();
+    let before = reader.changes();
+    reader
+        .replicate(&*s2, None, "orders", Some(entry.clone()))
+        .await
+        .unwrap();
+    assert!(reader.changes() > before);
+    assert_eq!(reader.entries().1.remove("orders").unwrap(), entry);
+    // And after reopening the store.
+    let reopened = SchemaRegistry::load(&*s2).await.unwrap();
+    assert_eq!(reopened.entries().1.remove("orders").unwrap(), entry);
+
+    // A version that does not compile changes nothing.
+    let mut bad = entry.clone();
+    bad.versions[1].schema = json!({"type": 12});
+    assert!(reader
+        .replicate(&*s2, None, "orders", Some(bad))
+        .await
+        .is_err());
+    assert_eq!(reader.entries().1.remove("orders").unwrap(), entry);
+
+    // Deleted through the mesh.
+    reader.replicate(&*s2, None, "orders", None).await.unwrap();
+    assert!(reader.entries().1.is_empty());
+    assert!(SchemaRegistry::load(&*s2)
+        .await
+        .unwrap()
+        .entries()
+        .1
+        .is_empty());
+}
