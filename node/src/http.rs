@@ -52,6 +52,16 @@ impl ApiError {
         self.body.error.field = Some(field.into());
         self
     }
+
+    /// The HTTP status (other transports map it: [`crate::grpc`]).
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The error body (code, message, field).
+    pub fn body(&self) -> &ErrorBody {
+        &self.body
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -477,20 +487,32 @@ async fn publish(
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty() && s.len() <= 256)
         .map(str::to_string);
-    match publish_inner(&node, &topic, req).await {
+    let result = publish_inner(&node, &topic, req).await;
+    count_publish(&node, &topic, group.as_deref(), started, &result);
+    match result {
+        Ok(resp) => (StatusCode::OK, Json(resp)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Counts a publish (HTTP or gRPC) in the node's metrics, its producer group and the log.
+pub(crate) fn count_publish(
+    node: &Node,
+    topic: &str,
+    group: Option<&str>,
+    started: Instant,
+    result: &ApiResult<PublishResponse>,
+) {
+    match result {
         Ok(resp) => {
             let n = resp.positions.len() as u64;
-            node.note_publish(group.as_deref(), n);
-            node.metrics
-                .published
-                .with_label_values(&[&topic])
-                .inc_by(n);
-            node.metrics.stored.with_label_values(&[&topic]).inc_by(n);
+            node.note_publish(group, n);
+            node.metrics.published.with_label_values(&[topic]).inc_by(n);
+            node.metrics.stored.with_label_values(&[topic]).inc_by(n);
             node.metrics
                 .publish_latency
-                .with_label_values(&[&topic])
+                .with_label_values(&[topic])
                 .observe(started.elapsed().as_secs_f64());
-            (StatusCode::OK, Json(resp)).into_response()
         }
         Err(e) => {
             node.metrics
@@ -498,7 +520,6 @@ async fn publish(
                 .with_label_values(&[&e.body.error.code])
                 .inc();
             tracing::debug!(topic = %topic, code = %e.body.error.code, "publish refused: {}", e.body.error.message);
-            e.into_response()
         }
     }
 }
@@ -506,15 +527,7 @@ async fn publish(
 #[tracing::instrument(level = "debug", skip_all, fields(topic = %topic))]
 async fn publish_inner(node: &Arc<Node>, topic: &str, req: Request) -> ApiResult<PublishResponse> {
     let _permit = node.publish_permit().await;
-    if node.is_draining() {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "this node is draining and takes no publishes; publish to another node (a proxy retries the next one)",
-        );
-        e.retry_after = Some(1);
-        return Err(e);
-    }
+    refuse_if_draining(node)?;
     let (parts, body) = req.into_parts();
     let mode = mode_of(&parts.headers)?;
     let partitions = node.partitions_for_publish(topic).await?;
@@ -534,13 +547,39 @@ async fn publish_inner(node: &Arc<Node>, topic: &str, req: Request) -> ApiResult
         Mode::Structured => vec![event::parse_structured(&bytes)?],
         Mode::Batch => event::parse_batch(&bytes)?,
     };
+    store_published(node, topic, partitions, events, matches!(mode, Mode::Batch)).await
+}
+
+/// 503 `draining` while the node drains (checked under the publish permit).
+pub(crate) fn refuse_if_draining(node: &Node) -> ApiResult<()> {
+    if node.is_draining() {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this node is draining and takes no publishes; publish to another node (a proxy retries the next one)",
+        );
+        e.retry_after = Some(1);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// The part of a publish after parsing, shared by HTTP and gRPC: mesh extensions
+/// stripped, schemas checked (a refused `batch` stores nothing), one durable append,
+/// traced. The caller holds the publish permit.
+pub(crate) async fn store_published(
+    node: &Arc<Node>,
+    topic: &str,
+    partitions: u32,
+    events: Vec<meshd_core::Event>,
+    batch: bool,
+) -> ApiResult<PublishResponse> {
     let mut events: Vec<_> = events
         .into_iter()
         .map(event::strip_mesh_extensions)
         .collect();
     if let Some(bindings) = node.validated_bindings(topic) {
-        node.schemas
-            .check_events(&bindings, &mut events, matches!(mode, Mode::Batch))?;
+        node.schemas.check_events(&bindings, &mut events, batch)?;
     }
     let positions = ingest::append_events(&*node.store, topic, partitions, &events).await?;
     let traced = node.trace.enabled().then(|| node.trace.intern(topic));
