@@ -134,6 +134,30 @@ async fn grpcio_publishes_one_a_batch_and_a_stream_and_subscribes_with_acks_and_
         &json!({"step": "acked", "acknowledged": 1, "unknown": []})
     );
     assert_eq!(stored_count(&c, &m.url, "orders").await, 106);
+    // The stream's events are stored in stream order (several requests share an append).
+    let mut streamed = Vec::new();
+    for partition in 0..2 {
+        let page = get_json(
+            &c,
+            &m.at(&format!(
+                "/v1/topics/orders/events?partition={partition}&limit=1000"
+            )),
+        )
+        .await;
+        let ids: Vec<u64> = page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["event"]["id"].as_str()?.strip_prefix("g-")?.parse().ok())
+            .filter(|n| (100..200).contains(n))
+            .collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "partition {partition}: {ids:?}"
+        );
+        streamed.extend(ids);
+    }
+    assert_eq!(streamed.len(), 100);
     // Everything was acknowledged: an HTTP pull of the same subscription finds nothing.
     assert!(pull(&c, &m.url, "audit", "default", 10, 0).await.is_empty());
 }

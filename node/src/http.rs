@@ -31,7 +31,7 @@ use crate::server::{BrowseFrom, Node, NodeError};
 use crate::store::StoreError;
 
 /// An error answer: status plus the JSON error body.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     status: StatusCode,
     body: ErrorBody,
@@ -564,9 +564,8 @@ pub(crate) fn refuse_if_draining(node: &Node) -> ApiResult<()> {
     Ok(())
 }
 
-/// The part of a publish after parsing, shared by HTTP and gRPC: mesh extensions
-/// stripped, schemas checked (a refused `batch` stores nothing), one durable append,
-/// traced. The caller holds the publish permit.
+/// The part of a publish after parsing, shared by HTTP and gRPC: [`check_published`],
+/// then [`append_published`]. The caller holds the publish permit.
 pub(crate) async fn store_published(
     node: &Arc<Node>,
     topic: &str,
@@ -574,6 +573,18 @@ pub(crate) async fn store_published(
     events: Vec<meshd_core::Event>,
     batch: bool,
 ) -> ApiResult<PublishResponse> {
+    let events = check_published(node, topic, events, batch)?;
+    let positions = append_published(node, topic, partitions, &events).await?;
+    Ok(PublishResponse { positions })
+}
+
+/// Mesh extensions stripped, schemas checked (a refused `batch` is refused whole).
+pub(crate) fn check_published(
+    node: &Node,
+    topic: &str,
+    events: Vec<meshd_core::Event>,
+    batch: bool,
+) -> ApiResult<Vec<meshd_core::Event>> {
     let mut events: Vec<_> = events
         .into_iter()
         .map(event::strip_mesh_extensions)
@@ -581,7 +592,17 @@ pub(crate) async fn store_published(
     if let Some(bindings) = node.validated_bindings(topic) {
         node.schemas.check_events(&bindings, &mut events, batch)?;
     }
-    let positions = ingest::append_events(&*node.store, topic, partitions, &events).await?;
+    Ok(events)
+}
+
+/// One durable, atomic append of checked events, traced; their positions in order.
+pub(crate) async fn append_published(
+    node: &Node,
+    topic: &str,
+    partitions: u32,
+    events: &[meshd_core::Event],
+) -> ApiResult<Vec<meshd_core::api::Position>> {
+    let positions = ingest::append_events(&*node.store, topic, partitions, events).await?;
     let traced = node.trace.enabled().then(|| node.trace.intern(topic));
     for (e, p) in events.iter().zip(&positions) {
         if let Some(topic) = &traced {
@@ -598,7 +619,7 @@ pub(crate) async fn store_published(
         let traceparent = meshd_core::event::attribute_string(e, "traceparent");
         tracing::trace!(event_id = %e.id(), traceparent = traceparent.as_deref(), partition = p.partition, offset = p.offset, "stored");
     }
-    Ok(PublishResponse { positions })
+    Ok(positions)
 }
 
 async fn put_topic(

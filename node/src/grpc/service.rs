@@ -4,8 +4,9 @@
 //!   [`meshd_proto::convert::to_event`], then the HTTP publish path's shared half (publish
 //!   permit, drain check, topic lookup, [`crate::http::store_published`]) and its metrics
 //!   ([`crate::http::count_publish`]).
-//! - `PublishStream` answers the requests one by one in order (one durable append each),
-//!   so a producer keeps many in flight; a refused request gets an ack carrying the error.
+//! - `PublishStream` answers every request in order, so a producer keeps many in flight;
+//!   the requests that arrived while the previous append was being made are stored by one
+//!   append (in stream order); a refused request gets an ack carrying the error.
 //! - `Subscribe`: [`super::session::Session`] keeps the credits; the shell long-polls
 //!   [`crate::delivery::Delivery::pull`] while credits remain and acknowledges through
 //!   [`crate::delivery::Delivery::ack`], the same leases, ack deadlines and redelivery as
@@ -14,7 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use meshd_core::api::{InvalidField, PulledEvent};
 use meshd_core::event::{EventError, MAX_BATCH_EVENTS};
 use meshd_core::Event;
@@ -107,10 +108,14 @@ fn events_of(events: Option<publish_request::Events>) -> Result<(Vec<Event>, boo
     }
 }
 
-async fn publish_inner(
+/// Most requests of a stream stored by one append.
+const MAX_COALESCED: usize = 256;
+
+/// The events of one request, checked and ready to append.
+async fn prepare(
     node: &Arc<Node>,
     req: PublishRequest,
-) -> Result<meshd_core::api::PublishResponse, ApiError> {
+) -> Result<(String, u32, Vec<Event>), ApiError> {
     if req.topic.is_empty() {
         return Err(InvalidField {
             field: "topic".into(),
@@ -118,34 +123,122 @@ async fn publish_inner(
         }
         .into());
     }
-    let _permit = node.publish_permit().await;
     http::refuse_if_draining(node)?;
     let partitions = node.partitions_for_publish(&req.topic).await?;
     let (events, batch) = events_of(req.events)?;
-    http::store_published(node, &req.topic, partitions, events, batch).await
+    let events = http::check_published(node, &req.topic, events, batch)?;
+    Ok((req.topic, partitions, events))
 }
 
-/// One publish, counted in the node's metrics as an HTTP publish is.
-async fn publish(
+type Stored = Result<Vec<meshd_core::api::Position>, ApiError>;
+
+/// Accepted requests of one topic waiting for their common append.
+struct Pending {
+    topic: String,
+    partitions: u32,
+    events: Vec<Event>,
+    /// (request index, number of events) in order.
+    members: Vec<(usize, usize)>,
+}
+
+/// One atomic append for every request of `p`; each gets its own positions (or the
+/// append's error: then none of them is stored).
+async fn flush(node: &Node, p: Pending, results: &mut [Option<Stored>]) {
+    match http::append_published(node, &p.topic, p.partitions, &p.events).await {
+        Ok(positions) => {
+            let mut rest = positions.into_iter();
+            for (i, n) in p.members {
+                results[i] = Some(Ok(rest.by_ref().take(n).collect()));
+            }
+        }
+        Err(e) => {
+            for (i, _) in p.members {
+                results[i] = Some(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Publishes requests (one for `Publish`; those that arrived together on a
+/// `PublishStream`): each is checked on its own, and a refused one gets its error;
+/// consecutive accepted ones of one topic are stored by one atomic append, so the
+/// stored order is the request order. One result per request, in order, each counted
+/// in the node's metrics as an HTTP publish is.
+async fn publish_run(
     node: &Arc<Node>,
-    req: PublishRequest,
+    reqs: Vec<PublishRequest>,
     group: Option<&str>,
-) -> Result<Vec<PbPosition>, ApiError> {
+) -> Vec<Result<Vec<PbPosition>, ApiError>> {
     let started = Instant::now();
-    let topic = req.topic.clone();
-    let result = publish_inner(node, req)
-        .instrument(tracing::debug_span!("grpc_publish", topic = %topic))
-        .await;
-    http::count_publish(node, &topic, group, started, &result);
-    result.map(|r| {
-        r.positions
-            .into_iter()
-            .map(|p| PbPosition {
-                partition: p.partition,
-                offset: p.offset,
+    let topics: Vec<String> = reqs.iter().map(|r| r.topic.clone()).collect();
+    let mut results: Vec<Option<Stored>> = (0..reqs.len()).map(|_| None).collect();
+    {
+        let _permit = node.publish_permit().await;
+        let mut pending: Option<Pending> = None;
+        for (i, req) in reqs.into_iter().enumerate() {
+            match prepare(node, req).await {
+                Err(e) => results[i] = Some(Err(e)),
+                Ok((topic, partitions, events)) => {
+                    if let Some(p) = pending.take_if(|p| p.topic != topic) {
+                        flush(node, p, &mut results).await;
+                    }
+                    let p = pending.get_or_insert_with(|| Pending {
+                        topic,
+                        partitions,
+                        events: Vec::new(),
+                        members: Vec::new(),
+                    });
+                    p.members.push((i, events.len()));
+                    p.events.extend(events);
+                }
+            }
+        }
+        if let Some(p) = pending {
+            flush(node, p, &mut results).await;
+        }
+    }
+    results
+        .into_iter()
+        .zip(topics)
+        .map(|(r, topic)| {
+            let r = r
+                .unwrap_or_else(|| unreachable!("every request is answered"))
+                .map(|positions| meshd_core::api::PublishResponse { positions });
+            http::count_publish(node, &topic, group, started, &r);
+            r.map(|resp| {
+                resp.positions
+                    .into_iter()
+                    .map(|p| PbPosition {
+                        partition: p.partition,
+                        offset: p.offset,
+                    })
+                    .collect()
             })
-            .collect()
-    })
+        })
+        .collect()
+}
+
+fn ack_of(sequence: u64, result: Result<Vec<PbPosition>, ApiError>) -> PublishAck {
+    match result {
+        Ok(positions) => PublishAck {
+            sequence,
+            positions,
+            error: None,
+        },
+        Err(e) => {
+            let detail = &e.body().error;
+            PublishAck {
+                sequence,
+                positions: Vec::new(),
+                error: Some(PbError {
+                    code: status_of(&e).code() as i32,
+                    reason: detail.code.clone(),
+                    field: detail.field.clone().unwrap_or_default(),
+                    message: detail.message.clone(),
+                }),
+            }
+        }
+    }
 }
 
 /// A pulled event as the stream sends it: the CloudEvent, or a transform's raw output.
@@ -256,9 +349,14 @@ impl EventMeshApi for EventMesh {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         let group = producer_group(&request);
-        let positions = publish(&self.node, request.into_inner(), group.as_deref())
+        let req = request.into_inner();
+        let span = tracing::debug_span!("grpc_publish", topic = %req.topic);
+        let result = publish_run(&self.node, vec![req], group.as_deref())
+            .instrument(span)
             .await
-            .map_err(|e| status_of(&e))?;
+            .pop()
+            .unwrap_or_else(|| unreachable!("one result per request"));
+        let positions = result.map_err(|e| status_of(&e))?;
         Ok(Response::new(PublishResponse { positions }))
     }
 
@@ -275,38 +373,37 @@ impl EventMeshApi for EventMesh {
         tokio::spawn(
             async move {
                 let mut sequence = 0u64;
-                while let Some(msg) = inbound.next().await {
-                    let ack = match msg {
-                        Ok(req) => match publish(&node, req, group.as_deref()).await {
-                            Ok(positions) => PublishAck {
-                                sequence,
-                                positions,
-                                error: None,
-                            },
-                            Err(e) => {
-                                let status = status_of(&e);
-                                let detail = &e.body().error;
-                                PublishAck {
-                                    sequence,
-                                    positions: Vec::new(),
-                                    error: Some(PbError {
-                                        code: status.code() as i32,
-                                        reason: detail.code.clone(),
-                                        field: detail.field.clone().unwrap_or_default(),
-                                        message: detail.message.clone(),
-                                    }),
-                                }
+                while let Some(first) = inbound.next().await {
+                    // Whatever else has arrived already is stored with it (one append):
+                    // many in flight cost one durable write, not one each.
+                    let mut msgs = vec![first];
+                    while msgs.len() < MAX_COALESCED {
+                        match inbound.next().now_or_never() {
+                            Some(Some(m)) => msgs.push(m),
+                            _ => break,
+                        }
+                    }
+                    let mut reqs = Vec::with_capacity(msgs.len());
+                    let mut broken = None;
+                    for m in msgs {
+                        match m {
+                            Ok(r) => reqs.push(r),
+                            Err(status) => {
+                                broken = Some(fix_decode_status(status));
+                                break;
                             }
-                        },
-                        Err(status) => {
-                            let _ = tx.send(Err(fix_decode_status(status))).await;
+                        }
+                    }
+                    for result in publish_run(&node, reqs, group.as_deref()).await {
+                        if tx.send(Ok(ack_of(sequence, result))).await.is_err() {
                             return;
                         }
-                    };
-                    if tx.send(Ok(ack)).await.is_err() {
+                        sequence += 1;
+                    }
+                    if let Some(status) = broken {
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
-                    sequence += 1;
                 }
             }
             .instrument(tracing::debug_span!("grpc_publish_stream")),
