@@ -13,7 +13,9 @@
 //! BENCH_VALIDATE=off,on,discover: run every mode once per setting, events then carrying
 //! a typical 20-field `data` and the topic binding their type to a 20-field JSON Schema
 //! with `validate: true` when on, no binding when off, `discover: true` (schema discovery,
-//! no binding) when discover: the validation and discovery costs, same events).
+//! no binding) when discover: the validation and discovery costs, same events);
+//! BENCH_GRPC_WINDOW=1000: single-event publishes in flight on one gRPC `PublishStream`,
+//! 0 skips the gRPC rows).
 //! Needs `nats-server` on PATH for the peer (Debian package nats-server); without it the
 //! NATS rows are skipped with a note.
 //!
@@ -159,6 +161,78 @@ async fn nats_push_latency(url: &str, rate: u64, secs: u64) -> Arc<Hist> {
     hist
 }
 
+/// Single-event publishes over one gRPC `PublishStream` with `window` in flight for `secs`:
+/// acknowledged events per second and latency (send → its ack).
+async fn grpc_publish_stream(addr: &str, window: usize, secs: u64) -> (f64, Arc<Hist>) {
+    use meshd_proto::cloudevents::cloud_event::cloud_event_attribute_value::Attr;
+    use meshd_proto::cloudevents::cloud_event::{CloudEventAttributeValue, Data};
+    use meshd_proto::v1::event_mesh_client::EventMeshClient;
+    use meshd_proto::v1::PublishRequest;
+    let mut client = EventMeshClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<PublishRequest>(window);
+    let permits = Arc::new(tokio::sync::Semaphore::new(window));
+    let sent = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+    let mut acks = client
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let start = Instant::now();
+    let end = start + Duration::from_secs(secs);
+    let producer = {
+        let (permits, sent) = (permits.clone(), sent.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < end {
+                permits.acquire().await.unwrap().forget();
+                let mut attributes = std::collections::HashMap::new();
+                let s = |v: String| CloudEventAttributeValue {
+                    attr: Some(Attr::CeString(v)),
+                };
+                attributes.insert("partitionkey".to_string(), s(format!("k{}", i % 64)));
+                attributes.insert("datacontenttype".to_string(), s("application/json".into()));
+                let data = serde_json::json!({"ts": unix_nanos(), "payload": "x".repeat(200)});
+                let event = meshd_proto::cloudevents::CloudEvent {
+                    id: format!("g-{i}"),
+                    source: "/bench".into(),
+                    spec_version: "1.0".into(),
+                    r#type: "bench.event".into(),
+                    attributes,
+                    data: Some(Data::TextData(data.to_string())),
+                };
+                sent.lock().unwrap().push_back(Instant::now());
+                let req = PublishRequest {
+                    topic: "bench".into(),
+                    events: Some(meshd_proto::v1::publish_request::Events::Event(event)),
+                };
+                if tx.send(req).await.is_err() {
+                    break;
+                }
+                i += 1;
+            }
+        })
+    };
+    let hist = Arc::new(Hist::default());
+    let mut count = 0u64;
+    let mut last = start;
+    while let Some(ack) = acks.message().await.unwrap() {
+        assert!(ack.error.is_none(), "publish refused: {:?}", ack.error);
+        let t = sent
+            .lock()
+            .unwrap()
+            .pop_front()
+            .expect("an ack per request");
+        hist.add(t.elapsed().as_nanos() as u64);
+        count += 1;
+        last = Instant::now();
+        permits.add_permits(1);
+    }
+    producer.await.unwrap();
+    (count as f64 / (last - start).as_secs_f64(), hist)
+}
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let secs = env_u64("BENCH_SECS", 10);
@@ -206,6 +280,16 @@ fn main() {
                     "discover" => ", 20-field events, discover=on",
                     _ => ", 20-field events, no schema",
                 });
+            }
+            let grpc_window = env_u64("BENCH_GRPC_WINDOW", 1000) as usize;
+            let grpc_addr = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .to_string();
+            let mut extra = extra;
+            if grpc_window > 0 {
+                extra.extend(["--grpc-listen", grpc_addr.as_str()]);
             }
             let dir = tempfile::tempdir().unwrap();
             let (_m, url) = start_meshd(dir.path(), fsync, &extra);
@@ -273,6 +357,19 @@ fn main() {
                     "meshd {label}: discovery inferred {inferred} events, skipped {}",
                     list["skipped"]
                 );
+            }
+            if grpc_window > 0 {
+                let (rate, hist) = grpc_publish_stream(&grpc_addr, grpc_window, secs).await;
+                rows.push(Row {
+                    system: format!("meshd gRPC ({label})"),
+                    scenario: format!(
+                        "publish, 1-event requests, 1 PublishStream, {grpc_window} in flight"
+                    ),
+                    events_per_sec: rate,
+                    p50_ms: hist.pct(0.5),
+                    p99_ms: hist.pct(0.99),
+                });
+                eprintln!("meshd gRPC {label} window={grpc_window}: {rate:.0} ev/s");
             }
             if fsync == "always" && validate.is_none() {
                 let hist = meshd_push_latency(&url, 1000, secs, "lat").await;

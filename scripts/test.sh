@@ -40,6 +40,13 @@ if ! python3 -c "import pulsar_lite, pulsar" >/dev/null 2>&1; then
   python3 -m pip install -q --disable-pip-version-check pulsar-lite pulsar-client
 fi
 
+# PyPI: grpcio, grpcio-tools (stubs from the shipped .proto) and grpcio-reflection, the
+# gRPC client of tests/grpc.rs.
+if ! python3 -c "import grpc, grpc_tools, grpc_reflection.v1alpha.reflection_pb2_grpc" >/dev/null 2>&1; then
+  echo "installing grpcio, grpcio-tools and grpcio-reflection"
+  python3 -m pip install -q --disable-pip-version-check grpcio grpcio-tools grpcio-reflection
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -176,6 +176,27 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             println!("cluster {name} mesh {node_url}/v1/mesh");
             bridges.push(bridge);
         }
+        let grpc_listener = tokio::net::TcpListener::bind(SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            port(args.port, 50 + i as u16),
+        )))
+        .await
+        .context("binding the node's gRPC port (is another meshd dev running? try --port)")?;
+        println!("cluster {name} grpc {}", grpc_listener.local_addr()?);
+        let mut grpc_rx = stop_rx.clone();
+        servers.push(tokio::spawn({
+            let node = node.clone();
+            let name = name.clone();
+            async move {
+                let stop = async move {
+                    let _ = grpc_rx.wait_for(|s| *s).await;
+                };
+                if let Err(e) = meshd_node::grpc::serve(node, grpc_listener, stop).await {
+                    eprintln!("cluster {name}: gRPC server failed: {e}");
+                }
+                Ok::<(), std::io::Error>(())
+            }
+        }));
         let mut rx = stop_rx.clone();
         nodes.push(node.clone());
         servers.push(tokio::spawn(node.serve(listener, async move {

@@ -89,6 +89,10 @@ pub struct NodeArgs {
     /// Address to serve HTTP on (port 0: any free port; the URL is printed).
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
+    /// Address to serve the gRPC API on (`meshd.v1.EventMesh`, port 0: any free port; the
+    /// address is printed). Without it the node serves no gRPC. See docs/api.md#grpc.
+    #[arg(long)]
+    grpc_listen: Option<SocketAddr>,
     /// Where the embedded store keeps its files.
     #[arg(long, default_value = "./meshd-data")]
     data_dir: PathBuf,
@@ -461,6 +465,14 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let grpc_listener = match args.grpc_listen {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding {a} (--grpc-listen)"))?,
+        ),
+        None => None,
+    };
     if let Some(spec) = &args.registry {
         // etcd's endpoints are components the webhooks must not reach.
         let endpoints: Vec<String> = spec
@@ -496,6 +508,19 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         "cluster {} node {} http://{addr}",
         args.cluster, args.node_id
     );
+    let (grpc_stop, grpc) = match grpc_listener {
+        Some(l) => {
+            println!(
+                "cluster {} node {} grpc {}",
+                args.cluster,
+                args.node_id,
+                l.local_addr()?
+            );
+            let (stop, server) = spawn_grpc(node.clone(), l);
+            (Some(stop), Some(server))
+        }
+        None => (None, None),
+    };
     let leaving = member.clone();
     let stopping_bridge = bridge.clone();
     let (conflict_tx, conflict_rx) = tokio::sync::oneshot::channel();
@@ -520,8 +545,14 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         if let Some(b) = stopping_bridge {
             b.shutdown().await;
         }
+        if let Some(stop) = grpc_stop {
+            let _ = stop.send(());
+        }
     };
     node.serve(listener, shutdown).await?;
+    if let Some(server) = grpc {
+        server.await??;
+    }
     if let Ok(conflict) = conflict_rx.await {
         return Err(conflict.into());
     }
@@ -549,4 +580,20 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown signal received");
+}
+
+/// Serves the gRPC API of `node` on `listener` until the returned sender fires (or is
+/// dropped).
+pub fn spawn_grpc(
+    node: std::sync::Arc<Node>,
+    listener: tokio::net::TcpListener,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), meshd_node::grpc::GrpcError>>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(meshd_node::grpc::serve(node, listener, async move {
+        let _ = stop_rx.await;
+    }));
+    (stop_tx, server)
 }

@@ -419,6 +419,13 @@ pub fn parse_binary<'a>(
     finish(builder.build().map_err(builder_error)?)
 }
 
+/// Builds an event from the members of a structured-mode JSON object (attributes, `data`
+/// or `data_base64`) with the same checks as [`parse_structured`]: for the other encodings
+/// of the same model (the gRPC protobuf format), so every way in validates alike.
+pub fn from_object(map: Map<String, Value>) -> Result<Event, EventError> {
+    from_json_object(map)
+}
+
 fn from_json_object(mut map: Map<String, Value>) -> Result<Event, EventError> {
     // The JSON format says null is the same as absent.
     map.retain(|_, v| !v.is_null());

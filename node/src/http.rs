@@ -31,7 +31,7 @@ use crate::server::{BrowseFrom, Node, NodeError};
 use crate::store::StoreError;
 
 /// An error answer: status plus the JSON error body.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     status: StatusCode,
     body: ErrorBody,
@@ -51,6 +51,16 @@ impl ApiError {
     fn field(mut self, field: impl Into<String>) -> ApiError {
         self.body.error.field = Some(field.into());
         self
+    }
+
+    /// The HTTP status (other transports map it: [`crate::grpc`]).
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The error body (code, message, field).
+    pub fn body(&self) -> &ErrorBody {
+        &self.body
     }
 }
 
@@ -490,20 +500,32 @@ async fn publish(
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty() && s.len() <= 256)
         .map(str::to_string);
-    match publish_inner(&node, &topic, req).await {
+    let result = publish_inner(&node, &topic, req).await;
+    count_publish(&node, &topic, group.as_deref(), started, &result);
+    match result {
+        Ok(resp) => (StatusCode::OK, Json(resp)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Counts a publish (HTTP or gRPC) in the node's metrics, its producer group and the log.
+pub(crate) fn count_publish(
+    node: &Node,
+    topic: &str,
+    group: Option<&str>,
+    started: Instant,
+    result: &ApiResult<PublishResponse>,
+) {
+    match result {
         Ok(resp) => {
             let n = resp.positions.len() as u64;
-            node.note_publish(group.as_deref(), n);
-            node.metrics
-                .published
-                .with_label_values(&[&topic])
-                .inc_by(n);
-            node.metrics.stored.with_label_values(&[&topic]).inc_by(n);
+            node.note_publish(group, n);
+            node.metrics.published.with_label_values(&[topic]).inc_by(n);
+            node.metrics.stored.with_label_values(&[topic]).inc_by(n);
             node.metrics
                 .publish_latency
-                .with_label_values(&[&topic])
+                .with_label_values(&[topic])
                 .observe(started.elapsed().as_secs_f64());
-            (StatusCode::OK, Json(resp)).into_response()
         }
         Err(e) => {
             node.metrics
@@ -511,7 +533,6 @@ async fn publish(
                 .with_label_values(&[&e.body.error.code])
                 .inc();
             tracing::debug!(topic = %topic, code = %e.body.error.code, "publish refused: {}", e.body.error.message);
-            e.into_response()
         }
     }
 }
@@ -519,15 +540,7 @@ async fn publish(
 #[tracing::instrument(level = "debug", skip_all, fields(topic = %topic))]
 async fn publish_inner(node: &Arc<Node>, topic: &str, req: Request) -> ApiResult<PublishResponse> {
     let _permit = node.publish_permit().await;
-    if node.is_draining() {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "this node is draining and takes no publishes; publish to another node (a proxy retries the next one)",
-        );
-        e.retry_after = Some(1);
-        return Err(e);
-    }
+    refuse_if_draining(node)?;
     let (parts, body) = req.into_parts();
     let mode = mode_of(&parts.headers)?;
     let partitions = node.partitions_for_publish(topic).await?;
@@ -547,17 +560,64 @@ async fn publish_inner(node: &Arc<Node>, topic: &str, req: Request) -> ApiResult
         Mode::Structured => vec![event::parse_structured(&bytes)?],
         Mode::Batch => event::parse_batch(&bytes)?,
     };
+    store_published(node, topic, partitions, events, matches!(mode, Mode::Batch)).await
+}
+
+/// 503 `draining` while the node drains (checked under the publish permit).
+pub(crate) fn refuse_if_draining(node: &Node) -> ApiResult<()> {
+    if node.is_draining() {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this node is draining and takes no publishes; publish to another node (a proxy retries the next one)",
+        );
+        e.retry_after = Some(1);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// The part of a publish after parsing, shared by HTTP and gRPC: [`check_published`],
+/// then [`append_published`]. The caller holds the publish permit.
+pub(crate) async fn store_published(
+    node: &Arc<Node>,
+    topic: &str,
+    partitions: u32,
+    events: Vec<meshd_core::Event>,
+    batch: bool,
+) -> ApiResult<PublishResponse> {
+    let events = check_published(node, topic, events, batch)?;
+    let positions = append_published(node, topic, partitions, &events).await?;
+    Ok(PublishResponse { positions })
+}
+
+/// Mesh extensions stripped, schemas checked (a refused `batch` is refused whole).
+pub(crate) fn check_published(
+    node: &Node,
+    topic: &str,
+    events: Vec<meshd_core::Event>,
+    batch: bool,
+) -> ApiResult<Vec<meshd_core::Event>> {
     let mut events: Vec<_> = events
         .into_iter()
         .map(event::strip_mesh_extensions)
         .collect();
     if let Some(bindings) = node.validated_bindings(topic) {
-        node.schemas
-            .check_events(&bindings, &mut events, matches!(mode, Mode::Batch))?;
+        node.schemas.check_events(&bindings, &mut events, batch)?;
     }
-    let positions = ingest::append_events(&*node.store, topic, partitions, &events).await?;
+    Ok(events)
+}
+
+/// One durable, atomic append of checked events, traced; their positions in order.
+pub(crate) async fn append_published(
+    node: &Node,
+    topic: &str,
+    partitions: u32,
+    events: &[meshd_core::Event],
+) -> ApiResult<Vec<meshd_core::api::Position>> {
+    let positions = ingest::append_events(&*node.store, topic, partitions, events).await?;
     if node.discovers(topic) {
-        node.discovery.offer(topic, &events);
+        node.discovery.offer(topic, events);
     }
     let traced = node.trace.enabled().then(|| node.trace.intern(topic));
     for (e, p) in events.iter().zip(&positions) {
@@ -575,7 +635,7 @@ async fn publish_inner(node: &Arc<Node>, topic: &str, req: Request) -> ApiResult
         let traceparent = meshd_core::event::attribute_string(e, "traceparent");
         tracing::trace!(event_id = %e.id(), traceparent = traceparent.as_deref(), partition = p.partition, offset = p.offset, "stored");
     }
-    Ok(PublishResponse { positions })
+    Ok(positions)
 }
 
 async fn put_topic(

@@ -14,6 +14,7 @@
 //! - [`delivery`]: push and pull delivery engines.
 //! - [`metrics`]: the node's Prometheus metrics.
 //! - [`http`]: the `/v1` HTTP API, `/metrics`, `/healthz`, `/readyz`.
+//! - [`grpc`]: the gRPC API (`meshd.v1.EventMesh`) on its own address.
 //! - [`console`]: the web console (`/ui/`) and `/openapi.json`, embedded.
 //! - [`drill_reports`]: the last drill reports a node keeps.
 //! - [`server`]: a node assembled, with start-up recovery and clean shutdown.
@@ -26,6 +27,7 @@ pub mod console;
 pub mod delivery;
 pub mod discovery;
 pub mod drill_reports;
+pub mod grpc;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
