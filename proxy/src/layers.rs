@@ -209,6 +209,11 @@ where
         let mut inner = std::mem::replace(&mut self.inner, inner);
         Box::pin(async move {
             let op: Op = ext(&req)?;
+            // The console's static documents need no token (the page asks for one).
+            if op == Op::Console {
+                req.extensions_mut().insert(Authed(None));
+                return inner.call(req).await;
+            }
             let token = proxy.authenticate(req.headers())?;
             // Every scope check the head decides; the body's (a subscription's topic, a
             // replay's) are the route's.
@@ -516,5 +521,334 @@ impl Service<Request<SendBody>> for Forward {
     fn call(&mut self, req: Request<SendBody>) -> Self::Future {
         let proxy = self.0.clone();
         Box::pin(async move { proxy.forward_routed(req).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each layer alone, over a recording inner service: no sockets.
+    use super::*;
+    use crate::auth::{Scope, TokenStore};
+    use crate::body::boxed;
+    use crate::{ProxyConfig, Rate};
+    use std::sync::Mutex;
+    use tower::{Layer as _, ServiceExt as _};
+
+    /// The requests an inner service saw (their extensions' facts).
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<String>>>);
+
+    impl Seen {
+        fn inner<B: Send + 'static>(
+            &self,
+            describe: fn(&Request<B>) -> String,
+        ) -> impl Service<Request<B>, Response = Response<Body>, Error = Reject, Future = impl Send>
+               + Clone
+               + Send
+               + 'static {
+            let seen = self.clone();
+            tower::service_fn(move |req: Request<B>| {
+                let seen = seen.clone();
+                async move {
+                    seen.0.lock().expect("lock").push(describe(&req));
+                    Ok::<_, Reject>(Response::new(Body::from("inner")))
+                }
+            })
+        }
+
+        fn all(&self) -> Vec<String> {
+            self.0.lock().expect("lock").clone()
+        }
+    }
+
+    fn proxy(cfg: ProxyConfig) -> Proxy {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Proxy::new(cfg, crate::static_nodes("http://127.0.0.1:9")).expect("proxy")
+    }
+
+    fn conn() -> Conn {
+        Conn {
+            peer: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            started: Instant::now(),
+        }
+    }
+
+    fn req(method: Method, path: &str, body: &'static str) -> Request<InBody> {
+        let mut r = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(boxed(http_body_util::Full::new(bytes::Bytes::from_static(
+                body.as_bytes(),
+            ))))
+            .expect("request");
+        r.extensions_mut().insert(conn());
+        r
+    }
+
+    fn op_of(r: &Request<InBody>) -> String {
+        format!("{:?}", r.extensions().get::<Op>())
+    }
+
+    #[tokio::test]
+    async fn classify_answers_probes_itself_and_refuses_unknown_paths() {
+        let p = proxy(ProxyConfig::new("c", "p"));
+        let seen = Seen::default();
+        let svc = ClassifyLayer(p.clone()).layer(seen.inner(op_of));
+        let r = svc.clone().oneshot(req(Method::GET, "/healthz", "")).await;
+        assert_eq!(r.expect("health").status(), StatusCode::OK);
+        let r = svc.clone().oneshot(req(Method::GET, "/nope", "")).await;
+        assert_eq!(r.expect_err("unknown").status(), StatusCode::NOT_FOUND);
+        let r = svc.clone().oneshot(req(Method::DELETE, "/ui/", "")).await;
+        assert_eq!(
+            r.expect_err("method").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        let mut many = req(Method::GET, "/v1/topics", "");
+        for i in 0..70 {
+            many.headers_mut().insert(
+                http::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).expect("name"),
+                HeaderValue::from_static("v"),
+            );
+        }
+        let r = svc.clone().oneshot(many).await;
+        assert_eq!(
+            r.expect_err("headers").status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        assert!(seen.all().is_empty(), "nothing reached the inner layers");
+        for path in ["/ui/", "/ui/console.js", "/openapi.json", "/"] {
+            let r = svc.clone().oneshot(req(Method::GET, path, "")).await;
+            assert_eq!(r.expect("console").status(), StatusCode::OK);
+        }
+        assert_eq!(seen.all(), vec!["Some(Console)"; 4]);
+    }
+
+    #[tokio::test]
+    async fn ip_limit_refuses_past_the_burst_and_passes_nothing_on() {
+        let mut cfg = ProxyConfig::new("c", "p");
+        cfg.ip_rate = Some(Rate {
+            per_second: 1,
+            burst: 2,
+        });
+        let p = proxy(cfg);
+        let seen = Seen::default();
+        let svc = IpLimitLayer(p.clone()).layer(seen.inner(op_of));
+        for _ in 0..2 {
+            let r = svc
+                .clone()
+                .oneshot(req(Method::GET, "/v1/topics", ""))
+                .await;
+            assert!(r.is_ok());
+        }
+        let r = svc
+            .clone()
+            .oneshot(req(Method::GET, "/v1/topics", ""))
+            .await;
+        let e = r.expect_err("limited");
+        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.code(), "rate_limited");
+        assert_eq!(seen.all().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn auth_checks_the_token_and_the_scope_from_the_head() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("tokens.json");
+        let (token, _) = TokenStore::open(&file)
+            .expect("store")
+            .create(vec![Scope::parse("publish:orders").expect("scope")], "t")
+            .expect("create");
+        let mut cfg = ProxyConfig::new("c", "p");
+        cfg.tokens = Some(file);
+        let p = proxy(cfg);
+        let seen = Seen::default();
+        let svc = ClassifyLayer(p.clone()).layer(AuthLayer(p.clone()).layer(seen.inner(|r| {
+            format!(
+                "{:?} {}",
+                r.extensions().get::<Op>(),
+                r.extensions()
+                    .get::<Authed>()
+                    .and_then(|a| a.0.as_ref().map(|t| t.scopes.len()))
+                    .unwrap_or(0)
+            )
+        })));
+        let publish = |t: Option<&str>, topic: &str| {
+            let mut r = req(Method::POST, &format!("/v1/topics/{topic}/events"), "{}");
+            if let Some(t) = t {
+                r.headers_mut().insert(
+                    header::AUTHORIZATION,
+                    HeaderValue::from_str(&format!("Bearer {t}")).expect("value"),
+                );
+            }
+            r
+        };
+        let e = svc.clone().oneshot(publish(None, "orders")).await;
+        assert_eq!(e.expect_err("missing").status(), StatusCode::UNAUTHORIZED);
+        let e = svc
+            .clone()
+            .oneshot(publish(Some("mshd_nope"), "orders"))
+            .await;
+        assert_eq!(e.expect_err("invalid").status(), StatusCode::UNAUTHORIZED);
+        let e = svc.clone().oneshot(publish(Some(&token), "payments")).await;
+        assert_eq!(e.expect_err("scope").status(), StatusCode::FORBIDDEN);
+        let e = svc
+            .clone()
+            .oneshot(req(Method::GET, "/v1/drills/reports", ""))
+            .await;
+        assert_eq!(e.expect_err("no token").status(), StatusCode::UNAUTHORIZED);
+        assert!(seen.all().is_empty());
+        let ok = svc.clone().oneshot(publish(Some(&token), "orders")).await;
+        assert!(ok.is_ok());
+        // The console's documents need no token.
+        let ok = svc
+            .clone()
+            .oneshot(req(Method::GET, "/openapi.json", ""))
+            .await;
+        assert!(ok.is_ok());
+        assert_eq!(
+            seen.all(),
+            vec![
+                "Some(Publish(\"orders\")) 1".to_string(),
+                "Some(Console) 0".to_string()
+            ]
+        );
+    }
+
+    fn routed(r: &Request<SendBody>) -> String {
+        let routed = r.extensions().get::<Routed>().expect("routed");
+        let body = match r.body() {
+            SendBody::Bytes(b) => format!("bytes:{}", String::from_utf8_lossy(b)),
+            SendBody::Stream(_) => "stream".to_string(),
+        };
+        format!(
+            "{:?} cost={} retry={} {body} group-header={:?}",
+            routed.group,
+            routed.cost,
+            routed.retry_uncertain,
+            r.headers().get(PRODUCER_GROUP_HEADER)
+        )
+    }
+
+    /// Classify, auth (off) and route over the recorder.
+    fn routing_stack(
+        p: &Proxy,
+        seen: &Seen,
+    ) -> impl Service<Request<InBody>, Response = Response<Body>, Error = Reject> + Clone {
+        ClassifyLayer(p.clone())
+            .layer(AuthLayer(p.clone()).layer(RouteLayer(p.clone()).layer(seen.inner(routed))))
+    }
+
+    #[tokio::test]
+    async fn route_streams_a_binary_publish_without_reading_its_body() {
+        let p = proxy(ProxyConfig::new("c", "p"));
+        let seen = Seen::default();
+        let svc = routing_stack(&p, &seen);
+        // A body that never ends: the route must not wait for it.
+        let (_tx, rx) = futures::channel::mpsc::channel::<
+            Result<hyper::body::Frame<bytes::Bytes>, crate::body::BoxError>,
+        >(1);
+        let mut r = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/topics/orders/events")
+            .header("ce-source", "/shop")
+            .header("ce-id", "1")
+            .body(boxed(http_body_util::StreamBody::new(rx)))
+            .expect("request");
+        r.extensions_mut().insert(conn());
+        assert!(svc.clone().oneshot(r).await.is_ok());
+        assert_eq!(
+            seen.all(),
+            vec!["Some(\"/shop\") cost=1 retry=false stream group-header=Some(\"/shop\")"]
+        );
+    }
+
+    #[tokio::test]
+    async fn route_reads_a_structured_publish_for_its_source_and_refuses_bad_ones() {
+        let mut cfg = ProxyConfig::new("c", "p");
+        cfg.max_body_bytes = 64;
+        let p = proxy(cfg);
+        let seen = Seen::default();
+        let svc = routing_stack(&p, &seen);
+        let structured = |body: &'static str| {
+            let mut r = req(Method::POST, "/v1/topics/orders/events", body);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/cloudevents-batch+json"),
+            );
+            r
+        };
+        let ok = svc
+            .clone()
+            .oneshot(structured(r#"[{"source":"/a"},{"source":"/b"}]"#))
+            .await;
+        assert!(ok.is_ok());
+        let e = svc.clone().oneshot(structured("[{nope")).await;
+        assert_eq!(e.expect_err("malformed").code(), "malformed_body");
+        let mut big = structured(r#"[{"source":"/a"}]"#);
+        big.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("65"));
+        let e = svc.clone().oneshot(big).await;
+        assert_eq!(
+            e.expect_err("large").status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let e = svc
+            .clone()
+            .oneshot(req(Method::POST, "/v1/subscriptions", "{}"))
+            .await;
+        assert_eq!(e.expect_err("no name").code(), "invalid_body");
+        let ok = svc
+            .clone()
+            .oneshot(req(Method::GET, "/v1/subscriptions/s/events?wait=1s", ""))
+            .await;
+        assert!(ok.is_ok());
+        assert_eq!(
+            seen.all(),
+            vec![
+                r#"Some("/a") cost=2 retry=false bytes:[{"source":"/a"},{"source":"/b"}] group-header=Some("/a")"#,
+                "None cost=1 retry=true bytes: group-header=None",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn token_limit_refuses_a_batch_past_the_burst() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("tokens.json");
+        let (token, _) = TokenStore::open(&file)
+            .expect("store")
+            .create(vec![Scope::parse("publish:*").expect("scope")], "t")
+            .expect("create");
+        let mut cfg = ProxyConfig::new("c", "p");
+        cfg.tokens = Some(file);
+        cfg.token_rate = Some(Rate {
+            per_second: 1,
+            burst: 2,
+        });
+        let p = proxy(cfg);
+        let seen = Seen::default();
+        let svc = ClassifyLayer(p.clone()).layer(AuthLayer(p.clone()).layer(
+            RouteLayer(p.clone()).layer(TokenLimitLayer(p.clone()).layer(seen.inner(routed))),
+        ));
+        let batch = |body: &'static str| {
+            let mut r = req(Method::POST, "/v1/topics/orders/events", body);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/cloudevents-batch+json"),
+            );
+            r.headers_mut()
+                .insert(PRODUCER_GROUP_HEADER, HeaderValue::from_static("g"));
+            r.headers_mut().insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {token}")).expect("value"),
+            );
+            r
+        };
+        let e = svc.clone().oneshot(batch("[{},{},{}]")).await;
+        assert_eq!(e.expect_err("over burst").code(), "batch_exceeds_burst");
+        assert!(svc.clone().oneshot(batch("[{},{}]")).await.is_ok());
+        let e = svc.clone().oneshot(batch("[{}]")).await;
+        assert_eq!(e.expect_err("limited").code(), "rate_limited");
+        assert_eq!(seen.all().len(), 1);
     }
 }
