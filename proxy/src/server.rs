@@ -1196,6 +1196,10 @@ impl Proxy {
                     self.inner.routing.mark_down(&node.id);
                     return Err(Failure::Uncertain(format!("node {} failed: {e}", node.id)));
                 }
+                // Still connecting when the deadline came: nothing was sent.
+                Err(_) if matches!(a.body, SendBody::Stream(_)) && !a.body.taken() => {
+                    last = format!("node {} did not answer in time", node.id);
+                }
                 Err(_) if a.retry_uncertain && a.body.replayable() => {
                     last = format!("node {} did not answer in time", node.id);
                 }
