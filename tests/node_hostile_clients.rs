@@ -40,22 +40,6 @@ async fn create_topic(c: &reqwest::Client, url: &str) {
     assert!(r.status().is_success(), "{}", r.status());
 }
 
-/// Reads until the server closes the connection (or `limit` passes); answers what came.
-async fn read_to_close(s: &mut TcpStream, limit: Duration) -> Option<String> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read = async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(limit, read).await.ok()?;
-    Some(String::from_utf8_lossy(&out).to_string())
-}
-
 /// A client sending a request head one byte per second; answers how long the server
 /// kept the connection open (`None`: still open after `limit`).
 async fn slow_head(to: SocketAddr, limit: Duration) -> Option<Duration> {

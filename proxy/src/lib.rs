@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod body;
+pub(crate) mod layers;
 pub mod limits;
 pub mod metrics;
 pub mod region_tokens;

@@ -25,7 +25,14 @@ use serde::Deserialize;
 
 use meshd_core::api::ErrorBody;
 
+use http_body_util::BodyExt as _;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
 use crate::auth::{self, Action, Authn, Scope, TokenRecord, TokenStore};
+use crate::body::{Fault, InBody, SendBody};
+use crate::layers::Conn;
 use crate::limits::{Limited, Limits, TokenRefusal};
 use crate::metrics::Metrics;
 use crate::region_tokens::Tokens;
@@ -54,7 +61,10 @@ struct Inner {
     tokens: Option<Tokens>,
     limits: Limits,
     metrics: Metrics,
-    client: reqwest::Client,
+    /// Pooled keep-alive HTTP/1.1 connections to the nodes.
+    client: Client<HttpConnector, InBody>,
+    /// The cluster's internal token, sent to the nodes.
+    internal: Option<HeaderValue>,
     /// Subscription name → (topic, when learned).
     sub_topics: Mutex<HashMap<String, (String, Instant)>>,
     /// Drained: not ready, every API request answers 503 `draining`.
@@ -70,9 +80,9 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
-/// What a request asks for.
+/// What a request asks for (from its method and path).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Op {
+pub enum Op {
     Health,
     Ready,
     Metrics,
@@ -110,10 +120,19 @@ enum Op {
     SchemaWrite,
     /// `GET /v1/schemas[/{name}]`: to any node.
     SchemaRead,
+    /// The console and the API's description (`/`, `/ui`, `/ui/...`, `/openapi.json`):
+    /// static documents any node serves, to any node, no token needed.
+    Console,
+    /// `GET /v1/drills/reports`: the last drill reports, from any node (the admin scope).
+    DrillReports,
+    /// `POST /v1/filters/test`: the pattern sandbox, any node (any valid token).
+    FilterTest,
 }
 
-/// An answer that is not forwarded: an error.
-struct Reject {
+/// An answer that is not forwarded: an error (the error of every layer,
+/// [`crate::layers`]).
+#[derive(Debug)]
+pub struct Reject {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -122,7 +141,21 @@ struct Reject {
 }
 
 impl Reject {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Reject {
+    /// The status of the answer.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The error code of the answer's body.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Reject {
         Reject {
             status,
             code,
@@ -137,7 +170,7 @@ impl Reject {
         self
     }
 
-    fn retry_after(mut self, d: Duration) -> Reject {
+    pub(crate) fn retry_after(mut self, d: Duration) -> Reject {
         self.retry_after = Some(d);
         self
     }
@@ -177,7 +210,7 @@ fn unread_body_status(status: StatusCode) -> bool {
     status == StatusCode::PAYLOAD_TOO_LARGE || status == StatusCode::REQUEST_TIMEOUT
 }
 
-fn unavailable(message: impl Into<String>) -> Reject {
+pub(crate) fn unavailable(message: impl Into<String>) -> Reject {
     Reject::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "upstream_unavailable",
@@ -186,7 +219,7 @@ fn unavailable(message: impl Into<String>) -> Reject {
     .retry_after(Duration::from_secs(1))
 }
 
-fn classify(method: &Method, path: &str) -> Result<Op, Reject> {
+pub(crate) fn classify(method: &Method, path: &str) -> Result<Op, Reject> {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let m = method.clone();
     let not_allowed = || {
@@ -198,6 +231,9 @@ fn classify(method: &Method, path: &str) -> Result<Op, Reject> {
     };
     let op = match segs.as_slice() {
         ["healthz"] => (method == Method::GET).then_some(Op::Health),
+        [""] | ["ui", ..] | ["openapi.json"] => (method == Method::GET).then_some(Op::Console),
+        ["v1", "drills", "reports"] => (method == Method::GET).then_some(Op::DrillReports),
+        ["v1", "filters", "test"] => (method == Method::POST).then_some(Op::FilterTest),
         ["readyz"] => (method == Method::GET).then_some(Op::Ready),
         ["metrics"] => (method == Method::GET).then_some(Op::Metrics),
         ["v1", "cluster"] => (method == Method::GET).then_some(Op::Cluster),
@@ -282,21 +318,25 @@ struct SourceOnly {
 }
 
 #[derive(Deserialize)]
-struct SubSpecHead {
-    name: Option<String>,
-    topic: Option<String>,
+pub(crate) struct SubSpecHead {
+    pub(crate) name: Option<String>,
+    pub(crate) topic: Option<String>,
     #[serde(default)]
-    delivery: Option<DeliveryHead>,
+    pub(crate) delivery: Option<DeliveryHead>,
 }
 
 #[derive(Deserialize)]
-struct DeliveryHead {
+pub(crate) struct DeliveryHead {
     #[serde(default)]
-    dead_letter_topic: Option<String>,
+    pub(crate) dead_letter_topic: Option<String>,
 }
 
 /// The producer group of a publish and its number of events.
-fn producer_group(headers: &HeaderMap, body: &Bytes, topic: &str) -> Result<(String, u32), Reject> {
+pub(crate) fn producer_group(
+    headers: &HeaderMap,
+    body: Option<&Bytes>,
+    topic: &str,
+) -> Result<(String, u32), Reject> {
     let header_group = headers
         .get(PRODUCER_GROUP_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -326,26 +366,27 @@ fn producer_group(headers: &HeaderMap, body: &Bytes, topic: &str) -> Result<(Str
         Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
         _ => None,
     };
-    let (source, count) = if ct.starts_with("application/cloudevents-batch+json") {
-        let events: Vec<SourceOnly> = serde_json::from_slice(body).map_err(malformed)?;
-        let n = u32::try_from(events.len()).unwrap_or(u32::MAX);
-        (
-            events.into_iter().next().and_then(|e| source_str(e.source)),
-            n,
-        )
-    } else if ct.starts_with("application/cloudevents+json") {
-        let e: SourceOnly = serde_json::from_slice(body).map_err(malformed)?;
-        (source_str(e.source), 1)
-    } else {
-        (
-            headers
-                .get("ce-source")
-                .and_then(|v| v.to_str().ok())
-                .filter(|s| !s.is_empty())
-                .map(str::to_string),
-            1,
-        )
-    };
+    let (source, count) =
+        if let (true, Some(body)) = (ct.starts_with("application/cloudevents-batch+json"), body) {
+            let events: Vec<SourceOnly> = serde_json::from_slice(body).map_err(malformed)?;
+            let n = u32::try_from(events.len()).unwrap_or(u32::MAX);
+            (
+                events.into_iter().next().and_then(|e| source_str(e.source)),
+                n,
+            )
+        } else if let (true, Some(body)) = (ct.starts_with("application/cloudevents+json"), body) {
+            let e: SourceOnly = serde_json::from_slice(body).map_err(malformed)?;
+            (source_str(e.source), 1)
+        } else {
+            (
+                headers
+                    .get("ce-source")
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
+                1,
+            )
+        };
     let group = header_group
         .or(source)
         .unwrap_or_else(|| format!("topic:{topic}"));
@@ -354,7 +395,7 @@ fn producer_group(headers: &HeaderMap, body: &Bytes, topic: &str) -> Result<(Str
 
 /// The time a trace query gives the mesh (`timeout_ms`, default 2 s, at most 30 s; a bad
 /// value is the node's to refuse).
-fn trace_timeout(query: Option<&str>) -> Duration {
+pub(crate) fn trace_timeout(query: Option<&str>) -> Duration {
     let ms = query
         .into_iter()
         .flat_map(|q| q.split('&'))
@@ -371,7 +412,7 @@ const MAX_PULL_WAIT: Duration = Duration::from_secs(60);
 /// `wait` of a pull (absent: 0), in the one duration syntax (`meshd_core::duration`), at
 /// most 60 s. A bad value is refused here (400, field `wait`), as the node would.
 /// The `subscription` of a replay call's query, if any.
-fn replay_subscription(query: Option<&str>) -> Option<String> {
+pub(crate) fn replay_subscription(query: Option<&str>) -> Option<String> {
     query.into_iter().flat_map(|q| q.split('&')).find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == "subscription" && !v.is_empty()).then(|| percent_decode(v))
@@ -379,12 +420,12 @@ fn replay_subscription(query: Option<&str>) -> Option<String> {
 }
 
 #[derive(Deserialize)]
-struct ReplayHead {
-    topic: Option<String>,
-    subscription: Option<String>,
+pub(crate) struct ReplayHead {
+    pub(crate) topic: Option<String>,
+    pub(crate) subscription: Option<String>,
 }
 
-fn pull_wait(query: Option<&str>) -> Result<Duration, Reject> {
+pub(crate) fn pull_wait(query: Option<&str>) -> Result<Duration, Reject> {
     let Some(raw) = query.into_iter().flat_map(|q| q.split('&')).find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == "wait").then_some(v)
@@ -445,12 +486,27 @@ fn is_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
 }
 
-/// An upstream answer, fully read.
+/// An upstream answer; its body streams from the node (a 503's was read whole).
 struct Answer {
     node: Upstream,
     status: StatusCode,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
+}
+
+/// Largest answer the proxy reads whole for itself (a subscription's spec, a node's 503).
+const INTERNAL_ANSWER_LIMIT: usize = 1024 * 1024;
+
+/// One request on its way to the nodes.
+struct Attempt<'a> {
+    method: &'a Method,
+    path_q: &'a str,
+    headers: &'a HeaderMap,
+    body: &'a SendBody,
+    fault: &'a Fault,
+    peer: SocketAddr,
+    retry_uncertain: bool,
+    deadline: Instant,
 }
 
 enum Failure {
@@ -462,6 +518,40 @@ enum Failure {
     Refused(Answer),
     /// A node may have acted on the request; its outcome is unknown.
     Uncertain(String),
+    /// The client's body failed (too large, too slow, cut off): no node got all of it.
+    Client(meshd_listener::BodyError),
+}
+
+fn failure_response(f: Failure) -> Result<Response<Body>, Reject> {
+    match f {
+        Failure::Unavailable(m) => Err(unavailable(m)),
+        Failure::Refused(a) => Ok(answer_response(a)),
+        Failure::Client(e) => Err(body_reject(e)),
+        Failure::Uncertain(m) => Err(Reject::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_outcome_unknown",
+            format!("{m}; the request may or may not have been applied, retrying may duplicate it"),
+        )
+        .retry_after(Duration::from_secs(1))),
+    }
+}
+
+/// The answer to a client whose body failed: 413, 408 (both with `Connection: close`)
+/// or 400.
+pub(crate) fn body_reject(e: meshd_listener::BodyError) -> Reject {
+    match e {
+        meshd_listener::BodyError::TooLarge { .. } => Reject::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            e.to_string(),
+        ),
+        meshd_listener::BodyError::Timeout { .. } => Reject::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            e.to_string(),
+        ),
+        _ => Reject::new(StatusCode::BAD_REQUEST, "malformed_body", e.to_string()),
+    }
 }
 
 impl Proxy {
@@ -489,26 +579,26 @@ impl Proxy {
         }
         let routing = Arc::new(Routing::new());
         routing.set_nodes(nodes);
-        let mut node_headers = HeaderMap::new();
-        if let Some(t) = &config.internal_token {
-            let mut v = HeaderValue::from_str(t.expose())
-                .map_err(|e| ProxyError::Client(format!("internal token: {e}")))?;
-            v.set_sensitive(true);
-            node_headers.insert(INTERNAL_HEADER, v);
-        }
-        let client = reqwest::Client::builder()
-            .default_headers(node_headers)
-            .connect_timeout(Duration::from_secs(2))
+        let internal = match &config.internal_token {
+            Some(t) => {
+                let mut v = HeaderValue::from_str(t.expose())
+                    .map_err(|e| ProxyError::Client(format!("internal token: {e}")))?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
             // Below a node's header read timeout (10 s by default), which also closes a
             // keep-alive connection idle that long: the proxy drops an idle connection
             // before the node does, never sends on one the node is closing.
             .pool_idle_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .http1_only()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| ProxyError::Client(e.to_string()))?;
+            .pool_timer(TokioTimer::new())
+            .build(connector);
         Ok(Proxy {
             inner: Arc::new(Inner {
                 limits: Limits::new(config.ip_rate, config.token_rate),
@@ -517,6 +607,7 @@ impl Proxy {
                 routing,
                 tokens,
                 client,
+                internal,
                 sub_topics: Mutex::new(HashMap::new()),
                 draining: tokio::sync::watch::Sender::new(false),
             }),
@@ -597,15 +688,7 @@ impl Proxy {
             tick.tick().await;
             n = n.wrapping_add(1);
             for node in self.inner.routing.down_nodes() {
-                let ok = self
-                    .inner
-                    .client
-                    .get(format!("{}/healthz", node.url))
-                    .timeout(Duration::from_secs(1))
-                    .send()
-                    .await
-                    .map(|r| r.status().is_success())
-                    .unwrap_or(false);
+                let ok = self.probe(&node).await;
                 if ok {
                     tracing::info!(node = %node.id, "node answers again");
                     self.inner.routing.mark_up(&node.id);
@@ -652,12 +735,31 @@ impl Proxy {
         }
     }
 
-    /// Answers one request (any body type; the server passes hyper's).
+    /// Whether `node` answers `GET /healthz` with a success within a second.
+    async fn probe(&self, node: &Upstream) -> bool {
+        let Ok(uri) = format!("{}/healthz", node.url).parse::<http::Uri>() else {
+            return false;
+        };
+        let mut req = Request::new(crate::body::boxed(http_body_util::Empty::<Bytes>::new()));
+        *req.uri_mut() = uri;
+        if let Some(t) = &self.inner.internal {
+            req.headers_mut().insert(INTERNAL_HEADER, t.clone());
+        }
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), self.inner.client.request(req)).await,
+            Ok(Ok(r)) if r.status().is_success()
+        )
+    }
+
+    /// Answers one request (any body type; the server passes hyper's): the tower stack of
+    /// [`crate::layers`] (classify → IP limit → auth → route → token limit → forward),
+    /// then the request log and the status count.
     pub async fn handle<B>(&self, peer: SocketAddr, req: Request<B>) -> Response<Body>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        use tower::ServiceExt as _;
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
@@ -671,7 +773,10 @@ impl Proxy {
                 None => "malformed".to_string(),
             })
             .unwrap_or_else(|| "-".to_string());
-        let mut resp = match self.handle_inner(peer, req).await {
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(Conn { peer, started });
+        let req = Request::from_parts(parts, crate::body::boxed(body));
+        let mut resp = match self.stack().oneshot(req).await {
             Ok(r) => {
                 let status = r.status();
                 let node = r
@@ -708,266 +813,100 @@ impl Proxy {
         resp
     }
 
-    async fn handle_inner<B>(
+    /// The layers, outermost first ([`crate::layers`]).
+    fn stack(
         &self,
-        peer: SocketAddr,
-        req: Request<B>,
-    ) -> Result<Response<Body>, Reject>
-    where
-        B: hyper::body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let started = Instant::now();
-        let inner = &self.inner;
-        let cfg = &inner.config;
-        let op = classify(req.method(), req.uri().path())?;
-        match op {
-            Op::Health => return Ok(text(StatusCode::OK, "ok")),
-            Op::Ready => {
-                return Ok(if self.is_draining() {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "draining")
-                } else if inner.routing.live_nodes().is_empty() {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "no live node")
-                } else {
-                    text(StatusCode::OK, "ready")
-                })
-            }
-            Op::Metrics => return Ok(text(StatusCode::OK, &inner.metrics.render())),
-            _ => {}
-        }
-        if req.headers().len() > cfg.listener.max_headers {
-            return Err(Reject::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers_too_large",
-                format!("at most {} headers are taken", cfg.listener.max_headers),
-            ));
-        }
-        if let Err(l) = inner.limits.check_ip(peer.ip()) {
-            return Err(self.limited(l));
-        }
-        let token = self.authenticate(req.headers())?;
-        // Scope checks that need no body.
-        let mut sub_topic = None;
-        match &op {
-            Op::Publish(t) => self.require(&token, Action::Publish, Some(t))?,
-            Op::TopicWrite(t) => self.require(&token, Action::Admin, Some(t))?,
-            Op::TopicRead(t) => self.require_any(&token, t)?,
-            // Reading stored events takes what reading them through a subscription takes.
-            Op::TopicBrowse(t) => self.require(&token, Action::Subscribe, Some(t))?,
-            Op::TopicList
-            | Op::SubList
-            | Op::Mesh(false)
-            | Op::Trace
-            | Op::SchemaRead
-            | Op::SchemaWrite => self.require(&token, Action::Admin, None)?,
-            Op::Mesh(true) => self.require(&token, Action::ClusterAdmin, None)?,
-            Op::TokensList | Op::TokensCreate | Op::TokensRevoke(_) => {
-                self.require(&token, Action::ClusterAdmin, None)?;
-            }
-            Op::SubOne(name) | Op::SubPull(name) | Op::SubSeek(name) => {
-                if token.is_some() {
-                    let topic = self.subscription_topic(name).await?;
-                    self.require(&token, Action::Subscribe, Some(&topic))?;
-                    sub_topic = Some(topic);
-                }
-            }
-            Op::Replay => match replay_subscription(req.uri().query()) {
-                Some(name) => {
-                    if token.is_some() {
-                        let topic = self.subscription_topic(&name).await?;
-                        self.require(&token, Action::Subscribe, Some(&topic))?;
-                    }
-                }
-                None => self.require(&token, Action::Admin, None)?,
+    ) -> crate::layers::Classify<
+        crate::layers::IpLimit<
+            crate::layers::Auth<
+                crate::layers::Route<crate::layers::TokenLimit<crate::layers::Forward>>,
+            >,
+        >,
+    > {
+        use crate::layers::*;
+        tower::ServiceBuilder::new()
+            .layer(ClassifyLayer(self.clone()))
+            .layer(IpLimitLayer(self.clone()))
+            .layer(AuthLayer(self.clone()))
+            .layer(RouteLayer(self.clone()))
+            .layer(TokenLimitLayer(self.clone()))
+            .service(Forward(self.clone()))
+    }
+
+    /// `POST /v1/admin/drain` (`true`) or `/v1/admin/undrain` (`false`).
+    pub(crate) fn drain(&self, on: bool) -> Response<Body> {
+        let changed = self.set_draining(on);
+        let cfg = &self.inner.config;
+        tracing::info!(proxy = %cfg.proxy_id, draining = on, changed, "drain asked");
+        json_response(
+            StatusCode::OK,
+            &meshd_core::api::ProxyDrainAnswer {
+                proxy: cfg.proxy_id.clone(),
+                draining: on,
+                changed,
             },
-            Op::Drain(on) => {
-                self.require(&token, Action::ClusterAdmin, None)?;
-                let on = *on;
-                let changed = self.set_draining(on);
-                tracing::info!(proxy = %cfg.proxy_id, draining = on, changed, "drain asked");
-                let body = meshd_core::api::ProxyDrainAnswer {
-                    proxy: cfg.proxy_id.clone(),
-                    draining: on,
-                    changed,
-                };
-                let body = serde_json::to_string(&body).expect("an answer serializes");
-                let mut r = Response::new(Body::from(body));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                return Ok(r);
-            }
-            Op::Cluster | Op::SubCreate | Op::ReplayStart => {}
-            Op::Health | Op::Ready | Op::Metrics => {}
-        }
-        if self.is_draining() {
-            return Err(Reject::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "draining",
-                "this proxy is draining; use another proxy of the cluster",
-            )
-            .retry_after(Duration::from_secs(1)));
-        }
-        let (mut parts, body) = req.into_parts();
-        let body = self.read_body(&parts.headers, body).await?;
-        match op {
-            Op::TokensList => return Ok(self.tokens_list()),
-            Op::TokensCreate => return self.tokens_create(&body).await,
-            Op::TokensRevoke(id) => return self.tokens_revoke(id).await,
-            _ => {}
-        }
-        let mut deadline_len = cfg.request_deadline;
-        if let Some(ms) = parts
-            .headers
-            .get(TIMEOUT_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            deadline_len = deadline_len.min(Duration::from_millis(ms.max(1)));
-        }
+        )
+    }
+
+    /// Takes one request of the client address's rate.
+    pub(crate) fn check_ip(&self, ip: std::net::IpAddr) -> Result<(), Reject> {
+        self.inner.limits.check_ip(ip).map_err(|l| self.limited(l))
+    }
+
+    /// Sends a routed request ([`crate::layers::Routed`]) to its nodes and shapes the
+    /// answer.
+    pub(crate) async fn forward_routed(
+        &self,
+        req: Request<SendBody>,
+    ) -> Result<Response<Body>, Reject> {
+        let (parts, body) = req.into_parts();
+        let routed = parts
+            .extensions
+            .get::<crate::layers::Routed>()
+            .cloned()
+            .ok_or_else(|| unavailable("the request was not routed"))?;
+        let conn = parts
+            .extensions
+            .get::<Conn>()
+            .copied()
+            .ok_or_else(|| unavailable("the request has no client"))?;
+        let fault = parts
+            .extensions
+            .get::<crate::layers::BodyFault>()
+            .map(|f| f.0.clone())
+            .unwrap_or_default();
         let path_q = parts
             .uri
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| parts.uri.path().to_string());
-        if op == Op::Trace {
-            deadline_len += trace_timeout(parts.uri.query());
-        }
-        let retry_uncertain = parts.method != Method::POST;
-        let (candidates, group, cost) = match &op {
-            Op::Publish(topic) => {
-                let (group, count) = producer_group(&parts.headers, &body, topic)?;
-                (inner.routing.for_producer(&group), Some(group), count)
-            }
-            Op::SubCreate => {
-                let head: SubSpecHead = serde_json::from_slice(&body).map_err(|e| {
-                    Reject::new(
-                        StatusCode::BAD_REQUEST,
-                        "malformed_body",
-                        format!("the body is not a subscription: {e}"),
-                    )
-                })?;
-                let (Some(name), Some(topic)) = (head.name, head.topic) else {
-                    return Err(Reject::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_body",
-                        "a subscription needs a name and a topic",
-                    ));
-                };
-                self.require(&token, Action::Subscribe, Some(&topic))?;
-                if let Some(dlt) = head.delivery.and_then(|d| d.dead_letter_topic) {
-                    self.require_dead_letter_topic(&token, &dlt).await?;
-                }
-                (inner.routing.for_subscription(&name), None, 1)
-            }
-            Op::ReplayStart => {
-                let head: ReplayHead = serde_json::from_slice(&body).map_err(|e| {
-                    Reject::new(
-                        StatusCode::BAD_REQUEST,
-                        "malformed_body",
-                        format!("the body is not a replay: {e}"),
-                    )
-                })?;
-                let (Some(topic), Some(name)) = (head.topic, head.subscription) else {
-                    return Err(Reject::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_body",
-                        "a replay needs a topic and a subscription",
-                    ));
-                };
-                self.require(&token, Action::Subscribe, Some(&topic))?;
-                (inner.routing.for_subscription(&name), None, 1)
-            }
-            Op::Replay => match replay_subscription(parts.uri.query()) {
-                Some(name) => (inner.routing.for_subscription(&name), None, 1),
-                None => (inner.routing.for_key("admin"), None, 1),
-            },
-            Op::SubOne(name) | Op::SubPull(name) | Op::SubSeek(name) => {
-                if let Op::SubPull(_) = op {
-                    deadline_len += pull_wait(parts.uri.query())?;
-                }
-                let _ = sub_topic;
-                (inner.routing.for_subscription(name), None, 1)
-            }
-            Op::TopicWrite(_) | Op::SchemaWrite => {
-                if let Some(t) = &token {
-                    self.check_token_rate(t, 1)?;
-                }
-                return self
-                    .fan_out(
-                        &parts.method,
-                        &path_q,
-                        &parts.headers,
-                        body,
-                        peer,
-                        started + deadline_len,
-                    )
-                    .await;
-            }
-            Op::TopicRead(t) | Op::TopicBrowse(t) => {
-                (inner.routing.for_key(&format!("topic:{t}")), None, 1)
-            }
-            Op::Mesh(_) => {
-                let to = inner.routing.for_mesh();
-                if to.is_empty() {
-                    return Err(Reject::new(
-                        StatusCode::NOT_FOUND,
-                        "no_mesh",
-                        "no node of this cluster runs a federation bridge (a node started \
-                         with --topology and --certs-dir, or [mesh] in cluster up's config)",
-                    ));
-                }
-                (to, None, 1)
-            }
-            _ => (inner.routing.for_key("admin"), None, 1),
+        let attempt = Attempt {
+            method: &parts.method,
+            path_q: &path_q,
+            headers: &parts.headers,
+            body: &body,
+            fault: &fault,
+            peer: conn.peer,
+            retry_uncertain: routed.retry_uncertain,
+            deadline: routed.deadline,
         };
-        if let Some(t) = &token {
-            self.check_token_rate(t, cost)?;
-        }
+        let candidates = match routed.targets {
+            crate::layers::Targets::All => return self.fan_out(&attempt).await,
+            crate::layers::Targets::One(c) => c,
+        };
         if candidates.is_empty() {
             return Err(unavailable("no runtime node is known"));
         }
-        let deadline = started + deadline_len;
-        // Tell the node which producer group it serves (it reports the groups it sees).
-        if let Some(g) = &group {
-            if !parts.headers.contains_key(PRODUCER_GROUP_HEADER) {
-                if let Ok(v) = HeaderValue::from_str(g) {
-                    parts.headers.insert(PRODUCER_GROUP_HEADER, v);
-                }
-            }
-        }
-        match self
-            .forward(
-                &parts.method,
-                &path_q,
-                &parts.headers,
-                body,
-                peer,
-                &candidates,
-                retry_uncertain,
-                deadline,
-            )
-            .await
-        {
+        match self.forward(&attempt, &candidates).await {
             Ok(answer) => {
-                if let Some(g) = group {
+                if let Some(g) = routed.group {
                     if answer.status.is_success() {
-                        inner.routing.stick(&g, &answer.node.id);
+                        self.inner.routing.stick(&g, &answer.node.id);
                     }
                 }
                 Ok(answer_response(answer))
             }
-            Err(Failure::Unavailable(m)) => Err(unavailable(m)),
-            Err(Failure::Refused(a)) => Ok(answer_response(a)),
-            Err(Failure::Uncertain(m)) => Err(Reject::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream_outcome_unknown",
-                format!(
-                    "{m}; the request may or may not have been applied, retrying may duplicate it"
-                ),
-            )
-            .retry_after(Duration::from_secs(1))),
+            Err(f) => failure_response(f),
         }
     }
 
@@ -986,7 +925,7 @@ impl Proxy {
     }
 
     /// Takes `cost` units (events) of the token's rate.
-    fn check_token_rate(&self, token: &TokenRecord, cost: u32) -> Result<(), Reject> {
+    pub(crate) fn check_token_rate(&self, token: &TokenRecord, cost: u32) -> Result<(), Reject> {
         match self.inner.limits.check_token(&token.id, cost) {
             Ok(()) => Ok(()),
             Err(TokenRefusal::Limited(l)) => Err(self.limited(l)),
@@ -1018,7 +957,10 @@ impl Proxy {
     }
 
     /// `Ok(None)` when auth is disabled.
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Arc<TokenRecord>>, Reject> {
+    pub(crate) fn authenticate(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<Arc<TokenRecord>>, Reject> {
         let Some(store) = &self.inner.tokens else {
             return Ok(None);
         };
@@ -1055,7 +997,7 @@ impl Proxy {
         }
     }
 
-    fn require(
+    pub(crate) fn require(
         &self,
         token: &Option<Arc<TokenRecord>>,
         action: Action,
@@ -1072,7 +1014,11 @@ impl Proxy {
         }
     }
 
-    fn require_any(&self, token: &Option<Arc<TokenRecord>>, topic: &str) -> Result<(), Reject> {
+    pub(crate) fn require_any(
+        &self,
+        token: &Option<Arc<TokenRecord>>,
+        topic: &str,
+    ) -> Result<(), Reject> {
         match token {
             None => Ok(()),
             Some(t)
@@ -1089,7 +1035,7 @@ impl Proxy {
     /// A subscription's dead-letter topic receives events the subscription's sink refused:
     /// whoever names it writes to it, so it needs `publish` on it; and the node creates it
     /// when missing, so a missing one needs `admin` on it too.
-    async fn require_dead_letter_topic(
+    pub(crate) async fn require_dead_letter_topic(
         &self,
         token: &Option<Arc<TokenRecord>>,
         dlt: &str,
@@ -1116,204 +1062,152 @@ impl Proxy {
     }
 
     /// A GET the proxy makes for itself (no client headers), to the first of `candidates`
-    /// that answers, within the request deadline.
-    async fn internal_get(&self, path: &str, candidates: &[Upstream]) -> Result<Answer, Failure> {
+    /// that answers, within the request deadline; the answer read whole.
+    async fn internal_get(
+        &self,
+        path: &str,
+        candidates: &[Upstream],
+    ) -> Result<(StatusCode, Bytes), Failure> {
         let deadline = Instant::now() + self.inner.config.request_deadline;
-        self.forward(
-            &Method::GET,
-            path,
-            &HeaderMap::new(),
-            Bytes::new(),
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            candidates,
-            true,
+        let body = SendBody::Bytes(Bytes::new());
+        let attempt = Attempt {
+            method: &Method::GET,
+            path_q: path,
+            headers: &HeaderMap::new(),
+            body: &body,
+            fault: &Fault::default(),
+            peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+            retry_uncertain: true,
             deadline,
+        };
+        let a = self.forward(&attempt, candidates).await?;
+        let status = a.status;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let read = tokio::time::timeout(
+            left,
+            http_body_util::Limited::new(a.body, INTERNAL_ANSWER_LIMIT).collect(),
         )
-        .await
-    }
-
-    /// Whether a topic exists (asked of a node).
-    async fn topic_exists(&self, topic: &str) -> Result<bool, Reject> {
-        let candidates = self.inner.routing.for_key(&format!("topic:{topic}"));
-        let answer = self
-            .internal_get(&format!("/v1/topics/{topic}"), &candidates)
-            .await
-            .map_err(|_| unavailable("no node answered whether the topic exists"))?;
-        match answer.status {
-            s if s.is_success() => Ok(true),
-            StatusCode::NOT_FOUND => Ok(false),
-            s => Err(unavailable(format!(
-                "a node answered {s} on whether topic {topic} exists"
+        .await;
+        match read {
+            Ok(Ok(c)) => Ok((status, c.to_bytes())),
+            _ => Err(Failure::Unavailable(format!(
+                "node {} did not send its whole answer",
+                a.node.id
             ))),
         }
     }
 
-    /// The topic of a subscription (cached; else asked of the node that serves it).
-    async fn subscription_topic(&self, name: &str) -> Result<String, Reject> {
-        if let Ok(c) = self.inner.sub_topics.lock() {
-            if let Some((t, at)) = c.get(name) {
-                if at.elapsed() < Duration::from_secs(30) {
-                    return Ok(t.clone());
-                }
-            }
-        }
-        let candidates = self.inner.routing.for_subscription(name);
-        let answer = self
-            .internal_get(&format!("/v1/subscriptions/{name}"), &candidates)
-            .await
-            .map_err(|_| unavailable("the subscription's node is unavailable"))?;
-        if answer.status == StatusCode::NOT_FOUND {
-            return Err(Reject::new(
-                StatusCode::NOT_FOUND,
-                "subscription_not_found",
-                format!("no subscription {name}"),
-            ));
-        }
-        let head: SubSpecHead = serde_json::from_slice(&answer.body)
-            .map_err(|_| unavailable("the node answered an unreadable subscription"))?;
-        let topic = head
-            .topic
-            .ok_or_else(|| unavailable("the node answered a subscription without a topic"))?;
-        if let Ok(mut c) = self.inner.sub_topics.lock() {
-            c.insert(name.to_string(), (topic.clone(), Instant::now()));
-        }
-        Ok(topic)
-    }
-
-    async fn read_body<B>(&self, headers: &HeaderMap, body: B) -> Result<Bytes, Reject>
-    where
-        B: hyper::body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let cfg = &self.inner.config;
-        meshd_listener::read_body(
-            headers,
-            body,
-            cfg.max_body_bytes,
-            cfg.listener.body_read_timeout,
-        )
-        .await
-        .map_err(|e| match e {
-            meshd_listener::BodyError::TooLarge { .. } => Reject::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                e.to_string(),
-            ),
-            meshd_listener::BodyError::Timeout { .. } => Reject::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                e.to_string(),
-            ),
-            _ => Reject::new(StatusCode::BAD_REQUEST, "malformed_body", e.to_string()),
-        })
-    }
-
-    fn upstream_request(
-        &self,
-        method: &Method,
-        url: String,
-        headers: &HeaderMap,
-        body: Bytes,
-        peer: SocketAddr,
-        timeout: Duration,
-    ) -> reqwest::RequestBuilder {
-        let mut out = HeaderMap::with_capacity(headers.len() + 1);
-        for (k, v) in headers {
+    /// The request of one attempt to `node`; `None` when its streamed body went out with
+    /// an earlier attempt.
+    fn upstream_request(&self, a: &Attempt<'_>, node: &Upstream) -> Option<Request<InBody>> {
+        let body = a.body.attempt()?;
+        let mut req = Request::new(body);
+        *req.method_mut() = a.method.clone();
+        *req.uri_mut() = format!("{}{}", node.url, a.path_q).parse().ok()?;
+        let out = req.headers_mut();
+        out.reserve(a.headers.len() + 2);
+        for (k, v) in a.headers {
             // The client's credentials are for the proxy; a client's internal-token header
-            // would displace the proxy's own (the client default only fills gaps).
+            // would displace the proxy's own.
             if !is_hop(k) && k != header::AUTHORIZATION && k != INTERNAL_HEADER {
                 out.append(k.clone(), v.clone());
             }
         }
-        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+        if let Ok(v) = HeaderValue::from_str(&a.peer.ip().to_string()) {
             out.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
-        self.inner
-            .client
-            .request(method.clone(), url)
-            .headers(out)
-            .body(body)
-            .timeout(timeout)
+        if let Some(t) = &self.inner.internal {
+            out.insert(INTERNAL_HEADER, t.clone());
+        }
+        Some(req)
     }
 
-    /// One attempt per candidate until one answers (not 503) or the deadline passes.
-    #[allow(clippy::too_many_arguments)]
-    async fn forward(
-        &self,
-        method: &Method,
-        path_q: &str,
-        headers: &HeaderMap,
-        body: Bytes,
-        peer: SocketAddr,
-        candidates: &[Upstream],
-        retry_uncertain: bool,
-        deadline: Instant,
-    ) -> Result<Answer, Failure> {
+    /// One attempt per candidate until one answers (not 503) or the deadline passes. The
+    /// answer's body is streamed to the client (a 503's is read, to pass the last one on).
+    async fn forward(&self, a: &Attempt<'_>, candidates: &[Upstream]) -> Result<Answer, Failure> {
         let mut last = String::from("no node answered");
         let mut refused = None;
         for (i, node) in candidates.iter().enumerate() {
             let now = Instant::now();
-            if now >= deadline {
+            if now >= a.deadline {
                 break;
             }
+            let Some(req) = self.upstream_request(a, node) else {
+                // The streamed body went to an earlier node, which failed after taking it.
+                break;
+            };
             if i > 0 {
                 self.inner.metrics.upstream_retries.inc();
             }
             let t0 = Instant::now();
-            let sent = self
-                .upstream_request(
-                    method,
-                    format!("{}{path_q}", node.url),
-                    headers,
-                    body.clone(),
-                    peer,
-                    deadline - now,
-                )
-                .send()
-                .await;
-            let result = match sent {
-                Ok(r) => {
-                    let status = r.status();
-                    let headers = r.headers().clone();
-                    r.bytes().await.map(|b| (status, headers, b))
-                }
-                Err(e) => Err(e),
-            };
+            let sent = tokio::time::timeout(a.deadline - now, self.inner.client.request(req)).await;
             self.inner
                 .metrics
                 .upstream_latency
                 .observe(t0.elapsed().as_secs_f64());
-            match result {
-                Ok((status, headers, body)) if status == StatusCode::SERVICE_UNAVAILABLE => {
+            // The client's own body failed (too large, too slow, gone): the node got an
+            // incomplete request, which it cannot act on; the client hears why.
+            if let Some(e) = a.fault.take() {
+                return Err(Failure::Client(e));
+            }
+            match sent {
+                Ok(Ok(r)) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
                     last = format!("node {} answered 503", node.id);
+                    let (parts, body) = r.into_parts();
+                    let body = tokio::time::timeout(
+                        a.deadline.saturating_duration_since(Instant::now()),
+                        http_body_util::Limited::new(body, INTERNAL_ANSWER_LIMIT).collect(),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
                     refused = Some(Answer {
                         node: node.clone(),
-                        status,
-                        headers,
-                        body,
+                        status: parts.status,
+                        headers: parts.headers,
+                        body: Body::from(body),
                     });
                 }
-                Ok((status, headers, body)) => {
+                Ok(Ok(r)) => {
+                    let (parts, body) = r.into_parts();
                     return Ok(Answer {
                         node: node.clone(),
-                        status,
-                        headers,
-                        body,
-                    })
+                        status: parts.status,
+                        headers: parts.headers,
+                        body: Body::new(body),
+                    });
                 }
-                Err(e) if e.is_connect() => {
+                Ok(Err(e)) if e.is_connect() => {
                     tracing::warn!(node = %node.id, error = %e, "node unreachable; trying the next one");
                     self.inner.routing.mark_down(&node.id);
                     last = format!("node {} is unreachable", node.id);
                 }
-                Err(e) if retry_uncertain => {
+                // Nothing of the request reached the node (a pooled connection found closed
+                // before the body was read): safe to send elsewhere, even a POST.
+                Ok(Err(e)) if matches!(a.body, SendBody::Stream(_)) && !a.body.taken() => {
+                    last = format!("node {} failed before the request was sent: {e}", node.id);
+                }
+                Ok(Err(e)) if a.retry_uncertain && a.body.replayable() => {
                     last = format!("node {} failed: {e}", node.id);
                 }
-                Err(e) => {
-                    if !e.is_timeout() {
-                        self.inner.routing.mark_down(&node.id);
-                    }
+                Ok(Err(e)) => {
+                    self.inner.routing.mark_down(&node.id);
                     return Err(Failure::Uncertain(format!("node {} failed: {e}", node.id)));
+                }
+                // Still connecting when the deadline came: nothing was sent.
+                Err(_) if matches!(a.body, SendBody::Stream(_)) && !a.body.taken() => {
+                    last = format!("node {} did not answer in time", node.id);
+                }
+                Err(_) if a.retry_uncertain && a.body.replayable() => {
+                    last = format!("node {} did not answer in time", node.id);
+                }
+                Err(_) => {
+                    return Err(Failure::Uncertain(format!(
+                        "node {} did not answer in time",
+                        node.id
+                    )));
                 }
             }
         }
@@ -1323,32 +1217,15 @@ impl Proxy {
         })
     }
 
-    /// Sends a topic create/delete to every node (nodes share nothing yet).
-    async fn fan_out(
-        &self,
-        method: &Method,
-        path_q: &str,
-        headers: &HeaderMap,
-        body: Bytes,
-        peer: SocketAddr,
-        deadline: Instant,
-    ) -> Result<Response<Body>, Reject> {
+    /// Sends a topic or schema write to every node, concurrently (its body was read whole).
+    async fn fan_out(&self, a: &Attempt<'_>) -> Result<Response<Body>, Reject> {
         let nodes = self.inner.routing.nodes();
         if nodes.is_empty() {
             return Err(unavailable("no runtime node is known"));
         }
-        let attempts = nodes.iter().map(|n| {
-            self.forward(
-                method,
-                path_q,
-                headers,
-                body.clone(),
-                peer,
-                std::slice::from_ref(n),
-                true,
-                deadline,
-            )
-        });
+        let attempts = nodes
+            .iter()
+            .map(|n| self.forward(a, std::slice::from_ref(n)));
         let results = futures::future::join_all(attempts).await;
         let mut ok: Option<Answer> = None;
         let mut unreachable = 0usize;
@@ -1360,6 +1237,7 @@ impl Proxy {
                     ok.get_or_insert(a);
                 }
                 Ok(a) => return Ok(answer_response(a)),
+                Err(Failure::Client(e)) => return Err(body_reject(e)),
                 Err(Failure::Unavailable(why) | Failure::Uncertain(why)) => {
                     unreachable += 1;
                     reasons.push(why);
@@ -1394,6 +1272,54 @@ impl Proxy {
         }
     }
 
+    /// Whether a topic exists (asked of a node).
+    async fn topic_exists(&self, topic: &str) -> Result<bool, Reject> {
+        let candidates = self.inner.routing.for_key(&format!("topic:{topic}"));
+        let (status, _) = self
+            .internal_get(&format!("/v1/topics/{topic}"), &candidates)
+            .await
+            .map_err(|_| unavailable("no node answered whether the topic exists"))?;
+        match status {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            s => Err(unavailable(format!(
+                "a node answered {s} on whether topic {topic} exists"
+            ))),
+        }
+    }
+
+    /// The topic of a subscription (cached; else asked of the node that serves it).
+    pub(crate) async fn subscription_topic(&self, name: &str) -> Result<String, Reject> {
+        if let Ok(c) = self.inner.sub_topics.lock() {
+            if let Some((t, at)) = c.get(name) {
+                if at.elapsed() < Duration::from_secs(30) {
+                    return Ok(t.clone());
+                }
+            }
+        }
+        let candidates = self.inner.routing.for_subscription(name);
+        let (status, body) = self
+            .internal_get(&format!("/v1/subscriptions/{name}"), &candidates)
+            .await
+            .map_err(|_| unavailable("the subscription's node is unavailable"))?;
+        if status == StatusCode::NOT_FOUND {
+            return Err(Reject::new(
+                StatusCode::NOT_FOUND,
+                "subscription_not_found",
+                format!("no subscription {name}"),
+            ));
+        }
+        let head: SubSpecHead = serde_json::from_slice(&body)
+            .map_err(|_| unavailable("the node answered an unreadable subscription"))?;
+        let topic = head
+            .topic
+            .ok_or_else(|| unavailable("the node answered a subscription without a topic"))?;
+        if let Ok(mut c) = self.inner.sub_topics.lock() {
+            c.insert(name.to_string(), (topic.clone(), Instant::now()));
+        }
+        Ok(topic)
+    }
+
     fn tokens(&self) -> Result<&Tokens, Reject> {
         self.inner.tokens.as_ref().ok_or_else(|| {
             Reject::new(
@@ -1404,7 +1330,7 @@ impl Proxy {
         })
     }
 
-    fn tokens_list(&self) -> Response<Body> {
+    pub(crate) fn tokens_list(&self) -> Response<Body> {
         let list = self
             .inner
             .tokens
@@ -1441,7 +1367,7 @@ impl Proxy {
         .map_err(|()| unavailable("this proxy has no token file"))
     }
 
-    async fn tokens_create(&self, body: &Bytes) -> Result<Response<Body>, Reject> {
+    pub(crate) async fn tokens_create(&self, body: &Bytes) -> Result<Response<Body>, Reject> {
         let tokens = self.tokens()?;
         let req: meshd_core::api::TokenCreateRequest =
             serde_json::from_slice(body).map_err(|e| {
@@ -1482,7 +1408,7 @@ impl Proxy {
         ))
     }
 
-    async fn tokens_revoke(&self, id: String) -> Result<Response<Body>, Reject> {
+    pub(crate) async fn tokens_revoke(&self, id: String) -> Result<Response<Body>, Reject> {
         let revoked = match self.tokens()? {
             Tokens::File(_) => {
                 let id = id.clone();
@@ -1523,7 +1449,7 @@ fn token_store_failed(e: auth::AuthError) -> Reject {
     }
 }
 
-fn text(status: StatusCode, s: &str) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, s: &str) -> Response<Body> {
     let mut r = Response::new(Body::from(s.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -1533,7 +1459,7 @@ fn text(status: StatusCode, s: &str) -> Response<Body> {
     r
 }
 
-fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response<Body> {
     let body = serde_json::to_string(v).expect("an answer serializes");
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
@@ -1545,7 +1471,7 @@ fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response<Body
 }
 
 fn answer_response(a: Answer) -> Response<Body> {
-    let mut r = Response::new(Body::from(a.body));
+    let mut r = Response::new(a.body);
     *r.status_mut() = a.status;
     for (k, v) in &a.headers {
         if !is_hop(k) {
@@ -1562,7 +1488,6 @@ fn answer_response(a: Answer) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt as _;
 
     #[test]
     fn classification() {
@@ -1785,22 +1710,28 @@ mod tests {
         );
         let body = Bytes::from_static(br#"{"source":"/shop","id":"1"}"#);
         assert_eq!(
-            producer_group(&h, &body, "t").ok(),
+            producer_group(&h, Some(&body), "t").ok(),
             Some(("/shop".into(), 1))
         );
         h.insert(PRODUCER_GROUP_HEADER, HeaderValue::from_static("g1"));
-        assert_eq!(producer_group(&h, &body, "t").ok(), Some(("g1".into(), 1)));
+        assert_eq!(
+            producer_group(&h, Some(&body), "t").ok(),
+            Some(("g1".into(), 1))
+        );
         h.remove(PRODUCER_GROUP_HEADER);
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/cloudevents-batch+json"),
         );
         let batch = Bytes::from_static(br#"[{"source":"/a"},{"source":"/b"},{}]"#);
-        assert_eq!(producer_group(&h, &batch, "t").ok(), Some(("/a".into(), 3)));
-        assert!(producer_group(&h, &Bytes::from_static(b"{nope"), "t").is_err());
+        assert_eq!(
+            producer_group(&h, Some(&batch), "t").ok(),
+            Some(("/a".into(), 3))
+        );
+        assert!(producer_group(&h, Some(&Bytes::from_static(b"{nope")), "t").is_err());
         let dup = Bytes::from_static(br#"[{"source":"/a","source":"/b"}]"#);
         assert_eq!(
-            producer_group(&h, &dup, "t").err().map(|r| r.code),
+            producer_group(&h, Some(&dup), "t").err().map(|r| r.code),
             Some("duplicate_key")
         );
     }

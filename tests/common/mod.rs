@@ -613,3 +613,19 @@ pub async fn flaky_hook(data: impl Fn(usize) -> Value) -> FlakyHook {
         sink,
     }
 }
+
+/// Reads until the server closes the connection (or `limit` passes); answers what came.
+pub async fn read_to_close(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<String> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            match tokio::io::AsyncReadExt::read(s, &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read).await.ok()?;
+    Some(String::from_utf8_lossy(&out).to_string())
+}
