@@ -22,7 +22,7 @@ use serde_json::json;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::meshd::start_meshd;
+use support::meshd::{pull_and_ack, start_meshd};
 use support::{env_u64, start_nats};
 
 /// Distinct keys: each subscription matches one key, so ~1 % of events.
@@ -117,29 +117,7 @@ async fn meshd_run(subs: u64, events: u64) -> Row {
             while !left.is_empty() {
                 let mut next = Vec::new();
                 for (s, need) in left {
-                    let r: serde_json::Value = http
-                        .get(format!(
-                            "{url}/v1/subscriptions/s{s}/events?max=1000&wait=0s"
-                        ))
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
-                    let evs = r["events"].as_array().cloned().unwrap_or_default();
-                    if !evs.is_empty() {
-                        let ids: Vec<String> = evs
-                            .iter()
-                            .map(|e| e["ack_id"].as_str().unwrap().to_string())
-                            .collect();
-                        http.post(format!("{url}/v1/subscriptions/s{s}/ack"))
-                            .json(&json!({"ack_ids": ids}))
-                            .send()
-                            .await
-                            .unwrap();
-                    }
-                    let got = evs.len() as u64;
+                    let got = pull_and_ack(&http, &url, &format!("s{s}"), 1000).await;
                     if got >= need {
                         done.fetch_add(1, Ordering::Relaxed);
                     } else {

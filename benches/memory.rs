@@ -25,7 +25,7 @@ use serde_json::json;
 #[path = "support/mod.rs"]
 mod support;
 use support::env_u64;
-use support::meshd::{connect, create_topic, post, start_meshd};
+use support::meshd::{connect, create_topic, post, pull_and_ack, start_meshd};
 
 /// Keys of the published events; each subscription matches one (~1 %).
 const KEYS: u64 = 100;
@@ -191,32 +191,8 @@ async fn main() {
                 while !stop.load(Ordering::Relaxed) {
                     let s = i % subs;
                     i += 8;
-                    let r: serde_json::Value = http
-                        .get(format!(
-                            "{url}/v1/subscriptions/s{s}/events?max=100&wait=0s"
-                        ))
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
-                    let ids: Vec<String> = r["events"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|e| e["ack_id"].as_str().map(str::to_string))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    if !ids.is_empty() {
-                        delivered.fetch_add(ids.len() as u64, Ordering::Relaxed);
-                        http.post(format!("{url}/v1/subscriptions/s{s}/ack"))
-                            .json(&json!({"ack_ids": ids}))
-                            .send()
-                            .await
-                            .unwrap();
-                    }
+                    let got = pull_and_ack(&http, &url, &format!("s{s}"), 100).await;
+                    delivered.fetch_add(got, Ordering::Relaxed);
                 }
             }));
         }

@@ -293,6 +293,37 @@ pub async fn meshd_publish(url: &str, batch: u64, conns: u64, secs: u64) -> (f64
 }
 
 /// Creates `topic` with `partitions` partitions.
+/// Pulls what subscription `sub` has ready now (at most `max`, no wait) and acknowledges
+/// it; the number of events received.
+pub async fn pull_and_ack(http: &reqwest::Client, url: &str, sub: &str, max: u64) -> u64 {
+    let r: serde_json::Value = http
+        .get(format!(
+            "{url}/v1/subscriptions/{sub}/events?max={max}&wait=0s"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<String> = r["events"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["ack_id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !ids.is_empty() {
+        http.post(format!("{url}/v1/subscriptions/{sub}/ack"))
+            .json(&json!({"ack_ids": ids}))
+            .send()
+            .await
+            .unwrap();
+    }
+    ids.len() as u64
+}
+
 pub async fn create_topic(url: &str, topic: &str, partitions: u32) {
     let addr = url.trim_start_matches("http://").to_string();
     let mut s = connect(&addr).await;
